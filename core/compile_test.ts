@@ -1,0 +1,59 @@
+import assert from "node:assert/strict";
+import { compilePlan, isDenortFailure, parseCompileArgs, parseHostPort } from "./compile.ts";
+import { REPO_ROOT } from "./launcher.ts";
+
+Deno.test("compile plan builds all four binaries with production grants", () => {
+  const plan = compilePlan(parseCompileArgs(["--out", "/o"]));
+  assert.deepEqual(plan.map((s) => s.output), [
+    "/o/openshell",
+    "/o/openshell-gateway",
+    "/o/openshell-driver-vm",
+    "/o/openshell-sandbox",
+  ]);
+  const sup = plan.find((s) => s.role === "supervisor")!;
+  assert.ok(
+    sup.args.includes("--allow-net=gateway.openshell.internal:8080,unix:/run/openshell/ssh.sock"),
+  );
+  assert.ok(sup.args.includes("--allow-run=/usr/sbin/sshd"));
+  const gw = plan.find((s) => s.role === "gateway")!;
+  assert.ok(gw.args.some((a) => a.startsWith("--allow-net=0.0.0.0:8080,")));
+});
+
+Deno.test("compile options override the deployment parameters", () => {
+  const plan = compilePlan(parseCompileArgs([
+    "--out=/o",
+    "--role=supervisor",
+    "--supervisor-gateway=10.0.0.1:9443",
+    "--ssh-socket-path=/run/x/s.sock",
+  ]));
+  assert.equal(plan.length, 1);
+  assert.ok(plan[0].args.includes("--allow-net=10.0.0.1:9443,unix:/run/x/s.sock"));
+  assert.ok(plan[0].args.includes("--allow-write=/run/x"));
+});
+
+Deno.test("bad compile options are refused with a clear message", () => {
+  assert.throws(() => parseCompileArgs(["--role=nope"]), /unknown role "nope"/);
+  assert.throws(() => parseHostPort("nohost", "--x"), /expected HOST:PORT/);
+  assert.throws(() => parseHostPort("h:99999", "--x"), /expected HOST:PORT/);
+  assert.deepEqual(parseHostPort("[::1]:80", "--x"), { host: "::1", port: 80 });
+});
+
+Deno.test("compile either builds or explains how to provide denort", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const res = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${REPO_ROOT}/core/compile.ts`, "--out", out, "--role", "supervisor"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(res.stderr);
+    if (res.success) {
+      assert.ok((await Deno.stat(`${out}/openshell-sandbox`)).isFile);
+    } else {
+      assert.equal(res.code, 1);
+      assert.ok(isDenortFailure(stderr) && stderr.includes("DENORT_BIN"), stderr);
+    }
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

@@ -1,0 +1,294 @@
+/**
+ * The one table of every role's Deno permissions (design §2).
+ *
+ * Each role's grants are a function of what varies per deployment (gateway
+ * address, socket path, state dir, listen address …). The role launchers
+ * (`deno task gateway -- …`) fill the parameters from the role's own flags,
+ * `deno task compile` from its options with production defaults, and the
+ * tests and the e2e from their fixtures; all of them render the flags here,
+ * so what runs in tests is what ships.
+ *
+ * Deno facts this table relies on: net grants match the literal host string
+ * (`localhost` ≠ `127.0.0.1`); a host without a port covers every port; a
+ * Unix socket needs read + write + `net=unix:<exact path>`; `--ignore-env`
+ * turns reads of non-granted variables into `undefined` (grpc-js reads
+ * fourteen of them at import).
+ *
+ * @module
+ */
+
+/** The four roles. */
+export type Role = "gateway" | "driver-vm" | "supervisor" | "cli";
+
+/** Every role, in data-flow order. */
+export const ROLES: readonly Role[] = ["cli", "gateway", "driver-vm", "supervisor"];
+
+/** Binary name and entry module (relative to the repository root) of each role. */
+export const ROLE_INFO: Readonly<Record<Role, { binary: string; entry: string }>> = {
+  "gateway": { binary: "openshell-gateway", entry: "gateway/main.ts" },
+  "driver-vm": { binary: "openshell-driver-vm", entry: "driver_vm/main.ts" },
+  "supervisor": { binary: "openshell-sandbox", entry: "supervisor/main.ts" },
+  "cli": { binary: "openshell", entry: "cli/main.ts" },
+};
+
+/** A permission: a list of allowed values (empty = denied) or `true` (all). */
+export type Grant = readonly string[] | true;
+
+/** The permissions of one role. */
+export interface Grants {
+  net: Grant;
+  read: Grant;
+  write: Grant;
+  run: Grant;
+  /** Environment variable names (`PREFIX_*` globs allowed). */
+  env: Grant;
+  /** Read non-granted variables as `undefined` instead of failing. */
+  ignoreEnv: boolean;
+}
+
+/** A `host:port` pair as written in a net grant. */
+export interface HostPort {
+  host: string;
+  /** 0 = any port on `host` (needed to listen on an ephemeral port). */
+  port: number;
+}
+
+/** What the gateway's grants depend on. */
+export interface GatewayGrantParams {
+  /** Listen address. */
+  listen: HostPort;
+  /** State dir: internal sockets, driver socket, PKI. */
+  stateDir: string;
+  /** SQLite database file when it lives outside the state dir. */
+  dbPath?: string;
+  /** The compute driver binary it may run; absent with `--drivers none`. */
+  driverBinary?: string;
+  /** The VM driver's state dir (the driver socket lives there). */
+  driverStateDir?: string;
+  /** TLS files it reads. */
+  tlsFiles?: readonly string[];
+}
+
+/** What the VM driver's grants depend on. */
+export interface DriverGrantParams {
+  /** Its state dir: socket, per-sandbox dirs, console logs. */
+  stateDir: string;
+  /** Read-only VM runtime dir: kernel, initramfs, guest payload. */
+  runtimeDir: string;
+  /** The qemu binary. */
+  qemu: string;
+  /** The helper that ties each qemu to the driver's life (`setpriv`). */
+  setpriv: string;
+}
+
+/** What the supervisor's grants depend on. */
+export interface SupervisorGrantParams {
+  /** The gateway it dials: the only network peer it may reach. */
+  gateway: HostPort;
+  /** The sshd Unix socket path; its directory is the supervisor's to read and write. */
+  socketPath: string;
+  /** The OpenSSH `sshd` binary. */
+  sshd: string;
+  /** TLS files and host key file it reads. */
+  readFiles?: readonly string[];
+}
+
+/** What the CLI's grants depend on. */
+export interface CliGrantParams {
+  /** Its config dir; absent = any path (a compiled CLI serves every user). */
+  configDir?: string;
+  /** Gateways it may reach; absent = any host. */
+  gateways?: readonly HostPort[];
+}
+
+/** Environment variables the supervisor reads; nothing else. */
+export const SUPERVISOR_ENV: readonly string[] = [
+  "OPENSHELL_SANDBOX_ID",
+  "OPENSHELL_ENDPOINT",
+  "OPENSHELL_SSH_SOCKET_PATH",
+  "OPENSHELL_SSH_HOST_KEY",
+  "OPENSHELL_SSHD",
+  "OPENSHELL_TLS_CA",
+  "OPENSHELL_TLS_CERT",
+  "OPENSHELL_TLS_KEY",
+  "OPENSHELL_SUPERVISOR_TOKEN",
+  "OPENSHELL_LOG_LEVEL",
+  "OPENSHELL_EVENT_LOG",
+];
+
+/** Environment variables the CLI reads besides its `OPENSHELL_*` settings. */
+export const CLI_EXTRA_ENV: readonly string[] = ["HOME", "XDG_CONFIG_HOME", "NO_COLOR", "TERM"];
+
+/** Renders `host:port` for a grant (IPv6 literals in brackets; port 0 = host only). */
+export function hostPortGrant(hp: HostPort): string {
+  const host = hp.host.includes(":") && !hp.host.startsWith("[") ? `[${hp.host}]` : hp.host;
+  return hp.port === 0 ? host : `${host}:${hp.port}`;
+}
+
+function dirOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i <= 0 ? "/" : path.slice(0, i);
+}
+
+function unique(items: (string | undefined)[]): string[] {
+  return [...new Set(items.filter((x): x is string => typeof x === "string" && x !== ""))];
+}
+
+/** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
+export function gatewayGrants(p: GatewayGrantParams): Grants {
+  const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
+  return {
+    net: unique([
+      hostPortGrant(p.listen),
+      `unix:${p.stateDir}/grpc.sock`,
+      driverSocket ? `unix:${driverSocket}` : undefined,
+    ]),
+    read: unique([p.stateDir, p.dbPath, driverSocket, ...(p.tlsFiles ?? [])]),
+    write: unique([p.stateDir, p.dbPath, driverSocket]),
+    run: unique([p.driverBinary]),
+    env: ["OPENSHELL_*"],
+    ignoreEnv: true,
+  };
+}
+
+/** The VM driver: its state dir and socket, the runtime dir, qemu and setpriv. */
+export function driverGrants(p: DriverGrantParams): Grants {
+  return {
+    net: [`unix:${p.stateDir}/compute-driver.sock`],
+    read: unique([p.stateDir, p.runtimeDir, "/dev/kvm"]),
+    write: [p.stateDir],
+    run: unique([p.qemu, p.setpriv]),
+    env: ["OPENSHELL_*"],
+    ignoreEnv: true,
+  };
+}
+
+/** The supervisor: one gateway host:port, its socket dir, its files, sshd. */
+export function supervisorGrants(p: SupervisorGrantParams): Grants {
+  const socketDir = dirOf(p.socketPath);
+  return {
+    net: [hostPortGrant(p.gateway), `unix:${p.socketPath}`],
+    read: unique([socketDir, ...(p.readFiles ?? [])]),
+    write: [socketDir],
+    run: [p.sshd],
+    env: SUPERVISOR_ENV,
+    ignoreEnv: true,
+  };
+}
+
+/** The CLI: gateways, `ssh`, its config dir. */
+export function cliGrants(p: CliGrantParams): Grants {
+  return {
+    net: p.gateways ? p.gateways.map(hostPortGrant) : true,
+    read: p.configDir ? [p.configDir] : true,
+    write: p.configDir ? [p.configDir] : true,
+    run: ["ssh"],
+    env: ["OPENSHELL_*", ...CLI_EXTRA_ENV],
+    ignoreEnv: true,
+  };
+}
+
+function flag(name: string, grant: Grant): string[] {
+  if (grant === true) return [`--allow-${name}`];
+  return grant.length === 0 ? [] : [`--allow-${name}=${grant.join(",")}`];
+}
+
+/**
+ * The permission flags for `deno run` and `deno compile` (identical, so a
+ * test run exercises the shipped permission set). Nothing is granted that
+ * the table does not list, and Deno never prompts.
+ */
+export function renderFlags(grants: Grants): string[] {
+  return [
+    ...flag("net", grants.net),
+    ...flag("read", grants.read),
+    ...flag("write", grants.write),
+    ...flag("run", grants.run),
+    ...flag("env", grants.env),
+    ...(grants.ignoreEnv ? ["--ignore-env"] : []),
+    "--no-prompt",
+  ];
+}
+
+/** Options of {@link runArgs}. */
+export interface RunArgsOptions {
+  /** Absolute path of the repository root (where `deno.json` lives). */
+  root: string;
+  /** The role's own arguments. */
+  args?: readonly string[];
+}
+
+/** `deno run` arguments (after the deno executable) that start `role` with `grants`. */
+export function runArgs(role: Role, grants: Grants, options: RunArgsOptions): string[] {
+  return [
+    "run",
+    "--quiet",
+    `--config=${options.root}/deno.json`,
+    ...renderFlags(grants),
+    `${options.root}/${ROLE_INFO[role].entry}`,
+    ...(options.args ?? []),
+  ];
+}
+
+/** Options of {@link compileArgs}. */
+export interface CompileArgsOptions {
+  /** Absolute path of the repository root. */
+  root: string;
+  /** Output file. */
+  output: string;
+  /** Target triple, e.g. `x86_64-unknown-linux-gnu`; default: the host. */
+  target?: string;
+}
+
+/** `deno compile` arguments that build `role` with `grants` baked in. */
+export function compileArgs(role: Role, grants: Grants, options: CompileArgsOptions): string[] {
+  return [
+    "compile",
+    "--quiet",
+    `--config=${options.root}/deno.json`,
+    ...renderFlags(grants),
+    ...(options.target ? [`--target=${options.target}`] : []),
+    `--output=${options.output}`,
+    `${options.root}/${ROLE_INFO[role].entry}`,
+  ];
+}
+
+/** Host name under which a VM guest reaches its gateway. */
+export const GUEST_GATEWAY_HOST = "gateway.openshell.internal";
+/** Port under which a VM guest reaches its gateway (forwarded to the real one). */
+export const GUEST_GATEWAY_PORT = 8080;
+/** The sshd socket inside a sandbox. */
+export const DEFAULT_SSH_SOCKET_PATH = "/run/openshell/ssh.sock";
+
+/**
+ * Grant parameters of a production install, used by `deno task compile`
+ * unless its options say otherwise. A compiled binary's grants are fixed at
+ * build time: a binary built for `/var/lib/openshell` cannot use another
+ * state dir.
+ */
+export const PRODUCTION_PARAMS: {
+  gateway: GatewayGrantParams;
+  driver: DriverGrantParams;
+  supervisor: SupervisorGrantParams;
+  cli: CliGrantParams;
+} = {
+  gateway: {
+    listen: { host: "0.0.0.0", port: 8080 },
+    stateDir: "/var/lib/openshell/gateway",
+    driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
+    driverStateDir: "/var/lib/openshell/vm",
+  },
+  driver: {
+    stateDir: "/var/lib/openshell/vm",
+    runtimeDir: "/usr/local/share/openshell/vm-runtime",
+    qemu: "/usr/bin/qemu-system-x86_64",
+    setpriv: "/usr/bin/setpriv",
+  },
+  supervisor: {
+    gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },
+    socketPath: DEFAULT_SSH_SOCKET_PATH,
+    sshd: "/usr/sbin/sshd",
+    readFiles: ["/etc/openshell"],
+  },
+  cli: {},
+};

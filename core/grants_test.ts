@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import {
+  cliGrants,
+  compileArgs,
+  driverGrants,
+  gatewayGrants,
+  hostPortGrant,
+  PRODUCTION_PARAMS,
+  renderFlags,
+  runArgs,
+  supervisorGrants,
+} from "./grants.ts";
+
+Deno.test("supervisor: exactly the gateway host:port, its socket, its dir, sshd", () => {
+  const flags = renderFlags(supervisorGrants({
+    gateway: { host: "127.0.0.1", port: 9000 },
+    socketPath: "/tmp/x/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+  }));
+  assert.deepEqual(flags, [
+    "--allow-net=127.0.0.1:9000,unix:/tmp/x/ssh.sock",
+    "--allow-read=/tmp/x",
+    "--allow-write=/tmp/x",
+    "--allow-run=/usr/sbin/sshd",
+    "--allow-env=OPENSHELL_SANDBOX_ID,OPENSHELL_ENDPOINT,OPENSHELL_SSH_SOCKET_PATH," +
+    "OPENSHELL_SSH_HOST_KEY,OPENSHELL_SSHD,OPENSHELL_TLS_CA,OPENSHELL_TLS_CERT,OPENSHELL_TLS_KEY," +
+    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_LOG_LEVEL,OPENSHELL_EVENT_LOG",
+    "--ignore-env",
+    "--no-prompt",
+  ]);
+});
+
+Deno.test("supervisor: TLS and key files are added to read only", () => {
+  const g = supervisorGrants({
+    gateway: { host: "gw", port: 443 },
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+    readFiles: ["/etc/openshell/ca.crt"],
+  });
+  assert.deepEqual(g.read, ["/run/openshell", "/etc/openshell/ca.crt"]);
+  assert.deepEqual(g.write, ["/run/openshell"]);
+});
+
+Deno.test("gateway: listen address, state dir, db file, driver binary and socket", () => {
+  const g = gatewayGrants({
+    listen: { host: "0.0.0.0", port: 8080 },
+    stateDir: "/s",
+    dbPath: "/db/gw.db",
+    driverBinary: "/d/openshell-driver-vm",
+    driverStateDir: "/v",
+    tlsFiles: ["/tls/key.pem"],
+  });
+  assert.deepEqual(g.net, ["0.0.0.0:8080", "unix:/s/grpc.sock", "unix:/v/compute-driver.sock"]);
+  assert.deepEqual(g.read, ["/s", "/db/gw.db", "/v/compute-driver.sock", "/tls/key.pem"]);
+  assert.deepEqual(g.write, ["/s", "/db/gw.db", "/v/compute-driver.sock"]);
+  assert.deepEqual(g.run, ["/d/openshell-driver-vm"]);
+});
+
+Deno.test("gateway without a driver may run nothing; port 0 grants the host", () => {
+  const flags = renderFlags(
+    gatewayGrants({ listen: { host: "127.0.0.1", port: 0 }, stateDir: "/s" }),
+  );
+  assert.ok(flags.includes("--allow-net=127.0.0.1,unix:/s/grpc.sock"));
+  assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
+});
+
+Deno.test("driver: unix socket only, qemu and setpriv", () => {
+  const g = driverGrants({
+    stateDir: "/v",
+    runtimeDir: "/rt",
+    qemu: "/usr/bin/qemu-system-x86_64",
+    setpriv: "/usr/bin/setpriv",
+  });
+  assert.deepEqual(g.net, ["unix:/v/compute-driver.sock"]);
+  assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);
+  assert.deepEqual(g.write, ["/v"]);
+});
+
+Deno.test("cli: narrowed when the gateway and config dir are known, open otherwise", () => {
+  const narrow = renderFlags(cliGrants({
+    configDir: "/home/u/.config/openshell",
+    gateways: [{ host: "127.0.0.1", port: 8080 }],
+  }));
+  assert.ok(narrow.includes("--allow-net=127.0.0.1:8080"));
+  assert.ok(narrow.includes("--allow-read=/home/u/.config/openshell"));
+  assert.ok(narrow.includes("--allow-run=ssh"));
+  const open = renderFlags(cliGrants({}));
+  assert.ok(open.includes("--allow-net"));
+  assert.ok(open.includes("--allow-read"));
+});
+
+Deno.test("hostPortGrant brackets IPv6 literals", () => {
+  assert.equal(hostPortGrant({ host: "::1", port: 80 }), "[::1]:80");
+  assert.equal(hostPortGrant({ host: "localhost", port: 0 }), "localhost");
+});
+
+Deno.test("run and compile render identical permission flags", () => {
+  const g = supervisorGrants(PRODUCTION_PARAMS.supervisor);
+  const run = runArgs("supervisor", g, { root: "/repo", args: ["--x"] });
+  const compile = compileArgs("supervisor", g, { root: "/repo", output: "/out/openshell-sandbox" });
+  const perms = (a: string[]) =>
+    a.filter((x) => x.startsWith("--allow-") || x.startsWith("--ignore-") || x === "--no-prompt");
+  assert.deepEqual(perms(run), perms(compile));
+  assert.equal(run.at(-2), "/repo/supervisor/main.ts");
+  assert.equal(run.at(-1), "--x");
+  assert.equal(compile.at(-1), "/repo/supervisor/main.ts");
+  assert.ok(compile.includes("--output=/out/openshell-sandbox"));
+  assert.ok(
+    perms(run).includes("--allow-net=gateway.openshell.internal:8080,unix:/run/openshell/ssh.sock"),
+  );
+});

@@ -1,0 +1,134 @@
+/**
+ * A small structured logger shared by the roles: levels, text or JSON lines,
+ * written to stderr (or any sink).
+ *
+ * @module
+ */
+
+/** Log levels, most severe first. */
+export const LOG_LEVELS = ["error", "warn", "info", "debug", "trace"] as const;
+/** One log level. */
+export type LogLevel = typeof LOG_LEVELS[number];
+/** Output formats. */
+export type LogFormat = "text" | "json";
+
+/** Extra key/value context on a line. */
+export type LogFields = Record<string, string | number | boolean | undefined | null>;
+
+/** Options of {@link Logger}. */
+export interface LoggerOptions {
+  /** Least severe level written; default `info`. */
+  level?: LogLevel;
+  /** Default `text`. */
+  format?: LogFormat;
+  /** Component name put on every line (e.g. `gateway`). */
+  target?: string;
+  /** Where finished lines go; default stderr. */
+  sink?: (line: string) => void;
+  /** Clock; default `Date.now`. */
+  now?: () => number;
+}
+
+/** Parses a level name (case-insensitive); throws a readable error otherwise. */
+export function parseLogLevel(value: string): LogLevel {
+  const v = value.trim().toLowerCase();
+  if ((LOG_LEVELS as readonly string[]).includes(v)) return v as LogLevel;
+  throw new Error(`invalid log level "${value}" (expected one of ${LOG_LEVELS.join(", ")})`);
+}
+
+const encoder = new TextEncoder();
+
+function writeStderr(line: string): void {
+  try {
+    Deno.stderr.writeSync(encoder.encode(line + "\n"));
+  } catch {
+    // stderr gone (closed pipe): nothing sensible left to do with a log line.
+  }
+}
+
+function formatValue(v: string | number | boolean): string {
+  const s = String(v);
+  return /^[A-Za-z0-9._:/@+-]*$/.test(s) && s !== "" ? s : JSON.stringify(s);
+}
+
+/** Writes leveled lines with fields. */
+export class Logger {
+  readonly #rank: number;
+  readonly #format: LogFormat;
+  readonly #target: string;
+  readonly #sink: (line: string) => void;
+  readonly #now: () => number;
+  readonly #base: LogFields;
+
+  /** Creates a logger; `base` fields are added to every line. */
+  constructor(options: LoggerOptions = {}, base: LogFields = {}) {
+    this.#rank = LOG_LEVELS.indexOf(options.level ?? "info");
+    this.#format = options.format ?? "text";
+    this.#target = options.target ?? "";
+    this.#sink = options.sink ?? writeStderr;
+    this.#now = options.now ?? Date.now;
+    this.#base = base;
+  }
+
+  /** A logger that adds `fields` to every line. */
+  with(fields: LogFields): Logger {
+    return new Logger(
+      {
+        level: LOG_LEVELS[this.#rank],
+        format: this.#format,
+        target: this.#target,
+        sink: this.#sink,
+        now: this.#now,
+      },
+      { ...this.#base, ...fields },
+    );
+  }
+
+  /** Whether lines at `level` are written. */
+  enabled(level: LogLevel): boolean {
+    return LOG_LEVELS.indexOf(level) <= this.#rank;
+  }
+
+  /** Writes one line at `level`. */
+  log(level: LogLevel, message: string, fields: LogFields = {}): void {
+    if (!this.enabled(level)) return;
+    const all: LogFields = { ...this.#base, ...fields };
+    const time = new Date(this.#now()).toISOString();
+    if (this.#format === "json") {
+      const clean = Object.fromEntries(Object.entries(all).filter(([, v]) => v != null));
+      this.#sink(JSON.stringify({ time, level, target: this.#target, message, ...clean }));
+      return;
+    }
+    const extra = Object.entries(all)
+      .filter(([, v]) => v != null)
+      .map(([k, v]) => `${k}=${formatValue(v as string | number | boolean)}`)
+      .join(" ");
+    const target = this.#target ? ` ${this.#target}:` : "";
+    this.#sink(
+      `${time} ${level.toUpperCase().padEnd(5)}${target} ${message}${extra ? " " + extra : ""}`,
+    );
+  }
+
+  /** Writes an `error` line. */
+  error(message: string, fields?: LogFields): void {
+    this.log("error", message, fields);
+  }
+  /** Writes a `warn` line. */
+  warn(message: string, fields?: LogFields): void {
+    this.log("warn", message, fields);
+  }
+  /** Writes an `info` line. */
+  info(message: string, fields?: LogFields): void {
+    this.log("info", message, fields);
+  }
+  /** Writes a `debug` line. */
+  debug(message: string, fields?: LogFields): void {
+    this.log("debug", message, fields);
+  }
+}
+
+/** A readable message for any thrown value. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

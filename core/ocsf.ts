@@ -1,0 +1,231 @@
+/**
+ * Pure builders of the supervisor's OCSF events (schema 1.3.0, class
+ * Network Activity, uid 4001): the session to the gateway and each relay.
+ *
+ * | event          | activity | severity      | status  |
+ * |----------------|----------|---------------|---------|
+ * | session open   | Open     | Informational | Success |
+ * | session close  | Close    | Informational | Success |
+ * | session fail   | Fail     | Low           | Failure |
+ * | relay open     | Open     | Informational | Success |
+ * | relay close    | Close    | Informational | Success |
+ * | relay fail     | Fail     | Low           | Failure |
+ *
+ * The destination endpoint is always the gateway.
+ *
+ * @module
+ */
+
+/** OCSF schema version of the events. */
+export const OCSF_VERSION = "1.3.0";
+/** Network Activity class. */
+export const NETWORK_ACTIVITY_CLASS_UID = 4001;
+/** Network Activity category. */
+export const NETWORK_ACTIVITY_CATEGORY_UID = 4;
+
+/** OCSF Network Activity activity ids. */
+export const Activity = { Open: 1, Close: 2, Reset: 3, Fail: 4, Refuse: 5, Traffic: 6 } as const;
+/** OCSF severity ids. */
+export const Severity = { Informational: 1, Low: 2, Medium: 3, High: 4 } as const;
+/** OCSF status ids. */
+export const Status = { Success: 1, Failure: 2 } as const;
+
+type ActivityName = keyof typeof Activity;
+type SeverityName = keyof typeof Severity;
+type StatusName = keyof typeof Status;
+
+/** A host and port; `port` is 0 when the URL named none and its scheme has no default. */
+export interface Endpoint {
+  hostname: string;
+  port: number;
+}
+
+/** One OCSF Network Activity event. */
+export interface NetworkActivityEvent {
+  class_uid: number;
+  class_name: "Network Activity";
+  category_uid: number;
+  category_name: "Network Activity";
+  activity_id: number;
+  activity_name: ActivityName;
+  type_uid: number;
+  type_name: string;
+  severity_id: number;
+  severity: SeverityName;
+  status_id?: number;
+  status?: StatusName;
+  status_detail?: string;
+  time: number;
+  message: string;
+  dst_endpoint: Endpoint;
+  metadata: { version: string; product: { name: string; vendor_name: string; version: string } };
+  unmapped: Record<string, string | number>;
+}
+
+/** What every event of one supervisor shares. */
+export interface OcsfContext {
+  /** The sandbox the supervisor serves. */
+  sandboxId: string;
+  /** The gateway endpoint (destination of every event). */
+  gateway: Endpoint;
+  /** Version of the emitting binary. */
+  productVersion: string;
+  /** Clock in ms; default `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * Host and port of an endpoint URL such as `https://gw.example:8443/`:
+ * scheme and path are stripped; a missing port is the scheme's default
+ * (http 80, https 443) or 0.
+ */
+export function endpointOf(url: string): Endpoint {
+  const match = /^(?:([a-z][a-z0-9+.-]*):\/\/)?(\[[^\]]*\]|[^:/?#]*)(?::(\d+))?/i.exec(url.trim());
+  const scheme = match?.[1]?.toLowerCase();
+  const hostname = (match?.[2] ?? "").replace(/^\[|\]$/g, "");
+  const port = match?.[3]
+    ? Number(match[3])
+    : scheme === "https"
+    ? 443
+    : scheme === "http"
+    ? 80
+    : 0;
+  return { hostname, port };
+}
+
+interface Shape {
+  activity: ActivityName;
+  severity: SeverityName;
+  status?: StatusName;
+  message: string;
+  detail?: string;
+  unmapped: Record<string, string | number>;
+}
+
+function build(ctx: OcsfContext, shape: Shape): NetworkActivityEvent {
+  const activityId = Activity[shape.activity];
+  const event: NetworkActivityEvent = {
+    class_uid: NETWORK_ACTIVITY_CLASS_UID,
+    class_name: "Network Activity",
+    category_uid: NETWORK_ACTIVITY_CATEGORY_UID,
+    category_name: "Network Activity",
+    activity_id: activityId,
+    activity_name: shape.activity,
+    type_uid: NETWORK_ACTIVITY_CLASS_UID * 100 + activityId,
+    type_name: `Network Activity: ${shape.activity}`,
+    severity_id: Severity[shape.severity],
+    severity: shape.severity,
+    time: (ctx.now ?? Date.now)(),
+    message: shape.message,
+    dst_endpoint: { ...ctx.gateway },
+    metadata: {
+      version: OCSF_VERSION,
+      product: {
+        name: "openshell-sandbox",
+        vendor_name: "openshell-deno",
+        version: ctx.productVersion,
+      },
+    },
+    unmapped: { sandbox_id: ctx.sandboxId, ...shape.unmapped },
+  };
+  if (shape.status) {
+    event.status_id = Status[shape.status];
+    event.status = shape.status;
+  }
+  if (shape.detail) event.status_detail = shape.detail;
+  return event;
+}
+
+/** The gateway accepted the supervisor session. */
+export function sessionOpened(
+  ctx: OcsfContext,
+  info: { sessionId: string; heartbeatSecs: number },
+): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Open",
+    severity: "Informational",
+    status: "Success",
+    message:
+      `supervisor session established session_id=${info.sessionId} heartbeat_secs=${info.heartbeatSecs}`,
+    unmapped: { session_id: info.sessionId, heartbeat_secs: info.heartbeatSecs },
+  });
+}
+
+/** The session ended without an error (e.g. the supervisor is shutting down). */
+export function sessionClosed(
+  ctx: OcsfContext,
+  info: { sessionId: string; reason: string },
+): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Close",
+    severity: "Informational",
+    status: "Success",
+    message: `supervisor session closed session_id=${info.sessionId}: ${info.reason}`,
+    unmapped: { session_id: info.sessionId },
+  });
+}
+
+/** A connection attempt or a live session failed; the supervisor will retry. */
+export function sessionFailed(
+  ctx: OcsfContext,
+  info: { attempt: number; error: string; retryInMs: number; sessionId?: string },
+): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Fail",
+    severity: "Low",
+    status: "Failure",
+    message: `supervisor session failed, reconnecting (attempt ${info.attempt}) in ${
+      Math.round(info.retryInMs)
+    } ms: ${info.error}`,
+    detail: info.error,
+    unmapped: {
+      attempt: info.attempt,
+      retry_in_ms: Math.round(info.retryInMs),
+      ...(info.sessionId ? { session_id: info.sessionId } : {}),
+    },
+  });
+}
+
+/** A relay to the local sshd socket was opened for a channel. */
+export function relayOpened(ctx: OcsfContext, info: { channelId: string }): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Open",
+    severity: "Informational",
+    status: "Success",
+    message: `relay opened channel_id=${info.channelId}`,
+    unmapped: { channel_id: info.channelId },
+  });
+}
+
+/** A relay ended cleanly. */
+export function relayClosed(
+  ctx: OcsfContext,
+  info: { channelId: string; bytesToGateway: number; bytesFromGateway: number },
+): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Close",
+    severity: "Informational",
+    status: "Success",
+    message: `relay closed channel_id=${info.channelId}`,
+    unmapped: {
+      channel_id: info.channelId,
+      bytes_to_gateway: info.bytesToGateway,
+      bytes_from_gateway: info.bytesFromGateway,
+    },
+  });
+}
+
+/** A relay could not be opened or broke. */
+export function relayFailed(
+  ctx: OcsfContext,
+  info: { channelId: string; error: string },
+): NetworkActivityEvent {
+  return build(ctx, {
+    activity: "Fail",
+    severity: "Low",
+    status: "Failure",
+    message: `relay failed channel_id=${info.channelId}: ${info.error}`,
+    detail: info.error,
+    unmapped: { channel_id: info.channelId },
+  });
+}

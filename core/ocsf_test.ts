@@ -1,0 +1,87 @@
+import assert from "node:assert/strict";
+import {
+  endpointOf,
+  type OcsfContext,
+  relayClosed,
+  relayFailed,
+  relayOpened,
+  sessionClosed,
+  sessionFailed,
+  sessionOpened,
+} from "./ocsf.ts";
+
+const ctx: OcsfContext = {
+  sandboxId: "sb-1",
+  gateway: { hostname: "gateway.openshell.internal", port: 8080 },
+  productVersion: "9.9.9",
+  now: () => 1_700_000_000_000,
+};
+
+Deno.test("endpointOf strips scheme and path and fills the default port", () => {
+  assert.deepEqual(endpointOf("http://127.0.0.1:9000/"), { hostname: "127.0.0.1", port: 9000 });
+  assert.deepEqual(endpointOf("https://gw.example/x/y"), { hostname: "gw.example", port: 443 });
+  assert.deepEqual(endpointOf("http://gw.example"), { hostname: "gw.example", port: 80 });
+  assert.deepEqual(endpointOf("https://[::1]:8443"), { hostname: "::1", port: 8443 });
+  assert.deepEqual(endpointOf("gw:7"), { hostname: "gw", port: 7 });
+  assert.deepEqual(endpointOf("gw"), { hostname: "gw", port: 0 });
+});
+
+Deno.test("session open: Open / Informational / Success with session id and heartbeat", () => {
+  const e = sessionOpened(ctx, { sessionId: "s-42", heartbeatSecs: 15 });
+  assert.equal(e.class_uid, 4001);
+  assert.equal(e.category_uid, 4);
+  assert.equal(e.activity_id, 1);
+  assert.equal(e.activity_name, "Open");
+  assert.equal(e.type_uid, 400101);
+  assert.equal(e.severity_id, 1);
+  assert.equal(e.status_id, 1);
+  assert.equal(e.status, "Success");
+  assert.match(e.message, /session_id=s-42/);
+  assert.match(e.message, /heartbeat_secs=15/);
+  assert.deepEqual(e.dst_endpoint, { hostname: "gateway.openshell.internal", port: 8080 });
+  assert.equal(e.time, 1_700_000_000_000);
+  assert.equal(e.metadata.version, "1.3.0");
+  assert.equal(e.metadata.product.name, "openshell-sandbox");
+  assert.equal(e.unmapped.sandbox_id, "sb-1");
+});
+
+Deno.test("session close: Close / Informational / Success", () => {
+  const e = sessionClosed(ctx, { sessionId: "s-1", reason: "shutting down" });
+  assert.equal(e.activity_id, 2);
+  assert.equal(e.type_uid, 400102);
+  assert.equal(e.severity, "Informational");
+  assert.equal(e.status, "Success");
+  assert.match(e.message, /shutting down/);
+});
+
+Deno.test("session fail: Fail / Low / Failure with attempt and error", () => {
+  const e = sessionFailed(ctx, { attempt: 3, error: "connection refused", retryInMs: 4000 });
+  assert.equal(e.activity_id, 4);
+  assert.equal(e.type_uid, 400104);
+  assert.equal(e.severity_id, 2);
+  assert.equal(e.severity, "Low");
+  assert.equal(e.status_id, 2);
+  assert.equal(e.status, "Failure");
+  assert.equal(e.status_detail, "connection refused");
+  assert.match(e.message, /reconnecting \(attempt 3\)/);
+  assert.equal(e.unmapped.retry_in_ms, 4000);
+});
+
+Deno.test("relay open / close / fail carry the channel id and the right activity", () => {
+  const open = relayOpened(ctx, { channelId: "ch-1" });
+  assert.equal(open.activity_name, "Open");
+  assert.equal(open.status, "Success");
+  assert.equal(open.unmapped.channel_id, "ch-1");
+
+  const close = relayClosed(ctx, { channelId: "ch-1", bytesToGateway: 10, bytesFromGateway: 20 });
+  assert.equal(close.activity_name, "Close");
+  assert.equal(close.severity, "Informational");
+  assert.equal(close.unmapped.bytes_to_gateway, 10);
+  assert.equal(close.unmapped.bytes_from_gateway, 20);
+
+  const fail = relayFailed(ctx, { channelId: "ch-1", error: "socket refused" });
+  assert.equal(fail.activity_name, "Fail");
+  assert.equal(fail.severity, "Low");
+  assert.equal(fail.status, "Failure");
+  assert.match(fail.message, /ch-1: socket refused/);
+});
