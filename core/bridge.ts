@@ -5,7 +5,8 @@
  *   (gateway or supervisor end) into a byte stream: inbound `data` frames are
  *   read as bytes, written bytes leave as `data` frames of at most
  *   {@link RELAY_CHUNK_BYTES}, ending the writable side ends the call's
- *   outbound half.
+ *   outbound half (on the server end that completes the call, see
+ *   `endReadOnFinish`).
  * - {@link bridge} pumps bytes both ways between two byte streams with
  *   backpressure, forwards a half-close in either direction, and tears both
  *   sides down when either fails or closes early.
@@ -30,7 +31,6 @@ export interface FrameCall {
   on(event: "end" | "drain" | "close", listener: () => void): unknown;
   on(event: "error", listener: (err: Error) => void): unknown;
   once(event: "drain", listener: () => void): unknown;
-  removeListener(event: string, listener: (...args: never[]) => void): unknown;
 }
 
 /** Options of {@link relayFrameDuplex}. */
@@ -39,6 +39,12 @@ export interface RelayFrameDuplexOptions {
   abort: (err: Error | null) => void;
   /** Largest outbound frame payload; default {@link RELAY_CHUNK_BYTES}. */
   chunkBytes?: number;
+  /**
+   * Ending the writable side also ends the readable side. Set on the
+   * gateway (server) end: gRPC cannot half-close a server stream, so ending
+   * it completes the call and nothing more arrives from the supervisor.
+   */
+  endReadOnFinish?: boolean;
 }
 
 /** Wraps a bidi `RelayFrame` call (after any `init` frame) as a byte Duplex. */
@@ -78,6 +84,10 @@ export function relayFrameDuplex(call: FrameCall, options: RelayFrameDuplexOptio
     },
     final(cb) {
       call.end();
+      if (options.endReadOnFinish && !callEnded) {
+        callEnded = true;
+        duplex.push(null);
+      }
       cb();
     },
     destroy(err, cb) {
@@ -97,6 +107,7 @@ export function relayFrameDuplex(call: FrameCall, options: RelayFrameDuplexOptio
     if (!duplex.push(frame.data)) call.pause();
   });
   call.on("end", () => {
+    if (callEnded) return;
     callEnded = true;
     duplex.push(null);
   });
@@ -181,5 +192,8 @@ export function bridge(a: Duplex, b: Duplex): Promise<BridgeResult> {
     b.on("close", onClose);
     pump(a, b, (n) => result.aToB += n);
     pump(b, a, (n) => result.bToA += n);
+    // Streams paused by their previous owner (e.g. after reading a request head) start flowing.
+    a.resume();
+    b.resume();
   });
 }

@@ -85,6 +85,15 @@ export interface DriverGrantParams {
 export interface SupervisorGrantParams {
   /** The gateway it dials: the only network peer it may reach. */
   gateway: HostPort;
+  /**
+   * Addresses `gateway.host` resolves to, when it is a name. grpc-js resolves
+   * names itself (node:dns) and connects to the address (node:net), and Deno
+   * checks each step: the lookup against the bare host name, the connect
+   * against `address:port`. With addresses given, the grant becomes the bare
+   * name plus each `address:port` (so only that port is reachable); without
+   * them a name endpoint cannot be dialled. Ignored for IP literals.
+   */
+  gatewayAddresses?: readonly string[];
   /** The sshd Unix socket path; its directory is the supervisor's to read and write. */
   socketPath: string;
   /** The OpenSSH `sshd` binary. */
@@ -112,8 +121,9 @@ export const SUPERVISOR_ENV: readonly string[] = [
   "OPENSHELL_TLS_CERT",
   "OPENSHELL_TLS_KEY",
   "OPENSHELL_SUPERVISOR_TOKEN",
+  "OPENSHELL_SUPERVISOR_TOKEN_FILE",
   "OPENSHELL_LOG_LEVEL",
-  "OPENSHELL_EVENT_LOG",
+  "OPENSHELL_LOG_FORMAT",
 ];
 
 /** Environment variables the CLI reads besides its `OPENSHELL_*` settings. */
@@ -166,8 +176,15 @@ export function driverGrants(p: DriverGrantParams): Grants {
 /** The supervisor: one gateway host:port, its socket dir, its files, sshd. */
 export function supervisorGrants(p: SupervisorGrantParams): Grants {
   const socketDir = dirOf(p.socketPath);
+  const isName = !/^[0-9.]+$/.test(p.gateway.host) && !p.gateway.host.includes(":");
+  const gateway = isName && p.gatewayAddresses?.length
+    ? [
+      p.gateway.host,
+      ...p.gatewayAddresses.map((host) => hostPortGrant({ host, port: p.gateway.port })),
+    ]
+    : [hostPortGrant(p.gateway)];
   return {
-    net: [hostPortGrant(p.gateway), `unix:${p.socketPath}`],
+    net: [...gateway, `unix:${p.socketPath}`],
     read: unique([socketDir, ...(p.readFiles ?? [])]),
     write: [socketDir],
     run: [p.sshd],

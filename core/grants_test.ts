@@ -24,10 +24,33 @@ Deno.test("supervisor: exactly the gateway host:port, its socket, its dir, sshd"
     "--allow-run=/usr/sbin/sshd",
     "--allow-env=OPENSHELL_SANDBOX_ID,OPENSHELL_ENDPOINT,OPENSHELL_SSH_SOCKET_PATH," +
     "OPENSHELL_SSH_HOST_KEY,OPENSHELL_SSHD,OPENSHELL_TLS_CA,OPENSHELL_TLS_CERT,OPENSHELL_TLS_KEY," +
-    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_LOG_LEVEL,OPENSHELL_EVENT_LOG",
+    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_SUPERVISOR_TOKEN_FILE,OPENSHELL_LOG_LEVEL," +
+    "OPENSHELL_LOG_FORMAT",
     "--ignore-env",
     "--no-prompt",
   ]);
+});
+
+Deno.test("supervisor: a gateway host name is granted for lookup plus each address:port", () => {
+  const g = supervisorGrants({
+    gateway: { host: "gateway.openshell.internal", port: 8080 },
+    gatewayAddresses: ["10.0.2.100", "fd00::2"],
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+  });
+  assert.deepEqual(g.net, [
+    "gateway.openshell.internal",
+    "10.0.2.100:8080",
+    "[fd00::2]:8080",
+    "unix:/run/openshell/ssh.sock",
+  ]);
+  const literal = supervisorGrants({
+    gateway: { host: "127.0.0.1", port: 8080 },
+    gatewayAddresses: ["10.0.0.1"],
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+  });
+  assert.deepEqual(literal.net, ["127.0.0.1:8080", "unix:/run/openshell/ssh.sock"]);
 });
 
 Deno.test("supervisor: TLS and key files are added to read only", () => {

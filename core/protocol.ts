@@ -55,7 +55,7 @@ export const ComputeDriverClient: grpc.ServiceClientConstructor = loadService(
 /** Recursively optional: the shape accepted when *sending* a message. */
 export type Wire<T> = T extends Uint8Array ? Uint8Array
   : T extends (infer U)[] ? Wire<U>[]
-  : T extends Record<string, unknown> ? { [K in keyof T]?: Wire<T[K]> | null }
+  : T extends object ? { [K in keyof T]?: Wire<T[K]> | null }
   : T;
 
 // ---- openshell.v1 -----------------------------------------------------------

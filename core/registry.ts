@@ -157,6 +157,17 @@ export class SessionRegistry<T> {
     return true;
   }
 
+  /**
+   * Ends the current session of `sandboxId` (e.g. the sandbox was deleted):
+   * it is told to stop and removed; true when there was one.
+   */
+  endSession(sandboxId: string): boolean {
+    const current = this.#sessions.get(sandboxId);
+    if (!current) return false;
+    safely(() => current.sink.stop());
+    return this.removeIfCurrent(sandboxId, current.sessionId);
+  }
+
   /** Whether `sandboxId` has a live session. */
   hasSession(sandboxId: string): boolean {
     return this.#sessions.has(sandboxId);
@@ -179,6 +190,11 @@ export class SessionRegistry<T> {
       if (!entry.dropped && (sandboxId === undefined || entry.sandboxId === sandboxId)) n++;
     }
     return n;
+  }
+
+  /** The sandbox a pending relay was opened for (undefined when unknown). */
+  pendingSandboxId(channelId: string): string | undefined {
+    return this.#pending.get(channelId)?.sandboxId;
   }
 
   /** Entries in the pending table, including those whose requester left. */

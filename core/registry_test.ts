@@ -304,3 +304,16 @@ Deno.test("close fails waiting requesters with UNAVAILABLE", async () => {
   await rejectsWith(relay.stream, Code.UNAVAILABLE);
   assert.equal(reg.pendingEntries, 0);
 });
+
+Deno.test("endSession stops and removes the current session once", () => {
+  const reg = new SessionRegistry<string>();
+  const sink = new FakeSink();
+  const events: boolean[] = [];
+  reg.observe((_sb, up) => events.push(up));
+  reg.register("sb", "s1", sink);
+  assert.equal(reg.endSession("sb"), true);
+  assert.equal(sink.stopped, 1);
+  assert.equal(reg.hasSession("sb"), false);
+  assert.equal(reg.endSession("sb"), false);
+  assert.deepEqual(events, [true, false]);
+});

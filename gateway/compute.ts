@@ -1,0 +1,446 @@
+/**
+ * The compute runtime: the one place that changes a sandbox's state.
+ *
+ * It creates and deletes sandboxes (store first, then the driver), applies
+ * gateway-owned readiness when supervisor sessions come and go (the
+ * registry's observer), merges the driver's watch stream and periodic
+ * reconciliation, persists every change and publishes it to watchers.
+ *
+ * @module
+ */
+import { randomBytes } from "node:crypto";
+import type { Duplex } from "node:stream";
+import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
+import type {
+  DriverResourceRequirements,
+  DriverSandbox,
+  PlatformEvent,
+  Sandbox,
+  SandboxLogLine,
+  SandboxSpec,
+  Wire,
+} from "../core/protocol.ts";
+import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
+import type { SessionRegistry } from "../core/registry.ts";
+import { generateHostKey } from "../core/ssh_keys.ts";
+import { Code, StatusError } from "../core/status.ts";
+import type { ComputeDriver } from "./driver.ts";
+import { applyDriverSnapshot, applySessionChange } from "./readiness.ts";
+import type { SandboxRecord, SandboxSecrets, Store } from "./store.ts";
+import { SandboxTopics } from "./topics.ts";
+
+/** Namespace reported for every sandbox. */
+export const SANDBOX_NAMESPACE = "default";
+/** How often the runtime reconciles against the driver's list. */
+export const RECONCILE_INTERVAL_MS = 60_000;
+/** Delay before re-opening a driver watch that ended. */
+export const WATCH_RESTART_MS = 2_000;
+
+/** Options of {@link ComputeRuntime}. */
+export interface ComputeRuntimeOptions {
+  store: Store;
+  registry: SessionRegistry<Duplex>;
+  /** Absent with `--drivers none`. */
+  driver?: ComputeDriver;
+  log: Logger;
+  /** Clock; default `Date.now`. */
+  now?: () => number;
+  /** Reconcile period; default {@link RECONCILE_INTERVAL_MS}. */
+  reconcileIntervalMs?: number;
+}
+
+/** A request to create a sandbox, already validated. */
+export interface CreateInput {
+  name: string;
+  spec: SandboxSpec;
+}
+
+/** Generates a sandbox name like `sandbox-k3x9qa`. */
+export function generateSandboxName(): string {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = randomBytes(6);
+  return `sandbox-${Array.from(bytes, (b) => alphabet[b % alphabet.length]).join("")}`;
+}
+
+/** The driver-side description of a sandbox (user settings + provisioning secrets). */
+export function toDriverSandbox(sandbox: Sandbox, secrets: SandboxSecrets): Wire<DriverSandbox> {
+  const spec = sandbox.spec;
+  const template = spec?.template;
+  const environment: Record<string, string> = { ...(spec?.environment ?? {}) };
+  if (secrets.sshHostKey) environment[PROVISION_SSH_HOST_KEY] = secrets.sshHostKey;
+  if (secrets.supervisorToken) environment[PROVISION_SUPERVISOR_TOKEN] = secrets.supervisorToken;
+  return {
+    id: sandbox.id,
+    name: sandbox.name,
+    namespace: sandbox.namespace,
+    spec: {
+      log_level: spec?.log_level ?? "",
+      environment,
+      gpu: spec?.gpu ?? false,
+      template: template
+        ? {
+          image: template.image,
+          agent_socket_path: template.agent_socket,
+          labels: template.labels,
+          environment: template.environment,
+          resources: resourcesOf(template.resources),
+        }
+        : null,
+    },
+  };
+}
+
+/** Maps a public `template.resources` Struct onto the driver's typed requirements. */
+export function resourcesOf(struct: unknown): DriverResourceRequirements | null {
+  const fields =
+    (struct as { fields?: Record<string, { stringValue?: string; numberValue?: number }> })
+      ?.fields;
+  if (!fields || Object.keys(fields).length === 0) return null;
+  const pick = (k: string) => {
+    const f = fields[k];
+    return f?.stringValue ?? (f?.numberValue !== undefined ? String(f.numberValue) : "");
+  };
+  return {
+    cpu_request: pick("cpu_request") || pick("cpu"),
+    cpu_limit: pick("cpu_limit") || pick("cpu"),
+    memory_request: pick("memory_request") || pick("memory"),
+    memory_limit: pick("memory_limit") || pick("memory"),
+  };
+}
+
+/** Owns sandbox state changes. */
+export class ComputeRuntime {
+  /** Status-change signals per sandbox (subscribers re-read the store). */
+  readonly statusTopics: SandboxTopics<void> = new SandboxTopics<void>(0);
+  /** Log lines per sandbox (gateway and console), with replay. */
+  readonly logTopics: SandboxTopics<SandboxLogLine> = new SandboxTopics<SandboxLogLine>(2_000);
+  /** Platform events per sandbox, with replay. */
+  readonly eventTopics: SandboxTopics<PlatformEvent> = new SandboxTopics<PlatformEvent>(200);
+
+  readonly #store: Store;
+  readonly #registry: SessionRegistry<Duplex>;
+  readonly #driver?: ComputeDriver;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #reconcileMs: number;
+  #unobserve?: () => void;
+  #cancelWatch?: () => void;
+  #watchTimer?: ReturnType<typeof setTimeout>;
+  #reconcileTimer?: ReturnType<typeof setInterval>;
+  #stopped = false;
+  /** Sequential queue so session changes and driver events apply in order. */
+  #queue: Promise<void> = Promise.resolve();
+
+  /** Creates the runtime; call {@link start} to begin observing. */
+  constructor(options: ComputeRuntimeOptions) {
+    this.#store = options.store;
+    this.#registry = options.registry;
+    this.#driver = options.driver;
+    this.#log = options.log;
+    this.#now = options.now ?? Date.now;
+    this.#reconcileMs = options.reconcileIntervalMs ?? RECONCILE_INTERVAL_MS;
+  }
+
+  /** Whether a compute driver provisions sandboxes (false with `--drivers none`). */
+  get hasDriver(): boolean {
+    return this.#driver !== undefined;
+  }
+
+  /** Starts observing sessions and, with a driver, its watch stream and reconciliation. */
+  start(): void {
+    this.#unobserve = this.#registry.observe((id, connected) =>
+      this.#enqueue(() => this.#onSession(id, connected))
+    );
+    if (this.#driver) {
+      this.#openWatch();
+      this.#reconcileTimer = setInterval(() => {
+        this.#enqueue(() => this.reconcile());
+      }, this.#reconcileMs);
+    }
+  }
+
+  /** Stops timers and watches and ends every subscription; the driver itself is closed by its owner. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#unobserve?.();
+    this.#cancelWatch?.();
+    clearTimeout(this.#watchTimer);
+    clearInterval(this.#reconcileTimer);
+    await this.#queue;
+    this.statusTopics.close();
+    this.logTopics.close();
+    this.eventTopics.close();
+  }
+
+  /** Waits until every queued state change has been applied (tests use it). */
+  settled(): Promise<void> {
+    return this.#queue;
+  }
+
+  /** Appends a gateway log line for `sandboxId`. */
+  log(
+    sandboxId: string,
+    level: LogLevel,
+    message: string,
+    fields: Record<string, string> = {},
+  ): void {
+    this.logTopics.publish(sandboxId, {
+      sandbox_id: sandboxId,
+      timestamp_ms: this.#now(),
+      level: level.toUpperCase(),
+      target: "openshell_gateway",
+      message,
+      source: "gateway",
+      fields,
+    });
+  }
+
+  /**
+   * Creates a sandbox: checks with the driver, stores it as PROVISIONING,
+   * asks the driver to provision it. If provisioning cannot start, nothing
+   * is left behind and the driver's error is returned.
+   */
+  async createSandbox(input: CreateInput): Promise<Sandbox> {
+    const sandbox: Sandbox = {
+      id: crypto.randomUUID(),
+      name: input.name,
+      namespace: SANDBOX_NAMESPACE,
+      spec: input.spec,
+      status: {
+        sandbox_name: input.name,
+        agent_pod: "",
+        agent_fd: "",
+        sandbox_fd: "",
+        conditions: [],
+      },
+      phase: "SANDBOX_PHASE_PROVISIONING",
+      created_at_ms: this.#now(),
+      current_policy_version: 0,
+    };
+    const secrets: SandboxSecrets = {};
+    if (this.#driver) {
+      const key = generateHostKey(`openshell-${input.name}`);
+      secrets.sshHostKey = key.privateKey;
+      secrets.hostKeyFingerprint = key.fingerprint;
+      secrets.supervisorToken = randomBytes(32).toString("base64url");
+      await this.#driver.validateCreate(toDriverSandbox(sandbox, secrets));
+    }
+    if (await this.#store.getSandboxByName(input.name)) {
+      throw new StatusError(Code.ALREADY_EXISTS, `sandbox "${input.name}" already exists`);
+    }
+    await this.#store.createSandbox({ sandbox, secrets });
+    this.log(sandbox.id, "info", `sandbox ${sandbox.name} created`);
+    this.statusTopics.publish(sandbox.id);
+    if (this.#driver) {
+      try {
+        await this.#driver.create(toDriverSandbox(sandbox, secrets));
+      } catch (err) {
+        await this.#store.deleteSandbox(sandbox.id);
+        this.statusTopics.drop(sandbox.id);
+        this.logTopics.drop(sandbox.id);
+        this.eventTopics.drop(sandbox.id);
+        throw err;
+      }
+    }
+    return (await this.#store.getSandbox(sandbox.id))?.sandbox ?? sandbox;
+  }
+
+  /**
+   * Deletes a sandbox: DELETING is stored and published first, its SSH
+   * sessions and supervisor session end, the driver tears it down, then the
+   * record goes. False when there is no such sandbox.
+   */
+  async deleteSandbox(record: SandboxRecord): Promise<boolean> {
+    const id = record.sandbox.id;
+    await this.#store.updateSandbox(
+      id,
+      (r) =>
+        r.sandbox.phase === "SANDBOX_PHASE_DELETING"
+          ? undefined
+          : { ...r, sandbox: { ...r.sandbox, phase: "SANDBOX_PHASE_DELETING" } },
+    );
+    this.log(id, "info", `sandbox ${record.sandbox.name} deleting`);
+    this.statusTopics.publish(id);
+    if (this.#driver) {
+      try {
+        await this.#driver.delete(id, record.sandbox.name);
+      } catch (err) {
+        this.#log.warn("driver failed to delete sandbox", {
+          sandbox: id,
+          error: errorMessage(err),
+        });
+        if (!(err instanceof StatusError && err.code === Code.NOT_FOUND)) throw err;
+      }
+    }
+    this.#registry.endSession(id);
+    const removed = await this.#store.deleteSandbox(id);
+    this.statusTopics.drop(id);
+    this.logTopics.drop(id);
+    this.eventTopics.drop(id);
+    return removed;
+  }
+
+  /** Compares the store with the driver's list; sandboxes the driver lost become ERROR. */
+  async reconcile(): Promise<void> {
+    if (!this.#driver || this.#stopped) return;
+    let known: DriverSandbox[];
+    try {
+      known = await this.#driver.list();
+    } catch (err) {
+      this.#log.warn("reconcile: driver list failed", { error: errorMessage(err) });
+      return;
+    }
+    const byId = new Map(known.map((d) => [d.id, d]));
+    const total = await this.#store.countSandboxes();
+    const records = await this.#store.listSandboxes({ limit: total + 1, offset: 0 });
+    for (const r of records) {
+      const d = byId.get(r.sandbox.id);
+      if (d) {
+        await this.#applySnapshot(d);
+      } else if (
+        r.sandbox.phase !== "SANDBOX_PHASE_ERROR" && r.sandbox.phase !== "SANDBOX_PHASE_DELETING"
+      ) {
+        await this.#markError(
+          r.sandbox.id,
+          "DriverLost",
+          "the compute driver does not know this sandbox",
+        );
+      }
+    }
+  }
+
+  #enqueue(task: () => Promise<void>): Promise<void> {
+    const next = this.#queue.then(task).catch((err) => {
+      this.#log.error("compute runtime update failed", { error: errorMessage(err) });
+    });
+    this.#queue = next;
+    return next;
+  }
+
+  async #onSession(sandboxId: string, connected: boolean): Promise<void> {
+    const updated = await this.#store.updateSandbox(sandboxId, (r) => {
+      const next = applySessionChange(r.sandbox, connected);
+      return next ? { ...r, sandbox: next } : undefined;
+    });
+    if (!updated) return;
+    this.log(
+      sandboxId,
+      "info",
+      connected ? "supervisor session connected" : "supervisor session disconnected",
+      { phase: updated.sandbox.phase },
+    );
+    this.statusTopics.publish(sandboxId);
+  }
+
+  async #applySnapshot(driverSandbox: DriverSandbox): Promise<void> {
+    let changed = false;
+    await this.#store.updateSandbox(driverSandbox.id, (r) => {
+      const next = applyDriverSnapshot(
+        r.sandbox,
+        driverSandbox,
+        this.#registry.hasSession(driverSandbox.id),
+      );
+      if (!next) return undefined;
+      changed = true;
+      if (next.phase !== r.sandbox.phase) {
+        const ready = next.status?.conditions.find((c) => c.type === "Ready");
+        this.log(
+          driverSandbox.id,
+          next.phase === "SANDBOX_PHASE_ERROR" ? "error" : "info",
+          `phase ${r.sandbox.phase.replace("SANDBOX_PHASE_", "")} -> ${
+            next.phase.replace("SANDBOX_PHASE_", "")
+          }${ready ? ` (${ready.reason}: ${ready.message})` : ""}`,
+        );
+      }
+      return { ...r, sandbox: next };
+    });
+    if (changed) this.statusTopics.publish(driverSandbox.id);
+  }
+
+  async #markError(sandboxId: string, reason: string, message: string): Promise<void> {
+    const updated = await this.#store.updateSandbox(sandboxId, (r) => {
+      const conditions = (r.sandbox.status?.conditions ?? []).filter((c) => c.type !== "Ready");
+      conditions.push({
+        type: "Ready",
+        status: "False",
+        reason,
+        message,
+        last_transition_time: new Date(this.#now()).toISOString(),
+      });
+      return {
+        ...r,
+        sandbox: {
+          ...r.sandbox,
+          phase: "SANDBOX_PHASE_ERROR",
+          status: {
+            ...(r.sandbox.status ??
+              { sandbox_name: r.sandbox.name, agent_pod: "", agent_fd: "", sandbox_fd: "" }),
+            conditions,
+          },
+        },
+      };
+    });
+    if (!updated) return;
+    this.log(sandboxId, "error", `${reason}: ${message}`);
+    this.statusTopics.publish(sandboxId);
+  }
+
+  #openWatch(): void {
+    if (this.#stopped || !this.#driver) return;
+    this.#cancelWatch = this.#driver.watch({
+      event: (e) => {
+        switch (e.payload) {
+          case "sandbox":
+            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox));
+            break;
+          case "deleted":
+            this.#enqueue(async () => {
+              const r = await this.#store.getSandbox(e.deleted.sandbox_id);
+              if (r && r.sandbox.phase !== "SANDBOX_PHASE_DELETING") {
+                await this.#markError(
+                  r.sandbox.id,
+                  "DriverDeleted",
+                  "the compute driver removed this sandbox",
+                );
+              }
+            });
+            break;
+          case "platform_event":
+            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event);
+            break;
+        }
+      },
+      end: (err) => {
+        if (this.#stopped) return;
+        this.#log.warn("driver watch ended; reopening", {
+          error: err ? errorMessage(err) : "stream closed",
+        });
+        this.#watchTimer = setTimeout(() => {
+          this.#openWatch();
+          this.#enqueue(() => this.reconcile());
+        }, WATCH_RESTART_MS);
+      },
+    });
+  }
+
+  #onPlatformEvent(sandboxId: string, event: PlatformEvent): void {
+    if (event.source === "console") {
+      this.logTopics.publish(sandboxId, {
+        sandbox_id: sandboxId,
+        timestamp_ms: event.timestamp_ms || this.#now(),
+        level: "INFO",
+        target: "console",
+        message: event.message,
+        source: "console",
+        fields: {},
+      });
+      return;
+    }
+    this.eventTopics.publish(sandboxId, event);
+    this.log(
+      sandboxId,
+      event.type === "Warning" ? "warn" : "info",
+      `${event.source} ${event.reason}: ${event.message}`,
+    );
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * The gateway's configuration: flags with `OPENSHELL_*` twins, checked at
+ * start, and the grant parameters they imply.
+ *
+ * @module
+ */
+import { type EnvReader, FlagError, type FlagSpec, parseFlags, renderHelp } from "../core/flags.ts";
+import type { GatewayGrantParams } from "../core/grants.ts";
+import type { LogFormat, LogLevel } from "../core/log.ts";
+import { LOG_LEVELS } from "../core/log.ts";
+
+/** Where the gateway keeps sandboxes. */
+export type DbUrl =
+  | { kind: "sqlite-memory" }
+  | { kind: "sqlite-file"; path: string }
+  | { kind: "postgres"; url: string };
+
+/** The gateway's settings after validation. */
+export interface GatewayConfig {
+  port: number;
+  bind: string;
+  stateDir: string;
+  db: DbUrl;
+  drivers: "vm" | "none";
+  driverDir: string;
+  vmDriverStateDir: string;
+  vmRuntimeDir?: string;
+  vmAccel?: string;
+  vmVcpus?: number;
+  vmMemMib?: number;
+  /** URL sandboxes dial; undefined = derived from bind/port once listening. */
+  grpcEndpoint?: string;
+  sshConnectPath: string;
+  sshGatewayHost?: string;
+  sshGatewayPort?: number;
+  sshSessionTtlSecs: number;
+  supervisorHeartbeatSecs: number;
+  disableTls: boolean;
+  disableGatewayAuth: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+}
+
+/** Default state dir (the compiled binary's grants point here). */
+export const DEFAULT_STATE_DIR = "/var/lib/openshell/gateway";
+
+/** Every gateway flag. */
+export const GATEWAY_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "port",
+    type: "integer",
+    env: "OPENSHELL_SERVER_PORT",
+    default: 8080,
+    min: 0,
+    max: 65535,
+    placeholder: "PORT",
+    description: "TCP port for gRPC and HTTP (0 = any free port)",
+  },
+  {
+    name: "bind",
+    type: "string",
+    env: "OPENSHELL_BIND_ADDRESS",
+    default: "0.0.0.0",
+    placeholder: "ADDR",
+    description: "Address to listen on",
+  },
+  {
+    name: "state-dir",
+    type: "string",
+    env: "OPENSHELL_STATE_DIR",
+    default: DEFAULT_STATE_DIR,
+    placeholder: "DIR",
+    description: "Gateway state: internal sockets, default database",
+  },
+  {
+    name: "db-url",
+    type: "string",
+    env: "OPENSHELL_DB_URL",
+    placeholder: "URL",
+    description:
+      "sqlite::memory:, sqlite:PATH or postgres://… (default sqlite:<state-dir>/gateway.db)",
+  },
+  {
+    name: "drivers",
+    type: "string",
+    env: "OPENSHELL_DRIVERS",
+    default: "vm",
+    choices: ["vm", "none"],
+    description:
+      "Compute driver (none: sandboxes are records that a supervisor started elsewhere attaches to)",
+  },
+  {
+    name: "driver-dir",
+    type: "string",
+    env: "OPENSHELL_DRIVER_DIR",
+    default: "/usr/local/libexec/openshell",
+    placeholder: "DIR",
+    description: "Directory holding openshell-driver-vm",
+  },
+  {
+    name: "vm-driver-state-dir",
+    type: "string",
+    env: "OPENSHELL_VM_DRIVER_STATE_DIR",
+    default: "/var/lib/openshell/vm",
+    placeholder: "DIR",
+    description: "State dir of the VM driver (its socket lives there; keep it short)",
+  },
+  {
+    name: "vm-runtime-dir",
+    type: "string",
+    env: "OPENSHELL_VM_RUNTIME_DIR",
+    placeholder: "DIR",
+    description: "Kernel and guest image for the VM driver",
+  },
+  {
+    name: "vm-accel",
+    type: "string",
+    env: "OPENSHELL_VM_ACCEL",
+    choices: ["auto", "kvm", "hvf", "tcg"],
+    description: "VM accelerator passed to the driver",
+  },
+  {
+    name: "vm-vcpus",
+    type: "integer",
+    env: "OPENSHELL_VM_VCPUS",
+    min: 1,
+    max: 64,
+    description: "vCPUs per VM",
+  },
+  {
+    name: "vm-mem-mib",
+    type: "integer",
+    env: "OPENSHELL_VM_MEM_MIB",
+    min: 64,
+    max: 262144,
+    description: "Memory per VM in MiB",
+  },
+  {
+    name: "grpc-endpoint",
+    type: "string",
+    env: "OPENSHELL_GRPC_ENDPOINT",
+    placeholder: "URL",
+    description: "URL sandboxes dial to reach this gateway (default: derived from --bind/--port)",
+  },
+  {
+    name: "ssh-connect-path",
+    type: "string",
+    env: "OPENSHELL_SSH_CONNECT_PATH",
+    default: "/connect/ssh",
+    placeholder: "PATH",
+    description: "HTTP path of the SSH CONNECT tunnel",
+  },
+  {
+    name: "ssh-gateway-host",
+    type: "string",
+    env: "OPENSHELL_SSH_GATEWAY_HOST",
+    placeholder: "HOST",
+    description: "Host that CreateSshSession tells clients to dial (default: the bind address)",
+  },
+  {
+    name: "ssh-gateway-port",
+    type: "integer",
+    env: "OPENSHELL_SSH_GATEWAY_PORT",
+    min: 1,
+    max: 65535,
+    placeholder: "PORT",
+    description: "Port that CreateSshSession tells clients to dial (default: the listen port)",
+  },
+  {
+    name: "ssh-session-ttl-secs",
+    type: "integer",
+    env: "OPENSHELL_SSH_SESSION_TTL_SECS",
+    default: 86400,
+    min: 0,
+    placeholder: "SECS",
+    description: "Lifetime of SSH session tokens (0 = no expiry)",
+  },
+  {
+    name: "supervisor-heartbeat-secs",
+    type: "integer",
+    env: "OPENSHELL_SUPERVISOR_HEARTBEAT_SECS",
+    default: 15,
+    min: 1,
+    max: 3600,
+    placeholder: "SECS",
+    description: "Heartbeat interval announced to supervisors",
+  },
+  {
+    name: "disable-tls",
+    type: "boolean",
+    env: "OPENSHELL_DISABLE_TLS",
+    default: false,
+    description: "Serve plaintext (development only)",
+  },
+  {
+    name: "disable-gateway-auth",
+    type: "boolean",
+    env: "OPENSHELL_DISABLE_GATEWAY_AUTH",
+    default: false,
+    description: "Do not require client certificates or supervisor tokens",
+  },
+  {
+    name: "tls-cert",
+    type: "string",
+    env: "OPENSHELL_TLS_CERT",
+    placeholder: "FILE",
+    description: "Server certificate (PEM)",
+  },
+  {
+    name: "tls-key",
+    type: "string",
+    env: "OPENSHELL_TLS_KEY",
+    placeholder: "FILE",
+    description: "Server private key (PEM)",
+  },
+  {
+    name: "tls-client-ca",
+    type: "string",
+    env: "OPENSHELL_TLS_CLIENT_CA",
+    placeholder: "FILE",
+    description: "CA that signs client certificates (mTLS)",
+  },
+  {
+    name: "log-level",
+    type: "string",
+    env: "OPENSHELL_LOG_LEVEL",
+    default: "info",
+    choices: LOG_LEVELS,
+    description: "Log level",
+  },
+  {
+    name: "log-format",
+    type: "string",
+    env: "OPENSHELL_LOG_FORMAT",
+    default: "text",
+    choices: ["text", "json"],
+    description: "Log line format",
+  },
+];
+
+/** Usage line of `--help`. */
+export const GATEWAY_USAGE = "usage: openshell-gateway [flags]";
+
+/** The full `--help` text. */
+export function gatewayHelp(): string {
+  return renderHelp(GATEWAY_USAGE, GATEWAY_FLAGS);
+}
+
+/** Parses a `--db-url`; throws a {@link FlagError} for anything unsupported. */
+export function parseDbUrl(url: string): DbUrl {
+  if (url === "sqlite::memory:" || url === "sqlite://:memory:") return { kind: "sqlite-memory" };
+  if (url.startsWith("sqlite:")) {
+    const path = url.slice("sqlite:".length).replace(/^\/\/(?=\/)/, "");
+    if (!path || path === ":memory:") return { kind: "sqlite-memory" };
+    if (!path.startsWith("/")) {
+      throw new FlagError(`--db-url: sqlite path must be absolute, got "${path}"`);
+    }
+    return { kind: "sqlite-file", path };
+  }
+  if (/^postgres(ql)?:\/\//.test(url)) return { kind: "postgres", url };
+  throw new FlagError(
+    `--db-url: unsupported database URL "${url}" (use sqlite::memory:, sqlite:/abs/path.db or postgres://…)`,
+  );
+}
+
+function absolute(flag: string, path: string): string {
+  if (!path.startsWith("/")) {
+    throw new FlagError(`--${flag}: must be an absolute path, got "${path}"`);
+  }
+  return path.replace(/\/+$/, "") || "/";
+}
+
+function optionalString(v: unknown): string | undefined {
+  return typeof v === "string" && v !== "" ? v : undefined;
+}
+
+/** Result of {@link parseGatewayConfig}: a config, or a request for help. */
+export type GatewayArgs = { help: true } | { help: false; config: GatewayConfig };
+
+/** Parses and validates the gateway's flags; throws {@link FlagError} with a readable message. */
+export function parseGatewayConfig(args: readonly string[], env?: EnvReader): GatewayArgs {
+  const parsed = parseFlags(GATEWAY_FLAGS, args, env);
+  if (parsed.help) return { help: true };
+  if (parsed.positionals.length > 0) {
+    throw new FlagError(`unexpected argument "${parsed.positionals[0]}" (see --help)`);
+  }
+  const v = parsed.values;
+  const stateDir = absolute("state-dir", v["state-dir"] as string);
+  const config: GatewayConfig = {
+    port: v["port"] as number,
+    bind: v["bind"] as string,
+    stateDir,
+    db: parseDbUrl(optionalString(v["db-url"]) ?? `sqlite:${stateDir}/gateway.db`),
+    drivers: v["drivers"] as "vm" | "none",
+    driverDir: absolute("driver-dir", v["driver-dir"] as string),
+    vmDriverStateDir: absolute("vm-driver-state-dir", v["vm-driver-state-dir"] as string),
+    vmRuntimeDir: optionalString(v["vm-runtime-dir"]),
+    vmAccel: optionalString(v["vm-accel"]),
+    vmVcpus: v["vm-vcpus"] as number | undefined,
+    vmMemMib: v["vm-mem-mib"] as number | undefined,
+    grpcEndpoint: optionalString(v["grpc-endpoint"]),
+    sshConnectPath: v["ssh-connect-path"] as string,
+    sshGatewayHost: optionalString(v["ssh-gateway-host"]),
+    sshGatewayPort: v["ssh-gateway-port"] as number | undefined,
+    sshSessionTtlSecs: v["ssh-session-ttl-secs"] as number,
+    supervisorHeartbeatSecs: v["supervisor-heartbeat-secs"] as number,
+    disableTls: v["disable-tls"] as boolean,
+    disableGatewayAuth: v["disable-gateway-auth"] as boolean,
+    tlsCert: optionalString(v["tls-cert"]),
+    tlsKey: optionalString(v["tls-key"]),
+    tlsClientCa: optionalString(v["tls-client-ca"]),
+    logLevel: v["log-level"] as LogLevel,
+    logFormat: v["log-format"] as LogFormat,
+  };
+  validate(config);
+  return { help: false, config };
+}
+
+function validate(c: GatewayConfig): void {
+  if (!/^[A-Za-z0-9.:\-\[\]]+$/.test(c.bind)) {
+    throw new FlagError(`--bind: not an address: "${c.bind}"`);
+  }
+  if (!/^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/.test(c.sshConnectPath)) {
+    throw new FlagError(
+      `--ssh-connect-path: must start with "/" and hold URL path characters only`,
+    );
+  }
+  if (c.grpcEndpoint && !/^https?:\/\/[^/\s]+\/?$/.test(c.grpcEndpoint)) {
+    throw new FlagError(
+      `--grpc-endpoint: expected http://HOST:PORT or https://HOST:PORT, got "${c.grpcEndpoint}"`,
+    );
+  }
+  if (c.db.kind === "postgres") {
+    throw new FlagError(
+      "--db-url: postgres is not supported yet (use sqlite::memory: or sqlite:PATH)",
+    );
+  }
+  if (!c.disableTls) {
+    const missing = [["tls-cert", c.tlsCert], ["tls-key", c.tlsKey]]
+      .filter(([, v]) => !v).map(([k]) => `--${k}`);
+    if (missing.length > 0) {
+      throw new FlagError(
+        `TLS is on by default: pass ${
+          missing.join(" and ")
+        } (and --tls-client-ca for mTLS), or --disable-tls`,
+      );
+    }
+    if (!c.disableGatewayAuth && !c.tlsClientCa) {
+      throw new FlagError(
+        "gateway auth needs --tls-client-ca (client certificates), or pass --disable-gateway-auth",
+      );
+    }
+  }
+  const sockets: [string, string][] = [["state-dir", internalSocketPath(c)]];
+  if (c.drivers === "vm") sockets.push(["vm-driver-state-dir", driverSocketPath(c)]);
+  for (const [flag, path] of sockets) {
+    if (new TextEncoder().encode(path).length > MAX_UNIX_SOCKET_PATH) {
+      throw new FlagError(
+        `--${flag}: too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
+      );
+    }
+  }
+}
+
+/** Longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
+export const MAX_UNIX_SOCKET_PATH = 107;
+
+/** Path of the gateway's internal gRPC socket. */
+export function internalSocketPath(c: Pick<GatewayConfig, "stateDir">): string {
+  return `${c.stateDir}/grpc.sock`;
+}
+
+/** Path of the VM driver's socket. */
+export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): string {
+  return `${c.vmDriverStateDir}/compute-driver.sock`;
+}
+
+/** The grant parameters this configuration needs (for launchers and tests). */
+export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
+  return {
+    listen: { host: c.bind, port: c.port },
+    stateDir: c.stateDir,
+    dbPath: c.db.kind === "sqlite-file" && !c.db.path.startsWith(c.stateDir + "/")
+      ? c.db.path
+      : undefined,
+    driverBinary: c.drivers === "vm" ? `${c.driverDir}/openshell-driver-vm` : undefined,
+    driverStateDir: c.drivers === "vm" ? c.vmDriverStateDir : undefined,
+    tlsFiles: c.disableTls
+      ? []
+      : [c.tlsCert, c.tlsKey, c.tlsClientCa].filter((f): f is string => !!f),
+  };
+}

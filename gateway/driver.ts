@@ -1,0 +1,253 @@
+/**
+ * The gateway's view of a compute driver: the {@link ComputeDriver}
+ * interface the compute runtime uses, its gRPC implementation over the
+ * driver's Unix socket, and the driver child process.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import { sleep } from "../core/backoff.ts";
+import type { Logger } from "../core/log.ts";
+import {
+  ComputeDriverClient,
+  type DriverSandbox,
+  type GetCapabilitiesResponse,
+  type WatchSandboxesEvent,
+  type Wire,
+} from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+
+/** Handlers of {@link ComputeDriver.watch}. */
+export interface WatchHandlers {
+  /** One event from the driver. */
+  event(event: WatchSandboxesEvent): void;
+  /** The stream ended (with the error, if any). */
+  end(err?: Error): void;
+}
+
+/** What the compute runtime needs from a driver. */
+export interface ComputeDriver {
+  capabilities(): Promise<GetCapabilitiesResponse>;
+  validateCreate(sandbox: Wire<DriverSandbox>): Promise<void>;
+  create(sandbox: Wire<DriverSandbox>): Promise<void>;
+  /** True when the driver deleted something. */
+  delete(sandboxId: string, sandboxName: string): Promise<boolean>;
+  list(): Promise<DriverSandbox[]>;
+  /** Starts watching; returns a function that cancels the watch. */
+  watch(handlers: WatchHandlers): () => void;
+  /** Stops the driver and releases the connection. */
+  close(): Promise<void>;
+}
+
+type Unary = (
+  req: unknown,
+  meta: grpc.Metadata,
+  opts: grpc.CallOptions,
+  cb: grpc.requestCallback<unknown>,
+) => void;
+
+/** A {@link ComputeDriver} over a grpc-js client of the ComputeDriver service. */
+export class GrpcComputeDriver implements ComputeDriver {
+  readonly #client: grpc.Client;
+  readonly #calls = new Set<grpc.ClientReadableStream<unknown>>();
+
+  /** Wraps a client connected to `target` (e.g. `unix:/state/compute-driver.sock`). */
+  constructor(target: string) {
+    this.#client = new ComputeDriverClient(target, grpc.credentials.createInsecure(), {
+      "grpc.max_receive_message_length": 16 * 1024 * 1024,
+    });
+  }
+
+  #unary<T>(method: string, request: unknown, timeoutMs = 30_000): Promise<T> {
+    const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
+    return new Promise((resolve, reject) => {
+      fn(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
+        if (err) {
+          reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
+        } else resolve(res as T);
+      });
+    });
+  }
+
+  capabilities(): Promise<GetCapabilitiesResponse> {
+    return this.#unary("GetCapabilities", {}, 5_000);
+  }
+
+  async validateCreate(sandbox: Wire<DriverSandbox>): Promise<void> {
+    await this.#unary("ValidateSandboxCreate", { sandbox });
+  }
+
+  async create(sandbox: Wire<DriverSandbox>): Promise<void> {
+    await this.#unary("CreateSandbox", { sandbox }, 120_000);
+  }
+
+  async delete(sandboxId: string, sandboxName: string): Promise<boolean> {
+    const res = await this.#unary<{ deleted: boolean }>(
+      "DeleteSandbox",
+      { sandbox_id: sandboxId, sandbox_name: sandboxName },
+      60_000,
+    );
+    return res.deleted;
+  }
+
+  async list(): Promise<DriverSandbox[]> {
+    return (await this.#unary<{ sandboxes: DriverSandbox[] }>("ListSandboxes", {})).sandboxes;
+  }
+
+  watch(handlers: WatchHandlers): () => void {
+    const call = (this.#client as unknown as {
+      WatchSandboxes(req: unknown): grpc.ClientReadableStream<WatchSandboxesEvent>;
+    }).WatchSandboxes({});
+    this.#calls.add(call as grpc.ClientReadableStream<unknown>);
+    let ended = false;
+    const finish = (err?: Error) => {
+      if (ended) return;
+      ended = true;
+      this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+      handlers.end(err);
+    };
+    call.on("data", (e: WatchSandboxesEvent) => handlers.event(e));
+    call.on(
+      "error",
+      (err: grpc.ServiceError) => finish(err.code === grpc.status.CANCELLED ? undefined : err),
+    );
+    call.on("end", () => finish());
+    return () => call.cancel();
+  }
+
+  close(): Promise<void> {
+    for (const call of this.#calls) call.cancel();
+    this.#client.close();
+    return Promise.resolve();
+  }
+}
+
+/** Options of {@link startDriverProcess}. */
+export interface DriverProcessOptions {
+  /** The driver executable. */
+  binary: string;
+  /** Arguments after the executable. */
+  args: string[];
+  /** The Unix socket it serves on. */
+  socketPath: string;
+  /** How long to wait for `GetCapabilities` to answer. */
+  readyTimeoutMs?: number;
+  log: Logger;
+}
+
+/** A running driver process with its client. */
+export interface DriverProcess {
+  driver: ComputeDriver;
+  capabilities: GetCapabilitiesResponse;
+  /** Resolves with the exit code when the process ends. */
+  exited: Promise<number>;
+}
+
+async function pumpLines(
+  stream: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+): Promise<void> {
+  const decoder = new TextDecoder();
+  let rest = "";
+  try {
+    for await (const chunk of stream) {
+      rest += decoder.decode(chunk, { stream: true });
+      let i;
+      while ((i = rest.indexOf("\n")) >= 0) {
+        onLine(rest.slice(0, i));
+        rest = rest.slice(i + 1);
+      }
+    }
+  } catch {
+    // the child went away
+  }
+  if (rest) onLine(rest);
+}
+
+/**
+ * Starts the driver binary, forwards its output to the gateway log, and
+ * waits until it answers `GetCapabilities`. A driver that exits or does not
+ * answer in time is an error (and is killed). Stopping the returned driver
+ * sends SIGTERM, waits up to 10 s, then SIGKILL — the gRPC channel is never
+ * closed gracefully first.
+ */
+export async function startDriverProcess(options: DriverProcessOptions): Promise<DriverProcess> {
+  const { log } = options;
+  try {
+    await Deno.remove(options.socketPath);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(options.binary, {
+      args: options.args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (err) {
+    throw new Error(`cannot start compute driver ${options.binary}: ${(err as Error).message}`);
+  }
+  const dlog = log.with({ component: "driver" });
+  const output = Promise.all([
+    pumpLines(child.stdout, (l) => dlog.info(l)),
+    pumpLines(child.stderr, (l) => dlog.info(l)),
+  ]);
+  const exited = child.status.then(async (s) => {
+    await output;
+    return s.code;
+  });
+  let gone = false;
+  exited.then(() => gone = true);
+
+  const grpcDriver = new GrpcComputeDriver(`unix:${options.socketPath}`);
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
+  let capabilities: GetCapabilitiesResponse | undefined;
+  let lastError = "";
+  while (!capabilities) {
+    if (gone) {
+      await grpcDriver.close();
+      throw new Error(`compute driver exited with status ${await exited} before it was ready`);
+    }
+    if (Date.now() > deadline) {
+      await grpcDriver.close();
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await exited;
+      throw new Error(`compute driver did not answer GetCapabilities in time: ${lastError}`);
+    }
+    try {
+      capabilities = await grpcDriver.capabilities();
+    } catch (err) {
+      lastError = (err as Error).message;
+      await sleep(100);
+    }
+  }
+
+  const driver: ComputeDriver = {
+    capabilities: () => grpcDriver.capabilities(),
+    validateCreate: (s) => grpcDriver.validateCreate(s),
+    create: (s) => grpcDriver.create(s),
+    delete: (id, name) => grpcDriver.delete(id, name),
+    list: () => grpcDriver.list(),
+    watch: (h) => grpcDriver.watch(h),
+    close: async () => {
+      if (!gone) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* gone */ }
+        const timer = setTimeout(() => {
+          try {
+            child.kill("SIGKILL");
+          } catch { /* gone */ }
+        }, 10_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      await grpcDriver.close();
+    },
+  };
+  return { driver, capabilities, exited };
+}

@@ -1,0 +1,50 @@
+/**
+ * `openshell-gateway`: gRPC + HTTP on one port; owns sandboxes, their
+ * readiness and the relays to their supervisors.
+ *
+ * @module
+ */
+import { denoEnv, FlagError } from "../core/flags.ts";
+import { errorMessage, Logger } from "../core/log.ts";
+import { gatewayHelp, parseGatewayConfig } from "./config.ts";
+import { startGateway } from "./server.ts";
+
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseGatewayConfig(Deno.args, denoEnv);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      console.error(`openshell-gateway: ${err.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (parsed.help) {
+    console.log(gatewayHelp());
+    return 0;
+  }
+  const config = parsed.config;
+  const log = new Logger({ level: config.logLevel, format: config.logFormat, target: "gateway" });
+  let gateway;
+  try {
+    gateway = await startGateway(config, {
+      log,
+      unsafeKeepGoaway: denoEnv("OPENSHELL_UNSAFE_KEEP_GOAWAY") === "1",
+    });
+  } catch (err) {
+    log.error(`cannot start: ${errorMessage(err)}`);
+    return 1;
+  }
+  const onSignal = () => {
+    gateway.stop();
+  };
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  await gateway.stopped;
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  Deno.removeSignalListener("SIGINT", onSignal);
+  return 0;
+}
+
+Deno.exit(await main());

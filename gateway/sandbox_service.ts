@@ -1,0 +1,284 @@
+/**
+ * The public sandbox API of `openshell.v1.OpenShell`: Health, the sandbox
+ * lifecycle, WatchSandbox, GetSandboxLogs and SSH session tokens.
+ *
+ * @module
+ */
+import type * as grpc from "@grpc/grpc-js";
+import { randomBytes } from "node:crypto";
+import type { Logger } from "../core/log.ts";
+import type {
+  CreateSandboxRequest,
+  CreateSshSessionResponse,
+  GetSandboxLogsRequest,
+  GetSandboxLogsResponse,
+  HealthResponse,
+  ListSandboxesRequest,
+  ListSandboxesResponse,
+  Sandbox,
+  SandboxLogLine,
+  SandboxResponse,
+  SandboxStreamEvent,
+  WatchSandboxRequest,
+  Wire,
+} from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { VERSION } from "../core/version.ts";
+import { type ComputeRuntime, generateSandboxName } from "./compute.ts";
+import { isTerminalPhase } from "./readiness.ts";
+import { failStream, unary } from "./rpc.ts";
+import type { SandboxRecord, Store } from "./store.ts";
+import { validateCreateSandbox, validatePage } from "./validation.ts";
+
+/** Log lines GetSandboxLogs returns when the request says 0. */
+export const DEFAULT_LOG_LINES = 2_000;
+
+/** Where CreateSshSession tells clients to connect. */
+export interface SshEndpoint {
+  host: string;
+  port: number;
+  scheme: "http" | "https";
+  connectPath: string;
+  /** Token lifetime; 0 = no expiry. */
+  ttlSecs: number;
+}
+
+/** Options of {@link SandboxService}. */
+export interface SandboxServiceOptions {
+  store: Store;
+  compute: ComputeRuntime;
+  log: Logger;
+  /** Resolved once the listener is bound. */
+  sshEndpoint: () => SshEndpoint;
+  /** Whether the gateway is ready to serve (for Health). */
+  healthy?: () => boolean;
+  now?: () => number;
+}
+
+const LEVEL_RANK: Record<string, number> = { ERROR: 0, WARN: 1, INFO: 2, DEBUG: 3, TRACE: 4 };
+
+/** Whether a log line passes the since/sources/min-level filters of a request. */
+export function logLineMatches(
+  line: SandboxLogLine,
+  filter: { sinceMs: number; sources: readonly string[]; minLevel: string },
+): boolean {
+  if (filter.sinceMs > 0 && line.timestamp_ms < filter.sinceMs) return false;
+  const source = line.source || "gateway";
+  if (filter.sources.length > 0 && !filter.sources.includes(source)) return false;
+  if (filter.minLevel) {
+    const min = LEVEL_RANK[filter.minLevel.toUpperCase()];
+    const rank = LEVEL_RANK[line.level.toUpperCase()] ?? LEVEL_RANK.INFO;
+    if (min !== undefined && rank > min) return false;
+  }
+  return true;
+}
+
+/** A token for the SSH tunnel (URL-safe, 256 bits). */
+export function newSshToken(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+function randomLetters(n: number): string {
+  return Array.from(randomBytes(n), (b) => String.fromCharCode(97 + (b % 26))).join("");
+}
+
+/** Handlers of the public API. */
+export class SandboxService {
+  readonly #o: SandboxServiceOptions;
+
+  /** Creates the service. */
+  constructor(options: SandboxServiceOptions) {
+    this.#o = options;
+  }
+
+  #now(): number {
+    return (this.#o.now ?? Date.now)();
+  }
+
+  async #byName(name: string): Promise<SandboxRecord> {
+    if (!name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
+    const r = await this.#o.store.getSandboxByName(name);
+    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox "${name}" not found`);
+    return r;
+  }
+
+  async #byId(id: string, field = "sandbox_id"): Promise<SandboxRecord> {
+    if (!id) throw new StatusError(Code.INVALID_ARGUMENT, `${field} is required`);
+    const r = await this.#o.store.getSandbox(id) ?? await this.#o.store.getSandboxByName(id);
+    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox ${id} not found`);
+    return r;
+  }
+
+  /** grpc-js handlers keyed by method name. */
+  handlers(): grpc.UntypedServiceImplementation {
+    const log = this.#o.log;
+    return {
+      Health: unary(log, (): Promise<HealthResponse> =>
+        Promise.resolve({
+          status: (this.#o.healthy?.() ?? true)
+            ? "SERVICE_STATUS_HEALTHY"
+            : "SERVICE_STATUS_DEGRADED",
+          version: VERSION,
+        })),
+      CreateSandbox: unary(log, async (req: CreateSandboxRequest): Promise<SandboxResponse> => {
+        const { name, spec } = validateCreateSandbox(req);
+        let chosen = name;
+        if (!chosen) {
+          do chosen = generateSandboxName(); while (await this.#o.store.getSandboxByName(chosen));
+        }
+        const sandbox = await this.#o.compute.createSandbox({ name: chosen, spec });
+        log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
+        return { sandbox };
+      }),
+      GetSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+        return { sandbox: (await this.#byName(req.name)).sandbox };
+      }),
+      ListSandboxes: unary(
+        log,
+        async (req: ListSandboxesRequest): Promise<ListSandboxesResponse> => {
+          const page = validatePage(req.limit, req.offset);
+          const records = await this.#o.store.listSandboxes(page);
+          return { sandboxes: records.map((r) => r.sandbox) };
+        },
+      ),
+      DeleteSandbox: unary(log, async (req: { name: string }): Promise<{ deleted: boolean }> => {
+        if (!req.name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
+        const record = await this.#o.store.getSandboxByName(req.name);
+        if (!record) return { deleted: false };
+        const deleted = await this.#o.compute.deleteSandbox(record);
+        log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
+        return { deleted };
+      }),
+      CreateSshSession: unary(
+        log,
+        async (req: { sandbox_id: string }): Promise<CreateSshSessionResponse> => {
+          const record = await this.#byId(req.sandbox_id);
+          if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
+            throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
+          }
+          const ep = this.#o.sshEndpoint();
+          const now = this.#now();
+          const token = newSshToken();
+          const expires = ep.ttlSecs > 0 ? now + ep.ttlSecs * 1000 : 0;
+          await this.#o.store.createSshSession({
+            id: token,
+            token,
+            sandbox_id: record.sandbox.id,
+            name: randomLetters(6),
+            created_at_ms: now,
+            revoked: false,
+            expires_at_ms: expires,
+          });
+          return {
+            sandbox_id: record.sandbox.id,
+            token,
+            gateway_host: ep.host,
+            gateway_port: ep.port,
+            gateway_scheme: ep.scheme,
+            connect_path: ep.connectPath,
+            host_key_fingerprint: record.secrets.hostKeyFingerprint ?? "",
+            expires_at_ms: expires,
+          };
+        },
+      ),
+      RevokeSshSession: unary(
+        log,
+        async (req: { token: string }): Promise<{ revoked: boolean }> => {
+          if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
+          return { revoked: await this.#o.store.revokeSshSession(req.token) };
+        },
+      ),
+      GetSandboxLogs: unary(
+        log,
+        async (req: GetSandboxLogsRequest): Promise<GetSandboxLogsResponse> => {
+          const record = await this.#byId(req.sandbox_id);
+          const id = record.sandbox.id;
+          const filter = { sinceMs: req.since_ms, sources: req.sources, minLevel: req.min_level };
+          const all = this.#o.compute.logTopics.buffered(id).filter((l) =>
+            logLineMatches(l, filter)
+          );
+          const lines = req.lines > 0 ? req.lines : DEFAULT_LOG_LINES;
+          return { logs: all.slice(-lines), buffer_total: this.#o.compute.logTopics.total(id) };
+        },
+      ),
+      WatchSandbox: (
+        call: grpc.ServerWritableStream<WatchSandboxRequest, Wire<SandboxStreamEvent>>,
+      ) => {
+        this.#watch(call).catch((err) => failStream(call, err, log));
+      },
+    };
+  }
+
+  async #watch(
+    call: grpc.ServerWritableStream<WatchSandboxRequest, Wire<SandboxStreamEvent>>,
+  ): Promise<void> {
+    const req = call.request;
+    const record = await this.#byId(req.id, "id");
+    const id = record.sandbox.id;
+    const compute = this.#o.compute;
+    const unsubscribers: (() => void)[] = [];
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      for (const u of unsubscribers) u();
+      if (!call.writableEnded && !call.destroyed) call.end();
+    };
+    call.on("cancelled", finish);
+    call.on("close", finish);
+    const send = (event: Wire<SandboxStreamEvent>) => {
+      if (!done && !call.writableEnded && !call.destroyed) call.write(event);
+    };
+
+    let last = "";
+    let reading = Promise.resolve();
+    const sendStatus = (sandbox: Sandbox | undefined) => {
+      if (!sandbox) return finish();
+      const json = JSON.stringify(sandbox);
+      if (json !== last) {
+        last = json;
+        if (req.follow_status) send({ sandbox });
+      }
+      if (req.stop_on_terminal && isTerminalPhase(sandbox.phase)) finish();
+    };
+    const refresh = () => {
+      reading = reading.then(async () => {
+        if (!done) sendStatus((await this.#o.store.getSandbox(id))?.sandbox);
+      }).catch(finish);
+    };
+
+    // Subscribe before reading so no change between the read and the subscription is lost;
+    // the snapshot goes out first, then replays, then live items.
+    unsubscribers.push(compute.statusTopics.subscribe(id, { next: refresh, end: finish }));
+    refresh();
+    await reading;
+    if (done) return;
+    const logFilter = {
+      sinceMs: req.log_since_ms,
+      sources: req.log_sources,
+      minLevel: req.log_min_level,
+    };
+    if (req.follow_logs) {
+      if (req.log_tail_lines > 0) {
+        for (
+          const line of compute.logTopics.buffered(id).filter((l) => logLineMatches(l, logFilter))
+            .slice(-req.log_tail_lines)
+        ) {
+          send({ log: line });
+        }
+      }
+      unsubscribers.push(compute.logTopics.subscribe(id, {
+        next: (line) => logLineMatches(line, logFilter) && send({ log: line }),
+        end: finish,
+      }));
+    }
+    if (req.follow_events) {
+      if (req.event_tail > 0) {
+        for (const e of compute.eventTopics.buffered(id).slice(-req.event_tail)) send({ event: e });
+      }
+      unsubscribers.push(
+        compute.eventTopics.subscribe(id, { next: (e) => send({ event: e }), end: finish }),
+      );
+    }
+  }
+}

@@ -1,0 +1,315 @@
+/**
+ * Assembles a running gateway from its configuration: store, session
+ * registry, compute runtime (and driver), the gRPC services on an internal
+ * Unix socket, and the public listener that serves gRPC and HTTP/1.1 on one
+ * port.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import type { Duplex } from "node:stream";
+import { errorMessage, type Logger } from "../core/log.ts";
+import { OpenShellClient } from "../core/protocol.ts";
+import { SessionRegistry } from "../core/registry.ts";
+import { VERSION } from "../core/version.ts";
+import { ComputeRuntime } from "./compute.ts";
+import { driverSocketPath, type GatewayConfig, internalSocketPath } from "./config.ts";
+import { type ComputeDriver, startDriverProcess } from "./driver.ts";
+import { ExecService } from "./exec.ts";
+import { httpResponse, type RequestHead } from "./http1.ts";
+import { GatewayListener } from "./listener.ts";
+import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
+import { SshTunnel } from "./ssh_tunnel.ts";
+import { SqliteStore, type Store } from "./store.ts";
+import { SupervisorPlane } from "./supervisor_plane.ts";
+
+/** HTTP/2 flow-control windows of the relay plane (per stream / per connection). */
+export const H2_STREAM_WINDOW = 2 * 1024 * 1024;
+/** Connection-level window. */
+export const H2_CONNECTION_WINDOW = 4 * 1024 * 1024;
+/** Largest gRPC message accepted. */
+export const MAX_GRPC_MESSAGE = 16 * 1024 * 1024;
+/** Grace for streams to flush their final status at shutdown. */
+export const SHUTDOWN_FLUSH_MS = 250;
+/** How often expired or revoked SSH tokens are purged. */
+export const SSH_SESSION_PRUNE_MS = 3_600_000;
+
+/** A running gateway. */
+export interface Gateway {
+  /** Bound address. */
+  host: string;
+  port: number;
+  /** URL sandboxes dial. */
+  grpcEndpoint: string;
+  /** Resolves when {@link stop} has finished. */
+  stopped: Promise<void>;
+  /** Stops accepting, ends streams, stops the driver, closes the store. */
+  stop(): Promise<void>;
+}
+
+/** Options of {@link startGateway}. */
+export interface StartOptions {
+  log: Logger;
+  /** Keep client GOAWAY frames (reproducing denoland/deno#36788 only). */
+  unsafeKeepGoaway?: boolean;
+}
+
+function defaultEndpoint(config: GatewayConfig, port: number): string {
+  const scheme = config.disableTls ? "http" : "https";
+  const unspecified = ["0.0.0.0", "::", "[::]", ""].includes(config.bind);
+  const host = unspecified
+    ? "127.0.0.1"
+    : config.bind.includes(":") && !config.bind.startsWith("[")
+    ? `[${config.bind}]`
+    : config.bind;
+  return `${scheme}://${host}:${port}`;
+}
+
+function openStore(config: GatewayConfig): Store {
+  switch (config.db.kind) {
+    case "sqlite-memory":
+      return SqliteStore.open();
+    case "sqlite-file":
+      return SqliteStore.open({ path: config.db.path });
+    case "postgres":
+      throw new Error("postgres is not supported yet");
+  }
+}
+
+async function removeStale(path: string): Promise<void> {
+  try {
+    await Deno.remove(path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+}
+
+function raiseWindows(server: grpc.Server, log: Logger): void {
+  const servers = (server as unknown as {
+    http2Servers?: Map<{ on: (e: string, f: (s: unknown) => void) => void }, unknown>;
+  })
+    .http2Servers;
+  for (const h2 of servers?.keys() ?? []) {
+    h2.on("session", (session) => {
+      const s = session as {
+        settings(opts: Record<string, number>): void;
+        setLocalWindowSize(n: number): void;
+      };
+      try {
+        s.settings({ initialWindowSize: H2_STREAM_WINDOW });
+        s.setLocalWindowSize(H2_CONNECTION_WINDOW);
+      } catch (err) {
+        log.debug("could not raise HTTP/2 windows", { error: errorMessage(err) });
+      }
+    });
+  }
+}
+
+/** Starts a gateway; resolves once its port is bound and it logged `Server listening`. */
+export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
+  const log = options.log;
+  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const store = openStore(config);
+  const registry = new SessionRegistry<Duplex>();
+  registry.startReaper();
+
+  const endpointRef: { current?: SshEndpoint } = {};
+  let driverReady = config.drivers === "none";
+  let driver: ComputeDriver | undefined;
+  const computeHolder: { runtime?: ComputeRuntime } = {};
+
+  // The compute runtime needs the driver, which needs the bound port; build a
+  // placeholder runtime now and swap in the driver-backed one once started.
+  const makeRuntime = (d?: ComputeDriver) => {
+    const rt = new ComputeRuntime({ store, registry, driver: d, log });
+    rt.start();
+    return rt;
+  };
+  if (config.drivers === "none") computeHolder.runtime = makeRuntime();
+
+  const compute = new Proxy({} as ComputeRuntime, {
+    get(_t, prop) {
+      const rt = computeHolder.runtime;
+      if (!rt) {
+        if (prop === "createSandbox" || prop === "deleteSandbox") {
+          return () => Promise.reject(new Error("the compute driver is not ready yet"));
+        }
+        throw new Error("compute runtime not ready");
+      }
+      const v = (rt as unknown as Record<PropertyKey, unknown>)[prop];
+      return typeof v === "function" ? v.bind(rt) : v;
+    },
+  });
+
+  const sandboxes = new SandboxService({
+    store,
+    compute,
+    log,
+    sshEndpoint: () => endpointRef.current!,
+    healthy: () => driverReady,
+  });
+  const plane = new SupervisorPlane({
+    store,
+    registry,
+    log,
+    heartbeatSecs: config.supervisorHeartbeatSecs,
+    requireTokens: !config.disableGatewayAuth,
+  });
+  const exec = new ExecService({ store, registry, log });
+  const tunnel = new SshTunnel({ store, registry, log });
+
+  const grpcServer = new grpc.Server({
+    "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
+    "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
+  });
+  grpcServer.addService(OpenShellClient.service, {
+    ...sandboxes.handlers(),
+    ConnectSupervisor: plane.connectSupervisor,
+    RelayStream: plane.relayStream,
+    ExecSandbox: exec.execSandbox,
+  });
+  const grpcSocket = internalSocketPath(config);
+  await removeStale(grpcSocket);
+  await new Promise<void>((resolve, reject) =>
+    grpcServer.bindAsync(
+      `unix:${grpcSocket}`,
+      grpc.ServerCredentials.createInsecure(),
+      (err) => err ? reject(new Error(`cannot bind ${grpcSocket}: ${err.message}`)) : resolve(),
+    )
+  );
+  await Deno.chmod(grpcSocket, 0o600);
+  raiseWindows(grpcServer, log);
+
+  const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
+    const path = head.target.split("?")[0];
+    if (path === config.sshConnectPath) return await tunnel.handle(head, socket, rest);
+    if (head.method === "CONNECT") {
+      socket.end(httpResponse(404, { body: "unknown CONNECT target" }));
+    } else if (path === "/healthz" && (head.method === "GET" || head.method === "HEAD")) {
+      socket.end(httpResponse(200, { body: "ok" }));
+    } else if (path === "/readyz" && (head.method === "GET" || head.method === "HEAD")) {
+      socket.end(
+        driverReady && computeHolder.runtime
+          ? httpResponse(200, { body: "ready" })
+          : httpResponse(503, { body: "compute driver not ready" }),
+      );
+    } else if (path === "/healthz" || path === "/readyz") {
+      socket.end(httpResponse(405, { body: "use GET" }));
+    } else {
+      socket.end(httpResponse(404, { body: "not found" }));
+    }
+  };
+
+  const listener = new GatewayListener({
+    bind: config.bind,
+    port: config.port,
+    tls: config.disableTls ? undefined : {
+      cert: await Deno.readTextFile(config.tlsCert!),
+      key: await Deno.readTextFile(config.tlsKey!),
+    },
+    grpcSocketPath: grpcSocket,
+    http,
+    log,
+    filterGoaway: !options.unsafeKeepGoaway,
+  });
+  let bound: { host: string; port: number };
+  try {
+    bound = await listener.listen();
+  } catch (err) {
+    grpcServer.forceShutdown();
+    registry.close();
+    store.close();
+    throw new Error(`cannot listen on ${config.bind}:${config.port}: ${errorMessage(err)}`);
+  }
+  const grpcEndpoint = config.grpcEndpoint ?? defaultEndpoint(config, bound.port);
+  endpointRef.current = {
+    host: config.sshGatewayHost ?? bound.host,
+    port: config.sshGatewayPort ?? bound.port,
+    scheme: config.disableTls ? "http" : "https",
+    connectPath: config.sshConnectPath,
+    ttlSecs: config.sshSessionTtlSecs,
+  };
+  log.info(
+    `Server listening on ${
+      bound.host.includes(":") ? `[${bound.host}]` : bound.host
+    }:${bound.port}`,
+    {
+      version: VERSION,
+      drivers: config.drivers,
+      tls: !config.disableTls,
+    },
+  );
+
+  const prune = setInterval(() => {
+    store.pruneSshSessions(Date.now()).catch((err) =>
+      log.warn("ssh session prune failed", { error: errorMessage(err) })
+    );
+  }, SSH_SESSION_PRUNE_MS);
+
+  let stopping: Promise<void> | undefined;
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((r) => resolveStopped = r);
+
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      log.info("shutting down");
+      clearInterval(prune);
+      await listener.stopAccepting().catch(() => {});
+      plane.closeAll();
+      tunnel.closeAll();
+      await computeHolder.runtime?.stop();
+      registry.close();
+      await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
+      listener.destroyAll();
+      grpcServer.forceShutdown();
+      if (driver) await driver.close();
+      store.close();
+      await removeStale(grpcSocket).catch(() => {});
+      log.info("stopped");
+      resolveStopped();
+    })();
+    return stopping;
+  };
+
+  if (config.drivers === "vm") {
+    const args = [
+      "--state-dir",
+      config.vmDriverStateDir,
+      "--openshell-endpoint",
+      grpcEndpoint,
+      "--log-level",
+      config.logLevel,
+    ];
+    if (config.vmRuntimeDir) args.push("--runtime-dir", config.vmRuntimeDir);
+    if (config.vmAccel) args.push("--vm-accel", config.vmAccel);
+    if (config.vmVcpus) args.push("--vm-vcpus", String(config.vmVcpus));
+    if (config.vmMemMib) args.push("--vm-mem-mib", String(config.vmMemMib));
+    try {
+      await Deno.mkdir(config.vmDriverStateDir, { recursive: true, mode: 0o700 });
+      const proc = await startDriverProcess({
+        binary: `${config.driverDir}/openshell-driver-vm`,
+        args,
+        socketPath: driverSocketPath(config),
+        log,
+      });
+      driver = proc.driver;
+      log.info("compute driver ready", {
+        driver: proc.capabilities.driver_name,
+        version: proc.capabilities.driver_version,
+      });
+      proc.exited.then((code) => {
+        if (!stopping) {
+          log.error(`compute driver exited with status ${code}; shutting down`);
+          stop();
+        }
+      });
+      computeHolder.runtime = makeRuntime(driver);
+      driverReady = true;
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+  }
+
+  return { host: bound.host, port: bound.port, grpcEndpoint, stopped, stop };
+}

@@ -1,0 +1,378 @@
+/**
+ * Persistence of sandboxes and SSH session tokens.
+ *
+ * {@link Store} is the interface every caller uses (asynchronous, so a
+ * Postgres implementation can satisfy it); {@link SqliteStore} implements it
+ * over the built-in `node:sqlite`: versioned migrations, WAL for files,
+ * every write in one transaction.
+ *
+ * @module
+ */
+import { DatabaseSync } from "node:sqlite";
+import type { Sandbox, SshSession } from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+
+/** Gateway-only data of a sandbox, never returned by the public API. */
+export interface SandboxSecrets {
+  /** OpenSSH private host key, when the gateway generated one. */
+  sshHostKey?: string;
+  /** Fingerprint of that key, reported once the key was handed to a driver. */
+  hostKeyFingerprint?: string;
+  /** Token the sandbox's supervisor must present. */
+  supervisorToken?: string;
+}
+
+/** A stored sandbox. */
+export interface SandboxRecord {
+  sandbox: Sandbox;
+  secrets: SandboxSecrets;
+}
+
+/** Page of a list. */
+export interface ListOptions {
+  limit: number;
+  offset: number;
+}
+
+/** What the gateway persists. All writes are atomic. */
+export interface Store {
+  /** Inserts a sandbox; ALREADY_EXISTS when its id or name is taken. */
+  createSandbox(record: SandboxRecord): Promise<void>;
+  /** The sandbox with `id`. */
+  getSandbox(id: string): Promise<SandboxRecord | undefined>;
+  /** The sandbox named `name`. */
+  getSandboxByName(name: string): Promise<SandboxRecord | undefined>;
+  /** Sandboxes ordered by creation time then name. */
+  listSandboxes(options: ListOptions): Promise<SandboxRecord[]>;
+  /** Number of sandboxes. */
+  countSandboxes(): Promise<number>;
+  /**
+   * Reads the sandbox, lets `change` return its new state (or undefined for
+   * "no change") and writes it, all in one transaction. Returns the stored
+   * record, or undefined when the sandbox does not exist.
+   */
+  updateSandbox(
+    id: string,
+    change: (current: SandboxRecord) => SandboxRecord | undefined,
+  ): Promise<SandboxRecord | undefined>;
+  /** Deletes the sandbox and its SSH sessions; false when it did not exist. */
+  deleteSandbox(id: string): Promise<boolean>;
+  /** Stores an SSH session token. */
+  createSshSession(session: SshSession): Promise<void>;
+  /** The SSH session for `token`. */
+  getSshSession(token: string): Promise<SshSession | undefined>;
+  /** Marks a token revoked; false when unknown. */
+  revokeSshSession(token: string): Promise<boolean>;
+  /** Deletes expired or revoked sessions; returns how many. */
+  pruneSshSessions(nowMs: number): Promise<number>;
+  /** Releases the database. */
+  close(): void;
+}
+
+/** Schema migrations, applied in order; the index + 1 is the schema version. */
+export const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE sandboxes (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     created_at_ms INTEGER NOT NULL,
+     updated_at_ms INTEGER NOT NULL,
+     resource TEXT NOT NULL,
+     secrets TEXT NOT NULL
+   );
+   CREATE TABLE ssh_sessions (
+     token TEXT PRIMARY KEY,
+     sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+     name TEXT NOT NULL,
+     created_at_ms INTEGER NOT NULL,
+     expires_at_ms INTEGER NOT NULL,
+     revoked INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX ssh_sessions_by_sandbox ON ssh_sessions(sandbox_id);`,
+];
+
+interface SandboxRow {
+  resource: string;
+  secrets: string;
+}
+
+interface SessionRow {
+  token: string;
+  sandbox_id: string;
+  name: string;
+  created_at_ms: number;
+  expires_at_ms: number;
+  revoked: number;
+}
+
+function toRecord(row: SandboxRow): SandboxRecord {
+  return { sandbox: JSON.parse(row.resource), secrets: JSON.parse(row.secrets) };
+}
+
+function toSession(row: SessionRow): SshSession {
+  return {
+    id: row.token,
+    token: row.token,
+    sandbox_id: row.sandbox_id,
+    name: row.name,
+    created_at_ms: Number(row.created_at_ms),
+    expires_at_ms: Number(row.expires_at_ms),
+    revoked: row.revoked !== 0,
+  };
+}
+
+/** Options of {@link SqliteStore.open}. */
+export interface SqliteStoreOptions {
+  /** Database file; undefined = in memory. */
+  path?: string;
+  /** Clock for `updated_at_ms`; default `Date.now`. */
+  now?: () => number;
+}
+
+/** {@link Store} over `node:sqlite`. */
+export class SqliteStore implements Store {
+  readonly #db: DatabaseSync;
+  readonly #now: () => number;
+
+  private constructor(db: DatabaseSync, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+  }
+
+  /** Opens (creating if needed) and migrates a database. */
+  static open(options: SqliteStoreOptions = {}): SqliteStore {
+    let db: DatabaseSync;
+    try {
+      db = new DatabaseSync(options.path ?? ":memory:", { timeout: 5_000 } as never);
+    } catch (err) {
+      throw new Error(
+        `cannot open database ${options.path ?? ":memory:"}: ${(err as Error).message}`,
+      );
+    }
+    try {
+      if (options.path) db.exec("PRAGMA journal_mode = WAL");
+      db.exec("PRAGMA foreign_keys = ON");
+      db.exec("PRAGMA busy_timeout = 5000");
+      migrate(db, options.now ?? Date.now);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return new SqliteStore(db, options.now ?? Date.now);
+  }
+
+  /** The schema version in use. */
+  schemaVersion(): number {
+    return currentVersion(this.#db);
+  }
+
+  createSandbox(record: SandboxRecord): Promise<void> {
+    return this.#write(() => {
+      const s = record.sandbox;
+      try {
+        this.#db.prepare(
+          `INSERT INTO sandboxes (id, name, created_at_ms, updated_at_ms, resource, secrets)
+           VALUES (?, ?, ?, ?, ?, ?)`,
+        ).run(
+          s.id,
+          s.name,
+          s.created_at_ms,
+          this.#now(),
+          JSON.stringify(s),
+          JSON.stringify(record.secrets),
+        );
+      } catch (err) {
+        if (/UNIQUE constraint failed: sandboxes\.name/.test(String(err))) {
+          throw new StatusError(Code.ALREADY_EXISTS, `sandbox "${s.name}" already exists`);
+        }
+        if (/UNIQUE constraint failed: sandboxes\.id|PRIMARY KEY/.test(String(err))) {
+          throw new StatusError(Code.ALREADY_EXISTS, `sandbox id ${s.id} already exists`);
+        }
+        throw err;
+      }
+    });
+  }
+
+  getSandbox(id: string): Promise<SandboxRecord | undefined> {
+    return this.#read(() => {
+      const row = this.#db.prepare("SELECT resource, secrets FROM sandboxes WHERE id = ?").get(id);
+      return row ? toRecord(row as unknown as SandboxRow) : undefined;
+    });
+  }
+
+  getSandboxByName(name: string): Promise<SandboxRecord | undefined> {
+    return this.#read(() => {
+      const row = this.#db.prepare("SELECT resource, secrets FROM sandboxes WHERE name = ?").get(
+        name,
+      );
+      return row ? toRecord(row as unknown as SandboxRow) : undefined;
+    });
+  }
+
+  listSandboxes(options: ListOptions): Promise<SandboxRecord[]> {
+    return this.#read(() =>
+      (this.#db.prepare(
+        `SELECT resource, secrets FROM sandboxes
+         ORDER BY created_at_ms, name LIMIT ? OFFSET ?`,
+      ).all(options.limit, options.offset) as unknown as SandboxRow[]).map(toRecord)
+    );
+  }
+
+  countSandboxes(): Promise<number> {
+    return this.#read(() =>
+      Number((this.#db.prepare("SELECT COUNT(*) AS n FROM sandboxes").get() as { n: number }).n)
+    );
+  }
+
+  updateSandbox(
+    id: string,
+    change: (current: SandboxRecord) => SandboxRecord | undefined,
+  ): Promise<SandboxRecord | undefined> {
+    return this.#write(() => {
+      const row = this.#db.prepare("SELECT resource, secrets FROM sandboxes WHERE id = ?").get(id);
+      if (!row) return undefined;
+      const current = toRecord(row as unknown as SandboxRow);
+      const next = change(current);
+      if (!next) return current;
+      if (next.sandbox.id !== id) {
+        throw new Error("updateSandbox: the id of a sandbox never changes");
+      }
+      this.#db.prepare(
+        `UPDATE sandboxes SET name = ?, updated_at_ms = ?, resource = ?, secrets = ? WHERE id = ?`,
+      ).run(
+        next.sandbox.name,
+        this.#now(),
+        JSON.stringify(next.sandbox),
+        JSON.stringify(next.secrets),
+        id,
+      );
+      return next;
+    });
+  }
+
+  deleteSandbox(id: string): Promise<boolean> {
+    return this.#write(() => {
+      this.#db.prepare("DELETE FROM ssh_sessions WHERE sandbox_id = ?").run(id);
+      const res = this.#db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id);
+      return Number(res.changes) > 0;
+    });
+  }
+
+  createSshSession(session: SshSession): Promise<void> {
+    return this.#write(() => {
+      try {
+        this.#db.prepare(
+          `INSERT INTO ssh_sessions (token, sandbox_id, name, created_at_ms, expires_at_ms, revoked)
+           VALUES (?, ?, ?, ?, ?, ?)`,
+        ).run(
+          session.token,
+          session.sandbox_id,
+          session.name,
+          session.created_at_ms,
+          session.expires_at_ms,
+          session.revoked ? 1 : 0,
+        );
+      } catch (err) {
+        if (/FOREIGN KEY constraint failed/.test(String(err))) {
+          throw new StatusError(Code.NOT_FOUND, `sandbox ${session.sandbox_id} not found`);
+        }
+        throw err;
+      }
+    });
+  }
+
+  getSshSession(token: string): Promise<SshSession | undefined> {
+    return this.#read(() => {
+      const row = this.#db.prepare("SELECT * FROM ssh_sessions WHERE token = ?").get(token);
+      return row ? toSession(row as unknown as SessionRow) : undefined;
+    });
+  }
+
+  revokeSshSession(token: string): Promise<boolean> {
+    return this.#write(() => {
+      const res = this.#db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE token = ?").run(
+        token,
+      );
+      return Number(res.changes) > 0;
+    });
+  }
+
+  pruneSshSessions(nowMs: number): Promise<number> {
+    return this.#write(() => {
+      const res = this.#db.prepare(
+        `DELETE FROM ssh_sessions
+         WHERE revoked = 1 OR (expires_at_ms > 0 AND expires_at_ms < ?)`,
+      ).run(nowMs);
+      return Number(res.changes);
+    });
+  }
+
+  close(): void {
+    try {
+      this.#db.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  #read<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Runs `fn` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on any throw. */
+  #write<T>(fn: () => T): Promise<T> {
+    try {
+      this.#db.exec("BEGIN IMMEDIATE");
+      let result: T;
+      try {
+        result = fn();
+      } catch (err) {
+        this.#db.exec("ROLLBACK");
+        throw err;
+      }
+      this.#db.exec("COMMIT");
+      return Promise.resolve(result);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+}
+
+function currentVersion(db: DatabaseSync): number {
+  const row = db.prepare("SELECT MAX(version) AS v FROM schema_migrations").get() as {
+    v: number | null;
+  };
+  return Number(row.v ?? 0);
+}
+
+function migrate(db: DatabaseSync, now: () => number): void {
+  db.exec(
+    `CREATE TABLE IF NOT EXISTS schema_migrations (
+       version INTEGER PRIMARY KEY,
+       applied_at_ms INTEGER NOT NULL
+     )`,
+  );
+  const from = currentVersion(db);
+  if (from > MIGRATIONS.length) {
+    throw new Error(
+      `database schema version ${from} is newer than this gateway understands (${MIGRATIONS.length})`,
+    );
+  }
+  for (let v = from + 1; v <= MIGRATIONS.length; v++) {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      db.exec(MIGRATIONS[v - 1]);
+      db.prepare("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)").run(
+        v,
+        now(),
+      );
+      db.exec("COMMIT");
+    } catch (err) {
+      db.exec("ROLLBACK");
+      throw new Error(`database migration ${v} failed: ${(err as Error).message}`);
+    }
+  }
+}

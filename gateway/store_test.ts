@@ -1,0 +1,156 @@
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import type { Sandbox } from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { MIGRATIONS, type SandboxRecord, SqliteStore } from "./store.ts";
+
+function sandbox(id: string, name: string, created = 1): SandboxRecord {
+  const s: Sandbox = {
+    id,
+    name,
+    namespace: "default",
+    spec: null,
+    status: null,
+    phase: "SANDBOX_PHASE_PROVISIONING",
+    created_at_ms: created,
+    current_policy_version: 0,
+  };
+  return { sandbox: s, secrets: { supervisorToken: `tok-${id}` } };
+}
+
+Deno.test("sandboxes: create, get by id and name, list in creation order, count", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("b", "bravo", 2));
+    await store.createSandbox(sandbox("a", "alpha", 1));
+    assert.equal((await store.getSandbox("a"))?.sandbox.name, "alpha");
+    assert.equal((await store.getSandboxByName("bravo"))?.sandbox.id, "b");
+    assert.equal((await store.getSandbox("a"))?.secrets.supervisorToken, "tok-a");
+    assert.equal(await store.getSandbox("zzz"), undefined);
+    assert.deepEqual(
+      (await store.listSandboxes({ limit: 10, offset: 0 })).map((r) => r.sandbox.id),
+      ["a", "b"],
+    );
+    assert.deepEqual(
+      (await store.listSandboxes({ limit: 1, offset: 1 })).map((r) => r.sandbox.id),
+      ["b"],
+    );
+    assert.equal(await store.countSandboxes(), 2);
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("duplicate names and ids are ALREADY_EXISTS and change nothing", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("a", "alpha"));
+    await assert.rejects(
+      store.createSandbox(sandbox("b", "alpha")),
+      (e: unknown) =>
+        e instanceof StatusError && e.code === Code.ALREADY_EXISTS &&
+        /"alpha" already exists/.test(e.message),
+    );
+    await assert.rejects(
+      store.createSandbox(sandbox("a", "other")),
+      (e: unknown) => e instanceof StatusError && e.code === Code.ALREADY_EXISTS,
+    );
+    assert.equal(await store.countSandboxes(), 1);
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("updateSandbox is read-modify-write; a throwing change writes nothing", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("a", "alpha"));
+    const updated = await store.updateSandbox("a", (r) => ({
+      ...r,
+      sandbox: { ...r.sandbox, phase: "SANDBOX_PHASE_READY" },
+    }));
+    assert.equal(updated?.sandbox.phase, "SANDBOX_PHASE_READY");
+    assert.equal((await store.getSandbox("a"))?.sandbox.phase, "SANDBOX_PHASE_READY");
+    await assert.rejects(
+      store.updateSandbox("a", (r) => {
+        r.sandbox.phase = "SANDBOX_PHASE_ERROR";
+        throw new Error("changed my mind");
+      }),
+      /changed my mind/,
+    );
+    assert.equal((await store.getSandbox("a"))?.sandbox.phase, "SANDBOX_PHASE_READY");
+    assert.equal(await store.updateSandbox("nope", (r) => r), undefined);
+    const same = await store.updateSandbox("a", () => undefined);
+    assert.equal(same?.sandbox.phase, "SANDBOX_PHASE_READY");
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("ssh sessions: create, revoke, prune, and deleted with their sandbox", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("a", "alpha"));
+    const base = { sandbox_id: "a", name: "abcdef", created_at_ms: 1, revoked: false };
+    await store.createSshSession({ ...base, id: "t1", token: "t1", expires_at_ms: 0 });
+    await store.createSshSession({ ...base, id: "t2", token: "t2", expires_at_ms: 100 });
+    await store.createSshSession({ ...base, id: "t3", token: "t3", expires_at_ms: 10_000 });
+    assert.equal((await store.getSshSession("t1"))?.sandbox_id, "a");
+    assert.equal(await store.revokeSshSession("t3"), true);
+    assert.equal(await store.revokeSshSession("nope"), false);
+    assert.equal((await store.getSshSession("t3"))?.revoked, true);
+    assert.equal(await store.pruneSshSessions(500), 2); // t2 expired, t3 revoked
+    assert.ok(await store.getSshSession("t1"));
+    await assert.rejects(
+      store.createSshSession({
+        ...base,
+        sandbox_id: "ghost",
+        id: "t9",
+        token: "t9",
+        expires_at_ms: 0,
+      }),
+      (e: unknown) => e instanceof StatusError && e.code === Code.NOT_FOUND,
+    );
+    assert.equal(await store.deleteSandbox("a"), true);
+    assert.equal(await store.getSshSession("t1"), undefined);
+    assert.equal(await store.deleteSandbox("a"), false);
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("a file database uses WAL and keeps records across reopen", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/gw.db`;
+  try {
+    const first = SqliteStore.open({ path });
+    await first.createSandbox(sandbox("a", "alpha"));
+    assert.equal(first.schemaVersion(), MIGRATIONS.length);
+    first.close();
+    const second = SqliteStore.open({ path });
+    assert.equal((await second.getSandbox("a"))?.sandbox.name, "alpha");
+    second.close();
+    const raw = new DatabaseSync(path);
+    assert.equal(
+      (raw.prepare("PRAGMA journal_mode").get() as { journal_mode: string }).journal_mode,
+      "wal",
+    );
+    raw.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a database from a newer gateway is refused with a clear message", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/gw.db`;
+  try {
+    SqliteStore.open({ path }).close();
+    const raw = new DatabaseSync(path);
+    raw.prepare("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, 0)").run(99);
+    raw.close();
+    assert.throws(() => SqliteStore.open({ path }), /schema version 99 is newer/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,95 @@
+/**
+ * Per-sandbox publish/subscribe with an optional replay buffer: status
+ * change signals, log lines and platform events all flow through one of
+ * these to `WatchSandbox` streams and `GetSandboxLogs`.
+ *
+ * @module
+ */
+
+/** A subscriber of one sandbox's topic. */
+export interface Subscriber<T> {
+  /** A new item. */
+  next(item: T): void;
+  /** The sandbox is gone: no more items will come. */
+  end(): void;
+}
+
+/** Per-sandbox topics holding the last `capacity` items of each. */
+export class SandboxTopics<T> {
+  readonly #capacity: number;
+  readonly #buffers = new Map<string, T[]>();
+  readonly #totals = new Map<string, number>();
+  readonly #subscribers = new Map<string, Set<Subscriber<T>>>();
+
+  /** `capacity` = items kept per sandbox for replay (0 = none). */
+  constructor(capacity: number) {
+    this.#capacity = capacity;
+  }
+
+  /** Records `item` for `sandboxId` and hands it to every subscriber. */
+  publish(sandboxId: string, item: T): void {
+    if (this.#capacity > 0) {
+      const buf = this.#buffers.get(sandboxId) ?? [];
+      buf.push(item);
+      if (buf.length > this.#capacity) buf.splice(0, buf.length - this.#capacity);
+      this.#buffers.set(sandboxId, buf);
+    }
+    this.#totals.set(sandboxId, (this.#totals.get(sandboxId) ?? 0) + 1);
+    for (const s of [...(this.#subscribers.get(sandboxId) ?? [])]) {
+      try {
+        s.next(item);
+      } catch {
+        // a broken subscriber must not stop the others
+      }
+    }
+  }
+
+  /** The buffered items of `sandboxId`, oldest first. */
+  buffered(sandboxId: string): T[] {
+    return [...(this.#buffers.get(sandboxId) ?? [])];
+  }
+
+  /** How many items were ever published for `sandboxId`. */
+  total(sandboxId: string): number {
+    return this.#totals.get(sandboxId) ?? 0;
+  }
+
+  /** Subscribes to `sandboxId`; returns the unsubscribe function. */
+  subscribe(sandboxId: string, subscriber: Subscriber<T>): () => void {
+    const set = this.#subscribers.get(sandboxId) ?? new Set();
+    set.add(subscriber);
+    this.#subscribers.set(sandboxId, set);
+    return () => {
+      set.delete(subscriber);
+      if (set.size === 0 && this.#subscribers.get(sandboxId) === set) {
+        this.#subscribers.delete(sandboxId);
+      }
+    };
+  }
+
+  /** Number of live subscribers of `sandboxId`. */
+  subscriberCount(sandboxId: string): number {
+    return this.#subscribers.get(sandboxId)?.size ?? 0;
+  }
+
+  /** Forgets `sandboxId` and tells its subscribers it ended. */
+  drop(sandboxId: string): void {
+    this.#buffers.delete(sandboxId);
+    this.#totals.delete(sandboxId);
+    const set = this.#subscribers.get(sandboxId);
+    this.#subscribers.delete(sandboxId);
+    for (const s of [...(set ?? [])]) {
+      try {
+        s.end();
+      } catch {
+        // ignore
+      }
+    }
+  }
+
+  /** Ends every subscription (shutdown). */
+  close(): void {
+    for (const id of [...this.#subscribers.keys()]) this.drop(id);
+    this.#buffers.clear();
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * Validation of API requests. Pure: every function returns the cleaned
+ * value or throws a `StatusError(INVALID_ARGUMENT)` naming the field.
+ *
+ * @module
+ */
+import type {
+  CreateSandboxRequest,
+  ExecSandboxRequest,
+  SandboxSpec,
+  SandboxTemplate,
+} from "../core/protocol.ts";
+import { isReservedVariable } from "../core/provisioning.ts";
+import { Code, StatusError } from "../core/status.ts";
+
+/** Longest sandbox name (a DNS label). */
+export const MAX_NAME_LEN = 63;
+/** Most environment entries. */
+export const MAX_ENV_ENTRIES = 256;
+/** Longest environment value and exec argument. */
+export const MAX_VALUE_BYTES = 32 * 1024;
+/** Most exec arguments. */
+export const MAX_EXEC_ARGS = 1024;
+/** Longest exec working directory. */
+export const MAX_WORKDIR_BYTES = 4096;
+/** Largest exec stdin payload. */
+export const MAX_EXEC_STDIN_BYTES = 4 * 1024 * 1024;
+/** Largest page of ListSandboxes. */
+export const MAX_LIST_LIMIT = 1000;
+/** Page size when the request says 0. */
+export const DEFAULT_LIST_LIMIT = 100;
+
+const NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const LOG_LEVELS = ["", "error", "warn", "info", "debug", "trace"];
+
+function invalid(message: string): StatusError {
+  return new StatusError(Code.INVALID_ARGUMENT, message);
+}
+
+function bytes(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+/** A sandbox name: lower-case letters, digits and '-', 1..63, not starting or ending with '-'. */
+export function validateName(name: string, field = "name"): string {
+  if (bytes(name) > MAX_NAME_LEN) {
+    throw invalid(`${field}: longer than ${MAX_NAME_LEN} characters`);
+  }
+  if (!NAME.test(name)) {
+    throw invalid(
+      `${field}: "${name}" is not a valid sandbox name (lower-case letters, digits and '-', starting and ending with a letter or digit)`,
+    );
+  }
+  return name;
+}
+
+/** Rejects NUL, CR and LF. */
+export function rejectControlChars(value: string, field: string): void {
+  if (value.includes("\0")) throw invalid(`${field}: contains a NUL byte`);
+  if (/[\r\n]/.test(value)) throw invalid(`${field}: contains a newline or carriage return`);
+}
+
+/** An environment map: keys like shell variables, bounded values without NUL/CR/LF. */
+export function validateEnvironment(env: Record<string, string>, field: string): void {
+  const keys = Object.keys(env);
+  if (keys.length > MAX_ENV_ENTRIES) {
+    throw invalid(`${field}: more than ${MAX_ENV_ENTRIES} entries`);
+  }
+  for (const k of keys) {
+    if (!ENV_KEY.test(k)) {
+      throw invalid(`${field}: "${k}" is not a valid variable name (^[A-Za-z_][A-Za-z0-9_]*$)`);
+    }
+    if (isReservedVariable(k)) throw invalid(`${field}: "${k}" is reserved`);
+    if (bytes(env[k]) > MAX_VALUE_BYTES) {
+      throw invalid(`${field}.${k}: longer than ${MAX_VALUE_BYTES} bytes`);
+    }
+    rejectControlChars(env[k], `${field}.${k}`);
+  }
+}
+
+function validateTemplate(t: SandboxTemplate): void {
+  for (
+    const [field, value] of [["image", t.image], ["runtime_class_name", t.runtime_class_name], [
+      "agent_socket",
+      t.agent_socket,
+    ]] as const
+  ) {
+    if (bytes(value) > 1024) throw invalid(`spec.template.${field}: longer than 1024 bytes`);
+    rejectControlChars(value, `spec.template.${field}`);
+  }
+  validateEnvironment(t.environment ?? {}, "spec.template.environment");
+  for (const [field, map] of [["labels", t.labels], ["annotations", t.annotations]] as const) {
+    const entries = Object.entries(map ?? {});
+    if (entries.length > MAX_ENV_ENTRIES) {
+      throw invalid(`spec.template.${field}: more than ${MAX_ENV_ENTRIES} entries`);
+    }
+    for (const [k, v] of entries) {
+      if (bytes(k) > 256 || bytes(v) > 4096) {
+        throw invalid(`spec.template.${field}.${k}: too long`);
+      }
+    }
+  }
+}
+
+/** Validates a `CreateSandboxRequest`; returns the name (empty = generate one) and the spec. */
+export function validateCreateSandbox(
+  req: CreateSandboxRequest,
+): { name: string; spec: SandboxSpec } {
+  const name = req.name.trim();
+  if (name) validateName(name);
+  const spec: SandboxSpec = req.spec ?? {
+    log_level: "",
+    environment: {},
+    template: null,
+    providers: [],
+    gpu: false,
+  };
+  if (!LOG_LEVELS.includes(spec.log_level.toLowerCase())) {
+    throw invalid(
+      `spec.log_level: "${spec.log_level}" is not one of ${LOG_LEVELS.slice(1).join(", ")}`,
+    );
+  }
+  validateEnvironment(spec.environment ?? {}, "spec.environment");
+  if (spec.providers.length > 0) {
+    throw new StatusError(Code.FAILED_PRECONDITION, "spec.providers: providers are not supported");
+  }
+  if (spec.template) validateTemplate(spec.template);
+  return { name, spec };
+}
+
+/** Validates an `ExecSandboxRequest`. */
+export function validateExec(req: ExecSandboxRequest): void {
+  if (!req.sandbox_id) throw invalid("sandbox_id is required");
+  if (req.command.length === 0) throw invalid("command is required");
+  if (req.command.length > MAX_EXEC_ARGS) {
+    throw invalid(`command: more than ${MAX_EXEC_ARGS} arguments`);
+  }
+  req.command.forEach((arg, i) => {
+    if (bytes(arg) > MAX_VALUE_BYTES) {
+      throw invalid(`command[${i}]: longer than ${MAX_VALUE_BYTES} bytes`);
+    }
+    rejectControlChars(arg, `command[${i}]`);
+  });
+  validateEnvironment(req.environment ?? {}, "environment");
+  if (req.workdir) {
+    if (bytes(req.workdir) > MAX_WORKDIR_BYTES) {
+      throw invalid(`workdir: longer than ${MAX_WORKDIR_BYTES} bytes`);
+    }
+    rejectControlChars(req.workdir, "workdir");
+  }
+  if (req.stdin.length > MAX_EXEC_STDIN_BYTES) {
+    throw invalid(`stdin: larger than ${MAX_EXEC_STDIN_BYTES} bytes`);
+  }
+}
+
+/** Clamps ListSandboxes paging (0 = default page). */
+export function validatePage(limit: number, offset: number): { limit: number; offset: number } {
+  if (limit > MAX_LIST_LIMIT) throw invalid(`limit: at most ${MAX_LIST_LIMIT}`);
+  return { limit: limit === 0 ? DEFAULT_LIST_LIMIT : limit, offset };
+}
