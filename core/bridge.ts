@@ -4,9 +4,14 @@
  * - {@link relayFrameDuplex} turns a bidi gRPC call carrying `RelayFrame`s
  *   (gateway or supervisor end) into a byte stream: inbound `data` frames are
  *   read as bytes, written bytes leave as `data` frames of at most
- *   {@link RELAY_CHUNK_BYTES}, ending the writable side ends the call's
- *   outbound half (on the server end that completes the call, see
- *   `endReadOnFinish`).
+ *   {@link RELAY_CHUNK_BYTES}.
+ *
+ * Half-close: the supervisor (gRPC client) half-closes natively by ending
+ * its request stream. The gateway (gRPC server) cannot: ending a server
+ * stream completes the call. So the gateway half-closes by sending one
+ * empty `data` frame, which our supervisor reads as end-of-stream, and
+ * completes the call once both directions are done. An upstream supervisor
+ * skips empty frames, so it just keeps the relay open until a full close.
  * - {@link bridge} pumps bytes both ways between two byte streams with
  *   backpressure, forwards a half-close in either direction, and tears both
  *   sides down when either fails or closes early.
@@ -40,18 +45,19 @@ export interface RelayFrameDuplexOptions {
   /** Largest outbound frame payload; default {@link RELAY_CHUNK_BYTES}. */
   chunkBytes?: number;
   /**
-   * Ending the writable side also ends the readable side. Set on the
-   * gateway (server) end: gRPC cannot half-close a server stream, so ending
-   * it completes the call and nothing more arrives from the supervisor.
+   * Which end of the call this is: `client` (the supervisor; default) or
+   * `server` (the gateway). See the module documentation on half-close.
    */
-  endReadOnFinish?: boolean;
+  role?: "client" | "server";
 }
 
 /** Wraps a bidi `RelayFrame` call (after any `init` frame) as a byte Duplex. */
 export function relayFrameDuplex(call: FrameCall, options: RelayFrameDuplexOptions): Duplex {
   const chunkBytes = options.chunkBytes ?? RELAY_CHUNK_BYTES;
+  const server = options.role === "server";
   let callEnded = false;
   let callClosed = false;
+  let wroteEnd = false;
 
   const writeFrames = (chunk: Uint8Array, cb: (err?: Error | null) => void) => {
     let offset = 0;
@@ -83,15 +89,18 @@ export function relayFrameDuplex(call: FrameCall, options: RelayFrameDuplexOptio
       writeFrames(Buffer.concat(chunks.map((c) => c.chunk)), cb);
     },
     final(cb) {
-      call.end();
-      if (options.endReadOnFinish && !callEnded) {
-        callEnded = true;
-        duplex.push(null);
+      wroteEnd = true;
+      if (!server) {
+        call.end();
+      } else if (callEnded) {
+        call.end();
+      } else {
+        call.write({ payload: "data", data: new Uint8Array() } as Wire<RelayFrame>);
       }
       cb();
     },
     destroy(err, cb) {
-      if (!callEnded || err) options.abort(err);
+      if (err || !callEnded || (server && !wroteEnd)) options.abort(err);
       cb(err);
     },
   });
@@ -103,10 +112,18 @@ export function relayFrameDuplex(call: FrameCall, options: RelayFrameDuplexOptio
       );
       return;
     }
-    if (frame.data.length === 0) return;
+    if (callEnded) return; // after an end-of-stream marker nothing more is read
+    if (frame.data.length === 0) {
+      if (!server) {
+        callEnded = true; // the gateway half-closed
+        duplex.push(null);
+      }
+      return;
+    }
     if (!duplex.push(frame.data)) call.pause();
   });
   call.on("end", () => {
+    if (server && wroteEnd && !callClosed) call.end();
     if (callEnded) return;
     callEnded = true;
     duplex.push(null);

@@ -109,7 +109,6 @@ Deno.test("relayFrameDuplex reads data frames as bytes and writes bytes as data 
 
   const read = collect(bytes);
   peer.write({ payload: "data", data: Buffer.from("abc") });
-  peer.write({ payload: "data", data: Buffer.alloc(0) }); // empty frames are skipped
   peer.write({ payload: "data", data: Buffer.from("def") });
   peer.end();
   assert.equal((await read).toString(), "abcdef");
@@ -152,4 +151,42 @@ Deno.test("relayFrameDuplex pauses the call while its reader is full", async () 
   const read = collect(bytes);
   peer.end();
   assert.equal((await read).length, 8 * big.length);
+});
+
+Deno.test("client role: an empty data frame from the gateway is end-of-stream", async () => {
+  const { call, peer } = fakeCall();
+  const bytes = relayFrameDuplex(call, { abort: () => {} });
+  const read = collect(bytes);
+  peer.write({ payload: "data", data: Buffer.from("last words") });
+  peer.write({ payload: "data", data: Buffer.alloc(0) });
+  peer.write({ payload: "data", data: Buffer.from("ignored") });
+  assert.equal((await read).toString(), "last words");
+  // Our direction is still open: the gateway only half-closed.
+  const frames: RelayFrame[] = [];
+  peer.on("data", (f: RelayFrame) => frames.push(f));
+  const peerEnded = new Promise((r) => peer.once("end", r));
+  bytes.end(Buffer.from("reply"));
+  await peerEnded;
+  assert.deepEqual(frames.map((f) => f.payload === "data" ? Buffer.from(f.data).toString() : ""), ["reply"]);
+});
+
+Deno.test("server role: half-close sends an empty frame and completes the call after the peer ends", async () => {
+  const { call, peer, aborted } = fakeCall();
+  const bytes = relayFrameDuplex(call, { abort: (e) => aborted.push(e), role: "server" });
+  const frames: RelayFrame[] = [];
+  const twoFrames = new Promise<void>((resolve) =>
+    peer.on("data", (f: RelayFrame) => frames.push(f) === 2 && resolve())
+  );
+  let callEnded = false;
+  const peerEnded = new Promise<void>((r) => peer.once("end", () => r(void (callEnded = true))));
+  const read = collect(bytes);
+  bytes.end(Buffer.from("request"));
+  await twoFrames;
+  assert.deepEqual(frames.map((f) => f.payload === "data" ? f.data.length : -1), [7, 0]);
+  assert.equal(callEnded, false, "the call stays open for the answer");
+  peer.write({ payload: "data", data: Buffer.from("answer") });
+  peer.end();
+  assert.equal((await read).toString(), "answer");
+  await peerEnded; // the call completes once both directions ended
+  assert.deepEqual(aborted, []);
 });

@@ -96,7 +96,10 @@ export class ExecService {
       relay = await pending.stream;
     } catch (err) {
       if (err instanceof StatusError && err.code === Code.CANCELLED) return;
-      if (err instanceof StatusError && err.code === Code.DEADLINE_EXCEEDED) throw err;
+      if (
+        err instanceof StatusError &&
+        (err.code === Code.DEADLINE_EXCEEDED || err.code === Code.RESOURCE_EXHAUSTED)
+      ) throw err;
       throw new StatusError(Code.UNAVAILABLE, `supervisor relay failed: ${errorMessage(err)}`);
     }
     const command = buildRemoteCommand({

@@ -285,7 +285,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     if (config.vmVcpus) args.push("--vm-vcpus", String(config.vmVcpus));
     if (config.vmMemMib) args.push("--vm-mem-mib", String(config.vmMemMib));
     try {
-      await Deno.mkdir(config.vmDriverStateDir, { recursive: true, mode: 0o700 });
+      // The driver creates its own state dir; the gateway's grants cover only
+      // the socket inside it, so a denied mkdir here is expected and harmless.
+      await Deno.mkdir(config.vmDriverStateDir, { recursive: true, mode: 0o700 }).catch((err) => {
+        if (!(err instanceof Deno.errors.NotCapable)) throw err;
+      });
       const proc = await startDriverProcess({
         binary: `${config.driverDir}/openshell-driver-vm`,
         args,

@@ -243,7 +243,7 @@ export class SupervisorPlane {
       if (record) checkSupervisorToken(record, call.metadata, true);
     }
     const bytes = relayFrameDuplex(call, {
-      endReadOnFinish: true,
+      role: "server",
       abort: (err) => failStream(call, err ?? new StatusError(Code.CANCELLED, "relay closed")),
     });
     try {

@@ -5,8 +5,20 @@
  *
  * @module
  */
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+import { relayFrameDuplex } from "../core/bridge.ts";
 import { gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
+import {
+  type GatewayMessage,
+  OpenShellClient,
+  type RelayFrame,
+  type SupervisorMessage,
+  type Wire,
+} from "../core/protocol.ts";
 import { gatewayGrantParams, parseGatewayConfig } from "./config.ts";
 
 /** Options of {@link startGateway}. */
@@ -151,5 +163,149 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
       await exited;
     },
     exited,
+  };
+}
+
+/** An in-process stand-in for a supervisor: one session, relays handed to a callback. */
+export interface FakeSupervisor {
+  /** Messages received from the gateway. */
+  received: GatewayMessage[];
+  /** Resolves with the session id once `session_accepted` arrived (rejects on stream error). */
+  accepted: Promise<string>;
+  /** Resolves with the stream's end status (code 0 for a clean end). */
+  ended: Promise<{ code: number; details: string }>;
+  /** Sends one heartbeat. */
+  heartbeat(): void;
+  /** Cancels the session stream (the grpc client stays open). */
+  cancel(): void;
+  /** Closes the session and the client channel (sends GOAWAY). */
+  close(): void;
+}
+
+/** Options of {@link connectFakeSupervisor}. */
+export interface FakeSupervisorOptions {
+  /** Gateway port on 127.0.0.1. */
+  port: number;
+  sandboxId: string;
+  /** Called with a byte stream for each relay the gateway opens. */
+  onRelay?: (relay: Duplex, channelId: string) => void;
+  /** Send `hello` (default true); false sends a heartbeat first instead. */
+  hello?: boolean;
+  /** gRPC metadata to send (e.g. the supervisor token). */
+  metadata?: Record<string, string>;
+  /** Use this client instead of a new one (several sessions over one connection). */
+  client?: grpc.Client;
+  /** Never answer `relay_open` (to test what happens when no relay comes). */
+  ignoreRelays?: boolean;
+}
+
+/** Connects a {@link FakeSupervisor} to a gateway on loopback. */
+export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSupervisor {
+  const client = options.client ??
+    new OpenShellClient(`127.0.0.1:${options.port}`, grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(options.metadata ?? {})) md.set(k, v);
+  const c = client as unknown as {
+    ConnectSupervisor(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
+    RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame>;
+  };
+  const session = c.ConnectSupervisor(md);
+  const received: GatewayMessage[] = [];
+  let resolveAccepted!: (id: string) => void;
+  let rejectAccepted!: (err: Error) => void;
+  const accepted = new Promise<string>((res, rej) => {
+    resolveAccepted = res;
+    rejectAccepted = rej;
+  });
+  accepted.catch(() => {});
+  let resolveEnded!: (s: { code: number; details: string }) => void;
+  const ended = new Promise<{ code: number; details: string }>((r) => resolveEnded = r);
+  session.on("data", (m: GatewayMessage) => {
+    received.push(m);
+    if (m.payload === "session_accepted") resolveAccepted(m.session_accepted.session_id);
+    if (m.payload === "relay_open" && !options.ignoreRelays) {
+      const relay = c.RelayStream(md);
+      relay.write({ init: { channel_id: m.relay_open.channel_id } });
+      const bytes = relayFrameDuplex(relay, { abort: () => relay.cancel() });
+      bytes.on("error", () => {});
+      options.onRelay?.(bytes, m.relay_open.channel_id);
+    }
+  });
+  session.on("status", (s: grpc.StatusObject) => resolveEnded({ code: s.code, details: s.details }));
+  session.on("error", (err: Error) => rejectAccepted(err));
+  if (options.hello === false) session.write({ heartbeat: {} });
+  else session.write({ hello: { sandbox_id: options.sandboxId, instance_id: crypto.randomUUID() } });
+  return {
+    received,
+    accepted,
+    ended,
+    heartbeat: () => session.write({ heartbeat: {} }),
+    cancel: () => session.cancel(),
+    close: () => {
+      session.cancel();
+      if (!options.client) client.close();
+    },
+  };
+}
+
+/** Result of {@link openTunnel}. */
+export interface TunnelResult {
+  /** HTTP status of the CONNECT reply. */
+  status: number;
+  /** The reply head. */
+  head: string;
+  /** The socket, carrying raw bytes after a 200 (destroyed otherwise); paused: call `resume()`. */
+  socket: net.Socket;
+}
+
+/** Sends `CONNECT path` with the given headers and reads the reply head. */
+export function openTunnel(
+  port: number,
+  headers: Record<string, string>,
+  options: { method?: string; path?: string } = {},
+): Promise<TunnelResult> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    const lines = [`${options.method ?? "CONNECT"} ${options.path ?? "/connect/ssh"} HTTP/1.1`, "Host: gateway"];
+    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
+    socket.write(lines.join("\r\n") + "\r\n\r\n");
+    let buf = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      socket.removeListener("data", onData);
+      socket.pause();
+      const head = buf.subarray(0, end).toString("latin1");
+      const rest = buf.subarray(end + 4);
+      if (rest.length > 0) socket.unshift(rest);
+      const status = Number(head.split(" ")[1]);
+      if (status !== 200) socket.destroy();
+      resolve({ status, head, socket });
+    };
+    socket.on("data", onData);
+    socket.once("error", reject);
+  });
+}
+
+/** A promisified `OpenShell` client for tests. */
+export interface ApiClient {
+  /** Calls a unary method; rejects with the grpc-js ServiceError. */
+  call<T = Record<string, unknown>>(method: string, request: unknown): Promise<T>;
+  /** The underlying grpc-js client (for streaming calls). */
+  raw: grpc.Client;
+  close(): void;
+}
+
+/** Opens an {@link ApiClient} to a gateway on 127.0.0.1:`port`. */
+export function apiClient(port: number): ApiClient {
+  const raw = new OpenShellClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  return {
+    raw,
+    call<T>(method: string, request: unknown): Promise<T> {
+      const fn = (raw as unknown as Record<string, (r: unknown, cb: (e: unknown, v: T) => void) => void>)[method];
+      return new Promise((resolve, reject) => fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v)));
+    },
+    close: () => raw.close(),
   };
 }

@@ -1,0 +1,607 @@
+/**
+ * The command line of `openshell`: every command and option in one table,
+ * parsing (with `node:util` `parseArgs`) into an {@link Invocation}, and the
+ * `--help` text of every command. Bad input is a {@link UsageError} with a
+ * one-line message.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+
+/** One option of a command. */
+export interface OptionSpec {
+  /** `boolean` flags take no value. */
+  type: "string" | "boolean";
+  /** One-letter alias. */
+  short?: string;
+  /** May be given several times (values collected in order). */
+  multiple?: boolean;
+  /** Placeholder for the value in help (`NAME`, `S`, …). */
+  value?: string;
+  /** One-line description. */
+  help: string;
+}
+
+/** One positional argument of a command. */
+export interface PositionalSpec {
+  /** Placeholder, e.g. `NAME`. */
+  name: string;
+  /** Whether it may be left out. */
+  optional?: boolean;
+  /** Takes every remaining positional (must be last). */
+  variadic?: boolean;
+}
+
+/** One runnable command. */
+export interface CommandSpec {
+  /** Words that select it, e.g. `sandbox create`. */
+  id: string;
+  /** One-line summary (command lists). */
+  summary: string;
+  /** Longer description (its own help); defaults to the summary. */
+  description?: string;
+  /** Positional arguments in order. */
+  positionals?: readonly PositionalSpec[];
+  /** A command line after `--`: required, optional or not accepted (absent). */
+  trailing?: "required" | "optional";
+  /** Its own options (global ones are added). */
+  options?: Readonly<Record<string, OptionSpec>>;
+  /** Example invocations for help. */
+  examples?: readonly string[];
+  /** Left out of command lists (internal plumbing such as `ssh-proxy`). */
+  hidden?: boolean;
+}
+
+/** Options every command accepts. */
+export const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  "gateway-endpoint": {
+    type: "string",
+    value: "URL",
+    help: "Gateway URL, http:// or https:// (env OPENSHELL_GATEWAY_ENDPOINT)",
+  },
+  "gateway": {
+    type: "string",
+    short: "g",
+    value: "NAME",
+    help: "Registered gateway to use (env OPENSHELL_GATEWAY; default: the active one)",
+  },
+  "debug": { type: "boolean", help: "Show stack traces on errors" },
+  "help": { type: "boolean", short: "h", help: "Show help" },
+};
+
+const OUTPUT_OPTION: OptionSpec = {
+  type: "string",
+  short: "o",
+  value: "FORMAT",
+  help: "table (default) or json",
+};
+
+/** Every command of the CLI. */
+export const COMMANDS: readonly CommandSpec[] = [
+  {
+    id: "status",
+    summary: "Show the gateway in use and whether it answers",
+    description: "Show the gateway in use, its server version and whether it answers. " +
+      "Exits non-zero when the gateway cannot be reached.",
+    examples: ["openshell status", "openshell --gateway-endpoint http://127.0.0.1:8080 status"],
+  },
+  {
+    id: "gateway add",
+    summary: "Register a gateway under a name",
+    description: "Register a gateway under a name; the first one registered becomes active. " +
+      "With https://, --ca names the CA certificate to trust and --cert/--key a client " +
+      "certificate for mTLS; the files are copied into the config directory.",
+    positionals: [{ name: "NAME" }, { name: "URL" }],
+    options: {
+      ca: { type: "string", value: "FILE", help: "CA certificate (PEM) to trust for https://" },
+      cert: { type: "string", value: "FILE", help: "Client certificate (PEM) for mTLS" },
+      key: { type: "string", value: "FILE", help: "Client private key (PEM) for mTLS" },
+      force: { type: "boolean", help: "Replace an existing gateway of that name" },
+    },
+    examples: [
+      "openshell gateway add local http://127.0.0.1:8080",
+      "openshell gateway add prod https://gw.example.com:8080 --ca ca.crt --cert tls.crt --key tls.key",
+    ],
+  },
+  {
+    id: "gateway select",
+    summary: "Make a registered gateway the active one",
+    positionals: [{ name: "NAME" }],
+    examples: ["openshell gateway select prod"],
+  },
+  {
+    id: "gateway list",
+    summary: "List registered gateways",
+    options: { output: OUTPUT_OPTION },
+  },
+  {
+    id: "gateway remove",
+    summary: "Forget a registered gateway and its certificates",
+    positionals: [{ name: "NAME" }],
+  },
+  {
+    id: "sandbox create",
+    summary: "Create a sandbox and run a command or a shell in it",
+    description: "Create a sandbox and follow its progress until it is ready, then run CMD " +
+      "in it over SSH and exit with CMD's exit code, or open an interactive shell when no " +
+      "CMD is given. The sandbox is kept unless --no-keep is given. Ctrl-C while it " +
+      "provisions cancels (and deletes it with --no-keep).",
+    trailing: "optional",
+    options: {
+      name: {
+        type: "string",
+        short: "n",
+        value: "NAME",
+        help: "Sandbox name (default: generated)",
+      },
+      "no-keep": { type: "boolean", help: "Delete the sandbox when CMD or the shell ends" },
+      timeout: {
+        type: "string",
+        value: "S",
+        help: "Seconds to wait until ready (env OPENSHELL_PROVISION_TIMEOUT; default 300)",
+      },
+      env: {
+        type: "string",
+        short: "e",
+        multiple: true,
+        value: "K=V",
+        help: "Environment variable for the sandbox (repeatable)",
+      },
+    },
+    examples: [
+      "openshell sandbox create -- echo hello",
+      "openshell sandbox create --name dev",
+      "openshell sandbox create --no-keep -- make test",
+    ],
+  },
+  {
+    id: "sandbox get",
+    summary: "Show one sandbox",
+    positionals: [{ name: "NAME", optional: true }],
+    options: { output: { ...OUTPUT_OPTION, help: "text (default) or json" } },
+    examples: ["openshell sandbox get dev", "openshell sandbox get dev --output json"],
+  },
+  {
+    id: "sandbox list",
+    summary: "List sandboxes",
+    options: {
+      names: { type: "boolean", help: "Print only names, one per line" },
+      ids: { type: "boolean", help: "Print only ids, one per line" },
+      output: OUTPUT_OPTION,
+      limit: { type: "string", value: "N", help: "At most N sandboxes (default: all)" },
+      offset: { type: "string", value: "N", help: "Skip the first N sandboxes" },
+    },
+    examples: ["openshell sandbox list", "openshell sandbox list --names"],
+  },
+  {
+    id: "sandbox delete",
+    summary: "Delete sandboxes",
+    positionals: [{ name: "NAME", optional: true, variadic: true }],
+    options: { all: { type: "boolean", help: "Delete every sandbox" } },
+    examples: ["openshell sandbox delete dev", "openshell sandbox delete --all"],
+  },
+  {
+    id: "sandbox connect",
+    summary: "Open an interactive shell in a sandbox",
+    description: "Open an interactive shell in a sandbox over SSH. Without NAME, the " +
+      "sandbox last created or connected to on this gateway.",
+    positionals: [{ name: "NAME", optional: true }],
+    examples: ["openshell sandbox connect dev"],
+  },
+  {
+    id: "sandbox exec",
+    summary: "Run a command in a sandbox and stream its output",
+    description: "Run CMD in a sandbox through the gateway (ExecSandbox), stream its stdout " +
+      "and stderr, pass piped stdin to it, and exit with its exit code (124 on --timeout).",
+    positionals: [{ name: "NAME", optional: true }],
+    trailing: "required",
+    options: {
+      workdir: { type: "string", short: "w", value: "DIR", help: "Working directory" },
+      env: {
+        type: "string",
+        short: "e",
+        multiple: true,
+        value: "K=V",
+        help: "Environment variable for CMD (repeatable)",
+      },
+      tty: { type: "boolean", short: "t", help: "Run CMD on a pseudo-terminal" },
+      timeout: { type: "string", value: "S", help: "Stop CMD after S seconds (0: no limit)" },
+    },
+    examples: [
+      "openshell sandbox exec dev -- uname -a",
+      "echo data | openshell sandbox exec dev --workdir /tmp -- sh -c 'cat > f'",
+    ],
+  },
+  {
+    id: "sandbox logs",
+    summary: "Show a sandbox's logs",
+    positionals: [{ name: "NAME", optional: true }],
+    options: {
+      follow: { type: "boolean", short: "f", help: "Keep printing new lines until Ctrl-C" },
+      lines: { type: "string", short: "n", value: "N", help: "Last N lines (default 200)" },
+      output: { ...OUTPUT_OPTION, help: "text (default) or json (one object per line)" },
+    },
+    examples: ["openshell sandbox logs dev", "openshell sandbox logs dev --follow"],
+  },
+  {
+    id: "sandbox ssh-config",
+    summary: "Print an OpenSSH config block for a sandbox",
+    description: "Print a `Host openshell-NAME` block for ~/.ssh/config (or ssh -F) that " +
+      "lets plain ssh, scp, rsync and editors reach the sandbox; each connection gets a " +
+      "fresh token, and the sandbox's host key is pinned.",
+    positionals: [{ name: "NAME" }],
+    examples: [
+      "openshell sandbox ssh-config dev >> ~/.ssh/config && ssh openshell-dev",
+    ],
+  },
+  {
+    id: "ssh-proxy",
+    summary: "Tunnel stdin/stdout to a sandbox's SSH server (ssh ProxyCommand)",
+    description: "Open the gateway's CONNECT tunnel to a sandbox's SSH server and pump " +
+      "stdin/stdout through it; used as an ssh ProxyCommand. Token mode: --gateway URL " +
+      "--sandbox-id ID --token T. Name mode (a fresh session per run): --name SANDBOX with " +
+      "the gateway from --gateway-endpoint, --gateway NAME or the active one.",
+    hidden: true,
+    options: {
+      "gateway-name": { type: "string", value: "NAME", help: "Registered gateway (TLS files)" },
+      "sandbox-id": { type: "string", value: "ID", help: "Sandbox id (token mode)" },
+      token: { type: "string", value: "TOKEN", help: "SSH session token (token mode)" },
+      "host-key-fingerprint": {
+        type: "string",
+        value: "FP",
+        help: "SHA256 fingerprint the sandbox's host key must have",
+      },
+      name: { type: "string", value: "SANDBOX", help: "Sandbox name (name mode)" },
+      "config-dir": {
+        type: "string",
+        value: "DIR",
+        help: "Config directory (default: $XDG_CONFIG_HOME/openshell)",
+      },
+    },
+  },
+];
+
+/** Command groups and their summaries. */
+export const GROUPS: Readonly<Record<string, string>> = {
+  sandbox: "Create, use and delete sandboxes",
+  gateway: "Register and choose gateways",
+};
+
+/** Values of parsed options: strings, booleans, or string lists for repeatable ones. */
+export type OptionValues = Record<string, string | boolean | string[] | undefined>;
+
+/** A parsed command line that names a command to run. */
+export interface Invocation {
+  /** The command. */
+  spec: CommandSpec;
+  /** Option values (global and command options), by long name. */
+  values: OptionValues;
+  /** Positional arguments before `--`. */
+  positionals: string[];
+  /** The words after `--` (commands with a trailing command line). */
+  trailing: string[];
+}
+
+/** What the command line asks for. */
+export type ParseResult =
+  | { kind: "run"; invocation: Invocation }
+  | { kind: "help"; text: string }
+  | { kind: "version" };
+
+/** A mistake on the command line (exit status 2). */
+export class UsageError extends Error {
+  /** The command whose help would help ("" for the top level). */
+  readonly command: string;
+
+  /** Creates the error; `command` names the help to point at. */
+  constructor(message: string, command = "") {
+    super(message);
+    this.name = "UsageError";
+    this.command = command;
+  }
+}
+
+function findCommand(id: string): CommandSpec | undefined {
+  return COMMANDS.find((c) => c.id === id);
+}
+
+function optionLabel(name: string, spec: OptionSpec): string {
+  const long = `--${name}${spec.type === "string" ? ` ${spec.value ?? "VALUE"}` : ""}`;
+  return spec.short ? `-${spec.short}, ${long}` : `    ${long}`;
+}
+
+function optionLines(options: Readonly<Record<string, OptionSpec>>): string[] {
+  const entries = Object.entries(options).map(([n, s]) => [optionLabel(n, s), s.help]);
+  const width = Math.max(...entries.map(([l]) => l.length));
+  return entries.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`);
+}
+
+function usageLine(spec: CommandSpec): string {
+  const parts = [`openshell ${spec.id}`];
+  if (spec.options && Object.keys(spec.options).length) parts.push("[OPTIONS]");
+  for (const p of spec.positionals ?? []) {
+    const name = p.variadic ? `${p.name}...` : p.name;
+    parts.push(p.optional ? `[${name}]` : name);
+  }
+  if (spec.trailing === "required") parts.push("-- CMD...");
+  if (spec.trailing === "optional") parts.push("[-- CMD...]");
+  return parts.join(" ");
+}
+
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(/\s+/)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+/** The `--help` text of one command. */
+export function commandHelp(spec: CommandSpec): string {
+  const lines = [...wrap(spec.description ?? spec.summary, 78), "", `Usage: ${usageLine(spec)}`];
+  if (spec.options && Object.keys(spec.options).length) {
+    lines.push("", "Options:", ...optionLines(spec.options));
+  }
+  lines.push("", "Global options:", ...optionLines(GLOBAL_OPTIONS));
+  if (spec.examples?.length) {
+    lines.push("", "Examples:", ...spec.examples.map((e) => `  ${e}`));
+  }
+  return lines.join("\n") + "\n";
+}
+
+function commandList(specs: readonly CommandSpec[], prefix: string): string[] {
+  const visible = specs.filter((s) => !s.hidden);
+  const width = Math.max(...visible.map((s) => s.id.length - prefix.length));
+  return visible.map((s) => `  ${s.id.slice(prefix.length).padEnd(width)}  ${s.summary}`);
+}
+
+/** The help of a command group (`openshell sandbox --help`). */
+export function groupHelp(group: string): string {
+  const specs = COMMANDS.filter((c) => c.id.startsWith(`${group} `));
+  return [
+    GROUPS[group],
+    "",
+    `Usage: openshell ${group} COMMAND [OPTIONS]`,
+    "",
+    "Commands:",
+    ...commandList(specs, `${group} `),
+    "",
+    `Run 'openshell ${group} COMMAND --help' for a command's options.`,
+  ].join("\n") + "\n";
+}
+
+/** The top-level help (`openshell --help`). */
+export function topHelp(): string {
+  const top = COMMANDS.filter((c) => !c.id.includes(" "));
+  const groups = Object.entries(GROUPS).map(([g, s]) => ({ id: g, summary: s }));
+  return [
+    "openshell: create and use OpenShell sandboxes through a gateway",
+    "",
+    "Usage: openshell [GLOBAL OPTIONS] COMMAND [OPTIONS]",
+    "",
+    "Commands:",
+    ...commandList([...top, ...groups], ""),
+    "",
+    "Global options:",
+    ...optionLines({ ...GLOBAL_OPTIONS, version: { type: "boolean", help: "Print the version" } }),
+    "",
+    "Run 'openshell COMMAND --help' for a command's options.",
+  ].join("\n") + "\n";
+}
+
+function globalOptionTakesValue(arg: string): boolean {
+  const name = arg.startsWith("--") ? arg.slice(2) : undefined;
+  if (name !== undefined) return GLOBAL_OPTIONS[name]?.type === "string";
+  const short = arg.slice(1);
+  return Object.values(GLOBAL_OPTIONS).some((o) => o.short === short && o.type === "string");
+}
+
+function isKnownGlobal(arg: string): boolean {
+  if (arg.startsWith("--")) return arg.slice(2).split("=")[0] in GLOBAL_OPTIONS;
+  const short = arg.slice(1, 2);
+  return arg.length >= 2 && Object.values(GLOBAL_OPTIONS).some((o) => o.short === short);
+}
+
+/**
+ * Parses `argv` (without the program name). Global options may come before
+ * the command or among its own options; `--` ends option parsing.
+ */
+export function parseCommandLine(argv: readonly string[]): ParseResult {
+  const leading: string[] = [];
+  const words: string[] = [];
+  let i = 0;
+  let spec: CommandSpec | undefined;
+  for (; i < argv.length && !spec; i++) {
+    const arg = argv[i];
+    if (arg === "--") break;
+    if (arg.startsWith("-") && arg !== "-") {
+      if (words.length === 0 && arg === "--version") return { kind: "version" };
+      if (!isKnownGlobal(arg)) {
+        const where = words.length ? `openshell ${words.join(" ")}` : "openshell";
+        throw new UsageError(`unknown option "${arg}" for '${where}'`, words.join(" "));
+      }
+      leading.push(arg);
+      if (!arg.includes("=") && globalOptionTakesValue(arg)) {
+        if (i + 1 >= argv.length) throw new UsageError(`option "${arg}" needs a value`);
+        leading.push(argv[++i]);
+      }
+      continue;
+    }
+    if (words.length === 0 && arg === "help") {
+      return helpForWords(argv.slice(i + 1).filter((a) => !a.startsWith("-")));
+    }
+    words.push(arg);
+    const id = words.join(" ");
+    spec = findCommand(id);
+    if (!spec && !(id in GROUPS)) {
+      const group = words.length > 1 ? words[0] : "";
+      throw new UsageError(
+        group
+          ? `unknown command '${id}' (see 'openshell ${group} --help')`
+          : `unknown command '${id}'`,
+        group,
+      );
+    }
+  }
+  const wantsHelp = leading.some((a) => a === "--help" || a === "-h");
+  if (!spec) {
+    if (words.length === 1) {
+      if (wantsHelp) return { kind: "help", text: groupHelp(words[0]) };
+      throw new UsageError(`'openshell ${words[0]}' needs a command`, words[0]);
+    }
+    if (wantsHelp) return { kind: "help", text: topHelp() };
+    throw new UsageError("missing command");
+  }
+  return { kind: "run", invocation: parseCommandArgs(spec, [...leading, ...argv.slice(i)]) };
+}
+
+function helpForWords(words: string[]): ParseResult {
+  if (words.length === 0) return { kind: "help", text: topHelp() };
+  const id = words.join(" ");
+  const spec = findCommand(id);
+  if (spec) return { kind: "help", text: commandHelp(spec) };
+  if (id in GROUPS) return { kind: "help", text: groupHelp(id) };
+  throw new UsageError(`unknown command '${id}'`);
+}
+
+/** Parses the arguments of one command (global options included). */
+export function parseCommandArgs(spec: CommandSpec, args: readonly string[]): Invocation {
+  const options = { ...GLOBAL_OPTIONS, ...(spec.options ?? {}) };
+  const config: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> =
+    {};
+  for (const [name, o] of Object.entries(options)) {
+    config[name] = { type: o.type, ...(o.short ? { short: o.short } : {}), multiple: !!o.multiple };
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      options: config,
+      strict: false,
+      allowPositionals: true,
+      tokens: true,
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message, spec.id);
+  }
+  const values: OptionValues = {};
+  const positionals: string[] = [];
+  let trailing: string[] | undefined;
+  for (const token of parsed.tokens ?? []) {
+    if (token.kind === "option-terminator") {
+      trailing = args.slice(token.index + 1);
+      break;
+    }
+    if (token.kind === "positional") {
+      positionals.push(token.value);
+      continue;
+    }
+    const o = options[token.name];
+    if (!o) {
+      throw new UsageError(
+        `unknown option "${token.rawName}" for 'openshell ${spec.id}'`,
+        spec.id,
+      );
+    }
+    if (o.type === "boolean") {
+      if (token.inlineValue) {
+        throw new UsageError(`option "--${token.name}" takes no value`, spec.id);
+      }
+      values[token.name] = true;
+      continue;
+    }
+    if (token.value === undefined) {
+      throw new UsageError(`option "${token.rawName}" needs a value`, spec.id);
+    }
+    if (o.multiple) {
+      values[token.name] = [...((values[token.name] as string[] | undefined) ?? []), token.value];
+    } else {
+      values[token.name] = token.value;
+    }
+  }
+  if (values.help) return { spec, values, positionals, trailing: trailing ?? [] };
+
+  if (trailing !== undefined && !spec.trailing) {
+    positionals.push(...trailing);
+    trailing = undefined;
+  }
+  const declared = spec.positionals ?? [];
+  const variadic = declared.some((p) => p.variadic);
+  const required = declared.filter((p) => !p.optional).length;
+  if (positionals.length < required) {
+    const missing = declared[positionals.length].name;
+    throw new UsageError(`missing ${missing} (usage: ${usageLine(spec)})`, spec.id);
+  }
+  if (!variadic && positionals.length > declared.length) {
+    const extra = positionals[declared.length];
+    const hint = spec.trailing ? `; put the command after '--': ${usageLine(spec)}` : "";
+    throw new UsageError(`unexpected argument "${extra}"${hint}`, spec.id);
+  }
+  if (spec.trailing === "required" && (trailing === undefined || trailing.length === 0)) {
+    throw new UsageError(`missing command after '--' (usage: ${usageLine(spec)})`, spec.id);
+  }
+  return { spec, values, positionals, trailing: trailing ?? [] };
+}
+
+/** Options of {@link integerOption}. */
+export interface IntegerOptionOptions {
+  /** Smallest accepted value; default 0. */
+  min?: number;
+  /** Largest accepted value; default 2^31-1. */
+  max?: number;
+  /** What the number counts, for the error message (e.g. `seconds`). */
+  unit?: string;
+}
+
+/** Parses a whole-number option value; `undefined` stays `undefined`. */
+export function integerOption(
+  name: string,
+  value: string | undefined,
+  options: IntegerOptionOptions = {},
+): number | undefined {
+  if (value === undefined) return undefined;
+  const min = options.min ?? 0;
+  const max = options.max ?? 2 ** 31 - 1;
+  const n = /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const unit = options.unit ? ` of ${options.unit}` : "";
+    throw new UsageError(
+      `--${name} needs a whole number${unit} between ${min} and ${max}, not "${value}"`,
+    );
+  }
+  return n;
+}
+
+/** Parses repeated `K=V` values into a record; keys must be shell variable names. */
+export function envOption(
+  name: string,
+  values: readonly string[] | undefined,
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const v of values ?? []) {
+    const eq = v.indexOf("=");
+    const key = eq < 0 ? v : v.slice(0, eq);
+    if (eq < 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) {
+      throw new UsageError(`--${name} needs KEY=VALUE with KEY a variable name, not "${v}"`);
+    }
+    env[key] = v.slice(eq + 1);
+  }
+  return env;
+}
+
+/** Parses `--output`: one of `allowed` (the first is the default). */
+export function outputOption<T extends string>(
+  value: string | undefined,
+  allowed: readonly T[],
+): T {
+  if (value === undefined) return allowed[0];
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new UsageError(`--output must be ${allowed.join(" or ")}, not "${value}"`);
+}

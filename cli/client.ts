@@ -1,0 +1,270 @@
+/**
+ * The CLI's connection to a gateway: a grpc-js `OpenShell` client
+ * (plaintext for `http://`, TLS or mTLS for `https://`), promise-returning
+ * unary calls, server streams as async iterables, and every failure turned
+ * into a one-line {@link CliError}.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import {
+  type CreateSandboxRequest,
+  type CreateSshSessionResponse,
+  type ExecSandboxEvent,
+  type ExecSandboxRequest,
+  type GetSandboxLogsRequest,
+  type GetSandboxLogsResponse,
+  type HealthResponse,
+  type ListSandboxesResponse,
+  OpenShellClient,
+  type Sandbox,
+  type SandboxResponse,
+  type SandboxStreamEvent,
+  type WatchSandboxRequest,
+  type Wire,
+} from "../core/protocol.ts";
+import { Code, codeName } from "../core/status.ts";
+import type { GatewayEndpoint, TlsMaterial } from "./config.ts";
+import { CliError } from "./errors.ts";
+
+/** Default deadline of a unary call. */
+export const DEFAULT_DEADLINE_MS = 30_000;
+
+/** How to reach a gateway. */
+export interface GatewayClientOptions {
+  /** Its URL. */
+  endpoint: GatewayEndpoint;
+  /** TLS files for https. */
+  tls?: TlsMaterial;
+}
+
+/** A server-streaming call as an async iterable that can be cancelled. */
+export interface ServerStream<T> extends AsyncIterable<T> {
+  /** Stops the call; the iteration then ends without an error. */
+  cancel(): void;
+}
+
+/** The grpc-js target (`host:port`) of an endpoint. */
+export function grpcTarget(endpoint: GatewayEndpoint): string {
+  const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
+  return `${host}:${endpoint.port}`;
+}
+
+/** Channel credentials for an endpoint: insecure for http, TLS (+ client cert) for https. */
+export function channelCredentials(
+  endpoint: GatewayEndpoint,
+  tls?: TlsMaterial,
+): grpc.ChannelCredentials {
+  if (endpoint.scheme === "http") return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(
+    tls?.ca ? Buffer.from(tls.ca) : null,
+    tls?.key ? Buffer.from(tls.key) : null,
+    tls?.cert ? Buffer.from(tls.cert) : null,
+  );
+}
+
+function firstLine(text: string): string {
+  return text.split("\n")[0].trim();
+}
+
+/**
+ * A one-line message for a failed call. Connection failures name the gateway
+ * and the cause; errors the gateway returned keep its message.
+ */
+export function describeGrpcError(err: unknown, endpoint: GatewayEndpoint): string {
+  const e = err as Partial<grpc.ServiceError>;
+  if (typeof e?.code !== "number") return firstLine((err as Error)?.message ?? String(err));
+  const details = firstLine(e.details ?? e.message ?? "");
+  const where = endpoint.url;
+  if (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED) {
+    const transport =
+      /No connection established|Connection dropped|Failed to connect|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|Requires net access|certificate|SSL|TLS|handshake|socket/i
+        .test(details) || details === "" || /^Deadline exceeded/i.test(details);
+    if (transport) {
+      let cause = details.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\s*$/, "");
+      if (/Requires net access to "([^"]+)"/.test(details)) {
+        const target = details.match(/Requires net access to "([^"]+)"/)![1];
+        return `not permitted to connect to ${target} (the CLI's network grant does not cover it)`;
+      }
+      if (/ECONNREFUSED/.test(details)) cause = "connection refused";
+      else if (/ENOTFOUND|EAI_AGAIN/.test(details)) cause = "host not found";
+      else if (/ECONNRESET/.test(details)) cause = "connection reset";
+      else if (e.code === Code.DEADLINE_EXCEEDED) cause = "no answer in time";
+      else {cause = cause.replace(/^No connection established\.\s*Last error:\s*/i, "") ||
+          codeName(e.code);}
+      return `cannot reach the gateway at ${where}: ${cause}`;
+    }
+  }
+  if (e.code === Code.UNIMPLEMENTED) {
+    return `the gateway at ${where} does not support this request${details ? ` (${details})` : ""}`;
+  }
+  if (e.code === Code.UNAUTHENTICATED || e.code === Code.PERMISSION_DENIED) {
+    return `the gateway refused the request: ${details || codeName(e.code)}`;
+  }
+  return details || `request failed (${codeName(e.code)})`;
+}
+
+/** The gRPC status code of an error, if it carries one. */
+export function grpcCode(err: unknown): number | undefined {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "number" ? code : undefined;
+}
+
+/** A gRPC error as a {@link CliError} (keeps the status code readable via `grpcCode`). */
+export class GatewayError extends CliError {
+  /** The gRPC status code. */
+  readonly code: number;
+
+  /** Wraps a failed call's error. */
+  constructor(err: unknown, endpoint: GatewayEndpoint) {
+    super(describeGrpcError(err, endpoint));
+    this.name = "GatewayError";
+    this.code = grpcCode(err) ?? Code.UNKNOWN;
+  }
+}
+
+type Unary = (
+  req: unknown,
+  meta: grpc.Metadata,
+  options: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res: unknown) => void,
+) => grpc.ClientUnaryCall;
+
+type Streaming = (req: unknown, options: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
+
+/** The `OpenShell` API of one gateway. */
+export class GatewayClient {
+  /** The gateway's URL. */
+  readonly endpoint: GatewayEndpoint;
+  readonly #client: grpc.Client;
+
+  /** Creates a client; nothing connects until the first call. */
+  constructor(options: GatewayClientOptions) {
+    this.endpoint = options.endpoint;
+    this.#client = new OpenShellClient(
+      grpcTarget(options.endpoint),
+      channelCredentials(options.endpoint, options.tls),
+      {
+        "grpc.keepalive_time_ms": 30_000,
+        "grpc.keepalive_timeout_ms": 20_000,
+        "grpc.max_receive_message_length": 16 * 1024 * 1024,
+        // Closing the client then really closes its connection (no shared pool).
+        "grpc.use_local_subchannel_pool": 1,
+      },
+    );
+  }
+
+  #unary<T>(method: string, req: unknown, deadlineMs = DEFAULT_DEADLINE_MS): Promise<T> {
+    const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
+    return new Promise((resolve, reject) => {
+      fn(req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => {
+        if (err) reject(new GatewayError(err, this.endpoint));
+        else resolve(res as T);
+      });
+    });
+  }
+
+  #stream<T>(method: string, req: unknown): ServerStream<T> {
+    const fn = (this.#client as unknown as Record<string, Streaming>)[method].bind(this.#client);
+    const call = fn(req, {});
+    let cancelled = false;
+    // An error before iteration starts must not become an unhandled event.
+    call.on("error", () => {});
+    const endpoint = this.endpoint;
+    async function* iterate(): AsyncGenerator<T> {
+      try {
+        for await (const message of call) yield message as T;
+      } catch (err) {
+        if (cancelled && grpcCode(err) === Code.CANCELLED) return;
+        throw new GatewayError(err, endpoint);
+      } finally {
+        if (!cancelled) {
+          cancelled = true;
+          call.cancel();
+        }
+      }
+    }
+    const it = iterate();
+    return {
+      [Symbol.asyncIterator]: () => it,
+      cancel: () => {
+        if (cancelled) return;
+        cancelled = true;
+        call.cancel();
+      },
+    };
+  }
+
+  /** `Health`. */
+  health(deadlineMs = 10_000): Promise<HealthResponse> {
+    return this.#unary("Health", {}, deadlineMs);
+  }
+
+  /** `CreateSandbox`; returns the created sandbox. */
+  async createSandbox(req: Wire<CreateSandboxRequest>): Promise<Sandbox> {
+    const res = await this.#unary<SandboxResponse>("CreateSandbox", req);
+    if (!res.sandbox) throw new CliError("the gateway returned no sandbox");
+    return res.sandbox;
+  }
+
+  /** `GetSandbox` by name. */
+  async getSandbox(name: string): Promise<Sandbox> {
+    const res = await this.#unary<SandboxResponse>("GetSandbox", { name });
+    if (!res.sandbox) throw new CliError(`sandbox "${name}" not found`);
+    return res.sandbox;
+  }
+
+  /** `ListSandboxes` (one page). */
+  async listSandboxes(limit: number, offset: number): Promise<Sandbox[]> {
+    const res = await this.#unary<ListSandboxesResponse>("ListSandboxes", { limit, offset });
+    return res.sandboxes;
+  }
+
+  /** Every sandbox, page by page. */
+  async listAllSandboxes(pageSize = 100): Promise<Sandbox[]> {
+    const all: Sandbox[] = [];
+    for (let offset = 0;; offset += pageSize) {
+      const page = await this.listSandboxes(pageSize, offset);
+      all.push(...page);
+      if (page.length < pageSize) return all;
+    }
+  }
+
+  /** `DeleteSandbox` by name; false when there was no such sandbox. */
+  async deleteSandbox(name: string): Promise<boolean> {
+    const res = await this.#unary<{ deleted: boolean }>("DeleteSandbox", { name });
+    return res.deleted;
+  }
+
+  /** `CreateSshSession`. */
+  createSshSession(sandboxId: string): Promise<CreateSshSessionResponse> {
+    return this.#unary("CreateSshSession", { sandbox_id: sandboxId });
+  }
+
+  /** `RevokeSshSession`. */
+  async revokeSshSession(token: string): Promise<boolean> {
+    const res = await this.#unary<{ revoked: boolean }>("RevokeSshSession", { token });
+    return res.revoked;
+  }
+
+  /** `GetSandboxLogs`. */
+  getSandboxLogs(req: Wire<GetSandboxLogsRequest>): Promise<GetSandboxLogsResponse> {
+    return this.#unary("GetSandboxLogs", req);
+  }
+
+  /** `WatchSandbox`. */
+  watchSandbox(req: Wire<WatchSandboxRequest>): ServerStream<SandboxStreamEvent> {
+    return this.#stream("WatchSandbox", req);
+  }
+
+  /** `ExecSandbox`. */
+  execSandbox(req: Wire<ExecSandboxRequest>): ServerStream<ExecSandboxEvent> {
+    return this.#stream("ExecSandbox", req);
+  }
+
+  /** Closes the channel. */
+  close(): void {
+    this.#client.close();
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * `openshell sandbox create [--name N] [--no-keep] [--timeout S] [-- CMD…]`:
+ * create, follow the provisioning progress until READY, then run CMD (or a
+ * shell) over OpenSSH.
+ *
+ * @module
+ */
+import type { Sandbox, SandboxLogLine } from "../../core/protocol.ts";
+import { envOption, integerOption } from "../args.ts";
+import type { GatewayClient } from "../client.ts";
+import type { Context } from "../context.ts";
+import { CliError, EXIT_INTERRUPTED } from "../errors.ts";
+import { phaseLabel, phaseReason } from "../output.ts";
+import { Progress } from "../progress.ts";
+import { rememberSandbox } from "./common.ts";
+import { formatLogLine } from "./sandbox.ts";
+import { runSsh, sessionAccess } from "./ssh_session.ts";
+
+/** Default seconds to wait for READY (upstream's CLI default). */
+export const DEFAULT_PROVISION_TIMEOUT_S = 300;
+/** Log lines shown when provisioning fails. */
+const FAILURE_TAIL_LINES = 20;
+
+function provisionTimeout(ctx: Context): number {
+  const flag = integerOption("timeout", ctx.str("timeout"), { min: 1, unit: "seconds" });
+  if (flag !== undefined) return flag;
+  const env = ctx.env("OPENSHELL_PROVISION_TIMEOUT");
+  if (env) {
+    const n = /^\d+$/.test(env.trim()) ? Number(env) : NaN;
+    if (!(n >= 1)) {
+      throw new CliError(
+        `OPENSHELL_PROVISION_TIMEOUT must be a whole number of seconds, not "${env}"`,
+      );
+    }
+    return n;
+  }
+  return DEFAULT_PROVISION_TIMEOUT_S;
+}
+
+function phaseText(sandbox: Sandbox): [string, string] {
+  return [phaseLabel(sandbox.phase), phaseReason(sandbox)];
+}
+
+async function printFailureLogs(
+  ctx: Context,
+  client: GatewayClient,
+  sandbox: Sandbox,
+  seen: SandboxLogLine[],
+): Promise<void> {
+  let lines = seen.slice(-FAILURE_TAIL_LINES);
+  try {
+    const res = await client.getSandboxLogs({ sandbox_id: sandbox.id, lines: FAILURE_TAIL_LINES });
+    if (res.logs.length) lines = res.logs;
+  } catch {
+    // Fall back to what the watch delivered.
+  }
+  if (!lines.length) return;
+  ctx.err(`Last ${lines.length} log lines of ${sandbox.name}:\n`);
+  for (const line of lines) ctx.err(`  ${formatLogLine(line, ctx.errStyle)}`);
+}
+
+/** Follows `sandbox` until READY; throws a {@link CliError} on ERROR, timeout or Ctrl-C. */
+export async function waitUntilReady(
+  ctx: Context,
+  sandbox: Sandbox,
+  timeoutS: number,
+): Promise<Sandbox> {
+  const client = await ctx.client();
+  const progress = new Progress({
+    write: (t) => ctx.err(t),
+    live: ctx.streams.stderr.isTerminal(),
+    style: ctx.errStyle,
+  });
+  const stream = client.watchSandbox({
+    id: sandbox.id,
+    follow_status: true,
+    follow_logs: true,
+    follow_events: true,
+    log_tail_lines: FAILURE_TAIL_LINES,
+  });
+  let stopped: "timeout" | "interrupt" | undefined;
+  const timer = setTimeout(() => {
+    stopped ??= "timeout";
+    stream.cancel();
+  }, timeoutS * 1000);
+  const onInterrupt = () => {
+    stopped ??= "interrupt";
+    stream.cancel();
+  };
+  ctx.interrupt.addEventListener("abort", onInterrupt, { once: true });
+  if (ctx.interrupt.aborted) onInterrupt();
+  const logs: SandboxLogLine[] = [];
+  let current = sandbox;
+  progress.phase(...phaseText(current));
+  try {
+    for await (const event of stream) {
+      if (event.payload === "log") {
+        logs.push(event.log);
+        if (logs.length > 200) logs.splice(0, logs.length - 200);
+      } else if (event.payload === "event") {
+        const e = event.event;
+        progress.note(`${e.type || "Event"}: ${[e.reason, e.message].filter(Boolean).join(": ")}`);
+      } else if (event.payload === "warning") {
+        progress.note(`warning: ${event.warning.message}`);
+      } else if (event.payload === "sandbox") {
+        current = event.sandbox;
+        if (current.phase !== "SANDBOX_PHASE_READY") progress.phase(...phaseText(current));
+        if (current.phase === "SANDBOX_PHASE_READY") {
+          progress.finish(`Sandbox ${ctx.errStyle.cyan(current.name)} is ready`);
+          stream.cancel();
+          return current;
+        }
+        if (current.phase === "SANDBOX_PHASE_ERROR") {
+          progress.stop();
+          await printFailureLogs(ctx, client, current, logs);
+          const reason = phaseReason(current) || "no reason given";
+          throw new CliError(`sandbox ${current.name} failed: ${reason}`);
+        }
+        if (current.phase === "SANDBOX_PHASE_DELETING") {
+          throw new CliError(`sandbox ${current.name} is being deleted`);
+        }
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+    ctx.interrupt.removeEventListener("abort", onInterrupt);
+    progress.stop();
+  }
+  if (stopped === "interrupt") throw new CliError("cancelled", EXIT_INTERRUPTED);
+  if (stopped === "timeout") {
+    await printFailureLogs(ctx, client, current, logs);
+    throw new CliError(
+      `sandbox ${current.name} is not ready after ${timeoutS} s (phase: ${
+        phaseLabel(current.phase)
+      })`,
+    );
+  }
+  // The gateway ended the watch: the sandbox is gone, or the stream broke.
+  const now = await client.getSandbox(current.name).catch(() => undefined);
+  if (now?.phase === "SANDBOX_PHASE_READY") return now;
+  if (!now || now.id !== current.id) {
+    throw new CliError(`sandbox ${current.name} was deleted while provisioning`);
+  }
+  throw new CliError(`the gateway stopped reporting progress of sandbox ${current.name}`);
+}
+
+/** Runs `sandbox create`; returns CMD's (or the shell's) exit status. */
+export async function sandboxCreateCommand(ctx: Context): Promise<number> {
+  const timeoutS = provisionTimeout(ctx);
+  const environment = envOption("env", ctx.list("env"));
+  const keep = !ctx.flag("no-keep");
+  const command = ctx.invocation.trailing;
+  const client = await ctx.client();
+  ctx.handleInterrupts();
+  const sandbox = await client.createSandbox({
+    name: ctx.str("name") ?? "",
+    spec: { environment },
+  });
+  ctx.err(`Created sandbox: ${ctx.errStyle.cyan(sandbox.name)}\n`);
+  if (keep) await rememberSandbox(ctx, sandbox.name);
+  try {
+    const ready = await waitUntilReady(ctx, sandbox, timeoutS);
+    if (ctx.interrupt.aborted) throw new CliError("cancelled", EXIT_INTERRUPTED);
+    const access = await sessionAccess(ctx, ready);
+    const terminal = ctx.streams.stdin.isTerminal() && ctx.streams.stdout.isTerminal();
+    return await runSsh(
+      ctx,
+      access,
+      command.length ? { command, tty: terminal } : { tty: terminal },
+    );
+  } catch (e) {
+    if (keep && e instanceof CliError && e.exitCode === EXIT_INTERRUPTED) {
+      ctx.err(
+        `Sandbox ${sandbox.name} is kept; delete it with 'openshell sandbox delete ${sandbox.name}'.\n`,
+      );
+    }
+    throw e;
+  } finally {
+    if (!keep) {
+      try {
+        await client.deleteSandbox(sandbox.name);
+        ctx.err(`Deleted sandbox ${sandbox.name}\n`);
+      } catch (e) {
+        ctx.err(`warning: could not delete sandbox ${sandbox.name}: ${(e as Error).message}\n`);
+      }
+    }
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * Dev launcher (`deno task cli -- ARGS`): starts `cli/main.ts` through
+ * `deno run` with the CLI's grants from `core/grants.ts`, narrowed to this
+ * run: its config directory and the gateway the arguments (or the
+ * environment, or the config) select.
+ *
+ * @module
+ */
+import { cliGrants, type HostPort } from "../core/grants.ts";
+import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
+import { parseCommandLine } from "./args.ts";
+import {
+  configRoot,
+  ConfigStore,
+  type EnvReader,
+  parseEndpoint,
+  resolveGateway,
+} from "./config.ts";
+import { readEnv } from "./context.ts";
+import { netGrantsFor } from "./self.ts";
+
+/** The gateways a command line will talk to ([] when none can be determined). */
+export async function gatewaysOf(
+  args: readonly string[],
+  root: string,
+  env: EnvReader = readEnv,
+): Promise<HostPort[]> {
+  try {
+    const parsed = parseCommandLine(args);
+    if (parsed.kind !== "run") return [];
+    const values = parsed.invocation.values;
+    const str = (name: string) =>
+      typeof values[name] === "string" ? values[name] as string : undefined;
+    const gatewayArg = str("gateway");
+    if (parsed.invocation.spec.id === "ssh-proxy" && gatewayArg?.includes("://")) {
+      const ep = parseEndpoint(gatewayArg, { allowPath: true });
+      return netGrantsFor(ep.host, ep.port);
+    }
+    const gw = await resolveGateway(new ConfigStore(root), {
+      endpointFlag: str("gateway-endpoint"),
+      gatewayFlag: parsed.invocation.spec.id === "ssh-proxy"
+        ? str("gateway-name") ?? gatewayArg
+        : gatewayArg,
+      env,
+    });
+    return netGrantsFor(gw.endpoint.host, gw.endpoint.port);
+  } catch {
+    // The CLI itself reports what is wrong with the arguments or the config.
+    return [];
+  }
+}
+
+/** Whether the command reads files named on the command line (`gateway add --ca …`). */
+function readsNamedFiles(args: readonly string[]): boolean {
+  try {
+    const parsed = parseCommandLine(args);
+    if (parsed.kind !== "run" || parsed.invocation.spec.id !== "gateway add") return false;
+    const v = parsed.invocation.values;
+    return v.ca !== undefined || v.cert !== undefined || v.key !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+if (import.meta.main) {
+  const args = stripTaskSeparator(Deno.args);
+  const root = configRoot(readEnv);
+  // `gateway add --ca F` reads F wherever it is, as the compiled CLI (no
+  // config dir restriction) does; every other command sees only its config dir.
+  const grants = cliGrants({
+    ...(readsNamedFiles(args) ? {} : { configDir: root }),
+    gateways: await gatewaysOf(args, root),
+  });
+  await launchRole("cli", grants, args);
+}

@@ -1,0 +1,33 @@
+import assert from "node:assert/strict";
+import { ConfigStore } from "./config.ts";
+import { gatewaysOf as gatewaysWith } from "./launch.ts";
+
+const noEnv = () => undefined;
+const gatewaysOf = (args: string[], root: string) => gatewaysWith(args, root, noEnv);
+
+Deno.test("the dev launcher grants exactly the gateway the arguments select", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const root = `${dir}/openshell`;
+    assert.deepEqual(
+      await gatewaysOf(["--gateway-endpoint", "http://10.0.0.5:8080", "sandbox", "list"], root),
+      [{ host: "10.0.0.5", port: 8080 }],
+    );
+    assert.deepEqual(
+      await gatewaysOf(
+        ["ssh-proxy", "--gateway", "https://gw.example/connect/ssh", "--token", "t"],
+        root,
+      ),
+      [{ host: "gw.example", port: 443 }],
+    );
+    assert.deepEqual(await gatewaysOf(["--bogus"], root), [], "bad arguments: no network");
+    await new ConfigStore(root).addGateway({ name: "local", endpoint: "http://localhost:9000" });
+    assert.deepEqual(
+      (await gatewaysOf(["-g", "local", "status"], root)).map((h) => `${h.host}:${h.port}`),
+      ["localhost:9000", "127.0.0.1:9000", "::1:9000"],
+    );
+    assert.deepEqual(await gatewaysOf(["-g", "missing", "status"], root), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

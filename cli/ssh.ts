@@ -1,0 +1,96 @@
+/**
+ * OpenSSH client settings for reaching a sandbox through `ssh-proxy`: the
+ * `-o` options of `sandbox create`/`connect`, the `Host` block of
+ * `sandbox ssh-config`, and the ssh argv. Host keys are pinned, never
+ * ignored: `HostKeyAlias openshell-<sandbox id>` in the CLI's own
+ * known_hosts with `StrictHostKeyChecking accept-new`, while `ssh-proxy`
+ * checks the key against the gateway's fingerprint before ssh sees it.
+ *
+ * @module
+ */
+import { shellJoin } from "../core/shell.ts";
+import { CliError } from "./errors.ts";
+
+/** The user sshd logs in as inside a sandbox. */
+export const SANDBOX_USER = "sandbox";
+
+/** What ssh needs to reach one sandbox. */
+export interface SshAccess {
+  /** Sandbox name (the `Host` alias is `openshell-<name>`). */
+  sandboxName: string;
+  /** Sandbox id (the host key alias is `openshell-<id>`). */
+  sandboxId: string;
+  /** argv of the ProxyCommand (`openshell ssh-proxy …`). */
+  proxyCommand: readonly string[];
+  /** The known_hosts file that remembers sandbox host keys. */
+  knownHostsFile: string;
+}
+
+/** `openshell-<name>`: the host name ssh-config defines. */
+export function hostAlias(sandboxName: string): string {
+  return `openshell-${sandboxName}`;
+}
+
+/** Checks a name or id before it goes into an ssh config. */
+export function validateSshName(kind: string, value: string): string {
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(value)) {
+    throw new CliError(`${kind} "${value}" cannot be used in an ssh config`);
+  }
+  return value;
+}
+
+/** The ProxyCommand line: shell-quoted argv with ssh's `%` tokens escaped. */
+export function proxyCommandLine(argv: readonly string[]): string {
+  return shellJoin(argv).replaceAll("%", "%%");
+}
+
+/** A path as an ssh_config value (`%` escaped, double-quoted when it has blanks). */
+export function sshConfigPath(path: string): string {
+  if (/["\n\r]/.test(path)) throw new CliError(`path "${path}" cannot be used in an ssh config`);
+  const escaped = path.replaceAll("%", "%%");
+  return /[\s#'\\]/.test(escaped) ? `"${escaped}"` : escaped;
+}
+
+/** The ssh settings as `[keyword, value]` pairs, in config order. */
+export function sshSettings(access: SshAccess): [string, string][] {
+  validateSshName("sandbox name", access.sandboxName);
+  validateSshName("sandbox id", access.sandboxId);
+  return [
+    ["User", SANDBOX_USER],
+    ["HostKeyAlias", `openshell-${access.sandboxId}`],
+    ["UserKnownHostsFile", sshConfigPath(access.knownHostsFile)],
+    ["GlobalKnownHostsFile", "/dev/null"],
+    ["StrictHostKeyChecking", "accept-new"],
+    ["ServerAliveInterval", "15"],
+    ["ServerAliveCountMax", "3"],
+    ["LogLevel", "ERROR"],
+    ["ProxyCommand", proxyCommandLine(access.proxyCommand)],
+  ];
+}
+
+/** `-o Keyword=value` arguments for the ssh command line. */
+export function sshOptions(access: SshAccess): string[] {
+  return sshSettings(access).flatMap(([k, v]) => ["-o", `${k}=${v}`]);
+}
+
+/** The `Host openshell-<name>` block printed by `sandbox ssh-config`. */
+export function renderSshConfig(access: SshAccess): string {
+  const lines = [`Host ${hostAlias(access.sandboxName)}`];
+  for (const [k, v] of sshSettings(access)) lines.push(`    ${k} ${v}`);
+  return lines.join("\n") + "\n";
+}
+
+/** Options of {@link sshArgs}. */
+export interface SshArgsOptions {
+  /** argv to run remotely; none = a login shell. */
+  command?: readonly string[];
+  /** Ask for a pseudo-terminal (`-t`), else `-T`. */
+  tty: boolean;
+}
+
+/** The full argument list of `ssh` (without the program name). */
+export function sshArgs(access: SshAccess, options: SshArgsOptions): string[] {
+  const args = [...sshOptions(access), options.tty ? "-t" : "-T", hostAlias(access.sandboxName)];
+  if (options.command?.length) args.push("--", shellJoin(options.command));
+  return args;
+}

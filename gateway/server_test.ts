@@ -1,0 +1,445 @@
+/**
+ * Integration tests: a real gateway process (its exact grants, loopback,
+ * ephemeral port) and in-process fake supervisors.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
+import type * as grpc from "@grpc/grpc-js";
+import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
+import { Code } from "../core/status.ts";
+import {
+  apiClient,
+  type ApiClient,
+  connectFakeSupervisor,
+  type FakeSupervisor,
+  openTunnel,
+  startGateway,
+  type TestGateway,
+} from "./testing.ts";
+
+interface Fixture {
+  gw: TestGateway;
+  api: ApiClient;
+}
+
+async function withGateway(
+  fn: (f: Fixture) => Promise<void>,
+  options: Parameters<typeof startGateway>[0] = {},
+): Promise<void> {
+  const gw = await startGateway(options);
+  const api = apiClient(gw.port);
+  try {
+    await fn({ gw, api });
+  } catch (err) {
+    console.error(gw.stderr());
+    throw err;
+  } finally {
+    api.close();
+    await gw.stop();
+  }
+}
+
+async function create(api: ApiClient, name: string): Promise<Sandbox> {
+  return (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name })).sandbox;
+}
+
+async function phase(api: ApiClient, name: string): Promise<string> {
+  return (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox.phase;
+}
+
+/** Resolves once `name` reaches `want`, using WatchSandbox (no polling). */
+function waitPhase(api: ApiClient, id: string, want: string): Promise<Sandbox> {
+  return new Promise((resolve, reject) => {
+    const call = (api.raw as unknown as {
+      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
+    }).WatchSandbox({ id, follow_status: true });
+    call.on("data", (e: SandboxStreamEvent) => {
+      if (e.payload === "sandbox" && e.sandbox.phase === want) {
+        call.cancel();
+        resolve(e.sandbox);
+      }
+    });
+    call.on("error", (err: grpc.ServiceError) => {
+      if (err.code !== Code.CANCELLED) reject(err);
+    });
+  });
+}
+
+function echo(relay: Duplex): void {
+  relay.on("data", (c: Uint8Array) => relay.write(c));
+  relay.on("end", () => relay.end());
+}
+
+async function readySandbox(
+  f: Fixture,
+  name: string,
+  onRelay: (relay: Duplex, channel: string) => void = echo,
+): Promise<{ sandbox: Sandbox; sup: FakeSupervisor; token: string }> {
+  const sandbox = await create(f.api, name);
+  const ready = waitPhase(f.api, sandbox.id, "SANDBOX_PHASE_READY");
+  const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id, onRelay });
+  await sup.accepted;
+  await ready;
+  const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+  return { sandbox, sup, token };
+}
+
+function readAll(socket: Duplex): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on("data", (c: Buffer) => chunks.push(c));
+  socket.resume();
+  return new Promise((resolve) => {
+    socket.once("end", () => resolve(Buffer.concat(chunks)));
+    socket.once("close", () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+async function rejectsCode(p: Promise<unknown>, code: number, text?: RegExp): Promise<void> {
+  await assert.rejects(p, (e: grpc.ServiceError) => {
+    assert.equal(e.code, code, e.details);
+    if (text) assert.match(e.details, text);
+    return true;
+  });
+}
+
+Deno.test("sandbox API: health, create, get, list, delete and field errors", async () => {
+  await withGateway(async ({ api }) => {
+    const health = await api.call<{ status: string; version: string }>("Health", {});
+    assert.equal(health.status, "SERVICE_STATUS_HEALTHY");
+    assert.match(health.version, /^\d+\.\d+\.\d+/);
+
+    const a = await create(api, "alpha");
+    assert.equal(a.phase, "SANDBOX_PHASE_PROVISIONING");
+    assert.match(a.id, /^[0-9a-f-]{36}$/);
+    const generated = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", {})).sandbox;
+    assert.match(generated.name, /^sandbox-[a-z0-9]{6}$/);
+
+    await rejectsCode(create(api, "alpha"), Code.ALREADY_EXISTS, /alpha/);
+    await rejectsCode(create(api, "Not_Valid"), Code.INVALID_ARGUMENT, /^name:/);
+    await rejectsCode(
+      api.call("CreateSandbox", { name: "envbad", spec: { environment: { "1X": "v" } } }),
+      Code.INVALID_ARGUMENT,
+      /spec\.environment/,
+    );
+    await rejectsCode(api.call("GetSandbox", { name: "nope" }), Code.NOT_FOUND);
+    await rejectsCode(api.call("GetSandbox", { name: "" }), Code.INVALID_ARGUMENT, /name/);
+
+    const list = await api.call<{ sandboxes: Sandbox[] }>("ListSandboxes", { limit: 1, offset: 0 });
+    assert.deepEqual(list.sandboxes.map((s) => s.name), ["alpha"]);
+    const all = await api.call<{ sandboxes: Sandbox[] }>("ListSandboxes", {});
+    assert.equal(all.sandboxes.length, 2);
+
+    assert.deepEqual(await api.call("DeleteSandbox", { name: "alpha" }), { deleted: true });
+    assert.deepEqual(await api.call("DeleteSandbox", { name: "alpha" }), { deleted: false });
+    await rejectsCode(api.call("GetSandbox", { name: "alpha" }), Code.NOT_FOUND);
+  });
+});
+
+Deno.test("readiness: a session promotes to READY, its end demotes to PROVISIONING", async () => {
+  await withGateway(async (f) => {
+    const sb = await create(f.api, "ready-me");
+    const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
+    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
+    const sessionId = await sup.accepted;
+    assert.match(sessionId, /^[0-9a-f-]{36}$/);
+    const r = await ready;
+    const cond = r.status!.conditions.find((c) => c.type === "Ready")!;
+    assert.deepEqual([cond.status, cond.reason], ["True", "SupervisorConnected"]);
+
+    const demoted = waitPhase(f.api, sb.id, "SANDBOX_PHASE_PROVISIONING");
+    sup.close();
+    const d = await demoted;
+    const c2 = d.status!.conditions.find((c) => c.type === "Ready")!;
+    assert.deepEqual([c2.status, c2.reason], ["False", "SupervisorDisconnected"]);
+  });
+});
+
+Deno.test("ConnectSupervisor: unknown sandbox, missing hello and supersede", async () => {
+  await withGateway(async (f) => {
+    const ghost = connectFakeSupervisor({ port: f.gw.port, sandboxId: "no-such-sandbox" });
+    assert.equal((await ghost.ended).code, Code.NOT_FOUND);
+    ghost.close();
+    const nohello = connectFakeSupervisor({ port: f.gw.port, sandboxId: "x", hello: false });
+    const st = await nohello.ended;
+    assert.equal(st.code, Code.INVALID_ARGUMENT);
+    assert.match(st.details, /SupervisorHello/);
+    nohello.close();
+
+    const { sandbox, sup: first } = await readySandbox(f, "twice");
+    const second = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id, onRelay: echo });
+    await second.accepted;
+    const old = await first.ended;
+    assert.equal(old.code, Code.ABORTED);
+    assert.match(old.details, /superseded/);
+    assert.equal(await phase(f.api, "twice"), "SANDBOX_PHASE_READY");
+    // Relays now go to the newest session.
+    const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    assert.equal(t.status, 200);
+    const got = readAll(t.socket);
+    t.socket.end("via-second");
+    assert.equal((await got).toString(), "via-second");
+    assert.equal(first.received.filter((m) => m.payload === "relay_open").length, 0);
+    first.close();
+    second.close();
+  });
+});
+
+Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", async () => {
+  await withGateway(async (f) => {
+    let closeRelay: (() => void) | undefined;
+    const { sandbox, sup, token } = await readySandbox(f, "relay", (relay) => {
+      relay.on("data", (c: Uint8Array) => {
+        if (Buffer.from(c).toString() === "bye") {
+          closeRelay = () => relay.end("closing");
+          closeRelay();
+        } else relay.write(c);
+      });
+    });
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    assert.equal(t.status, 200);
+    const got = readAll(t.socket);
+    t.socket.write("ping-1 ");
+    t.socket.write("bye");
+    assert.equal((await got).toString(), "ping-1 closing");
+    t.socket.destroy();
+    sup.close();
+  });
+});
+
+Deno.test("relay: a client that goes away ends the supervisor's side", async () => {
+  await withGateway(async (f) => {
+    let relayEnded!: () => void;
+    const ended = new Promise<void>((r) => relayEnded = r);
+    const { sandbox, sup, token } = await readySandbox(f, "gone", (relay) => {
+      relay.on("data", (c: Uint8Array) => relay.write(c));
+      relay.on("close", () => relayEnded());
+      relay.on("end", () => relayEnded());
+    });
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    t.socket.write("x");
+    const echoed = new Promise((r) => t.socket.once("data", r));
+    t.socket.resume();
+    await echoed;
+    t.socket.destroy();
+    await ended;
+    sup.close();
+  });
+});
+
+Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
+  await withGateway(async (f) => {
+    const { sandbox, sup } = await readySandbox(f, "many");
+    const tokens = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id })),
+    );
+    const runs = Array.from({ length: 12 }, async (_, i) => {
+      const t = await openTunnel(f.gw.port, {
+        "x-sandbox-id": sandbox.id,
+        "x-sandbox-token": tokens[i % 4].token,
+      });
+      assert.equal(t.status, 200);
+      const payload = Buffer.alloc(200_000 + i * 1000, i + 1);
+      const got = readAll(t.socket);
+      t.socket.end(payload);
+      const back = await got;
+      assert.equal(back.length, payload.length, `tunnel ${i}`);
+      assert.ok(back.every((b) => b === i + 1), `tunnel ${i} got foreign bytes`);
+    });
+    await Promise.all(runs);
+    sup.close();
+  });
+});
+
+Deno.test("CONNECT /connect/ssh: 405, 400, 401, 404, 412, 429, 502 and 200", async () => {
+  await withGateway(async (f) => {
+    const { sandbox, sup, token } = await readySandbox(f, "statuses");
+    const id = sandbox.id;
+    const status = async (headers: Record<string, string>, opts = {}) =>
+      (await openTunnel(f.gw.port, headers, opts)).status;
+
+    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": token }, { method: "GET" }), 405);
+    assert.equal(await status({ "x-sandbox-id": id }), 401);
+    assert.equal(await status({ "x-sandbox-id": " ", "x-sandbox-token": token }), 400);
+    assert.equal(await status({ "x-sandbox-id": "caf\u00e9", "x-sandbox-token": token }), 400);
+    assert.equal(await status({ "x-sandbox-id": "no-such-id", "x-sandbox-token": token }), 404);
+    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": "wrong" }), 401);
+    const other = await create(f.api, "other");
+    const otherSup = connectFakeSupervisor({ port: f.gw.port, sandboxId: other.id });
+    await otherSup.accepted;
+    await waitPhase(f.api, other.id, "SANDBOX_PHASE_READY");
+    const otherToken = (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: other.id })).token;
+    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": otherToken }), 401);
+    const revoked = (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: id })).token;
+    assert.deepEqual(await f.api.call("RevokeSshSession", { token: revoked }), { revoked: true });
+    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": revoked }), 401);
+
+    // 429: a fourth tunnel on one token.
+    const open = [];
+    for (let i = 0; i < 3; i++) {
+      const t = await openTunnel(f.gw.port, { "x-sandbox-id": id, "x-sandbox-token": token });
+      assert.equal(t.status, 200);
+      open.push(t.socket);
+    }
+    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": token }), 429);
+    for (const s of open) s.destroy();
+
+    // 412: the sandbox lost its supervisor.
+    const demoted = waitPhase(f.api, other.id, "SANDBOX_PHASE_PROVISIONING");
+    otherSup.close();
+    await demoted;
+    assert.equal(await status({ "x-sandbox-id": other.id, "x-sandbox-token": otherToken }), 412);
+    sup.close();
+  });
+});
+
+Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
+  await withGateway(async (f) => {
+    const { sandbox, sup } = await readySandbox(f, "cap");
+    const open = [];
+    for (let i = 0; i < 7; i++) {
+      const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+      for (let j = 0; j < 3; j++) {
+        const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+        open.push(t);
+      }
+    }
+    const statuses = open.map((t) => t.status);
+    assert.equal(statuses.filter((s) => s === 200).length, 20);
+    assert.deepEqual(statuses.slice(20), [429]);
+    for (const t of open) t.socket.destroy();
+    sup.close();
+  });
+});
+
+Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => {
+  await withGateway(async (f) => {
+    const sb = await create(f.api, "silent");
+    const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
+    const raw = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id, ignoreRelays: true });
+    await raw.accepted;
+    await ready;
+    const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sb.id });
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
+    assert.equal(t.status, 502);
+    raw.close();
+  });
+});
+
+Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at READY", async () => {
+  await withGateway(async (f) => {
+    const sb = await create(f.api, "watched");
+    const events: SandboxStreamEvent[] = [];
+    const call = (f.api.raw as unknown as {
+      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
+    }).WatchSandbox({ id: sb.id, follow_status: true, follow_logs: true, stop_on_terminal: true });
+    const ended = new Promise<void>((resolve, reject) => {
+      call.on("data", (e: SandboxStreamEvent) => events.push(e));
+      call.on("end", () => resolve());
+      call.on("error", reject);
+    });
+    await new Promise<void>((r) => call.once("data", () => r()));
+    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
+    await ended;
+    const snapshots = events.filter((e) => e.payload === "sandbox").map((e) =>
+      e.payload === "sandbox" ? e.sandbox.phase : ""
+    );
+    assert.equal(events[0].payload, "sandbox");
+    assert.deepEqual(snapshots, ["SANDBOX_PHASE_PROVISIONING", "SANDBOX_PHASE_READY"]);
+    assert.ok(events.some((e) => e.payload === "log" && /supervisor session connected/.test(e.log.message)));
+    const logs = await f.api.call<{ logs: { message: string }[] }>("GetSandboxLogs", { sandbox_id: sb.id });
+    assert.ok(logs.logs.some((l) => /sandbox watched created/.test(l.message)));
+    sup.close();
+  });
+});
+
+Deno.test("the gateway survives garbage, resets, half-open and vanishing clients", async () => {
+  await withGateway(async (f) => {
+    const { sandbox, sup, token } = await readySandbox(f, "tough");
+    const raw = async (bytes: Uint8Array | string, hold = false) => {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: f.gw.port });
+      await c.write(typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes);
+      if (!hold) c.close();
+      return c;
+    };
+    await raw(crypto.getRandomValues(new Uint8Array(4096)));
+    await raw("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x40\x07garbage-after-preface");
+    await raw("GET /healthz HTTP/1.1\r\n"); // never finishes its head
+    const halfOpen = await raw("PRI * HTTP/2.0\r\n\r\n", true);
+    // A tunnel whose client vanishes mid-transfer.
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    t.socket.write(Buffer.alloc(1 << 20, 7));
+    t.socket.destroy();
+    // A supervisor whose connection vanishes mid-stream.
+    const flaky = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id });
+    await flaky.accepted;
+    flaky.close();
+    halfOpen.close();
+    // Still serving.
+    const health = await f.api.call<{ status: string }>("Health", {});
+    assert.equal(health.status, "SERVICE_STATUS_HEALTHY");
+    sup.close();
+  });
+});
+
+Deno.test("SIGTERM: streams end with UNAVAILABLE and the gateway exits 0", async () => {
+  const gw = await startGateway();
+  const api = apiClient(gw.port);
+  try {
+    const sb = await create(api, "bye");
+    const sup = connectFakeSupervisor({ port: gw.port, sandboxId: sb.id });
+    await sup.accepted;
+    const code = await gw.stop();
+    assert.equal(code, 0, gw.stderr());
+    const end = await sup.ended;
+    assert.equal(end.code, Code.UNAVAILABLE);
+    assert.match(gw.stderr(), /shutting down[\s\S]*stopped/);
+    sup.close();
+  } finally {
+    api.close();
+  }
+});
+
+Deno.test("a file database keeps sandboxes across a restart; supervisors bring them back to READY", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "osdb" });
+  try {
+    const dbUrl = `sqlite:${dir}/gw.db`;
+    const first = await startGateway({ dbUrl, stateDir: `${dir}/s1` });
+    const api1 = apiClient(first.port);
+    const sb = await create(api1, "persisted");
+    api1.close();
+    assert.equal(await first.stop(), 0);
+
+    const second = await startGateway({ dbUrl, stateDir: `${dir}/s2` });
+    const api2 = apiClient(second.port);
+    try {
+      assert.equal(await phase(api2, "persisted"), "SANDBOX_PHASE_PROVISIONING");
+      const ready = waitPhase(api2, sb.id, "SANDBOX_PHASE_READY");
+      const sup = connectFakeSupervisor({ port: second.port, sandboxId: sb.id });
+      await ready;
+      sup.close();
+    } finally {
+      api2.close();
+      await second.stop();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a supervisor that stops heartbeating is dropped and its sandbox demoted", async () => {
+  await withGateway(async (f) => {
+    const sb = await create(f.api, "quiet");
+    const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
+    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
+    await ready;
+    const demoted = waitPhase(f.api, sb.id, "SANDBOX_PHASE_PROVISIONING");
+    const end = await sup.ended; // 3 × max(1 s, 5 s) of silence
+    assert.equal(end.code, Code.UNAVAILABLE);
+    assert.match(end.details, /heartbeat/);
+    await demoted;
+    sup.close();
+  }, { args: ["--supervisor-heartbeat-secs", "1"] });
+});

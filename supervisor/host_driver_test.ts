@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
+import { startGateway, type TestGateway } from "../gateway/testing.ts";
+import { writeHostDriverDir } from "./host_driver.ts";
+import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./testing.ts";
+
+const READY = "SANDBOX_PHASE_READY";
+
+async function pids(pattern: string): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", { args: ["-f", "--", pattern], stdout: "piped" })
+    .output();
+  return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).map(Number);
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function stopGateway(gw: TestGateway): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const graced = await Promise.race([
+    gw.stop().then(() => true),
+    new Promise<boolean>((r) => timer = setTimeout(() => r(false), 5_000)),
+  ]);
+  clearTimeout(timer);
+  if (!graced) await gw.kill();
+}
+
+Deno.test("host driver: the gateway's VM-driver path with supervisors on this host", async (t) => {
+  await ensureSandboxUser();
+  const dir = await Deno.makeTempDir({ prefix: "osup-hd-" });
+  await writeHostDriverDir(dir);
+  const gw = await startGateway({ driverDir: dir });
+  const driverState = `${gw.stateDir}/vm`;
+  const api = gatewayApi(gw.port);
+  let gatewayGone = false;
+  try {
+    await api.waitHealthy();
+    await t.step("create → READY, serving the host key the gateway provisioned", async () => {
+      const sb = await api.create("hd-one");
+      await api.waitForPhase(sb.id, READY);
+      const session = await api.sshSession(sb.id);
+      const key = await Deno.readTextFile(`${driverState}/sandboxes/${sb.id}/host_key`);
+      assert.equal(
+        ((await Deno.stat(`${driverState}/sandboxes/${sb.id}/host_key`)).mode ?? 0) & 0o777,
+        0o600,
+      );
+      const publicKey = publicKeyOfPrivate(key);
+      assert.match(session.host_key_fingerprint, /^SHA256:/);
+      assert.equal(fingerprintOfPublicKey(publicKey), session.host_key_fingerprint);
+      await Deno.writeTextFile(`${dir}/known_hosts`, `sandbox ${publicKey}\n`);
+      const route = {
+        ...connectRoute({
+          host: "127.0.0.1",
+          port: gw.port,
+          connectPath: session.connect_path,
+          sandboxId: sb.id,
+          token: session.token,
+        }),
+        knownHostsFile: `${dir}/known_hosts`,
+      };
+      const r = await ssh(route, "echo pinned");
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, "pinned\n");
+
+      assert.equal(await api.delete("hd-one"), true);
+      await until(
+        "the deleted sandbox's supervisor to stop",
+        async () => (await pids(`--sandbox-id ${sb.id}`)).length === 0,
+      );
+    });
+
+    await t.step("a supervisor that dies → ProcessExited → ERROR", async () => {
+      const sb = await api.create("hd-two");
+      await api.waitForPhase(sb.id, READY);
+      const [pid] = await pids(`--sandbox-id ${sb.id}`);
+      Deno.kill(pid, "SIGKILL");
+      const failed = await api.waitForPhase(sb.id, "SANDBOX_PHASE_ERROR");
+      const cond = failed.status?.conditions.find((c) => c.type === "Ready");
+      assert.equal(cond?.reason, "ProcessExited");
+    });
+
+    await t.step("the driver and its supervisors die with the gateway", async () => {
+      const sb = await api.create("hd-three");
+      await api.waitForPhase(sb.id, READY);
+      assert.equal((await pids(`--sandbox-id ${sb.id}`)).length, 1);
+      assert.ok((await pids(`--state-dir ${driverState}`)).length >= 1, "driver running");
+      api.close();
+      await gw.kill();
+      gatewayGone = true;
+      await until(
+        "driver and supervisor to exit",
+        async () =>
+          (await pids(`--state-dir ${driverState}`)).length === 0 &&
+          (await pids(`--sandbox-id ${sb.id}`)).length === 0,
+      );
+    });
+  } finally {
+    api.close();
+    if (!gatewayGone) await stopGateway(gw);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});

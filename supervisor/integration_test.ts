@@ -1,0 +1,459 @@
+/**
+ * The supervisor against a real gateway: both run as child processes with
+ * exactly their grants; OpenSSH's `ssh`/`sftp` reach the sandbox through
+ * the gateway's `CONNECT` endpoint and the supervisor's relay.
+ */
+import assert from "node:assert/strict";
+import { supervisorGrants } from "../core/grants.ts";
+import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
+import type { NetworkActivityEvent } from "../core/ocsf.ts";
+import { startGateway, type TestGateway } from "../gateway/testing.ts";
+import {
+  cleanEnv,
+  connectRoute,
+  ensureSandboxUser,
+  gatewayApi,
+  makeTestPki,
+  moduleCommand,
+  sftp,
+  ssh,
+  sshOptions,
+  type SshRoute,
+  startSupervisor,
+  type SupervisorProcess,
+  TEST_SSHD,
+} from "./testing.ts";
+
+const READY = "SANDBOX_PHASE_READY";
+
+async function routeFor(
+  api: ReturnType<typeof gatewayApi>,
+  gw: TestGateway,
+  sandboxId: string,
+): Promise<SshRoute> {
+  const s = await api.sshSession(sandboxId);
+  return connectRoute({
+    host: "127.0.0.1",
+    port: gw.port,
+    connectPath: s.connect_path,
+    sandboxId,
+    token: s.token,
+  });
+}
+
+function mode(path: string): number {
+  return (Deno.lstatSync(path).mode ?? 0) & 0o777;
+}
+
+/** Most relays open at the same time, from the supervisor's own events. */
+function peakRelays(events: NetworkActivityEvent[]): number {
+  let open = 0;
+  let peak = 0;
+  for (const e of events) {
+    if (typeof e.unmapped.channel_id !== "string") continue;
+    open += e.activity_name === "Open" ? 1 : -1;
+    peak = Math.max(peak, open);
+  }
+  return peak;
+}
+
+async function sshdProcessesUsing(configPath: string): Promise<number> {
+  const out = await new Deno.Command("pgrep", { args: ["-f", "--", configPath], stdout: "piped" })
+    .output();
+  return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).length;
+}
+
+/** SIGTERM; SIGKILL when the gateway has not exited after `graceMs`. */
+async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const graced = await Promise.race([
+    gw.stop().then(() => true),
+    new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
+  ]);
+  clearTimeout(timer);
+  if (!graced) await gw.kill();
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, kill -9", async (t) => {
+  await ensureSandboxUser();
+  const dir = await Deno.makeTempDir({ prefix: "osup-it-" });
+  const gwDir = `${dir}/gw`;
+  await Deno.mkdir(gwDir);
+  const dbUrl = `sqlite:${gwDir}/gateway.db`;
+  let gw = await startGateway({ stateDir: gwDir, dbUrl });
+  let api = gatewayApi(gw.port);
+  const sandbox = await api.create("sup-it");
+  let sup: SupervisorProcess | undefined;
+  try {
+    sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id, dir });
+    const first = sup;
+
+    await t.step("session established; the gateway marks the sandbox READY", async () => {
+      const ready = await api.waitForPhase(sandbox.id, READY);
+      const cond = ready.status?.conditions.find((c) => c.type === "Ready");
+      assert.equal(cond?.reason, "SupervisorConnected");
+      const opened = await first.waitForEvent((e) =>
+        e.activity_name === "Open" && e.unmapped.session_id !== undefined
+      );
+      assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.port });
+      assert.equal(opened.unmapped.sandbox_id, sandbox.id);
+    });
+
+    await t.step("socket 0600 in a 0700 directory", () => {
+      assert.equal(mode(first.socketPath), 0o600);
+      assert.equal(mode(`${dir}/run`), 0o700);
+      assert.ok(Deno.lstatSync(first.socketPath).isSocket);
+    });
+
+    const route = await routeFor(api, gw, sandbox.id);
+
+    await t.step("ssh runs a command as the sandbox user and returns its exit code", async () => {
+      const r = await ssh(route, "id -un; echo out; echo err >&2; exit 42");
+      assert.equal(r.code, 42, r.stderr);
+      assert.equal(r.stdout, "sandbox\nout\n");
+      assert.match(r.stderr, /err/);
+      const piped = await ssh(route, "tr a-z A-Z", { stdin: "through the relay\n" });
+      assert.equal(piped.stdout, "THROUGH THE RELAY\n");
+    });
+
+    await t.step("ssh allocates a PTY", async () => {
+      const r = await ssh(route, "tty; test -t 0 && echo interactive", { tty: true });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^\/dev\/pts\/\d+\r?\n/);
+      assert.match(r.stdout, /interactive/);
+    });
+
+    await t.step("sftp copies a file up and back unchanged", async () => {
+      const local = `${dir}/payload.bin`;
+      const back = `${dir}/payload.back`;
+      const data = crypto.getRandomValues(new Uint8Array(60_000));
+      const big = new Uint8Array(600_000);
+      for (let i = 0; i < 10; i++) big.set(data, i * 60_000);
+      await Deno.writeFile(local, big);
+      const remote = `/tmp/osup-sftp-${crypto.randomUUID()}`;
+      try {
+        const r = await sftp(route, `put ${local} ${remote}\nget ${remote} ${back}\n`);
+        assert.equal(r.code, 0, r.stderr);
+        assert.deepEqual(await Deno.readFile(back), big);
+        assert.equal((await Deno.stat(remote)).uid, (await Deno.stat("/home/sandbox")).uid);
+      } finally {
+        await Deno.remove(remote).catch(() => {});
+      }
+    });
+
+    await t.step("20 relays at the same time", async () => {
+      // A barrier: no session can finish before all 20 are open at once.
+      const barrier = `${dir}/barrier`;
+      await Deno.mkdir(barrier);
+      await Deno.chmod(barrier, 0o777);
+      await Deno.chmod(dir, 0o755);
+      // 3 connections per token: 7 tokens.
+      const routes = await Promise.all(
+        Array.from({ length: 7 }, () => routeFor(api, gw, sandbox.id)),
+      );
+      const before = first.events().length;
+      const command = (i: number) =>
+        `touch ${barrier}/${i}; n=0; while [ "$(ls ${barrier} | wc -l)" -lt 20 ]; do ` +
+        `n=$((n+1)); [ $n -gt 300 ] && exit 9; sleep 0.1; done; echo relay-${i}`;
+      const one = async (i: number) => {
+        // The gateway frees a finished tunnel's slot a moment after its client exits;
+        // a 429 from the per-sandbox cap of 20 is retried (before anything ran).
+        for (let attempt = 0;; attempt++) {
+          const r = await ssh(routes[i % 7], command(i));
+          if (!r.stderr.includes(" 429") || attempt === 5) return r;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      };
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => one(i)));
+      results.forEach((r, i) => {
+        assert.equal(r.code, 0, `relay ${i}: ${r.stderr}`);
+        assert.equal(r.stdout, `relay-${i}\n`);
+      });
+      assert.ok(peakRelays(first.events().slice(before)) >= 20);
+      await Deno.chmod(dir, 0o700);
+    });
+
+    await t.step("the gateway restarts → the supervisor reconnects → READY again", async () => {
+      const port = gw.port;
+      api.close();
+      await stopGateway(gw);
+      const before = first.events().find((e) =>
+        e.activity_name === "Open" && e.unmapped.session_id !== undefined
+      )!.unmapped.session_id;
+      const failed = await first.waitForEvent((e) =>
+        e.activity_name === "Fail"
+      );
+      assert.match(String(failed.status_detail), /session stream|gateway closed/);
+      gw = await startGateway({ stateDir: gwDir, dbUrl, port });
+      api = gatewayApi(gw.port);
+      const again = await api.waitForPhase(sandbox.id, READY);
+      assert.equal(again.id, sandbox.id);
+      await first.waitForEvent((e) =>
+        e.activity_name === "Open" && e.unmapped.session_id !== undefined &&
+        e.unmapped.session_id !== before
+      );
+      const r = await ssh(await routeFor(api, gw, sandbox.id), "echo back");
+      assert.equal(r.stdout, "back\n", r.stderr);
+    });
+
+    await t.step(
+      "kill -9 mid-SSH: the client notices; a restart replaces the stale socket",
+      async () => {
+        const liveRoute = await routeFor(api, gw, sandbox.id);
+        const client = new Deno.Command("ssh", {
+          args: [
+            ...sshOptions(liveRoute),
+            "sandbox@sandbox",
+            "echo started; sleep 120",
+          ],
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        const reader = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const { value } = await reader.read();
+        assert.equal(value, "started\n");
+        await first.kill();
+        // The client ends on its own, well before its 120 s command would.
+        const status = await client.status;
+        while (!(await reader.read()).done) { /* drain */ }
+        await client.stderr.cancel();
+        assert.notEqual(status.code, 0);
+        await until(
+          "the killed supervisor's sshd to exit",
+          async () => await sshdProcessesUsing(`${dir}/run/sshd_config`) === 0,
+        );
+        assert.ok(
+          Deno.lstatSync(first.socketPath).isSocket,
+          "the killed supervisor left its socket",
+        );
+        await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
+
+        sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id, dir });
+        await api.waitForPhase(sandbox.id, READY);
+        const r = await ssh(await routeFor(api, gw, sandbox.id), "echo replaced");
+        assert.equal(r.stdout, "replaced\n", r.stderr);
+      },
+    );
+
+    await t.step("grants: the same flags refuse TCP listen, other hosts and /bin/sh", async () => {
+      const other = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      try {
+        const grants = sup!.grants;
+        assert.deepEqual(
+          grants,
+          supervisorGrants({
+            gateway: { host: "127.0.0.1", port: gw.port },
+            socketPath: `${dir}/run/ssh.sock`,
+            sshd: TEST_SSHD,
+            readFiles: [],
+          }),
+        );
+        const [exe, ...args] = moduleCommand(
+          grants,
+          `${REPO_ROOT}/supervisor/testdata/grants_probe.ts`,
+          [
+            "127.0.0.1",
+            String(gw.port),
+            String(other.addr.port),
+            `${dir}/run`,
+            TEST_SSHD,
+          ],
+        );
+        const out = await new Deno.Command(exe, { args, env: cleanEnv(), stderr: "piped" })
+          .output();
+        const text = new TextDecoder().decode(out.stdout);
+        assert.ok(out.success, new TextDecoder().decode(out.stderr));
+        const results = JSON.parse(text);
+        assert.deepEqual(results, {
+          "listen tcp": "NotCapable",
+          "listen tcp 0.0.0.0": "NotCapable",
+          "node listen tcp": "NotCapable",
+          "connect other port": "NotCapable",
+          "node connect other port": "NotCapable",
+          "connect other host": "NotCapable",
+          "spawn /bin/sh": "NotCapable",
+          "spawn sh": "NotCapable",
+          "read /etc/passwd": "NotCapable",
+          "write outside the socket dir": "NotCapable",
+          "sys uid": "NotCapable",
+          "connect gateway": "ok",
+          "write socket dir": "ok",
+          "spawn sshd": "ok",
+          "env HOME is hidden": "ok",
+        });
+        // And the probe ran with the supervisor's very flags.
+        const supArgs = roleCommand("supervisor", grants, []);
+        const flags = (argv: string[]) =>
+          argv.filter((a) => /^--(allow|deny|ignore|no-prompt)/.test(a));
+        assert.deepEqual(flags([exe, ...args]), flags(supArgs));
+      } finally {
+        other.close();
+      }
+    });
+
+    await t.step("a host-name endpoint works with the name plus its address granted", async () => {
+      const named = await api.create("sup-it-named");
+      const byName = await startSupervisor({
+        endpoint: `http://localhost:${gw.port}`,
+        sandboxId: named.id,
+        gatewayAddresses: ["127.0.0.1"],
+      });
+      try {
+        await api.waitForPhase(named.id, READY);
+      } finally {
+        await byName.close();
+      }
+    });
+
+    await t.step("SIGTERM: session closed, socket removed, exit 0", async () => {
+      const live = sup!;
+      const status = await live.stop();
+      assert.equal(status.code, 0, live.stderr());
+      assert.ok(live.events().some((e) => e.activity_name === "Close" && e.unmapped.session_id));
+      assert.throws(() => Deno.lstatSync(live.socketPath), Deno.errors.NotFound);
+      await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
+    });
+  } finally {
+    api.close();
+    await sup?.close();
+    await stopGateway(gw);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("supervisor: bad configuration stops it at start with one clear line", async () => {
+  await ensureSandboxUser();
+  const dir = await Deno.makeTempDir({ prefix: "osup-cfg-" });
+  try {
+    await Deno.mkdir(`${dir}/foreign`, { mode: 0o700 });
+    if (Deno.uid() === 0) await Deno.chown(`${dir}/foreign`, 65534, 65534);
+    await Deno.writeTextFile(`${dir}/bad_key`, "not a key\n");
+    const run = async (args: string[], socketPath: string, readFiles: string[] = []) => {
+      const grants = supervisorGrants({
+        gateway: { host: "127.0.0.1", port: 9 },
+        socketPath,
+        sshd: TEST_SSHD,
+        readFiles,
+      });
+      const [exe, ...rest] = roleCommand("supervisor", grants, args);
+      const out = await new Deno.Command(exe, {
+        args: rest,
+        clearEnv: true,
+        env: cleanEnv(),
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      return { code: out.code, stderr: new TextDecoder().decode(out.stderr).trim() };
+    };
+    const base = (sock: string) => [
+      "--sandbox-id",
+      "sb",
+      "--openshell-endpoint",
+      "http://127.0.0.1:9",
+      "--ssh-socket-path",
+      sock,
+    ];
+    const [missing, https, foreign, badKey] = await Promise.all([
+      run(["--openshell-endpoint", "http://127.0.0.1:9"], `${dir}/a/ssh.sock`),
+      run(
+        ["--sandbox-id", "sb", "--openshell-endpoint", "https://127.0.0.1:9"],
+        `${dir}/a/ssh.sock`,
+      ),
+      // Not root: the directory cannot be given away, so there is nothing to refuse.
+      Deno.uid() === 0
+        ? run(base(`${dir}/foreign/ssh.sock`), `${dir}/foreign/ssh.sock`)
+        : Promise.resolve({ code: 1, stderr: "skipped" }),
+      run(
+        [...base(`${dir}/k/ssh.sock`), "--ssh-host-key", `${dir}/bad_key`],
+        `${dir}/k/ssh.sock`,
+        [`${dir}/bad_key`],
+      ),
+    ]);
+    assert.equal(missing.code, 2);
+    assert.equal(
+      missing.stderr,
+      "openshell-sandbox: --sandbox-id (or OPENSHELL_SANDBOX_ID) is required",
+    );
+    assert.equal(https.code, 2);
+    assert.match(https.stderr, /https:\/\/ endpoint needs client TLS files/);
+    if (Deno.uid() === 0) {
+      assert.equal(foreign.code, 1);
+      assert.match(foreign.stderr, /ERROR .*socket directory .* is owned by uid 65534/);
+    }
+    assert.equal(badKey.code, 1);
+    assert.match(badKey.stderr, /host key is not an OpenSSH private key/);
+    for (const r of [missing, https, foreign, badKey]) {
+      assert.equal(r.stderr.split("\n").length, 1, r.stderr);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("supervisor: https endpoint with client mTLS; a wrong CA is refused", async () => {
+  await ensureSandboxUser();
+  const dir = await Deno.makeTempDir({ prefix: "osup-tls-" });
+  const pki = await makeTestPki(dir);
+  const gw = await startGateway({
+    args: [
+      "--no-disable-tls",
+      "--no-disable-gateway-auth",
+      "--tls-cert",
+      pki.serverCert,
+      "--tls-key",
+      pki.serverKey,
+      "--tls-client-ca",
+      pki.ca,
+    ],
+  });
+  const api = gatewayApi(gw.port, { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey });
+  const sups: SupervisorProcess[] = [];
+  try {
+    const sandbox = await api.create("sup-tls");
+    const tlsArgs = (ca: string) => [
+      "--tls-ca",
+      ca,
+      "--tls-cert",
+      pki.clientCert,
+      "--tls-key",
+      pki.clientKey,
+    ];
+    const endpoint = `https://127.0.0.1:${gw.port}`;
+    // The TLS files are outside the socket dir: granted as readFiles.
+    const wrong = await startSupervisor({
+      endpoint,
+      sandboxId: sandbox.id,
+      args: tlsArgs(pki.otherCa),
+      readFiles: [pki.otherCa, pki.clientCert, pki.clientKey],
+    });
+    sups.push(wrong);
+    const refused = await wrong.waitForEvent((e) => e.activity_name === "Fail");
+    assert.match(String(refused.status_detail), /certificate|self[- ]signed|verif/i);
+    await wrong.close();
+
+    const right = await startSupervisor({
+      endpoint,
+      sandboxId: sandbox.id,
+      args: tlsArgs(pki.ca),
+      readFiles: [pki.ca, pki.clientCert, pki.clientKey],
+    });
+    sups.push(right);
+    await api.waitForPhase(sandbox.id, READY);
+    const opened = await right.waitForEvent((e) => e.activity_name === "Open");
+    assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.port });
+  } finally {
+    api.close();
+    for (const s of sups) await s.close();
+    await stopGateway(gw);
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,161 @@
+/**
+ * `openshell-sandbox`: the supervisor inside each sandbox.
+ *
+ * Start-up order (any failure stops it with a one-line message and exit 1;
+ * a bad flag exits 2): configuration → token and TLS files → the socket
+ * directory (owned, 0700) → the host key and sshd config written into it →
+ * `sshd -t` → the socket (0600). Then the session client runs until SIGTERM
+ * or SIGINT, which end the session (OCSF session close), the relays and the
+ * socket, and exit 0.
+ *
+ * The gRPC channel is deliberately not closed at exit: a grpc-js client's
+ * GOAWAY after streaming can crash a Deno grpc-js server (denoland/deno
+ * #36788); the connection simply ends with the process.
+ *
+ * @module
+ */
+import { Logger } from "../core/log.ts";
+import { errorMessage } from "../core/log.ts";
+import { generateHostKey } from "../core/ssh_keys.ts";
+import { VERSION } from "../core/version.ts";
+import { denoEnv, FlagError } from "../core/flags.ts";
+import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from "./config.ts";
+import { SupervisorEvents } from "./events.ts";
+import { RelayManager } from "./relay.ts";
+import { grpcChannelFactory, SupervisorSession, type TlsMaterial } from "./session.ts";
+import {
+  checkSshd,
+  clearStaleSocket,
+  prepareSocketDir,
+  SshdServer,
+  writeSshdFiles,
+} from "./sshd.ts";
+
+/** The log line (message) written once the sshd socket accepts connections. */
+export const READY_MESSAGE = "sshd socket listening";
+
+async function readFile(what: string, path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (err) {
+    throw new Error(`cannot read ${what} ${path}: ${errorMessage(err)}`);
+  }
+}
+
+async function readToken(config: SupervisorConfig): Promise<string | undefined> {
+  if (config.token !== undefined) return config.token;
+  if (config.tokenFile === undefined) return undefined;
+  const token = new TextDecoder().decode(await readFile("token file", config.tokenFile)).trim();
+  if (token === "") throw new Error(`token file ${config.tokenFile} is empty`);
+  return token;
+}
+
+async function readTls(config: SupervisorConfig): Promise<TlsMaterial | undefined> {
+  if (!config.tls) return undefined;
+  return {
+    ca: await readFile("TLS CA", config.tls.ca),
+    cert: await readFile("TLS certificate", config.tls.cert),
+    key: await readFile("TLS key", config.tls.key),
+  };
+}
+
+/** Runs the supervisor with `args`; resolves with the exit code. */
+export async function main(args: readonly string[]): Promise<number> {
+  let config: SupervisorConfig;
+  try {
+    const parsed = parseSupervisorConfig(args, denoEnv);
+    if (parsed.kind === "help") {
+      console.log(usage());
+      return 0;
+    }
+    if (parsed.kind === "version") {
+      console.log(`openshell-sandbox ${VERSION}`);
+      return 0;
+    }
+    config = parsed.config;
+  } catch (err) {
+    if (!(err instanceof FlagError)) throw err;
+    console.error(`openshell-sandbox: ${err.message}`);
+    return 2;
+  }
+  const logger = new Logger(
+    { level: config.logLevel, format: config.logFormat, target: "openshell-sandbox" },
+    { sandbox_id: config.sandboxId },
+  );
+
+  let server: SshdServer;
+  let token: string | undefined;
+  let tls: TlsMaterial | undefined;
+  try {
+    token = await readToken(config);
+    tls = await readTls(config);
+    const dir = socketDirOf(config.socketPath);
+    await prepareSocketDir(dir);
+    // Before touching any file: a live supervisor on this socket keeps its files.
+    await clearStaleSocket(config.socketPath);
+    const hostKey = config.hostKeyPath
+      ? new TextDecoder().decode(await readFile("host key", config.hostKeyPath))
+      : generateHostKey().privateKey;
+    const files = await writeSshdFiles(dir, { hostKey, logLevel: config.logLevel });
+    await checkSshd(config.sshd, files.configPath);
+    server = await SshdServer.listen({
+      socketPath: config.socketPath,
+      sshd: config.sshd,
+      configPath: files.configPath,
+      logger,
+    });
+    logger.info(READY_MESSAGE, {
+      path: config.socketPath,
+      host_key: files.fingerprint,
+      host_key_source: config.hostKeyPath ? "file" : "generated",
+    });
+  } catch (err) {
+    logger.error(`cannot start: ${errorMessage(err)}`);
+    return 1;
+  }
+
+  const events = new SupervisorEvents({ sandboxId: config.sandboxId, endpoint: config.endpoint });
+  const relays = new RelayManager({ socketPath: config.socketPath, events, logger });
+  const session = new SupervisorSession({
+    sandboxId: config.sandboxId,
+    channels: grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
+    relays,
+    events,
+    logger: logger.with({ endpoint: config.endpoint }),
+  });
+
+  const stop = new AbortController();
+  const onSignal = (signal: Deno.Signal) => () => {
+    if (!stop.signal.aborted) logger.info("stopping", { signal });
+    stop.abort();
+  };
+  const handlers: [Deno.Signal, () => void][] = [
+    ["SIGTERM", onSignal("SIGTERM")],
+    ["SIGINT", onSignal("SIGINT")],
+  ];
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+
+  logger.info("connecting to the gateway", { endpoint: config.endpoint });
+  await session.run(stop.signal);
+  await relays.closeAll();
+  await server.close();
+  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  logger.info("stopped");
+  return 0;
+}
+
+if (import.meta.main) {
+  // Last line of defence: a stray error in a callback must not take the
+  // supervisor (and every SSH session of the sandbox) down.
+  globalThis.addEventListener("error", (event) => {
+    event.preventDefault();
+    console.error(`openshell-sandbox: unexpected error (continuing): ${errorMessage(event.error)}`);
+  });
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    console.error(
+      `openshell-sandbox: unhandled rejection (continuing): ${errorMessage(event.reason)}`,
+    );
+  });
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,390 @@
+/**
+ * The session client: keeps one `ConnectSupervisor` stream open to the
+ * gateway, forever, and starts a relay for each `relay_open`.
+ *
+ * Per attempt: a fresh instance id, `hello{sandbox_id, instance_id}`, then the
+ * first gateway message must be `session_accepted` (anything else, the stream
+ * ending, or nothing within {@link SessionOptions.handshakeTimeoutMs} fails
+ * the attempt). While accepted: a heartbeat every `max(interval, 5 s)`; the
+ * gateway counts as silent after 3 such intervals without any message from
+ * it. Any end of the stream, an error or silence → reconnect after an
+ * exponential backoff (1 s → 30 s, ±20 % jitter). The backoff restarts from
+ * 1 s after a **healthy** session: one that was accepted and lasted at least
+ * {@link SessionOptions.healthyAfterMs} (30 s), so a gateway that accepts
+ * and immediately drops sessions is not hammered.
+ *
+ * One gRPC channel (one HTTP/2 connection) carries the session and every
+ * relay. A channel whose connection failed (or whose gateway fell silent) is
+ * closed and replaced before the next attempt.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import { isIP } from "node:net";
+import { checkServerIdentity } from "node:tls";
+import { Backoff, sleep } from "../core/backoff.ts";
+import { errorMessage, type Logger } from "../core/log.ts";
+import {
+  type GatewayMessage,
+  OpenShellClient,
+  type SupervisorMessage,
+  type Wire,
+} from "../core/protocol.ts";
+import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import type { SupervisorEvents } from "./events.ts";
+import type { RelayCall, RelayManager } from "./relay.ts";
+
+/** A client-side `ConnectSupervisor` call, as far as the session needs it. */
+export interface ControlCall {
+  write(message: Wire<SupervisorMessage>): boolean;
+  end(): void;
+  cancel(): void;
+  on(event: "data", listener: (message: GatewayMessage) => void): unknown;
+  on(event: "error", listener: (err: Error) => void): unknown;
+  on(event: "end" | "close", listener: () => void): unknown;
+}
+
+/** One connection to the gateway: the session and every relay ride it. */
+export interface SupervisorChannel {
+  /** Opens `ConnectSupervisor`. */
+  connectSupervisor(): ControlCall;
+  /** Opens `RelayStream`. */
+  relayStream(): RelayCall;
+  /** Whether the connection failed (the channel should be replaced). */
+  broken(): boolean;
+  /** Closes the channel. */
+  close(): void;
+}
+
+/** Makes a fresh channel. */
+export type ChannelFactory = () => SupervisorChannel;
+
+/** Client TLS material (PEM bytes). */
+export interface TlsMaterial {
+  ca: Uint8Array;
+  cert: Uint8Array;
+  key: Uint8Array;
+}
+
+/** Options of {@link grpcChannelFactory}. */
+export interface GrpcChannelOptions {
+  /** Gateway host (IPv6 without brackets). */
+  host: string;
+  /** Gateway port. */
+  port: number;
+  /** Client TLS for an `https://` endpoint; absent = plaintext. */
+  tls?: TlsMaterial;
+  /** Sent as `x-openshell-supervisor-token` on every call when set. */
+  token?: string;
+}
+
+/** HTTP/2 flow-control window of the supervisor's channel (the default 64 KiB caps relays). */
+export const FLOW_CONTROL_WINDOW_BYTES = 8 * 1024 * 1024;
+/** Largest gRPC message either way (relay frames are 64 KiB). */
+export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/** The grpc-js channel options of the supervisor's channel. */
+export const CHANNEL_OPTIONS: Readonly<grpc.ChannelOptions> = {
+  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_timeout_ms": 20_000,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW_BYTES,
+  "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+  "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+  "grpc.initial_reconnect_backoff_ms": 1_000,
+  "grpc.max_reconnect_backoff_ms": 30_000,
+  // A replacement channel must not inherit a failed connection (or its
+  // reconnect backoff) from grpc-js's process-wide subchannel pool.
+  "grpc.use_local_subchannel_pool": 1,
+};
+
+type GrpcClient = grpc.Client & {
+  ConnectSupervisor(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
+  RelayStream(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
+};
+
+/**
+ * TLS server name sent for an IP-literal endpoint. Deno's `node:tls` refuses
+ * an IP address as `servername`, which grpc-js always sets to the target
+ * host; the certificate is still verified against the IP itself.
+ */
+export const IP_TLS_SERVER_NAME = "openshell-gateway";
+
+/** Channels to the gateway over grpc-js. */
+export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
+  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
+  const target = `${host}:${options.port}`;
+  const ipTls = options.tls !== undefined && isIP(options.host) !== 0;
+  return () => {
+    const credentials = options.tls
+      ? grpc.credentials.createSsl(
+        Buffer.from(options.tls.ca),
+        Buffer.from(options.tls.key),
+        Buffer.from(options.tls.cert),
+        ipTls
+          ? { checkServerIdentity: (_name, cert) => checkServerIdentity(options.host, cert) }
+          : {},
+      )
+      : grpc.credentials.createInsecure();
+    const client = new OpenShellClient(target, credentials, {
+      ...CHANNEL_OPTIONS,
+      ...(ipTls ? { "grpc.ssl_target_name_override": IP_TLS_SERVER_NAME } : {}),
+    }) as unknown as GrpcClient;
+    const metadata = () => {
+      const md = new grpc.Metadata();
+      if (options.token) md.set(SUPERVISOR_TOKEN_METADATA, options.token);
+      return md;
+    };
+    return {
+      connectSupervisor: () => client.ConnectSupervisor(metadata()) as unknown as ControlCall,
+      relayStream: () => client.RelayStream(metadata()) as unknown as RelayCall,
+      broken: () => {
+        const state = client.getChannel().getConnectivityState(false);
+        return state === grpc.connectivityState.TRANSIENT_FAILURE ||
+          state === grpc.connectivityState.SHUTDOWN;
+      },
+      close: () => client.close(),
+    };
+  };
+}
+
+/** Options of {@link SupervisorSession}. */
+export interface SessionOptions {
+  /** The sandbox this supervisor serves. */
+  sandboxId: string;
+  /** Makes the channel to the gateway. */
+  channels: ChannelFactory;
+  /** Runs the relays (a {@link RelayManager}). */
+  relays: Pick<RelayManager, "open">;
+  /** Event emitter. */
+  events: SupervisorEvents;
+  /** Log sink. */
+  logger: Logger;
+  /** Reconnect backoff; default 1 s → 30 s with 20 % jitter. */
+  backoff?: { initialMs: number; maxMs: number; jitter?: number; random?: () => number };
+  /** A session that lasted this long resets the backoff; default 30 s. */
+  healthyAfterMs?: number;
+  /** Heartbeats are never more frequent than this; default 5 s. */
+  minHeartbeatMs?: number;
+  /** Intervals without a gateway message before it counts as silent; default 3. */
+  silentAfterIntervals?: number;
+  /** How long to wait for `session_accepted`; default 20 s. */
+  handshakeTimeoutMs?: number;
+  /** Reports each accepted session (tests). */
+  onAccepted?: (info: { sessionId: string; instanceId: string; heartbeatMs: number }) => void;
+}
+
+interface AttemptResult {
+  sessionId?: string;
+  acceptedFor?: number;
+  error?: string;
+  /** The channel should not be reused. */
+  replaceChannel: boolean;
+}
+
+/** Default backoff of the reconnect loop. */
+export const RECONNECT_BACKOFF = { initialMs: 1_000, maxMs: 30_000, jitter: 0.2 } as const;
+
+/** The reconnecting session client. */
+export class SupervisorSession {
+  readonly #o: SessionOptions;
+  #channel: SupervisorChannel | undefined;
+  #sessionId: string | undefined;
+
+  /** Creates the client; nothing happens until {@link run}. */
+  constructor(options: SessionOptions) {
+    this.#o = options;
+  }
+
+  /** The id of the live session, if one is accepted now. */
+  get sessionId(): string | undefined {
+    return this.#sessionId;
+  }
+
+  /**
+   * Connects and reconnects until `signal` aborts; then ends the live session
+   * (with a `session closed` event) and resolves. Never rejects. The channel
+   * stays open for the caller to close ({@link closeChannel}) or to abandon
+   * at exit.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    const { logger, events } = this.#o;
+    const backoff = new Backoff({ ...RECONNECT_BACKOFF, ...this.#o.backoff });
+    const healthyAfter = this.#o.healthyAfterMs ?? 30_000;
+    let failures = 0;
+    while (!signal.aborted) {
+      if (this.#channel?.broken()) this.closeChannel();
+      this.#channel ??= this.#o.channels();
+      const result = await this.#attempt(this.#channel, signal);
+      if (signal.aborted) {
+        if (result.sessionId) {
+          events.sessionClosed({ sessionId: result.sessionId, reason: "supervisor stopping" });
+          logger.info("supervisor session closed", { session_id: result.sessionId });
+        }
+        break;
+      }
+      if (result.sessionId && (result.acceptedFor ?? 0) >= healthyAfter) {
+        backoff.reset();
+        failures = 0;
+      }
+      if (result.replaceChannel) this.closeChannel();
+      failures++;
+      const delay = backoff.next();
+      const error = result.error ?? "session ended";
+      events.sessionFailed({
+        attempt: failures,
+        error,
+        retryInMs: delay,
+        sessionId: result.sessionId,
+      });
+      logger.warn("supervisor session failed; reconnecting", {
+        attempt: failures,
+        retry_in_ms: delay,
+        error,
+      });
+      try {
+        await sleep(delay, signal);
+      } catch {
+        break;
+      }
+    }
+  }
+
+  /** Closes the current channel (the next attempt makes a new one). */
+  closeChannel(): void {
+    const channel = this.#channel;
+    this.#channel = undefined;
+    try {
+      channel?.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  #attempt(channel: SupervisorChannel, signal: AbortSignal): Promise<AttemptResult> {
+    const o = this.#o;
+    const instanceId = crypto.randomUUID();
+    const log = o.logger.with({ instance_id: instanceId });
+    const minBeat = o.minHeartbeatMs ?? 5_000;
+    const silentAfter = o.silentAfterIntervals ?? 3;
+    return new Promise<AttemptResult>((resolve) => {
+      let call: ControlCall;
+      let done = false;
+      let sessionId: string | undefined;
+      let acceptedAt = 0;
+      let lastInbound = performance.now();
+      const timers: ReturnType<typeof setTimeout>[] = [];
+
+      const finish = (error: string | undefined, replaceChannel = false) => {
+        if (done) return;
+        done = true;
+        for (const t of timers) clearTimeout(t);
+        signal.removeEventListener("abort", onAbort);
+        this.#sessionId = undefined;
+        try {
+          if (error === undefined) call?.end();
+          call?.cancel();
+        } catch {
+          // the call is already over
+        }
+        resolve({
+          sessionId,
+          acceptedFor: sessionId ? performance.now() - acceptedAt : undefined,
+          error,
+          replaceChannel,
+        });
+      };
+      const onAbort = () => finish(undefined);
+      signal.addEventListener("abort", onAbort, { once: true });
+
+      try {
+        call = channel.connectSupervisor();
+      } catch (err) {
+        finish(`cannot open the session stream: ${errorMessage(err)}`, true);
+        return;
+      }
+
+      const onAccepted = (accepted: { session_id: string; heartbeat_interval_secs: number }) => {
+        sessionId = accepted.session_id;
+        acceptedAt = performance.now();
+        this.#sessionId = sessionId;
+        const heartbeatMs = Math.max(accepted.heartbeat_interval_secs * 1000, minBeat);
+        o.events.sessionOpened({
+          sessionId,
+          heartbeatSecs: Math.round(heartbeatMs / 1000),
+        });
+        log.info("supervisor session established", {
+          session_id: sessionId,
+          heartbeat_ms: heartbeatMs,
+        });
+        timers.push(setInterval(() => {
+          if (performance.now() - lastInbound > silentAfter * heartbeatMs) {
+            finish(
+              `gateway silent for ${Math.round((performance.now() - lastInbound) / 1000)} s ` +
+                `(${silentAfter} heartbeat intervals)`,
+              true,
+            );
+            return;
+          }
+          try {
+            call.write({ payload: "heartbeat", heartbeat: {} });
+          } catch (err) {
+            finish(`heartbeat failed: ${errorMessage(err)}`);
+          }
+        }, heartbeatMs));
+        o.onAccepted?.({ sessionId, instanceId, heartbeatMs });
+      };
+
+      call.on("data", (message: GatewayMessage) => {
+        lastInbound = performance.now();
+        if (done) return;
+        if (sessionId === undefined) {
+          if (message.payload === "session_accepted") {
+            onAccepted(message.session_accepted);
+          } else if (message.payload === "session_rejected") {
+            finish(`session rejected: ${message.session_rejected.reason || "no reason given"}`);
+          } else {
+            finish(`expected session_accepted, got ${message.payload ?? "an empty message"}`);
+          }
+          return;
+        }
+        switch (message.payload) {
+          case "relay_open": {
+            const channelId = message.relay_open.channel_id;
+            if (!channelId) {
+              log.warn("relay_open without a channel id; ignored");
+              break;
+            }
+            o.relays.open(channelId, () => channel.relayStream());
+            break;
+          }
+          case "heartbeat":
+            break;
+          case "relay_close":
+            log.debug("gateway closed a relay", { channel_id: message.relay_close.channel_id });
+            break;
+          default:
+            log.warn("unexpected gateway message; ignored", { payload: message.payload });
+        }
+      });
+      call.on("error", (err: Error) => finish(`session stream failed: ${errorMessage(err)}`));
+      call.on("end", () => finish("gateway closed the session stream"));
+
+      timers.push(setTimeout(() => {
+        if (sessionId === undefined) {
+          finish(`no session_accepted within ${o.handshakeTimeoutMs ?? 20_000} ms`, true);
+        }
+      }, o.handshakeTimeoutMs ?? 20_000));
+
+      try {
+        call.write({
+          payload: "hello",
+          hello: { sandbox_id: o.sandboxId, instance_id: instanceId },
+        });
+      } catch (err) {
+        finish(`cannot send hello: ${errorMessage(err)}`, true);
+      }
+    });
+  }
+}
