@@ -133,6 +133,8 @@ export interface DriverProcessOptions {
   /** How long to wait for `GetCapabilities` to answer. */
   readyTimeoutMs?: number;
   log: Logger;
+  /** Aborting while waiting kills the driver and rejects. */
+  signal?: AbortSignal;
 }
 
 /** A running driver process with its client. */
@@ -210,12 +212,13 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
       await grpcDriver.close();
       throw new Error(`compute driver exited with status ${await exited} before it was ready`);
     }
-    if (Date.now() > deadline) {
+    if (Date.now() > deadline || options.signal?.aborted) {
       await grpcDriver.close();
       try {
         child.kill("SIGKILL");
       } catch { /* gone */ }
       await exited;
+      if (options.signal?.aborted) throw new Error("start cancelled");
       throw new Error(`compute driver did not answer GetCapabilities in time: ${lastError}`);
     }
     try {

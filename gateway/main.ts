@@ -7,7 +7,7 @@
 import { denoEnv, FlagError } from "../core/flags.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { gatewayHelp, parseGatewayConfig } from "./config.ts";
-import { startGateway } from "./server.ts";
+import { type Gateway, startGateway } from "./server.ts";
 
 async function main(): Promise<number> {
   let parsed;
@@ -26,21 +26,30 @@ async function main(): Promise<number> {
   }
   const config = parsed.config;
   const log = new Logger({ level: config.logLevel, format: config.logFormat, target: "gateway" });
-  let gateway;
-  try {
-    gateway = await startGateway(config, {
-      log,
-      unsafeKeepGoaway: denoEnv("OPENSHELL_UNSAFE_KEEP_GOAWAY") === "1",
-    });
-  } catch (err) {
-    log.error(`cannot start: ${errorMessage(err)}`);
-    return 1;
-  }
+  // Signals are handled from the start: one that arrives while the driver
+  // comes up cancels the start (and stops the driver) instead of orphaning it.
+  const cancel = new AbortController();
+  let gateway: Gateway | undefined;
   const onSignal = () => {
-    gateway.stop();
+    if (gateway) gateway.stop();
+    else cancel.abort();
   };
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
+  try {
+    gateway = await startGateway(config, {
+      log,
+      signal: cancel.signal,
+      unsafeKeepGoaway: denoEnv("OPENSHELL_UNSAFE_KEEP_GOAWAY") === "1",
+    });
+  } catch (err) {
+    if (cancel.signal.aborted) {
+      log.info("start cancelled by signal");
+      return 0;
+    }
+    log.error(`cannot start: ${errorMessage(err)}`);
+    return 1;
+  }
   await gateway.stopped;
   Deno.removeSignalListener("SIGTERM", onSignal);
   Deno.removeSignalListener("SIGINT", onSignal);

@@ -11,6 +11,7 @@ import type { Duplex } from "node:stream";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
+import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import { ComputeRuntime } from "./compute.ts";
 import { driverSocketPath, type GatewayConfig, internalSocketPath } from "./config.ts";
@@ -52,6 +53,8 @@ export interface StartOptions {
   log: Logger;
   /** Keep client GOAWAY frames (reproducing denoland/deno#36788 only). */
   unsafeKeepGoaway?: boolean;
+  /** Aborting gives up starting (e.g. SIGTERM while the driver comes up). */
+  signal?: AbortSignal;
 }
 
 function defaultEndpoint(config: GatewayConfig, port: number): string {
@@ -132,7 +135,8 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       const rt = computeHolder.runtime;
       if (!rt) {
         if (prop === "createSandbox" || prop === "deleteSandbox") {
-          return () => Promise.reject(new Error("the compute driver is not ready yet"));
+          return () =>
+            Promise.reject(new StatusError(Code.UNAVAILABLE, "the compute driver is not ready yet"));
         }
         throw new Error("compute runtime not ready");
       }
@@ -254,13 +258,14 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     stopping ??= (async () => {
       log.info("shutting down");
       clearInterval(prune);
-      await listener.stopAccepting().catch(() => {});
+      const closed = listener.stopAccepting().catch(() => {});
       plane.closeAll();
       tunnel.closeAll();
       await computeHolder.runtime?.stop();
       registry.close();
       await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
       listener.destroyAll();
+      await closed;
       grpcServer.forceShutdown();
       if (driver) await driver.close();
       store.close();
@@ -295,6 +300,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
         args,
         socketPath: driverSocketPath(config),
         log,
+        signal: options.signal,
       });
       driver = proc.driver;
       log.info("compute driver ready", {
