@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { DriverConfigError, parseDriverConfig, socketPath } from "./config.ts";
+
+const base = ["--state-dir", "/var/lib/os/vm", "--openshell-endpoint", "http://127.0.0.1:8080"];
+const noEnv = () => undefined;
+
+function run(args: string[], env: (n: string) => string | undefined = noEnv) {
+  const p = parseDriverConfig(args, env);
+  if (p.kind !== "run") throw new Error("expected a run config");
+  return p.config;
+}
+
+Deno.test("config: defaults", () => {
+  const c = run(base);
+  assert.equal(c.stateDir, "/var/lib/os/vm");
+  assert.deepEqual(c.endpoint, { scheme: "http", host: "127.0.0.1", port: 8080 });
+  assert.equal(c.accel, "auto");
+  assert.equal(c.vcpus, 2);
+  assert.equal(c.memMib, 1024);
+  assert.equal(c.logLevel, "info");
+  assert.equal(c.qemu, "/usr/bin/qemu-system-x86_64");
+  assert.equal(c.setpriv, "/usr/bin/setpriv");
+  assert.equal(c.forwarder, "socat");
+  assert.equal(c.allowEgress, false);
+  assert.equal(socketPath(c.stateDir), "/var/lib/os/vm/compute-driver.sock");
+});
+
+Deno.test("config: every flag, and flags win over their env twins", () => {
+  const env: Record<string, string> = { OPENSHELL_VM_VCPUS: "8", OPENSHELL_VM_ACCEL: "kvm" };
+  const c = run([
+    ...base,
+    "--runtime-dir",
+    "/rt/",
+    "--vm-accel",
+    "TCG",
+    "--vm-mem-mib",
+    "512",
+    "--log-level",
+    "debug",
+    "--qemu",
+    "/opt/q",
+    "--allow-egress",
+  ], (n) => env[n]);
+  assert.equal(c.runtimeDir, "/rt");
+  assert.equal(c.accel, "tcg");
+  assert.equal(c.vcpus, 8); // from the env twin
+  assert.equal(c.memMib, 512);
+  assert.equal(c.logLevel, "debug");
+  assert.equal(c.qemu, "/opt/q");
+  assert.equal(c.allowEgress, true);
+});
+
+Deno.test("config: an unspecified endpoint host is dialled on loopback", () => {
+  assert.equal(
+    run(["--state-dir", "/s", "--openshell-endpoint", "http://0.0.0.0:9"]).endpoint.host,
+    "127.0.0.1",
+  );
+  assert.equal(
+    run(["--state-dir", "/s", "--openshell-endpoint", "http://[::]:9"]).endpoint.host,
+    "::1",
+  );
+});
+
+Deno.test("config: bad input gets one clear line each", () => {
+  const cases: [string[], RegExp][] = [
+    [[], /--state-dir .* is required/],
+    [["--state-dir", "/s"], /--openshell-endpoint .* is required/],
+    [["--state-dir", "rel", "--openshell-endpoint", "http://h:1"], /absolute path/],
+    [["--state-dir", "/s", "--openshell-endpoint", "ftp://h:1"], /http:\/\/ or https:\/\//],
+    [
+      ["--state-dir", "/s", "--openshell-endpoint", "https://h:1"],
+      /https endpoints are not supported/,
+    ],
+    [["--state-dir", "/s", "--openshell-endpoint", "nope"], /not a URL/],
+    [[...base, "--vm-accel", "fast"], /auto, kvm, hvf or tcg/],
+    [[...base, "--vm-vcpus", "0"], /between 1 and 64/],
+    [[...base, "--vm-vcpus", "two"], /whole number/],
+    [[...base, "--vm-mem-mib", "128"], /at least 256/],
+    [[...base, "--log-level", "loud"], /invalid log level/],
+    [[...base, "--bogus"], /Unknown option/],
+    [[...base, "--forwarder", "socat;rm"], /plain program name/],
+    [
+      ["--state-dir", `/${"x".repeat(100)}`, "--openshell-endpoint", "http://h:1"],
+      /socket path limit/,
+    ],
+  ];
+  for (const [args, re] of cases) {
+    assert.throws(() => parseDriverConfig(args, noEnv), (e: unknown) => {
+      assert.ok(e instanceof DriverConfigError, String(e));
+      assert.match(e.message, re);
+      assert.ok(!e.message.includes("\n"), "one line");
+      return true;
+    });
+  }
+});
+
+Deno.test("config: --help and --version", () => {
+  assert.equal(parseDriverConfig(["--help"], noEnv).kind, "help");
+  assert.equal(parseDriverConfig(["--version"], noEnv).kind, "version");
+});

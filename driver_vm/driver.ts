@@ -1,0 +1,572 @@
+/**
+ * The VM driver's sandbox lifecycle, independent of gRPC: one qemu per
+ * sandbox, its per-sandbox state dir, progress conditions, the watch bus,
+ * console lines, exit monitoring and deletion.
+ *
+ * Readiness belongs to the gateway: this driver reports `Ready=False` with
+ * reason `Starting` while a VM runs, `ProcessExited` (terminal) when qemu
+ * ends on its own, `Deleting` while it is being removed — never
+ * `Ready=True`.
+ *
+ * @module
+ */
+import { splitProvisioning } from "../core/provisioning.ts";
+import type { Logger } from "../core/log.ts";
+import type {
+  DriverSandbox,
+  PlatformEvent,
+  SandboxCondition,
+  WatchSandboxesEvent,
+  Wire,
+} from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { VERSION } from "../core/version.ts";
+import type { Accel } from "./config.ts";
+import { GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import type { FwCfgFile, QemuSpec } from "./qemu.ts";
+
+/** Name reported by GetCapabilities. */
+export const DRIVER_NAME = "openshell-driver-vm";
+
+/** A running VM as the driver sees it. */
+export interface VmHandle {
+  /** The qemu process id. */
+  pid: number;
+  /** Resolves when qemu has exited. */
+  status: Promise<{ code: number; signal: string | null }>;
+  /** Sends a signal (no-op once gone). */
+  kill(signal: Deno.Signal): void;
+}
+
+/** Starts VMs (the real one runs setpriv + qemu; tests inject fakes). */
+export interface Launcher {
+  launch(spec: QemuSpec): Promise<VmHandle>;
+}
+
+/** The runtime files every VM boots from. */
+export interface RuntimeFiles {
+  kernel: string;
+  initramfs: string;
+  disk: string;
+}
+
+/** Options of {@link VmDriver}. */
+export interface VmDriverOptions {
+  stateDir: string;
+  runtime: RuntimeFiles;
+  launcher: Launcher;
+  /** Resolves to the accelerator (the `auto` probe may still be running). */
+  accel: () => Promise<Accel>;
+  vcpus: number;
+  memMib: number;
+  /** Default supervisor log level when the spec has none. */
+  logLevel: string;
+  gateway: { host: string; port: number };
+  forwarder: string;
+  allowEgress: boolean;
+  log: Logger;
+  /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
+  stopGraceMs?: number;
+  /** How often console.log is read for new lines; default 500 ms. */
+  consolePollMs?: number;
+  now?: () => number;
+}
+
+interface Record_ {
+  id: string;
+  name: string;
+  namespace: string;
+  dir: string;
+  conditions: SandboxCondition[];
+  deleting: boolean;
+  handle?: VmHandle;
+  exited?: boolean;
+  deletion?: Promise<boolean>;
+  consoleTimer?: ReturnType<typeof setTimeout>;
+  /** The console read in flight, if any. */
+  pumping?: Promise<void>;
+  consoleOffset: number;
+  consolePartial: string;
+}
+
+const SANDBOX_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** Checks a create request; throws a StatusError saying what cannot be honoured. */
+export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined): void {
+  if (!sandbox) throw new StatusError(Code.INVALID_ARGUMENT, "sandbox is required");
+  const id = sandbox.id ?? "";
+  if (!id) throw new StatusError(Code.INVALID_ARGUMENT, "sandbox.id is required");
+  if (!SANDBOX_ID.test(id) || id === "." || id === "..") {
+    throw new StatusError(
+      Code.INVALID_ARGUMENT,
+      `sandbox.id must be 1-128 letters, digits, ".", "_" or "-": ${JSON.stringify(id)}`,
+    );
+  }
+  const spec = sandbox.spec;
+  if (!spec) throw new StatusError(Code.INVALID_ARGUMENT, "sandbox.spec is required");
+  if (spec.gpu) {
+    throw new StatusError(Code.FAILED_PRECONDITION, "the VM driver does not support GPU sandboxes");
+  }
+  const t = spec.template;
+  if (t) {
+    if (t.image) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `the VM driver boots its own guest image; template.image "${t.image}" is not supported`,
+      );
+    }
+    if (t.agent_socket_path) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        "the VM driver does not support template.agent_socket_path",
+      );
+    }
+    const r = t.resources;
+    if (r && (r.cpu_request || r.cpu_limit || r.memory_request || r.memory_limit)) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        "the VM driver does not support per-sandbox resources (use --vm-vcpus / --vm-mem-mib)",
+      );
+    }
+    const pc = t.platform_config as { fields?: Record<string, unknown> } | null | undefined;
+    if (pc && Object.keys(pc.fields ?? pc).length > 0) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        "the VM driver does not support template.platform_config",
+      );
+    }
+  }
+  for (const k of Object.keys(spec.environment ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
+      throw new StatusError(Code.INVALID_ARGUMENT, `invalid environment variable name: ${k}`);
+    }
+  }
+}
+
+function condition(reason: string, message: string, now: number): SandboxCondition {
+  return {
+    type: "Ready",
+    status: "False",
+    reason,
+    message,
+    last_transition_time: new Date(now).toISOString(),
+  };
+}
+
+// deno-lint-ignore no-control-regex
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r/g;
+
+/** Splits console output into printable lines (ANSI sequences and CRs removed). */
+export function consoleLines(text: string): string[] {
+  return text.split("\n").map((l) => l.replace(ANSI, "").trimEnd()).filter((l) => l !== "");
+}
+
+/** The driver (see the module docs). */
+export class VmDriver {
+  readonly #o: VmDriverOptions;
+  readonly #sandboxes = new Map<string, Record_>();
+  readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
+  readonly #now: () => number;
+  #closing = false;
+
+  /** Creates the driver; nothing runs until {@link create}. */
+  constructor(options: VmDriverOptions) {
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** GetCapabilities. */
+  capabilities(): {
+    driver_name: string;
+    driver_version: string;
+    default_image: string;
+    supports_gpu: boolean;
+  } {
+    return {
+      driver_name: DRIVER_NAME,
+      driver_version: VERSION,
+      default_image: "",
+      supports_gpu: false,
+    };
+  }
+
+  #sandboxesDir(): string {
+    return `${this.#o.stateDir}/sandboxes`;
+  }
+
+  /** The per-sandbox state dir. */
+  sandboxDir(id: string): string {
+    return `${this.#sandboxesDir()}/${id}`;
+  }
+
+  #snapshot(r: Record_): DriverSandbox {
+    return {
+      id: r.id,
+      name: r.name,
+      namespace: r.namespace,
+      spec: null,
+      status: {
+        sandbox_name: r.name,
+        instance_id: r.handle ? String(r.handle.pid) : "",
+        agent_fd: "",
+        sandbox_fd: "",
+        conditions: r.conditions.map((c) => ({ ...c })),
+        deleting: r.deleting,
+      },
+    };
+  }
+
+  #emit(e: WatchSandboxesEvent): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l(e);
+      } catch (err) {
+        this.#o.log.warn("watch listener failed", { error: (err as Error).message });
+      }
+    }
+  }
+
+  #publish(r: Record_): void {
+    this.#emit({ payload: "sandbox", sandbox: { sandbox: this.#snapshot(r) } });
+  }
+
+  #platformEvent(id: string, event: Omit<PlatformEvent, "timestamp_ms" | "metadata">): void {
+    this.#emit({
+      payload: "platform_event",
+      platform_event: {
+        sandbox_id: id,
+        event: { timestamp_ms: this.#now(), metadata: {}, ...event },
+      },
+    });
+  }
+
+  /**
+   * Subscribes to events: the current snapshot of every sandbox is delivered
+   * first (synchronously), then live events. Returns the unsubscribe function.
+   */
+  watch(listener: (e: WatchSandboxesEvent) => void): () => void {
+    for (const r of this.#sorted()) {
+      listener({ payload: "sandbox", sandbox: { sandbox: this.#snapshot(r) } });
+    }
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #sorted(): Record_[] {
+    return [...this.#sandboxes.values()].sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1
+    );
+  }
+
+  /** ListSandboxes: snapshots sorted by name. */
+  list(): DriverSandbox[] {
+    return this.#sorted().map((r) => this.#snapshot(r));
+  }
+
+  #find(id: string, name: string): Record_ | undefined {
+    if (id) return this.#sandboxes.get(id);
+    if (name) return [...this.#sandboxes.values()].find((r) => r.name === name);
+    return undefined;
+  }
+
+  /** GetSandbox by id, else by name. */
+  get(id: string, name: string): DriverSandbox {
+    if (!id && !name) {
+      throw new StatusError(Code.INVALID_ARGUMENT, "sandbox_id or sandbox_name is required");
+    }
+    const r = this.#find(id, name);
+    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox ${id || name} not found`);
+    if (id && name && r.name !== name) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `sandbox ${id} is named "${r.name}", not "${name}"`,
+      );
+    }
+    return this.#snapshot(r);
+  }
+
+  async #checkRuntime(): Promise<void> {
+    for (const [what, path] of Object.entries(this.#o.runtime)) {
+      try {
+        await Deno.stat(path);
+      } catch (err) {
+        const reason = err instanceof Deno.errors.NotFound ? "missing" : (err as Error).message;
+        throw new StatusError(
+          Code.FAILED_PRECONDITION,
+          `VM runtime ${what} ${path} is ${reason}; build it with: deno task vm:rootfs`,
+        );
+      }
+    }
+  }
+
+  async #writeGuestFiles(sandbox: Wire<DriverSandbox>, dir: string): Promise<FwCfgFile[]> {
+    const spec = sandbox.spec!;
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(spec.template?.environment ?? {})) env[k] = String(v);
+    for (const [k, v] of Object.entries(spec.environment ?? {})) env[k] = String(v);
+    const prov = splitProvisioning(env);
+    const guest = `${dir}/guest`;
+    await Deno.mkdir(guest, { mode: 0o700 });
+    const files: FwCfgFile[] = [];
+    const put = async (f: { fwcfg: string }, content: string) => {
+      const path = `${guest}/${f.fwcfg}`;
+      await Deno.writeTextFile(path, content, { mode: 0o600 });
+      files.push({ name: f.fwcfg, file: path });
+    };
+    await put(
+      GUEST_FILES.config,
+      renderGuestConfig({
+        sandboxId: sandbox.id!,
+        sandboxName: sandbox.name || sandbox.id!,
+        logLevel: spec.log_level || this.#o.logLevel,
+      }),
+    );
+    await put(GUEST_FILES.environment, renderGuestEnvironment(prov.environment));
+    if (prov.sshHostKey) {
+      const key = prov.sshHostKey.endsWith("\n") ? prov.sshHostKey : prov.sshHostKey + "\n";
+      await put(GUEST_FILES.sshHostKey, key);
+    }
+    if (prov.supervisorToken) await put(GUEST_FILES.supervisorToken, prov.supervisorToken);
+    return files;
+  }
+
+  /** ValidateSandboxCreate. */
+  async validate(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
+    validateSandbox(sandbox);
+    await this.#checkRuntime();
+  }
+
+  /** CreateSandbox: prepares the state dir and starts the VM. */
+  async create(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
+    if (this.#closing) throw new StatusError(Code.UNAVAILABLE, "the VM driver is shutting down");
+    validateSandbox(sandbox);
+    const id = sandbox!.id!;
+    if (this.#sandboxes.has(id)) {
+      throw new StatusError(Code.ALREADY_EXISTS, `sandbox ${id} already exists`);
+    }
+    const dir = this.sandboxDir(id);
+    const r: Record_ = {
+      id,
+      name: sandbox!.name || id,
+      namespace: sandbox!.namespace || "",
+      dir,
+      conditions: [condition("Starting", "VM is starting", this.#now())],
+      deleting: false,
+      consoleOffset: 0,
+      consolePartial: "",
+    };
+    // Reserve the id before the first await so a concurrent duplicate fails.
+    this.#sandboxes.set(id, r);
+    const log = this.#o.log.with({ sandbox_id: id });
+    let published = false;
+    try {
+      await this.#checkRuntime();
+      await Deno.mkdir(this.#sandboxesDir(), { recursive: true, mode: 0o700 });
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.mkdir(dir, { mode: 0o700 });
+      const fwCfg = await this.#writeGuestFiles(sandbox!, dir);
+      await Deno.writeTextFile(`${dir}/console.log`, "");
+      this.#publish(r);
+      published = true;
+      const accel = await this.#o.accel();
+      if (r.deleting || this.#closing) {
+        throw new StatusError(Code.ABORTED, "sandbox deleted while starting");
+      }
+      const spec: QemuSpec = {
+        id,
+        accel,
+        vcpus: this.#o.vcpus,
+        memMib: this.#o.memMib,
+        kernel: this.#o.runtime.kernel,
+        initramfs: this.#o.runtime.initramfs,
+        disk: this.#o.runtime.disk,
+        consoleLog: `${dir}/console.log`,
+        pidFile: `${dir}/qemu.pid`,
+        fwCfg,
+        gateway: this.#o.gateway,
+        forwarder: this.#o.forwarder,
+        allowEgress: this.#o.allowEgress,
+      };
+      r.handle = await this.#o.launcher.launch(spec);
+      r.conditions = [condition("Starting", `VM is starting (accel ${accel})`, this.#now())];
+      log.info("VM started", { pid: r.handle.pid, accel, dir });
+      this.#publish(r);
+      this.#platformEvent(id, {
+        source: "vm",
+        type: "Normal",
+        reason: "Started",
+        message: `qemu started (pid ${r.handle.pid}, accel ${accel})`,
+      });
+    } catch (err) {
+      this.#sandboxes.delete(id);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      if (published) this.#emit({ payload: "deleted", deleted: { sandbox_id: id } });
+      if (err instanceof StatusError) throw err;
+      log.error("VM launch failed", { error: (err as Error).message });
+      throw new StatusError(Code.INTERNAL, `cannot start the VM: ${(err as Error).message}`);
+    }
+    this.#startConsoleTail(r);
+    const handle = r.handle!;
+    handle.status.then((st) => this.#onExit(r, handle, st));
+  }
+
+  #onExit(r: Record_, handle: VmHandle, st: { code: number; signal: string | null }): void {
+    r.exited = true;
+    this.#pump(r).finally(() => this.#stopConsoleTail(r));
+    if (r.deleting || this.#closing || this.#sandboxes.get(r.id) !== r) return;
+    const status = st.signal ? 128 + (SIGNALS[st.signal] ?? 0) : st.code;
+    const message = `VM process exited with status ${status}` +
+      (st.signal ? ` (${st.signal})` : "");
+    this.#o.log.warn("VM exited", { sandbox_id: r.id, pid: handle.pid, status });
+    r.conditions = [condition("ProcessExited", message, this.#now())];
+    this.#publish(r);
+    this.#platformEvent(r.id, { source: "vm", type: "Warning", reason: "ProcessExited", message });
+  }
+
+  #pump(r: Record_): Promise<void> {
+    const run = (r.pumping ?? Promise.resolve()).then(() => this.#pumpConsole(r)).catch(() => {});
+    r.pumping = run;
+    return run;
+  }
+
+  #startConsoleTail(r: Record_): void {
+    const tick = () => {
+      this.#pump(r).finally(() => {
+        if (this.#sandboxes.get(r.id) === r && !r.exited && !this.#closing) {
+          r.consoleTimer = setTimeout(tick, this.#o.consolePollMs ?? 500);
+        }
+      });
+    };
+    r.consoleTimer = setTimeout(tick, this.#o.consolePollMs ?? 500);
+  }
+
+  /** Stops the console tail; resolves once no read is in flight. */
+  async #stopConsoleTail(r: Record_): Promise<void> {
+    if (r.consoleTimer !== undefined) clearTimeout(r.consoleTimer);
+    r.consoleTimer = undefined;
+    await r.pumping;
+  }
+
+  /** Reads new console bytes and emits each complete line as a `console` platform event. */
+  async #pumpConsole(r: Record_): Promise<void> {
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(`${r.dir}/console.log`, { read: true });
+    } catch {
+      return;
+    }
+    try {
+      await file.seek(r.consoleOffset, Deno.SeekMode.Start);
+      const buf = new Uint8Array(64 * 1024);
+      let text = "";
+      const dec = new TextDecoder();
+      while (true) {
+        const n = await file.read(buf);
+        if (n === null || n === 0) break;
+        r.consoleOffset += n;
+        text += dec.decode(buf.subarray(0, n), { stream: true });
+        if (text.length > 1024 * 1024) break;
+      }
+      if (!text) return;
+      const all = r.consolePartial + text;
+      const cut = all.lastIndexOf("\n");
+      r.consolePartial = cut < 0 ? all : all.slice(cut + 1);
+      if (r.consolePartial.length > 8192) r.consolePartial = "";
+      if (cut < 0) return;
+      for (const line of consoleLines(all.slice(0, cut))) {
+        this.#platformEvent(r.id, {
+          source: "console",
+          type: "Normal",
+          reason: "Console",
+          message: line,
+        });
+      }
+    } finally {
+      file.close();
+    }
+  }
+
+  async #stopVm(handle: VmHandle, graceMs: number): Promise<void> {
+    handle.kill("SIGTERM");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = await Promise.race([
+      handle.status.then(() => false),
+      new Promise<boolean>((res) => {
+        timer = setTimeout(() => res(true), graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) {
+      handle.kill("SIGKILL");
+      await handle.status;
+    }
+  }
+
+  /** DeleteSandbox by id, else name; false when unknown. */
+  delete(id: string, name: string): Promise<boolean> {
+    if (!id && !name) {
+      return Promise.reject(
+        new StatusError(Code.INVALID_ARGUMENT, "sandbox_id or sandbox_name is required"),
+      );
+    }
+    const r = this.#find(id, name);
+    if (!r) return Promise.resolve(false);
+    r.deletion ??= this.#delete(r);
+    return r.deletion;
+  }
+
+  async #delete(r: Record_): Promise<boolean> {
+    r.deleting = true;
+    r.conditions = [condition("Deleting", "VM is being deleted", this.#now())];
+    this.#publish(r);
+    if (r.handle && !r.exited) await this.#stopVm(r.handle, this.#o.stopGraceMs ?? 5000);
+    await this.#stopConsoleTail(r);
+    try {
+      await Deno.remove(r.dir, { recursive: true });
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) {
+        r.deletion = undefined;
+        throw new StatusError(
+          Code.INTERNAL,
+          `cannot remove ${r.dir}: ${(err as Error).message}`,
+        );
+      }
+    }
+    this.#sandboxes.delete(r.id);
+    this.#o.log.info("sandbox deleted", { sandbox_id: r.id });
+    this.#emit({ payload: "deleted", deleted: { sandbox_id: r.id } });
+    return true;
+  }
+
+  /** Stops every VM (SIGTERM, then SIGKILL after `graceMs`) and ends all watches. */
+  async shutdown(graceMs = 2000): Promise<void> {
+    this.#closing = true;
+    const running = [...this.#sandboxes.values()];
+    await Promise.all(running.map(async (r) => {
+      if (r.handle && !r.exited) await this.#stopVm(r.handle, graceMs);
+      await this.#stopConsoleTail(r);
+    }));
+    this.#listeners.clear();
+  }
+
+  /** Kills every VM at once (SIGKILL), without waiting: the last resort before exit. */
+  killAll(): void {
+    this.#closing = true;
+    for (const r of this.#sandboxes.values()) {
+      if (r.consoleTimer !== undefined) clearTimeout(r.consoleTimer);
+      r.consoleTimer = undefined;
+      if (r.handle && !r.exited) r.handle.kill("SIGKILL");
+    }
+  }
+}
+
+const SIGNALS: Readonly<Record<string, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGABRT: 6,
+  SIGKILL: 9,
+  SIGSEGV: 11,
+  SIGPIPE: 13,
+  SIGTERM: 15,
+};

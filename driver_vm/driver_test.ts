@@ -1,0 +1,283 @@
+import assert from "node:assert/strict";
+import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
+import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { consoleLines, validateSandbox, VmDriver } from "./driver.ts";
+import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
+
+interface Fixture {
+  dir: string;
+  driver: VmDriver;
+  launcher: FakeLauncher;
+  events: WatchSandboxesEvent[];
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function fixture(options: { stopGraceMs?: number } = {}): Promise<Fixture> {
+  const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
+  const runtime = await fakeRuntime(`${dir}/rt`);
+  const launcher = new FakeLauncher();
+  const driver = new VmDriver({
+    stateDir: `${dir}/state`,
+    runtime,
+    launcher,
+    accel: () => Promise.resolve("tcg"),
+    vcpus: 2,
+    memMib: 512,
+    logLevel: "info",
+    gateway: { host: "127.0.0.1", port: 4000 },
+    forwarder: "socat",
+    allowEgress: false,
+    log: memoryLogger().log,
+    stopGraceMs: options.stopGraceMs ?? 50,
+    consolePollMs: 20,
+  });
+  const events: WatchSandboxesEvent[] = [];
+  const unwatch = driver.watch((e) => events.push(e));
+  return {
+    dir,
+    driver,
+    launcher,
+    events,
+    async [Symbol.asyncDispose]() {
+      unwatch();
+      await driver.shutdown(10);
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+function sandbox(id: string, extra: Wire<DriverSandbox> = {}): Wire<DriverSandbox> {
+  return { id, name: `name-${id}`, namespace: "default", spec: { environment: {} }, ...extra };
+}
+
+function reasons(events: WatchSandboxesEvent[], id: string): string[] {
+  return events.flatMap((e) =>
+    e.payload === "sandbox" && e.sandbox.sandbox.id === id
+      ? e.sandbox.sandbox.status!.conditions.map((c) => `${c.status}/${c.reason}`)
+      : []
+  );
+}
+
+async function until(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test("driver: create writes the guest files and starts one VM reporting Starting", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("sb-1", {
+    spec: {
+      log_level: "debug",
+      environment: {
+        FOO: "bar",
+        [PROVISION_SSH_HOST_KEY]: "KEY",
+        [PROVISION_SUPERVISOR_TOKEN]: "TOK",
+      },
+    },
+  }));
+  assert.equal(f.launcher.vms.length, 1);
+  const spec = f.launcher.vms[0].spec;
+  const sdir = `${f.dir}/state/sandboxes/sb-1`;
+  assert.equal(spec.consoleLog, `${sdir}/console.log`);
+  assert.equal(spec.accel, "tcg");
+  assert.deepEqual(spec.fwCfg.map((x) => x.name), [
+    "config",
+    "environment",
+    "ssh_host_key",
+    "supervisor_token",
+  ]);
+  assert.equal(await Deno.readTextFile(`${sdir}/guest/ssh_host_key`), "KEY\n");
+  assert.equal(await Deno.readTextFile(`${sdir}/guest/supervisor_token`), "TOK");
+  assert.equal((await Deno.stat(`${sdir}/guest/supervisor_token`)).mode! & 0o777, 0o600);
+  const env = await Deno.readTextFile(`${sdir}/guest/environment`);
+  assert.equal(env, "FOO=bar\n", "provisioning secrets never reach the user environment");
+  assert.match(await Deno.readTextFile(`${sdir}/guest/config`), /OPENSHELL_LOG_LEVEL=debug/);
+  const snap = f.driver.get("sb-1", "");
+  assert.deepEqual(snap.status!.conditions.map((c) => [c.type, c.status, c.reason]), [[
+    "Ready",
+    "False",
+    "Starting",
+  ]]);
+  assert.ok(!reasons(f.events, "sb-1").some((r) => r.startsWith("True")), "never Ready=True");
+});
+
+Deno.test("driver: what it cannot honour is FAILED_PRECONDITION; bad input INVALID_ARGUMENT", async () => {
+  await using f = await fixture();
+  const cases: [Wire<DriverSandbox> | null, number, RegExp][] = [
+    [null, Code.INVALID_ARGUMENT, /sandbox is required/],
+    [{ id: "", spec: {} }, Code.INVALID_ARGUMENT, /sandbox.id is required/],
+    [{ id: "../x", spec: {} }, Code.INVALID_ARGUMENT, /sandbox.id must be/],
+    [{ id: "a" }, Code.INVALID_ARGUMENT, /spec is required/],
+    [sandbox("g", { spec: { gpu: true } }), Code.FAILED_PRECONDITION, /GPU/],
+    [
+      sandbox("i", { spec: { template: { image: "ubuntu" } } }),
+      Code.FAILED_PRECONDITION,
+      /template.image/,
+    ],
+    [
+      sandbox("s", { spec: { template: { agent_socket_path: "/x" } } }),
+      Code.FAILED_PRECONDITION,
+      /agent_socket_path/,
+    ],
+    [
+      sandbox("r", { spec: { template: { resources: { cpu_limit: "2" } } } }),
+      Code.FAILED_PRECONDITION,
+      /resources/,
+    ],
+    [
+      sandbox("p", { spec: { template: { platform_config: { fields: { a: {} } } } } }),
+      Code.FAILED_PRECONDITION,
+      /platform_config/,
+    ],
+    [
+      sandbox("e", { spec: { environment: { "A-B": "1" } } }),
+      Code.INVALID_ARGUMENT,
+      /variable name/,
+    ],
+  ];
+  for (const [sb, code, re] of cases) {
+    await assert.rejects(f.driver.create(sb), (e: unknown) => {
+      assert.ok(e instanceof StatusError);
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, re);
+      return true;
+    });
+  }
+  assert.equal(f.launcher.vms.length, 0);
+  // An empty template with empty resources is fine.
+  validateSandbox(
+    sandbox("ok", { spec: { template: { resources: {}, platform_config: { fields: {} } } } }),
+  );
+});
+
+Deno.test("driver: a duplicate id is ALREADY_EXISTS, also while the first is starting", async () => {
+  await using f = await fixture();
+  const first = f.driver.create(sandbox("dup"));
+  await assert.rejects(
+    f.driver.create(sandbox("dup")),
+    (e: StatusError) => e.code === Code.ALREADY_EXISTS,
+  );
+  await first;
+  await assert.rejects(
+    f.driver.create(sandbox("dup")),
+    (e: StatusError) => e.code === Code.ALREADY_EXISTS,
+  );
+  assert.equal(f.launcher.vms.length, 1);
+});
+
+Deno.test("driver: a missing runtime is FAILED_PRECONDITION naming vm:rootfs", async () => {
+  await using f = await fixture();
+  await Deno.remove(`${f.dir}/rt/guest.img`);
+  await assert.rejects(f.driver.create(sandbox("x")), (e: StatusError) => {
+    assert.equal(e.code, Code.FAILED_PRECONDITION);
+    assert.match(e.message, /guest\.img is missing; build it with: deno task vm:rootfs/);
+    return true;
+  });
+});
+
+Deno.test("driver: a VM that exits is ProcessExited with its status plus a Warning event", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("ex"));
+  f.launcher.vms[0].exit(137, "SIGKILL");
+  await until("ProcessExited", () => reasons(f.events, "ex").includes("False/ProcessExited"));
+  const c = f.driver.get("ex", "").status!.conditions[0];
+  assert.equal(c.reason, "ProcessExited");
+  assert.equal(c.message, "VM process exited with status 137 (SIGKILL)");
+  const ev = f.events.find((e) =>
+    e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
+  );
+  assert.ok(ev && ev.payload === "platform_event");
+  assert.equal(ev.platform_event.event.source, "vm");
+  assert.equal(ev.platform_event.event.type, "Warning");
+  assert.equal(ev.platform_event.sandbox_id, "ex");
+});
+
+Deno.test("driver: delete sends SIGTERM, removes the state dir and reports Deleted", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("del"));
+  assert.equal(await f.driver.delete("", "name-del"), true, "by name");
+  assert.deepEqual(f.launcher.vms[0].signals, ["SIGTERM"]);
+  await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/del`), Deno.errors.NotFound);
+  assert.ok(reasons(f.events, "del").includes("False/Deleting"));
+  assert.ok(
+    !reasons(f.events, "del").includes("False/ProcessExited"),
+    "a deleted VM is not an error",
+  );
+  assert.equal(f.events.at(-1)?.payload, "deleted");
+  assert.equal(f.driver.list().length, 0);
+  assert.equal(await f.driver.delete("del", ""), false, "unknown → deleted=false");
+});
+
+Deno.test("driver: delete escalates to SIGKILL when SIGTERM is ignored", async () => {
+  await using f = await fixture({ stopGraceMs: 30 });
+  f.launcher.ignoreTerm = true;
+  await f.driver.create(sandbox("stubborn"));
+  assert.equal(await f.driver.delete("stubborn", ""), true);
+  assert.deepEqual(f.launcher.vms[0].signals, ["SIGTERM", "SIGKILL"]);
+});
+
+Deno.test("driver: watch delivers current snapshots first, then live events; list sorted by name", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("b", { name: "zeta" }));
+  await f.driver.create(sandbox("a", { name: "alpha" }));
+  const seen: WatchSandboxesEvent[] = [];
+  const stop = f.driver.watch((e) => seen.push(e));
+  assert.deepEqual(
+    seen.map((e) => e.payload === "sandbox" ? e.sandbox.sandbox.name : e.payload),
+    ["alpha", "zeta"],
+  );
+  await f.driver.delete("a", "");
+  assert.equal(seen.at(-1)?.payload, "deleted");
+  stop();
+  assert.deepEqual(f.driver.list().map((s) => s.name), ["zeta"]);
+  assert.throws(() => f.driver.get("", ""), (e: StatusError) => e.code === Code.INVALID_ARGUMENT);
+  assert.throws(() => f.driver.get("nope", ""), (e: StatusError) => e.code === Code.NOT_FOUND);
+  assert.throws(
+    () => f.driver.get("b", "alpha"),
+    (e: StatusError) => e.code === Code.FAILED_PRECONDITION,
+  );
+});
+
+Deno.test("driver: console lines become console platform events", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("con"));
+  await Deno.writeTextFile(
+    `${f.dir}/state/sandboxes/con/console.log`,
+    "\x1b[2Jfirst line\r\nsecond\npart",
+    {
+      append: true,
+    },
+  );
+  const lines = () =>
+    f.events.flatMap((e) =>
+      e.payload === "platform_event" && e.platform_event.event.source === "console"
+        ? [e.platform_event.event.message]
+        : []
+    );
+  await until("console events", () => lines().length >= 2);
+  assert.deepEqual(
+    lines(),
+    ["first line", "second"],
+    "the partial last line waits for its newline",
+  );
+});
+
+Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => {
+  await using f = await fixture();
+  f.launcher.failWith = "qemu: not found";
+  await assert.rejects(f.driver.create(sandbox("bad")), (e: StatusError) => {
+    assert.equal(e.code, Code.INTERNAL);
+    assert.match(e.message, /qemu: not found/);
+    return true;
+  });
+  assert.equal(f.driver.list().length, 0);
+  await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/bad`), Deno.errors.NotFound);
+});
+
+Deno.test("driver: consoleLines strips escapes and blank lines", () => {
+  assert.deepEqual(consoleLines("\x1b[?7l\x1b[2Ja\r\n\n  \nb  "), ["a", "b"]);
+});

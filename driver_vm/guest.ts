@@ -1,0 +1,79 @@
+/**
+ * What the driver tells a guest, and the fixed guest network.
+ *
+ * The guest learns everything from files the driver hands qemu as fw_cfg
+ * entries (`/sys/firmware/qemu_fw_cfg/by_name/opt/openshell/<name>/raw`
+ * inside the guest): never from probing. The guest init copies them into
+ * `/etc/openshell/` (0700) before anything else runs.
+ *
+ * @module
+ */
+import { GUEST_GATEWAY_HOST, GUEST_GATEWAY_PORT } from "../core/grants.ts";
+import { shellQuote } from "../core/shell.ts";
+
+/** qemu user-network addresses (its defaults, written out). */
+export const GUEST_NET = {
+  /** The guest's network. */
+  network: "10.0.2.0/24",
+  /** The guest's own address (static; no DHCP needed). */
+  guest: "10.0.2.15",
+  /** qemu's virtual router (the host as seen by the guest; closed by `restrict=on`). */
+  router: "10.0.2.2",
+  /** The address the gateway alias resolves to; qemu forwards its port to the gateway. */
+  gatewayAlias: "10.0.2.100",
+} as const;
+
+/** The endpoint every guest dials, whatever the host gateway's own address. */
+export const GUEST_ENDPOINT = `http://${GUEST_GATEWAY_HOST}:${GUEST_GATEWAY_PORT}`;
+
+/** Prefix of the fw_cfg names the driver uses (`opt/` is the space for users). */
+export const FW_CFG_PREFIX = "opt/openshell";
+
+/** fw_cfg entry names (below {@link FW_CFG_PREFIX}) and the guest file each becomes. */
+export const GUEST_FILES = {
+  config: { fwcfg: "config", guestPath: "/etc/openshell/config" },
+  environment: { fwcfg: "environment", guestPath: "/etc/openshell/environment" },
+  sshHostKey: { fwcfg: "ssh_host_key", guestPath: "/etc/openshell/ssh_host_key" },
+  supervisorToken: { fwcfg: "supervisor_token", guestPath: "/etc/openshell/supervisor_token" },
+} as const;
+
+/** What the guest's config file carries. */
+export interface GuestConfig {
+  sandboxId: string;
+  sandboxName: string;
+  /** Supervisor log level. */
+  logLevel: string;
+}
+
+function assignments(vars: Readonly<Record<string, string>>): string {
+  return Object.entries(vars).map(([k, v]) => {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`invalid variable name: ${k}`);
+    if (v.includes("\0")) throw new Error(`variable ${k} contains a NUL byte`);
+    return `${k}=${shellQuote(v)}\n`;
+  }).join("");
+}
+
+/**
+ * The guest config file: shell assignments the init sources. Values are
+ * quoted, so nothing in a sandbox name can run in the guest's init.
+ */
+export function renderGuestConfig(config: GuestConfig): string {
+  return "# openshell guest config (written by openshell-driver-vm)\n" + assignments({
+    OPENSHELL_SANDBOX_ID: config.sandboxId,
+    OPENSHELL_SANDBOX: config.sandboxName,
+    OPENSHELL_ENDPOINT: GUEST_ENDPOINT,
+    OPENSHELL_LOG_LEVEL: config.logLevel,
+    OPENSHELL_GUEST_IP: GUEST_NET.guest,
+    OPENSHELL_GUEST_ROUTER: GUEST_NET.router,
+    OPENSHELL_GATEWAY_IP: GUEST_NET.gatewayAlias,
+    OPENSHELL_GATEWAY_HOST: GUEST_GATEWAY_HOST,
+  });
+}
+
+/** The sandbox environment for user processes: `KEY='value'` lines, sorted by key. */
+export function renderGuestEnvironment(env: Readonly<Record<string, string>>): string {
+  const sorted = Object.fromEntries(
+    Object.entries(env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+  );
+  return assignments(sorted);
+}

@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import { GUEST_ENDPOINT, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+
+Deno.test("guest config: the fixed endpoint, quoted values", () => {
+  const text = renderGuestConfig({
+    sandboxId: "sb-1",
+    sandboxName: "it's $(rm -rf /)",
+    logLevel: "debug",
+  });
+  assert.equal(GUEST_ENDPOINT, "http://gateway.openshell.internal:8080");
+  assert.match(text, /^OPENSHELL_ENDPOINT=http:\/\/gateway\.openshell\.internal:8080$/m);
+  assert.match(text, /^OPENSHELL_SANDBOX_ID=sb-1$/m);
+  assert.match(text, /^OPENSHELL_SANDBOX='it'"'"'s \$\(rm -rf \/\)'$/m);
+  assert.match(text, /^OPENSHELL_GATEWAY_IP=10\.0\.2\.100$/m);
+});
+
+Deno.test("guest config: sourcing it in sh gives back the exact values", async () => {
+  const name = `we'ird "name" $HOME \`x\``;
+  const text = renderGuestConfig({ sandboxId: "sb-2", sandboxName: name, logLevel: "info" });
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `${text}\nprintf %s "$OPENSHELL_SANDBOX"`],
+    stdout: "piped",
+  }).output();
+  assert.equal(new TextDecoder().decode(out.stdout), name);
+});
+
+Deno.test("guest environment: sorted, quoted, names checked", () => {
+  assert.equal(renderGuestEnvironment({ B: "2 3", A: "1" }), "A=1\nB='2 3'\n");
+  assert.throws(() => renderGuestEnvironment({ "BAD-NAME": "x" }), /invalid variable name/);
+});

@@ -1,0 +1,396 @@
+/**
+ * `deno task vm:rootfs`: builds the VM runtime directory the driver boots
+ * every sandbox from:
+ *
+ * - `vmlinuz`: Debian's cloud kernel (from `vm:setup`'s cache);
+ * - `initramfs.cpio`: busybox (static), the kernel modules the guest needs
+ *   and our init (small: unpacks in a fraction of a second under TCG);
+ * - `guest.img`: a read-only ext4 disk shared by all VMs with OpenSSH,
+ *   the Deno binary and the bundled supervisor plus their libraries (a
+ *   95 MB Deno inside the initramfs would be copied into guest RAM at every
+ *   boot; from the disk only the pages used are read);
+ * - `manifest.json`: what went in.
+ *
+ * Everything is cached under `<cache>/runtime-<key>/`, the key hashing
+ * every input (kernel package, host binaries, Deno, the supervisor sources,
+ * the rendered init); `<cache>/current` points at the newest. A second run
+ * with unchanged inputs does no work.
+ *
+ * @module
+ */
+import { REPO_ROOT } from "../../core/launcher.ts";
+import { type CpioEntry, writeCpio } from "./cpio.ts";
+import { cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
+import { GUEST_LAYOUT, renderInit, renderInittab, renderRunner } from "./init.ts";
+import { loadOrder, moduleDepends, moduleName } from "./kmod.ts";
+import { ensureKernel, type KernelInfo } from "./setup.ts";
+
+/** Bump when the layout of the runtime changes in a way the inputs do not show. */
+const FORMAT = "openshell-vm-runtime/3";
+
+/** Kernel modules the guest loads (dependencies are added). */
+export const GUEST_MODULES: readonly string[] = [
+  "virtio_pci",
+  "virtio_net",
+  "virtio_blk",
+  "qemu_fw_cfg",
+];
+
+/** Host binaries copied onto the guest disk (with their libraries). */
+const GUEST_BINARIES: readonly { host: string; guest: string }[] = [
+  { host: "/usr/sbin/sshd", guest: "usr/sbin/sshd" },
+  { host: "/usr/lib/openssh/sftp-server", guest: "usr/lib/openssh/sftp-server" },
+];
+
+/** Files of a built runtime directory. */
+export interface RuntimeInfo {
+  dir: string;
+  key: string;
+  kernel: string;
+  initramfs: string;
+  disk: string;
+  /** Whether this call built it (false = cache hit). */
+  built: boolean;
+}
+
+/** Options of {@link ensureRuntime}. */
+export interface RuntimeOptions {
+  /** Cache root; default {@link cacheRoot}. */
+  root?: string;
+  /** Deno binary to put in the guest; default the running one. */
+  deno?: string;
+  /** Supervisor entry module; default `<repo>/supervisor/main.ts`. */
+  supervisorEntry?: string;
+  /** Progress lines. */
+  log?: (line: string) => void;
+}
+
+async function walk(dir: string, filter: (path: string) => boolean): Promise<string[]> {
+  const out: string[] = [];
+  const visit = async (d: string) => {
+    const entries: Deno.DirEntry[] = [];
+    for await (const e of Deno.readDir(d)) entries.push(e);
+    entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const e of entries) {
+      const p = `${d}/${e.name}`;
+      if (e.isDirectory) await visit(p);
+      else if (e.isFile && filter(p)) out.push(p);
+    }
+  };
+  await visit(dir);
+  return out;
+}
+
+/** Parses `ldd` output into the absolute library paths it names. */
+export function parseLdd(text: string): string[] {
+  const libs = new Set<string>();
+  for (const line of text.split("\n")) {
+    const arrow = /=>\s*(\/\S+)/.exec(line);
+    if (arrow) libs.add(arrow[1]);
+    else {
+      const direct = /^\s*(\/\S+)\s+\(0x/.exec(line);
+      if (direct) libs.add(direct[1]);
+    }
+  }
+  return [...libs].sort();
+}
+
+async function librariesOf(binaries: readonly string[]): Promise<string[]> {
+  const all = new Set<string>();
+  for (const b of binaries) for (const l of parseLdd(await runOk("ldd", [b]))) all.add(l);
+  return [...all].sort();
+}
+
+/** Sources that go into the supervisor bundle (for its cache key). */
+async function supervisorSources(entry: string): Promise<string[]> {
+  const isSource = (p: string) =>
+    /\.(ts|js|json)$/.test(p) && !/_test\.ts$|_bench\.ts$|\/testdata\//.test(p);
+  const dirs = [entry.slice(0, entry.lastIndexOf("/")), `${REPO_ROOT}/core`, `${REPO_ROOT}/proto`];
+  const files: string[] = [];
+  for (const d of dirs) if (await exists(d)) files.push(...(await walk(d, isSource)));
+  for (const f of ["deno.json", "deno.lock"]) {
+    if (await exists(`${REPO_ROOT}/${f}`)) files.push(`${REPO_ROOT}/${f}`);
+  }
+  return files;
+}
+
+/** Makes the bundle runnable without node's module globals (ssh2's emscripten code reads them). */
+const BUNDLE_SHIM = "globalThis.__dirname ??= import.meta.dirname;\n" +
+  "globalThis.__filename ??= import.meta.filename;\n";
+
+async function ensureSupervisorBundle(
+  root: string,
+  entry: string,
+  deno: string,
+  log: (line: string) => void,
+): Promise<{ path: string; key: string }> {
+  if (!(await exists(entry))) throw new Error(`supervisor entry not found: ${entry}`);
+  const parts: string[] = [FORMAT, await fileStamp(deno)];
+  for (const f of await supervisorSources(entry)) {
+    parts.push(`${f.slice(REPO_ROOT.length)}:${await sha256(await Deno.readFile(f))}`);
+  }
+  const key = await cacheKey(parts);
+  const dir = `${root}/supervisor-${key}`;
+  const path = `${dir}/supervisor.js`;
+  if (await exists(path)) return { path, key };
+  log(`bundling the supervisor (${entry.slice(REPO_ROOT.length + 1)})`);
+  await Deno.mkdir(root, { recursive: true });
+  const tmp = await Deno.makeTempDir({ dir: root, prefix: ".bundle-tmp-" });
+  try {
+    await runOk(deno, [
+      "bundle",
+      "--quiet",
+      `--config=${REPO_ROOT}/deno.json`,
+      "--platform",
+      "deno",
+      "--external",
+      "*.node",
+      "--external",
+      "cpu-features",
+      "-o",
+      `${tmp}/raw.js`,
+      entry,
+    ], { cwd: REPO_ROOT });
+    const body = await Deno.readTextFile(`${tmp}/raw.js`);
+    await Deno.writeTextFile(`${tmp}/supervisor.js`, BUNDLE_SHIM + body);
+    await Deno.remove(`${tmp}/raw.js`);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(tmp, dir);
+  } catch (err) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw err;
+  }
+  return { path, key };
+}
+
+interface Inputs {
+  kernel: KernelInfo;
+  modules: { name: string; path: string }[];
+  libraries: string[];
+  deno: string;
+  supervisor: string;
+  init: string;
+  inittab: string;
+  runner: string;
+}
+
+async function moduleFiles(kernel: KernelInfo): Promise<{ name: string; path: string }[]> {
+  const files = await walk(`${kernel.modulesDir}/kernel`, (p) => p.endsWith(".ko"));
+  const byName = new Map(files.map((f) => [moduleName(f), f]));
+  const depsCache = new Map<string, string[]>();
+  const depsOf = (name: string): string[] | undefined => depsCache.get(name);
+  // Read the .modinfo of each module we may need, breadth-first from the wanted ones.
+  const queue = [...GUEST_MODULES];
+  while (queue.length > 0) {
+    const name = queue.shift()!;
+    if (depsCache.has(name)) continue;
+    const path = byName.get(name);
+    if (!path) throw new Error(`kernel module ${name} not in ${kernel.modulesDir}`);
+    const deps = moduleDepends(await Deno.readFile(path));
+    depsCache.set(name, deps);
+    queue.push(...deps);
+  }
+  return loadOrder(GUEST_MODULES, depsOf).map((name) => ({ name, path: byName.get(name)! }));
+}
+
+async function buildInitramfs(inputs: Inputs, out: string): Promise<void> {
+  const enc = new TextEncoder();
+  const entries: CpioEntry[] = [
+    ...["bin", "dev", "etc", "proc", "sys", "run", "tmp", "root", "modules", "var"].map(
+      (d) => ({ kind: "dir" as const, path: d }),
+    ),
+    { kind: "char", path: "dev/console", major: 5, minor: 1 },
+    { kind: "char", path: "dev/null", major: 1, minor: 3, mode: 0o666 },
+    { kind: "file", path: "bin/busybox", data: await Deno.readFile("/bin/busybox"), mode: 0o755 },
+    { kind: "symlink", path: "bin/sh", target: "busybox" },
+    { kind: "file", path: "init", data: enc.encode(inputs.init), mode: 0o755 },
+    { kind: "file", path: "etc/inittab", data: enc.encode(inputs.inittab) },
+    {
+      kind: "file",
+      path: GUEST_LAYOUT.runner.slice(1),
+      data: enc.encode(inputs.runner),
+      mode: 0o755,
+    },
+  ];
+  for (const m of inputs.modules) {
+    entries.push({ kind: "file", path: `modules/${m.name}.ko`, data: await Deno.readFile(m.path) });
+  }
+  await Deno.writeFile(out, writeCpio(entries));
+}
+
+async function stageDisk(inputs: Inputs, staging: string): Promise<void> {
+  const put = async (hostPath: string, guestRel: string, mode?: number) => {
+    const dest = `${staging}/${guestRel}`;
+    await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")), { recursive: true });
+    await Deno.copyFile(hostPath, dest);
+    if (mode !== undefined) await Deno.chmod(dest, mode);
+  };
+  for (const b of GUEST_BINARIES) await put(b.host, b.guest, 0o755);
+  for (const lib of inputs.libraries) await put(lib, lib.slice(1), 0o755);
+  await put(inputs.deno, GUEST_LAYOUT.deno.slice(1), 0o755);
+  await put(inputs.supervisor, GUEST_LAYOUT.supervisor.slice(1), 0o644);
+}
+
+async function makeDisk(staging: string, out: string): Promise<void> {
+  let bytes = 0;
+  for (const f of await walk(staging, () => true)) bytes += (await Deno.stat(f)).size;
+  const sizeKiB = Math.ceil((bytes * 1.1) / 1024) + 16 * 1024;
+  await runOk("mke2fs", [
+    "-q",
+    "-F",
+    "-t",
+    "ext4",
+    "-O",
+    "^has_journal,^resize_inode",
+    "-m",
+    "0",
+    "-L",
+    "openshell",
+    "-E",
+    "root_owner=0:0",
+    "-d",
+    staging,
+    out,
+    `${sizeKiB}k`,
+  ]);
+}
+
+/** Builds (or finds in the cache) the runtime directory; see the module docs. */
+export async function ensureRuntime(options: RuntimeOptions = {}): Promise<RuntimeInfo> {
+  const root = options.root ?? cacheRoot();
+  const log = options.log ?? ((l: string) => console.error(`vm:rootfs: ${l}`));
+  const deno = options.deno ?? Deno.execPath();
+  const kernel = await ensureKernel(root);
+  const supervisor = await ensureSupervisorBundle(
+    root,
+    options.supervisorEntry ?? `${REPO_ROOT}/supervisor/main.ts`,
+    deno,
+    log,
+  );
+  const modules = await moduleFiles(kernel);
+  const inputs: Inputs = {
+    kernel,
+    modules,
+    libraries: await librariesOf([...GUEST_BINARIES.map((b) => b.host), deno]),
+    deno,
+    supervisor: supervisor.path,
+    init: renderInit({ modules: modules.map((m) => m.name) }),
+    inittab: renderInittab(),
+    runner: renderRunner(),
+  };
+  const parts = [
+    FORMAT,
+    `${kernel.pkg}=${kernel.version}`,
+    await sha256(await Deno.readFile("/bin/busybox")),
+    ...(await Promise.all(GUEST_BINARIES.map(async (b) => sha256(await Deno.readFile(b.host))))),
+    ...(await Promise.all(inputs.libraries.map(fileStamp))),
+    await fileStamp(deno),
+    `supervisor:${supervisor.key}`,
+    await sha256(inputs.init + inputs.inittab + inputs.runner),
+  ];
+  const key = await cacheKey(parts);
+  const dir = `${root}/runtime-${key}`;
+  const info = (built: boolean): RuntimeInfo => ({
+    dir,
+    key,
+    kernel: `${dir}/vmlinuz`,
+    initramfs: `${dir}/initramfs.cpio`,
+    disk: `${dir}/guest.img`,
+    built,
+  });
+  if (await exists(`${dir}/manifest.json`)) {
+    await pointCurrent(root, dir);
+    return info(false);
+  }
+  log(`building runtime ${key}`);
+  const tmp = await Deno.makeTempDir({ dir: root, prefix: ".runtime-tmp-" });
+  try {
+    await Deno.copyFile(kernel.vmlinuz, `${tmp}/vmlinuz`);
+    await buildInitramfs(inputs, `${tmp}/initramfs.cpio`);
+    await Deno.mkdir(`${tmp}/staging`);
+    await stageDisk(inputs, `${tmp}/staging`);
+    await makeDisk(`${tmp}/staging`, `${tmp}/guest.img`);
+    await Deno.remove(`${tmp}/staging`, { recursive: true });
+    const denoVersion = (await run(deno, ["--version"])).stdout.split("\n")[0];
+    await Deno.writeTextFile(
+      `${tmp}/manifest.json`,
+      JSON.stringify(
+        {
+          format: FORMAT,
+          key,
+          kernel: { pkg: kernel.pkg, version: kernel.version },
+          modules: modules.map((m) => m.name),
+          deno: denoVersion,
+          supervisor: supervisor.key,
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    await Deno.chmod(tmp, 0o755);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(tmp, dir);
+  } catch (err) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw err;
+  }
+  await pointCurrent(root, dir);
+  // Keep this runtime and bundle plus the two before them; drivers still
+  // running from an older runtime keep their open files.
+  await pruneOld(root, "runtime-", { keep: 3, protect: `runtime-${key}` });
+  await pruneOld(root, "supervisor-", { keep: 3, protect: `supervisor-${supervisor.key}` });
+  return info(true);
+}
+
+/**
+ * Removes all but the `keep` most recently modified `<prefix>*` dirs in
+ * `root`, never `protect` (old runtimes pile up while the supervisor's
+ * sources change). Returns the names removed.
+ */
+export async function pruneOld(
+  root: string,
+  prefix: string,
+  options: { keep: number; protect: string },
+): Promise<string[]> {
+  const dirs: { name: string; mtime: number }[] = [];
+  for await (const e of Deno.readDir(root)) {
+    if (!e.isDirectory || !e.name.startsWith(prefix) || e.name === options.protect) continue;
+    const st = await Deno.stat(`${root}/${e.name}`);
+    dirs.push({ name: e.name, mtime: st.mtime?.getTime() ?? 0 });
+  }
+  dirs.sort((a, b) => b.mtime - a.mtime);
+  const removed: string[] = [];
+  for (const d of dirs.slice(Math.max(0, options.keep - 1))) {
+    await Deno.remove(`${root}/${d.name}`, { recursive: true }).catch(() => {});
+    removed.push(d.name);
+  }
+  return removed;
+}
+
+/** Points `<root>/current` at `dir` (atomically), so tools can find the newest runtime. */
+async function pointCurrent(root: string, dir: string): Promise<void> {
+  const link = `${root}/current`;
+  const name = dir.slice(dir.lastIndexOf("/") + 1);
+  try {
+    if ((await Deno.readLink(link)) === name) return;
+  } catch {
+    // missing or not a link
+  }
+  const tmp = `${link}.tmp-${Deno.pid}`;
+  await Deno.remove(tmp).catch(() => {});
+  await Deno.symlink(name, tmp);
+  await Deno.rename(tmp, link);
+}
+
+if (import.meta.main) {
+  const entryArg = Deno.args.find((a) => a.startsWith("--supervisor-entry="));
+  try {
+    const rt = await ensureRuntime({
+      supervisorEntry: entryArg ? entryArg.slice("--supervisor-entry=".length) : undefined,
+    });
+    console.error(`vm:rootfs: ${rt.built ? "built" : "up to date"}: ${rt.dir}`);
+  } catch (err) {
+    console.error(`vm:rootfs: error: ${(err as Error).message}`);
+    Deno.exit(1);
+  }
+}

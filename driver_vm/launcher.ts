@@ -1,0 +1,97 @@
+/**
+ * The real VM launcher: `setpriv --pdeathsig KILL -- qemu …` so each qemu
+ * dies with the driver process (Linux parent-death signal; `setpriv` execs
+ * qemu, so the pid we hold is qemu's). qemu's own stdout/stderr (errors
+ * such as a missing disk) are appended to the sandbox's console log.
+ *
+ * @module
+ */
+import type { Launcher, VmHandle } from "./driver.ts";
+import { buildQemuArgs, type QemuSpec } from "./qemu.ts";
+
+/** Options of {@link QemuLauncher}. */
+export interface QemuLauncherOptions {
+  qemu: string;
+  /** setpriv binary; on macOS (no setpriv) the driver's parent watch is the only guard. */
+  setpriv?: string;
+}
+
+/** The command (executable + args) that starts one VM. */
+export function launchCommand(options: QemuLauncherOptions, spec: QemuSpec): string[] {
+  const qemu = [options.qemu, ...buildQemuArgs(spec)];
+  return options.setpriv ? [options.setpriv, "--pdeathsig", "KILL", "--", ...qemu] : qemu;
+}
+
+async function appendOutput(stream: ReadableStream<Uint8Array>, path: string): Promise<void> {
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  let file: Deno.FsFile | undefined;
+  try {
+    file = await Deno.open(path, { append: true, create: true });
+  } catch {
+    await stream.cancel().catch(() => {});
+    return;
+  }
+  let partial = "";
+  try {
+    for await (const chunk of stream) {
+      const text = partial + dec.decode(chunk, { stream: true });
+      const cut = text.lastIndexOf("\n");
+      partial = cut < 0 ? text : text.slice(cut + 1);
+      if (cut >= 0) {
+        const lines = text.slice(0, cut).split("\n").map((l) => `qemu: ${l}\n`).join("");
+        await file.write(enc.encode(lines));
+      }
+    }
+    if (partial) await file.write(enc.encode(`qemu: ${partial}\n`));
+  } catch {
+    // the console file went away (sandbox deleted)
+  } finally {
+    file.close();
+  }
+}
+
+/** Launches qemu processes. */
+export class QemuLauncher implements Launcher {
+  readonly #o: QemuLauncherOptions;
+
+  /** Creates a launcher. */
+  constructor(options: QemuLauncherOptions) {
+    this.#o = options;
+  }
+
+  /** Starts the VM; resolves once the process exists. */
+  launch(spec: QemuSpec): Promise<VmHandle> {
+    const [exe, ...args] = launchCommand(this.#o, spec);
+    const child = new Deno.Command(exe, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      clearEnv: true,
+      env: { PATH: "/usr/local/bin:/usr/bin:/bin", LANG: "C" },
+    }).spawn();
+    const pumps = Promise.all([
+      appendOutput(child.stdout, spec.consoleLog),
+      appendOutput(child.stderr, spec.consoleLog),
+    ]);
+    let done = false;
+    const status = child.status.then(async (s) => {
+      done = true;
+      await pumps;
+      return { code: s.code, signal: s.signal };
+    });
+    return Promise.resolve({
+      pid: child.pid,
+      status,
+      kill(signal: Deno.Signal) {
+        if (done) return;
+        try {
+          child.kill(signal);
+        } catch {
+          // already gone
+        }
+      },
+    });
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * `openshell-driver-vm`: the VM compute driver process the gateway starts
+ * (`--drivers vm`). Serves ComputeDriver on `<state-dir>/compute-driver.sock`
+ * and boots one qemu per sandbox.
+ *
+ * No orphans: every qemu runs under `setpriv --pdeathsig KILL`, so it dies
+ * with this process; this process watches its parent (the gateway) and,
+ * when it is gone, kills its VMs and exits. SIGTERM/SIGINT stop the VMs and
+ * exit cleanly.
+ *
+ * @module
+ */
+import { stripTaskSeparator } from "../core/launcher.ts";
+import { errorMessage, Logger } from "../core/log.ts";
+import { VERSION } from "../core/version.ts";
+import { decideAccel, probeCachePath, probeKvm, readProbeCache, writeProbeCache } from "./accel.ts";
+import {
+  type Accel,
+  type DriverConfig,
+  DriverConfigError,
+  driverUsage,
+  parseDriverConfig,
+  socketPath,
+} from "./config.ts";
+import { type RuntimeFiles, VmDriver } from "./driver.ts";
+import { QemuLauncher } from "./launcher.ts";
+import { serveDriver } from "./server.ts";
+
+/** How often the parent process is checked. */
+const PARENT_POLL_MS = 500;
+
+/** The runtime files inside a runtime dir (as `deno task vm:rootfs` writes them). */
+export function runtimeFiles(runtimeDir: string): RuntimeFiles {
+  return {
+    kernel: `${runtimeDir}/vmlinuz`,
+    initramfs: `${runtimeDir}/initramfs.cpio`,
+    disk: `${runtimeDir}/guest.img`,
+  };
+}
+
+async function sha256File(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Whether KVM may be there. Deno refuses to stat `/dev/kvm` without
+ * `--allow-all`, so on Linux the probe boot decides (it fails at once when
+ * `/dev/kvm` is absent or not accessible).
+ */
+function kvmDevicePossible(): boolean {
+  return Deno.build.os === "linux";
+}
+
+/** Resolves the accelerator once, logging one line saying which and why. */
+async function resolveAccel(
+  config: DriverConfig,
+  runtime: RuntimeFiles,
+  log: Logger,
+): Promise<Accel> {
+  const facts = { os: Deno.build.os, kvmDevice: kvmDevicePossible() };
+  let decision = decideAccel(config.accel, facts);
+  if (decision.kind === "probe") {
+    let key = "";
+    try {
+      const version = await new Deno.Command(config.qemu, {
+        args: ["-version"],
+        stdout: "piped",
+        stderr: "null",
+      })
+        .output();
+      key = new TextDecoder().decode(version.stdout).split("\n")[0] + " " +
+        (await sha256File(runtime.kernel));
+    } catch (err) {
+      log.warn("cannot identify qemu/kernel for the accelerator probe", {
+        error: errorMessage(err),
+      });
+    }
+    const cache = probeCachePath(config.stateDir);
+    let verdict = key ? await readProbeCache(cache, key) : undefined;
+    const cached = verdict !== undefined;
+    if (!verdict) {
+      verdict = await probeKvm({
+        qemu: config.qemu,
+        setpriv: config.setpriv,
+        kernel: runtime.kernel,
+        initramfs: runtime.initramfs,
+      });
+      if (key) await writeProbeCache(cache, key, verdict).catch(() => {});
+    }
+    decision = decideAccel(config.accel, { ...facts, probe: verdict });
+    if (decision.kind === "decided" && cached) decision.reason += " [cached verdict]";
+  }
+  if (decision.kind !== "decided") throw new Error("unreachable: accelerator undecided");
+  log.info(`accelerator: ${decision.accel} (${decision.reason})`, { accel: decision.accel });
+  return decision.accel;
+}
+
+async function removeStaleSandboxes(stateDir: string, log: Logger): Promise<void> {
+  const dir = `${stateDir}/sandboxes`;
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      await Deno.remove(`${dir}/${e.name}`, { recursive: true }).catch(() => {});
+      log.info("removed a stale sandbox dir from an earlier run", { sandbox_id: e.name });
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+}
+
+/** Runs the driver until it is told to stop; resolves with the exit code. */
+export async function main(args: readonly string[]): Promise<number> {
+  let config: DriverConfig;
+  try {
+    const parsed = parseDriverConfig(stripTaskSeparator(args), (n) => Deno.env.get(n));
+    if (parsed.kind === "help") {
+      console.log(driverUsage());
+      return 0;
+    }
+    if (parsed.kind === "version") {
+      console.log(`openshell-driver-vm ${VERSION}`);
+      return 0;
+    }
+    config = parsed.config;
+  } catch (err) {
+    if (err instanceof DriverConfigError) {
+      console.error(`openshell-driver-vm: ${err.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  const log = new Logger({ level: config.logLevel, target: "openshell-driver-vm" });
+  const parent = Deno.ppid;
+  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  await removeStaleSandboxes(config.stateDir, log);
+  const runtime = runtimeFiles(config.runtimeDir);
+  let accelPromise: Promise<Accel> | undefined;
+  const accel = () => {
+    accelPromise ??= resolveAccel(config, runtime, log);
+    return accelPromise;
+  };
+  const driver = new VmDriver({
+    stateDir: config.stateDir,
+    runtime,
+    launcher: new QemuLauncher({
+      qemu: config.qemu,
+      setpriv: Deno.build.os === "linux" ? config.setpriv : undefined,
+    }),
+    accel,
+    vcpus: config.vcpus,
+    memMib: config.memMib,
+    logLevel: config.logLevel,
+    gateway: { host: config.endpoint.host, port: config.endpoint.port },
+    forwarder: config.forwarder,
+    allowEgress: config.allowEgress,
+    log,
+  });
+  const socket = socketPath(config.stateDir);
+  const server = await serveDriver(driver, socket, log);
+  log.info("listening", {
+    socket: `unix:${socket}`,
+    gateway: `${config.endpoint.host}:${config.endpoint.port}`,
+    runtime: config.runtimeDir,
+    egress: config.allowEgress ? "open" : "gateway-only",
+  });
+  // Start the accelerator decision now (the probe may take seconds), unless
+  // the runtime is missing: then CreateSandbox explains that instead.
+  Deno.stat(runtime.kernel).then(() => accel().catch(() => {}), () => {});
+
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const finish = async (code: number, graceMs: number, why: string) => {
+      if (stopping) return;
+      stopping = true;
+      clearInterval(watchParent);
+      for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+      log.info(`stopping: ${why}`);
+      if (graceMs > 0) await driver.shutdown(graceMs);
+      else driver.killAll();
+      server.close();
+      await Deno.remove(socket).catch(() => {});
+      resolve(code);
+    };
+    const watchParent = setInterval(() => {
+      const now = Deno.ppid;
+      if (now !== parent || now === 1) {
+        finish(1, 0, `parent process ${parent} is gone`);
+      }
+    }, PARENT_POLL_MS);
+    const handlers: [Deno.Signal, () => void][] = [
+      ["SIGTERM", () => finish(0, 2000, "SIGTERM")],
+      ["SIGINT", () => finish(0, 2000, "SIGINT")],
+    ];
+    for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+  });
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (err) {
+    console.error(`openshell-driver-vm: ${errorMessage(err)}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * The qemu command line of one sandbox VM (pure). See the module docs of
+ * `driver.ts` for the lifecycle; this file only decides the arguments.
+ *
+ * Machine: `pc` with the serial console on a file, no firmware option ROMs,
+ * no default devices. Guest network: qemu user networking with
+ * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
+ * hands every guest connection to the gateway alias to a forwarder program
+ * (e.g. `socat - TCP:HOST:PORT`), which qemu spawns per connection.
+ *
+ * @module
+ */
+import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
+import type { Accel } from "./config.ts";
+import { FW_CFG_PREFIX, GUEST_NET } from "./guest.ts";
+
+/** A file handed to the guest through fw_cfg. */
+export interface FwCfgFile {
+  /** Name below {@link FW_CFG_PREFIX}. */
+  name: string;
+  /** Host file. */
+  file: string;
+}
+
+/** Everything one VM's command line depends on. */
+export interface QemuSpec {
+  /** Sandbox id (also the VM's name, so `ps` shows which sandbox a qemu is). */
+  id: string;
+  accel: Accel;
+  vcpus: number;
+  memMib: number;
+  kernel: string;
+  initramfs: string;
+  /** The shared read-only guest disk. */
+  disk: string;
+  /** Serial console output file (appended). */
+  consoleLog: string;
+  /** qemu writes its pid here. */
+  pidFile: string;
+  fwCfg: readonly FwCfgFile[];
+  /** The gateway as the host reaches it. */
+  gateway: { host: string; port: number };
+  /** Forwarder program (`socat`). */
+  forwarder: string;
+  /** Open general egress instead of the gateway alone. */
+  allowEgress: boolean;
+  /** Extra kernel command line words (e.g. `openshell.probe`). */
+  extraKernelArgs?: readonly string[];
+}
+
+/** qemu's option syntax: a comma inside a value is written twice. */
+export function escapeOptionValue(value: string): string {
+  return value.replaceAll(",", ",,");
+}
+
+/** The command qemu runs for each guest connection to the gateway alias. */
+export function forwarderCommand(
+  forwarder: string,
+  gateway: { host: string; port: number },
+): string {
+  const host = gateway.host.includes(":") ? `[${gateway.host}]` : gateway.host;
+  if (!/^[A-Za-z0-9_./-]+$/.test(forwarder)) throw new Error(`invalid forwarder: ${forwarder}`);
+  if (!/^[A-Za-z0-9.:[\]-]+$/.test(host)) throw new Error(`invalid gateway host: ${gateway.host}`);
+  return `${forwarder} - TCP:${host}:${gateway.port}`;
+}
+
+/** The `-netdev` value of the guest network. */
+export function netdevOption(
+  spec: Pick<QemuSpec, "forwarder" | "gateway" | "allowEgress">,
+): string {
+  return [
+    "user",
+    "id=net0",
+    `restrict=${spec.allowEgress ? "off" : "on"}`,
+    "ipv6=off",
+    `net=${GUEST_NET.network}`,
+    `host=${GUEST_NET.router}`,
+    `guestfwd=tcp:${GUEST_NET.gatewayAlias}:${GUEST_GATEWAY_PORT}-cmd:${
+      escapeOptionValue(forwarderCommand(spec.forwarder, spec.gateway))
+    }`,
+  ].join(",");
+}
+
+function accelArgs(accel: Accel): string[] {
+  switch (accel) {
+    case "kvm":
+      return ["-accel", "kvm", "-cpu", "host"];
+    case "hvf":
+      return ["-accel", "hvf", "-cpu", "host"];
+    case "tcg":
+      return ["-accel", "tcg"];
+  }
+}
+
+/** The kernel command line. */
+export function kernelCommandLine(extra: readonly string[] = []): string {
+  return ["console=ttyS0", "quiet", "panic=-1", ...extra].join(" ");
+}
+
+/** The arguments after the qemu binary. */
+export function buildQemuArgs(spec: QemuSpec): string[] {
+  const e = escapeOptionValue;
+  return [
+    "-name",
+    `openshell-${spec.id}`,
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-machine",
+    "pc",
+    ...accelArgs(spec.accel),
+    "-m",
+    String(spec.memMib),
+    "-smp",
+    String(spec.vcpus),
+    "-kernel",
+    spec.kernel,
+    "-initrd",
+    spec.initramfs,
+    "-append",
+    kernelCommandLine(spec.extraKernelArgs),
+    "-chardev",
+    `file,id=console,path=${e(spec.consoleLog)},append=on`,
+    "-serial",
+    "chardev:console",
+    "-drive",
+    `if=none,id=guest,file=${e(spec.disk)},format=raw,readonly=on`,
+    "-device",
+    "virtio-blk-pci,drive=guest",
+    "-netdev",
+    netdevOption(spec),
+    "-device",
+    "virtio-net-pci,netdev=net0,romfile=",
+    ...spec.fwCfg.flatMap((f) => {
+      if (!/^[a-z0-9_]+$/.test(f.name)) throw new Error(`invalid fw_cfg name: ${f.name}`);
+      return ["-fw_cfg", `name=${FW_CFG_PREFIX}/${f.name},file=${e(f.file)}`];
+    }),
+    "-pidfile",
+    spec.pidFile,
+  ];
+}
+
+/** Arguments of the accelerator probe: boot the kernel, print a marker, power off. */
+export function buildProbeArgs(
+  spec: { accel: Accel; kernel: string; initramfs: string },
+): string[] {
+  return [
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-machine",
+    "pc",
+    ...accelArgs(spec.accel),
+    "-m",
+    "256",
+    "-smp",
+    "1",
+    "-kernel",
+    spec.kernel,
+    "-initrd",
+    spec.initramfs,
+    "-append",
+    kernelCommandLine(["openshell.probe"]),
+    "-serial",
+    "stdio",
+  ];
+}

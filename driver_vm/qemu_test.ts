@@ -1,0 +1,92 @@
+import assert from "node:assert/strict";
+import {
+  buildProbeArgs,
+  buildQemuArgs,
+  escapeOptionValue,
+  forwarderCommand,
+  netdevOption,
+  type QemuSpec,
+} from "./qemu.ts";
+
+const spec: QemuSpec = {
+  id: "sb-1",
+  accel: "tcg",
+  vcpus: 2,
+  memMib: 1024,
+  kernel: "/rt/vmlinuz",
+  initramfs: "/rt/initramfs.cpio",
+  disk: "/rt/guest.img",
+  consoleLog: "/s/sandboxes/sb-1/console.log",
+  pidFile: "/s/sandboxes/sb-1/qemu.pid",
+  fwCfg: [{ name: "config", file: "/s/sandboxes/sb-1/guest/config" }],
+  gateway: { host: "127.0.0.1", port: 41234 },
+  forwarder: "socat",
+  allowEgress: false,
+};
+
+function after(args: string[], flag: string): string[] {
+  const out: string[] = [];
+  args.forEach((a, i) => {
+    if (a === flag) out.push(args[i + 1]);
+  });
+  return out;
+}
+
+Deno.test("qemu: restricted user network with one forward to the gateway", () => {
+  const args = buildQemuArgs(spec);
+  assert.deepEqual(after(args, "-netdev"), [
+    "user,id=net0,restrict=on,ipv6=off,net=10.0.2.0/24,host=10.0.2.2," +
+    "guestfwd=tcp:10.0.2.100:8080-cmd:socat - TCP:127.0.0.1:41234",
+  ]);
+  assert.ok(after(args, "-device").includes("virtio-net-pci,netdev=net0,romfile="));
+  assert.match(netdevOption({ ...spec, allowEgress: true }), /restrict=off/);
+});
+
+Deno.test("qemu: disk read-only, console to file, fw_cfg files, pidfile, no reboot", () => {
+  const args = buildQemuArgs(spec);
+  assert.deepEqual(after(args, "-drive"), [
+    "if=none,id=guest,file=/rt/guest.img,format=raw,readonly=on",
+  ]);
+  assert.deepEqual(after(args, "-chardev"), [
+    "file,id=console,path=/s/sandboxes/sb-1/console.log,append=on",
+  ]);
+  assert.deepEqual(after(args, "-serial"), ["chardev:console"]);
+  assert.deepEqual(after(args, "-fw_cfg"), [
+    "name=opt/openshell/config,file=/s/sandboxes/sb-1/guest/config",
+  ]);
+  assert.deepEqual(after(args, "-pidfile"), ["/s/sandboxes/sb-1/qemu.pid"]);
+  assert.deepEqual(after(args, "-name"), ["openshell-sb-1"]);
+  assert.deepEqual(after(args, "-m"), ["1024"]);
+  assert.deepEqual(after(args, "-smp"), ["2"]);
+  assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1"]);
+  assert.ok(args.includes("-no-reboot") && args.includes("-nodefaults"));
+});
+
+Deno.test("qemu: accelerator flags", () => {
+  assert.deepEqual(after(buildQemuArgs(spec), "-accel"), ["tcg"]);
+  const kvm = buildQemuArgs({ ...spec, accel: "kvm" });
+  assert.deepEqual(after(kvm, "-accel"), ["kvm"]);
+  assert.deepEqual(after(kvm, "-cpu"), ["host"]);
+  assert.deepEqual(after(buildQemuArgs({ ...spec, accel: "hvf" }), "-accel"), ["hvf"]);
+});
+
+Deno.test("qemu: commas in paths are escaped; bad names refused", () => {
+  assert.equal(escapeOptionValue("/a,b/c"), "/a,,b/c");
+  const args = buildQemuArgs({ ...spec, disk: "/r,t/guest.img" });
+  assert.deepEqual(after(args, "-drive"), [
+    "if=none,id=guest,file=/r,,t/guest.img,format=raw,readonly=on",
+  ]);
+  assert.throws(
+    () => buildQemuArgs({ ...spec, fwCfg: [{ name: "../x", file: "/f" }] }),
+    /fw_cfg name/,
+  );
+  assert.throws(() => forwarderCommand("socat;x", spec.gateway), /forwarder/);
+  assert.equal(forwarderCommand("socat", { host: "::1", port: 1 }), "socat - TCP:[::1]:1");
+});
+
+Deno.test("qemu: the probe boots with the marker flag and serial on stdio", () => {
+  const args = buildProbeArgs({ accel: "kvm", kernel: "/k", initramfs: "/i" });
+  assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1 openshell.probe"]);
+  assert.deepEqual(after(args, "-serial"), ["stdio"]);
+  assert.deepEqual(after(args, "-accel"), ["kvm"]);
+});

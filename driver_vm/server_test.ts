@@ -1,0 +1,127 @@
+import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import { ComputeDriverClient, type WatchSandboxesEvent } from "../core/protocol.ts";
+import { Code } from "../core/status.ts";
+import { VmDriver } from "./driver.ts";
+import { serveDriver } from "./server.ts";
+import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
+
+type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+
+function call<T>(client: AnyClient, method: string, req: unknown): Promise<T> {
+  return new Promise((resolve, reject) => {
+    (client[method] as (r: unknown, cb: (e: grpc.ServiceError | null, r: T) => void) => void).call(
+      client,
+      req,
+      (err, res) => (err ? reject(err) : resolve(res)),
+    );
+  });
+}
+
+Deno.test("server: the whole ComputeDriver service over a Unix socket", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmsrv" });
+  const socket = `${dir}/compute-driver.sock`;
+  await Deno.writeTextFile(socket, "stale"); // a stale file is replaced
+  const launcher = new FakeLauncher();
+  const { log } = memoryLogger();
+  const driver = new VmDriver({
+    stateDir: dir,
+    runtime: await fakeRuntime(`${dir}/rt`),
+    launcher,
+    accel: () => Promise.resolve("tcg"),
+    vcpus: 1,
+    memMib: 256,
+    logLevel: "info",
+    gateway: { host: "127.0.0.1", port: 1 },
+    forwarder: "socat",
+    allowEgress: false,
+    log,
+    stopGraceMs: 50,
+    consolePollMs: 20,
+  });
+  const server = await serveDriver(driver, socket, log);
+  const client = new ComputeDriverClient(
+    `unix:${socket}`,
+    grpc.credentials.createInsecure(),
+  ) as AnyClient;
+  const events: WatchSandboxesEvent[] = [];
+  const watch =
+    (client.WatchSandboxes as (r: unknown) => grpc.ClientReadableStream<WatchSandboxesEvent>).call(
+      client,
+      {},
+    );
+  watch.on("data", (e: WatchSandboxesEvent) => events.push(e));
+  watch.on("error", () => {});
+  try {
+    const caps = await call<{ driver_name: string; supports_gpu: boolean }>(
+      client,
+      "GetCapabilities",
+      {},
+    );
+    assert.equal(caps.driver_name, "openshell-driver-vm");
+    assert.equal(caps.supports_gpu, false);
+
+    const sb = { id: "sb-1", name: "one", namespace: "ns", spec: { environment: { A: "1" } } };
+    await call(client, "ValidateSandboxCreate", { sandbox: sb });
+    await call(client, "CreateSandbox", { sandbox: sb });
+    await assert.rejects(call(client, "CreateSandbox", { sandbox: sb }), (e: grpc.ServiceError) => {
+      assert.equal(e.code, Code.ALREADY_EXISTS);
+      return true;
+    });
+    await assert.rejects(
+      call(client, "CreateSandbox", { sandbox: { ...sb, id: "g", spec: { gpu: true } } }),
+      (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION && /GPU/.test(e.details),
+    );
+    const got = await call<
+      { sandbox: { name: string; status: { conditions: { reason: string }[] } } }
+    >(
+      client,
+      "GetSandbox",
+      { sandbox_name: "one" },
+    );
+    assert.equal(got.sandbox.name, "one");
+    assert.equal(got.sandbox.status.conditions[0].reason, "Starting");
+    await assert.rejects(
+      call(client, "GetSandbox", { sandbox_id: "nope" }),
+      (e: grpc.ServiceError) => e.code === Code.NOT_FOUND,
+    );
+    const list = await call<{ sandboxes: { id: string }[] }>(client, "ListSandboxes", {});
+    assert.deepEqual(list.sandboxes.map((s) => s.id), ["sb-1"]);
+    await assert.rejects(
+      call(client, "StopSandbox", { sandbox_id: "sb-1" }),
+      (e: grpc.ServiceError) => e.code === Code.UNIMPLEMENTED,
+    );
+
+    launcher.vms[0].exit(3);
+    const deadline = Date.now() + 3000;
+    while (
+      !events.some((e) =>
+        e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
+      )
+    ) {
+      if (Date.now() > deadline) throw new Error("no ProcessExited event on the watch stream");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const exited = events.findLast((e) => e.payload === "sandbox");
+    assert.ok(exited?.payload === "sandbox");
+    assert.equal(
+      exited.sandbox.sandbox.status!.conditions[0].message,
+      "VM process exited with status 3",
+    );
+
+    const del = await call<{ deleted: boolean }>(client, "DeleteSandbox", { sandbox_id: "sb-1" });
+    assert.equal(del.deleted, true);
+    const again = await call<{ deleted: boolean }>(client, "DeleteSandbox", { sandbox_id: "sb-1" });
+    assert.equal(again.deleted, false);
+    while (events.at(-1)?.payload !== "deleted") {
+      if (Date.now() > deadline) throw new Error("no Deleted event on the watch stream");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  } finally {
+    watch.cancel();
+    client.close();
+    await driver.shutdown(10);
+    server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,50 @@
+/**
+ * Staging for the VM end-to-end run: a driver dir holding an executable
+ * `openshell-driver-vm` wrapper that runs the driver through `deno run` with
+ * exactly its grants (`exec` keeps the pid, so the gateway stays its parent).
+ *
+ * @module
+ */
+import { driverGrants, ROLE_INFO, runArgs } from "../core/grants.ts";
+import { REPO_ROOT } from "../core/launcher.ts";
+import { shellJoin } from "../core/shell.ts";
+
+/** Options of {@link stageDriverDir}. */
+export interface StageOptions {
+  /** Directory to create the wrapper in. */
+  dir: string;
+  /** The driver's state dir (must match what the gateway passes). */
+  stateDir: string;
+  /** The VM runtime dir. */
+  runtimeDir: string;
+  qemu?: string;
+  setpriv?: string;
+  /** Deno binary; default the running one. */
+  deno?: string;
+}
+
+/** The wrapper script text. */
+export function driverWrapper(options: StageOptions): string {
+  const grants = driverGrants({
+    stateDir: options.stateDir,
+    runtimeDir: options.runtimeDir,
+    qemu: options.qemu ?? "/usr/bin/qemu-system-x86_64",
+    setpriv: options.setpriv ?? "/usr/bin/setpriv",
+  });
+  const argv = [
+    options.deno ?? Deno.execPath(),
+    ...runArgs("driver-vm", grants, { root: REPO_ROOT }),
+  ];
+  return `#!/bin/sh\n# openshell-driver-vm for the e2e: deno run with the driver's exact grants\nexec ${
+    shellJoin(argv)
+  } "$@"\n`;
+}
+
+/** Writes `<dir>/openshell-driver-vm`; returns its path. */
+export async function stageDriverDir(options: StageOptions): Promise<string> {
+  await Deno.mkdir(options.dir, { recursive: true });
+  const path = `${options.dir}/${ROLE_INFO["driver-vm"].binary}`;
+  await Deno.writeTextFile(path, driverWrapper(options), { mode: 0o755 });
+  await Deno.chmod(path, 0o755);
+  return path;
+}

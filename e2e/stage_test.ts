@@ -1,0 +1,33 @@
+import assert from "node:assert/strict";
+import { driverGrants, renderFlags } from "../core/grants.ts";
+import { driverWrapper, stageDriverDir } from "./stage.ts";
+
+Deno.test("stage: the wrapper execs deno run with exactly the driver's grants", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "osstage" });
+  try {
+    const opts = { dir: `${dir}/bin`, stateDir: `${dir}/vm`, runtimeDir: `${dir}/rt` };
+    const path = await stageDriverDir(opts);
+    assert.equal(path, `${dir}/bin/openshell-driver-vm`);
+    assert.equal((await Deno.stat(path)).mode! & 0o111, 0o111, "executable");
+    const text = driverWrapper(opts);
+    assert.ok(text.startsWith("#!/bin/sh\n"));
+    assert.match(text, /^exec .* run .*driver_vm\/main\.ts "\$@"$/m);
+    const grants = driverGrants({
+      stateDir: opts.stateDir,
+      runtimeDir: opts.runtimeDir,
+      qemu: "/usr/bin/qemu-system-x86_64",
+      setpriv: "/usr/bin/setpriv",
+    });
+    for (const f of renderFlags(grants)) assert.ok(text.includes(f), `missing ${f}`);
+    assert.ok(!text.includes("--allow-all") && !text.includes(" -A "));
+    const out = await new Deno.Command(path, {
+      args: ["--version"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(new TextDecoder().decode(out.stdout), /^openshell-driver-vm \S+/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,510 @@
+/**
+ * `deno task e2e:vm`: the whole chain on real VMs.
+ *
+ * Stages the VM runtime (`vm:setup`, `vm:rootfs`; cached), a driver dir with
+ * an `openshell-driver-vm` wrapper (deno run with the driver's exact
+ * grants), starts the gateway with `--drivers vm` under a short temp dir,
+ * and runs the smoke suite through the CLI (each role with its own grants):
+ *
+ * 1. `status` shows Connected;  2. `sandbox create -- echo smoke-ok`;
+ * 3. `sandbox exec` streams stdout/stderr and the exit code;
+ * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command
+ *    and sftp copies a file in and out;  5. `list --names` and `logs`;
+ *    the guest reaches the gateway alias but no other host port;
+ * 6. killing the sandbox's qemu → ERROR / ProcessExited;
+ * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
+ * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu.
+ *
+ * Prints the wall time of each step; on failure prints the gateway logs and
+ * every console log and keeps the state dir. Writes a JSON report to
+ * `$OPENSHELL_E2E_REPORT` when set. Exits non-zero on any failure.
+ *
+ * @module
+ */
+import { cliGrants } from "../core/grants.ts";
+import { roleCommand } from "../core/launcher.ts";
+import { startGateway, type TestGateway } from "../gateway/testing.ts";
+import { ensureRuntime, type RuntimeInfo } from "../driver_vm/image/rootfs.ts";
+import { setup } from "../driver_vm/image/setup.ts";
+import { GUEST_NET } from "../driver_vm/guest.ts";
+import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
+import { alive, findProcesses, freePort, waitFor } from "./procs.ts";
+import { stageDriverDir } from "./stage.ts";
+
+interface StepResult {
+  name: string;
+  ok: boolean;
+  ms: number;
+  error?: string;
+}
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const steps: StepResult[] = [];
+let abortReason: () => string | undefined = () => undefined;
+let failed = false;
+
+function fmt(ms: number): string {
+  return `${(ms / 1000).toFixed(1)}s`;
+}
+
+/** Runs one step, recording its time; after a failure the rest are recorded as skipped. */
+async function step(name: string, fn: () => Promise<void>): Promise<boolean> {
+  if (failed) {
+    steps.push({ name, ok: false, ms: 0, error: "skipped after an earlier failure" });
+    console.error(`  - ${name}: skipped`);
+    return false;
+  }
+  const t0 = Date.now();
+  try {
+    await fn();
+    if (abortReason()) throw new Error(abortReason());
+    const ms = Date.now() - t0;
+    steps.push({ name, ok: true, ms });
+    console.error(`  ✓ ${name} (${fmt(ms)})`);
+    return true;
+  } catch (err) {
+    const ms = Date.now() - t0;
+    const error = err instanceof Error ? err.message : String(err);
+    steps.push({ name, ok: false, ms, error });
+    failed = true;
+    console.error(`  ✗ ${name} (${fmt(ms)}): ${error}`);
+    return false;
+  }
+}
+
+function check(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new Error(message);
+}
+
+function show(r: CliResult): string {
+  return `exit ${r.code}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
+}
+
+async function runCmd(
+  argv: readonly string[],
+  options: { env: Record<string, string>; timeoutMs?: number; stdin?: string },
+): Promise<CliResult> {
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    env: options.env,
+    clearEnv: true,
+    stdin: options.stdin !== undefined ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(options.stdin));
+    await w.close();
+  }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, options.timeoutMs ?? 120_000);
+  const out = await child.output();
+  clearTimeout(timer);
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+async function main(): Promise<number> {
+  const started = Date.now();
+  console.error("e2e:vm: staging");
+  let runtime!: RuntimeInfo;
+  await step("vm:setup (host packages, kernel)", async () => {
+    await setup();
+  });
+  await step("vm:rootfs (initramfs, guest disk)", async () => {
+    runtime = await ensureRuntime();
+    console.error(`    runtime ${runtime.dir} (${runtime.built ? "built" : "cached"})`);
+  });
+
+  // A short base dir: the driver socket path must stay under the Unix limit.
+  const base = await Deno.makeTempDir({ dir: "/tmp", prefix: "osvm" });
+  const S = `${base}/gw`;
+  const V = `${base}/vm`;
+  const D = `${base}/bin`;
+  const configHome = `${base}/cfg`;
+  const gateways: TestGateway[] = [];
+  const background: Deno.ChildProcess[] = [];
+  let port = 0;
+  let gw: TestGateway | undefined;
+  let gatewayDead = false;
+  abortReason = () => (gatewayDead ? "the gateway exited unexpectedly" : undefined);
+
+  const cliEnv = (): Record<string, string> => ({
+    PATH: Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin",
+    HOME: Deno.env.get("HOME") ?? "/root",
+    XDG_CONFIG_HOME: configHome,
+    OPENSHELL_GATEWAY_ENDPOINT: `http://127.0.0.1:${port}`,
+    OPENSHELL_PROVISION_TIMEOUT: "240",
+    NO_COLOR: "1",
+  });
+  const cliArgv = (args: readonly string[]) =>
+    roleCommand(
+      "cli",
+      cliGrants({ configDir: configHome, gateways: [{ host: "127.0.0.1", port }] }),
+      args,
+    );
+  const cli = (args: readonly string[], timeoutMs = 120_000) =>
+    runCmd(cliArgv(args), { env: cliEnv(), timeoutMs });
+
+  const startGw = async () => {
+    port = freePort();
+    const g = await startGateway({
+      stateDir: S,
+      driverDir: D,
+      vmDriverStateDir: V,
+      port,
+      args: [
+        "--grpc-endpoint",
+        `http://127.0.0.1:${port}`,
+        "--vm-runtime-dir",
+        runtime.dir,
+        "--log-level",
+        "debug",
+      ],
+      startTimeoutMs: 60_000,
+    });
+    gateways.push(g);
+    let exited = false;
+    g.exited.then((code) => {
+      exited = true;
+      if (gw === g) {
+        gatewayDead = true;
+        console.error(`    gateway exited unexpectedly with status ${code}`);
+      }
+    });
+    // "Server listening" comes before the driver answers; wait for that too.
+    await waitFor('the gateway\'s "compute driver ready" log line', () => {
+      if (exited) throw new Error("the gateway exited");
+      return g.stderr().includes("compute driver ready") ? true : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 100 });
+    return g;
+  };
+
+  // The driver, its qemus, and the forwarders qemu started for the current gateway.
+  const driverAndQemus = async () => [
+    ...(await findProcesses(V)).filter((p) => !p.cmdline.includes(" sandbox create ")),
+    ...(await findProcesses(`socat - TCP:127.0.0.1:${port}`)).filter((p) =>
+      p.cmdline.startsWith("socat")
+    ),
+  ];
+
+  let name = "";
+  let id = "";
+  if (runtime) {
+    await step("start gateway (--drivers vm)", async () => {
+      await Deno.mkdir(S, { recursive: true });
+      await Deno.mkdir(V, { recursive: true, mode: 0o700 });
+      await Deno.mkdir(configHome, { recursive: true });
+      await stageDriverDir({ dir: D, stateDir: V, runtimeDir: runtime.dir });
+      gw = await startGw();
+    });
+
+    await step("1. status shows Connected", async () => {
+      const r = await waitFor("openshell status → Connected", async () => {
+        if (gatewayDead) throw new Error("the gateway exited");
+        const r = await cli(["status"], 30_000);
+        return r.code === 0 && /Connected/.test(r.stdout + r.stderr) ? r : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 1000 });
+      check(r.code === 0, show(r));
+    });
+
+    await step("2. sandbox create -- echo smoke-ok", async () => {
+      const r = await cli(["sandbox", "create", "--", "echo", "smoke-ok"], 300_000);
+      check(r.code === 0 && r.stdout.includes("smoke-ok"), `create failed: ${show(r)}`);
+      const m = /Created sandbox:\s*(\S+)/.exec(r.stderr + r.stdout);
+      check(m, `no "Created sandbox: NAME" in the output: ${show(r)}`);
+      name = m[1];
+      const g = await cli(["sandbox", "get", name, "-o", "json"]);
+      check(g.code === 0, `sandbox get: ${show(g)}`);
+      id = JSON.parse(g.stdout).id;
+      check(typeof id === "string" && id !== "", `no id in ${g.stdout}`);
+      console.error(`    sandbox ${name} (${id})`);
+    });
+
+    await step("3. sandbox exec streams out/err and exit 3", async () => {
+      const r = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+      ]);
+      check(r.code === 3, `want exit 3: ${show(r)}`);
+      check(r.stdout.includes("out") && !r.stdout.includes("err"), `stdout: ${show(r)}`);
+      check(r.stderr.includes("err"), `stderr: ${show(r)}`);
+    });
+
+    await step("4. OpenSSH via ssh-proxy: command and sftp in/out", async () => {
+      const cfg = await cli(["sandbox", "ssh-config", name]);
+      check(cfg.code === 0, `ssh-config: ${show(cfg)}`);
+      const host = /^\s*Host\s+(\S+)/m.exec(cfg.stdout)?.[1];
+      check(host, `no Host line in ssh-config: ${cfg.stdout}`);
+      const cfgFile = `${base}/ssh_config`;
+      await Deno.writeTextFile(cfgFile, cfg.stdout);
+      const env = cliEnv();
+      const r = await runCmd(["ssh", "-F", cfgFile, host, "echo ssh-ok uid=$(id -u) home=$HOME"], {
+        env,
+        timeoutMs: 90_000,
+      });
+      check(r.code === 0 && r.stdout.includes("ssh-ok uid=1000 home=/sandbox"), `ssh: ${show(r)}`);
+      const payload = `payload ${crypto.randomUUID()}\n`.repeat(200);
+      await Deno.writeTextFile(`${base}/up.txt`, payload);
+      const batch = `put ${base}/up.txt /tmp/e2e.txt\nget /tmp/e2e.txt ${base}/down.txt\n`;
+      const s = await runCmd(["sftp", "-F", cfgFile, "-b", "-", host], {
+        env,
+        stdin: batch,
+        timeoutMs: 90_000,
+      });
+      check(s.code === 0, `sftp: ${show(s)}`);
+      check(
+        (await Deno.readTextFile(`${base}/down.txt`)) === payload,
+        "sftp round trip changed the file",
+      );
+      const inside = await cli(["sandbox", "exec", name, "--", "cat", "/tmp/e2e.txt"]);
+      check(
+        inside.code === 0 && inside.stdout === payload,
+        `file in the sandbox differs: ${show(inside)}`,
+      );
+    });
+
+    await step("5. list --names and logs show console lines", async () => {
+      const l = await cli(["sandbox", "list", "--names"]);
+      check(l.code === 0 && l.stdout.split("\n").includes(name), `list: ${show(l)}`);
+      const logs = await cli(["sandbox", "logs", name, "-n", "500"]);
+      check(
+        logs.code === 0 && logs.stdout.includes("openshell-init:"),
+        `logs lack console lines: ${show(logs)}`,
+      );
+      // Where the boot time goes (host and guest clocks, guest uptime stamps).
+      for (const line of gw!.stderr().split("\n")) {
+        if (
+          line.includes(id) && /VM started|supervisor session accepted|sandbox created/.test(line)
+        ) {
+          console.error(
+            `    host:  ${
+              line.replace(
+                /^.*?(\d\d:\d\d:\d\d\.\d+Z).*?(VM started|supervisor session accepted|sandbox created).*$/,
+                "$1 $2",
+              )
+            }`,
+          );
+        }
+      }
+      const consoleText = await Deno.readTextFile(`${V}/sandboxes/${id}/console.log`);
+      for (const line of consoleText.split("\n")) {
+        if (
+          /openshell-init: (userspace|guest ready|starting supervisor)|sshd socket listening|session established/
+            .test(line)
+        ) {
+          console.error(`    guest: ${line.replace(/ sandbox_id=\S+.*$/, "").slice(0, 110)}`);
+        }
+      }
+    });
+
+    await step("5b. guest reaches the gateway alias and no other host port", async () => {
+      const probe = (host: string, p: number) =>
+        `if echo | nc -w 3 ${host} ${p} >/dev/null 2>&1; then echo open; else echo closed; fi`;
+      const r = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        `echo alias=$(${probe(GUEST_NET.gatewayAlias, GUEST_GATEWAY_PORT)}); ` +
+        `echo host=$(${probe(GUEST_NET.router, port)})`,
+      ]);
+      check(r.code === 0, `exec: ${show(r)}`);
+      check(r.stdout.includes("alias=open"), `gateway alias not reachable: ${show(r)}`);
+      check(
+        r.stdout.includes("host=closed"),
+        `guest reached the host's gateway port directly: ${show(r)}`,
+      );
+    });
+
+    await step(
+      "5c. a dropped gateway connection is re-dialled through a new forwarder",
+      async () => {
+        // qemu runs one forwarder (socat) per guest connection (glib detaches
+        // it from qemu); killing the supervisor's makes it reconnect, which
+        // needs a fresh forwarder.
+        const forwarderPids = async () =>
+          (await findProcesses(`socat - TCP:127.0.0.1:${port}`))
+            .filter((p) => p.cmdline.startsWith("socat")).map((p) => p.pid);
+        const forwarders = await forwarderPids();
+        check(forwarders.length > 0, `no forwarder process (socat … TCP:127.0.0.1:${port})`);
+        const consoleLog = `${V}/sandboxes/${id}/console.log`;
+        const sessions = async () =>
+          (await Deno.readTextFile(consoleLog)).split("supervisor session established").length - 1;
+        const before = await sessions();
+        for (const pid of forwarders) Deno.kill(pid, "SIGKILL");
+        await waitFor(
+          "a new supervisor session",
+          async () => (await sessions()) > before ? true : undefined,
+          {
+            timeoutMs: 90_000,
+            intervalMs: 250,
+          },
+        );
+        const again = await waitFor("exec after the reconnect", async () => {
+          const e = await cli(["sandbox", "exec", name, "--", "echo", "back"]);
+          return e.code === 0 && e.stdout.includes("back") ? e : undefined;
+        }, { timeoutMs: 60_000, intervalMs: 1000 });
+        check(again.code === 0, show(again));
+        const now = await forwarderPids();
+        check(
+          now.length > 0 && now.every((p) => !forwarders.includes(p)),
+          "no new forwarder process",
+        );
+      },
+    );
+
+    await step("6. killing qemu → ERROR with reason ProcessExited", async () => {
+      const pid = Number((await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`)).trim());
+      check(pid > 0 && await alive(pid), `qemu pid ${pid} is not running`);
+      Deno.kill(pid, "SIGKILL");
+      await waitFor("phase ERROR / ProcessExited", async () => {
+        const g = await cli(["sandbox", "get", name, "-o", "json"]);
+        if (g.code !== 0) return undefined;
+        const sb = JSON.parse(g.stdout);
+        const text = JSON.stringify(sb);
+        return /ERROR/.test(String(sb.phase)) && text.includes("ProcessExited") ? true : undefined;
+      }, { timeoutMs: 30_000, intervalMs: 500 });
+    });
+
+    await step("7. sandbox delete → gone from list, qemu gone, state dir gone", async () => {
+      const pidText = await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`).catch(() => "");
+      const r = await cli(["sandbox", "delete", name]);
+      check(r.code === 0, `delete: ${show(r)}`);
+      await waitFor("sandbox gone from list", async () => {
+        const l = await cli(["sandbox", "list", "--names"]);
+        return l.code === 0 && !l.stdout.split("\n").includes(name) ? true : undefined;
+      }, { timeoutMs: 30_000, intervalMs: 500 });
+      const pid = Number(pidText.trim());
+      if (pid > 0) check(!(await alive(pid)), `qemu ${pid} still running`);
+      await waitFor("state dir removed", async () => {
+        try {
+          await Deno.stat(`${V}/sandboxes/${id}`);
+          return undefined;
+        } catch {
+          return true;
+        }
+      }, { timeoutMs: 10_000 });
+      const left = await findProcesses(`${V}/sandboxes/${id}`);
+      check(
+        left.length === 0,
+        `processes of the sandbox remain: ${left.map((p) => p.pid).join(", ")}`,
+      );
+    });
+
+    for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+      await step(`8. ${signal} of the gateway leaves no driver, qemu or forwarder`, async () => {
+        if (!gw) gw = await startGw();
+        // Start a sandbox in the background; only its qemu needs to be running.
+        const [exe, ...args] = cliArgv([
+          "sandbox",
+          "create",
+          "--name",
+          `orphan-${signal.toLowerCase()}`,
+          "--",
+          "true",
+        ]);
+        const creator = new Deno.Command(exe, {
+          args,
+          env: cliEnv(),
+          clearEnv: true,
+          stdin: "null",
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        background.push(creator);
+        await waitFor("a running qemu", async () => {
+          const ps = (await driverAndQemus()).filter((p) => p.cmdline.includes("qemu-system"));
+          return ps.length > 0 ? ps : undefined;
+        }, { timeoutMs: 60_000, intervalMs: 250 });
+        const before = await driverAndQemus();
+        check(
+          before.some((p) => p.cmdline.includes("driver_vm/main.ts")),
+          "no driver process found",
+        );
+        const g = gw;
+        gw = undefined;
+        if (signal === "SIGTERM") await g.stop();
+        else await g.kill();
+        await waitFor("driver and qemu processes gone", async () => {
+          const left = await driverAndQemus();
+          return left.length === 0 ? true : undefined;
+        }, { timeoutMs: 15_000, intervalMs: 250 }).catch(async (err) => {
+          const left = await driverAndQemus();
+          throw new Error(
+            `${err.message}: ${left.map((p) => `${p.pid} ${p.cmdline.slice(0, 120)}`).join("; ")}`,
+          );
+        });
+        try {
+          creator.kill("SIGKILL");
+        } catch { /* gone */ }
+        await creator.status;
+      });
+    }
+  }
+
+  // ---- teardown ----------------------------------------------------------
+  for (const c of background) {
+    try {
+      c.kill("SIGKILL");
+    } catch { /* gone */ }
+    await c.status.catch(() => {});
+  }
+  if (failed) {
+    console.error("\n==== gateway logs ====");
+    for (const g of gateways) console.error(g.stderr());
+    console.error("==== console logs ====");
+    try {
+      for await (const e of Deno.readDir(`${V}/sandboxes`)) {
+        const text = await Deno.readTextFile(`${V}/sandboxes/${e.name}/console.log`).catch(() =>
+          "(none)"
+        );
+        console.error(`---- ${e.name}/console.log\n${text}`);
+      }
+    } catch { /* no sandboxes dir */ }
+  }
+  for (const g of gateways) await g.kill().catch(() => {});
+  for (const p of await findProcesses(base)) {
+    try {
+      Deno.kill(p.pid, "SIGKILL");
+    } catch { /* gone */ }
+  }
+  if (failed) console.error(`\ne2e:vm: state kept in ${base}`);
+  else await Deno.remove(base, { recursive: true }).catch(() => {});
+
+  const passedN = steps.filter((s) => s.ok).length;
+  const failedN = steps.length - passedN;
+  console.error("\ne2e:vm step times:");
+  for (const s of steps) {
+    console.error(`  ${s.ok ? "pass" : "FAIL"} ${fmt(s.ms).padStart(7)}  ${s.name}`);
+  }
+  console.error(`e2e:vm: ${passedN} passed, ${failedN} failed in ${fmt(Date.now() - started)}`);
+  const reportPath = Deno.env.get("OPENSHELL_E2E_REPORT");
+  if (reportPath) {
+    await Deno.writeTextFile(
+      reportPath,
+      JSON.stringify({ passed: passedN, failed: failedN, steps }, null, 2) + "\n",
+    );
+  }
+  return failedN === 0 ? 0 : 1;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
