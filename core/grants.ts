@@ -165,7 +165,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
     net: [`unix:${p.stateDir}/compute-driver.sock`],
-    read: unique([p.stateDir, p.runtimeDir, "/dev/kvm"]),
+    read: unique([p.stateDir, p.runtimeDir]),
     write: [p.stateDir],
     run: unique([p.qemu, p.setpriv]),
     env: ["OPENSHELL_*"],
@@ -272,6 +272,11 @@ export function compileArgs(role: Role, grants: Grants, options: CompileArgsOpti
 
 /** Host name under which a VM guest reaches its gateway. */
 export const GUEST_GATEWAY_HOST = "gateway.openshell.internal";
+/**
+ * Address the guest's `/etc/hosts` gives {@link GUEST_GATEWAY_HOST}; the VM
+ * driver forwards its port to the real gateway.
+ */
+export const GUEST_GATEWAY_ADDRESS = "10.0.2.100";
 /** Port under which a VM guest reaches its gateway (forwarded to the real one). */
 export const GUEST_GATEWAY_PORT = 8080;
 /** The sshd socket inside a sandbox. */
@@ -303,6 +308,7 @@ export const PRODUCTION_PARAMS: {
   },
   supervisor: {
     gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },
+    gatewayAddresses: [GUEST_GATEWAY_ADDRESS],
     socketPath: DEFAULT_SSH_SOCKET_PATH,
     sshd: "/usr/sbin/sshd",
     readFiles: ["/etc/openshell"],

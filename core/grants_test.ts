@@ -129,6 +129,6 @@ Deno.test("run and compile render identical permission flags", () => {
   assert.equal(compile.at(-1), "/repo/supervisor/main.ts");
   assert.ok(compile.includes("--output=/out/openshell-sandbox"));
   assert.ok(
-    perms(run).includes("--allow-net=gateway.openshell.internal:8080,unix:/run/openshell/ssh.sock"),
+    perms(run).includes("--allow-net=gateway.openshell.internal,10.0.2.100:8080,unix:/run/openshell/ssh.sock"),
   );
 });

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { GUEST_GATEWAY_HOST, GUEST_GATEWAY_PORT } from "../core/grants.ts";
+import { GUEST_GATEWAY_ADDRESS, GUEST_GATEWAY_HOST, GUEST_GATEWAY_PORT } from "../core/grants.ts";
 import { shellQuote } from "../core/shell.ts";
 
 /** qemu user-network addresses (its defaults, written out). */
@@ -20,7 +20,7 @@ export const GUEST_NET = {
   /** qemu's virtual router (the host as seen by the guest; closed by `restrict=on`). */
   router: "10.0.2.2",
   /** The address the gateway alias resolves to; qemu forwards its port to the gateway. */
-  gatewayAlias: "10.0.2.100",
+  gatewayAlias: GUEST_GATEWAY_ADDRESS,
 } as const;
 
 /** The endpoint every guest dials, whatever the host gateway's own address. */

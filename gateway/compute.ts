@@ -47,6 +47,8 @@ export interface ComputeRuntimeOptions {
   now?: () => number;
   /** Reconcile period; default {@link RECONCILE_INTERVAL_MS}. */
   reconcileIntervalMs?: number;
+  /** Delay before re-opening a watch that ended; default {@link WATCH_RESTART_MS}. */
+  watchRestartMs?: number;
 }
 
 /** A request to create a sandbox, already validated. */
@@ -123,6 +125,7 @@ export class ComputeRuntime {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #reconcileMs: number;
+  readonly #watchRestartMs: number;
   #unobserve?: () => void;
   #cancelWatch?: () => void;
   #watchTimer?: ReturnType<typeof setTimeout>;
@@ -139,6 +142,7 @@ export class ComputeRuntime {
     this.#log = options.log;
     this.#now = options.now ?? Date.now;
     this.#reconcileMs = options.reconcileIntervalMs ?? RECONCILE_INTERVAL_MS;
+    this.#watchRestartMs = options.watchRestartMs ?? WATCH_RESTART_MS;
   }
 
   /** Whether a compute driver provisions sandboxes (false with `--drivers none`). */
@@ -418,7 +422,7 @@ export class ComputeRuntime {
         this.#watchTimer = setTimeout(() => {
           this.#openWatch();
           this.#enqueue(() => this.reconcile());
-        }, WATCH_RESTART_MS);
+        }, this.#watchRestartMs);
       },
     });
   }

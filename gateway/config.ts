@@ -253,7 +253,9 @@ export function gatewayHelp(): string {
 export function parseDbUrl(url: string): DbUrl {
   if (url === "sqlite::memory:" || url === "sqlite://:memory:") return { kind: "sqlite-memory" };
   if (url.startsWith("sqlite:")) {
-    const path = url.slice("sqlite:".length).replace(/^\/\/(?=\/)/, "");
+    // `sqlite://REST` is the URL form: REST is the path (`sqlite:///abs.db` is absolute,
+    // `sqlite://rel.db` relative and refused below), never `//REST`.
+    const path = url.slice("sqlite:".length).replace(/^\/\//, "");
     if (!path || path === ":memory:") return { kind: "sqlite-memory" };
     if (!path.startsWith("/")) {
       throw new FlagError(`--db-url: sqlite path must be absolute, got "${path}"`);

@@ -48,8 +48,9 @@ export function validateName(name: string, field = "name"): string {
     throw invalid(`${field}: longer than ${MAX_NAME_LEN} characters`);
   }
   if (!NAME.test(name)) {
+    const quoted = JSON.stringify(name); // escapes control characters: one line
     throw invalid(
-      `${field}: "${name}" is not a valid sandbox name (lower-case letters, digits and '-', starting and ending with a letter or digit)`,
+      `${field}: ${quoted} is not a valid sandbox name (lower-case letters, digits and '-', starting and ending with a letter or digit)`,
     );
   }
   return name;
@@ -69,9 +70,11 @@ export function validateEnvironment(env: Record<string, string>, field: string):
   }
   for (const k of keys) {
     if (!ENV_KEY.test(k)) {
-      throw invalid(`${field}: "${k}" is not a valid variable name (^[A-Za-z_][A-Za-z0-9_]*$)`);
+      throw invalid(
+        `${field}: ${JSON.stringify(k)} is not a valid variable name (^[A-Za-z_][A-Za-z0-9_]*$)`,
+      );
     }
-    if (isReservedVariable(k)) throw invalid(`${field}: "${k}" is reserved`);
+    if (isReservedVariable(k)) throw invalid(`${field}: ${JSON.stringify(k)} is reserved`);
     if (bytes(env[k]) > MAX_VALUE_BYTES) {
       throw invalid(`${field}.${k}: longer than ${MAX_VALUE_BYTES} bytes`);
     }
@@ -118,7 +121,9 @@ export function validateCreateSandbox(
   };
   if (!LOG_LEVELS.includes(spec.log_level.toLowerCase())) {
     throw invalid(
-      `spec.log_level: "${spec.log_level}" is not one of ${LOG_LEVELS.slice(1).join(", ")}`,
+      `spec.log_level: ${JSON.stringify(spec.log_level)} is not one of ${
+        LOG_LEVELS.slice(1).join(", ")
+      }`,
     );
   }
   validateEnvironment(spec.environment ?? {}, "spec.environment");

@@ -18,7 +18,7 @@ import {
   supervisorGrants,
 } from "../../core/grants.ts";
 import { shellJoin } from "../../core/shell.ts";
-import { FW_CFG_PREFIX, GUEST_FILES, GUEST_NET } from "../guest.ts";
+import { FW_CFG_PREFIX, GUEST_FILES } from "../guest.ts";
 
 /** Where things live inside the guest. */
 export const GUEST_LAYOUT = {
@@ -58,11 +58,8 @@ export function supervisorCommand(): string {
 }
 
 function supervisorFixedCommand(): string {
-  const flags = renderFlags(supervisorGrants({
-    ...PRODUCTION_PARAMS.supervisor,
-    // The guest's /etc/hosts pins the gateway name to the forwarded alias address.
-    gatewayAddresses: [GUEST_NET.gatewayAlias],
-  }));
+  // The production grants already name the alias address the guest's /etc/hosts pins.
+  const flags = renderFlags(supervisorGrants(PRODUCTION_PARAMS.supervisor));
   return shellJoin([
     GUEST_LAYOUT.deno,
     "run",

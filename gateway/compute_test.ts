@@ -1,0 +1,699 @@
+import assert from "node:assert/strict";
+import type { Duplex } from "node:stream";
+import { Logger } from "../core/log.ts";
+import type {
+  DriverSandbox,
+  GetCapabilitiesResponse,
+  PlatformEvent,
+  SandboxCondition,
+  SandboxLogLine,
+  SandboxSpec,
+  WatchSandboxesEvent,
+  Wire,
+} from "../core/protocol.ts";
+import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
+import { SessionRegistry, type SessionSink } from "../core/registry.ts";
+import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
+import { Code, StatusError } from "../core/status.ts";
+import {
+  ComputeRuntime,
+  generateSandboxName,
+  resourcesOf,
+  SANDBOX_NAMESPACE,
+  toDriverSandbox,
+} from "./compute.ts";
+import type { ComputeDriver, WatchHandlers } from "./driver.ts";
+import { REASON_CONNECTED, REASON_DISCONNECTED } from "./readiness.ts";
+import { SqliteStore } from "./store.ts";
+
+// ---- an in-process fake driver ----------------------------------------------
+
+interface Call {
+  method: string;
+  args: unknown[];
+}
+
+/** Records calls, lets the test drive its watch stream, can fail on request. */
+class FakeDriver implements ComputeDriver {
+  readonly calls: Call[] = [];
+  failValidate?: Error;
+  failCreate?: Error;
+  failDelete?: Error;
+  /** What `list()` returns. */
+  listed: DriverSandbox[] = [];
+  /** Runs inside `delete()` before it returns (to look at the store mid-delete). */
+  onDelete?: (id: string) => Promise<void>;
+  readonly watches: { handlers: WatchHandlers; cancelled: boolean }[] = [];
+  #waiters: { method: string; count: number; resolve: () => void }[] = [];
+
+  #record(method: string, ...args: unknown[]): void {
+    this.calls.push({ method, args });
+    this.#wake();
+  }
+
+  #wake(): void {
+    this.#waiters = this.#waiters.filter((w) => {
+      if (this.count(w.method) < w.count) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  /** Number of calls of `method`. */
+  count(method: string): number {
+    return this.calls.filter((c) => c.method === method).length;
+  }
+
+  /** Resolves once `method` has been called `count` times; rejects after `timeoutMs`. */
+  until(method: string, count: number, timeoutMs = 2_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w.resolve !== done);
+        reject(new Error(`${method} was called ${this.count(method)} times, not ${count}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.#waiters.push({ method, count, resolve: done });
+      this.#wake();
+    });
+  }
+
+  capabilities(): Promise<GetCapabilitiesResponse> {
+    this.#record("capabilities");
+    return Promise.resolve({
+      driver_name: "fake",
+      driver_version: "0",
+      default_image: "",
+      supports_gpu: false,
+    });
+  }
+
+  validateCreate(sandbox: Wire<DriverSandbox>): Promise<void> {
+    this.#record("validateCreate", sandbox);
+    return this.failValidate ? Promise.reject(this.failValidate) : Promise.resolve();
+  }
+
+  create(sandbox: Wire<DriverSandbox>): Promise<void> {
+    this.#record("create", sandbox);
+    return this.failCreate ? Promise.reject(this.failCreate) : Promise.resolve();
+  }
+
+  async delete(sandboxId: string, sandboxName: string): Promise<boolean> {
+    this.#record("delete", sandboxId, sandboxName);
+    await this.onDelete?.(sandboxId);
+    if (this.failDelete) throw this.failDelete;
+    return true;
+  }
+
+  list(): Promise<DriverSandbox[]> {
+    this.#record("list");
+    return Promise.resolve(this.listed);
+  }
+
+  watch(handlers: WatchHandlers): () => void {
+    const w = { handlers, cancelled: false };
+    this.watches.push(w);
+    this.#record("watch");
+    return () => w.cancelled = true;
+  }
+
+  close(): Promise<void> {
+    this.#record("close");
+    return Promise.resolve();
+  }
+
+  /** Pushes an event on the newest watch. */
+  emit(event: WatchSandboxesEvent): void {
+    const w = this.watches.at(-1);
+    assert.ok(w && !w.cancelled, "no open watch");
+    w.handlers.event(event);
+  }
+
+  /** Ends the newest watch. */
+  endWatch(err?: Error): void {
+    this.watches.at(-1)!.handlers.end(err);
+  }
+}
+
+// ---- fixtures ----------------------------------------------------------------
+
+interface Harness {
+  store: SqliteStore;
+  registry: SessionRegistry<Duplex>;
+  driver: FakeDriver;
+  runtime: ComputeRuntime;
+  logLines: string[];
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+function harness(
+  options: { driver?: boolean; watchRestartMs?: number; reconcileIntervalMs?: number } = {},
+): Harness {
+  const store = SqliteStore.open();
+  const registry = new SessionRegistry<Duplex>();
+  const driver = new FakeDriver();
+  const logLines: string[] = [];
+  const runtime = new ComputeRuntime({
+    store,
+    registry,
+    driver: options.driver === false ? undefined : driver,
+    log: new Logger({ level: "debug", sink: (l) => logLines.push(l) }),
+    watchRestartMs: options.watchRestartMs,
+    // far beyond any test, so only the reconciles a test provokes happen
+    reconcileIntervalMs: options.reconcileIntervalMs ?? 3_600_000,
+  });
+  runtime.start();
+  return {
+    store,
+    registry,
+    driver,
+    runtime,
+    logLines,
+    async [Symbol.asyncDispose]() {
+      await runtime.stop();
+      registry.close();
+      store.close();
+    },
+  };
+}
+
+function spec(environment: Record<string, string> = {}): SandboxSpec {
+  return { log_level: "", environment, template: null, providers: [], gpu: false };
+}
+
+function fakeSink(): SessionSink & { stopped: number } {
+  const sink = {
+    stopped: 0,
+    send: () => true,
+    stop() {
+      sink.stopped++;
+    },
+  };
+  return sink;
+}
+
+function cond(status: string, reason: string, message = ""): SandboxCondition {
+  return { type: "Ready", status, reason, message, last_transition_time: "" };
+}
+
+function snapshot(id: string, name: string, conditions: SandboxCondition[]): WatchSandboxesEvent {
+  return {
+    payload: "sandbox",
+    sandbox: {
+      sandbox: {
+        id,
+        name,
+        namespace: SANDBOX_NAMESPACE,
+        spec: null,
+        status: {
+          sandbox_name: name,
+          instance_id: "vm-1",
+          agent_fd: "",
+          sandbox_fd: "",
+          conditions,
+          deleting: false,
+        },
+      },
+    },
+  };
+}
+
+function platformEvent(id: string, event: Partial<PlatformEvent>): WatchSandboxesEvent {
+  return {
+    payload: "platform_event",
+    platform_event: {
+      sandbox_id: id,
+      event: {
+        timestamp_ms: 0,
+        source: "vm",
+        type: "Normal",
+        reason: "",
+        message: "",
+        metadata: {},
+        ...event,
+      },
+    },
+  };
+}
+
+function messages(lines: SandboxLogLine[]): string[] {
+  return lines.map((l) => l.message);
+}
+
+// ---- pure mapping -------------------------------------------------------------
+
+Deno.test("generateSandboxName: sandbox- plus six lower-case letters or digits", () => {
+  const names = new Set(Array.from({ length: 20 }, generateSandboxName));
+  for (const n of names) assert.match(n, /^sandbox-[a-z0-9]{6}$/);
+  assert.ok(names.size > 1);
+});
+
+Deno.test("toDriverSandbox: user settings plus provisioning secrets in spec.environment", () => {
+  const d = toDriverSandbox(
+    {
+      id: "id-1",
+      name: "alpha",
+      namespace: "default",
+      spec: {
+        log_level: "debug",
+        environment: { FOO: "bar" },
+        gpu: true,
+        providers: [],
+        template: {
+          image: "img:1",
+          runtime_class_name: "",
+          agent_socket: "/run/agent.sock",
+          labels: { team: "a" },
+          annotations: {},
+          environment: { TPL: "1" },
+          resources: { fields: { cpu: { stringValue: "2" } } },
+          volume_claim_templates: null,
+        },
+      },
+      status: null,
+      phase: "SANDBOX_PHASE_PROVISIONING",
+      created_at_ms: 1,
+      current_policy_version: 0,
+    },
+    { sshHostKey: "KEY", supervisorToken: "TOK", hostKeyFingerprint: "SHA256:x" },
+  );
+  assert.deepEqual(d, {
+    id: "id-1",
+    name: "alpha",
+    namespace: "default",
+    spec: {
+      log_level: "debug",
+      environment: {
+        FOO: "bar",
+        [PROVISION_SSH_HOST_KEY]: "KEY",
+        [PROVISION_SUPERVISOR_TOKEN]: "TOK",
+      },
+      gpu: true,
+      template: {
+        image: "img:1",
+        agent_socket_path: "/run/agent.sock",
+        labels: { team: "a" },
+        environment: { TPL: "1" },
+        resources: { cpu_request: "2", cpu_limit: "2", memory_request: "", memory_limit: "" },
+      },
+    },
+  });
+});
+
+Deno.test("toDriverSandbox: no spec, no secrets → empty environment, no template", () => {
+  const d = toDriverSandbox({
+    id: "id-2",
+    name: "beta",
+    namespace: "default",
+    spec: null,
+    status: null,
+    phase: "SANDBOX_PHASE_PROVISIONING",
+    created_at_ms: 1,
+    current_policy_version: 0,
+  }, {});
+  assert.deepEqual(d.spec, { log_level: "", environment: {}, gpu: false, template: null });
+});
+
+Deno.test("resourcesOf: specific keys beat cpu/memory; numbers become strings; empty is null", () => {
+  assert.equal(resourcesOf(null), null);
+  assert.equal(resourcesOf(undefined), null);
+  assert.equal(resourcesOf({}), null);
+  assert.equal(resourcesOf({ fields: {} }), null);
+  assert.deepEqual(
+    resourcesOf({ fields: { cpu: { numberValue: 2 }, memory: { stringValue: "1Gi" } } }),
+    { cpu_request: "2", cpu_limit: "2", memory_request: "1Gi", memory_limit: "1Gi" },
+  );
+  assert.deepEqual(
+    resourcesOf({
+      fields: {
+        cpu: { stringValue: "1" },
+        cpu_limit: { stringValue: "4" },
+        memory_request: { numberValue: 256 },
+      },
+    }),
+    { cpu_request: "1", cpu_limit: "4", memory_request: "256", memory_limit: "" },
+  );
+});
+
+// ---- create --------------------------------------------------------------------
+
+Deno.test("create stores PROVISIONING and hands the driver the provisioning secrets", async () => {
+  await using h = harness();
+  const created = await h.runtime.createSandbox({ name: "alpha", spec: spec({ FOO: "bar" }) });
+  assert.equal(created.phase, "SANDBOX_PHASE_PROVISIONING");
+  assert.equal(created.namespace, SANDBOX_NAMESPACE);
+
+  assert.deepEqual(h.driver.calls.map((c) => c.method).filter((m) => m !== "watch"), [
+    "validateCreate",
+    "create",
+  ]);
+  const sent = h.driver.calls.find((c) => c.method === "create")!.args[0] as Wire<DriverSandbox>;
+  assert.equal(sent.id, created.id);
+  assert.equal(sent.name, "alpha");
+  const env = sent.spec?.environment as Record<string, string>;
+  assert.equal(env.FOO, "bar");
+
+  const record = (await h.store.getSandbox(created.id))!;
+  assert.equal(record.sandbox.phase, "SANDBOX_PHASE_PROVISIONING");
+  assert.match(env[PROVISION_SSH_HOST_KEY], /BEGIN OPENSSH PRIVATE KEY/);
+  assert.equal(env[PROVISION_SSH_HOST_KEY], record.secrets.sshHostKey);
+  assert.ok(env[PROVISION_SUPERVISOR_TOKEN].length >= 32);
+  assert.equal(env[PROVISION_SUPERVISOR_TOKEN], record.secrets.supervisorToken);
+  assert.equal(
+    record.secrets.hostKeyFingerprint,
+    fingerprintOfPublicKey(publicKeyOfPrivate(record.secrets.sshHostKey!)),
+  );
+  // the secrets never reach the public resource
+  assert.deepEqual(record.sandbox.spec?.environment, { FOO: "bar" });
+  assert.ok(!JSON.stringify(created).includes(record.secrets.supervisorToken!));
+  // validate saw the same description
+  assert.deepEqual(h.driver.calls.find((c) => c.method === "validateCreate")!.args[0], sent);
+  assert.deepEqual(messages(h.runtime.logTopics.buffered(created.id)), ["sandbox alpha created"]);
+});
+
+Deno.test("create: a name that exists is ALREADY_EXISTS and the driver is not asked", async () => {
+  await using h = harness();
+  await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  await assert.rejects(
+    h.runtime.createSandbox({ name: "alpha", spec: spec() }),
+    (e: unknown) => e instanceof StatusError && e.code === Code.ALREADY_EXISTS,
+  );
+  assert.equal(h.driver.count("create"), 1);
+  assert.equal(await h.store.countSandboxes(), 1);
+});
+
+Deno.test("create: a failing driver create leaves no record behind", async () => {
+  await using h = harness();
+  h.driver.failCreate = new StatusError(Code.RESOURCE_EXHAUSTED, "no room for a VM");
+  await assert.rejects(
+    h.runtime.createSandbox({ name: "alpha", spec: spec() }),
+    (e: unknown) =>
+      e instanceof StatusError && e.code === Code.RESOURCE_EXHAUSTED && /no room/.test(e.message),
+  );
+  const id = (h.driver.calls.find((c) => c.method === "create")!.args[0] as { id: string }).id;
+  assert.equal(await h.store.getSandbox(id), undefined);
+  assert.equal(await h.store.getSandboxByName("alpha"), undefined);
+  assert.equal(await h.store.countSandboxes(), 0);
+  assert.deepEqual(h.runtime.logTopics.buffered(id), [], "its log topic is dropped too");
+  // the name is free again
+  h.driver.failCreate = undefined;
+  await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  assert.equal(await h.store.countSandboxes(), 1);
+});
+
+Deno.test("create: a failing driver validate stores nothing and never creates", async () => {
+  await using h = harness();
+  h.driver.failValidate = new StatusError(Code.INVALID_ARGUMENT, "image not allowed");
+  await assert.rejects(
+    h.runtime.createSandbox({ name: "alpha", spec: spec() }),
+    (e: unknown) => e instanceof StatusError && e.code === Code.INVALID_ARGUMENT,
+  );
+  assert.equal(h.driver.count("create"), 0);
+  assert.equal(await h.store.countSandboxes(), 0);
+});
+
+Deno.test("create without a driver (--drivers none): a record without secrets", async () => {
+  await using h = harness({ driver: false });
+  assert.equal(h.runtime.hasDriver, false);
+  const created = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const record = (await h.store.getSandbox(created.id))!;
+  assert.equal(record.sandbox.phase, "SANDBOX_PHASE_PROVISIONING");
+  assert.deepEqual(record.secrets, {});
+  assert.equal(h.driver.calls.length, 0);
+  // a session still promotes it
+  h.registry.register(created.id, "s1", fakeSink());
+  await h.runtime.settled();
+  assert.equal((await h.store.getSandbox(created.id))?.sandbox.phase, "SANDBOX_PHASE_READY");
+});
+
+// ---- sessions ------------------------------------------------------------------
+
+Deno.test("sessions: register promotes to READY, remove demotes to PROVISIONING", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  let signals = 0;
+  const unsubscribe = h.runtime.statusTopics.subscribe(id, { next: () => signals++, end() {} });
+
+  h.registry.register(id, "s1", fakeSink());
+  await h.runtime.settled();
+  let r = (await h.store.getSandbox(id))!.sandbox;
+  assert.equal(r.phase, "SANDBOX_PHASE_READY");
+  let ready = r.status?.conditions.find((c) => c.type === "Ready");
+  assert.equal(ready?.status, "True");
+  assert.equal(ready?.reason, REASON_CONNECTED);
+  assert.equal(signals, 1);
+
+  h.registry.removeIfCurrent(id, "s1");
+  await h.runtime.settled();
+  r = (await h.store.getSandbox(id))!.sandbox;
+  assert.equal(r.phase, "SANDBOX_PHASE_PROVISIONING");
+  ready = r.status?.conditions.find((c) => c.type === "Ready");
+  assert.equal(ready?.status, "False");
+  assert.equal(ready?.reason, REASON_DISCONNECTED);
+  assert.equal(signals, 2);
+  assert.deepEqual(messages(h.runtime.logTopics.buffered(id)).slice(1), [
+    "supervisor session connected",
+    "supervisor session disconnected",
+  ]);
+  unsubscribe();
+});
+
+Deno.test("sessions: a Starting snapshot after the session keeps READY (backfill race)", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.registry.register(id, "s1", fakeSink());
+  h.driver.emit(snapshot(id, "alpha", [cond("False", "Starting", "VM booting")]));
+  await h.runtime.settled();
+  const r = (await h.store.getSandbox(id))!.sandbox;
+  assert.equal(r.phase, "SANDBOX_PHASE_READY");
+  assert.equal(r.status?.conditions.find((c) => c.type === "Ready")?.reason, REASON_CONNECTED);
+  assert.equal(r.status?.agent_pod, "vm-1");
+});
+
+Deno.test("sessions: ERROR is not overridden by a new session", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.emit(snapshot(id, "alpha", [cond("False", "ProcessExited", "exit 1")]));
+  await h.runtime.settled();
+  h.registry.register(id, "s1", fakeSink());
+  await h.runtime.settled();
+  assert.equal((await h.store.getSandbox(id))?.sandbox.phase, "SANDBOX_PHASE_ERROR");
+});
+
+// ---- the driver's watch --------------------------------------------------------
+
+Deno.test("watch: a ProcessExited snapshot makes ERROR, logs it and signals watchers", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  let signals = 0;
+  const unsubscribe = h.runtime.statusTopics.subscribe(id, { next: () => signals++, end() {} });
+  h.driver.emit(
+    snapshot(id, "alpha", [cond("False", "ProcessExited", "VM process exited with status 1")]),
+  );
+  await h.runtime.settled();
+  const r = (await h.store.getSandbox(id))!.sandbox;
+  assert.equal(r.phase, "SANDBOX_PHASE_ERROR");
+  assert.equal(r.status?.conditions.find((c) => c.type === "Ready")?.reason, "ProcessExited");
+  assert.equal(signals, 1);
+  const last = h.runtime.logTopics.buffered(id).at(-1)!;
+  assert.equal(last.level, "ERROR");
+  assert.equal(last.source, "gateway");
+  assert.equal(
+    last.message,
+    "phase PROVISIONING -> ERROR (ProcessExited: VM process exited with status 1)",
+  );
+
+  // the same snapshot again changes nothing and signals nobody
+  h.driver.emit(
+    snapshot(id, "alpha", [cond("False", "ProcessExited", "VM process exited with status 1")]),
+  );
+  await h.runtime.settled();
+  assert.equal(signals, 1);
+  unsubscribe();
+});
+
+Deno.test("watch: a driver 'deleted' event for a live sandbox makes ERROR DriverDeleted", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.emit({ payload: "deleted", deleted: { sandbox_id: id } });
+  await h.runtime.settled();
+  const r = (await h.store.getSandbox(id))!.sandbox;
+  assert.equal(r.phase, "SANDBOX_PHASE_ERROR");
+  assert.equal(r.status?.conditions.find((c) => c.type === "Ready")?.reason, "DriverDeleted");
+});
+
+Deno.test("watch: console platform events become console log lines", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.emit(
+    platformEvent(id, { source: "console", message: "[    0.1] booting", timestamp_ms: 42 }),
+  );
+  const line = h.runtime.logTopics.buffered(id).at(-1)!;
+  assert.equal(line.source, "console");
+  assert.equal(line.target, "console");
+  assert.equal(line.message, "[    0.1] booting");
+  assert.equal(line.timestamp_ms, 42);
+  assert.equal(line.sandbox_id, id);
+  assert.deepEqual(h.runtime.eventTopics.buffered(id), [], "console lines are not events");
+});
+
+Deno.test("watch: other platform events go to eventTopics and the gateway log", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const seen: PlatformEvent[] = [];
+  const unsubscribe = h.runtime.eventTopics.subscribe(id, { next: (e) => seen.push(e), end() {} });
+  h.driver.emit(
+    platformEvent(id, { source: "vm", type: "Warning", reason: "Exited", message: "status 1" }),
+  );
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0].reason, "Exited");
+  assert.deepEqual(h.runtime.eventTopics.buffered(id), seen);
+  const line = h.runtime.logTopics.buffered(id).at(-1)!;
+  assert.equal(line.source, "gateway");
+  assert.equal(line.level, "WARN");
+  assert.equal(line.message, "vm Exited: status 1");
+  assert.ok(!h.runtime.logTopics.buffered(id).some((l) => l.source === "console"));
+  unsubscribe();
+});
+
+Deno.test("watch: reopened after it ends, followed by a reconcile", async () => {
+  await using h = harness({ watchRestartMs: 5 });
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  assert.equal(h.driver.count("watch"), 1);
+  h.driver.endWatch(new Error("driver went away"));
+  await h.driver.until("watch", 2);
+  await h.driver.until("list", 1);
+  await h.runtime.settled();
+  assert.ok(h.logLines.some((l) => l.includes("driver watch ended; reopening")));
+  // the reconcile after the reopen saw an empty driver: the sandbox was lost
+  assert.equal((await h.store.getSandbox(id))?.sandbox.phase, "SANDBOX_PHASE_ERROR");
+  // events on the new watch are applied
+  const { id: id2 } = await h.runtime.createSandbox({ name: "beta", spec: spec() });
+  h.driver.emit(snapshot(id2, "beta", [cond("False", "ProcessExited")]));
+  await h.runtime.settled();
+  assert.equal((await h.store.getSandbox(id2))?.sandbox.phase, "SANDBOX_PHASE_ERROR");
+});
+
+Deno.test("watch: stop cancels the watch and an end afterwards opens none", async () => {
+  const h = harness({ watchRestartMs: 1 });
+  try {
+    await h.runtime.stop();
+    assert.equal(h.driver.watches[0].cancelled, true);
+    h.driver.endWatch();
+    await new Promise((r) => setTimeout(r, 20)); // a reopen would be due by now
+    assert.equal(h.driver.count("watch"), 1);
+  } finally {
+    h.registry.close();
+    h.store.close();
+  }
+});
+
+Deno.test("the periodic reconcile runs on its interval", async () => {
+  await using h = harness({ reconcileIntervalMs: 5 });
+  await h.driver.until("list", 2);
+});
+
+// ---- delete ----------------------------------------------------------------------
+
+Deno.test("delete: DELETING first, driver delete, session ended, record and topics gone", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const sink = fakeSink();
+  h.registry.register(id, "s1", sink);
+  await h.runtime.settled();
+  h.runtime.logTopics.publish(id, {
+    sandbox_id: id,
+    timestamp_ms: 1,
+    level: "INFO",
+    target: "t",
+    message: "m",
+    source: "gateway",
+    fields: {},
+  });
+
+  const ends: string[] = [];
+  const signals: string[] = [];
+  const unsubs = [
+    h.runtime.statusTopics.subscribe(id, {
+      next: () => signals.push("status"),
+      end: () => ends.push("status"),
+    }),
+    h.runtime.logTopics.subscribe(id, { next() {}, end: () => ends.push("log") }),
+    h.runtime.eventTopics.subscribe(id, { next() {}, end: () => ends.push("event") }),
+  ];
+  let phaseDuringDelete = "";
+  h.driver.onDelete = async (sid) => {
+    phaseDuringDelete = (await h.store.getSandbox(sid))?.sandbox.phase ?? "gone";
+  };
+
+  const record = (await h.store.getSandbox(id))!;
+  assert.equal(await h.runtime.deleteSandbox(record), true);
+  await h.runtime.settled();
+
+  assert.equal(phaseDuringDelete, "SANDBOX_PHASE_DELETING");
+  assert.deepEqual(h.driver.calls.find((c) => c.method === "delete")?.args, [id, "alpha"]);
+  assert.equal(sink.stopped, 1, "the supervisor session was told to stop");
+  assert.equal(h.registry.hasSession(id), false);
+  assert.equal(await h.store.getSandbox(id), undefined);
+  assert.deepEqual(ends.sort(), ["event", "log", "status"]);
+  assert.ok(signals.length >= 1, "DELETING was published");
+  assert.deepEqual(h.runtime.logTopics.buffered(id), []);
+  assert.equal(h.runtime.statusTopics.subscriberCount(id), 0);
+  for (const u of unsubs) u();
+});
+
+Deno.test("delete: a driver NOT_FOUND still removes the record; other errors keep it", async () => {
+  await using h = harness();
+  const a = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.failDelete = new StatusError(Code.NOT_FOUND, "no such VM");
+  assert.equal(await h.runtime.deleteSandbox((await h.store.getSandbox(a.id))!), true);
+  assert.equal(await h.store.getSandbox(a.id), undefined);
+
+  const b = await h.runtime.createSandbox({ name: "beta", spec: spec() });
+  h.driver.failDelete = new StatusError(Code.UNAVAILABLE, "driver busy");
+  await assert.rejects(
+    h.runtime.deleteSandbox((await h.store.getSandbox(b.id))!),
+    (e: unknown) => e instanceof StatusError && e.code === Code.UNAVAILABLE,
+  );
+  assert.equal((await h.store.getSandbox(b.id))?.sandbox.phase, "SANDBOX_PHASE_DELETING");
+});
+
+// ---- reconcile -----------------------------------------------------------------
+
+Deno.test("reconcile: a sandbox missing from the driver's list becomes ERROR DriverLost", async () => {
+  await using h = harness();
+  const kept = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const lost = await h.runtime.createSandbox({ name: "beta", spec: spec() });
+  const listed = snapshot(kept.id, "alpha", [cond("False", "Starting")]);
+  assert.equal(listed.payload, "sandbox");
+  h.driver.listed = [listed.sandbox.sandbox];
+
+  await h.runtime.reconcile();
+  const l = (await h.store.getSandbox(lost.id))!.sandbox;
+  assert.equal(l.phase, "SANDBOX_PHASE_ERROR");
+  const c = l.status?.conditions.find((x) => x.type === "Ready");
+  assert.equal(c?.status, "False");
+  assert.equal(c?.reason, "DriverLost");
+  assert.equal(h.runtime.logTopics.buffered(lost.id).at(-1)?.level, "ERROR");
+  assert.match(h.runtime.logTopics.buffered(lost.id).at(-1)!.message, /^DriverLost: /);
+
+  const k = (await h.store.getSandbox(kept.id))!.sandbox;
+  assert.equal(k.phase, "SANDBOX_PHASE_PROVISIONING");
+  assert.equal(k.status?.agent_pod, "vm-1", "the listed snapshot was merged");
+
+  // a second pass leaves the ERROR alone (no new log line)
+  const before = h.runtime.logTopics.total(lost.id);
+  await h.runtime.reconcile();
+  assert.equal(h.runtime.logTopics.total(lost.id), before);
+});
+
+Deno.test("reconcile: a failing driver list changes nothing", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.list = () => Promise.reject(new Error("socket closed"));
+  await h.runtime.reconcile();
+  assert.equal((await h.store.getSandbox(id))?.sandbox.phase, "SANDBOX_PHASE_PROVISIONING");
+  assert.ok(h.logLines.some((l) => l.includes("reconcile: driver list failed")));
+});

@@ -1,0 +1,173 @@
+/**
+ * ExecSandbox end to end: a real gateway, a real supervisor with OpenSSH's
+ * sshd behind its Unix socket, both under their exact grants.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import type * as grpc from "@grpc/grpc-js";
+import type { ExecSandboxEvent, Sandbox } from "../core/protocol.ts";
+import { Code } from "../core/status.ts";
+import { startSupervisor } from "../supervisor/testing.ts";
+import { exitCodeOf } from "./exec.ts";
+import { apiClient, type ApiClient, connectFakeSupervisor, startGateway } from "./testing.ts";
+
+interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exit?: number;
+}
+
+function exec(api: ApiClient, request: Record<string, unknown>): Promise<ExecResult> {
+  const call = (api.raw as unknown as {
+    ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
+  }).ExecSandbox(request);
+  const out: ExecResult = { stdout: "", stderr: "" };
+  return new Promise((resolve, reject) => {
+    call.on("data", (e: ExecSandboxEvent) => {
+      if (e.payload === "stdout") out.stdout += Buffer.from(e.stdout.data).toString();
+      if (e.payload === "stderr") out.stderr += Buffer.from(e.stderr.data).toString();
+      if (e.payload === "exit") out.exit = e.exit.exit_code;
+    });
+    call.on("end", () => resolve(out));
+    call.on("error", reject);
+  });
+}
+
+Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
+  const gw = await startGateway();
+  const api = apiClient(gw.port);
+  const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "exec" })).sandbox;
+  const sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id });
+  try {
+    await sup.waitForEvent((e) => e.activity_name === "Open" && /session/.test(e.message));
+    const id = sandbox.id;
+
+    await t.step("echo prints and exits 0", async () => {
+      const r = await exec(api, { sandbox_id: id, command: ["echo", "hello world"] });
+      assert.deepEqual(r, { stdout: "hello world\n", stderr: "", exit: 0 });
+    });
+    await t.step("stderr and a non-zero exit code come back separately", async () => {
+      const r = await exec(api, {
+        sandbox_id: id,
+        command: ["sh", "-c", "echo out; echo err >&2; exit 3"],
+      });
+      assert.deepEqual(r, { stdout: "out\n", stderr: "err\n", exit: 3 });
+    });
+    await t.step("stdin is delivered and closed", async () => {
+      const r = await exec(api, {
+        sandbox_id: id,
+        command: ["sh", "-c", "tr a-z A-Z; echo done"],
+        stdin: Buffer.from("shout\n"),
+      });
+      assert.equal(r.stdout, "SHOUT\ndone\n");
+      assert.equal(r.exit, 0);
+    });
+    await t.step("workdir and environment apply; the user is sandbox", async () => {
+      const r = await exec(api, {
+        sandbox_id: id,
+        command: ["sh", "-c", 'echo "$(pwd) $GREETING $(id -un)"'],
+        workdir: "/tmp",
+        environment: { GREETING: "it's me" },
+      });
+      assert.equal(r.stdout, "/tmp it's me sandbox\n");
+    });
+    await t.step("timeout_seconds ends a long command with exit 124", async () => {
+      const r = await exec(api, { sandbox_id: id, command: ["sleep", "30"], timeout_seconds: 1 });
+      assert.equal(r.exit, 124);
+    });
+    await t.step("a PTY is allocated on request", async () => {
+      const r = await exec(api, { sandbox_id: id, command: ["tty"], tty: true });
+      assert.match(r.stdout, /^\/dev\/pts\/\d+/);
+      assert.equal(r.exit, 0);
+    });
+    await t.step("bad requests are INVALID_ARGUMENT or NOT_FOUND", async () => {
+      await assert.rejects(exec(api, { sandbox_id: id, command: [] }), (e: grpc.ServiceError) =>
+        e.code === Code.INVALID_ARGUMENT && /command is required/.test(e.details));
+      await assert.rejects(
+        exec(api, { sandbox_id: id, command: ["echo", "a\nb"] }),
+        (e: grpc.ServiceError) => e.code === Code.INVALID_ARGUMENT && /command\[1\]/.test(e.details),
+      );
+      await assert.rejects(
+        exec(api, { sandbox_id: id, command: ["true"], environment: { "BAD-KEY": "x" } }),
+        (e: grpc.ServiceError) => e.code === Code.INVALID_ARGUMENT && /BAD-KEY/.test(e.details),
+      );
+      await assert.rejects(
+        exec(api, { sandbox_id: "no-such", command: ["true"] }),
+        (e: grpc.ServiceError) => e.code === Code.NOT_FOUND,
+      );
+    });
+  } finally {
+    await sup.close();
+    api.close();
+    await gw.stop();
+  }
+});
+
+Deno.test("ExecSandbox on a sandbox that is not READY is FAILED_PRECONDITION", async () => {
+  const gw = await startGateway();
+  const api = apiClient(gw.port);
+  try {
+    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "cold" })).sandbox;
+    await assert.rejects(
+      exec(api, { sandbox_id: sb.id, command: ["true"] }),
+      (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION && /not ready/.test(e.details),
+    );
+  } finally {
+    api.close();
+    await gw.stop();
+  }
+});
+
+Deno.test("a burst of 64 execs on one sandbox: 32 relays in flight, 32 RESOURCE_EXHAUSTED", async () => {
+  const gw = await startGateway();
+  const api = apiClient(gw.port);
+  try {
+    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "burst" })).sandbox;
+    // A supervisor that never answers relay_open keeps every granted relay in flight.
+    let opens = 0;
+    let allOpened!: () => void;
+    const opened = new Promise<void>((r) => allOpened = r);
+    const sup = connectFakeSupervisor({
+      port: gw.port,
+      sandboxId: sb.id,
+      ignoreRelays: true,
+      onMessage: (m) => m.payload === "relay_open" && ++opens === 32 && allOpened(),
+    });
+    await sup.accepted;
+    let exhausted = 0;
+    let allExhausted!: () => void;
+    const rejected = new Promise<void>((r) => allExhausted = r);
+    const calls = Array.from({ length: 64 }, () =>
+      (api.raw as unknown as {
+        ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
+      }).ExecSandbox({ sandbox_id: sb.id, command: ["true"] }));
+    const codes = calls.map((call) =>
+      new Promise<number>((resolve) => {
+        call.on("data", () => {});
+        call.on("end", () => resolve(0));
+        call.on("error", (e: grpc.ServiceError) => {
+          if (e.code === Code.RESOURCE_EXHAUSTED && ++exhausted === 32) allExhausted();
+          resolve(e.code);
+        });
+      })
+    );
+    await Promise.all([opened, rejected]);
+    for (const c of calls) c.cancel();
+    const final = await Promise.all(codes);
+    assert.equal(final.filter((c) => c === Code.RESOURCE_EXHAUSTED).length, 32);
+    assert.equal(final.filter((c) => c === Code.CANCELLED).length, 32);
+    assert.equal(opens, 32);
+    sup.close();
+  } finally {
+    api.close();
+    await gw.stop();
+  }
+});
+
+Deno.test("exitCodeOf maps codes and signals", () => {
+  assert.equal(exitCodeOf(0), 0);
+  assert.equal(exitCodeOf(7), 7);
+  assert.equal(exitCodeOf(null, "KILL"), 137);
+  assert.equal(exitCodeOf(undefined, "SIGTERM"), 143);
+  assert.equal(exitCodeOf(undefined), 1);
+});

@@ -1,0 +1,77 @@
+import * as grpc from "@grpc/grpc-js";
+import assert from "node:assert/strict";
+import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { Code, StatusError } from "../core/status.ts";
+import type { SandboxRecord } from "./store.ts";
+import {
+  checkSupervisorToken,
+  MIN_SUPERVISOR_HEARTBEAT_SECS,
+  MISSED_HEARTBEATS_LIMIT,
+  silenceLimitMs,
+} from "./supervisor_plane.ts";
+
+Deno.test("silenceLimitMs: three heartbeat periods, judged on at least the minimum period", () => {
+  assert.equal(MISSED_HEARTBEATS_LIMIT, 3);
+  assert.equal(silenceLimitMs(15), 45_000);
+  assert.equal(silenceLimitMs(60), 180_000);
+  assert.equal(silenceLimitMs(MIN_SUPERVISOR_HEARTBEAT_SECS), 15_000);
+  // supervisors never beat faster than the minimum, so a shorter setting must not drop them
+  assert.equal(silenceLimitMs(1), 15_000);
+  assert.equal(silenceLimitMs(0), 15_000);
+});
+
+function record(token?: string): SandboxRecord {
+  return {
+    sandbox: {
+      id: "sb-1",
+      name: "alpha",
+      namespace: "default",
+      spec: null,
+      status: null,
+      phase: "SANDBOX_PHASE_PROVISIONING",
+      created_at_ms: 1,
+      current_policy_version: 0,
+    },
+    secrets: token === undefined ? {} : { supervisorToken: token },
+  };
+}
+
+function metadata(token?: string): grpc.Metadata {
+  const m = new grpc.Metadata();
+  if (token !== undefined) m.set(SUPERVISOR_TOKEN_METADATA, token);
+  return m;
+}
+
+function unauthenticated(fn: () => void, secret: string): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof StatusError, `not a StatusError: ${e}`);
+    assert.equal(e.code, Code.UNAUTHENTICATED);
+    assert.match(e.message, /supervisor token missing or wrong for sandbox sb-1/);
+    assert.ok(!e.message.includes(secret), "the expected token is never echoed");
+    return true;
+  });
+}
+
+Deno.test("checkSupervisorToken: the provisioned token passes", () => {
+  checkSupervisorToken(record("s3cret-token"), metadata("s3cret-token"), true);
+});
+
+Deno.test("checkSupervisorToken: missing, wrong, prefix or longer tokens are UNAUTHENTICATED", () => {
+  const r = record("s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, metadata(), true), "s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, metadata(""), true), "s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret-tokeN"), true), "s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret"), true), "s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret-token2"), true), "s3cret-token");
+  // the token travels under its own key only
+  const other = new grpc.Metadata();
+  other.set("authorization", "s3cret-token");
+  unauthenticated(() => checkSupervisorToken(r, other, true), "s3cret-token");
+});
+
+Deno.test("checkSupervisorToken: not enforced when auth is off or nothing was provisioned", () => {
+  checkSupervisorToken(record("s3cret-token"), metadata(), false);
+  checkSupervisorToken(record("s3cret-token"), metadata("wrong"), false);
+  checkSupervisorToken(record(), metadata(), true);
+  checkSupervisorToken(record(""), metadata("anything"), true);
+});
