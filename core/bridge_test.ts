@@ -167,7 +167,9 @@ Deno.test("client role: an empty data frame from the gateway is end-of-stream", 
   const peerEnded = new Promise((r) => peer.once("end", r));
   bytes.end(Buffer.from("reply"));
   await peerEnded;
-  assert.deepEqual(frames.map((f) => f.payload === "data" ? Buffer.from(f.data).toString() : ""), ["reply"]);
+  assert.deepEqual(frames.map((f) => f.payload === "data" ? Buffer.from(f.data).toString() : ""), [
+    "reply",
+  ]);
 });
 
 Deno.test("server role: half-close sends an empty frame and completes the call after the peer ends", async () => {

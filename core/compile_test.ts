@@ -12,7 +12,9 @@ Deno.test("compile plan builds all four binaries with production grants", () => 
   ]);
   const sup = plan.find((s) => s.role === "supervisor")!;
   assert.ok(
-    sup.args.includes("--allow-net=gateway.openshell.internal,10.0.2.100:8080,unix:/run/openshell/ssh.sock"),
+    sup.args.includes(
+      "--allow-net=gateway.openshell.internal,10.0.2.100:8080,unix:/run/openshell/ssh.sock",
+    ),
   );
   assert.ok(sup.args.includes("--allow-run=/usr/sbin/sshd"));
   const gw = plan.find((s) => s.role === "gateway")!;

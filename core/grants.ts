@@ -315,3 +315,26 @@ export const PRODUCTION_PARAMS: {
   },
   cli: {},
 };
+
+/** The grants of every role with {@link PRODUCTION_PARAMS}, as a Markdown table (README). */
+export function renderGrantsTable(): string {
+  const p = PRODUCTION_PARAMS;
+  const rows: [Role, Grants][] = [
+    ["gateway", gatewayGrants(p.gateway)],
+    ["driver-vm", driverGrants(p.driver)],
+    ["supervisor", supervisorGrants(p.supervisor)],
+    ["cli", cliGrants(p.cli)],
+  ];
+  const cell = (g: Grant) =>
+    g === true ? "any" : g.length === 0 ? "—" : g.map((x) => `\`${x}\``).join("<br>");
+  const lines = [
+    "| role | binary | net | read | write | run | env |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...rows.map(([role, g]) =>
+      `| ${role} | \`${ROLE_INFO[role].binary}\` | ${cell(g.net)} | ${cell(g.read)} | ${
+        cell(g.write)
+      } | ${cell(g.run)} | ${cell(g.env)}${g.ignoreEnv ? " (others read as unset)" : ""} |`
+    ),
+  ];
+  return lines.join("\n");
+}

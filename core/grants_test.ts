@@ -7,6 +7,7 @@ import {
   hostPortGrant,
   PRODUCTION_PARAMS,
   renderFlags,
+  renderGrantsTable,
   runArgs,
   supervisorGrants,
 } from "./grants.ts";
@@ -129,6 +130,26 @@ Deno.test("run and compile render identical permission flags", () => {
   assert.equal(compile.at(-1), "/repo/supervisor/main.ts");
   assert.ok(compile.includes("--output=/out/openshell-sandbox"));
   assert.ok(
-    perms(run).includes("--allow-net=gateway.openshell.internal,10.0.2.100:8080,unix:/run/openshell/ssh.sock"),
+    perms(run).includes(
+      "--allow-net=gateway.openshell.internal,10.0.2.100:8080,unix:/run/openshell/ssh.sock",
+    ),
+  );
+});
+
+Deno.test("the README's grants table is the one the table renders", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const start = readme.indexOf("<!-- grants-table");
+  const end = readme.indexOf("<!-- /grants-table -->");
+  assert.ok(start >= 0 && end > start, "README.md lacks the grants-table markers");
+  const body = readme.slice(readme.indexOf("\n", start) + 1, end).trim();
+  // deno fmt aligns the columns; compare cell by cell.
+  const cells = (table: string) =>
+    table.split("\n").map((line) =>
+      line.split("|").map((c) => c.trim().replace(/^-+$/, "-")).join("|")
+    );
+  assert.deepEqual(
+    cells(body),
+    cells(renderGrantsTable()),
+    "README grants table is stale: paste renderGrantsTable()",
   );
 });

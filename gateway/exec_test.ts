@@ -9,7 +9,7 @@ import type { ExecSandboxEvent, Sandbox } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { startSupervisor } from "../supervisor/testing.ts";
 import { exitCodeOf } from "./exec.ts";
-import { apiClient, type ApiClient, connectFakeSupervisor, startGateway } from "./testing.ts";
+import { type ApiClient, apiClient, connectFakeSupervisor, startGateway } from "./testing.ts";
 
 interface ExecResult {
   stdout: string;
@@ -81,11 +81,15 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
       assert.equal(r.exit, 0);
     });
     await t.step("bad requests are INVALID_ARGUMENT or NOT_FOUND", async () => {
-      await assert.rejects(exec(api, { sandbox_id: id, command: [] }), (e: grpc.ServiceError) =>
-        e.code === Code.INVALID_ARGUMENT && /command is required/.test(e.details));
+      await assert.rejects(
+        exec(api, { sandbox_id: id, command: [] }),
+        (e: grpc.ServiceError) =>
+          e.code === Code.INVALID_ARGUMENT && /command is required/.test(e.details),
+      );
       await assert.rejects(
         exec(api, { sandbox_id: id, command: ["echo", "a\nb"] }),
-        (e: grpc.ServiceError) => e.code === Code.INVALID_ARGUMENT && /command\[1\]/.test(e.details),
+        (e: grpc.ServiceError) =>
+          e.code === Code.INVALID_ARGUMENT && /command\[1\]/.test(e.details),
       );
       await assert.rejects(
         exec(api, { sandbox_id: id, command: ["true"], environment: { "BAD-KEY": "x" } }),

@@ -37,7 +37,9 @@ Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then c
       const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
       const first = await reader.read();
       assert.equal(first.value?.trim(), "accepted", `round ${round}`);
-      const { token } = await api.call<{ token: string }>("CreateSshSession", { sandbox_id: sb.id });
+      const { token } = await api.call<{ token: string }>("CreateSshSession", {
+        sandbox_id: sb.id,
+      });
       const t = await openTunnel(gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
       assert.equal(t.status, 200, `round ${round}: ${t.head}`);
       let received = 0;

@@ -38,8 +38,11 @@ export type HttpHandler = (
 export interface GatewayListenerOptions {
   bind: string;
   port: number;
-  /** PEM server certificate and key; plaintext when absent. */
-  tls?: { cert: string; key: string };
+  /**
+   * PEM server certificate and key; plaintext when absent. With `clientCa`
+   * every client must present a certificate signed by it (mTLS).
+   */
+  tls?: { cert: string; key: string; clientCa?: string };
   /** Unix socket of the internal grpc-js server. */
   grpcSocketPath: string;
   http: HttpHandler;
@@ -77,6 +80,9 @@ export class GatewayListener {
       ? tls.createServer({
         cert: this.#o.tls.cert,
         key: this.#o.tls.key,
+        ...(this.#o.tls.clientCa
+          ? { ca: this.#o.tls.clientCa, requestCert: true, rejectUnauthorized: true }
+          : {}),
         ALPNProtocols: ["h2", "http/1.1"],
         allowHalfOpen: true,
       }, onConnection)

@@ -8,11 +8,14 @@ import { denoEnv, FlagError } from "../core/flags.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { gatewayHelp, parseGatewayConfig } from "./config.ts";
 import { type Gateway, startGateway } from "./server.ts";
+import { readRelayTuning, type RelayTuning } from "./tuning.ts";
 
 async function main(): Promise<number> {
   let parsed;
+  let tuning: RelayTuning;
   try {
     parsed = parseGatewayConfig(Deno.args, denoEnv);
+    tuning = readRelayTuning(denoEnv);
   } catch (err) {
     if (err instanceof FlagError) {
       console.error(`openshell-gateway: ${err.message}`);
@@ -41,6 +44,7 @@ async function main(): Promise<number> {
       log,
       signal: cancel.signal,
       unsafeKeepGoaway: denoEnv("OPENSHELL_UNSAFE_KEEP_GOAWAY") === "1",
+      tuning,
     });
   } catch (err) {
     if (cancel.signal.aborted) {

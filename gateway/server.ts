@@ -23,8 +23,13 @@ import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
 import { SshTunnel } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
 import { SupervisorPlane } from "./supervisor_plane.ts";
+import type { RelayTuning } from "./tuning.ts";
 
-/** HTTP/2 flow-control windows of the relay plane (per stream / per connection). */
+/**
+ * HTTP/2 flow-control windows of the relay plane (per stream / per connection).
+ * `OPENSHELL_H2_DEFAULT_WINDOWS=1` keeps HTTP/2's 64 KiB defaults instead, for
+ * the before/after benchmark only (gateway/tuning.ts, docs/benchmarks.md).
+ */
 export const H2_STREAM_WINDOW = 2 * 1024 * 1024;
 /** Connection-level window. */
 export const H2_CONNECTION_WINDOW = 4 * 1024 * 1024;
@@ -55,6 +60,14 @@ export interface StartOptions {
   unsafeKeepGoaway?: boolean;
   /** Aborting gives up starting (e.g. SIGTERM while the driver comes up). */
   signal?: AbortSignal;
+  /**
+   * Benchmark knobs (gateway/tuning.ts; main.ts reads them from
+   * `OPENSHELL_H2_DEFAULT_WINDOWS` / `OPENSHELL_RELAY_CHUNK_BYTES`):
+   * `defaultH2Windows` skips raising the HTTP/2 windows to
+   * {@link H2_STREAM_WINDOW}/{@link H2_CONNECTION_WINDOW}; `relayChunkBytes`
+   * caps the relay frames the gateway sends. Production leaves both unset.
+   */
+  tuning?: Partial<RelayTuning>;
 }
 
 function defaultEndpoint(config: GatewayConfig, port: number): string {
@@ -77,6 +90,17 @@ function openStore(config: GatewayConfig): Store {
     case "postgres":
       throw new Error("postgres is not supported yet");
   }
+}
+
+async function readPem(path: string, flag: string): Promise<string> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new Error(`${flag}: cannot read ${path}: ${errorMessage(err)}`);
+  }
+  if (!text.includes("-----BEGIN ")) throw new Error(`${flag}: ${path} is not a PEM file`);
+  return text;
 }
 
 async function removeStale(path: string): Promise<void> {
@@ -136,7 +160,9 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       if (!rt) {
         if (prop === "createSandbox" || prop === "deleteSandbox") {
           return () =>
-            Promise.reject(new StatusError(Code.UNAVAILABLE, "the compute driver is not ready yet"));
+            Promise.reject(
+              new StatusError(Code.UNAVAILABLE, "the compute driver is not ready yet"),
+            );
         }
         throw new Error("compute runtime not ready");
       }
@@ -158,6 +184,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     log,
     heartbeatSecs: config.supervisorHeartbeatSecs,
     requireTokens: !config.disableGatewayAuth,
+    relayChunkBytes: options.tuning?.relayChunkBytes,
   });
   const exec = new ExecService({ store, registry, log });
   const tunnel = new SshTunnel({ store, registry, log });
@@ -182,7 +209,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     )
   );
   await Deno.chmod(grpcSocket, 0o600);
-  raiseWindows(grpcServer, log);
+  if (!options.tuning?.defaultH2Windows) raiseWindows(grpcServer, log);
 
   const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
     const path = head.target.split("?")[0];
@@ -208,8 +235,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     bind: config.bind,
     port: config.port,
     tls: config.disableTls ? undefined : {
-      cert: await Deno.readTextFile(config.tlsCert!),
-      key: await Deno.readTextFile(config.tlsKey!),
+      cert: await readPem(config.tlsCert!, "--tls-cert"),
+      key: await readPem(config.tlsKey!, "--tls-key"),
+      clientCa: config.disableGatewayAuth || !config.tlsClientCa
+        ? undefined
+        : await readPem(config.tlsClientCa, "--tls-client-ca"),
     },
     grpcSocketPath: grpcSocket,
     http,

@@ -9,8 +9,8 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import {
-  apiClient,
   type ApiClient,
+  apiClient,
   connectFakeSupervisor,
   type FakeSupervisor,
   openTunnel,
@@ -81,7 +81,9 @@ async function readySandbox(
   const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id, onRelay });
   await sup.accepted;
   await ready;
-  const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+  const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+    sandbox_id: sandbox.id,
+  });
   return { sandbox, sup, token };
 }
 
@@ -174,7 +176,9 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello and supersede", asy
     assert.match(old.details, /superseded/);
     assert.equal(await phase(f.api, "twice"), "SANDBOX_PHASE_READY");
     // Relays now go to the newest session.
-    const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+    const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+      sandbox_id: sandbox.id,
+    });
     const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
@@ -232,8 +236,10 @@ Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
   await withGateway(async (f) => {
     const { sandbox, sup } = await readySandbox(f, "many");
     const tokens = await Promise.all(
-      Array.from({ length: 4 }, () =>
-        f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id })),
+      Array.from(
+        { length: 4 },
+        () => f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id }),
+      ),
     );
     const runs = Array.from({ length: 12 }, async (_, i) => {
       const t = await openTunnel(f.gw.port, {
@@ -260,7 +266,10 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401, 404, 412, 429, 502 and 200", asy
     const status = async (headers: Record<string, string>, opts = {}) =>
       (await openTunnel(f.gw.port, headers, opts)).status;
 
-    assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": token }, { method: "GET" }), 405);
+    assert.equal(
+      await status({ "x-sandbox-id": id, "x-sandbox-token": token }, { method: "GET" }),
+      405,
+    );
     assert.equal(await status({ "x-sandbox-id": id }), 401);
     assert.equal(await status({ "x-sandbox-id": " ", "x-sandbox-token": token }), 400);
     assert.equal(await status({ "x-sandbox-id": "caf\u00e9", "x-sandbox-token": token }), 400);
@@ -270,9 +279,11 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401, 404, 412, 429, 502 and 200", asy
     const otherSup = connectFakeSupervisor({ port: f.gw.port, sandboxId: other.id });
     await otherSup.accepted;
     await waitPhase(f.api, other.id, "SANDBOX_PHASE_READY");
-    const otherToken = (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: other.id })).token;
+    const otherToken =
+      (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: other.id })).token;
     assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": otherToken }), 401);
-    const revoked = (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: id })).token;
+    const revoked =
+      (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: id })).token;
     assert.deepEqual(await f.api.call("RevokeSshSession", { token: revoked }), { revoked: true });
     assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": revoked }), 401);
 
@@ -300,9 +311,14 @@ Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
     const { sandbox, sup } = await readySandbox(f, "cap");
     const open = [];
     for (let i = 0; i < 7; i++) {
-      const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id });
+      const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+        sandbox_id: sandbox.id,
+      });
       for (let j = 0; j < 3; j++) {
-        const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+        const t = await openTunnel(f.gw.port, {
+          "x-sandbox-id": sandbox.id,
+          "x-sandbox-token": token,
+        });
         open.push(t);
       }
     }
@@ -321,7 +337,9 @@ Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => 
     const raw = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id, ignoreRelays: true });
     await raw.accepted;
     await ready;
-    const { token } = await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sb.id });
+    const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+      sandbox_id: sb.id,
+    });
     const t = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
     assert.equal(t.status, 502);
     raw.close();
@@ -348,8 +366,12 @@ Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at 
     );
     assert.equal(events[0].payload, "sandbox");
     assert.deepEqual(snapshots, ["SANDBOX_PHASE_PROVISIONING", "SANDBOX_PHASE_READY"]);
-    assert.ok(events.some((e) => e.payload === "log" && /supervisor session connected/.test(e.log.message)));
-    const logs = await f.api.call<{ logs: { message: string }[] }>("GetSandboxLogs", { sandbox_id: sb.id });
+    assert.ok(
+      events.some((e) => e.payload === "log" && /supervisor session connected/.test(e.log.message)),
+    );
+    const logs = await f.api.call<{ logs: { message: string }[] }>("GetSandboxLogs", {
+      sandbox_id: sb.id,
+    });
     assert.ok(logs.logs.some((l) => /sandbox watched created/.test(l.message)));
     sup.close();
   });

@@ -37,6 +37,8 @@ export interface SupervisorPlaneOptions {
   heartbeatSecs: number;
   /** Whether provisioned supervisor tokens are enforced. */
   requireTokens: boolean;
+  /** Largest relay frame payload sent to supervisors; default `RELAY_CHUNK_BYTES`. */
+  relayChunkBytes?: number;
 }
 
 type SessionCall = grpc.ServerDuplexStream<SupervisorMessage, Wire<GatewayMessage>>;
@@ -244,6 +246,7 @@ export class SupervisorPlane {
     }
     const bytes = relayFrameDuplex(call, {
       role: "server",
+      chunkBytes: this.#o.relayChunkBytes,
       abort: (err) => failStream(call, err ?? new StatusError(Code.CANCELLED, "relay closed")),
     });
     try {

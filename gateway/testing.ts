@@ -197,6 +197,10 @@ export interface FakeSupervisorOptions {
   client?: grpc.Client;
   /** Never answer `relay_open` (to test what happens when no relay comes). */
   ignoreRelays?: boolean;
+  /** Called with every message from the gateway. */
+  onMessage?: (message: GatewayMessage) => void;
+  /** Largest relay frame payload this supervisor sends; default `RELAY_CHUNK_BYTES`. */
+  chunkBytes?: number;
 }
 
 /** Connects a {@link FakeSupervisor} to a gateway on loopback. */
@@ -206,7 +210,9 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(options.metadata ?? {})) md.set(k, v);
   const c = client as unknown as {
-    ConnectSupervisor(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
+    ConnectSupervisor(
+      md: grpc.Metadata,
+    ): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
     RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame>;
   };
   const session = c.ConnectSupervisor(md);
@@ -222,19 +228,28 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
   const ended = new Promise<{ code: number; details: string }>((r) => resolveEnded = r);
   session.on("data", (m: GatewayMessage) => {
     received.push(m);
+    options.onMessage?.(m);
     if (m.payload === "session_accepted") resolveAccepted(m.session_accepted.session_id);
     if (m.payload === "relay_open" && !options.ignoreRelays) {
       const relay = c.RelayStream(md);
       relay.write({ init: { channel_id: m.relay_open.channel_id } });
-      const bytes = relayFrameDuplex(relay, { abort: () => relay.cancel() });
+      const bytes = relayFrameDuplex(relay, {
+        abort: () => relay.cancel(),
+        chunkBytes: options.chunkBytes,
+      });
       bytes.on("error", () => {});
       options.onRelay?.(bytes, m.relay_open.channel_id);
     }
   });
-  session.on("status", (s: grpc.StatusObject) => resolveEnded({ code: s.code, details: s.details }));
+  session.on(
+    "status",
+    (s: grpc.StatusObject) => resolveEnded({ code: s.code, details: s.details }),
+  );
   session.on("error", (err: Error) => rejectAccepted(err));
   if (options.hello === false) session.write({ heartbeat: {} });
-  else session.write({ hello: { sandbox_id: options.sandboxId, instance_id: crypto.randomUUID() } });
+  else {session.write({
+      hello: { sandbox_id: options.sandboxId, instance_id: crypto.randomUUID() },
+    });}
   return {
     received,
     accepted,
@@ -266,7 +281,10 @@ export function openTunnel(
 ): Promise<TunnelResult> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
-    const lines = [`${options.method ?? "CONNECT"} ${options.path ?? "/connect/ssh"} HTTP/1.1`, "Host: gateway"];
+    const lines = [
+      `${options.method ?? "CONNECT"} ${options.path ?? "/connect/ssh"} HTTP/1.1`,
+      "Host: gateway",
+    ];
     for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
     socket.write(lines.join("\r\n") + "\r\n\r\n");
     let buf = Buffer.alloc(0);
@@ -303,8 +321,13 @@ export function apiClient(port: number): ApiClient {
   return {
     raw,
     call<T>(method: string, request: unknown): Promise<T> {
-      const fn = (raw as unknown as Record<string, (r: unknown, cb: (e: unknown, v: T) => void) => void>)[method];
-      return new Promise((resolve, reject) => fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v)));
+      const fn =
+        (raw as unknown as Record<string, (r: unknown, cb: (e: unknown, v: T) => void) => void>)[
+          method
+        ];
+      return new Promise((resolve, reject) =>
+        fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v))
+      );
     },
     close: () => raw.close(),
   };

@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
+import type { Socket } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import { OpenShellClient, type RelayFrame, type Sandbox } from "../core/protocol.ts";
 import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
 import { FlagError } from "../core/flags.ts";
+import {
+  apiClient,
+  connectFakeSupervisor,
+  type FakeSupervisor,
+  openTunnel,
+  startGateway,
+} from "./testing.ts";
 import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES, readRelayTuning } from "./tuning.ts";
 
 function envOf(vars: Record<string, string>): (name: string) => string | undefined {
@@ -19,7 +29,10 @@ Deno.test("relay tuning: both knobs are read", () => {
     readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "1", [ENV_RELAY_CHUNK_BYTES]: "262144" })),
     { defaultH2Windows: true, relayChunkBytes: 262144 },
   );
-  assert.equal(readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "false" })).defaultH2Windows, false);
+  assert.equal(
+    readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "false" })).defaultH2Windows,
+    false,
+  );
 });
 
 Deno.test("relay tuning: bad values are one-line FlagErrors naming the variable", () => {
@@ -35,4 +48,62 @@ Deno.test("relay tuning: bad values are one-line FlagErrors naming the variable"
     () => readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "maybe" })),
     new FlagError(`${ENV_H2_DEFAULT_WINDOWS}: expected true or false, got "maybe"`),
   );
+});
+
+Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES", async () => {
+  await assert.rejects(
+    startGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "tiny" } }),
+    /status 2[\s\S]*OPENSHELL_RELAY_CHUNK_BYTES: expected a whole number of bytes/,
+  );
+
+  const gw = await startGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "1024" } });
+  const api = apiClient(gw.port);
+  const client = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure());
+  let relay: grpc.ClientDuplexStream<unknown, RelayFrame> | undefined;
+  let sup: FakeSupervisor | undefined;
+  let socket: Socket | undefined;
+  try {
+    const { sandbox } = await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "tuned" });
+    const sizes: number[] = [];
+    const total = 10_000;
+    let resolveAll!: () => void;
+    const all = new Promise<void>((r) => resolveAll = r);
+    sup = connectFakeSupervisor({
+      port: gw.port,
+      sandboxId: sandbox.id,
+      client,
+      ignoreRelays: true,
+      onMessage: (m) => {
+        if (m.payload !== "relay_open") return;
+        relay = (client as unknown as {
+          RelayStream(): grpc.ClientDuplexStream<unknown, RelayFrame>;
+        }).RelayStream();
+        relay.on("error", () => {});
+        relay.write({ init: { channel_id: m.relay_open.channel_id } });
+        relay.on("data", (f: RelayFrame) => {
+          if (f.payload !== "data") return;
+          sizes.push(f.data.length);
+          if (sizes.reduce((a, b) => a + b, 0) >= total) resolveAll();
+        });
+      },
+    });
+    await sup.accepted;
+    const { token } = await api.call<{ token: string }>("CreateSshSession", {
+      sandbox_id: sandbox.id,
+    });
+    const t = await openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    socket = t.socket;
+    assert.equal(t.status, 200, t.head);
+    socket.write(new Uint8Array(total));
+    await all;
+    assert.ok(Math.max(...sizes) <= 1024, `frames of ${sizes.join(",")} bytes`);
+    assert.ok(sizes.length >= total / 1024);
+  } finally {
+    socket?.destroy();
+    relay?.cancel();
+    sup?.close();
+    client.close();
+    api.close();
+    await gw.stop();
+  }
 });

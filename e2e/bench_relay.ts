@@ -1,0 +1,606 @@
+/**
+ * Relay-plane benchmarks against a real gateway process (started through
+ * `deno run` with its exact grants), each printed side by side with a
+ * baseline measured in the same process at the same time:
+ *
+ * - `throughput`: MB/s through CONNECT tunnel → gateway → relay → fake
+ *   supervisor (in this process), upload and download, for a few payload
+ *   sizes; baseline: a raw loopback TCP socket pair in this process.
+ * - `windows`: the same with HTTP/2 default windows vs the raised ones, for
+ *   relay frames of 16/64/256 KiB (`OPENSHELL_H2_DEFAULT_WINDOWS`,
+ *   `OPENSHELL_RELAY_CHUNK_BYTES`, see gateway/tuning.ts).
+ * - `latency`: CONNECT → 200 → first byte round trip vs a raw TCP connect
+ *   and echo; and a 1-byte round trip on an open tunnel vs raw TCP.
+ * - `exec`: `ExecSandbox` of `true` (real supervisor and OpenSSH's sshd;
+ *   needs root or a prepared `sandbox` user) vs spawning `sh -c true` here.
+ * - `ready`: CreateSandbox → supervisor hello → READY with a fake
+ *   supervisor vs a fresh gRPC channel's first unary call.
+ * - `memory`: the gateway's RSS per idle supervisor session, per idle gRPC
+ *   channel and per idle raw TCP connection (VmRSS before and after).
+ *
+ * Usage: `deno run -A e2e/bench_relay.ts [SECTION...]` (default: all).
+ * Figures are MB/s = 10^6 bytes/s; times in ms. No figure is asserted.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import net from "node:net";
+import type { ExecSandboxEvent } from "../core/protocol.ts";
+import { OpenShellClient } from "../core/protocol.ts";
+import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
+import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from "../gateway/server.ts";
+import {
+  type ApiClient,
+  apiClient,
+  connectFakeSupervisor,
+  openTunnel,
+  startGateway,
+  type TestGateway,
+} from "../gateway/testing.ts";
+import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES } from "../gateway/tuning.ts";
+import {
+  ensureSandboxUser,
+  gatewayApi,
+  startSupervisor,
+  type SupervisorProcess,
+} from "../supervisor/testing.ts";
+import {
+  closeSocket,
+  cpuMs,
+  echoSession,
+  fixed,
+  mbps,
+  type RawPeer,
+  type RelayRig,
+  rssKiB,
+  startRawPeer,
+  startRelayRig,
+  stats,
+  stopGateway,
+  SUPERVISOR_WINDOW_BYTES,
+  table,
+  timeDownload,
+  timeUpload,
+  waitPhase,
+} from "./benchkit.ts";
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** The sections, in the order they run. */
+export const SECTIONS = ["throughput", "windows", "latency", "exec", "ready", "memory"] as const;
+type Section = typeof SECTIONS[number];
+
+/** Cleanups of everything started so far, run on exit or Ctrl-C. */
+const cleanups = new Set<() => Promise<void>>();
+
+async function withResource<T extends { close(): Promise<void> }, R>(
+  resource: T,
+  fn: (r: T) => Promise<R>,
+): Promise<R> {
+  const close = () => resource.close();
+  cleanups.add(close);
+  try {
+    return await fn(resource);
+  } finally {
+    cleanups.delete(close);
+    await close();
+  }
+}
+
+function gatewayResource(gw: TestGateway): { gw: TestGateway; close(): Promise<void> } {
+  return { gw, close: () => stopGateway(gw) };
+}
+
+function heading(title: string): void {
+  console.log(`\n## ${title}\n`);
+}
+
+function size(bytes: number): string {
+  return bytes >= MiB ? `${bytes / MiB} MiB` : `${bytes / KiB} KiB`;
+}
+
+type Direction = "upload" | "download";
+
+/** One timed transfer: its rate, and the CPU time the gateway and this process spent. */
+interface Sample {
+  mbps: number;
+  bytes: number;
+  /** Gateway CPU ms (0 for the raw path). */
+  gatewayCpu: number;
+  /** This process's CPU ms (client, and the raw peer or the fake supervisor). */
+  selfCpu: number;
+}
+
+async function transfer(
+  connect: () => Promise<net.Socket>,
+  direction: Direction,
+  bytes: number,
+  gatewayPid?: number,
+): Promise<Sample> {
+  const socket = await connect();
+  try {
+    const g0 = gatewayPid ? await cpuMs(gatewayPid) : 0;
+    const s0 = await cpuMs(Deno.pid);
+    const ms = direction === "upload"
+      ? await timeUpload(socket, bytes)
+      : await timeDownload(socket, bytes);
+    const s1 = await cpuMs(Deno.pid);
+    const g1 = gatewayPid ? await cpuMs(gatewayPid) : 0;
+    return { mbps: mbps(bytes, ms), bytes, gatewayCpu: g1 - g0, selfCpu: s1 - s0 };
+  } finally {
+    await closeSocket(socket);
+  }
+}
+
+/** Median MB/s of samples. */
+function rate(samples: Sample[]): string {
+  return fixed(stats(samples.map((s) => s.mbps)).median);
+}
+
+/** CPU ms per MiB moved, over all samples. */
+function cpuPerMiB(samples: Sample[], which: "gatewayCpu" | "selfCpu"): string {
+  const cpu = samples.reduce((n, s) => n + s[which], 0);
+  const mib = samples.reduce((n, s) => n + s.bytes, 0) / MiB;
+  return fixed(cpu / mib, 2);
+}
+
+async function throughput(): Promise<void> {
+  heading("Relay throughput (MB/s, median of runs; production windows and 64 KiB frames)");
+  await withResource(await startRawPeer(), async (raw) => {
+    await withResource(
+      await startRelayRig({ clientWindow: SUPERVISOR_WINDOW_BYTES }),
+      async (rig) => {
+        const paths = { raw: () => raw.connect(), relay: () => rig.tunnel() };
+        for (const d of ["upload", "download"] as const) {
+          await transfer(paths.raw, d, 4 * MiB);
+          await transfer(paths.relay, d, 4 * MiB);
+        }
+        const rows: (string | number)[][] = [];
+        for (const [bytes, runs] of [[1 * MiB, 7], [8 * MiB, 5], [64 * MiB, 3]]) {
+          for (const d of ["upload", "download"] as const) {
+            const r: Sample[] = [];
+            const g: Sample[] = [];
+            for (let i = 0; i < runs; i++) {
+              r.push(await transfer(paths.raw, d, bytes));
+              g.push(await transfer(paths.relay, d, bytes, rig.gw.pid));
+            }
+            const ratio = stats(g.map((x) => x.mbps)).median / stats(r.map((x) => x.mbps)).median;
+            rows.push([
+              size(bytes),
+              d,
+              runs,
+              rate(r),
+              rate(g),
+              `${fixed(ratio * 100, 0)} %`,
+              cpuPerMiB(r, "selfCpu"),
+              cpuPerMiB(g, "gatewayCpu"),
+              cpuPerMiB(g, "selfCpu"),
+            ]);
+          }
+        }
+        console.log(
+          table([
+            "payload",
+            "direction",
+            "runs",
+            "raw TCP MB/s (baseline)",
+            "relay MB/s",
+            "relay/raw",
+            "raw: CPU ms/MiB, both ends",
+            "relay: gateway CPU ms/MiB",
+            "relay: client + fake supervisor CPU ms/MiB",
+          ], rows),
+        );
+      },
+    );
+  });
+}
+
+async function windows(): Promise<void> {
+  const bytes = 16 * MiB;
+  const rounds = 5;
+  heading(
+    `Flow-control windows and relay frame size (MB/s, ${size(bytes)}, median of ${rounds} ` +
+      "rounds; every configuration has its own gateway, measured round-robin)",
+  );
+  const configs: { label: string; env: Record<string, string>; clientWindow?: number }[] = [
+    {
+      label: "default (64 KiB both sides)",
+      env: { [ENV_H2_DEFAULT_WINDOWS]: "1" },
+    },
+    {
+      label: `raised (gateway ${size(H2_STREAM_WINDOW)}/${size(H2_CONNECTION_WINDOW)}, ` +
+        `supervisor ${size(SUPERVISOR_WINDOW_BYTES)})`,
+      env: {},
+      clientWindow: SUPERVISOR_WINDOW_BYTES,
+    },
+  ];
+  const cases = configs.flatMap((config) =>
+    [16 * KiB, 64 * KiB, 256 * KiB].map((chunk) => ({ config, chunk }))
+  );
+  await withResource(await startRawPeer(), async (raw) => {
+    const rigs: RelayRig[] = [];
+    const all = { close: async () => void await Promise.all(rigs.map((r) => r.close())) };
+    await withResource(all, async () => {
+      // Started one after the other: each start is CPU-bound on two cores anyway.
+      for (const c of cases) {
+        rigs.push(
+          await startRelayRig({
+            env: { ...c.config.env, [ENV_RELAY_CHUNK_BYTES]: String(c.chunk) },
+            clientWindow: c.config.clientWindow,
+            chunkBytes: c.chunk,
+          }),
+        );
+      }
+      const up = cases.map(() => [] as Sample[]);
+      const down = cases.map(() => [] as Sample[]);
+      const rawUp: Sample[] = [];
+      const rawDown: Sample[] = [];
+      for (const rig of rigs) await transfer(() => rig.tunnel(), "download", 2 * MiB);
+      for (let r = 0; r < rounds; r++) {
+        for (let i = 0; i < rigs.length; i++) {
+          const pid = rigs[i].gw.pid;
+          up[i].push(await transfer(() => rigs[i].tunnel(), "upload", bytes, pid));
+          down[i].push(await transfer(() => rigs[i].tunnel(), "download", bytes, pid));
+        }
+        rawUp.push(await transfer(() => raw.connect(), "upload", bytes));
+        rawDown.push(await transfer(() => raw.connect(), "download", bytes));
+      }
+      const rows: (string | number)[][] = cases.map((c, i) => [
+        c.config.label +
+        (c.chunk === RELAY_CHUNK_BYTES && c.config.clientWindow ? " (production)" : ""),
+        size(c.chunk),
+        rate(up[i]),
+        rate(down[i]),
+        cpuPerMiB(up[i], "gatewayCpu"),
+        cpuPerMiB(down[i], "gatewayCpu"),
+      ]);
+      rows.push([
+        "raw TCP, same process (baseline; CPU of both ends)",
+        "-",
+        rate(rawUp),
+        rate(rawDown),
+        cpuPerMiB(rawUp, "selfCpu"),
+        cpuPerMiB(rawDown, "selfCpu"),
+      ]);
+      console.log(table([
+        "HTTP/2 windows",
+        "relay frame",
+        "upload MB/s",
+        "download MB/s",
+        "gateway CPU ms/MiB up",
+        "down",
+      ], rows));
+    });
+  });
+}
+
+async function openAndEcho(
+  open: () => Promise<net.Socket>,
+): Promise<{ open: number; total: number }> {
+  const t0 = performance.now();
+  const socket = await open();
+  const t1 = performance.now();
+  const echo = echoSession(socket);
+  await echo.roundTrip(1);
+  const t2 = performance.now();
+  await echo.close();
+  return { open: t1 - t0, total: t2 - t0 };
+}
+
+function ms(values: number[]): string {
+  const s = stats(values);
+  return `${fixed(s.median, 2)} (${fixed(s.p90, 2)})`;
+}
+
+async function latency(): Promise<void> {
+  heading("Relay latency (ms, median (p90))");
+  await withResource(await startRawPeer(), async (raw: RawPeer) => {
+    await withResource(
+      await startRelayRig({ clientWindow: SUPERVISOR_WINDOW_BYTES }),
+      async (rig) => {
+        const n = 40;
+        const rawT: number[] = [];
+        const relayT: number[] = [];
+        const relayOpen: number[] = [];
+        const rawOpen: number[] = [];
+        for (let i = 0; i < n + 5; i++) {
+          const headers = { "x-sandbox-id": rig.sandbox.id, "x-sandbox-token": await rig.token() };
+          const r = await openAndEcho(() => raw.connect());
+          const g = await openAndEcho(async () => {
+            const t = await openTunnel(rig.gw.port, headers);
+            if (t.status !== 200) throw new Error(`CONNECT answered ${t.head}`);
+            t.socket.setNoDelay(true);
+            return t.socket;
+          });
+          if (i < 5) continue;
+          rawT.push(r.total);
+          rawOpen.push(r.open);
+          relayT.push(g.total);
+          relayOpen.push(g.open);
+        }
+        const rtt = async (socket: net.Socket) => {
+          const echo = echoSession(socket);
+          const out: number[] = [];
+          for (let i = 0; i < 220; i++) {
+            const t = await echo.roundTrip(1);
+            if (i >= 20) out.push(t);
+          }
+          await echo.close();
+          return out;
+        };
+        const rawRtt = await rtt(await raw.connect());
+        const relayRtt = await rtt(await rig.tunnel());
+        console.log(table(["measure", "raw TCP (baseline)", "relay"], [
+          [`connect (raw) / CONNECT → 200 (relay), n=${n}`, ms(rawOpen), ms(relayOpen)],
+          [`… plus first 1-byte echo round trip, n=${n}`, ms(rawT), ms(relayT)],
+          ["1-byte round trip on an open connection, n=200", ms(rawRtt), ms(relayRtt)],
+        ]));
+      },
+    );
+  });
+}
+
+function execTrue(api: grpc.Client, sandboxId: string): Promise<number> {
+  const call = (api as unknown as {
+    ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
+  }).ExecSandbox({ sandbox_id: sandboxId, command: ["true"] });
+  return new Promise((resolve, reject) => {
+    let exit: number | undefined;
+    call.on("data", (e: ExecSandboxEvent) => {
+      if (e.payload === "exit") exit = e.exit.exit_code;
+    });
+    call.on("end", () => exit === 0 ? resolve(0) : reject(new Error(`exec exit ${exit}`)));
+    call.on("error", reject);
+  });
+}
+
+async function exec(): Promise<void> {
+  heading("ExecSandbox latency of `true` (ms)");
+  try {
+    await ensureSandboxUser();
+  } catch (err) {
+    console.log(`(skipped: ${err instanceof Error ? err.message : err})`);
+    return;
+  }
+  const gw = await startGateway({ args: ["--log-level", "info"] });
+  await withResource(gatewayResource(gw), async () => {
+    const api = gatewayApi(gw.port);
+    const raw = apiClient(gw.port);
+    try {
+      const sandbox = await api.create("bench-exec");
+      const sup: SupervisorProcess = await startSupervisor({
+        endpoint: gw.endpoint,
+        sandboxId: sandbox.id,
+      });
+      await withResource(sup, async () => {
+        await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_READY");
+        const n = 15;
+        const execT: number[] = [];
+        const spawnT: number[] = [];
+        for (let i = 0; i < n + 2; i++) {
+          let t0 = performance.now();
+          await execTrue(raw.raw, sandbox.id);
+          const e = performance.now() - t0;
+          t0 = performance.now();
+          const out = await new Deno.Command("sh", {
+            args: ["-c", "true"],
+            stdin: "null",
+            stdout: "null",
+            stderr: "null",
+          }).output();
+          const s = performance.now() - t0;
+          if (!out.success) throw new Error("sh -c true failed");
+          if (i < 2) continue;
+          execT.push(e);
+          spawnT.push(s);
+        }
+        const row = (label: string, v: number[]) => {
+          const s = stats(v);
+          return [label, fixed(s.median), fixed(s.p90), fixed(s.min), fixed(s.max)];
+        };
+        console.log(table(["measure", "median", "p90", "min", "max"], [
+          row(`local spawn of sh -c true (baseline), n=${n}`, spawnT),
+          row(`ExecSandbox ["true"] via gateway → relay → sshd, n=${n}`, execT),
+        ]));
+      });
+    } finally {
+      api.close();
+      raw.close();
+    }
+  });
+}
+
+async function ready(): Promise<void> {
+  heading("Time to READY with a fake supervisor (ms, median (p90))");
+  const gw = await startGateway({ args: ["--log-level", "info"] });
+  await withResource(gatewayResource(gw), async () => {
+    const api = apiClient(gw.port);
+    try {
+      const n = 20;
+      const create: number[] = [];
+      const hello: number[] = [];
+      const total: number[] = [];
+      const firstCall: number[] = [];
+      for (let i = 0; i < n + 2; i++) {
+        // Baseline: a fresh channel (TCP + HTTP/2 handshake) and one unary call.
+        let t0 = performance.now();
+        const probe = new OpenShellClient(
+          `127.0.0.1:${gw.port}`,
+          grpc.credentials.createInsecure(),
+        );
+        await new Promise<void>((resolve, reject) =>
+          (probe as unknown as Record<string, (r: unknown, cb: (e: unknown) => void) => void>)
+            .Health({}, (e) => e ? reject(e) : resolve())
+        );
+        const f = performance.now() - t0;
+        probe.close();
+
+        t0 = performance.now();
+        const { sandbox } = await api.call<{ sandbox: { id: string } }>("CreateSandbox", {
+          name: `ready-${i}`,
+        });
+        const t1 = performance.now();
+        const readyP = waitPhase(api, sandbox.id, "SANDBOX_PHASE_READY");
+        const client = new OpenShellClient(
+          `127.0.0.1:${gw.port}`,
+          grpc.credentials.createInsecure(),
+        );
+        const sup = connectFakeSupervisor({ port: gw.port, sandboxId: sandbox.id, client });
+        await sup.accepted;
+        const t2 = performance.now();
+        await readyP;
+        const t3 = performance.now();
+        sup.close();
+        client.close();
+        if (i < 2) continue;
+        firstCall.push(f);
+        create.push(t1 - t0);
+        hello.push(t2 - t1);
+        total.push(t3 - t0);
+      }
+      console.log(table(["measure", "ms"], [
+        [`fresh gRPC channel + one unary Health call (baseline), n=${n}`, ms(firstCall)],
+        ["CreateSandbox call", ms(create)],
+        ["fresh channel + hello → session_accepted", ms(hello)],
+        ["create → hello → READY seen by WatchSandbox (total)", ms(total)],
+      ]));
+    } finally {
+      api.close();
+    }
+  });
+}
+
+async function settledRss(pid: number): Promise<number> {
+  await new Promise((r) => setTimeout(r, 1_500));
+  return await rssKiB(pid);
+}
+
+async function memory(): Promise<void> {
+  const n = 200;
+  heading(`Gateway memory per idle connection/session (VmRSS, ${n} of each)`);
+  const gw = await startGateway({ args: ["--log-level", "info"] });
+  await withResource(gatewayResource(gw), async () => {
+    const api: ApiClient = apiClient(gw.port);
+    const clients: grpc.Client[] = [];
+    const sessions: { close(): void }[] = [];
+    const sockets: net.Socket[] = [];
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < n; i++) {
+        ids.push(
+          (await api.call<{ sandbox: { id: string } }>("CreateSandbox", { name: `mem-${i}` }))
+            .sandbox.id,
+        );
+      }
+      const rss0 = await settledRss(gw.pid);
+
+      // n idle gRPC channels (each made one unary call, so HTTP/2 is set up).
+      for (let i = 0; i < n; i++) {
+        const c = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure());
+        clients.push(c);
+        await new Promise<void>((resolve, reject) =>
+          (c as unknown as Record<string, (r: unknown, cb: (e: unknown) => void) => void>)
+            .Health({}, (e) => e ? reject(e) : resolve())
+        );
+      }
+      const rss1 = await settledRss(gw.pid);
+
+      // One idle supervisor session on each of those channels.
+      const accepted: Promise<string>[] = [];
+      for (let i = 0; i < n; i++) {
+        const s = connectFakeSupervisor({ port: gw.port, sandboxId: ids[i], client: clients[i] });
+        sessions.push(s);
+        accepted.push(s.accepted);
+      }
+      await Promise.all(accepted);
+      const rss2 = await settledRss(gw.pid);
+
+      // Baseline: n idle raw TCP connections (no bytes sent; closed before the head timeout).
+      for (let i = 0; i < n; i++) {
+        const s = net.connect({ port: gw.port, host: "127.0.0.1" });
+        s.on("error", () => {});
+        await new Promise<void>((r) => s.once("connect", () => r()));
+        sockets.push(s);
+      }
+      const rss3 = await settledRss(gw.pid);
+
+      const per = (a: number, b: number) => fixed((b - a) / n, 1);
+      console.log(table(["step (in measured order)", "gateway VmRSS (MiB)", "KiB per item"], [
+        [`${n} sandboxes created, nothing connected`, fixed(rss0 / 1024), "-"],
+        [`+ ${n} idle gRPC channels (one Health call each)`, fixed(rss1 / 1024), per(rss0, rss1)],
+        [
+          `+ ${n} idle supervisor sessions on those channels`,
+          fixed(rss2 / 1024),
+          per(rss1, rss2),
+        ],
+        [`+ ${n} idle raw TCP connections (baseline)`, fixed(rss3 / 1024), per(rss2, rss3)],
+      ]));
+      console.log(`\n(one idle supervisor = channel + session: ${per(rss0, rss2)} KiB)`);
+    } finally {
+      for (const s of sockets) s.destroy();
+      for (const s of sessions) s.close();
+      for (const c of clients) c.close();
+      api.close();
+    }
+  });
+}
+
+const RUNNERS: Record<Section, () => Promise<void>> = {
+  throughput,
+  windows,
+  latency,
+  exec,
+  ready,
+  memory,
+};
+
+async function main(): Promise<number> {
+  const wanted = Deno.args.length ? Deno.args : [...SECTIONS];
+  for (const w of wanted) {
+    if (!(SECTIONS as readonly string[]).includes(w)) {
+      console.error(`bench_relay: unknown section "${w}" (expected ${SECTIONS.join(", ")})`);
+      return 2;
+    }
+  }
+  // On Ctrl-C/SIGTERM: stop everything started (in-flight transfers then fail; ignore that).
+  let interrupted = false;
+  const onSignal = async () => {
+    if (interrupted) return;
+    interrupted = true;
+    console.error("\n(interrupted: stopping what this run started)");
+    await Promise.all([...cleanups].map((c) => c().catch(() => {})));
+    Deno.exit(130);
+  };
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    if (interrupted) e.preventDefault();
+  });
+  globalThis.addEventListener("error", (e) => {
+    if (interrupted) e.preventDefault();
+  });
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  console.log(
+    `# openshell-deno relay benchmarks (deno ${Deno.version.deno}, ` +
+      `${navigator.hardwareConcurrency} CPUs, load ${Deno.loadavg().map((l) => l.toFixed(2))})`,
+  );
+  const started = performance.now();
+  try {
+    for (const w of wanted) {
+      const t0 = performance.now();
+      await RUNNERS[w as Section]();
+      console.log(`\n(${w}: ${fixed((performance.now() - t0) / 1000)} s)`);
+    }
+  } catch (err) {
+    if (interrupted) await new Promise(() => {}); // onSignal exits once cleaned up
+    throw err;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+  }
+  console.log(`\n(total ${fixed((performance.now() - started) / 1000)} s)`);
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
