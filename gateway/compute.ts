@@ -33,6 +33,8 @@ import { SandboxTopics } from "./topics.ts";
 export const SANDBOX_NAMESPACE = "default";
 /** How often the runtime reconciles against the driver's list. */
 export const RECONCILE_INTERVAL_MS = 60_000;
+/** How long create/delete wait for a driver that is still starting. */
+export const DRIVER_WAIT_MS = 60_000;
 /** Delay before re-opening a driver watch that ended. */
 export const WATCH_RESTART_MS = 2_000;
 
@@ -40,8 +42,12 @@ export const WATCH_RESTART_MS = 2_000;
 export interface ComputeRuntimeOptions {
   store: Store;
   registry: SessionRegistry<Duplex>;
-  /** Absent with `--drivers none`. */
+  /** Absent with `--drivers none`, or until {@link ComputeRuntime.attachDriver}. */
   driver?: ComputeDriver;
+  /** A driver will be attached later (default: whether `driver` is given). */
+  driverExpected?: boolean;
+  /** How long requests wait for that driver; default {@link DRIVER_WAIT_MS}. */
+  driverWaitMs?: number;
   log: Logger;
   /** Clock; default `Date.now`. */
   now?: () => number;
@@ -121,7 +127,11 @@ export class ComputeRuntime {
 
   readonly #store: Store;
   readonly #registry: SessionRegistry<Duplex>;
-  readonly #driver?: ComputeDriver;
+  #driver?: ComputeDriver;
+  readonly #expectDriver: boolean;
+  readonly #driverWaitMs: number;
+  readonly #driverWaiters = new Set<() => void>();
+  #started = false;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #reconcileMs: number;
@@ -139,6 +149,8 @@ export class ComputeRuntime {
     this.#store = options.store;
     this.#registry = options.registry;
     this.#driver = options.driver;
+    this.#expectDriver = options.driverExpected ?? options.driver !== undefined;
+    this.#driverWaitMs = options.driverWaitMs ?? DRIVER_WAIT_MS;
     this.#log = options.log;
     this.#now = options.now ?? Date.now;
     this.#reconcileMs = options.reconcileIntervalMs ?? RECONCILE_INTERVAL_MS;
@@ -147,25 +159,67 @@ export class ComputeRuntime {
 
   /** Whether a compute driver provisions sandboxes (false with `--drivers none`). */
   get hasDriver(): boolean {
-    return this.#driver !== undefined;
+    return this.#expectDriver;
+  }
+
+  /** Whether the expected driver is attached (or none is expected). */
+  get driverReady(): boolean {
+    return !this.#expectDriver || this.#driver !== undefined;
   }
 
   /** Starts observing sessions and, with a driver, its watch stream and reconciliation. */
   start(): void {
+    this.#started = true;
     this.#unobserve = this.#registry.observe((id, connected) =>
       this.#enqueue(() => this.#onSession(id, connected))
     );
-    if (this.#driver) {
-      this.#openWatch();
-      this.#reconcileTimer = setInterval(() => {
-        this.#enqueue(() => this.reconcile());
-      }, this.#reconcileMs);
+    if (this.#driver) this.#watchDriver();
+  }
+
+  /**
+   * Attaches the driver once its process answered (the gateway binds its port
+   * first, so sandboxes learn the endpoint); requests waiting for it proceed.
+   */
+  attachDriver(driver: ComputeDriver): void {
+    if (this.#driver) throw new Error("a compute driver is already attached");
+    this.#driver = driver;
+    for (const wake of [...this.#driverWaiters]) wake();
+    if (this.#started && !this.#stopped) this.#watchDriver();
+  }
+
+  #watchDriver(): void {
+    this.#openWatch();
+    this.#reconcileTimer = setInterval(() => {
+      this.#enqueue(() => this.reconcile());
+    }, this.#reconcileMs);
+  }
+
+  /**
+   * The driver, waiting up to `driverWaitMs` for it to be attached;
+   * undefined with `--drivers none`; UNAVAILABLE when it does not come.
+   */
+  async #requireDriver(): Promise<ComputeDriver | undefined> {
+    if (this.#driver || !this.#expectDriver) return this.#driver;
+    if (this.#stopped) throw new StatusError(Code.UNAVAILABLE, "the gateway is shutting down");
+    await new Promise<void>((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#driverWaiters.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, this.#driverWaitMs);
+      this.#driverWaiters.add(wake);
+    });
+    if (!this.#driver) {
+      throw new StatusError(Code.UNAVAILABLE, "the compute driver is not ready yet");
     }
+    return this.#driver;
   }
 
   /** Stops timers and watches and ends every subscription; the driver itself is closed by its owner. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    for (const wake of [...this.#driverWaiters]) wake();
     this.#unobserve?.();
     this.#cancelWatch?.();
     clearTimeout(this.#watchTimer);
@@ -222,12 +276,13 @@ export class ComputeRuntime {
       current_policy_version: 0,
     };
     const secrets: SandboxSecrets = {};
-    if (this.#driver) {
+    const driver = await this.#requireDriver();
+    if (driver) {
       const key = generateHostKey(`openshell-${input.name}`);
       secrets.sshHostKey = key.privateKey;
       secrets.hostKeyFingerprint = key.fingerprint;
       secrets.supervisorToken = randomBytes(32).toString("base64url");
-      await this.#driver.validateCreate(toDriverSandbox(sandbox, secrets));
+      await driver.validateCreate(toDriverSandbox(sandbox, secrets));
     }
     if (await this.#store.getSandboxByName(input.name)) {
       throw new StatusError(Code.ALREADY_EXISTS, `sandbox "${input.name}" already exists`);
@@ -235,9 +290,9 @@ export class ComputeRuntime {
     await this.#store.createSandbox({ sandbox, secrets });
     this.log(sandbox.id, "info", `sandbox ${sandbox.name} created`);
     this.statusTopics.publish(sandbox.id);
-    if (this.#driver) {
+    if (driver) {
       try {
-        await this.#driver.create(toDriverSandbox(sandbox, secrets));
+        await driver.create(toDriverSandbox(sandbox, secrets));
       } catch (err) {
         await this.#store.deleteSandbox(sandbox.id);
         this.statusTopics.drop(sandbox.id);
@@ -256,6 +311,7 @@ export class ComputeRuntime {
    */
   async deleteSandbox(record: SandboxRecord): Promise<boolean> {
     const id = record.sandbox.id;
+    const driver = await this.#requireDriver();
     await this.#store.updateSandbox(
       id,
       (r) =>
@@ -265,9 +321,9 @@ export class ComputeRuntime {
     );
     this.log(id, "info", `sandbox ${record.sandbox.name} deleting`);
     this.statusTopics.publish(id);
-    if (this.#driver) {
+    if (driver) {
       try {
-        await this.#driver.delete(id, record.sandbox.name);
+        await driver.delete(id, record.sandbox.name);
       } catch (err) {
         this.#log.warn("driver failed to delete sandbox", {
           sandbox: id,

@@ -149,7 +149,13 @@ interface Harness {
 }
 
 function harness(
-  options: { driver?: boolean; watchRestartMs?: number; reconcileIntervalMs?: number } = {},
+  options: {
+    driver?: boolean;
+    lateDriver?: boolean;
+    driverWaitMs?: number;
+    watchRestartMs?: number;
+    reconcileIntervalMs?: number;
+  } = {},
 ): Harness {
   const store = SqliteStore.open();
   const registry = new SessionRegistry<Duplex>();
@@ -158,7 +164,9 @@ function harness(
   const runtime = new ComputeRuntime({
     store,
     registry,
-    driver: options.driver === false ? undefined : driver,
+    driver: options.driver === false || options.lateDriver ? undefined : driver,
+    driverExpected: options.lateDriver ? true : undefined,
+    driverWaitMs: options.driverWaitMs,
     log: new Logger({ level: "debug", sink: (l) => logLines.push(l) }),
     watchRestartMs: options.watchRestartMs,
     // far beyond any test, so only the reconciles a test provokes happen
@@ -696,4 +704,25 @@ Deno.test("reconcile: a failing driver list changes nothing", async () => {
   await h.runtime.reconcile();
   assert.equal((await h.store.getSandbox(id))?.sandbox.phase, "SANDBOX_PHASE_PROVISIONING");
   assert.ok(h.logLines.some((l) => l.includes("reconcile: driver list failed")));
+});
+
+Deno.test("create waits for a driver that is still starting, then uses it", async () => {
+  await using h = harness({ lateDriver: true });
+  assert.equal(h.runtime.driverReady, false);
+  const creating = h.runtime.createSandbox({ name: "early", spec: spec() });
+  assert.equal(h.driver.count("create"), 0);
+  h.runtime.attachDriver(h.driver);
+  const sb = await creating;
+  assert.equal(h.runtime.driverReady, true);
+  assert.equal(h.driver.count("create"), 1);
+  assert.equal((await h.store.getSandbox(sb.id))?.sandbox.name, "early");
+});
+
+Deno.test("create is UNAVAILABLE when the expected driver never comes", async () => {
+  await using h = harness({ lateDriver: true, driverWaitMs: 20 });
+  await assert.rejects(
+    h.runtime.createSandbox({ name: "never", spec: spec() }),
+    (e: unknown) => e instanceof StatusError && e.code === Code.UNAVAILABLE,
+  );
+  assert.equal(await h.store.countSandboxes(), 0);
 });

@@ -11,7 +11,6 @@ import type { Duplex } from "node:stream";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
-import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import { ComputeRuntime } from "./compute.ts";
 import { driverSocketPath, type GatewayConfig, internalSocketPath } from "./config.ts";
@@ -141,42 +140,23 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   registry.startReaper();
 
   const endpointRef: { current?: SshEndpoint } = {};
-  let driverReady = config.drivers === "none";
   let driver: ComputeDriver | undefined;
-  const computeHolder: { runtime?: ComputeRuntime } = {};
-
-  // The compute runtime needs the driver, which needs the bound port; build a
-  // placeholder runtime now and swap in the driver-backed one once started.
-  const makeRuntime = (d?: ComputeDriver) => {
-    const rt = new ComputeRuntime({ store, registry, driver: d, log });
-    rt.start();
-    return rt;
-  };
-  if (config.drivers === "none") computeHolder.runtime = makeRuntime();
-
-  const compute = new Proxy({} as ComputeRuntime, {
-    get(_t, prop) {
-      const rt = computeHolder.runtime;
-      if (!rt) {
-        if (prop === "createSandbox" || prop === "deleteSandbox") {
-          return () =>
-            Promise.reject(
-              new StatusError(Code.UNAVAILABLE, "the compute driver is not ready yet"),
-            );
-        }
-        throw new Error("compute runtime not ready");
-      }
-      const v = (rt as unknown as Record<PropertyKey, unknown>)[prop];
-      return typeof v === "function" ? v.bind(rt) : v;
-    },
+  // The driver learns the gateway's endpoint, so it starts once the port is
+  // bound; until then create/delete wait for it (see ComputeRuntime.attachDriver).
+  const compute = new ComputeRuntime({
+    store,
+    registry,
+    log,
+    driverExpected: config.drivers === "vm",
   });
+  compute.start();
 
   const sandboxes = new SandboxService({
     store,
     compute,
     log,
     sshEndpoint: () => endpointRef.current!,
-    healthy: () => driverReady,
+    healthy: () => compute.driverReady,
   });
   const plane = new SupervisorPlane({
     store,
@@ -220,7 +200,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       socket.end(httpResponse(200, { body: "ok" }));
     } else if (path === "/readyz" && (head.method === "GET" || head.method === "HEAD")) {
       socket.end(
-        driverReady && computeHolder.runtime
+        compute.driverReady
           ? httpResponse(200, { body: "ready" })
           : httpResponse(503, { body: "compute driver not ready" }),
       );
@@ -291,7 +271,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       const closed = listener.stopAccepting().catch(() => {});
       plane.closeAll();
       tunnel.closeAll();
-      await computeHolder.runtime?.stop();
+      await compute.stop();
       registry.close();
       await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
       listener.destroyAll();
@@ -320,11 +300,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     if (config.vmVcpus) args.push("--vm-vcpus", String(config.vmVcpus));
     if (config.vmMemMib) args.push("--vm-mem-mib", String(config.vmMemMib));
     try {
-      // The driver creates its own state dir; the gateway's grants cover only
-      // the socket inside it, so a denied mkdir here is expected and harmless.
-      await Deno.mkdir(config.vmDriverStateDir, { recursive: true, mode: 0o700 }).catch((err) => {
-        if (!(err instanceof Deno.errors.NotCapable)) throw err;
-      });
+      // The driver creates its own state dir (the gateway may touch only the socket in it).
       const proc = await startDriverProcess({
         binary: `${config.driverDir}/openshell-driver-vm`,
         args,
@@ -343,8 +319,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
           stop();
         }
       });
-      computeHolder.runtime = makeRuntime(driver);
-      driverReady = true;
+      compute.attachDriver(driver);
     } catch (err) {
       await stop();
       throw err;
