@@ -17,6 +17,12 @@
  *
  * @module
  */
+import {
+  EndpointError,
+  type GatewayEndpoint,
+  isLoopbackOrUnspecified,
+  parseEndpoint as parseGatewayUrl,
+} from "../core/endpoint.ts";
 import { CliError } from "./errors.ts";
 
 /** Reads one environment variable (`undefined` when unset or not readable). */
@@ -33,58 +39,19 @@ export function configRoot(env: EnvReader): string {
   return `${home.replace(/\/+$/, "")}/.config/openshell`;
 }
 
-/** A parsed gateway URL. */
-export interface GatewayEndpoint {
-  /** Normalised `scheme://host:port` (IPv6 hosts in brackets). */
-  url: string;
-  /** `http` = plaintext, `https` = TLS. */
-  scheme: "http" | "https";
-  /** Host name or address, IPv6 without brackets. */
-  host: string;
-  /** Port (the scheme's default when the URL has none). */
-  port: number;
-  /** Path after the authority ("" when none). */
-  path: string;
-}
+export { type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
 
-/** Parses a gateway URL (`http://host:port` or `https://host:port`). */
+/** Parses a gateway URL (`http://host:port` or `https://host:port`); a {@link CliError} otherwise. */
 export function parseEndpoint(
   text: string,
   options: { allowPath?: boolean } = {},
 ): GatewayEndpoint {
-  let u: URL;
   try {
-    u = new URL(text.trim());
-  } catch {
-    throw new CliError(
-      `invalid gateway URL "${text}" (expected http://HOST:PORT or https://HOST:PORT)`,
-    );
+    return parseGatewayUrl(text, options);
+  } catch (err) {
+    if (err instanceof EndpointError) throw new CliError(`invalid gateway URL: ${err.message}`);
+    throw err;
   }
-  const scheme = u.protocol.slice(0, -1);
-  if (scheme !== "http" && scheme !== "https") {
-    throw new CliError(`invalid gateway URL "${text}": the scheme must be http or https`);
-  }
-  if (!u.hostname) throw new CliError(`invalid gateway URL "${text}": no host`);
-  if (u.username || u.password) {
-    throw new CliError(`invalid gateway URL "${text}": user info is not supported`);
-  }
-  if (u.search || u.hash) {
-    throw new CliError(`invalid gateway URL "${text}": no query or fragment allowed`);
-  }
-  const path = u.pathname === "/" ? "" : u.pathname;
-  if (path && !options.allowPath) {
-    throw new CliError(`invalid gateway URL "${text}": no path allowed`);
-  }
-  const port = u.port ? Number(u.port) : scheme === "https" ? 443 : 80;
-  const host = u.hostname.replace(/^\[(.*)\]$/, "$1");
-  return { url: `${scheme}://${u.hostname}:${port}`, scheme, host, port, path };
-}
-
-/** Whether `host` is a loopback or unspecified address (or `localhost`). */
-export function isLoopbackOrUnspecified(host: string): boolean {
-  const h = host.replace(/^\[(.*)\]$/, "$1").toLowerCase();
-  return h === "localhost" || h === "::1" || h === "::" || h === "0.0.0.0" ||
-    h.startsWith("127.") || h === "0:0:0:0:0:0:0:1" || h === "0:0:0:0:0:0:0:0";
 }
 
 /** `gateways/<name>/metadata.json` (upstream-compatible fields). */

@@ -5,6 +5,11 @@
  *
  * @module
  */
+import {
+  EndpointError,
+  type GatewayEndpoint,
+  parseEndpoint as parseGatewayUrl,
+} from "../core/endpoint.ts";
 import { parseArgs } from "node:util";
 import { PRODUCTION_PARAMS } from "../core/grants.ts";
 import { type LogLevel, parseLogLevel } from "../core/log.ts";
@@ -146,31 +151,25 @@ function positiveInt(what: string, value: string, max: number): number {
 
 /** Parses the gateway endpoint; the driver forwards guests to its host and port. */
 export function parseEndpoint(value: string, what: string): DriverConfig["endpoint"] {
-  let url: URL;
+  let ep: GatewayEndpoint;
   try {
-    url = new URL(value.trim());
-  } catch {
-    throw new DriverConfigError(`${what} is not a URL: "${value}" (expected http://HOST:PORT)`);
+    ep = parseGatewayUrl(value);
+  } catch (err) {
+    if (err instanceof EndpointError) throw new DriverConfigError(`${what} ${err.message}`);
+    throw err;
   }
-  const scheme = url.protocol.slice(0, -1);
-  if (scheme !== "http" && scheme !== "https") {
-    throw new DriverConfigError(`${what} must use http:// or https://, got "${url.protocol}//"`);
-  }
-  if (scheme === "https") {
+  if (ep.scheme === "https") {
     throw new DriverConfigError(
       `${what}: https endpoints are not supported by the VM driver yet (guests get no TLS files); ` +
         "run the gateway with --disable-tls for VM sandboxes",
     );
   }
-  let host = url.hostname.replace(/^\[|\]$/g, "");
-  if (!host) throw new DriverConfigError(`${what} has no host: "${value}"`);
-  if (host === "0.0.0.0") host = "127.0.0.1";
-  if (host === "::") host = "::1";
+  // An unspecified listen address is reached on loopback.
+  const host = ep.host === "0.0.0.0" ? "127.0.0.1" : ep.host === "::" ? "::1" : ep.host;
   if (!/^[A-Za-z0-9.:-]+$/.test(host)) {
     throw new DriverConfigError(`${what} has an invalid host: "${host}"`);
   }
-  const port = url.port ? Number(url.port) : 80;
-  return { scheme, host, port };
+  return { scheme: ep.scheme, host, port: ep.port };
 }
 
 /** Parses the driver's arguments and environment (`env` returns undefined when unset). */

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { EndpointError, parseEndpoint } from "../core/endpoint.ts";
 import { type EnvReader, FlagError, type FlagSpec, parseFlags, renderHelp } from "../core/flags.ts";
 import type { GatewayGrantParams } from "../core/grants.ts";
 import type { LogFormat, LogLevel } from "../core/log.ts";
@@ -330,10 +331,13 @@ function validate(c: GatewayConfig): void {
       `--ssh-connect-path: must start with "/" and hold URL path characters only`,
     );
   }
-  if (c.grpcEndpoint && !/^https?:\/\/[^/\s]+\/?$/.test(c.grpcEndpoint)) {
-    throw new FlagError(
-      `--grpc-endpoint: expected http://HOST:PORT or https://HOST:PORT, got "${c.grpcEndpoint}"`,
-    );
+  if (c.grpcEndpoint) {
+    try {
+      parseEndpoint(c.grpcEndpoint);
+    } catch (err) {
+      if (err instanceof EndpointError) throw new FlagError(`--grpc-endpoint ${err.message}`);
+      throw err;
+    }
   }
   if (c.db.kind === "postgres") {
     throw new FlagError(

@@ -7,6 +7,11 @@
  *
  * @module
  */
+import {
+  EndpointError,
+  type GatewayEndpoint,
+  parseEndpoint as parseGatewayUrl,
+} from "../core/endpoint.ts";
 import { type EnvReader, FlagError, type FlagSpec, parseFlags, renderHelp } from "../core/flags.ts";
 import { DEFAULT_SSH_SOCKET_PATH } from "../core/grants.ts";
 import { type LogFormat, type LogLevel, parseLogLevel } from "../core/log.ts";
@@ -190,27 +195,14 @@ interface ParsedEndpoint {
 
 /** Validates a gateway endpoint URL and normalises it (exported for tests). */
 export function parseEndpoint(value: string, what = "--openshell-endpoint"): ParsedEndpoint {
-  let url: URL;
+  let ep: GatewayEndpoint;
   try {
-    url = new URL(value.trim());
-  } catch {
-    throw new FlagError(`${what} is not a URL: "${value}" (expected http://HOST:PORT)`);
+    ep = parseGatewayUrl(value);
+  } catch (err) {
+    if (err instanceof EndpointError) throw new FlagError(`${what} ${err.message}`);
+    throw err;
   }
-  const scheme = url.protocol.slice(0, -1);
-  if (scheme !== "http" && scheme !== "https") {
-    throw new FlagError(`${what} must be an http:// or https:// URL, got "${value}"`);
-  }
-  if (!url.hostname) throw new FlagError(`${what} has no host: "${value}"`);
-  if (url.username || url.password) {
-    throw new FlagError(`${what} must not carry credentials`);
-  }
-  if ((url.pathname !== "/" && url.pathname !== "") || url.search || url.hash) {
-    throw new FlagError(`${what} must not have a path, query or fragment: "${value}"`);
-  }
-  const port = url.port ? Number(url.port) : scheme === "https" ? 443 : 80;
-  const host = url.hostname.replace(/^\[|\]$/g, "");
-  const hostForUrl = host.includes(":") ? `[${host}]` : host;
-  return { endpoint: `${scheme}://${hostForUrl}:${port}`, scheme, host, port };
+  return { endpoint: ep.url, scheme: ep.scheme, host: ep.host, port: ep.port };
 }
 
 /**

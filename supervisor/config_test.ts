@@ -149,7 +149,7 @@ Deno.test("config: bad input stops it with a clear message", () => {
     ],
     [["--sandbox-id", "x", "--openshell-endpoint", "not a url"], {}, /is not a URL/],
     [["--sandbox-id", "x", "--openshell-endpoint", "ftp://h:1"], {}, /http:\/\/ or https/],
-    [["--sandbox-id", "x", "--openshell-endpoint", "http://h:1/api"], {}, /path, query/],
+    [["--sandbox-id", "x", "--openshell-endpoint", "http://h:1/api"], {}, /must not have a path/],
     [["--sandbox-id", "x", "--openshell-endpoint", "http://u:p@h:1"], {}, /credentials/],
     [
       ["--sandbox-id", "x"],
