@@ -94,7 +94,7 @@ Deno.test("driver: create writes the guest files and starts one VM reporting Sta
   assert.equal(await Deno.readTextFile(`${sdir}/guest/supervisor_token`), "TOK");
   assert.equal((await Deno.stat(`${sdir}/guest/supervisor_token`)).mode! & 0o777, 0o600);
   const env = await Deno.readTextFile(`${sdir}/guest/environment`);
-  assert.equal(env, "FOO=bar\n", "provisioning secrets never reach the user environment");
+  assert.equal(env, '{"FOO":"bar"}\n', "provisioning secrets never reach the user environment");
   assert.match(await Deno.readTextFile(`${sdir}/guest/config`), /OPENSHELL_LOG_LEVEL=debug/);
   const snap = f.driver.get("sb-1", "");
   assert.deepEqual(snap.status!.conditions.map((c) => [c.type, c.status, c.reason]), [[

@@ -70,10 +70,16 @@ export function renderGuestConfig(config: GuestConfig): string {
   });
 }
 
-/** The sandbox environment for user processes: `KEY='value'` lines, sorted by key. */
+/**
+ * The sandbox environment for user processes, as the supervisor's
+ * `--env-file` reads it: a JSON object, keys sorted.
+ */
 export function renderGuestEnvironment(env: Readonly<Record<string, string>>): string {
+  for (const k of Object.keys(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`invalid variable name: ${k}`);
+  }
   const sorted = Object.fromEntries(
     Object.entries(env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
   );
-  return assignments(sorted);
+  return JSON.stringify(sorted) + "\n";
 }

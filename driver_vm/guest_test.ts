@@ -24,7 +24,8 @@ Deno.test("guest config: sourcing it in sh gives back the exact values", async (
   assert.equal(new TextDecoder().decode(out.stdout), name);
 });
 
-Deno.test("guest environment: sorted, quoted, names checked", () => {
-  assert.equal(renderGuestEnvironment({ B: "2 3", A: "1" }), "A=1\nB='2 3'\n");
+Deno.test("guest environment: a sorted JSON object, names checked", () => {
+  assert.equal(renderGuestEnvironment({ B: "2 '3\"", A: "1" }), '{"A":"1","B":"2 \'3\\""}\n');
+  assert.deepEqual(JSON.parse(renderGuestEnvironment({ K: "v" })), { K: "v" });
   assert.throws(() => renderGuestEnvironment({ "BAD-NAME": "x" }), /invalid variable name/);
 });

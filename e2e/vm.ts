@@ -218,7 +218,11 @@ async function main(): Promise<number> {
     });
 
     await step("2. sandbox create -- echo smoke-ok", async () => {
-      const r = await cli(["sandbox", "create", "--", "echo", "smoke-ok"], 300_000);
+      // The environment set at create reaches the sandbox's sessions (checked in step 3).
+      const r = await cli(
+        ["sandbox", "create", "-e", "SMOKE_GREETING=set at create", "--", "echo", "smoke-ok"],
+        300_000,
+      );
       check(r.code === 0 && r.stdout.includes("smoke-ok"), `create failed: ${show(r)}`);
       const m = /Created sandbox:\s*(\S+)/.exec(r.stderr + r.stdout);
       check(m, `no "Created sandbox: NAME" in the output: ${show(r)}`);
@@ -243,6 +247,8 @@ async function main(): Promise<number> {
       check(r.code === 3, `want exit 3: ${show(r)}`);
       check(r.stdout.includes("out") && !r.stdout.includes("err"), `stdout: ${show(r)}`);
       check(r.stderr.includes("err"), `stderr: ${show(r)}`);
+      const env = await cli(["sandbox", "exec", name, "--", "sh", "-c", "echo $SMOKE_GREETING"]);
+      check(env.stdout.trim() === "set at create", `sandbox environment: ${show(env)}`);
     });
 
     await step("4. OpenSSH via ssh-proxy: command and sftp in/out", async () => {

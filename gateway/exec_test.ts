@@ -37,7 +37,11 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
   const gw = await startGateway();
   const api = apiClient(gw.port);
   const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "exec" })).sandbox;
-  const sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id });
+  const sup = await startSupervisor({
+    endpoint: gw.endpoint,
+    sandboxId: sandbox.id,
+    environment: { SANDBOX_GREETING: "set at create" },
+  });
   try {
     await sup.waitForEvent((e) => e.activity_name === "Open" && /session/.test(e.message));
     const id = sandbox.id;
@@ -70,6 +74,13 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
         environment: { GREETING: "it's me" },
       });
       assert.equal(r.stdout, "/tmp it's me sandbox\n");
+    });
+    await t.step("the sandbox's environment reaches every command", async () => {
+      const r = await exec(api, {
+        sandbox_id: id,
+        command: ["sh", "-c", "echo $SANDBOX_GREETING"],
+      });
+      assert.equal(r.stdout, "set at create\n");
     });
     await t.step("timeout_seconds ends a long command with exit 124", async () => {
       const r = await exec(api, { sandbox_id: id, command: ["sleep", "30"], timeout_seconds: 1 });

@@ -59,6 +59,8 @@ export interface SupervisorConfig {
   token?: string;
   /** File holding the supervisor token (from `--supervisor-token-file`). */
   tokenFile?: string;
+  /** JSON file of the sandbox's environment, applied to every SSH session. */
+  envFile?: string;
   /** Least severe log level written. */
   logLevel: LogLevel;
   /** Log line format. */
@@ -138,6 +140,13 @@ export const FLAGS: readonly FlagSpec[] = [
     placeholder: "PATH",
     description: "file holding the supervisor token (or the token itself in " +
       "OPENSHELL_SUPERVISOR_TOKEN)",
+  },
+  {
+    name: "env-file",
+    type: "string",
+    env: "OPENSHELL_ENV_FILE",
+    placeholder: "PATH",
+    description: "JSON object of environment variables for every SSH session",
   },
   {
     name: "log-level",
@@ -296,6 +305,9 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
     throw new FlagError(`set either ${TOKEN_ENV} or ${tf!.what}, not both`);
   }
 
+  const ef = get("env-file");
+  const envFile = ef && ef.value.trim() !== "" ? requireAbsolute(ef.what, ef.value) : undefined;
+
   const lv = get("log-level")!;
   let logLevel: LogLevel;
   try {
@@ -320,6 +332,7 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
       tls,
       token,
       tokenFile,
+      envFile,
       logLevel,
       logFormat,
     },
@@ -336,6 +349,7 @@ export function filesRead(config: SupervisorConfig): string[] {
   return [
     ...(config.hostKeyPath ? [config.hostKeyPath] : []),
     ...(config.tokenFile ? [config.tokenFile] : []),
+    ...(config.envFile ? [config.envFile] : []),
     ...(config.tls ? [config.tls.ca, config.tls.cert, config.tls.key] : []),
   ];
 }

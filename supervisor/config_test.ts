@@ -42,10 +42,14 @@ Deno.test("config: defaults", () => {
     tls: undefined,
     token: undefined,
     tokenFile: undefined,
+    envFile: undefined,
     logLevel: "info",
     logFormat: "text",
   });
   assert.deepEqual(filesRead(c), []);
+  const withEnv = parse([...BASE, "--env-file", "/etc/openshell/environment"]);
+  assert.equal(withEnv.envFile, "/etc/openshell/environment");
+  assert.deepEqual(filesRead(withEnv), ["/etc/openshell/environment"]);
 });
 
 Deno.test("config: every flag has its environment twin; flags win", () => {

@@ -173,6 +173,13 @@ class HostDriver {
       args.push("--supervisor-token-file", `${dir}/token`);
       readFiles.push(`${dir}/token`);
     }
+    const environment = {
+      ...(sandbox.spec?.template?.environment ?? {}),
+      ...provisioning.environment,
+    } as Record<string, string>;
+    await Deno.writeTextFile(`${dir}/environment.json`, JSON.stringify(environment));
+    args.push("--env-file", `${dir}/environment.json`);
+    readFiles.push(`${dir}/environment.json`);
     const socketPath = await this.#socketPath(id);
     args.push("--ssh-socket-path", socketPath);
     const level = sandbox.spec?.log_level || this.#logLevel;

@@ -50,6 +50,29 @@ async function readToken(config: SupervisorConfig): Promise<string | undefined> 
   return token;
 }
 
+/** Reads the JSON environment file: an object of string values. */
+async function readEnvironment(config: SupervisorConfig): Promise<Record<string, string>> {
+  if (config.envFile === undefined) return {};
+  const text = new TextDecoder().decode(await readFile("environment file", config.envFile));
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`environment file ${config.envFile} is not JSON: ${errorMessage(err)}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error(`environment file ${config.envFile} must hold a JSON object`);
+  }
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v !== "string") {
+      throw new Error(`environment file ${config.envFile}: the value of ${k} is not a string`);
+    }
+    env[k] = v;
+  }
+  return env;
+}
+
 async function readTls(config: SupervisorConfig): Promise<TlsMaterial | undefined> {
   if (!config.tls) return undefined;
   return {
@@ -96,7 +119,11 @@ export async function main(args: readonly string[]): Promise<number> {
     const hostKey = config.hostKeyPath
       ? new TextDecoder().decode(await readFile("host key", config.hostKeyPath))
       : generateHostKey().privateKey;
-    const files = await writeSshdFiles(dir, { hostKey, logLevel: config.logLevel });
+    const files = await writeSshdFiles(dir, {
+      hostKey,
+      logLevel: config.logLevel,
+      environment: await readEnvironment(config),
+    });
     await checkSshd(config.sshd, files.configPath);
     server = await SshdServer.listen({
       socketPath: config.socketPath,

@@ -138,6 +138,8 @@ export interface WriteSshdFilesOptions {
   hostKey: string;
   /** The supervisor's log level (mapped to sshd's). */
   logLevel?: LogLevel;
+  /** The sandbox's environment for every session. */
+  environment?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -161,7 +163,11 @@ export async function writeSshdFiles(
   await writePrivateFile(hostKeyPath, key);
   await writePrivateFile(
     configPath,
-    renderSshdConfig({ hostKeyPath, logLevel: options.logLevel }),
+    renderSshdConfig({
+      hostKeyPath,
+      logLevel: options.logLevel,
+      environment: options.environment,
+    }),
   );
   return { configPath, hostKeyPath, fingerprint: fingerprintOfPublicKey(publicKey) };
 }

@@ -24,6 +24,25 @@ export interface SshdConfigOptions {
   user?: string;
   /** The supervisor's log level, mapped to sshd's `LogLevel`. */
   logLevel?: LogLevel;
+  /** The sandbox's environment, set for every session (`SetEnv`). */
+  environment?: Readonly<Record<string, string>>;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * One `SetEnv` argument: `"NAME=value"` with `\` and `"` escaped the way
+ * sshd's config parser reads them. Throws for a bad name or a control
+ * character in the value.
+ */
+export function setEnvArgument(name: string, value: string): string {
+  if (!ENV_NAME.test(name)) {
+    throw new Error(`invalid environment variable name: ${JSON.stringify(name)}`);
+  }
+  if ([...value].some((ch) => ch.charCodeAt(0) < 0x20 || ch === "\x7f")) {
+    throw new Error(`environment value of ${name} contains a control character`);
+  }
+  return `"${name}=${value.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
 }
 
 const SSHD_LOG_LEVEL: Readonly<Record<LogLevel, string>> = {
@@ -76,6 +95,11 @@ export function renderSshdConfig(options: SshdConfigOptions): string {
     ["UseDNS", "no"],
     ["LogLevel", SSHD_LOG_LEVEL[options.logLevel ?? "info"]],
   ];
+  // sshd honours only the first SetEnv line: every variable goes on one.
+  const env = Object.keys(options.environment ?? {}).sort();
+  if (env.length > 0) {
+    lines.push(["SetEnv", env.map((k) => setEnvArgument(k, options.environment![k])).join(" ")]);
+  }
   return [
     "# Written by openshell-sandbox for `sshd -i` on its private Unix socket.",
     ...lines.map(([k, v]) => `${k} ${v}`),

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateHostKey } from "../core/ssh_keys.ts";
-import { renderSshdConfig, SANDBOX_USER } from "./sshd_config.ts";
+import { renderSshdConfig, SANDBOX_USER, setEnvArgument } from "./sshd_config.ts";
 import { checkSshd, writeSshdFiles } from "./sshd.ts";
 import { ensureSandboxUser, TEST_SSHD } from "./testing.ts";
 
@@ -67,4 +67,40 @@ Deno.test("sshd config: Debian's OpenSSH accepts it (sshd -t)", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("sshd config: the sandbox environment becomes SetEnv lines sshd reads back", async () => {
+  const env = { B_VAR: 'say "hi"', A_VAR: "back\\slash and spaces", C: "it's" };
+  const text = renderSshdConfig({ hostKeyPath: "/tmp/hk", environment: env });
+  const setEnv = text.split("\n").filter((l) => l.startsWith("SetEnv "));
+  assert.deepEqual(setEnv, [
+    `SetEnv "A_VAR=back\\\\slash and spaces" "B_VAR=say \\"hi\\"" "C=it's"`,
+  ]);
+  // OpenSSH's own parser agrees.
+  const dir = await Deno.makeTempDir();
+  try {
+    const key = `${dir}/hk`;
+    await Deno.writeTextFile(key, generateHostKey().privateKey, { mode: 0o600 });
+    await Deno.writeTextFile(
+      `${dir}/cfg`,
+      renderSshdConfig({ hostKeyPath: key, environment: env }),
+    );
+    const out = await new Deno.Command("/usr/sbin/sshd", { args: ["-T", "-f", `${dir}/cfg`] })
+      .output();
+    const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) =>
+      l.startsWith("setenv ")
+    );
+    assert.deepEqual(lines, [
+      "setenv A_VAR=back\\slash and spaces",
+      'setenv B_VAR=say "hi"',
+      "setenv C=it's",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("sshd config: bad environment names or control characters are refused", () => {
+  assert.throws(() => setEnvArgument("BAD-NAME", "x"), /invalid environment variable name/);
+  assert.throws(() => setEnvArgument("OK", "line\nbreak"), /control character/);
 });

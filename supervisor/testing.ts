@@ -109,6 +109,8 @@ export interface StartSupervisorOptions {
   hostKey?: string;
   /** Supervisor token; written to `<dir>/token` and passed by flag. */
   token?: string;
+  /** Sandbox environment; written to `<dir>/environment.json` and passed by flag. */
+  environment?: Record<string, string>;
   /** Default `info`. */
   logLevel?: LogLevel;
   /** Extra arguments. */
@@ -190,6 +192,11 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     await Deno.writeTextFile(`${dir}/token`, options.token, { mode: 0o600 });
     args.push("--supervisor-token-file", `${dir}/token`);
     readFiles.push(`${dir}/token`);
+  }
+  if (options.environment !== undefined) {
+    await Deno.writeTextFile(`${dir}/environment.json`, JSON.stringify(options.environment));
+    args.push("--env-file", `${dir}/environment.json`);
+    readFiles.push(`${dir}/environment.json`);
   }
   args.push(...(options.args ?? []));
   const { host, port } = parseEndpoint(options.endpoint);

@@ -54,7 +54,8 @@ export const SANDBOX_ACCOUNT = { name: "sandbox", uid: 1000, gid: 1000, home: "/
  */
 export function supervisorCommand(): string {
   return `${supervisorFixedCommand()} --sandbox-id "$OPENSHELL_SANDBOX_ID" ` +
-    `--openshell-endpoint "$OPENSHELL_ENDPOINT" --log-level "$OPENSHELL_LOG_LEVEL"`;
+    `--openshell-endpoint "$OPENSHELL_ENDPOINT" --log-level "$OPENSHELL_LOG_LEVEL" ` +
+    `--env-file ${GUEST_FILES.environment.guestPath}`;
 }
 
 function supervisorFixedCommand(): string {

@@ -54,6 +54,7 @@ Deno.test("runner: the supervisor runs with exactly its production grants (alias
   );
   assert.ok(!cmd.includes("--allow-all") && !/ -A /.test(cmd));
   assert.match(cmd, /--ssh-host-key \/etc\/openshell\/ssh_host_key/);
+  assert.match(cmd, /--env-file \/etc\/openshell\/environment/);
   const runner = renderRunner();
   assert.equal(await shSyntaxOk(runner), "");
   assert.match(runner, /--supervisor-token-file \/etc\/openshell\/supervisor_token/);
