@@ -465,3 +465,31 @@ Deno.test("a supervisor that stops heartbeating is dropped and its sandbox demot
     sup.close();
   }, { args: ["--supervisor-heartbeat-secs", "1"] });
 });
+
+Deno.test("relay: when the gateway dies the supervisor's side of the relay ends", async () => {
+  const gw = await startGateway();
+  const api = apiClient(gw.port);
+  try {
+    let relayGone!: () => void;
+    const gone = new Promise<void>((r) => relayGone = r);
+    const f = { gw, api };
+    const { sandbox, sup, token } = await readySandbox(f, "abandoned", (relay) => {
+      relay.on("data", (c: Uint8Array) => relay.write(c));
+      relay.on("close", () => relayGone());
+    });
+    const t = await openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const echoed = new Promise((r) => t.socket.once("data", r));
+    t.socket.resume();
+    t.socket.write("x");
+    await echoed;
+    await gw.kill();
+    await gone;
+    const end = await sup.ended;
+    assert.notEqual(end.code, Code.OK);
+    t.socket.destroy();
+    sup.close();
+  } finally {
+    api.close();
+    await gw.kill();
+  }
+});

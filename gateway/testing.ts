@@ -37,6 +37,8 @@ export interface TestGatewayOptions {
   port?: number;
   /** Extra environment for the gateway process. */
   env?: Record<string, string>;
+  /** Enforce supervisor tokens (omit `--disable-gateway-auth`; TLS stays off). */
+  auth?: boolean;
   /** How long to wait for `Server listening`; default 30 s. */
   startTimeoutMs?: number;
 }
@@ -73,7 +75,7 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
     "--db-url",
     options.dbUrl ?? "sqlite::memory:",
     "--disable-tls",
-    "--disable-gateway-auth",
+    ...(options.auth ? [] : ["--disable-gateway-auth"]),
     "--log-level",
     "debug",
     ...(options.driverDir
