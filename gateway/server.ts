@@ -131,9 +131,44 @@ function raiseWindows(server: grpc.Server, log: Logger): void {
   }
 }
 
+/**
+ * Checks that this process may do what `config` asks before doing any of
+ * it: a denied listen would otherwise surface as an uncaught exception, and
+ * a compiled binary's grants are fixed at build time.
+ */
+export function checkGrants(config: GatewayConfig): void {
+  const host = config.bind.includes(":") && !config.bind.startsWith("[")
+    ? `[${config.bind}]`
+    : config.bind;
+  const wanted: [Deno.PermissionDescriptor, string][] = [
+    [
+      { name: "net", host: config.port === 0 ? host : `${host}:${config.port}` },
+      `listen on ${host}:${config.port}`,
+    ],
+    [{ name: "write", path: config.stateDir }, `write its state dir ${config.stateDir}`],
+    [{ name: "read", path: config.stateDir }, `read its state dir ${config.stateDir}`],
+  ];
+  if (config.db.kind === "sqlite-file") {
+    wanted.push([{ name: "write", path: config.db.path }, `write its database ${config.db.path}`]);
+  }
+  if (config.drivers === "vm") {
+    const driver = `${config.driverDir}/openshell-driver-vm`;
+    wanted.push([{ name: "run", command: driver }, `run its compute driver ${driver}`]);
+  }
+  const denied = wanted.filter(([d]) => Deno.permissions.querySync(d).state !== "granted");
+  if (denied.length > 0) {
+    throw new Error(
+      `this gateway is not permitted to ${denied.map(([, what]) => what).join(", ")} ` +
+        "(a compiled binary keeps the grants it was built with: rebuild it with matching " +
+        "`deno task compile` options, or use `deno task gateway`)",
+    );
+  }
+}
+
 /** Starts a gateway; resolves once its port is bound and it logged `Server listening`. */
 export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
   const log = options.log;
+  checkGrants(config);
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const store = openStore(config);
   const registry = new SessionRegistry<Duplex>();

@@ -7,6 +7,8 @@ import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import type * as grpc from "@grpc/grpc-js";
 import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
+import { gatewayGrants } from "../core/grants.ts";
+import { roleCommand } from "../core/launcher.ts";
 import { Code } from "../core/status.ts";
 import {
   type ApiClient,
@@ -491,5 +493,34 @@ Deno.test("relay: when the gateway dies the supervisor's side of the relay ends"
   } finally {
     api.close();
     await gw.kill();
+  }
+});
+
+Deno.test("a gateway whose grants do not cover its flags stops with one clear line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "osgr" });
+  try {
+    // Grants for port 1; flags ask for port 2 (like a compiled binary run with other flags).
+    const grants = gatewayGrants({ listen: { host: "127.0.0.1", port: 1 }, stateDir: dir });
+    const [exe, ...args] = roleCommand("gateway", grants, [
+      "--bind",
+      "127.0.0.1",
+      "--port",
+      "2",
+      "--state-dir",
+      dir,
+      "--db-url",
+      "sqlite::memory:",
+      "--drivers",
+      "none",
+      "--disable-tls",
+      "--disable-gateway-auth",
+    ]);
+    const out = await new Deno.Command(exe, { args, stdout: "piped", stderr: "piped" }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, stderr);
+    assert.match(stderr, /not permitted to listen on 127\.0\.0\.1:2/);
+    assert.equal(stderr.trim().split("\n").length, 1, stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
