@@ -60,3 +60,8 @@ Deno.test("runner: the supervisor runs with exactly its production grants (alias
   assert.match(runner, /--supervisor-token-file \/etc\/openshell\/supervisor_token/);
   assert.match(renderInittab(), /^::respawn:\/etc\/openshell-run-supervisor$/m);
 });
+
+Deno.test("the guest init refuses to run unless it is PID 1, before touching anything", () => {
+  const lines = renderInit({ modules: [] }).split("\n").filter((l) => l && !l.startsWith("#"));
+  assert.match(lines[0], /^\[ "\$\$" = 1 \] \|\| \{ .* exit 1; \}$/);
+});
