@@ -25,18 +25,31 @@ interface Fixture {
   api: ApiClient;
 }
 
+/** A test body that has not finished by then fails instead of hanging the suite. */
+const TEST_DEADLINE_MS = 60_000;
+
 async function withGateway(
   fn: (f: Fixture) => Promise<void>,
   options: Parameters<typeof startGateway>[0] = {},
 ): Promise<void> {
   const gw = await startGateway(options);
   const api = apiClient(gw.port);
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    await fn({ gw, api });
+    await Promise.race([
+      fn({ gw, api }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`test did not finish in ${TEST_DEADLINE_MS / 1000} s`)),
+          TEST_DEADLINE_MS,
+        );
+      }),
+    ]);
   } catch (err) {
     console.error(gw.stderr());
     throw err;
   } finally {
+    clearTimeout(timer);
     api.close();
     await gw.stop();
   }
@@ -194,13 +207,12 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello and supersede", asy
 
 Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", async () => {
   await withGateway(async (f) => {
-    let closeRelay: (() => void) | undefined;
     const { sandbox, sup, token } = await readySandbox(f, "relay", (relay) => {
+      // Collects until "bye" (however the bytes are chunked), answers, and closes.
+      let seen = "";
       relay.on("data", (c: Uint8Array) => {
-        if (Buffer.from(c).toString() === "bye") {
-          closeRelay = () => relay.end("closing");
-          closeRelay();
-        } else relay.write(c);
+        seen += Buffer.from(c).toString();
+        if (seen.endsWith("bye")) relay.end(seen.toUpperCase());
       });
     });
     const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
@@ -208,7 +220,7 @@ Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", asyn
     const got = readAll(t.socket);
     t.socket.write("ping-1 ");
     t.socket.write("bye");
-    assert.equal((await got).toString(), "ping-1 closing");
+    assert.equal((await got).toString(), "PING-1 BYE");
     t.socket.destroy();
     sup.close();
   });
