@@ -4,6 +4,7 @@ import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.
 import { Code, StatusError } from "../core/status.ts";
 import { consoleLines, validateSandbox, VmDriver } from "./driver.ts";
 import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
+import { waitFor } from "../core/testing.ts";
 
 interface Fixture {
   dir: string;
@@ -57,14 +58,6 @@ function reasons(events: WatchSandboxesEvent[], id: string): string[] {
       ? e.sandbox.sandbox.status!.conditions.map((c) => `${c.status}/${c.reason}`)
       : []
   );
-}
-
-async function until(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 Deno.test("driver: create writes the guest files and starts one VM reporting Starting", async () => {
@@ -183,7 +176,11 @@ Deno.test("driver: a VM that exits is ProcessExited with its status plus a Warni
   await using f = await fixture();
   await f.driver.create(sandbox("ex"));
   f.launcher.vms[0].exit(137, "SIGKILL");
-  await until("ProcessExited", () => reasons(f.events, "ex").includes("False/ProcessExited"));
+  await waitFor(
+    "ProcessExited",
+    () => reasons(f.events, "ex").includes("False/ProcessExited"),
+    { timeoutMs: 3000, intervalMs: 10 },
+  );
   const c = f.driver.get("ex", "").status!.conditions[0];
   assert.equal(c.reason, "ProcessExited");
   assert.equal(c.message, "VM process exited with status 137 (SIGKILL)");
@@ -258,7 +255,7 @@ Deno.test("driver: console lines become console platform events", async () => {
         ? [e.platform_event.event.message]
         : []
     );
-  await until("console events", () => lines().length >= 2);
+  await waitFor("console events", () => lines().length >= 2, { timeoutMs: 3000, intervalMs: 10 });
   assert.deepEqual(
     lines(),
     ["first line", "second"],

@@ -8,6 +8,7 @@ import { driverGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { ComputeDriverClient } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
+import { alive, waitFor } from "../core/testing.ts";
 import { fakeRuntime } from "./testing.ts";
 
 type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -26,30 +27,6 @@ function call<T>(client: AnyClient, method: string, req: unknown): Promise<T> {
         (err, res) => (err ? reject(err) : resolve(res)),
       );
   });
-}
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
-
-async function until<T>(
-  what: string,
-  fn: () => Promise<T | undefined>,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (true) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 interface Setup {
@@ -93,7 +70,7 @@ async function setup(): Promise<Setup> {
       grpc.credentials.createInsecure(),
     ) as AnyClient;
   const create = async (id: string, c: AnyClient) => {
-    await until("GetCapabilities", () => call(c, "GetCapabilities", {}));
+    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
     await call(c, "CreateSandbox", { sandbox: { id, name: id, spec: {} } });
     const got = await call<{ sandbox: { status: { instance_id: string } } }>(c, "GetSandbox", {
       sandbox_id: id,
@@ -128,15 +105,16 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
     const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
     assert.equal(cmdline.split("\0")[0], "sleep", "setpriv exec'd qemu: the pid we hold is qemu's");
     const console1 = `${s.state}/sandboxes/sb-1/console.log`;
-    await until(
+    await waitFor(
       "qemu output in the console log",
       async () =>
         (await Deno.readTextFile(console1)).includes("qemu: fake qemu started") ? true : undefined,
+      { ignoreErrors: true },
     );
 
     const pid2 = await s.create("sb-2", c);
     Deno.kill(pid2, "SIGKILL");
-    const exited = await until("ProcessExited", async () => {
+    const exited = await waitFor("ProcessExited", async () => {
       const g = await call<
         { sandbox: { status: { conditions: { reason: string; message: string }[] } } }
       >(
@@ -146,7 +124,7 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       );
       const cond = g.sandbox.status.conditions[0];
       return cond.reason === "ProcessExited" ? cond : undefined;
-    });
+    }, { ignoreErrors: true });
     assert.equal(exited.message, "VM process exited with status 137 (SIGKILL)");
 
     c.close();
@@ -176,7 +154,7 @@ Deno.test("driver process: SIGKILL of the driver takes its qemus along (parent-d
     assert.ok(await alive(pid));
     child.kill("SIGKILL");
     await child.status;
-    await until("qemu gone", async () => (await alive(pid)) ? undefined : true, 5000);
+    await waitFor("qemu gone", async () => !(await alive(pid)), { timeoutMs: 5000 });
   } finally {
     c.close();
     await out;
@@ -202,8 +180,8 @@ Deno.test("driver process: when its parent dies it kills its qemus and exits", a
     const pid = await s.create("sb-p", c);
     parent.kill("SIGKILL");
     await parent.status;
-    await until("driver exits", async () => (await alive(driverPid)) ? undefined : true, 8000);
-    await until("qemu gone", async () => (await alive(pid)) ? undefined : true, 5000);
+    await waitFor("driver exits", async () => !(await alive(driverPid)), { timeoutMs: 8000 });
+    await waitFor("qemu gone", async () => !(await alive(pid)), { timeoutMs: 5000 });
   } finally {
     c.close();
     await reader.cancel().catch(() => {});
@@ -252,7 +230,9 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
       grpc.credentials.createInsecure(),
     ) as AnyClient;
     try {
-      await until("GetCapabilities", () => call(c, "GetCapabilities", {}));
+      await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), {
+        ignoreErrors: true,
+      });
       await call(c, "CreateSandbox", { sandbox: { id: "a1", name: "a1", spec: {} } });
     } finally {
       c.close();

@@ -28,7 +28,7 @@ import { ensureRuntime, type RuntimeInfo } from "../driver_vm/image/rootfs.ts";
 import { setup } from "../driver_vm/image/setup.ts";
 import { GUEST_NET } from "../driver_vm/guest.ts";
 import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
-import { alive, findProcesses, freePort, waitFor } from "./procs.ts";
+import { alive, findProcesses, freePort, waitFor } from "../core/testing.ts";
 import { stageDriverDir } from "./stage.ts";
 
 interface StepResult {

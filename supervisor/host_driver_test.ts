@@ -3,6 +3,7 @@ import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts"
 import { startGateway, type TestGateway } from "../gateway/testing.ts";
 import { writeHostDriverDir } from "./host_driver.ts";
 import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./testing.ts";
+import { waitFor } from "../core/testing.ts";
 
 const READY = "SANDBOX_PHASE_READY";
 
@@ -10,14 +11,6 @@ async function pids(pattern: string): Promise<number[]> {
   const out = await new Deno.Command("pgrep", { args: ["-f", "--", pattern], stdout: "piped" })
     .output();
   return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).map(Number);
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 async function stopGateway(gw: TestGateway): Promise<void> {
@@ -68,9 +61,10 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
       assert.equal(r.stdout, "pinned\n");
 
       assert.equal(await api.delete("hd-one"), true);
-      await until(
+      await waitFor(
         "the deleted sandbox's supervisor to stop",
         async () => (await pids(`--sandbox-id ${sb.id}`)).length === 0,
+        { timeoutMs: 15_000, intervalMs: 100 },
       );
     });
 
@@ -92,11 +86,12 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
       api.close();
       await gw.kill();
       gatewayGone = true;
-      await until(
+      await waitFor(
         "driver and supervisor to exit",
         async () =>
           (await pids(`--state-dir ${driverState}`)).length === 0 &&
           (await pids(`--sandbox-id ${sb.id}`)).length === 0,
+        { timeoutMs: 15_000, intervalMs: 100 },
       );
     });
   } finally {

@@ -23,6 +23,7 @@ import {
   type SupervisorProcess,
   TEST_SSHD,
 } from "./testing.ts";
+import { waitFor } from "../core/testing.ts";
 
 const READY = "SANDBOX_PHASE_READY";
 
@@ -72,14 +73,6 @@ async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
   ]);
   clearTimeout(timer);
   if (!graced) await gw.kill();
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, kill -9", async (t) => {
@@ -227,9 +220,10 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         while (!(await reader.read()).done) { /* drain */ }
         await client.stderr.cancel();
         assert.notEqual(status.code, 0);
-        await until(
+        await waitFor(
           "the killed supervisor's sshd to exit",
           async () => await sshdProcessesUsing(`${dir}/run/sshd_config`) === 0,
+          { timeoutMs: 15_000, intervalMs: 100 },
         );
         assert.ok(
           Deno.lstatSync(first.socketPath).isSocket,

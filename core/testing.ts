@@ -1,6 +1,7 @@
 /**
- * Process helpers for the e2e: find processes by a string in their command
- * line (Linux `/proc`), check liveness, wait for conditions.
+ * Helpers shared by the tests of every role and by the e2e: find processes
+ * by a string in their command line (Linux `/proc`), check liveness, wait
+ * for a condition that has no event to await, pick a free port.
  *
  * @module
  */
@@ -42,20 +43,41 @@ export async function alive(pid: number): Promise<boolean> {
   }
 }
 
-/** Polls `check` every `intervalMs` until it returns a value or the deadline passes. */
+/** Options of {@link waitFor}. */
+export interface WaitForOptions {
+  /** Give up after this long; default 10 s. */
+  timeoutMs?: number;
+  /** Pause between checks; default 50 ms. */
+  intervalMs?: number;
+  /** Treat a throwing check as "not yet" (e.g. a server that is still starting). */
+  ignoreErrors?: boolean;
+}
+
+/**
+ * Polls `check` until it returns something other than `undefined` or
+ * `false`, and resolves with that; throws once the deadline passes. For
+ * conditions that no event announces (a process exiting, a file growing).
+ */
 export async function waitFor<T>(
   what: string,
-  check: () => Promise<T | undefined> | T | undefined,
-  options: { timeoutMs: number; intervalMs?: number },
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  options: WaitForOptions = {},
 ): Promise<T> {
-  const deadline = Date.now() + options.timeoutMs;
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const deadline = Date.now() + timeoutMs;
   while (true) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${options.timeoutMs} ms waiting for ${what}`);
+    let v: T | undefined | false;
+    try {
+      v = await check();
+    } catch (err) {
+      if (!options.ignoreErrors) throw err;
+      v = undefined;
     }
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 250));
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs ?? 50));
   }
 }
 
