@@ -1,0 +1,103 @@
+/**
+ * TLS to a gateway from any role: the one place that handles Deno's
+ * `node:tls` refusing an IP address as server name, and that turns TLS
+ * failures into one line saying what to do.
+ *
+ * For an IP-literal host the TLS server name becomes
+ * {@link IP_TLS_SERVER_NAME} (SNI only) while the certificate is still
+ * checked against the IP itself.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import { isIP } from "node:net";
+import { checkServerIdentity, type ConnectionOptions, type PeerCertificate } from "node:tls";
+
+/** TLS server name sent for an IP-literal endpoint (never checked against). */
+export const IP_TLS_SERVER_NAME = "openshell-gateway";
+
+/** PEM material of a TLS client: the CA it trusts and, for mTLS, its certificate and key. */
+export interface ClientTlsMaterial {
+  ca: string | Uint8Array;
+  cert?: string | Uint8Array;
+  key?: string | Uint8Array;
+}
+
+function text(v: string | Uint8Array): string {
+  return typeof v === "string" ? v : new TextDecoder().decode(v);
+}
+
+function identityCheck(host: string): (name: string, cert: PeerCertificate) => Error | undefined {
+  return (_name, cert) => checkServerIdentity(host, cert);
+}
+
+/** `node:tls` connect options for `host` (IPv6 without brackets). */
+export function tlsConnectOptions(host: string, material: ClientTlsMaterial): ConnectionOptions {
+  const ip = isIP(host) !== 0;
+  return {
+    host,
+    ca: text(material.ca),
+    ...(material.cert && material.key
+      ? { cert: text(material.cert), key: text(material.key) }
+      : {}),
+    servername: ip ? IP_TLS_SERVER_NAME : host,
+    ...(ip ? { checkServerIdentity: identityCheck(host) } : {}),
+  };
+}
+
+/** grpc-js credentials and channel options for a TLS channel to `host`. */
+export function grpcTlsCredentials(
+  host: string,
+  material: ClientTlsMaterial,
+): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
+  const ip = isIP(host) !== 0;
+  const credentials = grpc.credentials.createSsl(
+    Buffer.from(text(material.ca)),
+    material.key && material.cert ? Buffer.from(text(material.key)) : null,
+    material.key && material.cert ? Buffer.from(text(material.cert)) : null,
+    ip ? { checkServerIdentity: identityCheck(host) } : {},
+  );
+  return {
+    credentials,
+    options: ip ? { "grpc.ssl_target_name_override": IP_TLS_SERVER_NAME } : {},
+  };
+}
+
+/**
+ * A one-line explanation of a TLS failure message (from `node:tls` or
+ * grpc-js details), or undefined when `message` is not about TLS.
+ */
+export function describeTlsFailure(message: string, where: string): string | undefined {
+  if (
+    /WRONG_VERSION_NUMBER|wrong version number|InvalidContentType|packet length too long/i.test(
+      message,
+    )
+  ) {
+    return `the gateway at ${where} does not speak TLS (use an http:// URL for a plaintext gateway)`;
+  }
+  if (/ALTNAME|does not match certificate|not in the cert's altnames/i.test(message)) {
+    return `the gateway's certificate does not name the host in ${where} ` +
+      "(use a name it covers, or restart the gateway with --tls-san HOST)";
+  }
+  if (/CERT_HAS_EXPIRED|certificate has expired/i.test(message)) {
+    return `the gateway's certificate at ${where} has expired (restarting the gateway re-issues it)`;
+  }
+  if (
+    /UNABLE_TO_VERIFY_LEAF_SIGNATURE|unable to verify|SELF_SIGNED|self.signed|UNABLE_TO_GET_ISSUER|UnknownIssuer/i
+      .test(message)
+  ) {
+    return `the gateway at ${where} presented a certificate that the trusted CA did not sign, or ` +
+      "one that has expired (re-import its current client bundle: openshell gateway add NAME URL " +
+      "--mtls-dir DIR)";
+  }
+  if (
+    /CERTIFICATE_REQUIRED|CertificateRequired|BAD_CERTIFICATE|BadCertificate|UNKNOWN_CA|UnknownCA|alert certificate|CertificateExpired/i
+      .test(message)
+  ) {
+    return `the gateway at ${where} refused this client's certificate ` +
+      "(import the client bundle from the gateway's pki directory: openshell gateway add NAME URL " +
+      "--mtls-dir DIR)";
+  }
+  return undefined;
+}
