@@ -9,13 +9,10 @@
  *
  * @module
  */
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
 import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import { checkPrivateDir, writeSecretFile } from "./secure_fs.ts";
-
-x509.cryptoProvider.set(crypto);
+import { x509 } from "./x509.ts";
 
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const DAY_MS = 86_400_000;

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
-import * as x509 from "@peculiar/x509";
 import {
   certificateInfo,
   checkCertificate,
@@ -13,6 +12,7 @@ import {
   serverNames,
 } from "./pki.ts";
 import { tlsConnectOptions } from "./tls.ts";
+import { x509 } from "./x509.ts";
 
 const DAY = 86_400_000;
 
