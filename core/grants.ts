@@ -55,8 +55,10 @@ export interface HostPort {
 
 /** What the gateway's grants depend on. */
 export interface GatewayGrantParams {
-  /** Listen address. */
+  /** Listen address of the user API. */
   listen: HostPort;
+  /** Listen address of the supervisor plane (absent: none). */
+  supervisorListen?: HostPort;
   /** State dir: internal sockets, driver socket, PKI. */
   stateDir: string;
   /** SQLite database file when it lives outside the state dir. */
@@ -98,6 +100,8 @@ export interface SupervisorGrantParams {
   socketPath: string;
   /** The OpenSSH `sshd` binary. */
   sshd: string;
+  /** Files outside its socket dir it may create (a host key file generated once). */
+  writeFiles?: readonly string[];
   /** TLS files and host key file it reads. */
   readFiles?: readonly string[];
 }
@@ -151,7 +155,9 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
   return {
     net: unique([
       hostPortGrant(p.listen),
+      p.supervisorListen ? hostPortGrant(p.supervisorListen) : undefined,
       `unix:${p.stateDir}/grpc.sock`,
+      `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
     ]),
     read: unique([p.stateDir, p.dbPath, driverSocket, ...(p.tlsFiles ?? [])]),
@@ -187,7 +193,7 @@ export function supervisorGrants(p: SupervisorGrantParams): Grants {
   return {
     net: [...gateway, `unix:${p.socketPath}`],
     read: unique([socketDir, ...(p.readFiles ?? [])]),
-    write: [socketDir],
+    write: unique([socketDir, ...(p.writeFiles ?? [])]),
     run: [p.sshd],
     env: SUPERVISOR_ENV,
     ignoreEnv: true,
@@ -297,6 +303,7 @@ export const PRODUCTION_PARAMS: {
 } = {
   gateway: {
     listen: { host: "0.0.0.0", port: 8080 },
+    supervisorListen: { host: "127.0.0.1", port: 8081 },
     stateDir: "/var/lib/openshell/gateway",
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",

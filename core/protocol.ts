@@ -255,9 +255,20 @@ export interface GetSandboxLogsResponse {
   buffer_total: number;
 }
 
+/** `openshell.v1.IssueSupervisorCredentialsResponse` (openshell-deno only). */
+export interface IssueSupervisorCredentialsResponse {
+  sandbox_id: string;
+  token: string;
+  endpoint: string;
+  ca_cert_pem: string;
+}
+
 /** `openshell.v1.SupervisorMessage`: supervisor → gateway on `ConnectSupervisor`. */
 export type SupervisorMessage =
-  | { payload: "hello"; hello: { sandbox_id: string; instance_id: string } }
+  | {
+    payload: "hello";
+    hello: { sandbox_id: string; instance_id: string; ssh_host_key_fingerprint: string };
+  }
   | { payload: "heartbeat"; heartbeat: Record<string, never> }
   | {
     payload: "relay_open_result";

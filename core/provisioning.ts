@@ -16,6 +16,8 @@
 export const PROVISION_SSH_HOST_KEY = "OPENSHELL_PROVISION_SSH_HOST_KEY";
 /** The token the sandbox's supervisor presents to the gateway. */
 export const PROVISION_SUPERVISOR_TOKEN = "OPENSHELL_PROVISION_SUPERVISOR_TOKEN";
+/** PEM CA the supervisor verifies the gateway's supervisor plane with. */
+export const PROVISION_TLS_CA = "OPENSHELL_PROVISION_TLS_CA";
 /** gRPC metadata key carrying the supervisor token. */
 export const SUPERVISOR_TOKEN_METADATA = "x-openshell-supervisor-token";
 
@@ -29,6 +31,8 @@ export interface Provisioning {
   sshHostKey?: string;
   /** Supervisor token, when the gateway issued one. */
   supervisorToken?: string;
+  /** CA of the gateway's supervisor plane (TLS), when it serves TLS. */
+  tlsCa?: string;
 }
 
 /** Splits a driver spec's environment into user variables and provisioning data. */
@@ -41,6 +45,7 @@ export function splitProvisioning(env: Readonly<Record<string, string>>): Provis
     environment,
     sshHostKey: env[PROVISION_SSH_HOST_KEY] || undefined,
     supervisorToken: env[PROVISION_SUPERVISOR_TOKEN] || undefined,
+    tlsCa: env[PROVISION_TLS_CA] || undefined,
   };
 }
 

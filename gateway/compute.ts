@@ -9,6 +9,7 @@
  * @module
  */
 import { randomBytes } from "node:crypto";
+import { hashToken, newToken } from "./tokens.ts";
 import type { Duplex } from "node:stream";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import type {
@@ -20,7 +21,11 @@ import type {
   SandboxSpec,
   Wire,
 } from "../core/protocol.ts";
-import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
+import {
+  PROVISION_SSH_HOST_KEY,
+  PROVISION_SUPERVISOR_TOKEN,
+  PROVISION_TLS_CA,
+} from "../core/provisioning.ts";
 import type { SessionRegistry } from "../core/registry.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -55,6 +60,8 @@ export interface ComputeRuntimeOptions {
   reconcileIntervalMs?: number;
   /** Delay before re-opening a watch that ended; default {@link WATCH_RESTART_MS}. */
   watchRestartMs?: number;
+  /** PEM CA handed to each new sandbox's supervisor (TLS to the supervisor plane). */
+  supervisorCa?: string;
 }
 
 /** A request to create a sandbox, already validated. */
@@ -70,13 +77,29 @@ export function generateSandboxName(): string {
   return `sandbox-${Array.from(bytes, (b) => alphabet[b % alphabet.length]).join("")}`;
 }
 
+/** Secrets a driver gets once, at create time; the gateway keeps none of them in plain text. */
+export interface ProvisioningSecrets {
+  /** The sandbox's SSH host private key. */
+  sshHostKey?: string;
+  /** The token its supervisor presents. */
+  supervisorToken?: string;
+  /** PEM CA the supervisor verifies the gateway's supervisor plane with. */
+  tlsCa?: string;
+}
+
 /** The driver-side description of a sandbox (user settings + provisioning secrets). */
-export function toDriverSandbox(sandbox: Sandbox, secrets: SandboxSecrets): Wire<DriverSandbox> {
+export function toDriverSandbox(
+  sandbox: Sandbox,
+  provisioning: ProvisioningSecrets = {},
+): Wire<DriverSandbox> {
   const spec = sandbox.spec;
   const template = spec?.template;
   const environment: Record<string, string> = { ...(spec?.environment ?? {}) };
-  if (secrets.sshHostKey) environment[PROVISION_SSH_HOST_KEY] = secrets.sshHostKey;
-  if (secrets.supervisorToken) environment[PROVISION_SUPERVISOR_TOKEN] = secrets.supervisorToken;
+  if (provisioning.sshHostKey) environment[PROVISION_SSH_HOST_KEY] = provisioning.sshHostKey;
+  if (provisioning.supervisorToken) {
+    environment[PROVISION_SUPERVISOR_TOKEN] = provisioning.supervisorToken;
+  }
+  if (provisioning.tlsCa) environment[PROVISION_TLS_CA] = provisioning.tlsCa;
   return {
     id: sandbox.id,
     name: sandbox.name,
@@ -136,6 +159,7 @@ export class ComputeRuntime {
   readonly #now: () => number;
   readonly #reconcileMs: number;
   readonly #watchRestartMs: number;
+  readonly #supervisorCa?: string;
   #unobserve?: () => void;
   #cancelWatch?: () => void;
   #watchTimer?: ReturnType<typeof setTimeout>;
@@ -155,6 +179,7 @@ export class ComputeRuntime {
     this.#now = options.now ?? Date.now;
     this.#reconcileMs = options.reconcileIntervalMs ?? RECONCILE_INTERVAL_MS;
     this.#watchRestartMs = options.watchRestartMs ?? WATCH_RESTART_MS;
+    this.#supervisorCa = options.supervisorCa;
   }
 
   /** Whether a compute driver provisions sandboxes (false with `--drivers none`). */
@@ -276,13 +301,16 @@ export class ComputeRuntime {
       current_policy_version: 0,
     };
     const secrets: SandboxSecrets = {};
+    const provisioning: ProvisioningSecrets = {};
     const driver = await this.#requireDriver();
     if (driver) {
       const key = generateHostKey(`openshell-${input.name}`);
-      secrets.sshHostKey = key.privateKey;
+      provisioning.sshHostKey = key.privateKey;
+      provisioning.supervisorToken = newToken();
+      provisioning.tlsCa = this.#supervisorCa;
       secrets.hostKeyFingerprint = key.fingerprint;
-      secrets.supervisorToken = randomBytes(32).toString("base64url");
-      await driver.validateCreate(toDriverSandbox(sandbox, secrets));
+      secrets.supervisorTokenHash = hashToken(provisioning.supervisorToken);
+      await driver.validateCreate(toDriverSandbox(sandbox, provisioning));
     }
     if (await this.#store.getSandboxByName(input.name)) {
       throw new StatusError(Code.ALREADY_EXISTS, `sandbox "${input.name}" already exists`);
@@ -292,7 +320,7 @@ export class ComputeRuntime {
     this.statusTopics.publish(sandbox.id);
     if (driver) {
       try {
-        await driver.create(toDriverSandbox(sandbox, secrets));
+        await driver.create(toDriverSandbox(sandbox, provisioning));
       } catch (err) {
         await this.#store.deleteSandbox(sandbox.id);
         this.statusTopics.drop(sandbox.id);

@@ -11,10 +11,15 @@ import type {
   WatchSandboxesEvent,
   Wire,
 } from "../core/protocol.ts";
-import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
+import {
+  PROVISION_SSH_HOST_KEY,
+  PROVISION_SUPERVISOR_TOKEN,
+  PROVISION_TLS_CA,
+} from "../core/provisioning.ts";
 import { SessionRegistry, type SessionSink } from "../core/registry.ts";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { hashToken } from "./tokens.ts";
 import {
   ComputeRuntime,
   generateSandboxName,
@@ -285,7 +290,7 @@ Deno.test("toDriverSandbox: user settings plus provisioning secrets in spec.envi
       created_at_ms: 1,
       current_policy_version: 0,
     },
-    { sshHostKey: "KEY", supervisorToken: "TOK", hostKeyFingerprint: "SHA256:x" },
+    { sshHostKey: "KEY", supervisorToken: "TOK", tlsCa: "CA" },
   );
   assert.deepEqual(d, {
     id: "id-1",
@@ -297,6 +302,7 @@ Deno.test("toDriverSandbox: user settings plus provisioning secrets in spec.envi
         FOO: "bar",
         [PROVISION_SSH_HOST_KEY]: "KEY",
         [PROVISION_SUPERVISOR_TOKEN]: "TOK",
+        [PROVISION_TLS_CA]: "CA",
       },
       gpu: true,
       template: {
@@ -366,16 +372,17 @@ Deno.test("create stores PROVISIONING and hands the driver the provisioning secr
   const record = (await h.store.getSandbox(created.id))!;
   assert.equal(record.sandbox.phase, "SANDBOX_PHASE_PROVISIONING");
   assert.match(env[PROVISION_SSH_HOST_KEY], /BEGIN OPENSSH PRIVATE KEY/);
-  assert.equal(env[PROVISION_SSH_HOST_KEY], record.secrets.sshHostKey);
   assert.ok(env[PROVISION_SUPERVISOR_TOKEN].length >= 32);
-  assert.equal(env[PROVISION_SUPERVISOR_TOKEN], record.secrets.supervisorToken);
+  // Stored: the token's hash and the key's fingerprint only, never the secrets themselves.
+  assert.equal(record.secrets.supervisorTokenHash, hashToken(env[PROVISION_SUPERVISOR_TOKEN]));
   assert.equal(
     record.secrets.hostKeyFingerprint,
-    fingerprintOfPublicKey(publicKeyOfPrivate(record.secrets.sshHostKey!)),
+    fingerprintOfPublicKey(publicKeyOfPrivate(env[PROVISION_SSH_HOST_KEY])),
   );
+  assert.deepEqual(Object.keys(record.secrets).sort(), ["hostKeyFingerprint", "supervisorTokenHash"]);
   // the secrets never reach the public resource
   assert.deepEqual(record.sandbox.spec?.environment, { FOO: "bar" });
-  assert.ok(!JSON.stringify(created).includes(record.secrets.supervisorToken!));
+  assert.ok(!JSON.stringify(created).includes(env[PROVISION_SUPERVISOR_TOKEN]));
   // validate saw the same description
   assert.deepEqual(h.driver.calls.find((c) => c.method === "validateCreate")!.args[0], sent);
   assert.deepEqual(messages(h.runtime.logTopics.buffered(created.id)), ["sandbox alpha created"]);

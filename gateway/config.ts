@@ -29,7 +29,7 @@ export interface GatewayConfig {
   vmAccel?: string;
   vmVcpus?: number;
   vmMemMib?: number;
-  /** URL sandboxes dial; undefined = derived from bind/port once listening. */
+  /** URL supervisors dial (the supervisor plane); undefined = derived once listening. */
   grpcEndpoint?: string;
   sshConnectPath: string;
   sshGatewayHost?: string;
@@ -38,9 +38,16 @@ export interface GatewayConfig {
   supervisorHeartbeatSecs: number;
   disableTls: boolean;
   disableGatewayAuth: boolean;
+  /** Server certificate and key; both absent = the automatic PKI in `<state-dir>/pki`. */
   tlsCert?: string;
   tlsKey?: string;
+  /** CA of client certificates; absent with the automatic PKI = its own CA. */
   tlsClientCa?: string;
+  /** Extra names the automatic server certificate covers (`--tls-san`). */
+  tlsSans: string[];
+  /** The supervisor plane's listen address: guests and supervisors reach only this. */
+  supervisorBind: string;
+  supervisorPort: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
 }
@@ -144,7 +151,8 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     type: "string",
     env: "OPENSHELL_GRPC_ENDPOINT",
     placeholder: "URL",
-    description: "URL sandboxes dial to reach this gateway (default: derived from --bind/--port)",
+    description:
+      "URL supervisors dial: the supervisor plane (default: derived from --supervisor-bind/--supervisor-port)",
   },
   {
     name: "ssh-connect-path",
@@ -201,14 +209,15 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     type: "boolean",
     env: "OPENSHELL_DISABLE_GATEWAY_AUTH",
     default: false,
-    description: "Do not require client certificates or supervisor tokens",
+    description:
+      "Do not require client certificates on the user API (supervisor credentials stay checked)",
   },
   {
     name: "tls-cert",
     type: "string",
     env: "OPENSHELL_TLS_CERT",
     placeholder: "FILE",
-    description: "Server certificate (PEM)",
+    description: "Server certificate (PEM; default: the automatic PKI in <state-dir>/pki)",
   },
   {
     name: "tls-key",
@@ -222,7 +231,32 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     type: "string",
     env: "OPENSHELL_TLS_CLIENT_CA",
     placeholder: "FILE",
-    description: "CA that signs client certificates (mTLS)",
+    description: "CA that signs client certificates (default with the automatic PKI: its CA)",
+  },
+  {
+    name: "tls-san",
+    type: "string",
+    env: "OPENSHELL_TLS_SAN",
+    placeholder: "NAMES",
+    description: "Extra DNS names or IPs for the automatic server certificate (comma-separated)",
+  },
+  {
+    name: "supervisor-bind",
+    type: "string",
+    env: "OPENSHELL_SUPERVISOR_BIND_ADDRESS",
+    default: "127.0.0.1",
+    placeholder: "ADDR",
+    description: "Address of the supervisor plane (ConnectSupervisor and RelayStream only)",
+  },
+  {
+    name: "supervisor-port",
+    type: "integer",
+    env: "OPENSHELL_SUPERVISOR_PORT",
+    default: 8081,
+    min: 0,
+    max: 65535,
+    placeholder: "PORT",
+    description: "Port of the supervisor plane (0 = any free port)",
   },
   {
     name: "log-level",
@@ -315,6 +349,11 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     tlsCert: optionalString(v["tls-cert"]),
     tlsKey: optionalString(v["tls-key"]),
     tlsClientCa: optionalString(v["tls-client-ca"]),
+    tlsSans: (optionalString(v["tls-san"]) ?? "").split(",").map((x) => x.trim()).filter((x) =>
+      x !== ""
+    ),
+    supervisorBind: v["supervisor-bind"] as string,
+    supervisorPort: v["supervisor-port"] as number,
     logLevel: v["log-level"] as LogLevel,
     logFormat: v["log-format"] as LogFormat,
   };
@@ -323,9 +362,6 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
 }
 
 function validate(c: GatewayConfig): void {
-  if (!/^[A-Za-z0-9.:\-\[\]]+$/.test(c.bind)) {
-    throw new FlagError(`--bind: not an address: "${c.bind}"`);
-  }
   if (!/^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/.test(c.sshConnectPath)) {
     throw new FlagError(
       `--ssh-connect-path: must start with "/" and hold URL path characters only`,
@@ -344,23 +380,47 @@ function validate(c: GatewayConfig): void {
       "--db-url: postgres is not supported yet (use sqlite::memory: or sqlite:PATH)",
     );
   }
-  if (!c.disableTls) {
-    const missing = [["tls-cert", c.tlsCert], ["tls-key", c.tlsKey]]
-      .filter(([, v]) => !v).map(([k]) => `--${k}`);
-    if (missing.length > 0) {
+  for (const [flag, bind] of [["bind", c.bind], ["supervisor-bind", c.supervisorBind]]) {
+    if (!/^[A-Za-z0-9.:\-\[\]]+$/.test(bind)) {
+      throw new FlagError(`--${flag}: not an address: "${bind}"`);
+    }
+  }
+  if (
+    c.supervisorPort !== 0 && c.supervisorPort === c.port &&
+    c.supervisorBind === c.bind
+  ) {
+    throw new FlagError("--supervisor-port: must differ from --port (the planes are separate)");
+  }
+  for (const san of c.tlsSans) {
+    if (!/^[A-Za-z0-9.:*-]{1,253}$/.test(san)) {
+      throw new FlagError(`--tls-san: not a DNS name or IP address: "${san}"`);
+    }
+  }
+  if (c.disableTls) {
+    if (!c.disableGatewayAuth) {
       throw new FlagError(
-        `TLS is on by default: pass ${
-          missing.join(" and ")
-        } (and --tls-client-ca for mTLS), or --disable-tls`,
+        "--disable-tls needs --disable-gateway-auth as well: without TLS no client certificate " +
+          "can be checked, and the gateway never drops authentication silently",
       );
     }
-    if (!c.disableGatewayAuth && !c.tlsClientCa) {
+  } else {
+    if (!!c.tlsCert !== !!c.tlsKey) {
       throw new FlagError(
-        "gateway auth needs --tls-client-ca (client certificates), or pass --disable-gateway-auth",
+        "--tls-cert and --tls-key go together (or pass neither: the gateway then makes its own " +
+          "PKI in <state-dir>/pki)",
+      );
+    }
+    if (c.tlsCert && !c.disableGatewayAuth && !c.tlsClientCa) {
+      throw new FlagError(
+        "with your own --tls-cert, gateway auth needs --tls-client-ca (the CA of client " +
+          "certificates), or pass --disable-gateway-auth",
       );
     }
   }
-  const sockets: [string, string][] = [["state-dir", internalSocketPath(c)]];
+  const sockets: [string, string][] = [
+    ["state-dir", internalSocketPath(c)],
+    ["state-dir", supervisorSocketPath(c)],
+  ];
   if (c.drivers === "vm") sockets.push(["vm-driver-state-dir", driverSocketPath(c)]);
   for (const [flag, path] of sockets) {
     if (new TextEncoder().encode(path).length > MAX_UNIX_SOCKET_PATH) {
@@ -379,6 +439,21 @@ export function internalSocketPath(c: Pick<GatewayConfig, "stateDir">): string {
   return `${c.stateDir}/grpc.sock`;
 }
 
+/** Path of the supervisor plane's internal gRPC socket. */
+export function supervisorSocketPath(c: Pick<GatewayConfig, "stateDir">): string {
+  return `${c.stateDir}/supervisor.sock`;
+}
+
+/** Directory of the automatic PKI. */
+export function pkiDir(c: Pick<GatewayConfig, "stateDir">): string {
+  return `${c.stateDir}/pki`;
+}
+
+/** Whether the gateway makes and uses its own PKI (TLS on, no `--tls-cert`). */
+export function usesAutoPki(c: Pick<GatewayConfig, "disableTls" | "tlsCert">): boolean {
+  return !c.disableTls && !c.tlsCert;
+}
+
 /** Path of the VM driver's socket. */
 export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): string {
   return `${c.vmDriverStateDir}/compute-driver.sock`;
@@ -388,6 +463,7 @@ export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): st
 export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
   return {
     listen: { host: c.bind, port: c.port },
+    supervisorListen: { host: c.supervisorBind, port: c.supervisorPort },
     stateDir: c.stateDir,
     dbPath: c.db.kind === "sqlite-file" && !c.db.path.startsWith(c.stateDir + "/")
       ? c.db.path

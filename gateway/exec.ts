@@ -15,7 +15,7 @@ import { buildRemoteCommand } from "../core/shell.ts";
 import { fingerprintOfBlob } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { failStream } from "./rpc.ts";
-import type { Store } from "./store.ts";
+import type { SandboxRecord, Store } from "./store.ts";
 import { validateExec } from "./validation.ts";
 
 /** The parts of ssh2's client stream this module uses. */
@@ -62,6 +62,22 @@ export function exitCodeOf(code: number | null | undefined, signal?: string | nu
   return 1;
 }
 
+/**
+ * The sandbox's pinned SSH host key fingerprint; FAILED_PRECONDITION when
+ * none is known (exec and SSH never accept whatever key a relay presents).
+ */
+export function requirePinnedHostKey(record: SandboxRecord): string {
+  const fp = record.secrets.hostKeyFingerprint;
+  if (!fp) {
+    throw new StatusError(
+      Code.FAILED_PRECONDITION,
+      `the SSH host key of sandbox ${record.sandbox.name} is not known yet: its supervisor has ` +
+        "not reported one (run a supervisor that sends its host key fingerprint)",
+    );
+  }
+  return fp;
+}
+
 /** The `ExecSandbox` handler. */
 export class ExecService {
   readonly #o: ExecServiceOptions;
@@ -84,6 +100,7 @@ export class ExecService {
     if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
       throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
     }
+    const hostKeyFingerprint = requirePinnedHostKey(record);
     const cancelled = new AbortController();
     call.on("cancelled", () => cancelled.abort());
 
@@ -112,7 +129,7 @@ export class ExecService {
       tty: req.tty,
       stdin: req.stdin,
       timeoutSeconds: req.timeout_seconds,
-      hostKeyFingerprint: record.secrets.hostKeyFingerprint,
+      hostKeyFingerprint,
       signal: cancelled.signal,
     });
   }
@@ -124,8 +141,8 @@ export interface SshRunOptions {
   tty: boolean;
   stdin: Uint8Array;
   timeoutSeconds: number;
-  /** When set, the sshd must present this host key. */
-  hostKeyFingerprint?: string;
+  /** The host key the sshd must present. */
+  hostKeyFingerprint: string;
   signal: AbortSignal;
 }
 
@@ -212,7 +229,7 @@ export function runOverSsh(call: ExecCall, sock: Duplex, options: SshRunOptions)
       readyTimeout: 20_000,
       keepaliveInterval: 0,
       hostVerifier: (key: Uint8Array) =>
-        !options.hostKeyFingerprint || fingerprintOfBlob(key) === options.hostKeyFingerprint,
+        fingerprintOfBlob(key) === options.hostKeyFingerprint,
     });
   });
 }

@@ -73,6 +73,7 @@ const REASONS: Record<number, string> = {
   200: "OK",
   400: "Bad Request",
   401: "Unauthorized",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   408: "Request Timeout",

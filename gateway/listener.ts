@@ -23,6 +23,7 @@ import {
   type RequestHead,
 } from "./http1.ts";
 import { HttpError } from "./http1.ts";
+import { clientRefusal, LogThrottle } from "./client_auth.ts";
 
 /** How long a new connection may take to send its first request head. */
 export const HEAD_TIMEOUT_MS = 10_000;
@@ -57,6 +58,7 @@ export class GatewayListener {
   readonly #sockets = new Set<net.Socket>();
   #server?: net.Server;
   #goawaysDropped = 0;
+  readonly #refusals = new LogThrottle();
 
   /** Creates a listener; {@link listen} binds it. */
   constructor(options: GatewayListenerOptions) {
@@ -80,8 +82,10 @@ export class GatewayListener {
       ? tls.createServer({
         cert: this.#o.tls.cert,
         key: this.#o.tls.key,
+        // Every handshake completes; #accept judges the client certificate itself so the
+        // refusal is logged with its reason (see client_auth.ts).
         ...(this.#o.tls.clientCa
-          ? { ca: this.#o.tls.clientCa, requestCert: true, rejectUnauthorized: true }
+          ? { ca: this.#o.tls.clientCa, requestCert: true, rejectUnauthorized: false }
           : {}),
         ALPNProtocols: ["h2", "http/1.1"],
         allowHalfOpen: true,
@@ -128,6 +132,21 @@ export class GatewayListener {
 
   #accept(socket: net.Socket): void {
     this.#track(socket);
+    const clientCa = this.#o.tls?.clientCa;
+    if (clientCa) {
+      const refusal = clientRefusal(socket as tls.TLSSocket, clientCa);
+      if (refusal) {
+        const t = this.#refusals.take();
+        if (t.log) {
+          this.#o.log.warn(`client refused: ${refusal}`, {
+            peer: socket.remoteAddress,
+            ...(t.skipped ? { skipped: t.skipped } : {}),
+          });
+        }
+        socket.destroy();
+        return;
+      }
+    }
     socket.setNoDelay(true);
     const alpn = (socket as tls.TLSSocket).alpnProtocol;
     if (alpn === "h2") {

@@ -6,6 +6,8 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { randomBytes } from "node:crypto";
+import { requirePinnedHostKey } from "./exec.ts";
+import { hashToken, newToken } from "./tokens.ts";
 import type { Logger } from "../core/log.ts";
 import type {
   CreateSandboxRequest,
@@ -13,6 +15,7 @@ import type {
   GetSandboxLogsRequest,
   GetSandboxLogsResponse,
   HealthResponse,
+  IssueSupervisorCredentialsResponse,
   ListSandboxesRequest,
   ListSandboxesResponse,
   Sandbox,
@@ -52,6 +55,8 @@ export interface SandboxServiceOptions {
   sshEndpoint: () => SshEndpoint;
   /** Whether the gateway is ready to serve (for Health). */
   healthy?: () => boolean;
+  /** The supervisor plane, for IssueSupervisorCredentials (resolved once listening). */
+  supervisorPlane?: () => SupervisorPlaneInfo;
   now?: () => number;
 }
 
@@ -73,9 +78,28 @@ export function logLineMatches(
   return true;
 }
 
-/** A token for the SSH tunnel (URL-safe, 256 bits). */
-export function newSshToken(): string {
-  return randomBytes(32).toString("base64url");
+/**
+ * A sandbox as the API shows it: `spec.environment` values are write-only,
+ * so each name maps to an empty string.
+ */
+export function publicSandbox(sandbox: Sandbox): Sandbox {
+  const env = sandbox.spec?.environment;
+  if (!env || Object.keys(env).length === 0) return sandbox;
+  return {
+    ...sandbox,
+    spec: {
+      ...sandbox.spec!,
+      environment: Object.fromEntries(Object.keys(env).map((k) => [k, ""])),
+    },
+  };
+}
+
+/** What a bring-your-own supervisor needs besides its token. */
+export interface SupervisorPlaneInfo {
+  /** URL of the supervisor plane. */
+  endpoint: string;
+  /** PEM CA of its certificate; "" when plaintext. */
+  caPem: string;
 }
 
 function randomLetters(n: number): string {
@@ -128,17 +152,17 @@ export class SandboxService {
         }
         const sandbox = await this.#o.compute.createSandbox({ name: chosen, spec });
         log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
-        return { sandbox };
+        return { sandbox: publicSandbox(sandbox) };
       }),
       GetSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
-        return { sandbox: (await this.#byName(req.name)).sandbox };
+        return { sandbox: publicSandbox((await this.#byName(req.name)).sandbox) };
       }),
       ListSandboxes: unary(
         log,
         async (req: ListSandboxesRequest): Promise<ListSandboxesResponse> => {
           const page = validatePage(req.limit, req.offset);
           const records = await this.#o.store.listSandboxes(page);
-          return { sandboxes: records.map((r) => r.sandbox) };
+          return { sandboxes: records.map((r) => publicSandbox(r.sandbox)) };
         },
       ),
       DeleteSandbox: unary(log, async (req: { name: string }): Promise<{ deleted: boolean }> => {
@@ -156,9 +180,10 @@ export class SandboxService {
           if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
             throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
           }
+          const fingerprint = requirePinnedHostKey(record);
           const ep = this.#o.sshEndpoint();
           const now = this.#now();
-          const token = newSshToken();
+          const token = newToken();
           const expires = ep.ttlSecs > 0 ? now + ep.ttlSecs * 1000 : 0;
           await this.#o.store.createSshSession({
             id: token,
@@ -176,7 +201,7 @@ export class SandboxService {
             gateway_port: ep.port,
             gateway_scheme: ep.scheme,
             connect_path: ep.connectPath,
-            host_key_fingerprint: record.secrets.hostKeyFingerprint ?? "",
+            host_key_fingerprint: fingerprint,
             expires_at_ms: expires,
           };
         },
@@ -186,6 +211,33 @@ export class SandboxService {
         async (req: { token: string }): Promise<{ revoked: boolean }> => {
           if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
           return { revoked: await this.#o.store.revokeSshSession(req.token) };
+        },
+      ),
+      IssueSupervisorCredentials: unary(
+        log,
+        async (req: { name: string }): Promise<IssueSupervisorCredentialsResponse> => {
+          const record = await this.#byName(req.name);
+          if (this.#o.compute.hasDriver) {
+            throw new StatusError(
+              Code.FAILED_PRECONDITION,
+              `sandbox "${req.name}" is provisioned by the gateway's compute driver, which hands ` +
+                "its supervisor a credential; only gateways started with --drivers none issue them",
+            );
+          }
+          const plane = this.#o.supervisorPlane?.();
+          if (!plane) throw new StatusError(Code.UNAVAILABLE, "the supervisor plane is not up");
+          const token = newToken();
+          await this.#o.store.updateSandbox(record.sandbox.id, (r) => ({
+            ...r,
+            secrets: { ...r.secrets, supervisorTokenHash: hashToken(token) },
+          }));
+          log.info("supervisor credentials issued", { sandbox: record.sandbox.id });
+          return {
+            sandbox_id: record.sandbox.id,
+            token,
+            endpoint: plane.endpoint,
+            ca_cert_pem: plane.caPem,
+          };
         },
       ),
       GetSandboxLogs: unary(
@@ -237,7 +289,7 @@ export class SandboxService {
       const json = JSON.stringify(sandbox);
       if (json !== last) {
         last = json;
-        if (req.follow_status) send({ sandbox });
+        if (req.follow_status) send({ sandbox: publicSandbox(sandbox) });
       }
       if (req.stop_on_terminal && isTerminalPhase(sandbox.phase)) finish();
     };

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import type { SandboxLogLine } from "../core/protocol.ts";
-import { logLineMatches, newSshToken } from "./sandbox_service.ts";
+import { logLineMatches, publicSandbox } from "./sandbox_service.ts";
+import { hashToken, newToken, tokenMatches } from "./tokens.ts";
 
 function line(over: Partial<SandboxLogLine> = {}): SandboxLogLine {
   return {
@@ -70,11 +71,34 @@ Deno.test("logLineMatches: all filters apply together", () => {
   );
 });
 
-Deno.test("newSshToken: 32 random bytes as base64url, never repeated", () => {
-  const tokens = new Set(Array.from({ length: 100 }, newSshToken));
+Deno.test("tokens: 32 random bytes as base64url, never repeated; matched by hash only", () => {
+  const tokens = new Set(Array.from({ length: 100 }, newToken));
   assert.equal(tokens.size, 100);
-  for (const t of tokens) {
+  for (const t of tokens as Set<string>) {
     assert.match(t, /^[A-Za-z0-9_-]{43}$/);
     assert.equal(Buffer.from(t, "base64url").length, 32);
   }
+  const [a, b] = [...tokens];
+  assert.match(hashToken(a), /^[0-9a-f]{64}$/);
+  assert.ok(tokenMatches(a, hashToken(a)));
+  assert.ok(!tokenMatches(b, hashToken(a)));
+  assert.ok(!tokenMatches("", hashToken(a)));
+  assert.ok(!tokenMatches(undefined, hashToken(a)));
+});
+
+Deno.test("publicSandbox: environment values are write-only, names stay", () => {
+  const s = {
+    id: "i",
+    name: "n",
+    namespace: "default",
+    spec: { log_level: "", environment: { OPENAI_API_KEY: "sk-secret", B: "2" }, gpu: false },
+    status: null,
+    phase: "SANDBOX_PHASE_READY",
+    created_at_ms: 1,
+    current_policy_version: 0,
+  } as unknown as Parameters<typeof publicSandbox>[0];
+  const shown = publicSandbox(s);
+  assert.deepEqual(shown.spec?.environment, { OPENAI_API_KEY: "", B: "" });
+  assert.ok(!JSON.stringify(shown).includes("sk-secret"));
+  assert.equal(s.spec?.environment.OPENAI_API_KEY, "sk-secret");
 });

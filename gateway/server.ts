@@ -12,8 +12,18 @@ import { errorMessage, type Logger } from "../core/log.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
+import { hostForUrl } from "../core/endpoint.ts";
+import { ensureGatewayPki, serverNames } from "../core/pki.ts";
+import { checkPrivateDir } from "../core/secure_fs.ts";
+import { Code, StatusError } from "../core/status.ts";
 import { ComputeRuntime } from "./compute.ts";
-import { driverSocketPath, type GatewayConfig, internalSocketPath } from "./config.ts";
+import {
+  driverSocketPath,
+  type GatewayConfig,
+  internalSocketPath,
+  pkiDir,
+  supervisorSocketPath,
+} from "./config.ts";
 import { type ComputeDriver, startDriverProcess } from "./driver.ts";
 import { ExecService } from "./exec.ts";
 import { httpResponse, type RequestHead } from "./http1.ts";
@@ -44,8 +54,12 @@ export interface Gateway {
   /** Bound address. */
   host: string;
   port: number;
-  /** URL sandboxes dial. */
+  /** URL supervisors dial (the supervisor plane). */
   grpcEndpoint: string;
+  /** Bound port of the supervisor plane. */
+  supervisorPort: number;
+  /** The automatic PKI directory, when the gateway uses one. */
+  pkiDir?: string;
   /** Resolves when {@link stop} has finished. */
   stopped: Promise<void>;
   /** Stops accepting, ends streams, stops the driver, closes the store. */
@@ -69,15 +83,100 @@ export interface StartOptions {
   tuning?: Partial<RelayTuning>;
 }
 
-function defaultEndpoint(config: GatewayConfig, port: number): string {
+function planeEndpoint(config: GatewayConfig, bind: string, port: number): string {
   const scheme = config.disableTls ? "http" : "https";
-  const unspecified = ["0.0.0.0", "::", "[::]", ""].includes(config.bind);
-  const host = unspecified
-    ? "127.0.0.1"
-    : config.bind.includes(":") && !config.bind.startsWith("[")
-    ? `[${config.bind}]`
-    : config.bind;
-  return `${scheme}://${host}:${port}`;
+  const unspecified = ["0.0.0.0", "::", "[::]", ""].includes(bind);
+  return `${scheme}://${unspecified ? "127.0.0.1" : hostForUrl(bind)}:${port}`;
+}
+
+/** TLS material of both planes. */
+interface TlsSetup {
+  /** The user API's certificate and key. */
+  user: { cert: string; key: string; clientCa?: string };
+  /** The supervisor plane's certificate and key (always from the gateway's own CA). */
+  supervisor: { cert: string; key: string };
+  /** PEM CA that signs the supervisor plane's certificate. */
+  caPem: string;
+}
+
+/**
+ * Loads or creates TLS material. The supervisor plane always uses the
+ * gateway's own PKI (`<state-dir>/pki`), whose CA the drivers hand to
+ * guests; the user API uses `--tls-cert/--tls-key` when given.
+ */
+async function setupTls(config: GatewayConfig, log: Logger): Promise<TlsSetup> {
+  const dir = pkiDir(config);
+  const pki = await ensureGatewayPki(dir, {
+    serverNames: serverNames(config.bind, [
+      ...config.tlsSans,
+      ...(config.supervisorBind !== config.bind ? serverNames(config.supervisorBind) : []),
+    ]),
+  });
+  if (pki.written.includes(pki.paths.caCert)) {
+    log.info(
+      `created the gateway's PKI in ${dir}; import the operator bundle with ` +
+        `\`openshell gateway add NAME URL --mtls-dir ${dir}\``,
+    );
+  } else if (pki.written.length > 0) {
+    log.info("re-issued certificates that expire soon or miss a name", { files: pki.written.join(",") });
+  }
+  const own = !!config.tlsCert;
+  const clientCa = config.disableGatewayAuth
+    ? undefined
+    : own
+    ? await readPem(config.tlsClientCa!, "--tls-client-ca")
+    : pki.ca.cert;
+  return {
+    user: own
+      ? {
+        cert: await readPem(config.tlsCert!, "--tls-cert"),
+        key: await readPem(config.tlsKey!, "--tls-key"),
+        clientCa,
+      }
+      : { cert: pki.server.cert, key: pki.server.key, clientCa },
+    supervisor: { cert: pki.server.cert, key: pki.server.key },
+    caPem: pki.ca.cert,
+  };
+}
+
+/** Methods the supervisor plane serves; every other one answers PERMISSION_DENIED there. */
+export const SUPERVISOR_PLANE_METHODS: readonly string[] = ["ConnectSupervisor", "RelayStream"];
+
+/** Handlers of the supervisor plane's gRPC server: two real ones, the rest refused. */
+function supervisorPlaneHandlers(
+  plane: SupervisorPlane,
+): grpc.UntypedServiceImplementation {
+  const handlers: grpc.UntypedServiceImplementation = {
+    ConnectSupervisor: plane.connectSupervisor,
+    RelayStream: plane.relayStream,
+  };
+  const service = OpenShellClient.service as grpc.ServiceDefinition;
+  for (const [name, def] of Object.entries(service)) {
+    if (SUPERVISOR_PLANE_METHODS.includes(name)) continue;
+    const denied = {
+      code: Code.PERMISSION_DENIED,
+      details: `${name} is not served on the supervisor plane (use the gateway's user API)`,
+    };
+    handlers[name] = def.responseStream
+      ? (call: grpc.ServerWritableStream<unknown, unknown>) => call.destroy(denied as never)
+      : (_call: unknown, callback: grpc.sendUnaryData<unknown>) => callback(denied, null);
+  }
+  return handlers;
+}
+
+async function bindGrpc(
+  server: grpc.Server,
+  socketPath: string,
+): Promise<void> {
+  await removeStale(socketPath);
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(
+      `unix:${socketPath}`,
+      grpc.ServerCredentials.createInsecure(),
+      (err) => err ? reject(new Error(`cannot bind ${socketPath}: ${err.message}`)) : resolve(),
+    )
+  );
+  await Deno.chmod(socketPath, 0o600);
 }
 
 function openStore(config: GatewayConfig): Store {
@@ -145,6 +244,15 @@ export function checkGrants(config: GatewayConfig): void {
       { name: "net", host: config.port === 0 ? host : `${host}:${config.port}` },
       `listen on ${host}:${config.port}`,
     ],
+    [
+      {
+        name: "net",
+        host: config.supervisorPort === 0
+          ? hostForUrl(config.supervisorBind)
+          : `${hostForUrl(config.supervisorBind)}:${config.supervisorPort}`,
+      },
+      `listen on ${hostForUrl(config.supervisorBind)}:${config.supervisorPort}`,
+    ],
     [{ name: "write", path: config.stateDir }, `write its state dir ${config.stateDir}`],
     [{ name: "read", path: config.stateDir }, `read its state dir ${config.stateDir}`],
   ];
@@ -169,7 +277,14 @@ export function checkGrants(config: GatewayConfig): void {
 export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
   const log = options.log;
   checkGrants(config);
-  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  await checkPrivateDir(config.stateDir, { create: true, what: "state dir" });
+  if (config.disableGatewayAuth) {
+    log.warn(
+      "GATEWAY AUTH IS DISABLED: anyone who can reach the user API can list, read, exec into and " +
+        "delete every sandbox (--disable-gateway-auth is for development only)",
+    );
+  }
+  const tlsSetup = config.disableTls ? undefined : await setupTls(config, log);
   const store = openStore(config);
   const registry = new SessionRegistry<Duplex>();
   registry.startReaper();
@@ -183,6 +298,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     registry,
     log,
     driverExpected: config.drivers === "vm",
+    supervisorCa: tlsSetup?.caPem,
   });
   compute.start();
 
@@ -192,39 +308,39 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     log,
     sshEndpoint: () => endpointRef.current!,
     healthy: () => compute.driverReady,
+    supervisorPlane: () => ({ endpoint: grpcEndpoint, caPem: tlsSetup?.caPem ?? "" }),
   });
   const plane = new SupervisorPlane({
     store,
     registry,
     log,
     heartbeatSecs: config.supervisorHeartbeatSecs,
-    requireTokens: !config.disableGatewayAuth,
     relayChunkBytes: options.tuning?.relayChunkBytes,
   });
   const exec = new ExecService({ store, registry, log });
   const tunnel = new SshTunnel({ store, registry, log });
 
-  const grpcServer = new grpc.Server({
+  const grpcOptions = {
     "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
     "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
-  });
+  };
+  const grpcServer = new grpc.Server(grpcOptions);
   grpcServer.addService(OpenShellClient.service, {
     ...sandboxes.handlers(),
     ConnectSupervisor: plane.connectSupervisor,
     RelayStream: plane.relayStream,
     ExecSandbox: exec.execSandbox,
   });
+  const supervisorServer = new grpc.Server(grpcOptions);
+  supervisorServer.addService(OpenShellClient.service, supervisorPlaneHandlers(plane));
   const grpcSocket = internalSocketPath(config);
-  await removeStale(grpcSocket);
-  await new Promise<void>((resolve, reject) =>
-    grpcServer.bindAsync(
-      `unix:${grpcSocket}`,
-      grpc.ServerCredentials.createInsecure(),
-      (err) => err ? reject(new Error(`cannot bind ${grpcSocket}: ${err.message}`)) : resolve(),
-    )
-  );
-  await Deno.chmod(grpcSocket, 0o600);
-  if (!options.tuning?.defaultH2Windows) raiseWindows(grpcServer, log);
+  const supervisorSocket = supervisorSocketPath(config);
+  await bindGrpc(grpcServer, grpcSocket);
+  await bindGrpc(supervisorServer, supervisorSocket);
+  if (!options.tuning?.defaultH2Windows) {
+    raiseWindows(grpcServer, log);
+    raiseWindows(supervisorServer, log);
+  }
 
   const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
     const path = head.target.split("?")[0];
@@ -249,28 +365,52 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const listener = new GatewayListener({
     bind: config.bind,
     port: config.port,
-    tls: config.disableTls ? undefined : {
-      cert: await readPem(config.tlsCert!, "--tls-cert"),
-      key: await readPem(config.tlsKey!, "--tls-key"),
-      clientCa: config.disableGatewayAuth || !config.tlsClientCa
-        ? undefined
-        : await readPem(config.tlsClientCa, "--tls-client-ca"),
-    },
+    tls: tlsSetup?.user,
     grpcSocketPath: grpcSocket,
     http,
     log,
     filterGoaway: !options.unsafeKeepGoaway,
   });
+  const supervisorListener = new GatewayListener({
+    bind: config.supervisorBind,
+    port: config.supervisorPort,
+    tls: tlsSetup?.supervisor,
+    grpcSocketPath: supervisorSocket,
+    http: (_head, socket) => {
+      socket.end(httpResponse(403, { body: "the supervisor plane serves gRPC supervisors only" }));
+      return Promise.resolve();
+    },
+    log: log.with({ plane: "supervisor" }),
+    filterGoaway: !options.unsafeKeepGoaway,
+  });
   let bound: { host: string; port: number };
+  let supervisorBound: { host: string; port: number };
   try {
     bound = await listener.listen();
+    try {
+      supervisorBound = await supervisorListener.listen();
+    } catch (err) {
+      await listener.stopAccepting().catch(() => {});
+      throw new Error(
+        `supervisor plane on ${config.supervisorBind}:${config.supervisorPort}: ${
+          errorMessage(err)
+        }`,
+      );
+    }
   } catch (err) {
     grpcServer.forceShutdown();
+    supervisorServer.forceShutdown();
     registry.close();
     store.close();
-    throw new Error(`cannot listen on ${config.bind}:${config.port}: ${errorMessage(err)}`);
+    const message = errorMessage(err);
+    throw new Error(
+      message.startsWith("supervisor plane")
+        ? `cannot listen: ${message}`
+        : `cannot listen on ${config.bind}:${config.port}: ${message}`,
+    );
   }
-  const grpcEndpoint = config.grpcEndpoint ?? defaultEndpoint(config, bound.port);
+  const grpcEndpoint = config.grpcEndpoint ??
+    planeEndpoint(config, supervisorBound.host, supervisorBound.port);
   endpointRef.current = {
     host: config.sshGatewayHost ?? bound.host,
     port: config.sshGatewayPort ?? bound.port,
@@ -286,6 +426,8 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       version: VERSION,
       drivers: config.drivers,
       tls: !config.disableTls,
+      mtls: !!tlsSetup?.user.clientCa,
+      supervisor_plane: `${hostForUrl(supervisorBound.host)}:${supervisorBound.port}`,
     },
   );
 
@@ -303,18 +445,24 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     stopping ??= (async () => {
       log.info("shutting down");
       clearInterval(prune);
-      const closed = listener.stopAccepting().catch(() => {});
+      const closed = Promise.all([
+        listener.stopAccepting().catch(() => {}),
+        supervisorListener.stopAccepting().catch(() => {}),
+      ]);
       plane.closeAll();
       tunnel.closeAll();
       await compute.stop();
       registry.close();
       await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
       listener.destroyAll();
+      supervisorListener.destroyAll();
       await closed;
       grpcServer.forceShutdown();
+      supervisorServer.forceShutdown();
       if (driver) await driver.close();
       store.close();
       await removeStale(grpcSocket).catch(() => {});
+      await removeStale(supervisorSocket).catch(() => {});
       log.info("stopped");
       resolveStopped();
     })();
@@ -361,5 +509,13 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     }
   }
 
-  return { host: bound.host, port: bound.port, grpcEndpoint, stopped, stop };
+  return {
+    host: bound.host,
+    port: bound.port,
+    grpcEndpoint,
+    supervisorPort: supervisorBound.port,
+    pkiDir: tlsSetup ? pkiDir(config) : undefined,
+    stopped,
+    stop,
+  };
 }

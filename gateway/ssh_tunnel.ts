@@ -129,8 +129,7 @@ export class SshTunnel {
     if (!sandboxId || !token) {
       throw new HttpError(400, "x-sandbox-id and x-sandbox-token must not be blank");
     }
-    const record = await this.#o.store.getSandbox(sandboxId);
-    if (!record) throw new HttpError(404, "sandbox not found");
+    // The token first: without a valid one nothing reveals whether a sandbox exists.
     let session;
     try {
       session = await this.#o.store.getSshSession(token);
@@ -147,6 +146,8 @@ export class SshTunnel {
     if (session.expires_at_ms > 0 && now > session.expires_at_ms) {
       throw new HttpError(401, "token expired");
     }
+    const record = await this.#o.store.getSandbox(sandboxId);
+    if (!record) throw new HttpError(404, "sandbox not found");
     if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
       throw new HttpError(412, "sandbox is not ready");
     }

@@ -11,15 +11,18 @@
 import { DatabaseSync } from "node:sqlite";
 import type { Sandbox, SshSession } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { hashToken } from "./tokens.ts";
 
-/** Gateway-only data of a sandbox, never returned by the public API. */
+/**
+ * Gateway-only data of a sandbox, never returned by the public API. No
+ * secret is kept in plain text: the SSH host private key goes to the driver
+ * at create time and is not stored; the supervisor token only as a hash.
+ */
 export interface SandboxSecrets {
-  /** OpenSSH private host key, when the gateway generated one. */
-  sshHostKey?: string;
-  /** Fingerprint of that key, reported once the key was handed to a driver. */
+  /** SHA-256 fingerprint of the sandbox's SSH host key (pinned by clients). */
   hostKeyFingerprint?: string;
-  /** Token the sandbox's supervisor must present. */
-  supervisorToken?: string;
+  /** SHA-256 (hex) of the token the sandbox's supervisor must present. */
+  supervisorTokenHash?: string;
 }
 
 /** A stored sandbox. */
@@ -57,9 +60,9 @@ export interface Store {
   ): Promise<SandboxRecord | undefined>;
   /** Deletes the sandbox and its SSH sessions; false when it did not exist. */
   deleteSandbox(id: string): Promise<boolean>;
-  /** Stores an SSH session token. */
+  /** Stores an SSH session (its token only as a hash). */
   createSshSession(session: SshSession): Promise<void>;
-  /** The SSH session for `token`. */
+  /** The SSH session for `token` (its `id`/`token` fields hold the hash). */
   getSshSession(token: string): Promise<SshSession | undefined>;
   /** Marks a token revoked; false when unknown. */
   revokeSshSession(token: string): Promise<boolean>;
@@ -69,8 +72,33 @@ export interface Store {
   close(): void;
 }
 
+/** One schema migration: SQL, or a function for changes SQL cannot express. */
+export type Migration = string | ((db: DatabaseSync) => void);
+
+/**
+ * Version 2: no secret in plain text. Supervisor tokens become hashes, SSH
+ * host private keys are dropped (the driver holds them), SSH session tokens
+ * are replaced by their hashes.
+ */
+function hashStoredSecrets(db: DatabaseSync): void {
+  const rows = db.prepare("SELECT id, secrets FROM sandboxes").all() as {
+    id: string;
+    secrets: string;
+  }[];
+  const update = db.prepare("UPDATE sandboxes SET secrets = ? WHERE id = ?");
+  for (const row of rows) {
+    const old = JSON.parse(row.secrets) as Record<string, string | undefined>;
+    const next: SandboxSecrets = { hostKeyFingerprint: old.hostKeyFingerprint };
+    if (old.supervisorToken) next.supervisorTokenHash = hashToken(old.supervisorToken);
+    update.run(JSON.stringify(next), row.id);
+  }
+  const sessions = db.prepare("SELECT token FROM ssh_sessions").all() as { token: string }[];
+  const rehash = db.prepare("UPDATE ssh_sessions SET token = ? WHERE token = ?");
+  for (const s of sessions) rehash.run(hashToken(s.token), s.token);
+}
+
 /** Schema migrations, applied in order; the index + 1 is the schema version. */
-export const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly Migration[] = [
   `CREATE TABLE sandboxes (
      id TEXT PRIMARY KEY,
      name TEXT NOT NULL UNIQUE,
@@ -88,6 +116,7 @@ export const MIGRATIONS: readonly string[] = [
      revoked INTEGER NOT NULL DEFAULT 0
    );
    CREATE INDEX ssh_sessions_by_sandbox ON ssh_sessions(sandbox_id);`,
+  hashStoredSecrets,
 ];
 
 interface SandboxRow {
@@ -108,6 +137,7 @@ function toRecord(row: SandboxRow): SandboxRecord {
   return { sandbox: JSON.parse(row.resource), secrets: JSON.parse(row.secrets) };
 }
 
+/** A stored session: `id` and `token` hold the token's hash, never the token. */
 function toSession(row: SessionRow): SshSession {
   return {
     id: row.token,
@@ -138,9 +168,14 @@ export class SqliteStore implements Store {
     this.#now = now;
   }
 
-  /** Opens (creating if needed) and migrates a database. */
+  /**
+   * Opens (creating if needed) and migrates a database. A database file and
+   * its `-wal`/`-shm` companions are mode 0600 (SQLite gives the companions
+   * the main file's mode; an existing file is narrowed too).
+   */
   static open(options: SqliteStoreOptions = {}): SqliteStore {
     let db: DatabaseSync;
+    if (options.path) createPrivate(options.path);
     try {
       db = new DatabaseSync(options.path ?? ":memory:", { timeout: 5_000 } as never);
     } catch (err) {
@@ -149,7 +184,16 @@ export class SqliteStore implements Store {
       );
     }
     try {
-      if (options.path) db.exec("PRAGMA journal_mode = WAL");
+      if (options.path) {
+        db.exec("PRAGMA journal_mode = WAL");
+        for (const f of [options.path, `${options.path}-wal`, `${options.path}-shm`]) {
+          try {
+            Deno.chmodSync(f, 0o600);
+          } catch (err) {
+            if (!(err instanceof Deno.errors.NotFound)) throw err;
+          }
+        }
+      }
       db.exec("PRAGMA foreign_keys = ON");
       db.exec("PRAGMA busy_timeout = 5000");
       migrate(db, options.now ?? Date.now);
@@ -264,7 +308,7 @@ export class SqliteStore implements Store {
           `INSERT INTO ssh_sessions (token, sandbox_id, name, created_at_ms, expires_at_ms, revoked)
            VALUES (?, ?, ?, ?, ?, ?)`,
         ).run(
-          session.token,
+          hashToken(session.token),
           session.sandbox_id,
           session.name,
           session.created_at_ms,
@@ -282,7 +326,9 @@ export class SqliteStore implements Store {
 
   getSshSession(token: string): Promise<SshSession | undefined> {
     return this.#read(() => {
-      const row = this.#db.prepare("SELECT * FROM ssh_sessions WHERE token = ?").get(token);
+      const row = this.#db.prepare("SELECT * FROM ssh_sessions WHERE token = ?").get(
+        hashToken(token),
+      );
       return row ? toSession(row as unknown as SessionRow) : undefined;
     });
   }
@@ -290,7 +336,7 @@ export class SqliteStore implements Store {
   revokeSshSession(token: string): Promise<boolean> {
     return this.#write(() => {
       const res = this.#db.prepare("UPDATE ssh_sessions SET revoked = 1 WHERE token = ?").run(
-        token,
+        hashToken(token),
       );
       return Number(res.changes) > 0;
     });
@@ -341,6 +387,17 @@ export class SqliteStore implements Store {
   }
 }
 
+/** Creates `path` empty with mode 0600 unless it exists. */
+function createPrivate(path: string): void {
+  try {
+    Deno.writeFileSync(path, new Uint8Array(), { mode: 0o600, createNew: true });
+  } catch (err) {
+    if (!(err instanceof Deno.errors.AlreadyExists)) {
+      throw new Error(`cannot create database ${path}: ${(err as Error).message}`);
+    }
+  }
+}
+
 function currentVersion(db: DatabaseSync): number {
   const row = db.prepare("SELECT MAX(version) AS v FROM schema_migrations").get() as {
     v: number | null;
@@ -364,7 +421,9 @@ function migrate(db: DatabaseSync, now: () => number): void {
   for (let v = from + 1; v <= MIGRATIONS.length; v++) {
     db.exec("BEGIN IMMEDIATE");
     try {
-      db.exec(MIGRATIONS[v - 1]);
+      const step = MIGRATIONS[v - 1];
+      if (typeof step === "string") db.exec(step);
+      else step(db);
       db.prepare("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)").run(
         v,
         now(),

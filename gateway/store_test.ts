@@ -15,7 +15,7 @@ function sandbox(id: string, name: string, created = 1): SandboxRecord {
     created_at_ms: created,
     current_policy_version: 0,
   };
-  return { sandbox: s, secrets: { supervisorToken: `tok-${id}` } };
+  return { sandbox: s, secrets: { supervisorTokenHash: `hash-${id}` } };
 }
 
 Deno.test("sandboxes: create, get by id and name, list in creation order, count", async () => {
@@ -25,7 +25,7 @@ Deno.test("sandboxes: create, get by id and name, list in creation order, count"
     await store.createSandbox(sandbox("a", "alpha", 1));
     assert.equal((await store.getSandbox("a"))?.sandbox.name, "alpha");
     assert.equal((await store.getSandboxByName("bravo"))?.sandbox.id, "b");
-    assert.equal((await store.getSandbox("a"))?.secrets.supervisorToken, "tok-a");
+    assert.equal((await store.getSandbox("a"))?.secrets.supervisorTokenHash, "hash-a");
     assert.equal(await store.getSandbox("zzz"), undefined);
     assert.deepEqual(
       (await store.listSandboxes({ limit: 10, offset: 0 })).map((r) => r.sandbox.id),

@@ -10,7 +10,6 @@
  * @module
  */
 import type * as grpc from "@grpc/grpc-js";
-import { timingSafeEqual } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { relayFrameDuplex } from "../core/bridge.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
@@ -20,6 +19,7 @@ import type { SessionRegistry } from "../core/registry.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { failStream, metadataValue } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
+import { tokenMatches } from "./tokens.ts";
 
 /** Supervisors never heartbeat faster than this, so silence is judged on it at least. */
 export const MIN_SUPERVISOR_HEARTBEAT_SECS = 5;
@@ -35,8 +35,6 @@ export interface SupervisorPlaneOptions {
   log: Logger;
   /** Interval announced in `session_accepted`. */
   heartbeatSecs: number;
-  /** Whether provisioned supervisor tokens are enforced. */
-  requireTokens: boolean;
   /** Largest relay frame payload sent to supervisors; default `RELAY_CHUNK_BYTES`. */
   relayChunkBytes?: number;
 }
@@ -49,21 +47,34 @@ export function silenceLimitMs(secs: number): number {
   return MISSED_HEARTBEATS_LIMIT * Math.max(secs, MIN_SUPERVISOR_HEARTBEAT_SECS) * 1000;
 }
 
-/** Checks the supervisor token presented in `metadata` against the sandbox's. */
-export function checkSupervisorToken(
-  record: SandboxRecord,
-  metadata: grpc.Metadata,
-  required: boolean,
-): void {
-  const expected = record.secrets.supervisorToken;
-  if (!required || !expected) return;
+/**
+ * Checks the supervisor token presented in `metadata` against the sandbox's
+ * hash: none presented → UNAUTHENTICATED; a token that is not this
+ * sandbox's (another sandbox's, a stale one) → PERMISSION_DENIED; a sandbox
+ * that has no supervisor credential yet → PERMISSION_DENIED naming the
+ * command that issues one.
+ */
+export function checkSupervisorToken(record: SandboxRecord, metadata: grpc.Metadata): void {
   const presented = metadataValue(metadata, SUPERVISOR_TOKEN_METADATA);
-  const a = new TextEncoder().encode(presented);
-  const b = new TextEncoder().encode(expected);
-  if (a.length !== b.length || !timingSafeEqual(a, b)) {
+  const id = record.sandbox.id;
+  if (!presented) {
     throw new StatusError(
       Code.UNAUTHENTICATED,
-      `supervisor token missing or wrong for sandbox ${record.sandbox.id}`,
+      `a supervisor token is required for sandbox ${id} (${SUPERVISOR_TOKEN_METADATA})`,
+    );
+  }
+  const expected = record.secrets.supervisorTokenHash;
+  if (!expected) {
+    throw new StatusError(
+      Code.PERMISSION_DENIED,
+      `sandbox ${id} has no supervisor credential yet: issue one with ` +
+        `\`openshell sandbox credentials ${record.sandbox.name} --out DIR\``,
+    );
+  }
+  if (!tokenMatches(presented, expected)) {
+    throw new StatusError(
+      Code.PERMISSION_DENIED,
+      `this supervisor credential is not valid for sandbox ${id}`,
     );
   }
 }
@@ -138,10 +149,11 @@ export class SupervisorPlane {
     if (!sandboxId) throw new StatusError(Code.INVALID_ARGUMENT, "hello.sandbox_id is required");
     const record = await store.getSandbox(sandboxId);
     if (!record) throw new StatusError(Code.NOT_FOUND, `sandbox ${sandboxId} not found`);
-    checkSupervisorToken(record, call.metadata, this.#o.requireTokens);
+    checkSupervisorToken(record, call.metadata);
     if (record.sandbox.phase === "SANDBOX_PHASE_DELETING") {
       throw new StatusError(Code.FAILED_PRECONDITION, `sandbox ${sandboxId} is being deleted`);
     }
+    await this.#pinHostKey(record, first.hello.ssh_host_key_fingerprint.trim());
 
     const sessionId = crypto.randomUUID();
     const slog = log.with({ sandbox: sandboxId, session: sessionId });
@@ -229,6 +241,41 @@ export class SupervisorPlane {
     call.resume();
   }
 
+  /**
+   * Pins the host key a supervisor reports for a sandbox that has none
+   * (bring-your-own hosts); refuses a hello whose key differs from the
+   * pinned one.
+   */
+  async #pinHostKey(record: SandboxRecord, fingerprint: string): Promise<void> {
+    const pinned = record.secrets.hostKeyFingerprint;
+    if (!fingerprint) return;
+    if (!/^SHA256:[A-Za-z0-9+/]{43}=?$/.test(fingerprint)) {
+      throw new StatusError(
+        Code.INVALID_ARGUMENT,
+        "hello.ssh_host_key_fingerprint must be an OpenSSH SHA256 fingerprint",
+      );
+    }
+    if (pinned) {
+      if (pinned !== fingerprint) {
+        throw new StatusError(
+          Code.PERMISSION_DENIED,
+          `the SSH host key of sandbox ${record.sandbox.id} changed (pinned ${pinned}, ` +
+            `reported ${fingerprint}); restore the supervisor's host key file, or delete and ` +
+            "recreate the sandbox",
+        );
+      }
+      return;
+    }
+    await this.#o.store.updateSandbox(record.sandbox.id, (r) =>
+      r.secrets.hostKeyFingerprint
+        ? undefined
+        : { ...r, secrets: { ...r.secrets, hostKeyFingerprint: fingerprint } });
+    this.#o.log.info("pinned the sandbox's SSH host key", {
+      sandbox: record.sandbox.id,
+      fingerprint,
+    });
+  }
+
   async #runRelay(call: RelayCall): Promise<void> {
     const { store, registry, log } = this.#o;
     const first = await firstMessage(call, FIRST_MESSAGE_TIMEOUT_MS);
@@ -240,9 +287,14 @@ export class SupervisorPlane {
     }
     const channelId = first.init.channel_id;
     const sandboxId = registry.pendingSandboxId(channelId);
-    if (sandboxId && this.#o.requireTokens) {
+    if (sandboxId) {
       const record = await store.getSandbox(sandboxId);
-      if (record) checkSupervisorToken(record, call.metadata, true);
+      if (record) checkSupervisorToken(record, call.metadata);
+    } else {
+      // Unknown channel: still no claim without some supervisor's token.
+      if (!metadataValue(call.metadata, SUPERVISOR_TOKEN_METADATA)) {
+        throw new StatusError(Code.UNAUTHENTICATED, "a supervisor token is required");
+      }
     }
     const bytes = relayFrameDuplex(call, {
       role: "server",

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { Code, StatusError } from "../core/status.ts";
 import type { SandboxRecord } from "./store.ts";
+import { hashToken } from "./tokens.ts";
 import {
   checkSupervisorToken,
   MIN_SUPERVISOR_HEARTBEAT_SECS,
@@ -32,7 +33,7 @@ function record(token?: string): SandboxRecord {
       created_at_ms: 1,
       current_policy_version: 0,
     },
-    secrets: token === undefined ? {} : { supervisorToken: token },
+    secrets: token === undefined ? {} : { supervisorTokenHash: hashToken(token) },
   };
 }
 
@@ -42,36 +43,47 @@ function metadata(token?: string): grpc.Metadata {
   return m;
 }
 
-function unauthenticated(fn: () => void, secret: string): void {
+function refused(fn: () => void, code: number, message: RegExp, secret: string): void {
   assert.throws(fn, (e: unknown) => {
     assert.ok(e instanceof StatusError, `not a StatusError: ${e}`);
-    assert.equal(e.code, Code.UNAUTHENTICATED);
-    assert.match(e.message, /supervisor token missing or wrong for sandbox sb-1/);
+    assert.equal(e.code, code);
+    assert.match(e.message, message);
     assert.ok(!e.message.includes(secret), "the expected token is never echoed");
     return true;
   });
 }
 
 Deno.test("checkSupervisorToken: the provisioned token passes", () => {
-  checkSupervisorToken(record("s3cret-token"), metadata("s3cret-token"), true);
+  checkSupervisorToken(record("s3cret-token"), metadata("s3cret-token"));
 });
 
-Deno.test("checkSupervisorToken: missing, wrong, prefix or longer tokens are UNAUTHENTICATED", () => {
+Deno.test("checkSupervisorToken: missing → UNAUTHENTICATED; wrong, prefix or longer → PERMISSION_DENIED", () => {
   const r = record("s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, metadata(), true), "s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, metadata(""), true), "s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret-tokeN"), true), "s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret"), true), "s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, metadata("s3cret-token2"), true), "s3cret-token");
+  const missing = /a supervisor token is required for sandbox sb-1/;
+  const wrong = /this supervisor credential is not valid for sandbox sb-1/;
+  const D = Code.PERMISSION_DENIED;
+  refused(() => checkSupervisorToken(r, metadata()), Code.UNAUTHENTICATED, missing, "s3cret");
+  refused(() => checkSupervisorToken(r, metadata("")), Code.UNAUTHENTICATED, missing, "s3cret");
+  refused(() => checkSupervisorToken(r, metadata("s3cret-tokeN")), D, wrong, "s3cret-token");
+  refused(() => checkSupervisorToken(r, metadata("s3cret")), D, wrong, "s3cret-token");
+  refused(() => checkSupervisorToken(r, metadata("s3cret-token2")), D, wrong, "s3cret-token");
   // the token travels under its own key only
   const other = new grpc.Metadata();
   other.set("authorization", "s3cret-token");
-  unauthenticated(() => checkSupervisorToken(r, other, true), "s3cret-token");
+  refused(() => checkSupervisorToken(r, other), Code.UNAUTHENTICATED, missing, "s3cret");
 });
 
-Deno.test("checkSupervisorToken: not enforced when auth is off or nothing was provisioned", () => {
-  checkSupervisorToken(record("s3cret-token"), metadata(), false);
-  checkSupervisorToken(record("s3cret-token"), metadata("wrong"), false);
-  checkSupervisorToken(record(), metadata(), true);
-  checkSupervisorToken(record(""), metadata("anything"), true);
+Deno.test("checkSupervisorToken: always enforced; a sandbox without a credential accepts none", () => {
+  refused(
+    () => checkSupervisorToken(record(), metadata("anything")),
+    Code.PERMISSION_DENIED,
+    /has no supervisor credential yet: issue one with `openshell sandbox credentials alpha --out DIR`/,
+    "anything",
+  );
+  refused(
+    () => checkSupervisorToken(record(), metadata()),
+    Code.UNAUTHENTICATED,
+    /required/,
+    "x",
+  );
 });

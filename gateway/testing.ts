@@ -19,6 +19,7 @@ import {
   type SupervisorMessage,
   type Wire,
 } from "../core/protocol.ts";
+import { grpcTlsCredentials } from "../core/tls.ts";
 import { gatewayGrantParams, parseGatewayConfig } from "./config.ts";
 
 /** Options of {@link startGateway}. */
@@ -37,17 +38,26 @@ export interface TestGatewayOptions {
   port?: number;
   /** Extra environment for the gateway process. */
   env?: Record<string, string>;
-  /** Enforce supervisor tokens (omit `--disable-gateway-auth`; TLS stays off). */
-  auth?: boolean;
+  /**
+   * Secure defaults: TLS with the automatic PKI and client certificates on
+   * the user API. Default false: `--disable-tls --disable-gateway-auth`.
+   */
+  tls?: boolean;
   /** How long to wait for `Server listening`; default 30 s. */
   startTimeoutMs?: number;
 }
 
 /** A gateway process under test. */
 export interface TestGateway {
-  /** `http://127.0.0.1:PORT`. */
+  /** `http://127.0.0.1:PORT` (`https://` with `tls`): the user API. */
   endpoint: string;
   port: number;
+  /** Port of the supervisor plane. */
+  supervisorPort: number;
+  /** URL of the supervisor plane (what supervisors dial). */
+  supervisorEndpoint: string;
+  /** With `tls`: the automatic PKI's files (CA, operator client bundle). */
+  pki?: { dir: string; ca: string; clientCert: string; clientKey: string };
   stateDir: string;
   /** The process id. */
   pid: number;
@@ -74,8 +84,9 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
     stateDir,
     "--db-url",
     options.dbUrl ?? "sqlite::memory:",
-    "--disable-tls",
-    ...(options.auth ? [] : ["--disable-gateway-auth"]),
+    "--supervisor-port",
+    "0",
+    ...(options.tls ? [] : ["--disable-tls", "--disable-gateway-auth"]),
     "--log-level",
     "debug",
     ...(options.driverDir
@@ -106,14 +117,14 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
   }).spawn();
 
   let log = "";
-  let resolveListening!: (port: number) => void;
-  const listening = new Promise<number>((r) => resolveListening = r);
+  let resolveListening!: (ports: [number, number]) => void;
+  const listening = new Promise<[number, number]>((r) => resolveListening = r);
   const pump = (async () => {
     const decoder = new TextDecoder();
     for await (const chunk of child.stderr) {
       log += decoder.decode(chunk, { stream: true });
-      const m = /Server listening on [^\s]*:(\d+)/.exec(log);
-      if (m) resolveListening(Number(m[1]));
+      const m = /Server listening on [^\s]*:(\d+).* supervisor_plane=[^\s]*:(\d+)/.exec(log);
+      if (m) resolveListening([Number(m[1]), Number(m[2])]);
     }
   })();
   const exited = child.status.then(async (s) => {
@@ -124,7 +135,7 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
 
   const timeout = options.startTimeoutMs ?? 30_000;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const port = await Promise.race([
+  const [port, supervisorPort] = await Promise.race([
     listening,
     exited.then((code) => {
       throw new Error(`gateway exited with status ${code} before listening:\n${log}`);
@@ -150,9 +161,21 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
       child.kill(sig);
     } catch { /* already gone */ }
   };
+  const scheme = options.tls ? "https" : "http";
+  const pkiDir = `${stateDir}/pki`;
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: `${scheme}://127.0.0.1:${port}`,
     port,
+    supervisorPort,
+    supervisorEndpoint: `${scheme}://127.0.0.1:${supervisorPort}`,
+    pki: options.tls
+      ? {
+        dir: pkiDir,
+        ca: `${pkiDir}/ca.crt`,
+        clientCert: `${pkiDir}/client.crt`,
+        clientKey: `${pkiDir}/client.key`,
+      }
+      : undefined,
     stateDir,
     pid: child.pid,
     stderr: () => log,
@@ -201,14 +224,23 @@ export interface FakeSupervisorOptions {
   ignoreRelays?: boolean;
   /** Called with every message from the gateway. */
   onMessage?: (message: GatewayMessage) => void;
+  /** PEM CA of a TLS supervisor plane (default: plaintext). */
+  tlsCa?: string;
+  /** Fingerprint sent in the hello. */
+  hostKeyFingerprint?: string;
   /** Largest relay frame payload this supervisor sends; default `RELAY_CHUNK_BYTES`. */
   chunkBytes?: number;
 }
 
 /** Connects a {@link FakeSupervisor} to a gateway on loopback. */
 export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSupervisor {
+  const secure = options.tlsCa ? grpcTlsCredentials("127.0.0.1", { ca: options.tlsCa }) : undefined;
   const client = options.client ??
-    new OpenShellClient(`127.0.0.1:${options.port}`, grpc.credentials.createInsecure());
+    new OpenShellClient(
+      `127.0.0.1:${options.port}`,
+      secure?.credentials ?? grpc.credentials.createInsecure(),
+      secure?.options ?? {},
+    );
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(options.metadata ?? {})) md.set(k, v);
   const c = client as unknown as {
@@ -250,7 +282,11 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
   session.on("error", (err: Error) => rejectAccepted(err));
   if (options.hello === false) session.write({ heartbeat: {} });
   else {session.write({
-      hello: { sandbox_id: options.sandboxId, instance_id: crypto.randomUUID() },
+      hello: {
+        sandbox_id: options.sandboxId,
+        instance_id: crypto.randomUUID(),
+        ssh_host_key_fingerprint: options.hostKeyFingerprint ?? "",
+      },
     });}
   return {
     received,

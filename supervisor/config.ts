@@ -25,14 +25,14 @@ export const DEFAULT_SSHD = "/usr/sbin/sshd";
  */
 export const MAX_SOCKET_PATH_BYTES = 103;
 
-/** Client TLS files (PEM) for an `https://` endpoint; all three are required. */
+/** Client TLS files (PEM) for an `https://` endpoint: the CA, and optionally a client certificate. */
 export interface TlsFiles {
   /** CA bundle the gateway's certificate must chain to. */
   ca: string;
-  /** Client certificate presented to the gateway. */
-  cert: string;
+  /** Client certificate presented to the gateway (mTLS; with `key`). */
+  cert?: string;
   /** Private key of the client certificate. */
-  key: string;
+  key?: string;
 }
 
 /** A validated supervisor configuration. */
@@ -51,7 +51,10 @@ export interface SupervisorConfig {
   socketPath: string;
   /** The OpenSSH `sshd` binary. */
   sshd: string;
-  /** OpenSSH private host key file; absent = generate one at start. */
+  /**
+   * OpenSSH private host key file; generated there (0600) when missing, so a
+   * restarted supervisor keeps its key. Absent = a new key at every start.
+   */
   hostKeyPath?: string;
   /** Client TLS files; set exactly when `scheme` is `https`. */
   tls?: TlsFiles;
@@ -278,17 +281,22 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
   const key = get("tls-key");
   let tls: TlsFiles | undefined;
   if (scheme === "https") {
-    const missing = [["--tls-ca", ca], ["--tls-cert", cert], ["--tls-key", key]]
-      .filter(([, v]) => !v).map(([n]) => n);
-    if (missing.length > 0) {
+    if (!ca) {
       throw new FlagError(
-        `an https:// endpoint needs client TLS files: missing ${missing.join(", ")}`,
+        "an https:// endpoint needs --tls-ca (the CA of the gateway's supervisor plane)",
       );
     }
+    if (!!cert !== !!key) {
+      throw new FlagError("--tls-cert and --tls-key go together (or pass neither)");
+    }
     tls = {
-      ca: requireAbsolute(ca!.what, ca!.value),
-      cert: requireAbsolute(cert!.what, cert!.value),
-      key: requireAbsolute(key!.what, key!.value),
+      ca: requireAbsolute(ca.what, ca.value),
+      ...(cert && key
+        ? {
+          cert: requireAbsolute(cert.what, cert.value),
+          key: requireAbsolute(key.what, key.value),
+        }
+        : {}),
     };
   } else if (ca || cert || key) {
     const given = [ca, cert, key].filter((v) => v).map((v) => v!.what).join(", ");
@@ -351,5 +359,10 @@ export function filesRead(config: SupervisorConfig): string[] {
     ...(config.tokenFile ? [config.tokenFile] : []),
     ...(config.envFile ? [config.envFile] : []),
     ...(config.tls ? [config.tls.ca, config.tls.cert, config.tls.key] : []),
-  ];
+  ].filter((f): f is string => f !== undefined);
+}
+
+/** Files outside the socket dir the supervisor may create (a missing host key file). */
+export function filesWritten(config: SupervisorConfig): string[] {
+  return config.hostKeyPath ? [config.hostKeyPath] : [];
 }

@@ -173,6 +173,11 @@ class HostDriver {
       args.push("--supervisor-token-file", `${dir}/token`);
       readFiles.push(`${dir}/token`);
     }
+    if (provisioning.tlsCa) {
+      await Deno.writeTextFile(`${dir}/ca.crt`, provisioning.tlsCa, { mode: 0o600 });
+      args.push("--tls-ca", `${dir}/ca.crt`);
+      readFiles.push(`${dir}/ca.crt`);
+    }
     const environment = {
       ...(sandbox.spec?.template?.environment ?? {}),
       ...provisioning.environment,

@@ -11,7 +11,7 @@ import { isIP } from "node:net";
 import { denoEnv, FlagError } from "../core/flags.ts";
 import { supervisorGrants } from "../core/grants.ts";
 import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
-import { filesRead, parseSupervisorConfig } from "./config.ts";
+import { filesRead, filesWritten, parseSupervisorConfig } from "./config.ts";
 
 const args = stripTaskSeparator(Deno.args);
 try {
@@ -39,6 +39,7 @@ try {
         socketPath: c.socketPath,
         sshd: c.sshd,
         readFiles: filesRead(c),
+        writeFiles: filesWritten(c),
       }),
       args,
     );

@@ -17,6 +17,7 @@
 import { Logger } from "../core/log.ts";
 import { errorMessage } from "../core/log.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
+import { writeSecretFile } from "../core/secure_fs.ts";
 import { VERSION } from "../core/version.ts";
 import { denoEnv, FlagError } from "../core/flags.ts";
 import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from "./config.ts";
@@ -77,9 +78,31 @@ async function readTls(config: SupervisorConfig): Promise<TlsMaterial | undefine
   if (!config.tls) return undefined;
   return {
     ca: await readFile("TLS CA", config.tls.ca),
-    cert: await readFile("TLS certificate", config.tls.cert),
-    key: await readFile("TLS key", config.tls.key),
+    ...(config.tls.cert && config.tls.key
+      ? {
+        cert: await readFile("TLS certificate", config.tls.cert),
+        key: await readFile("TLS key", config.tls.key),
+      }
+      : {}),
   };
+}
+
+/**
+ * The host key in `path`, generated there (0600, atomically) when the file
+ * does not exist yet: a bring-your-own supervisor keeps its key across
+ * restarts, so clients that pinned it keep working.
+ */
+export async function loadOrCreateHostKey(path: string, sandboxId: string): Promise<string> {
+  try {
+    return new TextDecoder().decode(await Deno.readFile(path));
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      throw new Error(`cannot read host key ${path}: ${errorMessage(err)}`);
+    }
+  }
+  const key = generateHostKey(`openshell-${sandboxId}`).privateKey;
+  await writeSecretFile(path, key.endsWith("\n") ? key : key + "\n");
+  return key;
 }
 
 /** Runs the supervisor with `args`; resolves with the exit code. */
@@ -107,6 +130,7 @@ export async function main(args: readonly string[]): Promise<number> {
   );
 
   let server: SshdServer;
+  let fingerprint = "";
   let token: string | undefined;
   let tls: TlsMaterial | undefined;
   try {
@@ -117,7 +141,7 @@ export async function main(args: readonly string[]): Promise<number> {
     // Before touching any file: a live supervisor on this socket keeps its files.
     await clearStaleSocket(config.socketPath);
     const hostKey = config.hostKeyPath
-      ? new TextDecoder().decode(await readFile("host key", config.hostKeyPath))
+      ? await loadOrCreateHostKey(config.hostKeyPath, config.sandboxId)
       : generateHostKey().privateKey;
     const files = await writeSshdFiles(dir, {
       hostKey,
@@ -131,6 +155,7 @@ export async function main(args: readonly string[]): Promise<number> {
       configPath: files.configPath,
       logger,
     });
+    fingerprint = files.fingerprint;
     logger.info(READY_MESSAGE, {
       path: config.socketPath,
       host_key: files.fingerprint,
@@ -145,6 +170,7 @@ export async function main(args: readonly string[]): Promise<number> {
   const relays = new RelayManager({ socketPath: config.socketPath, events, logger });
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
+    hostKeyFingerprint: fingerprint,
     channels: grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
     relays,
     events,

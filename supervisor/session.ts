@@ -20,9 +20,6 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
-import { isIP } from "node:net";
-import { checkServerIdentity } from "node:tls";
 import { Backoff, sleep } from "../core/backoff.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import {
@@ -32,6 +29,7 @@ import {
   type Wire,
 } from "../core/protocol.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { grpcTlsCredentials } from "../core/tls.ts";
 import type { SupervisorEvents } from "./events.ts";
 import type { RelayCall, RelayManager } from "./relay.ts";
 
@@ -60,11 +58,11 @@ export interface SupervisorChannel {
 /** Makes a fresh channel. */
 export type ChannelFactory = () => SupervisorChannel;
 
-/** Client TLS material (PEM bytes). */
+/** Client TLS material (PEM bytes): the CA, and a client certificate for mTLS. */
 export interface TlsMaterial {
   ca: Uint8Array;
-  cert: Uint8Array;
-  key: Uint8Array;
+  cert?: Uint8Array;
+  key?: Uint8Array;
 }
 
 /** Options of {@link grpcChannelFactory}. */
@@ -104,33 +102,17 @@ type GrpcClient = grpc.Client & {
   RelayStream(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
 };
 
-/**
- * TLS server name sent for an IP-literal endpoint. Deno's `node:tls` refuses
- * an IP address as `servername`, which grpc-js always sets to the target
- * host; the certificate is still verified against the IP itself.
- */
-export const IP_TLS_SERVER_NAME = "openshell-gateway";
-
 /** Channels to the gateway over grpc-js. */
 export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
   const host = options.host.includes(":") ? `[${options.host}]` : options.host;
   const target = `${host}:${options.port}`;
-  const ipTls = options.tls !== undefined && isIP(options.host) !== 0;
   return () => {
-    const credentials = options.tls
-      ? grpc.credentials.createSsl(
-        Buffer.from(options.tls.ca),
-        Buffer.from(options.tls.key),
-        Buffer.from(options.tls.cert),
-        ipTls
-          ? { checkServerIdentity: (_name, cert) => checkServerIdentity(options.host, cert) }
-          : {},
-      )
-      : grpc.credentials.createInsecure();
-    const client = new OpenShellClient(target, credentials, {
-      ...CHANNEL_OPTIONS,
-      ...(ipTls ? { "grpc.ssl_target_name_override": IP_TLS_SERVER_NAME } : {}),
-    }) as unknown as GrpcClient;
+    const secure = options.tls ? grpcTlsCredentials(options.host, options.tls) : undefined;
+    const client = new OpenShellClient(
+      target,
+      secure?.credentials ?? grpc.credentials.createInsecure(),
+      { ...CHANNEL_OPTIONS, ...secure?.options },
+    ) as unknown as GrpcClient;
     const metadata = () => {
       const md = new grpc.Metadata();
       if (options.token) md.set(SUPERVISOR_TOKEN_METADATA, options.token);
@@ -153,6 +135,8 @@ export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory 
 export interface SessionOptions {
   /** The sandbox this supervisor serves. */
   sandboxId: string;
+  /** Fingerprint of its sshd's host key, sent in every hello (the gateway pins it). */
+  hostKeyFingerprint?: string;
   /** Makes the channel to the gateway. */
   channels: ChannelFactory;
   /** Runs the relays (a {@link RelayManager}). */
@@ -380,7 +364,11 @@ export class SupervisorSession {
       try {
         call.write({
           payload: "hello",
-          hello: { sandbox_id: o.sandboxId, instance_id: instanceId },
+          hello: {
+            sandbox_id: o.sandboxId,
+            instance_id: instanceId,
+            ssh_host_key_fingerprint: o.hostKeyFingerprint ?? "",
+          },
         });
       } catch (err) {
         finish(`cannot send hello: ${errorMessage(err)}`, true);

@@ -7,13 +7,14 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
-import { checkServerIdentity } from "node:tls";
 import { type Grants, renderFlags, supervisorGrants } from "../core/grants.ts";
+import { grpcTlsCredentials } from "../core/tls.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { LogLevel } from "../core/log.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import {
   type CreateSshSessionResponse,
+  type IssueSupervisorCredentialsResponse,
   OpenShellClient,
   type Sandbox,
   type SandboxPhase,
@@ -23,7 +24,6 @@ import {
 import { shellJoin } from "../core/shell.ts";
 import { parseEndpoint } from "./config.ts";
 import { READY_MESSAGE } from "./main.ts";
-import { IP_TLS_SERVER_NAME } from "./session.ts";
 import { SANDBOX_USER } from "./sshd_config.ts";
 
 /** The OpenSSH daemon the tests use. */
@@ -472,6 +472,8 @@ export interface GatewayApi {
   delete(name: string): Promise<boolean>;
   /** `CreateSshSession{sandbox_id}`. */
   sshSession(sandboxId: string): Promise<CreateSshSessionResponse>;
+  /** `IssueSupervisorCredentials{name}` (bring-your-own supervisors). */
+  credentials(name: string): Promise<IssueSupervisorCredentialsResponse>;
   /** Resolves once the sandbox reaches `phase`, from `WatchSandbox` (no polling). */
   waitForPhase(sandboxId: string, phase: SandboxPhase, timeoutMs?: number): Promise<Sandbox>;
   /** Closes the client. */
@@ -483,22 +485,22 @@ type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) =>
 /** Client TLS files (PEM paths) for {@link gatewayApi}. */
 export interface ClientTlsFiles {
   ca: string;
-  cert: string;
-  key: string;
+  cert?: string;
+  key?: string;
 }
 
 /** A client for the gateway at `127.0.0.1:port` (plaintext, or mTLS with `tls`). */
 export function gatewayApi(port: number, tls?: ClientTlsFiles): GatewayApi {
-  const credentials = tls
-    ? grpc.credentials.createSsl(
-      Buffer.from(Deno.readFileSync(tls.ca)),
-      Buffer.from(Deno.readFileSync(tls.key)),
-      Buffer.from(Deno.readFileSync(tls.cert)),
-      { checkServerIdentity: (_name, cert) => checkServerIdentity("127.0.0.1", cert) },
-    )
-    : grpc.credentials.createInsecure();
-  // Deno's node:tls refuses an IP as TLS server name; see IP_TLS_SERVER_NAME.
-  const options = tls ? { "grpc.ssl_target_name_override": IP_TLS_SERVER_NAME } : {};
+  const secure = tls
+    ? grpcTlsCredentials("127.0.0.1", {
+      ca: Deno.readFileSync(tls.ca),
+      ...(tls.cert && tls.key
+        ? { cert: Deno.readFileSync(tls.cert), key: Deno.readFileSync(tls.key) }
+        : {}),
+    })
+    : undefined;
+  const credentials = secure?.credentials ?? grpc.credentials.createInsecure();
+  const options = secure?.options ?? {};
   const client = new OpenShellClient(`127.0.0.1:${port}`, credentials, options) as
     & grpc.Client
     & Record<string, Unary>
@@ -522,6 +524,7 @@ export function gatewayApi(port: number, tls?: ClientTlsFiles): GatewayApi {
     get: async (name) => (await unary<SandboxResponse>("GetSandbox", { name })).sandbox!,
     delete: async (name) => (await unary<{ deleted: boolean }>("DeleteSandbox", { name })).deleted,
     sshSession: (sandboxId) => unary("CreateSshSession", { sandbox_id: sandboxId }),
+    credentials: (name) => unary("IssueSupervisorCredentials", { name }),
     waitForPhase: (sandboxId, phase, timeoutMs = 30_000) =>
       new Promise((resolve, reject) => {
         const call = client.WatchSandbox({ id: sandboxId, follow_status: true });
