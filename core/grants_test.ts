@@ -65,16 +65,35 @@ Deno.test("supervisor: TLS and key files are added to read only", () => {
   assert.deepEqual(g.write, ["/run/openshell"]);
 });
 
+Deno.test("supervisor: a host key file it generates once is writable, nothing else outside its dir", () => {
+  const g = supervisorGrants({
+    gateway: { host: "gw", port: 443 },
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+    readFiles: ["/var/lib/os/host_key"],
+    writeFiles: ["/var/lib/os/host_key", "/run/openshell"],
+  });
+  assert.deepEqual(g.write, ["/run/openshell", "/var/lib/os/host_key"]);
+  assert.deepEqual(g.read, ["/run/openshell", "/var/lib/os/host_key"]);
+});
+
 Deno.test("gateway: listen address, state dir, db file, driver binary and socket", () => {
   const g = gatewayGrants({
     listen: { host: "0.0.0.0", port: 8080 },
+    supervisorListen: { host: "10.0.2.2", port: 8081 },
     stateDir: "/s",
     dbPath: "/db/gw.db",
     driverBinary: "/d/openshell-driver-vm",
     driverStateDir: "/v",
     tlsFiles: ["/tls/key.pem"],
   });
-  assert.deepEqual(g.net, ["0.0.0.0:8080", "unix:/s/grpc.sock", "unix:/v/compute-driver.sock"]);
+  assert.deepEqual(g.net, [
+    "0.0.0.0:8080",
+    "10.0.2.2:8081",
+    "unix:/s/grpc.sock",
+    "unix:/s/supervisor.sock",
+    "unix:/v/compute-driver.sock",
+  ]);
   assert.deepEqual(g.read, ["/s", "/db/gw.db", "/v/compute-driver.sock", "/tls/key.pem"]);
   assert.deepEqual(g.write, ["/s", "/db/gw.db", "/v/compute-driver.sock"]);
   assert.deepEqual(g.run, ["/d/openshell-driver-vm"]);
@@ -82,9 +101,13 @@ Deno.test("gateway: listen address, state dir, db file, driver binary and socket
 
 Deno.test("gateway without a driver may run nothing; port 0 grants the host", () => {
   const flags = renderFlags(
-    gatewayGrants({ listen: { host: "127.0.0.1", port: 0 }, stateDir: "/s" }),
+    gatewayGrants({
+      listen: { host: "127.0.0.1", port: 0 },
+      supervisorListen: { host: "127.0.0.1", port: 0 },
+      stateDir: "/s",
+    }),
   );
-  assert.ok(flags.includes("--allow-net=127.0.0.1,unix:/s/grpc.sock"));
+  assert.ok(flags.includes("--allow-net=127.0.0.1,unix:/s/grpc.sock,unix:/s/supervisor.sock"));
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 

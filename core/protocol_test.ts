@@ -24,6 +24,7 @@ Deno.test("OpenShell service has the upstream method paths and streaming shapes"
     "/openshell.v1.OpenShell/RevokeSshSession": "->",
     "/openshell.v1.OpenShell/ExecSandbox": "-> stream",
     "/openshell.v1.OpenShell/GetSandboxLogs": "->",
+    "/openshell.v1.OpenShell/IssueSupervisorCredentials": "->",
     "/openshell.v1.OpenShell/ConnectSupervisor": "stream -> stream",
     "/openshell.v1.OpenShell/RelayStream": "stream -> stream",
     "/openshell.v1.OpenShell/WatchSandbox": "-> stream",
@@ -68,4 +69,13 @@ Deno.test("messages round-trip with upstream field numbers (RelayFrame data = fi
     hello: { sandbox_id: "s", instance_id: "i" },
   });
   assert.deepEqual([...hello], [0x0a, 6, 0x0a, 1, 0x73, 0x12, 1, 0x69]);
+  // The host key fingerprint is field 100 of SupervisorHello: tag (100 << 3 | 2) = 0xa2 0x06.
+  const pinned = svc.ConnectSupervisor.requestSerialize({
+    hello: { sandbox_id: "s", instance_id: "i", ssh_host_key_fingerprint: "f" },
+  });
+  assert.deepEqual([...pinned], [0x0a, 10, 0x0a, 1, 0x73, 0x12, 1, 0x69, 0xa2, 0x06, 1, 0x66]);
+  const back = svc.ConnectSupervisor.requestDeserialize(pinned) as {
+    hello: { ssh_host_key_fingerprint: string };
+  };
+  assert.equal(back.hello.ssh_host_key_fingerprint, "f");
 });
