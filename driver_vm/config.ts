@@ -158,12 +158,6 @@ export function parseEndpoint(value: string, what: string): DriverConfig["endpoi
     if (err instanceof EndpointError) throw new DriverConfigError(`${what} ${err.message}`);
     throw err;
   }
-  if (ep.scheme === "https") {
-    throw new DriverConfigError(
-      `${what}: https endpoints are not supported by the VM driver yet (guests get no TLS files); ` +
-        "run the gateway with --disable-tls for VM sandboxes",
-    );
-  }
   // An unspecified listen address is reached on loopback.
   const host = ep.host === "0.0.0.0" ? "127.0.0.1" : ep.host === "::" ? "::1" : ep.host;
   if (!/^[A-Za-z0-9.:-]+$/.test(host)) {

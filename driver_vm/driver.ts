@@ -319,6 +319,7 @@ export class VmDriver {
         sandboxId: sandbox.id!,
         sandboxName: sandbox.name || sandbox.id!,
         logLevel: spec.log_level || this.#o.logLevel,
+        tls: !!prov.tlsCa,
       }),
     );
     await put(GUEST_FILES.environment, renderGuestEnvironment(prov.environment));
@@ -327,6 +328,7 @@ export class VmDriver {
       await put(GUEST_FILES.sshHostKey, key);
     }
     if (prov.supervisorToken) await put(GUEST_FILES.supervisorToken, prov.supervisorToken);
+    if (prov.tlsCa) await put(GUEST_FILES.tlsCa, prov.tlsCa);
     return files;
   }
 

@@ -23,8 +23,14 @@ export const GUEST_NET = {
   gatewayAlias: GUEST_GATEWAY_ADDRESS,
 } as const;
 
-/** The endpoint every guest dials, whatever the host gateway's own address. */
-export const GUEST_ENDPOINT = `http://${GUEST_GATEWAY_HOST}:${GUEST_GATEWAY_PORT}`;
+/**
+ * The endpoint every guest dials, whatever the host gateway's own address:
+ * `https` when the gateway's supervisor plane serves TLS (the guest then
+ * verifies it against the CA the driver hands it), else `http`.
+ */
+export function guestEndpoint(tls: boolean): string {
+  return `${tls ? "https" : "http"}://${GUEST_GATEWAY_HOST}:${GUEST_GATEWAY_PORT}`;
+}
 
 /** Prefix of the fw_cfg names the driver uses (`opt/` is the space for users). */
 export const FW_CFG_PREFIX = "opt/openshell";
@@ -35,6 +41,7 @@ export const GUEST_FILES = {
   environment: { fwcfg: "environment", guestPath: "/etc/openshell/environment" },
   sshHostKey: { fwcfg: "ssh_host_key", guestPath: "/etc/openshell/ssh_host_key" },
   supervisorToken: { fwcfg: "supervisor_token", guestPath: "/etc/openshell/supervisor_token" },
+  tlsCa: { fwcfg: "tls_ca", guestPath: "/etc/openshell/tls_ca.crt" },
 } as const;
 
 /** What the guest's config file carries. */
@@ -43,6 +50,8 @@ export interface GuestConfig {
   sandboxName: string;
   /** Supervisor log level. */
   logLevel: string;
+  /** Whether the supervisor plane serves TLS (a CA file is then handed over too). */
+  tls: boolean;
 }
 
 function assignments(vars: Readonly<Record<string, string>>): string {
@@ -61,7 +70,7 @@ export function renderGuestConfig(config: GuestConfig): string {
   return "# openshell guest config (written by openshell-driver-vm)\n" + assignments({
     OPENSHELL_SANDBOX_ID: config.sandboxId,
     OPENSHELL_SANDBOX: config.sandboxName,
-    OPENSHELL_ENDPOINT: GUEST_ENDPOINT,
+    OPENSHELL_ENDPOINT: guestEndpoint(config.tls),
     OPENSHELL_LOG_LEVEL: config.logLevel,
     OPENSHELL_GUEST_IP: GUEST_NET.guest,
     OPENSHELL_GUEST_ROUTER: GUEST_NET.router,

@@ -1,14 +1,17 @@
 import assert from "node:assert/strict";
-import { GUEST_ENDPOINT, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import { guestEndpoint, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
 
-Deno.test("guest config: the fixed endpoint, quoted values", () => {
+Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", () => {
   const text = renderGuestConfig({
     sandboxId: "sb-1",
     sandboxName: "it's $(rm -rf /)",
     logLevel: "debug",
+    tls: false,
   });
-  assert.equal(GUEST_ENDPOINT, "http://gateway.openshell.internal:8080");
+  assert.equal(guestEndpoint(false), "http://gateway.openshell.internal:8080");
   assert.match(text, /^OPENSHELL_ENDPOINT=http:\/\/gateway\.openshell\.internal:8080$/m);
+  const secure = renderGuestConfig({ sandboxId: "s", sandboxName: "n", logLevel: "info", tls: true });
+  assert.match(secure, /^OPENSHELL_ENDPOINT=https:\/\/gateway\.openshell\.internal:8080$/m);
   assert.match(text, /^OPENSHELL_SANDBOX_ID=sb-1$/m);
   assert.match(text, /^OPENSHELL_SANDBOX='it'"'"'s \$\(rm -rf \/\)'$/m);
   assert.match(text, /^OPENSHELL_GATEWAY_IP=10\.0\.2\.100$/m);
@@ -16,7 +19,7 @@ Deno.test("guest config: the fixed endpoint, quoted values", () => {
 
 Deno.test("guest config: sourcing it in sh gives back the exact values", async () => {
   const name = `we'ird "name" $HOME \`x\``;
-  const text = renderGuestConfig({ sandboxId: "sb-2", sandboxName: name, logLevel: "info" });
+  const text = renderGuestConfig({ sandboxId: "sb-2", sandboxName: name, logLevel: "info", tls: false });
   const out = await new Deno.Command("sh", {
     args: ["-c", `${text}\nprintf %s "$OPENSHELL_SANDBOX"`],
     stdout: "piped",

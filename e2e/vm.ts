@@ -134,6 +134,8 @@ async function main(): Promise<number> {
   const gateways: TestGateway[] = [];
   const background: Deno.ChildProcess[] = [];
   let port = 0;
+  /** The supervisor plane's port: what the guests' forwarders dial. */
+  let planePort = 0;
   let gw: TestGateway | undefined;
   let gatewayDead = false;
   abortReason = () => (gatewayDead ? "the gateway exited unexpectedly" : undefined);
@@ -142,7 +144,6 @@ async function main(): Promise<number> {
     PATH: Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin",
     HOME: Deno.env.get("HOME") ?? "/root",
     XDG_CONFIG_HOME: configHome,
-    OPENSHELL_GATEWAY_ENDPOINT: `http://127.0.0.1:${port}`,
     OPENSHELL_PROVISION_TIMEOUT: "240",
     NO_COLOR: "1",
   });
@@ -155,24 +156,21 @@ async function main(): Promise<number> {
   const cli = (args: readonly string[], timeoutMs = 120_000) =>
     runCmd(cliArgv(args), { env: cliEnv(), timeoutMs });
 
-  const startGw = async () => {
+  // Secure defaults (TLS, client certificates, the supervisor plane) unless `plaintext`:
+  // then the upstream e2e flags, --disable-tls --disable-gateway-auth.
+  const startGw = async (plaintext = false) => {
     port = freePort();
     const g = await startGateway({
       stateDir: S,
       driverDir: D,
       vmDriverStateDir: V,
       port,
-      args: [
-        "--grpc-endpoint",
-        `http://127.0.0.1:${port}`,
-        "--vm-runtime-dir",
-        runtime.dir,
-        "--log-level",
-        "debug",
-      ],
+      tls: !plaintext,
+      args: ["--vm-runtime-dir", runtime.dir, "--log-level", "debug"],
       startTimeoutMs: 60_000,
     });
     gateways.push(g);
+    planePort = g.supervisorPort;
     let exited = false;
     g.exited.then((code) => {
       exited = true;
@@ -186,13 +184,25 @@ async function main(): Promise<number> {
       if (exited) throw new Error("the gateway exited");
       return g.stderr().includes("compute driver ready") ? true : undefined;
     }, { timeoutMs: 60_000, intervalMs: 100 });
+    // The CLI talks to it as a registered gateway: the operator's client bundle for TLS.
+    const add = await cli([
+      "gateway",
+      "add",
+      "e2e",
+      g.endpoint,
+      ...(g.pki ? ["--ca", g.pki.ca, "--cert", g.pki.clientCert, "--key", g.pki.clientKey] : []),
+      "--force",
+    ]);
+    check(add.code === 0, `gateway add: ${show(add)}`);
+    const sel = await cli(["gateway", "select", "e2e"]);
+    check(sel.code === 0, `gateway select: ${show(sel)}`);
     return g;
   };
 
   // The driver, its qemus, and the forwarders qemu started for the current gateway.
   const driverAndQemus = async () => [
     ...(await findProcesses(V)).filter((p) => !p.cmdline.includes(" sandbox create ")),
-    ...(await findProcesses(`socat - TCP:127.0.0.1:${port}`)).filter((p) =>
+    ...(await findProcesses(`socat - TCP:127.0.0.1:${planePort}`)).filter((p) =>
       p.cmdline.startsWith("socat")
     ),
   ];
@@ -339,6 +349,55 @@ async function main(): Promise<number> {
       );
     });
 
+    await step("5d. from inside a guest: the user API is refused, another sandbox unreachable", async () => {
+      // A hostile guest talks HTTP/2 gRPC by hand to the only gateway address it has.
+      const probe = `
+import http2 from "node:http2";
+function call(path, body) {
+  return new Promise((resolve) => {
+    const c = http2.connect("https://gateway.openshell.internal:${GUEST_GATEWAY_PORT}", {
+      rejectUnauthorized: false,
+    });
+    c.on("error", (e) => resolve("error:" + e.message));
+    const req = c.request({
+      ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers",
+    });
+    let status = "none";
+    req.on("response", (h) => { if (h["grpc-status"]) status = h["grpc-status"]; });
+    req.on("trailers", (t) => { status = t["grpc-status"] ?? status; });
+    req.on("close", () => { c.close(); resolve(status); });
+    req.on("error", () => {});
+    const frame = new Uint8Array(5 + body.length);
+    new DataView(frame.buffer).setUint32(1, body.length);
+    frame.set(body, 5);
+    req.end(frame);
+  });
+}
+const other = new TextEncoder().encode("someone-elses-sandbox");
+const hello = new Uint8Array([10, other.length + 2, 10, other.length, ...other]);
+console.log("list=" + await call("/openshell.v1.OpenShell/ListSandboxes", new Uint8Array()));
+console.log("hello=" + await call("/openshell.v1.OpenShell/ConnectSupervisor", hello));
+Deno.exit(0);
+`;
+      const b64 = btoa(probe);
+      const r = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        `echo ${b64} | base64 -d > /tmp/probe.mjs && DENO_DIR=/tmp/deno HOME=/tmp ` +
+        "/opt/openshell/bin/deno run --no-config --no-lock --quiet -A /tmp/probe.mjs",
+      ], 180_000);
+      check(r.code === 0, `probe: ${show(r)}`);
+      check(r.stdout.includes("list=7"), `a user RPC from the guest was not PERMISSION_DENIED: ${show(r)}`);
+      check(
+        r.stdout.includes("hello=16"),
+        `a hello for another sandbox without its credential was not UNAUTHENTICATED: ${show(r)}`,
+      );
+    });
+
     await step(
       "5c. a dropped gateway connection is re-dialled through a new forwarder",
       async () => {
@@ -346,7 +405,7 @@ async function main(): Promise<number> {
         // it from qemu); killing the supervisor's makes it reconnect, which
         // needs a fresh forwarder.
         const forwarderPids = async () =>
-          (await findProcesses(`socat - TCP:127.0.0.1:${port}`))
+          (await findProcesses(`socat - TCP:127.0.0.1:${planePort}`))
             .filter((p) => p.cmdline.startsWith("socat")).map((p) => p.pid);
         const forwarders = await forwarderPids();
         check(forwarders.length > 0, `no forwarder process (socat … TCP:127.0.0.1:${port})`);
@@ -463,6 +522,21 @@ async function main(): Promise<number> {
         await creator.status;
       });
     }
+  }
+
+  if (runtime) {
+    await step("9. plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete", async () => {
+      gw = await startGw(true);
+      const r = await cli(["sandbox", "create", "--name", "plain", "--", "echo", "plain-ok"], 300_000);
+      check(r.code === 0 && r.stdout.includes("plain-ok"), `create: ${show(r)}`);
+      const e = await cli(["sandbox", "exec", "plain", "--", "sh", "-c", "echo $((6*7))"]);
+      check(e.code === 0 && e.stdout.trim() === "42", `exec: ${show(e)}`);
+      const d = await cli(["sandbox", "delete", "plain"]);
+      check(d.code === 0, `delete: ${show(d)}`);
+      const g = gw;
+      gw = undefined;
+      await g.stop();
+    });
   }
 
   // ---- teardown ----------------------------------------------------------

@@ -89,8 +89,10 @@ export function renderRunner(): string {
 export ${DENO_ENV}
 token=""
 [ -s ${tokenFile} ] && token="--supervisor-token-file ${tokenFile}"
+tlsca=""
+[ -s ${GUEST_FILES.tlsCa.guestPath} ] && tlsca="--tls-ca ${GUEST_FILES.tlsCa.guestPath}"
 echo "${GUEST_LAYOUT.readyMarker} after $(cut -d' ' -f1 /proc/uptime)s"
-${supervisorCommand()} $token
+${supervisorCommand()} $token $tlsca
 rc=$?
 echo "openshell-init: supervisor exited with status $rc; restarting in 1s"
 sleep 1
