@@ -385,9 +385,11 @@ function validate(c: GatewayConfig): void {
       throw new FlagError(`--${flag}: not an address: "${bind}"`);
     }
   }
+  // A wildcard address overlaps every other one on the same port (EADDRINUSE at start).
+  const wildcard = (a: string) => ["0.0.0.0", "::", "[::]"].includes(a);
   if (
     c.supervisorPort !== 0 && c.supervisorPort === c.port &&
-    c.supervisorBind === c.bind
+    (c.supervisorBind === c.bind || wildcard(c.bind) || wildcard(c.supervisorBind))
   ) {
     throw new FlagError("--supervisor-port: must differ from --port (the planes are separate)");
   }

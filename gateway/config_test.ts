@@ -13,6 +13,9 @@ import {
   MAX_UNIX_SOCKET_PATH,
   parseDbUrl,
   parseGatewayConfig,
+  pkiDir,
+  supervisorSocketPath,
+  usesAutoPki,
 } from "./config.ts";
 
 /** Parses `args` with only `env` as the environment; returns the config. */
@@ -32,10 +35,10 @@ function fails(args: string[], message: RegExp, env: Record<string, string> = {}
   });
 }
 
-const PLAIN = ["--disable-tls"];
+const PLAIN = ["--disable-tls", "--disable-gateway-auth"];
 
-Deno.test("defaults", () => {
-  const c = parse(PLAIN);
+Deno.test("defaults: TLS with the automatic PKI and client certificates, a separate supervisor plane", () => {
+  const c = parse([]);
   assert.deepEqual(c, {
     port: 8080,
     bind: "0.0.0.0",
@@ -54,14 +57,20 @@ Deno.test("defaults", () => {
     sshGatewayPort: undefined,
     sshSessionTtlSecs: 86400,
     supervisorHeartbeatSecs: 15,
-    disableTls: true,
+    disableTls: false,
     disableGatewayAuth: false,
     tlsCert: undefined,
     tlsKey: undefined,
     tlsClientCa: undefined,
+    tlsSans: [],
+    supervisorBind: "127.0.0.1",
+    supervisorPort: 8081,
     logLevel: "info",
     logFormat: "text",
   });
+  assert.equal(usesAutoPki(c), true);
+  assert.equal(pkiDir(c), `${DEFAULT_STATE_DIR}/pki`);
+  assert.equal(usesAutoPki(parse(PLAIN)), false);
 });
 
 Deno.test("env twins set every value; a flag beats its env twin; empty env is unset", () => {
@@ -80,6 +89,9 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
     OPENSHELL_LOG_LEVEL: "debug",
     OPENSHELL_LOG_FORMAT: "json",
     OPENSHELL_VM_VCPUS: "",
+    OPENSHELL_TLS_SAN: "gw.example.com",
+    OPENSHELL_SUPERVISOR_BIND_ADDRESS: "10.0.2.2",
+    OPENSHELL_SUPERVISOR_PORT: "9001",
   };
   const c = parse([], env);
   assert.equal(c.port, 9000);
@@ -96,6 +108,9 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
   assert.equal(c.logLevel, "debug");
   assert.equal(c.logFormat, "json");
   assert.equal(c.vmVcpus, undefined);
+  assert.deepEqual(c.tlsSans, ["gw.example.com"]);
+  assert.equal(c.supervisorBind, "10.0.2.2");
+  assert.equal(c.supervisorPort, 9001);
 
   const flagged = parse(["--port", "1234", "--log-format", "text"], env);
   assert.equal(flagged.port, 1234);
@@ -156,29 +171,112 @@ Deno.test("--db-url errors: relative paths, unknown schemes, postgres not yet", 
   fails([...PLAIN, "--db-url", "postgres://h/db"], /^--db-url: postgres is not supported yet/);
 });
 
-Deno.test("TLS is required unless disabled, and gateway auth needs a client CA", () => {
-  fails([], /^TLS is on by default: pass --tls-cert and --tls-key .*or --disable-tls$/);
-  fails(["--tls-cert", "/c.pem"], /^TLS is on by default: pass --tls-key /);
-  fails(["--tls-key", "/k.pem"], /^TLS is on by default: pass --tls-cert /);
+Deno.test("TLS and gateway auth are on by default; turning them off is explicit", () => {
+  // --disable-tls alone would drop client authentication silently: refused, one line saying why.
+  fails(
+    ["--disable-tls"],
+    /^--disable-tls needs --disable-gateway-auth as well: without TLS no client certificate can be checked/,
+  );
+  fails(["--disable-tls"], /^--disable-tls needs/, { OPENSHELL_DISABLE_GATEWAY_AUTH: "false" });
+  const plain = parse(PLAIN);
+  assert.equal(plain.disableTls, true);
+  assert.equal(plain.disableGatewayAuth, true);
+  // TLS without client certificates (auth off) is allowed, with the automatic PKI.
+  const tlsOnly = parse(["--disable-gateway-auth"]);
+  assert.equal(tlsOnly.disableTls, false);
+  assert.equal(usesAutoPki(tlsOnly), true);
+
+  // Your own certificate: cert and key go together.
+  fails(["--tls-cert", "/c.pem"], /^--tls-cert and --tls-key go together/);
+  fails(["--tls-key", "/k.pem"], /^--tls-cert and --tls-key go together/);
   fails(
     ["--tls-cert", "/c.pem", "--tls-key", "/k.pem"],
-    /^gateway auth needs --tls-client-ca .*or pass --disable-gateway-auth$/,
+    /^with your own --tls-cert, gateway auth needs --tls-client-ca .*or pass --disable-gateway-auth$/,
   );
   const noAuth = parse(["--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--disable-gateway-auth"]);
   assert.equal(noAuth.disableTls, false);
+  assert.equal(usesAutoPki(noAuth), false);
   const mtls = parse(["--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-client-ca", "/ca.pem"]);
   assert.equal(mtls.tlsClientCa, "/ca.pem");
   assert.deepEqual(gatewayGrantParams(mtls).tlsFiles, ["/c.pem", "/k.pem", "/ca.pem"]);
   assert.deepEqual(gatewayGrantParams(noAuth).tlsFiles, ["/c.pem", "/k.pem"]);
   // with TLS disabled the files are neither required nor granted
   assert.deepEqual(gatewayGrantParams(parse([...PLAIN, "--tls-cert", "/c.pem"])).tlsFiles, []);
+  // the automatic PKI lives in the state dir, which is granted already
+  assert.deepEqual(gatewayGrantParams(parse([])).tlsFiles, []);
+});
+
+Deno.test("--tls-san: comma-separated DNS names or IPs, anything else refused", () => {
+  assert.deepEqual(parse(["--tls-san", "gw.example.com, 10.0.0.7,,fd00::2"]).tlsSans, [
+    "gw.example.com",
+    "10.0.0.7",
+    "fd00::2",
+  ]);
+  assert.deepEqual(parse(["--tls-san", "*.example.com"]).tlsSans, ["*.example.com"]);
+  fails(["--tls-san", "gw example"], /^--tls-san: not a DNS name or IP address: "gw example"$/);
+  fails(["--tls-san", "ok.example,a/b"], /^--tls-san: not a DNS name or IP address: "a\/b"$/);
+  fails(["--tls-san", "x".repeat(254)], /^--tls-san: not a DNS name or IP address/);
+});
+
+Deno.test("the supervisor plane never shares the user API's port", () => {
+  fails(
+    ["--port", "9000", "--supervisor-port", "9000"],
+    /^--supervisor-port: must differ from --port \(the planes are separate\)$/,
+  );
+  fails(
+    ["--bind", "127.0.0.1", "--port", "9000", "--supervisor-port", "9000"],
+    /^--supervisor-port: must differ from --port/,
+  );
+  // a wildcard bind overlaps the supervisor plane's address on the same port
+  fails(
+    [
+      "--bind",
+      "::",
+      "--port",
+      "9000",
+      "--supervisor-bind",
+      "10.0.2.2",
+      "--supervisor-port",
+      "9000",
+    ],
+    /^--supervisor-port: must differ from --port/,
+  );
+  fails(
+    ["--bind", "10.0.0.5", "--port", "9000", "--supervisor-bind", "0.0.0.0"],
+    /^--supervisor-port: must differ from --port/,
+    { OPENSHELL_SUPERVISOR_PORT: "9000" },
+  );
+  // two distinct addresses may share a port; port 0 means two ephemeral ports
+  const split = parse([
+    "--bind",
+    "10.0.0.5",
+    "--port",
+    "9000",
+    "--supervisor-bind",
+    "10.0.2.2",
+    "--supervisor-port",
+    "9000",
+  ]);
+  assert.equal(split.supervisorPort, 9000);
+  assert.equal(parse(["--port", "0", "--supervisor-port", "0"]).supervisorPort, 0);
+  fails(["--supervisor-bind", "a b"], /^--supervisor-bind: not an address/);
+  fails(["--supervisor-port", "65536"], /^--supervisor-port: must be at most 65535/);
+  const p = gatewayGrantParams(parse(["--supervisor-bind", "10.0.2.2", "--supervisor-port", "81"]));
+  assert.deepEqual(p.supervisorListen, { host: "10.0.2.2", port: 81 });
 });
 
 Deno.test("socket paths longer than a Unix socket allows are refused at start", () => {
   const longState = "/" + "s".repeat(MAX_UNIX_SOCKET_PATH - "/grpc.sock".length);
   assert.equal(internalSocketPath({ stateDir: longState }).length, MAX_UNIX_SOCKET_PATH + 1);
   fails([...PLAIN, "--state-dir", longState], /^--state-dir: too long for a Unix socket path/);
-  const okState = longState.slice(0, -1);
+  // the supervisor plane's socket is longer than grpc.sock: it bounds the state dir
+  const longSup = "/" + "u".repeat(MAX_UNIX_SOCKET_PATH - "/supervisor.sock".length);
+  assert.equal(supervisorSocketPath({ stateDir: longSup }).length, MAX_UNIX_SOCKET_PATH + 1);
+  fails(
+    [...PLAIN, "--drivers", "none", "--state-dir", longSup],
+    /^--state-dir: too long for a Unix socket path \(.*\/supervisor\.sock exceeds/,
+  );
+  const okState = longSup.slice(0, -1);
   assert.equal(parse([...PLAIN, "--drivers", "none", "--state-dir", okState]).stateDir, okState);
 
   const longVm = "/" + "v".repeat(MAX_UNIX_SOCKET_PATH - "/compute-driver.sock".length);
@@ -214,6 +312,7 @@ Deno.test("gatewayGrantParams: db path only outside the state dir; driver only w
   const inside = gatewayGrantParams(parse([...PLAIN, "--state-dir", "/s", "--port", "0"]));
   assert.deepEqual(inside, {
     listen: { host: "0.0.0.0", port: 0 },
+    supervisorListen: { host: "127.0.0.1", port: 8081 },
     stateDir: "/s",
     dbPath: undefined,
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
@@ -265,9 +364,10 @@ async function runMain(args: string[]): Promise<{ code: number; stdout: string; 
 }
 
 Deno.test("main.ts with its grants: bad flags exit 2 with one line, --help exits 0", async () => {
-  const [bad, badValue, help] = await Promise.all([
+  const [bad, badValue, insecure, help] = await Promise.all([
     runMain(["--bogus"]),
-    runMain(["--disable-tls", "--db-url", "postgres://h/db"]),
+    runMain([...PLAIN, "--db-url", "postgres://h/db"]),
+    runMain(["--disable-tls"]),
     runMain(["--help"]),
   ]);
   assert.equal(bad.code, 2, bad.stderr);
@@ -276,6 +376,9 @@ Deno.test("main.ts with its grants: bad flags exit 2 with one line, --help exits
   assert.equal(badValue.code, 2, badValue.stderr);
   assert.match(badValue.stderr, /^openshell-gateway: --db-url: postgres is not supported yet.*\n$/);
   assert.equal(badValue.stderr.split("\n").length, 2, "exactly one line");
+  assert.equal(insecure.code, 2, insecure.stderr);
+  assert.match(insecure.stderr, /^openshell-gateway: --disable-tls needs --disable-gateway-auth/);
+  assert.equal(insecure.stderr.split("\n").length, 2, "exactly one line");
   assert.equal(help.code, 0, help.stderr);
   assert.equal(help.stdout, gatewayHelp() + "\n");
   assert.equal(help.stderr, "");
