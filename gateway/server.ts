@@ -186,12 +186,15 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   });
   compute.start();
 
+  const tunnel = new SshTunnel({ store, registry, log });
+  tunnel.startExpirySweep();
   const sandboxes = new SandboxService({
     store,
     compute,
     log,
     sshEndpoint: () => endpointRef.current!,
     healthy: () => compute.driverReady,
+    onSshSessionRevoked: (token) => tunnel.closeToken(token),
   });
   const plane = new SupervisorPlane({
     store,
@@ -202,7 +205,6 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     relayChunkBytes: options.tuning?.relayChunkBytes,
   });
   const exec = new ExecService({ store, registry, log });
-  const tunnel = new SshTunnel({ store, registry, log });
 
   const grpcServer = new grpc.Server({
     "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
@@ -266,6 +268,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     bound = await listener.listen();
   } catch (err) {
     grpcServer.forceShutdown();
+    tunnel.closeAll();
     registry.close();
     store.close();
     throw new Error(`cannot listen on ${config.bind}:${config.port}: ${errorMessage(err)}`);
