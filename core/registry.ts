@@ -16,9 +16,10 @@
  * - a relay is recorded *before* `relay_open` goes out, under the caps
  *   below, and counts until it is claimed, refused by the supervisor or
  *   reaped (10 s), even when its requester has gone: the supervisor was
- *   already asked, and the cap is what keeps the table bounded. An entry
- *   whose `relay_open` was never sent is removed as soon as its requester
- *   goes;
+ *   already asked, and the cap is what keeps the table bounded. Nothing is
+ *   recorded before a session exists, and an entry is recorded and its
+ *   `relay_open` sent in one synchronous step (a failed send removes it at
+ *   once), so there is no entry that was never sent;
  * - caps with a fair share: each sandbox may have 32 relays in flight; its
  *   first 16 are its own reserve, and only relays beyond a sandbox's
  *   reserve draw on a shared pool of 256. Silent sandboxes can drain the
@@ -120,14 +121,14 @@ export interface ClaimedRelay {
   /** The sandbox it was opened for. */
   sandboxId: string;
   /** The session whose supervisor was last asked to open it. */
-  sessionId: string | undefined;
+  sessionId: string;
 }
 
 interface PendingEntry<T> {
   sandboxId: string;
   createdAt: number;
-  /** The session `relay_open` last went to; undefined until it was sent. */
-  sessionId: string | undefined;
+  /** The session `relay_open` last went to. */
+  sessionId: string;
   /** The requester stopped waiting (cancelled or timed out). */
   dropped: boolean;
   deliver(stream: T): void;
@@ -267,7 +268,7 @@ export class SessionRegistry<T> {
     }
 
     const channelId = this.#newChannelId();
-    const { relay, entry } = this.#insertPending(channelId, sandboxId, options);
+    const { relay, entry } = this.#insertPending(channelId, sandboxId, session.sessionId, options);
     const sent = safely(() =>
       session.sink.send({ payload: "relay_open", relay_open: { channel_id: channelId } })
     );
@@ -277,7 +278,6 @@ export class SessionRegistry<T> {
       await relay.stream.catch(() => {});
       throw new StatusError(Code.UNAVAILABLE, "supervisor session disconnected");
     }
-    entry.sessionId = session.sessionId;
     return relay;
   }
 
@@ -409,6 +409,7 @@ export class SessionRegistry<T> {
   #insertPending(
     channelId: string,
     sandboxId: string,
+    sessionId: string,
     options: OpenRelayOptions,
   ): { relay: PendingRelay<T>; entry: PendingEntry<T> } {
     let settle!: { resolve: (s: T) => void; reject: (e: unknown) => void };
@@ -423,7 +424,7 @@ export class SessionRegistry<T> {
     const entry: PendingEntry<T> = {
       sandboxId,
       createdAt: this.#now(),
-      sessionId: undefined,
+      sessionId,
       dropped: false,
       deliver: (s) => {
         if (done) return;
@@ -437,12 +438,8 @@ export class SessionRegistry<T> {
         settle.reject(err);
       },
     };
-    const drop = (err: StatusError) => {
-      entry.fail(err);
-      // Nobody was asked yet: nothing can claim it, so it frees its slot now.
-      // Once `relay_open` went out, it counts until claimed, refused or reaped.
-      if (entry.sessionId === undefined) this.#remove(channelId, entry);
-    };
+    // The supervisor has been asked: the entry keeps counting after a drop.
+    const drop = (err: StatusError) => entry.fail(err);
     const timer = setTimeout(
       () => drop(new StatusError(Code.DEADLINE_EXCEEDED, "relay open timed out")),
       options.relayWaitMs ?? this.#pendingTimeoutMs,

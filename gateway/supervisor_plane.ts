@@ -286,8 +286,7 @@ export class SupervisorPlane {
       abort: (err) => failStream(call, err ?? new StatusError(Code.CANCELLED, "relay closed")),
     });
     try {
-      const claimed = registry.claimRelay(channelId, bytes);
-      if (claimed.sessionId !== undefined) this.#track(claimed.sessionId, bytes);
+      this.#track(registry.claimRelay(channelId, bytes).sessionId, bytes);
     } catch (err) {
       bytes.removeAllListeners();
       bytes.on("error", () => {});
