@@ -192,7 +192,7 @@ Deno.test("openshell CLI against a gateway with host supervisors", async (t) => 
       const cfg = ok(await f.run(["sandbox", "ssh-config", name]), "ssh-config");
       assert.match(cfg.stdout, new RegExp(`^Host openshell-${name}$`, "m"));
       assert.match(cfg.stdout, /^ {4}StrictHostKeyChecking accept-new$/m);
-      assert.match(cfg.stdout, /^ {4}ServerAliveInterval 15$/m);
+      assert.match(cfg.stdout, /^ {4}ServerAliveInterval 10$/m);
       const file = `${tmp}/ssh_config`;
       await Deno.writeTextFile(file, cfg.stdout);
       const base = ["-F", file, "-o", "BatchMode=yes"];

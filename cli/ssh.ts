@@ -14,6 +14,23 @@ import { CliError } from "./errors.ts";
 /** The user sshd logs in as inside a sandbox. */
 export const SANDBOX_USER = "sandbox";
 
+/** Seconds of silence from the sandbox after which ssh sends a keepalive probe. */
+export const SERVER_ALIVE_INTERVAL_SECS = 10;
+/** Unanswered probes ssh tolerates; it gives up on the next one. */
+export const SERVER_ALIVE_COUNT_MAX = 3;
+
+/**
+ * Longest time (s) before ssh notices a sandbox that stopped answering:
+ * OpenSSH disconnects on the (CountMax+1)-th unanswered probe, so after
+ * (CountMax + 1) × Interval seconds of silence (40 s with 10 × 3).
+ */
+export function deadSandboxNoticeSecs(
+  intervalSecs: number = SERVER_ALIVE_INTERVAL_SECS,
+  countMax: number = SERVER_ALIVE_COUNT_MAX,
+): number {
+  return (countMax + 1) * intervalSecs;
+}
+
 /** What ssh needs to reach one sandbox. */
 export interface SshAccess {
   /** Sandbox name (the `Host` alias is `openshell-<name>`). */
@@ -61,8 +78,8 @@ export function sshSettings(access: SshAccess): [string, string][] {
     ["UserKnownHostsFile", sshConfigPath(access.knownHostsFile)],
     ["GlobalKnownHostsFile", "/dev/null"],
     ["StrictHostKeyChecking", "accept-new"],
-    ["ServerAliveInterval", "15"],
-    ["ServerAliveCountMax", "3"],
+    ["ServerAliveInterval", String(SERVER_ALIVE_INTERVAL_SECS)],
+    ["ServerAliveCountMax", String(SERVER_ALIVE_COUNT_MAX)],
     ["LogLevel", "ERROR"],
     ["ProxyCommand", proxyCommandLine(access.proxyCommand)],
   ];

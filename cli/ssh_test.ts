@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { REPO_ROOT } from "../core/launcher.ts";
 import { netGrantsFor, selfCommand } from "./self.ts";
 import {
+  deadSandboxNoticeSecs,
   proxyCommandLine,
   renderSshConfig,
   type SshAccess,
@@ -26,12 +27,26 @@ Deno.test("ssh config block pins the host key without disabling checks", () => {
       "    UserKnownHostsFile /home/u/.config/openshell/known_hosts\n" +
       "    GlobalKnownHostsFile /dev/null\n" +
       "    StrictHostKeyChecking accept-new\n" +
-      "    ServerAliveInterval 15\n" +
+      "    ServerAliveInterval 10\n" +
       "    ServerAliveCountMax 3\n" +
       "    LogLevel ERROR\n" +
       "    ProxyCommand /usr/bin/openshell ssh-proxy --name dev --gateway 'my gw'\n",
   );
   assert.doesNotMatch(renderSshConfig(ACCESS), /StrictHostKeyChecking no/);
+});
+
+Deno.test("keepalives: a sandbox that stops answering is noticed within 45 s", () => {
+  // OpenSSH gives up on the (CountMax+1)-th unanswered probe, one Interval apart.
+  const settings = new Map(
+    sshOptions(ACCESS).filter((a) => a !== "-o").map((a) => a.split("=", 2) as [string, string]),
+  );
+  const interval = Number(settings.get("ServerAliveInterval"));
+  const countMax = Number(settings.get("ServerAliveCountMax"));
+  assert.equal(deadSandboxNoticeSecs(interval, countMax), (countMax + 1) * interval);
+  assert.equal(deadSandboxNoticeSecs(), 40);
+  assert.ok(deadSandboxNoticeSecs(interval, countMax) <= 45);
+  // The old 15 × 3 took 60 s.
+  assert.equal(deadSandboxNoticeSecs(15, 3), 60);
 });
 
 Deno.test("ssh argv: options, tty choice, remote command quoted as one word", () => {

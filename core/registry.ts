@@ -13,10 +13,23 @@
  *   again on the new session;
  * - `removeIfCurrent` only removes the session it names, so a superseded
  *   session's late cleanup never evicts its successor;
- * - a relay is recorded *before* `relay_open` goes out, under the caps of 256
- *   in flight overall and 32 per sandbox;
+ * - a relay is recorded *before* `relay_open` goes out, under the caps
+ *   below, and counts until it is claimed, refused by the supervisor or
+ *   reaped (10 s), even when its requester has gone: the supervisor was
+ *   already asked, and the cap is what keeps the table bounded. Nothing is
+ *   recorded before a session exists, and an entry is recorded and its
+ *   `relay_open` sent in one synchronous step (a failed send removes it at
+ *   once), so there is no entry that was never sent;
+ * - caps with a fair share: each sandbox may have 32 relays in flight; its
+ *   first 16 are its own reserve, and only relays beyond a sandbox's
+ *   reserve draw on a shared pool of 256. Silent sandboxes can drain the
+ *   pool but never another sandbox's reserve, so a healthy sandbox always
+ *   gets at least 16 in flight. The table holds at most
+ *   256 + 16 × (sandboxes with relays in flight) entries;
  * - a claim fails with NOT_FOUND (unknown), DEADLINE_EXCEEDED (older than
  *   10 s) or INTERNAL (the requester went away);
+ * - a session dropped for silence takes its pending relays with it
+ *   ({@link SessionRegistry.dropSessionRelays});
  * - observers hear "connected" and "disconnected" exactly once per real
  *   change, after the registry's state is consistent again.
  *
@@ -26,10 +39,18 @@ import { Backoff, sleep } from "./backoff.ts";
 import type { GatewayMessage } from "./protocol.ts";
 import { Code, StatusError } from "./status.ts";
 
-/** Most relays in flight across all sandboxes. */
+/** The shared pool: relays in flight beyond the sandboxes' reserves, across all sandboxes. */
 export const MAX_PENDING_RELAYS = 256;
-/** Most relays in flight for one sandbox. */
+/** Most relays in flight for one sandbox (reserve included). */
 export const MAX_PENDING_RELAYS_PER_SANDBOX = 32;
+/** Relays in flight each sandbox may have without drawing on the shared pool. */
+export const RESERVED_RELAYS_PER_SANDBOX = 16;
+/**
+ * How a supervisor's `relay_open_result.error` starts when it refuses a
+ * relay for capacity; the gateway then fails the request with
+ * RESOURCE_EXHAUSTED instead of UNAVAILABLE.
+ */
+export const RELAY_CAPACITY_ERROR = "relay capacity reached";
 /** A pending relay older than this can no longer be claimed. */
 export const RELAY_PENDING_TIMEOUT_MS = 10_000;
 /** How often the reaper sweeps expired pending relays. */
@@ -52,10 +73,12 @@ export type SessionObserver = (sandboxId: string, connected: boolean) => void;
 export interface RegistryOptions {
   /** Clock in milliseconds; default `Date.now`. */
   now?: () => number;
-  /** Global cap; default {@link MAX_PENDING_RELAYS}. */
+  /** Shared pool beyond the reserves; default {@link MAX_PENDING_RELAYS}. */
   maxPendingRelays?: number;
   /** Per-sandbox cap; default {@link MAX_PENDING_RELAYS_PER_SANDBOX}. */
   maxPendingPerSandbox?: number;
+  /** Per-sandbox reserve; default {@link RESERVED_RELAYS_PER_SANDBOX} (at most the per-sandbox cap). */
+  reservedPerSandbox?: number;
   /** Claim deadline; default {@link RELAY_PENDING_TIMEOUT_MS}. */
   relayPendingTimeoutMs?: number;
   /** New channel ids; default `crypto.randomUUID`. */
@@ -93,9 +116,19 @@ interface SessionEntry {
   connectedAt: number;
 }
 
+/** Where a claimed relay came from (see {@link SessionRegistry.claimRelay}). */
+export interface ClaimedRelay {
+  /** The sandbox it was opened for. */
+  sandboxId: string;
+  /** The session whose supervisor was last asked to open it. */
+  sessionId: string;
+}
+
 interface PendingEntry<T> {
   sandboxId: string;
   createdAt: number;
+  /** The session `relay_open` last went to. */
+  sessionId: string;
   /** The requester stopped waiting (cancelled or timed out). */
   dropped: boolean;
   deliver(stream: T): void;
@@ -106,11 +139,16 @@ interface PendingEntry<T> {
 export class SessionRegistry<T> {
   readonly #sessions = new Map<string, SessionEntry>();
   readonly #pending = new Map<string, PendingEntry<T>>();
+  /** Entries in {@link #pending} per sandbox. */
+  readonly #counts = new Map<string, number>();
+  /** Entries beyond their sandbox's reserve, summed over sandboxes. */
+  #shared = 0;
   readonly #sessionWaiters = new Map<string, Set<() => void>>();
   readonly #observers = new Set<SessionObserver>();
   readonly #now: () => number;
   readonly #maxPending: number;
   readonly #maxPerSandbox: number;
+  readonly #reserved: number;
   readonly #pendingTimeoutMs: number;
   readonly #newChannelId: () => string;
   #reaper: ReturnType<typeof setInterval> | undefined;
@@ -120,6 +158,10 @@ export class SessionRegistry<T> {
     this.#now = options.now ?? Date.now;
     this.#maxPending = options.maxPendingRelays ?? MAX_PENDING_RELAYS;
     this.#maxPerSandbox = options.maxPendingPerSandbox ?? MAX_PENDING_RELAYS_PER_SANDBOX;
+    this.#reserved = Math.min(
+      options.reservedPerSandbox ?? RESERVED_RELAYS_PER_SANDBOX,
+      this.#maxPerSandbox,
+    );
     this.#pendingTimeoutMs = options.relayPendingTimeoutMs ?? RELAY_PENDING_TIMEOUT_MS;
     this.#newChannelId = options.newChannelId ?? (() => crypto.randomUUID());
   }
@@ -140,7 +182,7 @@ export class SessionRegistry<T> {
     this.#sessions.set(sandboxId, { sessionId, sink, connectedAt: this.#now() });
     if (previous) {
       safely(() => previous.sink.stop());
-      this.#replayPending(sandboxId, sink);
+      this.#replayPending(sandboxId, sessionId, sink);
     }
     const waiters = this.#sessionWaiters.get(sandboxId);
     if (waiters) { for (const wake of [...waiters]) wake(); }
@@ -183,13 +225,17 @@ export class SessionRegistry<T> {
     return this.#sessions.size;
   }
 
-  /** Relays in flight (not yet claimed, requester still waiting), overall or for one sandbox. */
+  /**
+   * Relays in flight, overall or for one sandbox: every entry not yet
+   * claimed, refused or reaped, whether or not its requester still waits.
+   */
   pendingCount(sandboxId?: string): number {
-    let n = 0;
-    for (const entry of this.#pending.values()) {
-      if (!entry.dropped && (sandboxId === undefined || entry.sandboxId === sandboxId)) n++;
-    }
-    return n;
+    return sandboxId === undefined ? this.#pending.size : this.#counts.get(sandboxId) ?? 0;
+  }
+
+  /** Relays in flight beyond their sandbox's reserve (what the shared pool caps). */
+  get sharedPending(): number {
+    return this.#shared;
   }
 
   /** The sandbox a pending relay was opened for (undefined when unknown). */
@@ -212,30 +258,23 @@ export class SessionRegistry<T> {
     await this.#waitForSession(sandboxId, options.sessionWaitMs, options.signal);
     const session = this.#sessions.get(sandboxId);
     if (!session) throw new StatusError(Code.UNAVAILABLE, "supervisor session not connected");
+    if (options.signal?.aborted) throw new StatusError(Code.CANCELLED, "relay request cancelled");
 
-    if (this.pendingCount() >= this.#maxPending) {
-      throw new StatusError(
-        Code.RESOURCE_EXHAUSTED,
-        `gateway relay capacity reached (${this.#maxPending} in flight)`,
-      );
-    }
-    if (this.pendingCount(sandboxId) >= this.#maxPerSandbox) {
-      throw new StatusError(
-        Code.RESOURCE_EXHAUSTED,
-        `per-sandbox relay limit reached (${this.#maxPerSandbox} in flight for ${sandboxId})`,
-      );
+    let refusal = this.#refusal(sandboxId);
+    if (refusal) {
+      this.reapExpired(); // entries past the deadline no longer hold a slot
+      refusal = this.#refusal(sandboxId);
+      if (refusal) throw refusal;
     }
 
     const channelId = this.#newChannelId();
-    const relay = this.#insertPending(channelId, sandboxId, options);
+    const { relay, entry } = this.#insertPending(channelId, sandboxId, session.sessionId, options);
     const sent = safely(() =>
       session.sink.send({ payload: "relay_open", relay_open: { channel_id: channelId } })
     );
     if (!sent) {
-      this.#pending.get(channelId)?.fail(
-        new StatusError(Code.UNAVAILABLE, "supervisor session disconnected"),
-      );
-      this.#pending.delete(channelId);
+      this.#remove(channelId, entry);
+      entry.fail(new StatusError(Code.UNAVAILABLE, "supervisor session disconnected"));
       await relay.stream.catch(() => {});
       throw new StatusError(Code.UNAVAILABLE, "supervisor session disconnected");
     }
@@ -246,18 +285,55 @@ export class SessionRegistry<T> {
    * Hands `stream` (opened by the supervisor for `channelId`) to the
    * requester. Throws NOT_FOUND for an unknown channel, DEADLINE_EXCEEDED
    * when the entry is older than the claim deadline, INTERNAL when the
-   * requester is gone. The entry is consumed in every case.
+   * requester is gone. The entry is consumed in every case. Returns the
+   * sandbox and session the relay belongs to.
    */
-  claimRelay(channelId: string, stream: T): void {
+  claimRelay(channelId: string, stream: T): ClaimedRelay {
     const entry = this.#pending.get(channelId);
     if (!entry) throw new StatusError(Code.NOT_FOUND, "unknown or expired relay channel");
-    this.#pending.delete(channelId);
+    this.#remove(channelId, entry);
     if (this.#now() - entry.createdAt > this.#pendingTimeoutMs) {
       entry.fail(new StatusError(Code.DEADLINE_EXCEEDED, "relay open timed out"));
       throw new StatusError(Code.DEADLINE_EXCEEDED, "relay channel timed out");
     }
     if (entry.dropped) throw new StatusError(Code.INTERNAL, "relay requester dropped");
     entry.deliver(stream);
+    return { sandboxId: entry.sandboxId, sessionId: entry.sessionId };
+  }
+
+  /**
+   * The supervisor of session `from` could not open `channelId`: the entry
+   * is removed and its requester fails with `err`. Only the session the
+   * relay was last sent to may do this; false (nothing changed) otherwise.
+   */
+  failRelay(
+    channelId: string,
+    from: { sandboxId: string; sessionId: string },
+    err: StatusError,
+  ): boolean {
+    const entry = this.#pending.get(channelId);
+    if (!entry || entry.sandboxId !== from.sandboxId || entry.sessionId !== from.sessionId) {
+      return false;
+    }
+    this.#remove(channelId, entry);
+    entry.fail(err);
+    return true;
+  }
+
+  /**
+   * Removes every pending relay last sent to session `sessionId` of
+   * `sandboxId` (the gateway gave that supervisor up) and fails the
+   * requesters still waiting with `err`; returns how many.
+   */
+  dropSessionRelays(sandboxId: string, sessionId: string, err: StatusError): number {
+    let removed = 0;
+    for (const [channelId, entry] of this.#pending) {
+      if (entry.sandboxId !== sandboxId || entry.sessionId !== sessionId) continue;
+      this.#remove(channelId, entry);
+      entry.fail(err);
+      removed++;
+    }
+    return removed;
   }
 
   /** Removes pending relays older than the claim deadline; returns how many. */
@@ -266,7 +342,7 @@ export class SessionRegistry<T> {
     let removed = 0;
     for (const [channelId, entry] of this.#pending) {
       if (now - entry.createdAt > this.#pendingTimeoutMs) {
-        this.#pending.delete(channelId);
+        this.#remove(channelId, entry);
         entry.fail(new StatusError(Code.DEADLINE_EXCEEDED, "relay open timed out"));
         removed++;
       }
@@ -288,10 +364,54 @@ export class SessionRegistry<T> {
       entry.fail(new StatusError(Code.UNAVAILABLE, "gateway shutting down"));
     }
     this.#pending.clear();
+    this.#counts.clear();
+    this.#shared = 0;
     for (const waiters of this.#sessionWaiters.values()) for (const wake of [...waiters]) wake();
   }
 
-  #insertPending(channelId: string, sandboxId: string, options: OpenRelayOptions): PendingRelay<T> {
+  /** Why `sandboxId` may not have one more relay in flight now, if it may not. */
+  #refusal(sandboxId: string): StatusError | undefined {
+    const n = this.#counts.get(sandboxId) ?? 0;
+    if (n >= this.#maxPerSandbox) {
+      return new StatusError(
+        Code.RESOURCE_EXHAUSTED,
+        `per-sandbox relay limit reached (${this.#maxPerSandbox} in flight for ${sandboxId}); ` +
+          "retry in a few seconds",
+      );
+    }
+    if (n >= this.#reserved && this.#shared >= this.#maxPending) {
+      return new StatusError(
+        Code.RESOURCE_EXHAUSTED,
+        `gateway relay capacity reached (${this.#maxPending} shared relays in flight); ` +
+          "retry in a few seconds",
+      );
+    }
+    return undefined;
+  }
+
+  #add(channelId: string, entry: PendingEntry<T>): void {
+    const n = this.#counts.get(entry.sandboxId) ?? 0;
+    if (n >= this.#reserved) this.#shared++;
+    this.#counts.set(entry.sandboxId, n + 1);
+    this.#pending.set(channelId, entry);
+  }
+
+  /** Removes `entry` (if it is still the one under `channelId`) and gives back its slot. */
+  #remove(channelId: string, entry: PendingEntry<T>): void {
+    if (this.#pending.get(channelId) !== entry) return;
+    this.#pending.delete(channelId);
+    const n = this.#counts.get(entry.sandboxId) ?? 0;
+    if (n > this.#reserved) this.#shared--;
+    if (n <= 1) this.#counts.delete(entry.sandboxId);
+    else this.#counts.set(entry.sandboxId, n - 1);
+  }
+
+  #insertPending(
+    channelId: string,
+    sandboxId: string,
+    sessionId: string,
+    options: OpenRelayOptions,
+  ): { relay: PendingRelay<T>; entry: PendingEntry<T> } {
     let settle!: { resolve: (s: T) => void; reject: (e: unknown) => void };
     const stream = new Promise<T>((resolve, reject) => settle = { resolve, reject });
     stream.catch(() => {}); // the requester may have left; never an unhandled rejection
@@ -304,6 +424,7 @@ export class SessionRegistry<T> {
     const entry: PendingEntry<T> = {
       sandboxId,
       createdAt: this.#now(),
+      sessionId,
       dropped: false,
       deliver: (s) => {
         if (done) return;
@@ -317,6 +438,7 @@ export class SessionRegistry<T> {
         settle.reject(err);
       },
     };
+    // The supervisor has been asked: the entry keeps counting after a drop.
     const drop = (err: StatusError) => entry.fail(err);
     const timer = setTimeout(
       () => drop(new StatusError(Code.DEADLINE_EXCEEDED, "relay open timed out")),
@@ -324,19 +446,25 @@ export class SessionRegistry<T> {
     );
     const onAbort = () => drop(new StatusError(Code.CANCELLED, "relay request cancelled"));
     options.signal?.addEventListener("abort", onAbort, { once: true });
-    this.#pending.set(channelId, entry);
+    this.#add(channelId, entry);
     return {
-      channelId,
-      sandboxId,
-      stream,
-      cancel: () => drop(new StatusError(Code.CANCELLED, "relay request cancelled")),
+      entry,
+      relay: {
+        channelId,
+        sandboxId,
+        stream,
+        cancel: () => drop(new StatusError(Code.CANCELLED, "relay request cancelled")),
+      },
     };
   }
 
-  #replayPending(sandboxId: string, sink: SessionSink): void {
+  #replayPending(sandboxId: string, sessionId: string, sink: SessionSink): void {
     for (const [channelId, entry] of this.#pending) {
       if (entry.sandboxId !== sandboxId || entry.dropped) continue;
-      safely(() => sink.send({ payload: "relay_open", relay_open: { channel_id: channelId } }));
+      const sent = safely(() =>
+        sink.send({ payload: "relay_open", relay_open: { channel_id: channelId } })
+      );
+      if (sent) entry.sessionId = sessionId;
     }
   }
 

@@ -3,6 +3,7 @@ import type { GatewayMessage } from "./protocol.ts";
 import {
   MAX_PENDING_RELAYS,
   MAX_PENDING_RELAYS_PER_SANDBOX,
+  RESERVED_RELAYS_PER_SANDBOX,
   SessionRegistry,
   type SessionSink,
 } from "./registry.ts";
@@ -122,28 +123,95 @@ Deno.test("openRelay fails with UNAVAILABLE and leaves no entry when the sender 
   assert.equal(reg.pendingCount(), 0);
 });
 
-Deno.test("global cap: RESOURCE_EXHAUSTED once 256 relays are in flight", async () => {
+Deno.test("shared pool: beyond their reserves sandboxes share 256; a reserve stays available", async () => {
   const reg = new SessionRegistry<string>({ newChannelId: ids() });
-  reg.register("a", "s1", new FakeSink());
-  reg.register("b", "s2", new FakeSink());
-  reg.register("c", "s3", new FakeSink());
-  const relays = [];
-  // 32 per sandbox is the other cap, so spread 256 over 8 sandboxes.
-  for (let i = 0; i < MAX_PENDING_RELAYS; i++) {
-    const sb = `x${i % 8}`;
-    if (!reg.hasSession(sb)) reg.register(sb, `s-${sb}`, new FakeSink());
-    relays.push(await reg.openRelay(sb, { sessionWaitMs: 10 }));
+  const beyond = MAX_PENDING_RELAYS_PER_SANDBOX - RESERVED_RELAYS_PER_SANDBOX;
+  const full = MAX_PENDING_RELAYS / beyond; // sandboxes at their cap that drain the pool
+  for (let i = 0; i < full; i++) {
+    reg.register(`x${i}`, `s-x${i}`, new FakeSink());
+    for (let j = 0; j < MAX_PENDING_RELAYS_PER_SANDBOX; j++) {
+      await reg.openRelay(`x${i}`, { sessionWaitMs: 10 });
+    }
   }
-  assert.equal(reg.pendingCount(), MAX_PENDING_RELAYS);
+  assert.equal(reg.sharedPending, MAX_PENDING_RELAYS);
+  assert.equal(reg.pendingCount(), full * MAX_PENDING_RELAYS_PER_SANDBOX);
+  // A newcomer still gets its whole reserve, then hits the exhausted pool.
+  reg.register("a", "s-a", new FakeSink());
+  for (let j = 0; j < RESERVED_RELAYS_PER_SANDBOX; j++) {
+    await reg.openRelay("a", { sessionWaitMs: 10 });
+  }
   await rejectsWith(
     reg.openRelay("a", { sessionWaitMs: 10 }),
     Code.RESOURCE_EXHAUSTED,
-    /gateway relay capacity reached \(256 in flight\)/,
+    /gateway relay capacity reached \(256 shared relays in flight\)/,
   );
-  for (const r of relays) r.cancel();
-  // Cancelled requesters no longer count as in flight.
-  const again = await reg.openRelay("a", { sessionWaitMs: 10 });
-  again.cancel();
+  assert.equal(reg.pendingCount("a"), RESERVED_RELAYS_PER_SANDBOX);
+  // The table stays bounded: the pool plus one reserve per sandbox.
+  assert.ok(reg.pendingEntries <= MAX_PENDING_RELAYS + (full + 1) * RESERVED_RELAYS_PER_SANDBOX);
+  reg.close();
+});
+
+Deno.test("9 silent sandboxes at their cap do not block a healthy one", async () => {
+  const reg = new SessionRegistry<string>({ newChannelId: ids() });
+  for (let i = 0; i < 9; i++) {
+    reg.register(`silent${i}`, `s${i}`, new FakeSink());
+    for (let j = 0; j < MAX_PENDING_RELAYS_PER_SANDBOX; j++) {
+      (await reg.openRelay(`silent${i}`, { sessionWaitMs: 10 })).cancel();
+    }
+    await rejectsWith(reg.openRelay(`silent${i}`, { sessionWaitMs: 10 }), Code.RESOURCE_EXHAUSTED);
+  }
+  // 9 × 32 = 288 entries: more than the pool, yet the healthy sandbox gets its full 32.
+  assert.equal(reg.pendingCount(), 9 * MAX_PENDING_RELAYS_PER_SANDBOX);
+  reg.register("healthy", "sh", new FakeSink());
+  const relays = [];
+  for (let j = 0; j < MAX_PENDING_RELAYS_PER_SANDBOX; j++) {
+    relays.push(await reg.openRelay("healthy", { sessionWaitMs: 10 }));
+  }
+  for (const r of relays) reg.claimRelay(r.channelId, "ok");
+  assert.equal(reg.pendingCount("healthy"), 0);
+  reg.close();
+});
+
+Deno.test("1,000 open-and-cancel cycles leave at most 32 entries and 32 relay_opens", async () => {
+  let now = 1_000_000;
+  const reg = new SessionRegistry<string>({ newChannelId: ids(), now: () => now });
+  const sink = new FakeSink(); // a supervisor that never answers
+  reg.register("sb", "s1", sink);
+  let refused = 0;
+  for (let i = 0; i < 1_000; i++) {
+    try {
+      (await reg.openRelay("sb", { sessionWaitMs: 10 })).cancel();
+    } catch (err) {
+      assert.equal((err as StatusError).code, Code.RESOURCE_EXHAUSTED);
+      refused++;
+    }
+  }
+  assert.equal(reg.pendingEntries, MAX_PENDING_RELAYS_PER_SANDBOX);
+  assert.equal(reg.pendingCount("sb"), MAX_PENDING_RELAYS_PER_SANDBOX);
+  assert.equal(sink.relayOpens().length, MAX_PENDING_RELAYS_PER_SANDBOX);
+  assert.equal(refused, 1_000 - MAX_PENDING_RELAYS_PER_SANDBOX);
+  // Past the claim deadline the entries are reaped on the next open, which succeeds.
+  now += 10_001;
+  const fresh = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  assert.equal(reg.pendingEntries, 1);
+  assert.equal(sink.relayOpens().length, MAX_PENDING_RELAYS_PER_SANDBOX + 1);
+  fresh.cancel();
+  reg.close();
+});
+
+Deno.test("a cancelled relay counts until claimed; the claim frees its slot", async () => {
+  const reg = new SessionRegistry<string>({ newChannelId: ids(), maxPendingPerSandbox: 2 });
+  reg.register("sb", "s1", new FakeSink());
+  const a = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  const b = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  a.cancel();
+  b.cancel();
+  assert.equal(reg.pendingCount("sb"), 2);
+  await rejectsWith(reg.openRelay("sb", { sessionWaitMs: 10 }), Code.RESOURCE_EXHAUSTED);
+  throwsWith(() => reg.claimRelay(a.channelId, "late"), Code.INTERNAL);
+  assert.equal(reg.pendingCount("sb"), 1);
+  (await reg.openRelay("sb", { sessionWaitMs: 10 })).cancel();
+  reg.close();
 });
 
 Deno.test("per-sandbox cap: RESOURCE_EXHAUSTED at 32, other sandboxes unaffected", async () => {
@@ -160,7 +228,47 @@ Deno.test("per-sandbox cap: RESOURCE_EXHAUSTED at 32, other sandboxes unaffected
     /per-sandbox relay limit reached \(32 in flight for a\)/,
   );
   relays.push(await reg.openRelay("b", { sessionWaitMs: 10 }));
-  for (const r of relays) r.cancel();
+  reg.close();
+});
+
+Deno.test("failRelay: the session that was asked fails it at once; others cannot", async () => {
+  const reg = new SessionRegistry<string>({ newChannelId: ids() });
+  reg.register("sb", "s1", new FakeSink());
+  reg.register("other", "s9", new FakeSink());
+  const relay = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  const refused = new StatusError(Code.RESOURCE_EXHAUSTED, "supervisor full");
+  assert.equal(
+    reg.failRelay(relay.channelId, { sandboxId: "other", sessionId: "s9" }, refused),
+    false,
+  );
+  assert.equal(
+    reg.failRelay(relay.channelId, { sandboxId: "sb", sessionId: "s0" }, refused),
+    false,
+  );
+  assert.equal(reg.pendingCount("sb"), 1);
+  assert.equal(reg.failRelay(relay.channelId, { sandboxId: "sb", sessionId: "s1" }, refused), true);
+  await rejectsWith(relay.stream, Code.RESOURCE_EXHAUSTED, /supervisor full/);
+  assert.equal(reg.pendingCount("sb"), 0);
+  throwsWith(() => reg.claimRelay(relay.channelId, "s"), Code.NOT_FOUND);
+  reg.close();
+});
+
+Deno.test("dropSessionRelays: only that session's relays go, waiting requesters fail", async () => {
+  const reg = new SessionRegistry<string>({ newChannelId: ids() });
+  reg.register("sb", "s1", new FakeSink());
+  reg.register("other", "s2", new FakeSink());
+  const waiting = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  const left = await reg.openRelay("sb", { sessionWaitMs: 10 });
+  left.cancel();
+  const kept = await reg.openRelay("other", { sessionWaitMs: 10 });
+  const gone = new StatusError(Code.UNAVAILABLE, "supervisor stopped answering");
+  assert.equal(reg.dropSessionRelays("sb", "s2", gone), 0);
+  assert.equal(reg.dropSessionRelays("sb", "s1", gone), 2);
+  await rejectsWith(waiting.stream, Code.UNAVAILABLE, /stopped answering/);
+  assert.equal(reg.pendingCount("sb"), 0);
+  assert.equal(reg.pendingCount("other"), 1);
+  assert.deepEqual(reg.claimRelay(kept.channelId, "k"), { sandboxId: "other", sessionId: "s2" });
+  reg.close();
 });
 
 Deno.test("a burst of 64 concurrent opens gives exactly 32 ok and 32 RESOURCE_EXHAUSTED", async () => {
@@ -202,7 +310,10 @@ Deno.test("pending relays are replayed to the superseding session", async () => 
   const neu = new FakeSink();
   reg.register("sb", "s2", neu);
   assert.deepEqual(neu.relayOpens(), [relay.channelId]);
-  reg.claimRelay(relay.channelId, "via-new-session");
+  assert.deepEqual(reg.claimRelay(relay.channelId, "via-new-session"), {
+    sandboxId: "sb",
+    sessionId: "s2",
+  });
   assert.equal(await relay.stream, "via-new-session");
 });
 

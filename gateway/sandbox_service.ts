@@ -58,6 +58,8 @@ export interface SandboxServiceOptions {
   /** The supervisor plane, for IssueSupervisorCredentials (resolved once listening). */
   supervisorPlane?: () => SupervisorPlaneInfo;
   now?: () => number;
+  /** Called after a token was revoked (the SSH tunnel closes the tunnels using it). */
+  onSshSessionRevoked?: (token: string) => void;
 }
 
 const LEVEL_RANK: Record<string, number> = { ERROR: 0, WARN: 1, INFO: 2, DEBUG: 3, TRACE: 4 };
@@ -210,7 +212,9 @@ export class SandboxService {
         log,
         async (req: { token: string }): Promise<{ revoked: boolean }> => {
           if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
-          return { revoked: await this.#o.store.revokeSshSession(req.token) };
+          const revoked = await this.#o.store.revokeSshSession(req.token);
+          if (revoked) this.#o.onSshSessionRevoked?.(req.token);
+          return { revoked };
         },
       ),
       IssueSupervisorCredentials: unary(

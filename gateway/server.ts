@@ -302,6 +302,8 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   });
   compute.start();
 
+  const tunnel = new SshTunnel({ store, registry, log });
+  tunnel.startExpirySweep();
   const sandboxes = new SandboxService({
     store,
     compute,
@@ -309,6 +311,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     sshEndpoint: () => endpointRef.current!,
     healthy: () => compute.driverReady,
     supervisorPlane: () => ({ endpoint: grpcEndpoint, caPem: tlsSetup?.caPem ?? "" }),
+    onSshSessionRevoked: (token) => tunnel.closeToken(token),
   });
   const plane = new SupervisorPlane({
     store,
@@ -318,7 +321,6 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     relayChunkBytes: options.tuning?.relayChunkBytes,
   });
   const exec = new ExecService({ store, registry, log });
-  const tunnel = new SshTunnel({ store, registry, log });
 
   const grpcOptions = {
     "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
@@ -400,6 +402,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   } catch (err) {
     grpcServer.forceShutdown();
     supervisorServer.forceShutdown();
+    tunnel.closeAll();
     registry.close();
     store.close();
     const message = errorMessage(err);

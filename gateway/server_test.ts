@@ -465,17 +465,28 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
   }
 });
 
-Deno.test("a supervisor that stops heartbeating is dropped and its sandbox demoted", async () => {
+Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted, its tunnels ended", async () => {
   await withGateway(async (f) => {
-    const sb = await create(f.api, "quiet");
-    const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
-    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
-    await ready;
-    const demoted = waitPhase(f.api, sb.id, "SANDBOX_PHASE_PROVISIONING");
+    // The fake supervisor never heartbeats (frozen) and never closes its relays itself.
+    const { sandbox, sup, token } = await readySandbox(f, "quiet", (relay) => {
+      relay.on("data", (c: Uint8Array) => relay.write(c));
+    });
+    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    assert.equal(t.status, 200);
+    const echoed = new Promise((r) => t.socket.once("data", r));
+    t.socket.resume();
+    t.socket.write("x");
+    await echoed;
+    const eof = new Promise<void>((r) => t.socket.once("end", () => r()));
+    const demoted = waitPhase(f.api, sandbox.id, "SANDBOX_PHASE_PROVISIONING");
     const end = await sup.ended; // 3 × max(1 s, 5 s) of silence
     assert.equal(end.code, Code.UNAVAILABLE);
     assert.match(end.details, /heartbeat/);
     await demoted;
+    // The tunnel ends with its session instead of hanging until the supervisor resumes.
+    await eof;
+    assert.match(f.gw.stderr(), /dropped the session and its relays.*relays_closed=1/);
+    t.socket.destroy();
     sup.close();
   }, { args: ["--supervisor-heartbeat-secs", "1"] });
 });

@@ -4,9 +4,17 @@
  *
  * Statuses: 405 (not CONNECT), 400 (bad headers), 401 (missing, unknown,
  * revoked, expired or mismatched token), 404 (unknown sandbox), 412 (not
- * READY), 429 (over 3 connections per token or 20 per sandbox), 502 (no
- * relay came). On 200 the socket is bridged to the relay until either side
- * closes; then the slots are released.
+ * READY), 429 (over 3 connections per token or 20 per sandbox, or no relay
+ * capacity left: RESOURCE_EXHAUSTED from the registry or the supervisor),
+ * 502 (no relay came). On 200 the socket is bridged to the relay.
+ *
+ * A tunnel's slots are the client's: they are released as soon as the client
+ * has finished (its end of the stream, or the socket closing), not when the
+ * sandbox's sshd exits; the sandbox side then has {@link TUNNEL_DRAIN_MS} to
+ * finish before the tunnel is torn down. A client that goes away before the
+ * tunnel is up cancels its relay request. Revoking a token
+ * ({@link SshTunnel.closeToken}) or its expiry ({@link SshTunnel.closeExpired},
+ * swept every {@link TOKEN_SWEEP_MS}) closes the tunnels that use it.
  *
  * @module
  */
@@ -15,6 +23,7 @@ import type { Duplex } from "node:stream";
 import { bridge } from "../core/bridge.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import type { SessionRegistry } from "../core/registry.ts";
+import { Code, StatusError } from "../core/status.ts";
 import {
   connectEstablished,
   HttpError,
@@ -30,6 +39,12 @@ export const MAX_CONNECTIONS_PER_TOKEN = 3;
 export const MAX_CONNECTIONS_PER_SANDBOX = 20;
 /** How long a tunnel waits for the sandbox's supervisor session. */
 export const SSH_SESSION_WAIT_MS = 30_000;
+/** How long the sandbox side may still send after the client finished. */
+export const TUNNEL_DRAIN_MS = 10_000;
+/** How often open tunnels are checked for expired tokens. */
+export const TOKEN_SWEEP_MS = 1_000;
+/** Bytes a client may send before its tunnel is up (kept for the sandbox). */
+export const MAX_EARLY_BYTES = 64 * 1024;
 
 /** Per-token and per-sandbox connection counters. */
 export class ConnectionSlots {
@@ -89,6 +104,23 @@ export interface SshTunnelOptions {
   now?: () => number;
   /** How long to wait for a supervisor session; default {@link SSH_SESSION_WAIT_MS}. */
   sessionWaitMs?: number;
+  /** Default {@link TUNNEL_DRAIN_MS}. */
+  drainMs?: number;
+}
+
+/** An authorized request. */
+export interface TunnelAuth {
+  sandboxId: string;
+  token: string;
+  /** When the token expires (0 = never). */
+  expiresAtMs: number;
+}
+
+interface Tunnel extends TunnelAuth {
+  /** Bridged to a relay (200 sent). */
+  bridged: boolean;
+  /** Tears the tunnel down (or gives up its relay request). */
+  close(reason: string): void;
 }
 
 /** Serves `CONNECT` requests on the SSH connect path. */
@@ -96,7 +128,8 @@ export class SshTunnel {
   readonly #o: SshTunnelOptions;
   /** Connection caps. */
   readonly slots: ConnectionSlots = new ConnectionSlots();
-  readonly #open = new Set<Socket>();
+  readonly #tunnels = new Set<Tunnel>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
 
   /** Creates the tunnel handler. */
   constructor(options: SshTunnelOptions) {
@@ -105,16 +138,49 @@ export class SshTunnel {
 
   /** Number of tunnels currently bridged. */
   get openTunnels(): number {
-    return this.#open.size;
+    let n = 0;
+    for (const t of this.#tunnels) if (t.bridged) n++;
+    return n;
   }
 
-  /** Closes every open tunnel (shutdown). */
+  /** Closes every open tunnel and stops the expiry sweep (shutdown). */
   closeAll(): void {
-    for (const s of this.#open) s.destroy();
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+    for (const t of [...this.#tunnels]) t.close("gateway shutting down");
+  }
+
+  /** Closes the tunnels (open or opening) that use `token`; returns how many. */
+  closeToken(token: string, reason = "token revoked"): number {
+    let n = 0;
+    for (const t of [...this.#tunnels]) {
+      if (t.token !== token) continue;
+      t.close(reason);
+      n++;
+    }
+    return n;
+  }
+
+  /** Closes the tunnels whose token has expired by now; returns how many. */
+  closeExpired(): number {
+    const now = (this.#o.now ?? Date.now)();
+    let n = 0;
+    for (const t of [...this.#tunnels]) {
+      if (t.expiresAtMs > 0 && now > t.expiresAtMs) {
+        t.close("token expired");
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Runs {@link closeExpired} every `intervalMs` until {@link closeAll}. */
+  startExpirySweep(intervalMs: number = TOKEN_SWEEP_MS): void {
+    this.#sweeper ??= setInterval(() => this.closeExpired(), intervalMs);
   }
 
   /** Checks a request; returns the sandbox id and token, or throws an {@link HttpError}. */
-  async authorize(head: RequestHead): Promise<{ sandboxId: string; token: string }> {
+  async authorize(head: RequestHead): Promise<TunnelAuth> {
     if (head.method !== "CONNECT") throw new HttpError(405, "use CONNECT");
     const rawId = head.headers.get("x-sandbox-id");
     const rawToken = head.headers.get("x-sandbox-token");
@@ -151,7 +217,7 @@ export class SshTunnel {
     if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
       throw new HttpError(412, "sandbox is not ready");
     }
-    return { sandboxId, token };
+    return { sandboxId, token, expiresAtMs: session.expires_at_ms };
   }
 
   /**
@@ -160,7 +226,7 @@ export class SshTunnel {
    */
   async handle(head: RequestHead, socket: Socket, rest: Uint8Array): Promise<void> {
     const log = this.#o.log;
-    let auth: { sandboxId: string; token: string };
+    let auth: TunnelAuth;
     try {
       auth = await this.authorize(head);
     } catch (err) {
@@ -172,11 +238,58 @@ export class SshTunnel {
       socket.end(httpResponse(429, { body: "too many connections for this token or sandbox" }));
       return;
     }
+    if (socket.destroyed) { // the client left while it was being authorized
+      this.slots.release(auth.token, auth.sandboxId);
+      return;
+    }
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.slots.release(auth.token, auth.sandboxId);
+    };
     const gone = new AbortController();
-    const onGone = () => gone.abort();
-    socket.once("close", onGone);
+    let relay: Duplex | undefined;
+    let drain: ReturnType<typeof setTimeout> | undefined;
+    const tunnel: Tunnel = {
+      ...auth,
+      bridged: false,
+      close: (reason) => {
+        log.info("closing ssh tunnel", { sandbox: auth.sandboxId, reason });
+        gone.abort();
+        relay?.destroy();
+        socket.destroy();
+      },
+    };
+    this.#tunnels.add(tunnel);
+    // The client is done once it stops sending or goes away: its slots are
+    // free from then on, and the sandbox side gets a moment to finish.
+    const onClientEnd = () => {
+      release();
+      drain ??= setTimeout(
+        () => tunnel.close("client finished; the sandbox side did not"),
+        this.#o.drainMs ?? TUNNEL_DRAIN_MS,
+      );
+    };
+    const onClose = () => {
+      release();
+      gone.abort();
+    };
+    socket.once("close", onClose);
+    // Until the tunnel is up, keep what the client sends (bounded) so that
+    // its end is seen at once and cancels the relay request.
+    const early: Uint8Array[] = rest.length > 0 ? [rest] : [];
+    let earlyBytes = rest.length;
+    const onEarlyData = (chunk: Uint8Array) => {
+      early.push(chunk);
+      earlyBytes += chunk.length;
+      if (earlyBytes >= MAX_EARLY_BYTES) socket.pause();
+    };
+    const onEarlyEnd = () => gone.abort();
+    socket.on("data", onEarlyData);
+    socket.once("end", onEarlyEnd);
+    if (earlyBytes < MAX_EARLY_BYTES) socket.resume();
     try {
-      let relay: Duplex;
       try {
         const pending = await this.#o.registry.openRelay(auth.sandboxId, {
           sessionWaitMs: this.#o.sessionWaitMs ?? SSH_SESSION_WAIT_MS,
@@ -184,29 +297,46 @@ export class SshTunnel {
         });
         relay = await pending.stream;
       } catch (err) {
-        if (!socket.destroyed) {
-          socket.end(httpResponse(502, { body: `no relay to the sandbox: ${errorMessage(err)}` }));
+        if (!socket.destroyed && !gone.signal.aborted) {
+          const busy = err instanceof StatusError && err.code === Code.RESOURCE_EXHAUSTED;
+          socket.end(
+            busy
+              ? httpResponse(429, { body: `no relay capacity: ${errorMessage(err)}` })
+              : httpResponse(502, { body: `no relay to the sandbox: ${errorMessage(err)}` }),
+          );
+        } else {
+          socket.destroy();
         }
         return;
       }
-      if (socket.destroyed) {
+      socket.removeListener("data", onEarlyData);
+      socket.removeListener("end", onEarlyEnd);
+      socket.pause();
+      if (socket.destroyed || gone.signal.aborted || relay.destroyed) {
         relay.destroy();
+        socket.destroy();
         return;
       }
       socket.write(connectEstablished());
-      if (rest.length > 0) relay.write(rest);
-      this.#open.add(socket);
+      for (const chunk of early) relay.write(chunk);
+      early.length = 0;
+      tunnel.bridged = true;
+      socket.once("end", onClientEnd);
       const result = await bridge(socket, relay);
-      this.#open.delete(socket);
       log.debug("ssh tunnel closed", {
         sandbox: auth.sandboxId,
-        up: result.aToB,
+        up: result.aToB + earlyBytes,
         down: result.bToA,
         error: result.error ? errorMessage(result.error) : undefined,
       });
     } finally {
-      socket.removeListener("close", onGone);
-      this.slots.release(auth.token, auth.sandboxId);
+      clearTimeout(drain);
+      socket.removeListener("close", onClose);
+      socket.removeListener("end", onClientEnd);
+      socket.removeListener("data", onEarlyData);
+      socket.removeListener("end", onEarlyEnd);
+      this.#tunnels.delete(tunnel);
+      release();
     }
   }
 }

@@ -4,8 +4,12 @@
  * wired to the session registry.
  *
  * Beyond upstream: a session that stays silent for three heartbeat periods
- * is dropped (and its sandbox demoted), and when the sandbox was provisioned
- * with a supervisor token the supervisor must present it.
+ * is dropped (and its sandbox demoted) together with its relays: the
+ * relays it carries end at once (the SSH client sees EOF instead of hanging
+ * until the supervisor resumes) and the relays it was asked for are given
+ * up. A `relay_open_result` refusal fails the waiting request at once. When
+ * the sandbox was provisioned with a supervisor token the supervisor must
+ * present it.
  *
  * @module
  */
@@ -15,7 +19,7 @@ import { relayFrameDuplex } from "../core/bridge.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import type { GatewayMessage, RelayFrame, SupervisorMessage, Wire } from "../core/protocol.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
-import type { SessionRegistry } from "../core/registry.ts";
+import { RELAY_CAPACITY_ERROR, type SessionRegistry } from "../core/registry.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { failStream, metadataValue } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
@@ -37,7 +41,12 @@ export interface SupervisorPlaneOptions {
   heartbeatSecs: number;
   /** Largest relay frame payload sent to supervisors; default `RELAY_CHUNK_BYTES`. */
   relayChunkBytes?: number;
+  /** Silence after which a session is dropped; default {@link silenceLimitMs} (tests shorten it). */
+  silenceLimitMs?: number;
 }
+
+/** Longest supervisor error text the gateway repeats (in logs and to clients). */
+const MAX_ECHOED_ERROR = 200;
 
 type SessionCall = grpc.ServerDuplexStream<SupervisorMessage, Wire<GatewayMessage>>;
 type RelayCall = grpc.ServerDuplexStream<RelayFrame, Wire<RelayFrame>>;
@@ -113,6 +122,8 @@ function firstMessage<T>(call: grpc.ServerDuplexStream<T, unknown>, timeoutMs: n
 export class SupervisorPlane {
   readonly #o: SupervisorPlaneOptions;
   readonly #live = new Set<() => void>();
+  /** Claimed relays by the session whose supervisor opened them. */
+  readonly #relays = new Map<string, Set<Duplex>>();
 
   /** Creates the plane. */
   constructor(options: SupervisorPlaneOptions) {
@@ -122,6 +133,11 @@ export class SupervisorPlane {
   /** Number of live control streams. */
   get liveSessions(): number {
     return this.#live.size;
+  }
+
+  /** Relays claimed on `sessionId` that are still open. */
+  relayCount(sessionId: string): number {
+    return this.#relays.get(sessionId)?.size ?? 0;
   }
 
   /** Ends every live session (shutdown). */
@@ -192,14 +208,24 @@ export class SupervisorPlane {
       superseded,
     });
 
+    const silenceMs = this.#o.silenceLimitMs ?? silenceLimitMs(heartbeatSecs);
     const heartbeat = setInterval(() => {
       if (!send({ heartbeat: {} })) return;
-      if (Date.now() - lastInbound > silenceLimitMs(heartbeatSecs)) {
-        slog.warn("supervisor missed its heartbeats; dropping the session");
+      if (Date.now() - lastInbound > silenceMs) {
         end(new StatusError(Code.UNAVAILABLE, "supervisor heartbeats missed"));
         cleanup();
+        const gone = new StatusError(
+          Code.UNAVAILABLE,
+          "the sandbox's supervisor stopped answering (missed heartbeats)",
+        );
+        const pending = registry.dropSessionRelays(sandboxId, sessionId, gone);
+        const open = this.#endRelays(sessionId, gone);
+        slog.warn("supervisor missed its heartbeats; dropped the session and its relays", {
+          relays_closed: open,
+          relays_given_up: pending,
+        });
       }
-    }, Math.min(heartbeatSecs * 1000, silenceLimitMs(heartbeatSecs) / 2));
+    }, Math.min(heartbeatSecs * 1000, silenceMs / 2));
 
     let cleaned = false;
     const cleanup = () => {
@@ -221,9 +247,19 @@ export class SupervisorPlane {
     call.on("data", (m: SupervisorMessage) => {
       lastInbound = Date.now();
       if (m.payload === "relay_open_result" && !m.relay_open_result.success) {
+        const error = m.relay_open_result.error.slice(0, MAX_ECHOED_ERROR) || "no reason given";
+        const failed = registry.failRelay(
+          m.relay_open_result.channel_id,
+          { sandboxId, sessionId },
+          new StatusError(
+            error.startsWith(RELAY_CAPACITY_ERROR) ? Code.RESOURCE_EXHAUSTED : Code.UNAVAILABLE,
+            `the sandbox's supervisor could not open the relay: ${error}`,
+          ),
+        );
         slog.warn("supervisor could not open relay", {
-          channel: m.relay_open_result.channel_id,
-          error: m.relay_open_result.error,
+          channel: m.relay_open_result.channel_id.slice(0, MAX_ECHOED_ERROR),
+          error,
+          pending: failed,
         });
       } else if (m.payload === "relay_close") {
         slog.debug("supervisor closed relay", { channel: m.relay_close.channel_id });
@@ -302,7 +338,7 @@ export class SupervisorPlane {
       abort: (err) => failStream(call, err ?? new StatusError(Code.CANCELLED, "relay closed")),
     });
     try {
-      registry.claimRelay(channelId, bytes);
+      this.#track(registry.claimRelay(channelId, bytes).sessionId, bytes);
     } catch (err) {
       bytes.removeAllListeners();
       bytes.on("error", () => {});
@@ -311,5 +347,25 @@ export class SupervisorPlane {
       return;
     }
     log.debug("relay claimed", { channel: channelId, sandbox: sandboxId });
+  }
+
+  #track(sessionId: string, relay: Duplex): void {
+    let set = this.#relays.get(sessionId);
+    if (!set) this.#relays.set(sessionId, set = new Set());
+    set.add(relay);
+    relay.once("close", () => {
+      set.delete(relay);
+      if (set.size === 0 && this.#relays.get(sessionId) === set) this.#relays.delete(sessionId);
+    });
+  }
+
+  /** Ends every open relay of `sessionId` with `err`; returns how many. */
+  #endRelays(sessionId: string, err: StatusError): number {
+    const set = this.#relays.get(sessionId);
+    if (!set) return 0;
+    this.#relays.delete(sessionId);
+    const relays = [...set];
+    for (const relay of relays) relay.destroy(err);
+    return relays.length;
   }
 }

@@ -7,6 +7,12 @@
  * with backpressure and half-close (`core/bridge.ts`). Every relay rides the
  * session's channel, so all of them share one HTTP/2 connection.
  *
+ * At most {@link MAX_RELAYS} relays run at once: beyond that a `relay_open`
+ * is refused (the session answers `relay_open_result{success: false}` with
+ * an error starting with `RELAY_CAPACITY_ERROR`, which the gateway turns
+ * into RESOURCE_EXHAUSTED / HTTP 429) and nothing is opened, so a flood of
+ * `relay_open`s cannot make the supervisor open streams or fork sshd.
+ *
  * @module
  */
 import net from "node:net";
@@ -14,7 +20,11 @@ import type { Duplex } from "node:stream";
 import { bridge, type FrameCall, relayFrameDuplex } from "../core/bridge.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import type { RelayFrame, Wire } from "../core/protocol.ts";
+import { RELAY_CAPACITY_ERROR } from "../core/registry.ts";
 import type { SupervisorEvents } from "./events.ts";
+
+/** Most relays one supervisor runs at once (20 SSH tunnels per sandbox plus execs, with room). */
+export const MAX_RELAYS = 64;
 
 /** A client-side `RelayStream` call, as far as a relay needs it. */
 export interface RelayCall extends FrameCall {
@@ -37,7 +47,12 @@ export interface RelayManagerOptions {
   logger: Logger;
   /** Connects to the socket; default `node:net` with half-open allowed. */
   connect?: (path: string) => Promise<Duplex>;
+  /** Most relays at once; default {@link MAX_RELAYS}. */
+  maxRelays?: number;
 }
+
+/** Called with a one-line reason when a relay is refused (nothing was opened). */
+export type RefuseRelay = (reason: string) => void;
 
 /** Connects to a Unix socket as a half-open-capable Duplex. */
 export function connectUnix(path: string): Promise<Duplex> {
@@ -60,6 +75,8 @@ export class RelayManager {
   readonly #options: RelayManagerOptions;
   readonly #live = new Map<string, { cancel: () => void; done: Promise<void> }>();
   #closed = false;
+  /** Refusals for capacity since the last one was logged. */
+  #refused = 0;
 
   /** Creates a manager for relays to `options.socketPath`. */
   constructor(options: RelayManagerOptions) {
@@ -73,18 +90,32 @@ export class RelayManager {
 
   /**
    * Starts the relay for `channelId` on a call from `open`. Never throws:
-   * failures end the relay with a `relay failed` event.
+   * failures end the relay with a `relay failed` event. When the supervisor
+   * is stopping or already runs {@link RelayManagerOptions.maxRelays}
+   * relays, nothing is opened and `refuse` hears why.
    */
-  open(channelId: string, open: OpenRelayCall): Promise<void> {
+  open(channelId: string, open: OpenRelayCall, refuse?: RefuseRelay): Promise<void> {
     const { events, logger } = this.#options;
-    const log = logger.with({ channel_id: channelId });
+    const log = logger.with({ channel_id: channelId.slice(0, 64) });
     if (this.#closed) {
       log.warn("relay refused: supervisor is stopping");
+      refuse?.("the sandbox's supervisor is stopping");
       return Promise.resolve();
     }
     if (this.#live.has(channelId)) {
       log.warn("relay_open for a channel already being relayed; ignored");
       return Promise.resolve();
+    }
+    const max = this.#options.maxRelays ?? MAX_RELAYS;
+    if (this.#live.size >= max) {
+      // Logged once per episode: a flood must not become a flood of log lines.
+      if (this.#refused++ === 0) log.warn("relay refused: at capacity", { max_relays: max });
+      refuse?.(`${RELAY_CAPACITY_ERROR}: ${max} relays open on this sandbox's supervisor`);
+      return Promise.resolve();
+    }
+    if (this.#refused > 0) {
+      log.info("relay capacity available again", { refused: this.#refused });
+      this.#refused = 0;
     }
     events.relayOpened({ channelId });
     let call: RelayCall | undefined;

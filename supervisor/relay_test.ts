@@ -4,6 +4,7 @@ import { Duplex } from "node:stream";
 import { Logger } from "../core/log.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { RelayFrame } from "../core/protocol.ts";
+import { RELAY_CAPACITY_ERROR } from "../core/registry.ts";
 import { SupervisorEvents } from "./events.ts";
 import { RelayManager } from "./relay.ts";
 
@@ -162,6 +163,47 @@ Deno.test("relay: closeAll cancels live relays and refuses new ones; duplicates 
       return new FakeRelayCall();
     });
     assert.equal(third, 0, "no relays after closeAll");
+  } finally {
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("relay: beyond its cap a relay_open is refused with a capacity reason, nothing opened", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "osup-r-" });
+  const server = halfCloseEcho(`${dir}/s.sock`);
+  try {
+    const relays = new RelayManager({
+      socketPath: `${dir}/s.sock`,
+      events: new SupervisorEvents({ sandboxId: "sb", endpoint: "http://gw:1", sink: () => {} }),
+      logger: new Logger({ sink: () => {} }),
+      maxRelays: 2,
+    });
+    const calls = [new FakeRelayCall(), new FakeRelayCall()];
+    const done = calls.map((c, i) => relays.open(`ch-${i}`, () => c));
+    assert.equal(relays.active, 2);
+    let opened = 0;
+    const refusals: string[] = [];
+    for (let i = 0; i < 1_000; i++) {
+      await relays.open(`flood-${i}`, () => {
+        opened++;
+        return new FakeRelayCall();
+      }, (reason) => refusals.push(reason));
+    }
+    assert.equal(opened, 0, "no stream opened beyond the cap");
+    assert.equal(refusals.length, 1_000);
+    assert.match(refusals[0], new RegExp(`^${RELAY_CAPACITY_ERROR}: 2 relays open`));
+    assert.equal(relays.active, 2);
+    // One relay ends: there is room again.
+    calls[0].push(null);
+    await done[0];
+    const third = new FakeRelayCall();
+    const thirdDone = relays.open("ch-2", () => third, () => assert.fail("refused"));
+    assert.equal(relays.active, 2);
+    third.push(null);
+    calls[1].push(null);
+    await Promise.all([thirdDone, done[1]]);
+    assert.equal(relays.active, 0);
   } finally {
     await server.close();
     await Deno.remove(dir, { recursive: true });

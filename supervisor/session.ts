@@ -340,7 +340,16 @@ export class SupervisorSession {
               log.warn("relay_open without a channel id; ignored");
               break;
             }
-            o.relays.open(channelId, () => channel.relayStream());
+            o.relays.open(channelId, () => channel.relayStream(), (reason) => {
+              try {
+                call.write({
+                  payload: "relay_open_result",
+                  relay_open_result: { channel_id: channelId, success: false, error: reason },
+                });
+              } catch {
+                // the session is ending; the gateway gives the relay up with it
+              }
+            });
             break;
           }
           case "heartbeat":

@@ -241,6 +241,32 @@ Deno.test("session: relay_open starts a relay on the session's channel", async (
   await t.done;
 });
 
+Deno.test("session: a refused relay_open is answered with relay_open_result{success: false}", async () => {
+  const t = setup({
+    relays: {
+      open: (_channelId, _open, refuse) => {
+        refuse?.("relay capacity reached: 64 relays open");
+        return Promise.resolve();
+      },
+    },
+  });
+  const call = await t.channels.call(0);
+  call.accept("s", 60);
+  call.send({ payload: "relay_open", relay_open: { channel_id: "ch-9" } });
+  await call.waitFor("relay_open_result");
+  assert.deepEqual(call.sent.find((m) => m.payload === "relay_open_result"), {
+    payload: "relay_open_result",
+    relay_open_result: {
+      channel_id: "ch-9",
+      success: false,
+      error: "relay capacity reached: 64 relays open",
+    },
+  });
+  assert.deepEqual(t.channels.relayCalls, [], "no relay stream was opened");
+  t.stop.abort();
+  await t.done;
+});
+
 Deno.test("session: stopping ends the live session with a close event", async () => {
   const t = setup();
   const call = await t.channels.call(0);

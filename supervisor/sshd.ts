@@ -5,6 +5,8 @@
  * The supervisor never runs user commands: each connection gets its own
  * inetd-mode sshd with a cleared environment, and the supervisor only pumps
  * bytes between the connection and sshd's stdin/stdout (half-close included).
+ * At most {@link MAX_SSHD_PROCESSES} run at once; a connection beyond that
+ * is closed at once without starting sshd.
  *
  * Deno detail: a connection's web streams close the whole socket when one
  * side ends, so the pumps use `read`/`write`/`closeWrite` on the connection.
@@ -20,6 +22,8 @@ import { renderSshdConfig } from "./sshd_config.ts";
 export const HOST_KEY_FILE = "ssh_host_key";
 /** sshd config file name inside the socket directory. */
 export const SSHD_CONFIG_FILE = "sshd_config";
+/** Most `sshd -i` processes one supervisor runs at once (as many as relays). */
+export const MAX_SSHD_PROCESSES = 64;
 
 /** A problem with the socket directory, socket or sshd files; one-line message. */
 export class SshdSetupError extends Error {
@@ -210,6 +214,8 @@ export interface SshdServerOptions {
   configPath: string;
   /** Log sink; sshd's own stderr lines are logged with `sshd=<pid>`. */
   logger: Logger;
+  /** Most sshd processes at once; default {@link MAX_SSHD_PROCESSES}. */
+  maxProcesses?: number;
 }
 
 const READ_CHUNK = 64 * 1024;
@@ -229,6 +235,7 @@ export class SshdServer {
   readonly #acceptLoop: Promise<void>;
   #closed = false;
   #accepted = 0;
+  #refused = 0;
 
   private constructor(listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>, o: SshdServerOptions) {
     this.#listener = listener;
@@ -265,6 +272,11 @@ export class SshdServer {
     return this.#conns.size;
   }
 
+  /** Connections closed unserved because {@link SshdServerOptions.maxProcesses} sshd ran. */
+  get refused(): number {
+    return this.#refused;
+  }
+
   async #accept(): Promise<void> {
     while (!this.#closed) {
       let conn: Deno.UnixConn;
@@ -276,6 +288,21 @@ export class SshdServer {
         continue;
       }
       this.#accepted++;
+      const max = this.#options.maxProcesses ?? MAX_SSHD_PROCESSES;
+      if (this.#conns.size >= max) {
+        if (this.#refused++ % 100 === 0) {
+          this.#options.logger.warn("sshd connection refused: at capacity", {
+            max_processes: max,
+            refused: this.#refused,
+          });
+        }
+        try {
+          conn.close();
+        } catch {
+          // already closed
+        }
+        continue;
+      }
       const served = this.#serve(conn).catch((err) => {
         this.#options.logger.warn("sshd connection failed", { error: errorMessage(err) });
       });

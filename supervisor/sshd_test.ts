@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Logger } from "../core/log.ts";
+import { waitFor } from "../core/testing.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
 import {
   clearStaleSocket,
@@ -133,5 +134,60 @@ Deno.test("sshd server: socket 0600, one sshd -i per connection, closed cleanly"
     }
     assert.equal(server.active, 0);
     assert.throws(() => Deno.lstatSync(socketPath), Deno.errors.NotFound, "socket removed");
+  });
+});
+
+Deno.test("sshd server: beyond its cap a connection is closed without starting sshd", async () => {
+  await withTempDir(async (tmp) => {
+    // A stand-in for `sshd -i`: echoes its stdin until EOF.
+    const fake = `${tmp}/fake-sshd`;
+    await Deno.writeTextFile(fake, "#!/bin/sh\nexec cat\n", { mode: 0o700 });
+    const dir = `${tmp}/run`;
+    await prepareSocketDir(dir);
+    const socketPath = `${dir}/ssh.sock`;
+    const server = await SshdServer.listen({
+      socketPath,
+      sshd: fake,
+      configPath: `${dir}/unused`,
+      logger: new Logger({ sink: () => {} }),
+      maxProcesses: 2,
+    });
+    const conns: Deno.UnixConn[] = [];
+    const connect = async () => {
+      const c = await Deno.connect({ transport: "unix", path: socketPath });
+      conns.push(c);
+      return c;
+    };
+    /** Writes `text` and reads the echo, or null when the server closed the connection. */
+    const echo = async (c: Deno.UnixConn, text: string): Promise<string | null> => {
+      await c.write(new TextEncoder().encode(text)).catch(() => {});
+      const buf = new Uint8Array(64);
+      const n = await c.read(buf).catch(() => null);
+      return n === null ? null : new TextDecoder().decode(buf.subarray(0, n));
+    };
+    try {
+      const a = await connect();
+      const b = await connect();
+      assert.equal(await echo(a, "a"), "a");
+      assert.equal(await echo(b, "b"), "b");
+      for (let i = 0; i < 20; i++) {
+        assert.equal(await echo(await connect(), "x"), null, "refused connection is closed");
+      }
+      assert.equal(server.refused, 20);
+      assert.equal(server.active, 2);
+      // One sshd exits (its client went away): the next connection is served.
+      await a.closeWrite();
+      await waitFor("a slot to free up", () => server.active === 1);
+      assert.equal(await echo(await connect(), "c"), "c");
+    } finally {
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch {
+          // closed already
+        }
+      }
+      await server.close();
+    }
   });
 });
