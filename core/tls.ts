@@ -79,7 +79,9 @@ export interface TlsHintOptions {
 const BUNDLE_DIR = "DIR being the gateway's <state-dir>/pki";
 
 function importHint(options: TlsHintOptions): string {
-  return `${options.importBundle ?? "openshell gateway add NAME URL --mtls-dir DIR"}, ${BUNDLE_DIR}`;
+  return `${
+    options.importBundle ?? "openshell gateway add NAME URL --mtls-dir DIR"
+  }, ${BUNDLE_DIR}`;
 }
 
 /**
@@ -112,20 +114,24 @@ export function describeTlsFailure(
     return `the gateway at ${where} presented a certificate that the trusted CA did not sign ` +
       `(import the gateway's current client bundle: ${importHint(options)})`;
   }
-  if (
-    /CERTIFICATE_REQUIRED|CertificateRequired|BAD_CERTIFICATE|BadCertificate|UNKNOWN_CA|UnknownCA|alert certificate|CertificateExpired/i
-      .test(message)
-  ) {
+  if (isClientCertificateRefusal(message)) {
     return `the gateway at ${where} refused this client's certificate ` +
       `(import the gateway's current client bundle: ${importHint(options)})`;
   }
   return undefined;
 }
 
+/** Whether a TLS failure message is the server's alert refusing the client's certificate. */
+export function isClientCertificateRefusal(message: string): boolean {
+  return /CERTIFICATE_REQUIRED|CertificateRequired|BAD_CERTIFICATE|BadCertificate|UNKNOWN_CA|UnknownCA|alert certificate|CertificateExpired/i
+    .test(message);
+}
+
 /**
  * The one line for a TLS connection the gateway closed right after the
  * handshake: how a refused client certificate (missing, expired, from
- * another CA) usually shows up on the client, with no alert to read.
+ * another CA) usually shows up on the client, with no alert to read. (A
+ * client may use it for the alert too, so that both read the same.)
  */
 export function describeTlsDrop(
   where: string,

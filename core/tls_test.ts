@@ -4,6 +4,7 @@ import {
   describeTlsFailure,
   grpcTlsCredentials,
   IP_TLS_SERVER_NAME,
+  isClientCertificateRefusal,
   tlsConnectOptions,
 } from "./tls.ts";
 
@@ -71,4 +72,6 @@ Deno.test("tls: a connection closed after the handshake says what the gateway ma
     describeTlsDrop(w, { clientCertificate: false }),
     /it may require a client certificate, and none is configured/,
   );
+  assert.ok(isClientCertificateRefusal("received fatal alert: CertificateRequired"));
+  assert.ok(!isClientCertificateRefusal("write EPIPE"));
 });
