@@ -247,13 +247,19 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary: "Tunnel stdin/stdout to a sandbox's SSH server (ssh ProxyCommand)",
     description: "Open the gateway's CONNECT tunnel to a sandbox's SSH server and pump " +
       "stdin/stdout through it; used as an ssh ProxyCommand. Token mode: --gateway URL " +
-      "--sandbox-id ID --token T. Name mode (a fresh session per run): --name SANDBOX with " +
-      "the gateway from --gateway-endpoint, --gateway NAME or the active one.",
+      "--sandbox-id ID with the session token in the OPENSHELL_SSH_TOKEN environment " +
+      "variable (never on the command line, where ps shows it). Name mode: --name SANDBOX " +
+      "with the gateway from --gateway-endpoint, --gateway NAME or the active one; it " +
+      "creates its own session and revokes the token once the tunnel is open.",
     hidden: true,
     options: {
       "gateway-name": { type: "string", value: "NAME", help: "Registered gateway (TLS files)" },
       "sandbox-id": { type: "string", value: "ID", help: "Sandbox id (token mode)" },
-      token: { type: "string", value: "TOKEN", help: "SSH session token (token mode)" },
+      token: {
+        type: "string",
+        value: "TOKEN",
+        help: "Refused: a token in argv is visible to every user; use OPENSHELL_SSH_TOKEN",
+      },
       "host-key-fingerprint": {
         type: "string",
         value: "FP",

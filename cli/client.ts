@@ -89,9 +89,13 @@ export interface ConnectionFacts {
   name?: string;
 }
 
-/** Transport errors of a connection that came up and was closed by the peer. */
+/**
+ * A connection the peer closed before HTTP/2 came up (grpc-js reports those
+ * as "No connection established", and a gateway that refuses the client's
+ * certificate never sends its HTTP/2 settings).
+ */
 const DROPPED =
-  /Failed to connect|Connection dropped|EPIPE|ECONNRESET|socket hang up|disconnected before secure TLS|Connection closed|GOAWAY/i;
+  /^No connection established\..*(Failed to connect|EPIPE|ECONNRESET|socket hang up|disconnected before secure TLS|Socket closed)/i;
 
 /**
  * A one-line message for a failed call. Connection failures name the gateway
@@ -132,7 +136,7 @@ export function describeGrpcError(
       else if (/ENOTFOUND|EAI_AGAIN/.test(details)) cause = "host not found";
       else if (https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
         return describeTlsDrop(where, { ...hint, clientCertificate: !!facts.clientCertificate });
-      } else if (!https && e.code === Code.UNAVAILABLE && /Failed to connect/i.test(details)) {
+      } else if (!https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
         return `the gateway at ${where} closed the connection before HTTP/2 started: if it ` +
           "serves TLS (its default), use an https:// URL and import its client bundle " +
           `(${importBundleCommand(facts.name, where.replace(/^http:/, "https:"))}, ` +

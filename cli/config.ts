@@ -371,8 +371,8 @@ export class ConfigStore {
     if (tlsGiven) {
       const files = options.files ?? named;
       checkClientTls({ ca: options.ca, cert: options.cert, files }, {
-        fix: "import a current bundle (a gateway renews its client bundle in <state-dir>/pki " +
-          "at start when it is about to expire)",
+        fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
+          "<state-dir>/pki (a gateway renews its client bundle at start)",
         now: options.now,
       });
       if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);

@@ -253,7 +253,7 @@ Deno.test("client bundles: expired, foreign or mismatched files are refused at a
       store.addGateway({ name: "gw", endpoint: "https://127.0.0.1:1", ...BUNDLE, ...over, files });
     await rejectsWith(
       add({ cert: enc(EXPIRED.cert), key: enc(EXPIRED.key) }),
-      /^client certificate \/pki\/client\.crt expired on \S+Z: import a current bundle \(a gateway renews its client bundle in <state-dir>\/pki at start when it is about to expire\)$/,
+      /^client certificate \/pki\/client\.crt expired on \S+Z: use the ca\.crt, client\.crt and client\.key of one gateway's current <state-dir>\/pki \(a gateway renews its client bundle at start\)$/,
     );
     await rejectsWith(
       add({ cert: enc(FOREIGN.cert), key: enc(FOREIGN.key) }),

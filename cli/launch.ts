@@ -51,7 +51,7 @@ export async function gatewaysOf(
 }
 
 /** Whether the command reads files named on the command line (`gateway add --mtls-dir …`). */
-function readsNamedFiles(args: readonly string[]): boolean {
+export function readsNamedFiles(args: readonly string[]): boolean {
   try {
     const parsed = parseCommandLine(args);
     if (parsed.kind !== "run" || parsed.invocation.spec.id !== "gateway add") return false;
