@@ -89,17 +89,25 @@ export const COMMANDS: readonly CommandSpec[] = [
     id: "gateway add",
     summary: "Register a gateway under a name",
     description: "Register a gateway under a name; the first one registered becomes active. " +
-      "With https://, --ca names the CA certificate to trust and --cert/--key a client " +
-      "certificate for mTLS; the files are copied into the config directory.",
+      "For an https:// gateway, --mtls-dir imports the client bundle the gateway writes into " +
+      "its <state-dir>/pki (ca.crt, client.crt, client.key): the CLI then trusts only that CA " +
+      "and presents that certificate on every call. --ca, --cert and --key name the files " +
+      "one by one instead. The files are checked and copied into the config directory.",
     positionals: [{ name: "NAME" }, { name: "URL" }],
     options: {
+      "mtls-dir": {
+        type: "string",
+        value: "DIR",
+        help: "Client bundle to import: DIR/ca.crt, DIR/client.crt, DIR/client.key",
+      },
       ca: { type: "string", value: "FILE", help: "CA certificate (PEM) to trust for https://" },
       cert: { type: "string", value: "FILE", help: "Client certificate (PEM) for mTLS" },
       key: { type: "string", value: "FILE", help: "Client private key (PEM) for mTLS" },
       force: { type: "boolean", help: "Replace an existing gateway of that name" },
     },
     examples: [
-      "openshell gateway add local http://127.0.0.1:8080",
+      "openshell gateway add local https://127.0.0.1:8080 --mtls-dir /var/lib/openshell/gateway/pki",
+      "openshell gateway add dev http://127.0.0.1:8080",
       "openshell gateway add prod https://gw.example.com:8080 --ca ca.crt --cert tls.crt --key tls.key",
     ],
   },
@@ -239,13 +247,19 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary: "Tunnel stdin/stdout to a sandbox's SSH server (ssh ProxyCommand)",
     description: "Open the gateway's CONNECT tunnel to a sandbox's SSH server and pump " +
       "stdin/stdout through it; used as an ssh ProxyCommand. Token mode: --gateway URL " +
-      "--sandbox-id ID --token T. Name mode (a fresh session per run): --name SANDBOX with " +
-      "the gateway from --gateway-endpoint, --gateway NAME or the active one.",
+      "--sandbox-id ID with the session token in the OPENSHELL_SSH_TOKEN environment " +
+      "variable (never on the command line, where ps shows it). Name mode: --name SANDBOX " +
+      "with the gateway from --gateway-endpoint, --gateway NAME or the active one; it " +
+      "creates its own session and revokes the token once the tunnel is open.",
     hidden: true,
     options: {
       "gateway-name": { type: "string", value: "NAME", help: "Registered gateway (TLS files)" },
       "sandbox-id": { type: "string", value: "ID", help: "Sandbox id (token mode)" },
-      token: { type: "string", value: "TOKEN", help: "SSH session token (token mode)" },
+      token: {
+        type: "string",
+        value: "TOKEN",
+        help: "Refused: a token in argv is visible to every user; use OPENSHELL_SSH_TOKEN",
+      },
       "host-key-fingerprint": {
         type: "string",
         value: "FP",

@@ -7,7 +7,6 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
 import {
   type CreateSandboxRequest,
   type CreateSshSessionResponse,
@@ -25,7 +24,13 @@ import {
   type Wire,
 } from "../core/protocol.ts";
 import { Code, codeName } from "../core/status.ts";
-import type { GatewayEndpoint, TlsMaterial } from "./config.ts";
+import {
+  describeTlsDrop,
+  describeTlsFailure,
+  grpcTlsCredentials,
+  isClientCertificateRefusal,
+} from "../core/tls.ts";
+import { type GatewayEndpoint, importBundleCommand, type TlsMaterial } from "./config.ts";
 import { CliError } from "./errors.ts";
 
 /** Default deadline of a unary call. */
@@ -37,6 +42,8 @@ export interface GatewayClientOptions {
   endpoint: GatewayEndpoint;
   /** TLS files for https. */
   tls?: TlsMaterial;
+  /** Its registered name (for "what to do" hints). */
+  name?: string;
 }
 
 /** A server-streaming call as an async iterable that can be cancelled. */
@@ -51,48 +58,97 @@ export function grpcTarget(endpoint: GatewayEndpoint): string {
   return `${host}:${endpoint.port}`;
 }
 
-/** Channel credentials for an endpoint: insecure for http, TLS (+ client cert) for https. */
+/**
+ * Channel credentials and options for an endpoint: insecure for http; for
+ * https, TLS that trusts the configured CA (else the system roots) and
+ * presents the client certificate when there is one (core/tls.ts handles IP
+ * hosts).
+ */
 export function channelCredentials(
   endpoint: GatewayEndpoint,
   tls?: TlsMaterial,
-): grpc.ChannelCredentials {
-  if (endpoint.scheme === "http") return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(
-    tls?.ca ? Buffer.from(tls.ca) : null,
-    tls?.key ? Buffer.from(tls.key) : null,
-    tls?.cert ? Buffer.from(tls.cert) : null,
-  );
+): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
+  if (endpoint.scheme === "http") {
+    return { credentials: grpc.credentials.createInsecure(), options: {} };
+  }
+  return grpcTlsCredentials(endpoint.host, {
+    ...(tls?.ca ? { ca: tls.ca } : {}),
+    ...(tls?.cert && tls?.key ? { cert: tls.cert, key: tls.key } : {}),
+  });
 }
 
 function firstLine(text: string): string {
   return text.split("\n")[0].trim();
 }
 
+/** What {@link describeGrpcError} knows about the connection besides its URL. */
+export interface ConnectionFacts {
+  /** A client certificate is configured (https). */
+  clientCertificate?: boolean;
+  /** The gateway's registered name. */
+  name?: string;
+}
+
+/**
+ * A connection the peer closed before HTTP/2 came up (grpc-js reports those
+ * as "No connection established", and a gateway that refuses the client's
+ * certificate never sends its HTTP/2 settings).
+ */
+const DROPPED =
+  /^No connection established\..*(Failed to connect|EPIPE|ECONNRESET|socket hang up|disconnected before secure TLS|Socket closed)/i;
+
 /**
  * A one-line message for a failed call. Connection failures name the gateway
- * and the cause; errors the gateway returned keep its message.
+ * and the cause (TLS failures say what to do); errors the gateway returned
+ * keep its message.
  */
-export function describeGrpcError(err: unknown, endpoint: GatewayEndpoint): string {
+export function describeGrpcError(
+  err: unknown,
+  endpoint: GatewayEndpoint,
+  facts: ConnectionFacts = {},
+): string {
   const e = err as Partial<grpc.ServiceError>;
   if (typeof e?.code !== "number") return firstLine((err as Error)?.message ?? String(err));
   const details = firstLine(e.details ?? e.message ?? "");
   const where = endpoint.url;
   if (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED) {
     const transport =
-      /No connection established|Connection dropped|Failed to connect|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|Requires net access|certificate|SSL|TLS|handshake|socket/i
+      /No connection established|Connection dropped|Failed to connect|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|EPIPE|Requires net access|certificate|SSL|TLS|handshake|socket|LB pick/i
         .test(details) || details === "" || /^Deadline exceeded/i.test(details);
     if (transport) {
-      let cause = details.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\s*$/, "");
+      let cause = details.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\s*$/, "")
+        .replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*Resolution note:.*$/, "")
+        .replace(/\.?\s*Resolution note:.*$/, "");
       if (/Requires net access to "([^"]+)"/.test(details)) {
         const target = details.match(/Requires net access to "([^"]+)"/)![1];
         return `not permitted to connect to ${target} (the CLI's network grant does not cover it)`;
       }
+      const hint = { importBundle: importBundleCommand(facts.name, where) };
+      const https = endpoint.scheme === "https";
+      // A refused client certificate shows up as an alert or, more often, a closed
+      // connection: both get the same line.
+      if (https && isClientCertificateRefusal(details)) {
+        return describeTlsDrop(where, { ...hint, clientCertificate: !!facts.clientCertificate });
+      }
+      const tlsLine = https ? describeTlsFailure(details, where, hint) : undefined;
+      if (tlsLine) return tlsLine;
       if (/ECONNREFUSED/.test(details)) cause = "connection refused";
       else if (/ENOTFOUND|EAI_AGAIN/.test(details)) cause = "host not found";
-      else if (/ECONNRESET/.test(details)) cause = "connection reset";
-      else if (e.code === Code.DEADLINE_EXCEEDED) cause = "no answer in time";
-      else {cause = cause.replace(/^No connection established\.\s*Last error:\s*/i, "") ||
-          codeName(e.code);}
+      else if (https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
+        return describeTlsDrop(where, { ...hint, clientCertificate: !!facts.clientCertificate });
+      } else if (!https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
+        return `the gateway at ${where} closed the connection before HTTP/2 started: if it ` +
+          "serves TLS (its default), use an https:// URL and import its client bundle " +
+          `(${importBundleCommand(facts.name, where.replace(/^http:/, "https:"))}, ` +
+          "DIR being the gateway's <state-dir>/pki)";
+      } else if (/ECONNRESET/.test(details)) cause = "connection reset";
+      else if (e.code === Code.DEADLINE_EXCEEDED) {
+        cause = https
+          ? "no answer in time (a plaintext gateway never completes a TLS handshake: if it " +
+            "runs with --disable-tls, use an http:// URL)"
+          : "no answer in time";
+      } else {cause = cause.replace(/^No connection established\.\s*Last error:\s*/i, "")
+          .replace(/^Error:\s*/, "") || codeName(e.code);}
       return `cannot reach the gateway at ${where}: ${cause}`;
     }
   }
@@ -117,8 +173,8 @@ export class GatewayError extends CliError {
   readonly code: number;
 
   /** Wraps a failed call's error. */
-  constructor(err: unknown, endpoint: GatewayEndpoint) {
-    super(describeGrpcError(err, endpoint));
+  constructor(err: unknown, endpoint: GatewayEndpoint, facts: ConnectionFacts = {}) {
+    super(describeGrpcError(err, endpoint, facts));
     this.name = "GatewayError";
     this.code = grpcCode(err) ?? Code.UNKNOWN;
   }
@@ -138,14 +194,24 @@ export class GatewayClient {
   /** The gateway's URL. */
   readonly endpoint: GatewayEndpoint;
   readonly #client: grpc.Client;
+  readonly #facts: ConnectionFacts;
 
   /** Creates a client; nothing connects until the first call. */
   constructor(options: GatewayClientOptions) {
     this.endpoint = options.endpoint;
+    this.#facts = {
+      clientCertificate: !!(options.tls?.cert && options.tls.key),
+      ...(options.name ? { name: options.name } : {}),
+    };
+    const { credentials, options: tlsOptions } = channelCredentials(
+      options.endpoint,
+      options.tls,
+    );
     this.#client = new OpenShellClient(
       grpcTarget(options.endpoint),
-      channelCredentials(options.endpoint, options.tls),
+      credentials,
       {
+        ...tlsOptions,
         "grpc.keepalive_time_ms": 30_000,
         "grpc.keepalive_timeout_ms": 20_000,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
@@ -159,7 +225,7 @@ export class GatewayClient {
     const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
     return new Promise((resolve, reject) => {
       fn(req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => {
-        if (err) reject(new GatewayError(err, this.endpoint));
+        if (err) reject(new GatewayError(err, this.endpoint, this.#facts));
         else resolve(res as T);
       });
     });
@@ -172,12 +238,13 @@ export class GatewayClient {
     // An error before iteration starts must not become an unhandled event.
     call.on("error", () => {});
     const endpoint = this.endpoint;
+    const facts = this.#facts;
     async function* iterate(): AsyncGenerator<T> {
       try {
         for await (const message of call) yield message as T;
       } catch (err) {
         if (cancelled && grpcCode(err) === Code.CANCELLED) return;
-        throw new GatewayError(err, endpoint);
+        throw new GatewayError(err, endpoint, facts);
       } finally {
         if (!cancelled) {
           cancelled = true;
@@ -243,8 +310,8 @@ export class GatewayClient {
   }
 
   /** `RevokeSshSession`. */
-  async revokeSshSession(token: string): Promise<boolean> {
-    const res = await this.#unary<{ revoked: boolean }>("RevokeSshSession", { token });
+  async revokeSshSession(token: string, deadlineMs = DEFAULT_DEADLINE_MS): Promise<boolean> {
+    const res = await this.#unary<{ revoked: boolean }>("RevokeSshSession", { token }, deadlineMs);
     return res.revoked;
   }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Code } from "../core/status.ts";
+import { IP_TLS_SERVER_NAME } from "../core/tls.ts";
 import { channelCredentials, describeGrpcError, GatewayError, grpcTarget } from "./client.ts";
 import { parseEndpoint } from "./config.ts";
 
@@ -63,9 +64,98 @@ Deno.test("errors from the gateway keep its message", () => {
   assert.equal(e.message, "sandbox is not ready");
 });
 
-Deno.test("targets and credentials", () => {
+Deno.test("targets and credentials (an IP host gets core/tls.ts's server name)", () => {
   assert.equal(grpcTarget(parseEndpoint("http://[::1]:9")), "[::1]:9");
   assert.equal(grpcTarget(parseEndpoint("https://gw")), "gw:443");
-  assert.equal(channelCredentials(EP)._isSecure(), false);
-  assert.equal(channelCredentials(parseEndpoint("https://gw"))._isSecure(), true);
+  assert.equal(channelCredentials(EP).credentials._isSecure(), false);
+  const named = channelCredentials(parseEndpoint("https://gw"));
+  assert.equal(named.credentials._isSecure(), true);
+  assert.deepEqual(named.options, {});
+  const ip = channelCredentials(parseEndpoint("https://127.0.0.1:1"));
+  assert.equal(ip.options["grpc.ssl_target_name_override"], IP_TLS_SERVER_NAME);
+});
+
+const TLS_EP = parseEndpoint("https://127.0.0.1:8443");
+const dropped = (details: string) =>
+  err(
+    Code.UNAVAILABLE,
+    `No connection established. Last error: ${details} (2026-01-01T00:00:00.000Z). Resolution note: `,
+  );
+
+Deno.test("https: a connection the gateway closed after the handshake says what to do", () => {
+  for (const d of ["write EPIPE", "Failed to connect", "read ECONNRESET"]) {
+    assert.equal(
+      describeGrpcError(dropped(d), TLS_EP, { clientCertificate: true, name: "gw" }),
+      "the gateway at https://127.0.0.1:8443 closed the TLS connection: it may not accept this " +
+        "client's certificate (import the gateway's current client bundle: openshell gateway " +
+        "add gw https://127.0.0.1:8443 --mtls-dir DIR --force, DIR being the gateway's " +
+        "<state-dir>/pki)",
+      d,
+    );
+  }
+  assert.equal(
+    describeGrpcError(dropped("write EPIPE"), TLS_EP),
+    "the gateway at https://127.0.0.1:8443 closed the TLS connection: it may require a client " +
+      "certificate, and none is configured (import the gateway's client bundle: openshell " +
+      "gateway add NAME https://127.0.0.1:8443 --mtls-dir DIR, DIR being the gateway's " +
+      "<state-dir>/pki)",
+  );
+  assert.equal(
+    describeGrpcError(dropped("received fatal alert: CertificateRequired"), TLS_EP),
+    describeGrpcError(dropped("write EPIPE"), TLS_EP),
+    "an alert and a closed connection read the same",
+  );
+  assert.match(
+    describeGrpcError(dropped("Error: self-signed certificate in certificate chain"), TLS_EP),
+    /presented a certificate that the trusted CA did not sign/,
+  );
+  assert.equal(
+    describeGrpcError(
+      dropped(
+        "Error: received corrupt message of type InvalidContentType (SSL routines:ssl3_get_record:wrong version number)",
+      ),
+      TLS_EP,
+    ),
+    "the gateway at https://127.0.0.1:8443 does not speak TLS (use an http:// URL for a " +
+      "plaintext gateway)",
+  );
+  assert.match(
+    describeGrpcError(
+      err(Code.DEADLINE_EXCEEDED, "Deadline exceeded after 10.001s,Waiting for LB pick"),
+      TLS_EP,
+    ),
+    /no answer in time \(a plaintext gateway never completes a TLS handshake: if it runs with --disable-tls, use an http:\/\/ URL\)$/,
+  );
+  assert.equal(
+    describeGrpcError(dropped("connect ECONNREFUSED 127.0.0.1:8443"), TLS_EP),
+    "cannot reach the gateway at https://127.0.0.1:8443: connection refused",
+  );
+  assert.doesNotMatch(
+    describeGrpcError(dropped("Error: something else"), TLS_EP),
+    /Resolution note|2026-/,
+  );
+  assert.equal(
+    describeGrpcError(err(Code.UNAVAILABLE, "Connection dropped"), TLS_EP),
+    "cannot reach the gateway at https://127.0.0.1:8443: Connection dropped",
+    "a connection that was up and then dropped is not blamed on the certificate",
+  );
+});
+
+Deno.test("http: a TLS gateway (it closes a plaintext HTTP/2 connection) gets an https hint", () => {
+  assert.equal(
+    describeGrpcError(dropped("read ECONNRESET"), EP, { name: "local" }),
+    describeGrpcError(dropped("Failed to connect"), EP, { name: "local" }),
+  );
+  assert.equal(
+    describeGrpcError(err(Code.UNAVAILABLE, "read ECONNRESET"), EP),
+    "cannot reach the gateway at http://127.0.0.1:8080: connection reset",
+    "a connection that was up and then reset is not a TLS hint",
+  );
+  assert.equal(
+    describeGrpcError(dropped("Failed to connect"), EP, { name: "local" }),
+    "the gateway at http://127.0.0.1:8080 closed the connection before HTTP/2 started: if it " +
+      "serves TLS (its default), use an https:// URL and import its client bundle (openshell " +
+      "gateway add local https://127.0.0.1:8080 --mtls-dir DIR --force, DIR being the " +
+      "gateway's <state-dir>/pki)",
+  );
 });

@@ -7,7 +7,8 @@
  * active_gateway                      name of the active gateway
  * gateways/<name>/metadata.json       {"name", "gateway_endpoint", ...}
  * gateways/<name>/mtls/ca.crt         CA to trust (https)
- * gateways/<name>/mtls/tls.crt|key    client certificate (mTLS)
+ * gateways/<name>/mtls/tls.crt|key    client certificate (mTLS); from a gateway's
+ *                                     <state-dir>/pki/{ca.crt,client.crt,client.key}
  * gateways/<name>/last_sandbox        sandbox last created/connected
  * known_hosts                         sandbox host keys remembered by ssh
  * ```
@@ -17,12 +18,14 @@
  *
  * @module
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import {
   EndpointError,
   type GatewayEndpoint,
   isLoopbackOrUnspecified,
   parseEndpoint as parseGatewayUrl,
 } from "../core/endpoint.ts";
+import { checkCertificate, PkiError } from "../core/pki.ts";
 import { CliError } from "./errors.ts";
 
 /** Reads one environment variable (`undefined` when unset or not readable). */
@@ -76,6 +79,95 @@ export interface TlsMaterial {
   cert?: Uint8Array;
   /** Client private key (mTLS). */
   key?: Uint8Array;
+  /** Where each came from, for messages. */
+  files?: { ca?: string; cert?: string; key?: string };
+}
+
+/** The file names of a gateway's client bundle (what it writes into `<state-dir>/pki/`). */
+export const BUNDLE_FILES = { ca: "ca.crt", cert: "client.crt", key: "client.key" } as const;
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+
+/** The certificates of a PEM file, in order. */
+export function splitPemCertificates(pem: string): string[] {
+  return pem.match(PEM_CERT)?.map((c) => c + "\n") ?? [];
+}
+
+/** The command that imports a gateway's client bundle, for "what to do" hints. */
+export function importBundleCommand(name: string | undefined, url: string): string {
+  return name
+    ? `openshell gateway add ${name} ${url} --mtls-dir DIR --force`
+    : `openshell gateway add NAME ${url} --mtls-dir DIR`;
+}
+
+/** Options of {@link checkClientTls}. */
+export interface CheckClientTlsOptions {
+  /** What to do about a stale or foreign certificate (one clause). */
+  fix: string;
+  /** Clock; default now. */
+  now?: Date;
+}
+
+function pkiCheck(fix: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof PkiError)) throw err;
+    const m = err.message;
+    throw new CliError(m.endsWith("(check the clock)") ? m : `${m}: ${fix}`);
+  }
+}
+
+/**
+ * The local pre-flight before any connection: the CA and the client
+ * certificate are valid now, and the client certificate was signed by (one
+ * of) the CA certificate(s). Throws a one-line {@link CliError} naming the
+ * file and what to do.
+ */
+export function checkClientTls(tls: TlsMaterial, options: CheckClientTlsOptions): void {
+  const dec = new TextDecoder();
+  const now = options.now ?? new Date();
+  const caWhat = tls.files?.ca ? `CA certificate ${tls.files.ca}` : "the CA certificate";
+  const cas = tls.ca ? splitPemCertificates(dec.decode(tls.ca)) : [];
+  if (tls.ca && cas.length === 0) throw new CliError(`${caWhat} holds no PEM certificate`);
+  for (const ca of cas) {
+    pkiCheck(options.fix, () => checkCertificate(ca, { what: caWhat, now }));
+  }
+  if (!tls.cert) return;
+  const certWhat = tls.files?.cert
+    ? `client certificate ${tls.files.cert}`
+    : "the client certificate";
+  const cert = dec.decode(tls.cert);
+  // The CA that signed it, if any is in the file (else the first: its error names the file).
+  const signer = cas.find((ca) => {
+    try {
+      const c = new X509Certificate(cert);
+      const a = new X509Certificate(ca);
+      return c.checkIssued(a) && c.verify(a.publicKey);
+    } catch {
+      return false;
+    }
+  }) ?? cas[0];
+  pkiCheck(options.fix, () => checkCertificate(cert, { what: certWhat, now, caPem: signer }));
+}
+
+function checkKeyMatches(cert: Uint8Array, key: Uint8Array, files: TlsMaterial["files"]): void {
+  let matches = false;
+  try {
+    const dec = new TextDecoder();
+    matches = new X509Certificate(dec.decode(cert)).checkPrivateKey(
+      createPrivateKey(dec.decode(key)),
+    );
+  } catch {
+    matches = false;
+  }
+  if (!matches) {
+    throw new CliError(
+      `${files?.key ?? "the client key"} is not the private key of ${
+        files?.cert ?? "the client certificate"
+      } (import the key and certificate of one client bundle)`,
+    );
+  }
 }
 
 /** A gateway, as `gateway list` shows it. */
@@ -156,8 +248,12 @@ export interface AddGatewayOptions {
   cert?: Uint8Array;
   /** Client key (PEM). */
   key?: Uint8Array;
+  /** Where `ca`, `cert` and `key` were read from, for messages. */
+  files?: TlsMaterial["files"];
   /** Replace an existing registration. */
   force?: boolean;
+  /** Clock of the certificate checks; default now. */
+  now?: Date;
 }
 
 /** Reads and writes the config directory. */
@@ -239,7 +335,12 @@ export class ConfigStore {
         `gateway "${name}": ${dir} must hold both tls.crt and tls.key, or neither`,
       );
     }
-    return { ca, cert, key };
+    return {
+      ...(ca ? { ca } : {}),
+      ...(cert ? { cert } : {}),
+      ...(key ? { key } : {}),
+      files: { ca: `${dir}/ca.crt`, cert: `${dir}/tls.crt`, key: `${dir}/tls.key` },
+    };
   }
 
   /**
@@ -257,14 +358,24 @@ export class ConfigStore {
     if (!options.cert !== !options.key) {
       throw new CliError("--cert and --key go together");
     }
+    const named = { ca: "--ca", cert: "--cert", key: "--key", ...options.files };
     if (options.ca && !looksLikePem(options.ca, "certificate")) {
-      throw new CliError("--ca is not a PEM certificate");
+      throw new CliError(`${named.ca} is not a PEM certificate`);
     }
     if (options.cert && !looksLikePem(options.cert, "certificate")) {
-      throw new CliError("--cert is not a PEM certificate");
+      throw new CliError(`${named.cert} is not a PEM certificate`);
     }
     if (options.key && !looksLikePem(options.key, "key")) {
-      throw new CliError("--key is not a PEM private key");
+      throw new CliError(`${named.key} is not a PEM private key`);
+    }
+    if (tlsGiven) {
+      const files = options.files ?? named;
+      checkClientTls({ ca: options.ca, cert: options.cert, files }, {
+        fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
+          "<state-dir>/pki (a gateway renews its client bundle at start)",
+        now: options.now,
+      });
+      if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);
     }
     const target = this.gatewayDir(name);
     const exists = (await readOptional(`${target}/metadata.json`)) !== undefined;
@@ -390,6 +501,12 @@ function parseMetadata(name: string, raw: Uint8Array): GatewayMetadata {
   };
 }
 
+function importFix(name: string | undefined, endpoint: GatewayEndpoint): string {
+  return `import the gateway's current client bundle: ${
+    importBundleCommand(name, endpoint.url)
+  }, DIR being the gateway's <state-dir>/pki`;
+}
+
 /** Where the gateway choice came from. */
 export type GatewaySource = "flag" | "env" | "active" | "named";
 
@@ -449,6 +566,7 @@ export async function resolveGateway(
       name = match?.name;
     }
     const tls = name && endpoint.scheme === "https" ? await store.readTls(name) : undefined;
+    if (tls) checkClientTls(tls, { fix: importFix(name, endpoint) });
     return {
       ...(name ? { name } : {}),
       endpoint,
@@ -467,6 +585,7 @@ export async function resolveGateway(
   const metadata = await store.readGateway(name);
   const endpoint = parseEndpoint(metadata.gateway_endpoint);
   const tls = endpoint.scheme === "https" ? await store.readTls(name) : undefined;
+  if (tls) checkClientTls(tls, { fix: importFix(name, endpoint) });
   return {
     name,
     endpoint,

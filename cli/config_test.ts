@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { createCa, issueCertificate } from "../core/pki.ts";
 import {
+  checkClientTls,
   configRoot,
   ConfigStore,
   endpointKey,
@@ -17,6 +19,20 @@ const CERT = new TextEncoder().encode(
 const KEY = new TextEncoder().encode(
   "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
 );
+const enc = (s: string) => new TextEncoder().encode(s);
+const DAY = 86_400_000;
+const CA = await createCa();
+const OTHER_CA = await createCa({ commonName: "another gateway CA" });
+const CLIENT = await issueCertificate(CA, { kind: "client", commonName: "op" });
+const FOREIGN = await issueCertificate(OTHER_CA, { kind: "client", commonName: "op" });
+const EXPIRED = await issueCertificate(CA, {
+  kind: "client",
+  commonName: "op",
+  now: new Date(Date.now() - 10 * DAY),
+  validityDays: 1,
+});
+/** A real client bundle as the store takes it. */
+const BUNDLE = { ca: enc(CA.cert), cert: enc(CLIENT.cert), key: enc(CLIENT.key) };
 
 function env(vars: Record<string, string>): (n: string) => string | undefined {
   return (n) => vars[n];
@@ -92,15 +108,9 @@ Deno.test("add/select/list/remove in the upstream layout; first one becomes acti
       gateway_port: 8080,
       auth_mode: "plaintext",
     });
-    await store.addGateway({
-      name: "prod",
-      endpoint: "https://gw.example:9443",
-      ca: CERT,
-      cert: CERT,
-      key: KEY,
-    });
+    await store.addGateway({ name: "prod", endpoint: "https://gw.example:9443", ...BUNDLE });
     assert.equal(await store.activeGateway(), "local", "adding more does not switch");
-    assert.deepEqual(await Deno.readFile(`${root}/gateways/prod/mtls/tls.key`), KEY);
+    assert.deepEqual(await Deno.readFile(`${root}/gateways/prod/mtls/tls.key`), BUNDLE.key);
     assert.equal((await Deno.stat(`${root}/gateways/prod/mtls/tls.key`)).mode! & 0o777, 0o600);
     const list = await store.listGateways();
     assert.deepEqual(list.map((g) => [g.name, g.metadata?.auth_mode, g.tlsFiles]), [
@@ -186,7 +196,7 @@ Deno.test("resolution: flag, env, named, active; TLS files; last sandbox key", a
     assert.equal(fromEnv.source, "env");
 
     await store.addGateway({ name: "one", endpoint: "http://127.0.0.1:10" });
-    await store.addGateway({ name: "tls", endpoint: "https://gw:443", ca: CERT });
+    await store.addGateway({ name: "tls", endpoint: "https://gw:443", ca: BUNDLE.ca });
     const active = await resolveGateway(store, { env: env({}) });
     assert.deepEqual([active.name, active.endpoint.url, active.source], [
       "one",
@@ -195,7 +205,7 @@ Deno.test("resolution: flag, env, named, active; TLS files; last sandbox key", a
     ]);
     const named = await resolveGateway(store, { env: env({ OPENSHELL_GATEWAY: "tls" }) });
     assert.deepEqual([named.name, named.source], ["tls", "named"]);
-    assert.deepEqual(named.tls?.ca, CERT);
+    assert.deepEqual(named.tls?.ca, BUNDLE.ca);
     const matched = await resolveGateway(store, {
       env: env({ OPENSHELL_GATEWAY_ENDPOINT: "http://127.0.0.1:10/" }),
     });
@@ -206,7 +216,11 @@ Deno.test("resolution: flag, env, named, active; TLS files; last sandbox key", a
       gatewayFlag: "tls",
       env: env({}),
     });
-    assert.deepEqual(tlsByFlag.tls?.ca, CERT, "--gateway names the TLS files for an endpoint");
+    assert.deepEqual(
+      tlsByFlag.tls?.ca,
+      BUNDLE.ca,
+      "--gateway names the TLS files for an endpoint",
+    );
     await rejectsWith(
       resolveGateway(store, { gatewayFlag: "ghost", env: env({}) }),
       /not registered/,
@@ -229,5 +243,63 @@ Deno.test("last sandbox per gateway; atomic writes leave no temp files", async (
     for await (const e of Deno.readDir(root)) names.push(e.name);
     assert.deepEqual(names.sort(), ["f", "gateways"]);
     await assert.rejects(writeFileAtomic(`${root}/missing/f`, "x"), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("client bundles: expired, foreign or mismatched files are refused at add", async () => {
+  await withStore(async (store, root) => {
+    const files = { ca: "/pki/ca.crt", cert: "/pki/client.crt", key: "/pki/client.key" };
+    const add = (over: Partial<typeof BUNDLE>) =>
+      store.addGateway({ name: "gw", endpoint: "https://127.0.0.1:1", ...BUNDLE, ...over, files });
+    await rejectsWith(
+      add({ cert: enc(EXPIRED.cert), key: enc(EXPIRED.key) }),
+      /^client certificate \/pki\/client\.crt expired on \S+Z: use the ca\.crt, client\.crt and client\.key of one gateway's current <state-dir>\/pki \(a gateway renews its client bundle at start\)$/,
+    );
+    await rejectsWith(
+      add({ cert: enc(FOREIGN.cert), key: enc(FOREIGN.key) }),
+      /^client certificate \/pki\/client\.crt is not signed by this gateway's CA: /,
+    );
+    await rejectsWith(
+      add({ key: enc(FOREIGN.key) }),
+      /^\/pki\/client\.key is not the private key of \/pki\/client\.crt \(import the key and certificate of one client bundle\)$/,
+    );
+    await rejectsWith(add({ ca: enc("x") }), /^\/pki\/ca\.crt is not a PEM certificate$/);
+    await assert.rejects(Deno.stat(root), Deno.errors.NotFound, "nothing was written");
+    const meta = await add({});
+    assert.equal(meta.auth_mode, "mtls");
+    const tls = await store.readTls("gw");
+    assert.equal(tls?.files?.cert, `${root}/gateways/gw/mtls/tls.crt`);
+  });
+});
+
+Deno.test("client bundles: the pre-flight before a connection names the file and the fix", async () => {
+  await withStore(async (store, root) => {
+    await store.addGateway({ name: "gw", endpoint: "https://127.0.0.1:1", ...BUNDLE });
+    const resolved = await resolveGateway(store, { env: env({}) });
+    assert.equal(resolved.tls?.files?.key, `${root}/gateways/gw/mtls/tls.key`);
+    // The stored certificate expires (simulated by writing an expired one in its place).
+    await Deno.writeTextFile(`${root}/gateways/gw/mtls/tls.crt`, EXPIRED.cert);
+    await rejectsWith(
+      resolveGateway(store, { env: env({}) }),
+      new RegExp(
+        `^client certificate ${root}/gateways/gw/mtls/tls\\.crt expired on \\S+Z: import the ` +
+          "gateway's current client bundle: openshell gateway add gw https://127\\.0\\.0\\.1:1 " +
+          "--mtls-dir DIR --force, DIR being the gateway's <state-dir>/pki$",
+      ),
+    );
+    await Deno.writeTextFile(`${root}/gateways/gw/mtls/tls.crt`, FOREIGN.cert);
+    await rejectsWith(
+      resolveGateway(store, { env: env({}) }),
+      /tls\.crt is not signed by this gateway's CA: import the gateway's current client bundle/,
+    );
+    // A CA file may hold several CAs: the one that signed the certificate counts.
+    const both = { ca: enc(CA.cert + OTHER_CA.cert), cert: enc(FOREIGN.cert) };
+    checkClientTls(both, { fix: "x" });
+    const early = new Date(Date.now() - 2 * DAY);
+    assert.throws(
+      () => checkClientTls(BUNDLE, { fix: "x", now: early }),
+      /^CliError: the CA certificate is not valid before \S+ \(check the clock\)$/,
+    );
+    assert.throws(() => checkClientTls({ ca: enc("nothing") }, { fix: "x" }), /holds no PEM/);
   });
 });

@@ -133,6 +133,7 @@ export class Context {
       this.#client = new GatewayClient({
         endpoint: gw.endpoint,
         ...(gw.tls ? { tls: gw.tls } : {}),
+        ...(gw.name ? { name: gw.name } : {}),
       });
     }
     return this.#client;

@@ -50,13 +50,14 @@ export async function gatewaysOf(
   }
 }
 
-/** Whether the command reads files named on the command line (`gateway add --ca …`). */
-function readsNamedFiles(args: readonly string[]): boolean {
+/** Whether the command reads files named on the command line (`gateway add --mtls-dir …`). */
+export function readsNamedFiles(args: readonly string[]): boolean {
   try {
     const parsed = parseCommandLine(args);
     if (parsed.kind !== "run" || parsed.invocation.spec.id !== "gateway add") return false;
     const v = parsed.invocation.values;
-    return v.ca !== undefined || v.cert !== undefined || v.key !== undefined;
+    return v.ca !== undefined || v.cert !== undefined || v.key !== undefined ||
+      v["mtls-dir"] !== undefined;
   } catch {
     return false;
   }
@@ -65,7 +66,7 @@ function readsNamedFiles(args: readonly string[]): boolean {
 if (import.meta.main) {
   const args = stripTaskSeparator(Deno.args);
   const root = configRoot(readEnv);
-  // `gateway add --ca F` reads F wherever it is, as the compiled CLI (no
+  // `gateway add --mtls-dir D` reads D wherever it is, as the compiled CLI (no
   // config dir restriction) does; every other command sees only its config dir.
   const grants = cliGrants({
     ...(readsNamedFiles(args) ? {} : { configDir: root }),

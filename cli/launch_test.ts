@@ -15,7 +15,7 @@ Deno.test("the dev launcher grants exactly the gateway the arguments select", as
     );
     assert.deepEqual(
       await gatewaysOf(
-        ["ssh-proxy", "--gateway", "https://gw.example/connect/ssh", "--token", "t"],
+        ["ssh-proxy", "--gateway", "https://gw.example/connect/ssh", "--sandbox-id", "s"],
         root,
       ),
       [{ host: "gw.example", port: 443 }],

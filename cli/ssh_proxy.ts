@@ -1,6 +1,8 @@
 /**
  * The client half of the gateway's SSH tunnel (what `openshell ssh-proxy`
- * does as an ssh `ProxyCommand`): open TCP (TLS for https), send
+ * does as an ssh `ProxyCommand`): open TCP (for https, TLS through
+ * `node:tls` with core/tls.ts's options: the configured CA, the client
+ * certificate), send
  * `CONNECT <path>` with the sandbox id and session token, read the reply
  * head without consuming a byte past it, retry `412` (sandbox not ready yet)
  * with backoff for up to 60 s, then pump bytes both ways, half-close aware,
@@ -9,9 +11,22 @@
  *
  * @module
  */
+import type { Buffer } from "node:buffer";
+import tls from "node:tls";
 import { Backoff, sleep } from "../core/backoff.ts";
 import type { CreateSshSessionResponse } from "../core/protocol.ts";
-import { type GatewayEndpoint, isLoopbackOrUnspecified, type TlsMaterial } from "./config.ts";
+import {
+  describeTlsDrop,
+  describeTlsFailure,
+  isClientCertificateRefusal,
+  tlsConnectOptions,
+} from "../core/tls.ts";
+import {
+  type GatewayEndpoint,
+  importBundleCommand,
+  isLoopbackOrUnspecified,
+  type TlsMaterial,
+} from "./config.ts";
 import { CliError } from "./errors.ts";
 import type { HostKeyVerifier } from "./ssh_hostkey.ts";
 
@@ -21,6 +36,10 @@ export const MAX_HEAD_BYTES = 8192;
 export const DEFAULT_MAX_WAIT_MS = 60_000;
 /** Default connect path. */
 export const DEFAULT_CONNECT_PATH = "/connect/ssh";
+/** How long a TLS handshake may take. */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 15_000;
+/** Bytes read ahead from a TLS socket before it is paused. */
+const READ_AHEAD_BYTES = 256 * 1024;
 
 /** Where and as whom to open a tunnel. */
 export interface TunnelTarget {
@@ -38,6 +57,20 @@ export interface TunnelTarget {
   token: string;
   /** TLS files (https). */
   tls?: TlsMaterial;
+  /** The gateway's registered name (for "what to do" hints). */
+  gatewayName?: string;
+}
+
+/** The byte stream of a tunnel: a `Deno.Conn`, or a TLS socket behind the same calls. */
+export interface TunnelConn {
+  /** Like `Deno.Conn.read`. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Like `Deno.Conn.write`. */
+  write(p: Uint8Array): Promise<number>;
+  /** Half-closes the sending side. */
+  closeWrite(): Promise<void>;
+  /** Closes both sides. */
+  close(): void;
 }
 
 const TOKEN = /^[A-Za-z0-9._~+/=-]{1,4096}$/;
@@ -95,6 +128,9 @@ export function parseResponseHead(buf: Uint8Array): ResponseHead | null {
       break;
     }
   }
+  if (buf.length >= 2 && (buf[0] === 0x15 || buf[0] === 0x16) && buf[1] === 0x03) {
+    throw new CliError("the gateway answered in TLS: use an https:// URL for it");
+  }
   if (end < 0) {
     if (buf.length >= MAX_HEAD_BYTES) throw new CliError("the gateway sent an oversized reply");
     if (buf.length >= 5 && new TextDecoder().decode(buf.subarray(0, 5)) !== "HTTP/") {
@@ -135,41 +171,199 @@ export function connectFailureMessage(status: number, detail = ""): string {
   }
 }
 
-/** Opens the TCP (or TLS) connection to the gateway. */
-export async function dialGateway(t: TunnelTarget): Promise<Deno.Conn> {
-  const where = hostHeader(t.host, t.port);
-  try {
-    if (t.scheme === "https") {
-      const dec = new TextDecoder();
-      return await Deno.connectTls({
-        hostname: t.host,
-        port: t.port,
-        ...(t.tls?.ca ? { caCerts: [dec.decode(t.tls.ca)] } : {}),
-        ...(t.tls?.cert && t.tls?.key
-          ? { cert: dec.decode(t.tls.cert), key: dec.decode(t.tls.key) }
-          : {}),
-        alpnProtocols: ["http/1.1"],
+/** The gateway's URL as messages name it. */
+export function gatewayUrl(t: Pick<TunnelTarget, "scheme" | "host" | "port">): string {
+  return `${t.scheme}://${hostHeader(t.host, t.port)}`;
+}
+
+function errorCode(e: unknown): string {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "string" ? code : "";
+}
+
+/** Whether an error means the peer closed or reset the connection. */
+export function isConnectionDrop(e: unknown): boolean {
+  return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
+    e instanceof Deno.errors.BadResource || e instanceof Deno.errors.ConnectionAborted ||
+    /^(ECONNRESET|EPIPE|ECONNABORTED|ERR_STREAM_DESTROYED|ERR_STREAM_WRITE_AFTER_END|ERR_SOCKET_CLOSED)$/
+      .test(errorCode(e)) ||
+    /socket disconnected before secure TLS|socket hang up/i.test((e as Error)?.message ?? "");
+}
+
+function tlsHint(t: TunnelTarget): { importBundle: string } {
+  return { importBundle: importBundleCommand(t.gatewayName, gatewayUrl(t)) };
+}
+
+function tlsDropError(t: TunnelTarget): CliError {
+  return new CliError(
+    describeTlsDrop(gatewayUrl(t), {
+      ...tlsHint(t),
+      clientCertificate: !!(t.tls?.cert && t.tls?.key),
+    }),
+  );
+}
+
+/** A TLS socket behind the {@link TunnelConn} calls (reads queue up to a bound, then pause it). */
+export function socketConn(socket: tls.TLSSocket): TunnelConn {
+  const chunks: Uint8Array[] = [];
+  let queued = 0;
+  let ended = false;
+  let failure: Error | undefined;
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  socket.on("data", (b: Buffer) => {
+    chunks.push(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+    queued += b.byteLength;
+    if (queued >= READ_AHEAD_BYTES) socket.pause();
+    notify();
+  });
+  socket.on("end", () => {
+    ended = true;
+    notify();
+  });
+  socket.on("close", () => {
+    ended = true;
+    notify();
+  });
+  socket.on("error", (e: Error) => {
+    failure ??= e;
+    notify();
+  });
+  return {
+    async read(p) {
+      while (chunks.length === 0) {
+        if (failure) throw failure;
+        if (ended) return null;
+        await new Promise<void>((r) => wake = r);
+      }
+      const first = chunks[0];
+      const n = Math.min(p.length, first.length);
+      p.set(first.subarray(0, n));
+      if (n === first.length) chunks.shift();
+      else chunks[0] = first.subarray(n);
+      queued -= n;
+      if (queued < READ_AHEAD_BYTES && socket.isPaused()) socket.resume();
+      return n;
+    },
+    write(p) {
+      if (failure) return Promise.reject(failure);
+      if (socket.destroyed || socket.writableEnded) {
+        return Promise.reject(new Deno.errors.BrokenPipe("the connection is closed"));
+      }
+      return new Promise((resolve, reject) => {
+        socket.write(p.slice(), (err) => err ? reject(err) : resolve(p.length));
       });
-    }
+    },
+    closeWrite() {
+      return new Promise((resolve) => {
+        if (socket.destroyed || socket.writableEnded) resolve();
+        else socket.end(() => resolve());
+      });
+    },
+    close() {
+      socket.destroy();
+    },
+  };
+}
+
+/** The TLS handshake; the socket once it is done, or a one-line error. */
+function connectTls(t: TunnelTarget): Promise<tls.TLSSocket> {
+  const url = gatewayUrl(t);
+  const material = {
+    ...(t.tls?.ca ? { ca: t.tls.ca } : {}),
+    ...(t.tls?.cert && t.tls?.key ? { cert: t.tls.cert, key: t.tls.key } : {}),
+  };
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      ...tlsConnectOptions(t.host, material),
+      port: t.port,
+      ALPNProtocols: ["http/1.1"],
+    });
+    const timer = setTimeout(() => {
+      fail(
+        new CliError(
+          `cannot reach the gateway at ${url}: no TLS handshake in time (a plaintext gateway ` +
+            "never completes one: if it runs with --disable-tls, use an http:// URL)",
+        ),
+      );
+    }, TLS_HANDSHAKE_TIMEOUT_MS);
+    const done = () => {
+      clearTimeout(timer);
+      socket.removeListener("error", onError);
+      socket.removeListener("secureConnect", onSecure);
+    };
+    const fail = (err: Error) => {
+      done();
+      socket.destroy();
+      reject(err);
+    };
+    const onSecure = () => {
+      done();
+      socket.setNoDelay(true);
+      resolve(socket);
+    };
+    const onError = (e: Error) => fail(e);
+    socket.once("secureConnect", onSecure);
+    socket.on("error", onError);
+  });
+}
+
+/** The one-line error for a failure while connecting to (or talking TLS with) the gateway. */
+export function describeDialFailure(t: TunnelTarget, e: unknown): CliError {
+  if (e instanceof CliError) return e;
+  const url = gatewayUrl(t);
+  if (e instanceof Deno.errors.NotCapable || /Requires net access/.test(String(e))) {
+    return new CliError(
+      `not permitted to connect to ${hostHeader(t.host, t.port)} ` +
+        "(the CLI's network grant does not cover it)",
+    );
+  }
+  const message = `${errorCode(e)} ${(e as Error)?.message ?? String(e)}`.trim();
+  if (e instanceof Deno.errors.ConnectionRefused || /ECONNREFUSED/.test(message)) {
+    return new CliError(`cannot reach the gateway at ${url}: connection refused`);
+  }
+  if (/ENOTFOUND|EAI_AGAIN|failed to lookup/i.test(message)) {
+    return new CliError(`cannot reach the gateway at ${url}: host not found`);
+  }
+  if (t.scheme === "https") {
+    // A refused client certificate shows up as an alert or as a closed connection: one line.
+    if (isClientCertificateRefusal(message) || isConnectionDrop(e)) return tlsDropError(t);
+    const line = describeTlsFailure(message, url, tlsHint(t));
+    if (line) return new CliError(line);
+  }
+  return new CliError(
+    `cannot reach the gateway at ${url}: ${((e as Error)?.message ?? String(e)).split("\n")[0]}`,
+  );
+}
+
+/** Opens the TCP (or TLS) connection to the gateway. */
+export async function dialGateway(t: TunnelTarget): Promise<TunnelConn> {
+  try {
+    if (t.scheme === "https") return socketConn(await connectTls(t));
     const conn = await Deno.connect({ hostname: t.host, port: t.port });
     conn.setNoDelay(true);
     return conn;
   } catch (e) {
-    if (e instanceof Deno.errors.NotCapable) {
-      throw new CliError(
-        `not permitted to connect to ${where} (the CLI's network grant does not cover it)`,
-      );
-    }
-    if (e instanceof Deno.errors.ConnectionRefused) {
-      throw new CliError(`cannot reach the gateway at ${where}: connection refused`);
-    }
-    throw new CliError(`cannot reach the gateway at ${where}: ${(e as Error).message}`);
+    throw describeDialFailure(t, e);
   }
 }
 
 async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
   let off = 0;
   while (off < data.length) off += await w.write(data.subarray(off));
+}
+
+/** The gateway closed the connection without answering the tunnel request. */
+export class ClosedBeforeReplyError extends CliError {
+  /** Creates the error. */
+  constructor() {
+    super("the gateway closed the connection before answering the tunnel request");
+    this.name = "ClosedBeforeReplyError";
+  }
 }
 
 /** Reads the reply head; returns it with the bytes that followed it in the same reads. */
@@ -180,9 +374,7 @@ export async function readResponseHead(
   const chunk = new Uint8Array(4096);
   while (true) {
     const n = await conn.read(chunk);
-    if (n === null) {
-      throw new CliError("the gateway closed the connection before answering the tunnel request");
-    }
+    if (n === null) throw new ClosedBeforeReplyError();
     const next = new Uint8Array(buf.length + n);
     next.set(buf);
     next.set(chunk.subarray(0, n), buf.length);
@@ -201,7 +393,7 @@ export interface OpenTunnelOptions {
   /** Told about each 412 retry. */
   onRetry?: (delayMs: number) => void;
   /** Replaces {@link dialGateway} (tests). */
-  dial?: (t: TunnelTarget) => Promise<Deno.Conn>;
+  dial?: (t: TunnelTarget) => Promise<TunnelConn>;
   /** First retry delay; default 1 s (then 2, 4, 8, 8 … s). */
   initialDelayMs?: number;
 }
@@ -209,7 +401,7 @@ export interface OpenTunnelOptions {
 /** An open tunnel: the connection and the bytes already read past the reply head. */
 export interface Tunnel {
   /** The connection, positioned after the reply head. */
-  conn: Deno.Conn;
+  conn: TunnelConn;
   /** Bytes of the SSH stream that arrived with the reply head. */
   early: Uint8Array;
 }
@@ -230,8 +422,19 @@ export async function openTunnel(
     const conn = await dial(t);
     let keep = false;
     try {
-      await writeAll(conn, request);
-      const { head, rest } = await readResponseHead(conn);
+      let reply: { head: ResponseHead; rest: Uint8Array };
+      try {
+        await writeAll(conn, request);
+        reply = await readResponseHead(conn);
+      } catch (e) {
+        if (t.scheme === "https" && e instanceof ClosedBeforeReplyError) {
+          // How a gateway that refuses this client's certificate usually shows up.
+          throw tlsDropError(t);
+        }
+        if (e instanceof CliError) throw e;
+        throw describeDialFailure(t, e);
+      }
+      const { head, rest } = reply;
       if (head.status === 200) {
         keep = true;
         return { conn, early: rest };
@@ -332,7 +535,7 @@ export async function pumpTunnel(tunnel: Tunnel, options: PumpOptions): Promise<
       try {
         n = await conn.read(buf);
       } catch (e) {
-        if (e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BadResource) break;
+        if (isConnectionDrop(e)) break;
         throw e;
       }
       if (n === null) break;
@@ -356,6 +559,7 @@ export function tunnelTargetOf(
   session: CreateSshSessionResponse,
   endpoint: GatewayEndpoint,
   tls?: TlsMaterial,
+  gatewayName?: string,
 ): TunnelTarget {
   const local = !session.gateway_host || isLoopbackOrUnspecified(session.gateway_host);
   const scheme = session.gateway_scheme === "https" || session.gateway_scheme === "http"
@@ -369,5 +573,6 @@ export function tunnelTargetOf(
     sandboxId: session.sandbox_id,
     token: session.token,
     ...(tls ? { tls } : {}),
+    ...(gatewayName ? { gatewayName } : {}),
   };
 }

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import tls from "node:tls";
+import { createCa, issueCertificate } from "../core/pki.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
 import { parseEndpoint } from "./config.ts";
 import { CliError } from "./errors.ts";
@@ -157,6 +159,10 @@ Deno.test("reply heads: incomplete, complete with bytes after, not HTTP, oversiz
     () => parseResponseHead(enc.encode("HTTP/1.1 200 " + "x".repeat(9000))),
     /oversized reply/,
   );
+  assert.throws(
+    () => parseResponseHead(new Uint8Array([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32])),
+    /^CliError: the gateway answered in TLS: use an https:\/\/ URL for it$/,
+  );
 });
 
 Deno.test("tunnel: early bytes kept, both directions pumped, half-close passed on", async () => {
@@ -267,7 +273,7 @@ Deno.test("tunnel: refused connection and a closed connection are clear errors",
   probe.close();
   await assert.rejects(
     openTunnel(target(port)),
-    /cannot reach the gateway at 127\.0\.0\.1:\d+: connection refused/,
+    /^CliError: cannot reach the gateway at http:\/\/127\.0\.0\.1:\d+: connection refused$/,
   );
   const gw = fakeGateway(() => Promise.resolve());
   try {
@@ -345,4 +351,150 @@ Deno.test("tunnel target: a loopback or unspecified gateway_host means the CLI's
     8080,
     "/c",
   ]);
+});
+
+const CA = await createCa();
+const OTHER_CA = await createCa({ commonName: "another gateway CA" });
+const SERVER = await issueCertificate(CA, {
+  kind: "server",
+  commonName: "gw",
+  names: ["127.0.0.1", "localhost"],
+});
+const CLIENT = await issueCertificate(CA, { kind: "client", commonName: "op" });
+const FOREIGN = await issueCertificate(OTHER_CA, { kind: "client", commonName: "op" });
+
+/**
+ * A TLS gateway like the real listener (client certificates from `CA`
+ * required): answers the CONNECT head with 200 and echoes what follows.
+ */
+async function tlsGateway(): Promise<{ port: number; close: () => Promise<void> }> {
+  const sockets = new Set<tls.TLSSocket>();
+  const server = tls.createServer({
+    cert: SERVER.cert,
+    key: SERVER.key,
+    ca: CA.cert,
+    requestCert: true,
+    rejectUnauthorized: true,
+    ALPNProtocols: ["http/1.1"],
+  }, (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    let head = "";
+    const onData = (d: Buffer) => {
+      head += d.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      socket.removeListener("data", onData);
+      socket.write("HTTP/1.1 200 OK\r\n\r\n" + head.slice(end + 4));
+      socket.on("data", (more: Buffer) => socket.write(more));
+      socket.on("end", () => socket.end());
+    };
+    socket.on("data", onData);
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as { port: number }).port,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+function tlsTarget(port: number, over: Partial<TunnelTarget> = {}): TunnelTarget {
+  return target(port, {
+    scheme: "https",
+    tls: { ca: enc.encode(CA.cert), cert: enc.encode(CLIENT.cert), key: enc.encode(CLIENT.key) },
+    gatewayName: "gw",
+    ...over,
+  });
+}
+
+Deno.test("tunnel over TLS: the bundle's CA and client certificate, an IP host, half-close", async () => {
+  const gw = await tlsGateway();
+  try {
+    const tunnel = await openTunnel(tlsTarget(gw.port));
+    const input = feed();
+    const output = sink();
+    const pumped = pumpTunnel(tunnel, { input, output });
+    input.push(enc.encode("ping over TLS"));
+    input.end();
+    const result = await pumped;
+    await result.upstream;
+    tunnel.conn.close();
+    assert.equal(dec.decode(output.bytes()), "ping over TLS");
+  } finally {
+    await gw.close();
+  }
+});
+
+Deno.test("tunnel over TLS: every failure is one line saying what to do", async () => {
+  const gw = await tlsGateway();
+  const url = `https://127.0.0.1:${gw.port}`;
+  const fix = `openshell gateway add gw ${url} --mtls-dir DIR --force, DIR being the gateway's ` +
+    "<state-dir>/pki)";
+  const refused = new RegExp(
+    `^CliError: the gateway at ${url} closed the TLS connection: it may not accept this ` +
+      `client's certificate \\(import the gateway's current client bundle: ` +
+      `${fix.replace(/[.()/]/g, "\\$&")}$`,
+  );
+  try {
+    const noCert = tlsTarget(gw.port, { tls: { ca: enc.encode(CA.cert) } });
+    await assert.rejects(
+      openTunnel(noCert),
+      /^CliError: the gateway at \S+ closed the TLS connection: it may require a client certificate, and none is configured \(import the gateway's client bundle: openshell gateway add gw \S+ --mtls-dir DIR --force, DIR being the gateway's <state-dir>\/pki\)$/,
+    );
+    const foreign = tlsTarget(gw.port, {
+      tls: {
+        ca: enc.encode(CA.cert),
+        cert: enc.encode(FOREIGN.cert),
+        key: enc.encode(FOREIGN.key),
+      },
+    });
+    await assert.rejects(openTunnel(foreign), refused);
+    const wrongTrust = tlsTarget(gw.port, {
+      tls: {
+        ca: enc.encode(OTHER_CA.cert),
+        cert: enc.encode(CLIENT.cert),
+        key: enc.encode(CLIENT.key),
+      },
+    });
+    await assert.rejects(
+      openTunnel(wrongTrust),
+      new RegExp(
+        `^CliError: the gateway at ${url.replace(/[.]/g, "\\.")} presented a certificate ` +
+          "that the trusted CA did not sign \\(import",
+      ),
+    );
+    await assert.rejects(
+      openTunnel(target(gw.port)),
+      /^CliError: the gateway answered in TLS: use an https:\/\/ URL for it$/,
+    );
+  } finally {
+    await gw.close();
+  }
+  // https:// to a plaintext server (it answers the ClientHello with an HTTP error).
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const answering = (async () => {
+    for await (const conn of listener) {
+      await conn.read(new Uint8Array(4096)).catch(() => null);
+      await conn.write(enc.encode("HTTP/1.1 400 Bad Request\r\n\r\n")).catch(() => 0);
+      conn.close();
+    }
+  })();
+  try {
+    const port = (listener.addr as Deno.NetAddr).port;
+    await assert.rejects(
+      openTunnel(tlsTarget(port)),
+      new RegExp(
+        `^CliError: the gateway at https://127\\.0\\.0\\.1:${port} does not speak TLS ` +
+          "\\(use an http:// URL for a plaintext gateway\\)$",
+      ),
+    );
+  } finally {
+    listener.close();
+    await answering.catch(() => {});
+  }
 });

@@ -6,13 +6,29 @@
  * temporary `XDG_CONFIG_HOME`, and the CLI run as a child through
  * `roleCommand("cli", cliGrants(...))` — the exact grants it ships with.
  *
+ * With `scheme: "https"` both gateways serve TLS and require client
+ * certificates (mTLS, gateway auth on) from a PKI made with core/pki.ts;
+ * the CLI's config registers both through `gateway add --mtls-dir`, and the
+ * host supervisors reach the gateway through testing/tls.ts's forwarder.
+ *
  * @module
  */
+import * as grpc from "@grpc/grpc-js";
 import { cliGrants, type HostPort } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { type ApiClient, apiClient, startGateway, type TestGateway } from "../gateway/testing.ts";
+import { OpenShellClient } from "../core/protocol.ts";
+import { grpcTlsCredentials } from "../core/tls.ts";
+import { type ApiClient, startGateway, type TestGateway } from "../gateway/testing.ts";
 import { writeHostDriverDir } from "../supervisor/host_driver.ts";
+import { readsNamedFiles } from "./launch.ts";
 import { cleanEnv, ensureSandboxUser, gatewayApi } from "../supervisor/testing.ts";
+import {
+  gatewayTlsArgs,
+  startTlsForwarder,
+  type TestGatewayPki,
+  type TlsForwarder,
+  writeGatewayPki,
+} from "../testing/tls.ts";
 
 /** What a CLI run produced. */
 export interface CliResult {
@@ -42,12 +58,27 @@ export interface RunOptions extends Omit<SpawnOptions, "stdin"> {
   timeoutMs?: number;
 }
 
+/** How the CLI talks to the fixture's gateways. */
+export type Scheme = "http" | "https";
+
 /** Two gateways and a CLI configuration. */
 export interface CliFixture {
+  /** `http` (plaintext) or `https` (TLS + client certificates). */
+  scheme: Scheme;
   /** The gateway with the host driver (the default of every run). */
   gateway: TestGateway;
+  /** Its URL with the fixture's scheme. */
+  url: string;
   /** A gateway without a driver: its sandboxes stay PROVISIONING. */
   bare: TestGateway;
+  /** Its URL with the fixture's scheme. */
+  bareUrl: string;
+  /** https: the PKI both gateways use (bundles included). */
+  pki?: TestGatewayPki;
+  /** The names `gateway` and `bare` are registered under (https), for `--gateway-name`. */
+  names: { gateway?: string; bare?: string };
+  /** What `gateway add NAME URL` needs besides the URL ([] for http). */
+  addArgs: string[];
   /** `XDG_CONFIG_HOME` of the CLI runs (the CLI's config dir grant). */
   configHome: string;
   /** Environment of the CLI runs (`gateway` in `OPENSHELL_GATEWAY_ENDPOINT`). */
@@ -64,30 +95,102 @@ export interface CliFixture {
   close(): Promise<void>;
 }
 
+/** Options of {@link startCliFixture}. */
+export interface CliFixtureOptions {
+  /** Default `http`. */
+  scheme?: Scheme;
+}
+
+/** A promisified `OpenShell` client (TLS with the operator's bundle when given). */
+function testApiClient(port: number, pki?: TestGatewayPki): ApiClient {
+  const { credentials, options } = pki
+    ? grpcTlsCredentials("127.0.0.1", {
+      ca: Deno.readTextFileSync(pki.bundle.ca),
+      cert: Deno.readTextFileSync(pki.bundle.cert),
+      key: Deno.readTextFileSync(pki.bundle.key),
+    })
+    : { credentials: grpc.credentials.createInsecure(), options: {} };
+  const raw = new OpenShellClient(`127.0.0.1:${port}`, credentials, options);
+  type Unary = (r: unknown, cb: (e: unknown, v: unknown) => void) => void;
+  return {
+    raw,
+    call<T>(method: string, request: unknown): Promise<T> {
+      const fn = (raw as unknown as Record<string, Unary>)[method];
+      return new Promise((resolve, reject) =>
+        fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v as T))
+      );
+    },
+    close: () => raw.close(),
+  };
+}
+
 /** Starts both gateways and a CLI config dir. */
-export async function startCliFixture(): Promise<CliFixture> {
+export async function startCliFixture(options: CliFixtureOptions = {}): Promise<CliFixture> {
+  const scheme = options.scheme ?? "http";
   await ensureSandboxUser();
   const driverDir = await Deno.makeTempDir({ prefix: "oscli-drv-" });
   await writeHostDriverDir(driverDir);
+  if (scheme === "https") {
+    const pki = await writeGatewayPki(driverDir);
+    let target = 0;
+    const forwarder = await startTlsForwarder({ targetPort: () => target, tls: pki.supervisor });
+    const tlsArgs = gatewayTlsArgs(pki);
+    // The host supervisors dial plaintext; the forwarder carries them to the TLS port.
+    const supervisorEndpoint = ["--grpc-endpoint", `http://127.0.0.1:${forwarder.port}`];
+    const started = await Promise.allSettled([
+      startGateway({ driverDir, auth: true, args: [...tlsArgs, ...supervisorEndpoint] }),
+      startGateway({ auth: true, args: tlsArgs }),
+    ]);
+    if (started.some((s) => s.status === "rejected")) {
+      for (const s of started) if (s.status === "fulfilled") await stop(s.value);
+      await forwarder.close();
+      throw started.find((s) => s.status === "rejected")!.reason;
+    }
+    const [gateway, bare] = started.map((s) => (s as PromiseFulfilledResult<TestGateway>).value);
+    target = gateway.port;
+    return await finishFixture({ scheme, gateway, bare, pki, forwarder, driverDir });
+  }
   const [gateway, bare] = await Promise.all([startGateway({ driverDir }), startGateway()]);
+  return await finishFixture({ scheme, gateway, bare, driverDir });
+}
+
+async function finishFixture(o: {
+  scheme: Scheme;
+  gateway: TestGateway;
+  bare: TestGateway;
+  pki?: TestGatewayPki;
+  forwarder?: TlsForwarder;
+  driverDir: string;
+}): Promise<CliFixture> {
+  const { scheme, gateway, bare, pki, forwarder, driverDir } = o;
   const configHome = await Deno.makeTempDir({ prefix: "oscli-" });
-  const api = apiClient(gateway.port);
-  const health = gatewayApi(gateway.port);
+  const api = testApiClient(gateway.port, pki);
+  const health = gatewayApi(
+    gateway.port,
+    pki ? { ca: pki.bundle.ca, cert: pki.bundle.cert, key: pki.bundle.key } : undefined,
+  );
   try {
     await health.waitHealthy(); // its compute driver is attached
   } finally {
     health.close();
   }
+  const url = `${scheme}://127.0.0.1:${gateway.port}`;
+  const bareUrl = `${scheme}://127.0.0.1:${bare.port}`;
   const own: HostPort[] = [
     { host: "127.0.0.1", port: gateway.port },
     { host: "127.0.0.1", port: bare.port },
   ];
   const env = cleanEnv({
     XDG_CONFIG_HOME: configHome,
-    OPENSHELL_GATEWAY_ENDPOINT: gateway.endpoint,
+    OPENSHELL_GATEWAY_ENDPOINT: url,
   });
+  // As the dev launcher does: `gateway add --mtls-dir D` may read D wherever it is.
   const argv = (args: readonly string[], gateways: HostPort[] = own) =>
-    roleCommand("cli", cliGrants({ configDir: configHome, gateways }), args);
+    roleCommand(
+      "cli",
+      cliGrants({ ...(readsNamedFiles(args) ? {} : { configDir: configHome }), gateways }),
+      args,
+    );
   const spawn = (args: readonly string[], options: SpawnOptions = {}) => {
     const [exe, ...rest] = argv(args, options.gateways);
     return new Deno.Command(exe, {
@@ -129,9 +232,27 @@ export async function startCliFixture(): Promise<CliFixture> {
       clearTimeout(timer);
     }
   };
+  const addArgs = pki ? ["--mtls-dir", pki.bundle.dir] : [];
+  const names: CliFixture["names"] = {};
+  if (pki) {
+    // The https gateways are registered by the CLI itself, the way an operator does it;
+    // a run then finds their TLS files by URL (OPENSHELL_GATEWAY_ENDPOINT or --gateway-endpoint).
+    for (const [name, u] of [["main", url], ["bare", bareUrl]] as const) {
+      const r = await run(["gateway", "add", name, u, ...addArgs]);
+      if (r.code !== 0) throw new Error(`gateway add ${name} failed: ${r.stderr}`);
+    }
+    names.gateway = "main";
+    names.bare = "bare";
+  }
   return {
+    scheme,
     gateway,
+    url,
     bare,
+    bareUrl,
+    ...(pki ? { pki } : {}),
+    names,
+    addArgs,
     configHome,
     env,
     api,
@@ -141,6 +262,7 @@ export async function startCliFixture(): Promise<CliFixture> {
     close: async () => {
       api.close();
       await Promise.all([stop(gateway), stop(bare)]);
+      await forwarder?.close();
       await Deno.remove(configHome, { recursive: true }).catch(() => {});
       await Deno.remove(driverDir, { recursive: true }).catch(() => {});
     },

@@ -17,9 +17,12 @@ import { checkServerIdentity, type ConnectionOptions, type PeerCertificate } fro
 /** TLS server name sent for an IP-literal endpoint (never checked against). */
 export const IP_TLS_SERVER_NAME = "openshell-gateway";
 
-/** PEM material of a TLS client: the CA it trusts and, for mTLS, its certificate and key. */
+/**
+ * PEM material of a TLS client: the CA it trusts (the system roots when
+ * absent) and, for mTLS, its certificate and key.
+ */
 export interface ClientTlsMaterial {
-  ca: string | Uint8Array;
+  ca?: string | Uint8Array;
   cert?: string | Uint8Array;
   key?: string | Uint8Array;
 }
@@ -37,7 +40,7 @@ export function tlsConnectOptions(host: string, material: ClientTlsMaterial): Co
   const ip = isIP(host) !== 0;
   return {
     host,
-    ca: text(material.ca),
+    ...(material.ca ? { ca: text(material.ca) } : {}),
     ...(material.cert && material.key
       ? { cert: text(material.cert), key: text(material.key) }
       : {}),
@@ -53,7 +56,7 @@ export function grpcTlsCredentials(
 ): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
   const ip = isIP(host) !== 0;
   const credentials = grpc.credentials.createSsl(
-    Buffer.from(text(material.ca)),
+    material.ca ? Buffer.from(text(material.ca)) : null,
     material.key && material.cert ? Buffer.from(text(material.key)) : null,
     material.key && material.cert ? Buffer.from(text(material.cert)) : null,
     ip ? { checkServerIdentity: identityCheck(host) } : {},
@@ -64,11 +67,32 @@ export function grpcTlsCredentials(
   };
 }
 
+/** Options of {@link describeTlsFailure} and {@link describeTlsDrop}. */
+export interface TlsHintOptions {
+  /**
+   * The command that imports the gateway's client bundle, for the "what to
+   * do" part; default `openshell gateway add NAME URL --mtls-dir DIR`.
+   */
+  importBundle?: string;
+}
+
+const BUNDLE_DIR = "DIR being the gateway's <state-dir>/pki";
+
+function importHint(options: TlsHintOptions): string {
+  return `${
+    options.importBundle ?? "openshell gateway add NAME URL --mtls-dir DIR"
+  }, ${BUNDLE_DIR}`;
+}
+
 /**
  * A one-line explanation of a TLS failure message (from `node:tls` or
  * grpc-js details), or undefined when `message` is not about TLS.
  */
-export function describeTlsFailure(message: string, where: string): string | undefined {
+export function describeTlsFailure(
+  message: string,
+  where: string,
+  options: TlsHintOptions = {},
+): string | undefined {
   if (
     /WRONG_VERSION_NUMBER|wrong version number|InvalidContentType|packet length too long/i.test(
       message,
@@ -80,24 +104,42 @@ export function describeTlsFailure(message: string, where: string): string | und
     return `the gateway's certificate does not name the host in ${where} ` +
       "(use a name it covers, or restart the gateway with --tls-san HOST)";
   }
-  if (/CERT_HAS_EXPIRED|certificate has expired/i.test(message)) {
+  if (/CERT_HAS_EXPIRED|certificate has expired|peer certificate: Expired/i.test(message)) {
     return `the gateway's certificate at ${where} has expired (restarting the gateway re-issues it)`;
   }
   if (
     /UNABLE_TO_VERIFY_LEAF_SIGNATURE|unable to verify|SELF_SIGNED|self.signed|UNABLE_TO_GET_ISSUER|UnknownIssuer/i
       .test(message)
   ) {
-    return `the gateway at ${where} presented a certificate that the trusted CA did not sign, or ` +
-      "one that has expired (re-import its current client bundle: openshell gateway add NAME URL " +
-      "--mtls-dir DIR)";
+    return `the gateway at ${where} presented a certificate that the trusted CA did not sign ` +
+      `(import the gateway's current client bundle: ${importHint(options)})`;
   }
-  if (
-    /CERTIFICATE_REQUIRED|CertificateRequired|BAD_CERTIFICATE|BadCertificate|UNKNOWN_CA|UnknownCA|alert certificate|CertificateExpired/i
-      .test(message)
-  ) {
+  if (isClientCertificateRefusal(message)) {
     return `the gateway at ${where} refused this client's certificate ` +
-      "(import the client bundle from the gateway's pki directory: openshell gateway add NAME URL " +
-      "--mtls-dir DIR)";
+      `(import the gateway's current client bundle: ${importHint(options)})`;
   }
   return undefined;
+}
+
+/** Whether a TLS failure message is the server's alert refusing the client's certificate. */
+export function isClientCertificateRefusal(message: string): boolean {
+  return /CERTIFICATE_REQUIRED|CertificateRequired|BAD_CERTIFICATE|BadCertificate|UNKNOWN_CA|UnknownCA|alert certificate|CertificateExpired/i
+    .test(message);
+}
+
+/**
+ * The one line for a TLS connection the gateway closed right after the
+ * handshake: how a refused client certificate (missing, expired, from
+ * another CA) usually shows up on the client, with no alert to read. (A
+ * client may use it for the alert too, so that both read the same.)
+ */
+export function describeTlsDrop(
+  where: string,
+  options: TlsHintOptions & { clientCertificate: boolean },
+): string {
+  return options.clientCertificate
+    ? `the gateway at ${where} closed the TLS connection: it may not accept this client's ` +
+      `certificate (import the gateway's current client bundle: ${importHint(options)})`
+    : `the gateway at ${where} closed the TLS connection: it may require a client certificate, ` +
+      `and none is configured (import the gateway's client bundle: ${importHint(options)})`;
 }

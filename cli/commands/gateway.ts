@@ -3,7 +3,8 @@
  *
  * @module
  */
-import { outputOption } from "../args.ts";
+import { outputOption, UsageError } from "../args.ts";
+import { BUNDLE_FILES, parseEndpoint, type TlsMaterial } from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { renderTable, toJson } from "../output.ts";
@@ -22,25 +23,82 @@ async function readPem(option: string, path: string | undefined): Promise<Uint8A
   }
 }
 
-/** `gateway add NAME URL [--ca F --cert F --key F] [--force]`. */
+async function readBundleFile(dir: string, file: string): Promise<Uint8Array> {
+  const path = `${dir.replace(/\/+$/, "")}/${file}`;
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "no such file"
+      : e instanceof Deno.errors.NotCapable
+      ? "not permitted"
+      : e instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : (e as Error).message;
+    throw new CliError(
+      `cannot read ${path}: ${why} (--mtls-dir names a directory holding ${
+        Object.values(BUNDLE_FILES).join(", ")
+      }, as a gateway writes them into its <state-dir>/pki)`,
+    );
+  }
+}
+
+/** `gateway add NAME URL [--mtls-dir DIR | --ca F --cert F --key F] [--force]`. */
 export async function gatewayAddCommand(ctx: Context): Promise<number> {
   const [name, url] = ctx.invocation.positionals;
-  const [ca, cert, key] = await Promise.all([
-    readPem("ca", ctx.str("ca")),
-    readPem("cert", ctx.str("cert")),
-    readPem("key", ctx.str("key")),
-  ]);
+  const dir = ctx.str("mtls-dir");
+  let material: TlsMaterial;
+  if (dir !== undefined) {
+    if (ctx.str("ca") ?? ctx.str("cert") ?? ctx.str("key")) {
+      throw new UsageError("give --mtls-dir or --ca/--cert/--key, not both", "gateway add");
+    }
+    if (parseEndpoint(url).scheme !== "https") {
+      throw new UsageError(
+        "--mtls-dir only applies to https:// gateways (a plaintext gateway has no certificates)",
+        "gateway add",
+      );
+    }
+    const clean = dir.replace(/\/+$/, "") || "/";
+    const [ca, cert, key] = await Promise.all(
+      [BUNDLE_FILES.ca, BUNDLE_FILES.cert, BUNDLE_FILES.key].map((f) => readBundleFile(clean, f)),
+    );
+    material = {
+      ca,
+      cert,
+      key,
+      files: {
+        ca: `${clean}/${BUNDLE_FILES.ca}`,
+        cert: `${clean}/${BUNDLE_FILES.cert}`,
+        key: `${clean}/${BUNDLE_FILES.key}`,
+      },
+    };
+  } else {
+    const [ca, cert, key] = await Promise.all([
+      readPem("ca", ctx.str("ca")),
+      readPem("cert", ctx.str("cert")),
+      readPem("key", ctx.str("key")),
+    ]);
+    material = {
+      ...(ca ? { ca } : {}),
+      ...(cert ? { cert } : {}),
+      ...(key ? { key } : {}),
+      files: {
+        ...(ctx.str("ca") ? { ca: ctx.str("ca") } : {}),
+        ...(ctx.str("cert") ? { cert: ctx.str("cert") } : {}),
+        ...(ctx.str("key") ? { key: ctx.str("key") } : {}),
+      },
+    };
+  }
   const meta = await ctx.store.addGateway({
     name,
     endpoint: url,
-    ...(ca ? { ca } : {}),
-    ...(cert ? { cert } : {}),
-    ...(key ? { key } : {}),
+    ...material,
     force: ctx.flag("force"),
   });
   const active = (await ctx.store.activeGateway()) === name;
+  const auth = meta.auth_mode === "mtls" ? ", client certificate" : "";
   await ctx.out(
-    `Added gateway ${ctx.style.cyan(name)} (${meta.gateway_endpoint})${
+    `Added gateway ${ctx.style.cyan(name)} (${meta.gateway_endpoint}${auth})${
       active ? ", now active" : ""
     }\n`,
   );

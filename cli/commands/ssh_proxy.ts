@@ -1,8 +1,10 @@
 /**
  * `openshell ssh-proxy`: the ProxyCommand ssh runs. Token mode uses a
- * session the caller created; name mode creates a fresh one on every run
- * (what `sandbox ssh-config` writes). The host key is checked against the
- * gateway's fingerprint when it reports one.
+ * session the caller created, its token read from the environment
+ * ({@link TOKEN_ENV}; never from argv, where `ps` shows it to every user);
+ * name mode creates a fresh session on every run (what `sandbox ssh-config`
+ * writes) and revokes its token as soon as the tunnel is open. The host key
+ * is checked against the gateway's fingerprint when it reports one.
  *
  * @module
  */
@@ -11,7 +13,7 @@ import type { CreateSshSessionResponse } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { UsageError } from "../args.ts";
 import { GatewayClient, GatewayError } from "../client.ts";
-import { parseEndpoint, resolveGateway } from "../config.ts";
+import { checkClientTls, importBundleCommand, parseEndpoint, resolveGateway } from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { HostKeyVerifier } from "../ssh_hostkey.ts";
@@ -23,6 +25,12 @@ import {
   type TunnelTarget,
   tunnelTargetOf,
 } from "../ssh_proxy.ts";
+
+/** The environment variable that carries the SSH session token in token mode. */
+export const TOKEN_ENV = "OPENSHELL_SSH_TOKEN";
+
+/** How long revoking a token may take before the proxy gives up on it. */
+const REVOKE_DEADLINE_MS = 5_000;
 
 /** CreateSshSession, retrying while the sandbox is not ready (up to 60 s). */
 async function createSessionWhenReady(
@@ -50,11 +58,24 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
   const url = ctx.str("gateway");
   const sandboxId = ctx.str("sandbox-id");
   if (!url || !url.includes("://") || !sandboxId) {
-    throw new UsageError("token mode needs --gateway URL and --sandbox-id ID", "ssh-proxy");
+    throw new UsageError(
+      `token mode needs --gateway URL and --sandbox-id ID (the token in ${TOKEN_ENV})`,
+      "ssh-proxy",
+    );
   }
   const ep = parseEndpoint(url, { allowPath: true });
   const name = ctx.str("gateway-name");
   const tls = ep.scheme === "https" && name ? await ctx.store.readTls(name) : undefined;
+  if (tls) {
+    checkClientTls(tls, {
+      fix: `import the gateway's current client bundle: ${
+        importBundleCommand(
+          name,
+          `${ep.scheme}://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}`,
+        )
+      }, DIR being the gateway's <state-dir>/pki`,
+    });
+  }
   return {
     scheme: ep.scheme,
     host: ep.host,
@@ -63,13 +84,18 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
     sandboxId,
     token,
     ...(tls ? { tls } : {}),
+    ...(name ? { gatewayName: name } : {}),
   };
 }
 
-async function nameTarget(
-  ctx: Context,
-  name: string,
-): Promise<{ target: TunnelTarget; fingerprint: string }> {
+/** A session this proxy created (name mode): its tunnel target and the client to revoke it. */
+interface OwnSession {
+  target: TunnelTarget;
+  fingerprint: string;
+  client: GatewayClient;
+}
+
+async function nameTarget(ctx: Context, name: string): Promise<OwnSession> {
   const gatewayArg = ctx.str("gateway-name") ?? ctx.str("gateway");
   if (gatewayArg?.includes("://")) {
     throw new UsageError("name mode takes --gateway NAME or --gateway-endpoint URL", "ssh-proxy");
@@ -79,7 +105,11 @@ async function nameTarget(
     gatewayFlag: gatewayArg,
     env: ctx.env,
   });
-  const client = new GatewayClient({ endpoint: gw.endpoint, ...(gw.tls ? { tls: gw.tls } : {}) });
+  const client = new GatewayClient({
+    endpoint: gw.endpoint,
+    ...(gw.tls ? { tls: gw.tls } : {}),
+    ...(gw.name ? { name: gw.name } : {}),
+  });
   try {
     let sandbox;
     try {
@@ -101,51 +131,82 @@ async function nameTarget(
       ctx.err(`openshell: sandbox ${name} is not ready yet; waiting up to 60 s\n`);
     });
     return {
-      target: tunnelTargetOf(session, gw.endpoint, gw.tls),
+      target: tunnelTargetOf(session, gw.endpoint, gw.tls, gw.name),
       fingerprint: session.host_key_fingerprint,
+      client,
     };
-  } finally {
+  } catch (e) {
     client.close();
+    throw e;
+  }
+}
+
+/** Revokes a token this proxy created; a failure only costs its remaining lifetime. */
+async function revokeOwn(ctx: Context, own: OwnSession): Promise<void> {
+  try {
+    await own.client.revokeSshSession(own.target.token, REVOKE_DEADLINE_MS);
+  } catch (e) {
+    ctx.err(
+      `openshell: could not revoke the SSH session token (it expires on its own): ${
+        (e as Error).message
+      }\n`,
+    );
+  } finally {
+    own.client.close();
   }
 }
 
 /** Runs `ssh-proxy`: pumps stdin/stdout through the tunnel until the sandbox side ends. */
 export async function sshProxyCommand(ctx: Context): Promise<number> {
   ctx.handleInterrupts();
-  const token = ctx.str("token");
+  if (ctx.str("token") !== undefined) {
+    throw new UsageError(
+      `--token is not accepted: a token on a command line is visible to every user (ps); ` +
+        `pass it in the ${TOKEN_ENV} environment variable`,
+      "ssh-proxy",
+    );
+  }
   const name = ctx.str("name");
-  if (token && name) throw new UsageError("give --token or --name, not both", "ssh-proxy");
+  const token = name === undefined ? ctx.env(TOKEN_ENV) : undefined;
   let target: TunnelTarget;
+  let own: OwnSession | undefined;
   let fingerprint = ctx.str("host-key-fingerprint") ?? "";
-  if (token) {
+  if (name !== undefined) {
+    own = await nameTarget(ctx, name);
+    target = own.target;
+    fingerprint ||= own.fingerprint;
+  } else if (token) {
     target = await tokenTarget(ctx, token);
-  } else if (name) {
-    const found = await nameTarget(ctx, name);
-    target = found.target;
-    fingerprint ||= found.fingerprint;
   } else {
     throw new UsageError(
-      "ssh-proxy needs --token (with --gateway URL and --sandbox-id) or --name",
+      `ssh-proxy needs --name SANDBOX, or --gateway URL and --sandbox-id ID with the token in ${TOKEN_ENV}`,
       "ssh-proxy",
     );
   }
   const verifier = fingerprint ? new HostKeyVerifier(fingerprint) : undefined;
   let warned = false;
-  const tunnel = await openTunnel(target, {
-    signal: ctx.interrupt,
-    onRetry: () => {
-      if (!warned) ctx.err("openshell: the sandbox is not ready yet; waiting up to 60 s\n");
-      warned = true;
-    },
-  });
+  let revoked: Promise<void> | undefined;
   try {
-    await pumpTunnel(tunnel, { input: ctx.streams.stdin, output: ctx.streams.stdout, verifier });
-  } finally {
+    const tunnel = await openTunnel(target, {
+      signal: ctx.interrupt,
+      onRetry: () => {
+        if (!warned) ctx.err("openshell: the sandbox is not ready yet; waiting up to 60 s\n");
+        warned = true;
+      },
+    });
+    // The tunnel is up: the token this proxy made has done its job.
+    if (own) revoked = revokeOwn(ctx, own);
     try {
-      tunnel.conn.close();
-    } catch {
-      // already closed
+      await pumpTunnel(tunnel, { input: ctx.streams.stdin, output: ctx.streams.stdout, verifier });
+    } finally {
+      try {
+        tunnel.conn.close();
+      } catch {
+        // already closed
+      }
     }
+  } finally {
+    if (own) await (revoked ?? revokeOwn(ctx, own));
   }
   return 0;
 }

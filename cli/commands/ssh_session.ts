@@ -1,7 +1,9 @@
 /**
  * Running OpenSSH against a sandbox: a fresh `CreateSshSession`, the
- * `ssh-proxy` ProxyCommand that carries its token (and the host key
- * fingerprint to pin), and the `ssh` child process itself.
+ * `ssh-proxy` ProxyCommand (which pins the host key fingerprint), and the
+ * `ssh` child process itself. The token never appears in an argv: ssh and
+ * its ProxyCommand get it in their environment ({@link TOKEN_ENV}), and it
+ * is revoked as soon as ssh exits.
  *
  * @module
  */
@@ -14,6 +16,7 @@ import { phaseLabel } from "../output.ts";
 import { netGrantsFor, selfCommand } from "../self.ts";
 import { type SshAccess, sshArgs } from "../ssh.ts";
 import { tunnelTargetOf, validateTarget } from "../ssh_proxy.ts";
+import { TOKEN_ENV } from "./ssh_proxy.ts";
 
 const FINGERPRINT = /^SHA256:[A-Za-z0-9+/]+=*$/;
 
@@ -22,8 +25,16 @@ function urlHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
+/** ssh settings for one session (token mode) and the token they need. */
+export interface SessionAccess {
+  /** The ssh settings (no token in them). */
+  access: SshAccess;
+  /** The session token: for ssh's environment, revoked when ssh exits. */
+  token: string;
+}
+
 /** Creates an SSH session for `sandbox` and the ssh settings that use it (token mode). */
-export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<SshAccess> {
+export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<SessionAccess> {
   const client = await ctx.client();
   const gw = await ctx.gateway();
   let session;
@@ -48,23 +59,43 @@ export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<Ssh
     `${target.scheme}://${urlHost(target.host)}:${target.port}${target.path}`,
     "--sandbox-id",
     target.sandboxId,
-    "--token",
-    target.token,
     ...(fp ? ["--host-key-fingerprint", fp] : []),
     ...(gw.name ? ["--gateway-name", gw.name] : []),
     "--config-dir",
     ctx.store.root,
   ];
-  await ctx.store.ensureRoot();
+  try {
+    await ctx.store.ensureRoot();
+  } catch (e) {
+    await revokeToken(ctx, session.token);
+    throw e;
+  }
   return {
-    sandboxName: sandbox.name,
-    sandboxId: sandbox.id,
-    proxyCommand: selfCommand(args, {
-      configDir: ctx.store.root,
-      gateways: netGrantsFor(target.host, target.port),
-    }),
-    knownHostsFile: ctx.store.knownHostsPath,
+    access: {
+      sandboxName: sandbox.name,
+      sandboxId: sandbox.id,
+      proxyCommand: selfCommand(args, {
+        configDir: ctx.store.root,
+        gateways: netGrantsFor(target.host, target.port),
+      }),
+      knownHostsFile: ctx.store.knownHostsPath,
+    },
+    token: session.token,
   };
+}
+
+/** Revokes a session token; a failure is reported and costs only its remaining lifetime. */
+export async function revokeToken(ctx: Context, token: string): Promise<void> {
+  try {
+    const client = await ctx.client();
+    await client.revokeSshSession(token, 5_000);
+  } catch (e) {
+    ctx.err(
+      `warning: could not revoke the SSH session token (it expires on its own): ${
+        (e as Error).message
+      }\n`,
+    );
+  }
 }
 
 /** The ssh settings of `sandbox ssh-config` (name mode: a fresh session per connection). */
@@ -106,41 +137,53 @@ export interface RunSshOptions {
 
 /**
  * Runs `ssh` with the terminal attached and returns its exit status (the
- * remote command's, or 255 when ssh itself failed). Ctrl-C reaches ssh.
+ * remote command's, or 255 when ssh itself failed), then revokes the
+ * session's token. Ctrl-C reaches ssh; SIGTERM and SIGHUP end ssh, and the
+ * token is still revoked.
  */
 export async function runSsh(
   ctx: Context,
-  access: SshAccess,
+  session: SessionAccess,
   options: RunSshOptions,
 ): Promise<number> {
   ctx.handleInterrupts();
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command("ssh", {
-      args: sshArgs(access, options),
+      args: sshArgs(session.access, options),
+      env: { [TOKEN_ENV]: session.token },
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
     }).spawn();
   } catch (e) {
+    await revokeToken(ctx, session.token);
     if (e instanceof Deno.errors.NotFound) {
       throw new CliError("ssh not found: install the OpenSSH client");
     }
     if (e instanceof Deno.errors.NotCapable) throw new CliError("not permitted to run ssh");
     throw e;
   }
-  const forward = () => {
+  const send = (signal: Deno.Signal) => () => {
     try {
-      child.kill("SIGINT");
+      child.kill(signal);
     } catch {
       // already gone
     }
   };
+  const forward = send("SIGINT");
+  const ends: [Deno.Signal, () => void][] = [["SIGTERM", send("SIGTERM")], [
+    "SIGHUP",
+    send("SIGHUP"),
+  ]];
   ctx.interrupt.addEventListener("abort", forward, { once: true });
+  for (const [signal, handler] of ends) Deno.addSignalListener(signal, handler);
   try {
     const status = await child.status;
     return status.signal ? 128 + (SIGNALS[status.signal] ?? 1) : status.code;
   } finally {
     ctx.interrupt.removeEventListener("abort", forward);
+    for (const [signal, handler] of ends) Deno.removeSignalListener(signal, handler);
+    await revokeToken(ctx, session.token);
   }
 }
