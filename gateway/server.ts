@@ -9,6 +9,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Duplex } from "node:stream";
 import { errorMessage, type Logger } from "../core/log.ts";
+import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
@@ -207,6 +208,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const grpcServer = new grpc.Server({
     "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
     "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
+    "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
   });
   grpcServer.addService(OpenShellClient.service, {
     ...sandboxes.handlers(),
@@ -260,6 +262,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     http,
     log,
     filterGoaway: !options.unsafeKeepGoaway,
+    limits: {
+      maxConnections: config.maxConnections,
+      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
+      idleTimeoutMs: config.connectionIdleSecs * 1000,
+    },
   });
   let bound: { host: string; port: number };
   try {
