@@ -60,6 +60,15 @@ export function parseHostPort(value: string, what: string): HostPort {
   return { host: m[1].replace(/^\[|\]$/g, ""), port };
 }
 
+/**
+ * Where the driver dials a gateway listening on `listen`: an unspecified
+ * address on 127.0.0.1 (the endpoint the gateway gives its driver).
+ */
+export function loopbackOf(listen: HostPort): HostPort {
+  const unspecified = ["0.0.0.0", "", "::", "[::]"].includes(listen.host);
+  return { host: unspecified ? "127.0.0.1" : listen.host, port: listen.port };
+}
+
 /** The grants each role gets for a compile with `options`. */
 export function compileGrants(role: Role, options: CompileOptions): Grants {
   const p = PRODUCTION_PARAMS;
@@ -75,6 +84,7 @@ export function compileGrants(role: Role, options: CompileOptions): Grants {
     case "driver-vm":
       return driverGrants({
         ...p.driver,
+        gateway: options.gatewayListen ? loopbackOf(options.gatewayListen) : p.driver.gateway,
         stateDir: driverStateDir,
         runtimeDir: options.runtimeDir ?? p.driver.runtimeDir,
       });

@@ -19,6 +19,16 @@ Deno.test("compile plan builds all four binaries with production grants", () => 
   assert.ok(sup.args.includes("--allow-run=/usr/sbin/sshd"));
   const gw = plan.find((s) => s.role === "gateway")!;
   assert.ok(gw.args.some((a) => a.startsWith("--allow-net=0.0.0.0:8080,")));
+  const drv = plan.find((s) => s.role === "driver-vm")!;
+  assert.ok(drv.args.some((a) => a.startsWith("--allow-net=") && a.endsWith(",127.0.0.1:8080")));
+});
+
+Deno.test("the driver may dial the gateway it is compiled with, on loopback when unspecified", () => {
+  const net = (listen: string) =>
+    compilePlan(parseCompileArgs(["--out=/o", "--role=driver-vm", `--gateway-listen=${listen}`]))[0]
+      .args.find((a) => a.startsWith("--allow-net="))!.split(",").at(-1);
+  assert.equal(net("0.0.0.0:9000"), "127.0.0.1:9000");
+  assert.equal(net("10.1.2.3:8443"), "10.1.2.3:8443");
 });
 
 Deno.test("compile options override the deployment parameters", () => {

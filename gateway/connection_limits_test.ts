@@ -11,8 +11,10 @@
  */
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
+import http2 from "node:http2";
 import net from "node:net";
 import { H2_PREFACE } from "../core/goaway_filter.ts";
+import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient, type Sandbox } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "./listener.ts";
@@ -150,6 +152,20 @@ Deno.test("idle connections are closed; a supervisor session stays, a client's n
     sup?.close();
     supClient?.close();
     api.close();
+    const code = await gw.stop();
+    assert.equal(code, 0, gw.stderr().slice(-2000));
+  }
+});
+
+Deno.test("the gateway advertises max_concurrent_streams 256 to HTTP/2 clients", async () => {
+  const gw = await startGateway();
+  const session = http2.connect(`http://127.0.0.1:${gw.port}`);
+  session.on("error", () => {});
+  try {
+    const settings = await new Promise<http2.Settings>((r) => session.once("remoteSettings", r));
+    assert.equal(settings.maxConcurrentStreams, MAX_CONCURRENT_STREAMS);
+  } finally {
+    session.destroy();
     const code = await gw.stop();
     assert.equal(code, 0, gw.stderr().slice(-2000));
   }
