@@ -75,6 +75,8 @@ export interface VmDriverOptions {
   maxGuestConnections?: number;
   /** Per-VM forwarder sockets; default the real {@link GuestForwarders}. */
   forwarders?: ForwarderFactory;
+  /** The user qemu runs as, when not the driver's own: it must reach the forwarder sockets. */
+  forwarderOwner?: { uid: number; gid: number };
   allowEgress: boolean;
   log: Logger;
   /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
@@ -193,6 +195,7 @@ export class VmDriver {
       gateway: options.gateway,
       maxConnections: options.maxGuestConnections ?? DEFAULT_MAX_GUEST_CONNECTIONS,
       log: options.log,
+      owner: options.forwarderOwner,
     });
   }
 

@@ -75,6 +75,12 @@ export interface GuestForwardersOptions {
   /** Open connections per VM at most. */
   maxConnections: number;
   log: Logger;
+  /**
+   * When qemu (so its socat) runs as another user: the sockets are given to
+   * it (mode 0600) and `fwd/` is shared with its group (mode 0710). The
+   * state dir must let that group through as well.
+   */
+  owner?: { uid: number; gid: number };
 }
 
 /** The real {@link ForwarderFactory} (see the module docs). */
@@ -99,6 +105,10 @@ export class GuestForwarders implements ForwarderFactory {
     const o = this.#o;
     const dir = forwarderDir(o.stateDir);
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    if (o.owner) {
+      await Deno.chown(dir, null, o.owner.gid);
+      await Deno.chmod(dir, 0o710);
+    }
     const path = `${dir}/${this.#next++}.sock`;
     const bind = forwarderBindPath(o.stateDir);
     await removeIfPresent(bind);
@@ -159,6 +169,7 @@ export class GuestForwarders implements ForwarderFactory {
     server.on("error", (err) => log.error("forwarder error", { error: errorMessage(err) }));
     try {
       await Deno.chmod(bind, 0o600);
+      if (o.owner) await Deno.chown(bind, o.owner.uid, o.owner.gid);
       await Deno.rename(bind, path);
     } catch (err) {
       server.close();

@@ -89,3 +89,30 @@ Deno.test("forwarders: a gateway that is down closes the guest's connection at o
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "forwarders: given an owner, its sockets are the owner's and fwd/ is shared with its group",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "fwd" });
+    const { log } = memoryLogger();
+    const owner = { uid: 65534, gid: 65534 };
+    const factory = new GuestForwarders({
+      stateDir: dir,
+      gateway: { host: "127.0.0.1", port: 9 },
+      maxConnections: 1,
+      log,
+      owner,
+    });
+    const f = await factory.open("owned");
+    try {
+      const sock = await Deno.stat(f.path);
+      assert.deepEqual([sock.uid, sock.gid, sock.mode! & 0o777], [65534, 65534, 0o600]);
+      const fwd = await Deno.stat(`${dir}/fwd`);
+      assert.deepEqual([fwd.gid, fwd.mode! & 0o777], [65534, 0o710]);
+    } finally {
+      await f.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
