@@ -381,8 +381,9 @@ async function main(): Promise<number> {
 
     await step("5d. a guest opening 12 gateway connections gets at most 8 carried", async () => {
       // The supervisor holds one of the VM's 8; of 12 more, at least 5 are
-      // closed at once by the driver (their nc ends), the rest stay open
-      // until the gateway's 10 s handshake timeout.
+      // closed at once by the driver (their nc ends and records it; the
+      // pipeline's `sleep` does not wait for that), the rest stay open until
+      // the gateway's 10 s handshake timeout.
       const r = await cli([
         "sandbox",
         "exec",
@@ -391,7 +392,7 @@ async function main(): Promise<number> {
         "sh",
         "-c",
         "rm -f /tmp/ended; for i in $(seq 1 12); do " +
-        `(sleep 8 | nc ${GUEST_NET.gatewayAlias} ${GUEST_GATEWAY_PORT}; echo x >> /tmp/ended) ` +
+        `(sleep 8 | (nc ${GUEST_NET.gatewayAlias} ${GUEST_GATEWAY_PORT}; echo x >> /tmp/ended)) ` +
         ">/dev/null 2>&1 & done; sleep 5; echo ended=$(cat /tmp/ended 2>/dev/null | wc -l)",
       ]);
       check(r.code === 0, `exec: ${show(r)}`);
