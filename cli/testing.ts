@@ -8,8 +8,8 @@
  *
  * With `scheme: "https"` both gateways serve TLS and require client
  * certificates (mTLS, gateway auth on) from a PKI made with core/pki.ts;
- * the CLI's config registers both through `gateway add --mtls-dir`, and the
- * host supervisors reach the gateway through testing/tls.ts's forwarder.
+ * the CLI's config registers both through `gateway add --mtls-dir`; the
+ * host supervisors dial the gateway's TLS supervisor plane.
  *
  * @module
  */
@@ -22,13 +22,7 @@ import { type ApiClient, startGateway, type TestGateway } from "../gateway/testi
 import { writeHostDriverDir } from "../supervisor/host_driver.ts";
 import { readsNamedFiles } from "./launch.ts";
 import { cleanEnv, ensureSandboxUser, gatewayApi } from "../supervisor/testing.ts";
-import {
-  gatewayTlsArgs,
-  startTlsForwarder,
-  type TestGatewayPki,
-  type TlsForwarder,
-  writeGatewayPki,
-} from "../testing/tls.ts";
+import { gatewayTlsArgs, type TestGatewayPki, writeGatewayPki } from "../testing/tls.ts";
 
 /** What a CLI run produced. */
 export interface CliResult {
@@ -132,23 +126,19 @@ export async function startCliFixture(options: CliFixtureOptions = {}): Promise<
   await writeHostDriverDir(driverDir);
   if (scheme === "https") {
     const pki = await writeGatewayPki(driverDir);
-    let target = 0;
-    const forwarder = await startTlsForwarder({ targetPort: () => target, tls: pki.supervisor });
+    // Its own certificate on the user API; the host supervisors dial the supervisor plane,
+    // which keeps the gateway's automatic PKI (the driver hands them its CA).
     const tlsArgs = gatewayTlsArgs(pki);
-    // The host supervisors dial plaintext; the forwarder carries them to the TLS port.
-    const supervisorEndpoint = ["--grpc-endpoint", `http://127.0.0.1:${forwarder.port}`];
     const started = await Promise.allSettled([
-      startGateway({ driverDir, auth: true, args: [...tlsArgs, ...supervisorEndpoint] }),
-      startGateway({ auth: true, args: tlsArgs }),
+      startGateway({ driverDir, tls: true, args: tlsArgs }),
+      startGateway({ tls: true, args: tlsArgs }),
     ]);
     if (started.some((s) => s.status === "rejected")) {
       for (const s of started) if (s.status === "fulfilled") await stop(s.value);
-      await forwarder.close();
       throw started.find((s) => s.status === "rejected")!.reason;
     }
     const [gateway, bare] = started.map((s) => (s as PromiseFulfilledResult<TestGateway>).value);
-    target = gateway.port;
-    return await finishFixture({ scheme, gateway, bare, pki, forwarder, driverDir });
+    return await finishFixture({ scheme, gateway, bare, pki, driverDir });
   }
   const [gateway, bare] = await Promise.all([startGateway({ driverDir }), startGateway()]);
   return await finishFixture({ scheme, gateway, bare, driverDir });
@@ -159,10 +149,9 @@ async function finishFixture(o: {
   gateway: TestGateway;
   bare: TestGateway;
   pki?: TestGatewayPki;
-  forwarder?: TlsForwarder;
   driverDir: string;
 }): Promise<CliFixture> {
-  const { scheme, gateway, bare, pki, forwarder, driverDir } = o;
+  const { scheme, gateway, bare, pki, driverDir } = o;
   const configHome = await Deno.makeTempDir({ prefix: "oscli-" });
   const api = testApiClient(gateway.port, pki);
   const health = gatewayApi(
@@ -262,7 +251,6 @@ async function finishFixture(o: {
     close: async () => {
       api.close();
       await Promise.all([stop(gateway), stop(bare)]);
-      await forwarder?.close();
       await Deno.remove(configHome, { recursive: true }).catch(() => {});
       await Deno.remove(driverDir, { recursive: true }).catch(() => {});
     },

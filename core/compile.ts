@@ -4,7 +4,8 @@
  *
  * ```
  * deno task compile [--out DIR] [--target TRIPLE] [--role ROLE]…
- *                   [--gateway-listen HOST:PORT] [--gateway-state-dir DIR]
+ *                   [--gateway-listen HOST:PORT] [--supervisor-listen HOST:PORT]
+ *                   [--gateway-state-dir DIR]
  *                   [--driver-state-dir DIR] [--runtime-dir DIR]
  *                   [--supervisor-gateway HOST:PORT] [--ssh-socket-path PATH]
  * ```
@@ -38,6 +39,8 @@ export interface CompileOptions {
   target?: string;
   roles: Role[];
   gatewayListen?: HostPort;
+  /** The gateway's supervisor plane (what the driver carries guests to). */
+  supervisorListen?: HostPort;
   gatewayStateDir?: string;
   driverStateDir?: string;
   runtimeDir?: string;
@@ -60,6 +63,15 @@ export function parseHostPort(value: string, what: string): HostPort {
   return { host: m[1].replace(/^\[|\]$/g, ""), port };
 }
 
+/**
+ * Where the driver dials a gateway listening on `listen`: an unspecified
+ * address on 127.0.0.1 (the endpoint the gateway gives its driver).
+ */
+export function loopbackOf(listen: HostPort): HostPort {
+  const unspecified = ["0.0.0.0", "", "::", "[::]"].includes(listen.host);
+  return { host: unspecified ? "127.0.0.1" : listen.host, port: listen.port };
+}
+
 /** The grants each role gets for a compile with `options`. */
 export function compileGrants(role: Role, options: CompileOptions): Grants {
   const p = PRODUCTION_PARAMS;
@@ -69,12 +81,15 @@ export function compileGrants(role: Role, options: CompileOptions): Grants {
       return gatewayGrants({
         ...p.gateway,
         listen: options.gatewayListen ?? p.gateway.listen,
+        supervisorListen: options.supervisorListen ?? p.gateway.supervisorListen,
         stateDir: options.gatewayStateDir ?? p.gateway.stateDir,
         driverStateDir,
       });
     case "driver-vm":
       return driverGrants({
         ...p.driver,
+        // Guests reach the supervisor plane, whatever the user API's address.
+        gateway: options.supervisorListen ? loopbackOf(options.supervisorListen) : p.driver.gateway,
         stateDir: driverStateDir,
         runtimeDir: options.runtimeDir ?? p.driver.runtimeDir,
       });
@@ -115,6 +130,7 @@ export function parseCompileArgs(args: string[]): CompileOptions {
       target: { type: "string" },
       role: { type: "string", multiple: true },
       "gateway-listen": { type: "string" },
+      "supervisor-listen": { type: "string" },
       "gateway-state-dir": { type: "string" },
       "driver-state-dir": { type: "string" },
       "runtime-dir": { type: "string" },
@@ -130,6 +146,9 @@ export function parseCompileArgs(args: string[]): CompileOptions {
     out: values.out!,
     target: values.target,
     roles,
+    supervisorListen: values["supervisor-listen"]
+      ? parseHostPort(values["supervisor-listen"], "--supervisor-listen")
+      : undefined,
     gatewayListen: values["gateway-listen"]
       ? parseHostPort(values["gateway-listen"], "--gateway-listen")
       : undefined,

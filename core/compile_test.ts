@@ -18,7 +18,19 @@ Deno.test("compile plan builds all four binaries with production grants", () => 
   );
   assert.ok(sup.args.includes("--allow-run=/usr/sbin/sshd"));
   const gw = plan.find((s) => s.role === "gateway")!;
-  assert.ok(gw.args.some((a) => a.startsWith("--allow-net=0.0.0.0:8080,")));
+  assert.ok(gw.args.some((a) => a.startsWith("--allow-net=0.0.0.0:8080,127.0.0.1:8081,")));
+  const drv = plan.find((s) => s.role === "driver-vm")!;
+  assert.ok(drv.args.some((a) => a.startsWith("--allow-net=") && a.endsWith(",127.0.0.1:8081")));
+});
+
+Deno.test("the driver may dial the supervisor plane it is compiled with, on loopback when unspecified", () => {
+  const net = (...args: string[]) =>
+    compilePlan(parseCompileArgs(["--out=/o", "--role=driver-vm", ...args]))[0]
+      .args.find((a) => a.startsWith("--allow-net="))!.split(",").at(-1);
+  assert.equal(net("--supervisor-listen=0.0.0.0:9000"), "127.0.0.1:9000");
+  assert.equal(net("--supervisor-listen=10.1.2.3:8443"), "10.1.2.3:8443");
+  // The user API's address does not move what guests reach.
+  assert.equal(net("--gateway-listen=0.0.0.0:9000"), "127.0.0.1:8081");
 });
 
 Deno.test("compile options override the deployment parameters", () => {

@@ -73,8 +73,14 @@ export interface GatewayGrantParams {
 
 /** What the VM driver's grants depend on. */
 export interface DriverGrantParams {
-  /** Its state dir: socket, per-sandbox dirs, console logs. */
+  /** Its state dir: sockets, per-sandbox dirs, console logs. */
   stateDir: string;
+  /**
+   * The gateway as the host reaches it: the driver carries its guests'
+   * connections there (a Deno net grant also covers listening on that
+   * address, which the gateway already holds).
+   */
+  gateway: HostPort;
   /** Read-only VM runtime dir: kernel, initramfs, guest payload. */
   runtimeDir: string;
   /** The qemu binary. */
@@ -168,10 +174,19 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
   };
 }
 
-/** The VM driver: its state dir and socket, the runtime dir, qemu and setpriv. */
+/**
+ * The VM driver: its sockets (the public one, grpc-js's internal one, the
+ * path where each VM's forwarder socket is bound before it is renamed into
+ * `fwd/`), the gateway, its state dir, the runtime dir, qemu and setpriv.
+ */
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
-    net: [`unix:${p.stateDir}/compute-driver.sock`],
+    net: [
+      `unix:${p.stateDir}/compute-driver.sock`,
+      `unix:${p.stateDir}/grpc.sock`,
+      `unix:${p.stateDir}/guest-fwd.sock`,
+      hostPortGrant(p.gateway),
+    ],
     read: unique([p.stateDir, p.runtimeDir]),
     write: [p.stateDir],
     run: unique([p.qemu, p.setpriv]),
@@ -310,6 +325,7 @@ export const PRODUCTION_PARAMS: {
   },
   driver: {
     stateDir: "/var/lib/openshell/vm",
+    gateway: { host: "127.0.0.1", port: 8081 },
     runtimeDir: "/usr/local/share/openshell/vm-runtime",
     qemu: "/usr/bin/qemu-system-x86_64",
     setpriv: "/usr/bin/setpriv",

@@ -111,14 +111,20 @@ Deno.test("gateway without a driver may run nothing; port 0 grants the host", ()
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 
-Deno.test("driver: unix socket only, qemu and setpriv", () => {
+Deno.test("driver: its three unix sockets and the gateway's one address; qemu and setpriv", () => {
   const g = driverGrants({
     stateDir: "/v",
+    gateway: { host: "127.0.0.1", port: 8080 },
     runtimeDir: "/rt",
     qemu: "/usr/bin/qemu-system-x86_64",
     setpriv: "/usr/bin/setpriv",
   });
-  assert.deepEqual(g.net, ["unix:/v/compute-driver.sock"]);
+  assert.deepEqual(g.net, [
+    "unix:/v/compute-driver.sock",
+    "unix:/v/grpc.sock",
+    "unix:/v/guest-fwd.sock",
+    "127.0.0.1:8080",
+  ]);
   assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);
   assert.deepEqual(g.write, ["/v"]);
 });

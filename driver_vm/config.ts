@@ -35,8 +35,10 @@ export interface DriverConfig {
   qemu: string;
   /** setpriv binary (parent-death signal for each qemu). */
   setpriv: string;
-  /** Host program qemu runs per guest connection to forward it to the gateway. */
+  /** Host program qemu runs per guest connection to reach the VM's forwarder socket (socat). */
   forwarder: string;
+  /** Open connections per VM to the gateway at most. */
+  maxGuestConnections: number;
   /** Open general outbound networking for guests (default: gateway only). */
   allowEgress: boolean;
 }
@@ -92,7 +94,12 @@ const OPTIONS: readonly Opt[] = [
   {
     flag: "forwarder",
     env: "OPENSHELL_VM_FORWARDER",
-    help: "program qemu runs to reach the gateway (default socat)",
+    help: "program qemu runs per guest connection (default socat)",
+  },
+  {
+    flag: "max-guest-connections",
+    env: "OPENSHELL_VM_MAX_GUEST_CONNECTIONS",
+    help: "open connections per VM to the gateway at most (default 8)",
   },
   {
     flag: "allow-egress",
@@ -204,6 +211,12 @@ export function parseDriverConfig(
 
   const sd = required("state-dir");
   const stateDir = absolute(sd.what, sd.value);
+  if (!/^\/[A-Za-z0-9_./-]*$/.test(stateDir)) {
+    // The VMs' forwarder sockets live there and their paths go on qemu's command line.
+    throw new DriverConfigError(
+      `${sd.what} may hold only letters, digits, ".", "_", "-" and "/", got "${sd.value}"`,
+    );
+  }
   if (new TextEncoder().encode(socketPath(stateDir)).length > MAX_SOCKET_PATH_BYTES) {
     throw new DriverConfigError(
       `${sd.what} is too long: ${
@@ -247,6 +260,7 @@ export function parseDriverConfig(
       `${fw!.what} must be a plain program name or path, got "${fw!.value}"`,
     );
   }
+  const mg = get("max-guest-connections");
   return {
     kind: "run",
     config: {
@@ -260,6 +274,7 @@ export function parseDriverConfig(
       qemu: q ? absolute(q.what, q.value) : PRODUCTION_PARAMS.driver.qemu,
       setpriv: sp ? absolute(sp.what, sp.value) : PRODUCTION_PARAMS.driver.setpriv,
       forwarder,
+      maxGuestConnections: mg ? positiveInt(mg.what, mg.value, 1024) : 8,
       allowEgress: values["allow-egress"] === true,
     },
   };

@@ -21,6 +21,7 @@ Deno.test("config: defaults", () => {
   assert.equal(c.qemu, "/usr/bin/qemu-system-x86_64");
   assert.equal(c.setpriv, "/usr/bin/setpriv");
   assert.equal(c.forwarder, "socat");
+  assert.equal(c.maxGuestConnections, 8);
   assert.equal(c.allowEgress, false);
   assert.equal(socketPath(c.stateDir), "/var/lib/os/vm/compute-driver.sock");
 });
@@ -39,8 +40,11 @@ Deno.test("config: every flag, and flags win over their env twins", () => {
     "debug",
     "--qemu",
     "/opt/q",
+    "--max-guest-connections",
+    "3",
     "--allow-egress",
   ], (n) => env[n]);
+  assert.equal(c.maxGuestConnections, 3);
   assert.equal(c.runtimeDir, "/rt");
   assert.equal(c.accel, "tcg");
   assert.equal(c.vcpus, 8); // from the env twin
@@ -75,6 +79,9 @@ Deno.test("config: bad input gets one clear line each", () => {
     [[...base, "--log-level", "loud"], /invalid log level/],
     [[...base, "--bogus"], /Unknown option/],
     [[...base, "--forwarder", "socat;rm"], /plain program name/],
+    [[...base, "--max-guest-connections", "0"], /between 1 and 1024/],
+    [["--state-dir", "/my vms", "--openshell-endpoint", "http://h:1"], /only letters, digits/],
+    [["--state-dir", "/a:b", "--openshell-endpoint", "http://h:1"], /only letters, digits/],
     [
       ["--state-dir", `/${"x".repeat(100)}`, "--openshell-endpoint", "http://h:1"],
       /socket path limit/,

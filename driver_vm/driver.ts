@@ -23,6 +23,12 @@ import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import type { Accel } from "./config.ts";
 import { GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import {
+  DEFAULT_MAX_GUEST_CONNECTIONS,
+  type ForwarderFactory,
+  type GuestForwarder,
+  GuestForwarders,
+} from "./guest_forwarder.ts";
 import type { FwCfgFile, QemuSpec } from "./qemu.ts";
 
 /** Name reported by GetCapabilities. */
@@ -61,8 +67,16 @@ export interface VmDriverOptions {
   memMib: number;
   /** Default supervisor log level when the spec has none. */
   logLevel: string;
+  /** The gateway as the host reaches it (guest connections are carried there). */
   gateway: { host: string; port: number };
+  /** The program qemu runs per guest connection (`socat`). */
   forwarder: string;
+  /** Open connections per VM at most; default {@link DEFAULT_MAX_GUEST_CONNECTIONS}. */
+  maxGuestConnections?: number;
+  /** Per-VM forwarder sockets; default the real {@link GuestForwarders}. */
+  forwarders?: ForwarderFactory;
+  /** The user qemu runs as, when not the driver's own: it must reach the forwarder sockets. */
+  forwarderOwner?: { uid: number; gid: number };
   allowEgress: boolean;
   log: Logger;
   /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
@@ -80,6 +94,8 @@ interface Record_ {
   conditions: SandboxCondition[];
   deleting: boolean;
   handle?: VmHandle;
+  /** The VM's forwarder socket to the gateway. */
+  forwarder?: GuestForwarder;
   exited?: boolean;
   deletion?: Promise<boolean>;
   consoleTimer?: ReturnType<typeof setTimeout>;
@@ -167,12 +183,20 @@ export class VmDriver {
   readonly #sandboxes = new Map<string, Record_>();
   readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
   readonly #now: () => number;
+  readonly #forwarders: ForwarderFactory;
   #closing = false;
 
   /** Creates the driver; nothing runs until {@link create}. */
   constructor(options: VmDriverOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    this.#forwarders = options.forwarders ?? new GuestForwarders({
+      stateDir: options.stateDir,
+      gateway: options.gateway,
+      maxConnections: options.maxGuestConnections ?? DEFAULT_MAX_GUEST_CONNECTIONS,
+      log: options.log,
+      owner: options.forwarderOwner,
+    });
   }
 
   /** GetCapabilities. */
@@ -374,6 +398,7 @@ export class VmDriver {
       if (r.deleting || this.#closing) {
         throw new StatusError(Code.ABORTED, "sandbox deleted while starting");
       }
+      r.forwarder = await this.#forwarders.open(id);
       const spec: QemuSpec = {
         id,
         accel,
@@ -385,7 +410,7 @@ export class VmDriver {
         consoleLog: `${dir}/console.log`,
         pidFile: `${dir}/qemu.pid`,
         fwCfg,
-        gateway: this.#o.gateway,
+        gatewaySocket: r.forwarder.path,
         forwarder: this.#o.forwarder,
         allowEgress: this.#o.allowEgress,
       };
@@ -401,6 +426,7 @@ export class VmDriver {
       });
     } catch (err) {
       this.#sandboxes.delete(id);
+      await r.forwarder?.close().catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       if (published) this.#emit({ payload: "deleted", deleted: { sandbox_id: id } });
       if (err instanceof StatusError) throw err;
@@ -414,6 +440,10 @@ export class VmDriver {
 
   #onExit(r: Record_, handle: VmHandle, st: { code: number; signal: string | null }): void {
     r.exited = true;
+    // No guest is left to connect: close its forwarder (and its connections) now.
+    r.forwarder?.close().catch((err) =>
+      this.#o.log.warn("cannot close a forwarder", { sandbox_id: r.id, error: String(err) })
+    );
     this.#pump(r).finally(() => this.#stopConsoleTail(r));
     if (r.deleting || this.#closing || this.#sandboxes.get(r.id) !== r) return;
     const status = st.signal ? 128 + (SIGNALS[st.signal] ?? 0) : st.code;
@@ -523,6 +553,7 @@ export class VmDriver {
     this.#publish(r);
     if (r.handle && !r.exited) await this.#stopVm(r.handle, this.#o.stopGraceMs ?? 5000);
     await this.#stopConsoleTail(r);
+    await r.forwarder?.close().catch(() => {});
     try {
       await Deno.remove(r.dir, { recursive: true });
     } catch (err) {
@@ -547,6 +578,7 @@ export class VmDriver {
     await Promise.all(running.map(async (r) => {
       if (r.handle && !r.exited) await this.#stopVm(r.handle, graceMs);
       await this.#stopConsoleTail(r);
+      await r.forwarder?.close().catch(() => {});
     }));
     this.#listeners.clear();
   }
@@ -558,6 +590,7 @@ export class VmDriver {
       if (r.consoleTimer !== undefined) clearTimeout(r.consoleTimer);
       r.consoleTimer = undefined;
       if (r.handle && !r.exited) r.handle.kill("SIGKILL");
+      r.forwarder?.close().catch(() => {});
     }
   }
 }

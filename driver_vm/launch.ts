@@ -20,7 +20,13 @@ try {
   const parsed = parseDriverConfig(full, (n) => Deno.env.get(n));
   if (parsed.kind === "run") {
     const c = parsed.config;
-    params = { stateDir: c.stateDir, runtimeDir: c.runtimeDir, qemu: c.qemu, setpriv: c.setpriv };
+    params = {
+      stateDir: c.stateDir,
+      gateway: { host: c.endpoint.host, port: c.endpoint.port },
+      runtimeDir: c.runtimeDir,
+      qemu: c.qemu,
+      setpriv: c.setpriv,
+    };
   }
 } catch (err) {
   if (!(err instanceof DriverConfigError)) throw err;

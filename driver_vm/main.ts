@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { hostPortGrant } from "../core/grants.ts";
 import { stripTaskSeparator } from "../core/launcher.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
@@ -23,6 +24,7 @@ import {
   socketPath,
 } from "./config.ts";
 import { type RuntimeFiles, VmDriver } from "./driver.ts";
+import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
 import { serveDriver } from "./server.ts";
 
@@ -96,7 +98,25 @@ async function resolveAccel(
   return decision.accel;
 }
 
+/**
+ * Throws one clear line unless this process may reach the gateway (guest
+ * connections are carried there): a compiled binary's grants are fixed at
+ * build time.
+ */
+export function checkGatewayGrant(gateway: { host: string; port: number }): void {
+  const host = hostPortGrant(gateway);
+  if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+    throw new Error(
+      `this driver is not permitted to reach the gateway at ${host} for its guests ` +
+        "(a compiled binary keeps the grants it was built with: rebuild it for this gateway, " +
+        "or use `deno task driver-vm`)",
+    );
+  }
+}
+
 async function removeStaleSandboxes(stateDir: string, log: Logger): Promise<void> {
+  await Deno.remove(forwarderDir(stateDir), { recursive: true }).catch(() => {});
+  await Deno.remove(forwarderBindPath(stateDir)).catch(() => {});
   const dir = `${stateDir}/sandboxes`;
   try {
     for await (const e of Deno.readDir(dir)) {
@@ -130,6 +150,7 @@ export async function main(args: readonly string[]): Promise<number> {
     throw err;
   }
   const log = new Logger({ level: config.logLevel, target: "openshell-driver-vm" });
+  checkGatewayGrant(config.endpoint);
   const parent = Deno.ppid;
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   await removeStaleSandboxes(config.stateDir, log);
@@ -152,14 +173,20 @@ export async function main(args: readonly string[]): Promise<number> {
     logLevel: config.logLevel,
     gateway: { host: config.endpoint.host, port: config.endpoint.port },
     forwarder: config.forwarder,
+    maxGuestConnections: config.maxGuestConnections,
     allowEgress: config.allowEgress,
     log,
   });
   const socket = socketPath(config.stateDir);
-  const server = await serveDriver(driver, socket, log);
+  const server = await serveDriver(driver, {
+    socket,
+    log,
+    filterGoaway: Deno.env.get("OPENSHELL_UNSAFE_KEEP_GOAWAY") !== "1",
+  });
   log.info("listening", {
     socket: `unix:${socket}`,
     gateway: `${config.endpoint.host}:${config.endpoint.port}`,
+    max_guest_connections: config.maxGuestConnections,
     runtime: config.runtimeDir,
     egress: config.allowEgress ? "open" : "gateway-only",
   });
@@ -177,7 +204,7 @@ export async function main(args: readonly string[]): Promise<number> {
       log.info(`stopping: ${why}`);
       if (graceMs > 0) await driver.shutdown(graceMs);
       else driver.killAll();
-      server.close();
+      await server.close();
       await Deno.remove(socket).catch(() => {});
       resolve(code);
     };

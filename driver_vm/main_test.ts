@@ -38,24 +38,41 @@ interface Setup {
   create(id: string, client: AnyClient): Promise<number>;
 }
 
-async function setup(): Promise<Setup> {
+/** Options of {@link setup}. */
+interface SetupOptions {
+  /** The fake qemu's script body (after `#!/bin/sh`); `$DIR` is the test's temp dir. */
+  qemu?: string;
+  /** The gateway's port on 127.0.0.1 (default 9: nothing listens). */
+  gatewayPort?: number;
+  /** Extra driver flags. */
+  args?: string[];
+}
+
+async function setup(options: SetupOptions = {}): Promise<Setup> {
   const dir = await Deno.makeTempDir({ prefix: "vmmain" });
   const state = `${dir}/state`;
   const rt = `${dir}/rt`;
   await fakeRuntime(rt);
   const qemu = `${dir}/fake-qemu`;
-  await Deno.writeTextFile(qemu, '#!/bin/sh\necho "fake qemu started"\nexec sleep 600\n', {
-    mode: 0o755,
-  });
+  const body = options.qemu ?? 'echo "fake qemu started"\nexec sleep 600\n';
+  await Deno.writeTextFile(qemu, `#!/bin/sh\nDIR=${dir}\n${body}`, { mode: 0o755 });
+  const gatewayPort = options.gatewayPort ?? 9;
   await Deno.mkdir(state);
   const argv = roleCommand(
     "driver-vm",
-    driverGrants({ stateDir: state, runtimeDir: rt, qemu, setpriv: "/usr/bin/setpriv" }),
+    driverGrants({
+      stateDir: state,
+      gateway: { host: "127.0.0.1", port: gatewayPort },
+      runtimeDir: rt,
+      qemu,
+      setpriv: "/usr/bin/setpriv",
+    }),
     [
+      ...(options.args ?? []),
       "--state-dir",
       state,
       "--openshell-endpoint",
-      "http://127.0.0.1:9",
+      `http://127.0.0.1:${gatewayPort}`,
       "--runtime-dir",
       rt,
       "--vm-accel",
@@ -144,6 +161,70 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
   }
 });
 
+/** What the fake qemu below does: run its guestfwd command 12 times at once, like 12 guest connections. */
+const GUEST_FLOOD_QEMU = `
+for a in "$@"; do case "$a" in *guestfwd=*) cmd=\${a#*-cmd:} ;; esac; done
+echo "fake qemu started: $cmd"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  ( (echo "hello $i"; sleep 2) | $cmd > "$DIR/conn.$i" 2>/dev/null; echo "$i" >> "$DIR/ended" ) &
+done
+exec sleep 600
+`;
+
+Deno.test("driver process: guest connections reach the gateway through socat and the VM's socket, 3 at most", async () => {
+  // The "gateway": echoes each connection's bytes and records how many are open at once.
+  let open = 0;
+  let peak = 0;
+  const gateway = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const conn of gateway) {
+      open++;
+      peak = Math.max(peak, open);
+      conn.readable.pipeTo(conn.writable).catch(() => {}).finally(() => open--);
+    }
+  })();
+  const s = await setup({
+    qemu: GUEST_FLOOD_QEMU,
+    gatewayPort: (gateway.addr as Deno.NetAddr).port,
+    args: ["--max-guest-connections", "3"],
+  });
+  const child = spawn(s.argv);
+  const out = stderrOf(child);
+  const c = s.client();
+  try {
+    await s.create("sb-f", c);
+    const ended = await waitFor("all 12 guest connections to end", async () => {
+      const lines = (await Deno.readTextFile(`${s.dir}/ended`)).trim().split("\n");
+      return lines.length === 12 ? lines : undefined;
+    }, { ignoreErrors: true, timeoutMs: 20_000 });
+    assert.equal(ended.length, 12);
+    const replies = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => Deno.readTextFile(`${s.dir}/conn.${i + 1}`)),
+    );
+    const carried = replies.filter((r) => /^hello \d+\n$/.test(r));
+    const refused = replies.filter((r) => r === "");
+    assert.equal(carried.length, 3, `carried: ${JSON.stringify(replies)}`);
+    assert.equal(refused.length, 9, "the rest were closed at once, unanswered");
+    assert.equal(peak, 3, "never more than 3 at the gateway");
+    // The bind path is free again and the VM's socket sits in fwd/.
+    await assert.rejects(Deno.stat(`${s.state}/guest-fwd.sock`), Deno.errors.NotFound);
+    assert.ok((await Deno.stat(`${s.state}/fwd/0.sock`)).isSocket);
+    c.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0, await out);
+    assert.match(await out, /guest connection limit reached/);
+  } finally {
+    c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await out;
+    gateway.close();
+    await serving.catch(() => {});
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
 Deno.test("driver process: SIGKILL of the driver takes its qemus along (parent-death signal)", async () => {
   const s = await setup();
   const child = spawn(s.argv);
@@ -210,7 +291,13 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
   );
   const argv = roleCommand(
     "driver-vm",
-    driverGrants({ stateDir: state, runtimeDir: rt, qemu, setpriv: "/usr/bin/setpriv" }),
+    driverGrants({
+      stateDir: state,
+      gateway: { host: "127.0.0.1", port: 9 },
+      runtimeDir: rt,
+      qemu,
+      setpriv: "/usr/bin/setpriv",
+    }),
     [
       "--state-dir",
       state,

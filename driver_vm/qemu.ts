@@ -6,7 +6,9 @@
  * no default devices. Guest network: qemu user networking with
  * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
  * hands every guest connection to the gateway alias to a forwarder program
- * (e.g. `socat - TCP:HOST:PORT`), which qemu spawns per connection.
+ * (`socat - UNIX-CONNECT:<socket>`), which qemu spawns per connection; the
+ * socket is the VM's own, served by the driver with a connection cap
+ * (`guest_forwarder.ts`, which also says why not a chardev).
  *
  * @module
  */
@@ -38,8 +40,8 @@ export interface QemuSpec {
   /** qemu writes its pid here. */
   pidFile: string;
   fwCfg: readonly FwCfgFile[];
-  /** The gateway as the host reaches it. */
-  gateway: { host: string; port: number };
+  /** This VM's forwarder socket (the driver carries its connections to the gateway). */
+  gatewaySocket: string;
   /** Forwarder program (`socat`). */
   forwarder: string;
   /** Open general egress instead of the gateway alone. */
@@ -53,20 +55,22 @@ export function escapeOptionValue(value: string): string {
   return value.replaceAll(",", ",,");
 }
 
-/** The command qemu runs for each guest connection to the gateway alias. */
-export function forwarderCommand(
-  forwarder: string,
-  gateway: { host: string; port: number },
-): string {
-  const host = gateway.host.includes(":") ? `[${gateway.host}]` : gateway.host;
+/**
+ * The command qemu runs for each guest connection to the gateway alias. qemu
+ * splits it on spaces and socat parses `:` and `,` in addresses, so both
+ * the program and the socket path are limited to plain path characters.
+ */
+export function forwarderCommand(forwarder: string, socket: string): string {
   if (!/^[A-Za-z0-9_./-]+$/.test(forwarder)) throw new Error(`invalid forwarder: ${forwarder}`);
-  if (!/^[A-Za-z0-9.:[\]-]+$/.test(host)) throw new Error(`invalid gateway host: ${gateway.host}`);
-  return `${forwarder} - TCP:${host}:${gateway.port}`;
+  if (!/^\/[A-Za-z0-9_./-]+$/.test(socket)) {
+    throw new Error(`invalid forwarder socket path: ${socket}`);
+  }
+  return `${forwarder} - UNIX-CONNECT:${socket}`;
 }
 
 /** The `-netdev` value of the guest network. */
 export function netdevOption(
-  spec: Pick<QemuSpec, "forwarder" | "gateway" | "allowEgress">,
+  spec: Pick<QemuSpec, "forwarder" | "gatewaySocket" | "allowEgress">,
 ): string {
   return [
     "user",
@@ -76,7 +80,7 @@ export function netdevOption(
     `net=${GUEST_NET.network}`,
     `host=${GUEST_NET.router}`,
     `guestfwd=tcp:${GUEST_NET.gatewayAlias}:${GUEST_GATEWAY_PORT}-cmd:${
-      escapeOptionValue(forwarderCommand(spec.forwarder, spec.gateway))
+      escapeOptionValue(forwarderCommand(spec.forwarder, spec.gatewaySocket))
     }`,
   ].join(",");
 }

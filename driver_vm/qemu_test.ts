@@ -19,7 +19,7 @@ const spec: QemuSpec = {
   consoleLog: "/s/sandboxes/sb-1/console.log",
   pidFile: "/s/sandboxes/sb-1/qemu.pid",
   fwCfg: [{ name: "config", file: "/s/sandboxes/sb-1/guest/config" }],
-  gateway: { host: "127.0.0.1", port: 41234 },
+  gatewaySocket: "/s/fwd/0.sock",
   forwarder: "socat",
   allowEgress: false,
 };
@@ -36,7 +36,7 @@ Deno.test("qemu: restricted user network with one forward to the gateway", () =>
   const args = buildQemuArgs(spec);
   assert.deepEqual(after(args, "-netdev"), [
     "user,id=net0,restrict=on,ipv6=off,net=10.0.2.0/24,host=10.0.2.2," +
-    "guestfwd=tcp:10.0.2.100:8080-cmd:socat - TCP:127.0.0.1:41234",
+    "guestfwd=tcp:10.0.2.100:8080-cmd:socat - UNIX-CONNECT:/s/fwd/0.sock",
   ]);
   assert.ok(after(args, "-device").includes("virtio-net-pci,netdev=net0,romfile="));
   assert.match(netdevOption({ ...spec, allowEgress: true }), /restrict=off/);
@@ -80,8 +80,14 @@ Deno.test("qemu: commas in paths are escaped; bad names refused", () => {
     () => buildQemuArgs({ ...spec, fwCfg: [{ name: "../x", file: "/f" }] }),
     /fw_cfg name/,
   );
-  assert.throws(() => forwarderCommand("socat;x", spec.gateway), /forwarder/);
-  assert.equal(forwarderCommand("socat", { host: "::1", port: 1 }), "socat - TCP:[::1]:1");
+  assert.throws(() => forwarderCommand("socat;x", spec.gatewaySocket), /forwarder/);
+  assert.throws(() => forwarderCommand("socat", "/s/a b.sock"), /socket path/);
+  assert.throws(() => forwarderCommand("socat", "/s/a,fork.sock"), /socket path/);
+  assert.throws(() => forwarderCommand("socat", "rel.sock"), /socket path/);
+  assert.equal(
+    forwarderCommand("/usr/bin/socat", "/v/fwd/3.sock"),
+    "/usr/bin/socat - UNIX-CONNECT:/v/fwd/3.sock",
+  );
 });
 
 Deno.test("qemu: the probe boots with the marker flag and serial on stdio", () => {

@@ -2,9 +2,17 @@
  * The `openshell.compute.v1.ComputeDriver` gRPC service over a Unix socket,
  * mapping each RPC onto {@link VmDriver}.
  *
+ * grpc-js never sees a client's socket: it listens on an internal socket
+ * (`grpc.sock` beside the public one) and a {@link GrpcFront} serves the
+ * public socket, removing client GOAWAY frames on the way. Without it the
+ * driver once died with `nghttp2_session.c:2402: find_stream_on_goaway_func:
+ * Assertion` (exit 134) when its client (the gateway) closed its channel
+ * (denoland/deno#36788; see `core/goaway_filter.ts`).
+ *
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
+import { GrpcFront, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { ComputeDriverClient, type DriverSandbox, type Wire } from "../core/protocol.ts";
 import { Code, hasStatusCode, StatusError } from "../core/status.ts";
@@ -91,34 +99,75 @@ export function computeDriverHandlers(
 
 /** A bound server. */
 export interface DriverServer {
+  /** The public front (its counters). */
+  front: GrpcFront;
   /** Stops serving (forcefully: open watch streams are cut). */
-  close(): void;
+  close(): Promise<void>;
 }
 
-/** Binds the service on `unix:<socket>`; removes a stale socket file first. */
-export async function serveDriver(
-  driver: VmDriver,
-  socket: string,
-  log: Logger,
-): Promise<DriverServer> {
+/** Most connections to the driver's socket at once (its one client is the gateway). */
+export const MAX_DRIVER_CONNECTIONS = 64;
+
+/** Options of {@link serveDriver}. */
+export interface ServeDriverOptions {
+  /** The public socket (`<state-dir>/compute-driver.sock`). */
+  socket: string;
+  /** grpc-js's internal socket; default `grpc.sock` beside {@link socket}. */
+  innerSocket?: string;
+  log: Logger;
+  /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
+  filterGoaway?: boolean;
+}
+
+async function removeStale(path: string, log: Logger): Promise<void> {
   try {
-    await Deno.remove(socket);
-    log.info("removed stale socket", { path: socket });
+    await Deno.remove(path);
+    log.info("removed stale socket", { path });
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 16 * 1024 * 1024 });
+}
+
+/** Binds the service behind a GOAWAY-filtering front on `unix:<socket>`; removes stale sockets first. */
+export async function serveDriver(
+  driver: VmDriver,
+  options: ServeDriverOptions,
+): Promise<DriverServer> {
+  const { socket, log } = options;
+  const inner = options.innerSocket ?? socket.replace(/[^/]*$/, "grpc.sock");
+  await removeStale(socket, log);
+  await removeStale(inner, log);
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": 16 * 1024 * 1024,
+    "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+  });
   server.addService(ComputeDriverClient.service, computeDriverHandlers(driver, log));
   await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => {
-      if (err) reject(new Error(`cannot listen on unix:${socket}: ${err.message}`));
+    server.bindAsync(`unix:${inner}`, grpc.ServerCredentials.createInsecure(), (err) => {
+      if (err) reject(new Error(`cannot listen on unix:${inner}: ${err.message}`));
       else resolve();
     });
   });
-  await Deno.chmod(socket, 0o600).catch(() => {});
+  await Deno.chmod(inner, 0o600).catch(() => {});
+  const front = new GrpcFront({
+    path: socket,
+    innerPath: inner,
+    maxConnections: MAX_DRIVER_CONNECTIONS,
+    log,
+    filterGoaway: options.filterGoaway,
+  });
+  try {
+    await front.listen();
+  } catch (err) {
+    server.forceShutdown();
+    throw new Error(`cannot listen on unix:${socket}: ${errorMessage(err)}`);
+  }
   return {
-    close() {
+    front,
+    async close() {
+      await front.close();
       server.forceShutdown();
+      await Deno.remove(inner).catch(() => {});
     },
   };
 }

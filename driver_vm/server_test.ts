@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
+import http2 from "node:http2";
+import net from "node:net";
+import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { ComputeDriverClient, type WatchSandboxesEvent } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { VmDriver } from "./driver.ts";
 import { serveDriver } from "./server.ts";
+import { waitFor } from "../core/testing.ts";
 import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
 
 type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -39,7 +43,15 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     stopGraceMs: 50,
     consolePollMs: 20,
   });
-  const server = await serveDriver(driver, socket, log);
+  const server = await serveDriver(driver, { socket, log });
+  // grpc-js listens on its own socket; the public one is the GOAWAY-filtering front.
+  assert.ok((await Deno.stat(`${dir}/grpc.sock`)).isSocket);
+  const h2 = http2.connect("http://driver", { createConnection: () => net.connect(socket) });
+  h2.on("error", () => {});
+  const settings = await new Promise<http2.Settings>((r) => h2.once("remoteSettings", r));
+  assert.equal(settings.maxConcurrentStreams, MAX_CONCURRENT_STREAMS);
+  await new Promise<void>((r) => h2.close(() => r())); // a GOAWAY, removed on the way
+  await waitFor("the GOAWAY was removed", () => server.front.stats.goawaysDropped === 1);
   const client = new ComputeDriverClient(
     `unix:${socket}`,
     grpc.credentials.createInsecure(),
@@ -121,7 +133,7 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     watch.cancel();
     client.close();
     await driver.shutdown(10);
-    server.close();
+    await server.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -17,6 +17,8 @@ export interface StageOptions {
   stateDir: string;
   /** The VM runtime dir. */
   runtimeDir: string;
+  /** The gateway the driver carries its guests' connections to. */
+  gateway: { host: string; port: number };
   qemu?: string;
   setpriv?: string;
   /** Deno binary; default the running one. */
@@ -27,6 +29,7 @@ export interface StageOptions {
 export function driverWrapper(options: StageOptions): string {
   const grants = driverGrants({
     stateDir: options.stateDir,
+    gateway: options.gateway,
     runtimeDir: options.runtimeDir,
     qemu: options.qemu ?? "/usr/bin/qemu-system-x86_64",
     setpriv: options.setpriv ?? "/usr/bin/setpriv",

@@ -5,7 +5,12 @@ import { driverWrapper, stageDriverDir } from "./stage.ts";
 Deno.test("stage: the wrapper execs deno run with exactly the driver's grants", async () => {
   const dir = await Deno.makeTempDir({ prefix: "osstage" });
   try {
-    const opts = { dir: `${dir}/bin`, stateDir: `${dir}/vm`, runtimeDir: `${dir}/rt` };
+    const opts = {
+      dir: `${dir}/bin`,
+      stateDir: `${dir}/vm`,
+      runtimeDir: `${dir}/rt`,
+      gateway: { host: "127.0.0.1", port: 8080 },
+    };
     const path = await stageDriverDir(opts);
     assert.equal(path, `${dir}/bin/openshell-driver-vm`);
     assert.equal((await Deno.stat(path)).mode! & 0o111, 0o111, "executable");
@@ -14,6 +19,7 @@ Deno.test("stage: the wrapper execs deno run with exactly the driver's grants", 
     assert.match(text, /^exec .* run .*driver_vm\/main\.ts "\$@"$/m);
     const grants = driverGrants({
       stateDir: opts.stateDir,
+      gateway: opts.gateway,
       runtimeDir: opts.runtimeDir,
       qemu: "/usr/bin/qemu-system-x86_64",
       setpriv: "/usr/bin/setpriv",

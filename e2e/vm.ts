@@ -10,7 +10,8 @@
  * 3. `sandbox exec` streams stdout/stderr and the exit code;
  * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command
  *    and sftp copies a file in and out;  5. `list --names` and `logs`;
- *    the guest reaches the gateway alias but no other host port;
+ *    the guest reaches the gateway alias but no other host port; a dropped
+ *    connection is re-dialled; the driver carries at most 8 per VM;
  * 6. killing the sandbox's qemu → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
  * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu.
@@ -160,17 +161,32 @@ async function main(): Promise<number> {
   // then the upstream e2e flags, --disable-tls --disable-gateway-auth.
   const startGw = async (plaintext = false) => {
     port = freePort();
+    planePort = freePort();
+    // The driver's grants name the gateway address it carries guest connections to:
+    // the supervisor plane.
+    await stageDriverDir({
+      dir: D,
+      stateDir: V,
+      runtimeDir: runtime.dir,
+      gateway: { host: "127.0.0.1", port: planePort },
+    });
     const g = await startGateway({
       stateDir: S,
       driverDir: D,
       vmDriverStateDir: V,
       port,
       tls: !plaintext,
-      args: ["--vm-runtime-dir", runtime.dir, "--log-level", "debug"],
+      args: [
+        "--supervisor-port",
+        String(planePort),
+        "--vm-runtime-dir",
+        runtime.dir,
+        "--log-level",
+        "debug",
+      ],
       startTimeoutMs: 60_000,
     });
     gateways.push(g);
-    planePort = g.supervisorPort;
     let exited = false;
     g.exited.then((code) => {
       exited = true;
@@ -199,13 +215,12 @@ async function main(): Promise<number> {
     return g;
   };
 
-  // The driver, its qemus, and the forwarders qemu started for the current gateway.
-  const driverAndQemus = async () => [
-    ...(await findProcesses(V)).filter((p) => !p.cmdline.includes(" sandbox create ")),
-    ...(await findProcesses(`socat - TCP:127.0.0.1:${planePort}`)).filter((p) =>
-      p.cmdline.startsWith("socat")
-    ),
-  ];
+  // The driver, its qemus, and the forwarders (socat) qemu started for their guests.
+  const driverAndQemus = async () =>
+    (await findProcesses(V)).filter((p) => !p.cmdline.includes(" sandbox create "));
+  const forwarderPids = async () =>
+    (await findProcesses(`socat - UNIX-CONNECT:${V}/fwd/`))
+      .filter((p) => p.cmdline.startsWith("socat")).map((p) => p.pid);
 
   let name = "";
   let id = "";
@@ -214,7 +229,6 @@ async function main(): Promise<number> {
       await Deno.mkdir(S, { recursive: true });
       await Deno.mkdir(V, { recursive: true, mode: 0o700 });
       await Deno.mkdir(configHome, { recursive: true });
-      await stageDriverDir({ dir: D, stateDir: V, runtimeDir: runtime.dir });
       gw = await startGw();
     });
 
@@ -349,9 +363,11 @@ async function main(): Promise<number> {
       );
     });
 
-    await step("5d. from inside a guest: the user API is refused, another sandbox unreachable", async () => {
-      // A hostile guest talks HTTP/2 gRPC by hand to the only gateway address it has.
-      const probe = `
+    await step(
+      "5d. from inside a guest: the user API is refused, another sandbox unreachable",
+      async () => {
+        // A hostile guest talks HTTP/2 gRPC by hand to the only gateway address it has.
+        const probe = `
 import http2 from "node:http2";
 function call(path, body) {
   return new Promise((resolve) => {
@@ -379,36 +395,37 @@ console.log("list=" + await call("/openshell.v1.OpenShell/ListSandboxes", new Ui
 console.log("hello=" + await call("/openshell.v1.OpenShell/ConnectSupervisor", hello));
 Deno.exit(0);
 `;
-      const b64 = btoa(probe);
-      const r = await cli([
-        "sandbox",
-        "exec",
-        name,
-        "--",
-        "sh",
-        "-c",
-        `echo ${b64} | base64 -d > /tmp/probe.mjs && DENO_DIR=/tmp/deno HOME=/tmp ` +
-        "/opt/openshell/bin/deno run --no-config --no-lock --quiet -A /tmp/probe.mjs",
-      ], 180_000);
-      check(r.code === 0, `probe: ${show(r)}`);
-      check(r.stdout.includes("list=7"), `a user RPC from the guest was not PERMISSION_DENIED: ${show(r)}`);
-      check(
-        r.stdout.includes("hello=16"),
-        `a hello for another sandbox without its credential was not UNAUTHENTICATED: ${show(r)}`,
-      );
-    });
+        const b64 = btoa(probe);
+        const r = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `echo ${b64} | base64 -d > /tmp/probe.mjs && DENO_DIR=/tmp/deno HOME=/tmp ` +
+          "/opt/openshell/bin/deno run --no-config --no-lock --quiet -A /tmp/probe.mjs",
+        ], 180_000);
+        check(r.code === 0, `probe: ${show(r)}`);
+        check(
+          r.stdout.includes("list=7"),
+          `a user RPC from the guest was not PERMISSION_DENIED: ${show(r)}`,
+        );
+        check(
+          r.stdout.includes("hello=16"),
+          `a hello for another sandbox without its credential was not UNAUTHENTICATED: ${show(r)}`,
+        );
+      },
+    );
 
     await step(
       "5c. a dropped gateway connection is re-dialled through a new forwarder",
       async () => {
-        // qemu runs one forwarder (socat) per guest connection (glib detaches
-        // it from qemu); killing the supervisor's makes it reconnect, which
-        // needs a fresh forwarder.
-        const forwarderPids = async () =>
-          (await findProcesses(`socat - TCP:127.0.0.1:${planePort}`))
-            .filter((p) => p.cmdline.startsWith("socat")).map((p) => p.pid);
+        // qemu runs one forwarder (socat, to the VM's socket served by the
+        // driver) per guest connection (glib detaches it from qemu); killing
+        // the supervisor's makes it reconnect, which needs a fresh forwarder.
         const forwarders = await forwarderPids();
-        check(forwarders.length > 0, `no forwarder process (socat … TCP:127.0.0.1:${port})`);
+        check(forwarders.length > 0, `no forwarder process (socat … UNIX-CONNECT:${V}/fwd/…)`);
         const consoleLog = `${V}/sandboxes/${id}/console.log`;
         const sessions = async () =>
           (await Deno.readTextFile(consoleLog)).split("supervisor session established").length - 1;
@@ -434,6 +451,33 @@ Deno.exit(0);
         );
       },
     );
+
+    await step("5e. a guest opening 12 gateway connections gets at most 8 carried", async () => {
+      // The supervisor holds one of the VM's 8; of 12 more, at least 5 are
+      // closed at once by the driver (their nc ends and records it; the
+      // pipeline's `sleep` does not wait for that), the rest stay open until
+      // the gateway's 10 s handshake timeout.
+      const r = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "rm -f /tmp/ended; for i in $(seq 1 12); do " +
+        `(sleep 8 | (nc ${GUEST_NET.gatewayAlias} ${GUEST_GATEWAY_PORT}; echo x >> /tmp/ended)) ` +
+        ">/dev/null 2>&1 & done; sleep 5; echo ended=$(cat /tmp/ended 2>/dev/null | wc -l)",
+      ]);
+      check(r.code === 0, `exec: ${show(r)}`);
+      const ended = Number(/ended=\s*(\d+)/.exec(r.stdout)?.[1] ?? NaN);
+      check(ended >= 5 && ended < 12, `expected 5 to 11 refused connections: ${show(r)}`);
+      check(
+        gateways.at(-1)!.stderr().includes("guest connection limit reached"),
+        "the driver did not log its cap",
+      );
+      const again = await cli(["sandbox", "exec", name, "--", "echo", "still-ok"]);
+      check(again.code === 0 && again.stdout.includes("still-ok"), show(again));
+    });
 
     await step("6. killing qemu → ERROR with reason ProcessExited", async () => {
       const pid = Number((await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`)).trim());
@@ -525,18 +569,24 @@ Deno.exit(0);
   }
 
   if (runtime) {
-    await step("9. plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete", async () => {
-      gw = await startGw(true);
-      const r = await cli(["sandbox", "create", "--name", "plain", "--", "echo", "plain-ok"], 300_000);
-      check(r.code === 0 && r.stdout.includes("plain-ok"), `create: ${show(r)}`);
-      const e = await cli(["sandbox", "exec", "plain", "--", "sh", "-c", "echo $((6*7))"]);
-      check(e.code === 0 && e.stdout.trim() === "42", `exec: ${show(e)}`);
-      const d = await cli(["sandbox", "delete", "plain"]);
-      check(d.code === 0, `delete: ${show(d)}`);
-      const g = gw;
-      gw = undefined;
-      await g.stop();
-    });
+    await step(
+      "9. plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete",
+      async () => {
+        gw = await startGw(true);
+        const r = await cli(
+          ["sandbox", "create", "--name", "plain", "--", "echo", "plain-ok"],
+          300_000,
+        );
+        check(r.code === 0 && r.stdout.includes("plain-ok"), `create: ${show(r)}`);
+        const e = await cli(["sandbox", "exec", "plain", "--", "sh", "-c", "echo $((6*7))"]);
+        check(e.code === 0 && e.stdout.trim() === "42", `exec: ${show(e)}`);
+        const d = await cli(["sandbox", "delete", "plain"]);
+        check(d.code === 0, `delete: ${show(d)}`);
+        const g = gw;
+        gw = undefined;
+        await g.stop();
+      },
+    );
   }
 
   // ---- teardown ----------------------------------------------------------

@@ -36,6 +36,12 @@ export interface GatewayConfig {
   sshGatewayPort?: number;
   sshSessionTtlSecs: number;
   supervisorHeartbeatSecs: number;
+  /** Open connections at most on the listener. */
+  maxConnections: number;
+  /** Open connections per remote address at most (0 = no cap; loopback is exempt). */
+  maxConnectionsPerPeer: number;
+  /** An HTTP/2 connection without an open stream this long is closed. */
+  connectionIdleSecs: number;
   disableTls: boolean;
   disableGatewayAuth: boolean;
   /** Server certificate and key; both absent = the automatic PKI in `<state-dir>/pki`. */
@@ -198,6 +204,36 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     description: "Heartbeat interval announced to supervisors",
   },
   {
+    name: "max-connections",
+    type: "integer",
+    env: "OPENSHELL_MAX_CONNECTIONS",
+    default: 1024,
+    min: 1,
+    max: 1_000_000,
+    placeholder: "N",
+    description: "Open connections at most (idle ones are closed to make room)",
+  },
+  {
+    name: "max-connections-per-peer",
+    type: "integer",
+    env: "OPENSHELL_MAX_CONNECTIONS_PER_PEER",
+    default: 64,
+    min: 0,
+    max: 1_000_000,
+    placeholder: "N",
+    description: "Open connections per remote address at most (0 = no cap; loopback exempt)",
+  },
+  {
+    name: "connection-idle-secs",
+    type: "integer",
+    env: "OPENSHELL_CONNECTION_IDLE_SECS",
+    default: 300,
+    min: 1,
+    max: 86400,
+    placeholder: "SECS",
+    description: "Close an HTTP/2 connection that has had no open stream this long",
+  },
+  {
     name: "disable-tls",
     type: "boolean",
     env: "OPENSHELL_DISABLE_TLS",
@@ -344,6 +380,9 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     sshGatewayPort: v["ssh-gateway-port"] as number | undefined,
     sshSessionTtlSecs: v["ssh-session-ttl-secs"] as number,
     supervisorHeartbeatSecs: v["supervisor-heartbeat-secs"] as number,
+    maxConnections: v["max-connections"] as number,
+    maxConnectionsPerPeer: v["max-connections-per-peer"] as number,
+    connectionIdleSecs: v["connection-idle-secs"] as number,
     disableTls: v["disable-tls"] as boolean,
     disableGatewayAuth: v["disable-gateway-auth"] as boolean,
     tlsCert: optionalString(v["tls-cert"]),

@@ -57,6 +57,9 @@ Deno.test("defaults: TLS with the automatic PKI and client certificates, a separ
     sshGatewayPort: undefined,
     sshSessionTtlSecs: 86400,
     supervisorHeartbeatSecs: 15,
+    maxConnections: 1024,
+    maxConnectionsPerPeer: 64,
+    connectionIdleSecs: 300,
     disableTls: false,
     disableGatewayAuth: false,
     tlsCert: undefined,
@@ -84,6 +87,9 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
     OPENSHELL_SSH_CONNECT_PATH: "/tunnel",
     OPENSHELL_SSH_SESSION_TTL_SECS: "0",
     OPENSHELL_SUPERVISOR_HEARTBEAT_SECS: "5",
+    OPENSHELL_MAX_CONNECTIONS: "10",
+    OPENSHELL_MAX_CONNECTIONS_PER_PEER: "0",
+    OPENSHELL_CONNECTION_IDLE_SECS: "7",
     OPENSHELL_DISABLE_TLS: "true",
     OPENSHELL_DISABLE_GATEWAY_AUTH: "1",
     OPENSHELL_LOG_LEVEL: "debug",
@@ -103,6 +109,9 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
   assert.equal(c.sshConnectPath, "/tunnel");
   assert.equal(c.sshSessionTtlSecs, 0);
   assert.equal(c.supervisorHeartbeatSecs, 5);
+  assert.equal(c.maxConnections, 10);
+  assert.equal(c.maxConnectionsPerPeer, 0);
+  assert.equal(c.connectionIdleSecs, 7);
   assert.equal(c.disableTls, true);
   assert.equal(c.disableGatewayAuth, true);
   assert.equal(c.logLevel, "debug");

@@ -15,7 +15,7 @@ import { Buffer } from "node:buffer";
 import { type Duplex, duplexPair } from "node:stream";
 import { bridge } from "../core/bridge.ts";
 import { OpenShellClient } from "../core/protocol.ts";
-import { GoawayFilter, H2_PREFACE } from "./goaway_filter.ts";
+import { GoawayFilter, H2_PREFACE } from "../core/goaway_filter.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

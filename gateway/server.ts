@@ -9,6 +9,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Duplex } from "node:stream";
 import { errorMessage, type Logger } from "../core/log.ts";
+import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
@@ -118,7 +119,9 @@ async function setupTls(config: GatewayConfig, log: Logger): Promise<TlsSetup> {
         `\`openshell gateway add NAME URL --mtls-dir ${dir}\``,
     );
   } else if (pki.written.length > 0) {
-    log.info("re-issued certificates that expire soon or miss a name", { files: pki.written.join(",") });
+    log.info("re-issued certificates that expire soon or miss a name", {
+      files: pki.written.join(","),
+    });
   }
   const own = !!config.tlsCert;
   const clientCa = config.disableGatewayAuth
@@ -325,6 +328,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const grpcOptions = {
     "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
     "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
+    "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
   };
   const grpcServer = new grpc.Server(grpcOptions);
   grpcServer.addService(OpenShellClient.service, {
@@ -372,6 +376,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     http,
     log,
     filterGoaway: !options.unsafeKeepGoaway,
+    limits: {
+      maxConnections: config.maxConnections,
+      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
+      idleTimeoutMs: config.connectionIdleSecs * 1000,
+    },
   });
   const supervisorListener = new GatewayListener({
     bind: config.supervisorBind,
@@ -384,6 +393,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     },
     log: log.with({ plane: "supervisor" }),
     filterGoaway: !options.unsafeKeepGoaway,
+    limits: {
+      maxConnections: config.maxConnections,
+      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
+      idleTimeoutMs: config.connectionIdleSecs * 1000,
+    },
   });
   let bound: { host: string; port: number };
   let supervisorBound: { host: string; port: number };

@@ -2,21 +2,12 @@
  * Test fixtures for TLS gateways, shared by every role's tests: a gateway
  * PKI written with core/pki.ts (CA, server certificate, the operator's
  * client bundle laid out as the gateway writes it into `<state-dir>/pki/`,
- * plus a foreign bundle and an expired one), the gateway flags that serve
- * it, and a plaintext-to-mTLS forwarder.
- *
- * The forwarder stands in for a supervisor plane while the host driver
- * (supervisor/host_driver.ts) cannot hand its supervisors TLS files: the
- * gateway's `--grpc-endpoint` points the supervisors at it, and it carries
- * their bytes to the gateway's TLS port with a client certificate.
+ * plus a foreign bundle and an expired one) and the gateway flags that
+ * serve it on the user API.
  *
  * @module
  */
-import type { Buffer } from "node:buffer";
-import net from "node:net";
-import tls from "node:tls";
 import { type CertAndKey, createCa, issueCertificate } from "../core/pki.ts";
-import { type ClientTlsMaterial, tlsConnectOptions } from "../core/tls.ts";
 
 const DAY_MS = 86_400_000;
 
@@ -42,8 +33,6 @@ export interface TestGatewayPki {
   foreign: BundleDir;
   /** This gateway's CA with a client certificate that expired yesterday. */
   expired: BundleDir;
-  /** A client certificate for a supervisor-plane stand-in (PEM material). */
-  supervisor: ClientTlsMaterial;
 }
 
 async function writeBundle(
@@ -67,7 +56,7 @@ export async function writeGatewayPki(dir: string): Promise<TestGatewayPki> {
   const now = Date.now();
   const ca = await createCa();
   const otherCa = await createCa({ commonName: "another gateway CA" });
-  const [server, operator, foreign, expired, supervisor] = await Promise.all([
+  const [server, operator, foreign, expired] = await Promise.all([
     issueCertificate(ca, {
       kind: "server",
       commonName: "openshell-gateway",
@@ -81,7 +70,6 @@ export async function writeGatewayPki(dir: string): Promise<TestGatewayPki> {
       now: new Date(now - 3 * DAY_MS),
       validityDays: 2,
     }),
-    issueCertificate(ca, { kind: "client", commonName: "supervisor-plane" }),
   ]);
   const paths = {
     serverCert: `${dir}/server.crt`,
@@ -97,7 +85,6 @@ export async function writeGatewayPki(dir: string): Promise<TestGatewayPki> {
     bundle: await writeBundle(`${dir}/pki`, ca, operator),
     foreign: await writeBundle(`${dir}/foreign`, otherCa, foreign),
     expired: await writeBundle(`${dir}/expired`, ca, expired),
-    supervisor: { ca: ca.cert, cert: supervisor.cert, key: supervisor.key },
   };
 }
 
@@ -112,71 +99,4 @@ export function gatewayTlsArgs(pki: TestGatewayPki): string[] {
     "--tls-client-ca",
     pki.caCert,
   ];
-}
-
-/** A running {@link startTlsForwarder}. */
-export interface TlsForwarder {
-  /** Its plaintext port on 127.0.0.1. */
-  port: number;
-  /** Connections forwarded so far. */
-  readonly forwarded: number;
-  /** Stops listening and closes every connection. */
-  close(): Promise<void>;
-}
-
-/** Options of {@link startTlsForwarder}. */
-export interface TlsForwarderOptions {
-  /** The TLS port on 127.0.0.1 (read per connection: it may be known only later). */
-  targetPort: () => number;
-  /** The CA to trust and the client certificate to present. */
-  tls: ClientTlsMaterial;
-}
-
-/** Listens on 127.0.0.1 and carries each plaintext connection to `targetPort` over mTLS. */
-export async function startTlsForwarder(options: TlsForwarderOptions): Promise<TlsForwarder> {
-  const sockets = new Set<net.Socket>();
-  let forwarded = 0;
-  const track = (s: net.Socket) => {
-    sockets.add(s);
-    s.once("close", () => sockets.delete(s));
-  };
-  const server = net.createServer({ allowHalfOpen: true }, (client: net.Socket) => {
-    track(client);
-    forwarded++;
-    const upstream = tls.connect({
-      ...tlsConnectOptions("127.0.0.1", options.tls),
-      port: options.targetPort(),
-    });
-    track(upstream);
-    const stop = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on("error", stop);
-    upstream.on("error", stop);
-    client.on("close", stop);
-    upstream.on("close", stop);
-    client.on("data", (d: Buffer) => {
-      if (!upstream.write(d)) client.pause();
-    });
-    upstream.on("drain", () => client.resume());
-    upstream.on("data", (d: Buffer) => {
-      if (!client.write(d)) upstream.pause();
-    });
-    client.on("drain", () => upstream.resume());
-    client.on("end", () => upstream.end());
-    upstream.on("end", () => client.end());
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    get forwarded() {
-      return forwarded;
-    },
-    close: async () => {
-      const closed = new Promise((r) => server.close(r));
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
-  };
 }

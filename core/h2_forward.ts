@@ -1,0 +1,208 @@
+/**
+ * The GOAWAY-safe front of a grpc-js server (denoland/deno#36788, see
+ * `goaway_filter.ts`): grpc-js listens on an internal Unix socket that only
+ * this process uses, and every client connection reaches it through
+ * {@link forwardH2}, which removes the client's GOAWAY frames on the way and
+ * counts the connection's open streams. {@link GrpcFront} is the plain
+ * version of that listener (a Unix socket with a connection cap), used by
+ * the VM driver; the gateway's public listener (`gateway/listener.ts`) adds
+ * HTTP/1.1, TLS and per-peer limits around the same {@link forwardH2}.
+ *
+ * Closing is always by destroying sockets, never by an HTTP/2 GOAWAY: a
+ * Deno grpc-js client can itself die on a server GOAWAY.
+ *
+ * @module
+ */
+import net from "node:net";
+import { GoawayFilter, H2FrameScanner, H2StreamTracker } from "./goaway_filter.ts";
+import { errorMessage, type Logger } from "./log.ts";
+
+/**
+ * `grpc.max_concurrent_streams` of every grpc-js server we run: more
+ * streams on one connection are refused with RST_STREAM(REFUSED_STREAM).
+ * A supervisor needs one session stream plus one per open relay (its relays
+ * are capped at 32 per sandbox).
+ */
+export const MAX_CONCURRENT_STREAMS = 256;
+
+/** Options of {@link forwardH2}. */
+export interface ForwardH2Options {
+  /** The accepted client connection (may be paused; it is resumed). */
+  client: net.Socket;
+  /** Unix socket of the internal grpc-js server. */
+  innerPath: string;
+  /** Bytes already read from the client (the preface, usually). */
+  first?: Uint8Array;
+  /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
+  filterGoaway?: boolean;
+  /** Called with the number of GOAWAY frames just removed. */
+  onGoawayDropped?: (n: number) => void;
+  /** Called when the count of open streams changes. */
+  onStreams?: (open: number) => void;
+  /** Called with the internal socket as soon as it exists (to track it). */
+  onInner?: (inner: net.Socket) => void;
+}
+
+/** A forwarded connection. */
+export interface H2Link {
+  /** Streams open on it now. */
+  readonly openStreams: number;
+  /** Ends both sides at once (no GOAWAY is sent). */
+  destroy(): void;
+}
+
+/** Pipes an HTTP/2 client to the internal gRPC server, GOAWAY-filtered on the way in. */
+export function forwardH2(options: ForwardH2Options): H2Link {
+  const { client } = options;
+  const inner = net.connect({ path: options.innerPath, allowHalfOpen: true });
+  options.onInner?.(inner);
+  const tracker = new H2StreamTracker(options.onStreams);
+  const up = options.filterGoaway === false
+    ? new H2FrameScanner({ preface: true, onFrame: tracker.client })
+    : new GoawayFilter(tracker.client);
+  const down = new H2FrameScanner({ onFrame: tracker.server });
+  let droppedSeen = 0;
+  const toInner = (chunk: Uint8Array) => {
+    const out = up.push(chunk);
+    if (up.dropped !== droppedSeen) {
+      options.onGoawayDropped?.(up.dropped - droppedSeen);
+      droppedSeen = up.dropped;
+    }
+    if (out.length > 0 && !inner.write(out)) {
+      client.pause();
+      inner.once("drain", () => client.resume());
+    }
+  };
+  const teardown = () => {
+    client.destroy();
+    inner.destroy();
+  };
+  inner.on("error", teardown);
+  client.on("error", teardown);
+  inner.on("close", () => client.destroy());
+  client.on("close", () => inner.destroy());
+  if (options.first && options.first.length > 0) toInner(options.first);
+  client.on("data", toInner);
+  client.on("end", () => inner.end());
+  inner.on("end", () => client.end());
+  inner.on("data", (chunk: Uint8Array) => {
+    down.push(chunk);
+    if (!client.write(chunk)) {
+      inner.pause();
+      client.once("drain", () => inner.resume());
+    }
+  });
+  client.resume();
+  return {
+    get openStreams() {
+      return tracker.open;
+    },
+    destroy: teardown,
+  };
+}
+
+/** Options of {@link GrpcFront}. */
+export interface GrpcFrontOptions {
+  /** Unix socket clients connect to. */
+  path: string;
+  /** Unix socket of the internal grpc-js server. */
+  innerPath: string;
+  /** Most client connections open at once; more are closed at once. */
+  maxConnections: number;
+  log: Logger;
+  /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
+  filterGoaway?: boolean;
+}
+
+/** Counters of a {@link GrpcFront}. */
+export interface GrpcFrontStats {
+  /** Client connections open now. */
+  open: number;
+  /** Connections closed at once because {@link GrpcFrontOptions.maxConnections} were open. */
+  refused: number;
+  /** GOAWAY frames removed. */
+  goawaysDropped: number;
+}
+
+/** A Unix-socket listener forwarding every connection to a grpc-js server (see the module docs). */
+export class GrpcFront {
+  readonly #o: GrpcFrontOptions;
+  readonly #clients = new Set<net.Socket>();
+  readonly #sockets = new Set<net.Socket>();
+  #server?: net.Server;
+  #refused = 0;
+  #goaways = 0;
+
+  /** Creates the front; {@link listen} binds it. */
+  constructor(options: GrpcFrontOptions) {
+    this.#o = options;
+  }
+
+  /** Counters. */
+  get stats(): GrpcFrontStats {
+    return { open: this.#clients.size, refused: this.#refused, goawaysDropped: this.#goaways };
+  }
+
+  /** Binds the Unix socket (mode 0600). */
+  async listen(): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true }, (s) => this.#accept(s));
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.#o.path, () => {
+        server.removeListener("error", reject);
+        server.on(
+          "error",
+          (err) => this.#o.log.error("listener error", { error: errorMessage(err) }),
+        );
+        resolve();
+      });
+    });
+    await Deno.chmod(this.#o.path, 0o600).catch(() => {});
+  }
+
+  /** Stops listening and closes every connection at once. */
+  async close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    const closed = server
+      ? new Promise<void>((resolve) => server.close(() => resolve()))
+      : Promise.resolve();
+    for (const s of this.#sockets) s.destroy();
+    this.#sockets.clear();
+    await closed;
+  }
+
+  #track(socket: net.Socket): void {
+    this.#sockets.add(socket);
+    socket.once("close", () => this.#sockets.delete(socket));
+    socket.on("error", (err: Error) => {
+      this.#o.log.debug("connection error", { error: errorMessage(err) });
+    });
+  }
+
+  #accept(socket: net.Socket): void {
+    if (this.#clients.size >= this.#o.maxConnections) {
+      this.#refused++;
+      if (this.#refused === 1 || this.#refused % 100 === 0) {
+        this.#o.log.warn("connection limit reached; closing new connections", {
+          max: this.#o.maxConnections,
+          refused: this.#refused,
+        });
+      }
+      socket.on("error", () => {});
+      socket.destroy();
+      return;
+    }
+    this.#clients.add(socket);
+    socket.once("close", () => this.#clients.delete(socket));
+    this.#track(socket);
+    forwardH2({
+      client: socket,
+      innerPath: this.#o.innerPath,
+      filterGoaway: this.#o.filterGoaway,
+      onGoawayDropped: (n) => this.#goaways += n,
+      onInner: (inner) => this.#track(inner),
+    });
+  }
+}
