@@ -100,6 +100,8 @@ export interface SupervisorGrantParams {
   sshd: string;
   /** TLS files and host key file it reads. */
   readFiles?: readonly string[];
+  /** The cgroup v2 directory it owns for its SSH sessions (read and write). */
+  sessionCgroup?: string;
 }
 
 /** What the CLI's grants depend on. */
@@ -123,6 +125,7 @@ export const SUPERVISOR_ENV: readonly string[] = [
   "OPENSHELL_SUPERVISOR_TOKEN",
   "OPENSHELL_SUPERVISOR_TOKEN_FILE",
   "OPENSHELL_ENV_FILE",
+  "OPENSHELL_SESSION_CGROUP",
   "OPENSHELL_LOG_LEVEL",
   "OPENSHELL_LOG_FORMAT",
 ];
@@ -174,7 +177,7 @@ export function driverGrants(p: DriverGrantParams): Grants {
   };
 }
 
-/** The supervisor: one gateway host:port, its socket dir, its files, sshd. */
+/** The supervisor: one gateway host:port, its socket dir and session cgroup, its files, sshd. */
 export function supervisorGrants(p: SupervisorGrantParams): Grants {
   const socketDir = dirOf(p.socketPath);
   const isName = !/^[0-9.]+$/.test(p.gateway.host) && !p.gateway.host.includes(":");
@@ -186,8 +189,8 @@ export function supervisorGrants(p: SupervisorGrantParams): Grants {
     : [hostPortGrant(p.gateway)];
   return {
     net: [...gateway, `unix:${p.socketPath}`],
-    read: unique([socketDir, ...(p.readFiles ?? [])]),
-    write: [socketDir],
+    read: unique([socketDir, p.sessionCgroup, ...(p.readFiles ?? [])]),
+    write: unique([socketDir, p.sessionCgroup]),
     run: [p.sshd],
     env: SUPERVISOR_ENV,
     ignoreEnv: true,
@@ -282,6 +285,12 @@ export const GUEST_GATEWAY_ADDRESS = "10.0.2.100";
 export const GUEST_GATEWAY_PORT = 8080;
 /** The sshd socket inside a sandbox. */
 export const DEFAULT_SSH_SOCKET_PATH = "/run/openshell/ssh.sock";
+/**
+ * The supervisor's session cgroup directory: the guest init bind-mounts its
+ * cgroup `/sys/fs/cgroup/openshell` here, because Deno refuses any path
+ * under `/sys` without `--allow-all`.
+ */
+export const DEFAULT_SESSION_CGROUP = "/run/openshell-sessions";
 
 /**
  * Grant parameters of a production install, used by `deno task compile`
@@ -313,6 +322,7 @@ export const PRODUCTION_PARAMS: {
     socketPath: DEFAULT_SSH_SOCKET_PATH,
     sshd: "/usr/sbin/sshd",
     readFiles: ["/etc/openshell"],
+    sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
 };

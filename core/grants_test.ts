@@ -25,8 +25,8 @@ Deno.test("supervisor: exactly the gateway host:port, its socket, its dir, sshd"
     "--allow-run=/usr/sbin/sshd",
     "--allow-env=OPENSHELL_SANDBOX_ID,OPENSHELL_ENDPOINT,OPENSHELL_SSH_SOCKET_PATH," +
     "OPENSHELL_SSH_HOST_KEY,OPENSHELL_SSHD,OPENSHELL_TLS_CA,OPENSHELL_TLS_CERT,OPENSHELL_TLS_KEY," +
-    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_SUPERVISOR_TOKEN_FILE,OPENSHELL_ENV_FILE,OPENSHELL_LOG_LEVEL," +
-    "OPENSHELL_LOG_FORMAT",
+    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_SUPERVISOR_TOKEN_FILE,OPENSHELL_ENV_FILE," +
+    "OPENSHELL_SESSION_CGROUP,OPENSHELL_LOG_LEVEL,OPENSHELL_LOG_FORMAT",
     "--ignore-env",
     "--no-prompt",
   ]);
@@ -63,6 +63,17 @@ Deno.test("supervisor: TLS and key files are added to read only", () => {
   });
   assert.deepEqual(g.read, ["/run/openshell", "/etc/openshell/ca.crt"]);
   assert.deepEqual(g.write, ["/run/openshell"]);
+});
+
+Deno.test("supervisor: its session cgroup dir is read and written, nothing above it", () => {
+  const g = supervisorGrants({
+    gateway: { host: "gw", port: 443 },
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+    sessionCgroup: "/run/openshell-sessions",
+  });
+  assert.deepEqual(g.read, ["/run/openshell", "/run/openshell-sessions"]);
+  assert.deepEqual(g.write, ["/run/openshell", "/run/openshell-sessions"]);
 });
 
 Deno.test("gateway: listen address, state dir, db file, driver binary and socket", () => {
