@@ -77,7 +77,7 @@ export interface DriverGrantParams {
   runtimeDir: string;
   /** The qemu binary. */
   qemu: string;
-  /** The helper that ties each qemu to the driver's life (`setpriv`). */
+  /** The helper that starts each qemu unprivileged and tied to the driver's life (`setpriv`). */
   setpriv: string;
 }
 
@@ -165,11 +165,14 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
   };
 }
 
-/** The VM driver: its state dir and socket, the runtime dir, qemu and setpriv. */
+/**
+ * The VM driver: its state dir and socket, the runtime dir, `/etc/passwd`
+ * (to find qemu's account), qemu and setpriv.
+ */
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
     net: [`unix:${p.stateDir}/compute-driver.sock`],
-    read: unique([p.stateDir, p.runtimeDir]),
+    read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),
     write: [p.stateDir],
     run: unique([p.qemu, p.setpriv]),
     env: ["OPENSHELL_*"],

@@ -99,7 +99,7 @@ Deno.test("gateway without a driver may run nothing; port 0 grants the host", ()
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 
-Deno.test("driver: unix socket only, qemu and setpriv", () => {
+Deno.test("driver: unix socket only, its dirs, /etc/passwd (qemu's account), qemu and setpriv", () => {
   const g = driverGrants({
     stateDir: "/v",
     runtimeDir: "/rt",
@@ -108,6 +108,7 @@ Deno.test("driver: unix socket only, qemu and setpriv", () => {
   });
   assert.deepEqual(g.net, ["unix:/v/compute-driver.sock"]);
   assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);
+  assert.deepEqual(g.read, ["/v", "/rt", "/etc/passwd"]);
   assert.deepEqual(g.write, ["/v"]);
 });
 

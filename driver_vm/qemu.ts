@@ -7,6 +7,8 @@
  * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
  * hands every guest connection to the gateway alias to a forwarder program
  * (e.g. `socat - TCP:HOST:PORT`), which qemu spawns per connection.
+ * Hardening: qemu's seccomp filter (`-sandbox`, see {@link sandboxOption});
+ * the user and limits it runs with are `vm_user.ts`'s.
  *
  * @module
  */
@@ -92,6 +94,24 @@ function accelArgs(accel: Accel): string[] {
   }
 }
 
+/**
+ * qemu's seccomp filter (`-sandbox`): no obsolete system calls, no
+ * set*uid/set*gid, no scheduler or CPU-affinity changes, and no fork/exec —
+ * unless a `-netdev` still runs a forwarder program per connection
+ * (`guestfwd=…-cmd:`), which needs spawning.
+ */
+export function sandboxOption(args: readonly string[]): string {
+  const netdevs = args.filter((_, i) => args[i - 1] === "-netdev");
+  const spawns = netdevs.some((n) => /guestfwd=[^,]*-cmd:/.test(n));
+  return [
+    "on",
+    "obsolete=deny",
+    "elevateprivileges=deny",
+    `spawn=${spawns ? "allow" : "deny"}`,
+    "resourcecontrol=deny",
+  ].join(",");
+}
+
 /** The kernel command line. */
 export function kernelCommandLine(extra: readonly string[] = []): string {
   return ["console=ttyS0", "quiet", "panic=-1", ...extra].join(" ");
@@ -100,7 +120,7 @@ export function kernelCommandLine(extra: readonly string[] = []): string {
 /** The arguments after the qemu binary. */
 export function buildQemuArgs(spec: QemuSpec): string[] {
   const e = escapeOptionValue;
-  return [
+  const args = [
     "-name",
     `openshell-${spec.id}`,
     "-nodefaults",
@@ -140,13 +160,14 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "-pidfile",
     spec.pidFile,
   ];
+  return [...args, "-sandbox", sandboxOption(args)];
 }
 
 /** Arguments of the accelerator probe: boot the kernel, print a marker, power off. */
 export function buildProbeArgs(
   spec: { accel: Accel; kernel: string; initramfs: string },
 ): string[] {
-  return [
+  const args = [
     "-nodefaults",
     "-no-user-config",
     "-display",
@@ -168,4 +189,5 @@ export function buildProbeArgs(
     "-serial",
     "stdio",
   ];
+  return [...args, "-sandbox", sandboxOption(args)];
 }
