@@ -96,18 +96,23 @@ function accelArgs(accel: Accel): string[] {
 
 /**
  * qemu's seccomp filter (`-sandbox`): no obsolete system calls, no
- * set*uid/set*gid, no scheduler or CPU-affinity changes, and no fork/exec —
- * unless a `-netdev` still runs a forwarder program per connection
- * (`guestfwd=…-cmd:`), which needs spawning.
+ * scheduler or CPU-affinity changes, and — unless a `-netdev` still runs a
+ * forwarder program per connection (`guestfwd=…-cmd:`) — no fork/exec and
+ * no set*uid/set*gid/setsid/setpgid. The forwarder needs both: libslirp's
+ * child calls `setsid()` before it execs, and the filter is inherited, so
+ * `elevateprivileges=deny` would kill every forwarder. Running as an
+ * unprivileged user with `no_new_privs` is what keeps qemu from gaining
+ * privileges either way.
  */
 export function sandboxOption(args: readonly string[]): string {
   const netdevs = args.filter((_, i) => args[i - 1] === "-netdev");
   const spawns = netdevs.some((n) => /guestfwd=[^,]*-cmd:/.test(n));
+  const child = spawns ? "allow" : "deny";
   return [
     "on",
     "obsolete=deny",
-    "elevateprivileges=deny",
-    `spawn=${spawns ? "allow" : "deny"}`,
+    `elevateprivileges=${child}`,
+    `spawn=${child}`,
     "resourcecontrol=deny",
   ].join(",");
 }
