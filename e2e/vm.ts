@@ -7,11 +7,11 @@
  * and runs the smoke suite through the CLI (each role with its own grants):
  *
  * 1. `status` shows Connected;  2. `sandbox create -- echo smoke-ok`;
- * 3. `sandbox exec` streams stdout/stderr and the exit code; a process an
- *    exec leaves running (detached) is gone once the exec ended;
+ * 3. `sandbox exec` streams stdout/stderr and the exit code;
  * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command
  *    and sftp copies a file in and out;  5. `list --names` and `logs`;
- *    the guest reaches the gateway alias but no other host port;
+ *    the guest reaches the gateway alias but no other host port; a process
+ *    an exec leaves running is gone once the exec ended;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
@@ -253,32 +253,6 @@ async function main(): Promise<number> {
       check(r.stderr.includes("err"), `stderr: ${show(r)}`);
       const env = await cli(["sandbox", "exec", name, "--", "sh", "-c", "echo $SMOKE_GREETING"]);
       check(env.stdout.trim() === "set at create", `sandbox environment: ${show(env)}`);
-      // A process the exec leaves behind (own session, no terminal, output elsewhere)
-      // runs while the exec lasts and ends with it (the supervisor's session cgroup).
-      const left = await cli([
-        "sandbox",
-        "exec",
-        name,
-        "--",
-        "sh",
-        "-c",
-        "setsid nohup sleep 300 </dev/null >/dev/null 2>&1 & p=$!; sleep 0.5; " +
-        'kill -0 "$p" && echo "running $p"',
-      ]);
-      const pid = /running (\d+)/.exec(left.stdout)?.[1];
-      check(left.code === 0 && pid, `background process did not start: ${show(left)}`);
-      await waitFor(`the exec's background process ${pid} to end with it`, async () => {
-        const r = await cli([
-          "sandbox",
-          "exec",
-          name,
-          "--",
-          "sh",
-          "-c",
-          `kill -0 ${pid} || echo gone`,
-        ]);
-        return r.code === 0 && r.stdout.includes("gone") ? true : undefined;
-      }, { timeoutMs: 20_000, intervalMs: 500 });
     });
 
     await step("4. OpenSSH via ssh-proxy: command and sftp in/out", async () => {
@@ -405,6 +379,36 @@ async function main(): Promise<number> {
         );
       },
     );
+
+    await step("5d. a process an exec leaves running ends with the exec", async () => {
+      // A process the exec leaves behind (no terminal, output elsewhere, reparented to
+      // PID 1 when the exec's shell exits) runs while the exec lasts and ends with it
+      // (the supervisor's session cgroup). The guest's busybox has no nohup, and its
+      // setsid forks, which would hide the pid.
+      const left = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        'sleep 300 </dev/null >/dev/null 2>&1 & p=$!; sleep 0.5; kill -0 "$p" && echo "running $p"',
+      ]);
+      const pid = /running (\d+)/.exec(left.stdout)?.[1];
+      check(left.code === 0 && pid, `background process did not start: ${show(left)}`);
+      await waitFor(`the exec's background process ${pid} to end with it`, async () => {
+        const r = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `kill -0 ${pid} || echo gone`,
+        ]);
+        return r.code === 0 && r.stdout.includes("gone") ? true : undefined;
+      }, { timeoutMs: 20_000, intervalMs: 500 });
+    });
 
     await step(
       "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
