@@ -85,7 +85,7 @@ export interface DriverGrantParams {
   runtimeDir: string;
   /** The qemu binary. */
   qemu: string;
-  /** The helper that ties each qemu to the driver's life (`setpriv`). */
+  /** The helper that starts each qemu unprivileged and tied to the driver's life (`setpriv`). */
   setpriv: string;
 }
 
@@ -110,6 +110,8 @@ export interface SupervisorGrantParams {
   writeFiles?: readonly string[];
   /** TLS files and host key file it reads. */
   readFiles?: readonly string[];
+  /** The cgroup v2 directory it owns for its SSH sessions (read and write). */
+  sessionCgroup?: string;
 }
 
 /** What the CLI's grants depend on. */
@@ -133,6 +135,7 @@ export const SUPERVISOR_ENV: readonly string[] = [
   "OPENSHELL_SUPERVISOR_TOKEN",
   "OPENSHELL_SUPERVISOR_TOKEN_FILE",
   "OPENSHELL_ENV_FILE",
+  "OPENSHELL_SESSION_CGROUP",
   "OPENSHELL_LOG_LEVEL",
   "OPENSHELL_LOG_FORMAT",
 ];
@@ -177,7 +180,8 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
 /**
  * The VM driver: its sockets (the public one, grpc-js's internal one, the
  * path where each VM's forwarder socket is bound before it is renamed into
- * `fwd/`), the gateway, its state dir, the runtime dir, qemu and setpriv.
+ * `fwd/`), the gateway, its state dir, the runtime dir, `/etc/passwd` (to
+ * find qemu's account), qemu and setpriv.
  */
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
@@ -187,7 +191,7 @@ export function driverGrants(p: DriverGrantParams): Grants {
       `unix:${p.stateDir}/guest-fwd.sock`,
       hostPortGrant(p.gateway),
     ],
-    read: unique([p.stateDir, p.runtimeDir]),
+    read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),
     write: [p.stateDir],
     run: unique([p.qemu, p.setpriv]),
     env: ["OPENSHELL_*"],
@@ -195,7 +199,7 @@ export function driverGrants(p: DriverGrantParams): Grants {
   };
 }
 
-/** The supervisor: one gateway host:port, its socket dir, its files, sshd. */
+/** The supervisor: one gateway host:port, its socket dir and session cgroup, its files, sshd. */
 export function supervisorGrants(p: SupervisorGrantParams): Grants {
   const socketDir = dirOf(p.socketPath);
   const isName = !/^[0-9.]+$/.test(p.gateway.host) && !p.gateway.host.includes(":");
@@ -207,8 +211,8 @@ export function supervisorGrants(p: SupervisorGrantParams): Grants {
     : [hostPortGrant(p.gateway)];
   return {
     net: [...gateway, `unix:${p.socketPath}`],
-    read: unique([socketDir, ...(p.readFiles ?? [])]),
-    write: unique([socketDir, ...(p.writeFiles ?? [])]),
+    read: unique([socketDir, p.sessionCgroup, ...(p.readFiles ?? [])]),
+    write: unique([socketDir, p.sessionCgroup, ...(p.writeFiles ?? [])]),
     run: [p.sshd],
     env: SUPERVISOR_ENV,
     ignoreEnv: true,
@@ -303,6 +307,12 @@ export const GUEST_GATEWAY_ADDRESS = "10.0.2.100";
 export const GUEST_GATEWAY_PORT = 8080;
 /** The sshd socket inside a sandbox. */
 export const DEFAULT_SSH_SOCKET_PATH = "/run/openshell/ssh.sock";
+/**
+ * The supervisor's session cgroup directory: the guest init bind-mounts its
+ * cgroup `/sys/fs/cgroup/openshell` here, because Deno refuses any path
+ * under `/sys` without `--allow-all`.
+ */
+export const DEFAULT_SESSION_CGROUP = "/run/openshell-sessions";
 
 /**
  * Grant parameters of a production install, used by `deno task compile`
@@ -336,6 +346,7 @@ export const PRODUCTION_PARAMS: {
     socketPath: DEFAULT_SSH_SOCKET_PATH,
     sshd: "/usr/sbin/sshd",
     readFiles: ["/etc/openshell"],
+    sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
 };

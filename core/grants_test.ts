@@ -25,8 +25,8 @@ Deno.test("supervisor: exactly the gateway host:port, its socket, its dir, sshd"
     "--allow-run=/usr/sbin/sshd",
     "--allow-env=OPENSHELL_SANDBOX_ID,OPENSHELL_ENDPOINT,OPENSHELL_SSH_SOCKET_PATH," +
     "OPENSHELL_SSH_HOST_KEY,OPENSHELL_SSHD,OPENSHELL_TLS_CA,OPENSHELL_TLS_CERT,OPENSHELL_TLS_KEY," +
-    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_SUPERVISOR_TOKEN_FILE,OPENSHELL_ENV_FILE,OPENSHELL_LOG_LEVEL," +
-    "OPENSHELL_LOG_FORMAT",
+    "OPENSHELL_SUPERVISOR_TOKEN,OPENSHELL_SUPERVISOR_TOKEN_FILE,OPENSHELL_ENV_FILE," +
+    "OPENSHELL_SESSION_CGROUP,OPENSHELL_LOG_LEVEL,OPENSHELL_LOG_FORMAT",
     "--ignore-env",
     "--no-prompt",
   ]);
@@ -77,6 +77,17 @@ Deno.test("supervisor: a host key file it generates once is writable, nothing el
   assert.deepEqual(g.read, ["/run/openshell", "/var/lib/os/host_key"]);
 });
 
+Deno.test("supervisor: its session cgroup dir is read and written, nothing above it", () => {
+  const g = supervisorGrants({
+    gateway: { host: "gw", port: 443 },
+    socketPath: "/run/openshell/ssh.sock",
+    sshd: "/usr/sbin/sshd",
+    sessionCgroup: "/run/openshell-sessions",
+  });
+  assert.deepEqual(g.read, ["/run/openshell", "/run/openshell-sessions"]);
+  assert.deepEqual(g.write, ["/run/openshell", "/run/openshell-sessions"]);
+});
+
 Deno.test("gateway: listen address, state dir, db file, driver binary and socket", () => {
   const g = gatewayGrants({
     listen: { host: "0.0.0.0", port: 8080 },
@@ -111,7 +122,7 @@ Deno.test("gateway without a driver may run nothing; port 0 grants the host", ()
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 
-Deno.test("driver: its three unix sockets and the gateway's one address; qemu and setpriv", () => {
+Deno.test("driver: its three unix sockets, the gateway's one address, /etc/passwd, qemu and setpriv", () => {
   const g = driverGrants({
     stateDir: "/v",
     gateway: { host: "127.0.0.1", port: 8080 },
@@ -126,6 +137,7 @@ Deno.test("driver: its three unix sockets and the gateway's one address; qemu an
     "127.0.0.1:8080",
   ]);
   assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);
+  assert.deepEqual(g.read, ["/v", "/rt", "/etc/passwd"]);
   assert.deepEqual(g.write, ["/v"]);
 });
 

@@ -1,10 +1,13 @@
 /**
  * Helpers shared by the tests of every role and by the e2e: find processes
  * by a string in their command line (Linux `/proc`), check liveness, wait
- * for a condition that has no event to await, pick a free port.
+ * for a condition that has no event to await, pick a free port, and probe
+ * what a role's exact grants let it do.
  *
  * @module
  */
+import { type Grants, renderFlags } from "./grants.ts";
+import { REPO_ROOT } from "./launcher.ts";
 
 /** A process whose command line matched. */
 export interface ProcInfo {
@@ -87,4 +90,52 @@ export function freePort(): number {
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
   return port;
+}
+
+/** One thing {@link probeGrants} tries; `name` keys its outcome. */
+export type GrantAttempt =
+  & { name: string }
+  & (
+    | { op: "listen" | "listen-node" | "connect" | "connect-node"; host: string; port: number }
+    | { op: "listen-unix" | "connect-unix" | "read" | "write"; path: string }
+    | { op: "spawn"; cmd: string; args?: string[] }
+    | { op: "env"; var: string }
+    | { op: "sys" }
+  );
+
+/**
+ * Runs `core/testdata/grants_probe.ts` through `deno run` with exactly the
+ * permission flags `renderFlags(grants)` gives a role (the flags its
+ * launcher and compiled binary get), tries every attempt, and resolves with
+ * `{ name: outcome }`: `"ok"`, `"NotCapable"`, `"unset"` (an env variable
+ * hidden by `--ignore-env`) or `"<Error>: <message>"`. `env` is the probe's
+ * whole environment.
+ */
+export async function probeGrants(
+  grants: Grants,
+  attempts: readonly GrantAttempt[],
+  env: Record<string, string> = {},
+): Promise<Record<string, string>> {
+  const names = new Set(attempts.map((a) => a.name));
+  if (names.size !== attempts.length) throw new Error("probeGrants: attempt names must differ");
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      `--config=${REPO_ROOT}/deno.json`,
+      ...renderFlags(grants),
+      `${REPO_ROOT}/core/testdata/grants_probe.ts`,
+      JSON.stringify(attempts),
+    ],
+    clearEnv: true,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new Error(`grants probe failed (${out.code}): ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return JSON.parse(text);
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { alive, findProcesses, freePort, waitFor } from "./testing.ts";
+import { alive, findProcesses, freePort, probeGrants, waitFor } from "./testing.ts";
 
 Deno.test("waitFor returns the first value that is not undefined or false", async () => {
   let n = 0;
@@ -45,4 +45,26 @@ Deno.test("process helpers see a child come and go", async () => {
   assert.equal(await alive(child.pid), false);
   const port = freePort();
   assert.ok(port > 0 && port < 65536);
+});
+
+Deno.test("probeGrants: runs the probe with exactly the given flags; names must differ", async () => {
+  const none = { net: [], read: [], write: [], run: [], env: [], ignoreEnv: true } as const;
+  const results = await probeGrants(none, [
+    { name: "spawn", op: "spawn", cmd: "/bin/true" },
+    { name: "read", op: "read", path: "/etc/hostname" },
+    { name: "env", op: "env", var: "HOME" },
+  ], { HOME: "/root" });
+  assert.deepEqual(results, { spawn: "NotCapable", read: "NotCapable", env: "unset" });
+  const some = { ...none, run: ["/bin/true"], env: ["HOME"] };
+  assert.deepEqual(
+    await probeGrants(some, [
+      { name: "spawn", op: "spawn", cmd: "/bin/true" },
+      { name: "env", op: "env", var: "HOME" },
+    ], { HOME: "/root" }),
+    { spawn: "ok", env: "ok" },
+  );
+  await assert.rejects(
+    probeGrants(none, [{ name: "x", op: "sys" }, { name: "x", op: "sys" }]),
+    /names must differ/,
+  );
 });

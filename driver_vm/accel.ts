@@ -62,7 +62,8 @@ export function decideAccel(choice: AccelChoice, facts: AccelFacts): AccelDecisi
 /** How the probe runs (injected, so tests need no qemu). */
 export interface ProbeOptions {
   qemu: string;
-  setpriv: string;
+  /** What runs qemu, as for a VM (`runAsPrefix` of `vm_user.ts`); empty = qemu itself. */
+  prefix: readonly string[];
   kernel: string;
   initramfs: string;
   /** Give up after this long; default 8000 ms (a KVM boot takes well under 2 s). */
@@ -75,14 +76,13 @@ export async function probeKvm(options: ProbeOptions): Promise<ProbeVerdict> {
   const timeoutMs = options.timeoutMs ?? 8000;
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(options.setpriv, {
-      args: [
-        "--pdeathsig",
-        "KILL",
-        "--",
-        options.qemu,
-        ...buildProbeArgs({ accel: "kvm", kernel: options.kernel, initramfs: options.initramfs }),
-      ],
+    const [exe, ...args] = [
+      ...options.prefix,
+      options.qemu,
+      ...buildProbeArgs({ accel: "kvm", kernel: options.kernel, initramfs: options.initramfs }),
+    ];
+    child = new Deno.Command(exe, {
+      args,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

@@ -65,7 +65,11 @@ Deno.test("accel: the KVM probe reads the guest's marker, qemu's error, or times
     await Deno.writeTextFile(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
     return path;
   };
-  const base = { setpriv: "/usr/bin/setpriv", kernel: "/k", initramfs: "/i" };
+  const base = {
+    prefix: ["/usr/bin/setpriv", "--no-new-privs", "--pdeathsig", "KILL", "--"],
+    kernel: "/k",
+    initramfs: "/i",
+  };
   try {
     const ok = await probeKvm({
       ...base,

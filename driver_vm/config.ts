@@ -13,11 +13,18 @@ import {
 import { parseArgs } from "node:util";
 import { PRODUCTION_PARAMS } from "../core/grants.ts";
 import { type LogLevel, parseLogLevel } from "../core/log.ts";
+import { DEFAULT_VM_USER } from "./vm_user.ts";
 
 /** Accelerator choices. */
 export type AccelChoice = "auto" | "kvm" | "hvf" | "tcg";
 /** A concrete accelerator. */
 export type Accel = Exclude<AccelChoice, "auto">;
+
+/**
+ * The `prlimit` qemu's limits are set with. setpriv execs it (Deno does
+ * not), so the driver needs no grant for it.
+ */
+export const DEFAULT_PRLIMIT = "/usr/bin/prlimit";
 
 /** A validated driver configuration. */
 export interface DriverConfig {
@@ -33,8 +40,12 @@ export interface DriverConfig {
   logLevel: LogLevel;
   /** qemu binary. */
   qemu: string;
-  /** setpriv binary (parent-death signal for each qemu). */
+  /** setpriv binary (user, no-new-privs and parent-death signal for each qemu). */
   setpriv: string;
+  /** prlimit binary (resource limits for each qemu). */
+  prlimit: string;
+  /** The account qemu runs as when the driver is root. */
+  vmUser: string;
   /** Host program qemu runs per guest connection to reach the VM's forwarder socket (socat). */
   forwarder: string;
   /** Open connections per VM to the gateway at most. */
@@ -90,6 +101,16 @@ const OPTIONS: readonly Opt[] = [
     flag: "setpriv",
     env: "OPENSHELL_VM_SETPRIV",
     help: `setpriv (default ${PRODUCTION_PARAMS.driver.setpriv})`,
+  },
+  {
+    flag: "prlimit",
+    env: "OPENSHELL_VM_PRLIMIT",
+    help: `prlimit (default ${DEFAULT_PRLIMIT})`,
+  },
+  {
+    flag: "vm-user",
+    env: "OPENSHELL_VM_USER",
+    help: `unprivileged account qemu runs as when the driver is root (default ${DEFAULT_VM_USER})`,
   },
   {
     flag: "forwarder",
@@ -253,6 +274,15 @@ export function parseDriverConfig(
   }
   const q = get("qemu");
   const sp = get("setpriv");
+  const pl = get("prlimit");
+  const vu = get("vm-user");
+  const vmUser = vu?.value.trim() || DEFAULT_VM_USER;
+  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(vmUser) || vmUser === "root") {
+    throw new DriverConfigError(
+      `${vu!.what} must name an unprivileged account (lower-case letters, digits, _ or -), ` +
+        `got "${vu!.value}"`,
+    );
+  }
   const fw = get("forwarder");
   const forwarder = fw?.value.trim() || "socat";
   if (!/^[A-Za-z0-9_./-]+$/.test(forwarder)) {
@@ -273,6 +303,8 @@ export function parseDriverConfig(
       logLevel,
       qemu: q ? absolute(q.what, q.value) : PRODUCTION_PARAMS.driver.qemu,
       setpriv: sp ? absolute(sp.what, sp.value) : PRODUCTION_PARAMS.driver.setpriv,
+      prlimit: pl ? absolute(pl.what, pl.value) : DEFAULT_PRLIMIT,
+      vmUser,
       forwarder,
       maxGuestConnections: mg ? positiveInt(mg.what, mg.value, 1024) : 8,
       allowEgress: values["allow-egress"] === true,

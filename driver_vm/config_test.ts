@@ -20,6 +20,8 @@ Deno.test("config: defaults", () => {
   assert.equal(c.logLevel, "info");
   assert.equal(c.qemu, "/usr/bin/qemu-system-x86_64");
   assert.equal(c.setpriv, "/usr/bin/setpriv");
+  assert.equal(c.prlimit, "/usr/bin/prlimit");
+  assert.equal(c.vmUser, "openshell-vm");
   assert.equal(c.forwarder, "socat");
   assert.equal(c.maxGuestConnections, 8);
   assert.equal(c.allowEgress, false);
@@ -42,9 +44,26 @@ Deno.test("config: every flag, and flags win over their env twins", () => {
     "/opt/q",
     "--max-guest-connections",
     "3",
+    "--prlimit",
+    "/opt/prlimit",
+    "--vm-user",
+    "qemu-vms",
     "--allow-egress",
   ], (n) => env[n]);
   assert.equal(c.maxGuestConnections, 3);
+  assert.equal(c.prlimit, "/opt/prlimit");
+  assert.equal(c.vmUser, "qemu-vms");
+  assert.equal(
+    run(base, (n) => ({ OPENSHELL_VM_USER: "vmz" } as Record<string, string>)[n]).vmUser,
+    "vmz",
+  );
+  for (const bad of ["root", "Bad", "a b", "x:y", "9x"]) {
+    assert.throws(
+      () => run([...base, "--vm-user", bad]),
+      /--vm-user must name an unprivileged account/,
+      bad,
+    );
+  }
   assert.equal(c.runtimeDir, "/rt");
   assert.equal(c.accel, "tcg");
   assert.equal(c.vcpus, 8); // from the env twin

@@ -30,6 +30,7 @@ import {
   GuestForwarders,
 } from "./guest_forwarder.ts";
 import type { FwCfgFile, QemuSpec } from "./qemu.ts";
+import { giveFile, shareDir, type VmUser } from "./vm_user.ts";
 
 /** Name reported by GetCapabilities. */
 export const DRIVER_NAME = "openshell-driver-vm";
@@ -78,6 +79,14 @@ export interface VmDriverOptions {
   /** The user qemu runs as, when not the driver's own: it must reach the forwarder sockets. */
   forwarderOwner?: { uid: number; gid: number };
   allowEgress: boolean;
+  /**
+   * The unprivileged account qemu runs as (the driver is root): the files
+   * qemu uses become its own, their directories reachable by its group
+   * only (see `vm_user.ts`). Absent: qemu runs as the driver; all stays 0700.
+   */
+  vmUser?: VmUser;
+  /** The runtime files qemu boots from (e.g. copies it can read); default `runtime`. */
+  bootRuntime?: () => Promise<RuntimeFiles>;
   log: Logger;
   /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
   stopGraceMs?: number;
@@ -323,6 +332,16 @@ export class VmDriver {
     }
   }
 
+  /** Lets qemu's account reach `dir` (root mode only). */
+  async #share(dir: string): Promise<void> {
+    if (this.#o.vmUser) await shareDir(dir, this.#o.vmUser);
+  }
+
+  /** Gives qemu's account the file it reads or writes (root mode only). */
+  async #give(file: string): Promise<void> {
+    if (this.#o.vmUser) await giveFile(file, this.#o.vmUser);
+  }
+
   async #writeGuestFiles(sandbox: Wire<DriverSandbox>, dir: string): Promise<FwCfgFile[]> {
     const spec = sandbox.spec!;
     const env: Record<string, string> = {};
@@ -331,10 +350,12 @@ export class VmDriver {
     const prov = splitProvisioning(env);
     const guest = `${dir}/guest`;
     await Deno.mkdir(guest, { mode: 0o700 });
+    await this.#share(guest);
     const files: FwCfgFile[] = [];
     const put = async (f: { fwcfg: string }, content: string) => {
       const path = `${guest}/${f.fwcfg}`;
       await Deno.writeTextFile(path, content, { mode: 0o600 });
+      await this.#give(path);
       files.push({ name: f.fwcfg, file: path });
     };
     await put(
@@ -388,13 +409,20 @@ export class VmDriver {
     try {
       await this.#checkRuntime();
       await Deno.mkdir(this.#sandboxesDir(), { recursive: true, mode: 0o700 });
+      await this.#share(this.#sandboxesDir());
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       await Deno.mkdir(dir, { mode: 0o700 });
+      await this.#share(dir);
       const fwCfg = await this.#writeGuestFiles(sandbox!, dir);
       await Deno.writeTextFile(`${dir}/console.log`, "");
+      await this.#give(`${dir}/console.log`);
+      // qemu cannot create files in a directory it does not own: it fills this one.
+      await Deno.writeTextFile(`${dir}/qemu.pid`, "");
+      await this.#give(`${dir}/qemu.pid`);
       this.#publish(r);
       published = true;
       const accel = await this.#o.accel();
+      const boot = this.#o.bootRuntime ? await this.#o.bootRuntime() : this.#o.runtime;
       if (r.deleting || this.#closing) {
         throw new StatusError(Code.ABORTED, "sandbox deleted while starting");
       }
@@ -404,9 +432,9 @@ export class VmDriver {
         accel,
         vcpus: this.#o.vcpus,
         memMib: this.#o.memMib,
-        kernel: this.#o.runtime.kernel,
-        initramfs: this.#o.runtime.initramfs,
-        disk: this.#o.runtime.disk,
+        kernel: boot.kernel,
+        initramfs: boot.initramfs,
+        disk: boot.disk,
         consoleLog: `${dir}/console.log`,
         pidFile: `${dir}/qemu.pid`,
         fwCfg,

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
 import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
-import { consoleLines, validateSandbox, VmDriver } from "./driver.ts";
+import { consoleLines, validateSandbox, VmDriver, type VmDriverOptions } from "./driver.ts";
 import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
 import { waitFor } from "../core/testing.ts";
 
@@ -14,7 +14,9 @@ interface Fixture {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-async function fixture(options: { stopGraceMs?: number } = {}): Promise<Fixture> {
+async function fixture(
+  options: { stopGraceMs?: number; vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime"> } = {},
+): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
   const runtime = await fakeRuntime(`${dir}/rt`);
   const launcher = new FakeLauncher();
@@ -32,6 +34,7 @@ async function fixture(options: { stopGraceMs?: number } = {}): Promise<Fixture>
     log: memoryLogger().log,
     stopGraceMs: options.stopGraceMs ?? 50,
     consolePollMs: 20,
+    ...options.vm,
   });
   const events: WatchSandboxesEvent[] = [];
   const unwatch = driver.watch((e) => events.push(e));
@@ -277,4 +280,40 @@ Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => 
 
 Deno.test("driver: consoleLines strips escapes and blank lines", () => {
   assert.deepEqual(consoleLines("\x1b[?7l\x1b[2Ja\r\n\n  \nb  "), ["a", "b"]);
+});
+
+Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async () => {
+  const isRoot = Deno.uid() === 0;
+  const vmUser = { name: "nobody", uid: 65534, gid: 65534 };
+  let boots = 0;
+  await using f = await fixture({
+    vm: {
+      vmUser: isRoot ? vmUser : undefined,
+      bootRuntime: () => {
+        boots++;
+        return Promise.resolve({ kernel: "/copy/vmlinuz", initramfs: "/copy/i", disk: "/copy/d" });
+      },
+    },
+  });
+  await f.driver.create(sandbox("sb-own"));
+  const spec = f.launcher.vms[0].spec;
+  assert.deepEqual([spec.kernel, spec.initramfs, spec.disk], [
+    "/copy/vmlinuz",
+    "/copy/i",
+    "/copy/d",
+  ]);
+  assert.equal(boots, 1);
+  const sdir = `${f.dir}/state/sandboxes/sb-own`;
+  assert.equal(spec.pidFile, `${sdir}/qemu.pid`);
+  assert.equal(await Deno.readTextFile(spec.pidFile), "", "qemu's pid file exists before qemu");
+  if (isRoot) {
+    for (const file of [spec.consoleLog, spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
+      const st = await Deno.stat(file);
+      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
+    }
+    for (const d of [`${f.dir}/state/sandboxes`, sdir, `${sdir}/guest`]) {
+      const st = await Deno.stat(d);
+      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
+    }
+  }
 });

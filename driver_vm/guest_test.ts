@@ -10,7 +10,12 @@ Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", ()
   });
   assert.equal(guestEndpoint(false), "http://gateway.openshell.internal:8080");
   assert.match(text, /^OPENSHELL_ENDPOINT=http:\/\/gateway\.openshell\.internal:8080$/m);
-  const secure = renderGuestConfig({ sandboxId: "s", sandboxName: "n", logLevel: "info", tls: true });
+  const secure = renderGuestConfig({
+    sandboxId: "s",
+    sandboxName: "n",
+    logLevel: "info",
+    tls: true,
+  });
   assert.match(secure, /^OPENSHELL_ENDPOINT=https:\/\/gateway\.openshell\.internal:8080$/m);
   assert.match(text, /^OPENSHELL_SANDBOX_ID=sb-1$/m);
   assert.match(text, /^OPENSHELL_SANDBOX='it'"'"'s \$\(rm -rf \/\)'$/m);
@@ -19,7 +24,12 @@ Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", ()
 
 Deno.test("guest config: sourcing it in sh gives back the exact values", async () => {
   const name = `we'ird "name" $HOME \`x\``;
-  const text = renderGuestConfig({ sandboxId: "sb-2", sandboxName: name, logLevel: "info", tls: false });
+  const text = renderGuestConfig({
+    sandboxId: "sb-2",
+    sandboxName: name,
+    logLevel: "info",
+    tls: false,
+  });
   const out = await new Deno.Command("sh", {
     args: ["-c", `${text}\nprintf %s "$OPENSHELL_SANDBOX"`],
     stdout: "piped",

@@ -1,25 +1,33 @@
 /**
- * The real VM launcher: `setpriv --pdeathsig KILL -- qemu …` so each qemu
- * dies with the driver process (Linux parent-death signal; `setpriv` execs
- * qemu, so the pid we hold is qemu's). qemu's own stdout/stderr (errors
- * such as a missing disk) are appended to the sandbox's console log.
+ * The real VM launcher: `setpriv [--reuid … --init-groups] --no-new-privs
+ * --pdeathsig KILL -- prlimit … -- qemu …` (see `vm_user.ts`), so each qemu
+ * runs unprivileged, within limits, and dies with the driver process (Linux
+ * parent-death signal; both helpers exec, so the pid we hold is qemu's).
+ * qemu's own stdout/stderr (errors such as a missing disk) are appended to
+ * the sandbox's console log.
  *
  * @module
  */
 import type { Launcher, VmHandle } from "./driver.ts";
 import { buildQemuArgs, type QemuSpec } from "./qemu.ts";
+import { type RunAs, runAsPrefix, vmLimits } from "./vm_user.ts";
 
 /** Options of {@link QemuLauncher}. */
 export interface QemuLauncherOptions {
   qemu: string;
-  /** setpriv binary; on macOS (no setpriv) the driver's parent watch is the only guard. */
-  setpriv?: string;
+  /**
+   * Helpers and account (Linux); absent (macOS: no setpriv) = qemu runs as
+   * the driver, and the driver's parent watch is the only guard.
+   */
+  runAs?: RunAs;
 }
 
 /** The command (executable + args) that starts one VM. */
 export function launchCommand(options: QemuLauncherOptions, spec: QemuSpec): string[] {
   const qemu = [options.qemu, ...buildQemuArgs(spec)];
-  return options.setpriv ? [options.setpriv, "--pdeathsig", "KILL", "--", ...qemu] : qemu;
+  if (!options.runAs) return qemu;
+  const limits = vmLimits(spec, { dedicatedUser: options.runAs.user !== undefined });
+  return [...runAsPrefix(options.runAs, limits), ...qemu];
 }
 
 async function appendOutput(stream: ReadableStream<Uint8Array>, path: string): Promise<void> {

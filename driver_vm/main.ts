@@ -8,6 +8,10 @@
  * when it is gone, kills its VMs and exits. SIGTERM/SIGINT stop the VMs and
  * exit cleanly.
  *
+ * Run as root, it runs every qemu as `--vm-user` (see `vm_user.ts`) and
+ * refuses to start, in one line naming the command, when that account is
+ * missing.
+ *
  * @module
  */
 import { hostPortGrant } from "../core/grants.ts";
@@ -27,6 +31,17 @@ import { type RuntimeFiles, VmDriver } from "./driver.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
 import { serveDriver } from "./server.ts";
+import {
+  ownIds,
+  resolveVmUser,
+  type RunAs,
+  runAsPrefix,
+  shareDir,
+  stageRuntime,
+  vmLimits,
+  type VmUser,
+  VmUserError,
+} from "./vm_user.ts";
 
 /** How often the parent process is checked. */
 const PARENT_POLL_MS = 500;
@@ -58,6 +73,7 @@ function kvmDevicePossible(): boolean {
 async function resolveAccel(
   config: DriverConfig,
   runtime: RuntimeFiles,
+  probe: { runAs?: RunAs; boot: () => Promise<RuntimeFiles> },
   log: Logger,
 ): Promise<Accel> {
   const facts = { os: Deno.build.os, kvmDevice: kvmDevicePossible() };
@@ -82,11 +98,13 @@ async function resolveAccel(
     let verdict = key ? await readProbeCache(cache, key) : undefined;
     const cached = verdict !== undefined;
     if (!verdict) {
+      const boot = await probe.boot();
+      const limits = vmLimits({ memMib: 256, vcpus: 1 }, { dedicatedUser: !!probe.runAs?.user });
       verdict = await probeKvm({
         qemu: config.qemu,
-        setpriv: config.setpriv,
-        kernel: runtime.kernel,
-        initramfs: runtime.initramfs,
+        prefix: probe.runAs ? runAsPrefix(probe.runAs, limits) : [],
+        kernel: boot.kernel,
+        initramfs: boot.initramfs,
       });
       if (key) await writeProbeCache(cache, key, verdict).catch(() => {});
     }
@@ -155,18 +173,47 @@ export async function main(args: readonly string[]): Promise<number> {
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   await removeStaleSandboxes(config.stateDir, log);
   const runtime = runtimeFiles(config.runtimeDir);
+
+  // Who qemu runs as: a dedicated account when we are root, else ourselves.
+  const linux = Deno.build.os === "linux";
+  let vmUser: VmUser | undefined;
+  const me = await ownIds(config.stateDir);
+  if (linux && me.uid === 0) {
+    try {
+      vmUser = await resolveVmUser(config.vmUser);
+    } catch (err) {
+      if (!(err instanceof VmUserError)) throw err;
+      console.error(`openshell-driver-vm: ${err.message}`);
+      return 1;
+    }
+    await shareDir(config.stateDir, vmUser);
+    log.info("qemu runs unprivileged", { user: vmUser.name, uid: vmUser.uid, gid: vmUser.gid });
+  } else {
+    log.info("qemu runs as the driver's own user (the driver is not root)", { uid: me.uid });
+  }
+  const runAs: RunAs | undefined = linux
+    ? { setpriv: config.setpriv, prlimit: config.prlimit, user: vmUser }
+    : undefined;
+  let staged: Promise<RuntimeFiles> | undefined;
+  const boot = (): Promise<RuntimeFiles> => {
+    if (!vmUser) return Promise.resolve(runtime);
+    const user = vmUser;
+    const copying = staged ??
+      (staged = stageRuntime(runtime, `${config.stateDir}/runtime`, user).catch((err) => {
+        staged = undefined;
+        throw err;
+      }));
+    return copying;
+  };
   let accelPromise: Promise<Accel> | undefined;
   const accel = () => {
-    accelPromise ??= resolveAccel(config, runtime, log);
+    accelPromise ??= resolveAccel(config, runtime, { runAs, boot }, log);
     return accelPromise;
   };
   const driver = new VmDriver({
     stateDir: config.stateDir,
     runtime,
-    launcher: new QemuLauncher({
-      qemu: config.qemu,
-      setpriv: Deno.build.os === "linux" ? config.setpriv : undefined,
-    }),
+    launcher: new QemuLauncher({ qemu: config.qemu, runAs }),
     accel,
     vcpus: config.vcpus,
     memMib: config.memMib,
@@ -175,6 +222,10 @@ export async function main(args: readonly string[]): Promise<number> {
     forwarder: config.forwarder,
     maxGuestConnections: config.maxGuestConnections,
     allowEgress: config.allowEgress,
+    vmUser,
+    // qemu's forwarder (socat) runs as the VM user and must reach the VM's socket.
+    forwarderOwner: vmUser ? { uid: vmUser.uid, gid: vmUser.gid } : undefined,
+    bootRuntime: vmUser ? boot : undefined,
     log,
   });
   const socket = socketPath(config.stateDir);
@@ -183,6 +234,8 @@ export async function main(args: readonly string[]): Promise<number> {
     log,
     filterGoaway: Deno.env.get("OPENSHELL_UNSAFE_KEEP_GOAWAY") !== "1",
   });
+  // The state dir is reachable by qemu's group: only root may use the socket.
+  await Deno.chmod(socket, 0o600);
   log.info("listening", {
     socket: `unix:${socket}`,
     gateway: `${config.endpoint.host}:${config.endpoint.port}`,

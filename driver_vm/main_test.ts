@@ -10,6 +10,22 @@ import { ComputeDriverClient } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
 import { alive, waitFor } from "../core/testing.ts";
 import { fakeRuntime } from "./testing.ts";
+import { parsePasswd } from "./vm_user.ts";
+
+/** Run as root, the driver runs qemu as this account (present on every Debian). */
+const VM_USER = "nobody";
+const isRoot = Deno.uid() === 0;
+const vmUser = parsePasswd(await Deno.readTextFile("/etc/passwd"), VM_USER)!;
+
+function owner(path: string): { uid: number; gid: number; mode: number } {
+  const st = Deno.statSync(path);
+  return { uid: st.uid!, gid: st.gid!, mode: (st.mode ?? 0) & 0o7777 };
+}
+
+async function uidOf(pid: number): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  return Number(/^Uid:\s+(\d+)/m.exec(status)![1]);
+}
 
 type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
@@ -50,11 +66,13 @@ interface SetupOptions {
 
 async function setup(options: SetupOptions = {}): Promise<Setup> {
   const dir = await Deno.makeTempDir({ prefix: "vmmain" });
+  // qemu's account must reach the fake qemu (and the state dir) below it.
+  await Deno.chmod(dir, 0o755);
   const state = `${dir}/state`;
   const rt = `${dir}/rt`;
   await fakeRuntime(rt);
   const qemu = `${dir}/fake-qemu`;
-  const body = options.qemu ?? 'echo "fake qemu started"\nexec sleep 600\n';
+  const body = options.qemu ?? 'echo "fake qemu started: $*"\nexec sleep 600\n';
   await Deno.writeTextFile(qemu, `#!/bin/sh\nDIR=${dir}\n${body}`, { mode: 0o755 });
   const gatewayPort = options.gatewayPort ?? 9;
   await Deno.mkdir(state);
@@ -68,7 +86,6 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       setpriv: "/usr/bin/setpriv",
     }),
     [
-      ...(options.args ?? []),
       "--state-dir",
       state,
       "--openshell-endpoint",
@@ -79,6 +96,9 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       "tcg",
       "--qemu",
       qemu,
+      "--vm-user",
+      VM_USER,
+      ...(options.args ?? []),
     ],
   );
   const client = () =>
@@ -128,6 +148,29 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
         (await Deno.readTextFile(console1)).includes("qemu: fake qemu started") ? true : undefined,
       { ignoreErrors: true },
     );
+
+    if (isRoot) {
+      // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but not change.
+      assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
+      const sb = `${s.state}/sandboxes/sb-1`;
+      for (const f of [`${sb}/console.log`, `${sb}/qemu.pid`, `${sb}/guest/config`]) {
+        assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
+      }
+      for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
+        assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
+      }
+      assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
+      // The fake qemu printed its arguments into the console log.
+      assert.ok(
+        (await Deno.readTextFile(console1)).includes(`file=${s.state}/runtime/guest.img,`),
+        "boots the staged runtime copy",
+      );
+      assert.deepEqual(owner(`${s.state}/runtime/guest.img`), {
+        uid: 0,
+        gid: vmUser.gid,
+        mode: 0o640,
+      });
+    }
 
     const pid2 = await s.create("sb-2", c);
     Deno.kill(pid2, "SIGKILL");
@@ -273,6 +316,7 @@ Deno.test("driver process: when its parent dies it kills its qemus and exits", a
 
 Deno.test("driver process: auto accelerator probes once, logs which and why, caches the verdict", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmaccel" });
+  await Deno.chmod(dir, 0o755);
   const state = `${dir}/state`;
   const rt = `${dir}/rt`;
   const qemu = `${dir}/fake-qemu`;
@@ -307,6 +351,8 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
       rt,
       "--qemu",
       qemu,
+      "--vm-user",
+      VM_USER,
     ],
   );
   const runOnce = async (): Promise<string> => {
@@ -341,4 +387,26 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "driver process (root): a missing VM user stops it at start, naming the command",
+  ignore: !isRoot,
+  async fn() {
+    const s = await setup({ args: ["--vm-user", "openshell-no-such-user"] });
+    try {
+      const out = await spawn(s.argv).output();
+      const stderr = new TextDecoder().decode(out.stderr).trim();
+      assert.equal(out.code, 1, stderr);
+      assert.equal(
+        stderr,
+        'openshell-driver-vm: qemu runs as the unprivileged user "openshell-no-such-user", ' +
+          "which does not exist; create it with: useradd --system --no-create-home " +
+          "--home-dir /nonexistent --shell /usr/sbin/nologin openshell-no-such-user " +
+          "(or run deno task vm:setup as root, or pass --vm-user NAME)",
+      );
+    } finally {
+      await Deno.remove(s.dir, { recursive: true });
+    }
+  },
 });

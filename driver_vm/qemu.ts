@@ -9,6 +9,8 @@
  * (`socat - UNIX-CONNECT:<socket>`), which qemu spawns per connection; the
  * socket is the VM's own, served by the driver with a connection cap
  * (`guest_forwarder.ts`, which also says why not a chardev).
+ * Hardening: qemu's seccomp filter (`-sandbox`, see {@link sandboxOption});
+ * the user and limits it runs with are `vm_user.ts`'s.
  *
  * @module
  */
@@ -96,6 +98,29 @@ function accelArgs(accel: Accel): string[] {
   }
 }
 
+/**
+ * qemu's seccomp filter (`-sandbox`): no obsolete system calls, no
+ * scheduler or CPU-affinity changes, and — unless a `-netdev` still runs a
+ * forwarder program per connection (`guestfwd=…-cmd:`) — no fork/exec and
+ * no set*uid/set*gid/setsid/setpgid. The forwarder needs both: libslirp's
+ * child calls `setsid()` before it execs, and the filter is inherited, so
+ * `elevateprivileges=deny` would kill every forwarder. Running as an
+ * unprivileged user with `no_new_privs` is what keeps qemu from gaining
+ * privileges either way.
+ */
+export function sandboxOption(args: readonly string[]): string {
+  const netdevs = args.filter((_, i) => args[i - 1] === "-netdev");
+  const spawns = netdevs.some((n) => /guestfwd=[^,]*-cmd:/.test(n));
+  const child = spawns ? "allow" : "deny";
+  return [
+    "on",
+    "obsolete=deny",
+    `elevateprivileges=${child}`,
+    `spawn=${child}`,
+    "resourcecontrol=deny",
+  ].join(",");
+}
+
 /** The kernel command line. */
 export function kernelCommandLine(extra: readonly string[] = []): string {
   return ["console=ttyS0", "quiet", "panic=-1", ...extra].join(" ");
@@ -104,7 +129,7 @@ export function kernelCommandLine(extra: readonly string[] = []): string {
 /** The arguments after the qemu binary. */
 export function buildQemuArgs(spec: QemuSpec): string[] {
   const e = escapeOptionValue;
-  return [
+  const args = [
     "-name",
     `openshell-${spec.id}`,
     "-nodefaults",
@@ -144,13 +169,14 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "-pidfile",
     spec.pidFile,
   ];
+  return [...args, "-sandbox", sandboxOption(args)];
 }
 
 /** Arguments of the accelerator probe: boot the kernel, print a marker, power off. */
 export function buildProbeArgs(
   spec: { accel: Accel; kernel: string; initramfs: string },
 ): string[] {
-  return [
+  const args = [
     "-nodefaults",
     "-no-user-config",
     "-display",
@@ -172,4 +198,5 @@ export function buildProbeArgs(
     "-serial",
     "stdio",
   ];
+  return [...args, "-sandbox", sandboxOption(args)];
 }

@@ -6,6 +6,7 @@ import {
   forwarderCommand,
   netdevOption,
   type QemuSpec,
+  sandboxOption,
 } from "./qemu.ts";
 
 const spec: QemuSpec = {
@@ -95,4 +96,25 @@ Deno.test("qemu: the probe boots with the marker flag and serial on stdio", () =
   assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1 openshell.probe"]);
   assert.deepEqual(after(args, "-serial"), ["stdio"]);
   assert.deepEqual(after(args, "-accel"), ["kvm"]);
+});
+
+Deno.test("qemu: seccomp sandbox on; spawning (and setsid) allowed only for a cmd: forwarder", () => {
+  const allow = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny";
+  const deny = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+  // Today's guestfwd runs a forwarder program per connection: qemu must fork, setsid and exec it.
+  assert.deepEqual(after(buildQemuArgs(spec), "-sandbox"), [allow]);
+  // Nothing to spawn (the probe; a forward to a chardev socket): no fork/exec, no set*id at all.
+  assert.deepEqual(
+    after(buildProbeArgs({ accel: "kvm", kernel: "/k", initramfs: "/i" }), "-sandbox"),
+    [deny],
+  );
+  assert.equal(
+    sandboxOption(["-netdev", "user,id=net0,guestfwd=tcp:10.0.2.100:8080-chardev:gw"]),
+    deny,
+  );
+  // Only a -netdev value counts, not a path that happens to contain "-cmd:".
+  assert.equal(
+    sandboxOption(["-chardev", "file,id=c,path=/x/guestfwd=a-cmd:b", "-netdev", "user,id=n"]),
+    deny,
+  );
 });

@@ -10,11 +10,15 @@
  * 3. `sandbox exec` streams stdout/stderr and the exit code;
  * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command
  *    and sftp copies a file in and out;  5. `list --names` and `logs`;
- *    the guest reaches the gateway alias but no other host port; a dropped
- *    connection is re-dialled; the driver carries at most 8 per VM;
- * 6. killing the sandbox's qemu → ERROR / ProcessExited;
+ *    the guest reaches the gateway alias but no other host port; from inside
+ *    a guest the user API is refused and another sandbox unreachable; a
+ *    dropped connection is re-dialled; the driver carries at most 8 per VM;
+ *    a process an exec leaves running is gone once the exec ended;
+ * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
+ *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
- * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu.
+ * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu;
+ * 9. a plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete.
  *
  * Prints the wall time of each step; on failure prints the gateway logs and
  * every console log and keeps the state dir. Writes a JSON report to
@@ -128,6 +132,8 @@ async function main(): Promise<number> {
 
   // A short base dir: the driver socket path must stay under the Unix limit.
   const base = await Deno.makeTempDir({ dir: "/tmp", prefix: "osvm" });
+  // qemu's unprivileged account must reach the driver's state dir below it.
+  await Deno.chmod(base, 0o711);
   const S = `${base}/gw`;
   const V = `${base}/vm`;
   const D = `${base}/bin`;
@@ -479,18 +485,63 @@ Deno.exit(0);
       check(again.code === 0 && again.stdout.includes("still-ok"), show(again));
     });
 
-    await step("6. killing qemu → ERROR with reason ProcessExited", async () => {
-      const pid = Number((await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`)).trim());
-      check(pid > 0 && await alive(pid), `qemu pid ${pid} is not running`);
-      Deno.kill(pid, "SIGKILL");
-      await waitFor("phase ERROR / ProcessExited", async () => {
-        const g = await cli(["sandbox", "get", name, "-o", "json"]);
-        if (g.code !== 0) return undefined;
-        const sb = JSON.parse(g.stdout);
-        const text = JSON.stringify(sb);
-        return /ERROR/.test(String(sb.phase)) && text.includes("ProcessExited") ? true : undefined;
-      }, { timeoutMs: 30_000, intervalMs: 500 });
+    await step("5f. a process an exec leaves running ends with the exec", async () => {
+      // A process the exec leaves behind (no terminal, output elsewhere, reparented to
+      // PID 1 when the exec's shell exits) runs while the exec lasts and ends with it
+      // (the supervisor's session cgroup). The guest's busybox has no nohup, and its
+      // setsid forks, which would hide the pid.
+      const left = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        'sleep 300 </dev/null >/dev/null 2>&1 & p=$!; sleep 0.5; kill -0 "$p" && echo "running $p"',
+      ]);
+      const pid = /running (\d+)/.exec(left.stdout)?.[1];
+      check(left.code === 0 && pid, `background process did not start: ${show(left)}`);
+      await waitFor(`the exec's background process ${pid} to end with it`, async () => {
+        const r = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `kill -0 ${pid} || echo gone`,
+        ]);
+        return r.code === 0 && r.stdout.includes("gone") ? true : undefined;
+      }, { timeoutMs: 20_000, intervalMs: 500 });
     });
+
+    await step(
+      "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
+      async () => {
+        const pid = Number((await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`)).trim());
+        check(pid > 0 && await alive(pid), `qemu pid ${pid} is not running`);
+        const status = await Deno.readTextFile(`/proc/${pid}/status`);
+        const uids = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status)?.slice(1).map(Number);
+        check(uids, `no Uid line for qemu ${pid}`);
+        if (Deno.uid() === 0) {
+          check(uids.every((u) => u !== 0), `qemu ${pid} runs as root (uids ${uids.join(" ")})`);
+          check(/^NoNewPrivs:\s+1$/m.test(status), `qemu ${pid} may gain privileges`);
+        }
+        // Seccomp mode 2 = a filter (qemu's -sandbox on).
+        check(/^Seccomp:\s+2$/m.test(status), `qemu ${pid} has no seccomp filter`);
+        console.error(`    qemu ${pid}: uid ${uids[0]}, seccomp filter on`);
+        Deno.kill(pid, "SIGKILL");
+        await waitFor("phase ERROR / ProcessExited", async () => {
+          const g = await cli(["sandbox", "get", name, "-o", "json"]);
+          if (g.code !== 0) return undefined;
+          const sb = JSON.parse(g.stdout);
+          const text = JSON.stringify(sb);
+          return /ERROR/.test(String(sb.phase)) && text.includes("ProcessExited")
+            ? true
+            : undefined;
+        }, { timeoutMs: 30_000, intervalMs: 500 });
+      },
+    );
 
     await step("7. sandbox delete → gone from list, qemu gone, state dir gone", async () => {
       const pidText = await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`).catch(() => "");

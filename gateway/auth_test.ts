@@ -177,7 +177,11 @@ Deno.test("supervisor credentials: A's cannot hello as B, B stays READY; host ke
     assert.equal(changed.code, Code.PERMISSION_DENIED);
     assert.match(changed.details, /SSH host key of sandbox .* changed/);
 
-    const anonymous = connectFakeSupervisor({ port: gw.supervisorPort, sandboxId: b.id, tlsCa: ca });
+    const anonymous = connectFakeSupervisor({
+      port: gw.supervisorPort,
+      sandboxId: b.id,
+      tlsCa: ca,
+    });
     sessions.push(anonymous);
     assert.equal((await anonymous.ended).code, Code.UNAUTHENTICATED);
 

@@ -12,7 +12,11 @@ import type { TLSSocket } from "node:tls";
 import { checkCertificate, PkiError } from "../core/pki.ts";
 
 /** Why a client's certificate is refused, or undefined when it is accepted. */
-export function clientRefusal(socket: TLSSocket, caPem: string, now = new Date()): string | undefined {
+export function clientRefusal(
+  socket: TLSSocket,
+  caPem: string,
+  now = new Date(),
+): string | undefined {
   let raw: Uint8Array | undefined;
   try {
     raw = (socket.getPeerCertificate(true) as { raw?: Uint8Array })?.raw;
@@ -34,9 +38,9 @@ export function clientRefusal(socket: TLSSocket, caPem: string, now = new Date()
     if (err instanceof PkiError) return err.message;
     throw err;
   }
-  return socket.authorized ? undefined : `client certificate refused (${
-    String(socket.authorizationError ?? "not authorized")
-  })`;
+  return socket.authorized
+    ? undefined
+    : `client certificate refused (${String(socket.authorizationError ?? "not authorized")})`;
 }
 
 /** Logs at most `perWindow` lines per `windowMs`, then one line counting what it skipped. */

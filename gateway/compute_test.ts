@@ -379,7 +379,10 @@ Deno.test("create stores PROVISIONING and hands the driver the provisioning secr
     record.secrets.hostKeyFingerprint,
     fingerprintOfPublicKey(publicKeyOfPrivate(env[PROVISION_SSH_HOST_KEY])),
   );
-  assert.deepEqual(Object.keys(record.secrets).sort(), ["hostKeyFingerprint", "supervisorTokenHash"]);
+  assert.deepEqual(Object.keys(record.secrets).sort(), [
+    "hostKeyFingerprint",
+    "supervisorTokenHash",
+  ]);
   // the secrets never reach the public resource
   assert.deepEqual(record.sandbox.spec?.environment, { FOO: "bar" });
   assert.ok(!JSON.stringify(created).includes(env[PROVISION_SUPERVISOR_TOKEN]));

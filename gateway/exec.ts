@@ -228,8 +228,7 @@ export function runOverSsh(call: ExecCall, sock: Duplex, options: SshRunOptions)
       authHandler: ["none"] as never,
       readyTimeout: 20_000,
       keepaliveInterval: 0,
-      hostVerifier: (key: Uint8Array) =>
-        fingerprintOfBlob(key) === options.hostKeyFingerprint,
+      hostVerifier: (key: Uint8Array) => fingerprintOfBlob(key) === options.hostKeyFingerprint,
     });
   });
 }

@@ -16,7 +16,7 @@ import { VERSION } from "../core/version.ts";
 import { hostForUrl } from "../core/endpoint.ts";
 import { ensureGatewayPki, serverNames } from "../core/pki.ts";
 import { checkPrivateDir } from "../core/secure_fs.ts";
-import { Code, StatusError } from "../core/status.ts";
+import { Code } from "../core/status.ts";
 import { ComputeRuntime } from "./compute.ts";
 import {
   driverSocketPath,

@@ -302,10 +302,13 @@ export class SupervisorPlane {
       }
       return;
     }
-    await this.#o.store.updateSandbox(record.sandbox.id, (r) =>
-      r.secrets.hostKeyFingerprint
-        ? undefined
-        : { ...r, secrets: { ...r.secrets, hostKeyFingerprint: fingerprint } });
+    await this.#o.store.updateSandbox(
+      record.sandbox.id,
+      (r) =>
+        r.secrets.hostKeyFingerprint
+          ? undefined
+          : { ...r, secrets: { ...r.secrets, hostKeyFingerprint: fingerprint } },
+    );
     this.#o.log.info("pinned the sandbox's SSH host key", {
       sandbox: record.sandbox.id,
       fingerprint,

@@ -13,7 +13,7 @@ import {
   parseEndpoint as parseGatewayUrl,
 } from "../core/endpoint.ts";
 import { type EnvReader, FlagError, type FlagSpec, parseFlags, renderHelp } from "../core/flags.ts";
-import { DEFAULT_SSH_SOCKET_PATH } from "../core/grants.ts";
+import { DEFAULT_SESSION_CGROUP, DEFAULT_SSH_SOCKET_PATH } from "../core/grants.ts";
 import { type LogFormat, type LogLevel, parseLogLevel } from "../core/log.ts";
 
 /** The OpenSSH daemon used when neither `--sshd` nor `OPENSHELL_SSHD` says otherwise. */
@@ -64,6 +64,11 @@ export interface SupervisorConfig {
   tokenFile?: string;
   /** JSON file of the sandbox's environment, applied to every SSH session. */
   envFile?: string;
+  /**
+   * The cgroup v2 directory this supervisor owns, one child per SSH
+   * connection (see `session_cgroup.ts`); absent (`none`) = no containment.
+   */
+  sessionCgroup?: string;
   /** Least severe log level written. */
   logLevel: LogLevel;
   /** Log line format. */
@@ -150,6 +155,15 @@ export const FLAGS: readonly FlagSpec[] = [
     env: "OPENSHELL_ENV_FILE",
     placeholder: "PATH",
     description: "JSON object of environment variables for every SSH session",
+  },
+  {
+    name: "session-cgroup",
+    type: "string",
+    env: "OPENSHELL_SESSION_CGROUP",
+    placeholder: "DIR",
+    default: DEFAULT_SESSION_CGROUP,
+    description: "cgroup v2 directory owned by this supervisor alone: one child per SSH " +
+      "connection, killed when it ends; none = no containment",
   },
   {
     name: "log-level",
@@ -316,6 +330,16 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
   const ef = get("env-file");
   const envFile = ef && ef.value.trim() !== "" ? requireAbsolute(ef.what, ef.value) : undefined;
 
+  const sc = get("session-cgroup")!;
+  const sessionCgroup = sc.value.trim() === "none"
+    ? undefined
+    : requireAbsolute(sc.what, sc.value.trim() === "" ? DEFAULT_SESSION_CGROUP : sc.value);
+  if (sessionCgroup !== undefined && (sessionCgroup === "/" || sessionCgroup.endsWith("/"))) {
+    throw new FlagError(
+      `${sc.what} must name a directory below a cgroup2 mount, not "${sc.value}"`,
+    );
+  }
+
   const lv = get("log-level")!;
   let logLevel: LogLevel;
   try {
@@ -341,6 +365,7 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
       token,
       tokenFile,
       envFile,
+      sessionCgroup,
       logLevel,
       logFormat,
     },

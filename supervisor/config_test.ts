@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { FlagError } from "../core/flags.ts";
-import { DEFAULT_SSH_SOCKET_PATH, SUPERVISOR_ENV } from "../core/grants.ts";
+import { DEFAULT_SESSION_CGROUP, DEFAULT_SSH_SOCKET_PATH, SUPERVISOR_ENV } from "../core/grants.ts";
 import {
   CONFIG_ENV,
   DEFAULT_SSHD,
@@ -43,10 +43,18 @@ Deno.test("config: defaults", () => {
     token: undefined,
     tokenFile: undefined,
     envFile: undefined,
+    sessionCgroup: DEFAULT_SESSION_CGROUP,
     logLevel: "info",
     logFormat: "text",
   });
   assert.deepEqual(filesRead(c), []);
+  assert.equal(parse([...BASE, "--session-cgroup", "none"]).sessionCgroup, undefined);
+  assert.equal(
+    parse(BASE, { OPENSHELL_SESSION_CGROUP: "/run/x-sessions" }).sessionCgroup,
+    "/run/x-sessions",
+  );
+  fails([...BASE, "--session-cgroup", "run/x"], {}, /--session-cgroup must be an absolute path/);
+  fails([...BASE, "--session-cgroup", "/"], {}, /must name a directory below a cgroup2 mount/);
   const withEnv = parse([...BASE, "--env-file", "/etc/openshell/environment"]);
   assert.equal(withEnv.envFile, "/etc/openshell/environment");
   assert.deepEqual(filesRead(withEnv), ["/etc/openshell/environment"]);

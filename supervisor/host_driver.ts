@@ -162,6 +162,8 @@ class HostDriver {
       (sandbox.spec?.environment ?? {}) as Record<string, string>,
     );
     const args = ["--sandbox-id", id, "--openshell-endpoint", this.#endpoint, "--sshd", SSHD];
+    // Host sandboxes share this host: no session cgroup (startSupervisor's tests cover it).
+    args.push("--session-cgroup", "none");
     const readFiles: string[] = [];
     if (provisioning.sshHostKey) {
       await Deno.writeTextFile(`${dir}/host_key`, provisioning.sshHostKey, { mode: 0o600 });

@@ -24,7 +24,7 @@ import {
   type SupervisorProcess,
   TEST_SSHD,
 } from "./testing.ts";
-import { waitFor } from "../core/testing.ts";
+import { alive, waitFor } from "../core/testing.ts";
 
 const READY = "SANDBOX_PHASE_READY";
 
@@ -81,6 +81,47 @@ function sshGreeting(socket: Socket): Promise<string> {
     socket.once("error", reject);
     socket.resume();
   });
+}
+
+/**
+ * An `ssh` client whose remote command prints the pid of a process it leaves
+ * running in the background (detached: own session, output to /dev/null),
+ * then holds the connection open until `release()` closes the client's stdin.
+ */
+async function sessionLeavingProcess(
+  route: SshRoute,
+  options: { tty: boolean },
+): Promise<{ pid: number; release(): Promise<Deno.CommandStatus> }> {
+  const child = new Deno.Command("ssh", {
+    args: [
+      ...sshOptions(route),
+      ...(options.tty ? ["-tt"] : []),
+      "sandbox@sandbox",
+      "setsid nohup sleep 307 </dev/null >/dev/null 2>&1 & echo $!; read hold",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!/^\d+\s/.test(out)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`ssh ended before printing a pid: ${JSON.stringify(out)}`);
+    out += value;
+  }
+  const pid = Number(/^(\d+)/.exec(out)![1]);
+  return {
+    pid,
+    release: async () => {
+      const w = child.stdin.getWriter();
+      // With a PTY the remote `read` needs a newline; without one EOF does it.
+      await w.write(new TextEncoder().encode("\n")).catch(() => {});
+      await w.close().catch(() => {});
+      while (!(await reader.read()).done) { /* drain */ }
+      return await child.status;
+    },
+  };
 }
 
 /** SIGTERM; SIGKILL when the gateway has not exited after `graceMs`. */
@@ -141,6 +182,26 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /^\/dev\/pts\/\d+\r?\n/);
       assert.match(r.stdout, /interactive/);
+    });
+
+    await t.step({
+      name: "a connection's processes end with it, PTY or not (session cgroup)",
+      ignore: first.sessionCgroup === undefined,
+      fn: async () => {
+        for (const tty of [false, true]) {
+          const s = await sessionLeavingProcess(route, { tty });
+          // Alive while its connection lasts …
+          assert.ok(await alive(s.pid), `tty=${tty}: the background process should run`);
+          const status = await s.release();
+          assert.equal(status.code, 0, `tty=${tty}`);
+          // … and gone once it closed, though it left the session and the process group.
+          await waitFor(
+            `tty=${tty}: process ${s.pid} to end with its connection`,
+            async () => !(await alive(s.pid)),
+            { timeoutMs: 10_000 },
+          );
+        }
+      },
     });
 
     await t.step("sftp copies a file up and back unchanged", async () => {
@@ -238,7 +299,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
           args: [
             ...sshOptions(liveRoute),
             "sandbox@sandbox",
-            "echo started; sleep 120",
+            "echo started $$; exec sleep 120",
           ],
           stdin: "null",
           stdout: "piped",
@@ -246,7 +307,9 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         }).spawn();
         const reader = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
         const { value } = await reader.read();
-        assert.equal(value, "started\n");
+        const started = /^started (\d+)\n$/.exec(value ?? "");
+        assert.ok(started, String(value));
+        const sleeper = Number(started[1]);
         await first.kill();
         // The client ends on its own, well before its 120 s command would.
         const status = await client.status;
@@ -265,6 +328,14 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
 
         sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id, dir });
+        if (sup.sessionCgroup !== undefined) {
+          // The killed supervisor could not end its sessions; its successor did, at start.
+          assert.equal(
+            await alive(sleeper),
+            false,
+            "the killed session's sleep outlived a restart",
+          );
+        }
         await api.waitForPhase(sandbox.id, READY);
         const r = await ssh(await routeFor(api, gw, sandbox.id), "echo replaced");
         assert.equal(r.stdout, "replaced\n", r.stderr);
@@ -282,6 +353,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
             socketPath: `${dir}/run/ssh.sock`,
             sshd: TEST_SSHD,
             readFiles: [],
+            sessionCgroup: sup!.sessionCgroup,
           }),
         );
         const [exe, ...args] = moduleCommand(
@@ -341,14 +413,26 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
       }
     });
 
-    await t.step("SIGTERM: session closed, socket removed, exit 0", async () => {
-      const live = sup!;
-      const status = await live.stop();
-      assert.equal(status.code, 0, live.stderr());
-      assert.ok(live.events().some((e) => e.activity_name === "Close" && e.unmapped.session_id));
-      assert.throws(() => Deno.lstatSync(live.socketPath), Deno.errors.NotFound);
-      await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
-    });
+    await t.step(
+      "SIGTERM: session closed, sessions' processes and socket gone, exit 0",
+      async () => {
+        const live = sup!;
+        const contained = live.sessionCgroup !== undefined;
+        const open = contained
+          ? await sessionLeavingProcess(await routeFor(api, gw, sandbox.id), { tty: false })
+          : undefined;
+        const status = await live.stop();
+        assert.equal(status.code, 0, live.stderr());
+        if (open) {
+          // Killed before the supervisor exited, not some time later.
+          assert.equal(await alive(open.pid), false, "a session's process outlived the supervisor");
+          assert.notEqual((await open.release()).code, 0, "the client saw its connection end");
+        }
+        assert.ok(live.events().some((e) => e.activity_name === "Close" && e.unmapped.session_id));
+        assert.throws(() => Deno.lstatSync(live.socketPath), Deno.errors.NotFound);
+        await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
+      },
+    );
   } finally {
     api.close();
     await sup?.close();

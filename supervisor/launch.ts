@@ -2,7 +2,8 @@
  * `deno task supervisor -- …`: runs the supervisor through `deno run` with
  * exactly the grants its own flags imply (core/grants.ts): the gateway's
  * host:port (plus the addresses a host name resolves to), the socket
- * directory, the sshd binary, and the key, token and TLS files it reads.
+ * directory, its session cgroup, the sshd binary, and the key, token and
+ * TLS files it reads.
  *
  * @module
  */
@@ -40,6 +41,7 @@ try {
         sshd: c.sshd,
         readFiles: filesRead(c),
         writeFiles: filesWritten(c),
+        sessionCgroup: c.sessionCgroup,
       }),
       args,
     );

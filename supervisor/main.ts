@@ -4,9 +4,10 @@
  * Start-up order (any failure stops it with a one-line message and exit 1;
  * a bad flag exits 2): configuration → token and TLS files → the socket
  * directory (owned, 0700) → the host key and sshd config written into it →
- * `sshd -t` → the socket (0600). Then the session client runs until SIGTERM
- * or SIGINT, which end the session (OCSF session close), the relays and the
- * socket, and exit 0.
+ * `sshd -t` → the session cgroup (a predecessor's leftovers killed) → the
+ * socket (0600). Then the session client runs until SIGTERM or SIGINT, which
+ * end the session (OCSF session close), the relays, every SSH connection's
+ * processes and the socket, and exit 0.
  *
  * The gRPC channel is deliberately not closed at exit: a grpc-js client's
  * GOAWAY after streaming can crash a Deno grpc-js server (denoland/deno
@@ -24,6 +25,7 @@ import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from
 import { SupervisorEvents } from "./events.ts";
 import { RelayManager } from "./relay.ts";
 import { grpcChannelFactory, SupervisorSession, type TlsMaterial } from "./session.ts";
+import { SessionCgroups } from "./session_cgroup.ts";
 import {
   checkSshd,
   clearStaleSocket,
@@ -149,11 +151,30 @@ export async function main(args: readonly string[]): Promise<number> {
       environment: await readEnvironment(config),
     });
     await checkSshd(config.sshd, files.configPath);
+    let sessions: SessionCgroups | undefined;
+    if (config.sessionCgroup !== undefined) {
+      const opened = await SessionCgroups.open(config.sessionCgroup);
+      if (opened.ok) {
+        sessions = opened.cgroups;
+        logger.info("SSH sessions contained", { cgroup: config.sessionCgroup });
+      } else {
+        logger.warn(
+          `SSH sessions are NOT contained (${opened.reason}): processes a session leaves ` +
+            "running outlive it; give --session-cgroup a directory on a cgroup2 mount",
+        );
+      }
+    } else {
+      logger.warn(
+        "SSH sessions are NOT contained (--session-cgroup none): processes a session leaves " +
+          "running outlive it",
+      );
+    }
     server = await SshdServer.listen({
       socketPath: config.socketPath,
       sshd: config.sshd,
       configPath: files.configPath,
       logger,
+      sessions,
     });
     fingerprint = files.fingerprint;
     logger.info(READY_MESSAGE, {

@@ -16,6 +16,7 @@
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import { publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
+import type { SessionCgroups, SessionGroup } from "./session_cgroup.ts";
 import { renderSshdConfig } from "./sshd_config.ts";
 
 /** Host key file name inside the socket directory. */
@@ -216,6 +217,12 @@ export interface SshdServerOptions {
   logger: Logger;
   /** Most sshd processes at once; default {@link MAX_SSHD_PROCESSES}. */
   maxProcesses?: number;
+  /**
+   * One cgroup per connection (see `session_cgroup.ts`): every process a
+   * connection starts is killed when it ends or the server closes. Absent:
+   * processes a session leaves running outlive it.
+   */
+  sessions?: SessionCgroups;
 }
 
 const READ_CHUNK = 64 * 1024;
@@ -331,6 +338,29 @@ export class SshdServer {
     this.#children.add(child);
     const log = logger.with({ sshd: child.pid });
     log.debug("sshd started for a connection");
+    // Contain sshd before the client's first byte reaches it: it starts
+    // nothing for the client until then, so nothing starts outside.
+    let group: SessionGroup | undefined;
+    if (this.#options.sessions) {
+      try {
+        group = await this.#options.sessions.attach(child.pid);
+      } catch (err) {
+        log.error("cannot contain the connection's processes; refusing it", {
+          error: errorMessage(err),
+        });
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // already exited
+        }
+        await Promise.allSettled([child.stdout.cancel(), child.stderr.cancel(), child.status]);
+        await child.stdin.close().catch(() => {});
+        this.#children.delete(child);
+        this.#conns.delete(conn);
+        conn.close();
+        return;
+      }
+    }
     const lineLevel = logger.enabled("info") ? "info" : "warn";
     const stderrDone = (async () => {
       let rest = "";
@@ -367,6 +397,10 @@ export class SshdServer {
 
     // sshd exits once its client is gone (stdin EOF) or the session ends.
     const status = await child.status;
+    // The connection is over: so is everything it started.
+    await group?.end().catch((err) => {
+      log.error("cannot end the connection's processes", { error: errorMessage(err) });
+    });
     await down;
     // sshd is gone: nothing more can reach it; stop reading the connection.
     this.#conns.delete(conn);
@@ -381,7 +415,10 @@ export class SshdServer {
     log.debug("sshd exited", { code: status.code, signal: status.signal ?? undefined });
   }
 
-  /** Stops accepting, ends every sshd and connection, removes the socket file. */
+  /**
+   * Stops accepting, ends every sshd and connection (with `sessions`: every
+   * process they started), removes the socket file.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -391,6 +428,12 @@ export class SshdServer {
       // already closed
     }
     await this.#acceptLoop;
+    // Every connection's processes, sshd included, at once.
+    await this.#options.sessions?.killAll().catch((err) => {
+      this.#options.logger.error("cannot end every session's processes", {
+        error: errorMessage(err),
+      });
+    });
     for (const child of this.#children) {
       try {
         child.kill("SIGTERM");

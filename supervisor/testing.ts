@@ -6,7 +6,6 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
 import { type Grants, renderFlags, supervisorGrants } from "../core/grants.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
@@ -24,6 +23,7 @@ import {
 import { shellJoin } from "../core/shell.ts";
 import { parseEndpoint } from "./config.ts";
 import { READY_MESSAGE } from "./main.ts";
+import { killAndRemove } from "./session_cgroup.ts";
 import { SANDBOX_USER } from "./sshd_config.ts";
 
 /** The OpenSSH daemon the tests use. */
@@ -92,6 +92,97 @@ async function prepareHost(): Promise<void> {
   }
 }
 
+let cgroupRoot: Promise<string | undefined> | undefined;
+
+/**
+ * A cgroup v2 directory this process may create sub-cgroups in (the first
+ * writable cgroup2 mount in `/proc/self/mountinfo` whose children offer
+ * `cgroup.kill`), or undefined.
+ */
+export function writableCgroup2Root(): Promise<string | undefined> {
+  cgroupRoot ??= (async () => {
+    let info: string;
+    try {
+      info = await Deno.readTextFile("/proc/self/mountinfo");
+    } catch {
+      return undefined;
+    }
+    for (const line of info.split("\n")) {
+      const [pre, post] = line.split(" - ");
+      if (!post || post.split(" ")[0] !== "cgroup2") continue;
+      const mountPoint = pre.split(" ")[4];
+      const probe = `${mountPoint}/openshell-probe-${crypto.randomUUID().slice(0, 8)}`;
+      try {
+        await Deno.mkdir(probe);
+        const ok = await Deno.stat(`${probe}/cgroup.kill`).then(() => true, () => false);
+        await Deno.remove(probe);
+        if (ok) return mountPoint;
+      } catch {
+        // read-only or not ours: try the next one
+      }
+    }
+    return undefined;
+  })();
+  return cgroupRoot;
+}
+
+async function isMountPoint(path: string): Promise<boolean> {
+  const info = await Deno.readTextFile("/proc/self/mountinfo");
+  return info.split("\n").some((l) => l.split(" ")[4] === path);
+}
+
+/** A test supervisor's session cgroup: a cgroup bind-mounted into its dir. */
+export interface TestSessionCgroup {
+  /** What the supervisor gets as `--session-cgroup` (the bind mount). */
+  mountPoint: string;
+  /** The cgroup itself, below the host's cgroup2 mount. */
+  cgroup: string;
+  /** Kills what is left, unmounts, removes both. */
+  release(): Promise<void>;
+}
+
+/**
+ * The session cgroup of a test supervisor working in `dir`, as in the
+ * guest: a cgroup bind-mounted outside `/sys` (Deno wants `--allow-all` for
+ * anything under `/sys`). Derived from `dir`, so a supervisor restarted on
+ * the same dir finds its predecessor's sessions. Undefined when this host
+ * has no writable cgroup2 or refuses the mount.
+ */
+export async function testSessionCgroup(dir: string): Promise<TestSessionCgroup | undefined> {
+  const root = await writableCgroup2Root();
+  if (root === undefined) return undefined;
+  const cgroup = `${root}/openshell-test-${dir.replace(/[^A-Za-z0-9]+/g, "_").slice(-60)}`;
+  const mountPoint = `${dir}/sessions`;
+  await Deno.mkdir(cgroup).catch((err) => {
+    if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+  });
+  await Deno.mkdir(mountPoint, { recursive: true });
+  if (!(await isMountPoint(mountPoint))) {
+    const out = await run("mount", ["--bind", cgroup, mountPoint]);
+    if (!out.ok) {
+      await Deno.remove(mountPoint).catch(() => {});
+      await Deno.remove(cgroup).catch(() => {});
+      return undefined;
+    }
+  }
+  return {
+    mountPoint,
+    cgroup,
+    release: async () => {
+      if (await isMountPoint(mountPoint)) {
+        for await (const e of Deno.readDir(mountPoint)) {
+          if (e.isDirectory) await killAndRemove(`${mountPoint}/${e.name}`).catch(() => {});
+        }
+      }
+      for (let i = 0; i < 5 && await isMountPoint(mountPoint); i++) {
+        await run("umount", [mountPoint]);
+      }
+      await Deno.remove(mountPoint).catch(() => {});
+      await killAndRemove(cgroup).catch(() => {});
+    },
+  };
+}
+
 /** Options of {@link startSupervisor}. */
 export interface StartSupervisorOptions {
   /** Gateway endpoint (`http://127.0.0.1:PORT`). */
@@ -121,6 +212,11 @@ export interface StartSupervisorOptions {
   gatewayAddresses?: readonly string[];
   /** Wait until the socket is listening (default true). */
   waitReady?: boolean;
+  /**
+   * `--session-cgroup`: default {@link testSessionCgroup} of the dir
+   * (released by `close()`), or `none` when the host has no writable cgroup2.
+   */
+  sessionCgroup?: string;
 }
 
 /** A running supervisor child. */
@@ -133,6 +229,8 @@ export interface SupervisorProcess {
   readonly socketPath: string;
   /** The grants it runs with. */
   readonly grants: Grants;
+  /** Its session cgroup directory, or undefined (`none`). */
+  readonly sessionCgroup: string | undefined;
   /** Resolves when it exits. */
   readonly status: Promise<Deno.CommandStatus>;
   /** Everything it wrote to stderr so far. */
@@ -198,6 +296,10 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     args.push("--env-file", `${dir}/environment.json`);
     readFiles.push(`${dir}/environment.json`);
   }
+  const own = options.sessionCgroup === undefined ? await testSessionCgroup(dir) : undefined;
+  const chosen = options.sessionCgroup ?? own?.mountPoint ?? "none";
+  const sessionCgroup = chosen === "none" ? undefined : chosen;
+  args.push("--session-cgroup", chosen);
   args.push(...(options.args ?? []));
   const { host, port } = parseEndpoint(options.endpoint);
   const grants = supervisorGrants({
@@ -206,6 +308,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     socketPath,
     sshd: TEST_SSHD,
     readFiles,
+    sessionCgroup,
   });
   const [exe, ...rest] = roleCommand("supervisor", grants, args);
   const child = new Deno.Command(exe, {
@@ -281,6 +384,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     ]);
     clearTimeout(timer);
     if (!graced) await signal("SIGKILL");
+    await own?.release();
     if (ownDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   const proc: SupervisorProcess = {
@@ -288,6 +392,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     dir,
     socketPath,
     grants,
+    sessionCgroup,
     status,
     stderr: () => text,
     events,

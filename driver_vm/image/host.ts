@@ -117,7 +117,12 @@ export interface HostRequirement {
 /** What the VM tasks and the driver need on the host. */
 export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   { path: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86", why: "runs the VMs" },
-  { path: "/usr/bin/setpriv", pkg: "util-linux", why: "ties each qemu to the driver's life" },
+  {
+    path: "/usr/bin/setpriv",
+    pkg: "util-linux",
+    why: "runs each qemu unprivileged and tied to the driver's life",
+  },
+  { path: "/usr/bin/prlimit", pkg: "util-linux", why: "sets each qemu's resource limits" },
   { path: "/usr/bin/socat", pkg: "socat", why: "forwards the guest's gateway port" },
   { path: "/bin/busybox", pkg: "busybox-static", why: "guest userland" },
   { path: "/usr/sbin/sshd", pkg: "openssh-server", why: "guest sshd" },

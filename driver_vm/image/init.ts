@@ -12,6 +12,7 @@
  * @module
  */
 import {
+  DEFAULT_SESSION_CGROUP,
   DEFAULT_SSH_SOCKET_PATH,
   PRODUCTION_PARAMS,
   renderFlags,
@@ -42,6 +43,10 @@ export const GUEST_LAYOUT = {
   readyMarker: "openshell-init: starting supervisor",
   /** Deno's cache dir at run time (tmpfs). */
   denoDir: "/run/deno",
+  /** The cgroup holding every SSH connection's cgroup (on the guest's cgroup2 mount). */
+  sessionCgroup: "/sys/fs/cgroup/openshell",
+  /** Where the supervisor sees it (a bind mount: Deno refuses `/sys` paths). */
+  sessionCgroupMount: DEFAULT_SESSION_CGROUP,
 } as const;
 
 /** The sandbox user: uid/gid and home. */
@@ -95,6 +100,11 @@ echo "${GUEST_LAYOUT.readyMarker} after $(cut -d' ' -f1 /proc/uptime)s"
 ${supervisorCommand()} $token $tlsca
 rc=$?
 echo "openshell-init: supervisor exited with status $rc; restarting in 1s"
+# A killed supervisor could not end its SSH connections' processes: end them
+# now (its successor also sweeps them at start).
+for g in ${GUEST_LAYOUT.sessionCgroupMount}/*/; do
+  [ -e "\${g}cgroup.kill" ] && echo 1 > "\${g}cgroup.kill"
+done
 sleep 1
 `;
 }
@@ -152,6 +162,15 @@ mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# One cgroup per SSH connection, killed when it ends (the supervisor's
+# --session-cgroup); bind-mounted outside /sys, which Deno refuses without --allow-all.
+if mount -t cgroup2 cgroup2 /sys/fs/cgroup; then
+  mkdir -p ${GUEST_LAYOUT.sessionCgroup} ${GUEST_LAYOUT.sessionCgroupMount}
+  mount -o bind ${GUEST_LAYOUT.sessionCgroup} ${GUEST_LAYOUT.sessionCgroupMount} ||
+    log "cannot bind-mount the session cgroup: SSH sessions will not be contained"
+else
+  log "cannot mount cgroup2: SSH sessions will not be contained"
+fi
 # The read-only guest disk: OpenSSH, Deno, the supervisor, their libraries.
 mkdir -p ${GUEST_LAYOUT.roMount}
 i=0

@@ -30,6 +30,10 @@ Deno.test("init: valid shell; loads the given modules in order; hands over to bu
   assert.match(text, /\/run\/sshd/);
   assert.match(text, new RegExp(`echo "${GUEST_LAYOUT.probeMarker}"`));
   assert.ok(text.trimEnd().endsWith("exec /bin/init"));
+  // Session cgroups: cgroup2 mounted, the supervisor's cgroup bind-mounted to its flag's default.
+  assert.match(text, /mount -t cgroup2 cgroup2 \/sys\/fs\/cgroup/);
+  assert.match(text, /mount -o bind \/sys\/fs\/cgroup\/openshell \/run\/openshell-sessions/);
+  assert.equal(GUEST_LAYOUT.sessionCgroupMount, PRODUCTION_PARAMS.supervisor.sessionCgroup);
   assert.throws(() => renderInit({ modules: ["x; rm -rf /"] }), /invalid module name/);
 });
 
@@ -58,6 +62,9 @@ Deno.test("runner: the supervisor runs with exactly its production grants (alias
   const runner = renderRunner();
   assert.equal(await shSyntaxOk(runner), "");
   assert.match(runner, /--supervisor-token-file \/etc\/openshell\/supervisor_token/);
+  assert.match(cmd, /--allow-write=\/run\/openshell,\/run\/openshell-sessions /);
+  // After the supervisor exits, its connections' cgroups are killed before the restart.
+  assert.match(runner, /echo 1 > "\$\{g\}cgroup\.kill"/);
   assert.match(renderInittab(), /^::respawn:\/etc\/openshell-run-supervisor$/m);
 });
 

@@ -6,11 +6,14 @@
  *   otherwise prints the exact command and fails.
  * - Fetches Debian's cloud kernel package (`apt-get download`, unpacked with
  *   `dpkg -x`, never installed) into the cache, keyed by package and version.
+ * - Creates the system user qemu runs as (`openshell-vm`) when we are root,
+ *   and adds it to the `kvm` group when there is one.
  *
  * Idempotent: a second run finds everything in place and does no work.
  *
  * @module
  */
+import { createUserArgs, createUserCommand, DEFAULT_VM_USER } from "../vm_user.ts";
 import { cacheRoot, exists, isRoot, missingPackages, run, runOk } from "./host.ts";
 
 /** The metapackage naming the current cloud kernel. */
@@ -174,9 +177,33 @@ export async function ensureKernel(root: string = cacheRoot()): Promise<KernelIn
   return info;
 }
 
+/**
+ * The account the driver runs qemu as when it is root: created (root only)
+ * when missing, and put in the `kvm` group (for `/dev/kvm`) when that exists.
+ * Not root: nothing to do (the driver then runs qemu as its own user).
+ */
+export async function ensureVmUser(name: string = DEFAULT_VM_USER): Promise<void> {
+  const known = (await run("getent", ["passwd", name])).code === 0;
+  if (!isRoot()) {
+    if (!known) say(`note: a root driver needs the user ${name}: sudo ${createUserCommand(name)}`);
+    return;
+  }
+  if (!known) {
+    say(`creating the system user ${name} (qemu runs as it)`);
+    await runOk("useradd", createUserArgs(name));
+  }
+  const kvm = await run("getent", ["group", "kvm"]);
+  const members = kvm.stdout.trim().split(":")[3]?.split(",") ?? [];
+  if (kvm.code === 0 && !members.includes(name)) {
+    say(`adding ${name} to the kvm group (/dev/kvm)`);
+    await runOk("usermod", ["-a", "-G", "kvm", name]);
+  }
+}
+
 /** Runs the whole setup; returns the kernel. */
 export async function setup(): Promise<KernelInfo> {
   await ensureHostPackages();
+  await ensureVmUser();
   const kernel = await ensureKernel();
   return kernel;
 }
