@@ -18,6 +18,7 @@ import { type ComputeDriver, startDriverProcess } from "./driver.ts";
 import { ExecService } from "./exec.ts";
 import { httpResponse, type RequestHead } from "./http1.ts";
 import { GatewayListener } from "./listener.ts";
+import { decodeGuard, guardDecoding } from "./rpc.ts";
 import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
 import { SshTunnel } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
@@ -32,8 +33,18 @@ import type { RelayTuning } from "./tuning.ts";
 export const H2_STREAM_WINDOW = 2 * 1024 * 1024;
 /** Connection-level window. */
 export const H2_CONNECTION_WINDOW = 4 * 1024 * 1024;
-/** Largest gRPC message accepted. */
+/**
+ * Largest gRPC message the gateway sends (and clients accept): every valid
+ * page of every list RPC fits in half of it (gateway/validation.ts).
+ */
 export const MAX_GRPC_MESSAGE = 16 * 1024 * 1024;
+/**
+ * Largest gRPC message the gateway accepts: the largest valid request is an
+ * `ExecSandbox` with 4 MiB of stdin and a 256 KiB command line. Anything
+ * bigger is refused from its 5-byte length prefix (`RESOURCE_EXHAUSTED`)
+ * before it is buffered; see docs/gateway.md for the memory figures.
+ */
+export const MAX_GRPC_RECEIVE = 5 * 1024 * 1024;
 /** Grace for streams to flush their final status at shutdown. */
 export const SHUTDOWN_FLUSH_MS = 250;
 /** How often expired or revoked SSH tokens are purged. */
@@ -205,10 +216,11 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const tunnel = new SshTunnel({ store, registry, log });
 
   const grpcServer = new grpc.Server({
-    "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
+    "grpc.max_receive_message_length": MAX_GRPC_RECEIVE,
     "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
+    interceptors: [decodeGuard],
   });
-  grpcServer.addService(OpenShellClient.service, {
+  grpcServer.addService(guardDecoding(OpenShellClient.service), {
     ...sandboxes.handlers(),
     ConnectSupervisor: plane.connectSupervisor,
     RelayStream: plane.relayStream,
