@@ -45,6 +45,14 @@ export const MAX_GRPC_MESSAGE = 16 * 1024 * 1024;
  * before it is buffered; see docs/gateway.md for the memory figures.
  */
 export const MAX_GRPC_RECEIVE = 5 * 1024 * 1024;
+/**
+ * Largest request header list (metadata) accepted, as HTTP/2 counts it:
+ * a bigger one gets `RESOURCE_EXHAUSTED` on its stream. Header blocks that
+ * nghttp2's HPACK decoder refuses outright (one field past about 64 KiB, or
+ * about 1 MiB in all) end that client's connection instead, as HTTP/2
+ * requires; see docs/gateway.md.
+ */
+export const MAX_HEADER_LIST_BYTES = 16 * 1024;
 /** Grace for streams to flush their final status at shutdown. */
 export const SHUTDOWN_FLUSH_MS = 250;
 /** How often expired or revoked SSH tokens are purged. */
@@ -121,7 +129,12 @@ async function removeStale(path: string): Promise<void> {
   }
 }
 
-function raiseWindows(server: grpc.Server, log: Logger): void {
+/**
+ * HTTP/2 settings of every session of the internal server: the largest
+ * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
+ * unless `defaultWindows`, the raised flow-control windows.
+ */
+function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
   const servers = (server as unknown as {
     http2Servers?: Map<{ on: (e: string, f: (s: unknown) => void) => void }, unknown>;
   })
@@ -133,10 +146,14 @@ function raiseWindows(server: grpc.Server, log: Logger): void {
         setLocalWindowSize(n: number): void;
       };
       try {
-        s.settings({ initialWindowSize: H2_STREAM_WINDOW });
-        s.setLocalWindowSize(H2_CONNECTION_WINDOW);
+        s.settings(
+          defaultWindows
+            ? { maxHeaderListSize: MAX_HEADER_LIST_BYTES }
+            : { initialWindowSize: H2_STREAM_WINDOW, maxHeaderListSize: MAX_HEADER_LIST_BYTES },
+        );
+        if (!defaultWindows) s.setLocalWindowSize(H2_CONNECTION_WINDOW);
       } catch (err) {
-        log.debug("could not raise HTTP/2 windows", { error: errorMessage(err) });
+        log.debug("could not apply HTTP/2 settings", { error: errorMessage(err) });
       }
     });
   }
@@ -236,7 +253,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     )
   );
   await Deno.chmod(grpcSocket, 0o600);
-  if (!options.tuning?.defaultH2Windows) raiseWindows(grpcServer, log);
+  tuneSessions(grpcServer, log, options.tuning?.defaultH2Windows ?? false);
 
   const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
     const path = head.target.split("?")[0];
