@@ -48,7 +48,10 @@ Deno.test("truncateForEcho: short ids unchanged, long ones cut with their length
 });
 
 Deno.test("stripControls: every C0/C1 control goes except tab and newline", () => {
-  assert.equal(stripControls("plain text\twith tab\nand newline"), "plain text\twith tab\nand newline");
+  assert.equal(
+    stripControls("plain text\twith tab\nand newline"),
+    "plain text\twith tab\nand newline",
+  );
   // CSI (colour, cursor, erase), in its ESC and 8-bit forms
   assert.equal(stripControls("\x1b[31mred\x1b[0m \x1b[2J\x1b[?25l!"), "red !");
   assert.equal(stripControls("\x9b31mred\x9b0m"), "red");
@@ -58,7 +61,7 @@ Deno.test("stripControls: every C0/C1 control goes except tab and newline", () =
   assert.equal(stripControls("\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"), "link");
   assert.equal(stripControls("a\x9d52;c;ZXZpbA==\x9cb"), "ab");
   // DCS, SOS, PM, APC strings
-  assert.equal(stripControls("a\x1bP$q\"p\x1b\\b"), "ab");
+  assert.equal(stripControls('a\x1bP$q"p\x1b\\b'), "ab");
   assert.equal(stripControls("a\x90payload\x9cb"), "ab");
   assert.equal(stripControls("a\x1b_apc\x1b\\b\x1b^pm\x1b\\c\x1bXsos\x1b\\d"), "abcd");
   // an unterminated string runs to the end; a lone ESC goes

@@ -44,9 +44,13 @@ async function setup(): Promise<Setup> {
   const rt = `${dir}/rt`;
   await fakeRuntime(rt);
   const qemu = `${dir}/fake-qemu`;
-  await Deno.writeTextFile(qemu, '#!/bin/sh\necho "fake qemu started"\nexec sleep 600\n', {
-    mode: 0o755,
-  });
+  await Deno.writeTextFile(
+    qemu,
+    '#!/bin/sh\necho "fake guest console"\necho "fake qemu started" >&2\nexec sleep 600\n',
+    {
+      mode: 0o755,
+    },
+  );
   await Deno.mkdir(state);
   const argv = roleCommand(
     "driver-vm",
@@ -105,10 +109,15 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
     const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
     assert.equal(cmdline.split("\0")[0], "sleep", "setpriv exec'd qemu: the pid we hold is qemu's");
     const console1 = `${s.state}/sandboxes/sb-1/console.log`;
+    // qemu's stdout is the guest's console, its stderr goes in as "qemu: …" lines
     await waitFor(
       "qemu output in the console log",
-      async () =>
-        (await Deno.readTextFile(console1)).includes("qemu: fake qemu started") ? true : undefined,
+      async () => {
+        const text = await Deno.readTextFile(console1);
+        return text.includes("fake guest console\n") && text.includes("qemu: fake qemu started")
+          ? true
+          : undefined;
+      },
       { ignoreErrors: true },
     );
 

@@ -37,7 +37,6 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     allowEgress: false,
     log,
     stopGraceMs: 50,
-    consolePollMs: 20,
   });
   const server = await serveDriver(driver, socket, log);
   const client = new ComputeDriverClient(

@@ -31,7 +31,10 @@ async function withGateway(fn: (gw: TestGateway, api: ApiClient) => Promise<void
     await Promise.race([
       fn(gw, api),
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("test did not finish in time")), TEST_DEADLINE_MS);
+        timer = setTimeout(
+          () => reject(new Error("test did not finish in time")),
+          TEST_DEADLINE_MS,
+        );
       }),
     ]);
   } catch (err) {

@@ -114,7 +114,10 @@ export function guardDecoding(service: grpc.ServiceDefinition): grpc.ServiceDefi
  * that did not decode ends the call with `INVALID_ARGUMENT` before any
  * handler sees it (unary, server-streaming and bidi alike).
  */
-export const decodeGuard: grpc.ServerInterceptor = (method, call) => {
+export const decodeGuard: grpc.ServerInterceptor = (
+  method: grpc.ServerMethodDefinition<unknown, unknown>,
+  call: grpc.ServerInterceptingCallInterface,
+): grpc.ServerInterceptingCall => {
   let failed = false;
   return new grpc.ServerInterceptingCall(call, {
     start: (next) =>

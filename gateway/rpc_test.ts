@@ -81,11 +81,13 @@ const raw = (b: Buffer) => b;
 function unary(client: grpc.Client, method: string, body: Buffer): Promise<grpc.StatusObject> {
   return new Promise((resolve) => {
     client.makeUnaryRequest(`/openshell.v1.OpenShell/${method}`, raw, raw, body, (err) => {
-      resolve(err ? { code: err.code, details: err.details, metadata: err.metadata } : {
-        code: 0,
-        details: "",
-        metadata: new grpc.Metadata(),
-      });
+      resolve(
+        err ? { code: err.code, details: err.details, metadata: err.metadata } : {
+          code: 0,
+          details: "",
+          metadata: new grpc.Metadata(),
+        },
+      );
     });
   });
 }

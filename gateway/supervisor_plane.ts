@@ -138,7 +138,9 @@ export class SupervisorPlane {
     const sandboxId = first.hello.sandbox_id.trim();
     if (!sandboxId) throw new StatusError(Code.INVALID_ARGUMENT, "hello.sandbox_id is required");
     const record = await store.getSandbox(sandboxId);
-    if (!record) throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(sandboxId)} not found`);
+    if (!record) {
+      throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(sandboxId)} not found`);
+    }
     checkSupervisorToken(record, call.metadata, this.#o.requireTokens);
     if (record.sandbox.phase === "SANDBOX_PHASE_DELETING") {
       throw new StatusError(Code.FAILED_PRECONDITION, `sandbox ${sandboxId} is being deleted`);
