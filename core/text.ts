@@ -37,7 +37,7 @@ export function truncateUtf8(s: string, maxBytes: number): { text: string; cutBy
 
 /**
  * `s` cut to at most `maxBytes` of UTF-8 plus a visible `…[truncated N bytes]`
- * marker when it was longer. The result is a fresh string.
+ * marker when it was longer (then as a fresh string, not a slice of `s`).
  */
 export function capLine(s: string, maxBytes: number = MAX_LINE_BYTES): string {
   const { text, cutBytes } = truncateUtf8(s, maxBytes);
