@@ -42,7 +42,7 @@ async function waitFor<T>(
 
 async function sandboxNames(f: CliFixture): Promise<string[]> {
   const res = await f.api.call<{ sandboxes: { name: string }[] }>("ListSandboxes", {
-    limit: 1000,
+    limit: 100, // the largest page the gateway serves
     offset: 0,
   });
   return res.sandboxes.map((s) => s.name);

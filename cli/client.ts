@@ -33,6 +33,11 @@ import {
 import { type GatewayEndpoint, importBundleCommand, type TlsMaterial } from "./config.ts";
 import { CliError } from "./errors.ts";
 
+/**
+ * Largest `ListSandboxes` page the gateway serves (its `MAX_LIST_LIMIT`,
+ * chosen so a page of the largest sandboxes fits one message).
+ */
+export const LIST_PAGE = 100;
 /** Default deadline of a unary call. */
 export const DEFAULT_DEADLINE_MS = 30_000;
 
@@ -282,14 +287,26 @@ export class GatewayClient {
     return res.sandbox;
   }
 
-  /** `ListSandboxes` (one page). */
+  /**
+   * Up to `limit` sandboxes from `offset`, in pages of at most
+   * {@link LIST_PAGE} (the largest page the gateway serves).
+   */
   async listSandboxes(limit: number, offset: number): Promise<Sandbox[]> {
-    const res = await this.#unary<ListSandboxesResponse>("ListSandboxes", { limit, offset });
-    return res.sandboxes;
+    const all: Sandbox[] = [];
+    while (all.length < limit) {
+      const want = Math.min(LIST_PAGE, limit - all.length);
+      const res = await this.#unary<ListSandboxesResponse>("ListSandboxes", {
+        limit: want,
+        offset: offset + all.length,
+      });
+      all.push(...res.sandboxes);
+      if (res.sandboxes.length < want) break;
+    }
+    return all;
   }
 
   /** Every sandbox, page by page. */
-  async listAllSandboxes(pageSize = 100): Promise<Sandbox[]> {
+  async listAllSandboxes(pageSize = LIST_PAGE): Promise<Sandbox[]> {
     const all: Sandbox[] = [];
     for (let offset = 0;; offset += pageSize) {
       const page = await this.listSandboxes(pageSize, offset);

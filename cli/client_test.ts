@@ -1,7 +1,16 @@
 import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import { OpenShellClient } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { IP_TLS_SERVER_NAME } from "../core/tls.ts";
-import { channelCredentials, describeGrpcError, GatewayError, grpcTarget } from "./client.ts";
+import {
+  channelCredentials,
+  describeGrpcError,
+  GatewayClient,
+  GatewayError,
+  grpcTarget,
+  LIST_PAGE,
+} from "./client.ts";
 import { parseEndpoint } from "./config.ts";
 
 const EP = parseEndpoint("http://127.0.0.1:8080");
@@ -158,4 +167,48 @@ Deno.test("http: a TLS gateway (it closes a plaintext HTTP/2 connection) gets an
       "gateway add local https://127.0.0.1:8080 --mtls-dir DIR --force, DIR being the " +
       "gateway's <state-dir>/pki)",
   );
+});
+
+Deno.test("listSandboxes asks for pages of at most LIST_PAGE and stops at a short one", async () => {
+  const names = Array.from({ length: 250 }, (_, i) => `s${i}`);
+  const asked: { limit: number; offset: number }[] = [];
+  const server = new grpc.Server();
+  server.addService(OpenShellClient.service, {
+    ListSandboxes: (
+      call: grpc.ServerUnaryCall<{ limit: number; offset: number }, unknown>,
+      cb: grpc.sendUnaryData<unknown>,
+    ) => {
+      const { limit, offset } = call.request;
+      asked.push({ limit, offset });
+      if (limit > LIST_PAGE) {
+        cb({ code: Code.INVALID_ARGUMENT, details: "limit: at most 100" } as grpc.ServiceError);
+        return;
+      }
+      cb(null, { sandboxes: names.slice(offset, offset + limit).map((name) => ({ name })) });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (e, p) => e ? reject(e) : resolve(p),
+    )
+  );
+  const client = new GatewayClient({ endpoint: parseEndpoint(`http://127.0.0.1:${port}`) });
+  try {
+    const got = await client.listSandboxes(230, 10);
+    assert.deepEqual(got.map((s) => s.name), names.slice(10, 240));
+    assert.deepEqual(asked, [
+      { limit: 100, offset: 10 },
+      { limit: 100, offset: 110 },
+      { limit: 30, offset: 210 },
+    ]);
+    asked.length = 0;
+    assert.equal((await client.listSandboxes(500, 200)).length, 50);
+    assert.deepEqual(asked, [{ limit: 100, offset: 200 }], "a short page is the last");
+    assert.equal((await client.listAllSandboxes()).length, 250);
+  } finally {
+    client.close();
+    await new Promise<void>((r) => server.tryShutdown(() => r()));
+  }
 });

@@ -4,6 +4,8 @@
  *
  * @module
  */
+import { codeName } from "./status.ts";
+import { truncateForEcho } from "./text.ts";
 
 /** Log levels, most severe first. */
 export const LOG_LEVELS = ["error", "warn", "info", "debug", "trace"] as const;
@@ -11,6 +13,9 @@ export const LOG_LEVELS = ["error", "warn", "info", "debug", "trace"] as const;
 export type LogLevel = typeof LOG_LEVELS[number];
 /** Output formats. */
 export type LogFormat = "text" | "json";
+
+/** Longest field value written, in characters (longer ones are cut with a marker). */
+export const MAX_FIELD_CHARS = 2048;
 
 /** Extra key/value context on a line. */
 export type LogFields = Record<string, string | number | boolean | undefined | null>;
@@ -46,8 +51,12 @@ function writeStderr(line: string): void {
   }
 }
 
+function boundValue(v: string | number | boolean): string | number | boolean {
+  return typeof v === "string" ? truncateForEcho(v, MAX_FIELD_CHARS) : v;
+}
+
 function formatValue(v: string | number | boolean): string {
-  const s = String(v);
+  const s = String(boundValue(v));
   return /^[A-Za-z0-9._:/@+-]*$/.test(s) && s !== "" ? s : JSON.stringify(s);
 }
 
@@ -95,7 +104,12 @@ export class Logger {
     const all: LogFields = { ...this.#base, ...fields };
     const time = new Date(this.#now()).toISOString();
     if (this.#format === "json") {
-      const clean = Object.fromEntries(Object.entries(all).filter(([, v]) => v != null));
+      const clean = Object.fromEntries(
+        Object.entries(all).filter(([, v]) => v != null).map(([k, v]) => [
+          k,
+          boundValue(v as string | number | boolean),
+        ]),
+      );
       this.#sink(JSON.stringify({ time, level, target: this.#target, message, ...clean }));
       return;
     }
@@ -127,8 +141,35 @@ export class Logger {
   }
 }
 
-/** A readable message for any thrown value. */
+/**
+ * A readable message for any thrown or emitted value: an Error's message; for
+ * a plain status object such as grpc-js emits (`{code, details}`) or any
+ * object with `message`, `CODE_NAME: text`; otherwise its JSON (bounded).
+ */
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
+  if (typeof err === "object" && err !== null) {
+    const o = err as { message?: unknown; details?: unknown; code?: unknown };
+    const text = typeof o.details === "string" && o.details
+      ? o.details
+      : typeof o.message === "string" && o.message
+      ? o.message
+      : undefined;
+    const code = typeof o.code === "number"
+      ? codeName(o.code)
+      : typeof o.code === "string" && o.code
+      ? o.code
+      : undefined;
+    if (text !== undefined) return code ? `${code}: ${text}` : text;
+    if (code) return code;
+    try {
+      const json = JSON.stringify(err);
+      if (json !== undefined && json !== "{}") return truncateForEcho(json, MAX_FIELD_CHARS);
+    } catch {
+      // cyclic or otherwise unserialisable: fall through
+    }
+    const name = (err as { constructor?: { name?: unknown } }).constructor?.name;
+    return typeof name === "string" && name ? `[${name}]` : "[object]";
+  }
   return String(err);
 }

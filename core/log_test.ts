@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Logger, parseLogLevel } from "./log.ts";
+import { errorMessage, Logger, MAX_FIELD_CHARS, parseLogLevel } from "./log.ts";
 
 Deno.test("text lines carry level, target, message and fields; levels filter", () => {
   const lines: string[] = [];
@@ -26,4 +26,37 @@ Deno.test("json lines are parseable and with() adds fields", () => {
 Deno.test("parseLogLevel accepts names in any case and rejects others", () => {
   assert.equal(parseLogLevel("DEBUG"), "debug");
   assert.throws(() => parseLogLevel("loud"), /invalid log level "loud"/);
+});
+
+Deno.test("errorMessage renders Errors, grpc status objects and other objects readably", () => {
+  assert.equal(errorMessage(new Error("boom")), "boom");
+  // what grpc-js emits on a server stream: a plain {code, details} object
+  assert.equal(
+    errorMessage({ code: 14, details: "supervisor heartbeats missed" }),
+    "UNAVAILABLE: supervisor heartbeats missed",
+  );
+  assert.equal(errorMessage({ code: "ECONNRESET", message: "reset" }), "ECONNRESET: reset");
+  assert.equal(errorMessage({ message: "only a message" }), "only a message");
+  assert.equal(errorMessage({ code: 1 }), "CANCELLED");
+  assert.equal(errorMessage({ weird: [1, 2] }), '{"weird":[1,2]}');
+  const cyclic: Record<string, unknown> = {};
+  cyclic.self = cyclic;
+  assert.equal(errorMessage(cyclic), "[Object]");
+  assert.equal(errorMessage("text"), "text");
+  assert.equal(errorMessage(undefined), "undefined");
+  for (const v of [{}, { code: 2, details: "x" }, cyclic]) {
+    assert.ok(!errorMessage(v).includes("[object Object]"), JSON.stringify(errorMessage(v)));
+  }
+});
+
+Deno.test("field values are bounded: a 1 MiB value does not make a 1 MiB log line", () => {
+  const lines: string[] = [];
+  const text = new Logger({ sink: (l) => lines.push(l), now: () => 0 });
+  const json = new Logger({ format: "json", sink: (l) => lines.push(l), now: () => 0 });
+  const huge = "x".repeat(1024 * 1024);
+  text.warn("bad id", { id: huge });
+  json.warn("bad id", { id: huge });
+  for (const l of lines) assert.ok(l.length < MAX_FIELD_CHARS + 200, `line of ${l.length}`);
+  assert.match(lines[0], /id="x+…\(1048576 chars\)"$/);
+  assert.match(JSON.parse(lines[1]).id, /^x{2048}…\(1048576 chars\)$/);
 });

@@ -1,7 +1,7 @@
 /**
  * The VM driver's sandbox lifecycle, independent of gRPC: one qemu per
  * sandbox, its per-sandbox state dir, progress conditions, the watch bus,
- * console lines, exit monitoring and deletion.
+ * console (driver_vm/console.ts), exit monitoring and deletion.
  *
  * Readiness belongs to the gateway: this driver reports `Ready=False` with
  * reason `Starting` while a VM runs, `ProcessExited` (terminal) when qemu
@@ -12,6 +12,8 @@
  */
 import { splitProvisioning } from "../core/provisioning.ts";
 import type { Logger } from "../core/log.ts";
+import { LogRateLimiter } from "../core/rate_limit.ts";
+import { truncateForEcho, utf8Length } from "../core/text.ts";
 import type {
   DriverSandbox,
   PlatformEvent,
@@ -22,6 +24,7 @@ import type {
 import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import type { Accel } from "./config.ts";
+import { LineSplitter, RotatingLog } from "./console.ts";
 import { GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
 import {
   DEFAULT_MAX_GUEST_CONNECTIONS,
@@ -43,6 +46,10 @@ export interface VmHandle {
   status: Promise<{ code: number; signal: string | null }>;
   /** Sends a signal (no-op once gone). */
   kill(signal: Deno.Signal): void;
+  /** The guest's serial console (qemu's stdout); ends when qemu exits. */
+  console: ReadableStream<Uint8Array>;
+  /** qemu's own messages (its stderr). */
+  stderr: ReadableStream<Uint8Array>;
 }
 
 /** Starts VMs (the real one runs setpriv + qemu; tests inject fakes). */
@@ -90,8 +97,8 @@ export interface VmDriverOptions {
   log: Logger;
   /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
   stopGraceMs?: number;
-  /** How often console.log is read for new lines; default 500 ms. */
-  consolePollMs?: number;
+  /** Size at which `console.log` rotates; default `CONSOLE_LOG_MAX_BYTES` (4 MiB). */
+  consoleLogMaxBytes?: number;
   now?: () => number;
 }
 
@@ -107,11 +114,10 @@ interface Record_ {
   forwarder?: GuestForwarder;
   exited?: boolean;
   deletion?: Promise<boolean>;
-  consoleTimer?: ReturnType<typeof setTimeout>;
-  /** The console read in flight, if any. */
-  pumping?: Promise<void>;
-  consoleOffset: number;
-  consolePartial: string;
+  /** Readers of the VM's output, cancelled when the sandbox goes. */
+  readers: ReadableStreamDefaultReader<Uint8Array>[];
+  /** Resolves once the console is drained and `console.log` closed. */
+  consoleDone?: Promise<void>;
 }
 
 const SANDBOX_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -124,7 +130,9 @@ export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined)
   if (!SANDBOX_ID.test(id) || id === "." || id === "..") {
     throw new StatusError(
       Code.INVALID_ARGUMENT,
-      `sandbox.id must be 1-128 letters, digits, ".", "_" or "-": ${JSON.stringify(id)}`,
+      `sandbox.id must be 1-128 letters, digits, ".", "_" or "-": ${
+        JSON.stringify(truncateForEcho(id))
+      }`,
     );
   }
   const spec = sandbox.spec;
@@ -163,7 +171,10 @@ export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined)
   }
   for (const k of Object.keys(spec.environment ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
-      throw new StatusError(Code.INVALID_ARGUMENT, `invalid environment variable name: ${k}`);
+      throw new StatusError(
+        Code.INVALID_ARGUMENT,
+        `invalid environment variable name: ${JSON.stringify(truncateForEcho(k))}`,
+      );
     }
   }
 }
@@ -176,14 +187,6 @@ function condition(reason: string, message: string, now: number): SandboxConditi
     message,
     last_transition_time: new Date(now).toISOString(),
   };
-}
-
-// deno-lint-ignore no-control-regex
-const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r/g;
-
-/** Splits console output into printable lines (ANSI sequences and CRs removed). */
-export function consoleLines(text: string): string[] {
-  return text.split("\n").map((l) => l.replace(ANSI, "").trimEnd()).filter((l) => l !== "");
 }
 
 /** The driver (see the module docs). */
@@ -308,7 +311,9 @@ export class VmDriver {
       throw new StatusError(Code.INVALID_ARGUMENT, "sandbox_id or sandbox_name is required");
     }
     const r = this.#find(id, name);
-    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox ${id || name} not found`);
+    if (!r) {
+      throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(id || name)} not found`);
+    }
     if (id && name && r.name !== name) {
       throw new StatusError(
         Code.FAILED_PRECONDITION,
@@ -399,8 +404,7 @@ export class VmDriver {
       dir,
       conditions: [condition("Starting", "VM is starting", this.#now())],
       deleting: false,
-      consoleOffset: 0,
-      consolePartial: "",
+      readers: [],
     };
     // Reserve the id before the first await so a concurrent duplicate fails.
     this.#sandboxes.set(id, r);
@@ -414,8 +418,7 @@ export class VmDriver {
       await Deno.mkdir(dir, { mode: 0o700 });
       await this.#share(dir);
       const fwCfg = await this.#writeGuestFiles(sandbox!, dir);
-      await Deno.writeTextFile(`${dir}/console.log`, "");
-      await this.#give(`${dir}/console.log`);
+      await Deno.writeTextFile(`${dir}/console.log`, "", { mode: 0o600 });
       // qemu cannot create files in a directory it does not own: it fills this one.
       await Deno.writeTextFile(`${dir}/qemu.pid`, "");
       await this.#give(`${dir}/qemu.pid`);
@@ -435,7 +438,6 @@ export class VmDriver {
         kernel: boot.kernel,
         initramfs: boot.initramfs,
         disk: boot.disk,
-        consoleLog: `${dir}/console.log`,
         pidFile: `${dir}/qemu.pid`,
         fwCfg,
         gatewaySocket: r.forwarder.path,
@@ -461,8 +463,8 @@ export class VmDriver {
       log.error("VM launch failed", { error: (err as Error).message });
       throw new StatusError(Code.INTERNAL, `cannot start the VM: ${(err as Error).message}`);
     }
-    this.#startConsoleTail(r);
     const handle = r.handle!;
+    this.#startConsole(r, handle);
     handle.status.then((st) => this.#onExit(r, handle, st));
   }
 
@@ -472,7 +474,6 @@ export class VmDriver {
     r.forwarder?.close().catch((err) =>
       this.#o.log.warn("cannot close a forwarder", { sandbox_id: r.id, error: String(err) })
     );
-    this.#pump(r).finally(() => this.#stopConsoleTail(r));
     if (r.deleting || this.#closing || this.#sandboxes.get(r.id) !== r) return;
     const status = st.signal ? 128 + (SIGNALS[st.signal] ?? 0) : st.code;
     const message = `VM process exited with status ${status}` +
@@ -483,67 +484,68 @@ export class VmDriver {
     this.#platformEvent(r.id, { source: "vm", type: "Warning", reason: "ProcessExited", message });
   }
 
-  #pump(r: Record_): Promise<void> {
-    const run = (r.pumping ?? Promise.resolve()).then(() => this.#pumpConsole(r)).catch(() => {});
-    r.pumping = run;
-    return run;
-  }
-
-  #startConsoleTail(r: Record_): void {
-    const tick = () => {
-      this.#pump(r).finally(() => {
-        if (this.#sandboxes.get(r.id) === r && !r.exited && !this.#closing) {
-          r.consoleTimer = setTimeout(tick, this.#o.consolePollMs ?? 500);
-        }
-      });
-    };
-    r.consoleTimer = setTimeout(tick, this.#o.consolePollMs ?? 500);
-  }
-
-  /** Stops the console tail; resolves once no read is in flight. */
-  async #stopConsoleTail(r: Record_): Promise<void> {
-    if (r.consoleTimer !== undefined) clearTimeout(r.consoleTimer);
-    r.consoleTimer = undefined;
-    await r.pumping;
-  }
-
-  /** Reads new console bytes and emits each complete line as a `console` platform event. */
-  async #pumpConsole(r: Record_): Promise<void> {
-    let file: Deno.FsFile;
-    try {
-      file = await Deno.open(`${r.dir}/console.log`, { read: true });
-    } catch {
-      return;
-    }
-    try {
-      await file.seek(r.consoleOffset, Deno.SeekMode.Start);
-      const buf = new Uint8Array(64 * 1024);
-      let text = "";
-      const dec = new TextDecoder();
-      while (true) {
-        const n = await file.read(buf);
-        if (n === null || n === 0) break;
-        r.consoleOffset += n;
-        text += dec.decode(buf.subarray(0, n), { stream: true });
-        if (text.length > 1024 * 1024) break;
-      }
-      if (!text) return;
-      const all = r.consolePartial + text;
-      const cut = all.lastIndexOf("\n");
-      r.consolePartial = cut < 0 ? all : all.slice(cut + 1);
-      if (r.consolePartial.length > 8192) r.consolePartial = "";
-      if (cut < 0) return;
-      for (const line of consoleLines(all.slice(0, cut))) {
+  /**
+   * Pumps the VM's output: every console byte into `console.log` (rotated),
+   * qemu's own messages in as `qemu: …` lines, and each line, capped and
+   * cleaned, as a `console` platform event under the sandbox's log rate
+   * limit (a "N console lines dropped" event when it resumes). Reading waits
+   * for the file write, so a guest cannot outrun the disk.
+   */
+  #startConsole(r: Record_, handle: VmHandle): void {
+    const log = new RotatingLog(`${r.dir}/console.log`, {
+      maxBytes: this.#o.consoleLogMaxBytes,
+    });
+    const limiter = new LogRateLimiter({ now: this.#now });
+    const encoder = new TextEncoder();
+    const emit = (line: string) => {
+      const { admit, dropped } = limiter.admit(utf8Length(line));
+      if (!admit) return;
+      if (dropped > 0) {
         this.#platformEvent(r.id, {
           source: "console",
-          type: "Normal",
-          reason: "Console",
-          message: line,
+          type: "Warning",
+          reason: "ConsoleDropped",
+          message: limiter.droppedMessage(dropped, "console lines"),
         });
       }
-    } finally {
-      file.close();
-    }
+      this.#platformEvent(r.id, {
+        source: "console",
+        type: "Normal",
+        reason: "Console",
+        message: line,
+      });
+    };
+    const pump = async (stream: ReadableStream<Uint8Array>, qemu: boolean) => {
+      const reader = stream.getReader();
+      r.readers.push(reader);
+      const lines = new LineSplitter();
+      const take = async (found: string[]) => {
+        for (const line of found) {
+          const text = qemu ? `qemu: ${line}` : line;
+          if (qemu) await log.write(encoder.encode(`${text}\n`));
+          emit(text);
+        }
+      };
+      try {
+        while (true) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          if (!qemu) await log.write(value);
+          await take(lines.push(value));
+        }
+        await take(lines.flush());
+      } catch {
+        // cancelled (sandbox deleted) or the pipe broke: nothing more to read
+      }
+    };
+    r.consoleDone = Promise.all([pump(handle.console, false), pump(handle.stderr, true)])
+      .then(() => log.close());
+  }
+
+  /** Stops reading the VM's output; resolves once `console.log` is closed. */
+  async #stopConsole(r: Record_): Promise<void> {
+    for (const reader of r.readers) reader.cancel().catch(() => {});
+    await r.consoleDone;
   }
 
   async #stopVm(handle: VmHandle, graceMs: number): Promise<void> {
@@ -580,7 +582,7 @@ export class VmDriver {
     r.conditions = [condition("Deleting", "VM is being deleted", this.#now())];
     this.#publish(r);
     if (r.handle && !r.exited) await this.#stopVm(r.handle, this.#o.stopGraceMs ?? 5000);
-    await this.#stopConsoleTail(r);
+    await this.#stopConsole(r);
     await r.forwarder?.close().catch(() => {});
     try {
       await Deno.remove(r.dir, { recursive: true });
@@ -605,7 +607,7 @@ export class VmDriver {
     const running = [...this.#sandboxes.values()];
     await Promise.all(running.map(async (r) => {
       if (r.handle && !r.exited) await this.#stopVm(r.handle, graceMs);
-      await this.#stopConsoleTail(r);
+      await this.#stopConsole(r);
       await r.forwarder?.close().catch(() => {});
     }));
     this.#listeners.clear();
@@ -615,8 +617,7 @@ export class VmDriver {
   killAll(): void {
     this.#closing = true;
     for (const r of this.#sandboxes.values()) {
-      if (r.consoleTimer !== undefined) clearTimeout(r.consoleTimer);
-      r.consoleTimer = undefined;
+      for (const reader of r.readers) reader.cancel().catch(() => {});
       if (r.handle && !r.exited) r.handle.kill("SIGKILL");
       r.forwarder?.close().catch(() => {});
     }

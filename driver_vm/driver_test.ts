@@ -2,7 +2,10 @@ import assert from "node:assert/strict";
 import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
 import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
-import { consoleLines, validateSandbox, VmDriver, type VmDriverOptions } from "./driver.ts";
+import { validateSandbox, VmDriver, type VmDriverOptions } from "./driver.ts";
+import { CONSOLE_LOG_MAX_BYTES } from "./console.ts";
+import { LOG_LINE_BURST } from "../core/rate_limit.ts";
+import { MAX_LINE_BYTES } from "../core/text.ts";
 import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
 import { waitFor } from "../core/testing.ts";
 
@@ -15,7 +18,12 @@ interface Fixture {
 }
 
 async function fixture(
-  options: { stopGraceMs?: number; vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime"> } = {},
+  options: {
+    stopGraceMs?: number;
+    consoleLogMaxBytes?: number;
+    now?: () => number;
+    vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime">;
+  } = {},
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
   const runtime = await fakeRuntime(`${dir}/rt`);
@@ -33,7 +41,8 @@ async function fixture(
     allowEgress: false,
     log: memoryLogger().log,
     stopGraceMs: options.stopGraceMs ?? 50,
-    consolePollMs: 20,
+    consoleLogMaxBytes: options.consoleLogMaxBytes,
+    now: options.now,
     ...options.vm,
   });
   const events: WatchSandboxesEvent[] = [];
@@ -78,7 +87,7 @@ Deno.test("driver: create writes the guest files and starts one VM reporting Sta
   assert.equal(f.launcher.vms.length, 1);
   const spec = f.launcher.vms[0].spec;
   const sdir = `${f.dir}/state/sandboxes/sb-1`;
-  assert.equal(spec.consoleLog, `${sdir}/console.log`);
+  assert.equal((await Deno.stat(`${sdir}/console.log`)).mode! & 0o777, 0o600);
   assert.equal(spec.accel, "tcg");
   assert.deepEqual(spec.fwCfg.map((x) => x.name), [
     "config",
@@ -242,28 +251,85 @@ Deno.test("driver: watch delivers current snapshots first, then live events; lis
   );
 });
 
-Deno.test("driver: console lines become console platform events", async () => {
+function consoleEvents(events: WatchSandboxesEvent[], id: string): string[] {
+  return events.flatMap((e) =>
+    e.payload === "platform_event" && e.platform_event.sandbox_id === id &&
+      e.platform_event.event.source === "console"
+      ? [e.platform_event.event.message]
+      : []
+  );
+}
+
+Deno.test("driver: console lines become console platform events and console.log", async () => {
   await using f = await fixture();
   await f.driver.create(sandbox("con"));
-  await Deno.writeTextFile(
-    `${f.dir}/state/sandboxes/con/console.log`,
-    "\x1b[2Jfirst line\r\nsecond\npart",
-    {
-      append: true,
-    },
-  );
-  const lines = () =>
-    f.events.flatMap((e) =>
-      e.payload === "platform_event" && e.platform_event.event.source === "console"
-        ? [e.platform_event.event.message]
-        : []
-    );
-  await waitFor("console events", () => lines().length >= 2, { timeoutMs: 3000, intervalMs: 10 });
+  const vm = f.launcher.vms[0];
+  await vm.writeConsole("\x1b[2Jfirst line\r\nsecond\n\x1b]52;c;ZXZpbA==\x07third\npart");
+  await vm.writeStderr("qemu-system-x86_64: warning: something\n");
+  const lines = () => consoleEvents(f.events, "con");
+  await waitFor("console events", () => lines().length >= 4, { timeoutMs: 3000, intervalMs: 10 });
   assert.deepEqual(
-    lines(),
-    ["first line", "second"],
-    "the partial last line waits for its newline",
+    lines().filter((l) => !l.startsWith("qemu: ")),
+    ["first line", "second", "third"],
+    "escapes (OSC 52 too) and CRs removed; the partial last line waits for its newline",
   );
+  assert.ok(lines().includes("qemu: qemu-system-x86_64: warning: something"));
+  const log = await Deno.readTextFile(`${f.dir}/state/sandboxes/con/console.log`);
+  assert.ok(log.includes("first line\r\nsecond\n"), "console.log keeps the raw bytes");
+  assert.ok(log.includes("qemu: qemu-system-x86_64: warning: something\n"));
+  vm.exit(0);
+  await waitFor("the last line at exit", () => lines().includes("part") || undefined);
+});
+
+Deno.test("driver: a console flood is capped in lines, rate and console.log size", async () => {
+  await using f = await fixture({ now: () => 1_000_000 }); // a frozen clock: no refill
+  await f.driver.create(sandbox("flood"));
+  const vm = f.launcher.vms[0];
+  // one 1 MiB line, then 3,000 short ones, then 9 MiB more of long lines: 13 MiB in all
+  await vm.writeConsole("y".repeat(1024 * 1024) + "\n");
+  for (let i = 0; i < 3_000; i++) await vm.writeConsole(`line ${i}\n`);
+  const chunk = ("z".repeat(64 * 1024 - 1) + "\n").repeat(16);
+  for (let i = 0; i < 9; i++) await vm.writeConsole(chunk);
+  vm.exit(0);
+  const dir = `${f.dir}/state/sandboxes/flood`;
+  await waitFor("the console drained", () => {
+    const lines = consoleEvents(f.events, "flood");
+    return lines.length >= LOG_LINE_BURST ? lines : undefined;
+  });
+  // the pump finishes when the VM's output ends
+  await waitFor("console.log rotated", async () => {
+    try {
+      return (await Deno.stat(`${dir}/console.log.1`)).size > 0 ? true : undefined;
+    } catch {
+      return undefined;
+    }
+  });
+  const lines = consoleEvents(f.events, "flood");
+  assert.equal(
+    lines[0],
+    "y".repeat(MAX_LINE_BYTES) + `…[truncated ${1024 * 1024 - MAX_LINE_BYTES} bytes]`,
+  );
+  assert.ok(lines.every((l) => l.length <= MAX_LINE_BYTES + 40));
+  // the burst went through, the rest was dropped (the clock did not move)
+  assert.equal(lines.length, LOG_LINE_BURST);
+  assert.ok((await Deno.stat(`${dir}/console.log`)).size <= CONSOLE_LOG_MAX_BYTES);
+  assert.ok((await Deno.stat(`${dir}/console.log.1`)).size <= CONSOLE_LOG_MAX_BYTES);
+});
+
+Deno.test("driver: after a burst, one event says how many console lines were dropped", async () => {
+  let now = 1_000_000;
+  await using f = await fixture({ now: () => now });
+  await f.driver.create(sandbox("burst"));
+  const vm = f.launcher.vms[0];
+  await vm.writeConsole("x\n".repeat(LOG_LINE_BURST + 500));
+  const lines = () => consoleEvents(f.events, "burst");
+  await waitFor("the burst", () => lines().length >= LOG_LINE_BURST || undefined);
+  now += 60_000;
+  await vm.writeConsole("after\n");
+  await waitFor("the line after", () => lines().includes("after") || undefined);
+  const tail = lines().slice(-2);
+  assert.match(tail[0], /^500 console lines dropped: more than 200 lines or 256 KiB per second$/);
+  assert.equal(tail[1], "after");
 });
 
 Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => {
@@ -276,10 +342,6 @@ Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => 
   });
   assert.equal(f.driver.list().length, 0);
   await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/bad`), Deno.errors.NotFound);
-});
-
-Deno.test("driver: consoleLines strips escapes and blank lines", () => {
-  assert.deepEqual(consoleLines("\x1b[?7l\x1b[2Ja\r\n\n  \nb  "), ["a", "b"]);
 });
 
 Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async () => {
@@ -307,7 +369,7 @@ Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses 
   assert.equal(spec.pidFile, `${sdir}/qemu.pid`);
   assert.equal(await Deno.readTextFile(spec.pidFile), "", "qemu's pid file exists before qemu");
   if (isRoot) {
-    for (const file of [spec.consoleLog, spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
+    for (const file of [spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
       const st = await Deno.stat(file);
       assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
     }

@@ -3,8 +3,9 @@
  * --pdeathsig KILL -- prlimit … -- qemu …` (see `vm_user.ts`), so each qemu
  * runs unprivileged, within limits, and dies with the driver process (Linux
  * parent-death signal; both helpers exec, so the pid we hold is qemu's).
- * qemu's own stdout/stderr (errors such as a missing disk) are appended to
- * the sandbox's console log.
+ * qemu's stdout carries the guest's serial console and its stderr qemu's own
+ * messages (errors such as a missing disk); the driver reads both
+ * (`console.ts`).
  *
  * @module
  */
@@ -30,35 +31,6 @@ export function launchCommand(options: QemuLauncherOptions, spec: QemuSpec): str
   return [...runAsPrefix(options.runAs, limits), ...qemu];
 }
 
-async function appendOutput(stream: ReadableStream<Uint8Array>, path: string): Promise<void> {
-  const enc = new TextEncoder();
-  const dec = new TextDecoder();
-  let file: Deno.FsFile | undefined;
-  try {
-    file = await Deno.open(path, { append: true, create: true });
-  } catch {
-    await stream.cancel().catch(() => {});
-    return;
-  }
-  let partial = "";
-  try {
-    for await (const chunk of stream) {
-      const text = partial + dec.decode(chunk, { stream: true });
-      const cut = text.lastIndexOf("\n");
-      partial = cut < 0 ? text : text.slice(cut + 1);
-      if (cut >= 0) {
-        const lines = text.slice(0, cut).split("\n").map((l) => `qemu: ${l}\n`).join("");
-        await file.write(enc.encode(lines));
-      }
-    }
-    if (partial) await file.write(enc.encode(`qemu: ${partial}\n`));
-  } catch {
-    // the console file went away (sandbox deleted)
-  } finally {
-    file.close();
-  }
-}
-
 /** Launches qemu processes. */
 export class QemuLauncher implements Launcher {
   readonly #o: QemuLauncherOptions;
@@ -79,19 +51,16 @@ export class QemuLauncher implements Launcher {
       clearEnv: true,
       env: { PATH: "/usr/local/bin:/usr/bin:/bin", LANG: "C" },
     }).spawn();
-    const pumps = Promise.all([
-      appendOutput(child.stdout, spec.consoleLog),
-      appendOutput(child.stderr, spec.consoleLog),
-    ]);
     let done = false;
-    const status = child.status.then(async (s) => {
+    const status = child.status.then((s) => {
       done = true;
-      await pumps;
       return { code: s.code, signal: s.signal };
     });
     return Promise.resolve({
       pid: child.pid,
       status,
+      console: child.stdout,
+      stderr: child.stderr,
       kill(signal: Deno.Signal) {
         if (done) return;
         try {

@@ -72,7 +72,8 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
   const rt = `${dir}/rt`;
   await fakeRuntime(rt);
   const qemu = `${dir}/fake-qemu`;
-  const body = options.qemu ?? 'echo "fake qemu started: $*"\nexec sleep 600\n';
+  const body = options.qemu ??
+    'echo "fake guest console"\necho "fake qemu started: $*" >&2\nexec sleep 600\n';
   await Deno.writeTextFile(qemu, `#!/bin/sh\nDIR=${dir}\n${body}`, { mode: 0o755 });
   const gatewayPort = options.gatewayPort ?? 9;
   await Deno.mkdir(state);
@@ -142,10 +143,15 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
     const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
     assert.equal(cmdline.split("\0")[0], "sleep", "setpriv exec'd qemu: the pid we hold is qemu's");
     const console1 = `${s.state}/sandboxes/sb-1/console.log`;
+    // qemu's stdout is the guest's console, its stderr goes in as "qemu: …" lines
     await waitFor(
       "qemu output in the console log",
-      async () =>
-        (await Deno.readTextFile(console1)).includes("qemu: fake qemu started") ? true : undefined,
+      async () => {
+        const text = await Deno.readTextFile(console1);
+        return text.includes("fake guest console\n") && text.includes("qemu: fake qemu started")
+          ? true
+          : undefined;
+      },
       { ignoreErrors: true },
     );
 
@@ -153,9 +159,11 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but not change.
       assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
       const sb = `${s.state}/sandboxes/sb-1`;
-      for (const f of [`${sb}/console.log`, `${sb}/qemu.pid`, `${sb}/guest/config`]) {
+      for (const f of [`${sb}/qemu.pid`, `${sb}/guest/config`]) {
         assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
       }
+      // The driver writes the console log itself: qemu cannot touch it.
+      assert.deepEqual(owner(`${sb}/console.log`), { uid: 0, gid: 0, mode: 0o600 });
       for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
         assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
       }

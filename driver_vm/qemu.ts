@@ -2,7 +2,8 @@
  * The qemu command line of one sandbox VM (pure). See the module docs of
  * `driver.ts` for the lifecycle; this file only decides the arguments.
  *
- * Machine: `pc` with the serial console on a file, no firmware option ROMs,
+ * Machine: `pc` with the serial console on qemu's stdout (the driver reads
+ * it, see `console.ts`), no firmware option ROMs,
  * no default devices. Guest network: qemu user networking with
  * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
  * hands every guest connection to the gateway alias to a forwarder program
@@ -37,8 +38,6 @@ export interface QemuSpec {
   initramfs: string;
   /** The shared read-only guest disk. */
   disk: string;
-  /** Serial console output file (appended). */
-  consoleLog: string;
   /** qemu writes its pid here. */
   pidFile: string;
   fwCfg: readonly FwCfgFile[];
@@ -151,7 +150,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "-append",
     kernelCommandLine(spec.extraKernelArgs),
     "-chardev",
-    `file,id=console,path=${e(spec.consoleLog)},append=on`,
+    "stdio,id=console,signal=off",
     "-serial",
     "chardev:console",
     "-drive",

@@ -17,7 +17,6 @@ const spec: QemuSpec = {
   kernel: "/rt/vmlinuz",
   initramfs: "/rt/initramfs.cpio",
   disk: "/rt/guest.img",
-  consoleLog: "/s/sandboxes/sb-1/console.log",
   pidFile: "/s/sandboxes/sb-1/qemu.pid",
   fwCfg: [{ name: "config", file: "/s/sandboxes/sb-1/guest/config" }],
   gatewaySocket: "/s/fwd/0.sock",
@@ -43,14 +42,13 @@ Deno.test("qemu: restricted user network with one forward to the gateway", () =>
   assert.match(netdevOption({ ...spec, allowEgress: true }), /restrict=off/);
 });
 
-Deno.test("qemu: disk read-only, console to file, fw_cfg files, pidfile, no reboot", () => {
+Deno.test("qemu: disk read-only, console on stdout, fw_cfg files, pidfile, no reboot", () => {
   const args = buildQemuArgs(spec);
   assert.deepEqual(after(args, "-drive"), [
     "if=none,id=guest,file=/rt/guest.img,format=raw,readonly=on",
   ]);
-  assert.deepEqual(after(args, "-chardev"), [
-    "file,id=console,path=/s/sandboxes/sb-1/console.log,append=on",
-  ]);
+  // the driver reads the console from qemu's stdout and writes console.log itself (capped)
+  assert.deepEqual(after(args, "-chardev"), ["stdio,id=console,signal=off"]);
   assert.deepEqual(after(args, "-serial"), ["chardev:console"]);
   assert.deepEqual(after(args, "-fw_cfg"), [
     "name=opt/openshell/config,file=/s/sandboxes/sb-1/guest/config",

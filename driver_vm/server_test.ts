@@ -41,7 +41,6 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     allowEgress: false,
     log,
     stopGraceMs: 50,
-    consolePollMs: 20,
   });
   const server = await serveDriver(driver, { socket, log });
   // grpc-js listens on its own socket; the public one is the GOAWAY-filtering front.

@@ -15,8 +15,39 @@ export interface FakeVm {
   handle: VmHandle;
   /** Signals it received. */
   signals: Deno.Signal[];
-  /** Ends the VM with an exit code (or a signal). */
+  /** Ends the VM with an exit code (or a signal); its output streams end. */
   exit(code: number, signal?: Deno.Signal | null): void;
+  /** Writes to the guest's serial console; waits while the pipe is full (the driver not reading). */
+  writeConsole(data: string | Uint8Array): Promise<void>;
+  /** Writes to qemu's stderr. */
+  writeStderr(data: string | Uint8Array): Promise<void>;
+}
+
+/** A byte stream a test writes into, with backpressure like a pipe's. */
+function pipe(): {
+  readable: ReadableStream<Uint8Array>;
+  write(d: string | Uint8Array): Promise<void>;
+  close(): void;
+} {
+  const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>(
+    undefined,
+    { highWaterMark: 1 },
+    { highWaterMark: 1 },
+  );
+  const writer = writable.getWriter();
+  let closed = false;
+  return {
+    readable,
+    write: async (d) => {
+      if (closed) return;
+      await writer.write(typeof d === "string" ? new TextEncoder().encode(d) : d).catch(() => {});
+    },
+    close: () => {
+      if (closed) return;
+      closed = true;
+      writer.close().catch(() => {});
+    },
+  };
 }
 
 /** A launcher that starts nothing real. */
@@ -36,9 +67,13 @@ export class FakeLauncher implements Launcher {
     const status = new Promise<{ code: number; signal: string | null }>((r) => (resolve = r));
     let done = false;
     const signals: Deno.Signal[] = [];
+    const serial = pipe();
+    const stderr = pipe();
     const exit = (code: number, signal: Deno.Signal | null = null) => {
       if (done) return;
       done = true;
+      serial.close();
+      stderr.close();
       resolve({ code, signal });
     };
     const handle: VmHandle = {
@@ -49,8 +84,17 @@ export class FakeLauncher implements Launcher {
         if (sig === "SIGKILL") exit(137, "SIGKILL");
         else if (sig === "SIGTERM" && !this.ignoreTerm) exit(0);
       },
+      console: serial.readable,
+      stderr: stderr.readable,
     };
-    this.vms.push({ spec, handle, signals, exit });
+    this.vms.push({
+      spec,
+      handle,
+      signals,
+      exit,
+      writeConsole: serial.write,
+      writeStderr: stderr.write,
+    });
     return Promise.resolve(handle);
   }
 }

@@ -12,6 +12,8 @@ import { randomBytes } from "node:crypto";
 import { hashToken, newToken } from "./tokens.ts";
 import type { Duplex } from "node:stream";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
+import { LogRateLimiter } from "../core/rate_limit.ts";
+import { capLine, utf8Length } from "../core/text.ts";
 import type {
   DriverResourceRequirements,
   DriverSandbox,
@@ -42,6 +44,42 @@ export const RECONCILE_INTERVAL_MS = 60_000;
 export const DRIVER_WAIT_MS = 60_000;
 /** Delay before re-opening a driver watch that ended. */
 export const WATCH_RESTART_MS = 2_000;
+/** Log lines kept per sandbox for replay (`GetSandboxLogs`, `WatchSandbox` tails). */
+export const LOG_LINES_KEPT = 2_000;
+/** Bytes of log lines kept per sandbox (as {@link logLineBytes} counts them). */
+export const LOG_BYTES_KEPT = 1024 * 1024;
+/** Platform events kept per sandbox. */
+export const EVENTS_KEPT = 200;
+/** Bytes of platform events kept per sandbox. */
+export const EVENT_BYTES_KEPT = 256 * 1024;
+/** Longest log field value kept, in bytes. */
+export const MAX_LOG_FIELD_BYTES = 1024;
+/** Deleted sandboxes remembered so that late console lines for them are ignored. */
+export const GONE_REMEMBERED = 4096;
+
+/** Bytes one log line accounts for: its strings in UTF-8 plus a fixed 32 for the rest. */
+export function logLineBytes(line: SandboxLogLine): number {
+  let n = 32 + utf8Length(line.sandbox_id) + utf8Length(line.level) + utf8Length(line.target) +
+    utf8Length(line.message) + utf8Length(line.source);
+  for (const [k, v] of Object.entries(line.fields ?? {})) n += utf8Length(k) + utf8Length(v) + 4;
+  return n;
+}
+
+/** Bytes one platform event accounts for, like {@link logLineBytes}. */
+export function platformEventBytes(event: PlatformEvent): number {
+  let n = 32 + utf8Length(event.source) + utf8Length(event.type) + utf8Length(event.reason) +
+    utf8Length(event.message);
+  for (const [k, v] of Object.entries(event.metadata ?? {})) n += utf8Length(k) + utf8Length(v) + 4;
+  return n;
+}
+
+function boundFields(fields: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(fields)) {
+    out[capLine(k, 128)] = capLine(v, MAX_LOG_FIELD_BYTES);
+  }
+  return out;
+}
 
 /** Options of {@link ComputeRuntime}. */
 export interface ComputeRuntimeOptions {
@@ -143,10 +181,19 @@ export function resourcesOf(struct: unknown): DriverResourceRequirements | null 
 export class ComputeRuntime {
   /** Status-change signals per sandbox (subscribers re-read the store). */
   readonly statusTopics: SandboxTopics<void> = new SandboxTopics<void>(0);
-  /** Log lines per sandbox (gateway and console), with replay. */
-  readonly logTopics: SandboxTopics<SandboxLogLine> = new SandboxTopics<SandboxLogLine>(2_000);
-  /** Platform events per sandbox, with replay. */
-  readonly eventTopics: SandboxTopics<PlatformEvent> = new SandboxTopics<PlatformEvent>(200);
+  /**
+   * Log lines per sandbox (gateway and console), with replay of the last
+   * {@link LOG_LINES_KEPT} lines and at most {@link LOG_BYTES_KEPT} bytes.
+   */
+  readonly logTopics: SandboxTopics<SandboxLogLine> = new SandboxTopics<SandboxLogLine>(
+    LOG_LINES_KEPT,
+    { maxBytes: LOG_BYTES_KEPT, sizeOf: logLineBytes },
+  );
+  /** Platform events per sandbox, with replay (count and bytes bounded). */
+  readonly eventTopics: SandboxTopics<PlatformEvent> = new SandboxTopics<PlatformEvent>(
+    EVENTS_KEPT,
+    { maxBytes: EVENT_BYTES_KEPT, sizeOf: platformEventBytes },
+  );
 
   readonly #store: Store;
   readonly #registry: SessionRegistry<Duplex>;
@@ -165,6 +212,10 @@ export class ComputeRuntime {
   #watchTimer?: ReturnType<typeof setTimeout>;
   #reconcileTimer?: ReturnType<typeof setInterval>;
   #stopped = false;
+  /** Console rate limit per sandbox. */
+  readonly #consoleRates = new Map<string, LogRateLimiter>();
+  /** Recently deleted sandboxes (insertion order, bounded). */
+  readonly #gone = new Set<string>();
   /** Sequential queue so session changes and driver events apply in order. */
   #queue: Promise<void> = Promise.resolve();
 
@@ -272,10 +323,20 @@ export class ComputeRuntime {
       timestamp_ms: this.#now(),
       level: level.toUpperCase(),
       target: "openshell_gateway",
-      message,
+      message: capLine(message),
       source: "gateway",
-      fields,
+      fields: boundFields(fields),
     });
+  }
+
+  /** Forgets a sandbox's topics and rate limit; its late console lines are ignored. */
+  #forget(sandboxId: string): void {
+    this.statusTopics.drop(sandboxId);
+    this.logTopics.drop(sandboxId);
+    this.eventTopics.drop(sandboxId);
+    this.#consoleRates.delete(sandboxId);
+    this.#gone.add(sandboxId);
+    if (this.#gone.size > GONE_REMEMBERED) this.#gone.delete(this.#gone.values().next().value!);
   }
 
   /**
@@ -323,9 +384,7 @@ export class ComputeRuntime {
         await driver.create(toDriverSandbox(sandbox, provisioning));
       } catch (err) {
         await this.#store.deleteSandbox(sandbox.id);
-        this.statusTopics.drop(sandbox.id);
-        this.logTopics.drop(sandbox.id);
-        this.eventTopics.drop(sandbox.id);
+        this.#forget(sandbox.id);
         throw err;
       }
     }
@@ -362,9 +421,7 @@ export class ComputeRuntime {
     }
     this.#registry.endSession(id);
     const removed = await this.#store.deleteSandbox(id);
-    this.statusTopics.drop(id);
-    this.logTopics.drop(id);
-    this.eventTopics.drop(id);
+    this.#forget(id);
     return removed;
   }
 
@@ -512,23 +569,55 @@ export class ComputeRuntime {
   }
 
   #onPlatformEvent(sandboxId: string, event: PlatformEvent): void {
+    if (this.#gone.has(sandboxId)) return;
     if (event.source === "console") {
-      this.logTopics.publish(sandboxId, {
-        sandbox_id: sandboxId,
-        timestamp_ms: event.timestamp_ms || this.#now(),
-        level: "INFO",
-        target: "console",
-        message: event.message,
-        source: "console",
-        fields: {},
-      });
+      this.#onConsoleLine(sandboxId, event);
       return;
     }
-    this.eventTopics.publish(sandboxId, event);
+    const bounded: PlatformEvent = {
+      ...event,
+      reason: capLine(event.reason, 256),
+      message: capLine(event.message),
+      metadata: boundFields(event.metadata ?? {}),
+    };
+    this.eventTopics.publish(sandboxId, bounded);
     this.log(
       sandboxId,
       event.type === "Warning" ? "warn" : "info",
-      `${event.source} ${event.reason}: ${event.message}`,
+      `${capLine(event.source, 64)} ${bounded.reason}: ${bounded.message}`,
     );
+  }
+
+  /**
+   * One line of a guest's console: cut to 8 KiB, then through the sandbox's
+   * rate limit; when lines were dropped, one marker line says how many.
+   */
+  #onConsoleLine(sandboxId: string, event: PlatformEvent): void {
+    const message = capLine(event.message);
+    let limiter = this.#consoleRates.get(sandboxId);
+    if (!limiter) {
+      limiter = new LogRateLimiter({ now: this.#now });
+      this.#consoleRates.set(sandboxId, limiter);
+    }
+    const line: SandboxLogLine = {
+      sandbox_id: sandboxId,
+      timestamp_ms: event.timestamp_ms || this.#now(),
+      level: "INFO",
+      target: "console",
+      message,
+      source: "console",
+      fields: {},
+    };
+    const { admit, dropped } = limiter.admit(logLineBytes(line));
+    if (!admit) return;
+    if (dropped > 0) {
+      this.logTopics.publish(sandboxId, {
+        ...line,
+        level: "WARN",
+        target: "openshell_gateway",
+        message: limiter.droppedMessage(dropped, "console lines"),
+      });
+    }
+    this.logTopics.publish(sandboxId, line);
   }
 }

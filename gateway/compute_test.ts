@@ -20,9 +20,15 @@ import { SessionRegistry, type SessionSink } from "../core/registry.ts";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { hashToken } from "./tokens.ts";
+import { LOG_LINE_BURST } from "../core/rate_limit.ts";
+import { MAX_LINE_BYTES } from "../core/text.ts";
+import v8 from "node:v8";
+import vm from "node:vm";
 import {
   ComputeRuntime,
   generateSandboxName,
+  LOG_BYTES_KEPT,
+  logLineBytes,
   resourcesOf,
   SANDBOX_NAMESPACE,
   toDriverSandbox,
@@ -160,6 +166,7 @@ function harness(
     driverWaitMs?: number;
     watchRestartMs?: number;
     reconcileIntervalMs?: number;
+    now?: () => number;
   } = {},
 ): Harness {
   const store = SqliteStore.open();
@@ -174,6 +181,7 @@ function harness(
     driverWaitMs: options.driverWaitMs,
     log: new Logger({ level: "debug", sink: (l) => logLines.push(l) }),
     watchRestartMs: options.watchRestartMs,
+    now: options.now,
     // far beyond any test, so only the reconciles a test provokes happen
     reconcileIntervalMs: options.reconcileIntervalMs ?? 3_600_000,
   });
@@ -735,4 +743,78 @@ Deno.test("create is UNAVAILABLE when the expected driver never comes", async ()
     (e: unknown) => e instanceof StatusError && e.code === Code.UNAVAILABLE,
   );
   assert.equal(await h.store.countSandboxes(), 0);
+});
+
+// ---- console flood: caps on what a guest controls ------------------------------
+
+/** V8's collector, so heap figures mean retained memory, not garbage. */
+function collector(): () => void {
+  v8.setFlagsFromString("--expose-gc");
+  return vm.runInNewContext("gc") as () => void;
+}
+
+Deno.test("console: a 1 MiB line is kept as 8 KiB plus a marker", async () => {
+  await using h = harness();
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.emit(platformEvent(id, { source: "console", message: "y".repeat(1024 * 1024) }));
+  const line = h.runtime.logTopics.buffered(id).at(-1)!;
+  assert.equal(
+    line.message,
+    "y".repeat(MAX_LINE_BYTES) + `…[truncated ${1024 * 1024 - MAX_LINE_BYTES} bytes]`,
+  );
+});
+
+Deno.test("console: a flood is rate limited; one marker says how many lines were dropped", async () => {
+  let now = 1_000_000;
+  await using h = harness({ now: () => now });
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const before = h.runtime.logTopics.total(id);
+  for (let i = 0; i < 5_000; i++) {
+    h.driver.emit(platformEvent(id, { source: "console", message: `line ${i}` }));
+  }
+  assert.equal(h.runtime.logTopics.total(id) - before, LOG_LINE_BURST, "the burst, then nothing");
+  now += 10_000;
+  h.driver.emit(platformEvent(id, { source: "console", message: "after the flood" }));
+  const [marker, line] = h.runtime.logTopics.buffered(id).slice(-2);
+  assert.equal(marker.level, "WARN");
+  assert.equal(marker.source, "console");
+  assert.match(marker.message, /^3000 console lines dropped: more than 200 lines or 256 KiB/);
+  assert.equal(line.message, "after the flood");
+  // lines for a deleted sandbox arriving late create nothing
+  await h.runtime.deleteSandbox((await h.store.getSandbox(id))!);
+  h.driver.emit(platformEvent(id, { source: "console", message: "straggler" }));
+  assert.deepEqual(h.runtime.logTopics.buffered(id), []);
+  assert.equal(h.runtime.logTopics.totalBufferedBytes(), 0);
+});
+
+Deno.test("console flood: 400 distinct 1 MiB lines leave ≤ 1 MiB buffered and the heap bounded", async () => {
+  const gc = collector();
+  let now = 1_000_000;
+  await using h = harness({ now: () => now });
+  const { id } = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const { id: other } = await h.runtime.createSandbox({ name: "beta", spec: spec() });
+  gc();
+  const heapBefore = Deno.memoryUsage().heapUsed;
+  for (let i = 0; i < 400; i++) {
+    now += 1_000; // slow enough for the rate limit: every line is admitted
+    // a fresh flat 1 MiB string each time, as a decoded protobuf message would be
+    const message = `${i}:`.padEnd(1024 * 1024, String.fromCharCode(97 + (i % 26)));
+    h.driver.emit(platformEvent(id, { source: "console", message }));
+    if (i % 100 === 0) h.driver.emit(platformEvent(other, { source: "console", message }));
+  }
+  const lines = h.runtime.logTopics.buffered(id);
+  assert.ok(h.runtime.logTopics.bufferedBytes(id) <= LOG_BYTES_KEPT);
+  assert.equal(
+    h.runtime.logTopics.bufferedBytes(id),
+    lines.reduce((n, l) => n + logLineBytes(l), 0),
+    "the accounting matches the lines kept",
+  );
+  assert.ok(lines.length >= 100, `kept ${lines.length} lines`);
+  assert.ok(lines.every((l) => l.message.length <= MAX_LINE_BYTES + 40));
+  assert.match(lines.at(-1)!.message, /^399:/);
+  assert.ok(h.runtime.logTopics.totalBufferedBytes() <= 2 * LOG_BYTES_KEPT);
+  gc();
+  const grown = Deno.memoryUsage().heapUsed - heapBefore;
+  // 400 MiB went through; what stays is the two rings (≤ 1 MiB of text each)
+  assert.ok(grown < 16 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB`);
 });

@@ -14,6 +14,7 @@ import type { SessionRegistry } from "../core/registry.ts";
 import { buildRemoteCommand } from "../core/shell.ts";
 import { fingerprintOfBlob } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { truncateForEcho } from "../core/text.ts";
 import { failStream } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
 import { validateExec } from "./validation.ts";
@@ -96,7 +97,9 @@ export class ExecService {
     const req = call.request;
     validateExec(req);
     const record = await this.#o.store.getSandbox(req.sandbox_id);
-    if (!record) throw new StatusError(Code.NOT_FOUND, `sandbox ${req.sandbox_id} not found`);
+    if (!record) {
+      throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(req.sandbox_id)} not found`);
+    }
     if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
       throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
     }

@@ -5,9 +5,12 @@
  *
  * @module
  */
+import { capLine } from "../core/text.ts";
 
 /** Largest request head accepted. */
 export const MAX_HEAD_BYTES = 16 * 1024;
+/** Longest response body, in bytes: bodies are one-line error texts that may quote a request. */
+export const MAX_BODY_BYTES = 1024;
 
 /** A parsed request line and headers. */
 export interface RequestHead {
@@ -88,7 +91,7 @@ const REASONS: Record<number, string> = {
 
 /** Options of {@link httpResponse}. */
 export interface ResponseOptions {
-  /** Text body (a trailing newline is added). */
+  /** Text body (a trailing newline is added), cut at {@link MAX_BODY_BYTES}. */
   body?: string;
   /** Extra headers. */
   headers?: Record<string, string>;
@@ -98,7 +101,7 @@ export interface ResponseOptions {
 
 /** Serialises a complete HTTP/1.1 response. */
 export function httpResponse(status: number, options: ResponseOptions = {}): Uint8Array {
-  const body = options.body === undefined ? "" : `${options.body}\n`;
+  const body = options.body === undefined ? "" : `${capLine(options.body, MAX_BODY_BYTES)}\n`;
   const lines = [`HTTP/1.1 ${status} ${REASONS[status] ?? "Status"}`];
   const headers: Record<string, string> = { ...(options.headers ?? {}) };
   if (status !== 200 || body !== "" || options.close !== false) {

@@ -5,6 +5,7 @@ import {
   HttpError,
   httpResponse,
   isAsciiValue,
+  MAX_BODY_BYTES,
   parseRequestHead,
 } from "./http1.ts";
 
@@ -149,4 +150,12 @@ Deno.test("httpResponse: a keep-alive 200 has a body length but no connection: c
 
 Deno.test("connectEstablished: a bare 200 head, nothing after it", () => {
   assert.equal(dec(connectEstablished()), "HTTP/1.1 200 OK\r\n\r\n");
+});
+
+Deno.test("httpResponse: a body that quotes a huge request is cut to MAX_BODY_BYTES", () => {
+  const text = dec(httpResponse(404, { body: `no sandbox ${"x".repeat(1024 * 1024)}` }));
+  const body = text.slice(text.indexOf("\r\n\r\n") + 4);
+  assert.ok(body.length < MAX_BODY_BYTES + 40, `${body.length}`);
+  assert.match(body, /…\[truncated \d+ bytes\]\n$/);
+  assert.match(text, new RegExp(`content-length: ${new TextEncoder().encode(body).length}\r\n`));
 });

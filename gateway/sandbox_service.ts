@@ -26,6 +26,7 @@ import type {
   Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { truncateForEcho } from "../core/text.ts";
 import { VERSION } from "../core/version.ts";
 import { type ComputeRuntime, generateSandboxName } from "./compute.ts";
 import { isTerminalPhase } from "./readiness.ts";
@@ -124,14 +125,14 @@ export class SandboxService {
   async #byName(name: string): Promise<SandboxRecord> {
     if (!name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
     const r = await this.#o.store.getSandboxByName(name);
-    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox "${name}" not found`);
+    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox "${truncateForEcho(name)}" not found`);
     return r;
   }
 
   async #byId(id: string, field = "sandbox_id"): Promise<SandboxRecord> {
     if (!id) throw new StatusError(Code.INVALID_ARGUMENT, `${field} is required`);
     const r = await this.#o.store.getSandbox(id) ?? await this.#o.store.getSandboxByName(id);
-    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox ${id} not found`);
+    if (!r) throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(id)} not found`);
     return r;
   }
 

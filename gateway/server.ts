@@ -29,6 +29,7 @@ import { type ComputeDriver, startDriverProcess } from "./driver.ts";
 import { ExecService } from "./exec.ts";
 import { httpResponse, type RequestHead } from "./http1.ts";
 import { GatewayListener } from "./listener.ts";
+import { decodeGuard, guardDecoding } from "./rpc.ts";
 import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
 import { SshTunnel } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
@@ -43,8 +44,26 @@ import type { RelayTuning } from "./tuning.ts";
 export const H2_STREAM_WINDOW = 2 * 1024 * 1024;
 /** Connection-level window. */
 export const H2_CONNECTION_WINDOW = 4 * 1024 * 1024;
-/** Largest gRPC message accepted. */
+/**
+ * Largest gRPC message the gateway sends (and clients accept): every valid
+ * page of every list RPC fits in half of it (gateway/validation.ts).
+ */
 export const MAX_GRPC_MESSAGE = 16 * 1024 * 1024;
+/**
+ * Largest gRPC message the gateway accepts: the largest valid request is an
+ * `ExecSandbox` with 4 MiB of stdin and a 256 KiB command line. Anything
+ * bigger is refused from its 5-byte length prefix (`RESOURCE_EXHAUSTED`)
+ * before it is buffered; see docs/gateway.md for the memory figures.
+ */
+export const MAX_GRPC_RECEIVE = 5 * 1024 * 1024;
+/**
+ * Largest request header list (metadata) accepted, as HTTP/2 counts it:
+ * a bigger one gets `RESOURCE_EXHAUSTED` on its stream. Header blocks that
+ * nghttp2's HPACK decoder refuses outright (one field past about 64 KiB, or
+ * about 1 MiB in all) end that client's connection instead, as HTTP/2
+ * requires; see docs/gateway.md.
+ */
+export const MAX_HEADER_LIST_BYTES = 16 * 1024;
 /** Grace for streams to flush their final status at shutdown. */
 export const SHUTDOWN_FLUSH_MS = 250;
 /** How often expired or revoked SSH tokens are purged. */
@@ -212,7 +231,12 @@ async function removeStale(path: string): Promise<void> {
   }
 }
 
-function raiseWindows(server: grpc.Server, log: Logger): void {
+/**
+ * HTTP/2 settings of every session of the internal server: the largest
+ * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
+ * unless `defaultWindows`, the raised flow-control windows.
+ */
+function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
   const servers = (server as unknown as {
     http2Servers?: Map<{ on: (e: string, f: (s: unknown) => void) => void }, unknown>;
   })
@@ -224,10 +248,14 @@ function raiseWindows(server: grpc.Server, log: Logger): void {
         setLocalWindowSize(n: number): void;
       };
       try {
-        s.settings({ initialWindowSize: H2_STREAM_WINDOW });
-        s.setLocalWindowSize(H2_CONNECTION_WINDOW);
+        s.settings(
+          defaultWindows
+            ? { maxHeaderListSize: MAX_HEADER_LIST_BYTES }
+            : { initialWindowSize: H2_STREAM_WINDOW, maxHeaderListSize: MAX_HEADER_LIST_BYTES },
+        );
+        if (!defaultWindows) s.setLocalWindowSize(H2_CONNECTION_WINDOW);
       } catch (err) {
-        log.debug("could not raise HTTP/2 windows", { error: errorMessage(err) });
+        log.debug("could not apply HTTP/2 settings", { error: errorMessage(err) });
       }
     });
   }
@@ -326,27 +354,29 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const exec = new ExecService({ store, registry, log });
 
   const grpcOptions = {
-    "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
+    "grpc.max_receive_message_length": MAX_GRPC_RECEIVE,
     "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
     "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+    interceptors: [decodeGuard],
   };
   const grpcServer = new grpc.Server(grpcOptions);
-  grpcServer.addService(OpenShellClient.service, {
+  grpcServer.addService(guardDecoding(OpenShellClient.service), {
     ...sandboxes.handlers(),
     ConnectSupervisor: plane.connectSupervisor,
     RelayStream: plane.relayStream,
     ExecSandbox: exec.execSandbox,
   });
   const supervisorServer = new grpc.Server(grpcOptions);
-  supervisorServer.addService(OpenShellClient.service, supervisorPlaneHandlers(plane));
+  supervisorServer.addService(
+    guardDecoding(OpenShellClient.service),
+    supervisorPlaneHandlers(plane),
+  );
   const grpcSocket = internalSocketPath(config);
   const supervisorSocket = supervisorSocketPath(config);
   await bindGrpc(grpcServer, grpcSocket);
   await bindGrpc(supervisorServer, supervisorSocket);
-  if (!options.tuning?.defaultH2Windows) {
-    raiseWindows(grpcServer, log);
-    raiseWindows(supervisorServer, log);
-  }
+  tuneSessions(grpcServer, log, options.tuning?.defaultH2Windows ?? false);
+  tuneSessions(supervisorServer, log, options.tuning?.defaultH2Windows ?? false);
 
   const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
     const path = head.target.split("?")[0];

@@ -21,6 +21,7 @@ import type { GatewayMessage, RelayFrame, SupervisorMessage, Wire } from "../cor
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { RELAY_CAPACITY_ERROR, type SessionRegistry } from "../core/registry.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { truncateForEcho } from "../core/text.ts";
 import { failStream, metadataValue } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
 import { tokenMatches } from "./tokens.ts";
@@ -164,7 +165,9 @@ export class SupervisorPlane {
     const sandboxId = first.hello.sandbox_id.trim();
     if (!sandboxId) throw new StatusError(Code.INVALID_ARGUMENT, "hello.sandbox_id is required");
     const record = await store.getSandbox(sandboxId);
-    if (!record) throw new StatusError(Code.NOT_FOUND, `sandbox ${sandboxId} not found`);
+    if (!record) {
+      throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(sandboxId)} not found`);
+    }
     checkSupervisorToken(record, call.metadata);
     if (record.sandbox.phase === "SANDBOX_PHASE_DELETING") {
       throw new StatusError(Code.FAILED_PRECONDITION, `sandbox ${sandboxId} is being deleted`);

@@ -16,11 +16,13 @@ import {
   type GatewayMessage,
   OpenShellClient,
   type RelayFrame,
+  type SandboxSpec,
   type SupervisorMessage,
   type Wire,
 } from "../core/protocol.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { gatewayGrantParams, parseGatewayConfig } from "./config.ts";
+import { MAX_SPEC_BYTES, MAX_VALUE_BYTES, specBytes } from "./validation.ts";
 
 /** Options of {@link startGateway}. */
 export interface TestGatewayOptions {
@@ -369,4 +371,35 @@ export function apiClient(port: number): ApiClient {
     },
     close: () => raw.close(),
   };
+}
+
+/**
+ * The largest spec validation accepts: environment values of the largest
+ * size until {@link MAX_SPEC_BYTES} is all but used (within a byte).
+ */
+export function largestSpec(): SandboxSpec {
+  const environment: Record<string, string> = {};
+  const spec: SandboxSpec = {
+    log_level: "",
+    environment,
+    template: null,
+    providers: [],
+    gpu: false,
+  };
+  for (let i = 0; i < 1000; i++) {
+    const key = `VALUE_${i}`;
+    environment[key] = "v".repeat(MAX_VALUE_BYTES);
+    if (specBytes(spec) <= MAX_SPEC_BYTES) continue;
+    let lo = 0;
+    let hi = MAX_VALUE_BYTES;
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      environment[key] = "v".repeat(mid);
+      if (specBytes(spec) <= MAX_SPEC_BYTES) lo = mid;
+      else hi = mid - 1;
+    }
+    environment[key] = "v".repeat(lo);
+    return spec;
+  }
+  throw new Error("unreachable: the spec budget is finite");
 }

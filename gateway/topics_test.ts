@@ -161,3 +161,29 @@ Deno.test("close ends every subscription and clears buffers", () => {
   assert.deepEqual(topics.buffered("c"), []);
   assert.equal(topics.subscriberCount("a"), 0);
 });
+
+Deno.test("the replay buffer is bounded by bytes as well: the oldest go first", () => {
+  const topics = new SandboxTopics<string>(100, { maxBytes: 10, sizeOf: (s) => s.length });
+  topics.publish("a", "aaaa");
+  topics.publish("a", "bbbb");
+  assert.equal(topics.bufferedBytes("a"), 8);
+  topics.publish("a", "cccc");
+  assert.deepEqual(topics.buffered("a"), ["bbbb", "cccc"]);
+  assert.equal(topics.bufferedBytes("a"), 8);
+  topics.publish("a", "x".repeat(11));
+  assert.deepEqual(topics.buffered("a"), [], "an item larger than the bound is not kept");
+  assert.equal(topics.bufferedBytes("a"), 0);
+  topics.publish("a", "dd");
+  assert.deepEqual(topics.buffered("a"), ["dd"]);
+  assert.equal(topics.total("a"), 5, "total still counts every item");
+  topics.publish("b", "123");
+  assert.equal(topics.totalBufferedBytes(), 5);
+  assert.throws(() => new SandboxTopics<string>(1, { maxBytes: 1 }), /needs sizeOf/);
+});
+
+Deno.test("count and byte bounds together: whichever is tighter wins", () => {
+  const topics = new SandboxTopics<string>(3, { maxBytes: 1000, sizeOf: (s) => s.length });
+  for (let i = 0; i < 10; i++) topics.publish("a", String(i));
+  assert.deepEqual(topics.buffered("a"), ["7", "8", "9"]);
+  assert.equal(topics.bufferedBytes("a"), 3);
+});

@@ -4,29 +4,43 @@
  *
  * @module
  */
-import type {
-  CreateSandboxRequest,
-  ExecSandboxRequest,
-  SandboxSpec,
-  SandboxTemplate,
+import {
+  type CreateSandboxRequest,
+  type ExecSandboxRequest,
+  OpenShellClient,
+  type SandboxSpec,
+  type SandboxTemplate,
 } from "../core/protocol.ts";
 import { isReservedVariable } from "../core/provisioning.ts";
+import { buildRemoteCommand } from "../core/shell.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { truncateForEcho, utf8Length } from "../core/text.ts";
 
 /** Longest sandbox name (a DNS label). */
 export const MAX_NAME_LEN = 63;
 /** Most environment entries. */
 export const MAX_ENV_ENTRIES = 256;
+/** Longest environment variable name. */
+export const MAX_ENV_KEY_BYTES = 256;
 /** Longest environment value and exec argument. */
 export const MAX_VALUE_BYTES = 32 * 1024;
+/**
+ * Largest sandbox spec, protobuf-encoded (environment, template, resources
+ * and all). With {@link MAX_LIST_LIMIT} it bounds a `ListSandboxes` page:
+ * 100 × (64 KiB + a few KiB of status) ≈ 6.6 MiB, under half the 16 MiB
+ * message limit (gateway/server.ts `MAX_GRPC_MESSAGE`).
+ */
+export const MAX_SPEC_BYTES = 64 * 1024;
+/** Longest exec command line (environment, `cd`, quoted argv), as upstream. */
+export const MAX_EXEC_COMMAND_BYTES = 256 * 1024;
 /** Most exec arguments. */
 export const MAX_EXEC_ARGS = 1024;
 /** Longest exec working directory. */
 export const MAX_WORKDIR_BYTES = 4096;
 /** Largest exec stdin payload. */
 export const MAX_EXEC_STDIN_BYTES = 4 * 1024 * 1024;
-/** Largest page of ListSandboxes. */
-export const MAX_LIST_LIMIT = 1000;
+/** Largest page of ListSandboxes (see {@link MAX_SPEC_BYTES}). */
+export const MAX_LIST_LIMIT = 100;
 /** Page size when the request says 0. */
 export const DEFAULT_LIST_LIMIT = 100;
 
@@ -39,7 +53,7 @@ function invalid(message: string): StatusError {
 }
 
 function bytes(s: string): number {
-  return new TextEncoder().encode(s).length;
+  return utf8Length(s);
 }
 
 /** A sandbox name: lower-case letters, digits and '-', 1..63, not starting or ending with '-'. */
@@ -48,7 +62,7 @@ export function validateName(name: string, field = "name"): string {
     throw invalid(`${field}: longer than ${MAX_NAME_LEN} characters`);
   }
   if (!NAME.test(name)) {
-    const quoted = JSON.stringify(name); // escapes control characters: one line
+    const quoted = JSON.stringify(truncateForEcho(name)); // escapes control characters: one line
     throw invalid(
       `${field}: ${quoted} is not a valid sandbox name (lower-case letters, digits and '-', starting and ending with a letter or digit)`,
     );
@@ -69,6 +83,11 @@ export function validateEnvironment(env: Record<string, string>, field: string):
     throw invalid(`${field}: more than ${MAX_ENV_ENTRIES} entries`);
   }
   for (const k of keys) {
+    if (bytes(k) > MAX_ENV_KEY_BYTES) {
+      throw invalid(
+        `${field}: ${JSON.stringify(truncateForEcho(k))} is longer than ${MAX_ENV_KEY_BYTES} bytes`,
+      );
+    }
     if (!ENV_KEY.test(k)) {
       throw invalid(
         `${field}: ${JSON.stringify(k)} is not a valid variable name (^[A-Za-z_][A-Za-z0-9_]*$)`,
@@ -100,10 +119,24 @@ function validateTemplate(t: SandboxTemplate): void {
     }
     for (const [k, v] of entries) {
       if (bytes(k) > 256 || bytes(v) > 4096) {
-        throw invalid(`spec.template.${field}.${k}: too long`);
+        throw invalid(
+          `spec.template.${field}.${
+            JSON.stringify(truncateForEcho(k))
+          }: too long (keys up to 256 bytes, values up to 4096)`,
+        );
       }
     }
   }
+}
+
+const createSandboxMethod = (OpenShellClient.service as unknown as Record<
+  string,
+  { requestSerialize(value: unknown): Uint8Array }
+>).CreateSandbox;
+
+/** Bytes `spec` takes protobuf-encoded, as the spec field of a `CreateSandboxRequest`. */
+export function specBytes(spec: SandboxSpec): number {
+  return createSandboxMethod.requestSerialize({ spec }).length;
 }
 
 /** Validates a `CreateSandboxRequest`; returns the name (empty = generate one) and the spec. */
@@ -119,9 +152,15 @@ export function validateCreateSandbox(
     providers: [],
     gpu: false,
   };
+  const encoded = specBytes(spec);
+  if (encoded > MAX_SPEC_BYTES) {
+    throw invalid(
+      `spec: ${encoded} bytes encoded, at most ${MAX_SPEC_BYTES} (environment, template and resources together)`,
+    );
+  }
   if (!LOG_LEVELS.includes(spec.log_level.toLowerCase())) {
     throw invalid(
-      `spec.log_level: ${JSON.stringify(spec.log_level)} is not one of ${
+      `spec.log_level: ${JSON.stringify(truncateForEcho(spec.log_level))} is not one of ${
         LOG_LEVELS.slice(1).join(", ")
       }`,
     );
@@ -157,10 +196,22 @@ export function validateExec(req: ExecSandboxRequest): void {
   if (req.stdin.length > MAX_EXEC_STDIN_BYTES) {
     throw invalid(`stdin: larger than ${MAX_EXEC_STDIN_BYTES} bytes`);
   }
+  const line = bytes(buildRemoteCommand({
+    command: req.command,
+    workdir: req.workdir || undefined,
+    environment: req.environment,
+  }));
+  if (line > MAX_EXEC_COMMAND_BYTES) {
+    throw invalid(
+      `command: the command line (environment, workdir and quoted arguments) is ${line} bytes, at most ${MAX_EXEC_COMMAND_BYTES}`,
+    );
+  }
 }
 
 /** Clamps ListSandboxes paging (0 = default page). */
 export function validatePage(limit: number, offset: number): { limit: number; offset: number } {
-  if (limit > MAX_LIST_LIMIT) throw invalid(`limit: at most ${MAX_LIST_LIMIT}`);
+  if (limit > MAX_LIST_LIMIT) {
+    throw invalid(`limit: at most ${MAX_LIST_LIMIT} (page through with offset)`);
+  }
   return { limit: limit === 0 ? DEFAULT_LIST_LIMIT : limit, offset };
 }

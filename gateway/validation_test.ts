@@ -1,21 +1,29 @@
 import assert from "node:assert/strict";
-import type {
-  CreateSandboxRequest,
-  ExecSandboxRequest,
-  SandboxSpec,
-  SandboxTemplate,
+import {
+  type CreateSandboxRequest,
+  type ExecSandboxRequest,
+  OpenShellClient,
+  type Sandbox,
+  type SandboxSpec,
+  type SandboxTemplate,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { MAX_GRPC_MESSAGE, MAX_GRPC_RECEIVE } from "./server.ts";
+import { largestSpec } from "./testing.ts";
 import {
   DEFAULT_LIST_LIMIT,
   MAX_ENV_ENTRIES,
+  MAX_ENV_KEY_BYTES,
   MAX_EXEC_ARGS,
+  MAX_EXEC_COMMAND_BYTES,
   MAX_EXEC_STDIN_BYTES,
   MAX_LIST_LIMIT,
   MAX_NAME_LEN,
+  MAX_SPEC_BYTES,
   MAX_VALUE_BYTES,
   MAX_WORKDIR_BYTES,
   rejectControlChars,
+  specBytes,
   validateCreateSandbox,
   validateEnvironment,
   validateExec,
@@ -219,7 +227,7 @@ Deno.test("validateCreateSandbox: template fields are checked", () => {
       validateCreateSandbox(
         create({ spec: spec({ template: template({ labels: { k: "v".repeat(4097) } }) }) }),
       ),
-    /^spec\.template\.labels\.k: too long/,
+    /^spec\.template\.labels\."k": too long/,
   );
   rejects(
     () =>
@@ -240,6 +248,35 @@ Deno.test("validateExec: a plain request passes", () => {
     stdin: new Uint8Array(MAX_EXEC_STDIN_BYTES),
     command: Array.from({ length: MAX_EXEC_ARGS }, () => "x"),
   }));
+});
+
+Deno.test("validateExec: the whole command line is at most 256 KiB", () => {
+  const args = Array.from({ length: 8 }, () => "a".repeat(MAX_VALUE_BYTES));
+  validateExec(exec({ command: args.slice(0, 7) }));
+  rejects(
+    () => validateExec(exec({ command: [...args, "b"] })),
+    /^command: the command line .* is 262153 bytes, at most 262144/,
+  );
+  // quoting counts: two values of 32 KiB of single quotes quote to 5 bytes each
+  const quotes = "'".repeat(MAX_VALUE_BYTES);
+  rejects(
+    () => validateExec(exec({ command: ["true"], environment: { A: quotes, B: quotes } })),
+    /^command: the command line/,
+  );
+  // the largest valid request fits the receive limit
+  const req = exec({
+    command: args.slice(0, 7),
+    workdir: "/" + "d".repeat(MAX_WORKDIR_BYTES - 1),
+    stdin: new Uint8Array(MAX_EXEC_STDIN_BYTES),
+  });
+  validateExec(req);
+  const method = (OpenShellClient.service as unknown as Record<
+    string,
+    { requestSerialize(v: unknown): Uint8Array }
+  >).ExecSandbox;
+  const size = method.requestSerialize(req).length;
+  assert.ok(size <= MAX_EXEC_STDIN_BYTES + MAX_EXEC_COMMAND_BYTES + 64 * 1024, `${size}`);
+  assert.ok(size < MAX_GRPC_RECEIVE, `${size} bytes must fit ${MAX_GRPC_RECEIVE}`);
 });
 
 Deno.test("validateExec: each bad field is named", () => {
@@ -278,5 +315,91 @@ Deno.test("validatePage: 0 is the default page, the maximum is enforced", () => 
   assert.deepEqual(validatePage(0, 0), { limit: DEFAULT_LIST_LIMIT, offset: 0 });
   assert.deepEqual(validatePage(5, 10), { limit: 5, offset: 10 });
   assert.deepEqual(validatePage(MAX_LIST_LIMIT, 0), { limit: MAX_LIST_LIMIT, offset: 0 });
-  rejects(() => validatePage(MAX_LIST_LIMIT + 1, 0), /^limit: at most 1000/);
+  rejects(() => validatePage(MAX_LIST_LIMIT + 1, 0), /^limit: at most 100 \(page through/);
+});
+
+// ---- sizes: echoes, specs and pages ---------------------------------------------------
+
+Deno.test("echoed values are truncated: a 1 MiB value yields a short message", () => {
+  const huge = "A".repeat(1024 * 1024);
+  const cases: (() => unknown)[] = [
+    () => validateName(huge.toLowerCase().slice(0, 64) + "_"),
+    () => validateEnvironment({ [huge]: "" }, "env"),
+    () => validateEnvironment({ [huge.slice(0, 200) + "-"]: "" }, "env"),
+    () => validateCreateSandbox(create({ spec: spec({ log_level: huge.slice(0, 60_000) }) })),
+    () =>
+      validateCreateSandbox(
+        create({ spec: spec({ template: template({ labels: { [huge.slice(0, 5000)]: "" } }) }) }),
+      ),
+  ];
+  for (const fn of cases) {
+    assert.throws(fn, (e: unknown) => {
+      assert.ok(e instanceof StatusError);
+      assert.ok(e.message.length < 400, `${e.message.length}: ${e.message.slice(0, 120)}`);
+      return true;
+    });
+  }
+  rejects(
+    () => validateEnvironment({ ["K".repeat(MAX_ENV_KEY_BYTES + 1)]: "" }, "env"),
+    /^env: "K{128}…\(257 chars\)" is longer than 256 bytes/,
+  );
+});
+
+Deno.test("validateCreateSandbox: the whole spec is at most 64 KiB encoded", () => {
+  const largest = largestSpec();
+  assert.ok(specBytes(largest) <= MAX_SPEC_BYTES);
+  assert.ok(specBytes(largest) > MAX_SPEC_BYTES - 64, "the helper really fills the budget");
+  validateCreateSandbox(create({ spec: largest }));
+  const over = spec({ environment: { ...largest.environment, Z: "z" } });
+  rejects(
+    () => validateCreateSandbox(create({ spec: over })),
+    /^spec: \d+ bytes encoded, at most 65536/,
+  );
+  // resources and platform_config count too (they were not checked at all before)
+  const struct = { fields: { blob: { stringValue: "s".repeat(MAX_SPEC_BYTES) } } };
+  rejects(
+    () =>
+      validateCreateSandbox(
+        create({ spec: spec({ template: template({ resources: struct as never }) }) }),
+      ),
+    /^spec: \d+ bytes encoded/,
+  );
+});
+
+Deno.test("a full page of the largest sandboxes fits in one message with room to spare", () => {
+  const largest = largestSpec();
+  const record = (i: number): Sandbox => ({
+    id: crypto.randomUUID(),
+    name: `s${i}`.padEnd(MAX_NAME_LEN, "x"),
+    namespace: "default",
+    spec: largest,
+    status: {
+      sandbox_name: `s${i}`.padEnd(MAX_NAME_LEN, "x"),
+      agent_pod: "",
+      agent_fd: "",
+      sandbox_fd: "",
+      // generous: the gateway keeps one Ready condition with a short message
+      conditions: Array.from({ length: 4 }, () => ({
+        type: "Ready",
+        status: "False",
+        reason: "r".repeat(64),
+        message: "m".repeat(1024),
+        last_transition_time: new Date().toISOString(),
+      })),
+    },
+    phase: "SANDBOX_PHASE_READY",
+    created_at_ms: Date.now(),
+    current_policy_version: 0,
+  });
+  const method = (OpenShellClient.service as unknown as Record<
+    string,
+    { responseSerialize(v: unknown): Uint8Array }
+  >).ListSandboxes;
+  const page = method.responseSerialize({
+    sandboxes: Array.from({ length: MAX_LIST_LIMIT }, (_, i) => record(i)),
+  }).length;
+  assert.ok(
+    page <= MAX_GRPC_MESSAGE / 2,
+    `a page of ${MAX_LIST_LIMIT} is ${page} bytes; the limit is ${MAX_GRPC_MESSAGE}`,
+  );
 });

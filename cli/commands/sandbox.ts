@@ -4,6 +4,7 @@
  * @module
  */
 import type { Sandbox, SandboxLogLine } from "../../core/protocol.ts";
+import { stripControls } from "../../core/text.ts";
 import { integerOption, outputOption, UsageError } from "../args.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -85,20 +86,39 @@ export async function sandboxDeleteCommand(ctx: Context): Promise<number> {
   return 0;
 }
 
-/** One log line as text: `TIME LEVEL [source] target: message key=value…`. */
+/**
+ * One log line as text: `TIME LEVEL [source] target: message key=value…`.
+ * Every string in it came from the gateway, and console lines from a guest:
+ * all C0/C1 controls but tab and newline are removed (escape sequences
+ * whole: no OSC 52 clipboard writes, no DCS, no cursor games).
+ */
 export function formatLogLine(line: SandboxLogLine, style: Style): string {
   const time = line.timestamp_ms ? new Date(line.timestamp_ms).toISOString() : "-";
-  const level = (line.level || "info").toUpperCase();
+  const level = stripControls((line.level || "info").toUpperCase());
   const painted = level === "ERROR"
     ? style.red(level.padEnd(5))
     : level === "WARN" || level === "WARNING"
     ? style.yellow(level.padEnd(5))
     : style.dim(level.padEnd(5));
-  const fields = Object.entries(line.fields ?? {}).map(([k, v]) => ` ${k}=${v}`).join("");
-  const target = line.target ? `${line.target}: ` : "";
-  return `${style.dim(time)} ${painted} [${
-    line.source || "gateway"
-  }] ${target}${line.message}${fields}\n`;
+  const fields = Object.entries(line.fields ?? {})
+    .map(([k, v]) => ` ${stripControls(k)}=${stripControls(String(v))}`)
+    .join("");
+  const target = line.target ? `${stripControls(line.target)}: ` : "";
+  return `${style.dim(time)} ${painted} [${stripControls(line.source || "gateway")}] ${target}${
+    stripControls(line.message)
+  }${fields}\n`;
+}
+
+/**
+ * One log line as a JSON line. JSON escapes C0 controls itself; DEL and the
+ * C1 range (U+007F–U+009F) are escaped too, so printing it on a terminal is
+ * safe, and parsing it gives back exactly what the gateway sent.
+ */
+export function jsonLogLine(line: SandboxLogLine): string {
+  return JSON.stringify(line).replace(
+    /[\u007f-\u009f]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  ) + "\n";
 }
 
 /** `sandbox logs [NAME] [--follow] [--lines N] [--output text|json]`. */
@@ -108,7 +128,7 @@ export async function sandboxLogsCommand(ctx: Context): Promise<number> {
   const sandbox = await lookupSandbox(ctx, await sandboxNameArg(ctx));
   const client = await ctx.client();
   const print = (line: SandboxLogLine) =>
-    ctx.out(format === "json" ? JSON.stringify(line) + "\n" : formatLogLine(line, ctx.style));
+    ctx.out(format === "json" ? jsonLogLine(line) : formatLogLine(line, ctx.style));
   if (!ctx.flag("follow")) {
     const res = await client.getSandboxLogs({ sandbox_id: sandbox.id, lines });
     for (const line of res.logs) await print(line);
@@ -125,7 +145,9 @@ export async function sandboxLogsCommand(ctx: Context): Promise<number> {
   try {
     for await (const event of stream) {
       if (event.payload === "log") await print(event.log);
-      else if (event.payload === "warning") ctx.err(`warning: ${event.warning.message}\n`);
+      else if (event.payload === "warning") {
+        ctx.err(`warning: ${stripControls(event.warning.message)}\n`);
+      }
     }
   } finally {
     ctx.interrupt.removeEventListener("abort", onInterrupt);
