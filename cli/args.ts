@@ -243,6 +243,19 @@ export const COMMANDS: readonly CommandSpec[] = [
     ],
   },
   {
+    id: "sandbox credentials",
+    summary: "Issue a bring-your-own host's supervisor credentials",
+    description: "For a gateway started with --drivers none: issue a new supervisor token for " +
+      "the sandbox (the previous one stops working) and write what its supervisor needs into " +
+      "DIR (created 0700): token (0600), ca.crt (the supervisor plane's CA) and " +
+      "supervisor.env; then print the command that starts the supervisor.",
+    positionals: [{ name: "NAME" }],
+    options: {
+      out: { type: "string", value: "DIR", help: "Directory to write the credentials into" },
+    },
+    examples: ["openshell sandbox credentials dev --out /etc/openshell/dev"],
+  },
+  {
     id: "ssh-proxy",
     summary: "Tunnel stdin/stdout to a sandbox's SSH server (ssh ProxyCommand)",
     description: "Open the gateway's CONNECT tunnel to a sandbox's SSH server and pump " +

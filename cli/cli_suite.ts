@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { certificateInfo } from "../core/pki.ts";
 import { shellJoin } from "../core/shell.ts";
 import { findProcesses } from "../core/testing.ts";
+import { startSupervisor } from "../supervisor/testing.ts";
 import { type CliFixture, type CliResult, type Scheme, startCliFixture } from "./testing.ts";
 
 const dec = new TextDecoder();
@@ -496,6 +497,64 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       const names = ok(await f.run([...bare, "sandbox", "list", "--names"]), "list");
       assert.equal(names.stdout, "slow\n");
     });
+
+    await step(
+      "sandbox credentials: a bring-your-own supervisor makes a sandbox READY",
+      async () => {
+        const bare = ["--gateway-endpoint", f.bareUrl];
+        const out = `${tmp}/byo-creds`;
+        const r = ok(
+          await f.run([...bare, "sandbox", "credentials", "slow", "--out", out]),
+          "credentials",
+        );
+        const token = (await Deno.readTextFile(`${out}/token`)).trim();
+        assert.match(token, /^[A-Za-z0-9_-]{43}$/);
+        assert.ok(
+          !r.stdout.includes(token) && !r.stderr.includes(token),
+          "the token is never printed",
+        );
+        assert.equal((await Deno.stat(out)).mode! & 0o777, 0o700);
+        assert.equal((await Deno.stat(`${out}/token`)).mode! & 0o777, 0o600);
+        const hasCa = await Deno.stat(`${out}/ca.crt`).then(() => true, () => false);
+        assert.equal(hasCa, https, "the supervisor plane's CA is written for a TLS gateway only");
+        const words = r.stdout.trim().split(" ");
+        assert.equal(words[0], "openshell-sandbox");
+        const endpoint = words[words.indexOf("--openshell-endpoint") + 1];
+        const id = words[words.indexOf("--sandbox-id") + 1];
+        assert.equal(endpoint, f.bare.supervisorEndpoint);
+        const supervisor = await startSupervisor({
+          endpoint,
+          sandboxId: id,
+          args: [
+            "--supervisor-token-file",
+            `${out}/token`,
+            "--ssh-host-key",
+            `${out}/ssh_host_key`,
+            ...(hasCa ? ["--tls-ca", `${out}/ca.crt`] : []),
+          ],
+          readFiles: [`${out}/token`, `${out}/ssh_host_key`, ...(hasCa ? [`${out}/ca.crt`] : [])],
+          writeFiles: [`${out}/ssh_host_key`],
+        });
+        try {
+          await waitFor("slow to become READY", async () => {
+            const g = await f.run([...bare, "sandbox", "get", "slow", "-o", "json"]);
+            return g.code === 0 && JSON.parse(g.stdout).phase === "SANDBOX_PHASE_READY"
+              ? true
+              : undefined;
+          });
+          const e = ok(
+            await f.run([...bare, "sandbox", "exec", "slow", "--", "echo", "byo-ok"]),
+            "exec",
+          );
+          assert.equal(e.stdout, "byo-ok\n");
+        } finally {
+          await supervisor.close();
+        }
+        // Issuing again invalidates the token the supervisor had.
+        ok(await f.run([...bare, "sandbox", "credentials", "slow", "--out", out]), "re-issue");
+        assert.notEqual((await Deno.readTextFile(`${out}/token`)).trim(), token);
+      },
+    );
 
     if (https) {
       await step(

@@ -15,6 +15,7 @@ import {
   type GetSandboxLogsRequest,
   type GetSandboxLogsResponse,
   type HealthResponse,
+  type IssueSupervisorCredentialsResponse,
   type ListSandboxesResponse,
   OpenShellClient,
   type Sandbox,
@@ -324,6 +325,11 @@ export class GatewayClient {
   /** `CreateSshSession`. */
   createSshSession(sandboxId: string): Promise<CreateSshSessionResponse> {
     return this.#unary("CreateSshSession", { sandbox_id: sandboxId });
+  }
+
+  /** `IssueSupervisorCredentials` (openshell-deno's own RPC). */
+  issueSupervisorCredentials(name: string): Promise<IssueSupervisorCredentialsResponse> {
+    return this.#unary("IssueSupervisorCredentials", { name });
   }
 
   /** `RevokeSshSession`. */

@@ -54,8 +54,11 @@ export async function gatewaysOf(
 export function readsNamedFiles(args: readonly string[]): boolean {
   try {
     const parsed = parseCommandLine(args);
-    if (parsed.kind !== "run" || parsed.invocation.spec.id !== "gateway add") return false;
+    if (parsed.kind !== "run") return false;
     const v = parsed.invocation.values;
+    // `sandbox credentials --out DIR` writes DIR wherever it is.
+    if (parsed.invocation.spec.id === "sandbox credentials") return v.out !== undefined;
+    if (parsed.invocation.spec.id !== "gateway add") return false;
     return v.ca !== undefined || v.cert !== undefined || v.key !== undefined ||
       v["mtls-dir"] !== undefined;
   } catch {
@@ -66,8 +69,9 @@ export function readsNamedFiles(args: readonly string[]): boolean {
 if (import.meta.main) {
   const args = stripTaskSeparator(Deno.args);
   const root = configRoot(readEnv);
-  // `gateway add --mtls-dir D` reads D wherever it is, as the compiled CLI (no
-  // config dir restriction) does; every other command sees only its config dir.
+  // `gateway add --mtls-dir D` reads D and `sandbox credentials --out D` writes D
+  // wherever it is, as the compiled CLI (no config dir restriction) does; every
+  // other command sees only its config dir.
   const grants = cliGrants({
     ...(readsNamedFiles(args) ? {} : { configDir: root }),
     gateways: await gatewaysOf(args, root),

@@ -208,6 +208,8 @@ export interface StartSupervisorOptions {
   args?: readonly string[];
   /** More files it reads (e.g. TLS files given in `args`). */
   readFiles?: readonly string[];
+  /** Files outside its dir it may create (e.g. a host key file named in `args`). */
+  writeFiles?: readonly string[];
   /** Addresses of a host-name endpoint (see `SupervisorGrantParams`). */
   gatewayAddresses?: readonly string[];
   /** Wait until the socket is listening (default true). */
@@ -308,6 +310,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     socketPath,
     sshd: TEST_SSHD,
     readFiles,
+    writeFiles: options.writeFiles,
     sessionCgroup,
   });
   const [exe, ...rest] = roleCommand("supervisor", grants, args);

@@ -6,6 +6,7 @@
 import type { Context } from "../context.ts";
 import { sandboxConnectCommand, sandboxSshConfigCommand } from "./connect.ts";
 import { sandboxCreateCommand } from "./create.ts";
+import { sandboxCredentialsCommand } from "./credentials.ts";
 import { sandboxExecCommand } from "./exec.ts";
 import {
   gatewayAddCommand,
@@ -40,5 +41,6 @@ export const HANDLERS: Readonly<Record<string, CommandHandler>> = {
   "sandbox exec": sandboxExecCommand,
   "sandbox logs": sandboxLogsCommand,
   "sandbox ssh-config": sandboxSshConfigCommand,
+  "sandbox credentials": sandboxCredentialsCommand,
   "ssh-proxy": sshProxyCommand,
 };
