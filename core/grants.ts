@@ -179,8 +179,8 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
 
 /**
  * The VM driver: its sockets (the public one, grpc-js's internal one, the
- * path where each VM's forwarder socket is bound before it is renamed into
- * `fwd/`), the gateway, its state dir, the runtime dir, `/etc/passwd` (to
+ * paths where each VM's forwarder and QMP sockets are bound before they are
+ * renamed into `fwd/` and `qmp/`), the gateway, its state dir, the runtime dir, `/etc/passwd` (to
  * find qemu's account), qemu and setpriv.
  */
 export function driverGrants(p: DriverGrantParams): Grants {
@@ -189,6 +189,7 @@ export function driverGrants(p: DriverGrantParams): Grants {
       `unix:${p.stateDir}/compute-driver.sock`,
       `unix:${p.stateDir}/grpc.sock`,
       `unix:${p.stateDir}/guest-fwd.sock`,
+      `unix:${p.stateDir}/qmp-bind.sock`,
       hostPortGrant(p.gateway),
     ],
     read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),

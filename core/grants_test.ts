@@ -122,7 +122,7 @@ Deno.test("gateway without a driver may run nothing; port 0 grants the host", ()
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 
-Deno.test("driver: its three unix sockets, the gateway's one address, /etc/passwd, qemu and setpriv", () => {
+Deno.test("driver: its four unix sockets, the gateway's one address, /etc/passwd, qemu and setpriv", () => {
   const g = driverGrants({
     stateDir: "/v",
     gateway: { host: "127.0.0.1", port: 8080 },
@@ -134,6 +134,7 @@ Deno.test("driver: its three unix sockets, the gateway's one address, /etc/passw
     "unix:/v/compute-driver.sock",
     "unix:/v/grpc.sock",
     "unix:/v/guest-fwd.sock",
+    "unix:/v/qmp-bind.sock",
     "127.0.0.1:8080",
   ]);
   assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);

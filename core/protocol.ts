@@ -67,7 +67,10 @@ export type SandboxPhase =
   | "SANDBOX_PHASE_READY"
   | "SANDBOX_PHASE_ERROR"
   | "SANDBOX_PHASE_DELETING"
-  | "SANDBOX_PHASE_UNKNOWN";
+  | "SANDBOX_PHASE_UNKNOWN"
+  | "SANDBOX_PHASE_STOPPING"
+  | "SANDBOX_PHASE_STOPPED"
+  | "SANDBOX_PHASE_STARTING";
 
 /** `ServiceStatus` enum names. */
 export type ServiceStatus =
@@ -345,6 +348,8 @@ export interface GetCapabilitiesResponse {
   driver_version: string;
   default_image: string;
   supports_gpu: boolean;
+  /** The gateway stops and (re)starts this driver's sandboxes across its own restarts. */
+  gateway_manages_lifecycle: boolean;
 }
 
 /** `openshell.compute.v1.WatchSandboxesEvent`. */

@@ -1,12 +1,27 @@
 /**
  * The VM driver's sandbox lifecycle, independent of gRPC: one qemu per
  * sandbox, its per-sandbox state dir, progress conditions, the watch bus,
- * console (driver_vm/console.ts), exit monitoring and deletion.
+ * console (driver_vm/console.ts), exit monitoring, stop/start and deletion.
  *
  * Readiness belongs to the gateway: this driver reports `Ready=False` with
- * reason `Starting` while a VM runs, `ProcessExited` (terminal) when qemu
- * ends on its own, `Deleting` while it is being removed — never
- * `Ready=True`.
+ * reason `Starting` while a VM runs, `Stopping`/`Stopped` around a stop,
+ * `ProcessExited` (terminal) when qemu ends on its own, `Deleting` while it
+ * is being removed — never `Ready=True`.
+ *
+ * Persistence: each sandbox's dir (`<state-dir>/sandboxes/<id>/`) holds a
+ * manifest (`sandbox.json`, written once the dir is complete), the guest's
+ * files (`guest/`: config, environment, SSH host key, supervisor token, CA —
+ * the only copy of those secrets; the gateway keeps hashes) and its console
+ * log. A stop keeps all of it; only delete removes it. When the driver
+ * starts, {@link VmDriver.restore} reads every manifest back as a stopped
+ * sandbox; the gateway, which owns the intent, starts the ones that should
+ * run (`gateway_manages_lifecycle`). A dir without a manifest is an
+ * unfinished create and is removed.
+ *
+ * Stopping asks the guest to power off through the VM's QMP channel
+ * (`qmp.ts`), waits up to `powerdownGraceMs`, then SIGTERM and, after
+ * `stopGraceMs`, SIGKILL. Operations on one sandbox (start, stop, delete)
+ * run one at a time.
  *
  * @module
  */
@@ -33,6 +48,7 @@ import {
   GuestForwarders,
 } from "./guest_forwarder.ts";
 import type { FwCfgFile, QemuSpec } from "./qemu.ts";
+import { type QmpChannel, QmpChannels, type QmpFactory } from "./qmp.ts";
 import { giveFile, shareDir, type VmUser } from "./vm_user.ts";
 
 /** Name reported by GetCapabilities. */
@@ -95,7 +111,11 @@ export interface VmDriverOptions {
   /** The runtime files qemu boots from (e.g. copies it can read); default `runtime`. */
   bootRuntime?: () => Promise<RuntimeFiles>;
   log: Logger;
-  /** Grace period between SIGTERM and SIGKILL on delete; default 5000 ms. */
+  /** Per-VM QMP channels (clean shutdown); default the real {@link QmpChannels}. */
+  qmp?: QmpFactory;
+  /** How long a stop waits for the guest to power off before SIGTERM; default 30000 ms. */
+  powerdownGraceMs?: number;
+  /** Grace period between SIGTERM and SIGKILL on stop and delete; default 5000 ms. */
   stopGraceMs?: number;
   /** Size at which `console.log` rotates; default `CONSOLE_LOG_MAX_BYTES` (4 MiB). */
   consoleLogMaxBytes?: number;
@@ -107,20 +127,78 @@ interface Record_ {
   name: string;
   namespace: string;
   dir: string;
+  createdAtMs: number;
   conditions: SandboxCondition[];
   deleting: boolean;
   handle?: VmHandle;
   /** The VM's forwarder socket to the gateway. */
   forwarder?: GuestForwarder;
+  /** The VM's QMP channel. */
+  qmp?: QmpChannel;
   exited?: boolean;
+  /** A stop is shutting the VM down (its exit is not a failure). */
+  stopping?: boolean;
   deletion?: Promise<boolean>;
   /** Readers of the VM's output, cancelled when the sandbox goes. */
   readers: ReadableStreamDefaultReader<Uint8Array>[];
   /** Resolves once the console is drained and `console.log` closed. */
   consoleDone?: Promise<void>;
+  /** The last start/stop/delete of this sandbox (they run one at a time). */
+  lifecycle: Promise<unknown>;
 }
 
 const SANDBOX_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** The manifest file in each sandbox dir. */
+export const MANIFEST_FILE = "sandbox.json";
+/** Format tag of {@link SandboxManifest}. */
+export const MANIFEST_FORMAT = "openshell-vm-sandbox/1";
+/** Largest manifest read back. */
+export const MAX_MANIFEST_BYTES = 64 * 1024;
+
+/** What a sandbox dir records about its sandbox (`sandbox.json`). */
+export interface SandboxManifest {
+  format: typeof MANIFEST_FORMAT;
+  id: string;
+  name: string;
+  namespace: string;
+  created_at_ms: number;
+}
+
+/** Parses and checks a manifest; throws one line saying what is wrong. */
+export function parseManifest(text: string, dirName: string): SandboxManifest {
+  if (text.length > MAX_MANIFEST_BYTES) throw new Error("manifest is too large");
+  let m: Record<string, unknown>;
+  try {
+    m = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`manifest is not JSON: ${(err as Error).message}`);
+  }
+  if (!m || typeof m !== "object") throw new Error("manifest is not an object");
+  if (m.format !== MANIFEST_FORMAT) {
+    throw new Error(`manifest format ${JSON.stringify(m.format)} is not ${MANIFEST_FORMAT}`);
+  }
+  const str = (k: string, max: number): string => {
+    const v = m[k];
+    if (typeof v !== "string" || v.length > max) throw new Error(`manifest ${k} is invalid`);
+    return v;
+  };
+  const id = str("id", 128);
+  if (id !== dirName || !SANDBOX_ID.test(id) || id === "." || id === "..") {
+    throw new Error(`manifest id ${JSON.stringify(truncateForEcho(id))} does not match its dir`);
+  }
+  const created = m.created_at_ms;
+  if (typeof created !== "number" || !Number.isSafeInteger(created) || created < 0) {
+    throw new Error("manifest created_at_ms is invalid");
+  }
+  return {
+    format: MANIFEST_FORMAT,
+    id,
+    name: str("name", 1024) || id,
+    namespace: str("namespace", 1024),
+    created_at_ms: created,
+  };
+}
 
 /** Checks a create request; throws a StatusError saying what cannot be honoured. */
 export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined): void {
@@ -196,9 +274,10 @@ export class VmDriver {
   readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
   readonly #now: () => number;
   readonly #forwarders: ForwarderFactory;
+  readonly #qmp: QmpFactory;
   #closing = false;
 
-  /** Creates the driver; nothing runs until {@link create}. */
+  /** Creates the driver; nothing runs until {@link create} or {@link restore}. */
   constructor(options: VmDriverOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
@@ -206,6 +285,11 @@ export class VmDriver {
       stateDir: options.stateDir,
       gateway: options.gateway,
       maxConnections: options.maxGuestConnections ?? DEFAULT_MAX_GUEST_CONNECTIONS,
+      log: options.log,
+      owner: options.forwarderOwner,
+    });
+    this.#qmp = options.qmp ?? new QmpChannels({
+      stateDir: options.stateDir,
       log: options.log,
       owner: options.forwarderOwner,
     });
@@ -217,12 +301,14 @@ export class VmDriver {
     driver_version: string;
     default_image: string;
     supports_gpu: boolean;
+    gateway_manages_lifecycle: boolean;
   } {
     return {
       driver_name: DRIVER_NAME,
       driver_version: VERSION,
       default_image: "",
       supports_gpu: false,
+      gateway_manages_lifecycle: true,
     };
   }
 
@@ -235,6 +321,10 @@ export class VmDriver {
     return `${this.#sandboxesDir()}/${id}`;
   }
 
+  #running(r: Record_): boolean {
+    return !!r.handle && !r.exited;
+  }
+
   #snapshot(r: Record_): DriverSandbox {
     return {
       id: r.id,
@@ -243,7 +333,7 @@ export class VmDriver {
       spec: null,
       status: {
         sandbox_name: r.name,
-        instance_id: r.handle ? String(r.handle.pid) : "",
+        instance_id: this.#running(r) ? String(r.handle!.pid) : "",
         agent_fd: "",
         sandbox_fd: "",
         conditions: r.conditions.map((c) => ({ ...c })),
@@ -305,8 +395,8 @@ export class VmDriver {
     return undefined;
   }
 
-  /** GetSandbox by id, else by name. */
-  get(id: string, name: string): DriverSandbox {
+  /** The sandbox by id, else name; INVALID_ARGUMENT/NOT_FOUND/FAILED_PRECONDITION otherwise. */
+  #require(id: string, name: string): Record_ {
     if (!id && !name) {
       throw new StatusError(Code.INVALID_ARGUMENT, "sandbox_id or sandbox_name is required");
     }
@@ -317,10 +407,15 @@ export class VmDriver {
     if (id && name && r.name !== name) {
       throw new StatusError(
         Code.FAILED_PRECONDITION,
-        `sandbox ${id} is named "${r.name}", not "${name}"`,
+        `sandbox ${id} is named "${truncateForEcho(r.name)}", not "${truncateForEcho(name)}"`,
       );
     }
-    return this.#snapshot(r);
+    return r;
+  }
+
+  /** GetSandbox by id, else by name. */
+  get(id: string, name: string): DriverSandbox {
+    return this.#snapshot(this.#require(id, name));
   }
 
   async #checkRuntime(): Promise<void> {
@@ -347,7 +442,7 @@ export class VmDriver {
     if (this.#o.vmUser) await giveFile(file, this.#o.vmUser);
   }
 
-  async #writeGuestFiles(sandbox: Wire<DriverSandbox>, dir: string): Promise<FwCfgFile[]> {
+  async #writeGuestFiles(sandbox: Wire<DriverSandbox>, dir: string): Promise<void> {
     const spec = sandbox.spec!;
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(spec.template?.environment ?? {})) env[k] = String(v);
@@ -356,12 +451,10 @@ export class VmDriver {
     const guest = `${dir}/guest`;
     await Deno.mkdir(guest, { mode: 0o700 });
     await this.#share(guest);
-    const files: FwCfgFile[] = [];
     const put = async (f: { fwcfg: string }, content: string) => {
       const path = `${guest}/${f.fwcfg}`;
       await Deno.writeTextFile(path, content, { mode: 0o600 });
       await this.#give(path);
-      files.push({ name: f.fwcfg, file: path });
     };
     await put(
       GUEST_FILES.config,
@@ -379,13 +472,105 @@ export class VmDriver {
     }
     if (prov.supervisorToken) await put(GUEST_FILES.supervisorToken, prov.supervisorToken);
     if (prov.tlsCa) await put(GUEST_FILES.tlsCa, prov.tlsCa);
+  }
+
+  /** The guest files present in `dir/guest`, in fw_cfg order (the same at every boot). */
+  async #guestFiles(dir: string): Promise<FwCfgFile[]> {
+    const files: FwCfgFile[] = [];
+    for (const f of Object.values(GUEST_FILES)) {
+      const path = `${dir}/guest/${f.fwcfg}`;
+      try {
+        if ((await Deno.lstat(path)).isFile) files.push({ name: f.fwcfg, file: path });
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      }
+    }
+    if (!files.some((f) => f.name === GUEST_FILES.config.fwcfg)) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `the sandbox's guest config ${dir}/guest/${GUEST_FILES.config.fwcfg} is missing; ` +
+          "delete the sandbox and create it again",
+      );
+    }
     return files;
+  }
+
+  async #writeManifest(r: Record_): Promise<void> {
+    const manifest: SandboxManifest = {
+      format: MANIFEST_FORMAT,
+      id: r.id,
+      name: r.name,
+      namespace: r.namespace,
+      created_at_ms: r.createdAtMs,
+    };
+    const tmp = `${r.dir}/${MANIFEST_FILE}.tmp`;
+    await Deno.writeTextFile(tmp, JSON.stringify(manifest) + "\n", { mode: 0o600 });
+    await Deno.rename(tmp, `${r.dir}/${MANIFEST_FILE}`);
   }
 
   /** ValidateSandboxCreate. */
   async validate(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
     validateSandbox(sandbox);
     await this.#checkRuntime();
+  }
+
+  /**
+   * Reads back the sandboxes an earlier run left (their manifests) as
+   * stopped sandboxes; removes dirs without a manifest (an unfinished
+   * create). Call once, before serving. Returns how many were restored.
+   */
+  async restore(): Promise<number> {
+    const root = this.#sandboxesDir();
+    const entries: Deno.DirEntry[] = [];
+    try {
+      for await (const e of Deno.readDir(root)) entries.push(e);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return 0;
+      throw err;
+    }
+    let restored = 0;
+    for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const dir = `${root}/${e.name}`;
+      const log = this.#o.log.with({ sandbox_id: e.name });
+      if (!e.isDirectory) {
+        log.warn("ignoring a non-directory in the sandboxes dir", { path: dir });
+        continue;
+      }
+      let text: string;
+      try {
+        text = await Deno.readTextFile(`${dir}/${MANIFEST_FILE}`);
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        log.info("removed a sandbox dir without a manifest (an unfinished create)", { dir });
+        continue;
+      }
+      let m: SandboxManifest;
+      try {
+        m = parseManifest(text, e.name);
+      } catch (err) {
+        log.warn(
+          `ignoring sandbox dir ${dir}: ${(err as Error).message} (remove it by hand)`,
+        );
+        continue;
+      }
+      if (this.#sandboxes.has(m.id)) continue;
+      await Deno.remove(`${dir}/${MANIFEST_FILE}.tmp`).catch(() => {});
+      this.#sandboxes.set(m.id, {
+        id: m.id,
+        name: m.name,
+        namespace: m.namespace,
+        dir,
+        createdAtMs: m.created_at_ms,
+        conditions: [condition("Stopped", "VM is not running (the driver restarted)", this.#now())],
+        deleting: false,
+        readers: [],
+        lifecycle: Promise.resolve(),
+      });
+      restored++;
+      log.info("restored a sandbox from its state dir (stopped until started)", { dir });
+    }
+    return restored;
   }
 
   /** CreateSandbox: prepares the state dir and starts the VM. */
@@ -402,34 +587,63 @@ export class VmDriver {
       name: sandbox!.name || id,
       namespace: sandbox!.namespace || "",
       dir,
+      createdAtMs: this.#now(),
       conditions: [condition("Starting", "VM is starting", this.#now())],
       deleting: false,
       readers: [],
+      lifecycle: Promise.resolve(),
     };
     // Reserve the id before the first await so a concurrent duplicate fails.
     this.#sandboxes.set(id, r);
-    const log = this.#o.log.with({ sandbox_id: id });
     let published = false;
+    const creating = (async () => {
+      try {
+        await this.#checkRuntime();
+        await Deno.mkdir(this.#sandboxesDir(), { recursive: true, mode: 0o700 });
+        await this.#share(this.#sandboxesDir());
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        await Deno.mkdir(dir, { mode: 0o700 });
+        await this.#share(dir);
+        await this.#writeGuestFiles(sandbox!, dir);
+        await Deno.writeTextFile(`${dir}/console.log`, "", { mode: 0o600 });
+        // Last: a dir with a manifest is a complete sandbox (restore keeps it).
+        await this.#writeManifest(r);
+        this.#publish(r);
+        published = true;
+        await this.#launch(r);
+      } catch (err) {
+        this.#sandboxes.delete(id);
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        if (published) this.#emit({ payload: "deleted", deleted: { sandbox_id: id } });
+        throw err;
+      }
+    })();
+    r.lifecycle = creating.catch(() => {});
+    await creating;
+  }
+
+  /**
+   * Boots the sandbox's VM from its state dir (create and start): forwarder
+   * and QMP sockets, qemu, console, exit watch. On failure nothing of the
+   * attempt is left running and the error is a StatusError.
+   */
+  async #launch(r: Record_): Promise<void> {
+    const id = r.id;
+    const log = this.#o.log.with({ sandbox_id: id });
+    const dir = r.dir;
     try {
       await this.#checkRuntime();
-      await Deno.mkdir(this.#sandboxesDir(), { recursive: true, mode: 0o700 });
-      await this.#share(this.#sandboxesDir());
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-      await Deno.mkdir(dir, { mode: 0o700 });
-      await this.#share(dir);
-      const fwCfg = await this.#writeGuestFiles(sandbox!, dir);
-      await Deno.writeTextFile(`${dir}/console.log`, "", { mode: 0o600 });
       // qemu cannot create files in a directory it does not own: it fills this one.
       await Deno.writeTextFile(`${dir}/qemu.pid`, "");
       await this.#give(`${dir}/qemu.pid`);
-      this.#publish(r);
-      published = true;
+      const fwCfg = await this.#guestFiles(dir);
       const accel = await this.#o.accel();
       const boot = this.#o.bootRuntime ? await this.#o.bootRuntime() : this.#o.runtime;
       if (r.deleting || this.#closing) {
         throw new StatusError(Code.ABORTED, "sandbox deleted while starting");
       }
       r.forwarder = await this.#forwarders.open(id);
+      r.qmp = await this.#qmp.open(id);
       const spec: QemuSpec = {
         id,
         accel,
@@ -443,41 +657,46 @@ export class VmDriver {
         gatewaySocket: r.forwarder.path,
         forwarder: this.#o.forwarder,
         allowEgress: this.#o.allowEgress,
+        qmpSocket: r.qmp.path,
       };
-      r.handle = await this.#o.launcher.launch(spec);
+      const handle = await this.#o.launcher.launch(spec);
+      r.handle = handle;
+      r.exited = false;
       r.conditions = [condition("Starting", `VM is starting (accel ${accel})`, this.#now())];
-      log.info("VM started", { pid: r.handle.pid, accel, dir });
+      log.info("VM started", { pid: handle.pid, accel, dir });
       this.#publish(r);
       this.#platformEvent(id, {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (pid ${r.handle.pid}, accel ${accel})`,
+        message: `qemu started (pid ${handle.pid}, accel ${accel})`,
       });
+      this.#startConsole(r, handle);
+      handle.status.then((st) => this.#onExit(r, handle, st));
     } catch (err) {
-      this.#sandboxes.delete(id);
       await r.forwarder?.close().catch(() => {});
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-      if (published) this.#emit({ payload: "deleted", deleted: { sandbox_id: id } });
+      await r.qmp?.close().catch(() => {});
+      r.forwarder = undefined;
+      r.qmp = undefined;
       if (err instanceof StatusError) throw err;
       log.error("VM launch failed", { error: (err as Error).message });
       throw new StatusError(Code.INTERNAL, `cannot start the VM: ${(err as Error).message}`);
     }
-    const handle = r.handle!;
-    this.#startConsole(r, handle);
-    handle.status.then((st) => this.#onExit(r, handle, st));
   }
 
   #onExit(r: Record_, handle: VmHandle, st: { code: number; signal: string | null }): void {
+    if (r.handle !== handle) return;
     r.exited = true;
     // No guest is left to connect: close its forwarder (and its connections) now.
     r.forwarder?.close().catch((err) =>
       this.#o.log.warn("cannot close a forwarder", { sandbox_id: r.id, error: String(err) })
     );
-    if (r.deleting || this.#closing || this.#sandboxes.get(r.id) !== r) return;
+    r.qmp?.close().catch(() => {});
+    if (r.deleting || r.stopping || this.#closing || this.#sandboxes.get(r.id) !== r) return;
     const status = st.signal ? 128 + (SIGNALS[st.signal] ?? 0) : st.code;
     const message = `VM process exited with status ${status}` +
-      (st.signal ? ` (${st.signal})` : "");
+      (st.signal ? ` (${st.signal})` : "") +
+      "; its disk is kept: start the sandbox again, or delete it";
     this.#o.log.warn("VM exited", { sandbox_id: r.id, pid: handle.pid, status });
     r.conditions = [condition("ProcessExited", message, this.#now())];
     this.#publish(r);
@@ -515,8 +734,10 @@ export class VmDriver {
         message: line,
       });
     };
+    const readers: ReadableStreamDefaultReader<Uint8Array>[] = [];
     const pump = async (stream: ReadableStream<Uint8Array>, qemu: boolean) => {
       const reader = stream.getReader();
+      readers.push(reader);
       r.readers.push(reader);
       const lines = new LineSplitter();
       const take = async (found: string[]) => {
@@ -535,11 +756,14 @@ export class VmDriver {
         }
         await take(lines.flush());
       } catch {
-        // cancelled (sandbox deleted) or the pipe broke: nothing more to read
+        // cancelled (sandbox stopped or deleted) or the pipe broke: nothing more to read
       }
     };
     r.consoleDone = Promise.all([pump(handle.console, false), pump(handle.stderr, true)])
-      .then(() => log.close());
+      .then(() => log.close())
+      .then(() => {
+        r.readers = r.readers.filter((x) => !readers.includes(x));
+      });
   }
 
   /** Stops reading the VM's output; resolves once `console.log` is closed. */
@@ -548,20 +772,138 @@ export class VmDriver {
     await r.consoleDone;
   }
 
-  async #stopVm(handle: VmHandle, graceMs: number): Promise<void> {
-    handle.kill("SIGTERM");
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timedOut = await Promise.race([
-      handle.status.then(() => false),
-      new Promise<boolean>((res) => {
-        timer = setTimeout(() => res(true), graceMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      handle.kill("SIGKILL");
-      await handle.status;
+  /**
+   * Ends a VM: the guest is asked to power off (QMP) and given `powerdownMs`,
+   * then SIGTERM and `termMs`, then SIGKILL. Returns how it ended.
+   */
+  async #haltVm(
+    r: Record_,
+    handle: VmHandle,
+    opts: { powerdownMs: number; termMs: number },
+  ): Promise<"powerdown" | "term" | "kill"> {
+    const exitedWithin = async (ms: number): Promise<boolean> => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const done = await Promise.race([
+        handle.status.then(() => true),
+        new Promise<boolean>((res) => {
+          timer = setTimeout(() => res(false), ms);
+        }),
+      ]);
+      clearTimeout(timer);
+      return done;
+    };
+    if (opts.powerdownMs > 0 && r.qmp) {
+      const asked = await r.qmp.powerdown().catch(() => false);
+      if (asked && await exitedWithin(opts.powerdownMs)) return "powerdown";
+      if (asked) {
+        this.#o.log.warn("the guest did not power off in time; terminating qemu", {
+          sandbox_id: r.id,
+          grace_ms: opts.powerdownMs,
+        });
+      }
     }
+    if (opts.termMs > 0) {
+      handle.kill("SIGTERM");
+      if (await exitedWithin(opts.termMs)) return "term";
+    }
+    handle.kill("SIGKILL");
+    await handle.status;
+    return "kill";
+  }
+
+  /** Runs `op` after every earlier start/stop/delete of `r`. */
+  #serial<T>(r: Record_, op: () => Promise<T>): Promise<T> {
+    const run = r.lifecycle.then(op);
+    r.lifecycle = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * StopSandbox: shuts the VM down cleanly (see the module docs) and keeps
+   * its state dir; idempotent. NOT_FOUND when unknown.
+   */
+  stop(id: string, name: string): Promise<void> {
+    let r: Record_;
+    try {
+      r = this.#require(id, name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#serial(r, () => this.#stop(r));
+  }
+
+  async #stop(r: Record_): Promise<void> {
+    if (r.deleting) throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is being deleted");
+    const handle = r.handle;
+    let how = "";
+    if (handle && !r.exited) {
+      r.stopping = true;
+      r.conditions = [condition("Stopping", "VM is shutting down", this.#now())];
+      this.#publish(r);
+      try {
+        how = await this.#haltVm(r, handle, {
+          powerdownMs: this.#o.powerdownGraceMs ?? 30_000,
+          termMs: this.#o.stopGraceMs ?? 5000,
+        });
+      } finally {
+        r.stopping = false;
+      }
+    }
+    await this.#stopConsole(r);
+    await r.forwarder?.close().catch(() => {});
+    await r.qmp?.close().catch(() => {});
+    r.forwarder = undefined;
+    r.qmp = undefined;
+    r.handle = undefined;
+    r.exited = false;
+    const message = how === "powerdown"
+      ? "VM powered off; its disk is kept"
+      : how
+      ? `VM stopped (${how === "term" ? "SIGTERM" : "SIGKILL"}: the guest did not power off); ` +
+        "its disk is kept"
+      : "VM is not running; its disk is kept";
+    r.conditions = [condition("Stopped", message, this.#now())];
+    this.#o.log.info("sandbox stopped", { sandbox_id: r.id, how: how || "not running" });
+    this.#publish(r);
+    this.#platformEvent(r.id, { source: "vm", type: "Normal", reason: "Stopped", message });
+  }
+
+  /**
+   * StartSandbox: boots a stopped (or exited) sandbox's VM again from its
+   * state dir; a running one is left alone. NOT_FOUND when unknown.
+   */
+  start(id: string, name: string): Promise<void> {
+    if (this.#closing) {
+      return Promise.reject(new StatusError(Code.UNAVAILABLE, "the VM driver is shutting down"));
+    }
+    let r: Record_;
+    try {
+      r = this.#require(id, name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#serial(r, async () => {
+      if (r.deleting) throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is being deleted");
+      if (this.#running(r)) return;
+      // A VM that exited on its own: its console pump has ended; drop what is left.
+      await this.#stopConsole(r);
+      r.handle = undefined;
+      r.conditions = [condition("Starting", "VM is starting", this.#now())];
+      this.#publish(r);
+      try {
+        await this.#launch(r);
+      } catch (err) {
+        r.conditions = [
+          condition(
+            "Stopped",
+            `VM could not start: ${(err as Error).message}`,
+            this.#now(),
+          ),
+        ];
+        this.#publish(r);
+        throw err;
+      }
+    });
   }
 
   /** DeleteSandbox by id, else name; false when unknown. */
@@ -573,17 +915,24 @@ export class VmDriver {
     }
     const r = this.#find(id, name);
     if (!r) return Promise.resolve(false);
-    r.deletion ??= this.#delete(r);
+    if (!r.deletion) {
+      // Marked at once (a start or stop in progress sees it), torn down after them.
+      r.deleting = true;
+      r.conditions = [condition("Deleting", "VM is being deleted", this.#now())];
+      this.#publish(r);
+      r.deletion = this.#serial(r, () => this.#delete(r));
+    }
     return r.deletion;
   }
 
   async #delete(r: Record_): Promise<boolean> {
-    r.deleting = true;
-    r.conditions = [condition("Deleting", "VM is being deleted", this.#now())];
-    this.#publish(r);
-    if (r.handle && !r.exited) await this.#stopVm(r.handle, this.#o.stopGraceMs ?? 5000);
+    const handle = r.handle;
+    if (handle && !r.exited) {
+      await this.#haltVm(r, handle, { powerdownMs: 0, termMs: this.#o.stopGraceMs ?? 5000 });
+    }
     await this.#stopConsole(r);
     await r.forwarder?.close().catch(() => {});
+    await r.qmp?.close().catch(() => {});
     try {
       await Deno.remove(r.dir, { recursive: true });
     } catch (err) {
@@ -601,14 +950,20 @@ export class VmDriver {
     return true;
   }
 
-  /** Stops every VM (SIGTERM, then SIGKILL after `graceMs`) and ends all watches. */
+  /**
+   * Stops every VM — each guest is asked to power off and given `graceMs`,
+   * then SIGKILL — keeps every state dir (the next start restores them) and
+   * ends all watches.
+   */
   async shutdown(graceMs = 2000): Promise<void> {
     this.#closing = true;
-    const running = [...this.#sandboxes.values()];
-    await Promise.all(running.map(async (r) => {
-      if (r.handle && !r.exited) await this.#stopVm(r.handle, graceMs);
+    const all = [...this.#sandboxes.values()];
+    await Promise.all(all.map(async (r) => {
+      const handle = r.handle;
+      if (handle && !r.exited) await this.#haltVm(r, handle, { powerdownMs: graceMs, termMs: 0 });
       await this.#stopConsole(r);
       await r.forwarder?.close().catch(() => {});
+      await r.qmp?.close().catch(() => {});
     }));
     this.#listeners.clear();
   }
@@ -620,6 +975,7 @@ export class VmDriver {
       for (const reader of r.readers) reader.cancel().catch(() => {});
       if (r.handle && !r.exited) r.handle.kill("SIGKILL");
       r.forwarder?.close().catch(() => {});
+      r.qmp?.close().catch(() => {});
     }
   }
 }

@@ -2,24 +2,34 @@ import assert from "node:assert/strict";
 import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
 import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
-import { validateSandbox, VmDriver, type VmDriverOptions } from "./driver.ts";
+import {
+  MANIFEST_FILE,
+  parseManifest,
+  validateSandbox,
+  VmDriver,
+  type VmDriverOptions,
+} from "./driver.ts";
 import { CONSOLE_LOG_MAX_BYTES } from "./console.ts";
 import { LOG_LINE_BURST } from "../core/rate_limit.ts";
 import { MAX_LINE_BYTES } from "../core/text.ts";
-import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
+import { FakeLauncher, FakeQmp, fakeRuntime, memoryLogger } from "./testing.ts";
 import { waitFor } from "../core/testing.ts";
 
 interface Fixture {
   dir: string;
   driver: VmDriver;
   launcher: FakeLauncher;
+  qmp: FakeQmp;
   events: WatchSandboxesEvent[];
+  /** A second driver over the same state dir (a driver restart); shut down with the fixture. */
+  restart(): Promise<{ driver: VmDriver; launcher: FakeLauncher; qmp: FakeQmp }>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
 async function fixture(
   options: {
     stopGraceMs?: number;
+    powerdownGraceMs?: number;
     consoleLogMaxBytes?: number;
     now?: () => number;
     vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime">;
@@ -27,34 +37,50 @@ async function fixture(
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
   const runtime = await fakeRuntime(`${dir}/rt`);
+  const make = (launcher: FakeLauncher, qmp: FakeQmp) =>
+    new VmDriver({
+      stateDir: `${dir}/state`,
+      runtime,
+      launcher,
+      qmp,
+      accel: () => Promise.resolve("tcg"),
+      vcpus: 2,
+      memMib: 512,
+      logLevel: "info",
+      gateway: { host: "127.0.0.1", port: 4000 },
+      forwarder: "socat",
+      allowEgress: false,
+      log: memoryLogger().log,
+      stopGraceMs: options.stopGraceMs ?? 50,
+      powerdownGraceMs: options.powerdownGraceMs ?? 50,
+      consoleLogMaxBytes: options.consoleLogMaxBytes,
+      now: options.now,
+      ...options.vm,
+    });
   const launcher = new FakeLauncher();
-  const driver = new VmDriver({
-    stateDir: `${dir}/state`,
-    runtime,
-    launcher,
-    accel: () => Promise.resolve("tcg"),
-    vcpus: 2,
-    memMib: 512,
-    logLevel: "info",
-    gateway: { host: "127.0.0.1", port: 4000 },
-    forwarder: "socat",
-    allowEgress: false,
-    log: memoryLogger().log,
-    stopGraceMs: options.stopGraceMs ?? 50,
-    consoleLogMaxBytes: options.consoleLogMaxBytes,
-    now: options.now,
-    ...options.vm,
-  });
+  const qmp = new FakeQmp(launcher);
+  const driver = make(launcher, qmp);
+  const others: VmDriver[] = [];
   const events: WatchSandboxesEvent[] = [];
   const unwatch = driver.watch((e) => events.push(e));
   return {
     dir,
     driver,
     launcher,
+    qmp,
     events,
+    async restart() {
+      const l = new FakeLauncher();
+      const q = new FakeQmp(l);
+      const d = make(l, q);
+      others.push(d);
+      await d.restore();
+      return { driver: d, launcher: l, qmp: q };
+    },
     async [Symbol.asyncDispose]() {
       unwatch();
       await driver.shutdown(10);
+      for (const d of others) await d.shutdown(10);
       await Deno.remove(dir, { recursive: true });
     },
   };
@@ -195,7 +221,11 @@ Deno.test("driver: a VM that exits is ProcessExited with its status plus a Warni
   );
   const c = f.driver.get("ex", "").status!.conditions[0];
   assert.equal(c.reason, "ProcessExited");
-  assert.equal(c.message, "VM process exited with status 137 (SIGKILL)");
+  assert.equal(
+    c.message,
+    "VM process exited with status 137 (SIGKILL); its disk is kept: start the sandbox again, " +
+      "or delete it",
+  );
   const ev = f.events.find((e) =>
     e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
   );
@@ -378,4 +408,197 @@ Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses 
       assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
     }
   }
+});
+
+// ---- stop, start, restore ---------------------------------------------------
+
+const KEYED = {
+  spec: {
+    environment: {
+      FOO: "bar",
+      [PROVISION_SSH_HOST_KEY]: "HOST KEY",
+      [PROVISION_SUPERVISOR_TOKEN]: "TOKEN",
+    },
+  },
+};
+
+async function fwCfgContents(spec: { fwCfg: readonly { name: string; file: string }[] }) {
+  return Object.fromEntries(
+    await Promise.all(spec.fwCfg.map(async (f) => [f.name, await Deno.readTextFile(f.file)])),
+  );
+}
+
+Deno.test("driver: stop powers the guest off, keeps its dir and reports Stopping then Stopped", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("st", KEYED));
+  const vm = f.launcher.vms[0];
+  await f.driver.stop("st", "");
+  assert.deepEqual(f.qmp.powerdowns, [vm.spec.qmpSocket], "asked the guest to power off");
+  assert.deepEqual(vm.signals, [], "no signal: the guest powered off");
+  assert.ok(f.qmp.closed.has(vm.spec.qmpSocket!), "its QMP channel is closed");
+  const r = reasons(f.events, "st");
+  assert.deepEqual(r.slice(-2), ["False/Stopping", "False/Stopped"]);
+  assert.ok(!r.includes("False/ProcessExited"), "a stopped VM is not a failure");
+  const snap = f.driver.get("st", "").status!;
+  assert.equal(snap.instance_id, "");
+  assert.equal(snap.conditions[0].message, "VM powered off; its disk is kept");
+  const sdir = `${f.dir}/state/sandboxes/st`;
+  for (const file of [MANIFEST_FILE, "console.log", "guest/ssh_host_key", "guest/config"]) {
+    assert.ok((await Deno.stat(`${sdir}/${file}`)).isFile, `${file} is kept`);
+  }
+  // Idempotent: a second stop asks nothing of anyone.
+  await f.driver.stop("", "name-st");
+  assert.equal(f.qmp.powerdowns.length, 1);
+  assert.equal(f.driver.get("st", "").status!.conditions[0].reason, "Stopped");
+});
+
+Deno.test("driver: a guest that ignores the power-off gets SIGTERM, then SIGKILL", async () => {
+  await using f = await fixture({ powerdownGraceMs: 20, stopGraceMs: 20 });
+  f.qmp.ignorePowerdown = true;
+  await f.driver.create(sandbox("deaf"));
+  await f.driver.stop("deaf", "");
+  assert.deepEqual(f.launcher.vms[0].signals, ["SIGTERM"]);
+  assert.match(f.driver.get("deaf", "").status!.conditions[0].message, /SIGTERM/);
+  f.launcher.ignoreTerm = true;
+  await f.driver.start("deaf", "");
+  await f.driver.stop("deaf", "");
+  assert.deepEqual(f.launcher.vms[1].signals, ["SIGTERM", "SIGKILL"]);
+  assert.equal(f.driver.get("deaf", "").status!.conditions[0].reason, "Stopped");
+});
+
+Deno.test("driver: start boots a stopped sandbox again from the same guest files; running: no-op", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("again", KEYED));
+  const first = f.launcher.vms[0].spec;
+  const files = await fwCfgContents(first);
+  await f.driver.start("again", "");
+  assert.equal(f.launcher.vms.length, 1, "already running: nothing started");
+  await f.driver.stop("again", "");
+  await f.driver.start("", "name-again");
+  assert.equal(f.launcher.vms.length, 2);
+  const second = f.launcher.vms[1].spec;
+  assert.deepEqual(await fwCfgContents(second), files, "same config, key and token");
+  assert.equal(files.ssh_host_key, "HOST KEY\n");
+  assert.notEqual(second.qmpSocket, first.qmpSocket, "a fresh QMP channel");
+  assert.equal(f.driver.get("again", "").status!.conditions[0].reason, "Starting");
+  assert.equal(f.driver.get("again", "").status!.instance_id, String(f.launcher.vms[1].handle.pid));
+  // The new VM's console appends to the same log.
+  await f.launcher.vms[1].writeConsole("second boot\n");
+  await waitFor(
+    "second boot in console.log",
+    async () =>
+      (await Deno.readTextFile(`${f.dir}/state/sandboxes/again/console.log`)).includes(
+        "second boot",
+      ) || undefined,
+  );
+});
+
+Deno.test("driver: a VM that exited on its own can be started again", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("crash"));
+  f.launcher.vms[0].exit(1);
+  await waitFor("ProcessExited", () => reasons(f.events, "crash").includes("False/ProcessExited"));
+  await f.driver.start("crash", "");
+  assert.equal(f.launcher.vms.length, 2);
+  assert.equal(f.driver.get("crash", "").status!.conditions[0].reason, "Starting");
+});
+
+Deno.test("driver: a start that cannot launch leaves the sandbox stopped and says why", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("nolaunch"));
+  await f.driver.stop("nolaunch", "");
+  f.launcher.failWith = "qemu: cannot allocate memory";
+  await assert.rejects(f.driver.start("nolaunch", ""), (e: StatusError) => {
+    assert.equal(e.code, Code.INTERNAL);
+    assert.match(e.message, /cannot allocate memory/);
+    return true;
+  });
+  const c = f.driver.get("nolaunch", "").status!.conditions[0];
+  assert.equal(c.reason, "Stopped");
+  assert.match(c.message, /VM could not start: .*cannot allocate memory/);
+  assert.ok((await Deno.stat(`${f.dir}/state/sandboxes/nolaunch/${MANIFEST_FILE}`)).isFile);
+});
+
+Deno.test("driver: stop/start of an unknown sandbox is NOT_FOUND; of one being deleted FAILED_PRECONDITION", async () => {
+  await using f = await fixture();
+  await assert.rejects(f.driver.stop("nope", ""), (e: StatusError) => e.code === Code.NOT_FOUND);
+  await assert.rejects(f.driver.start("", "nope"), (e: StatusError) => e.code === Code.NOT_FOUND);
+  await assert.rejects(
+    f.driver.stop("", ""),
+    (e: StatusError) => e.code === Code.INVALID_ARGUMENT,
+  );
+  await f.driver.create(sandbox("gone"));
+  const deleting = f.driver.delete("gone", "");
+  await assert.rejects(
+    f.driver.start("gone", ""),
+    (e: StatusError) => e.code === Code.FAILED_PRECONDITION || e.code === Code.NOT_FOUND,
+  );
+  assert.equal(await deleting, true);
+});
+
+Deno.test("driver: start, stop and delete of one sandbox run one at a time, in order", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("seq"));
+  const order: string[] = [];
+  await Promise.all([
+    f.driver.stop("seq", "").then(() => order.push("stop")),
+    f.driver.start("seq", "").then(() => order.push("start")),
+    f.driver.stop("seq", "").then(() => order.push("stop")),
+  ]);
+  assert.deepEqual(order, ["stop", "start", "stop"]);
+  assert.equal(f.launcher.vms.length, 2);
+  assert.equal(f.driver.get("seq", "").status!.conditions[0].reason, "Stopped");
+  assert.equal(await f.driver.delete("seq", ""), true);
+  await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/seq`), Deno.errors.NotFound);
+});
+
+Deno.test("driver: a restarted driver restores every sandbox as stopped and boots it on start", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("r1", { ...KEYED, name: "one" }));
+  await f.driver.create(sandbox("r2", { name: "two" }));
+  await f.driver.stop("r2", "");
+  const files = await fwCfgContents(f.launcher.vms[0].spec);
+  await f.driver.shutdown(10);
+  assert.equal(f.qmp.powerdowns.length, 2, "shutdown asks each running guest to power off");
+  // A dir without a manifest is an unfinished create; a broken manifest is left alone.
+  const root = `${f.dir}/state/sandboxes`;
+  await Deno.mkdir(`${root}/half`);
+  await Deno.mkdir(`${root}/broken`);
+  await Deno.writeTextFile(`${root}/broken/${MANIFEST_FILE}`, "{");
+  const next = await f.restart();
+  assert.deepEqual(
+    next.driver.list().map((s) => [s.id, s.name, s.status!.conditions[0].reason]),
+    [["r1", "one", "Stopped"], ["r2", "two", "Stopped"]],
+  );
+  await assert.rejects(Deno.stat(`${root}/half`), Deno.errors.NotFound);
+  assert.ok((await Deno.stat(`${root}/broken`)).isDirectory);
+  assert.equal(next.launcher.vms.length, 0, "nothing boots until it is started");
+  await next.driver.start("r1", "");
+  assert.deepEqual(await fwCfgContents(next.launcher.vms[0].spec), files);
+  assert.equal(next.driver.get("r1", "").status!.conditions[0].reason, "Starting");
+  assert.equal(await next.driver.delete("r2", ""), true, "a restored sandbox can be deleted");
+  await assert.rejects(Deno.stat(`${root}/r2`), Deno.errors.NotFound);
+  assert.equal(await next.driver.restore(), 0, "restoring twice adds nothing");
+});
+
+Deno.test("driver: manifests are checked (format, id = dir name, types, size)", () => {
+  const good = {
+    format: "openshell-vm-sandbox/1",
+    id: "sb",
+    name: "n",
+    namespace: "default",
+    created_at_ms: 1,
+  };
+  assert.deepEqual(parseManifest(JSON.stringify(good), "sb"), good);
+  const bad: [unknown, RegExp][] = [
+    [{ ...good, format: "x/2" }, /format/],
+    [{ ...good, id: "other" }, /does not match/],
+    [{ ...good, id: ".." }, /does not match/],
+    [{ ...good, name: 5 }, /name is invalid/],
+    [{ ...good, created_at_ms: -1 }, /created_at_ms/],
+    [[1], /format/],
+  ];
+  for (const [m, re] of bad) assert.throws(() => parseManifest(JSON.stringify(m), "sb"), re);
+  assert.throws(() => parseManifest("{", "sb"), /not JSON/);
+  assert.throws(() => parseManifest(" ".repeat(65 * 1024), "sb"), /too large/);
 });

@@ -5,8 +5,10 @@
  *
  * No orphans: every qemu runs under `setpriv --pdeathsig KILL`, so it dies
  * with this process; this process watches its parent (the gateway) and,
- * when it is gone, kills its VMs and exits. SIGTERM/SIGINT stop the VMs and
- * exit cleanly.
+ * when it is gone, kills its VMs and exits. SIGTERM/SIGINT ask every guest
+ * to power off, kill what is still running after 5 s, and exit. Either way
+ * the sandbox dirs stay: the next start restores them as stopped sandboxes
+ * and the gateway starts the ones it wants running.
  *
  * Run as root, it runs every qemu as `--vm-user` (see `vm_user.ts`) and
  * refuses to start, in one line naming the command, when that account is
@@ -30,6 +32,7 @@ import {
 import { type RuntimeFiles, VmDriver } from "./driver.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
+import { qmpBindPath, qmpDir } from "./qmp.ts";
 import { serveDriver } from "./server.ts";
 import {
   ownIds,
@@ -45,6 +48,11 @@ import {
 
 /** How often the parent process is checked. */
 const PARENT_POLL_MS = 500;
+/**
+ * How long the guests get to power off when the driver is told to stop
+ * (SIGTERM) before their qemu is killed; the gateway waits 10 s for it.
+ */
+const SHUTDOWN_POWERDOWN_MS = 5000;
 
 /** The runtime files inside a runtime dir (as `deno task vm:rootfs` writes them). */
 export function runtimeFiles(runtimeDir: string): RuntimeFiles {
@@ -132,17 +140,17 @@ export function checkGatewayGrant(gateway: { host: string; port: number }): void
   }
 }
 
-async function removeStaleSandboxes(stateDir: string, log: Logger): Promise<void> {
-  await Deno.remove(forwarderDir(stateDir), { recursive: true }).catch(() => {});
-  await Deno.remove(forwarderBindPath(stateDir)).catch(() => {});
-  const dir = `${stateDir}/sandboxes`;
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      await Deno.remove(`${dir}/${e.name}`, { recursive: true }).catch(() => {});
-      log.info("removed a stale sandbox dir from an earlier run", { sandbox_id: e.name });
-    }
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
+/**
+ * Removes what an earlier run left that belongs to no VM any more: the
+ * forwarder and QMP sockets (every VM gets new ones when it starts). The
+ * sandbox dirs stay: {@link VmDriver.restore} reads them back.
+ */
+async function removeStaleSockets(stateDir: string): Promise<void> {
+  for (const dir of [forwarderDir(stateDir), qmpDir(stateDir)]) {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  for (const path of [forwarderBindPath(stateDir), qmpBindPath(stateDir)]) {
+    await Deno.remove(path).catch(() => {});
   }
 }
 
@@ -171,7 +179,7 @@ export async function main(args: readonly string[]): Promise<number> {
   checkGatewayGrant(config.endpoint);
   const parent = Deno.ppid;
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-  await removeStaleSandboxes(config.stateDir, log);
+  await removeStaleSockets(config.stateDir);
   const runtime = runtimeFiles(config.runtimeDir);
 
   // Who qemu runs as: a dedicated account when we are root, else ourselves.
@@ -228,6 +236,10 @@ export async function main(args: readonly string[]): Promise<number> {
     bootRuntime: vmUser ? boot : undefined,
     log,
   });
+  const restored = await driver.restore();
+  if (restored > 0) {
+    log.info(`restored ${restored} sandbox(es) from the state dir; the gateway starts them`);
+  }
   const socket = socketPath(config.stateDir);
   const server = await serveDriver(driver, {
     socket,
@@ -268,8 +280,8 @@ export async function main(args: readonly string[]): Promise<number> {
       }
     }, PARENT_POLL_MS);
     const handlers: [Deno.Signal, () => void][] = [
-      ["SIGTERM", () => finish(0, 2000, "SIGTERM")],
-      ["SIGINT", () => finish(0, 2000, "SIGINT")],
+      ["SIGTERM", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGTERM")],
+      ["SIGINT", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGINT")],
     ];
     for (const [s, h] of handlers) Deno.addSignalListener(s, h);
   });

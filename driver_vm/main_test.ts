@@ -193,7 +193,10 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       const cond = g.sandbox.status.conditions[0];
       return cond.reason === "ProcessExited" ? cond : undefined;
     }, { ignoreErrors: true });
-    assert.equal(exited.message, "VM process exited with status 137 (SIGKILL)");
+    assert.match(
+      exited.message,
+      /^VM process exited with status 137 \(SIGKILL\); its disk is kept/,
+    );
 
     c.close();
     child.kill("SIGTERM");
@@ -202,6 +205,104 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
     assert.ok(!(await alive(pid1)), "SIGTERM stops the VMs");
     await assert.rejects(Deno.stat(`${s.state}/compute-driver.sock`), Deno.errors.NotFound);
     assert.match(await out, /stopping: SIGTERM/);
+  } finally {
+    c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await out;
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+/**
+ * A fake qemu with a monitor: it connects to the driver's QMP socket (as
+ * qemu does, through socat) and answers every command; ctrl-alt-delete
+ * powers its "guest" off (it exits 0).
+ */
+const QMP_RESPONDER = `echo '{"QMP": {"version": {}, "capabilities": []}}'
+while read -r line; do
+  id=$(printf '%s' "$line" | sed -e 's/.*"id":"//' -e 's/".*//')
+  printf '{"return": {}, "id": "%s"}\\n' "$id"
+  case "$line" in *send-key*) kill "$1" ;; esac
+done
+`;
+const QMP_QEMU = `
+for a in "$@"; do case "$a" in socket,id=qmp,path=*) qmp=\${a#socket,id=qmp,path=} ;; esac; done
+echo "fake guest console"
+sleep 600 & guest=$!
+trap 'kill $guest; exit 143' TERM
+[ -n "$qmp" ] && socat UNIX-CONNECT:"$qmp" SYSTEM:"sh $DIR/qmp-responder.sh $guest" &
+wait $guest
+echo "fake guest powered off"
+`;
+
+Deno.test("driver process: stop powers off through QMP; a restart keeps every sandbox, stopped until started", async () => {
+  const s = await setup({ qemu: QMP_QEMU });
+  await Deno.writeTextFile(`${s.dir}/qmp-responder.sh`, QMP_RESPONDER, { mode: 0o644 });
+  let child = spawn(s.argv);
+  let out = stderrOf(child);
+  let c = s.client();
+  type Got = {
+    sandbox: {
+      status: { instance_id: string; conditions: { reason: string; message: string }[] };
+    };
+  };
+  const get = (id: string) => call<Got>(c, "GetSandbox", { sandbox_id: id });
+  try {
+    const pid1 = await s.create("sb-1", c);
+    const pid2 = await s.create("sb-2", c);
+    await call(c, "StopSandbox", { sandbox_id: "sb-2" });
+    const stopped = (await get("sb-2")).sandbox.status;
+    assert.deepEqual(
+      [stopped.conditions[0].reason, stopped.conditions[0].message, stopped.instance_id],
+      ["Stopped", "VM powered off; its disk is kept", ""],
+      "the guest powered off when asked (no signal needed)",
+    );
+    assert.ok(!(await alive(pid2)));
+    assert.match(
+      await Deno.readTextFile(`${s.state}/sandboxes/sb-2/console.log`),
+      /fake guest powered off/,
+    );
+    c.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0, await out);
+    await waitFor("qemu gone", async () => !(await alive(pid1)), { timeoutMs: 5000 });
+    for (const id of ["sb-1", "sb-2"]) {
+      for (const f of ["sandbox.json", "guest/config", "console.log"]) {
+        assert.ok((await Deno.stat(`${s.state}/sandboxes/${id}/${f}`)).isFile, `${id}/${f} kept`);
+      }
+    }
+
+    // The driver comes back: both sandboxes are known, stopped, until started.
+    child = spawn(s.argv);
+    out = stderrOf(child);
+    c = s.client();
+    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
+    const list = await call<
+      { sandboxes: { id: string; status: { conditions: { reason: string }[] } }[] }
+    >(c, "ListSandboxes", {});
+    assert.deepEqual(
+      list.sandboxes.map((x) => [x.id, x.status.conditions[0].reason]),
+      [["sb-1", "Stopped"], ["sb-2", "Stopped"]],
+    );
+    await call(c, "StartSandbox", { sandbox_id: "sb-1" });
+    const pid3 = Number((await get("sb-1")).sandbox.status.instance_id);
+    assert.ok(pid3 > 0 && pid3 !== pid1 && await alive(pid3), "a new qemu runs");
+    await waitFor("the second boot in the same console log", async () => {
+      const text = await Deno.readTextFile(`${s.state}/sandboxes/sb-1/console.log`);
+      return text.split("fake guest console").length === 3 ? true : undefined;
+    }, { ignoreErrors: true });
+    assert.equal(
+      (await call<{ deleted: boolean }>(c, "DeleteSandbox", { sandbox_id: "sb-2" }))
+        .deleted,
+      true,
+    );
+    await assert.rejects(Deno.stat(`${s.state}/sandboxes/sb-2`), Deno.errors.NotFound);
+    c.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0, await out);
+    assert.ok(!(await alive(pid3)));
   } finally {
     c.close();
     try {
@@ -363,6 +464,7 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
       VM_USER,
     ],
   );
+  let runs = 0;
   const runOnce = async (): Promise<string> => {
     const child = spawn(argv);
     const out = stderrOf(child);
@@ -374,7 +476,7 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
       await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), {
         ignoreErrors: true,
       });
-      await call(c, "CreateSandbox", { sandbox: { id: "a1", name: "a1", spec: {} } });
+      await call(c, "CreateSandbox", { sandbox: { id: `a${++runs}`, name: "a", spec: {} } });
     } finally {
       c.close();
       child.kill("SIGTERM");

@@ -49,6 +49,8 @@ export interface QemuSpec {
   allowEgress: boolean;
   /** Extra kernel command line words (e.g. `openshell.probe`). */
   extraKernelArgs?: readonly string[];
+  /** The driver's QMP socket qemu connects to (see `qmp.ts`); absent: no monitor. */
+  qmpSocket?: string;
 }
 
 /** qemu's option syntax: a comma inside a value is written twice. */
@@ -165,6 +167,14 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
       if (!/^[a-z0-9_]+$/.test(f.name)) throw new Error(`invalid fw_cfg name: ${f.name}`);
       return ["-fw_cfg", `name=${FW_CFG_PREFIX}/${f.name},file=${e(f.file)}`];
     }),
+    ...(spec.qmpSocket
+      ? [
+        "-chardev",
+        `socket,id=qmp,path=${e(spec.qmpSocket)}`,
+        "-mon",
+        "chardev=qmp,mode=control",
+      ]
+      : []),
     "-pidfile",
     spec.pidFile,
   ];

@@ -116,3 +116,14 @@ Deno.test("qemu: seccomp sandbox on; spawning (and setsid) allowed only for a cm
     deny,
   );
 });
+
+Deno.test("qemu: the monitor is a client socket to the driver's QMP path, only when given", () => {
+  assert.deepEqual(after(buildQemuArgs(spec), "-mon"), []);
+  const args = buildQemuArgs({ ...spec, qmpSocket: "/s/qmp/0.sock" });
+  assert.deepEqual(after(args, "-chardev"), [
+    "stdio,id=console,signal=off",
+    "socket,id=qmp,path=/s/qmp/0.sock",
+  ]);
+  assert.deepEqual(after(args, "-mon"), ["chardev=qmp,mode=control"]);
+  assert.ok(!after(args, "-chardev")[1].includes("server"), "qemu connects; it never listens");
+});

@@ -15,7 +15,7 @@ import * as grpc from "@grpc/grpc-js";
 import { GrpcFront, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { ComputeDriverClient, type DriverSandbox, type Wire } from "../core/protocol.ts";
-import { Code, hasStatusCode, StatusError } from "../core/status.ts";
+import { Code, hasStatusCode } from "../core/status.ts";
 import type { VmDriver } from "./driver.ts";
 
 type UnaryHandler = (
@@ -65,11 +65,13 @@ export function computeDriverHandlers(
       await driver.create(req.sandbox);
       return {};
     }),
-    StopSandbox: unary(log, "StopSandbox", () => {
-      throw new StatusError(
-        Code.UNIMPLEMENTED,
-        "StopSandbox is not supported by the VM driver; delete the sandbox instead",
-      );
+    StopSandbox: unary(log, "StopSandbox", async (req: IdReq) => {
+      await driver.stop(req.sandbox_id ?? "", req.sandbox_name ?? "");
+      return {};
+    }),
+    StartSandbox: unary(log, "StartSandbox", async (req: IdReq) => {
+      await driver.start(req.sandbox_id ?? "", req.sandbox_name ?? "");
+      return {};
     }),
     DeleteSandbox: unary(log, "DeleteSandbox", async (req: IdReq) => ({
       deleted: await driver.delete(req.sandbox_id ?? "", req.sandbox_name ?? ""),

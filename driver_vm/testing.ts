@@ -8,6 +8,7 @@
 import { Logger } from "../core/log.ts";
 import type { Launcher, RuntimeFiles, VmHandle } from "./driver.ts";
 import type { QemuSpec } from "./qemu.ts";
+import type { QmpChannel, QmpFactory } from "./qmp.ts";
 
 /** One fake VM. */
 export interface FakeVm {
@@ -96,6 +97,46 @@ export class FakeLauncher implements Launcher {
       writeStderr: stderr.write,
     });
     return Promise.resolve(handle);
+  }
+}
+
+/**
+ * QMP channels that reach the fake VMs: a power-down request ends the VM
+ * launched with that channel (exit 0, like a guest powering off) unless
+ * {@link ignorePowerdown} is set.
+ */
+export class FakeQmp implements QmpFactory {
+  /** Paths of the channels asked to power down, in order. */
+  readonly powerdowns: string[] = [];
+  /** Channels closed, by path. */
+  readonly closed = new Set<string>();
+  /** When true, the guest ignores power-down requests. */
+  ignorePowerdown = false;
+  readonly #launcher: FakeLauncher;
+  #next = 0;
+
+  /** Channels for the VMs of `launcher`. */
+  constructor(launcher: FakeLauncher) {
+    this.#launcher = launcher;
+  }
+
+  /** A fake channel named `fake-qmp/<n>`. */
+  open(_sandboxId: string): Promise<QmpChannel> {
+    const path = `fake-qmp/${this.#next++}`;
+    return Promise.resolve({
+      path,
+      powerdown: () => {
+        this.powerdowns.push(path);
+        const vm = this.#launcher.vms.find((v) => v.spec.qmpSocket === path);
+        if (!vm) return Promise.resolve(false);
+        if (!this.ignorePowerdown) vm.exit(0);
+        return Promise.resolve(true);
+      },
+      close: () => {
+        this.closed.add(path);
+        return Promise.resolve();
+      },
+    });
   }
 }
 
