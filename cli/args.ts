@@ -189,6 +189,31 @@ export const COMMANDS: readonly CommandSpec[] = [
     examples: ["openshell sandbox delete dev", "openshell sandbox delete --all"],
   },
   {
+    id: "sandbox stop",
+    summary: "Stop sandboxes, keeping their disks",
+    description: "Shut each sandbox's VM down cleanly (the guest powers off; it is killed " +
+      "if it has not after about 30 s). Its disk, files and SSH host key are kept and its " +
+      "phase shows Stopped until `sandbox start` boots it again.",
+    positionals: [{ name: "NAME", variadic: true }],
+    examples: ["openshell sandbox stop dev"],
+  },
+  {
+    id: "sandbox start",
+    summary: "Start stopped sandboxes again",
+    description: "Boot each stopped (or failed) sandbox's VM again from its disk and follow " +
+      "it until it is ready, unless --no-wait is given. Starting a running sandbox does nothing.",
+    positionals: [{ name: "NAME", variadic: true }],
+    options: {
+      "no-wait": { type: "boolean", help: "Return once the VM is starting" },
+      timeout: {
+        type: "string",
+        value: "S",
+        help: "Seconds to wait until ready (default 300)",
+      },
+    },
+    examples: ["openshell sandbox start dev", "openshell sandbox start dev --no-wait"],
+  },
+  {
     id: "sandbox connect",
     summary: "Open an interactive shell in a sandbox",
     description: "Open an interactive shell in a sandbox over SSH. Without NAME, the " +

@@ -322,6 +322,20 @@ export class GatewayClient {
     return res.deleted;
   }
 
+  /** `StopSandbox`: resolves once its compute is stopped (a clean shutdown takes up to ~40 s). */
+  async stopSandbox(name: string): Promise<Sandbox> {
+    const res = await this.#unary<SandboxResponse>("StopSandbox", { name }, 120_000);
+    if (!res.sandbox) throw new CliError("the gateway answered StopSandbox without a sandbox");
+    return res.sandbox;
+  }
+
+  /** `StartSandbox`: resolves once its compute is starting (READY comes later). */
+  async startSandbox(name: string): Promise<Sandbox> {
+    const res = await this.#unary<SandboxResponse>("StartSandbox", { name }, 150_000);
+    if (!res.sandbox) throw new CliError("the gateway answered StartSandbox without a sandbox");
+    return res.sandbox;
+  }
+
   /** `CreateSshSession`. */
   createSshSession(sandboxId: string): Promise<CreateSshSessionResponse> {
     return this.#unary("CreateSshSession", { sandbox_id: sandboxId });

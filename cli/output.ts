@@ -119,6 +119,9 @@ const PHASE_LABELS: Record<SandboxPhase, string> = {
   SANDBOX_PHASE_ERROR: "Error",
   SANDBOX_PHASE_DELETING: "Deleting",
   SANDBOX_PHASE_UNKNOWN: "Unknown",
+  SANDBOX_PHASE_STOPPING: "Stopping",
+  SANDBOX_PHASE_STOPPED: "Stopped",
+  SANDBOX_PHASE_STARTING: "Starting",
 };
 
 /** A human name for a phase (`SANDBOX_PHASE_READY` → `Ready`). */
@@ -126,11 +129,12 @@ export function phaseLabel(phase: SandboxPhase | string): string {
   return PHASE_LABELS[phase as SandboxPhase] ?? String(phase).replace(/^SANDBOX_PHASE_/, "");
 }
 
-/** {@link phaseLabel} coloured by meaning: green ready, red error, yellow in between. */
+/** {@link phaseLabel} coloured by meaning: green ready, red error, dim stopped, yellow in between. */
 export function styledPhase(phase: SandboxPhase | string, style: Style): string {
   const label = phaseLabel(phase);
   if (phase === "SANDBOX_PHASE_READY") return style.green(label);
   if (phase === "SANDBOX_PHASE_ERROR") return style.red(label);
+  if (phase === "SANDBOX_PHASE_STOPPED") return style.dim(label);
   return style.yellow(label);
 }
 

@@ -61,7 +61,7 @@ export interface GatewayGrantParams {
   supervisorListen?: HostPort;
   /** State dir: internal sockets, driver socket, PKI. */
   stateDir: string;
-  /** SQLite database file when it lives outside the state dir. */
+  /** SQLite database file when it lives outside the state dir (its `-wal`/`-shm` too). */
   dbPath?: string;
   /** The compute driver binary it may run; absent with `--drivers none`. */
   driverBinary?: string;
@@ -161,6 +161,8 @@ function unique(items: (string | undefined)[]): string[] {
 /** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
 export function gatewayGrants(p: GatewayGrantParams): Grants {
   const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
+  // SQLite writes its WAL companions itself, but the store narrows their mode (chmod).
+  const db = p.dbPath ? [p.dbPath, `${p.dbPath}-wal`, `${p.dbPath}-shm`] : [];
   return {
     net: unique([
       hostPortGrant(p.listen),
@@ -169,8 +171,8 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
     ]),
-    read: unique([p.stateDir, p.dbPath, driverSocket, ...(p.tlsFiles ?? [])]),
-    write: unique([p.stateDir, p.dbPath, driverSocket]),
+    read: unique([p.stateDir, ...db, driverSocket, ...(p.tlsFiles ?? [])]),
+    write: unique([p.stateDir, ...db, driverSocket]),
     run: unique([p.driverBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,

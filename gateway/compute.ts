@@ -1,10 +1,21 @@
 /**
  * The compute runtime: the one place that changes a sandbox's state.
  *
- * It creates and deletes sandboxes (store first, then the driver), applies
- * gateway-owned readiness when supervisor sessions come and go (the
- * registry's observer), merges the driver's watch stream and periodic
- * reconciliation, persists every change and publishes it to watchers.
+ * It creates, stops, starts and deletes sandboxes (store first, then the
+ * driver), applies gateway-owned readiness when supervisor sessions come
+ * and go (the registry's observer), merges the driver's watch stream and
+ * periodic reconciliation, persists every change and publishes it to
+ * watchers.
+ *
+ * Restart: the phase stored for each sandbox is the gateway's intent. When a
+ * driver that asks for it (`gateway_manages_lifecycle`) is attached,
+ * {@link ComputeRuntime.resume} brings the driver in line with the store
+ * before anything else: every sandbox that should run is started again
+ * (STARTING, then READY when its supervisor reconnects), an interrupted
+ * stop or delete is finished, a sandbox the driver has no state for — or
+ * whose VM cannot start — becomes ERROR with a reason that says what to do,
+ * and sandboxes the store does not know (an in-memory database starts
+ * empty) are deleted from the driver.
  *
  * @module
  */
@@ -32,7 +43,15 @@ import type { SessionRegistry } from "../core/registry.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
 import type { ComputeDriver } from "./driver.ts";
-import { applyDriverSnapshot, applySessionChange } from "./readiness.ts";
+import {
+  applyDriverSnapshot,
+  applySessionChange,
+  REASON_STARTING,
+  REASON_STOPPED,
+  REASON_STOPPING,
+  shouldRun,
+  withLifecycle,
+} from "./readiness.ts";
 import type { SandboxRecord, SandboxSecrets, Store } from "./store.ts";
 import { SandboxTopics } from "./topics.ts";
 
@@ -218,6 +237,8 @@ export class ComputeRuntime {
   readonly #gone = new Set<string>();
   /** Sequential queue so session changes and driver events apply in order. */
   #queue: Promise<void> = Promise.resolve();
+  /** The last stop/start of each sandbox (they run one at a time per sandbox). */
+  readonly #lifecycles = new Map<string, Promise<unknown>>();
 
   /** Creates the runtime; call {@link start} to begin observing. */
   constructor(options: ComputeRuntimeOptions) {
@@ -243,7 +264,10 @@ export class ComputeRuntime {
     return !this.#expectDriver || this.#driver !== undefined;
   }
 
-  /** Starts observing sessions and, with a driver, its watch stream and reconciliation. */
+  /**
+   * Starts observing sessions and, with a driver, resumes its sandboxes
+   * ({@link resume}), then its watch stream and reconciliation.
+   */
   start(): void {
     this.#started = true;
     this.#unobserve = this.#registry.observe((id, connected) =>
@@ -264,6 +288,8 @@ export class ComputeRuntime {
   }
 
   #watchDriver(): void {
+    // Queued first: the watch's events (queued after it) apply to the resumed state.
+    this.#enqueue(() => this.resume());
     this.#openWatch();
     this.#reconcileTimer = setInterval(() => {
       this.#enqueue(() => this.reconcile());
@@ -425,6 +451,286 @@ export class ComputeRuntime {
     return removed;
   }
 
+  /** Runs `op` after every earlier stop/start of sandbox `id`. */
+  #locked<T>(id: string, op: () => Promise<T>): Promise<T> {
+    const run = (this.#lifecycles.get(id) ?? Promise.resolve()).then(op);
+    const tail = run.catch(() => {});
+    this.#lifecycles.set(id, tail);
+    tail.then(() => {
+      if (this.#lifecycles.get(id) === tail) this.#lifecycles.delete(id);
+    });
+    return run;
+  }
+
+  /**
+   * Moves a sandbox to a lifecycle phase with its `Ready=False` reason,
+   * when `from` (the current phase) allows it; persists, logs and
+   * publishes. Returns the stored sandbox (changed or not).
+   */
+  async #transition(
+    id: string,
+    to: { phase: Sandbox["phase"]; reason: string; message: string },
+    from: (phase: Sandbox["phase"]) => boolean,
+  ): Promise<Sandbox | undefined> {
+    let changed = false;
+    const updated = await this.#store.updateSandbox(id, (r) => {
+      if (!from(r.sandbox.phase)) return undefined;
+      changed = true;
+      const next = withLifecycle(
+        r.sandbox,
+        to.phase,
+        to.reason,
+        to.message,
+        new Date(this.#now()),
+      );
+      this.log(
+        id,
+        "info",
+        `phase ${r.sandbox.phase.replace("SANDBOX_PHASE_", "")} -> ${
+          to.phase.replace("SANDBOX_PHASE_", "")
+        } (${to.reason}: ${to.message})`,
+      );
+      return { ...r, sandbox: next };
+    });
+    if (changed) this.statusTopics.publish(id);
+    return updated?.sandbox;
+  }
+
+  /** The compute driver for a lifecycle request; FAILED_PRECONDITION with `--drivers none`. */
+  async #lifecycleDriver(name: string, verb: string): Promise<ComputeDriver> {
+    const driver = await this.#requireDriver();
+    if (!driver) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `sandbox "${name}" cannot be ${verb} by this gateway: it runs no compute driver ` +
+          "(--drivers none), so the sandbox's supervisor runs elsewhere; stop or start it there",
+      );
+    }
+    return driver;
+  }
+
+  /**
+   * Stops a sandbox: STOPPING, the driver shuts its VM down keeping its
+   * disk, then STOPPED (`Ready=False reason=Stopped`). Idempotent for a
+   * stopped sandbox; FAILED_PRECONDITION while it is being deleted. A
+   * driver failure makes it ERROR (StopFailed) and is returned.
+   */
+  async stopSandbox(record: SandboxRecord): Promise<Sandbox> {
+    const { id, name } = record.sandbox;
+    const driver = await this.#lifecycleDriver(name, "stopped");
+    return await this.#locked(id, async () => {
+      const current = (await this.#store.getSandbox(id))?.sandbox;
+      if (!current) throw new StatusError(Code.NOT_FOUND, `sandbox "${name}" not found`);
+      if (current.phase === "SANDBOX_PHASE_DELETING") {
+        throw new StatusError(Code.FAILED_PRECONDITION, `sandbox "${name}" is being deleted`);
+      }
+      if (current.phase === "SANDBOX_PHASE_STOPPED") return current;
+      await this.#transition(
+        id,
+        { phase: "SANDBOX_PHASE_STOPPING", reason: REASON_STOPPING, message: "stop requested" },
+        (p) => p !== "SANDBOX_PHASE_DELETING",
+      );
+      try {
+        await driver.stop(id, name);
+      } catch (err) {
+        const lost = err instanceof StatusError && err.code === Code.NOT_FOUND;
+        await this.#markError(
+          id,
+          lost ? "DriverLost" : "StopFailed",
+          lost
+            ? `the compute driver has no state for this sandbox; delete it with \`openshell sandbox delete ${name}\``
+            : `the VM did not stop: ${errorMessage(err)}; try \`openshell sandbox stop ${name}\` ` +
+              "again, or delete it",
+        );
+        throw err;
+      }
+      const stopped = await this.#transition(
+        id,
+        {
+          phase: "SANDBOX_PHASE_STOPPED",
+          reason: REASON_STOPPED,
+          message: `stopped; its disk is kept (\`openshell sandbox start ${name}\` boots it again)`,
+        },
+        (p) => p === "SANDBOX_PHASE_STOPPING",
+      );
+      // Whatever is left of its supervisor session goes with the VM.
+      this.#registry.endSession(id);
+      return stopped ?? current;
+    });
+  }
+
+  /**
+   * Starts a sandbox's compute again: a STOPPED (or ERROR) sandbox becomes
+   * STARTING and the driver boots its VM from its disk; the supervisor's
+   * session then makes it READY. Idempotent for a running one;
+   * FAILED_PRECONDITION while it is being deleted. A driver failure makes
+   * it ERROR (StartFailed) and is returned.
+   */
+  async startSandbox(record: SandboxRecord): Promise<Sandbox> {
+    const { id, name } = record.sandbox;
+    const driver = await this.#lifecycleDriver(name, "started");
+    return await this.#locked(id, async () => {
+      const current = (await this.#store.getSandbox(id))?.sandbox;
+      if (!current) throw new StatusError(Code.NOT_FOUND, `sandbox "${name}" not found`);
+      if (current.phase === "SANDBOX_PHASE_DELETING") {
+        throw new StatusError(Code.FAILED_PRECONDITION, `sandbox "${name}" is being deleted`);
+      }
+      if (current.phase === "SANDBOX_PHASE_READY") return current;
+      await this.#startCompute(
+        driver,
+        current,
+        "start requested",
+        false,
+        (message) =>
+          `the VM could not start: ${message}; try \`openshell sandbox start ${name}\` again ` +
+          "(`openshell sandbox logs " + name + "` shows its console), or delete it",
+      );
+      return (await this.#store.getSandbox(id))?.sandbox ?? current;
+    });
+  }
+
+  /**
+   * STARTING (unless it is already coming up), then the driver's
+   * StartSandbox; a failure becomes ERROR StartFailed with `explain(message)`
+   * and is rethrown.
+   */
+  async #startCompute(
+    driver: ComputeDriver,
+    current: Sandbox,
+    why: string,
+    restarted: boolean,
+    explain: (message: string) => string,
+  ): Promise<void> {
+    const { id, name } = current;
+    await this.#transition(
+      id,
+      { phase: "SANDBOX_PHASE_STARTING", reason: REASON_STARTING, message: why },
+      // A sandbox coming up already is left as it is, unless its VM is new (a restart).
+      (p) =>
+        p !== "SANDBOX_PHASE_DELETING" && p !== "SANDBOX_PHASE_STARTING" &&
+        (restarted || p !== "SANDBOX_PHASE_PROVISIONING"),
+    );
+    try {
+      await driver.start(id, name);
+    } catch (err) {
+      const lost = err instanceof StatusError && err.code === Code.NOT_FOUND;
+      await this.#markError(
+        id,
+        lost ? "DriverLost" : "StartFailed",
+        lost
+          ? "the compute driver has no state (disk) for this sandbox; delete it with " +
+            `\`openshell sandbox delete ${name}\` and create it again`
+          : explain(errorMessage(err)),
+      );
+      throw err;
+    }
+    // A supervisor that never went away (the VM kept running) makes it READY at once.
+    if (this.#registry.hasSession(id)) this.#enqueue(() => this.#onSession(id, true));
+  }
+
+  /**
+   * Brings the driver in line with the store (see the module docs). Runs
+   * first whenever a driver is attached; a no-op for drivers that do not
+   * ask the gateway to manage their lifecycle.
+   */
+  async resume(): Promise<void> {
+    const driver = this.#driver;
+    if (!driver || this.#stopped) return;
+    let known: DriverSandbox[];
+    try {
+      if (!(await driver.capabilities()).gateway_manages_lifecycle) return;
+      known = await driver.list();
+    } catch (err) {
+      this.#log.warn("resume: the compute driver did not answer", { error: errorMessage(err) });
+      return;
+    }
+    const total = await this.#store.countSandboxes();
+    const records = await this.#store.listSandboxes({ limit: total + 1, offset: 0 });
+    const stored = new Set(records.map((r) => r.sandbox.id));
+    const byId = new Map(known.map((d) => [d.id, d]));
+    let orphans = 0;
+    let started = 0;
+    let failed = 0;
+    for (const d of known) {
+      if (stored.has(d.id)) continue;
+      try {
+        await driver.delete(d.id, d.name);
+        orphans++;
+        this.#log.info("removed a sandbox the gateway's store does not know", {
+          sandbox: d.id,
+          name: d.name,
+        });
+      } catch (err) {
+        this.#log.warn("cannot remove a sandbox the store does not know", {
+          sandbox: d.id,
+          error: errorMessage(err),
+        });
+      }
+    }
+    for (const r of records) {
+      if (this.#stopped) return;
+      const { id, name, phase } = r.sandbox;
+      const present = byId.has(id);
+      const lostMessage = "the compute driver has no state (disk) for this sandbox after the " +
+        `gateway restarted; delete it with \`openshell sandbox delete ${name}\` and create it again`;
+      try {
+        if (phase === "SANDBOX_PHASE_DELETING") {
+          // A delete the gateway did not finish before it went down.
+          if (present) await driver.delete(id, name);
+          this.#registry.endSession(id);
+          await this.#store.deleteSandbox(id);
+          this.#forget(id);
+          this.#log.info("finished deleting a sandbox", { sandbox: id, name });
+        } else if (phase === "SANDBOX_PHASE_ERROR") {
+          // Left alone: `sandbox start` retries it, `sandbox delete` removes it.
+        } else if (!present) {
+          await this.#markError(id, "DriverLost", lostMessage);
+          failed++;
+        } else if (phase === "SANDBOX_PHASE_STOPPING") {
+          await this.#locked(id, async () => {
+            await driver.stop(id, name);
+            await this.#transition(
+              id,
+              {
+                phase: "SANDBOX_PHASE_STOPPED",
+                reason: REASON_STOPPED,
+                message: `stopped; its disk is kept (\`openshell sandbox start ${name}\` boots ` +
+                  "it again)",
+              },
+              (p) => p === "SANDBOX_PHASE_STOPPING",
+            );
+          });
+        } else if (shouldRun(phase)) {
+          await this.#locked(id, () =>
+            this.#startCompute(
+              driver,
+              r.sandbox,
+              "the gateway restarted; starting the VM again",
+              true,
+              (message) =>
+                `the VM could not be started again after the gateway restarted: ${message}; ` +
+                `try \`openshell sandbox start ${name}\`, or delete it`,
+            ));
+          started++;
+        }
+      } catch (err) {
+        failed++;
+        this.#log.warn("resume: a sandbox did not come back", {
+          sandbox: id,
+          name,
+          error: errorMessage(err),
+        });
+      }
+    }
+    if (orphans || started || failed) {
+      this.#log.info("sandboxes resumed after a restart", {
+        started,
+        failed,
+        removed_unknown: orphans,
+      });
+    }
+  }
+
   /** Compares the store with the driver's list; sandboxes the driver lost become ERROR. */
   async reconcile(): Promise<void> {
     if (!this.#driver || this.#stopped) return;
@@ -448,7 +754,8 @@ export class ComputeRuntime {
         await this.#markError(
           r.sandbox.id,
           "DriverLost",
-          "the compute driver does not know this sandbox",
+          "the compute driver does not know this sandbox; delete it with " +
+            `\`openshell sandbox delete ${r.sandbox.name}\``,
         );
       }
     }

@@ -50,6 +50,13 @@ class FakeDriver implements ComputeDriver {
   failValidate?: Error;
   failCreate?: Error;
   failDelete?: Error;
+  failStop?: Error;
+  /** Fails `start()` for these ids (all when "*"). */
+  failStart = new Map<string, Error>();
+  /** `gateway_manages_lifecycle` in its capabilities. */
+  managesLifecycle = false;
+  /** Runs inside `stop()` before it returns. */
+  onStop?: (id: string) => Promise<void>;
   /** What `list()` returns. */
   listed: DriverSandbox[] = [];
   /** Runs inside `delete()` before it returns (to look at the store mid-delete). */
@@ -98,7 +105,20 @@ class FakeDriver implements ComputeDriver {
       driver_version: "0",
       default_image: "",
       supports_gpu: false,
+      gateway_manages_lifecycle: this.managesLifecycle,
     });
+  }
+
+  async stop(sandboxId: string, sandboxName: string): Promise<void> {
+    this.#record("stop", sandboxId, sandboxName);
+    await this.onStop?.(sandboxId);
+    if (this.failStop) throw this.failStop;
+  }
+
+  start(sandboxId: string, sandboxName: string): Promise<void> {
+    this.#record("start", sandboxId, sandboxName);
+    const fail = this.failStart.get(sandboxId) ?? this.failStart.get("*");
+    return fail ? Promise.reject(fail) : Promise.resolve();
   }
 
   validateCreate(sandbox: Wire<DriverSandbox>): Promise<void> {
@@ -167,6 +187,8 @@ function harness(
     watchRestartMs?: number;
     reconcileIntervalMs?: number;
     now?: () => number;
+    /** Leave `runtime.start()` to the test (to seed the store first). */
+    startLater?: boolean;
   } = {},
 ): Harness {
   const store = SqliteStore.open();
@@ -185,7 +207,7 @@ function harness(
     // far beyond any test, so only the reconciles a test provokes happen
     reconcileIntervalMs: options.reconcileIntervalMs ?? 3_600_000,
   });
-  runtime.start();
+  if (!options.startLater) runtime.start();
   return {
     store,
     registry,
@@ -367,10 +389,10 @@ Deno.test("create stores PROVISIONING and hands the driver the provisioning secr
   assert.equal(created.phase, "SANDBOX_PHASE_PROVISIONING");
   assert.equal(created.namespace, SANDBOX_NAMESPACE);
 
-  assert.deepEqual(h.driver.calls.map((c) => c.method).filter((m) => m !== "watch"), [
-    "validateCreate",
-    "create",
-  ]);
+  assert.deepEqual(
+    h.driver.calls.map((c) => c.method).filter((m) => m !== "watch" && m !== "capabilities"),
+    ["validateCreate", "create"],
+  );
   const sent = h.driver.calls.find((c) => c.method === "create")!.args[0] as Wire<DriverSandbox>;
   assert.equal(sent.id, created.id);
   assert.equal(sent.name, "alpha");
@@ -817,4 +839,274 @@ Deno.test("console flood: 400 distinct 1 MiB lines leave ≤ 1 MiB buffered and 
   const grown = Deno.memoryUsage().heapUsed - heapBefore;
   // 400 MiB went through; what stays is the two rings (≤ 1 MiB of text each)
   assert.ok(grown < 16 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB`);
+});
+
+// ---- stop, start and restart reconciliation ---------------------------------
+
+function ready(s: { status: { conditions: SandboxCondition[] } | null }): SandboxCondition {
+  return s.status!.conditions.find((c) => c.type === "Ready")!;
+}
+
+async function phaseOf(h: Harness, id: string): Promise<string> {
+  return (await h.store.getSandbox(id))!.sandbox.phase.replace("SANDBOX_PHASE_", "");
+}
+
+Deno.test("stop: STOPPING then STOPPED, the driver stops it, its session ends; idempotent", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  const sink = fakeSink();
+  h.registry.register(sb.id, "s1", sink);
+  await h.runtime.settled();
+  assert.equal(await phaseOf(h, sb.id), "READY");
+  const seen: string[] = [];
+  h.driver.onStop = async () => {
+    seen.push(await phaseOf(h, sb.id));
+    // the VM goes down: its session ends while the sandbox is STOPPING
+    h.registry.removeIfCurrent(sb.id, "s1");
+    await h.runtime.settled();
+    seen.push(await phaseOf(h, sb.id));
+  };
+  const stopped = await h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!);
+  assert.deepEqual(seen, ["STOPPING", "STOPPING"], "a lost session does not demote a stop");
+  assert.equal(stopped.phase, "SANDBOX_PHASE_STOPPED");
+  assert.deepEqual([ready(stopped).status, ready(stopped).reason], ["False", "Stopped"]);
+  assert.match(ready(stopped).message, /openshell sandbox start alpha/);
+  assert.deepEqual(h.driver.calls.find((c) => c.method === "stop")!.args, [sb.id, "alpha"]);
+  // stopping again asks the driver nothing
+  await h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!);
+  assert.equal(h.driver.count("stop"), 1);
+  assert.ok(
+    messages(h.runtime.logTopics.buffered(sb.id)).some((m) =>
+      m.startsWith("phase STOPPING -> STOPPED (Stopped: ")
+    ),
+  );
+});
+
+Deno.test("stopped: the driver's snapshots, reconcile and sessions leave STOPPED alone", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  await h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!);
+  const before = (await h.store.getSandbox(sb.id))!.sandbox;
+  h.driver.emit(snapshot(sb.id, "alpha", [cond("False", "ProcessExited", "exit 0")]));
+  h.driver.emit(snapshot(sb.id, "alpha", [cond("False", "Stopped")]));
+  const listed = snapshot(sb.id, "alpha", [cond("False", "Stopped")]);
+  assert.equal(listed.payload, "sandbox");
+  h.driver.listed = [listed.sandbox.sandbox];
+  await h.runtime.reconcile();
+  h.registry.register(sb.id, "late", fakeSink()); // a stale supervisor of the old VM
+  await h.runtime.settled();
+  assert.deepEqual((await h.store.getSandbox(sb.id))!.sandbox, before, "not demoted to ERROR");
+  // A stopped sandbox the driver no longer knows at all is lost, and says what to do.
+  h.driver.listed = [];
+  await h.runtime.reconcile();
+  const lost = (await h.store.getSandbox(sb.id))!.sandbox;
+  assert.equal(lost.phase, "SANDBOX_PHASE_ERROR");
+  assert.match(ready(lost).message, /openshell sandbox delete alpha/);
+});
+
+Deno.test("start: STOPPED → STARTING (kept through the driver's Starting) → READY with a session", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  await h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!);
+  const starting = await h.runtime.startSandbox((await h.store.getSandbox(sb.id))!);
+  assert.equal(starting.phase, "SANDBOX_PHASE_STARTING");
+  assert.deepEqual([ready(starting).reason, ready(starting).message], [
+    "Starting",
+    "start requested",
+  ]);
+  assert.deepEqual(h.driver.calls.find((c) => c.method === "start")!.args, [sb.id, "alpha"]);
+  h.driver.emit(snapshot(sb.id, "alpha", [cond("False", "Starting", "VM is starting")]));
+  await h.runtime.settled();
+  assert.equal(await phaseOf(h, sb.id), "STARTING");
+  h.registry.register(sb.id, "s2", fakeSink());
+  await h.runtime.settled();
+  assert.equal(await phaseOf(h, sb.id), "READY");
+  // Starting a READY sandbox asks the driver nothing.
+  await h.runtime.startSandbox((await h.store.getSandbox(sb.id))!);
+  assert.equal(h.driver.count("start"), 1);
+});
+
+Deno.test("start/stop failures become ERROR saying what to do; start recovers an ERROR", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  h.driver.failStop = new StatusError(Code.INTERNAL, "qemu hung");
+  await assert.rejects(h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!), /qemu hung/);
+  let s = (await h.store.getSandbox(sb.id))!.sandbox;
+  assert.deepEqual([s.phase, ready(s).reason], ["SANDBOX_PHASE_ERROR", "StopFailed"]);
+  assert.match(ready(s).message, /qemu hung; try `openshell sandbox stop alpha` again/);
+  h.driver.failStart.set("*", new StatusError(Code.FAILED_PRECONDITION, "no runtime"));
+  await assert.rejects(h.runtime.startSandbox((await h.store.getSandbox(sb.id))!), /no runtime/);
+  s = (await h.store.getSandbox(sb.id))!.sandbox;
+  assert.deepEqual([s.phase, ready(s).reason], ["SANDBOX_PHASE_ERROR", "StartFailed"]);
+  assert.match(ready(s).message, /no runtime; try `openshell sandbox start alpha` again/);
+  h.driver.failStart.clear();
+  const again = await h.runtime.startSandbox((await h.store.getSandbox(sb.id))!);
+  assert.equal(again.phase, "SANDBOX_PHASE_STARTING", "start retries an ERROR");
+  h.driver.failStart.set("*", new StatusError(Code.NOT_FOUND, "sandbox x not found"));
+  h.driver.failStop = undefined;
+  await h.runtime.stopSandbox((await h.store.getSandbox(sb.id))!);
+  await assert.rejects(h.runtime.startSandbox((await h.store.getSandbox(sb.id))!));
+  s = (await h.store.getSandbox(sb.id))!.sandbox;
+  assert.equal(ready(s).reason, "DriverLost");
+  assert.match(ready(s).message, /openshell sandbox delete alpha/);
+});
+
+Deno.test("stop/start: FAILED_PRECONDITION while deleting and without a driver", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  await h.store.updateSandbox(sb.id, (r) => ({
+    ...r,
+    sandbox: { ...r.sandbox, phase: "SANDBOX_PHASE_DELETING" },
+  }));
+  const rec = (await h.store.getSandbox(sb.id))!;
+  for (const op of [h.runtime.stopSandbox(rec), h.runtime.startSandbox(rec)]) {
+    await assert.rejects(op, (e: StatusError) => {
+      assert.equal(e.code, Code.FAILED_PRECONDITION);
+      assert.match(e.message, /being deleted/);
+      return true;
+    });
+  }
+  await using none = harness({ driver: false });
+  const byo = await none.runtime.createSandbox({ name: "byo", spec: spec() });
+  await assert.rejects(
+    none.runtime.stopSandbox((await none.store.getSandbox(byo.id))!),
+    (e: StatusError) => e.code === Code.FAILED_PRECONDITION && /--drivers none/.test(e.message),
+  );
+});
+
+Deno.test("stop and start of one sandbox run one at a time, in order", async () => {
+  await using h = harness();
+  const sb = await h.runtime.createSandbox({ name: "alpha", spec: spec() });
+  let release!: () => void;
+  const held = new Promise<void>((r) => release = r);
+  h.driver.onStop = () => held;
+  const rec = (await h.store.getSandbox(sb.id))!;
+  const stop = h.runtime.stopSandbox(rec);
+  const start = h.runtime.startSandbox(rec);
+  await h.driver.until("stop", 1);
+  assert.equal(h.driver.count("start"), 0, "start waits for the stop");
+  release();
+  await stop;
+  const started = await start;
+  assert.equal(started.phase, "SANDBOX_PHASE_STARTING");
+  assert.deepEqual(
+    h.driver.calls.filter((c) => c.method === "stop" || c.method === "start")
+      .map((c) => c.method),
+    ["stop", "start"],
+  );
+});
+
+function storedSandbox(id: string, name: string, phase: string) {
+  return {
+    sandbox: {
+      id,
+      name,
+      namespace: SANDBOX_NAMESPACE,
+      spec: spec(),
+      status: {
+        sandbox_name: name,
+        agent_pod: "",
+        agent_fd: "",
+        sandbox_fd: "",
+        conditions: [cond("True", REASON_CONNECTED)],
+      },
+      phase: `SANDBOX_PHASE_${phase}` as never,
+      created_at_ms: 1,
+      current_policy_version: 0,
+    },
+    secrets: {},
+  };
+}
+
+function driverSandbox(id: string, name: string, reason = "Stopped"): DriverSandbox {
+  const e = snapshot(id, name, [cond("False", reason)]);
+  assert.ok(e.payload === "sandbox");
+  return e.sandbox.sandbox;
+}
+
+Deno.test("restart: every sandbox is brought in line with the store before the watch applies", async () => {
+  await using h = harness({ startLater: true });
+  h.driver.managesLifecycle = true;
+  const phases: Record<string, string> = {
+    run: "READY",
+    prov: "PROVISIONING",
+    stopped: "STOPPED",
+    stopping: "STOPPING",
+    failed: "ERROR",
+    deleting: "DELETING",
+    gone: "READY",
+    broken: "READY",
+  };
+  for (const [id, phase] of Object.entries(phases)) {
+    await h.store.createSandbox(storedSandbox(id, `n-${id}`, phase));
+  }
+  h.driver.listed = [
+    ...Object.keys(phases).filter((id) => id !== "gone").map((id) => driverSandbox(id, `n-${id}`)),
+    driverSandbox("orphan", "n-orphan"),
+  ];
+  h.driver.failStart.set("broken", new StatusError(Code.INTERNAL, "qemu: cannot open disk"));
+  h.runtime.start();
+  await h.driver.until("watch", 1);
+  // the watch's first snapshots (every VM stopped) arrive before anything is started again
+  for (const d of h.driver.listed) h.driver.emit({ payload: "sandbox", sandbox: { sandbox: d } });
+  await h.runtime.settled();
+
+  const started = h.driver.calls.filter((c) => c.method === "start").map((c) => c.args[0]);
+  assert.deepEqual(started.sort(), ["broken", "prov", "run"]);
+  assert.deepEqual(
+    h.driver.calls.filter((c) => c.method === "delete").map((c) => c.args[0]).sort(),
+    ["deleting", "orphan"],
+    "an unfinished delete is finished; what the store does not know is removed",
+  );
+  assert.deepEqual(h.driver.calls.filter((c) => c.method === "stop").map((c) => c.args[0]), [
+    "stopping",
+  ]);
+  assert.equal(await phaseOf(h, "run"), "STARTING");
+  assert.equal(await phaseOf(h, "prov"), "STARTING");
+  assert.equal(await phaseOf(h, "stopped"), "STOPPED");
+  assert.equal(await phaseOf(h, "stopping"), "STOPPED");
+  assert.equal(await phaseOf(h, "failed"), "ERROR");
+  assert.equal(await h.store.getSandbox("deleting"), undefined);
+  const gone = (await h.store.getSandbox("gone"))!.sandbox;
+  assert.deepEqual([gone.phase, ready(gone).reason], ["SANDBOX_PHASE_ERROR", "DriverLost"]);
+  assert.match(ready(gone).message, /openshell sandbox delete n-gone/);
+  const broken = (await h.store.getSandbox("broken"))!.sandbox;
+  assert.deepEqual([broken.phase, ready(broken).reason], ["SANDBOX_PHASE_ERROR", "StartFailed"]);
+  assert.match(
+    ready(broken).message,
+    /after the gateway restarted: qemu: cannot open disk; try `openshell sandbox start n-broken`/,
+  );
+  // Its supervisor reconnects: READY again.
+  h.registry.register("run", "s-new", fakeSink());
+  await h.runtime.settled();
+  assert.equal(await phaseOf(h, "run"), "READY");
+  assert.ok(
+    h.logLines.some((l) => l.includes("sandboxes resumed after a restart")),
+    "one summary line",
+  );
+});
+
+Deno.test("restart: nothing is started or removed for a driver that manages its own lifecycle", async () => {
+  await using h = harness({ startLater: true });
+  await h.store.createSandbox(storedSandbox("run", "n-run", "READY"));
+  h.driver.listed = [driverSandbox("orphan", "n-orphan")];
+  h.runtime.start();
+  await h.driver.until("watch", 1);
+  await h.runtime.settled();
+  assert.equal(h.driver.count("capabilities"), 1);
+  assert.equal(h.driver.count("start") + h.driver.count("delete") + h.driver.count("list"), 0);
+});
+
+Deno.test("restart: a driver attached late is resumed before its watch applies", async () => {
+  await using h = harness({ lateDriver: true, startLater: true });
+  h.driver.managesLifecycle = true;
+  await h.store.createSandbox(storedSandbox("run", "n-run", "READY"));
+  h.driver.listed = [driverSandbox("run", "n-run")];
+  h.runtime.start();
+  await h.runtime.settled();
+  assert.equal(h.driver.count("start"), 0);
+  h.runtime.attachDriver(h.driver);
+  await h.driver.until("start", 1);
+  await h.runtime.settled();
+  assert.equal(await phaseOf(h, "run"), "STARTING");
 });

@@ -32,6 +32,10 @@ export interface ComputeDriver {
   create(sandbox: Wire<DriverSandbox>): Promise<void>;
   /** True when the driver deleted something. */
   delete(sandboxId: string, sandboxName: string): Promise<boolean>;
+  /** Stops the sandbox's compute, keeping its state (idempotent). */
+  stop(sandboxId: string, sandboxName: string): Promise<void>;
+  /** Starts a stopped sandbox's compute again (idempotent). */
+  start(sandboxId: string, sandboxName: string): Promise<void>;
   list(): Promise<DriverSandbox[]>;
   /** Starts watching; returns a function that cancels the watch. */
   watch(handlers: WatchHandlers): () => void;
@@ -88,6 +92,19 @@ export class GrpcComputeDriver implements ComputeDriver {
       60_000,
     );
     return res.deleted;
+  }
+
+  async stop(sandboxId: string, sandboxName: string): Promise<void> {
+    // A clean guest shutdown may take its grace period (30 s) plus the kill.
+    await this.#unary("StopSandbox", { sandbox_id: sandboxId, sandbox_name: sandboxName }, 90_000);
+  }
+
+  async start(sandboxId: string, sandboxName: string): Promise<void> {
+    await this.#unary(
+      "StartSandbox",
+      { sandbox_id: sandboxId, sandbox_name: sandboxName },
+      120_000,
+    );
   }
 
   async list(): Promise<DriverSandbox[]> {
@@ -234,6 +251,8 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
     validateCreate: (s) => grpcDriver.validateCreate(s),
     create: (s) => grpcDriver.create(s),
     delete: (id, name) => grpcDriver.delete(id, name),
+    stop: (id, name) => grpcDriver.stop(id, name),
+    start: (id, name) => grpcDriver.start(id, name),
     list: () => grpcDriver.list(),
     watch: (h) => grpcDriver.watch(h),
     close: async () => {

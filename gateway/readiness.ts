@@ -11,6 +11,15 @@
  *   from them is PROVISIONING, ERROR (terminal reason) or DELETING. A driver
  *   snapshot that arrives after the session registered (the backfill race)
  *   keeps the sandbox READY.
+ * - Stop and start are the gateway's decisions (its lifecycle intent,
+ *   persisted in the phase): STOPPING and STOPPED are written by the gateway
+ *   alone and kept whatever drivers or sessions report (a driver's
+ *   `Stopped` only confirms it; a session of a VM going down cannot make it
+ *   READY). A driver saying `Stopped`/`Stopping` about a sandbox the gateway
+ *   wants running changes nothing: the gateway starts it (StartSandbox), and
+ *   a VM that died on its own is `ProcessExited`, not stopped. STARTING
+ *   (written when a start is asked) stays until a supervisor session makes
+ *   the sandbox READY or the driver reports a failure.
  *
  * @module
  */
@@ -26,11 +35,37 @@ import type {
 export const REASON_CONNECTED = "SupervisorConnected";
 /** Reason of the Ready condition after the session ended. */
 export const REASON_DISCONNECTED = "SupervisorDisconnected";
+/** Reason while a stop is shutting the sandbox's compute down. */
+export const REASON_STOPPING = "Stopping";
+/** Reason once its compute is stopped (its disk kept). */
+export const REASON_STOPPED = "Stopped";
+/** Reason while its compute starts (again). */
+export const REASON_STARTING = "Starting";
 
-/** Driver reasons that mean "still coming up", not failure. */
+/** Driver reasons that mean "still coming up" or "stopped on purpose", not failure. */
 const NON_TERMINAL_REASONS = new Set(
-  ["reconcilererror", "dependenciesnotready", "starting", "supervisordisconnected", "deleting"],
+  [
+    "reconcilererror",
+    "dependenciesnotready",
+    "starting",
+    "supervisordisconnected",
+    "deleting",
+    "stopping",
+    "stopped",
+  ],
 );
+
+/** Phases the gateway keeps whatever a driver or a session reports. */
+const GATEWAY_HELD: ReadonlySet<SandboxPhase> = new Set<SandboxPhase>([
+  "SANDBOX_PHASE_DELETING",
+  "SANDBOX_PHASE_STOPPING",
+  "SANDBOX_PHASE_STOPPED",
+]);
+
+/** Whether a sandbox in `phase` should have running compute (the gateway's intent). */
+export function shouldRun(phase: SandboxPhase): boolean {
+  return !GATEWAY_HELD.has(phase) && phase !== "SANDBOX_PHASE_ERROR";
+}
 
 /** Whether a `Ready=False` reason reported by a driver means the sandbox failed. */
 export function isTerminalReason(reason: string): boolean {
@@ -44,6 +79,9 @@ export function derivePhase(status: DriverSandboxStatus | null | undefined): San
   const ready = status.conditions.find((c) => c.type === "Ready");
   if (!ready) return "SANDBOX_PHASE_PROVISIONING";
   if (ready.status === "True") return "SANDBOX_PHASE_READY";
+  const reason = ready.reason.trim().toLowerCase();
+  if (ready.status === "False" && reason === "stopped") return "SANDBOX_PHASE_STOPPED";
+  if (ready.status === "False" && reason === "stopping") return "SANDBOX_PHASE_STOPPING";
   if (ready.status === "False" && isTerminalReason(ready.reason)) return "SANDBOX_PHASE_ERROR";
   return "SANDBOX_PHASE_PROVISIONING";
 }
@@ -70,17 +108,37 @@ function withCondition(sandbox: Sandbox, condition: SandboxCondition): Sandbox {
   return { ...sandbox, status: { ...status, conditions: [...others, condition] } };
 }
 
+/** `sandbox` in `phase` with a `Ready=False` condition of `reason` (other conditions kept). */
+export function withLifecycle(
+  sandbox: Sandbox,
+  phase: SandboxPhase,
+  reason: string,
+  message: string,
+  now: Date = new Date(),
+): Sandbox {
+  return {
+    ...withCondition(sandbox, {
+      type: "Ready",
+      status: "False",
+      reason,
+      message,
+      last_transition_time: now.toISOString(),
+    }),
+    phase,
+  };
+}
+
 /**
  * The sandbox after its supervisor session connected (`connected`) or
- * ended; undefined when nothing changes (ERROR/DELETING, or a disconnect
- * of a sandbox that was not READY).
+ * ended; undefined when nothing changes (ERROR/DELETING/STOPPING/STOPPED,
+ * or a disconnect of a sandbox that was not READY).
  */
 export function applySessionChange(
   sandbox: Sandbox,
   connected: boolean,
   now: Date = new Date(),
 ): Sandbox | undefined {
-  if (sandbox.phase === "SANDBOX_PHASE_ERROR" || sandbox.phase === "SANDBOX_PHASE_DELETING") {
+  if (sandbox.phase === "SANDBOX_PHASE_ERROR" || GATEWAY_HELD.has(sandbox.phase)) {
     return undefined;
   }
   if (connected) {
@@ -108,15 +166,19 @@ export function applyDriverSnapshot(
   hasSession: boolean,
   now: Date = new Date(),
 ): Sandbox | undefined {
-  if (sandbox.phase === "SANDBOX_PHASE_DELETING") return undefined;
+  if (GATEWAY_HELD.has(sandbox.phase)) return undefined;
   const status = driver.status;
   let phase = derivePhase(status);
+  // Stopped by the driver, wanted running by the gateway: the gateway starts it.
+  if (phase === "SANDBOX_PHASE_STOPPED" || phase === "SANDBOX_PHASE_STOPPING") return undefined;
   let conditions = (status?.conditions ?? []).map((c) => ({ ...c }));
   const driverSaysReady = phase === "SANDBOX_PHASE_READY";
   if (driverSaysReady) phase = "SANDBOX_PHASE_PROVISIONING"; // only the gateway sets READY
-  if (
-    hasSession && (phase === "SANDBOX_PHASE_PROVISIONING" || phase === "SANDBOX_PHASE_UNKNOWN")
-  ) {
+  const comingUp = phase === "SANDBOX_PHASE_PROVISIONING" || phase === "SANDBOX_PHASE_UNKNOWN";
+  if (comingUp && !hasSession && sandbox.phase === "SANDBOX_PHASE_STARTING") {
+    phase = "SANDBOX_PHASE_STARTING";
+  }
+  if (hasSession && comingUp) {
     const existing = sandbox.status?.conditions.find((c) =>
       c.type === "Ready" && c.reason === REASON_CONNECTED
     );

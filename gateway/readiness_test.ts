@@ -15,6 +15,8 @@ import {
   readyMessage,
   REASON_CONNECTED,
   REASON_DISCONNECTED,
+  shouldRun,
+  withLifecycle,
 } from "./readiness.ts";
 
 const T0 = new Date("2030-01-01T00:00:00.000Z");
@@ -297,4 +299,65 @@ Deno.test("isTerminalPhase: READY and ERROR end a stop_on_terminal watch", () =>
 Deno.test("readyMessage: empty without a Ready condition", () => {
   assert.equal(readyMessage(sandbox("SANDBOX_PHASE_PROVISIONING")), "");
   assert.equal(readyMessage({ ...sandbox("SANDBOX_PHASE_PROVISIONING"), status: null }), "");
+});
+
+Deno.test("derivePhase: the driver's Stopped/Stopping are STOPPED/STOPPING, never ERROR", () => {
+  assert.equal(derivePhase(driverStatus([cond("False", "Stopped")])), "SANDBOX_PHASE_STOPPED");
+  assert.equal(derivePhase(driverStatus([cond("False", "stopping")])), "SANDBOX_PHASE_STOPPING");
+  assert.equal(isTerminalReason("Stopped"), false);
+});
+
+Deno.test("stopped: STOPPING and STOPPED hold against driver snapshots and sessions", () => {
+  for (const phase of ["SANDBOX_PHASE_STOPPING", "SANDBOX_PHASE_STOPPED"] as const) {
+    const s = sandbox(phase, [cond("False", "Stopped")]);
+    for (const reason of ["ProcessExited", "Starting", "Stopped"]) {
+      assert.equal(
+        applyDriverSnapshot(s, driverSandbox(driverStatus([cond("False", reason)])), true),
+        undefined,
+        `${phase}/${reason}`,
+      );
+    }
+    assert.equal(applySessionChange(s, true, T0), undefined, "a late session is not READY");
+    assert.equal(applySessionChange(s, false, T0), undefined);
+  }
+});
+
+Deno.test("applyDriverSnapshot: a driver's Stopped about a sandbox meant to run changes nothing", () => {
+  for (
+    const phase of ["SANDBOX_PHASE_READY", "SANDBOX_PHASE_STARTING", "SANDBOX_PHASE_ERROR"] as const
+  ) {
+    const s = sandbox(phase, [cond("False", "X")]);
+    assert.equal(
+      applyDriverSnapshot(s, driverSandbox(driverStatus([cond("False", "Stopped")])), false),
+      undefined,
+      phase,
+    );
+  }
+});
+
+Deno.test("STARTING: kept through the driver's Starting; READY with a session; ERROR on failure", () => {
+  const s = withLifecycle(
+    sandbox("SANDBOX_PHASE_STOPPED"),
+    "SANDBOX_PHASE_STARTING",
+    "Starting",
+    "start requested",
+    T0,
+  );
+  assert.equal(s.phase, "SANDBOX_PHASE_STARTING");
+  assert.deepEqual(ready(s), cond("False", "Starting", "start requested", T0.toISOString()));
+  const starting = driverSandbox(driverStatus([cond("False", "Starting", "VM is starting")]));
+  const kept = applyDriverSnapshot(s, starting, false, T1);
+  assert.equal(kept?.phase, "SANDBOX_PHASE_STARTING");
+  assert.equal(ready(kept)?.message, "VM is starting");
+  assert.equal(applyDriverSnapshot(s, starting, true, T1)?.phase, "SANDBOX_PHASE_READY");
+  assert.equal(applySessionChange(s, true, T1)?.phase, "SANDBOX_PHASE_READY");
+  const died = driverSandbox(driverStatus([cond("False", "ProcessExited")]));
+  assert.equal(applyDriverSnapshot(s, died, false, T1)?.phase, "SANDBOX_PHASE_ERROR");
+});
+
+Deno.test("shouldRun: the gateway's intent per phase", () => {
+  const run = ["UNSPECIFIED", "PROVISIONING", "READY", "STARTING", "UNKNOWN"];
+  const rest = ["ERROR", "DELETING", "STOPPING", "STOPPED"];
+  for (const p of run) assert.equal(shouldRun(`SANDBOX_PHASE_${p}` as SandboxPhase), true, p);
+  for (const p of rest) assert.equal(shouldRun(`SANDBOX_PHASE_${p}` as SandboxPhase), false, p);
 });

@@ -1,6 +1,7 @@
 /**
  * The public sandbox API of `openshell.v1.OpenShell`: Health, the sandbox
- * lifecycle, WatchSandbox, GetSandboxLogs and SSH session tokens.
+ * lifecycle (create, get, list, stop, start, delete), WatchSandbox,
+ * GetSandboxLogs and SSH session tokens.
  *
  * @module
  */
@@ -175,6 +176,18 @@ export class SandboxService {
         const deleted = await this.#o.compute.deleteSandbox(record);
         log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
         return { deleted };
+      }),
+      StopSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+        const record = await this.#byName(req.name);
+        const sandbox = await this.#o.compute.stopSandbox(record);
+        log.info("sandbox stopped", { sandbox: sandbox.id, name: sandbox.name });
+        return { sandbox: publicSandbox(sandbox) };
+      }),
+      StartSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+        const record = await this.#byName(req.name);
+        const sandbox = await this.#o.compute.startSandbox(record);
+        log.info("sandbox starting", { sandbox: sandbox.id, name: sandbox.name });
+        return { sandbox: publicSandbox(sandbox) };
       }),
       CreateSshSession: unary(
         log,

@@ -13,6 +13,10 @@
  * directory under the state dir, its stderr in `console.log`). The driver
  * reports `Ready=False reason=Starting` and, when a supervisor dies,
  * `Ready=False reason=ProcessExited`; the gateway alone decides READY.
+ * Like the VM driver it stops and starts sandboxes (StopSandbox ends the
+ * supervisor, StartSandbox runs it again from the saved `launch.json`),
+ * keeps their dirs across its own restarts (restored as `Stopped`) and asks
+ * the gateway to manage their lifecycle.
  * It exits on SIGTERM/SIGINT or when its parent dies, stopping its
  * supervisors (which also carry a parent-death signal via `setpriv`).
  *
@@ -71,10 +75,20 @@ interface HostSandbox {
   sandbox: Wire<DriverSandbox>;
   conditions: SandboxCondition[];
   deleting: boolean;
+  /** A stop is ending the supervisor (its exit is not a failure). */
+  stopping: boolean;
   dir: string;
   socketPath: string;
+  logLevel: string;
   child?: Deno.ChildProcess;
   exited: Promise<void>;
+}
+
+/** What `<dir>/launch.json` keeps to run a sandbox's supervisor again. */
+interface Launch {
+  sandbox: { id: string; name: string; namespace: string };
+  socketPath: string;
+  logLevel: string;
 }
 
 type Stream = grpc.ServerWritableStream<unknown, Wire<WatchSandboxesEvent>>;
@@ -103,6 +117,13 @@ class HostDriver {
   readonly #gatewayAddresses: string[];
   readonly #logLevel: string;
   readonly #log: Logger;
+  readonly #setpriv = (() => {
+    try {
+      return Deno.statSync(SETPRIV).isFile;
+    } catch {
+      return false;
+    }
+  })();
   #short = 0;
 
   constructor(o: {
@@ -161,65 +182,128 @@ class HostDriver {
     const provisioning = splitProvisioning(
       (sandbox.spec?.environment ?? {}) as Record<string, string>,
     );
-    const args = ["--sandbox-id", id, "--openshell-endpoint", this.#endpoint, "--sshd", SSHD];
-    // Host sandboxes share this host: no session cgroup (startSupervisor's tests cover it).
-    args.push("--session-cgroup", "none");
-    const readFiles: string[] = [];
     if (provisioning.sshHostKey) {
       await Deno.writeTextFile(`${dir}/host_key`, provisioning.sshHostKey, { mode: 0o600 });
-      args.push("--ssh-host-key", `${dir}/host_key`);
-      readFiles.push(`${dir}/host_key`);
     }
     if (provisioning.supervisorToken) {
       await Deno.writeTextFile(`${dir}/token`, provisioning.supervisorToken, { mode: 0o600 });
-      args.push("--supervisor-token-file", `${dir}/token`);
-      readFiles.push(`${dir}/token`);
     }
     if (provisioning.tlsCa) {
       await Deno.writeTextFile(`${dir}/ca.crt`, provisioning.tlsCa, { mode: 0o600 });
-      args.push("--tls-ca", `${dir}/ca.crt`);
-      readFiles.push(`${dir}/ca.crt`);
     }
     const environment = {
       ...(sandbox.spec?.template?.environment ?? {}),
       ...provisioning.environment,
     } as Record<string, string>;
     await Deno.writeTextFile(`${dir}/environment.json`, JSON.stringify(environment));
-    args.push("--env-file", `${dir}/environment.json`);
-    readFiles.push(`${dir}/environment.json`);
-    const socketPath = await this.#socketPath(id);
-    args.push("--ssh-socket-path", socketPath);
-    const level = sandbox.spec?.log_level || this.#logLevel;
-    args.push("--log-level", parseLogLevel(level || "info"));
+    const launch: Launch = {
+      sandbox: { id, name: sandbox.name ?? "", namespace: sandbox.namespace ?? "" },
+      socketPath: await this.#socketPath(id),
+      logLevel: parseLogLevel(sandbox.spec?.log_level || this.#logLevel || "info"),
+    };
+    await Deno.writeTextFile(`${dir}/launch.json`, JSON.stringify(launch), { mode: 0o600 });
+    const entry = this.#entry(launch, dir, condition("Starting", "supervisor is starting"));
+    this.#sandboxes.set(id, entry);
+    this.#spawn(entry);
+  }
+
+  /** The supervisor's command line: the files in its dir, today's gateway endpoint. */
+  #argv(entry: HostSandbox): string[] {
+    const dir = entry.dir;
+    const has = (f: string) => {
+      try {
+        return Deno.statSync(`${dir}/${f}`).isFile;
+      } catch {
+        return false;
+      }
+    };
+    const id = entry.sandbox.id ?? "";
+    const args = ["--sandbox-id", id, "--openshell-endpoint", this.#endpoint, "--sshd", SSHD];
+    // Host sandboxes share this host: no session cgroup (startSupervisor's tests cover it).
+    args.push("--session-cgroup", "none");
+    const readFiles: string[] = [];
+    const file = (name: string, flag: string) => {
+      if (!has(name)) return;
+      args.push(flag, `${dir}/${name}`);
+      readFiles.push(`${dir}/${name}`);
+    };
+    file("host_key", "--ssh-host-key");
+    file("token", "--supervisor-token-file");
+    file("ca.crt", "--tls-ca");
+    file("environment.json", "--env-file");
+    args.push("--ssh-socket-path", entry.socketPath);
+    args.push("--log-level", entry.logLevel);
     const { host, port } = parseEndpoint(this.#endpoint);
     const grants = supervisorGrants({
       gateway: { host, port },
       gatewayAddresses: this.#gatewayAddresses,
-      socketPath,
+      socketPath: entry.socketPath,
       sshd: SSHD,
       readFiles,
     });
     const argv = roleCommand("supervisor", grants, args);
-    const wrapped = await Deno.stat(SETPRIV).then(() => true, () => false)
-      ? [SETPRIV, "--pdeathsig", "KILL", "--", ...argv]
-      : argv;
-    const consoleLog = await Deno.open(`${dir}/console.log`, {
-      create: true,
-      append: true,
-      write: true,
-    });
-    const entry: HostSandbox = {
-      sandbox: { ...sandbox, spec: undefined },
-      conditions: [condition("Starting", "supervisor is starting")],
+    return this.#setpriv ? [SETPRIV, "--pdeathsig", "KILL", "--", ...argv] : argv;
+  }
+
+  #entry(launch: Launch, dir: string, first: SandboxCondition): HostSandbox {
+    return {
+      sandbox: launch.sandbox,
+      conditions: [first],
       deleting: false,
+      stopping: false,
       dir,
-      socketPath,
+      socketPath: launch.socketPath,
+      logLevel: launch.logLevel,
       exited: Promise.resolve(),
     };
-    this.#sandboxes.set(id, entry);
+  }
+
+  /** Reads back the sandboxes an earlier run left, as stopped sandboxes. */
+  async restore(): Promise<void> {
+    const root = `${this.#stateDir}/sandboxes`;
     try {
-      entry.child = new Deno.Command(wrapped[0], {
-        args: wrapped.slice(1),
+      for await (const e of Deno.readDir(root)) {
+        const dir = `${root}/${e.name}`;
+        try {
+          const launch = JSON.parse(await Deno.readTextFile(`${dir}/launch.json`)) as Launch;
+          if (launch.sandbox.id !== e.name) throw new Error("id does not match its dir");
+          this.#sandboxes.set(
+            e.name,
+            this.#entry(launch, dir, condition("Stopped", "not running (the driver restarted)")),
+          );
+        } catch (err) {
+          this.#log.warn("removing a sandbox dir it cannot restore", {
+            dir,
+            error: errorMessage(err),
+          });
+          await Deno.remove(dir, { recursive: true }).catch(() => {});
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  }
+
+  /** Runs the sandbox's supervisor (its stderr appended to `console.log`). */
+  #spawn(entry: HostSandbox): void {
+    const id = entry.sandbox.id ?? "";
+    entry.conditions = [condition("Starting", "supervisor is starting")];
+    let consoleLog: Deno.FsFile;
+    try {
+      consoleLog = Deno.openSync(`${entry.dir}/console.log`, {
+        create: true,
+        append: true,
+        write: true,
+      });
+    } catch (err) {
+      entry.conditions = [condition("ProcessExited", `cannot start: ${errorMessage(err)}`)];
+      this.#publishSandbox(entry);
+      return;
+    }
+    try {
+      const argv = this.#argv(entry);
+      entry.child = new Deno.Command(argv[0], {
+        args: argv.slice(1),
         stdin: "null",
         stdout: "null",
         stderr: "piped",
@@ -234,7 +318,8 @@ class HostDriver {
     const copied = child.stderr.pipeTo(consoleLog.writable).catch(() => {});
     entry.exited = child.status.then(async (status) => {
       await copied;
-      if (entry.deleting || !this.#sandboxes.has(id)) return;
+      if (entry.child === child) entry.child = undefined;
+      if (entry.deleting || entry.stopping || !this.#sandboxes.has(id)) return;
       const how = status.signal ? `signal ${status.signal}` : `status ${status.code}`;
       entry.conditions = [condition("ProcessExited", `supervisor exited with ${how}`)];
       this.#log.warn("supervisor exited", { sandbox: id, how });
@@ -254,8 +339,32 @@ class HostDriver {
       });
       this.#publishSandbox(entry);
     });
-    this.#log.info("sandbox started", { sandbox: id, pid: child.pid, socket: socketPath });
+    this.#log.info("sandbox started", { sandbox: id, pid: child.pid, socket: entry.socketPath });
     this.#publishSandbox(entry);
+  }
+
+  /** Ends the supervisor, keeping the sandbox's dir (idempotent). */
+  async stop(id: string, name: string): Promise<boolean> {
+    const s = this.#find(id, name);
+    if (!s) return false;
+    s.stopping = true;
+    try {
+      await this.#stopChild(s);
+    } finally {
+      s.stopping = false;
+    }
+    s.child = undefined;
+    s.conditions = [condition("Stopped", "supervisor stopped")];
+    this.#publishSandbox(s);
+    return true;
+  }
+
+  /** Runs a stopped sandbox's supervisor again; a running one is left alone. */
+  start(id: string, name: string): boolean {
+    const s = this.#find(id, name);
+    if (!s) return false;
+    if (!s.child) this.#spawn(s);
+    return true;
   }
 
   async #stopChild(s: HostSandbox): Promise<void> {
@@ -305,6 +414,7 @@ class HostDriver {
           driver_version: VERSION,
           default_image: "",
           supports_gpu: false,
+          gateway_manages_lifecycle: true,
         }),
       ValidateSandboxCreate: (_call: unknown, cb: UnaryCallback) => cb(null, {}),
       GetSandbox: (
@@ -334,8 +444,24 @@ class HostDriver {
           (err) => fail(cb, Code.INTERNAL, `cannot start sandbox: ${errorMessage(err)}`),
         );
       },
-      StopSandbox: (_call: unknown, cb: UnaryCallback) =>
-        fail(cb, Code.UNIMPLEMENTED, "StopSandbox is not supported"),
+      StopSandbox: (
+        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        cb: UnaryCallback,
+      ) => {
+        this.stop(call.request.sandbox_id, call.request.sandbox_name).then(
+          (found) => found ? cb(null, {}) : fail(cb, Code.NOT_FOUND, "sandbox not found"),
+          (err) => fail(cb, Code.INTERNAL, errorMessage(err)),
+        );
+      },
+      StartSandbox: (
+        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        cb: UnaryCallback,
+      ) => {
+        if (!this.start(call.request.sandbox_id, call.request.sandbox_name)) {
+          return fail(cb, Code.NOT_FOUND, "sandbox not found");
+        }
+        cb(null, {});
+      },
       DeleteSandbox: (
         call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
         cb: UnaryCallback,
@@ -360,7 +486,7 @@ class HostDriver {
 
   async stopAll(): Promise<void> {
     await Promise.all([...this.#sandboxes.values()].map((s) => {
-      s.deleting = true;
+      s.stopping = true;
       return this.#stopChild(s);
     }));
     for (const w of this.#watchers) w.end();
@@ -417,6 +543,7 @@ async function main(args: string[]): Promise<number> {
     logLevel,
     log,
   });
+  await driver.restore();
   const server = new grpc.Server();
   server.addService(ComputeDriverClient.service, driver.service());
   await new Promise<void>((resolve, reject) =>

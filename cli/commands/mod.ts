@@ -8,6 +8,7 @@ import { sandboxConnectCommand, sandboxSshConfigCommand } from "./connect.ts";
 import { sandboxCreateCommand } from "./create.ts";
 import { sandboxCredentialsCommand } from "./credentials.ts";
 import { sandboxExecCommand } from "./exec.ts";
+import { sandboxStartCommand, sandboxStopCommand } from "./lifecycle.ts";
 import {
   gatewayAddCommand,
   gatewayListCommand,
@@ -37,6 +38,8 @@ export const HANDLERS: Readonly<Record<string, CommandHandler>> = {
   "sandbox get": sandboxGetCommand,
   "sandbox list": sandboxListCommand,
   "sandbox delete": sandboxDeleteCommand,
+  "sandbox stop": sandboxStopCommand,
+  "sandbox start": sandboxStartCommand,
   "sandbox connect": sandboxConnectCommand,
   "sandbox exec": sandboxExecCommand,
   "sandbox logs": sandboxLogsCommand,
