@@ -40,6 +40,8 @@ export interface TestGatewayOptions {
   vmDriverStateDir?: string;
   /** Fixed port; default 0 (ephemeral). */
   port?: number;
+  /** Fixed port of the supervisor plane; default 0 (ephemeral). */
+  supervisorPort?: number;
   /** Extra environment for the gateway process. */
   env?: Record<string, string>;
   /**
@@ -89,7 +91,7 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
     "--db-url",
     options.dbUrl ?? "sqlite::memory:",
     "--supervisor-port",
-    "0",
+    String(options.supervisorPort ?? 0),
     ...(options.tls ? [] : ["--disable-tls", "--disable-gateway-auth"]),
     "--log-level",
     "debug",
@@ -331,9 +333,14 @@ export interface ByoSupervisor {
 export async function byoSupervisor(
   gw: TestGateway,
   name: string,
-  options: { create?: boolean; environment?: Record<string, string> } = {},
+  options: {
+    create?: boolean;
+    environment?: Record<string, string>;
+    /** Client TLS files of the user API when not `gw.pki` (a gateway with `--tls-cert`). */
+    clientPki?: TestGateway["pki"];
+  } = {},
 ): Promise<ByoSupervisor> {
-  const api = apiClient(gw.port, gw.pki);
+  const api = apiClient(gw.port, options.clientPki ?? gw.pki);
   try {
     const sandbox = options.create === false
       ? (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox

@@ -6,7 +6,6 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
 import { type Grants, renderFlags, supervisorGrants } from "../core/grants.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
@@ -107,7 +106,13 @@ export interface StartSupervisorOptions {
   socketPath?: string;
   /** Host private key (OpenSSH); written to `<dir>/host_key` and passed by flag. */
   hostKey?: string;
-  /** Supervisor token; written to `<dir>/token` and passed by flag. */
+  /**
+   * `--ssh-host-key` path the supervisor itself generates the key into when
+   * it is missing (granted read and write, like `launch.ts` does); kept
+   * across restarts. Not with `hostKey`.
+   */
+  hostKeyFile?: string;
+  /** Supervisor token (see `byoSupervisor` in gateway/testing.ts); written to `<dir>/token` and passed by flag. */
   token?: string;
   /** Sandbox environment; written to `<dir>/environment.json` and passed by flag. */
   environment?: Record<string, string>;
@@ -183,7 +188,12 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     options.logLevel ?? "info",
   ];
   const readFiles: string[] = [...(options.readFiles ?? [])];
-  if (options.hostKey !== undefined) {
+  const writeFiles: string[] = [];
+  if (options.hostKeyFile !== undefined) {
+    args.push("--ssh-host-key", options.hostKeyFile);
+    readFiles.push(options.hostKeyFile);
+    writeFiles.push(options.hostKeyFile);
+  } else if (options.hostKey !== undefined) {
     await Deno.writeTextFile(`${dir}/host_key`, options.hostKey, { mode: 0o600 });
     args.push("--ssh-host-key", `${dir}/host_key`);
     readFiles.push(`${dir}/host_key`);
@@ -206,6 +216,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     socketPath,
     sshd: TEST_SSHD,
     readFiles,
+    writeFiles,
   });
   const [exe, ...rest] = roleCommand("supervisor", grants, args);
   const child = new Deno.Command(exe, {
