@@ -180,8 +180,9 @@ Deno.test("readiness: a session promotes to READY, its end demotes to PROVISIONI
 Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, supersede", async () => {
   await withGateway(async (f) => {
     const port = f.gw.supervisorPort;
+    // No token: refused before the id is looked up.
     const ghost = connectFakeSupervisor({ port, sandboxId: "no-such-sandbox" });
-    assert.equal((await ghost.ended).code, Code.NOT_FOUND);
+    assert.equal((await ghost.ended).code, Code.UNAUTHENTICATED);
     ghost.close();
     const nohello = connectFakeSupervisor({ port, sandboxId: "x", hello: false });
     const st = await nohello.ended;
@@ -197,6 +198,12 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, su
     const forged = byo.connect({ metadata: { [SUPERVISOR_TOKEN_METADATA]: "forged" } });
     assert.equal((await forged.ended).code, Code.PERMISSION_DENIED);
     forged.close();
+    // A real token with an unknown id is refused like a forged one (no sandbox-id oracle).
+    const lost = byo.connect({ sandboxId: "no-such-sandbox" });
+    const lostEnd = await lost.ended;
+    assert.equal(lostEnd.code, Code.PERMISSION_DENIED);
+    assert.match(lostEnd.details, /credential is not valid for sandbox no-such-sandbox/);
+    lost.close();
     assert.equal(first.received.filter((m) => m.payload === "session_accepted").length, 1);
     assert.equal(await phase(f.api, "twice"), "SANDBOX_PHASE_READY");
 
