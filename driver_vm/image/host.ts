@@ -1,6 +1,7 @@
 /**
  * Host helpers of the image tasks: running commands, hashing, the cache
- * directory, and the host packages the VM runtime needs.
+ * directory. The host packages the VM runtime needs are in
+ * `core/host_setup.ts`.
  *
  * @module
  */
@@ -105,50 +106,4 @@ export function cacheRoot(env: (name: string) => string | undefined = Deno.env.g
 /** Whether we run as root (can use apt-get directly). */
 export function isRoot(): boolean {
   return Deno.uid() === 0;
-}
-
-/** A host file the VM runtime needs, and the Debian package that provides it. */
-export interface HostRequirement {
-  path: string;
-  pkg: string;
-  why: string;
-}
-
-/** What the VM tasks and the driver need on the host. */
-export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
-  { path: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86", why: "runs the VMs" },
-  {
-    path: "/usr/bin/setpriv",
-    pkg: "util-linux",
-    why: "runs each qemu unprivileged and tied to the driver's life",
-  },
-  { path: "/usr/bin/prlimit", pkg: "util-linux", why: "sets each qemu's resource limits" },
-  { path: "/usr/bin/socat", pkg: "socat", why: "forwards the guest's gateway port" },
-  { path: "/bin/busybox", pkg: "busybox-static", why: "guest userland" },
-  { path: "/usr/sbin/sshd", pkg: "openssh-server", why: "guest sshd" },
-  { path: "/usr/lib/openssh/sftp-server", pkg: "openssh-sftp-server", why: "guest sftp" },
-  { path: "/usr/sbin/mke2fs", pkg: "e2fsprogs", why: "builds the guest disk" },
-  { path: "/usr/bin/dpkg", pkg: "dpkg", why: "unpacks the kernel package" },
-];
-
-/** The packages whose files are missing. */
-export async function missingPackages(
-  reqs: readonly HostRequirement[] = HOST_REQUIREMENTS,
-): Promise<string[]> {
-  const missing = new Set<string>();
-  for (const r of reqs) if (!(await exists(r.path))) missing.add(r.pkg);
-  if (!missing.has("busybox-static") && !(await isStaticBusybox("/bin/busybox"))) {
-    missing.add("busybox-static");
-  }
-  return [...missing];
-}
-
-/** Whether the busybox binary is statically linked (the guest has no libc for it). */
-export async function isStaticBusybox(path: string): Promise<boolean> {
-  try {
-    const res = await run("ldd", [path]);
-    return /not a dynamic executable|statically linked/.test(res.stdout + res.stderr);
-  } catch {
-    return false;
-  }
 }
