@@ -15,6 +15,12 @@ import {
   gatewaySelectCommand,
 } from "./gateway.ts";
 import {
+  gatewayLogsCommand,
+  gatewayStartCommand,
+  gatewayStatusCommand,
+  gatewayStopCommand,
+} from "./local_gateway.ts";
+import {
   sandboxDeleteCommand,
   sandboxGetCommand,
   sandboxListCommand,
@@ -33,6 +39,10 @@ export const HANDLERS: Readonly<Record<string, CommandHandler>> = {
   "gateway select": gatewaySelectCommand,
   "gateway list": gatewayListCommand,
   "gateway remove": gatewayRemoveCommand,
+  "gateway start": gatewayStartCommand,
+  "gateway stop": gatewayStopCommand,
+  "gateway status": gatewayStatusCommand,
+  "gateway logs": gatewayLogsCommand,
   "sandbox create": sandboxCreateCommand,
   "sandbox get": sandboxGetCommand,
   "sandbox list": sandboxListCommand,

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { vmCacheRoot } from "../../core/paths.ts";
 
 /** Result of {@link run}. */
 export interface RunResult {
@@ -91,16 +92,9 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-/**
- * The VM cache root: `$OPENSHELL_VM_CACHE_DIR`, else
- * `${XDG_CACHE_HOME:-$HOME/.cache}/openshell-deno/vm`.
- */
+/** The VM cache root (`core/paths.ts`): `$OPENSHELL_VM_CACHE_DIR`, else `~/.cache/openshell-deno/vm`. */
 export function cacheRoot(env: (name: string) => string | undefined = Deno.env.get): string {
-  const explicit = env("OPENSHELL_VM_CACHE_DIR");
-  if (explicit) return explicit.replace(/\/+$/, "");
-  const xdg = env("XDG_CACHE_HOME");
-  const base = xdg ? xdg : `${env("HOME") ?? "/root"}/.cache`;
-  return `${base.replace(/\/+$/, "")}/openshell-deno/vm`;
+  return vmCacheRoot(env);
 }
 
 /** Whether we run as root (can use apt-get directly). */
