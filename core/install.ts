@@ -135,6 +135,8 @@ export interface InstallManifest {
 export interface InstallFile {
   path: string;
   mode: number;
+  /** A wrapper carries {@link WRAPPER_MARK}; the others live in `lib/openshell/` only. */
+  kind: "wrapper" | "deno" | "manifest";
   /** The text to write, or a binary to copy. */
   content: { text: string } | { copyFrom: string };
 }
@@ -264,11 +266,14 @@ export function installPlan(o: InstallOptions): InstallPlan {
     "cli": "The CLI: deno run with exactly its grants; OPENSHELL_INSTALL names this install.",
   };
   const files: InstallFile[] = [];
-  if (o.copyDeno) files.push({ path: deno, mode: 0o755, content: { copyFrom: o.deno } });
+  if (o.copyDeno) {
+    files.push({ path: deno, kind: "deno", mode: 0o755, content: { copyFrom: o.deno } });
+  }
   for (const role of ROLES) {
     const argv = [deno, ...runArgs(role, grants[role], { root: o.repo })];
     files.push({
       path: binOf(role),
+      kind: "wrapper",
       mode: 0o755,
       content: {
         text: renderWrapper({
@@ -283,6 +288,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
   }
   files.push({
     path: imageBuilder,
+    kind: "wrapper",
     mode: 0o755,
     content: {
       text: renderWrapper({
@@ -324,6 +330,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
   };
   files.push({
     path: manifestPath,
+    kind: "manifest",
     mode: 0o644,
     content: { text: JSON.stringify(manifest, null, 2) + "\n" },
   });
@@ -475,7 +482,7 @@ export async function applyPlan(plan: InstallPlan, options: ApplyOptions = {}): 
   const log = options.log ?? (() => {});
   if (!options.force) {
     for (const f of plan.files) {
-      if (!("text" in f.content)) continue;
+      if (f.kind !== "wrapper") continue;
       if ((await isOurs(f.path)) === false) {
         throw new InstallError(
           `${f.path} exists and was not written by deno task install; remove it or pass --force`,
