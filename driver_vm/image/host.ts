@@ -81,6 +81,17 @@ export async function fileStamp(path: string): Promise<string> {
   return `${path}:${st.size}:${st.mtime?.getTime() ?? 0}`;
 }
 
+/**
+ * Identity of a program that lands at a fixed path in the guest (Deno):
+ * size and modification time, not where it lies on the host, so the copy
+ * `deno task install` hard-links next to its wrappers builds the same
+ * runtime as the deno it came from.
+ */
+export async function binaryStamp(path: string): Promise<string> {
+  const st = await Deno.stat(path);
+  return `${st.size}:${st.mtime?.getTime() ?? 0}`;
+}
+
 /** Whether `path` exists. */
 export async function exists(path: string): Promise<boolean> {
   try {
