@@ -185,7 +185,16 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       driverSocket,
       ...(p.tlsFiles ?? []),
     ]),
-    write: unique([p.stateDir, p.dbPath, p.logFile, p.logFile && `${p.logFile}.1`, driverSocket]),
+    // SQLite's WAL companions: the gateway narrows their mode to 0600.
+    write: unique([
+      p.stateDir,
+      p.dbPath,
+      p.dbPath && `${p.dbPath}-wal`,
+      p.dbPath && `${p.dbPath}-shm`,
+      p.logFile,
+      p.logFile && `${p.logFile}.1`,
+      driverSocket,
+    ]),
     run: unique([p.driverBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,
