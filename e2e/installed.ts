@@ -93,11 +93,17 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
       );
       check(install.code === 0, `deno task install: ${show(install)}`);
       const start = await sh("command -v deno && exit 9; openshell gateway start");
-      check(start.code === 0 && start.stdout.includes("is running"), `gateway start: ${show(start)}`);
+      check(
+        start.code === 0 && start.stdout.includes("is running"),
+        `gateway start: ${show(start)}`,
+      );
       const hi = await sh("openshell sandbox create -- echo hi");
       check(hi.code === 0 && hi.stdout.split("\n").includes("hi"), `create: ${show(hi)}`);
       const before = await ours();
-      check(before.some((p) => p.cmdline.includes("qemu-system")), "no qemu while the sandbox runs");
+      check(
+        before.some((p) => p.cmdline.includes("qemu-system")),
+        "no qemu while the sandbox runs",
+      );
       check(before.some((p) => p.cmdline.includes("driver_vm/main.ts")), "no driver process");
       const stop = await sh("openshell gateway stop", 60_000);
       check(stop.code === 0, `gateway stop: ${show(stop)}`);
@@ -142,7 +148,11 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
       }
       const stop = await sh("openshell gateway stop", 60_000);
       check(stop.code === 0 && stop.stdout.includes("No local gateway was running"), show(stop));
-      const un = await sh(`'${Deno.execPath()}' task install --uninstall --root ${root}`, 60_000, REPO_ROOT);
+      const un = await sh(
+        `'${Deno.execPath()}' task install --uninstall --root ${root}`,
+        60_000,
+        REPO_ROOT,
+      );
       check(un.code === 0, `uninstall: ${show(un)}`);
       const gone = await sh("command -v openshell || echo gone");
       check(gone.stdout.trim() === "gone", `openshell still installed: ${show(gone)}`);

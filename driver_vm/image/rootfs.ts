@@ -20,16 +20,7 @@
  */
 import { REPO_ROOT } from "../../core/launcher.ts";
 import { type CpioEntry, writeCpio } from "./cpio.ts";
-import {
-  binaryStamp,
-  cacheKey,
-  cacheRoot,
-  exists,
-  fileStamp,
-  run,
-  runOk,
-  sha256,
-} from "./host.ts";
+import { binaryStamp, cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
 import { GUEST_LAYOUT, renderInit, renderInittab, renderRunner } from "./init.ts";
 import { loadOrder, moduleDepends, moduleName } from "./kmod.ts";
 import { ensureKernel, type KernelInfo } from "./setup.ts";
