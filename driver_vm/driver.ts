@@ -452,7 +452,7 @@ export class VmDriver {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (pid ${r.handle.pid}, accel ${accel})`,
+        message: `qemu started (accel ${accel})`,
       });
     } catch (err) {
       this.#sandboxes.delete(id);

@@ -425,3 +425,26 @@ Deno.test({
     }
   },
 });
+
+Deno.test("driver process: a state dir others can write, or a symlink, stops it at start", async () => {
+  const s = await setup();
+  try {
+    await Deno.chmod(s.state, 0o777);
+    const open = await spawn(s.argv).output();
+    const openErr = new TextDecoder().decode(open.stderr);
+    assert.equal(open.code, 1, openErr);
+    assert.match(
+      openErr,
+      /cannot start: state dir .* can be written by other users \(mode 0777\); run `chmod go-w /,
+    );
+    await Deno.chmod(s.state, 0o700);
+    await Deno.rename(s.state, `${s.state}.real`);
+    await Deno.symlink(`${s.state}.real`, s.state);
+    const link = await spawn(s.argv).output();
+    const linkErr = new TextDecoder().decode(link.stderr);
+    assert.equal(link.code, 1, linkErr);
+    assert.match(linkErr, /cannot start: state dir .* is a symlink; refusing/);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

@@ -95,6 +95,19 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
       const r = await exec(api, { sandbox_id: id, command: ["sleep", "30"], timeout_seconds: 1 });
       assert.equal(r.exit, 124);
     });
+    await t.step(
+      "the supervisor logs every finished exec's relay as a Close, none as a Fail",
+      async () => {
+        const relays = () => sup.events().filter((e) => /^relay /.test(e.message));
+        const closes = () => relays().filter((e) => e.activity_name === "Close").length;
+        // Every exec so far opened one relay; the gateway tore each down when it finished.
+        const opened = relays().filter((e) => e.activity_name === "Open").length;
+        assert.ok(opened >= 6, `${opened} relays opened`);
+        await waitFor("a Close for every relay", () => closes() === opened);
+        assert.deepEqual(relays().filter((e) => e.activity_name === "Fail"), []);
+        assert.ok(relays().every((e) => e.status === "Success"));
+      },
+    );
     await t.step("a PTY is allocated on request", async () => {
       const r = await exec(api, { sandbox_id: id, command: ["tty"], tty: true });
       assert.match(r.stdout, /^\/dev\/pts\/\d+/);
