@@ -129,6 +129,50 @@ export const COMMANDS: readonly CommandSpec[] = [
     positionals: [{ name: "NAME" }],
   },
   {
+    id: "gateway start",
+    summary: "Start the installed gateway with the VM driver in the background",
+    description: "Start the gateway that 'deno task install' installed, in the background: " +
+      "build the guest image when it is missing or stale (progress on stderr), start the " +
+      "gateway with the VM driver and its own PKI (TLS, client certificates), register it as " +
+      "'local' with its client bundle and make it the active gateway, wait until it answers, " +
+      "and print where its state and logs are. Flags after -- go to openshell-gateway. " +
+      "Refused while it runs.",
+    trailing: "optional",
+    options: {
+      drivers: {
+        type: "string",
+        value: "KIND",
+        help: "vm (default) or none (no VMs: bring-your-own supervisors only)",
+      },
+    },
+    examples: [
+      "openshell gateway start && openshell sandbox create -- echo hi",
+      "openshell gateway start -- --log-level debug --vm-accel tcg",
+    ],
+  },
+  {
+    id: "gateway stop",
+    summary: "Stop the local gateway and every VM it runs",
+    description: "Stop the gateway 'openshell gateway start' started: SIGTERM (it stops its " +
+      "driver, which stops every VM), then check that no gateway, driver, qemu or forwarder " +
+      "process of its state dirs is left (SIGKILL for any that is). Sandbox records are kept.",
+  },
+  {
+    id: "gateway status",
+    summary: "Say whether the local gateway runs and answers",
+    description: "Say whether the gateway 'openshell gateway start' started runs and answers, " +
+      "and where its state and logs are. Exits 0 when it runs and answers, else 1.",
+  },
+  {
+    id: "gateway logs",
+    summary: "Show the local gateway's log",
+    options: {
+      follow: { type: "boolean", short: "f", help: "Keep printing new lines until Ctrl-C" },
+      lines: { type: "string", short: "n", value: "N", help: "Last N lines (default 100)" },
+    },
+    examples: ["openshell gateway logs -n 20", "openshell gateway logs --follow"],
+  },
+  {
     id: "sandbox create",
     summary: "Create a sandbox and run a command or a shell in it",
     description: "Create a sandbox and follow its progress until it is ready, then run CMD " +
@@ -317,7 +361,7 @@ export const COMMANDS: readonly CommandSpec[] = [
 /** Command groups and their summaries. */
 export const GROUPS: Readonly<Record<string, string>> = {
   sandbox: "Create, use and delete sandboxes",
-  gateway: "Register and choose gateways",
+  gateway: "Start a local gateway; register and choose gateways",
 };
 
 /** Values of parsed options: strings, booleans, or string lists for repeatable ones. */

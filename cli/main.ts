@@ -7,8 +7,8 @@
  */
 import { VERSION } from "../core/version.ts";
 import { commandHelp, parseCommandLine, UsageError } from "./args.ts";
-import { HANDLERS } from "./commands/mod.ts";
-import { Context, readEnv, type StdStreams } from "./context.ts";
+import type { Context, StdStreams } from "./context.ts";
+import { readEnv } from "./env.ts";
 import { CliError, EXIT_INTERRUPTED } from "./errors.ts";
 import { colorEnabled, createStyle } from "./output.ts";
 
@@ -106,6 +106,12 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       await writeOut(commandHelp(inv.spec));
       return 0;
     }
+    // Loaded only for a command to run: `--version` and help need neither.
+    const [{ Context }, { HANDLERS }] = await Promise.all([
+      import("./context.ts"),
+      import("./commands/mod.ts"),
+    ]);
+    const handler = await HANDLERS[inv.spec.id]();
     const context = new Context({ invocation: inv, env, streams });
     ctx = context;
     if (options.signals !== false) {
@@ -124,7 +130,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       };
       Deno.addSignalListener("SIGINT", onSigint);
     }
-    return await HANDLERS[inv.spec.id](context);
+    return await handler(context);
   } catch (err) {
     // Output piped into a reader that stopped (`openshell sandbox list | head -1`).
     if (err instanceof Deno.errors.BrokenPipe) return EXIT_BROKEN_PIPE;
