@@ -14,6 +14,7 @@ import {
   type ResolvedGateway,
   resolveGateway,
 } from "./config.ts";
+import { readEnv } from "./env.ts";
 import { colorEnabled, createStyle, type Style } from "./output.ts";
 
 /** The process's standard streams (tests may substitute them). */
@@ -42,14 +43,7 @@ export interface ContextOptions {
 
 const encoder = new TextEncoder();
 
-/** Reads an environment variable without failing on a missing grant. */
-export function readEnv(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined;
-  }
-}
+export { readEnv } from "./env.ts";
 
 /** The state a command runs with. */
 export class Context {

@@ -7,8 +7,8 @@
  */
 import { VERSION } from "../core/version.ts";
 import { commandHelp, parseCommandLine, UsageError } from "./args.ts";
-import { HANDLERS } from "./commands/mod.ts";
-import { Context, readEnv, type StdStreams } from "./context.ts";
+import type { Context, StdStreams } from "./context.ts";
+import { readEnv } from "./env.ts";
 import { CliError, EXIT_INTERRUPTED } from "./errors.ts";
 import { colorEnabled, createStyle } from "./output.ts";
 
@@ -21,12 +21,21 @@ export const EXIT_BROKEN_PIPE = 141;
 /** Exit status of a command line mistake. */
 export const EXIT_USAGE = 2;
 
-/** The one-line report of a failure and the exit status that goes with it. */
-export function describeFailure(err: unknown): { message: string; exitCode: number } {
+/**
+ * The one-line report of a failure and the exit status that goes with it.
+ * A usage error points at the help of its command, or of `command` (the
+ * one running) when it names none: an option value checked while the
+ * command runs is listed on that command's help page, not the top level's.
+ */
+export function describeFailure(
+  err: unknown,
+  command = "",
+): { message: string; exitCode: number } {
   if (err instanceof UsageError) {
-    const hint = err.message.includes("--help")
+    const id = err.command || command;
+    const hint = !err.seeHelp || err.message.includes("--help")
       ? ""
-      : ` (see 'openshell${err.command ? ` ${err.command}` : ""} --help')`;
+      : ` (see 'openshell${id ? ` ${id}` : ""} --help')`;
     return { message: `${err.message}${hint}`, exitCode: EXIT_USAGE };
   }
   if (err instanceof CliError) return { message: err.message, exitCode: err.exitCode };
@@ -97,6 +106,12 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       await writeOut(commandHelp(inv.spec));
       return 0;
     }
+    // Loaded only for a command to run: `--version` and help need neither.
+    const [{ Context }, { HANDLERS }] = await Promise.all([
+      import("./context.ts"),
+      import("./commands/mod.ts"),
+    ]);
+    const handler = await HANDLERS[inv.spec.id]();
     const context = new Context({ invocation: inv, env, streams });
     ctx = context;
     if (options.signals !== false) {
@@ -115,11 +130,11 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
       };
       Deno.addSignalListener("SIGINT", onSigint);
     }
-    return await HANDLERS[inv.spec.id](context);
+    return await handler(context);
   } catch (err) {
     // Output piped into a reader that stopped (`openshell sandbox list | head -1`).
     if (err instanceof Deno.errors.BrokenPipe) return EXIT_BROKEN_PIPE;
-    const { message, exitCode } = describeFailure(err);
+    const { message, exitCode } = describeFailure(err, ctx?.invocation.spec.id);
     const style = createStyle(colorEnabled({
       isTerminal: streams.stderr.isTerminal(),
       noColor: env("NO_COLOR"),

@@ -61,8 +61,10 @@ export interface GatewayGrantParams {
   supervisorListen?: HostPort;
   /** State dir: internal sockets, driver socket, PKI. */
   stateDir: string;
-  /** SQLite database file when it lives outside the state dir (its `-wal`/`-shm` too). */
+  /** SQLite database file when it lives outside the state dir. */
   dbPath?: string;
+  /** `--log-file` (and its rotated `.1`) when it lives outside the state dir. */
+  logFile?: string;
   /** The compute driver binary it may run; absent with `--drivers none`. */
   driverBinary?: string;
   /** The VM driver's state dir (the driver socket lives there). */
@@ -120,6 +122,12 @@ export interface CliGrantParams {
   configDir?: string;
   /** Gateways it may reach; absent = any host. */
   gateways?: readonly HostPort[];
+  /**
+   * Programs it may run besides `ssh`: an installed CLI's `gateway start`
+   * runs the installed gateway and the guest image builder, and
+   * `gateway stop` signals through `kill` (Deno.kill needs every program).
+   */
+  run?: readonly string[];
 }
 
 /** Environment variables the supervisor reads; nothing else. */
@@ -161,8 +169,6 @@ function unique(items: (string | undefined)[]): string[] {
 /** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
 export function gatewayGrants(p: GatewayGrantParams): Grants {
   const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
-  // SQLite writes its WAL companions itself, but the store narrows their mode (chmod).
-  const db = p.dbPath ? [p.dbPath, `${p.dbPath}-wal`, `${p.dbPath}-shm`] : [];
   return {
     net: unique([
       hostPortGrant(p.listen),
@@ -171,8 +177,24 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
     ]),
-    read: unique([p.stateDir, ...db, driverSocket, ...(p.tlsFiles ?? [])]),
-    write: unique([p.stateDir, ...db, driverSocket]),
+    read: unique([
+      p.stateDir,
+      p.dbPath,
+      p.logFile,
+      p.logFile && `${p.logFile}.1`,
+      driverSocket,
+      ...(p.tlsFiles ?? []),
+    ]),
+    // SQLite's WAL companions: the gateway narrows their mode to 0600.
+    write: unique([
+      p.stateDir,
+      p.dbPath,
+      p.dbPath && `${p.dbPath}-wal`,
+      p.dbPath && `${p.dbPath}-shm`,
+      p.logFile,
+      p.logFile && `${p.logFile}.1`,
+      driverSocket,
+    ]),
     run: unique([p.driverBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,
@@ -222,13 +244,13 @@ export function supervisorGrants(p: SupervisorGrantParams): Grants {
   };
 }
 
-/** The CLI: gateways, `ssh`, its config dir. */
+/** The CLI: gateways, `ssh` (and the programs of {@link CliGrantParams.run}), its config dir. */
 export function cliGrants(p: CliGrantParams): Grants {
   return {
     net: p.gateways ? p.gateways.map(hostPortGrant) : true,
     read: p.configDir ? [p.configDir] : true,
     write: p.configDir ? [p.configDir] : true,
-    run: ["ssh"],
+    run: unique(["ssh", ...(p.run ?? [])]),
     env: ["OPENSHELL_*", ...CLI_EXTRA_ENV],
     ignoreEnv: true,
   };

@@ -105,9 +105,14 @@ Deno.test("gateway: listen address, state dir, db file, driver binary and socket
     "unix:/s/supervisor.sock",
     "unix:/v/compute-driver.sock",
   ]);
-  const db = ["/db/gw.db", "/db/gw.db-wal", "/db/gw.db-shm"];
-  assert.deepEqual(g.read, ["/s", ...db, "/v/compute-driver.sock", "/tls/key.pem"]);
-  assert.deepEqual(g.write, ["/s", ...db, "/v/compute-driver.sock"]);
+  assert.deepEqual(g.read, ["/s", "/db/gw.db", "/v/compute-driver.sock", "/tls/key.pem"]);
+  assert.deepEqual(g.write, [
+    "/s",
+    "/db/gw.db",
+    "/db/gw.db-wal",
+    "/db/gw.db-shm",
+    "/v/compute-driver.sock",
+  ]);
   assert.deepEqual(g.run, ["/d/openshell-driver-vm"]);
 });
 

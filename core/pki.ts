@@ -12,7 +12,7 @@
 import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import { checkPrivateDir, writeSecretFile } from "./secure_fs.ts";
-import { x509 } from "./x509.ts";
+import type { Extension } from "@peculiar/x509";
 
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const DAY_MS = 86_400_000;
@@ -72,14 +72,24 @@ function serialNumber(): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * `@peculiar/x509` (with its polyfill, about 0.1–0.2 s to load), loaded
+ * only when a certificate is made: the checks below use node:crypto, so a
+ * CLI call that only reads certificates never loads it.
+ */
+async function x509lib(): Promise<typeof import("./x509.ts").x509> {
+  return (await import("./x509.ts")).x509;
+}
+
 async function keyPem(key: CryptoKey): Promise<string> {
+  const x509 = await x509lib();
   const pkcs8 = await crypto.subtle.exportKey("pkcs8", key);
   return x509.PemConverter.encode(pkcs8, "PRIVATE KEY");
 }
 
-function importPkcs8(pem: string, usage: KeyUsage[]): Promise<CryptoKey> {
-  const der = x509.PemConverter.decodeFirst(pem);
-  return crypto.subtle.importKey("pkcs8", der, ALGORITHM, true, usage);
+async function importPkcs8(pem: string, usage: KeyUsage[]): Promise<CryptoKey> {
+  const der = (await x509lib()).PemConverter.decodeFirst(pem);
+  return await crypto.subtle.importKey("pkcs8", der, ALGORITHM, true, usage);
 }
 
 function generateKeys(): Promise<CryptoKeyPair> {
@@ -94,6 +104,7 @@ function cnOf(name: string): string {
 export async function createCa(
   options: IssueOptions & { commonName?: string } = {},
 ): Promise<CertAndKey> {
+  const x509 = await x509lib();
   const now = options.now ?? new Date();
   const keys = await generateKeys();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -126,12 +137,13 @@ export interface LeafOptions extends IssueOptions {
 
 /** Issues a leaf certificate (X.509 v3) signed by `ca`. */
 export async function issueCertificate(ca: CertAndKey, options: LeafOptions): Promise<CertAndKey> {
+  const x509 = await x509lib();
   const now = options.now ?? new Date();
   const caCert = new x509.X509Certificate(ca.cert);
   const caKey = await importPkcs8(ca.key, ["sign"]);
   const keys = await generateKeys();
   const names = [...new Set(options.names ?? [])];
-  const extensions: x509.Extension[] = [
+  const extensions: Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
     new x509.ExtendedKeyUsageExtension([

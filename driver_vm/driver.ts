@@ -669,7 +669,7 @@ export class VmDriver {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (pid ${handle.pid}, accel ${accel})`,
+        message: `qemu started (accel ${accel})`,
       });
       this.#startConsole(r, handle);
       handle.status.then((st) => this.#onExit(r, handle, st));

@@ -54,6 +54,20 @@ export interface GuestConfig {
   tls: boolean;
 }
 
+/** The guest's host name when the sandbox name gives none. */
+export const DEFAULT_GUEST_HOSTNAME = "openshell-sandbox";
+
+/**
+ * The guest's host name (and so its shell prompt): the sandbox name as a
+ * DNS label (lower case; anything but letters, digits and '-' becomes '-';
+ * at most 63 characters; no '-' at either end).
+ */
+export function guestHostname(sandboxName: string): string {
+  const label = sandboxName.toLowerCase().replace(/[^a-z0-9-]/g, "-").slice(0, 63)
+    .replace(/^-+|-+$/g, "");
+  return label || DEFAULT_GUEST_HOSTNAME;
+}
+
 function assignments(vars: Readonly<Record<string, string>>): string {
   return Object.entries(vars).map(([k, v]) => {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`invalid variable name: ${k}`);
@@ -70,6 +84,7 @@ export function renderGuestConfig(config: GuestConfig): string {
   return "# openshell guest config (written by openshell-driver-vm)\n" + assignments({
     OPENSHELL_SANDBOX_ID: config.sandboxId,
     OPENSHELL_SANDBOX: config.sandboxName,
+    OPENSHELL_HOSTNAME: guestHostname(config.sandboxName),
     OPENSHELL_ENDPOINT: guestEndpoint(config.tls),
     OPENSHELL_LOG_LEVEL: config.logLevel,
     OPENSHELL_GUEST_IP: GUEST_NET.guest,

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { guestEndpoint, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import {
+  DEFAULT_GUEST_HOSTNAME,
+  guestEndpoint,
+  guestHostname,
+  renderGuestConfig,
+  renderGuestEnvironment,
+} from "./guest.ts";
 
 Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", () => {
   const text = renderGuestConfig({
@@ -20,6 +26,16 @@ Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", ()
   assert.match(text, /^OPENSHELL_SANDBOX_ID=sb-1$/m);
   assert.match(text, /^OPENSHELL_SANDBOX='it'"'"'s \$\(rm -rf \/\)'$/m);
   assert.match(text, /^OPENSHELL_GATEWAY_IP=10\.0\.2\.100$/m);
+  assert.match(text, /^OPENSHELL_HOSTNAME=it-s---rm--rf$/m, "the host name is a DNS label");
+});
+
+Deno.test("guest host name: the sandbox name as a DNS label", () => {
+  assert.equal(guestHostname("dev"), "dev");
+  assert.equal(guestHostname("My.Box_1"), "my-box-1");
+  assert.equal(guestHostname("-x-"), "x");
+  assert.equal(guestHostname("a".repeat(100)), "a".repeat(63));
+  assert.equal(guestHostname("$(){}"), DEFAULT_GUEST_HOSTNAME);
+  assert.equal(guestHostname(""), DEFAULT_GUEST_HOSTNAME);
 });
 
 Deno.test("guest config: sourcing it in sh gives back the exact values", async () => {

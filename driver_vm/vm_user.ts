@@ -25,8 +25,10 @@
  *
  * @module
  */
+import { DEFAULT_VM_USER as VM_USER, vmUserArgs } from "../core/host_setup.ts";
+
 /** The account qemu runs as unless `--vm-user` says otherwise. */
-export const DEFAULT_VM_USER = "openshell-vm";
+export const DEFAULT_VM_USER: string = VM_USER;
 
 /** A resolved account. */
 export interface VmUser {
@@ -35,17 +37,9 @@ export interface VmUser {
   gid: number;
 }
 
-/** `useradd` arguments that create the account (what `vm:setup` and `.ci/run` run). */
+/** `useradd` arguments that create the account (what `vm:setup` and `testing/prepare.ts` run). */
 export function createUserArgs(name: string = DEFAULT_VM_USER): string[] {
-  return [
-    "--system",
-    "--no-create-home",
-    "--home-dir",
-    "/nonexistent",
-    "--shell",
-    "/usr/sbin/nologin",
-    name,
-  ];
+  return vmUserArgs(name);
 }
 
 /** The command line that creates the account. */

@@ -18,7 +18,11 @@
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
  * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu;
- * 9. a plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete.
+ * 9. a plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete;
+ * 10. the README's quick start with the installed commands (`e2e/installed.ts`):
+ *    `deno task install`, `openshell gateway start`, `sandbox create -- echo hi`,
+ *    `gateway stop` leaves nothing; 11. kill -9 of the installed gateway takes its
+ *    driver and qemu along; uninstall.
  *
  * Prints the wall time of each step; on failure prints the gateway logs and
  * every console log and keeps the state dir. Writes a JSON report to
@@ -34,6 +38,7 @@ import { setup } from "../driver_vm/image/setup.ts";
 import { GUEST_NET } from "../driver_vm/guest.ts";
 import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
 import { alive, findProcesses, freePort, waitFor } from "../core/testing.ts";
+import { installedSteps } from "./installed.ts";
 import { stageDriverDir } from "./stage.ts";
 
 interface StepResult {
@@ -207,14 +212,19 @@ async function main(): Promise<number> {
       return g.stderr().includes("compute driver ready") ? true : undefined;
     }, { timeoutMs: 60_000, intervalMs: 100 });
     // The CLI talks to it as a registered gateway: the operator's client bundle for TLS.
-    const add = await cli([
-      "gateway",
-      "add",
-      "e2e",
-      g.endpoint,
-      ...(g.pki ? ["--ca", g.pki.ca, "--cert", g.pki.clientCert, "--key", g.pki.clientKey] : []),
-      "--force",
-    ]);
+    // `gateway add --mtls-dir` reads the bundle where the gateway wrote it, so this one
+    // call is not confined to the CLI's config dir (cli/launch.ts does the same).
+    const add = await runCmd(
+      roleCommand("cli", cliGrants({ gateways: [{ host: "127.0.0.1", port }] }), [
+        "gateway",
+        "add",
+        "e2e",
+        g.endpoint,
+        ...(g.pki ? ["--mtls-dir", g.pki.dir] : []),
+        "--force",
+      ]),
+      { env: cliEnv(), timeoutMs: 60_000 },
+    );
     check(add.code === 0, `gateway add: ${show(add)}`);
     const sel = await cli(["gateway", "select", "e2e"]);
     check(sel.code === 0, `gateway select: ${show(sel)}`);
@@ -639,6 +649,8 @@ Deno.exit(0);
       },
     );
   }
+
+  if (runtime) await installedSteps(step);
 
   // ---- teardown ----------------------------------------------------------
   for (const c of background) {

@@ -56,6 +56,8 @@ export interface GatewayConfig {
   supervisorPort: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** Log lines go to this file (rotated at a cap) instead of stderr. */
+  logFile?: string;
 }
 
 /** Default state dir (the compiled binary's grants point here). */
@@ -310,6 +312,14 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     choices: ["text", "json"],
     description: "Log line format",
   },
+  {
+    name: "log-file",
+    type: "string",
+    env: "OPENSHELL_LOG_FILE",
+    placeholder: "FILE",
+    description:
+      "Write log lines to FILE instead of stderr; at 10 MiB it becomes FILE.1 and a new FILE starts",
+  },
 ];
 
 /** Usage line of `--help`. */
@@ -395,6 +405,9 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     supervisorPort: v["supervisor-port"] as number,
     logLevel: v["log-level"] as LogLevel,
     logFormat: v["log-format"] as LogFormat,
+    logFile: optionalString(v["log-file"]) === undefined
+      ? undefined
+      : absolute("log-file", v["log-file"] as string),
   };
   validate(config);
   return { help: false, config };
@@ -509,6 +522,7 @@ export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
     dbPath: c.db.kind === "sqlite-file" && !c.db.path.startsWith(c.stateDir + "/")
       ? c.db.path
       : undefined,
+    logFile: c.logFile && !c.logFile.startsWith(c.stateDir + "/") ? c.logFile : undefined,
     driverBinary: c.drivers === "vm" ? `${c.driverDir}/openshell-driver-vm` : undefined,
     driverStateDir: c.drivers === "vm" ? c.vmDriverStateDir : undefined,
     tlsFiles: c.disableTls

@@ -70,6 +70,7 @@ Deno.test("defaults: TLS with the automatic PKI and client certificates, a separ
     supervisorPort: 8081,
     logLevel: "info",
     logFormat: "text",
+    logFile: undefined,
   });
   assert.equal(usesAutoPki(c), true);
   assert.equal(pkiDir(c), `${DEFAULT_STATE_DIR}/pki`);
@@ -324,6 +325,7 @@ Deno.test("gatewayGrantParams: db path only outside the state dir; driver only w
     supervisorListen: { host: "127.0.0.1", port: 8081 },
     stateDir: "/s",
     dbPath: undefined,
+    logFile: undefined,
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",
     tlsFiles: [],
@@ -348,6 +350,18 @@ Deno.test("gatewayGrantParams: db path only outside the state dir; driver only w
   // the grants follow: no run permission at all without a driver
   assert.deepEqual(gatewayGrants(none).run, []);
   assert.deepEqual(gatewayGrants(outside).run, ["/d/openshell-driver-vm"]);
+});
+
+Deno.test("--log-file: absolute; granted only when outside the state dir, with its .1", () => {
+  assert.equal(parse([...PLAIN]).logFile, undefined);
+  const inside = parse([...PLAIN, "--state-dir", "/s", "--log-file", "/s/gateway.log"]);
+  assert.equal(inside.logFile, "/s/gateway.log");
+  assert.equal(gatewayGrantParams(inside).logFile, undefined);
+  const outside = parse([...PLAIN, "--state-dir", "/s"], { OPENSHELL_LOG_FILE: "/var/log/g.log" });
+  assert.equal(gatewayGrantParams(outside).logFile, "/var/log/g.log");
+  const g = gatewayGrants(gatewayGrantParams(outside));
+  assert.ok(Array.isArray(g.write) && g.write.includes("/var/log/g.log.1"));
+  fails([...PLAIN, "--log-file", "g.log"], /--log-file: must be an absolute path/);
 });
 
 Deno.test("--help: asked for, and lists every flag with its env twin", () => {

@@ -6,6 +6,7 @@
  */
 import { denoEnv, FlagError } from "../core/flags.ts";
 import { errorMessage, Logger } from "../core/log.ts";
+import { RotatingLogFile } from "../core/log_file.ts";
 import { gatewayHelp, parseGatewayConfig } from "./config.ts";
 import { type Gateway, startGateway } from "./server.ts";
 import { readRelayTuning, type RelayTuning } from "./tuning.ts";
@@ -28,7 +29,23 @@ async function main(): Promise<number> {
     return 0;
   }
   const config = parsed.config;
-  const log = new Logger({ level: config.logLevel, format: config.logFormat, target: "gateway" });
+  let logFile: RotatingLogFile | undefined;
+  if (config.logFile) {
+    try {
+      logFile = new RotatingLogFile({ path: config.logFile });
+    } catch (err) {
+      console.error(
+        `openshell-gateway: cannot open --log-file ${config.logFile}: ${errorMessage(err)}`,
+      );
+      return 1;
+    }
+  }
+  const log = new Logger({
+    level: config.logLevel,
+    format: config.logFormat,
+    target: "gateway",
+    ...(logFile ? { sink: (line: string) => logFile.write(line) } : {}),
+  });
   // Signals are handled from the start: one that arrives while the driver
   // comes up cancels the start (and stops the driver) instead of orphaning it.
   const cancel = new AbortController();

@@ -4,7 +4,7 @@
  * @module
  */
 import { outputOption, UsageError } from "../args.ts";
-import { BUNDLE_FILES, parseEndpoint, type TlsMaterial } from "../config.ts";
+import { BUNDLE_FILES, type GatewayMetadata, parseEndpoint, type TlsMaterial } from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { renderTable, toJson } from "../output.ts";
@@ -43,6 +43,41 @@ async function readBundleFile(dir: string, file: string): Promise<Uint8Array> {
   }
 }
 
+/** Reads a gateway's client bundle (`ca.crt`, `client.crt`, `client.key` in `dir`). */
+export async function readMtlsBundle(dir: string): Promise<TlsMaterial> {
+  const clean = dir.replace(/\/+$/, "") || "/";
+  const [ca, cert, key] = await Promise.all(
+    [BUNDLE_FILES.ca, BUNDLE_FILES.cert, BUNDLE_FILES.key].map((f) => readBundleFile(clean, f)),
+  );
+  return {
+    ca,
+    cert,
+    key,
+    files: {
+      ca: `${clean}/${BUNDLE_FILES.ca}`,
+      cert: `${clean}/${BUNDLE_FILES.cert}`,
+      key: `${clean}/${BUNDLE_FILES.key}`,
+    },
+  };
+}
+
+/**
+ * Registers gateway `name` at `url` with the client bundle in `dir` (what
+ * `gateway add NAME URL --mtls-dir DIR` does; `gateway start` uses it for
+ * `local`).
+ */
+export async function importMtlsBundle(
+  ctx: Context,
+  o: { name: string; url: string; dir: string; force: boolean },
+): Promise<GatewayMetadata> {
+  return await ctx.store.addGateway({
+    name: o.name,
+    endpoint: o.url,
+    ...(await readMtlsBundle(o.dir)),
+    force: o.force,
+  });
+}
+
 /** `gateway add NAME URL [--mtls-dir DIR | --ca F --cert F --key F] [--force]`. */
 export async function gatewayAddCommand(ctx: Context): Promise<number> {
   const [name, url] = ctx.invocation.positionals;
@@ -58,20 +93,7 @@ export async function gatewayAddCommand(ctx: Context): Promise<number> {
         "gateway add",
       );
     }
-    const clean = dir.replace(/\/+$/, "") || "/";
-    const [ca, cert, key] = await Promise.all(
-      [BUNDLE_FILES.ca, BUNDLE_FILES.cert, BUNDLE_FILES.key].map((f) => readBundleFile(clean, f)),
-    );
-    material = {
-      ca,
-      cert,
-      key,
-      files: {
-        ca: `${clean}/${BUNDLE_FILES.ca}`,
-        cert: `${clean}/${BUNDLE_FILES.cert}`,
-        key: `${clean}/${BUNDLE_FILES.key}`,
-      },
-    };
+    material = await readMtlsBundle(dir);
   } else {
     const [ca, cert, key] = await Promise.all([
       readPem("ca", ctx.str("ca")),

@@ -4,46 +4,35 @@
  * @module
  */
 import type { Context } from "../context.ts";
-import { sandboxConnectCommand, sandboxSshConfigCommand } from "./connect.ts";
-import { sandboxCreateCommand } from "./create.ts";
-import { sandboxCredentialsCommand } from "./credentials.ts";
-import { sandboxExecCommand } from "./exec.ts";
-import { sandboxStartCommand, sandboxStopCommand } from "./lifecycle.ts";
-import {
-  gatewayAddCommand,
-  gatewayListCommand,
-  gatewayRemoveCommand,
-  gatewaySelectCommand,
-} from "./gateway.ts";
-import {
-  sandboxDeleteCommand,
-  sandboxGetCommand,
-  sandboxListCommand,
-  sandboxLogsCommand,
-} from "./sandbox.ts";
-import { sshProxyCommand } from "./ssh_proxy.ts";
-import { statusCommand } from "./status.ts";
 
 /** A command implementation: returns the exit status. */
 export type CommandHandler = (ctx: Context) => Promise<number>;
 
-/** Every command id and its implementation. */
-export const HANDLERS: Readonly<Record<string, CommandHandler>> = {
-  "status": statusCommand,
-  "gateway add": gatewayAddCommand,
-  "gateway select": gatewaySelectCommand,
-  "gateway list": gatewayListCommand,
-  "gateway remove": gatewayRemoveCommand,
-  "sandbox create": sandboxCreateCommand,
-  "sandbox get": sandboxGetCommand,
-  "sandbox list": sandboxListCommand,
-  "sandbox delete": sandboxDeleteCommand,
-  "sandbox stop": sandboxStopCommand,
-  "sandbox start": sandboxStartCommand,
-  "sandbox connect": sandboxConnectCommand,
-  "sandbox exec": sandboxExecCommand,
-  "sandbox logs": sandboxLogsCommand,
-  "sandbox ssh-config": sandboxSshConfigCommand,
-  "sandbox credentials": sandboxCredentialsCommand,
-  "ssh-proxy": sshProxyCommand,
+/**
+ * Every command id and how to load its implementation: each command
+ * imports only its own module (and what that needs), so `openshell
+ * status` never loads ssh2 and `--version` loads no command at all.
+ */
+export const HANDLERS: Readonly<Record<string, () => Promise<CommandHandler>>> = {
+  "status": async () => (await import("./status.ts")).statusCommand,
+  "gateway add": async () => (await import("./gateway.ts")).gatewayAddCommand,
+  "gateway select": async () => (await import("./gateway.ts")).gatewaySelectCommand,
+  "gateway list": async () => (await import("./gateway.ts")).gatewayListCommand,
+  "gateway remove": async () => (await import("./gateway.ts")).gatewayRemoveCommand,
+  "gateway start": async () => (await import("./local_gateway.ts")).gatewayStartCommand,
+  "gateway stop": async () => (await import("./local_gateway.ts")).gatewayStopCommand,
+  "gateway status": async () => (await import("./local_gateway.ts")).gatewayStatusCommand,
+  "gateway logs": async () => (await import("./local_gateway.ts")).gatewayLogsCommand,
+  "sandbox create": async () => (await import("./create.ts")).sandboxCreateCommand,
+  "sandbox get": async () => (await import("./sandbox.ts")).sandboxGetCommand,
+  "sandbox list": async () => (await import("./sandbox.ts")).sandboxListCommand,
+  "sandbox delete": async () => (await import("./sandbox.ts")).sandboxDeleteCommand,
+  "sandbox stop": async () => (await import("./lifecycle.ts")).sandboxStopCommand,
+  "sandbox start": async () => (await import("./lifecycle.ts")).sandboxStartCommand,
+  "sandbox connect": async () => (await import("./connect.ts")).sandboxConnectCommand,
+  "sandbox exec": async () => (await import("./exec.ts")).sandboxExecCommand,
+  "sandbox logs": async () => (await import("./sandbox.ts")).sandboxLogsCommand,
+  "sandbox ssh-config": async () => (await import("./connect.ts")).sandboxSshConfigCommand,
+  "sandbox credentials": async () => (await import("./credentials.ts")).sandboxCredentialsCommand,
+  "ssh-proxy": async () => (await import("./ssh_proxy.ts")).sshProxyCommand,
 };

@@ -1,9 +1,11 @@
 /**
  * Host helpers of the image tasks: running commands, hashing, the cache
- * directory, and the host packages the VM runtime needs.
+ * directory. The host packages the VM runtime needs are in
+ * `core/host_setup.ts`.
  *
  * @module
  */
+import { vmCacheRoot } from "../../core/paths.ts";
 
 /** Result of {@link run}. */
 export interface RunResult {
@@ -79,6 +81,17 @@ export async function fileStamp(path: string): Promise<string> {
   return `${path}:${st.size}:${st.mtime?.getTime() ?? 0}`;
 }
 
+/**
+ * Identity of a program that lands at a fixed path in the guest (Deno):
+ * size and modification time, not where it lies on the host, so the copy
+ * `deno task install` hard-links next to its wrappers builds the same
+ * runtime as the deno it came from.
+ */
+export async function binaryStamp(path: string): Promise<string> {
+  const st = await Deno.stat(path);
+  return `${st.size}:${st.mtime?.getTime() ?? 0}`;
+}
+
 /** Whether `path` exists. */
 export async function exists(path: string): Promise<boolean> {
   try {
@@ -90,65 +103,12 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-/**
- * The VM cache root: `$OPENSHELL_VM_CACHE_DIR`, else
- * `${XDG_CACHE_HOME:-$HOME/.cache}/openshell-deno/vm`.
- */
+/** The VM cache root (`core/paths.ts`): `$OPENSHELL_VM_CACHE_DIR`, else `~/.cache/openshell-deno/vm`. */
 export function cacheRoot(env: (name: string) => string | undefined = Deno.env.get): string {
-  const explicit = env("OPENSHELL_VM_CACHE_DIR");
-  if (explicit) return explicit.replace(/\/+$/, "");
-  const xdg = env("XDG_CACHE_HOME");
-  const base = xdg ? xdg : `${env("HOME") ?? "/root"}/.cache`;
-  return `${base.replace(/\/+$/, "")}/openshell-deno/vm`;
+  return vmCacheRoot(env);
 }
 
 /** Whether we run as root (can use apt-get directly). */
 export function isRoot(): boolean {
   return Deno.uid() === 0;
-}
-
-/** A host file the VM runtime needs, and the Debian package that provides it. */
-export interface HostRequirement {
-  path: string;
-  pkg: string;
-  why: string;
-}
-
-/** What the VM tasks and the driver need on the host. */
-export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
-  { path: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86", why: "runs the VMs" },
-  {
-    path: "/usr/bin/setpriv",
-    pkg: "util-linux",
-    why: "runs each qemu unprivileged and tied to the driver's life",
-  },
-  { path: "/usr/bin/prlimit", pkg: "util-linux", why: "sets each qemu's resource limits" },
-  { path: "/usr/bin/socat", pkg: "socat", why: "forwards the guest's gateway port" },
-  { path: "/bin/busybox", pkg: "busybox-static", why: "guest userland" },
-  { path: "/usr/sbin/sshd", pkg: "openssh-server", why: "guest sshd" },
-  { path: "/usr/lib/openssh/sftp-server", pkg: "openssh-sftp-server", why: "guest sftp" },
-  { path: "/usr/sbin/mke2fs", pkg: "e2fsprogs", why: "builds the guest disk" },
-  { path: "/usr/bin/dpkg", pkg: "dpkg", why: "unpacks the kernel package" },
-];
-
-/** The packages whose files are missing. */
-export async function missingPackages(
-  reqs: readonly HostRequirement[] = HOST_REQUIREMENTS,
-): Promise<string[]> {
-  const missing = new Set<string>();
-  for (const r of reqs) if (!(await exists(r.path))) missing.add(r.pkg);
-  if (!missing.has("busybox-static") && !(await isStaticBusybox("/bin/busybox"))) {
-    missing.add("busybox-static");
-  }
-  return [...missing];
-}
-
-/** Whether the busybox binary is statically linked (the guest has no libc for it). */
-export async function isStaticBusybox(path: string): Promise<boolean> {
-  try {
-    const res = await run("ldd", [path]);
-    return /not a dynamic executable|statically linked/.test(res.stdout + res.stderr);
-  } catch {
-    return false;
-  }
 }

@@ -188,10 +188,17 @@ fwcopy() {
 ${copies}
 [ -s ${GUEST_FILES.config.guestPath} ] || fail "no sandbox config from the driver (fw_cfg ${FW_CFG_PREFIX}/config)"
 . ${GUEST_FILES.config.guestPath}
-hostname openshell-sandbox
+# The sandbox's name is its host name (the driver made it a DNS label) and is in the prompt.
+hostname "\${OPENSHELL_HOSTNAME:-openshell-sandbox}"
+hostname > /etc/hostname
 cat > /etc/hosts <<EOF
 127.0.0.1 localhost
+127.0.1.1 $(hostname)
 $OPENSHELL_GATEWAY_IP $OPENSHELL_GATEWAY_HOST
+EOF
+cat > /etc/profile <<'EOF'
+PS1='\\u@\\h:\\w\\$ '
+export PS1
 EOF
 echo "hosts: files" > /etc/nsswitch.conf
 cat > /etc/passwd <<EOF

@@ -72,3 +72,16 @@ Deno.test("the guest init refuses to run unless it is PID 1, before touching any
   const lines = renderInit({ modules: [] }).split("\n").filter((l) => l && !l.startsWith("#"));
   assert.match(lines[0], /^\[ "\$\$" = 1 \] \|\| \{ .* exit 1; \}$/);
 });
+
+Deno.test("init: the sandbox name is the host name, and the login prompt shows it", async () => {
+  const text = renderInit({ modules: [] });
+  assert.match(text, /^hostname "\$\{OPENSHELL_HOSTNAME:-openshell-sandbox\}"$/m);
+  assert.match(text, /^127\.0\.1\.1 \$\(hostname\)$/m);
+  const profile = text.match(/cat > \/etc\/profile <<'EOF'\n([^]*?)\nEOF\n/)?.[1];
+  assert.ok(profile, "init writes /etc/profile");
+  const out = await new Deno.Command("sh", {
+    args: ["-c", `${profile}\nprintf %s "$PS1"`],
+    stdout: "piped",
+  }).output();
+  assert.equal(new TextDecoder().decode(out.stdout), "\\u@\\h:\\w\\$ ", "user@host:dir$");
+});

@@ -20,7 +20,7 @@
  */
 import { REPO_ROOT } from "../../core/launcher.ts";
 import { type CpioEntry, writeCpio } from "./cpio.ts";
-import { cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
+import { binaryStamp, cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
 import { GUEST_LAYOUT, renderInit, renderInittab, renderRunner } from "./init.ts";
 import { loadOrder, moduleDepends, moduleName } from "./kmod.ts";
 import { ensureKernel, type KernelInfo } from "./setup.ts";
@@ -125,7 +125,7 @@ async function ensureSupervisorBundle(
   log: (line: string) => void,
 ): Promise<{ path: string; key: string }> {
   if (!(await exists(entry))) throw new Error(`supervisor entry not found: ${entry}`);
-  const parts: string[] = [FORMAT, await fileStamp(deno)];
+  const parts: string[] = [FORMAT, await binaryStamp(deno)];
   for (const f of await supervisorSources(entry)) {
     parts.push(`${f.slice(REPO_ROOT.length)}:${await sha256(await Deno.readFile(f))}`);
   }
@@ -284,7 +284,7 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
     await sha256(await Deno.readFile("/bin/busybox")),
     ...(await Promise.all(GUEST_BINARIES.map(async (b) => sha256(await Deno.readFile(b.host))))),
     ...(await Promise.all(inputs.libraries.map(fileStamp))),
-    await fileStamp(deno),
+    await binaryStamp(deno),
     `supervisor:${supervisor.key}`,
     await sha256(inputs.init + inputs.inittab + inputs.runner),
   ];

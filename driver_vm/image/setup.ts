@@ -13,8 +13,9 @@
  *
  * @module
  */
+import { ensureHost } from "../../core/host_setup.ts";
 import { createUserArgs, createUserCommand, DEFAULT_VM_USER } from "../vm_user.ts";
-import { cacheRoot, exists, isRoot, missingPackages, run, runOk } from "./host.ts";
+import { cacheRoot, exists, isRoot, run, runOk } from "./host.ts";
 
 /** The metapackage naming the current cloud kernel. */
 export const KERNEL_METAPACKAGE = "linux-image-cloud-amd64";
@@ -37,22 +38,12 @@ function say(line: string): void {
   console.error(`vm:setup: ${line}`);
 }
 
-/** Installs missing host packages (root) or throws with the exact command to run. */
+/**
+ * Installs missing host packages (`core/host_setup.ts`, the ones the VM
+ * runtime needs) when root, or throws with the exact command to run.
+ */
 export async function ensureHostPackages(): Promise<void> {
-  const missing = await missingPackages();
-  if (missing.length === 0) return;
-  const command = `apt-get install -y --no-install-recommends ${missing.join(" ")}`;
-  if (!isRoot()) {
-    throw new Error(`missing host packages; run:\n  sudo apt-get update && sudo ${command}`);
-  }
-  say(`installing ${missing.join(" ")}`);
-  await runOk("apt-get", ["update", "-qq"], { inherit: true });
-  await runOk("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...missing], {
-    inherit: true,
-    env: { DEBIAN_FRONTEND: "noninteractive" },
-  });
-  const still = await missingPackages();
-  if (still.length > 0) throw new Error(`still missing after apt-get: ${still.join(" ")}`);
+  await ensureHost("vm", { packagesOnly: true, root: isRoot(), log: say });
 }
 
 /** Parses `apt-cache depends` output for the kernel image package. */

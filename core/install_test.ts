@@ -1,0 +1,401 @@
+import assert from "node:assert/strict";
+import { makeTestInstall, runInstalled } from "../testing/install.ts";
+import {
+  cliGrants,
+  driverGrants,
+  gatewayGrants,
+  type Grants,
+  renderFlags,
+  type Role,
+  supervisorGrants,
+} from "./grants.ts";
+import {
+  applyPlan,
+  checkOptions,
+  installDefaults,
+  InstallError,
+  type InstallOptions,
+  installPlan,
+  installSummary,
+  parseInstallArgs,
+  parseManifest,
+  renderWrapper,
+  uninstall,
+  WRAPPER_MARK,
+} from "./install.ts";
+import { listProcesses } from "./procs.ts";
+import { waitFor } from "./testing.ts";
+
+const OPTIONS: InstallOptions = {
+  root: "/opt/os",
+  repo: "/src/openshell",
+  deno: "/npx/deno",
+  copyDeno: true,
+  stateDir: "/var/lib/openshell",
+  vmCacheDir: "/root/.cache/openshell-deno/vm",
+  gatewayListen: { host: "127.0.0.1", port: 8080 },
+  supervisorListen: { host: "127.0.0.1", port: 8081 },
+  supervisorGateway: { host: "127.0.0.1", port: 8081 },
+  sshSocketPath: "/run/openshell/ssh.sock",
+  supervisorFilesDir: "/etc/openshell",
+};
+
+/** The argv a wrapper execs (its last line), unquoted (the test paths need no quoting). */
+function execLine(text: string): string[] {
+  const line = text.trimEnd().split("\n").at(-1)!;
+  assert.ok(line.startsWith("exec ") && line.endsWith(' "$@"'), line);
+  return line.slice(5, -5).split(" ").map((w) => w.replace(/^'(.*)'$/, "$1"));
+}
+
+function wrapperOf(plan: ReturnType<typeof installPlan>, path: string): string {
+  const f = plan.files.find((x) => x.path === path);
+  assert.ok(f && "text" in f.content, `no wrapper ${path}`);
+  return f.content.text;
+}
+
+Deno.test("install plan: four wrappers on the PATH, the image builder, deno and the manifest", () => {
+  const plan = installPlan(OPTIONS);
+  assert.deepEqual(plan.files.map((f) => [f.path, f.mode.toString(8)]), [
+    ["/opt/os/lib/openshell/deno", "755"],
+    ["/opt/os/bin/openshell", "755"],
+    ["/opt/os/bin/openshell-gateway", "755"],
+    ["/opt/os/bin/openshell-driver-vm", "755"],
+    ["/opt/os/bin/openshell-sandbox", "755"],
+    ["/opt/os/lib/openshell/openshell-vm-image", "755"],
+    ["/opt/os/lib/openshell/install.json", "644"],
+  ]);
+  assert.deepEqual(plan.files[0].content, { copyFrom: "/npx/deno" });
+  assert.deepEqual(plan.manifest.files, plan.files.map((f) => f.path));
+  const m = parseManifest(
+    wrapperOf(plan, "/opt/os/lib/openshell/install.json"),
+    "install.json",
+  );
+  assert.deepEqual(m, plan.manifest);
+  assert.equal(m.gateway.url, "https://127.0.0.1:8080");
+  assert.equal(m.gateway.pidFile, "/var/lib/openshell/gateway/gateway.pid");
+  assert.equal(m.gateway.logFile, "/var/lib/openshell/gateway/gateway.log");
+  assert.equal(m.gateway.driverDir, "/opt/os/bin");
+  assert.deepEqual(m.vm, {
+    stateDir: "/var/lib/openshell/vm",
+    cacheDir: "/root/.cache/openshell-deno/vm",
+  });
+  // Referenced instead of copied: no deno file, the wrappers exec the given one.
+  const ref = installPlan({ ...OPTIONS, copyDeno: false });
+  assert.ok(!ref.files.some((f) => f.path.endsWith("/deno")));
+  assert.equal(execLine(wrapperOf(ref, "/opt/os/bin/openshell"))[0], "/npx/deno");
+});
+
+Deno.test("install plan: each wrapper runs its role with exactly its grants from grants.ts", () => {
+  const plan = installPlan(OPTIONS);
+  const expected: Record<Role, Grants> = {
+    "gateway": gatewayGrants({
+      listen: { host: "127.0.0.1", port: 8080 },
+      supervisorListen: { host: "127.0.0.1", port: 8081 },
+      stateDir: "/var/lib/openshell/gateway",
+      driverBinary: "/opt/os/bin/openshell-driver-vm",
+      driverStateDir: "/var/lib/openshell/vm",
+    }),
+    "driver-vm": driverGrants({
+      stateDir: "/var/lib/openshell/vm",
+      gateway: { host: "127.0.0.1", port: 8081 },
+      runtimeDir: "/root/.cache/openshell-deno/vm",
+      qemu: "/usr/bin/qemu-system-x86_64",
+      setpriv: "/usr/bin/setpriv",
+    }),
+    "supervisor": supervisorGrants({
+      gateway: { host: "127.0.0.1", port: 8081 },
+      socketPath: "/run/openshell/ssh.sock",
+      sshd: "/usr/sbin/sshd",
+      readFiles: ["/etc/openshell"],
+      writeFiles: ["/etc/openshell"],
+      sessionCgroup: "/run/openshell-sessions",
+    }),
+    "cli": cliGrants({
+      run: ["/opt/os/bin/openshell-gateway", "/opt/os/lib/openshell/openshell-vm-image"]
+        .concat(["/bin/kill", "/bin/ps"]),
+    }),
+  };
+  const entries: Record<Role, string> = {
+    "gateway": "gateway/main.ts",
+    "driver-vm": "driver_vm/main.ts",
+    "supervisor": "supervisor/main.ts",
+    "cli": "cli/main.ts",
+  };
+  const bins: Record<Role, string> = {
+    "gateway": "openshell-gateway",
+    "driver-vm": "openshell-driver-vm",
+    "supervisor": "openshell-sandbox",
+    "cli": "openshell",
+  };
+  for (const role of Object.keys(expected) as Role[]) {
+    assert.deepEqual(plan.grants[role], expected[role], role);
+    const argv = execLine(wrapperOf(plan, `/opt/os/bin/${bins[role]}`));
+    assert.deepEqual(argv, [
+      "/opt/os/lib/openshell/deno",
+      "run",
+      "--quiet",
+      "--config=/src/openshell/deno.json",
+      ...renderFlags(expected[role]),
+      `/src/openshell/${entries[role]}`,
+    ], role);
+  }
+  // The gateway may run its driver and nothing else; the driver only qemu and setpriv.
+  assert.deepEqual(plan.grants.gateway.run, ["/opt/os/bin/openshell-driver-vm"]);
+  assert.deepEqual(plan.grants["driver-vm"].run, [
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/setpriv",
+  ]);
+});
+
+Deno.test("install plan: the gateway's defaults match its grants; the CLI names its install", () => {
+  const plan = installPlan(OPTIONS);
+  const gw = wrapperOf(plan, "/opt/os/bin/openshell-gateway");
+  for (
+    const [name, value] of [
+      ["OPENSHELL_STATE_DIR", "/var/lib/openshell/gateway"],
+      ["OPENSHELL_BIND_ADDRESS", "127.0.0.1"],
+      ["OPENSHELL_SERVER_PORT", "8080"],
+      ["OPENSHELL_SUPERVISOR_BIND_ADDRESS", "127.0.0.1"],
+      ["OPENSHELL_SUPERVISOR_PORT", "8081"],
+      ["OPENSHELL_DRIVER_DIR", "/opt/os/bin"],
+      ["OPENSHELL_VM_DRIVER_STATE_DIR", "/var/lib/openshell/vm"],
+      ["OPENSHELL_VM_RUNTIME_DIR", "/root/.cache/openshell-deno/vm/current"],
+    ]
+  ) {
+    assert.ok(gw.includes(`[ -n "\${${name}:-}" ] || ${name}=${value}\n`), `${name} in\n${gw}`);
+  }
+  assert.ok(gw.includes(WRAPPER_MARK));
+  const cli = wrapperOf(plan, "/opt/os/bin/openshell");
+  assert.ok(cli.includes("\nOPENSHELL_INSTALL=/opt/os/lib/openshell/install.json\n"), cli);
+  const image = wrapperOf(plan, "/opt/os/lib/openshell/openshell-vm-image");
+  assert.ok(image.includes("OPENSHELL_VM_CACHE_DIR=/root/.cache/openshell-deno/vm\n"));
+  assert.ok(image.trimEnd().endsWith('/src/openshell/driver_vm/image/build.ts "$@"'));
+});
+
+Deno.test("wrapper: quotes its values, sets defaults only when unset, and execs (same pid)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/w`;
+    const text = renderWrapper({
+      name: "w",
+      what: "test",
+      repo: "/r",
+      vars: [
+        { name: "OS_DEFAULT", value: "it's $HOME `x`", default: true },
+        { name: "OS_FORCED", value: "forced value" },
+      ],
+      argv: ["/bin/sh", "-c", 'echo "$$|$OS_DEFAULT|$OS_FORCED|$DENO_NO_UPDATE_CHECK|$1"', "sh"],
+    });
+    await Deno.writeTextFile(path, text, { mode: 0o755 });
+    const run = async (env: Record<string, string>) => {
+      const child = new Deno.Command(path, {
+        args: ["arg one"],
+        env,
+        clearEnv: true,
+        stdout: "piped",
+      }).spawn();
+      const out = new TextDecoder().decode((await child.output()).stdout).trim();
+      return { pid: child.pid, fields: out.split("|") };
+    };
+    const a = await run({ OS_FORCED: "mine" });
+    assert.equal(Number(a.fields[0]), a.pid, "exec: the program has the wrapper's pid");
+    assert.deepEqual(a.fields.slice(1), ["it's $HOME `x`", "forced value", "1", "arg one"]);
+    const b = await run({ OS_DEFAULT: "set by the user" });
+    assert.equal(b.fields[1], "set by the user");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("install defaults: root and users, DENO_INSTALL_ROOT, XDG dirs", () => {
+  const env = (vars: Record<string, string>) => (n: string) => vars[n];
+  const root = installDefaults(env({ HOME: "/root" }), { uid: 0, deno: "/d", repo: "/r" });
+  assert.equal(root.root, "/root/.deno");
+  assert.equal(root.stateDir, "/var/lib/openshell");
+  assert.equal(root.vmCacheDir, "/root/.cache/openshell-deno/vm");
+  const user = installDefaults(
+    env({
+      HOME: "/home/u",
+      DENO_INSTALL_ROOT: "/home/u/.local/",
+      XDG_STATE_HOME: "/home/u/st",
+      XDG_CACHE_HOME: "/home/u/c",
+    }),
+    { uid: 1000, deno: "/d", repo: "/r" },
+  );
+  assert.equal(user.root, "/home/u/.local");
+  assert.equal(user.stateDir, "/home/u/st/openshell");
+  assert.equal(user.vmCacheDir, "/home/u/c/openshell-deno/vm");
+  assert.equal(
+    installDefaults(env({ HOME: "/home/u" }), { uid: 1000, deno: "/d" }).stateDir,
+    "/home/u/.local/state/openshell",
+  );
+});
+
+Deno.test("install arguments: addresses follow each other; mistakes are one line", () => {
+  const req = parseInstallArgs([
+    "--root=/x",
+    "--state-dir",
+    "/s/",
+    "--gateway-listen",
+    "0.0.0.0:9000",
+    "--supervisor-listen",
+    "0.0.0.0:9001",
+  ], OPTIONS);
+  assert.equal(req.kind, "install");
+  if (req.kind !== "install") return;
+  assert.equal(req.options.root, "/x");
+  assert.equal(req.options.stateDir, "/s");
+  assert.deepEqual(req.options.supervisorGateway, { host: "127.0.0.1", port: 9001 });
+  const plan = installPlan(req.options);
+  assert.equal(plan.manifest.gateway.url, "https://127.0.0.1:9000");
+  assert.ok(
+    plan.grants["driver-vm"].net !== true &&
+      plan.grants["driver-vm"].net.includes("127.0.0.1:9001"),
+  );
+  assert.deepEqual(parseInstallArgs(["--uninstall", "--root", "/x"], OPTIONS), {
+    kind: "uninstall",
+    root: "/x",
+  });
+  const bad = (args: string[], message: RegExp) =>
+    assert.throws(() => parseInstallArgs(args, OPTIONS), (e: unknown) => {
+      assert.ok(e instanceof InstallError, String(e));
+      assert.match(e.message, message);
+      assert.doesNotMatch(e.message, /\n/);
+      return true;
+    });
+  bad(["--root", "rel"], /--root must be an absolute path, got "rel"/);
+  bad(["--gateway-listen", "8080"], /--gateway-listen: expected HOST:PORT/);
+  bad(["--gateway-listen", "127.0.0.1:9", "--supervisor-listen", "127.0.0.1:9"], /must differ/);
+  bad(["--gateway-listen", "127.0.0.1:0"], /fixed at install time/);
+  bad(["--state-dir", `/${"x".repeat(100)}`], /too long for its sockets/);
+  bad(["--bogus"], /bogus/);
+  assert.deepEqual(checkOptions(OPTIONS), []);
+});
+
+Deno.test("install summary: what went where, the PATH hint only when needed, next steps", () => {
+  const plan = installPlan(OPTIONS);
+  const off = installSummary(plan, "/usr/bin:/bin");
+  assert.ok(off.includes('/opt/os/bin is not on your PATH: export PATH="/opt/os/bin:$PATH"'));
+  assert.ok(off.includes("openshell gateway start && openshell sandbox create -- echo hi"));
+  assert.ok(off.includes("deno task install --uninstall --root /opt/os"));
+  assert.ok(!installSummary(plan, "/usr/bin:/opt/os/bin/").includes("not on your PATH"));
+});
+
+Deno.test("install into a temp root: files in place, own files replaced, others refused, uninstall", async () => {
+  const inst = await makeTestInstall({ copyDeno: true });
+  try {
+    const plan = inst.plan;
+    for (const f of plan.files) {
+      const st = await Deno.stat(f.path);
+      assert.equal(st.mode! & 0o777, f.mode, f.path);
+    }
+    // The copy of deno is a hard link of the running one (same file system here).
+    const [a, b] = await Promise.all([Deno.stat(Deno.execPath()), Deno.stat(plan.manifest.deno)]);
+    assert.equal(a.size, b.size);
+    // Installing again replaces its own files.
+    await applyPlan(plan, { cache: false });
+    // A file it did not write is refused, or replaced with force.
+    await Deno.writeTextFile(plan.manifest.bin.cli, "#!/bin/sh\necho someone else's\n");
+    await assert.rejects(() => applyPlan(plan, { cache: false }), (e: unknown) => {
+      assert.ok(e instanceof InstallError);
+      assert.match(e.message, /openshell exists and was not written by deno task install/);
+      return true;
+    });
+    await applyPlan(plan, { cache: false, force: true });
+    // A stranger's file in bin/ stays.
+    const other = `${plan.options.root}/bin/other-tool`;
+    await Deno.writeTextFile(other, "#!/bin/sh\n");
+    const removed = await uninstall(plan.options.root);
+    assert.deepEqual(removed.sort(), [...plan.manifest.files].sort());
+    for (const p of plan.manifest.files) await assert.rejects(() => Deno.stat(p));
+    await Deno.stat(other);
+    await assert.rejects(() => uninstall(plan.options.root), /no install manifest/);
+  } finally {
+    await inst.remove();
+  }
+});
+
+Deno.test("installed commands run from any directory, with no deno on the PATH", async () => {
+  const inst = await makeTestInstall();
+  try {
+    const r = await runInstalled(
+      inst,
+      "command -v deno || echo no-deno; openshell --version; openshell-driver-vm --version; " +
+        "openshell-sandbox --version; openshell-gateway --help | head -1",
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      r.stdout,
+      "no-deno\nopenshell 0.1.0\nopenshell-driver-vm 0.1.0\nopenshell-sandbox 0.1.0\n" +
+        "usage: openshell-gateway [flags]\n",
+    );
+  } finally {
+    await inst.remove();
+  }
+});
+
+Deno.test("no orphans: the installed driver exits when its parent dies; a forking wrapper would keep it", async () => {
+  const inst = await makeTestInstall();
+  const m = inst.plan.manifest;
+  const sock = `${m.vm.stateDir}/compute-driver.sock`;
+  const endpoint = `http://127.0.0.1:${m.gateway.supervisorListen.port}`;
+  const forking = `${inst.dir}/forking-driver`;
+  // The same wrapper without `exec`: the shell stays, between the parent and deno.
+  const text = await Deno.readTextFile(m.bin["driver-vm"]);
+  await Deno.writeTextFile(forking, text.replace(/\nexec /, "\n"), { mode: 0o755 });
+  const alive = async (pid: number) => (await listProcesses()).some((p) => p.pid === pid);
+  /** Starts `wrapper` under a parent shell; resolves with the parent and the driver's pid. */
+  const start = async (wrapper: string) => {
+    await Deno.remove(sock).catch(() => {});
+    const parent = new Deno.Command("/bin/sh", {
+      args: ["-c", `"$0" --openshell-endpoint ${endpoint} --vm-accel tcg & echo $!; wait`, wrapper],
+      env: inst.env,
+      clearEnv: true,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = parent.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const started = Number((await reader.read()).value?.trim());
+    await reader.cancel();
+    await waitFor("the driver's socket", () => Deno.stat(sock).then(() => true, () => false), {
+      timeoutMs: 20_000,
+    });
+    const driver = (await listProcesses()).find((p) =>
+      p.args.includes("driver_vm/main.ts") && p.args.includes(m.vm.stateDir) &&
+      (p.pid === started || p.ppid === started)
+    );
+    assert.ok(driver, "no driver process");
+    return { parent, started, driver: driver.pid };
+  };
+  const leftovers: number[] = [];
+  try {
+    const exec = await start(m.bin["driver-vm"]);
+    assert.equal(exec.driver, exec.started, "the installed wrapper execs: same pid");
+    leftovers.push(exec.driver);
+    exec.parent.kill("SIGKILL");
+    await exec.parent.status;
+    const t0 = Date.now();
+    await waitFor("the installed driver to exit", async () => !(await alive(exec.driver)), {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    const tookMs = Date.now() - t0;
+
+    const fork = await start(forking);
+    assert.notEqual(fork.driver, fork.started, "the forking wrapper stays in between");
+    leftovers.push(fork.driver, fork.started);
+    fork.parent.kill("SIGKILL");
+    await fork.parent.status;
+    // Three times as long as the exec'd driver took to notice: it still runs.
+    await new Promise((r) => setTimeout(r, Math.max(1500, 3 * tookMs)));
+    assert.ok(await alive(fork.driver), "the driver behind a forking wrapper kept running");
+  } finally {
+    for (const pid of leftovers) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await inst.remove();
+  }
+});
