@@ -3,6 +3,11 @@
  * sandbox, its per-sandbox state dir, progress conditions, the watch bus,
  * console (driver_vm/console.ts), exit monitoring and deletion.
  *
+ * Each sandbox boots from the default image through its own disk (a qcow2
+ * overlay in its state dir, `disk.ts`), sized, like its vCPUs and memory,
+ * from its template's resources (`resources.ts`); the driver reports what
+ * it gave the VM as a `Resources` condition.
+ *
  * Readiness belongs to the gateway: this driver reports `Ready=False` with
  * reason `Starting` while a VM runs, `ProcessExited` (terminal) when qemu
  * ends on its own, `Deleting` while it is being removed — never
@@ -25,14 +30,21 @@ import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import type { Accel } from "./config.ts";
 import { LineSplitter, RotatingLog } from "./console.ts";
-import { GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import { checkDiskFits, DEFAULT_DISK_GIB, DEFAULT_QEMU_IMG, Disks, type ImageRef } from "./disk.ts";
+import { GUEST_DNS, GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
 import {
   DEFAULT_MAX_GUEST_CONNECTIONS,
   type ForwarderFactory,
   type GuestForwarder,
   GuestForwarders,
 } from "./guest_forwarder.ts";
-import type { FwCfgFile, QemuSpec } from "./qemu.ts";
+import type { FwCfgFile, QemuSpec, RootDiskSpec } from "./qemu.ts";
+import {
+  describeResources,
+  type HostLimits,
+  resolveResources,
+  type VmResources,
+} from "./resources.ts";
 import { giveFile, shareDir, type VmUser } from "./vm_user.ts";
 
 /** Name reported by GetCapabilities. */
@@ -61,7 +73,13 @@ export interface Launcher {
 export interface RuntimeFiles {
   kernel: string;
   initramfs: string;
+  /** The read-only runtime disk (Deno, the supervisor, the guest's PID 1). */
   disk: string;
+}
+
+/** Makes a sandbox's root disk (the real one is {@link Disks}). */
+export interface DiskProvider {
+  prepare(o: { dir: string; image: ImageRef; sizeGiB: number }): Promise<RootDiskSpec>;
 }
 
 /** Options of {@link VmDriver}. */
@@ -71,8 +89,23 @@ export interface VmDriverOptions {
   launcher: Launcher;
   /** Resolves to the accelerator (the `auto` probe may still be running). */
   accel: () => Promise<Accel>;
+  /** vCPUs of a sandbox that asks for none. */
   vcpus: number;
+  /** Memory (MiB) of a sandbox that asks for none. */
   memMib: number;
+  /** Disk (GiB) of a sandbox that asks for none; default {@link DEFAULT_DISK_GIB}. */
+  diskGiB?: number;
+  /** What this host has: requests beyond it are RESOURCE_EXHAUSTED; default unchecked. */
+  host?: HostLimits;
+  /**
+   * The image sandboxes boot (its key names the shared copy); throws a
+   * StatusError when there is none. Default: none (create fails).
+   */
+  image?: () => Promise<ImageRef>;
+  /** Sandbox disks; default {@link Disks} in `stateDir` with `qemuImg`. */
+  disks?: DiskProvider;
+  /** qemu-img for the default {@link Disks}; default {@link DEFAULT_QEMU_IMG}. */
+  qemuImg?: string;
   /** Default supervisor log level when the spec has none. */
   logLevel: string;
   /** The gateway as the host reaches it (guest connections are carried there). */
@@ -109,6 +142,8 @@ interface Record_ {
   dir: string;
   conditions: SandboxCondition[];
   deleting: boolean;
+  /** What the VM got, reported as the `Resources` condition. */
+  resources?: { value: VmResources; since: number };
   handle?: VmHandle;
   /** The VM's forwarder socket to the gateway. */
   forwarder?: GuestForwarder;
@@ -154,20 +189,7 @@ export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined)
         "the VM driver does not support template.agent_socket_path",
       );
     }
-    const r = t.resources;
-    if (r && (r.cpu_request || r.cpu_limit || r.memory_request || r.memory_limit)) {
-      throw new StatusError(
-        Code.FAILED_PRECONDITION,
-        "the VM driver does not support per-sandbox resources (use --vm-vcpus / --vm-mem-mib)",
-      );
-    }
-    const pc = t.platform_config as { fields?: Record<string, unknown> } | null | undefined;
-    if (pc && Object.keys(pc.fields ?? pc).length > 0) {
-      throw new StatusError(
-        Code.FAILED_PRECONDITION,
-        "the VM driver does not support template.platform_config",
-      );
-    }
+    // resources and platform_config: resolveResources (needs the host's limits).
   }
   for (const k of Object.keys(spec.environment ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
@@ -196,6 +218,7 @@ export class VmDriver {
   readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
   readonly #now: () => number;
   readonly #forwarders: ForwarderFactory;
+  readonly #disks: DiskProvider;
   #closing = false;
 
   /** Creates the driver; nothing runs until {@link create}. */
@@ -209,6 +232,33 @@ export class VmDriver {
       log: options.log,
       owner: options.forwarderOwner,
     });
+    this.#disks = options.disks ?? new Disks({
+      stateDir: options.stateDir,
+      qemuImg: options.qemuImg ?? DEFAULT_QEMU_IMG,
+      vmUser: options.vmUser,
+    });
+  }
+
+  /** The VM size a sandbox asks for, checked against this host (throws a StatusError). */
+  #resources(sandbox: Wire<DriverSandbox>): VmResources {
+    return resolveResources(sandbox.spec?.template, {
+      defaults: {
+        vcpus: this.#o.vcpus,
+        memMib: this.#o.memMib,
+        diskGiB: this.#o.diskGiB ?? DEFAULT_DISK_GIB,
+      },
+      host: this.#o.host ?? {},
+    });
+  }
+
+  async #image(): Promise<ImageRef> {
+    if (!this.#o.image) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        "the VM driver has no guest image; build it with: deno task vm:rootfs",
+      );
+    }
+    return await this.#o.image();
   }
 
   /** GetCapabilities. */
@@ -246,7 +296,18 @@ export class VmDriver {
         instance_id: r.handle ? String(r.handle.pid) : "",
         agent_fd: "",
         sandbox_fd: "",
-        conditions: r.conditions.map((c) => ({ ...c })),
+        conditions: [
+          ...r.conditions.map((c) => ({ ...c })),
+          ...(r.resources
+            ? [{
+              type: "Resources",
+              status: "True",
+              reason: "Allocated",
+              message: describeResources(r.resources.value),
+              last_transition_time: new Date(r.resources.since).toISOString(),
+            }]
+            : []),
+        ],
         deleting: r.deleting,
       },
     };
@@ -370,6 +431,7 @@ export class VmDriver {
         sandboxName: sandbox.name || sandbox.id!,
         logLevel: spec.log_level || this.#o.logLevel,
         tls: !!prov.tlsCa,
+        dns: this.#o.allowEgress ? GUEST_DNS : undefined,
       }),
     );
     await put(GUEST_FILES.environment, renderGuestEnvironment(prov.environment));
@@ -385,13 +447,25 @@ export class VmDriver {
   /** ValidateSandboxCreate. */
   async validate(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
     validateSandbox(sandbox);
+    const resources = this.#resources(sandbox!);
     await this.#checkRuntime();
+    const image = await this.#image();
+    await checkDiskFits(image.path, resources.diskGiB).catch((err) => {
+      if (err instanceof Deno.errors.NotFound) {
+        throw new StatusError(
+          Code.FAILED_PRECONDITION,
+          `the guest image ${image.path} is missing; build it with: deno task vm:rootfs`,
+        );
+      }
+      throw err;
+    });
   }
 
   /** CreateSandbox: prepares the state dir and starts the VM. */
   async create(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
     if (this.#closing) throw new StatusError(Code.UNAVAILABLE, "the VM driver is shutting down");
     validateSandbox(sandbox);
+    const resources = this.#resources(sandbox!);
     const id = sandbox!.id!;
     if (this.#sandboxes.has(id)) {
       throw new StatusError(Code.ALREADY_EXISTS, `sandbox ${id} already exists`);
@@ -404,6 +478,7 @@ export class VmDriver {
       dir,
       conditions: [condition("Starting", "VM is starting", this.#now())],
       deleting: false,
+      resources: { value: resources, since: this.#now() },
       readers: [],
     };
     // Reserve the id before the first await so a concurrent duplicate fails.
@@ -424,6 +499,14 @@ export class VmDriver {
       await this.#give(`${dir}/qemu.pid`);
       this.#publish(r);
       published = true;
+      const image = await this.#image();
+      const rootDisk = await this.#disks.prepare({ dir, image, sizeGiB: resources.diskGiB });
+      // What a restart of this sandbox's VM needs besides its disk.
+      await Deno.writeTextFile(
+        `${dir}/vm.json`,
+        JSON.stringify({ resources, image: { key: image.key, format: image.format } }) + "\n",
+        { mode: 0o600 },
+      );
       const accel = await this.#o.accel();
       const boot = this.#o.bootRuntime ? await this.#o.bootRuntime() : this.#o.runtime;
       if (r.deleting || this.#closing) {
@@ -433,11 +516,16 @@ export class VmDriver {
       const spec: QemuSpec = {
         id,
         accel,
-        vcpus: this.#o.vcpus,
-        memMib: this.#o.memMib,
+        vcpus: resources.vcpus,
+        memMib: resources.memMib,
         kernel: boot.kernel,
         initramfs: boot.initramfs,
         disk: boot.disk,
+        rootDisk: {
+          overlay: rootDisk.overlay,
+          base: rootDisk.base,
+          baseFormat: rootDisk.baseFormat,
+        },
         pidFile: `${dir}/qemu.pid`,
         fwCfg,
         gatewaySocket: r.forwarder.path,
@@ -446,13 +534,22 @@ export class VmDriver {
       };
       r.handle = await this.#o.launcher.launch(spec);
       r.conditions = [condition("Starting", `VM is starting (accel ${accel})`, this.#now())];
-      log.info("VM started", { pid: r.handle.pid, accel, dir });
+      log.info("VM started", {
+        pid: r.handle.pid,
+        accel,
+        dir,
+        vcpus: resources.vcpus,
+        mem_mib: resources.memMib,
+        disk_gib: resources.diskGiB,
+      });
       this.#publish(r);
       this.#platformEvent(id, {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (pid ${r.handle.pid}, accel ${accel})`,
+        message: `qemu started (pid ${r.handle.pid}, accel ${accel}; ${
+          describeResources(resources)
+        })`,
       });
     } catch (err) {
       this.#sandboxes.delete(id);

@@ -52,6 +52,21 @@ export interface GuestConfig {
   logLevel: string;
   /** Whether the supervisor plane serves TLS (a CA file is then handed over too). */
   tls: boolean;
+  /** Name server the guest may use (`--allow-egress`: qemu's); absent = none. */
+  dns?: string;
+}
+
+/** qemu user networking's built-in name server (reachable only with `--allow-egress`). */
+export const GUEST_DNS = "10.0.2.3";
+
+/**
+ * The guest's host name for a sandbox name: lower case, letters, digits and
+ * `-` (anything else becomes `-`), at most 63 characters, no `-` at either
+ * end; `sandbox` when nothing is left.
+ */
+export function guestHostname(name: string): string {
+  const h = name.toLowerCase().replace(/[^a-z0-9-]+/g, "-").slice(0, 63).replace(/^-+|-+$/g, "");
+  return h || "sandbox";
 }
 
 function assignments(vars: Readonly<Record<string, string>>): string {
@@ -70,12 +85,14 @@ export function renderGuestConfig(config: GuestConfig): string {
   return "# openshell guest config (written by openshell-driver-vm)\n" + assignments({
     OPENSHELL_SANDBOX_ID: config.sandboxId,
     OPENSHELL_SANDBOX: config.sandboxName,
+    OPENSHELL_HOSTNAME: guestHostname(config.sandboxName),
     OPENSHELL_ENDPOINT: guestEndpoint(config.tls),
     OPENSHELL_LOG_LEVEL: config.logLevel,
     OPENSHELL_GUEST_IP: GUEST_NET.guest,
     OPENSHELL_GUEST_ROUTER: GUEST_NET.router,
     OPENSHELL_GATEWAY_IP: GUEST_NET.gatewayAlias,
     OPENSHELL_GATEWAY_HOST: GUEST_GATEWAY_HOST,
+    OPENSHELL_GUEST_DNS: config.dns ?? "",
   });
 }
 

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { guestEndpoint, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import {
+  guestEndpoint,
+  guestHostname,
+  renderGuestConfig,
+  renderGuestEnvironment,
+} from "./guest.ts";
 
 Deno.test("guest config: the fixed endpoint (https with TLS), quoted values", () => {
   const text = renderGuestConfig({
@@ -41,4 +46,24 @@ Deno.test("guest environment: a sorted JSON object, names checked", () => {
   assert.equal(renderGuestEnvironment({ B: "2 '3\"", A: "1" }), '{"A":"1","B":"2 \'3\\""}\n');
   assert.deepEqual(JSON.parse(renderGuestEnvironment({ K: "v" })), { K: "v" });
   assert.throws(() => renderGuestEnvironment({ "BAD-NAME": "x" }), /invalid variable name/);
+});
+
+Deno.test("guest host name: the sandbox name made a valid host name", () => {
+  assert.equal(guestHostname("dev"), "dev");
+  assert.equal(guestHostname("My_Box.2"), "my-box-2");
+  assert.equal(guestHostname("--x--"), "x");
+  assert.equal(guestHostname("$(rm -rf /)"), "rm-rf");
+  assert.equal(guestHostname("é"), "sandbox");
+  assert.equal(guestHostname("a".repeat(100)), "a".repeat(63));
+  const text = renderGuestConfig({ sandboxId: "i", sandboxName: "My Box", logLevel: "info", tls: false });
+  assert.match(text, /^OPENSHELL_HOSTNAME=my-box$/m);
+  assert.match(text, /^OPENSHELL_GUEST_DNS=''$/m);
+  const open = renderGuestConfig({
+    sandboxId: "i",
+    sandboxName: "n",
+    logLevel: "info",
+    tls: false,
+    dns: "10.0.2.3",
+  });
+  assert.match(open, /^OPENSHELL_GUEST_DNS=10\.0\.2\.3$/m);
 });

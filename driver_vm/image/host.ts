@@ -117,6 +117,7 @@ export interface HostRequirement {
 /** What the VM tasks and the driver need on the host. */
 export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   { path: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86", why: "runs the VMs" },
+  { path: "/usr/bin/qemu-img", pkg: "qemu-utils", why: "creates each sandbox's disk (qcow2 overlay)" },
   {
     path: "/usr/bin/setpriv",
     pkg: "util-linux",
@@ -124,10 +125,10 @@ export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   },
   { path: "/usr/bin/prlimit", pkg: "util-linux", why: "sets each qemu's resource limits" },
   { path: "/usr/bin/socat", pkg: "socat", why: "forwards the guest's gateway port" },
-  { path: "/bin/busybox", pkg: "busybox-static", why: "guest userland" },
-  { path: "/usr/sbin/sshd", pkg: "openssh-server", why: "guest sshd" },
-  { path: "/usr/lib/openssh/sftp-server", pkg: "openssh-sftp-server", why: "guest sftp" },
-  { path: "/usr/sbin/mke2fs", pkg: "e2fsprogs", why: "builds the guest disk" },
+  { path: "/bin/busybox", pkg: "busybox-static", why: "the guest's init" },
+  { path: "/usr/sbin/debootstrap", pkg: "debootstrap", why: "builds the Debian guest image" },
+  { path: "/usr/sbin/mke2fs", pkg: "e2fsprogs", why: "writes the guest disks" },
+  { path: "/usr/sbin/resize2fs", pkg: "e2fsprogs", why: "grows a guest's root to its disk" },
   { path: "/usr/bin/dpkg", pkg: "dpkg", why: "unpacks the kernel package" },
 ];
 
