@@ -280,10 +280,10 @@ Deno.test("driver: a duplicate id is ALREADY_EXISTS, also while the first is sta
 
 Deno.test("driver: a missing runtime is FAILED_PRECONDITION naming vm:rootfs", async () => {
   await using f = await fixture();
-  await Deno.remove(`${f.dir}/rt/guest.img`);
+  await Deno.remove(`${f.dir}/rt/openshell.img`);
   await assert.rejects(f.driver.create(sandbox("x")), (e: StatusError) => {
     assert.equal(e.code, Code.FAILED_PRECONDITION);
-    assert.match(e.message, /guest\.img is missing; build it with: deno task vm:rootfs/);
+    assert.match(e.message, /openshell\.img is missing; build it with: deno task vm:rootfs/);
     return true;
   });
 });

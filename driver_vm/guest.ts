@@ -61,11 +61,12 @@ export const GUEST_DNS = "10.0.2.3";
 
 /**
  * The guest's host name for a sandbox name: lower case, letters, digits and
- * `-` (anything else becomes `-`), at most 63 characters, no `-` at either
- * end; `sandbox` when nothing is left.
+ * `-` (any run of anything else becomes one `-`), at most 63 characters, no
+ * `-` at either end; `sandbox` when nothing is left.
  */
 export function guestHostname(name: string): string {
-  const h = name.toLowerCase().replace(/[^a-z0-9-]+/g, "-").slice(0, 63).replace(/^-+|-+$/g, "");
+  const h = name.toLowerCase().replace(/[^a-z0-9-]+/g, "-").replace(/-{2,}/g, "-")
+    .replace(/^-+/, "").slice(0, 63).replace(/-+$/, "");
   return h || "sandbox";
 }
 

@@ -55,7 +55,12 @@ Deno.test("guest host name: the sandbox name made a valid host name", () => {
   assert.equal(guestHostname("$(rm -rf /)"), "rm-rf");
   assert.equal(guestHostname("é"), "sandbox");
   assert.equal(guestHostname("a".repeat(100)), "a".repeat(63));
-  const text = renderGuestConfig({ sandboxId: "i", sandboxName: "My Box", logLevel: "info", tls: false });
+  const text = renderGuestConfig({
+    sandboxId: "i",
+    sandboxName: "My Box",
+    logLevel: "info",
+    tls: false,
+  });
   assert.match(text, /^OPENSHELL_HOSTNAME=my-box$/m);
   assert.match(text, /^OPENSHELL_GUEST_DNS=''$/m);
   const open = renderGuestConfig({

@@ -138,7 +138,9 @@ export function resolveResources(
   const host = options.host;
   if (milli !== undefined) {
     const vcpus = Math.ceil(milli / 1000);
-    if (vcpus > MAX_VCPUS) throw invalid(`cpu: at most ${MAX_VCPUS} CPUs per sandbox, asked ${vcpus}`);
+    if (vcpus > MAX_VCPUS) {
+      throw invalid(`cpu: at most ${MAX_VCPUS} CPUs per sandbox, asked ${vcpus}`);
+    }
     if (host.cpus !== undefined && vcpus > host.cpus) {
       throw new StatusError(
         Code.RESOURCE_EXHAUSTED,

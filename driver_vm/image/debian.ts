@@ -231,12 +231,14 @@ export async function imageKey(spec: ImageSpec = {}): Promise<string> {
 /**
  * debootstrap's `I: …` lines reduced to its phases: the first line of each
  * verb ("Retrieving InRelease", "Extracting adduser...") and every phase
- * line ("Unpacking the base system..."), not one line per package.
+ * line ("Unpacking the base system..."), and a count every 40 packages
+ * downloaded — not one line per package.
  * Warnings and errors always pass. Returns a function fed every output
  * line; it calls `log` for those kept.
  */
 export function debootstrapProgress(log: (line: string) => void): (line: string) => void {
   const seen = new Set<string>();
+  let fetched = 0;
   return (line: string) => {
     const m = /^([IWE]): (\S+)\s*(.*)$/.exec(line.trim());
     if (!m) return;
@@ -246,6 +248,10 @@ export function debootstrapProgress(log: (line: string) => void): (line: string)
       return;
     }
     const phase = /(packages|system|dependencies)\.\.\.$|successfully/.test(text);
+    // Downloads are the slow part: a line every 40 packages.
+    if (m[2] === "Validating" && /^\S+ \S+$/.test(m[3]) && ++fetched % 40 === 0) {
+      log(`debootstrap: downloaded ${fetched} packages`);
+    }
     if (!phase && seen.has(m[2])) return;
     seen.add(m[2]);
     log(`debootstrap: ${text}`);
@@ -395,7 +401,9 @@ export async function ensureImage(options: EnsureImageOptions): Promise<ImageInf
     );
   }
   if (!(await exists("/usr/sbin/debootstrap"))) {
-    throw new Error("debootstrap is missing; run: deno task vm:setup (or apt-get install debootstrap)");
+    throw new Error(
+      "debootstrap is missing; run: deno task vm:setup (or apt-get install debootstrap)",
+    );
   }
   const t0 = Date.now();
   log(
@@ -407,14 +415,19 @@ export async function ensureImage(options: EnsureImageOptions): Promise<ImageInf
   const target = `${tmp}/root`;
   let procMounted = false;
   try {
-    await runStreaming("debootstrap", [
-      "--variant=minbase",
-      `--include=${spec.packages.join(",")}`,
-      "--components=main",
-      spec.suite,
-      target,
-      spec.mirror,
-    ], debootstrapProgress(log), { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" });
+    await runStreaming(
+      "debootstrap",
+      [
+        "--variant=minbase",
+        `--include=${spec.packages.join(",")}`,
+        "--components=main",
+        spec.suite,
+        target,
+        spec.mirror,
+      ],
+      debootstrapProgress(log),
+      { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+    );
     log(`debootstrap done after ${((Date.now() - t0) / 1000).toFixed(0)}s`);
     // The chroot needs the host's DNS for apt; the image gets its own file back.
     const resolv = await Deno.readTextFile("/etc/resolv.conf").catch(() => "");

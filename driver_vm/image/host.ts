@@ -117,7 +117,11 @@ export interface HostRequirement {
 /** What the VM tasks and the driver need on the host. */
 export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   { path: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86", why: "runs the VMs" },
-  { path: "/usr/bin/qemu-img", pkg: "qemu-utils", why: "creates each sandbox's disk (qcow2 overlay)" },
+  {
+    path: "/usr/bin/qemu-img",
+    pkg: "qemu-utils",
+    why: "creates each sandbox's disk (qcow2 overlay)",
+  },
   {
     path: "/usr/bin/setpriv",
     pkg: "util-linux",

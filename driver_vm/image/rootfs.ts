@@ -431,7 +431,9 @@ if (import.meta.main) {
     const mib = (p: string) => ((Deno.statSync(p).size) / 2 ** 20).toFixed(0);
     console.error(
       `vm:rootfs: ${rt.built ? "built" : "up to date"}: ${rt.dir} (image ${rt.imageKey} ` +
-        `${mib(rt.image)} MiB, runtime disk ${mib(rt.disk)} MiB, initramfs ${mib(rt.initramfs)} MiB)`,
+        `${mib(rt.image)} MiB, runtime disk ${mib(rt.disk)} MiB, initramfs ${
+          mib(rt.initramfs)
+        } MiB)`,
     );
   } catch (err) {
     console.error(`vm:rootfs: error: ${(err as Error).message}`);
