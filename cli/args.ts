@@ -7,6 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { shellJoin } from "../core/shell.ts";
 
 /** One option of a command. */
 export interface OptionSpec {
@@ -241,12 +242,37 @@ export const COMMANDS: readonly CommandSpec[] = [
     id: "sandbox logs",
     summary: "Show a sandbox's logs",
     positionals: [{ name: "NAME", optional: true }],
+    description: "Show a sandbox's logs, one line per event: the gateway's own lines about " +
+      "the sandbox, and its VM's console (kernel, init, the supervisor's log lines and its " +
+      "OCSF events, shown by their message; -o json gives each line as a JSON object, an " +
+      "OCSF event whole in its `ocsf` field).",
     options: {
       follow: { type: "boolean", short: "f", help: "Keep printing new lines until Ctrl-C" },
       lines: { type: "string", short: "n", value: "N", help: "Last N lines (default 200)" },
+      since: {
+        type: "string",
+        value: "WHEN",
+        help: "Only lines since a time (2026-01-02T15:04:05Z) or for a while (90s, 10m, 1h, 2d)",
+      },
+      level: {
+        type: "string",
+        value: "LEVEL",
+        help: "Only lines at LEVEL or more severe: error, warn, info, debug, trace",
+      },
+      source: {
+        type: "string",
+        multiple: true,
+        value: "SRC",
+        help: "Only lines from gateway, console or sandbox (repeatable, or comma-separated)",
+      },
       output: { ...OUTPUT_OPTION, help: "text (default) or json (one object per line)" },
     },
-    examples: ["openshell sandbox logs dev", "openshell sandbox logs dev --follow"],
+    examples: [
+      "openshell sandbox logs dev",
+      "openshell sandbox logs dev --follow",
+      "openshell sandbox logs dev --since 10m --level warn",
+      "openshell sandbox logs dev --source console -o json",
+    ],
   },
   {
     id: "sandbox ssh-config",
@@ -332,16 +358,28 @@ export type ParseResult =
   | { kind: "help"; text: string }
   | { kind: "version" };
 
+/** Options of {@link UsageError}. */
+export interface UsageErrorOptions {
+  /**
+   * Whether the report points at the command's `--help` (default true);
+   * false when the message already shows the corrected command line.
+   */
+  seeHelp?: boolean;
+}
+
 /** A mistake on the command line (exit status 2). */
 export class UsageError extends Error {
-  /** The command whose help would help ("" for the top level). */
+  /** The command whose help would help ("" for the top level, or unknown yet). */
   readonly command: string;
+  /** Whether the report points at the command's `--help`. */
+  readonly seeHelp: boolean;
 
   /** Creates the error; `command` names the help to point at. */
-  constructor(message: string, command = "") {
+  constructor(message: string, command = "", options: UsageErrorOptions = {}) {
     super(message);
     this.name = "UsageError";
     this.command = command;
+    this.seeHelp = options.seeHelp ?? true;
   }
 }
 
@@ -537,33 +575,38 @@ export function parseCommandArgs(spec: CommandSpec, args: readonly string[]): In
   }
   const values: OptionValues = {};
   const positionals: string[] = [];
+  const declared = spec.positionals ?? [];
+  const variadic = declared.some((p) => p.variadic);
   let trailing: string[] | undefined;
+  /** Where the first word beyond the positionals is: the start of a command that lacks `--`. */
+  let commandAt: number | undefined;
+  /** A mistake after such a word: show the command line with `--` in its place. */
+  const mistake = (message: string) =>
+    commandAt === undefined
+      ? new UsageError(message, spec.id)
+      : new UsageError(`${message}: ${withSeparator(spec, args, commandAt)}`, spec.id, {
+        seeHelp: false,
+      });
   for (const token of parsed.tokens ?? []) {
     if (token.kind === "option-terminator") {
       trailing = args.slice(token.index + 1);
       break;
     }
     if (token.kind === "positional") {
+      if (spec.trailing && !variadic && positionals.length === declared.length) {
+        commandAt ??= token.index;
+      }
       positionals.push(token.value);
       continue;
     }
     const o = options[token.name];
-    if (!o) {
-      throw new UsageError(
-        `unknown option "${token.rawName}" for 'openshell ${spec.id}'`,
-        spec.id,
-      );
-    }
+    if (!o) throw mistake(`unknown option "${token.rawName}" for 'openshell ${spec.id}'`);
     if (o.type === "boolean") {
-      if (token.inlineValue) {
-        throw new UsageError(`option "--${token.name}" takes no value`, spec.id);
-      }
+      if (token.inlineValue) throw mistake(`option "--${token.name}" takes no value`);
       values[token.name] = true;
       continue;
     }
-    if (token.value === undefined) {
-      throw new UsageError(`option "${token.rawName}" needs a value`, spec.id);
-    }
+    if (token.value === undefined) throw mistake(`option "${token.rawName}" needs a value`);
     if (o.multiple) {
       values[token.name] = [...((values[token.name] as string[] | undefined) ?? []), token.value];
     } else {
@@ -576,22 +619,32 @@ export function parseCommandArgs(spec: CommandSpec, args: readonly string[]): In
     positionals.push(...trailing);
     trailing = undefined;
   }
-  const declared = spec.positionals ?? [];
-  const variadic = declared.some((p) => p.variadic);
   const required = declared.filter((p) => !p.optional).length;
   if (positionals.length < required) {
     const missing = declared[positionals.length].name;
     throw new UsageError(`missing ${missing} (usage: ${usageLine(spec)})`, spec.id);
   }
   if (!variadic && positionals.length > declared.length) {
-    const extra = positionals[declared.length];
-    const hint = spec.trailing ? `; put the command after '--': ${usageLine(spec)}` : "";
-    throw new UsageError(`unexpected argument "${extra}"${hint}`, spec.id);
+    throw mistake(`unexpected argument "${positionals[declared.length]}"`);
   }
   if (spec.trailing === "required" && (trailing === undefined || trailing.length === 0)) {
     throw new UsageError(`missing command after '--' (usage: ${usageLine(spec)})`, spec.id);
   }
   return { spec, values, positionals, trailing: trailing ?? [] };
+}
+
+/**
+ * `put the command after '--': openshell CMD …`: the command line the user
+ * typed with `--` in front of the word at `commandAt` (the first one beyond
+ * the command's positionals), shell-quoted.
+ */
+function withSeparator(spec: CommandSpec, args: readonly string[], commandAt: number): string {
+  const rest = [...args.slice(commandAt)];
+  const dashes = rest.indexOf("--");
+  if (dashes >= 0) rest.splice(dashes, 1);
+  return `put the command after '--': openshell ${spec.id} ${
+    shellJoin([...args.slice(0, commandAt), "--", ...rest])
+  }`;
 }
 
 /** Options of {@link integerOption}. */
@@ -621,6 +674,63 @@ export function integerOption(
     );
   }
   return n;
+}
+
+const DURATION_UNITS: Readonly<Record<string, number>> = {
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/**
+ * Parses `--since`: a duration back from `nowMs` (`90s`, `10m`, `1h`,
+ * `2d`) or an RFC 3339 time (`2026-01-02T15:04:05Z`, an offset or
+ * fractional seconds allowed); returns epoch milliseconds.
+ */
+export function sinceOption(
+  name: string,
+  value: string | undefined,
+  nowMs: number,
+): number | undefined {
+  if (value === undefined) return undefined;
+  const v = value.trim();
+  const d = /^(\d{1,9})([smhd])$/.exec(v);
+  if (d) return nowMs - Number(d[1]) * DURATION_UNITS[d[2]];
+  if (/^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$/.test(v)) {
+    const t = Date.parse(v.replace(" ", "T"));
+    if (!Number.isNaN(t)) return t;
+  }
+  throw new UsageError(
+    `--${name} needs a duration (90s, 10m, 1h, 2d) or a time (2026-01-02T15:04:05Z), not "${value}"`,
+  );
+}
+
+/** Log levels `--level` accepts, most severe first (the gateway's names, lower case). */
+export const LEVELS = ["error", "warn", "info", "debug", "trace"] as const;
+
+/** Parses `--level`: one of {@link LEVELS}, any case. */
+export function levelOption(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  const v = value.trim().toLowerCase();
+  if ((LEVELS as readonly string[]).includes(v)) return v;
+  throw new UsageError(`--${name} must be one of ${LEVELS.join(", ")}, not "${value}"`);
+}
+
+/** Parses repeated, comma-separated choices (`--source gateway,console`), each one of `allowed`. */
+export function choicesOption(
+  name: string,
+  values: readonly string[],
+  allowed: readonly string[],
+): string[] {
+  const out: string[] = [];
+  for (const v of values.flatMap((x) => x.split(",")).map((x) => x.trim()).filter(Boolean)) {
+    if (!allowed.includes(v)) {
+      throw new UsageError(`--${name} must be ${allowed.join(", ")}, not "${v}"`);
+    }
+    if (!out.includes(v)) out.push(v);
+  }
+  return out;
 }
 
 /** Parses repeated `K=V` values into a record; keys must be shell variable names. */

@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import {
+  choicesOption,
   commandHelp,
   COMMANDS,
   envOption,
   integerOption,
   type Invocation,
+  levelOption,
   outputOption,
   parseCommandLine,
+  sinceOption,
   topHelp,
   UsageError,
 } from "./args.ts";
@@ -102,9 +105,54 @@ Deno.test("bad command lines are one-line usage errors", () => {
   usage(["gateway", "add", "x"], /missing URL/);
   usage(["gateway", "select", "a", "b"], /unexpected argument "b"/);
   usage(["sandbox", "exec", "dev", "ls"], /put the command after '--'/);
+  usage(["status", "-x"], /^unknown option "-x" for 'openshell status'$/);
   usage(["sandbox", "exec", "dev"], /missing command after '--'/);
   usage(["sandbox", "exec", "dev", "--"], /missing command after '--'/);
   usage(["status", "extra"], /unexpected argument "extra"/);
+});
+
+Deno.test("a command without '--': the error shows the command line with '--' in its place", () => {
+  const cases: [string[], string][] = [
+    [
+      ["sandbox", "exec", "dev", "uname", "-a"],
+      `unknown option "-a" for 'openshell sandbox exec': put the command after '--': ` +
+      "openshell sandbox exec dev -- uname -a",
+    ],
+    [
+      ["sandbox", "exec", "dev", "ls"],
+      `unexpected argument "ls": put the command after '--': openshell sandbox exec dev -- ls`,
+    ],
+    [
+      ["sandbox", "exec", "-w", "/tmp", "dev", "ls", "-t", "a b"],
+      `unexpected argument "ls": put the command after '--': ` +
+      "openshell sandbox exec -w /tmp dev -- ls -t 'a b'",
+    ],
+    [
+      ["sandbox", "exec", "dev", "grep", "-e"],
+      `option "-e" needs a value: put the command after '--': ` +
+      "openshell sandbox exec dev -- grep -e",
+    ],
+    [
+      ["sandbox", "create", "echo", "--frob"],
+      `unknown option "--frob" for 'openshell sandbox create': put the command after '--': ` +
+      "openshell sandbox create -- echo --frob",
+    ],
+  ];
+  for (const [argv, message] of cases) {
+    assert.throws(() => parseCommandLine(argv), (e) => {
+      assert.ok(e instanceof UsageError);
+      assert.equal(e.message, message);
+      assert.equal(e.seeHelp, false, "the fix is in the message; no help page needed");
+      return true;
+    });
+  }
+  // Without a word beyond NAME there is nothing to move: the usual error and its help page.
+  assert.throws(() => parseCommandLine(["sandbox", "exec", "dev", "-a"]), (e) => {
+    assert.ok(e instanceof UsageError);
+    assert.equal(e.message, `unknown option "-a" for 'openshell sandbox exec'`);
+    assert.equal(e.seeHelp, true);
+    return true;
+  });
 });
 
 Deno.test("number, env and output option values", () => {
@@ -122,4 +170,56 @@ Deno.test("number, env and output option values", () => {
   assert.equal(outputOption(undefined, ["table", "json"]), "table");
   assert.equal(outputOption("json", ["table", "json"]), "json");
   assert.throws(() => outputOption("yaml", ["table", "json"]), /--output must be table or json/);
+});
+
+Deno.test("logs filters: --since durations and times, --level, --source", () => {
+  const now = Date.UTC(2026, 0, 2, 12, 0, 0);
+  assert.equal(sinceOption("since", undefined, now), undefined);
+  assert.equal(sinceOption("since", "90s", now), now - 90_000);
+  assert.equal(sinceOption("since", "10m", now), now - 600_000);
+  assert.equal(sinceOption("since", "1h", now), now - 3_600_000);
+  assert.equal(sinceOption("since", "2d", now), now - 2 * 86_400_000);
+  assert.equal(sinceOption("since", "2026-01-02T11:00:00Z", now), now - 3_600_000);
+  assert.equal(sinceOption("since", "2026-01-02T13:30:00.5+02:00", now), now - 1_800_000 + 500);
+  for (const bad of ["10", "abc", "1w", "2026-01-02", "-5m", "2026-13-45T99:00:00Z"]) {
+    assert.throws(
+      () => sinceOption("since", bad, now),
+      (e) =>
+        e instanceof UsageError &&
+        e.message ===
+          `--since needs a duration (90s, 10m, 1h, 2d) or a time (2026-01-02T15:04:05Z), not "${bad}"`,
+      bad,
+    );
+  }
+  assert.equal(levelOption("level", "WARN"), "warn");
+  assert.throws(
+    () => levelOption("level", "loud"),
+    /^UsageError: --level must be one of error, warn, info, debug, trace, not "loud"$/,
+  );
+  const sources = ["gateway", "console", "sandbox"];
+  assert.deepEqual(choicesOption("source", ["console,gateway", "console"], sources), [
+    "console",
+    "gateway",
+  ]);
+  assert.deepEqual(choicesOption("source", [], sources), []);
+  assert.throws(
+    () => choicesOption("source", ["vm"], sources),
+    /--source must be gateway, console, sandbox, not "vm"/,
+  );
+  const logs = run([
+    "sandbox",
+    "logs",
+    "dev",
+    "--since",
+    "10m",
+    "--level",
+    "warn",
+    "--source",
+    "console",
+  ]);
+  assert.deepEqual([logs.values.since, logs.values.level, logs.values.source], [
+    "10m",
+    "warn",
+    ["console"],
+  ]);
 });

@@ -49,6 +49,12 @@ async function sandboxNames(f: CliFixture): Promise<string[]> {
   return res.sandboxes.map((s) => s.name);
 }
 
+/** The entries (non-blank, non-comment lines) of the CLI's known_hosts. */
+async function knownHosts(f: CliFixture): Promise<string[]> {
+  const text = await Deno.readTextFile(`${f.configHome}/openshell/known_hosts`).catch(() => "");
+  return text.split("\n").filter((l) => l.trim() && !l.startsWith("#"));
+}
+
 async function runCmd(
   cmd: string,
   args: string[],
@@ -113,6 +119,17 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       name = m[1];
       assert.match(r.stderr, /is ready \(\d+\.\ds\)/);
       assert.ok((await sandboxNames(f)).includes(name));
+      assert.equal((await knownHosts(f)).length, 1, "ssh remembered its host key");
+    });
+
+    await step("create with a name that is taken: one line saying what to do, exit 1", async () => {
+      const r = await f.run(["sandbox", "create", "--name", name, "--", "true"]);
+      assert.deepEqual([r.code, r.stdout, r.stderr], [
+        1,
+        "",
+        `error: sandbox "${name}" already exists: pick another --name, or delete it with ` +
+        `'openshell sandbox delete ${name}'\n`,
+      ]);
     });
 
     await step("create --no-keep -- sh -c 'exit 7': exit 7, sandbox deleted", async () => {
@@ -130,6 +147,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       assert.equal(r.code, 7, r.stderr);
       assert.match(r.stderr, /^Deleted sandbox seven$/m);
       assert.ok(!(await sandboxNames(f)).includes("seven"));
+      assert.equal((await knownHosts(f)).length, 1, "its host key left known_hosts with it");
     });
 
     await step(
@@ -162,6 +180,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       assert.match(text.stdout, /^Phase: +Ready$/m);
       const last = ok(await f.run(["sandbox", "get", "-o", "json"]), "get (last)");
       assert.equal(JSON.parse(last.stdout).name, name, "create remembered the sandbox");
+      assert.equal(last.stderr, `→ using sandbox '${name}' (last used)\n`, "and says so");
       const missing = await f.run(["sandbox", "get", "nope"]);
       assert.equal(missing.code, 1);
       assert.equal(missing.stderr, 'error: sandbox "nope" not found\n');
@@ -208,6 +227,12 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       const noCmd = await f.run(["sandbox", "exec", name]);
       assert.equal(noCmd.code, 2);
       assert.match(noCmd.stderr, /missing command after '--'/);
+      const slow = await f.run(["sandbox", "exec", name, "--timeout", "1", "--", "sleep", "30"]);
+      assert.deepEqual([slow.code, slow.stdout, slow.stderr], [
+        124,
+        "",
+        "error: the command did not finish within 1 s (--timeout) and was stopped\n",
+      ]);
     });
 
     await step("ssh-config works with plain ssh and scp (both ways)", async () => {
@@ -407,6 +432,31 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       const parsed = json.stdout.trim().split("\n").map((l) => JSON.parse(l));
       assert.equal(parsed.length, 1);
       assert.equal(typeof parsed[0].message, "string");
+      // The filters reach the gateway: its lines here are INFO lines of source gateway.
+      const all = ok(
+        await f.run([
+          "sandbox",
+          "logs",
+          name,
+          "--since",
+          "1h",
+          "--level",
+          "info",
+          "--source",
+          "gateway",
+        ]),
+        "logs filtered",
+      );
+      assert.equal(all.stdout, r.stdout);
+      for (
+        const filter of [["--level", "warn"], ["--source", "console"], [
+          "--since",
+          "2100-01-01T00:00:00Z",
+        ]]
+      ) {
+        const none = ok(await f.run(["sandbox", "logs", name, ...filter]), filter.join(" "));
+        assert.equal(none.stdout, "", filter.join(" "));
+      }
     });
 
     await step("logs --follow prints lines as they come and ends cleanly on Ctrl-C", async () => {
@@ -457,16 +507,17 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
         env: { OPENSHELL_PROVISION_TIMEOUT: "1" },
       });
       assert.equal(slow.code, 1);
-      assert.match(
-        slow.stderr,
-        /^error: sandbox slow is not ready after 1 s \(phase: Provisioning\)$/m,
+      assert.equal(
+        slow.stderr.split("\n").at(-2),
+        `error: sandbox "slow" is not ready after 1 s (Provisioning); it is kept: see ` +
+          "'openshell sandbox logs slow', delete it with 'openshell sandbox delete slow'",
       );
+      const notYet = `error: sandbox "slow" is not ready yet (Provisioning): see ` +
+        "'openshell sandbox logs slow'\n";
       const notReady = await f.run([...bare, "sandbox", "exec", "slow", "--", "true"]);
-      assert.equal(notReady.code, 1);
-      assert.match(notReady.stderr, /^error: sandbox "slow" is not ready/m);
+      assert.deepEqual([notReady.code, notReady.stderr], [1, notYet]);
       const noSsh = await f.run([...bare, "sandbox", "connect", "slow"]);
-      assert.equal(noSsh.code, 1);
-      assert.match(noSsh.stderr, /^error: sandbox "slow" is not ready \(Provisioning\)$/m);
+      assert.deepEqual([noSsh.code, noSsh.stderr], [1, notYet]);
 
       const child = f.spawn([
         ...bare,
@@ -555,6 +606,19 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
         assert.notEqual((await Deno.readTextFile(`${out}/token`)).trim(), token);
       },
     );
+
+    if (!https) {
+      await step("https:// against this plaintext gateway says to use http://", async () => {
+        const wrong = `https://127.0.0.1:${f.gateway.port}`;
+        const r = await f.run(["--gateway-endpoint", wrong, "sandbox", "list"]);
+        assert.deepEqual([r.code, r.stdout, r.stderr], [
+          1,
+          "",
+          `error: the gateway at ${wrong} does not speak TLS (use an http:// URL for a ` +
+          "plaintext gateway)\n",
+        ]);
+      });
+    }
 
     if (https) {
       await step(
@@ -725,10 +789,15 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
     await step("delete: by name, unknown name, --all", async () => {
       const r = ok(await f.run(["sandbox", "delete", name]), "delete");
       assert.equal(r.stdout, `Deleted sandbox ${name}\n`);
+      assert.deepEqual(await knownHosts(f), [], "its host key left known_hosts");
       const again = await f.run(["sandbox", "delete", name]);
-      assert.equal(again.code, 1);
-      assert.match(again.stderr, new RegExp(`Sandbox ${name} not found`));
+      assert.deepEqual([again.code, again.stdout, again.stderr], [
+        1,
+        "",
+        `error: sandbox "${name}" not found\n`,
+      ]);
       ok(await f.run(["sandbox", "create", "--name", "other", "--", "true"]), "create");
+      assert.equal((await knownHosts(f)).length, 1);
       const page = ok(
         await f.run(["sandbox", "list", "--names", "--limit", "1", "--offset", "0"]),
         "list --limit",
@@ -737,6 +806,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       const all = ok(await f.run(["sandbox", "delete", "--all"]), "delete --all");
       assert.match(all.stdout, /^Deleted sandbox other$/m);
       assert.deepEqual(await sandboxNames(f), []);
+      assert.deepEqual(await knownHosts(f), [], "delete --all forgot its host key too");
     });
 
     await step("a registered gateway is used when no endpoint is given", async () => {

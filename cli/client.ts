@@ -119,7 +119,7 @@ export function describeGrpcError(
   const where = endpoint.url;
   if (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED) {
     const transport =
-      /No connection established|Connection dropped|Failed to connect|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|EPIPE|Requires net access|certificate|SSL|TLS|handshake|socket|LB pick/i
+      /No connection established|Connection dropped|Failed to connect|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|EPIPE|Requires net access|certificate|SSL|TLS|handshake|socket|LB pick|Name resolution failed/i
         .test(details) || details === "" || /^Deadline exceeded/i.test(details);
     if (transport) {
       let cause = details.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\s*$/, "")
@@ -139,8 +139,9 @@ export function describeGrpcError(
       const tlsLine = https ? describeTlsFailure(details, where, hint) : undefined;
       if (tlsLine) return tlsLine;
       if (/ECONNREFUSED/.test(details)) cause = "connection refused";
-      else if (/ENOTFOUND|EAI_AGAIN/.test(details)) cause = "host not found";
-      else if (https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
+      else if (/ENOTFOUND|EAI_AGAIN|Name resolution failed/i.test(details)) {
+        cause = `host "${endpoint.host}" not found (check the host name in the URL)`;
+      } else if (https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
         return describeTlsDrop(where, { ...hint, clientCertificate: !!facts.clientCertificate });
       } else if (!https && e.code === Code.UNAVAILABLE && DROPPED.test(details)) {
         return `the gateway at ${where} closed the connection before HTTP/2 started: if it ` +

@@ -27,6 +27,7 @@ import {
 } from "../core/endpoint.ts";
 import { checkCertificate, PkiError } from "../core/pki.ts";
 import { CliError } from "./errors.ts";
+import { withoutKnownHost } from "./ssh.ts";
 
 /** Reads one environment variable (`undefined` when unset or not readable). */
 export type EnvReader = (name: string) => string | undefined;
@@ -274,6 +275,20 @@ export class ConfigStore {
   /** The known_hosts file ssh uses for sandboxes. */
   get knownHostsPath(): string {
     return `${this.root}/known_hosts`;
+  }
+
+  /**
+   * Removes `host`'s entries from {@link knownHostsPath} (a deleted
+   * sandbox's key, so the file does not grow forever and a later sandbox
+   * cannot meet a stale entry); returns how many went. No file, no entries:
+   * nothing is written.
+   */
+  async forgetKnownHost(host: string): Promise<number> {
+    const raw = await readOptional(this.knownHostsPath);
+    if (!raw) return 0;
+    const { text, removed } = withoutKnownHost(new TextDecoder().decode(raw), host);
+    if (removed > 0) await writeFileAtomic(this.knownHostsPath, text, 0o600);
+    return removed;
   }
 
   /** `gateways/<name>/`. */

@@ -303,3 +303,25 @@ Deno.test("client bundles: the pre-flight before a connection names the file and
     assert.throws(() => checkClientTls({ ca: enc("nothing") }, { fix: "x" }), /holds no PEM/);
   });
 });
+
+Deno.test("forgetKnownHost: a deleted sandbox's host key leaves known_hosts", async () => {
+  const root = await Deno.makeTempDir({ prefix: "oscli-cfg-" });
+  try {
+    const store = new ConfigStore(root);
+    assert.equal(await store.forgetKnownHost("openshell-x"), 0, "no file: nothing to do");
+    await assert.rejects(Deno.stat(store.knownHostsPath), Deno.errors.NotFound);
+    await Deno.writeTextFile(
+      store.knownHostsPath,
+      "openshell-x ssh-ed25519 AAAA1\nopenshell-y ssh-ed25519 AAAA2\n",
+      {
+        mode: 0o600,
+      },
+    );
+    assert.equal(await store.forgetKnownHost("openshell-x"), 1);
+    assert.equal(await Deno.readTextFile(store.knownHostsPath), "openshell-y ssh-ed25519 AAAA2\n");
+    assert.equal((await Deno.stat(store.knownHostsPath)).mode! & 0o777, 0o600);
+    assert.equal(await store.forgetKnownHost("openshell-x"), 0);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -21,12 +21,21 @@ export const EXIT_BROKEN_PIPE = 141;
 /** Exit status of a command line mistake. */
 export const EXIT_USAGE = 2;
 
-/** The one-line report of a failure and the exit status that goes with it. */
-export function describeFailure(err: unknown): { message: string; exitCode: number } {
+/**
+ * The one-line report of a failure and the exit status that goes with it.
+ * A usage error points at the help of its command, or of `command` (the
+ * one running) when it names none: an option value checked while the
+ * command runs is listed on that command's help page, not the top level's.
+ */
+export function describeFailure(
+  err: unknown,
+  command = "",
+): { message: string; exitCode: number } {
   if (err instanceof UsageError) {
-    const hint = err.message.includes("--help")
+    const id = err.command || command;
+    const hint = !err.seeHelp || err.message.includes("--help")
       ? ""
-      : ` (see 'openshell${err.command ? ` ${err.command}` : ""} --help')`;
+      : ` (see 'openshell${id ? ` ${id}` : ""} --help')`;
     return { message: `${err.message}${hint}`, exitCode: EXIT_USAGE };
   }
   if (err instanceof CliError) return { message: err.message, exitCode: err.exitCode };
@@ -119,7 +128,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
   } catch (err) {
     // Output piped into a reader that stopped (`openshell sandbox list | head -1`).
     if (err instanceof Deno.errors.BrokenPipe) return EXIT_BROKEN_PIPE;
-    const { message, exitCode } = describeFailure(err);
+    const { message, exitCode } = describeFailure(err, ctx?.invocation.spec.id);
     const style = createStyle(colorEnabled({
       isTerminal: streams.stderr.isTerminal(),
       noColor: env("NO_COLOR"),

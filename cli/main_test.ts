@@ -146,4 +146,50 @@ Deno.test("failure descriptions", () => {
     exitCode: 1,
   });
   assert.deepEqual(describeFailure(new Error("one\ntwo")), { message: "one", exitCode: 1 });
+  // A usage error found while a command runs points at that command's help.
+  assert.deepEqual(describeFailure(new UsageError("bad value"), "sandbox logs"), {
+    message: "bad value (see 'openshell sandbox logs --help')",
+    exitCode: 2,
+  });
+  assert.deepEqual(describeFailure(new UsageError("bad value", "", { seeHelp: false })), {
+    message: "bad value",
+    exitCode: 2,
+  });
+});
+
+Deno.test("a bad option value points at the help page of the command that lists it", async () => {
+  for (
+    const [argv, line] of [
+      [
+        ["sandbox", "create", "--timeout", "abc"],
+        `--timeout needs a whole number of seconds between 1 and 2147483647, not "abc" ` +
+        `(see 'openshell sandbox create --help')`,
+      ],
+      [
+        ["sandbox", "exec", "dev", "--timeout", "abc", "--", "true"],
+        `--timeout needs a whole number of seconds between 0 and 2147483647, not "abc" ` +
+        `(see 'openshell sandbox exec --help')`,
+      ],
+      [
+        ["sandbox", "logs", "dev", "--since", "yesterday"],
+        `--since needs a duration (90s, 10m, 1h, 2d) or a time (2026-01-02T15:04:05Z), ` +
+        `not "yesterday" (see 'openshell sandbox logs --help')`,
+      ],
+    ] as const
+  ) {
+    const r = await run([...argv]);
+    assert.deepEqual([r.code, r.stdout, r.stderr], [2, "", `error: ${line}\n`]);
+    const option = line.split(" ")[0];
+    const help = await run([argv[0], argv[1], "--help"]);
+    assert.ok(help.stdout.includes(`${option} `), `${argv[1]} --help lists ${option}`);
+  }
+});
+
+Deno.test("exec with a command but no '--': the error shows the fixed command line", async () => {
+  const r = await run(["sandbox", "exec", "dev", "uname", "-a"]);
+  assert.deepEqual([r.code, r.stderr], [
+    2,
+    `error: unknown option "-a" for 'openshell sandbox exec': put the command after '--': ` +
+    "openshell sandbox exec dev -- uname -a\n",
+  ]);
 });

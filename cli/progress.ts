@@ -2,13 +2,17 @@
  * Provisioning progress on stderr: on a terminal one live line (spinner,
  * phase, elapsed time) redrawn in place, with notes printed above it;
  * otherwise plain lines, one per phase change or note, so logs stay
- * readable.
+ * readable, and a `still …` line after each {@link QUIET_MS} without one,
+ * so a pipe or a CI log never sits silent while a VM boots.
  *
  * @module
  */
 import { formatElapsed, type Style } from "./output.ts";
 
 const FRAMES = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+
+/** Plain mode: longest silence before a `still …` line. */
+export const QUIET_MS = 5_000;
 
 /** Options of {@link Progress}. */
 export interface ProgressOptions {
@@ -20,8 +24,10 @@ export interface ProgressOptions {
   style: Style;
   /** Clock; default `Date.now`. */
   now?: () => number;
-  /** Redraw period in live mode; default 100 ms. */
+  /** Timer period: redraws (live, default 100 ms), silence checks (plain, default 1 s); 0: none. */
   tickMs?: number;
+  /** Plain mode: silence before a `still …` line; default {@link QUIET_MS}. */
+  quietMs?: number;
 }
 
 /** Shows a task's phase and elapsed time. */
@@ -32,17 +38,21 @@ export class Progress {
   #label = "";
   #detail = "";
   #frame = 0;
+  #key = "";
   #timer: ReturnType<typeof setInterval> | undefined;
   #drawn = false;
+  #stopped = false;
+  /** Plain mode: when the last line was printed. */
+  #printed: number;
 
-  /** Starts the clock (and, live, the redraw timer). */
+  /** Starts the clock and the timer (live: redraws; plain: silence checks). */
   constructor(options: ProgressOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
     this.#started = this.#now();
-    if (options.live) {
-      this.#timer = setInterval(() => this.#draw(), options.tickMs ?? 100);
-    }
+    this.#printed = this.#started;
+    const tickMs = options.tickMs ?? (options.live ? 100 : 1000);
+    if (tickMs > 0) this.#timer = setInterval(() => this.tick(), tickMs);
   }
 
   /** Milliseconds since the start. */
@@ -50,21 +60,47 @@ export class Progress {
     return this.#now() - this.#started;
   }
 
-  /** Sets the phase; plain mode prints a line only when it changed. */
-  phase(label: string, detail = ""): void {
+  /**
+   * Sets the phase. The live line shows it at once; plain mode prints a
+   * line only when `key` (default: label and detail) changed, so a detail
+   * that only gains precision (`VM is starting` → `VM is starting (accel
+   * tcg)`) is not printed twice.
+   */
+  phase(label: string, detail = "", key = `${label}\n${detail}`): void {
     const changed = label !== this.#label || detail !== this.#detail;
+    const keyChanged = key !== this.#key;
     this.#label = label;
     this.#detail = detail;
-    if (!changed) return;
-    if (this.#o.live) this.#draw();
-    else this.#o.write(`${this.#stamp()} ${label}${detail ? ` (${detail})` : ""}\n`);
+    this.#key = key;
+    if (this.#o.live) {
+      if (changed) this.#draw();
+    } else if (keyChanged) {
+      this.#print(this.#phaseText());
+    }
   }
 
   /** Prints a line (above the live line). */
   note(text: string): void {
     this.#clear();
-    this.#o.write(`${this.#o.live ? "" : `${this.#stamp()} `}${text}\n`);
-    if (this.#o.live) this.#draw();
+    if (this.#o.live) {
+      this.#o.write(`${text}\n`);
+      this.#draw();
+    } else {
+      this.#print(text);
+    }
+  }
+
+  /**
+   * What the timer does: live, redraw the line; plain, print `still
+   * <phase>` when nothing was printed for the quiet period.
+   */
+  tick(): void {
+    if (this.#stopped) return;
+    if (this.#o.live) return this.#draw();
+    if (!this.#label) return;
+    if (this.#now() - this.#printed >= (this.#o.quietMs ?? QUIET_MS)) {
+      this.#print(`still ${this.#phaseText()}`);
+    }
   }
 
   /** Stops and prints a final line. */
@@ -73,11 +109,22 @@ export class Progress {
     this.#o.write(`${text} ${this.#o.style.dim(`(${formatElapsed(this.elapsedMs)})`)}\n`);
   }
 
-  /** Stops redrawing and removes the live line. */
+  /** Stops the timer and removes the live line. */
   stop(): void {
+    this.#stopped = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     this.#clear();
+  }
+
+  #phaseText(): string {
+    return `${this.#label}${this.#detail ? ` (${this.#detail})` : ""}`;
+  }
+
+  /** Plain mode: one line with the elapsed time in front. */
+  #print(text: string): void {
+    this.#printed = this.#now();
+    this.#o.write(`${this.#stamp()} ${text}\n`);
   }
 
   #stamp(): string {
@@ -92,7 +139,7 @@ export class Progress {
   }
 
   #draw(): void {
-    if (!this.#o.live || this.#timer === undefined) return;
+    if (!this.#o.live || this.#stopped) return;
     const s = this.#o.style;
     const frame = s.cyan(FRAMES[this.#frame++ % FRAMES.length]);
     const detail = this.#detail ? `  ${s.dim(this.#detail)}` : "";

@@ -43,3 +43,50 @@ Deno.test("live progress redraws one line in place and clears it for notes", () 
   assert.ok(out[3].startsWith("\r\x1b[2K⠙ Provisioning"));
   assert.equal(out.at(-1), "\r\x1b[2K", "the live line is removed on stop");
 });
+
+Deno.test("plain progress: a detail that only gets more precise is not printed twice", () => {
+  const out: string[] = [];
+  const p = new Progress({
+    write: (t) => out.push(t),
+    live: false,
+    style: createStyle(false),
+    now: () => 0,
+    tickMs: 0,
+  });
+  p.phase("Provisioning", "Starting: VM is starting", "Provisioning Starting");
+  p.phase("Provisioning", "Starting: VM is starting (accel tcg)", "Provisioning Starting");
+  p.phase("Provisioning", "Booting: kernel up", "Provisioning Booting");
+  p.stop();
+  assert.deepEqual(out, [
+    "[  0.0s] Provisioning (Starting: VM is starting)\n",
+    "[  0.0s] Provisioning (Booting: kernel up)\n",
+  ]);
+});
+
+Deno.test("plain progress: a 'still' line after each quiet period, none while lines come", () => {
+  let now = 0;
+  const out: string[] = [];
+  const p = new Progress({
+    write: (t) => out.push(t),
+    live: false,
+    style: createStyle(false),
+    now: () => now,
+    tickMs: 0,
+    quietMs: 5000,
+  });
+  p.phase("Provisioning", "Starting: VM is starting (accel tcg)");
+  for (let t = 1000; t <= 12_000; t += 1000) {
+    now = t;
+    if (t === 7000) p.note("Normal: Started: qemu started (accel tcg)");
+    p.tick();
+  }
+  p.stop();
+  now = 30_000;
+  p.tick();
+  assert.deepEqual(out, [
+    "[  0.0s] Provisioning (Starting: VM is starting (accel tcg))\n",
+    "[  5.0s] still Provisioning (Starting: VM is starting (accel tcg))\n",
+    "[  7.0s] Normal: Started: qemu started (accel tcg)\n",
+    "[ 12.0s] still Provisioning (Starting: VM is starting (accel tcg))\n",
+  ]);
+});

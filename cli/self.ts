@@ -9,12 +9,17 @@
 import { cliGrants, type HostPort } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 
-/** Net grant entries for reaching `host:port` (a `localhost` name also covers its addresses). */
+/**
+ * Net grant entries for reaching `host:port`. grpc-js resolves a name
+ * itself (node:dns, which Deno checks against the bare name: `localhost:8080`
+ * does not cover the lookup) and connects to the address; so `localhost`
+ * gets the bare name and its two addresses at `port`.
+ */
 export function netGrantsFor(host: string, port: number): HostPort[] {
   const h = host.replace(/^\[(.*)\]$/, "$1");
   if (h.toLowerCase() === "localhost") {
     return [
-      { host: "localhost", port },
+      { host: "localhost", port: 0 },
       { host: "127.0.0.1", port },
       { host: "::1", port },
     ];

@@ -8,6 +8,8 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
+import { createHmac } from "node:crypto";
 import { shellJoin } from "../core/shell.ts";
 import { CliError } from "./errors.ts";
 
@@ -43,6 +45,42 @@ export interface SshAccess {
   knownHostsFile: string;
 }
 
+/** `openshell-<id>`: the name ssh remembers a sandbox's host key under (`HostKeyAlias`). */
+export function hostKeyAlias(sandboxId: string): string {
+  return `openshell-${sandboxId}`;
+}
+
+/** Whether a known_hosts host pattern field (`a,b` or `|1|salt|hash`) names `host`. */
+function namesHost(field: string, host: string): boolean {
+  return field.split(",").some((pattern) => {
+    const hashed = /^\|1\|([^|]+)\|([^|]+)$/.exec(pattern);
+    if (!hashed) return pattern === host;
+    try {
+      const salt = Buffer.from(hashed[1], "base64");
+      return createHmac("sha1", salt).update(host).digest("base64") === hashed[2];
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * `known_hosts` text without the lines for `host` (plain, in a list, or
+ * hashed as ssh's HashKnownHosts writes them; a `@marker` first field is
+ * skipped); comments and other hosts' lines are kept as they are.
+ */
+export function withoutKnownHost(text: string, host: string): { text: string; removed: number } {
+  let removed = 0;
+  const kept = text.split("\n").filter((line) => {
+    const fields = line.trim().split(/\s+/);
+    const hosts = fields[0]?.startsWith("@") ? fields[1] : fields[0];
+    if (!hosts || hosts.startsWith("#") || !namesHost(hosts, host)) return true;
+    removed++;
+    return false;
+  });
+  return { text: kept.join("\n"), removed };
+}
+
 /** `openshell-<name>`: the host name ssh-config defines. */
 export function hostAlias(sandboxName: string): string {
   return `openshell-${sandboxName}`;
@@ -74,7 +112,7 @@ export function sshSettings(access: SshAccess): [string, string][] {
   validateSshName("sandbox id", access.sandboxId);
   return [
     ["User", SANDBOX_USER],
-    ["HostKeyAlias", `openshell-${access.sandboxId}`],
+    ["HostKeyAlias", hostKeyAlias(access.sandboxId)],
     ["UserKnownHostsFile", sshConfigPath(access.knownHostsFile)],
     ["GlobalKnownHostsFile", "/dev/null"],
     ["StrictHostKeyChecking", "accept-new"],

@@ -3,12 +3,14 @@ import { REPO_ROOT } from "../core/launcher.ts";
 import { netGrantsFor, selfCommand } from "./self.ts";
 import {
   deadSandboxNoticeSecs,
+  hostKeyAlias,
   proxyCommandLine,
   renderSshConfig,
   type SshAccess,
   sshArgs,
   sshConfigPath,
   sshOptions,
+  withoutKnownHost,
 } from "./ssh.ts";
 
 const ACCESS: SshAccess = {
@@ -82,10 +84,51 @@ Deno.test("self command: the binary itself when compiled, else deno run with the
   assert.ok(dev.includes("--allow-write=/cfg/openshell"));
   assert.ok(dev.includes("--allow-run=ssh"));
   assert.deepEqual(dev.slice(-4), [`${REPO_ROOT}/cli/main.ts`, "ssh-proxy", "--name", "x"]);
-  assert.deepEqual(netGrantsFor("localhost", 1).map((h) => h.host), [
-    "localhost",
-    "127.0.0.1",
-    "::1",
+  // The bare name (its lookup needs it), then its addresses at the port.
+  assert.deepEqual(netGrantsFor("localhost", 1), [
+    { host: "localhost", port: 0 },
+    { host: "127.0.0.1", port: 1 },
+    { host: "::1", port: 1 },
   ]);
   assert.deepEqual(netGrantsFor("[::1]", 1), [{ host: "::1", port: 1 }]);
+});
+
+const KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOuG3Ezd6rOSM1u4dP7JOYJOTy7DpdL05fyLs5Z7vNhN";
+const KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvVyoKD2WxW3k8qk6pT+Pb3wLQ2i/VUqBUvfZ6ogdAb";
+
+Deno.test("withoutKnownHost: a sandbox's entries go, plain or in a list; the rest stays", () => {
+  const a = hostKeyAlias("sb-a");
+  assert.equal(a, "openshell-sb-a");
+  const text = `# mine\n${a} ${KEY_A}\nopenshell-sb-b ${KEY_B}\nother,${a} ${KEY_A}\n` +
+    `@cert-authority ${a} ${KEY_A}\nopenshell-sb-ab ${KEY_B}\n`;
+  const r = withoutKnownHost(text, a);
+  assert.equal(r.removed, 3);
+  assert.equal(r.text, `# mine\nopenshell-sb-b ${KEY_B}\nopenshell-sb-ab ${KEY_B}\n`);
+  assert.deepEqual(withoutKnownHost(r.text, a), { text: r.text, removed: 0 });
+});
+
+Deno.test("withoutKnownHost: entries ssh-keygen -H hashed are found too", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "oscli-kh-" });
+  try {
+    const file = `${dir}/known_hosts`;
+    await Deno.writeTextFile(file, `openshell-sb-a ${KEY_A}\nopenshell-sb-b ${KEY_B}\n`);
+    const hash = await new Deno.Command("ssh-keygen", { args: ["-H", "-f", file], stderr: "null" })
+      .output();
+    assert.equal(hash.code, 0);
+    const hashed = await Deno.readTextFile(file);
+    assert.ok(!hashed.includes("openshell-sb-a") && hashed.startsWith("|1|"), hashed);
+    const r = withoutKnownHost(hashed, "openshell-sb-a");
+    assert.equal(r.removed, 1);
+    await Deno.writeTextFile(file, r.text);
+    const find = async (host: string) =>
+      (await new Deno.Command("ssh-keygen", {
+        args: ["-F", host, "-f", file],
+        stdout: "piped",
+        stderr: "null",
+      }).output()).code;
+    assert.equal(await find("openshell-sb-a"), 1, "gone");
+    assert.equal(await find("openshell-sb-b"), 0, "kept");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

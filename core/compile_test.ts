@@ -42,7 +42,8 @@ Deno.test("compile options override the deployment parameters", () => {
   ]));
   assert.equal(plan.length, 1);
   assert.ok(plan[0].args.includes("--allow-net=10.0.0.1:9443,unix:/run/x/s.sock"));
-  assert.ok(plan[0].args.includes("--allow-write=/run/x"));
+  // The socket's directory, plus the session cgroup directory every supervisor writes.
+  assert.ok(plan[0].args.includes("--allow-write=/run/x,/run/openshell-sessions"));
 });
 
 Deno.test("bad compile options are refused with a clear message", () => {

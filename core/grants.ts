@@ -174,7 +174,14 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       driverSocket ? `unix:${driverSocket}` : undefined,
     ]),
     read: unique([p.stateDir, p.dbPath, driverSocket, ...(p.tlsFiles ?? [])]),
-    write: unique([p.stateDir, p.dbPath, driverSocket]),
+    // SQLite's WAL companions: the gateway narrows their mode to 0600.
+    write: unique([
+      p.stateDir,
+      p.dbPath,
+      p.dbPath && `${p.dbPath}-wal`,
+      p.dbPath && `${p.dbPath}-shm`,
+      driverSocket,
+    ]),
     run: unique([p.driverBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,

@@ -106,7 +106,13 @@ Deno.test("gateway: listen address, state dir, db file, driver binary and socket
     "unix:/v/compute-driver.sock",
   ]);
   assert.deepEqual(g.read, ["/s", "/db/gw.db", "/v/compute-driver.sock", "/tls/key.pem"]);
-  assert.deepEqual(g.write, ["/s", "/db/gw.db", "/v/compute-driver.sock"]);
+  assert.deepEqual(g.write, [
+    "/s",
+    "/db/gw.db",
+    "/db/gw.db-wal",
+    "/db/gw.db-shm",
+    "/v/compute-driver.sock",
+  ]);
   assert.deepEqual(g.run, ["/d/openshell-driver-vm"]);
 });
 

@@ -51,47 +51,110 @@ export interface H2Link {
   destroy(): void;
 }
 
-/** Pipes an HTTP/2 client to the internal gRPC server, GOAWAY-filtered on the way in. */
+/** How often an internal connection refused for a full backlog is dialled again. */
+export const INNER_CONNECT_ATTEMPTS = 12;
+
+/** Errors of a Unix-socket connect that mean "busy, try again" (its accept backlog is full). */
+function isBusy(err: Error): boolean {
+  const code = (err as { code?: string }).code;
+  return code === "EAGAIN" || code === "EWOULDBLOCK" ||
+    /EAGAIN|temporarily unavailable/i.test(err.message);
+}
+
+/**
+ * Pipes an HTTP/2 client to the internal gRPC server, GOAWAY-filtered on the
+ * way in. A burst of new connections can fill the internal socket's accept
+ * backlog (connect fails with EAGAIN): the dial is then retried a few times
+ * with a short backoff, the client's bytes held meanwhile, instead of
+ * dropping the client.
+ */
 export function forwardH2(options: ForwardH2Options): H2Link {
   const { client } = options;
-  const inner = net.connect({ path: options.innerPath, allowHalfOpen: true });
-  options.onInner?.(inner);
   const tracker = new H2StreamTracker(options.onStreams);
   const up = options.filterGoaway === false
     ? new H2FrameScanner({ preface: true, onFrame: tracker.client })
     : new GoawayFilter(tracker.client);
   const down = new H2FrameScanner({ onFrame: tracker.server });
   let droppedSeen = 0;
+  let inner!: net.Socket;
+  let connected = false;
+  let done = false;
+  let attempts = 0;
+  /** Dials given up on for a full backlog: their close does not end the client. */
+  const retired = new Set<net.Socket>();
+  /** Client bytes (already filtered) waiting for the internal connection. */
+  let held: Uint8Array[] = [];
+  let clientEnded = false;
+  const teardown = () => {
+    done = true;
+    client.destroy();
+    inner?.destroy();
+  };
   const toInner = (chunk: Uint8Array) => {
     const out = up.push(chunk);
     if (up.dropped !== droppedSeen) {
       options.onGoawayDropped?.(up.dropped - droppedSeen);
       droppedSeen = up.dropped;
     }
-    if (out.length > 0 && !inner.write(out)) {
+    if (out.length === 0) return;
+    if (!connected) {
+      held.push(out);
+      return;
+    }
+    if (!inner.write(out)) {
       client.pause();
       inner.once("drain", () => client.resume());
     }
   };
-  const teardown = () => {
-    client.destroy();
-    inner.destroy();
+  const dial = () => {
+    const socket = net.connect({ path: options.innerPath, allowHalfOpen: true });
+    inner = socket;
+    options.onInner?.(socket);
+    socket.once("connect", () => {
+      connected = true;
+      for (const b of held) socket.write(b);
+      held = [];
+      if (clientEnded) socket.end();
+    });
+    socket.on("error", (err: Error) => {
+      if (!connected && !done && isBusy(err) && attempts < INNER_CONNECT_ATTEMPTS) {
+        attempts++;
+        retired.add(socket);
+        socket.destroy();
+        setTimeout(() => {
+          if (!done && !client.destroyed) dial();
+        }, Math.min(5 * 2 ** attempts, 250));
+        return;
+      }
+      teardown();
+    });
+    socket.on("close", () => {
+      if (!retired.has(socket)) {
+        done = true;
+        client.destroy();
+      }
+    });
+    socket.on("end", () => client.end());
+    socket.on("data", (chunk: Uint8Array) => {
+      down.push(chunk);
+      if (!client.write(chunk)) {
+        socket.pause();
+        client.once("drain", () => socket.resume());
+      }
+    });
   };
-  inner.on("error", teardown);
   client.on("error", teardown);
-  inner.on("close", () => client.destroy());
-  client.on("close", () => inner.destroy());
+  client.on("close", () => {
+    done = true;
+    inner?.destroy();
+  });
+  client.on("end", () => {
+    clientEnded = true;
+    if (connected) inner.end();
+  });
+  dial();
   if (options.first && options.first.length > 0) toInner(options.first);
   client.on("data", toInner);
-  client.on("end", () => inner.end());
-  inner.on("end", () => client.end());
-  inner.on("data", (chunk: Uint8Array) => {
-    down.push(chunk);
-    if (!client.write(chunk)) {
-      inner.pause();
-      client.once("drain", () => inner.resume());
-    }
-  });
   client.resume();
   return {
     get openStreams() {

@@ -93,6 +93,24 @@ export class Logger {
     );
   }
 
+  /**
+   * A logger that writes under another target (e.g. a child process's lines
+   * passed through under the child's own name), keeping level, format, sink
+   * and fields.
+   */
+  withTarget(target: string): Logger {
+    return new Logger(
+      {
+        level: LOG_LEVELS[this.#rank],
+        format: this.#format,
+        target,
+        sink: this.#sink,
+        now: this.#now,
+      },
+      this.#base,
+    );
+  }
+
   /** Whether lines at `level` are written. */
   enabled(level: LogLevel): boolean {
     return LOG_LEVELS.indexOf(level) <= this.#rank;
@@ -139,6 +157,73 @@ export class Logger {
   debug(message: string, fields?: LogFields): void {
     this.log("debug", message, fields);
   }
+}
+
+/** A log line of ours read back: what {@link Logger} wrote, without its timestamp. */
+export interface ParsedLogLine {
+  /** Its time in ms (as the writer's clock said). */
+  timeMs: number;
+  /** Its level. */
+  level: LogLevel;
+  /** Its target ("" when none). */
+  target: string;
+  /** The message; in text format with its `key=value` fields (text cannot tell them apart). */
+  message: string;
+  /** Fields (JSON format only), values as strings. */
+  fields: Record<string, string>;
+}
+
+const TEXT_LINE =
+  /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) (ERROR|WARN|INFO|DEBUG|TRACE) +(?:([A-Za-z0-9_.@/-]{1,64}): )?(.*)$/;
+
+/**
+ * Reads back one line {@link Logger} wrote (text or JSON format), so that a
+ * process passing on another one's output (the gateway its driver's, the
+ * gateway a guest's console) can re-emit it once, with one timestamp and
+ * one level, instead of wrapping it whole in its own line. `undefined` for
+ * anything else.
+ */
+export function parseLogLine(line: string): ParsedLogLine | undefined {
+  const text = line.trimEnd();
+  if (text.startsWith("{")) {
+    let o: unknown;
+    try {
+      o = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    if (!o || typeof o !== "object" || Array.isArray(o)) return undefined;
+    const { time, level, target, message, ...rest } = o as Record<string, unknown>;
+    if (typeof time !== "string" || typeof level !== "string" || typeof message !== "string") {
+      return undefined;
+    }
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) return undefined;
+    const timeMs = Date.parse(time);
+    if (Number.isNaN(timeMs)) return undefined;
+    const fields: Record<string, string> = {};
+    for (const [k, v] of Object.entries(rest)) {
+      if (v === null || typeof v === "object") continue;
+      fields[k] = String(v);
+    }
+    return {
+      timeMs,
+      level: level as LogLevel,
+      target: typeof target === "string" ? target : "",
+      message,
+      fields,
+    };
+  }
+  const m = TEXT_LINE.exec(text);
+  if (!m) return undefined;
+  const timeMs = Date.parse(m[1]);
+  if (Number.isNaN(timeMs)) return undefined;
+  return {
+    timeMs,
+    level: m[2].toLowerCase() as LogLevel,
+    target: m[3] ?? "",
+    message: m[4],
+    fields: {},
+  };
 }
 
 /**

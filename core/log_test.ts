@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { errorMessage, Logger, MAX_FIELD_CHARS, parseLogLevel } from "./log.ts";
+import { errorMessage, Logger, MAX_FIELD_CHARS, parseLogLevel, parseLogLine } from "./log.ts";
 
 Deno.test("text lines carry level, target, message and fields; levels filter", () => {
   const lines: string[] = [];
@@ -59,4 +59,40 @@ Deno.test("field values are bounded: a 1 MiB value does not make a 1 MiB log lin
   for (const l of lines) assert.ok(l.length < MAX_FIELD_CHARS + 200, `line of ${l.length}`);
   assert.match(lines[0], /id="x+…\(1048576 chars\)"$/);
   assert.match(JSON.parse(lines[1]).id, /^x{2048}…\(1048576 chars\)$/);
+});
+
+Deno.test("parseLogLine reads back what Logger wrote, text and JSON; withTarget renames", () => {
+  const lines: string[] = [];
+  const sink = (l: string) => lines.push(l);
+  new Logger({ target: "openshell-driver-vm", sink, now: () => 1000 }).warn("VM exited", {
+    status: 1,
+  });
+  new Logger({ sink, now: () => 2000 }).info("no target here");
+  new Logger({ format: "json", target: "sup", sink, now: () => 3000 }).error("bad", { n: 2 });
+  assert.deepEqual(lines.map(parseLogLine), [
+    {
+      timeMs: 1000,
+      level: "warn",
+      target: "openshell-driver-vm",
+      message: "VM exited status=1",
+      fields: {},
+    },
+    { timeMs: 2000, level: "info", target: "", message: "no target here", fields: {} },
+    { timeMs: 3000, level: "error", target: "sup", message: "bad", fields: { n: "2" } },
+  ]);
+  const renamed: string[] = [];
+  new Logger({ target: "gateway", sink: (l) => renamed.push(l), now: () => 0 }).with({ a: 1 })
+    .withTarget("driver").info("hi");
+  assert.deepEqual(renamed, ["1970-01-01T00:00:00.000Z INFO  driver: hi a=1"]);
+  for (
+    const other of [
+      "plain text",
+      "[    0.000000] Linux version 6.1",
+      '{"class_uid":4001,"message":"x"}',
+      "{not json",
+      "2026-01-01T00:00:00Z LOUD x: y",
+    ]
+  ) {
+    assert.equal(parseLogLine(other), undefined, other);
+  }
 });

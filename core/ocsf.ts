@@ -197,16 +197,20 @@ export function relayOpened(ctx: OcsfContext, info: { channelId: string }): Netw
   });
 }
 
-/** A relay ended cleanly. */
+/**
+ * A relay ended cleanly, or was closed on purpose (`reason`: the gateway
+ * closed it when its exec or SSH connection ended, or the supervisor while
+ * stopping). Either way not a failure.
+ */
 export function relayClosed(
   ctx: OcsfContext,
-  info: { channelId: string; bytesToGateway: number; bytesFromGateway: number },
+  info: { channelId: string; bytesToGateway: number; bytesFromGateway: number; reason?: string },
 ): NetworkActivityEvent {
   return build(ctx, {
     activity: "Close",
     severity: "Informational",
     status: "Success",
-    message: `relay closed channel_id=${info.channelId}`,
+    message: `relay closed channel_id=${info.channelId}${info.reason ? `: ${info.reason}` : ""}`,
     unmapped: {
       channel_id: info.channelId,
       bytes_to_gateway: info.bytesToGateway,
@@ -228,4 +232,42 @@ export function relayFailed(
     detail: info.error,
     unmapped: { channel_id: info.channelId },
   });
+}
+
+/** The readable part of an OCSF event line, as {@link readOcsfLine} finds it. */
+export interface OcsfSummary {
+  /** The parsed event (any OCSF class: only `class_uid` and `message` are required). */
+  event: Record<string, unknown>;
+  /** Its one-line message. */
+  message: string;
+  /** A log level for it: `error` (High and above), `warn` (a Failure or Low/Medium), else `info`. */
+  level: "error" | "warn" | "info";
+}
+
+/**
+ * Reads an OCSF event written as one JSON line (the supervisor's events on
+ * its stderr, which a VM's console carries to the gateway): `undefined`
+ * unless it is a JSON object with a numeric `class_uid` and a string
+ * `message`. The text may come from a hostile guest: nothing in it is
+ * trusted beyond being bounded JSON.
+ */
+export function readOcsfLine(text: string): OcsfSummary | undefined {
+  const t = text.trim();
+  if (!t.startsWith("{") || !t.includes('"class_uid"')) return undefined;
+  let o: unknown;
+  try {
+    o = JSON.parse(t);
+  } catch {
+    return undefined;
+  }
+  if (!o || typeof o !== "object" || Array.isArray(o)) return undefined;
+  const event = o as Record<string, unknown>;
+  if (typeof event.class_uid !== "number" || typeof event.message !== "string") return undefined;
+  const severity = typeof event.severity_id === "number" ? event.severity_id : 0;
+  const level = severity >= Severity.High
+    ? "error"
+    : event.status_id === Status.Failure || severity >= Severity.Low
+    ? "warn"
+    : "info";
+  return { event, message: event.message, level };
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   endpointOf,
   type OcsfContext,
+  readOcsfLine,
   relayClosed,
   relayFailed,
   relayOpened,
@@ -84,4 +85,27 @@ Deno.test("relay open / close / fail carry the channel id and the right activity
   assert.equal(fail.severity, "Low");
   assert.equal(fail.status, "Failure");
   assert.match(fail.message, /ch-1: socket refused/);
+});
+
+Deno.test("readOcsfLine: an event line gives its message and a level; other text gives nothing", () => {
+  const opened = readOcsfLine(JSON.stringify(relayOpened(ctx, { channelId: "c1" })));
+  assert.equal(opened?.message, "relay opened channel_id=c1");
+  assert.equal(opened?.level, "info");
+  assert.equal(opened?.event.class_uid, 4001);
+  const failed = readOcsfLine(JSON.stringify(relayFailed(ctx, { channelId: "c2", error: "x" })));
+  assert.equal(failed?.level, "warn");
+  const high = readOcsfLine('{"class_uid":4001,"message":"m","severity_id":4}');
+  assert.equal(high?.level, "error");
+  for (
+    const other of [
+      "plain",
+      '{"class_uid":"4001","message":"m"}',
+      '{"class_uid":4001}',
+      '["class_uid"]',
+      '{"class_uid":4001,"message":"m"',
+      "2026-01-01T00:00:00.000Z INFO  x: class_uid",
+    ]
+  ) {
+    assert.equal(readOcsfLine(other), undefined, other);
+  }
 });

@@ -33,7 +33,9 @@ Deno.test("waitFor gives up at its deadline; errors stop it unless ignored", asy
 
 Deno.test("process helpers see a child come and go", async () => {
   const marker = `osmarker-${crypto.randomUUID()}`;
-  const child = new Deno.Command("sh", { args: ["-c", `sleep 30 # ${marker}`] }).spawn();
+  // `read` is a shell builtin: no forked child (whose argv is briefly the shell's) to find too.
+  const child = new Deno.Command("sh", { args: ["-c", `read -r x # ${marker}`], stdin: "piped" })
+    .spawn();
   try {
     assert.equal(await alive(child.pid), true);
     const found = await findProcesses(marker);
@@ -41,6 +43,7 @@ Deno.test("process helpers see a child come and go", async () => {
   } finally {
     child.kill("SIGKILL");
     await child.status;
+    await child.stdin.close().catch(() => {});
   }
   assert.equal(await alive(child.pid), false);
   const port = freePort();

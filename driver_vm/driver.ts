@@ -547,9 +547,7 @@ export class VmDriver {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (pid ${r.handle.pid}, accel ${accel}; ${
-          describeResources(resources)
-        })`,
+        message: `qemu started (accel ${accel}; ${describeResources(resources)})`,
       });
     } catch (err) {
       this.#sandboxes.delete(id);

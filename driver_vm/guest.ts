@@ -59,15 +59,18 @@ export interface GuestConfig {
 /** qemu user networking's built-in name server (reachable only with `--allow-egress`). */
 export const GUEST_DNS = "10.0.2.3";
 
+/** The guest's host name when the sandbox name gives none. */
+export const DEFAULT_GUEST_HOSTNAME = "openshell-sandbox";
+
 /**
- * The guest's host name for a sandbox name: lower case, letters, digits and
- * `-` (any run of anything else becomes one `-`), at most 63 characters, no
- * `-` at either end; `sandbox` when nothing is left.
+ * The guest's host name (and so its shell prompt): the sandbox name as a
+ * DNS label (lower case; anything but letters, digits and '-' becomes '-';
+ * at most 63 characters; no '-' at either end).
  */
-export function guestHostname(name: string): string {
-  const h = name.toLowerCase().replace(/[^a-z0-9-]+/g, "-").replace(/-{2,}/g, "-")
-    .replace(/^-+/, "").slice(0, 63).replace(/-+$/, "");
-  return h || "sandbox";
+export function guestHostname(sandboxName: string): string {
+  const label = sandboxName.toLowerCase().replace(/[^a-z0-9-]/g, "-").slice(0, 63)
+    .replace(/^-+|-+$/g, "");
+  return label || DEFAULT_GUEST_HOSTNAME;
 }
 
 function assignments(vars: Readonly<Record<string, string>>): string {

@@ -16,6 +16,7 @@
  */
 import { hostPortGrant } from "../core/grants.ts";
 import { stripTaskSeparator } from "../core/launcher.ts";
+import { checkPrivateDir, UnsafePathError } from "../core/secure_fs.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { decideAccel, probeCachePath, probeKvm, readProbeCache, writeProbeCache } from "./accel.ts";
@@ -213,7 +214,15 @@ export async function main(args: readonly string[]): Promise<number> {
   const log = new Logger({ level: config.logLevel, target: "openshell-driver-vm" });
   checkGatewayGrant(config.endpoint);
   const parent = Deno.ppid;
-  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  try {
+    // Keys, tokens and sockets live here: refuse a symlink, another user's dir, or one
+    // that others can write.
+    await checkPrivateDir(config.stateDir, { create: true, what: "state dir" });
+  } catch (err) {
+    if (!(err instanceof UnsafePathError)) throw err;
+    log.error(`cannot start: ${err.message}`);
+    return 1;
+  }
   await removeStaleSandboxes(config.stateDir, log);
   const runtime = runtimeFiles(config.runtimeDir);
 

@@ -261,12 +261,15 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
   }
 });
 
-/** What the fake qemu below does: run its guestfwd command 12 times at once, like 12 guest connections. */
+/**
+ * What the fake qemu below does: run its guestfwd command 12 times at once,
+ * like 12 guest connections, recording into `$DIR/out` (writable by qemu's account).
+ */
 const GUEST_FLOOD_QEMU = `
 for a in "$@"; do case "$a" in *guestfwd=*) cmd=\${a#*-cmd:} ;; esac; done
 echo "fake qemu started: $cmd"
 for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
-  ( (echo "hello $i"; sleep 2) | $cmd > "$DIR/conn.$i" 2>/dev/null; echo "$i" >> "$DIR/ended" ) &
+  ( (echo "hello $i"; sleep 2) | $cmd > "$DIR/out/conn.$i" 2>/dev/null; echo "$i" >> "$DIR/out/ended" ) &
 done
 exec sleep 600
 `;
@@ -288,18 +291,22 @@ Deno.test("driver process: guest connections reach the gateway through socat and
     gatewayPort: (gateway.addr as Deno.NetAddr).port,
     args: ["--max-guest-connections", "3"],
   });
+  // Run as root, the driver starts qemu as VM_USER: only its own directory is writable to it.
+  const outDir = `${s.dir}/out`;
+  await Deno.mkdir(outDir, { mode: 0o700 });
+  if (isRoot) await Deno.chown(outDir, vmUser.uid, vmUser.gid);
   const child = spawn(s.argv);
   const out = stderrOf(child);
   const c = s.client();
   try {
     await s.create("sb-f", c);
     const ended = await waitFor("all 12 guest connections to end", async () => {
-      const lines = (await Deno.readTextFile(`${s.dir}/ended`)).trim().split("\n");
+      const lines = (await Deno.readTextFile(`${outDir}/ended`)).trim().split("\n");
       return lines.length === 12 ? lines : undefined;
     }, { ignoreErrors: true, timeoutMs: 20_000 });
     assert.equal(ended.length, 12);
     const replies = await Promise.all(
-      Array.from({ length: 12 }, (_, i) => Deno.readTextFile(`${s.dir}/conn.${i + 1}`)),
+      Array.from({ length: 12 }, (_, i) => Deno.readTextFile(`${outDir}/conn.${i + 1}`)),
     );
     const carried = replies.filter((r) => /^hello \d+\n$/.test(r));
     const refused = replies.filter((r) => r === "");
@@ -466,4 +473,27 @@ Deno.test({
       await Deno.remove(s.dir, { recursive: true });
     }
   },
+});
+
+Deno.test("driver process: a state dir others can write, or a symlink, stops it at start", async () => {
+  const s = await setup();
+  try {
+    await Deno.chmod(s.state, 0o777);
+    const open = await spawn(s.argv).output();
+    const openErr = new TextDecoder().decode(open.stderr);
+    assert.equal(open.code, 1, openErr);
+    assert.match(
+      openErr,
+      /cannot start: state dir .* can be written by other users \(mode 0777\); run `chmod go-w /,
+    );
+    await Deno.chmod(s.state, 0o700);
+    await Deno.rename(s.state, `${s.state}.real`);
+    await Deno.symlink(`${s.state}.real`, s.state);
+    const link = await spawn(s.argv).output();
+    const linkErr = new TextDecoder().decode(link.stderr);
+    assert.equal(link.code, 1, linkErr);
+    assert.match(linkErr, /cannot start: state dir .* is a symlink; refusing/);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
 });

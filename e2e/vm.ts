@@ -221,14 +221,19 @@ async function main(): Promise<number> {
       return g.stderr().includes("compute driver ready") ? true : undefined;
     }, { timeoutMs: 60_000, intervalMs: 100 });
     // The CLI talks to it as a registered gateway: the operator's client bundle for TLS.
-    const add = await cli([
-      "gateway",
-      "add",
-      "e2e",
-      g.endpoint,
-      ...(g.pki ? ["--ca", g.pki.ca, "--cert", g.pki.clientCert, "--key", g.pki.clientKey] : []),
-      "--force",
-    ]);
+    // `gateway add --mtls-dir` reads the bundle where the gateway wrote it, so this one
+    // call is not confined to the CLI's config dir (cli/launch.ts does the same).
+    const add = await runCmd(
+      roleCommand("cli", cliGrants({ gateways: [{ host: "127.0.0.1", port }] }), [
+        "gateway",
+        "add",
+        "e2e",
+        g.endpoint,
+        ...(g.pki ? ["--mtls-dir", g.pki.dir] : []),
+        "--force",
+      ]),
+      { env: cliEnv(), timeoutMs: 60_000 },
+    );
     check(add.code === 0, `gateway add: ${show(add)}`);
     const sel = await cli(["gateway", "select", "e2e"]);
     check(sel.code === 0, `gateway select: ${show(sel)}`);

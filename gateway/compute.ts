@@ -11,7 +11,8 @@
 import { randomBytes } from "node:crypto";
 import { hashToken, newToken } from "./tokens.ts";
 import type { Duplex } from "node:stream";
-import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
+import { errorMessage, type Logger, type LogLevel, parseLogLine } from "../core/log.ts";
+import { readOcsfLine } from "../core/ocsf.ts";
 import { LogRateLimiter } from "../core/rate_limit.ts";
 import { capLine, utf8Length } from "../core/text.ts";
 import type {
@@ -81,6 +82,44 @@ function boundFields(fields: Record<string, string>): Record<string, string> {
     out[capLine(k, 128)] = capLine(v, MAX_LOG_FIELD_BYTES);
   }
   return out;
+}
+
+/**
+ * One line of a guest's console (already capped and cleaned by the driver)
+ * as a log line, passed through once: a line the supervisor's logger wrote
+ * keeps its level, target and message but not its own timestamp (the
+ * driver's is used) nor the `sandbox_id=` every supervisor line repeats; an
+ * OCSF event line keeps its JSON as the message under target `ocsf`, with a
+ * level from its severity; anything else (the kernel, the init) is an INFO
+ * `console` line. The source stays `console` whatever the guest wrote, so
+ * a guest cannot pass its lines off as the gateway's.
+ */
+export function consoleLogLine(
+  sandboxId: string,
+  text: string,
+  timestampMs: number,
+): SandboxLogLine {
+  const base = { sandbox_id: sandboxId, timestamp_ms: timestampMs, source: "console" };
+  const event = readOcsfLine(text);
+  if (event) {
+    return {
+      ...base,
+      level: event.level.toUpperCase(),
+      target: "ocsf",
+      message: text.trim(),
+      fields: {},
+    };
+  }
+  const parsed = parseLogLine(text);
+  if (!parsed) return { ...base, level: "INFO", target: "console", message: text, fields: {} };
+  const { sandbox_id: own, ...fields } = parsed.fields;
+  return {
+    ...base,
+    level: parsed.level.toUpperCase(),
+    target: capLine(parsed.target, 64) || "console",
+    message: parsed.message.replace(` sandbox_id=${sandboxId}`, ""),
+    fields: boundFields(own === undefined || own === sandboxId ? fields : parsed.fields),
+  };
 }
 
 /** Options of {@link ComputeRuntime}. */
@@ -651,15 +690,7 @@ export class ComputeRuntime {
       limiter = new LogRateLimiter({ now: this.#now });
       this.#consoleRates.set(sandboxId, limiter);
     }
-    const line: SandboxLogLine = {
-      sandbox_id: sandboxId,
-      timestamp_ms: event.timestamp_ms || this.#now(),
-      level: "INFO",
-      target: "console",
-      message,
-      source: "console",
-      fields: {},
-    };
+    const line = consoleLogLine(sandboxId, message, event.timestamp_ms || this.#now());
     const { admit, dropped } = limiter.admit(logLineBytes(line));
     if (!admit) return;
     if (dropped > 0) {

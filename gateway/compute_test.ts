@@ -27,6 +27,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import {
   ComputeRuntime,
+  consoleLogLine,
   generateSandboxName,
   LOG_BYTES_KEPT,
   logLineBytes,
@@ -550,7 +551,7 @@ Deno.test("sessions: a Starting snapshot after the session keeps READY (backfill
   const r = (await h.store.getSandbox(id))!.sandbox;
   assert.equal(r.phase, "SANDBOX_PHASE_READY");
   assert.equal(r.status?.conditions.find((c) => c.type === "Ready")?.reason, REASON_CONNECTED);
-  assert.equal(r.status?.agent_pod, "vm-1");
+  assert.equal(r.status?.agent_pod, "", "the driver's instance id (a host pid) is not published");
 });
 
 Deno.test("sessions: ERROR is not overridden by a new session", async () => {
@@ -618,6 +619,53 @@ Deno.test("watch: console platform events become console log lines", async () =>
   assert.equal(line.timestamp_ms, 42);
   assert.equal(line.sandbox_id, id);
   assert.deepEqual(h.runtime.eventTopics.buffered(id), [], "console lines are not events");
+});
+
+Deno.test("consoleLogLine: supervisor lines once (no second timestamp), OCSF by severity, the rest as is", () => {
+  const sup = consoleLogLine(
+    "sb-1",
+    "2020-01-01T00:00:00.000Z WARN  openshell-sandbox: relay refused: at capacity max_relays=8 sandbox_id=sb-1",
+    42,
+  );
+  assert.deepEqual(sup, {
+    sandbox_id: "sb-1",
+    timestamp_ms: 42,
+    source: "console",
+    level: "WARN",
+    target: "openshell-sandbox",
+    message: "relay refused: at capacity max_relays=8",
+    fields: {},
+  });
+  const json = consoleLogLine(
+    "sb-1",
+    '{"time":"2020-01-01T00:00:00.000Z","level":"error","target":"openshell-sandbox",' +
+      '"message":"boom","sandbox_id":"sb-1","n":3}',
+    43,
+  );
+  assert.deepEqual([json.level, json.target, json.message, json.fields], [
+    "ERROR",
+    "openshell-sandbox",
+    "boom",
+    { n: "3" },
+  ]);
+  const ocsf = '{"class_uid":4001,"message":"relay failed channel_id=c: x","severity_id":2,' +
+    '"status_id":2}';
+  const event = consoleLogLine("sb-1", ocsf, 44);
+  assert.deepEqual([event.level, event.target, event.message, event.source], [
+    "WARN",
+    "ocsf",
+    ocsf,
+    "console",
+  ]);
+  const kernel = consoleLogLine("sb-1", "[    0.1] booting", 45);
+  assert.deepEqual([kernel.level, kernel.target, kernel.message], [
+    "INFO",
+    "console",
+    "[    0.1] booting",
+  ]);
+  // A guest claiming to be the gateway is still a console line.
+  const fake = consoleLogLine("sb-1", "2020-01-01T00:00:00.000Z ERROR gateway: all is lost", 46);
+  assert.deepEqual([fake.source, fake.target], ["console", "gateway"]);
 });
 
 Deno.test("watch: other platform events go to eventTopics and the gateway log", async () => {
@@ -762,7 +810,11 @@ Deno.test("reconcile: a sandbox missing from the driver's list becomes ERROR Dri
 
   const k = (await h.store.getSandbox(kept.id))!.sandbox;
   assert.equal(k.phase, "SANDBOX_PHASE_PROVISIONING");
-  assert.equal(k.status?.agent_pod, "vm-1", "the listed snapshot was merged");
+  assert.equal(
+    k.status?.conditions.find((x) => x.type === "Ready")?.reason,
+    "Starting",
+    "the listed snapshot was merged",
+  );
 
   // a second pass leaves the ERROR alone (no new log line)
   const before = h.runtime.logTopics.total(lost.id);

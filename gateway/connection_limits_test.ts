@@ -15,10 +15,10 @@ import http2 from "node:http2";
 import net from "node:net";
 import { H2_PREFACE } from "../core/goaway_filter.ts";
 import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
-import { OpenShellClient, type Sandbox } from "../core/protocol.ts";
+import type { Sandbox } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "./listener.ts";
-import { apiClient, connectFakeSupervisor, startGateway } from "./testing.ts";
+import { apiClient, byoSupervisor, type FakeSupervisor, startGateway } from "./testing.ts";
 
 const FLOOD = 2_000;
 const BATCH = 100;
@@ -118,15 +118,10 @@ Deno.test(`${FLOOD} idle HTTP/2 connections are capped and a normal client is st
 Deno.test("idle connections are closed; a supervisor session stays, a client's next call reconnects", async () => {
   const gw = await startGateway({ args: ["--connection-idle-secs", "1"] });
   const api = apiClient(gw.port);
-  let sup: ReturnType<typeof connectFakeSupervisor> | undefined;
-  let supClient: grpc.Client | undefined;
+  let sup: FakeSupervisor | undefined;
   try {
-    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "idle" })).sandbox;
-    // Its own connection: grpc-js would otherwise share one with `api` (same target and options).
-    supClient = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure(), {
-      "grpc.use_local_subchannel_pool": 1,
-    });
-    sup = connectFakeSupervisor({ port: gw.port, sandboxId: sb.id, client: supClient });
+    // On the supervisor plane, its own connection (idle-capped like the user API's).
+    sup = (await byoSupervisor(gw, "idle")).connect();
     await sup.accepted;
     let ended = false;
     sup.ended.then(() => ended = true);
@@ -150,7 +145,6 @@ Deno.test("idle connections are closed; a supervisor session stays, a client's n
     assert.equal(gw.stderr().includes("supervisor session ended"), false);
   } finally {
     sup?.close();
-    supClient?.close();
     api.close();
     const code = await gw.stop();
     assert.equal(code, 0, gw.stderr().slice(-2000));

@@ -7,7 +7,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { sleep } from "../core/backoff.ts";
-import type { Logger } from "../core/log.ts";
+import { type Logger, parseLogLine } from "../core/log.ts";
 import {
   ComputeDriverClient,
   type DriverSandbox,
@@ -167,6 +167,22 @@ async function pumpLines(
 }
 
 /**
+ * Writes one line of the driver's output to the gateway log once: a line
+ * the driver's logger wrote keeps its level, target and message under the
+ * gateway's timestamp (no second timestamp and level in front of the
+ * driver's own); any other text becomes an `info` line of the `driver`
+ * component.
+ */
+export function passDriverLine(log: Logger, line: string): void {
+  const parsed = parseLogLine(line);
+  if (!parsed) {
+    if (line.trim()) log.with({ component: "driver" }).info(line);
+    return;
+  }
+  log.withTarget(parsed.target || "driver").log(parsed.level, parsed.message, parsed.fields);
+}
+
+/**
  * Starts the driver binary, forwards its output to the gateway log, and
  * waits until it answers `GetCapabilities`. A driver that exits or does not
  * answer in time is an error (and is killed). Stopping the returned driver
@@ -191,10 +207,9 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
   } catch (err) {
     throw new Error(`cannot start compute driver ${options.binary}: ${(err as Error).message}`);
   }
-  const dlog = log.with({ component: "driver" });
   const output = Promise.all([
-    pumpLines(child.stdout, (l) => dlog.info(l)),
-    pumpLines(child.stderr, (l) => dlog.info(l)),
+    pumpLines(child.stdout, (l) => passDriverLine(log, l)),
+    pumpLines(child.stderr, (l) => passDriverLine(log, l)),
   ]);
   const exited = child.status.then(async (s) => {
     await output;

@@ -7,9 +7,10 @@ import { Buffer } from "node:buffer";
 import type * as grpc from "@grpc/grpc-js";
 import type { ExecSandboxEvent, Sandbox } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
+import { waitFor } from "../core/testing.ts";
 import { startSupervisor } from "../supervisor/testing.ts";
 import { exitCodeOf } from "./exec.ts";
-import { type ApiClient, apiClient, connectFakeSupervisor, startGateway } from "./testing.ts";
+import { type ApiClient, apiClient, byoSupervisor, startGateway } from "./testing.ts";
 
 interface ExecResult {
   stdout: string;
@@ -36,15 +37,23 @@ function exec(api: ApiClient, request: Record<string, unknown>): Promise<ExecRes
 Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
   const gw = await startGateway();
   const api = apiClient(gw.port);
-  const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "exec" })).sandbox;
+  const byo = await byoSupervisor(gw, "exec");
+  const sandbox = byo.sandbox;
   const sup = await startSupervisor({
-    endpoint: gw.endpoint,
+    endpoint: gw.supervisorEndpoint,
     sandboxId: sandbox.id,
+    token: byo.token,
+    hostKey: byo.hostKey.privateKey,
     environment: { SANDBOX_GREETING: "set at create" },
   });
   try {
     await sup.waitForEvent((e) => e.activity_name === "Open" && /session/.test(e.message));
     const id = sandbox.id;
+    // The supervisor reported its host key at hello: that is the key exec pins.
+    const ssh = await api.call<{ host_key_fingerprint: string }>("CreateSshSession", {
+      sandbox_id: id,
+    });
+    assert.equal(ssh.host_key_fingerprint, byo.hostKey.fingerprint);
 
     await t.step("echo prints and exits 0", async () => {
       const r = await exec(api, { sandbox_id: id, command: ["echo", "hello world"] });
@@ -86,6 +95,19 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
       const r = await exec(api, { sandbox_id: id, command: ["sleep", "30"], timeout_seconds: 1 });
       assert.equal(r.exit, 124);
     });
+    await t.step(
+      "the supervisor logs every finished exec's relay as a Close, none as a Fail",
+      async () => {
+        const relays = () => sup.events().filter((e) => /^relay /.test(e.message));
+        const closes = () => relays().filter((e) => e.activity_name === "Close").length;
+        // Every exec so far opened one relay; the gateway tore each down when it finished.
+        const opened = relays().filter((e) => e.activity_name === "Open").length;
+        assert.ok(opened >= 6, `${opened} relays opened`);
+        await waitFor("a Close for every relay", () => closes() === opened);
+        assert.deepEqual(relays().filter((e) => e.activity_name === "Fail"), []);
+        assert.ok(relays().every((e) => e.status === "Success"));
+      },
+    );
     await t.step("a PTY is allocated on request", async () => {
       const r = await exec(api, { sandbox_id: id, command: ["tty"], tty: true });
       assert.match(r.stdout, /^\/dev\/pts\/\d+/);
@@ -118,15 +140,32 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
   }
 });
 
-Deno.test("ExecSandbox on a sandbox that is not READY is FAILED_PRECONDITION", async () => {
+Deno.test("ExecSandbox is FAILED_PRECONDITION when not READY or the host key is unknown", async () => {
   const gw = await startGateway();
   const api = apiClient(gw.port);
   try {
-    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "cold" })).sandbox;
+    const byo = await byoSupervisor(gw, "cold");
+    const sb = byo.sandbox;
     await assert.rejects(
       exec(api, { sandbox_id: sb.id, command: ["true"] }),
       (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION && /not ready/.test(e.details),
     );
+    // READY through a supervisor that reported no host key: nothing to pin, so no exec.
+    const sup = byo.connect({ hostKeyFingerprint: "" });
+    await sup.accepted;
+    const phase = async () =>
+      (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name: "cold" })).sandbox.phase;
+    await waitFor("READY", async () => (await phase()) === "SANDBOX_PHASE_READY");
+    await assert.rejects(
+      exec(api, { sandbox_id: sb.id, command: ["true"] }),
+      (e: grpc.ServiceError) =>
+        e.code === Code.FAILED_PRECONDITION && /host key .* is not known yet/.test(e.details),
+    );
+    await assert.rejects(
+      api.call("CreateSshSession", { sandbox_id: sb.id }),
+      (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION,
+    );
+    sup.close();
   } finally {
     api.close();
     await gw.stop();
@@ -137,14 +176,13 @@ Deno.test("a burst of 64 execs on one sandbox: 32 relays in flight, 32 RESOURCE_
   const gw = await startGateway();
   const api = apiClient(gw.port);
   try {
-    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "burst" })).sandbox;
+    const byo = await byoSupervisor(gw, "burst");
+    const sb = byo.sandbox;
     // A supervisor that never answers relay_open keeps every granted relay in flight.
     let opens = 0;
     let allOpened!: () => void;
     const opened = new Promise<void>((r) => allOpened = r);
-    const sup = connectFakeSupervisor({
-      port: gw.port,
-      sandboxId: sb.id,
+    const sup = byo.connect({
       ignoreRelays: true,
       onMessage: (m) => m.payload === "relay_open" && ++opens === 32 && allOpened(),
     });

@@ -1,7 +1,8 @@
 /**
  * The GOAWAY hazard (denoland/deno#36788): grpc-js clients that stream
  * through a relay and then close their channel gracefully (HTTP/2 GOAWAY)
- * used to abort the gateway inside nghttp2. Fifty such clients in a row must
+ * used to abort the gateway inside nghttp2. The clients are supervisors, on
+ * the supervisor plane, where relays are served. Fifty such clients in a row must
  * leave the gateway alive and healthy.
  *
  * Without the GOAWAY filter this fails: run it with
@@ -10,8 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import type { Sandbox } from "../core/protocol.ts";
-import { apiClient, openTunnel, startGateway } from "./testing.ts";
+import { apiClient, byoSupervisor, openTunnel, startGateway } from "./testing.ts";
 
 const ROUNDS = Number(Deno.env.get("OPENSHELL_STRESS_ROUNDS") ?? 50);
 const MIB_PER_ROUND = Number(Deno.env.get("OPENSHELL_STRESS_MIB") ?? 32);
@@ -24,13 +24,22 @@ Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then c
   let died = false;
   gw.exited.then(() => died = true);
   try {
-    const sb = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "stress" })).sandbox;
+    const byo = await byoSupervisor(gw, "stress");
+    const sb = byo.sandbox;
     const block = Buffer.alloc(256 * 1024, 0x5a);
     const total = MIB_PER_ROUND * 1024 * 1024;
     for (let round = 1; round <= ROUNDS; round++) {
       // A fresh client process: a new HTTP/2 connection that ends with GOAWAY.
       const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${HERE}/testdata/goaway_client.ts`, String(gw.port), sb.id],
+        args: [
+          "run",
+          "-A",
+          `${HERE}/testdata/goaway_client.ts`,
+          String(gw.supervisorPort),
+          sb.id,
+          byo.hostKey.fingerprint,
+        ],
+        env: { OPENSHELL_SUPERVISOR_TOKEN: byo.token },
         stdout: "piped",
         stderr: "inherit",
       }).spawn();

@@ -133,7 +133,9 @@ export function applyDriverSnapshot(
     phase,
     status: {
       sandbox_name: status?.sandbox_name || sandbox.status?.sandbox_name || sandbox.name,
-      agent_pod: status?.instance_id ?? sandbox.status?.agent_pod ?? "",
+      // Upstream's pod name. The driver's instance id stays between driver and gateway:
+      // for the VM driver it is a host process id, nothing a client needs to know.
+      agent_pod: "",
       agent_fd: status?.agent_fd ?? "",
       sandbox_fd: status?.sandbox_fd ?? "",
       conditions,

@@ -19,10 +19,12 @@ import {
 } from "../core/protocol.ts";
 import { MAX_PENDING_RELAYS_PER_SANDBOX, RELAY_CAPACITY_ERROR } from "../core/registry.ts";
 import { waitFor } from "../core/testing.ts";
+import { grpcTlsCredentials } from "../core/tls.ts";
 import {
   type ApiClient,
   apiClient,
-  connectFakeSupervisor,
+  type ByoSupervisor,
+  byoSupervisor,
   type FakeSupervisor,
   openTunnel,
   startGateway,
@@ -67,10 +69,6 @@ async function withGateway(
   }
 }
 
-async function createSandbox(f: Fixture, name: string): Promise<Sandbox> {
-  return (await f.api.call<{ sandbox: Sandbox }>("CreateSandbox", { name })).sandbox;
-}
-
 async function token(f: Fixture, sandboxId: string): Promise<string> {
   return (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandboxId }))
     .token;
@@ -89,12 +87,10 @@ async function silentSandbox(
   f: Fixture,
   name: string,
 ): Promise<{ id: string; opens: () => number; nextOpen: () => Promise<void> }> {
-  const sb = await createSandbox(f, name);
+  const byo = await byoSupervisor(f.gw, name);
   let opens = 0;
   let waiters: (() => void)[] = [];
-  const sup = connectFakeSupervisor({
-    port: f.gw.port,
-    sandboxId: sb.id,
+  const sup = byo.connect({
     ignoreRelays: true,
     onMessage: (m) => {
       if (m.payload !== "relay_open") return;
@@ -107,7 +103,7 @@ async function silentSandbox(
   await sup.accepted;
   await ready(f, name);
   return {
-    id: sb.id,
+    id: byo.sandbox.id,
     opens: () => opens,
     nextOpen: () => new Promise((r) => waiters.push(r)),
   };
@@ -119,12 +115,12 @@ function echo(relay: Duplex): void {
 }
 
 async function echoSandbox(f: Fixture, name: string): Promise<{ id: string; sup: FakeSupervisor }> {
-  const sb = await createSandbox(f, name);
-  const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id, onRelay: echo });
+  const byo = await byoSupervisor(f.gw, name);
+  const sup = byo.connect({ onRelay: echo });
   f.cleanup.push(() => sup.close());
   await sup.accepted;
   await ready(f, name);
-  return { id: sb.id, sup };
+  return { id: byo.sandbox.id, sup };
 }
 
 /**
@@ -230,15 +226,26 @@ Deno.test("CONNECT: 9 silent sandboxes at their relay cap do not block a healthy
   });
 });
 
-/** A supervisor session that answers every `relay_open` with a refusal saying `error`. */
-function refusingSupervisor(f: Fixture, sandboxId: string, error: () => string): Promise<void> {
-  const client = new OpenShellClient(`127.0.0.1:${f.gw.port}`, grpc.credentials.createInsecure());
+/**
+ * A supervisor session (on the supervisor plane, with `byo`'s credentials)
+ * that answers every `relay_open` with a refusal saying `error`.
+ */
+function refusingSupervisor(f: Fixture, byo: ByoSupervisor, error: () => string): Promise<void> {
+  const ca = byo.credentials.ca_cert_pem;
+  const secure = ca ? grpcTlsCredentials("127.0.0.1", { ca }) : undefined;
+  const client = new OpenShellClient(
+    `127.0.0.1:${f.gw.supervisorPort}`,
+    secure?.credentials ?? grpc.credentials.createInsecure(),
+    secure?.options ?? {},
+  );
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(byo.metadata)) md.set(k, v);
   const call = (client as unknown as {
     ConnectSupervisor(md: grpc.Metadata): grpc.ClientDuplexStream<
       Wire<SupervisorMessage>,
       GatewayMessage
     >;
-  }).ConnectSupervisor(new grpc.Metadata());
+  }).ConnectSupervisor(md);
   call.on("error", () => {});
   f.cleanup.push(() => {
     call.cancel();
@@ -257,15 +264,22 @@ function refusingSupervisor(f: Fixture, sandboxId: string, error: () => string):
         });
       }
     });
-    call.write({ hello: { sandbox_id: sandboxId, instance_id: crypto.randomUUID() } });
+    call.write({
+      hello: {
+        sandbox_id: byo.sandbox.id,
+        instance_id: crypto.randomUUID(),
+        ssh_host_key_fingerprint: byo.hostKey.fingerprint,
+      },
+    });
   });
 }
 
 Deno.test("CONNECT: a supervisor's capacity refusal is 429 at once, another refusal 502", async () => {
   await withGateway(async (f) => {
-    const sb = await createSandbox(f, "full");
+    const byo = await byoSupervisor(f.gw, "full");
+    const sb = byo.sandbox;
     let error = `${RELAY_CAPACITY_ERROR}: 64 relays open on this sandbox's supervisor`;
-    await refusingSupervisor(f, sb.id, () => error);
+    await refusingSupervisor(f, byo, () => error);
     await ready(f, "full");
     const tok = await token(f, sb.id);
     const headers = { "x-sandbox-id": sb.id, "x-sandbox-token": tok };

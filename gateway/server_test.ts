@@ -9,10 +9,13 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
 import { gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
+import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { Code } from "../core/status.ts";
 import {
   type ApiClient,
   apiClient,
+  type ByoSupervisor,
+  byoSupervisor,
   connectFakeSupervisor,
   type FakeSupervisor,
   openTunnel,
@@ -90,16 +93,17 @@ async function readySandbox(
   f: Fixture,
   name: string,
   onRelay: (relay: Duplex, channel: string) => void = echo,
-): Promise<{ sandbox: Sandbox; sup: FakeSupervisor; token: string }> {
-  const sandbox = await create(f.api, name);
+): Promise<{ sandbox: Sandbox; sup: FakeSupervisor; token: string; byo: ByoSupervisor }> {
+  const byo = await byoSupervisor(f.gw, name);
+  const sandbox = byo.sandbox;
   const ready = waitPhase(f.api, sandbox.id, "SANDBOX_PHASE_READY");
-  const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id, onRelay });
+  const sup = byo.connect({ onRelay });
   await sup.accepted;
   await ready;
   const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
     sandbox_id: sandbox.id,
   });
-  return { sandbox, sup, token };
+  return { sandbox, sup, token, byo };
 }
 
 function readAll(socket: Duplex): Promise<Buffer> {
@@ -155,9 +159,10 @@ Deno.test("sandbox API: health, create, get, list, delete and field errors", asy
 
 Deno.test("readiness: a session promotes to READY, its end demotes to PROVISIONING", async () => {
   await withGateway(async (f) => {
-    const sb = await create(f.api, "ready-me");
+    const byo = await byoSupervisor(f.gw, "ready-me");
+    const sb = byo.sandbox;
     const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
-    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
+    const sup = byo.connect();
     const sessionId = await sup.accepted;
     assert.match(sessionId, /^[0-9a-f-]{36}$/);
     const r = await ready;
@@ -172,19 +177,37 @@ Deno.test("readiness: a session promotes to READY, its end demotes to PROVISIONI
   });
 });
 
-Deno.test("ConnectSupervisor: unknown sandbox, missing hello and supersede", async () => {
+Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, supersede", async () => {
   await withGateway(async (f) => {
-    const ghost = connectFakeSupervisor({ port: f.gw.port, sandboxId: "no-such-sandbox" });
-    assert.equal((await ghost.ended).code, Code.NOT_FOUND);
+    const port = f.gw.supervisorPort;
+    // No token: refused before the id is looked up.
+    const ghost = connectFakeSupervisor({ port, sandboxId: "no-such-sandbox" });
+    assert.equal((await ghost.ended).code, Code.UNAUTHENTICATED);
     ghost.close();
-    const nohello = connectFakeSupervisor({ port: f.gw.port, sandboxId: "x", hello: false });
+    const nohello = connectFakeSupervisor({ port, sandboxId: "x", hello: false });
     const st = await nohello.ended;
     assert.equal(st.code, Code.INVALID_ARGUMENT);
     assert.match(st.details, /SupervisorHello/);
     nohello.close();
 
-    const { sandbox, sup: first } = await readySandbox(f, "twice");
-    const second = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id, onRelay: echo });
+    // Plaintext and --disable-gateway-auth: supervisor tokens are still checked.
+    const { sandbox, sup: first, byo } = await readySandbox(f, "twice");
+    const anonymous = connectFakeSupervisor({ port, sandboxId: sandbox.id });
+    assert.equal((await anonymous.ended).code, Code.UNAUTHENTICATED);
+    anonymous.close();
+    const forged = byo.connect({ metadata: { [SUPERVISOR_TOKEN_METADATA]: "forged" } });
+    assert.equal((await forged.ended).code, Code.PERMISSION_DENIED);
+    forged.close();
+    // A real token with an unknown id is refused like a forged one (no sandbox-id oracle).
+    const lost = byo.connect({ sandboxId: "no-such-sandbox" });
+    const lostEnd = await lost.ended;
+    assert.equal(lostEnd.code, Code.PERMISSION_DENIED);
+    assert.match(lostEnd.details, /credential is not valid for sandbox no-such-sandbox/);
+    lost.close();
+    assert.equal(first.received.filter((m) => m.payload === "session_accepted").length, 1);
+    assert.equal(await phase(f.api, "twice"), "SANDBOX_PHASE_READY");
+
+    const second = byo.connect({ onRelay: echo });
     await second.accepted;
     const old = await first.ended;
     assert.equal(old.code, Code.ABORTED);
@@ -273,7 +296,7 @@ Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
   });
 });
 
-Deno.test("CONNECT /connect/ssh: 405, 400, 401, 404, 412, 429, 502 and 200", async () => {
+Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 and 200", async () => {
   await withGateway(async (f) => {
     const { sandbox, sup, token } = await readySandbox(f, "statuses");
     const id = sandbox.id;
@@ -287,10 +310,12 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401, 404, 412, 429, 502 and 200", asy
     assert.equal(await status({ "x-sandbox-id": id }), 401);
     assert.equal(await status({ "x-sandbox-id": " ", "x-sandbox-token": token }), 400);
     assert.equal(await status({ "x-sandbox-id": "caf\u00e9", "x-sandbox-token": token }), 400);
-    assert.equal(await status({ "x-sandbox-id": "no-such-id", "x-sandbox-token": token }), 404);
+    // The token is checked first: an unknown id is no different from another sandbox's.
+    assert.equal(await status({ "x-sandbox-id": "no-such-id", "x-sandbox-token": token }), 401);
     assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": "wrong" }), 401);
-    const other = await create(f.api, "other");
-    const otherSup = connectFakeSupervisor({ port: f.gw.port, sandboxId: other.id });
+    const otherByo = await byoSupervisor(f.gw, "other");
+    const other = otherByo.sandbox;
+    const otherSup = otherByo.connect();
     await otherSup.accepted;
     await waitPhase(f.api, other.id, "SANDBOX_PHASE_READY");
     const otherToken =
@@ -346,9 +371,10 @@ Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
 
 Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => {
   await withGateway(async (f) => {
-    const sb = await create(f.api, "silent");
+    const byo = await byoSupervisor(f.gw, "silent");
+    const sb = byo.sandbox;
     const ready = waitPhase(f.api, sb.id, "SANDBOX_PHASE_READY");
-    const raw = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id, ignoreRelays: true });
+    const raw = byo.connect({ ignoreRelays: true });
     await raw.accepted;
     await ready;
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
@@ -362,7 +388,8 @@ Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => 
 
 Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at READY", async () => {
   await withGateway(async (f) => {
-    const sb = await create(f.api, "watched");
+    const byo = await byoSupervisor(f.gw, "watched");
+    const sb = byo.sandbox;
     const events: SandboxStreamEvent[] = [];
     const call = (f.api.raw as unknown as {
       WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
@@ -373,7 +400,7 @@ Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at 
       call.on("error", reject);
     });
     await new Promise<void>((r) => call.once("data", () => r()));
-    const sup = connectFakeSupervisor({ port: f.gw.port, sandboxId: sb.id });
+    const sup = byo.connect();
     await ended;
     const snapshots = events.filter((e) => e.payload === "sandbox").map((e) =>
       e.payload === "sandbox" ? e.sandbox.phase : ""
@@ -393,7 +420,7 @@ Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at 
 
 Deno.test("the gateway survives garbage, resets, half-open and vanishing clients", async () => {
   await withGateway(async (f) => {
-    const { sandbox, sup, token } = await readySandbox(f, "tough");
+    const { sandbox, sup, token, byo } = await readySandbox(f, "tough");
     const raw = async (bytes: Uint8Array | string, hold = false) => {
       const c = await Deno.connect({ hostname: "127.0.0.1", port: f.gw.port });
       await c.write(typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes);
@@ -409,7 +436,7 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
     t.socket.write(Buffer.alloc(1 << 20, 7));
     t.socket.destroy();
     // A supervisor whose connection vanishes mid-stream.
-    const flaky = connectFakeSupervisor({ port: f.gw.port, sandboxId: sandbox.id });
+    const flaky = byo.connect();
     await flaky.accepted;
     flaky.close();
     halfOpen.close();
@@ -422,10 +449,8 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
 
 Deno.test("SIGTERM: streams end with UNAVAILABLE and the gateway exits 0", async () => {
   const gw = await startGateway();
-  const api = apiClient(gw.port);
   try {
-    const sb = await create(api, "bye");
-    const sup = connectFakeSupervisor({ port: gw.port, sandboxId: sb.id });
+    const sup = (await byoSupervisor(gw, "bye")).connect();
     await sup.accepted;
     const code = await gw.stop();
     assert.equal(code, 0, gw.stderr());
@@ -434,7 +459,7 @@ Deno.test("SIGTERM: streams end with UNAVAILABLE and the gateway exits 0", async
     assert.match(gw.stderr(), /shutting down[\s\S]*stopped/);
     sup.close();
   } finally {
-    api.close();
+    await gw.kill();
   }
 });
 
@@ -443,9 +468,9 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
   try {
     const dbUrl = `sqlite:${dir}/gw.db`;
     const first = await startGateway({ dbUrl, stateDir: `${dir}/s1` });
-    const api1 = apiClient(first.port);
-    const sb = await create(api1, "persisted");
-    api1.close();
+    // Credentials issued by the first gateway (the token is kept hashed in the database).
+    const byo = await byoSupervisor(first, "persisted");
+    const sb = byo.sandbox;
     assert.equal(await first.stop(), 0);
 
     const second = await startGateway({ dbUrl, stateDir: `${dir}/s2` });
@@ -453,7 +478,7 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
     try {
       assert.equal(await phase(api2, "persisted"), "SANDBOX_PHASE_PROVISIONING");
       const ready = waitPhase(api2, sb.id, "SANDBOX_PHASE_READY");
-      const sup = connectFakeSupervisor({ port: second.port, sandboxId: sb.id });
+      const sup = byo.connect({ port: second.supervisorPort });
       await ready;
       sup.close();
     } finally {

@@ -158,7 +158,12 @@ Deno.test("authorize: every refusal has its status, without a server", async () 
     assert.equal(await status(t, head({ ...ok, "x-sandbox-token": "gööd" }), /ASCII/), 400);
     assert.equal(await status(t, head({ ...ok, "x-sandbox-id": "   " }), /blank/), 400);
     assert.equal(await status(t, head({ ...ok, "x-sandbox-token": "" }), /blank/), 400);
-    assert.equal(await status(t, head({ ...ok, "x-sandbox-id": "nope" }), /not found/), 404);
+    // The token is checked before the sandbox is looked up: no sandbox-id oracle.
+    assert.equal(await status(t, head({ ...ok, "x-sandbox-id": "nope" }), /does not belong/), 401);
+    assert.equal(
+      await status(t, head({ "x-sandbox-id": "nope", "x-sandbox-token": "nope" }), /unknown token/),
+      401,
+    );
     assert.equal(await status(t, head({ ...ok, "x-sandbox-token": "nope" }), /unknown token/), 401);
     assert.equal(await status(t, head({ ...ok, "x-sandbox-token": "revoked" }), /revoked/), 401);
     assert.equal(await status(t, head({ ...ok, "x-sandbox-token": "expired" }), /expired/), 401);

@@ -3,6 +3,7 @@ import { DatabaseSync } from "node:sqlite";
 import type { Sandbox } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { MIGRATIONS, type SandboxRecord, SqliteStore } from "./store.ts";
+import { hashToken } from "./tokens.ts";
 
 function sandbox(id: string, name: string, created = 1): SandboxRecord {
   const s: Sandbox = {
@@ -153,4 +154,50 @@ Deno.test("a database from a newer gateway is refused with a clear message", asy
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a database file and its -wal/-shm are 0600, an existing file is narrowed", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/gw.db`;
+    await Deno.writeTextFile(path, "");
+    await Deno.chmod(path, 0o644);
+    const store = SqliteStore.open({ path });
+    try {
+      await store.createSandbox(sandbox("a", "alpha", 1));
+      for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+        assert.equal((await Deno.stat(f)).mode! & 0o777, 0o600, f);
+      }
+    } finally {
+      store.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("schema 2 keeps no secret in plain text: tokens become hashes, host keys go", () => {
+  const db = new DatabaseSync(":memory:");
+  db.exec(MIGRATIONS[0] as string);
+  db.prepare(
+    "INSERT INTO sandboxes (id, name, created_at_ms, updated_at_ms, resource, secrets) VALUES (?, ?, 1, 1, '{}', ?)",
+  ).run(
+    "a",
+    "alpha",
+    JSON.stringify({ supervisorToken: "tok", sshHostKey: "KEY", hostKeyFingerprint: "SHA256:f" }),
+  );
+  db.prepare(
+    "INSERT INTO ssh_sessions (token, sandbox_id, name, created_at_ms, expires_at_ms) VALUES (?, ?, 'n', 1, 0)",
+  ).run("plain", "a");
+  (MIGRATIONS[1] as (d: typeof db) => void)(db);
+  const secrets = JSON.parse(
+    (db.prepare("SELECT secrets FROM sandboxes").get() as { secrets: string }).secrets,
+  );
+  assert.deepEqual(secrets, {
+    hostKeyFingerprint: "SHA256:f",
+    supervisorTokenHash: hashToken("tok"),
+  });
+  const row = db.prepare("SELECT token FROM ssh_sessions").get() as { token: string };
+  assert.equal(row.token, hashToken("plain"));
+  db.close();
 });

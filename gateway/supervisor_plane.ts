@@ -164,9 +164,19 @@ export class SupervisorPlane {
     }
     const sandboxId = first.hello.sandbox_id.trim();
     if (!sandboxId) throw new StatusError(Code.INVALID_ARGUMENT, "hello.sandbox_id is required");
+    // Credential first, existence second: a hello never reveals which sandbox ids exist.
+    if (!metadataValue(call.metadata, SUPERVISOR_TOKEN_METADATA)) {
+      throw new StatusError(
+        Code.UNAUTHENTICATED,
+        `a supervisor token is required (${SUPERVISOR_TOKEN_METADATA})`,
+      );
+    }
     const record = await store.getSandbox(sandboxId);
     if (!record) {
-      throw new StatusError(Code.NOT_FOUND, `sandbox ${truncateForEcho(sandboxId)} not found`);
+      throw new StatusError(
+        Code.PERMISSION_DENIED,
+        `this supervisor credential is not valid for sandbox ${truncateForEcho(sandboxId)}`,
+      );
     }
     checkSupervisorToken(record, call.metadata);
     if (record.sandbox.phase === "SANDBOX_PHASE_DELETING") {

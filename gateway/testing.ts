@@ -14,12 +14,16 @@ import { gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import {
   type GatewayMessage,
+  type IssueSupervisorCredentialsResponse,
   OpenShellClient,
   type RelayFrame,
+  type Sandbox,
   type SandboxSpec,
   type SupervisorMessage,
   type Wire,
 } from "../core/protocol.ts";
+import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { generateHostKey, type HostKey } from "../core/ssh_keys.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { gatewayGrantParams, parseGatewayConfig } from "./config.ts";
 import { MAX_SPEC_BYTES, MAX_VALUE_BYTES, specBytes } from "./validation.ts";
@@ -38,6 +42,8 @@ export interface TestGatewayOptions {
   vmDriverStateDir?: string;
   /** Fixed port; default 0 (ephemeral). */
   port?: number;
+  /** Fixed port of the supervisor plane; default 0 (ephemeral). */
+  supervisorPort?: number;
   /** Extra environment for the gateway process. */
   env?: Record<string, string>;
   /**
@@ -87,7 +93,7 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
     "--db-url",
     options.dbUrl ?? "sqlite::memory:",
     "--supervisor-port",
-    "0",
+    String(options.supervisorPort ?? 0),
     ...(options.tls ? [] : ["--disable-tls", "--disable-gateway-auth"]),
     "--log-level",
     "debug",
@@ -303,6 +309,74 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
   };
 }
 
+/** A bring-your-own supervisor's identity: see {@link byoSupervisor}. */
+export interface ByoSupervisor {
+  sandbox: Sandbox;
+  /** The supervisor token (`x-openshell-supervisor-token`). */
+  token: string;
+  /** What `IssueSupervisorCredentials` answered (endpoint, CA). */
+  credentials: IssueSupervisorCredentialsResponse;
+  /** The supervisor's host key; its fingerprint is pinned at the first hello. */
+  hostKey: HostKey;
+  /** gRPC metadata carrying the token. */
+  metadata: Record<string, string>;
+  /**
+   * Connects a {@link FakeSupervisor} for this sandbox to the supervisor plane
+   * with the token and the host key's fingerprint (`options` override).
+   */
+  connect(options?: Partial<FakeSupervisorOptions>): FakeSupervisor;
+}
+
+/**
+ * Prepares a sandbox on a `--drivers none` gateway for a supervisor that runs
+ * elsewhere: creates `name` (unless `create: false`: it exists already),
+ * issues its supervisor credentials and makes it a host key.
+ */
+export async function byoSupervisor(
+  gw: TestGateway,
+  name: string,
+  options: {
+    create?: boolean;
+    environment?: Record<string, string>;
+    /** Client TLS files of the user API when not `gw.pki` (a gateway with `--tls-cert`). */
+    clientPki?: TestGateway["pki"];
+  } = {},
+): Promise<ByoSupervisor> {
+  const api = apiClient(gw.port, options.clientPki ?? gw.pki);
+  try {
+    const sandbox = options.create === false
+      ? (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox
+      : (await api.call<{ sandbox: Sandbox }>("CreateSandbox", {
+        name,
+        spec: { environment: options.environment ?? {} },
+      })).sandbox;
+    const credentials = await api.call<IssueSupervisorCredentialsResponse>(
+      "IssueSupervisorCredentials",
+      { name },
+    );
+    const hostKey = generateHostKey();
+    const metadata = { [SUPERVISOR_TOKEN_METADATA]: credentials.token };
+    return {
+      sandbox,
+      token: credentials.token,
+      credentials,
+      hostKey,
+      metadata,
+      connect: (o = {}) =>
+        connectFakeSupervisor({
+          port: gw.supervisorPort,
+          sandboxId: sandbox.id,
+          tlsCa: credentials.ca_cert_pem || undefined,
+          hostKeyFingerprint: hostKey.fingerprint,
+          metadata,
+          ...o,
+        }),
+    };
+  } finally {
+    api.close();
+  }
+}
+
 /** Result of {@link openTunnel}. */
 export interface TunnelResult {
   /** HTTP status of the CONNECT reply. */
@@ -355,9 +429,23 @@ export interface ApiClient {
   close(): void;
 }
 
-/** Opens an {@link ApiClient} to a gateway on 127.0.0.1:`port`. */
-export function apiClient(port: number): ApiClient {
-  const raw = new OpenShellClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+/**
+ * Opens an {@link ApiClient} to a gateway on 127.0.0.1:`port`: plaintext, or
+ * with `pki` (a {@link TestGateway}'s) TLS with the operator's client certificate.
+ */
+export function apiClient(port: number, pki?: TestGateway["pki"]): ApiClient {
+  const secure = pki
+    ? grpcTlsCredentials("127.0.0.1", {
+      ca: Deno.readTextFileSync(pki.ca),
+      cert: Deno.readTextFileSync(pki.clientCert),
+      key: Deno.readTextFileSync(pki.clientKey),
+    })
+    : undefined;
+  const raw = new OpenShellClient(
+    `127.0.0.1:${port}`,
+    secure?.credentials ?? grpc.credentials.createInsecure(),
+    secure?.options ?? {},
+  );
   return {
     raw,
     call<T>(method: string, request: unknown): Promise<T> {

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
-import { OpenShellClient, type RelayFrame, type Sandbox } from "../core/protocol.ts";
+import { OpenShellClient, type RelayFrame } from "../core/protocol.ts";
 import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
 import { FlagError } from "../core/flags.ts";
 import {
   apiClient,
-  connectFakeSupervisor,
+  byoSupervisor,
   type FakeSupervisor,
   openTunnel,
   startGateway,
@@ -58,26 +58,30 @@ Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES
 
   const gw = await startGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "1024" } });
   const api = apiClient(gw.port);
-  const client = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure());
+  const client = new OpenShellClient(
+    `127.0.0.1:${gw.supervisorPort}`,
+    grpc.credentials.createInsecure(),
+  );
   let relay: grpc.ClientDuplexStream<unknown, RelayFrame> | undefined;
   let sup: FakeSupervisor | undefined;
   let socket: Socket | undefined;
   try {
-    const { sandbox } = await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "tuned" });
+    const byo = await byoSupervisor(gw, "tuned");
+    const sandbox = byo.sandbox;
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(byo.metadata)) md.set(k, v);
     const sizes: number[] = [];
     const total = 10_000;
     let resolveAll!: () => void;
     const all = new Promise<void>((r) => resolveAll = r);
-    sup = connectFakeSupervisor({
-      port: gw.port,
-      sandboxId: sandbox.id,
+    sup = byo.connect({
       client,
       ignoreRelays: true,
       onMessage: (m) => {
         if (m.payload !== "relay_open") return;
         relay = (client as unknown as {
-          RelayStream(): grpc.ClientDuplexStream<unknown, RelayFrame>;
-        }).RelayStream();
+          RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<unknown, RelayFrame>;
+        }).RelayStream(md);
         relay.on("error", () => {});
         relay.write({ init: { channel_id: m.relay_open.channel_id } });
         relay.on("data", (f: RelayFrame) => {

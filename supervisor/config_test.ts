@@ -5,6 +5,7 @@ import {
   CONFIG_ENV,
   DEFAULT_SSHD,
   filesRead,
+  filesWritten,
   parseEndpoint,
   parseSupervisorConfig,
   type SupervisorConfig,
@@ -95,6 +96,17 @@ Deno.test("config: every flag has its environment twin; flags win", () => {
     "/etc/openshell/tls.crt",
     "/etc/openshell/tls.key",
   ]);
+  // The host key file is generated there when missing: the only file it may create outside.
+  assert.deepEqual(filesWritten(fromEnv), ["/etc/openshell/host_key"]);
+  assert.deepEqual(filesWritten(parse(BASE)), []);
+  // The supervisor plane needs only its CA: the token is the supervisor's credential.
+  const caOnly = parse([], {
+    OPENSHELL_SANDBOX_ID: "x",
+    OPENSHELL_ENDPOINT: "https://127.0.0.1:8081",
+    OPENSHELL_TLS_CA: "/etc/openshell/ca.crt",
+  });
+  assert.deepEqual(caOnly.tls, { ca: "/etc/openshell/ca.crt" });
+  assert.deepEqual(filesRead(caOnly), ["/etc/openshell/ca.crt"]);
 
   const flags = parse([
     "--sandbox-id=flag-id",
@@ -170,8 +182,18 @@ Deno.test("config: bad input stops it with a clear message", () => {
     ],
     [
       ["--sandbox-id", "x", "--openshell-endpoint", "https://h:1"],
+      {},
+      /^an https:\/\/ endpoint needs --tls-ca \(the CA of the gateway's supervisor plane\)$/,
+    ],
+    [
+      ["--sandbox-id", "x", "--openshell-endpoint", "https://h:1"],
+      { OPENSHELL_TLS_CA: "/ca", OPENSHELL_TLS_CERT: "/c" },
+      /^--tls-cert and --tls-key go together/,
+    ],
+    [
+      ["--sandbox-id", "x", "--openshell-endpoint", "https://h:1", "--tls-key", "/k"],
       { OPENSHELL_TLS_CA: "/ca" },
-      /needs client TLS files: missing --tls-cert, --tls-key/,
+      /^--tls-cert and --tls-key go together/,
     ],
     [[...BASE, "--tls-ca", "/ca"], {}, /--tls-ca only apply to an https:\/\/ endpoint/],
     [[...BASE, "--ssh-socket-path", "run/ssh.sock"], {}, /must be an absolute path/],

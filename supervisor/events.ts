@@ -72,8 +72,10 @@ export class SupervisorEvents {
     this.#sink(ocsf.relayOpened(this.#ctx, info));
   }
 
-  /** A relay ended cleanly. */
-  relayClosed(info: { channelId: string; bytesToGateway: number; bytesFromGateway: number }): void {
+  /** A relay ended cleanly (or was closed on purpose: `reason`). */
+  relayClosed(
+    info: { channelId: string; bytesToGateway: number; bytesFromGateway: number; reason?: string },
+  ): void {
     this.#sink(ocsf.relayClosed(this.#ctx, info));
   }
 

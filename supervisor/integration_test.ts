@@ -8,7 +8,8 @@ import { supervisorGrants } from "../core/grants.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { Socket } from "node:net";
-import { openTunnel, startGateway, type TestGateway } from "../gateway/testing.ts";
+import { byoSupervisor, openTunnel, startGateway, type TestGateway } from "../gateway/testing.ts";
+import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import {
   cleanEnv,
   connectRoute,
@@ -143,10 +144,21 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
   const dbUrl = `sqlite:${gwDir}/gateway.db`;
   let gw = await startGateway({ stateDir: gwDir, dbUrl });
   let api = gatewayApi(gw.port);
-  const sandbox = await api.create("sup-it");
+  const byo = await byoSupervisor(gw, "sup-it");
+  const sandbox = byo.sandbox;
+  // The supervisor generates its host key into this file once and keeps it across restarts.
+  const hostKeyFile = `${dir}/host_key`;
+  const supervise = () =>
+    startSupervisor({
+      endpoint: gw.supervisorEndpoint,
+      sandboxId: sandbox.id,
+      dir,
+      token: byo.token,
+      hostKeyFile,
+    });
   let sup: SupervisorProcess | undefined;
   try {
-    sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id, dir });
+    sup = await supervise();
     const first = sup;
 
     await t.step("session established; the gateway marks the sandbox READY", async () => {
@@ -156,8 +168,14 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
       const opened = await first.waitForEvent((e) =>
         e.activity_name === "Open" && e.unmapped.session_id !== undefined
       );
-      assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.port });
+      assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.supervisorPort });
       assert.equal(opened.unmapped.sandbox_id, sandbox.id);
+    });
+
+    await t.step("its generated host key file is 0600 and is what the gateway pinned", async () => {
+      assert.equal(mode(hostKeyFile), 0o600);
+      const fp = fingerprintOfPublicKey(publicKeyOfPrivate(await Deno.readTextFile(hostKeyFile)));
+      assert.equal((await api.sshSession(sandbox.id)).host_key_fingerprint, fp);
     });
 
     await t.step("socket 0600 in a 0700 directory", () => {
@@ -269,7 +287,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
     });
 
     await t.step("the gateway restarts → the supervisor reconnects → READY again", async () => {
-      const port = gw.port;
+      const { port, supervisorPort } = gw;
       api.close();
       await stopGateway(gw);
       const before = first.events().find((e) =>
@@ -279,7 +297,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         e.activity_name === "Fail"
       );
       assert.match(String(failed.status_detail), /session stream|gateway closed/);
-      gw = await startGateway({ stateDir: gwDir, dbUrl, port });
+      gw = await startGateway({ stateDir: gwDir, dbUrl, port, supervisorPort });
       api = gatewayApi(gw.port);
       const again = await api.waitForPhase(sandbox.id, READY);
       assert.equal(again.id, sandbox.id);
@@ -327,7 +345,9 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         );
         await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_PROVISIONING");
 
-        sup = await startSupervisor({ endpoint: gw.endpoint, sandboxId: sandbox.id, dir });
+        // Same host key file: the pinned key still matches, so the hello is accepted.
+        const keyBefore = await Deno.readTextFile(hostKeyFile);
+        sup = await supervise();
         if (sup.sessionCgroup !== undefined) {
           // The killed supervisor could not end its sessions; its successor did, at start.
           assert.equal(
@@ -337,6 +357,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
           );
         }
         await api.waitForPhase(sandbox.id, READY);
+        assert.equal(await Deno.readTextFile(hostKeyFile), keyBefore);
         const r = await ssh(await routeFor(api, gw, sandbox.id), "echo replaced");
         assert.equal(r.stdout, "replaced\n", r.stderr);
       },
@@ -349,10 +370,11 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         assert.deepEqual(
           grants,
           supervisorGrants({
-            gateway: { host: "127.0.0.1", port: gw.port },
+            gateway: { host: "127.0.0.1", port: gw.supervisorPort },
             socketPath: `${dir}/run/ssh.sock`,
             sshd: TEST_SSHD,
-            readFiles: [],
+            readFiles: [hostKeyFile, `${dir}/token`],
+            writeFiles: [hostKeyFile],
             sessionCgroup: sup!.sessionCgroup,
           }),
         );
@@ -361,7 +383,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
           `${REPO_ROOT}/supervisor/testdata/grants_probe.ts`,
           [
             "127.0.0.1",
-            String(gw.port),
+            String(gw.supervisorPort),
             String(other.addr.port),
             `${dir}/run`,
             TEST_SSHD,
@@ -400,14 +422,15 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
     });
 
     await t.step("a host-name endpoint works with the name plus its address granted", async () => {
-      const named = await api.create("sup-it-named");
+      const named = await byoSupervisor(gw, "sup-it-named");
       const byName = await startSupervisor({
-        endpoint: `http://localhost:${gw.port}`,
-        sandboxId: named.id,
+        endpoint: `http://localhost:${gw.supervisorPort}`,
+        sandboxId: named.sandbox.id,
+        token: named.token,
         gatewayAddresses: ["127.0.0.1"],
       });
       try {
-        await api.waitForPhase(named.id, READY);
+        await api.waitForPhase(named.sandbox.id, READY);
       } finally {
         await byName.close();
       }
@@ -495,7 +518,7 @@ Deno.test("supervisor: bad configuration stops it at start with one clear line",
       "openshell-sandbox: --sandbox-id (or OPENSHELL_SANDBOX_ID) is required",
     );
     assert.equal(https.code, 2);
-    assert.match(https.stderr, /https:\/\/ endpoint needs client TLS files/);
+    assert.match(https.stderr, /https:\/\/ endpoint needs --tls-ca/);
     if (Deno.uid() === 0) {
       assert.equal(foreign.code, 1);
       assert.match(foreign.stderr, /ERROR .*socket directory .* is owned by uid 65534/);
@@ -510,14 +533,15 @@ Deno.test("supervisor: bad configuration stops it at start with one clear line",
   }
 });
 
-Deno.test("supervisor: https endpoint with client mTLS; a wrong CA is refused", async () => {
+Deno.test("supervisor: https supervisor plane verified with the gateway's CA; another CA is refused", async () => {
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-tls-" });
   const pki = await makeTestPki(dir);
+  // The user API serves the operator's own certificate; the supervisor plane always
+  // serves one from the gateway's PKI, whose CA comes with the supervisor credentials.
   const gw = await startGateway({
+    tls: true,
     args: [
-      "--no-disable-tls",
-      "--no-disable-gateway-auth",
       "--tls-cert",
       pki.serverCert,
       "--tls-key",
@@ -529,22 +553,21 @@ Deno.test("supervisor: https endpoint with client mTLS; a wrong CA is refused", 
   const api = gatewayApi(gw.port, { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey });
   const sups: SupervisorProcess[] = [];
   try {
-    const sandbox = await api.create("sup-tls");
-    const tlsArgs = (ca: string) => [
-      "--tls-ca",
-      ca,
-      "--tls-cert",
-      pki.clientCert,
-      "--tls-key",
-      pki.clientKey,
-    ];
-    const endpoint = `https://127.0.0.1:${gw.port}`;
-    // The TLS files are outside the socket dir: granted as readFiles.
+    const byo = await byoSupervisor(gw, "sup-tls", {
+      clientPki: { dir, ca: pki.ca, clientCert: pki.clientCert, clientKey: pki.clientKey },
+    });
+    assert.equal(byo.credentials.endpoint, gw.supervisorEndpoint);
+    assert.match(byo.credentials.endpoint, /^https:/);
+    const planeCa = `${dir}/plane-ca.crt`;
+    await Deno.writeTextFile(planeCa, byo.credentials.ca_cert_pem);
+    const endpoint = gw.supervisorEndpoint;
+    // The user API's CA does not sign the supervisor plane: refused, one clear failure.
     const wrong = await startSupervisor({
       endpoint,
-      sandboxId: sandbox.id,
-      args: tlsArgs(pki.otherCa),
-      readFiles: [pki.otherCa, pki.clientCert, pki.clientKey],
+      sandboxId: byo.sandbox.id,
+      token: byo.token,
+      args: ["--tls-ca", pki.ca],
+      readFiles: [pki.ca],
     });
     sups.push(wrong);
     const refused = await wrong.waitForEvent((e) => e.activity_name === "Fail");
@@ -553,14 +576,15 @@ Deno.test("supervisor: https endpoint with client mTLS; a wrong CA is refused", 
 
     const right = await startSupervisor({
       endpoint,
-      sandboxId: sandbox.id,
-      args: tlsArgs(pki.ca),
-      readFiles: [pki.ca, pki.clientCert, pki.clientKey],
+      sandboxId: byo.sandbox.id,
+      token: byo.token,
+      args: ["--tls-ca", planeCa],
+      readFiles: [planeCa],
     });
     sups.push(right);
-    await api.waitForPhase(sandbox.id, READY);
+    await api.waitForPhase(byo.sandbox.id, READY);
     const opened = await right.waitForEvent((e) => e.activity_name === "Open");
-    assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.port });
+    assert.deepEqual(opened.dst_endpoint, { hostname: "127.0.0.1", port: gw.supervisorPort });
   } finally {
     api.close();
     for (const s of sups) await s.close();

@@ -18,7 +18,6 @@
 import { Logger } from "../core/log.ts";
 import { errorMessage } from "../core/log.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
-import { writeSecretFile } from "../core/secure_fs.ts";
 import { VERSION } from "../core/version.ts";
 import { denoEnv, FlagError } from "../core/flags.ts";
 import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from "./config.ts";
@@ -103,7 +102,18 @@ export async function loadOrCreateHostKey(path: string, sandboxId: string): Prom
     }
   }
   const key = generateHostKey(`openshell-${sandboxId}`).privateKey;
-  await writeSecretFile(path, key.endsWith("\n") ? key : key + "\n");
+  // Written in place, never through a temp file beside it: the supervisor's grants
+  // cover exactly this path (`filesWritten`). createNew: a concurrent start wins.
+  try {
+    await Deno.writeTextFile(path, key.endsWith("\n") ? key : key + "\n", {
+      mode: 0o600,
+      createNew: true,
+    });
+    await Deno.chmod(path, 0o600);
+  } catch (err) {
+    if (err instanceof Deno.errors.AlreadyExists) return await Deno.readTextFile(path);
+    throw new Error(`cannot write host key ${path}: ${errorMessage(err)}`);
+  }
   return key;
 }
 

@@ -21,6 +21,7 @@ import { bridge, type FrameCall, relayFrameDuplex } from "../core/bridge.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import type { RelayFrame, Wire } from "../core/protocol.ts";
 import { RELAY_CAPACITY_ERROR } from "../core/registry.ts";
+import { Code } from "../core/status.ts";
 import type { SupervisorEvents } from "./events.ts";
 
 /** Most relays one supervisor runs at once (20 SSH tunnels per sandbox plus execs, with room). */
@@ -53,6 +54,19 @@ export interface RelayManagerOptions {
 
 /** Called with a one-line reason when a relay is refused (nothing was opened). */
 export type RefuseRelay = (reason: string) => void;
+
+/**
+ * Why a relay that ended with `err` was closed on purpose, or `undefined`
+ * when `err` is a real failure: a CANCELLED status is the gateway closing
+ * the relay (an exec finished, an SSH client went away) or the supervisor
+ * cancelling it while it stops; neither is a failure of the relay.
+ */
+export function cancelledRelayReason(err: unknown): string | undefined {
+  if ((err as { code?: unknown } | undefined)?.code !== Code.CANCELLED) return undefined;
+  return /on client/i.test(errorMessage(err))
+    ? "cancelled by the supervisor"
+    : "closed by the gateway";
+}
 
 /** Connects to a Unix socket as a half-open-capable Duplex. */
 export function connectUnix(path: string): Promise<Duplex> {
@@ -131,18 +145,15 @@ export class RelayManager {
     const done = this.#run(channelId, open, (c) => call = c, () => cancelled)
       .then(
         (result) => {
+          // The OCSF event is the record of how the relay ended (no second, text copy).
           if (result.error) {
             events.relayFailed({ channelId, error: result.error });
-            log.info("relay failed", { error: result.error });
           } else {
             events.relayClosed({
               channelId,
               bytesToGateway: result.toGateway,
               bytesFromGateway: result.fromGateway,
-            });
-            log.debug("relay closed", {
-              to_gateway: result.toGateway,
-              from_gateway: result.fromGateway,
+              ...(result.closed ? { reason: result.closed } : {}),
             });
           }
         },
@@ -157,7 +168,7 @@ export class RelayManager {
     open: OpenRelayCall,
     setCall: (call: RelayCall) => void,
     isCancelled: () => boolean,
-  ): Promise<{ error?: string; toGateway: number; fromGateway: number }> {
+  ): Promise<{ error?: string; closed?: string; toGateway: number; fromGateway: number }> {
     let call: RelayCall;
     try {
       call = open();
@@ -194,8 +205,9 @@ export class RelayManager {
     if (early || isCancelled()) {
       socket.destroy();
       call.cancel();
-      return {
-        error: `relay stream failed: ${early ? errorMessage(early) : "cancelled"}`,
+      const closed = early ? cancelledRelayReason(early) : "cancelled by the supervisor";
+      return closed ? { closed, toGateway: 0, fromGateway: 0 } : {
+        error: `relay stream failed: ${errorMessage(early)}`,
         toGateway: 0,
         fromGateway: 0,
       };
@@ -203,8 +215,10 @@ export class RelayManager {
     const frames = relayFrameDuplex(call, { abort: () => call.cancel() });
     call.removeListener("error", onEarlyError);
     const result = await bridge(frames, socket);
+    const closed = cancelledRelayReason(result.error);
     return {
-      error: result.error ? errorMessage(result.error) : undefined,
+      ...(result.error && !closed ? { error: errorMessage(result.error) } : {}),
+      ...(closed ? { closed } : {}),
       toGateway: result.bToA,
       fromGateway: result.aToB,
     };

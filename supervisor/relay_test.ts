@@ -5,6 +5,7 @@ import { Logger } from "../core/log.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { RelayFrame } from "../core/protocol.ts";
 import { RELAY_CAPACITY_ERROR } from "../core/registry.ts";
+import { waitFor } from "../core/testing.ts";
 import { SupervisorEvents } from "./events.ts";
 import { RelayManager } from "./relay.ts";
 
@@ -118,6 +119,38 @@ Deno.test("relay: init first, bytes both ways, half-close in both directions", a
   }
 });
 
+Deno.test("relay: the gateway closing a relay (CANCELLED, an exec that ended) is a Close, not a Fail", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "osup-r-" });
+  const server = halfCloseEcho(`${dir}/s.sock`);
+  try {
+    const { events, relays } = setup(`${dir}/s.sock`);
+    const call = new FakeRelayCall();
+    call.on("error", () => {});
+    const done = relays.open("ch-9", () => call);
+    call.sendData("uname");
+    await waitFor("sshd's connection", () => server.served.length >= 1);
+    // What the supervisor sees when the gateway's side of the relay is torn down.
+    call.destroy(Object.assign(new Error("1 CANCELLED: relay closed"), { code: 1 }));
+    await done;
+    assert.deepEqual(events.map((e) => [e.activity_name, e.status]), [
+      ["Open", "Success"],
+      ["Close", "Success"],
+    ]);
+    assert.equal(events[1].message, "relay closed channel_id=ch-9: closed by the gateway");
+    // Any other error is still a failure.
+    const broken = new FakeRelayCall();
+    broken.on("error", () => {});
+    const failing = relays.open("ch-10", () => broken);
+    await waitFor("the second connection", () => server.served.length >= 2);
+    broken.destroy(Object.assign(new Error("14 UNAVAILABLE: connection reset"), { code: 14 }));
+    await failing;
+    assert.deepEqual([events.at(-1)?.activity_name, events.at(-1)?.status], ["Fail", "Failure"]);
+  } finally {
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("relay: no sshd socket → the call is cancelled and a fail event names it", async () => {
   const { events, relays } = setup("/nonexistent/ssh.sock");
   const call = new FakeRelayCall();
@@ -156,7 +189,10 @@ Deno.test("relay: closeAll cancels live relays and refuses new ones; duplicates 
     await done;
     assert.ok(call.cancelled);
     assert.equal(relays.active, 0);
-    assert.equal(events.at(-1)?.activity_name, "Fail");
+    // Cancelled while stopping: closed on purpose, not a failure.
+    assert.equal(events.at(-1)?.activity_name, "Close");
+    assert.equal(events.at(-1)?.status, "Success");
+    assert.match(events.at(-1)?.message ?? "", /: cancelled by the supervisor$/);
     let third = 0;
     await relays.open("ch-5", () => {
       third++;

@@ -193,7 +193,7 @@ export class SupervisorSession {
    * at exit.
    */
   async run(signal: AbortSignal): Promise<void> {
-    const { logger, events } = this.#o;
+    const { events } = this.#o;
     const backoff = new Backoff({ ...RECONNECT_BACKOFF, ...this.#o.backoff });
     const healthyAfter = this.#o.healthyAfterMs ?? 30_000;
     let failures = 0;
@@ -203,8 +203,8 @@ export class SupervisorSession {
       const result = await this.#attempt(this.#channel, signal);
       if (signal.aborted) {
         if (result.sessionId) {
+          // The OCSF events are the record of the session (no second, text copy).
           events.sessionClosed({ sessionId: result.sessionId, reason: "supervisor stopping" });
-          logger.info("supervisor session closed", { session_id: result.sessionId });
         }
         break;
       }
@@ -221,11 +221,6 @@ export class SupervisorSession {
         error,
         retryInMs: delay,
         sessionId: result.sessionId,
-      });
-      logger.warn("supervisor session failed; reconnecting", {
-        attempt: failures,
-        retry_in_ms: delay,
-        error,
       });
       try {
         await sleep(delay, signal);
@@ -297,10 +292,6 @@ export class SupervisorSession {
         o.events.sessionOpened({
           sessionId,
           heartbeatSecs: Math.round(heartbeatMs / 1000),
-        });
-        log.info("supervisor session established", {
-          session_id: sessionId,
-          heartbeat_ms: heartbeatMs,
         });
         timers.push(setInterval(() => {
           if (performance.now() - lastInbound > silentAfter * heartbeatMs) {

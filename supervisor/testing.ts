@@ -198,7 +198,13 @@ export interface StartSupervisorOptions {
   socketPath?: string;
   /** Host private key (OpenSSH); written to `<dir>/host_key` and passed by flag. */
   hostKey?: string;
-  /** Supervisor token; written to `<dir>/token` and passed by flag. */
+  /**
+   * `--ssh-host-key` path the supervisor itself generates the key into when
+   * it is missing (granted read and write, like `launch.ts` does); kept
+   * across restarts. Not with `hostKey`.
+   */
+  hostKeyFile?: string;
+  /** Supervisor token (see `byoSupervisor` in gateway/testing.ts); written to `<dir>/token` and passed by flag. */
   token?: string;
   /** Sandbox environment; written to `<dir>/environment.json` and passed by flag. */
   environment?: Record<string, string>;
@@ -283,7 +289,12 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     options.logLevel ?? "info",
   ];
   const readFiles: string[] = [...(options.readFiles ?? [])];
-  if (options.hostKey !== undefined) {
+  const writeFiles: string[] = [...(options.writeFiles ?? [])];
+  if (options.hostKeyFile !== undefined) {
+    args.push("--ssh-host-key", options.hostKeyFile);
+    readFiles.push(options.hostKeyFile);
+    writeFiles.push(options.hostKeyFile);
+  } else if (options.hostKey !== undefined) {
     await Deno.writeTextFile(`${dir}/host_key`, options.hostKey, { mode: 0o600 });
     args.push("--ssh-host-key", `${dir}/host_key`);
     readFiles.push(`${dir}/host_key`);
@@ -310,7 +321,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
     socketPath,
     sshd: TEST_SSHD,
     readFiles,
-    writeFiles: options.writeFiles,
+    writeFiles,
     sessionCgroup,
   });
   const [exe, ...rest] = roleCommand("supervisor", grants, args);

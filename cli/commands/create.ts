@@ -12,12 +12,13 @@
 import type { Sandbox, SandboxLogLine, SandboxTemplate, Wire } from "../../core/protocol.ts";
 import { limitsStruct, parseCpu, ResourceError } from "../../core/resources.ts";
 import { envOption, integerOption, UsageError } from "../args.ts";
-import type { GatewayClient } from "../client.ts";
+import { Code } from "../../core/status.ts";
+import { type GatewayClient, GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError, EXIT_INTERRUPTED } from "../errors.ts";
-import { phaseLabel, phaseReason } from "../output.ts";
+import { phaseLabel, phaseReason, readyCondition } from "../output.ts";
 import { Progress } from "../progress.ts";
-import { rememberSandbox } from "./common.ts";
+import { forgetHostKey, inspectHint, nameTakenMessage, rememberSandbox } from "./common.ts";
 import { formatLogLine } from "./sandbox.ts";
 import { runSsh, sessionAccess } from "./ssh_session.ts";
 
@@ -42,8 +43,10 @@ function provisionTimeout(ctx: Context): number {
   return DEFAULT_PROVISION_TIMEOUT_S;
 }
 
-function phaseText(sandbox: Sandbox): [string, string] {
-  return [phaseLabel(sandbox.phase), phaseReason(sandbox)];
+/** Label, detail and change key of a phase: a new message under the same reason is no news. */
+function phaseText(sandbox: Sandbox): [string, string, string] {
+  const label = phaseLabel(sandbox.phase);
+  return [label, phaseReason(sandbox), `${label}\n${readyCondition(sandbox)?.reason ?? ""}`];
 }
 
 async function printFailureLogs(
@@ -64,12 +67,25 @@ async function printFailureLogs(
   for (const line of lines) ctx.err(`  ${formatLogLine(line, ctx.errStyle)}`);
 }
 
+/** Options of {@link waitUntilReady}. */
+export interface WaitOptions {
+  /** The sandbox stays when this fails (the error says so and how to inspect it); default true. */
+  keep?: boolean;
+}
+
+/** `; it is kept: see …, delete it with …` for a sandbox that stays after a failed create. */
+function keptNote(name: string, keep: boolean): string {
+  return keep ? `; it is kept: ${inspectHint(name)}` : "";
+}
+
 /** Follows `sandbox` until READY; throws a {@link CliError} on ERROR, timeout or Ctrl-C. */
 export async function waitUntilReady(
   ctx: Context,
   sandbox: Sandbox,
   timeoutS: number,
+  options: WaitOptions = {},
 ): Promise<Sandbox> {
+  const keep = options.keep ?? true;
   const client = await ctx.client();
   const progress = new Progress({
     write: (t) => ctx.err(t),
@@ -119,10 +135,12 @@ export async function waitUntilReady(
           progress.stop();
           await printFailureLogs(ctx, client, current, logs);
           const reason = phaseReason(current) || "no reason given";
-          throw new CliError(`sandbox ${current.name} failed: ${reason}`);
+          throw new CliError(
+            `sandbox "${current.name}" failed (${reason})${keptNote(current.name, keep)}`,
+          );
         }
         if (current.phase === "SANDBOX_PHASE_DELETING") {
-          throw new CliError(`sandbox ${current.name} is being deleted`);
+          throw new CliError(`sandbox "${current.name}" is being deleted`);
         }
       }
     }
@@ -135,18 +153,22 @@ export async function waitUntilReady(
   if (stopped === "timeout") {
     await printFailureLogs(ctx, client, current, logs);
     throw new CliError(
-      `sandbox ${current.name} is not ready after ${timeoutS} s (phase: ${
-        phaseLabel(current.phase)
-      })`,
+      `sandbox "${current.name}" is not ready after ${timeoutS} s (${phaseLabel(current.phase)})${
+        keptNote(current.name, keep)
+      }`,
     );
   }
   // The gateway ended the watch: the sandbox is gone, or the stream broke.
   const now = await client.getSandbox(current.name).catch(() => undefined);
   if (now?.phase === "SANDBOX_PHASE_READY") return now;
   if (!now || now.id !== current.id) {
-    throw new CliError(`sandbox ${current.name} was deleted while provisioning`);
+    throw new CliError(`sandbox "${current.name}" was deleted while provisioning`);
   }
-  throw new CliError(`the gateway stopped reporting progress of sandbox ${current.name}`);
+  throw new CliError(
+    `the gateway stopped reporting progress of sandbox "${current.name}"${
+      keptNote(current.name, keep)
+    }`,
+  );
 }
 
 /** Largest `--disk-gib` (a sparse file's size; the driver may allow less). */
@@ -191,14 +213,23 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   const command = ctx.invocation.trailing;
   const client = await ctx.client();
   ctx.handleInterrupts();
-  const sandbox = await client.createSandbox({
-    name: ctx.str("name") ?? "",
-    spec: template ? { environment, template } : { environment },
-  });
+  const name = ctx.str("name") ?? "";
+  let sandbox: Sandbox;
+  try {
+    sandbox = await client.createSandbox({
+      name,
+      spec: template ? { environment, template } : { environment },
+    });
+  } catch (e) {
+    if (e instanceof GatewayError && e.code === Code.ALREADY_EXISTS && name) {
+      throw new CliError(nameTakenMessage(name));
+    }
+    throw e;
+  }
   ctx.err(`Created sandbox: ${ctx.errStyle.cyan(sandbox.name)}\n`);
   if (keep) await rememberSandbox(ctx, sandbox.name);
   try {
-    const ready = await waitUntilReady(ctx, sandbox, timeoutS);
+    const ready = await waitUntilReady(ctx, sandbox, timeoutS, { keep });
     if (ctx.interrupt.aborted) throw new CliError("cancelled", EXIT_INTERRUPTED);
     const access = await sessionAccess(ctx, ready);
     const terminal = ctx.streams.stdin.isTerminal() && ctx.streams.stdout.isTerminal();
@@ -218,6 +249,7 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
     if (!keep) {
       try {
         await client.deleteSandbox(sandbox.name);
+        await forgetHostKey(ctx, sandbox.id);
         ctx.err(`Deleted sandbox ${sandbox.name}\n`);
       } catch (e) {
         ctx.err(`warning: could not delete sandbox ${sandbox.name}: ${(e as Error).message}\n`);

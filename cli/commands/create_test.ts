@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import type { Sandbox, SandboxLogLine, SandboxStreamEvent } from "../../core/protocol.ts";
-import type { GatewayClient, ServerStream } from "../client.ts";
+import { Code } from "../../core/status.ts";
+import { type GatewayClient, GatewayError, type ServerStream } from "../client.ts";
 import { parseEndpoint } from "../config.ts";
 import { Context, type StdStreams } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { COMMANDS, parseCommandArgs, UsageError } from "../args.ts";
-import { resourcesTemplate, waitUntilReady } from "./create.ts";
+import { resourcesTemplate, sandboxCreateCommand, waitUntilReady } from "./create.ts";
 import { fromStruct } from "../../core/resources.ts";
 
 function sandbox(phase: Sandbox["phase"], reason = "", message = ""): Sandbox {
@@ -54,7 +55,7 @@ function stream(events: SandboxStreamEvent[], end = false): ServerStream<Sandbox
 
 function fixture(
   events: SandboxStreamEvent[],
-  options: { logs?: SandboxLogLine[]; end?: boolean } = {},
+  options: { logs?: SandboxLogLine[]; end?: boolean; args?: string[]; create?: () => never } = {},
 ) {
   let stderr = "";
   const streams: StdStreams = {
@@ -72,10 +73,11 @@ function fixture(
     watchSandbox: () => stream(events, options.end),
     getSandboxLogs: () => Promise.resolve({ logs: options.logs ?? [], buffer_total: 0 }),
     getSandbox: () => Promise.reject(new CliError("gone")),
+    createSandbox: () => Promise.resolve().then(options.create),
   };
   const spec = COMMANDS.find((c) => c.id === "sandbox create")!;
   const ctx = new Context({
-    invocation: parseCommandArgs(spec, []),
+    invocation: parseCommandArgs(spec, options.args ?? []),
     env: () => undefined,
     streams,
     gateway: { endpoint: parseEndpoint("http://127.0.0.1:1"), key: "k", source: "flag" },
@@ -125,9 +127,15 @@ Deno.test("create fails on ERROR with the reason and the log tail", async () => 
   );
   await assert.rejects(
     waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
-    (e) =>
-      e instanceof CliError &&
-      e.message === "sandbox dev failed: ProcessExited: VM process exited with status 1",
+    (e) => {
+      assert.ok(e instanceof CliError);
+      assert.equal(
+        e.message,
+        `sandbox "dev" failed (ProcessExited: VM process exited with status 1); it is kept: ` +
+          "see 'openshell sandbox logs dev', delete it with 'openshell sandbox delete dev'",
+      );
+      return true;
+    },
   );
   assert.match(f.stderr(), /^Last 2 log lines of dev:$/m);
   assert.match(f.stderr(), /^ {2}\S+ ERROR \[console\] kernel panic$/m);
@@ -137,7 +145,23 @@ Deno.test("create gives up after the timeout and on Ctrl-C", async () => {
   const slow = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
   await assert.rejects(
     waitUntilReady(slow.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 0.05),
-    /sandbox dev is not ready after 0.05 s \(phase: Provisioning\)/,
+    (e) => {
+      assert.ok(e instanceof CliError);
+      assert.equal(
+        e.message,
+        `sandbox "dev" is not ready after 0.05 s (Provisioning); it is kept: ` +
+          "see 'openshell sandbox logs dev', delete it with 'openshell sandbox delete dev'",
+      );
+      return true;
+    },
+  );
+  // With --no-keep it is deleted (create says so on its own line): nothing to point at.
+  const gone = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
+  await assert.rejects(
+    waitUntilReady(gone.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 0.05, { keep: false }),
+    (e) =>
+      e instanceof CliError &&
+      e.message === `sandbox "dev" is not ready after 0.05 s (Provisioning)`,
   );
   const stopped = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
   const waiting = waitUntilReady(stopped.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30);
@@ -151,12 +175,12 @@ Deno.test("create reports a sandbox deleted while it provisions", async () => {
   });
   await assert.rejects(
     waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
-    /sandbox dev was deleted while provisioning/,
+    /: sandbox "dev" was deleted while provisioning$/,
   );
   const d = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_DELETING") }]);
   await assert.rejects(
     waitUntilReady(d.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
-    /sandbox dev is being deleted/,
+    /: sandbox "dev" is being deleted$/,
   );
 });
 
@@ -192,4 +216,26 @@ Deno.test("create: a malformed size is a usage error naming the flag", () => {
       return true;
     });
   }
+});
+
+Deno.test("create with a name that is taken: one line that says what to do", async () => {
+  const f = fixture([], {
+    args: ["--name", "dev", "--", "true"],
+    create: () => {
+      throw new GatewayError(
+        { code: Code.ALREADY_EXISTS, details: 'sandbox "dev" already exists' },
+        parseEndpoint("http://127.0.0.1:1"),
+      );
+    },
+  });
+  await assert.rejects(sandboxCreateCommand(f.ctx), (e) => {
+    assert.ok(e instanceof CliError);
+    assert.equal(
+      e.message,
+      `sandbox "dev" already exists: pick another --name, or delete it with ` +
+        "'openshell sandbox delete dev'",
+    );
+    assert.equal(e.exitCode, 1);
+    return true;
+  });
 });

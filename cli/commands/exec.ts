@@ -9,8 +9,7 @@ import { envOption, integerOption } from "../args.ts";
 import { GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError, EXIT_INTERRUPTED } from "../errors.ts";
-import { phaseLabel } from "../output.ts";
-import { lookupSandbox, sandboxNameArg } from "./common.ts";
+import { lookupSandbox, notReadyMessage, sandboxNameArg } from "./common.ts";
 
 /** Largest stdin forwarded (it travels in one request). */
 export const MAX_STDIN_BYTES = 4 * 1024 * 1024;
@@ -40,6 +39,25 @@ export async function readStdin(
   return out;
 }
 
+/** Exit status the gateway reports when `--timeout` stopped the command (as `timeout(1)`). */
+export const EXIT_TIMED_OUT = 124;
+
+/**
+ * The line that says `--timeout` stopped the command, or `undefined` when
+ * the command ended on its own: only exit status 124 that arrived once the
+ * timeout had passed (a command may exit 124 by itself, earlier).
+ */
+export function timeoutMessage(
+  exitCode: number,
+  timeoutS: number,
+  elapsedMs: number,
+): string | undefined {
+  if (exitCode !== EXIT_TIMED_OUT || timeoutS <= 0 || elapsedMs < timeoutS * 1000) {
+    return undefined;
+  }
+  return `the command did not finish within ${timeoutS} s (--timeout) and was stopped`;
+}
+
 /** Runs `sandbox exec`; returns the remote exit status. */
 export async function sandboxExecCommand(ctx: Context): Promise<number> {
   const environment = envOption("env", ctx.list("env"));
@@ -51,6 +69,7 @@ export async function sandboxExecCommand(ctx: Context): Promise<number> {
     : await readStdin(ctx.streams.stdin);
   const client = await ctx.client();
   ctx.handleInterrupts();
+  const started = performance.now();
   const stream = client.execSandbox({
     sandbox_id: sandbox.id,
     command: ctx.invocation.trailing,
@@ -75,9 +94,8 @@ export async function sandboxExecCommand(ctx: Context): Promise<number> {
     }
   } catch (e) {
     if (e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION) {
-      throw new CliError(
-        `sandbox "${sandbox.name}" is not ready (${phaseLabel(sandbox.phase)}): ${e.message}`,
-      );
+      const current = await client.getSandbox(sandbox.name).catch(() => sandbox);
+      throw new CliError(notReadyMessage(current, e.message));
     }
     throw e;
   } finally {
@@ -87,6 +105,8 @@ export async function sandboxExecCommand(ctx: Context): Promise<number> {
   if (exitCode === undefined) {
     throw new CliError("the command's exit status never arrived (the stream ended early)");
   }
+  const timedOut = timeoutMessage(exitCode, timeout, performance.now() - started);
+  if (timedOut) throw new CliError(timedOut, EXIT_TIMED_OUT);
   return exitCode >= 0 && exitCode <= 255 ? exitCode : 1;
 }
 

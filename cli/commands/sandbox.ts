@@ -4,12 +4,22 @@
  * @module
  */
 import type { Sandbox, SandboxLogLine } from "../../core/protocol.ts";
+import { readOcsfLine } from "../../core/ocsf.ts";
 import { stripControls } from "../../core/text.ts";
-import { integerOption, outputOption, UsageError } from "../args.ts";
+import {
+  choicesOption,
+  integerOption,
+  levelOption,
+  outputOption,
+  sinceOption,
+  UsageError,
+} from "../args.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { sandboxDetails, sandboxTable, type Style, toJson } from "../output.ts";
-import { lookupSandbox, sandboxNameArg } from "./common.ts";
+import { Code } from "../../core/status.ts";
+import { GatewayError } from "../client.ts";
+import { forgetHostKey, lookupSandbox, sandboxNameArg } from "./common.ts";
 
 /** `sandbox get [NAME] [--output text|json]`. */
 export async function sandboxGetCommand(ctx: Context): Promise<number> {
@@ -53,10 +63,20 @@ export async function sandboxListCommand(ctx: Context): Promise<number> {
   return 0;
 }
 
-/** `sandbox delete NAME…|--all`; exit 1 when any named sandbox did not exist. */
+/** The one error line of `sandbox delete` for the names that did not exist. */
+export function notFoundMessage(missing: readonly string[]): string {
+  const quoted = missing.map((n) => `"${n}"`).join(", ");
+  return `${missing.length === 1 ? "sandbox" : "sandboxes"} ${quoted} not found`;
+}
+
+/**
+ * `sandbox delete NAME…|--all`: deletes each, forgetting its host key in
+ * the CLI's known_hosts; exit 1 (one error line) when any named sandbox
+ * did not exist.
+ */
 export async function sandboxDeleteCommand(ctx: Context): Promise<number> {
-  let names = ctx.invocation.positionals;
   const all = ctx.flag("all");
+  const names = ctx.invocation.positionals;
   if (all && names.length) {
     throw new UsageError("give sandbox names or --all, not both", "sandbox delete");
   }
@@ -65,24 +85,30 @@ export async function sandboxDeleteCommand(ctx: Context): Promise<number> {
   }
   const client = await ctx.client();
   const gw = await ctx.gateway();
+  let targets: { name: string; id?: string }[] = names.map((name) => ({ name }));
   if (all) {
-    names = (await client.listAllSandboxes()).map((s) => s.name);
-    if (!names.length) {
+    targets = (await client.listAllSandboxes()).map((s) => ({ name: s.name, id: s.id }));
+    if (!targets.length) {
       ctx.err("No sandboxes to delete.\n");
       return 0;
     }
   }
-  let missing = 0;
-  for (const name of names) {
-    if (await client.deleteSandbox(name)) {
+  const missing: string[] = [];
+  for (const { name, id } of targets) {
+    // Its id names its host key; a sandbox that is not there is simply missing.
+    const sandboxId = id ?? (await client.getSandbox(name).catch((e) => {
+      if (e instanceof GatewayError && e.code === Code.NOT_FOUND) return undefined;
+      throw e;
+    }))?.id;
+    if (sandboxId !== undefined && await client.deleteSandbox(name)) {
       await ctx.out(`Deleted sandbox ${ctx.style.cyan(name)}\n`);
       await ctx.store.clearLastSandbox(gw.key, name).catch(() => {});
+      await forgetHostKey(ctx, sandboxId);
     } else {
-      ctx.err(`${ctx.errStyle.yellow("!")} Sandbox ${name} not found\n`);
-      missing++;
+      missing.push(name);
     }
   }
-  if (missing) throw new CliError(`${missing} of ${names.length} sandboxes not found`);
+  if (missing.length) throw new CliError(notFoundMessage(missing));
   return 0;
 }
 
@@ -94,6 +120,10 @@ export async function sandboxDeleteCommand(ctx: Context): Promise<number> {
  */
 export function formatLogLine(line: SandboxLogLine, style: Style): string {
   const time = line.timestamp_ms ? new Date(line.timestamp_ms).toISOString() : "-";
+  const source = stripControls(line.source || "gateway");
+  // An OCSF event (its JSON is the message) shows as its own one-line message.
+  const event = line.target === "ocsf" ? readOcsfLine(line.message) : undefined;
+  const message = event ? event.message : line.message;
   const level = stripControls((line.level || "info").toUpperCase());
   const painted = level === "ERROR"
     ? style.red(level.padEnd(5))
@@ -103,34 +133,58 @@ export function formatLogLine(line: SandboxLogLine, style: Style): string {
   const fields = Object.entries(line.fields ?? {})
     .map(([k, v]) => ` ${stripControls(k)}=${stripControls(String(v))}`)
     .join("");
-  const target = line.target ? `${stripControls(line.target)}: ` : "";
-  return `${style.dim(time)} ${painted} [${stripControls(line.source || "gateway")}] ${target}${
-    stripControls(line.message)
-  }${fields}\n`;
+  // The target only when it says more than the source does.
+  const targetText = stripControls(line.target);
+  const target = targetText && !sameAsSource(targetText, source) ? `${targetText}: ` : "";
+  return `${style.dim(time)} ${painted} [${source}] ${target}${stripControls(message)}${fields}\n`;
+}
+
+function sameAsSource(target: string, source: string): boolean {
+  return target === source || target === `openshell_${source}` || target === `openshell-${source}`;
 }
 
 /**
  * One log line as a JSON line. JSON escapes C0 controls itself; DEL and the
  * C1 range (U+007F–U+009F) are escaped too, so printing it on a terminal is
- * safe, and parsing it gives back exactly what the gateway sent.
+ * safe, and parsing it gives back exactly what the gateway sent — except
+ * that an OCSF event line carries the event as an object in `ocsf` and its
+ * one-line message in `message` (instead of the event's JSON as a string).
  */
 export function jsonLogLine(line: SandboxLogLine): string {
-  return JSON.stringify(line).replace(
+  const event = line.target === "ocsf" ? readOcsfLine(line.message) : undefined;
+  const value = event ? { ...line, message: event.message, ocsf: event.event } : line;
+  return JSON.stringify(value).replace(
     /[\u007f-\u009f]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
   ) + "\n";
 }
 
-/** `sandbox logs [NAME] [--follow] [--lines N] [--output text|json]`. */
+/** Where log lines come from (`SandboxLogLine.source`). */
+export const LOG_SOURCES = ["gateway", "console", "sandbox"] as const;
+
+/**
+ * `sandbox logs [NAME] [--follow] [--lines N] [--since WHEN] [--level L]
+ * [--source SRC]… [--output text|json]`: the filters are the gateway's
+ * (`GetSandboxLogs`, and `WatchSandbox` for `--follow`).
+ */
 export async function sandboxLogsCommand(ctx: Context): Promise<number> {
   const format = outputOption(ctx.str("output"), ["text", "json"] as const);
   const lines = integerOption("lines", ctx.str("lines"), { min: 1, max: 100_000 }) ?? 200;
+  const sinceMs = sinceOption("since", ctx.str("since"), Date.now()) ?? 0;
+  const minLevel = levelOption("level", ctx.str("level")) ?? "";
+  const sources = choicesOption("source", ctx.list("source"), LOG_SOURCES);
   const sandbox = await lookupSandbox(ctx, await sandboxNameArg(ctx));
   const client = await ctx.client();
   const print = (line: SandboxLogLine) =>
     ctx.out(format === "json" ? jsonLogLine(line) : formatLogLine(line, ctx.style));
   if (!ctx.flag("follow")) {
-    const res = await client.getSandboxLogs({ sandbox_id: sandbox.id, lines });
+    const res = await client.getSandboxLogs({
+      sandbox_id: sandbox.id,
+      lines,
+      since_ms: sinceMs,
+      sources,
+      min_level: minLevel,
+    });
     for (const line of res.logs) await print(line);
     return 0;
   }
@@ -139,6 +193,9 @@ export async function sandboxLogsCommand(ctx: Context): Promise<number> {
     id: sandbox.id,
     follow_logs: true,
     log_tail_lines: lines,
+    log_since_ms: sinceMs,
+    log_sources: sources,
+    log_min_level: minLevel,
   });
   const onInterrupt = () => stream.cancel();
   ctx.interrupt.addEventListener("abort", onInterrupt, { once: true });

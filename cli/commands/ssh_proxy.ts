@@ -3,7 +3,8 @@
  * session the caller created, its token read from the environment
  * ({@link TOKEN_ENV}; never from argv, where `ps` shows it to every user);
  * name mode creates a fresh session on every run (what `sandbox ssh-config`
- * writes) and revokes its token as soon as the tunnel is open. The host key
+ * writes) and revokes its token when the tunnel ends (not sooner: the
+ * gateway closes a revoked token's tunnels). The host key
  * is checked against the gateway's fingerprint when it reports one.
  *
  * @module
@@ -185,7 +186,6 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
   }
   const verifier = fingerprint ? new HostKeyVerifier(fingerprint) : undefined;
   let warned = false;
-  let revoked: Promise<void> | undefined;
   try {
     const tunnel = await openTunnel(target, {
       signal: ctx.interrupt,
@@ -194,8 +194,6 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
         warned = true;
       },
     });
-    // The tunnel is up: the token this proxy made has done its job.
-    if (own) revoked = revokeOwn(ctx, own);
     try {
       await pumpTunnel(tunnel, { input: ctx.streams.stdin, output: ctx.streams.stdout, verifier });
     } finally {
@@ -206,7 +204,8 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
       }
     }
   } finally {
-    if (own) await (revoked ?? revokeOwn(ctx, own));
+    // Only now: revoking a token closes the tunnels opened with it.
+    if (own) await revokeOwn(ctx, own);
   }
   return 0;
 }

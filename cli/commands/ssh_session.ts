@@ -12,10 +12,10 @@ import { Code } from "../../core/status.ts";
 import { GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
-import { phaseLabel } from "../output.ts";
 import { netGrantsFor, selfCommand } from "../self.ts";
 import { type SshAccess, sshArgs } from "../ssh.ts";
 import { tunnelTargetOf, validateTarget } from "../ssh_proxy.ts";
+import { notReadyMessage } from "./common.ts";
 import { TOKEN_ENV } from "./ssh_proxy.ts";
 
 const FINGERPRINT = /^SHA256:[A-Za-z0-9+/]+=*$/;
@@ -43,7 +43,7 @@ export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<Ses
   } catch (e) {
     if (e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION) {
       const current = await client.getSandbox(sandbox.name).catch(() => sandbox);
-      throw new CliError(`sandbox "${sandbox.name}" is not ready (${phaseLabel(current.phase)})`);
+      throw new CliError(notReadyMessage(current, e.message));
     }
     throw e;
   }

@@ -121,24 +121,10 @@ function supervisorFixedCommand(): string {
 
 const DENO_ENV = `DENO_DIR=${GUEST_LAYOUT.denoDir} NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 HOME=/root`;
 
-/**
- * The supervisor's OCSF events (JSON lines, `"class_uid":…`) go to this
- * file in the guest, not to the console (which the sandbox's logs show),
- * rotated at {@link EVENTS_LOG_MAX_BYTES} with one old file kept.
- */
-export const EVENTS_LOG = "/var/log/openshell/events.jsonl";
-/** Size at which {@link EVENTS_LOG} rotates. */
-export const EVENTS_LOG_MAX_BYTES = 4 * 1024 * 1024;
-
 /** The runner PID 1 restarts: sources the config and runs the supervisor once. */
 export function renderRunner(): string {
   const tokenFile = GUEST_FILES.supervisorToken.guestPath;
   const bb = GUEST_LAYOUT.busybox;
-  // Events to their file, everything else (log lines) to the console, line by line.
-  const split = `${bb} awk -v f=${EVENTS_LOG} '` +
-    `/^[{]"class_uid":/ { print >> f; fflush(f); n += length($0) + 1; ` +
-    `if (n > ${EVENTS_LOG_MAX_BYTES}) { close(f); system("${bb} mv -f " f " " f ".1"); n = 0 }; next } ` +
-    `{ print; fflush() }'`;
   return `#!${bb} sh
 # openshell: runs the supervisor once; PID 1 (${GUEST_LAYOUT.pid1}) restarts it.
 . ${GUEST_FILES.config.guestPath}
@@ -148,10 +134,8 @@ token=""
 [ -s ${tokenFile} ] && token="--supervisor-token-file ${tokenFile}"
 tlsca=""
 [ -s ${GUEST_FILES.tlsCa.guestPath} ] && tlsca="--tls-ca ${GUEST_FILES.tlsCa.guestPath}"
-set -o pipefail
-${bb} mkdir -p ${EVENTS_LOG.slice(0, EVENTS_LOG.lastIndexOf("/"))}
 echo "${GUEST_LAYOUT.readyMarker} after $(${bb} cut -d' ' -f1 /proc/uptime)s"
-${supervisorCommand()} $token $tlsca 2>&1 | ${split}
+${supervisorCommand()} $token $tlsca
 rc=$?
 echo "openshell-init: supervisor exited with status $rc; restarting in 1s"
 # A killed supervisor could not end its SSH connections' processes: end them

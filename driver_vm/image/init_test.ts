@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { PRODUCTION_PARAMS, renderFlags, supervisorGrants } from "../../core/grants.ts";
 import {
-  EVENTS_LOG,
   GUEST_LAYOUT,
   renderInit,
   renderPid1,
@@ -156,23 +155,4 @@ Deno.test("runner: the supervisor runs with exactly its production grants, throu
   assert.match(cmd, /--allow-write=\/run\/openshell,\/run\/openshell-sessions /);
   // After the supervisor exits, its connections' cgroups are killed before the restart.
   assert.match(runner, /echo 1 > "\$\{g\}cgroup\.kill"/);
-});
-
-Deno.test("runner: OCSF event lines go to their file, log lines to the console", async () => {
-  const runner = renderRunner();
-  const line = runner.split("\n").find((l) => l.includes("| /opt/openshell/bin/busybox awk"))!;
-  const awk = line.slice(line.indexOf("| ") + 2).replaceAll("/opt/openshell/bin/busybox", "busybox")
-    .replace(EVENTS_LOG, "events.jsonl");
-  const dir = await Deno.makeTempDir({ prefix: "osevents" });
-  try {
-    const input = 'INFO hello\n{"class_uid":4001,"x":1}\nWARN again\n{"class_uid":4001,"x":2}\n';
-    const out = await busybox(`PATH=/bin:$PATH; printf '%s' '${input}' | ${awk}`, dir);
-    assert.equal(out, "INFO hello\nWARN again\n");
-    assert.equal(
-      await Deno.readTextFile(`${dir}/events.jsonl`),
-      '{"class_uid":4001,"x":1}\n{"class_uid":4001,"x":2}\n',
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 });
