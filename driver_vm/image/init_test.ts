@@ -1,12 +1,6 @@
 import assert from "node:assert/strict";
 import { PRODUCTION_PARAMS, renderFlags, supervisorGrants } from "../../core/grants.ts";
-import {
-  GUEST_LAYOUT,
-  renderInit,
-  renderPid1,
-  renderRunner,
-  supervisorCommand,
-} from "./init.ts";
+import { GUEST_LAYOUT, renderInit, renderPid1, renderRunner, supervisorCommand } from "./init.ts";
 
 async function shSyntaxOk(script: string): Promise<string> {
   const out = await new Deno.Command("sh", { args: ["-n", "-c", script], stderr: "piped" })
