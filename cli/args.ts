@@ -200,11 +200,28 @@ export const COMMANDS: readonly CommandSpec[] = [
         value: "K=V",
         help: "Environment variable for the sandbox (repeatable)",
       },
+      cpus: {
+        type: "string",
+        value: "N",
+        help: "CPUs of the sandbox's VM: 2, or millicores such as 1500m (default: the driver's)",
+      },
+      memory: {
+        type: "string",
+        value: "SIZE",
+        help: "Memory of the sandbox's VM, e.g. 2Gi or 1536Mi (default: the driver's)",
+      },
+      "disk-gib": {
+        type: "string",
+        value: "N",
+        help: "Size of the sandbox's disk in GiB (sparse; kept until the sandbox is deleted; " +
+          "default: the driver's, 8)",
+      },
     },
     examples: [
       "openshell sandbox create -- echo hello",
       "openshell sandbox create --name dev",
       "openshell sandbox create --no-keep -- make test",
+      "openshell sandbox create --name big --cpus 4 --memory 8Gi --disk-gib 50",
     ],
   },
   {

@@ -42,6 +42,8 @@ export interface Grants {
   run: Grant;
   /** Environment variable names (`PREFIX_*` globs allowed). */
   env: Grant;
+  /** System information (`Deno.systemMemoryInfo` …); absent = none. */
+  sys?: Grant;
   /** Read non-granted variables as `undefined` instead of failing. */
   ignoreEnv: boolean;
 }
@@ -89,6 +91,8 @@ export interface DriverGrantParams {
   qemu: string;
   /** The helper that starts each qemu unprivileged and tied to the driver's life (`setpriv`). */
   setpriv: string;
+  /** qemu-img (creates each sandbox's disk); default `/usr/bin/qemu-img`. */
+  qemuImg?: string;
 }
 
 /** What the supervisor's grants depend on. */
@@ -204,8 +208,9 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
 /**
  * The VM driver: its sockets (the public one, grpc-js's internal one, the
  * paths where each VM's forwarder and QMP sockets are bound before they are
- * renamed into `fwd/` and `qmp/`), the gateway, its state dir, the runtime dir, `/etc/passwd` (to
- * find qemu's account), qemu and setpriv.
+ * renamed into `fwd/` and `qmp/`), the gateway, its state dir, the runtime
+ * dir, `/etc/passwd` (to find qemu's account), qemu, setpriv and qemu-img,
+ * and the host's memory size (a sandbox may not ask for more).
  */
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
@@ -218,8 +223,9 @@ export function driverGrants(p: DriverGrantParams): Grants {
     ],
     read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),
     write: [p.stateDir],
-    run: unique([p.qemu, p.setpriv]),
+    run: unique([p.qemu, p.setpriv, p.qemuImg ?? "/usr/bin/qemu-img"]),
     env: ["OPENSHELL_*"],
+    sys: ["systemMemoryInfo"],
     ignoreEnv: true,
   };
 }
@@ -273,6 +279,7 @@ export function renderFlags(grants: Grants): string[] {
     ...flag("write", grants.write),
     ...flag("run", grants.run),
     ...flag("env", grants.env),
+    ...(grants.sys ? flag("sys", grants.sys) : []),
     ...(grants.ignoreEnv ? ["--ignore-env"] : []),
     "--no-prompt",
   ];
@@ -364,6 +371,7 @@ export const PRODUCTION_PARAMS: {
     runtimeDir: "/usr/local/share/openshell/vm-runtime",
     qemu: "/usr/bin/qemu-system-x86_64",
     setpriv: "/usr/bin/setpriv",
+    qemuImg: "/usr/bin/qemu-img",
   },
   supervisor: {
     gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },
@@ -393,7 +401,9 @@ export function renderGrantsTable(): string {
     ...rows.map(([role, g]) =>
       `| ${role} | \`${ROLE_INFO[role].binary}\` | ${cell(g.net)} | ${cell(g.read)} | ${
         cell(g.write)
-      } | ${cell(g.run)} | ${cell(g.env)}${g.ignoreEnv ? " (others read as unset)" : ""} |`
+      } | ${cell(g.run)} | ${cell(g.env)}${g.ignoreEnv ? " (others read as unset)" : ""}${
+        g.sys ? `<br>sys: ${cell(g.sys)}` : ""
+      } |`
     ),
   ];
   return lines.join("\n");

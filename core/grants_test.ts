@@ -128,7 +128,7 @@ Deno.test("gateway without a driver may run nothing; port 0 grants the host", ()
   assert.ok(!flags.some((f) => f.startsWith("--allow-run")));
 });
 
-Deno.test("driver: its four unix sockets, the gateway's one address, /etc/passwd, qemu and setpriv", () => {
+Deno.test("driver: its four unix sockets, the gateway's one address, /etc/passwd, qemu, setpriv, qemu-img, the host's memory size", () => {
   const g = driverGrants({
     stateDir: "/v",
     gateway: { host: "127.0.0.1", port: 8080 },
@@ -143,9 +143,24 @@ Deno.test("driver: its four unix sockets, the gateway's one address, /etc/passwd
     "unix:/v/qmp-bind.sock",
     "127.0.0.1:8080",
   ]);
-  assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv"]);
+  assert.deepEqual(g.run, ["/usr/bin/qemu-system-x86_64", "/usr/bin/setpriv", "/usr/bin/qemu-img"]);
   assert.deepEqual(g.read, ["/v", "/rt", "/etc/passwd"]);
   assert.deepEqual(g.write, ["/v"]);
+  assert.deepEqual(g.sys, ["systemMemoryInfo"]);
+  assert.ok(renderFlags(g).includes("--allow-sys=systemMemoryInfo"));
+  const own = driverGrants({
+    stateDir: "/v",
+    gateway: { host: "127.0.0.1", port: 8080 },
+    runtimeDir: "/rt",
+    qemu: "/q",
+    setpriv: "/s",
+    qemuImg: "/opt/qemu-img",
+  });
+  assert.deepEqual(own.run, ["/q", "/s", "/opt/qemu-img"]);
+  // The other roles get no system information.
+  for (const other of [cliGrants({}), supervisorGrants(PRODUCTION_PARAMS.supervisor)]) {
+    assert.ok(!renderFlags(other).some((f) => f.startsWith("--allow-sys")));
+  }
 });
 
 Deno.test("cli: narrowed when the gateway and config dir are known, open otherwise", () => {

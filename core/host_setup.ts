@@ -35,7 +35,18 @@ export const HOST_PACKAGES: readonly HostPackage[] = [
     why: "runs the VMs",
     for: ["vm", "test"],
   },
-  { pkg: "qemu-utils", files: ["/usr/bin/qemu-img"], why: "disk image tools", for: ["test"] },
+  {
+    pkg: "qemu-utils",
+    files: ["/usr/bin/qemu-img"],
+    why: "creates each sandbox's disk (qcow2 overlay)",
+    for: ["vm", "test"],
+  },
+  {
+    pkg: "debootstrap",
+    files: ["/usr/sbin/debootstrap"],
+    why: "builds the Debian guest images",
+    for: ["vm", "test"],
+  },
   {
     pkg: "util-linux",
     files: ["/usr/bin/setpriv", "/usr/bin/prlimit"],
@@ -74,8 +85,8 @@ export const HOST_PACKAGES: readonly HostPackage[] = [
   },
   {
     pkg: "e2fsprogs",
-    files: ["/usr/sbin/mke2fs"],
-    why: "builds the guest disk",
+    files: ["/usr/sbin/mke2fs", "/usr/sbin/resize2fs"],
+    why: "writes the guest images; grows a guest's root to its disk",
     for: ["vm", "test"],
   },
   { pkg: "dpkg", files: ["/usr/bin/dpkg"], why: "unpacks the kernel package", for: ["vm", "test"] },
@@ -84,6 +95,7 @@ export const HOST_PACKAGES: readonly HostPackage[] = [
   { pkg: "xz-utils", files: ["/usr/bin/xz"], why: "compressed kernel modules", for: ["test"] },
   { pkg: "kmod", files: ["/bin/kmod"], why: "kernel module tools", for: ["test"] },
   { pkg: "tmux", files: ["/usr/bin/tmux"], why: "the interactive CLI test", for: ["test"] },
+  { pkg: "rsync", files: ["/usr/bin/rsync"], why: "the e2e's copy into a sandbox", for: ["test"] },
   { pkg: "procps", files: ["/usr/bin/pgrep", "/bin/kill"], why: "process checks", for: ["test"] },
   { pkg: "openssl", files: ["/usr/bin/openssl"], why: "TLS test fixtures", for: ["test"] },
   {

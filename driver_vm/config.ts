@@ -13,6 +13,7 @@ import {
 import { parseArgs } from "node:util";
 import { PRODUCTION_PARAMS } from "../core/grants.ts";
 import { type LogLevel, parseLogLevel } from "../core/log.ts";
+import { DEFAULT_DISK_GIB, DEFAULT_QEMU_IMG, MAX_DISK_GIB } from "./disk.ts";
 import { DEFAULT_VM_USER } from "./vm_user.ts";
 
 /** Accelerator choices. */
@@ -35,11 +36,17 @@ export interface DriverConfig {
   /** Read-only runtime dir built by `deno task vm:rootfs`. */
   runtimeDir: string;
   accel: AccelChoice;
+  /** vCPUs of a sandbox that asks for none. */
   vcpus: number;
+  /** Memory (MiB) of a sandbox that asks for none. */
   memMib: number;
+  /** Disk (GiB) of a sandbox that asks for none. */
+  diskGiB: number;
   logLevel: LogLevel;
   /** qemu binary. */
   qemu: string;
+  /** qemu-img binary (creates each sandbox's disk). */
+  qemuImg: string;
   /** setpriv binary (user, no-new-privs and parent-death signal for each qemu). */
   setpriv: string;
   /** prlimit binary (resource limits for each qemu). */
@@ -89,13 +96,31 @@ const OPTIONS: readonly Opt[] = [
     help: `VM runtime dir (default ${PRODUCTION_PARAMS.driver.runtimeDir})`,
   },
   { flag: "vm-accel", env: "OPENSHELL_VM_ACCEL", help: "auto (default), kvm, hvf or tcg" },
-  { flag: "vm-vcpus", env: "OPENSHELL_VM_VCPUS", help: "vCPUs per VM (default 2)" },
-  { flag: "vm-mem-mib", env: "OPENSHELL_VM_MEM_MIB", help: "memory per VM in MiB (default 1024)" },
+  {
+    flag: "vm-vcpus",
+    env: "OPENSHELL_VM_VCPUS",
+    help: "vCPUs of a sandbox that asks for none (default 2)",
+  },
+  {
+    flag: "vm-mem-mib",
+    env: "OPENSHELL_VM_MEM_MIB",
+    help: "memory in MiB of a sandbox that asks for none (default 1024)",
+  },
+  {
+    flag: "vm-disk-gib",
+    env: "OPENSHELL_VM_DISK_GIB",
+    help: `disk in GiB of a sandbox that asks for none (sparse; default ${DEFAULT_DISK_GIB})`,
+  },
   { flag: "log-level", env: "OPENSHELL_LOG_LEVEL", help: "error, warn, info (default), debug" },
   {
     flag: "qemu",
     env: "OPENSHELL_VM_QEMU",
     help: `qemu binary (default ${PRODUCTION_PARAMS.driver.qemu})`,
+  },
+  {
+    flag: "qemu-img",
+    env: "OPENSHELL_VM_QEMU_IMG",
+    help: `qemu-img (default ${DEFAULT_QEMU_IMG})`,
   },
   {
     flag: "setpriv",
@@ -263,6 +288,9 @@ export function parseDriverConfig(
     throw new DriverConfigError(`${mm!.what} must be at least 256 (the guest needs it)`);
   }
 
+  const dg = get("vm-disk-gib");
+  const diskGiB = dg ? positiveInt(dg.what, dg.value, MAX_DISK_GIB) : DEFAULT_DISK_GIB;
+
   const ll = get("log-level");
   let logLevel: LogLevel = "info";
   if (ll) {
@@ -273,6 +301,7 @@ export function parseDriverConfig(
     }
   }
   const q = get("qemu");
+  const qi = get("qemu-img");
   const sp = get("setpriv");
   const pl = get("prlimit");
   const vu = get("vm-user");
@@ -300,8 +329,10 @@ export function parseDriverConfig(
       accel,
       vcpus,
       memMib,
+      diskGiB,
       logLevel,
       qemu: q ? absolute(q.what, q.value) : PRODUCTION_PARAMS.driver.qemu,
+      qemuImg: qi ? absolute(qi.what, qi.value) : DEFAULT_QEMU_IMG,
       setpriv: sp ? absolute(sp.what, sp.value) : PRODUCTION_PARAMS.driver.setpriv,
       prlimit: pl ? absolute(pl.what, pl.value) : DEFAULT_PRLIMIT,
       vmUser,

@@ -17,8 +17,10 @@ Deno.test("config: defaults", () => {
   assert.equal(c.accel, "auto");
   assert.equal(c.vcpus, 2);
   assert.equal(c.memMib, 1024);
+  assert.equal(c.diskGiB, 8);
   assert.equal(c.logLevel, "info");
   assert.equal(c.qemu, "/usr/bin/qemu-system-x86_64");
+  assert.equal(c.qemuImg, "/usr/bin/qemu-img");
   assert.equal(c.setpriv, "/usr/bin/setpriv");
   assert.equal(c.prlimit, "/usr/bin/prlimit");
   assert.equal(c.vmUser, "openshell-vm");
@@ -119,4 +121,14 @@ Deno.test("config: bad input gets one clear line each", () => {
 Deno.test("config: --help and --version", () => {
   assert.equal(parseDriverConfig(["--help"], noEnv).kind, "help");
   assert.equal(parseDriverConfig(["--version"], noEnv).kind, "version");
+});
+
+Deno.test("config: the default disk size and qemu-img", () => {
+  const c = run([...base, "--vm-disk-gib", "20", "--qemu-img", "/opt/qemu-img"]);
+  assert.equal(c.diskGiB, 20);
+  assert.equal(c.qemuImg, "/opt/qemu-img");
+  assert.equal(run(base, (n) => n === "OPENSHELL_VM_DISK_GIB" ? "12" : undefined).diskGiB, 12);
+  assert.throws(() => run([...base, "--vm-disk-gib", "0"]), /between 1 and 2048/);
+  assert.throws(() => run([...base, "--vm-disk-gib", "4096"]), /between 1 and 2048/);
+  assert.throws(() => run([...base, "--qemu-img", "qemu-img"]), /absolute path/);
 });

@@ -3,16 +3,22 @@
  * sandbox, its per-sandbox state dir, progress conditions, the watch bus,
  * console (driver_vm/console.ts), exit monitoring, stop/start and deletion.
  *
+ * Each sandbox boots from its image through its own disk (a qcow2 overlay
+ * in its state dir, `disk.ts`), sized, like its vCPUs and memory, from its
+ * template's resources (`resources.ts`); the driver reports what it gave
+ * the VM as a `Resources` condition.
+ *
  * Readiness belongs to the gateway: this driver reports `Ready=False` with
  * reason `Starting` while a VM runs, `Stopping`/`Stopped` around a stop,
  * `ProcessExited` (terminal) when qemu ends on its own, `Deleting` while it
  * is being removed — never `Ready=True`.
  *
  * Persistence: each sandbox's dir (`<state-dir>/sandboxes/<id>/`) holds a
- * manifest (`sandbox.json`, written once the dir is complete), the guest's
- * files (`guest/`: config, environment, SSH host key, supervisor token, CA —
- * the only copy of those secrets; the gateway keeps hashes) and its console
- * log. A stop keeps all of it; only delete removes it. When the driver
+ * manifest (`sandbox.json`, written once the dir is complete), its disk
+ * (`disk.qcow2`) and what its VM was given (`vm.json`: resources, image
+ * key), the guest's files (`guest/`: config, environment, SSH host key,
+ * supervisor token, CA — the only copy of those secrets; the gateway keeps
+ * hashes) and its console log. A stop keeps all of it; only delete removes it. When the driver
  * starts, {@link VmDriver.restore} reads every manifest back as a stopped
  * sandbox; the gateway, which owns the intent, starts the ones that should
  * run (`gateway_manages_lifecycle`). A dir without a manifest is an
@@ -40,15 +46,29 @@ import { Code, StatusError } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
 import type { Accel } from "./config.ts";
 import { LineSplitter, RotatingLog } from "./console.ts";
-import { GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import {
+  checkDiskFits,
+  DEFAULT_DISK_GIB,
+  DEFAULT_QEMU_IMG,
+  Disks,
+  type ImageRef,
+  OVERLAY_FILE,
+} from "./disk.ts";
+import { GUEST_DNS, GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
 import {
   DEFAULT_MAX_GUEST_CONNECTIONS,
   type ForwarderFactory,
   type GuestForwarder,
   GuestForwarders,
 } from "./guest_forwarder.ts";
-import type { FwCfgFile, QemuSpec } from "./qemu.ts";
+import type { FwCfgFile, QemuSpec, RootDiskSpec } from "./qemu.ts";
 import { type QmpChannel, QmpChannels, type QmpFactory } from "./qmp.ts";
+import {
+  describeResources,
+  type HostLimits,
+  resolveResources,
+  type VmResources,
+} from "./resources.ts";
 import { giveFile, shareDir, type VmUser } from "./vm_user.ts";
 
 /** Name reported by GetCapabilities. */
@@ -77,7 +97,15 @@ export interface Launcher {
 export interface RuntimeFiles {
   kernel: string;
   initramfs: string;
+  /** The read-only runtime disk (Deno, the supervisor, the guest's PID 1). */
   disk: string;
+}
+
+/** Makes a sandbox's root disk (the real one is {@link Disks}). */
+export interface DiskProvider {
+  prepare(o: { dir: string; image: ImageRef; sizeGiB: number }): Promise<RootDiskSpec>;
+  /** Where the shared copy of an image lives. */
+  imagePath(image: Pick<ImageRef, "key" | "format">): string;
 }
 
 /** Options of {@link VmDriver}. */
@@ -87,8 +115,23 @@ export interface VmDriverOptions {
   launcher: Launcher;
   /** Resolves to the accelerator (the `auto` probe may still be running). */
   accel: () => Promise<Accel>;
+  /** vCPUs of a sandbox that asks for none. */
   vcpus: number;
+  /** Memory (MiB) of a sandbox that asks for none. */
   memMib: number;
+  /** Disk (GiB) of a sandbox that asks for none; default {@link DEFAULT_DISK_GIB}. */
+  diskGiB?: number;
+  /** What this host has: requests beyond it are RESOURCE_EXHAUSTED; default unchecked. */
+  host?: HostLimits;
+  /**
+   * The image sandboxes boot (its key names the shared copy); throws a
+   * StatusError when there is none. Default: none (create fails).
+   */
+  image?: () => Promise<ImageRef>;
+  /** Sandbox disks; default {@link Disks} in `stateDir` with `qemuImg`. */
+  disks?: DiskProvider;
+  /** qemu-img for the default {@link Disks}; default {@link DEFAULT_QEMU_IMG}. */
+  qemuImg?: string;
   /** Default supervisor log level when the spec has none. */
   logLevel: string;
   /** The gateway as the host reaches it (guest connections are carried there). */
@@ -130,6 +173,12 @@ interface Record_ {
   createdAtMs: number;
   conditions: SandboxCondition[];
   deleting: boolean;
+  /** What the VM gets, reported as the `Resources` condition. */
+  resources?: { value: VmResources; since: number };
+  /** The image its disk is an overlay of. */
+  image?: Pick<ImageRef, "key" | "format">;
+  /** Its root disk (overlay over the shared image). */
+  rootDisk?: RootDiskSpec;
   handle?: VmHandle;
   /** The VM's forwarder socket to the gateway. */
   forwarder?: GuestForwarder;
@@ -163,6 +212,43 @@ export interface SandboxManifest {
   name: string;
   namespace: string;
   created_at_ms: number;
+}
+
+/** The file beside a sandbox's disk that records what its VM was given. */
+export const VM_FILE = "vm.json";
+
+/** What `vm.json` records: the VM's size and the image its disk is an overlay of. */
+export interface VmRecord {
+  resources: VmResources;
+  image: Pick<ImageRef, "key" | "format">;
+}
+
+/** Parses and checks `vm.json`; throws one line saying what is wrong. */
+export function parseVmRecord(text: string): VmRecord {
+  if (text.length > MAX_MANIFEST_BYTES) throw new Error("vm.json is too large");
+  const v = JSON.parse(text) as {
+    resources?: Record<string, unknown>;
+    image?: Record<string, unknown>;
+  };
+  const n = (k: string, max: number): number => {
+    const x = v?.resources?.[k];
+    if (typeof x !== "number" || !Number.isSafeInteger(x) || x < 1 || x > max) {
+      throw new Error(`vm.json resources.${k} is invalid`);
+    }
+    return x;
+  };
+  const resources = {
+    vcpus: n("vcpus", 1024),
+    memMib: n("memMib", 2 ** 24),
+    diskGiB: n("diskGiB", 2 ** 20),
+  };
+  const key = v?.image?.key;
+  const format = v?.image?.format;
+  if (typeof key !== "string" || !/^[A-Za-z0-9_.-]{1,64}$/.test(key) || key.startsWith(".")) {
+    throw new Error("vm.json image.key is invalid");
+  }
+  if (format !== "raw" && format !== "qcow2") throw new Error("vm.json image.format is invalid");
+  return { resources, image: { key, format } };
 }
 
 /** Parses and checks a manifest; throws one line saying what is wrong. */
@@ -232,20 +318,7 @@ export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined)
         "the VM driver does not support template.agent_socket_path",
       );
     }
-    const r = t.resources;
-    if (r && (r.cpu_request || r.cpu_limit || r.memory_request || r.memory_limit)) {
-      throw new StatusError(
-        Code.FAILED_PRECONDITION,
-        "the VM driver does not support per-sandbox resources (use --vm-vcpus / --vm-mem-mib)",
-      );
-    }
-    const pc = t.platform_config as { fields?: Record<string, unknown> } | null | undefined;
-    if (pc && Object.keys(pc.fields ?? pc).length > 0) {
-      throw new StatusError(
-        Code.FAILED_PRECONDITION,
-        "the VM driver does not support template.platform_config",
-      );
-    }
+    // resources and platform_config: resolveResources (needs the host's limits).
   }
   for (const k of Object.keys(spec.environment ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
@@ -275,6 +348,7 @@ export class VmDriver {
   readonly #now: () => number;
   readonly #forwarders: ForwarderFactory;
   readonly #qmp: QmpFactory;
+  readonly #disks: DiskProvider;
   #closing = false;
 
   /** Creates the driver; nothing runs until {@link create} or {@link restore}. */
@@ -293,6 +367,40 @@ export class VmDriver {
       log: options.log,
       owner: options.forwarderOwner,
     });
+    this.#disks = options.disks ?? new Disks({
+      stateDir: options.stateDir,
+      qemuImg: options.qemuImg ?? DEFAULT_QEMU_IMG,
+      vmUser: options.vmUser,
+    });
+  }
+
+  /** The VM size a sandbox asks for, checked against this host (throws a StatusError). */
+  #resources(sandbox: Wire<DriverSandbox>): VmResources {
+    return resolveResources(sandbox.spec?.template, {
+      defaults: {
+        vcpus: this.#o.vcpus,
+        memMib: this.#o.memMib,
+        diskGiB: this.#o.diskGiB ?? DEFAULT_DISK_GIB,
+      },
+      host: this.#o.host ?? {},
+    });
+  }
+
+  async #image(): Promise<ImageRef> {
+    if (!this.#o.image) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        "the VM driver has no guest image; build it with: deno task vm:rootfs",
+      );
+    }
+    return await this.#o.image();
+  }
+
+  /** Keys of the images this driver's sandboxes boot (their disks are overlays of them). */
+  imageKeys(): Set<string> {
+    const keys = new Set<string>();
+    for (const r of this.#sandboxes.values()) if (r.image) keys.add(r.image.key);
+    return keys;
   }
 
   /** GetCapabilities. */
@@ -336,7 +444,18 @@ export class VmDriver {
         instance_id: this.#running(r) ? String(r.handle!.pid) : "",
         agent_fd: "",
         sandbox_fd: "",
-        conditions: r.conditions.map((c) => ({ ...c })),
+        conditions: [
+          ...r.conditions.map((c) => ({ ...c })),
+          ...(r.resources
+            ? [{
+              type: "Resources",
+              status: "True",
+              reason: "Allocated",
+              message: describeResources(r.resources.value),
+              last_transition_time: new Date(r.resources.since).toISOString(),
+            }]
+            : []),
+        ],
         deleting: r.deleting,
       },
     };
@@ -463,6 +582,7 @@ export class VmDriver {
         sandboxName: sandbox.name || sandbox.id!,
         logLevel: spec.log_level || this.#o.logLevel,
         tls: !!prov.tlsCa,
+        dns: this.#o.allowEgress ? GUEST_DNS : undefined,
       }),
     );
     await put(GUEST_FILES.environment, renderGuestEnvironment(prov.environment));
@@ -511,7 +631,18 @@ export class VmDriver {
   /** ValidateSandboxCreate. */
   async validate(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
     validateSandbox(sandbox);
+    const resources = this.#resources(sandbox!);
     await this.#checkRuntime();
+    const image = await this.#image();
+    await checkDiskFits(image.path, resources.diskGiB).catch((err) => {
+      if (err instanceof Deno.errors.NotFound) {
+        throw new StatusError(
+          Code.FAILED_PRECONDITION,
+          `the guest image ${image.path} is missing; build it with: deno task vm:rootfs`,
+        );
+      }
+      throw err;
+    });
   }
 
   /**
@@ -555,6 +686,13 @@ export class VmDriver {
         continue;
       }
       if (this.#sandboxes.has(m.id)) continue;
+      let vm: VmRecord | undefined;
+      try {
+        vm = parseVmRecord(await Deno.readTextFile(`${dir}/${VM_FILE}`));
+      } catch (err) {
+        // Kept (its files may matter to someone), but it cannot boot: start says why.
+        log.warn(`sandbox dir ${dir} has no usable ${VM_FILE}: ${(err as Error).message}`);
+      }
       await Deno.remove(`${dir}/${MANIFEST_FILE}.tmp`).catch(() => {});
       this.#sandboxes.set(m.id, {
         id: m.id,
@@ -562,6 +700,7 @@ export class VmDriver {
         namespace: m.namespace,
         dir,
         createdAtMs: m.created_at_ms,
+        ...(vm ? { resources: { value: vm.resources, since: this.#now() }, image: vm.image } : {}),
         conditions: [condition("Stopped", "VM is not running (the driver restarted)", this.#now())],
         deleting: false,
         readers: [],
@@ -577,6 +716,7 @@ export class VmDriver {
   async create(sandbox: Wire<DriverSandbox> | null | undefined): Promise<void> {
     if (this.#closing) throw new StatusError(Code.UNAVAILABLE, "the VM driver is shutting down");
     validateSandbox(sandbox);
+    const resources = this.#resources(sandbox!);
     const id = sandbox!.id!;
     if (this.#sandboxes.has(id)) {
       throw new StatusError(Code.ALREADY_EXISTS, `sandbox ${id} already exists`);
@@ -590,6 +730,7 @@ export class VmDriver {
       createdAtMs: this.#now(),
       conditions: [condition("Starting", "VM is starting", this.#now())],
       deleting: false,
+      resources: { value: resources, since: this.#now() },
       readers: [],
       lifecycle: Promise.resolve(),
     };
@@ -606,10 +747,16 @@ export class VmDriver {
         await this.#share(dir);
         await this.#writeGuestFiles(sandbox!, dir);
         await Deno.writeTextFile(`${dir}/console.log`, "", { mode: 0o600 });
-        // Last: a dir with a manifest is a complete sandbox (restore keeps it).
-        await this.#writeManifest(r);
         this.#publish(r);
         published = true;
+        const image = await this.#image();
+        r.rootDisk = await this.#disks.prepare({ dir, image, sizeGiB: resources.diskGiB });
+        r.image = { key: image.key, format: image.format };
+        // What a restart of this sandbox's VM needs besides its disk.
+        const vm: VmRecord = { resources, image: r.image };
+        await Deno.writeTextFile(`${dir}/${VM_FILE}`, JSON.stringify(vm) + "\n", { mode: 0o600 });
+        // Last: a dir with a manifest is a complete sandbox (restore keeps it).
+        await this.#writeManifest(r);
         await this.#launch(r);
       } catch (err) {
         this.#sandboxes.delete(id);
@@ -637,6 +784,15 @@ export class VmDriver {
       await Deno.writeTextFile(`${dir}/qemu.pid`, "");
       await this.#give(`${dir}/qemu.pid`);
       const fwCfg = await this.#guestFiles(dir);
+      const rootDisk = r.rootDisk ?? await this.#existingDisk(r);
+      const resources = r.resources?.value;
+      if (!resources) {
+        throw new StatusError(
+          Code.FAILED_PRECONDITION,
+          `the sandbox's ${dir}/${VM_FILE} is missing or damaged; delete the sandbox and create ` +
+            "it again",
+        );
+      }
       const accel = await this.#o.accel();
       const boot = this.#o.bootRuntime ? await this.#o.bootRuntime() : this.#o.runtime;
       if (r.deleting || this.#closing) {
@@ -647,11 +803,16 @@ export class VmDriver {
       const spec: QemuSpec = {
         id,
         accel,
-        vcpus: this.#o.vcpus,
-        memMib: this.#o.memMib,
+        vcpus: resources.vcpus,
+        memMib: resources.memMib,
         kernel: boot.kernel,
         initramfs: boot.initramfs,
         disk: boot.disk,
+        rootDisk: {
+          overlay: rootDisk.overlay,
+          base: rootDisk.base,
+          baseFormat: rootDisk.baseFormat,
+        },
         pidFile: `${dir}/qemu.pid`,
         fwCfg,
         gatewaySocket: r.forwarder.path,
@@ -663,13 +824,20 @@ export class VmDriver {
       r.handle = handle;
       r.exited = false;
       r.conditions = [condition("Starting", `VM is starting (accel ${accel})`, this.#now())];
-      log.info("VM started", { pid: handle.pid, accel, dir });
+      log.info("VM started", {
+        pid: handle.pid,
+        accel,
+        dir,
+        vcpus: resources.vcpus,
+        mem_mib: resources.memMib,
+        disk_gib: resources.diskGiB,
+      });
       this.#publish(r);
       this.#platformEvent(id, {
         source: "vm",
         type: "Normal",
         reason: "Started",
-        message: `qemu started (accel ${accel})`,
+        message: `qemu started (accel ${accel}; ${describeResources(resources)})`,
       });
       this.#startConsole(r, handle);
       handle.status.then((st) => this.#onExit(r, handle, st));
@@ -682,6 +850,36 @@ export class VmDriver {
       log.error("VM launch failed", { error: (err as Error).message });
       throw new StatusError(Code.INTERNAL, `cannot start the VM: ${(err as Error).message}`);
     }
+  }
+
+  /**
+   * The root disk of a sandbox whose VM ran before (its overlay and the
+   * shared copy of its image must still be there); FAILED_PRECONDITION
+   * saying what is missing otherwise.
+   */
+  async #existingDisk(r: Record_): Promise<RootDiskSpec> {
+    if (!r.image) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `the sandbox's ${r.dir}/${VM_FILE} is missing or damaged; delete the sandbox and create ` +
+          "it again",
+      );
+    }
+    const overlay = `${r.dir}/${OVERLAY_FILE}`;
+    const base = this.#disks.imagePath(r.image);
+    for (const [path, what] of [[overlay, "disk"], [base, `image ${r.image.key}`]]) {
+      try {
+        await Deno.stat(path);
+      } catch (err) {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        throw new StatusError(
+          Code.FAILED_PRECONDITION,
+          `the sandbox's ${what} (${path}) is gone; delete the sandbox and create it again`,
+        );
+      }
+    }
+    r.rootDisk = { overlay, base, baseFormat: r.image.format };
+    return r.rootDisk;
   }
 
   #onExit(r: Record_, handle: VmHandle, st: { code: number; signal: string | null }): void {

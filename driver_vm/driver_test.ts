@@ -12,7 +12,26 @@ import {
 import { CONSOLE_LOG_MAX_BYTES } from "./console.ts";
 import { LOG_LINE_BURST } from "../core/rate_limit.ts";
 import { MAX_LINE_BYTES } from "../core/text.ts";
+import { Disks, type RunProgram } from "./disk.ts";
 import { FakeLauncher, FakeQmp, fakeRuntime, memoryLogger } from "./testing.ts";
+import { toStruct } from "../core/resources.ts";
+
+/** A template as the gateway sends it for `--cpus`, `--memory`, `--disk-gib` (upstream's shape). */
+function sized(o: { cpu?: string; memory?: string; disk?: string }) {
+  return {
+    resources: o.cpu || o.memory
+      ? {
+        cpu_request: "",
+        cpu_limit: o.cpu ?? "",
+        memory_request: "",
+        memory_limit: o.memory ?? "",
+      }
+      : null,
+    platform_config: o.disk
+      ? toStruct({ resources_raw: { limits: { "ephemeral-storage": o.disk } } })
+      : null,
+  };
+}
 import { waitFor } from "../core/testing.ts";
 
 interface Fixture {
@@ -20,6 +39,8 @@ interface Fixture {
   driver: VmDriver;
   launcher: FakeLauncher;
   qmp: FakeQmp;
+  /** qemu-img runs (arguments). */
+  qemuImg: string[][];
   events: WatchSandboxesEvent[];
   /** A second driver over the same state dir (a driver restart); shut down with the fixture. */
   restart(): Promise<{ driver: VmDriver; launcher: FakeLauncher; qmp: FakeQmp }>;
@@ -37,12 +58,28 @@ async function fixture(
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
   const runtime = await fakeRuntime(`${dir}/rt`);
+  await Deno.writeFile(`${dir}/rt/rootfs.img`, new Uint8Array(4096));
+  const qemuImg: string[][] = [];
+  // qemu-img's stand-in: records the call and creates the overlay file.
+  const run: RunProgram = async (_program, args) => {
+    qemuImg.push([...args]);
+    await Deno.writeTextFile(args[args.length - 2], "overlay");
+    return { code: 0, stderr: "" };
+  };
   const make = (launcher: FakeLauncher, qmp: FakeQmp) =>
     new VmDriver({
       stateDir: `${dir}/state`,
       runtime,
       launcher,
       qmp,
+      image: () => Promise.resolve({ path: `${dir}/rt/rootfs.img`, key: "img1", format: "raw" }),
+      disks: new Disks({
+        stateDir: `${dir}/state`,
+        qemuImg: "/usr/bin/qemu-img",
+        vmUser: options.vm?.vmUser,
+        run,
+      }),
+      host: { cpus: 4, memMib: 4096 },
       accel: () => Promise.resolve("tcg"),
       vcpus: 2,
       memMib: 512,
@@ -68,6 +105,7 @@ async function fixture(
     driver,
     launcher,
     qmp,
+    qemuImg,
     events,
     async restart() {
       const l = new FakeLauncher();
@@ -93,7 +131,8 @@ function sandbox(id: string, extra: Wire<DriverSandbox> = {}): Wire<DriverSandbo
 function reasons(events: WatchSandboxesEvent[], id: string): string[] {
   return events.flatMap((e) =>
     e.payload === "sandbox" && e.sandbox.sandbox.id === id
-      ? e.sandbox.sandbox.status!.conditions.map((c) => `${c.status}/${c.reason}`)
+      ? e.sandbox.sandbox.status!.conditions.filter((c) => c.type === "Ready")
+        .map((c) => `${c.status}/${c.reason}`)
       : []
   );
 }
@@ -128,11 +167,10 @@ Deno.test("driver: create writes the guest files and starts one VM reporting Sta
   assert.equal(env, '{"FOO":"bar"}\n', "provisioning secrets never reach the user environment");
   assert.match(await Deno.readTextFile(`${sdir}/guest/config`), /OPENSHELL_LOG_LEVEL=debug/);
   const snap = f.driver.get("sb-1", "");
-  assert.deepEqual(snap.status!.conditions.map((c) => [c.type, c.status, c.reason]), [[
-    "Ready",
-    "False",
-    "Starting",
-  ]]);
+  assert.deepEqual(snap.status!.conditions.map((c) => [c.type, c.status, c.reason]), [
+    ["Ready", "False", "Starting"],
+    ["Resources", "True", "Allocated"],
+  ]);
   assert.ok(!reasons(f.events, "sb-1").some((r) => r.startsWith("True")), "never Ready=True");
 });
 
@@ -155,14 +193,24 @@ Deno.test("driver: what it cannot honour is FAILED_PRECONDITION; bad input INVAL
       /agent_socket_path/,
     ],
     [
-      sandbox("r", { spec: { template: { resources: { cpu_limit: "2" } } } }),
-      Code.FAILED_PRECONDITION,
-      /resources/,
+      sandbox("r", { spec: { template: { resources: { cpu_limit: "two" } } } }),
+      Code.INVALID_ARGUMENT,
+      /cpu limit must be a number of CPUs/,
+    ],
+    [
+      sandbox("m", { spec: { template: { resources: { memory_limit: "8Gi" } } } }),
+      Code.RESOURCE_EXHAUSTED,
+      /asks for 8192 MiB; this host has 4096 MiB/,
+    ],
+    [
+      sandbox("c", { spec: { template: { resources: { cpu_limit: "6" } } } }),
+      Code.RESOURCE_EXHAUSTED,
+      /asks for 6 CPUs; this host has 4/,
     ],
     [
       sandbox("p", { spec: { template: { platform_config: { fields: { a: {} } } } } }),
       Code.FAILED_PRECONDITION,
-      /platform_config/,
+      /platform_config\.a/,
     ],
     [
       sandbox("e", { spec: { environment: { "A-B": "1" } } }),
@@ -185,6 +233,62 @@ Deno.test("driver: what it cannot honour is FAILED_PRECONDITION; bad input INVAL
   );
 });
 
+Deno.test("driver: resources from the template size the VM and its disk; reported as a condition", async () => {
+  await using f = await fixture();
+  // What the gateway sends for `sandbox create --cpus 1500m --memory 1536Mi --disk-gib 12`.
+  const template = sized({ cpu: "1500m", memory: "1536Mi", disk: "12Gi" });
+  await f.driver.validate(sandbox("big", { spec: { template } }));
+  await f.driver.create(sandbox("big", { spec: { template } }));
+  const spec = f.launcher.vms[0].spec;
+  assert.deepEqual([spec.vcpus, spec.memMib], [2, 1536]);
+  const sdir = `${f.dir}/state/sandboxes/big`;
+  assert.deepEqual(spec.rootDisk, {
+    overlay: `${sdir}/disk.qcow2`,
+    base: `${f.dir}/state/images/img1.img`,
+    baseFormat: "raw",
+  });
+  assert.deepEqual(f.qemuImg, [[
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    "-b",
+    `${f.dir}/state/images/img1.img`,
+    "-F",
+    "raw",
+    `${sdir}/disk.qcow2`,
+    "12G",
+  ]]);
+  const res = f.driver.get("big", "").status!.conditions.find((c) => c.type === "Resources")!;
+  assert.equal(res.message, "2 vCPUs, 1536 MiB memory, 12 GiB disk");
+  assert.deepEqual(JSON.parse(await Deno.readTextFile(`${sdir}/vm.json`)), {
+    resources: { vcpus: 2, memMib: 1536, diskGiB: 12 },
+    image: { key: "img1", format: "raw" },
+  });
+  // Nothing asked: the driver's defaults.
+  await f.driver.create(sandbox("small"));
+  assert.deepEqual([f.launcher.vms[1].spec.vcpus, f.launcher.vms[1].spec.memMib], [2, 512]);
+  assert.equal(f.qemuImg[1].at(-1), "8G");
+  // The disk goes with the sandbox.
+  await f.driver.delete("big", "");
+  await assert.rejects(Deno.stat(`${sdir}/disk.qcow2`), Deno.errors.NotFound);
+});
+
+Deno.test("driver: a disk too small for the image is INVALID_ARGUMENT before any VM starts", async () => {
+  await using f = await fixture();
+  await Deno.truncate(`${f.dir}/rt/rootfs.img`, 2 * 2 ** 30 + 1); // sparse: 2 GiB + 1 byte
+  const sb = sandbox("tiny", { spec: { template: sized({ disk: "2Gi" }) } });
+  for (const call of [() => f.driver.validate(sb), () => f.driver.create(sb)]) {
+    await assert.rejects(call(), (e: StatusError) => {
+      assert.equal(e.code, Code.INVALID_ARGUMENT);
+      assert.match(e.message, /cannot hold the image .*ask for at least 3 GiB/);
+      return true;
+    });
+  }
+  assert.equal(f.launcher.vms.length, 0);
+  assert.equal(f.driver.list().length, 0);
+});
+
 Deno.test("driver: a duplicate id is ALREADY_EXISTS, also while the first is starting", async () => {
   await using f = await fixture();
   const first = f.driver.create(sandbox("dup"));
@@ -202,10 +306,10 @@ Deno.test("driver: a duplicate id is ALREADY_EXISTS, also while the first is sta
 
 Deno.test("driver: a missing runtime is FAILED_PRECONDITION naming vm:rootfs", async () => {
   await using f = await fixture();
-  await Deno.remove(`${f.dir}/rt/guest.img`);
+  await Deno.remove(`${f.dir}/rt/openshell.img`);
   await assert.rejects(f.driver.create(sandbox("x")), (e: StatusError) => {
     assert.equal(e.code, Code.FAILED_PRECONDITION);
-    assert.match(e.message, /guest\.img is missing; build it with: deno task vm:rootfs/);
+    assert.match(e.message, /openshell\.img is missing; build it with: deno task vm:rootfs/);
     return true;
   });
 });

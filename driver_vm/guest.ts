@@ -52,7 +52,12 @@ export interface GuestConfig {
   logLevel: string;
   /** Whether the supervisor plane serves TLS (a CA file is then handed over too). */
   tls: boolean;
+  /** Name server the guest may use (`--allow-egress`: qemu's); absent = none. */
+  dns?: string;
 }
+
+/** qemu user networking's built-in name server (reachable only with `--allow-egress`). */
+export const GUEST_DNS = "10.0.2.3";
 
 /** The guest's host name when the sandbox name gives none. */
 export const DEFAULT_GUEST_HOSTNAME = "openshell-sandbox";
@@ -91,6 +96,7 @@ export function renderGuestConfig(config: GuestConfig): string {
     OPENSHELL_GUEST_ROUTER: GUEST_NET.router,
     OPENSHELL_GATEWAY_IP: GUEST_NET.gatewayAlias,
     OPENSHELL_GATEWAY_HOST: GUEST_GATEWAY_HOST,
+    OPENSHELL_GUEST_DNS: config.dns ?? "",
   });
 }
 

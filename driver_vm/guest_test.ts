@@ -58,3 +58,21 @@ Deno.test("guest environment: a sorted JSON object, names checked", () => {
   assert.deepEqual(JSON.parse(renderGuestEnvironment({ K: "v" })), { K: "v" });
   assert.throws(() => renderGuestEnvironment({ "BAD-NAME": "x" }), /invalid variable name/);
 });
+
+Deno.test("guest config: a name server only with --allow-egress", () => {
+  const text = renderGuestConfig({
+    sandboxId: "i",
+    sandboxName: "n",
+    logLevel: "info",
+    tls: false,
+  });
+  assert.match(text, /^OPENSHELL_GUEST_DNS=''$/m);
+  const open = renderGuestConfig({
+    sandboxId: "i",
+    sandboxName: "n",
+    logLevel: "info",
+    tls: false,
+    dns: "10.0.2.3",
+  });
+  assert.match(open, /^OPENSHELL_GUEST_DNS=10\.0\.2\.3$/m);
+});

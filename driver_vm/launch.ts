@@ -26,6 +26,7 @@ try {
       runtimeDir: c.runtimeDir,
       qemu: c.qemu,
       setpriv: c.setpriv,
+      qemuImg: c.qemuImg,
     };
   }
 } catch (err) {

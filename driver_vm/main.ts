@@ -30,7 +30,10 @@ import {
   parseDriverConfig,
   socketPath,
 } from "./config.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { Disks, type ImageRef } from "./disk.ts";
 import { type RuntimeFiles, VmDriver } from "./driver.ts";
+import type { HostLimits } from "./resources.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
 import { qmpBindPath, qmpDir } from "./qmp.ts";
@@ -60,8 +63,48 @@ export function runtimeFiles(runtimeDir: string): RuntimeFiles {
   return {
     kernel: `${runtimeDir}/vmlinuz`,
     initramfs: `${runtimeDir}/initramfs.cpio`,
-    disk: `${runtimeDir}/guest.img`,
+    disk: `${runtimeDir}/openshell.img`,
   };
+}
+
+/**
+ * The default image of a runtime dir, from its `manifest.json` (written by
+ * `deno task vm:rootfs`); a FAILED_PRECONDITION naming the fix otherwise.
+ */
+export async function defaultImage(runtimeDir: string): Promise<ImageRef> {
+  const fix = "rebuild it with: deno task vm:rootfs";
+  let manifest: { image?: { key?: unknown; file?: unknown; format?: unknown } };
+  try {
+    manifest = JSON.parse(await Deno.readTextFile(`${runtimeDir}/manifest.json`));
+  } catch (err) {
+    throw new StatusError(
+      Code.FAILED_PRECONDITION,
+      `cannot read the VM runtime's manifest ${runtimeDir}/manifest.json ` +
+        `(${errorMessage(err)}); ${fix}`,
+    );
+  }
+  const im = manifest.image;
+  const key = typeof im?.key === "string" ? im.key : "";
+  const file = typeof im?.file === "string" ? im.file : "";
+  const format = im?.format === "qcow2" ? "qcow2" : im?.format === "raw" ? "raw" : undefined;
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(key) || !/^[A-Za-z0-9_.-]+$/.test(file) || !format) {
+    throw new StatusError(
+      Code.FAILED_PRECONDITION,
+      `the VM runtime ${runtimeDir} names no guest image (built before images existed); ${fix}`,
+    );
+  }
+  return { path: `${runtimeDir}/${file}`, key, format };
+}
+
+/** What this host has: CPUs, and memory when this process may read it. */
+export function hostLimits(): HostLimits {
+  let memMib: number | undefined;
+  try {
+    memMib = Math.floor(Deno.systemMemoryInfo().total / 2 ** 20);
+  } catch {
+    memMib = undefined; // no --allow-sys=systemMemoryInfo: memory requests are not checked
+  }
+  return { cpus: navigator.hardwareConcurrency || undefined, memMib };
 }
 
 async function sha256File(path: string): Promise<string> {
@@ -227,9 +270,17 @@ export async function main(args: readonly string[]): Promise<number> {
     accelPromise ??= resolveAccel(config, runtime, { runAs, boot }, log);
     return accelPromise;
   };
+  const host = hostLimits();
+  log.info("host limits for sandbox resources", { cpus: host.cpus, mem_mib: host.memMib });
+  const disks = new Disks({ stateDir: config.stateDir, qemuImg: config.qemuImg, vmUser });
+  const image = () => defaultImage(config.runtimeDir);
   const driver = new VmDriver({
     stateDir: config.stateDir,
     runtime,
+    image,
+    disks,
+    host,
+    diskGiB: config.diskGiB,
     launcher: new QemuLauncher({ qemu: config.qemu, runAs }),
     accel,
     vcpus: config.vcpus,
@@ -249,6 +300,16 @@ export async function main(args: readonly string[]): Promise<number> {
   if (restored > 0) {
     log.info(`restored ${restored} sandbox(es) from the state dir; the gateway starts them`);
   }
+  // Images no sandbox boots any more (not the default, not under a kept disk) go.
+  image().then(
+    async (im) => {
+      const removed = await disks.prune(new Set([im.key, ...driver.imageKeys()]));
+      if (removed.length) log.info("removed unused guest images", { images: removed.join(",") });
+      // Copy it for the first sandbox now rather than during its create.
+      await disks.stage(im);
+    },
+    () => {},
+  ).catch((err) => log.warn("cannot stage the guest image", { error: errorMessage(err) }));
   const socket = socketPath(config.stateDir);
   const server = await serveDriver(driver, {
     socket,

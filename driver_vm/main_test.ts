@@ -9,6 +9,8 @@ import { roleCommand } from "../core/launcher.ts";
 import { ComputeDriverClient } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
 import { alive, waitFor } from "../core/testing.ts";
+import { Code, StatusError } from "../core/status.ts";
+import { defaultImage, runtimeFiles } from "./main.ts";
 import { fakeRuntime } from "./testing.ts";
 import { parsePasswd } from "./vm_user.ts";
 
@@ -131,6 +133,42 @@ async function stderrOf(child: Deno.ChildProcess): Promise<string> {
   return new TextDecoder().decode((await child.output()).stderr);
 }
 
+Deno.test("runtime dir: its files and the default image its manifest names", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmrt" });
+  try {
+    const files = await fakeRuntime(dir);
+    assert.deepEqual(files, runtimeFiles(dir));
+    assert.deepEqual(await defaultImage(dir), {
+      path: `${dir}/rootfs.img`,
+      key: "fakeimage",
+      format: "raw",
+    });
+    const bad = async (manifest: unknown, re: RegExp) => {
+      await Deno.writeTextFile(`${dir}/manifest.json`, JSON.stringify(manifest));
+      await assert.rejects(defaultImage(dir), (e: StatusError) => {
+        assert.equal(e.code, Code.FAILED_PRECONDITION);
+        assert.match(e.message, re);
+        assert.match(e.message, /deno task vm:rootfs$/);
+        return true;
+      });
+    };
+    await bad({}, /names no guest image/);
+    await bad(
+      { image: { key: "../x", file: "rootfs.img", format: "raw" } },
+      /names no guest image/,
+    );
+    await bad(
+      { image: { key: "k", file: "../../etc/passwd", format: "raw" } },
+      /names no guest image/,
+    );
+    await bad({ image: { key: "k", file: "rootfs.img", format: "vmdk" } }, /names no guest image/);
+    await Deno.remove(`${dir}/manifest.json`);
+    await assert.rejects(defaultImage(dir), /cannot read the VM runtime's manifest/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cleanly on SIGTERM", async () => {
   const s = await setup();
   await Deno.writeTextFile(`${s.state}/compute-driver.sock`, "stale");
@@ -170,10 +208,21 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
       // The fake qemu printed its arguments into the console log.
       assert.ok(
-        (await Deno.readTextFile(console1)).includes(`file=${s.state}/runtime/guest.img,`),
+        (await Deno.readTextFile(console1)).includes(`filename=${s.state}/runtime/openshell.img,`),
         "boots the staged runtime copy",
       );
-      assert.deepEqual(owner(`${s.state}/runtime/guest.img`), {
+      assert.deepEqual(owner(`${s.state}/runtime/openshell.img`), {
+        uid: 0,
+        gid: vmUser.gid,
+        mode: 0o640,
+      });
+      // The sandbox's disk is qemu's; the image under it root's, read-only to qemu's group.
+      assert.deepEqual(owner(`${sb}/disk.qcow2`), {
+        uid: vmUser.uid,
+        gid: vmUser.gid,
+        mode: 0o600,
+      });
+      assert.deepEqual(owner(`${s.state}/images/fakeimage.img`), {
         uid: 0,
         gid: vmUser.gid,
         mode: 0o640,

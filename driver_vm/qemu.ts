@@ -4,7 +4,13 @@
  *
  * Machine: `pc` with the serial console on qemu's stdout (the driver reads
  * it, see `console.ts`), no firmware option ROMs,
- * no default devices. Guest network: qemu user networking with
+ * no default devices, the clock from the host in UTC (`-rtc base=utc`; the
+ * kernel sets the system time from it at boot).
+ * Disks (`-blockdev`, so qemu never follows a path written inside an image
+ * file): `/dev/vda` is the sandbox's own qcow2 overlay (read-write; zeroed
+ * and discarded blocks are given back to the host) over the shared image,
+ * opened read-only with the backing chain named on the command line;
+ * `/dev/vdb` is the runtime disk, read-only (see `image/init.ts`). Guest network: qemu user networking with
  * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
  * hands every guest connection to the gateway alias to a forwarder program
  * (`socat - UNIX-CONNECT:<socket>`), which qemu spawns per connection; the
@@ -36,8 +42,10 @@ export interface QemuSpec {
   memMib: number;
   kernel: string;
   initramfs: string;
-  /** The shared read-only guest disk. */
+  /** The shared read-only runtime disk (`/dev/vdb`, `/opt/openshell` in the guest). */
   disk: string;
+  /** The sandbox's own disk (`/dev/vda`, its root). */
+  rootDisk: RootDiskSpec;
   /** qemu writes its pid here. */
   pidFile: string;
   fwCfg: readonly FwCfgFile[];
@@ -51,6 +59,16 @@ export interface QemuSpec {
   extraKernelArgs?: readonly string[];
   /** The driver's QMP socket qemu connects to (see `qmp.ts`); absent: no monitor. */
   qmpSocket?: string;
+}
+
+/** The sandbox's root disk: its overlay and the image under it. */
+export interface RootDiskSpec {
+  /** The sandbox's qcow2 overlay (read-write). */
+  overlay: string;
+  /** The image it is layered on (opened read-only). */
+  base: string;
+  /** The image's format. */
+  baseFormat: "raw" | "qcow2";
 }
 
 /** qemu's option syntax: a comma inside a value is written twice. */
@@ -127,6 +145,30 @@ export function kernelCommandLine(extra: readonly string[] = []): string {
   return ["console=ttyS0", "quiet", "panic=-1", ...extra].join(" ");
 }
 
+/** The `-blockdev`/`-device` arguments of the root disk (vda) and the runtime disk (vdb). */
+export function diskArgs(spec: Pick<QemuSpec, "disk" | "rootDisk">): string[] {
+  const e = escapeOptionValue;
+  const root = spec.rootDisk;
+  return [
+    "-blockdev",
+    `driver=file,node-name=image-file,filename=${e(root.base)},read-only=on`,
+    "-blockdev",
+    `driver=${root.baseFormat},node-name=image,file=image-file,read-only=on`,
+    "-blockdev",
+    `driver=file,node-name=root-file,filename=${e(root.overlay)},discard=unmap`,
+    "-blockdev",
+    "driver=qcow2,node-name=root,file=root-file,backing=image,discard=unmap,detect-zeroes=unmap",
+    "-device",
+    "virtio-blk-pci,drive=root",
+    "-blockdev",
+    `driver=file,node-name=runtime-file,filename=${e(spec.disk)},read-only=on`,
+    "-blockdev",
+    "driver=raw,node-name=runtime,file=runtime-file,read-only=on",
+    "-device",
+    "virtio-blk-pci,drive=runtime",
+  ];
+}
+
 /** The arguments after the qemu binary. */
 export function buildQemuArgs(spec: QemuSpec): string[] {
   const e = escapeOptionValue;
@@ -145,6 +187,8 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     String(spec.memMib),
     "-smp",
     String(spec.vcpus),
+    "-rtc",
+    "base=utc",
     "-kernel",
     spec.kernel,
     "-initrd",
@@ -155,10 +199,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "stdio,id=console,signal=off",
     "-serial",
     "chardev:console",
-    "-drive",
-    `if=none,id=guest,file=${e(spec.disk)},format=raw,readonly=on`,
-    "-device",
-    "virtio-blk-pci,drive=guest",
+    ...diskArgs(spec),
     "-netdev",
     netdevOption(spec),
     "-device",

@@ -16,7 +16,12 @@ const spec: QemuSpec = {
   memMib: 1024,
   kernel: "/rt/vmlinuz",
   initramfs: "/rt/initramfs.cpio",
-  disk: "/rt/guest.img",
+  disk: "/rt/openshell.img",
+  rootDisk: {
+    overlay: "/s/sandboxes/sb-1/disk.qcow2",
+    base: "/s/images/abc.img",
+    baseFormat: "raw",
+  },
   pidFile: "/s/sandboxes/sb-1/qemu.pid",
   fwCfg: [{ name: "config", file: "/s/sandboxes/sb-1/guest/config" }],
   gatewaySocket: "/s/fwd/0.sock",
@@ -42,11 +47,9 @@ Deno.test("qemu: restricted user network with one forward to the gateway", () =>
   assert.match(netdevOption({ ...spec, allowEgress: true }), /restrict=off/);
 });
 
-Deno.test("qemu: disk read-only, console on stdout, fw_cfg files, pidfile, no reboot", () => {
+Deno.test("qemu: console on stdout, fw_cfg files, pidfile, no reboot, clock in UTC", () => {
   const args = buildQemuArgs(spec);
-  assert.deepEqual(after(args, "-drive"), [
-    "if=none,id=guest,file=/rt/guest.img,format=raw,readonly=on",
-  ]);
+  assert.equal(after(args, "-drive").length, 0);
   // the driver reads the console from qemu's stdout and writes console.log itself (capped)
   assert.deepEqual(after(args, "-chardev"), ["stdio,id=console,signal=off"]);
   assert.deepEqual(after(args, "-serial"), ["chardev:console"]);
@@ -57,8 +60,28 @@ Deno.test("qemu: disk read-only, console on stdout, fw_cfg files, pidfile, no re
   assert.deepEqual(after(args, "-name"), ["openshell-sb-1"]);
   assert.deepEqual(after(args, "-m"), ["1024"]);
   assert.deepEqual(after(args, "-smp"), ["2"]);
+  assert.deepEqual(after(args, "-rtc"), ["base=utc"]);
   assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1"]);
   assert.ok(args.includes("-no-reboot") && args.includes("-nodefaults"));
+});
+
+Deno.test("qemu: vda is the overlay over the read-only image (chain on the command line), vdb the runtime disk", () => {
+  const args = buildQemuArgs(spec);
+  assert.deepEqual(after(args, "-blockdev"), [
+    "driver=file,node-name=image-file,filename=/s/images/abc.img,read-only=on",
+    "driver=raw,node-name=image,file=image-file,read-only=on",
+    "driver=file,node-name=root-file,filename=/s/sandboxes/sb-1/disk.qcow2,discard=unmap",
+    "driver=qcow2,node-name=root,file=root-file,backing=image,discard=unmap,detect-zeroes=unmap",
+    "driver=file,node-name=runtime-file,filename=/rt/openshell.img,read-only=on",
+    "driver=raw,node-name=runtime,file=runtime-file,read-only=on",
+  ]);
+  // The order of the devices is the order of the guest's disks.
+  const disks = after(args, "-device").filter((d) => d.startsWith("virtio-blk-pci"));
+  assert.deepEqual(disks, ["virtio-blk-pci,drive=root", "virtio-blk-pci,drive=runtime"]);
+  const qcow = buildQemuArgs({ ...spec, rootDisk: { ...spec.rootDisk, baseFormat: "qcow2" } });
+  assert.ok(
+    after(qcow, "-blockdev").includes("driver=qcow2,node-name=image,file=image-file,read-only=on"),
+  );
 });
 
 Deno.test("qemu: accelerator flags", () => {
@@ -71,10 +94,23 @@ Deno.test("qemu: accelerator flags", () => {
 
 Deno.test("qemu: commas in paths are escaped; bad names refused", () => {
   assert.equal(escapeOptionValue("/a,b/c"), "/a,,b/c");
-  const args = buildQemuArgs({ ...spec, disk: "/r,t/guest.img" });
-  assert.deepEqual(after(args, "-drive"), [
-    "if=none,id=guest,file=/r,,t/guest.img,format=raw,readonly=on",
-  ]);
+  const args = buildQemuArgs({
+    ...spec,
+    disk: "/r,t/openshell.img",
+    rootDisk: { ...spec.rootDisk, overlay: "/s,x/disk.qcow2", base: "/i,m/k.img" },
+  });
+  const blockdevs = after(args, "-blockdev");
+  assert.ok(
+    blockdevs.includes(
+      "driver=file,node-name=runtime-file,filename=/r,,t/openshell.img,read-only=on",
+    ),
+  );
+  assert.ok(
+    blockdevs.includes("driver=file,node-name=root-file,filename=/s,,x/disk.qcow2,discard=unmap"),
+  );
+  assert.ok(
+    blockdevs.includes("driver=file,node-name=image-file,filename=/i,,m/k.img,read-only=on"),
+  );
   assert.throws(
     () => buildQemuArgs({ ...spec, fwCfg: [{ name: "../x", file: "/f" }] }),
     /fw_cfg name/,

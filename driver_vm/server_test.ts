@@ -31,6 +31,7 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
   const driver = new VmDriver({
     stateDir: dir,
     runtime: await fakeRuntime(`${dir}/rt`),
+    image: () => Promise.resolve({ path: `${dir}/rt/rootfs.img`, key: "fakeimage", format: "raw" }),
     launcher,
     accel: () => Promise.resolve("tcg"),
     vcpus: 1,

@@ -140,15 +140,23 @@ export class FakeQmp implements QmpFactory {
   }
 }
 
-/** Creates empty runtime files in `dir`. */
+/**
+ * Creates a runtime dir as `deno task vm:rootfs` lays it out, with empty
+ * files, a 64 KiB image (`rootfs.img`, key `fakeimage`) and its manifest.
+ */
 export async function fakeRuntime(dir: string): Promise<RuntimeFiles> {
   const files = {
     kernel: `${dir}/vmlinuz`,
     initramfs: `${dir}/initramfs.cpio`,
-    disk: `${dir}/guest.img`,
+    disk: `${dir}/openshell.img`,
   };
   await Deno.mkdir(dir, { recursive: true });
   for (const f of Object.values(files)) await Deno.writeTextFile(f, "");
+  await Deno.writeFile(`${dir}/rootfs.img`, new Uint8Array(64 * 1024));
+  await Deno.writeTextFile(
+    `${dir}/manifest.json`,
+    JSON.stringify({ image: { key: "fakeimage", file: "rootfs.img", format: "raw" } }),
+  );
   return files;
 }
 

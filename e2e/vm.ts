@@ -7,13 +7,19 @@
  * and runs the smoke suite through the CLI (each role with its own grants):
  *
  * 1. `status` shows Connected;  2. `sandbox create -- echo smoke-ok`;
+ *    2b. the default Debian image: bash, python3, git, rsync, whoami =
+ *    sandbox, sudo, / not world-writable, /tmp 1777, the clock right;
  * 3. `sandbox exec` streams stdout/stderr and the exit code;
- * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command
- *    and sftp copies a file in and out;  5. `list --names` and `logs`;
+ * 4. OpenSSH through `ssh-proxy` (from `sandbox ssh-config`) runs a command,
+ *    sftp copies a file in and out, rsync copies a directory in;
+ * 5. `list --names` and `logs` (boot progress, no event JSON);
  *    the guest reaches the gateway alias but no other host port; from inside
  *    a guest the user API is refused and another sandbox unreachable; a
  *    dropped connection is re-dialled; the driver carries at most 8 per VM;
  *    a process an exec leaves running is gone once the exec ended;
+ *    `create --cpus 1 --memory 1536Mi --disk-gib 12` is what the guest sees
+ *    (nproc, free, df) and what `sandbox get` reports; more memory than the
+ *    host has is refused at once;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
@@ -123,6 +129,14 @@ async function runCmd(
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+async function md5(text: string): Promise<string> {
+  const out = await new Deno.Command("md5sum", { stdin: "piped", stdout: "piped" }).spawn();
+  const w = out.stdin.getWriter();
+  await w.write(new TextEncoder().encode(text));
+  await w.close();
+  return new TextDecoder().decode((await out.output()).stdout).split(" ")[0];
+}
+
 async function main(): Promise<number> {
   const started = Date.now();
   console.error("e2e:vm: staging");
@@ -130,7 +144,7 @@ async function main(): Promise<number> {
   await step("vm:setup (host packages, kernel)", async () => {
     await setup();
   });
-  await step("vm:rootfs (initramfs, guest disk)", async () => {
+  await step("vm:rootfs (Debian image, initramfs, runtime disk)", async () => {
     runtime = await ensureRuntime();
     console.error(`    runtime ${runtime.dir} (${runtime.built ? "built" : "cached"})`);
   });
@@ -274,6 +288,36 @@ async function main(): Promise<number> {
       console.error(`    sandbox ${name} (${id})`);
     });
 
+    await step(
+      "2b. the default image: bash, python3, git, rsync, whoami, sudo, modes, clock",
+      async () => {
+        const r = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "bash",
+          "-lc",
+          'python3 -c "print(1+1)"; git --version; rsync --version | head -n 1; whoami; ' +
+          "echo shell=$SHELL; sudo -n id -u; stat -c '%a %U' / /tmp; date +%s; " +
+          ". /etc/os-release; echo os=$ID-$VERSION_ID",
+        ]);
+        check(r.code === 0, `exec: ${show(r)}`);
+        const lines = r.stdout.trim().split("\n");
+        check(lines[0] === "2", `python3: ${show(r)}`);
+        check(/^git version 2\./.test(lines[1]), `git: ${show(r)}`);
+        check(/^rsync\s+version/.test(lines[2]), `rsync: ${show(r)}`);
+        check(lines[3] === "sandbox", `whoami: ${show(r)}`);
+        check(lines[4] === "shell=/bin/bash", `login shell: ${show(r)}`);
+        check(lines[5] === "0", `sudo: ${show(r)}`);
+        check(lines[6] === "755 root", `/ must not be writable by others: ${show(r)}`);
+        check(lines[7] === "1777 root", `/tmp must be 1777: ${show(r)}`);
+        const skew = Math.abs(Number(lines[8]) - Date.now() / 1000);
+        check(skew < 30, `the guest clock is ${skew.toFixed(0)} s off: ${show(r)}`);
+        check(lines[9] === "os=debian-12", `os-release: ${show(r)}`);
+      },
+    );
+
     await step("3. sandbox exec streams out/err and exit 3", async () => {
       const r = await cli([
         "sandbox",
@@ -322,6 +366,26 @@ async function main(): Promise<number> {
         inside.code === 0 && inside.stdout === payload,
         `file in the sandbox differs: ${show(inside)}`,
       );
+      // rsync of a directory over the same SSH config.
+      await Deno.mkdir(`${base}/tree/sub`, { recursive: true });
+      await Deno.writeTextFile(`${base}/tree/a.txt`, "alpha\n");
+      await Deno.writeTextFile(`${base}/tree/sub/b.txt`, payload);
+      const rs = await runCmd(
+        ["rsync", "-a", "-e", `ssh -F ${cfgFile}`, `${base}/tree/`, `${host}:/sandbox/tree/`],
+        { env, timeoutMs: 90_000 },
+      );
+      check(rs.code === 0, `rsync: ${show(rs)}`);
+      const synced = await cli([
+        "sandbox",
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "cat /sandbox/tree/a.txt; md5sum < /sandbox/tree/sub/b.txt; stat -c %U /sandbox/tree/sub/b.txt",
+      ]);
+      const want = `alpha\n${await md5(payload)}  -\nsandbox\n`;
+      check(synced.code === 0 && synced.stdout === want, `rsync copy differs: ${show(synced)}`);
     });
 
     await step("5. list --names and logs show console lines", async () => {
@@ -329,9 +393,10 @@ async function main(): Promise<number> {
       check(l.code === 0 && l.stdout.split("\n").includes(name), `list: ${show(l)}`);
       const logs = await cli(["sandbox", "logs", name, "-n", "500"]);
       check(
-        logs.code === 0 && logs.stdout.includes("openshell-init:"),
-        `logs lack console lines: ${show(logs)}`,
+        logs.code === 0 && logs.stdout.includes("openshell-init: guest ready after"),
+        `logs lack the boot progress lines: ${show(logs)}`,
       );
+      check(!logs.stdout.includes('"class_uid"'), `event JSON in the logs: ${show(logs)}`);
       // Where the boot time goes (host and guest clocks, guest uptime stamps).
       for (const line of gw!.stderr().split("\n")) {
         if (
@@ -481,7 +546,7 @@ Deno.exit(0);
         "sh",
         "-c",
         "rm -f /tmp/ended; for i in $(seq 1 12); do " +
-        `(sleep 8 | (nc ${GUEST_NET.gatewayAlias} ${GUEST_GATEWAY_PORT}; echo x >> /tmp/ended)) ` +
+        `(nc -d ${GUEST_NET.gatewayAlias} ${GUEST_GATEWAY_PORT}; echo x >> /tmp/ended) ` +
         ">/dev/null 2>&1 & done; sleep 5; echo ended=$(cat /tmp/ended 2>/dev/null | wc -l)",
       ]);
       check(r.code === 0, `exec: ${show(r)}`);
@@ -523,6 +588,51 @@ Deno.exit(0);
         ]);
         return r.code === 0 && r.stdout.includes("gone") ? true : undefined;
       }, { timeoutMs: 20_000, intervalMs: 500 });
+    });
+
+    await step("5g. --cpus, --memory and --disk-gib size the VM; too much is refused", async () => {
+      const r = await cli([
+        "sandbox",
+        "create",
+        "--name",
+        "sized",
+        "--cpus",
+        "1",
+        "--memory",
+        "1536Mi",
+        "--disk-gib",
+        "12",
+        "--",
+        "sh",
+        "-c",
+        "nproc; free -m | awk '/^Mem:/ {print $2}'; df -BG --output=size / | tail -n 1",
+      ], 300_000);
+      check(r.code === 0, `create: ${show(r)}`);
+      const [cpus, memMib, disk] = r.stdout.trim().split("\n").map((l) => l.trim());
+      check(cpus === "1", `nproc: ${show(r)}`);
+      check(Number(memMib) > 1300 && Number(memMib) <= 1536, `free -m: ${show(r)}`);
+      check(disk === "12G", `df: ${show(r)}`);
+      const g = await cli(["sandbox", "get", "sized"]);
+      check(
+        g.stdout.includes("Resources=True  Allocated: 1 vCPU, 1536 MiB memory, 12 GiB disk"),
+        `sandbox get: ${show(g)}`,
+      );
+      const d = await cli(["sandbox", "delete", "sized"]);
+      check(d.code === 0, `delete: ${show(d)}`);
+      const big = await cli([
+        "sandbox",
+        "create",
+        "--name",
+        "huge",
+        "--memory",
+        "64Ti",
+        "--",
+        "true",
+      ]);
+      check(
+        big.code !== 0 && /RESOURCE_EXHAUSTED|this host has \d+ MiB/.test(big.stderr),
+        `64Ti of memory was not refused: ${show(big)}`,
+      );
     });
 
     await step(

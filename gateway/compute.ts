@@ -30,6 +30,7 @@ import type {
   DriverResourceRequirements,
   DriverSandbox,
   PlatformEvent,
+  ProtoStruct,
   Sandbox,
   SandboxLogLine,
   SandboxSpec,
@@ -41,6 +42,7 @@ import {
   PROVISION_TLS_CA,
 } from "../core/provisioning.ts";
 import type { SessionRegistry } from "../core/registry.ts";
+import { fromStruct, type JsonValue, toStruct } from "../core/resources.ts";
 import { generateHostKey } from "../core/ssh_keys.ts";
 import { Code, StatusError } from "../core/status.ts";
 import type { ComputeDriver } from "./driver.ts";
@@ -211,28 +213,78 @@ export function toDriverSandbox(
           labels: template.labels,
           environment: template.environment,
           resources: resourcesOf(template.resources),
+          ...(platformConfigOf(template.resources)
+            ? { platform_config: platformConfigOf(template.resources) }
+            : {}),
         }
         : null,
     },
   };
 }
 
-/** Maps a public `template.resources` Struct onto the driver's typed requirements. */
+/**
+ * Maps a public `template.resources` Struct onto the driver's typed
+ * requirements: upstream's Kubernetes shape (`limits`/`requests` with `cpu`
+ * and `memory`), and the flat keys (`cpu`, `memory`, `cpu_limit` …) this
+ * gateway took before. Numbers become strings; all empty → null.
+ */
 export function resourcesOf(struct: unknown): DriverResourceRequirements | null {
-  const fields =
-    (struct as { fields?: Record<string, { stringValue?: string; numberValue?: number }> })
-      ?.fields;
-  if (!fields || Object.keys(fields).length === 0) return null;
-  const pick = (k: string) => {
-    const f = fields[k];
-    return f?.stringValue ?? (f?.numberValue !== undefined ? String(f.numberValue) : "");
+  const json = fromStruct(struct);
+  if (!json || Object.keys(json).length === 0) return null;
+  const str = (v: JsonValue | undefined) =>
+    typeof v === "string" ? v : typeof v === "number" ? String(v) : "";
+  const limits = sectionOf(json, "limits");
+  const requests = sectionOf(json, "requests");
+  const r: DriverResourceRequirements = {
+    cpu_request: str(requests.cpu) || str(json.cpu_request) || str(json.cpu),
+    cpu_limit: str(limits.cpu) || str(json.cpu_limit) || str(json.cpu),
+    memory_request: str(requests.memory) || str(json.memory_request) || str(json.memory),
+    memory_limit: str(limits.memory) || str(json.memory_limit) || str(json.memory),
   };
-  return {
-    cpu_request: pick("cpu_request") || pick("cpu"),
-    cpu_limit: pick("cpu_limit") || pick("cpu"),
-    memory_request: pick("memory_request") || pick("memory"),
-    memory_limit: pick("memory_limit") || pick("memory"),
-  };
+  return Object.values(r).some((v) => v !== "") ? r : null;
+}
+
+function sectionOf(json: Record<string, JsonValue>, name: string): Record<string, JsonValue> {
+  const v = json[name];
+  return v && typeof v === "object" && !Array.isArray(v) ? v : {};
+}
+
+const TYPED_KEYS = new Set([
+  "cpu",
+  "memory",
+  "cpu_request",
+  "cpu_limit",
+  "memory_request",
+  "memory_limit",
+]);
+
+/**
+ * The driver's `platform_config` for a template (upstream's shape): every
+ * resource beyond the typed CPU and memory — such as the disk,
+ * `limits["ephemeral-storage"]` — under `resources_raw`; null when none.
+ */
+export function platformConfigOf(struct: unknown): ProtoStruct | null {
+  const json = fromStruct(struct);
+  if (!json) return null;
+  const raw: Record<string, JsonValue> = {};
+  for (const [k, v] of Object.entries(json)) {
+    if (k === "limits" || k === "requests") {
+      if (!v || typeof v !== "object" || Array.isArray(v)) {
+        raw[k] = v;
+        continue;
+      }
+      const rest = Object.fromEntries(
+        Object.entries(v).filter(([name, q]) =>
+          !((name === "cpu" || name === "memory") &&
+            (typeof q === "string" || typeof q === "number"))
+        ),
+      );
+      if (Object.keys(rest).length) raw[k] = rest;
+    } else if (!TYPED_KEYS.has(k)) {
+      raw[k] = v;
+    }
+  }
+  return Object.keys(raw).length ? toStruct({ resources_raw: raw }) : null;
 }
 
 /** Owns sandbox state changes. */

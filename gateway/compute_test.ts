@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { fromStruct, limitsStruct, toStruct } from "../core/resources.ts";
 import type { Duplex } from "node:stream";
 import { Logger } from "../core/log.ts";
 import type {
@@ -30,6 +31,7 @@ import {
   generateSandboxName,
   LOG_BYTES_KEPT,
   logLineBytes,
+  platformConfigOf,
   resourcesOf,
   SANDBOX_NAMESPACE,
   toDriverSandbox,
@@ -380,6 +382,59 @@ Deno.test("resourcesOf: specific keys beat cpu/memory; numbers become strings; e
     }),
     { cpu_request: "1", cpu_limit: "4", memory_request: "256", memory_limit: "" },
   );
+});
+
+Deno.test("resourcesOf: upstream's limits/requests shape; platformConfigOf carries the rest (the disk)", () => {
+  const struct = toStruct({
+    limits: { cpu: "2", memory: "2Gi", "ephemeral-storage": "20Gi" },
+    requests: { cpu: "1", memory: 1073741824 },
+  });
+  assert.deepEqual(resourcesOf(struct), {
+    cpu_request: "1",
+    cpu_limit: "2",
+    memory_request: "1073741824",
+    memory_limit: "2Gi",
+  });
+  assert.deepEqual(fromStruct(platformConfigOf(struct)), {
+    resources_raw: { limits: { "ephemeral-storage": "20Gi" } },
+  });
+  // Only CPU and memory: no platform config.
+  assert.equal(platformConfigOf(toStruct({ limits: { cpu: "2" }, cpu: "1" })), null);
+  assert.equal(platformConfigOf(null), null);
+  // Anything else passes through for the driver to accept or refuse.
+  assert.deepEqual(fromStruct(platformConfigOf(toStruct({ claims: ["a"], limits: "x" }))), {
+    resources_raw: { claims: ["a"], limits: "x" },
+  });
+  // What `openshell sandbox create --disk-gib 12` sends reaches the driver's template.
+  const d = toDriverSandbox({
+    id: "i",
+    name: "n",
+    namespace: "default",
+    spec: {
+      log_level: "",
+      environment: {},
+      providers: [],
+      gpu: false,
+      template: {
+        image: "",
+        runtime_class_name: "",
+        agent_socket: "",
+        labels: {},
+        annotations: {},
+        environment: {},
+        resources: limitsStruct({ disk: "12Gi" })!,
+        volume_claim_templates: null,
+      },
+    },
+    status: null,
+    phase: "SANDBOX_PHASE_PROVISIONING",
+    created_at_ms: 1,
+    current_policy_version: 0,
+  });
+  assert.equal(d.spec!.template!.resources, null);
+  assert.deepEqual(fromStruct(d.spec!.template!.platform_config), {
+    resources_raw: { limits: { "ephemeral-storage": "12Gi" } },
+  });
 });
 
 // ---- create --------------------------------------------------------------------

@@ -1,12 +1,17 @@
 /**
- * `openshell sandbox create [--name N] [--no-keep] [--timeout S] [-- CMD…]`:
- * create, follow the provisioning progress until READY, then run CMD (or a
- * shell) over OpenSSH.
+ * `openshell sandbox create [--name N] [--no-keep] [--timeout S] [--cpus N]
+ * [--memory SIZE] [--disk-gib N] [-- CMD…]`: create, follow the provisioning
+ * progress until READY, then run CMD (or a shell) over OpenSSH.
+ *
+ * The sizes go in `spec.template.resources` as upstream's Kubernetes-style
+ * limits: `{limits: {cpu, memory, "ephemeral-storage"}}` (see
+ * `core/resources.ts`); the driver checks them against its host.
  *
  * @module
  */
-import type { Sandbox, SandboxLogLine } from "../../core/protocol.ts";
-import { envOption, integerOption } from "../args.ts";
+import type { Sandbox, SandboxLogLine, SandboxTemplate, Wire } from "../../core/protocol.ts";
+import { limitsStruct, parseCpu, ResourceError } from "../../core/resources.ts";
+import { envOption, integerOption, UsageError } from "../args.ts";
 import { Code } from "../../core/status.ts";
 import { type GatewayClient, GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
@@ -166,10 +171,44 @@ export async function waitUntilReady(
   );
 }
 
+/** Largest `--disk-gib` (a sparse file's size; the driver may allow less). */
+const MAX_DISK_GIB = 2048;
+
+/**
+ * The `template` of `--cpus`, `--memory` and `--disk-gib` (undefined when
+ * none is given); a {@link UsageError} for a malformed value.
+ */
+export function resourcesTemplate(flags: {
+  cpus?: string;
+  memory?: string;
+  diskGib?: string;
+}): Wire<SandboxTemplate> | undefined {
+  const disk = integerOption("disk-gib", flags.diskGib, { min: 1, max: MAX_DISK_GIB, unit: "GiB" });
+  try {
+    if (flags.cpus !== undefined) parseCpu(flags.cpus, "--cpus");
+    const resources = limitsStruct({
+      cpu: flags.cpus,
+      memory: flags.memory,
+      disk: disk !== undefined ? `${disk}Gi` : undefined,
+    });
+    return resources ? { resources } : undefined;
+  } catch (err) {
+    if (err instanceof ResourceError) {
+      throw new UsageError(err.message.replace(/^(cpu|memory)\b/, "--$1"), "sandbox create");
+    }
+    throw err;
+  }
+}
+
 /** Runs `sandbox create`; returns CMD's (or the shell's) exit status. */
 export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   const timeoutS = provisionTimeout(ctx);
   const environment = envOption("env", ctx.list("env"));
+  const template = resourcesTemplate({
+    cpus: ctx.str("cpus"),
+    memory: ctx.str("memory"),
+    diskGib: ctx.str("disk-gib"),
+  });
   const keep = !ctx.flag("no-keep");
   const command = ctx.invocation.trailing;
   const client = await ctx.client();
@@ -177,7 +216,10 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   const name = ctx.str("name") ?? "";
   let sandbox: Sandbox;
   try {
-    sandbox = await client.createSandbox({ name, spec: { environment } });
+    sandbox = await client.createSandbox({
+      name,
+      spec: template ? { environment, template } : { environment },
+    });
   } catch (e) {
     if (e instanceof GatewayError && e.code === Code.ALREADY_EXISTS && name) {
       throw new CliError(nameTakenMessage(name));

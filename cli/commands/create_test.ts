@@ -5,8 +5,9 @@ import { type GatewayClient, GatewayError, type ServerStream } from "../client.t
 import { parseEndpoint } from "../config.ts";
 import { Context, type StdStreams } from "../context.ts";
 import { CliError } from "../errors.ts";
-import { COMMANDS, parseCommandArgs } from "../args.ts";
-import { sandboxCreateCommand, waitUntilReady } from "./create.ts";
+import { COMMANDS, parseCommandArgs, UsageError } from "../args.ts";
+import { resourcesTemplate, sandboxCreateCommand, waitUntilReady } from "./create.ts";
+import { fromStruct } from "../../core/resources.ts";
 
 function sandbox(phase: Sandbox["phase"], reason = "", message = ""): Sandbox {
   return {
@@ -181,6 +182,40 @@ Deno.test("create reports a sandbox deleted while it provisions", async () => {
     waitUntilReady(d.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
     /: sandbox "dev" is being deleted$/,
   );
+});
+
+Deno.test("create: --cpus, --memory and --disk-gib become upstream's resource limits", () => {
+  const spec = COMMANDS.find((c) => c.id === "sandbox create")!;
+  const inv = parseCommandArgs(spec, ["--cpus", "2", "--memory", "2Gi", "--disk-gib", "20"]);
+  const t = resourcesTemplate({
+    cpus: inv.values.cpus as string,
+    memory: inv.values.memory as string,
+    diskGib: inv.values["disk-gib"] as string,
+  });
+  assert.deepEqual(fromStruct(t?.resources), {
+    limits: { cpu: "2", memory: "2Gi", "ephemeral-storage": "20Gi" },
+  });
+  assert.deepEqual(fromStruct(resourcesTemplate({ cpus: "1500m" })?.resources), {
+    limits: { cpu: "1500m" },
+  });
+  assert.equal(resourcesTemplate({}), undefined, "nothing asked: no template at all");
+});
+
+Deno.test("create: a malformed size is a usage error naming the flag", () => {
+  const cases: [Parameters<typeof resourcesTemplate>[0], RegExp][] = [
+    [{ cpus: "two" }, /^--cpus must be a number of CPUs \(2, 0\.5\) or millicores \(500m\)/],
+    [{ cpus: "0" }, /^--cpus must be more than zero/],
+    [{ memory: "2GB" }, /^--memory must be a size such as 2Gi, 512Mi or 2G, not "2GB"$/],
+    [{ diskGib: "0" }, /^--disk-gib needs a whole number of GiB between 1 and 2048, not "0"$/],
+    [{ diskGib: "1.5" }, /^--disk-gib needs a whole number/],
+  ];
+  for (const [flags, re] of cases) {
+    assert.throws(() => resourcesTemplate(flags), (e: unknown) => {
+      assert.ok(e instanceof UsageError, String(e));
+      assert.match(e.message, re);
+      return true;
+    });
+  }
 });
 
 Deno.test("create with a name that is taken: one line that says what to do", async () => {

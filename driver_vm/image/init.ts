@@ -1,13 +1,27 @@
 /**
- * The guest's `/init` and the scripts it installs, rendered at image build
- * time (pure, so the exact text is tested and part of the image cache key).
+ * The guest's boot scripts, rendered at runtime build time (pure, so the
+ * exact text is tested and part of the runtime's cache key).
  *
- * Boot: the kernel unpacks the initramfs (busybox, kernel modules, these
- * scripts) and runs `/init`, which mounts the read-only guest disk (OpenSSH,
- * Deno and the bundled supervisor, with their libraries), copies the
- * driver's fw_cfg files into `/etc/openshell`, sets up users, `/etc/hosts`
- * and the network, then hands PID 1 to busybox `init`, which reaps orphans
- * and keeps the supervisor running (respawn).
+ * Three disks and files, one boot:
+ *
+ * - the **initramfs** (busybox, the kernel modules, {@link renderInit}):
+ *   loads the modules, mounts the sandbox's disk (`/dev/vda`: its qcow2
+ *   overlay over the shared read-only Debian image) read-write and the
+ *   runtime disk (`/dev/vdb`: Deno, the supervisor, these scripts, the
+ *   libraries they need) read-only at `/opt/openshell`, grows the root file
+ *   system to the disk, moves `/dev`, `/proc` and `/sys` over, mounts the
+ *   runtime file systems (`/run`, `/tmp` 1777, the driver's files on a
+ *   private tmpfs at `/etc/openshell`), sets the host name, `/etc/hosts`
+ *   and the network, and switches root;
+ * - **PID 1** ({@link renderPid1}, from the runtime disk, so it works in any
+ *   image): keeps the supervisor running ({@link renderRunner}), reaps
+ *   orphans, and on ctrl-alt-delete (the driver's clean stop) or
+ *   SIGTERM/SIGUSR2/SIGPWR ends every process, syncs, remounts `/`
+ *   read-only and powers off.
+ *
+ * Everything of ours runs with our own busybox and, for Deno and
+ * `resize2fs`, our own glibc through its loader: nothing depends on what
+ * the image (or the sandbox's root user) did to `/bin` or `/lib`.
  *
  * @module
  */
@@ -23,23 +37,33 @@ import { FW_CFG_PREFIX, GUEST_FILES } from "../guest.ts";
 
 /** Where things live inside the guest. */
 export const GUEST_LAYOUT = {
-  /** Mount point of the read-only guest disk. */
-  roMount: "/ro",
-  /** Top-level directories of the disk linked into `/`. */
-  roLinks: ["lib", "lib64", "usr", "opt"],
-  /** The Deno binary (on the disk). */
+  /** Where the initramfs mounts the sandbox's root before switching to it. */
+  newRoot: "/newroot",
+  /** Mount point of the read-only runtime disk. */
+  runtimeMount: "/opt/openshell",
+  /** Our busybox (on the runtime disk). */
+  busybox: "/opt/openshell/bin/busybox",
+  /** The Deno binary (on the runtime disk). */
   deno: "/opt/openshell/bin/deno",
-  /** The bundled supervisor (on the disk). */
+  /** Libraries of Deno and resize2fs, with glibc's loader (on the runtime disk). */
+  libDir: "/opt/openshell/lib",
+  /** glibc's loader (on the runtime disk). */
+  loader: "/opt/openshell/lib/ld-linux-x86-64.so.2",
+  /** resize2fs (on the runtime disk). */
+  resize2fs: "/opt/openshell/sbin/resize2fs",
+  /** The bundled supervisor (on the runtime disk). */
   supervisor: "/opt/openshell/supervisor.js",
-  /** OpenSSH daemon (on the disk). */
+  /** PID 1 after the switch (on the runtime disk). */
+  pid1: "/opt/openshell/init",
+  /** The supervisor runner script (on the runtime disk). */
+  runner: "/opt/openshell/run-supervisor",
+  /** OpenSSH daemon (the image's). */
   sshd: "/usr/sbin/sshd",
   /** Kernel modules (in the initramfs). */
   modules: "/modules",
-  /** The supervisor runner script (in the initramfs). */
-  runner: "/etc/openshell-run-supervisor",
   /** Marker printed on the console when booted with `openshell.probe`. */
   probeMarker: "OPENSHELL-PROBE-OK",
-  /** Marker printed once the guest init handed over to the supervisor. */
+  /** Marker printed once PID 1 starts the supervisor. */
   readyMarker: "openshell-init: starting supervisor",
   /** Deno's cache dir at run time (tmpfs). */
   denoDir: "/run/deno",
@@ -49,8 +73,20 @@ export const GUEST_LAYOUT = {
   sessionCgroupMount: DEFAULT_SESSION_CGROUP,
 } as const;
 
-/** The sandbox user: uid/gid and home. */
+/** The sandbox user: uid/gid and home (the image creates it; init adds it when missing). */
 export const SANDBOX_ACCOUNT = { name: "sandbox", uid: 1000, gid: 1000, home: "/sandbox" } as const;
+
+/** Runs a program of the runtime disk with the runtime's own glibc (any image). */
+function withOwnLibc(program: string, prefix = ""): string[] {
+  return [
+    `${prefix}${GUEST_LAYOUT.loader}`,
+    "--library-path",
+    `${prefix}${GUEST_LAYOUT.libDir}`,
+    "--argv0",
+    program,
+    `${prefix}${program}`,
+  ];
+}
 
 /**
  * The supervisor's command line inside the guest: Deno running the bundle
@@ -67,7 +103,7 @@ function supervisorFixedCommand(): string {
   // The production grants already name the alias address the guest's /etc/hosts pins.
   const flags = renderFlags(supervisorGrants(PRODUCTION_PARAMS.supervisor));
   return shellJoin([
-    GUEST_LAYOUT.deno,
+    ...withOwnLibc(GUEST_LAYOUT.deno),
     "run",
     "--no-config",
     "--quiet",
@@ -85,18 +121,20 @@ function supervisorFixedCommand(): string {
 
 const DENO_ENV = `DENO_DIR=${GUEST_LAYOUT.denoDir} NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 HOME=/root`;
 
-/** The runner busybox `init` respawns: sources the config and runs the supervisor once. */
+/** The runner PID 1 restarts: sources the config and runs the supervisor once. */
 export function renderRunner(): string {
   const tokenFile = GUEST_FILES.supervisorToken.guestPath;
-  return `#!/bin/sh
-# openshell: runs the supervisor once; busybox init respawns this script.
+  const bb = GUEST_LAYOUT.busybox;
+  return `#!${bb} sh
+# openshell: runs the supervisor once; PID 1 (${GUEST_LAYOUT.pid1}) restarts it.
 . ${GUEST_FILES.config.guestPath}
 export ${DENO_ENV}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 token=""
 [ -s ${tokenFile} ] && token="--supervisor-token-file ${tokenFile}"
 tlsca=""
 [ -s ${GUEST_FILES.tlsCa.guestPath} ] && tlsca="--tls-ca ${GUEST_FILES.tlsCa.guestPath}"
-echo "${GUEST_LAYOUT.readyMarker} after $(cut -d' ' -f1 /proc/uptime)s"
+echo "${GUEST_LAYOUT.readyMarker} after $(${bb} cut -d' ' -f1 /proc/uptime)s"
 ${supervisorCommand()} $token $tlsca
 rc=$?
 echo "openshell-init: supervisor exited with status $rc; restarting in 1s"
@@ -105,16 +143,65 @@ echo "openshell-init: supervisor exited with status $rc; restarting in 1s"
 for g in ${GUEST_LAYOUT.sessionCgroupMount}/*/; do
   [ -e "\${g}cgroup.kill" ] && echo 1 > "\${g}cgroup.kill"
 done
-sleep 1
+${bb} sleep 1
 `;
 }
 
-/** busybox `init`'s table: respawn the supervisor, power off on shutdown. */
-export function renderInittab(): string {
-  return `# openshell guest inittab
-::respawn:${GUEST_LAYOUT.runner}
-::ctrlaltdel:/bin/poweroff -f
-::shutdown:/bin/sync
+/**
+ * PID 1 in the sandbox's root: runs the supervisor (restarting it), reaps
+ * every orphan (busybox ash's `wait` takes any child), and shuts down
+ * cleanly on ctrl-alt-delete or a signal (see the module docs).
+ */
+export function renderPid1(): string {
+  const bb = GUEST_LAYOUT.busybox;
+  return `#!${bb} sh
+# openshell guest init, stage 2: PID 1 in the sandbox's root (generated by deno task vm:rootfs)
+[ "$$" = 1 ] || { echo "openshell init: refusing to run outside a VM (not PID 1)" >&2; exit 1; }
+bb=${bb}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "openshell-init: $*"; }
+# Whether a process other than PID 1 is left (kernel threads and zombies have no command line).
+others() {
+  for p in /proc/[0-9]*; do
+    [ "\${p#/proc/}" = 1 ] && continue
+    c=""
+    read -r c < "$p/cmdline" 2>/dev/null
+    [ -n "$c" ] && return 0
+  done
+  return 1
+}
+settle() {
+  i=0
+  while [ $i -lt "$1" ] && others; do $bb usleep 100000; i=$((i + 1)); done
+}
+stopping=""
+stop() {
+  [ -z "$stopping" ] || return 0
+  stopping=1
+  log "shutting down (uptime $($bb cut -d' ' -f1 /proc/uptime)s)"
+  $bb kill -TERM -1 2>/dev/null
+  settle 50
+  $bb kill -KILL -1 2>/dev/null
+  settle 20
+  $bb sync
+  $bb mount -o remount,ro / || log "cannot remount / read-only"
+  $bb sync
+  log "powering off"
+  $bb poweroff -f
+}
+# ctrl-alt-delete (the driver's clean stop) signals PID 1 instead of rebooting.
+echo 0 > /proc/sys/kernel/ctrl-alt-del
+trap stop INT TERM USR1 USR2 PWR
+(
+  trap - INT TERM USR1 USR2 PWR
+  while :; do $bb sh ${GUEST_LAYOUT.runner}; done
+) &
+while :; do
+  wait
+  [ -n "$stopping" ] && break
+  $bb sleep 1
+done
+while :; do $bb sleep 60; done
 `;
 }
 
@@ -124,25 +211,24 @@ export interface InitOptions {
   modules: readonly string[];
 }
 
-/** The guest's `/init` script. */
+/** The guest's `/init` script (the initramfs stage; see the module docs). */
 export function renderInit(options: InitOptions): string {
   for (const m of options.modules) {
     if (!/^[A-Za-z0-9_-]+$/.test(m)) throw new Error(`invalid module name: ${m}`);
   }
+  const R = GUEST_LAYOUT.newRoot;
   const fw = `/sys/firmware/qemu_fw_cfg/by_name/${FW_CFG_PREFIX}`;
+  const RT = `${R}${GUEST_LAYOUT.runtimeMount}`;
   const u = SANDBOX_ACCOUNT;
-  const copies = Object.values(GUEST_FILES).map((f) => `fwcopy ${f.fwcfg} ${f.guestPath}`).join(
-    "\n",
-  );
-  const links = GUEST_LAYOUT.roLinks.map((d) =>
-    `[ -e ${GUEST_LAYOUT.roMount}/${d} ] && $bb ln -s ${GUEST_LAYOUT.roMount}/${d} /${d}`
-  ).join("\n");
+  const copies = Object.values(GUEST_FILES).map((f) => `fwcopy ${f.fwcfg} ${R}${f.guestPath}`)
+    .join("\n");
+  const resize = shellJoin([...withOwnLibc(GUEST_LAYOUT.resize2fs, R), "/dev/vda"]);
   return `#!/bin/busybox sh
-# openshell guest init (generated by deno task vm:rootfs; do not edit)
-# It rewrites /etc and mounts over /dev: never let it run anywhere but as a VM's PID 1.
+# openshell guest init, stage 1 (initramfs; generated by deno task vm:rootfs; do not edit)
+# It mounts over /dev and switches root: never let it run anywhere but as a VM's PID 1.
 [ "$$" = 1 ] || { echo "openshell guest init: refusing to run outside a VM (not PID 1)" >&2; exit 1; }
 bb=/bin/busybox
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH=/bin
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
@@ -157,78 +243,99 @@ log "userspace up after $(cut -d' ' -f1 /proc/uptime)s"
 for m in ${options.modules.join(" ")}; do
   insmod ${GUEST_LAYOUT.modules}/$m.ko || log "insmod $m failed"
 done
-mkdir -p /dev/pts /dev/shm /run /tmp
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-# One cgroup per SSH connection, killed when it ends (the supervisor's
-# --session-cgroup); bind-mounted outside /sys, which Deno refuses without --allow-all.
-if mount -t cgroup2 cgroup2 /sys/fs/cgroup; then
-  mkdir -p ${GUEST_LAYOUT.sessionCgroup} ${GUEST_LAYOUT.sessionCgroupMount}
-  mount -o bind ${GUEST_LAYOUT.sessionCgroup} ${GUEST_LAYOUT.sessionCgroupMount} ||
-    log "cannot bind-mount the session cgroup: SSH sessions will not be contained"
-else
-  log "cannot mount cgroup2: SSH sessions will not be contained"
-fi
-# The read-only guest disk: OpenSSH, Deno, the supervisor, their libraries.
-mkdir -p ${GUEST_LAYOUT.roMount}
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-mount -t ext4 -o ro /dev/vda ${GUEST_LAYOUT.roMount} || fail "cannot mount the guest disk /dev/vda"
-${links}
-# The driver's files (fw_cfg), private to root.
-mkdir -p /etc/openshell
-chmod 0700 /etc/openshell
+while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+# The sandbox's own disk (its overlay over the image), read-write.
+mkdir -p ${R}
+mount -t ext4 -o rw,relatime /dev/vda ${R} || fail "cannot mount the sandbox disk /dev/vda"
+# The runtime disk: Deno, the supervisor, PID 1, their libraries; read-only.
+mkdir -p ${RT}
+mount -t ext4 -o ro /dev/vdb ${RT} || fail "cannot mount the runtime disk /dev/vdb"
+# Grow the root file system to the disk (first boot, or a larger disk).
+if out=$(${resize} 2>&1); then
+  case "$out" in
+    *"is now"*) log "root file system grown to $(df -h ${R} | awk 'NR==2 {print $2}')" ;;
+  esac
+else
+  log "cannot grow the root file system: $(echo "$out" | tail -n 1)"
+fi
+# /dev moves into the new root now, /proc and /sys last; the rest is fresh at every boot.
+mkdir -p ${R}/dev
+mount --move /dev ${R}/dev || fail "cannot move /dev"
+mkdir -p ${R}/dev/pts ${R}/dev/shm ${R}/run ${R}/tmp
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts ${R}/dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs ${R}/dev/shm
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs ${R}/run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs ${R}/tmp
+mkdir -p ${R}/run/sshd ${R}/run/lock
+chmod 0755 ${R}/run/sshd
+chmod 1777 ${R}/run/lock
+# / must not be writable by the sandbox user (the image says so; a root user may have changed it).
+chown 0:0 ${R}
+chmod go-w ${R}
+# The driver's files (fw_cfg), private to root, in memory only (never on the disk).
+mkdir -p ${R}/etc/openshell
+mount -t tmpfs -o mode=0700,nosuid,nodev,noexec,size=4m tmpfs ${R}/etc/openshell ||
+  fail "cannot mount /etc/openshell"
 fwcopy() {
   if [ -r ${fw}/$1/raw ]; then
     cat ${fw}/$1/raw > "$2" && chmod 0600 "$2"
   fi
 }
 ${copies}
-[ -s ${GUEST_FILES.config.guestPath} ] || fail "no sandbox config from the driver (fw_cfg ${FW_CFG_PREFIX}/config)"
-. ${GUEST_FILES.config.guestPath}
-# The sandbox's name is its host name (the driver made it a DNS label) and is in the prompt.
-hostname "\${OPENSHELL_HOSTNAME:-openshell-sandbox}"
-hostname > /etc/hostname
-cat > /etc/hosts <<EOF
+[ -s ${R}${GUEST_FILES.config.guestPath} ] || fail "no sandbox config from the driver (fw_cfg ${FW_CFG_PREFIX}/config)"
+. ${R}${GUEST_FILES.config.guestPath}
+# Identity: the host name is the sandbox's; the sandbox user exists (images made elsewhere).
+hostname "$OPENSHELL_HOSTNAME"
+echo "$OPENSHELL_HOSTNAME" > ${R}/etc/hostname
+hosts=${R}/etc/hosts
+[ -L $hosts ] && rm -f $hosts
+touch $hosts
+sed -i '/^# openshell-begin/,/^# openshell-end/d' $hosts
+cat >> $hosts <<EOF
+# openshell-begin (rewritten at every boot)
 127.0.0.1 localhost
-127.0.1.1 $(hostname)
+127.0.1.1 $OPENSHELL_HOSTNAME
+::1 localhost ip6-localhost ip6-loopback
 $OPENSHELL_GATEWAY_IP $OPENSHELL_GATEWAY_HOST
+# openshell-end
 EOF
-cat > /etc/profile <<'EOF'
-PS1='\\u@\\h:\\w\\$ '
-export PS1
-EOF
-echo "hosts: files" > /etc/nsswitch.conf
-cat > /etc/passwd <<EOF
-root:x:0:0:root:/root:/bin/sh
-sshd:x:100:65534:sshd privsep:/run/sshd:/bin/false
-${u.name}::${u.uid}:${u.gid}:sandbox:${u.home}:/bin/sh
-EOF
-cat > /etc/shadow <<EOF
-root:*:19000:0:99999:7:::
-sshd:*:19000:0:99999:7:::
-${u.name}::19000:0:99999:7:::
-EOF
-chmod 0600 /etc/shadow
-cat > /etc/group <<EOF
-root:x:0:
-tty:x:5:
-nogroup:x:65534:
-${u.name}:x:${u.gid}:
-EOF
-echo /bin/sh > /etc/shells
-mkdir -p /root ${u.home} /run/sshd /var/empty /var/log
-chmod 0700 /root
-chown ${u.uid}:${u.gid} ${u.home}
-chmod 0755 /run/sshd
+rm -f ${R}/etc/resolv.conf
+if [ -n "$OPENSHELL_GUEST_DNS" ]; then
+  echo "nameserver $OPENSHELL_GUEST_DNS" > ${R}/etc/resolv.conf
+else
+  echo "# no name servers: this sandbox reaches only the OpenShell gateway" > ${R}/etc/resolv.conf
+fi
+if ! grep -q '^${u.name}:' ${R}/etc/passwd; then
+  log "the image has no ${u.name} user: adding it"
+  echo "${u.name}::${u.uid}:${u.gid}:OpenShell sandbox:${u.home}:/bin/sh" >> ${R}/etc/passwd
+  grep -q '^${u.name}:' ${R}/etc/group || echo "${u.name}:x:${u.gid}:" >> ${R}/etc/group
+  [ -f ${R}/etc/shadow ] && echo "${u.name}::19000:0:99999:7:::" >> ${R}/etc/shadow
+fi
+if [ ! -d ${R}${u.home} ]; then
+  mkdir -p ${R}${u.home}
+  chown ${u.uid}:${u.gid} ${R}${u.home}
+fi
 # Network: loopback, and eth0 on qemu's user network (the gateway alias only).
 ip link set lo up
 ip link set eth0 up || fail "no eth0"
 ip addr add "$OPENSHELL_GUEST_IP/24" dev eth0
 ip route add default via "$OPENSHELL_GUEST_ROUTER"
-log "guest ready after $(cut -d' ' -f1 /proc/uptime)s (sandbox $OPENSHELL_SANDBOX_ID)"
-exec /bin/init
+size="$(df -h ${R} | awk 'NR==2 {print $2}') disk, $(awk '/MemTotal/ {printf "%d MiB", $2 / 1024}' /proc/meminfo), $(grep -c ^processor /proc/cpuinfo) CPUs"
+for d in proc sys; do
+  mkdir -p ${R}/$d
+  mount --move /$d ${R}/$d || fail "cannot move /$d"
+done
+# One cgroup per SSH connection, killed when it ends (the supervisor's
+# --session-cgroup); bind-mounted outside /sys, which Deno refuses without --allow-all.
+if mount -t cgroup2 cgroup2 ${R}/sys/fs/cgroup; then
+  mkdir -p ${R}${GUEST_LAYOUT.sessionCgroup} ${R}${GUEST_LAYOUT.sessionCgroupMount}
+  mount -o bind ${R}${GUEST_LAYOUT.sessionCgroup} ${R}${GUEST_LAYOUT.sessionCgroupMount} ||
+    log "cannot bind-mount the session cgroup: SSH sessions will not be contained"
+else
+  log "cannot mount cgroup2: SSH sessions will not be contained"
+fi
+log "guest ready after $(cut -d' ' -f1 ${R}/proc/uptime)s (sandbox $OPENSHELL_SANDBOX_ID: $size)"
+exec switch_root ${R} ${GUEST_LAYOUT.busybox} sh ${GUEST_LAYOUT.pid1}
 `;
 }

@@ -1,12 +1,6 @@
 import assert from "node:assert/strict";
 import { PRODUCTION_PARAMS, renderFlags, supervisorGrants } from "../../core/grants.ts";
-import {
-  GUEST_LAYOUT,
-  renderInit,
-  renderInittab,
-  renderRunner,
-  supervisorCommand,
-} from "./init.ts";
+import { GUEST_LAYOUT, renderInit, renderPid1, renderRunner, supervisorCommand } from "./init.ts";
 
 async function shSyntaxOk(script: string): Promise<string> {
   const out = await new Deno.Command("sh", { args: ["-n", "-c", script], stderr: "piped" })
@@ -14,39 +8,123 @@ async function shSyntaxOk(script: string): Promise<string> {
   return out.code === 0 ? "" : new TextDecoder().decode(out.stderr);
 }
 
-Deno.test("init: valid shell; loads the given modules in order; hands over to busybox init", async () => {
+/** Runs `script` with busybox sh in a temp dir; returns stdout. */
+async function busybox(script: string, cwd: string): Promise<string> {
+  const out = await new Deno.Command("/bin/busybox", {
+    args: ["sh", "-c", script],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+}
+
+Deno.test("init: valid shell; loads the modules in order; sandbox disk rw, runtime disk ro, then switch_root", async () => {
   const text = renderInit({ modules: ["virtio_ring", "virtio", "virtio_net"] });
   assert.equal(await shSyntaxOk(text), "");
   assert.ok(text.startsWith("#!/bin/busybox sh\n"));
   assert.match(text, /for m in virtio_ring virtio virtio_net; do/);
-  assert.match(text, /mount -t ext4 -o ro \/dev\/vda \/ro/);
-  assert.match(text, /\$OPENSHELL_GATEWAY_IP \$OPENSHELL_GATEWAY_HOST/);
+  assert.match(text, /mount -t ext4 -o rw,relatime \/dev\/vda \/newroot /);
+  assert.match(text, /mount -t ext4 -o ro \/dev\/vdb \/newroot\/opt\/openshell /);
+  // The root grows to the disk with the runtime's own resize2fs and glibc.
   assert.match(
     text,
-    /^sandbox::1000:1000:sandbox:\/sandbox:\/bin\/sh$/m,
-    "empty password for auth none",
+    /\/newroot\/opt\/openshell\/lib\/ld-linux-x86-64\.so\.2 --library-path \/newroot\/opt\/openshell\/lib --argv0 \/opt\/openshell\/sbin\/resize2fs \/newroot\/opt\/openshell\/sbin\/resize2fs \/dev\/vda/,
   );
-  assert.match(text, /^sshd:x:100:/m);
-  assert.match(text, /\/run\/sshd/);
+  assert.match(text, /\$OPENSHELL_GATEWAY_IP \$OPENSHELL_GATEWAY_HOST/);
+  assert.match(text, /hostname "\$OPENSHELL_HOSTNAME"/);
   assert.match(text, new RegExp(`echo "${GUEST_LAYOUT.probeMarker}"`));
-  assert.ok(text.trimEnd().endsWith("exec /bin/init"));
-  // Session cgroups: cgroup2 mounted, the supervisor's cgroup bind-mounted to its flag's default.
-  assert.match(text, /mount -t cgroup2 cgroup2 \/sys\/fs\/cgroup/);
-  assert.match(text, /mount -o bind \/sys\/fs\/cgroup\/openshell \/run\/openshell-sessions/);
-  assert.equal(GUEST_LAYOUT.sessionCgroupMount, PRODUCTION_PARAMS.supervisor.sessionCgroup);
+  assert.ok(
+    text.trimEnd().endsWith(
+      "exec switch_root /newroot /opt/openshell/bin/busybox sh /opt/openshell/init",
+    ),
+  );
   assert.throws(() => renderInit({ modules: ["x; rm -rf /"] }), /invalid module name/);
 });
 
-Deno.test("init: the secrets arrive as root-only files from fw_cfg", () => {
+Deno.test("init: / not writable by others, /tmp and /dev/shm 1777, /run fresh; sshd's dir", () => {
+  const text = renderInit({ modules: [] });
+  assert.match(text, /chown 0:0 \/newroot\nchmod go-w \/newroot\n/);
+  assert.match(text, /mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \/newroot\/tmp\n/);
+  assert.match(text, /mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \/newroot\/dev\/shm\n/);
+  assert.match(text, /mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs \/newroot\/run\n/);
+  assert.match(text, /mkdir -p \/newroot\/run\/sshd/);
+});
+
+Deno.test("init: session cgroups mounted in the new root, bind-mounted to the supervisor's flag default", () => {
+  const text = renderInit({ modules: [] });
+  assert.match(text, /mount -t cgroup2 cgroup2 \/newroot\/sys\/fs\/cgroup/);
+  assert.match(
+    text,
+    /mount -o bind \/newroot\/sys\/fs\/cgroup\/openshell \/newroot\/run\/openshell-sessions/,
+  );
+  assert.equal(GUEST_LAYOUT.sessionCgroupMount, PRODUCTION_PARAMS.supervisor.sessionCgroup);
+  // /proc and /sys move last: everything before still reads them at their usual place.
+  assert.ok(text.indexOf("for d in proc sys") > text.indexOf("fwcopy config"));
+});
+
+Deno.test("init: the secrets arrive as root-only files on a tmpfs (never on the sandbox's disk)", () => {
   const text = renderInit({ modules: [] });
   for (const name of ["config", "environment", "ssh_host_key", "supervisor_token"]) {
-    assert.ok(text.includes(`fwcopy ${name} /etc/openshell/${name}`), name);
+    assert.ok(text.includes(`fwcopy ${name} /newroot/etc/openshell/${name}`), name);
   }
-  assert.match(text, /chmod 0700 \/etc\/openshell/);
+  assert.match(
+    text,
+    /mount -t tmpfs -o mode=0700,nosuid,nodev,noexec,size=4m tmpfs \/newroot\/etc\/openshell/,
+  );
+  assert.ok(text.indexOf("tmpfs /newroot/etc/openshell") < text.indexOf("fwcopy config"));
   assert.match(text, /chmod 0600 "\$2"/);
 });
 
-Deno.test("runner: the supervisor runs with exactly its production grants (alias address pinned)", async () => {
+Deno.test("init: /etc/hosts keeps the user's lines and replaces only its own block", async () => {
+  const text = renderInit({ modules: [] });
+  const start = text.indexOf("hosts=/newroot/etc/hosts");
+  const end = text.indexOf("rm -f /newroot/etc/resolv.conf");
+  const block = text.slice(start, end).replaceAll("/newroot", ".");
+  const dir = await Deno.makeTempDir({ prefix: "oshosts" });
+  try {
+    await Deno.mkdir(`${dir}/etc`);
+    await Deno.writeTextFile(`${dir}/etc/hosts`, "10.9.9.9 mine\n");
+    const env = "OPENSHELL_HOSTNAME=box OPENSHELL_GATEWAY_IP=10.0.2.100 " +
+      "OPENSHELL_GATEWAY_HOST=gateway.openshell.internal";
+    await busybox(`${env}; ${block}`, dir);
+    await busybox(`${env}; ${block}`, dir); // a second boot
+    const hosts = await Deno.readTextFile(`${dir}/etc/hosts`);
+    assert.equal(hosts.split("\n").filter((l) => l === "10.9.9.9 mine").length, 1);
+    assert.equal(hosts.split("# openshell-begin").length, 2, hosts);
+    assert.match(hosts, /^127\.0\.1\.1 box$/m);
+    assert.match(hosts, /^10\.0\.2\.100 gateway\.openshell\.internal$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the guest init stages refuse to run unless they are PID 1, before touching anything", () => {
+  for (const script of [renderInit({ modules: [] }), renderPid1()]) {
+    const lines = script.split("\n").filter((l) => l && !l.startsWith("#"));
+    assert.match(lines[0], /^\[ "\$\$" = 1 \] \|\| \{ .* exit 1; \}$/);
+  }
+});
+
+Deno.test("pid 1: restarts the runner, reaps, and shuts down cleanly on ctrl-alt-delete or a signal", async () => {
+  const text = renderPid1();
+  assert.equal(await shSyntaxOk(text), "");
+  assert.ok(text.startsWith("#!/opt/openshell/bin/busybox sh\n"));
+  assert.match(text, /echo 0 > \/proc\/sys\/kernel\/ctrl-alt-del/);
+  assert.match(text, /trap stop INT TERM USR1 USR2 PWR/);
+  assert.match(text, /while :; do \$bb sh \/opt\/openshell\/run-supervisor; done/);
+  // The shutdown: every process asked, then killed, the disk synced and read-only, power off.
+  const stop = text.slice(text.indexOf("stop() {"), text.indexOf("# ctrl-alt-delete"));
+  const order = ["kill -TERM -1", "kill -KILL -1", "sync", "mount -o remount,ro /", "poweroff -f"];
+  let at = 0;
+  for (const step of order) {
+    const i = stop.indexOf(step, at);
+    assert.ok(i >= at, `${step} missing or out of order`);
+    at = i;
+  }
+});
+
+Deno.test("runner: the supervisor runs with exactly its production grants, through the runtime's glibc", async () => {
   const flags = renderFlags(
     supervisorGrants({ ...PRODUCTION_PARAMS.supervisor, gatewayAddresses: ["10.0.2.100"] }),
   );
@@ -57,6 +135,12 @@ Deno.test("runner: the supervisor runs with exactly its production grants (alias
     /--allow-net=gateway\.openshell\.internal,10\.0\.2\.100:8080,unix:\/run\/openshell\/ssh\.sock/,
   );
   assert.ok(!cmd.includes("--allow-all") && !/ -A /.test(cmd));
+  assert.ok(
+    cmd.startsWith(
+      "/opt/openshell/lib/ld-linux-x86-64.so.2 --library-path /opt/openshell/lib " +
+        "--argv0 /opt/openshell/bin/deno /opt/openshell/bin/deno run ",
+    ),
+  );
   assert.match(cmd, /--ssh-host-key \/etc\/openshell\/ssh_host_key/);
   assert.match(cmd, /--env-file \/etc\/openshell\/environment/);
   const runner = renderRunner();
@@ -65,23 +149,4 @@ Deno.test("runner: the supervisor runs with exactly its production grants (alias
   assert.match(cmd, /--allow-write=\/run\/openshell,\/run\/openshell-sessions /);
   // After the supervisor exits, its connections' cgroups are killed before the restart.
   assert.match(runner, /echo 1 > "\$\{g\}cgroup\.kill"/);
-  assert.match(renderInittab(), /^::respawn:\/etc\/openshell-run-supervisor$/m);
-});
-
-Deno.test("the guest init refuses to run unless it is PID 1, before touching anything", () => {
-  const lines = renderInit({ modules: [] }).split("\n").filter((l) => l && !l.startsWith("#"));
-  assert.match(lines[0], /^\[ "\$\$" = 1 \] \|\| \{ .* exit 1; \}$/);
-});
-
-Deno.test("init: the sandbox name is the host name, and the login prompt shows it", async () => {
-  const text = renderInit({ modules: [] });
-  assert.match(text, /^hostname "\$\{OPENSHELL_HOSTNAME:-openshell-sandbox\}"$/m);
-  assert.match(text, /^127\.0\.1\.1 \$\(hostname\)$/m);
-  const profile = text.match(/cat > \/etc\/profile <<'EOF'\n([^]*?)\nEOF\n/)?.[1];
-  assert.ok(profile, "init writes /etc/profile");
-  const out = await new Deno.Command("sh", {
-    args: ["-c", `${profile}\nprintf %s "$PS1"`],
-    stdout: "piped",
-  }).output();
-  assert.equal(new TextDecoder().decode(out.stdout), "\\u@\\h:\\w\\$ ", "user@host:dir$");
 });

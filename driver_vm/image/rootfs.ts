@@ -4,29 +4,38 @@
  *
  * - `vmlinuz`: Debian's cloud kernel (from `vm:setup`'s cache);
  * - `initramfs.cpio`: busybox (static), the kernel modules the guest needs
- *   and our init (small: unpacks in a fraction of a second under TCG);
- * - `guest.img`: a read-only ext4 disk shared by all VMs with OpenSSH,
- *   the Deno binary and the bundled supervisor plus their libraries (a
+ *   and the first stage of our init (small: unpacks in a fraction of a
+ *   second under TCG);
+ * - `openshell.img`: the read-only runtime disk every VM mounts at
+ *   `/opt/openshell`: the Deno binary and the bundled supervisor, PID 1 and
+ *   the supervisor runner, busybox, `resize2fs`, and the glibc (with its
+ *   loader) Deno and `resize2fs` run with — so they work in any image (a
  *   95 MB Deno inside the initramfs would be copied into guest RAM at every
- *   boot; from the disk only the pages used are read);
- * - `manifest.json`: what went in.
+ *   boot; from a disk only the pages used are read);
+ * - `rootfs.img`: the default guest image, Debian 12 (`image/debian.ts`),
+ *   a hard link to its own cache entry; every sandbox boots it through a
+ *   qcow2 overlay of its own (`driver_vm/disk.ts`);
+ * - `manifest.json`: what went in, including the image's key.
  *
  * Everything is cached under `<cache>/runtime-<key>/`, the key hashing
  * every input (kernel package, host binaries, Deno, the supervisor sources,
- * the rendered init); `<cache>/current` points at the newest. A second run
- * with unchanged inputs does no work.
+ * the rendered scripts, the image's key); `<cache>/current` points at the
+ * newest. A second run with unchanged inputs does no work. The image has
+ * its own cache entry (`<cache>/image-<key>/`), so a supervisor change
+ * rebuilds only the small runtime disk.
  *
  * @module
  */
 import { REPO_ROOT } from "../../core/launcher.ts";
 import { type CpioEntry, writeCpio } from "./cpio.ts";
 import { binaryStamp, cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
-import { GUEST_LAYOUT, renderInit, renderInittab, renderRunner } from "./init.ts";
+import { DEFAULT_PACKAGES, ensureImage, type ImageInfo } from "./debian.ts";
+import { GUEST_LAYOUT, renderInit, renderPid1, renderRunner } from "./init.ts";
 import { loadOrder, moduleDepends, moduleName } from "./kmod.ts";
 import { ensureKernel, type KernelInfo } from "./setup.ts";
 
 /** Bump when the layout of the runtime changes in a way the inputs do not show. */
-const FORMAT = "openshell-vm-runtime/3";
+const FORMAT = "openshell-vm-runtime/4";
 
 /** Kernel modules the guest loads (dependencies are added). */
 export const GUEST_MODULES: readonly string[] = [
@@ -36,11 +45,13 @@ export const GUEST_MODULES: readonly string[] = [
   "qemu_fw_cfg",
 ];
 
-/** Host binaries copied onto the guest disk (with their libraries). */
-const GUEST_BINARIES: readonly { host: string; guest: string }[] = [
-  { host: "/usr/sbin/sshd", guest: "usr/sbin/sshd" },
-  { host: "/usr/lib/openssh/sftp-server", guest: "usr/lib/openssh/sftp-server" },
+/** Host binaries copied onto the runtime disk (their libraries go to its `lib/`). */
+const RUNTIME_BINARIES: readonly { host: string; guest: string }[] = [
+  { host: "/usr/sbin/resize2fs", guest: GUEST_LAYOUT.resize2fs },
 ];
+
+/** The static busybox of the initramfs and the runtime disk. */
+const BUSYBOX = "/bin/busybox";
 
 /** Files of a built runtime directory. */
 export interface RuntimeInfo {
@@ -48,7 +59,12 @@ export interface RuntimeInfo {
   key: string;
   kernel: string;
   initramfs: string;
+  /** The read-only runtime disk (`/opt/openshell` in the guest). */
   disk: string;
+  /** The default image (raw ext4), a hard link into its cache entry. */
+  image: string;
+  /** The default image's key. */
+  imageKey: string;
   /** Whether this call built it (false = cache hit). */
   built: boolean;
 }
@@ -63,6 +79,8 @@ export interface RuntimeOptions {
   supervisorEntry?: string;
   /** Progress lines. */
   log?: (line: string) => void;
+  /** Packages of the default image; default {@link DEFAULT_PACKAGES}. */
+  packages?: readonly string[];
 }
 
 async function walk(dir: string, filter: (path: string) => boolean): Promise<string[]> {
@@ -170,7 +188,7 @@ interface Inputs {
   deno: string;
   supervisor: string;
   init: string;
-  inittab: string;
+  pid1: string;
   runner: string;
 }
 
@@ -196,21 +214,14 @@ async function moduleFiles(kernel: KernelInfo): Promise<{ name: string; path: st
 async function buildInitramfs(inputs: Inputs, out: string): Promise<void> {
   const enc = new TextEncoder();
   const entries: CpioEntry[] = [
-    ...["bin", "dev", "etc", "proc", "sys", "run", "tmp", "root", "modules", "var"].map(
+    ...["bin", "dev", "etc", "proc", "sys", "run", "tmp", "root", "modules", "newroot"].map(
       (d) => ({ kind: "dir" as const, path: d }),
     ),
     { kind: "char", path: "dev/console", major: 5, minor: 1 },
     { kind: "char", path: "dev/null", major: 1, minor: 3, mode: 0o666 },
-    { kind: "file", path: "bin/busybox", data: await Deno.readFile("/bin/busybox"), mode: 0o755 },
+    { kind: "file", path: "bin/busybox", data: await Deno.readFile(BUSYBOX), mode: 0o755 },
     { kind: "symlink", path: "bin/sh", target: "busybox" },
     { kind: "file", path: "init", data: enc.encode(inputs.init), mode: 0o755 },
-    { kind: "file", path: "etc/inittab", data: enc.encode(inputs.inittab) },
-    {
-      kind: "file",
-      path: GUEST_LAYOUT.runner.slice(1),
-      data: enc.encode(inputs.runner),
-      mode: 0o755,
-    },
   ];
   for (const m of inputs.modules) {
     entries.push({ kind: "file", path: `modules/${m.name}.ko`, data: await Deno.readFile(m.path) });
@@ -219,16 +230,29 @@ async function buildInitramfs(inputs: Inputs, out: string): Promise<void> {
 }
 
 async function stageDisk(inputs: Inputs, staging: string): Promise<void> {
-  const put = async (hostPath: string, guestRel: string, mode?: number) => {
-    const dest = `${staging}/${guestRel}`;
+  const enc = new TextEncoder();
+  const rel = (guest: string) => guest.slice(GUEST_LAYOUT.runtimeMount.length + 1);
+  const put = async (hostPath: string, guest: string, mode: number) => {
+    const dest = `${staging}/${rel(guest)}`;
     await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")), { recursive: true });
     await Deno.copyFile(hostPath, dest);
-    if (mode !== undefined) await Deno.chmod(dest, mode);
+    await Deno.chmod(dest, mode);
   };
-  for (const b of GUEST_BINARIES) await put(b.host, b.guest, 0o755);
-  for (const lib of inputs.libraries) await put(lib, lib.slice(1), 0o755);
-  await put(inputs.deno, GUEST_LAYOUT.deno.slice(1), 0o755);
-  await put(inputs.supervisor, GUEST_LAYOUT.supervisor.slice(1), 0o644);
+  const write = async (text: string, guest: string, mode: number) => {
+    const dest = `${staging}/${rel(guest)}`;
+    await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")), { recursive: true });
+    await Deno.writeFile(dest, enc.encode(text));
+    await Deno.chmod(dest, mode);
+  };
+  for (const b of RUNTIME_BINARIES) await put(b.host, b.guest, 0o755);
+  for (const lib of inputs.libraries) {
+    await put(lib, `${GUEST_LAYOUT.libDir}/${lib.slice(lib.lastIndexOf("/") + 1)}`, 0o755);
+  }
+  await put(BUSYBOX, GUEST_LAYOUT.busybox, 0o755);
+  await put(inputs.deno, GUEST_LAYOUT.deno, 0o755);
+  await put(inputs.supervisor, GUEST_LAYOUT.supervisor, 0o644);
+  await write(inputs.pid1, GUEST_LAYOUT.pid1, 0o755);
+  await write(inputs.runner, GUEST_LAYOUT.runner, 0o755);
 }
 
 async function makeDisk(staging: string, out: string): Promise<void> {
@@ -245,7 +269,7 @@ async function makeDisk(staging: string, out: string): Promise<void> {
     "-m",
     "0",
     "-L",
-    "openshell",
+    "openshell-rt",
     "-E",
     "root_owner=0:0",
     "-d",
@@ -261,6 +285,11 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
   const log = options.log ?? ((l: string) => console.error(`vm:rootfs: ${l}`));
   const deno = options.deno ?? Deno.execPath();
   const kernel = await ensureKernel(root);
+  const image: ImageInfo = await ensureImage({
+    root,
+    spec: { packages: options.packages ?? DEFAULT_PACKAGES },
+    log,
+  });
   const supervisor = await ensureSupervisorBundle(
     root,
     options.supervisorEntry ?? `${REPO_ROOT}/supervisor/main.ts`,
@@ -271,22 +300,25 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
   const inputs: Inputs = {
     kernel,
     modules,
-    libraries: await librariesOf([...GUEST_BINARIES.map((b) => b.host), deno]),
+    libraries: await librariesOf([...RUNTIME_BINARIES.map((b) => b.host), deno]),
     deno,
     supervisor: supervisor.path,
     init: renderInit({ modules: modules.map((m) => m.name) }),
-    inittab: renderInittab(),
+    pid1: renderPid1(),
     runner: renderRunner(),
   };
   const parts = [
     FORMAT,
     `${kernel.pkg}=${kernel.version}`,
-    await sha256(await Deno.readFile("/bin/busybox")),
-    ...(await Promise.all(GUEST_BINARIES.map(async (b) => sha256(await Deno.readFile(b.host))))),
+    await sha256(await Deno.readFile(BUSYBOX)),
+    ...(await Promise.all(
+      RUNTIME_BINARIES.map(async (b) => sha256(await Deno.readFile(b.host))),
+    )),
     ...(await Promise.all(inputs.libraries.map(fileStamp))),
     await binaryStamp(deno),
     `supervisor:${supervisor.key}`,
-    await sha256(inputs.init + inputs.inittab + inputs.runner),
+    await sha256(inputs.init + inputs.pid1 + inputs.runner),
+    `image:${image.key}`,
   ];
   const key = await cacheKey(parts);
   const dir = `${root}/runtime-${key}`;
@@ -295,7 +327,9 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
     key,
     kernel: `${dir}/vmlinuz`,
     initramfs: `${dir}/initramfs.cpio`,
-    disk: `${dir}/guest.img`,
+    disk: `${dir}/openshell.img`,
+    image: `${dir}/rootfs.img`,
+    imageKey: image.key,
     built,
   });
   if (await exists(`${dir}/manifest.json`)) {
@@ -309,8 +343,11 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
     await buildInitramfs(inputs, `${tmp}/initramfs.cpio`);
     await Deno.mkdir(`${tmp}/staging`);
     await stageDisk(inputs, `${tmp}/staging`);
-    await makeDisk(`${tmp}/staging`, `${tmp}/guest.img`);
+    await makeDisk(`${tmp}/staging`, `${tmp}/openshell.img`);
     await Deno.remove(`${tmp}/staging`, { recursive: true });
+    await Deno.link(image.path, `${tmp}/rootfs.img`).catch(() =>
+      Deno.copyFile(image.path, `${tmp}/rootfs.img`)
+    );
     const denoVersion = (await run(deno, ["--version"])).stdout.split("\n")[0];
     await Deno.writeTextFile(
       `${tmp}/manifest.json`,
@@ -322,6 +359,7 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
           modules: modules.map((m) => m.name),
           deno: denoVersion,
           supervisor: supervisor.key,
+          image: { key: image.key, file: "rootfs.img", format: "raw", bytes: image.bytes },
         },
         null,
         2,
@@ -335,10 +373,12 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
     throw err;
   }
   await pointCurrent(root, dir);
-  // Keep this runtime and bundle plus the two before them; drivers still
-  // running from an older runtime keep their open files.
+  // Keep this runtime, bundle and image plus the two before them; drivers
+  // still running from an older runtime keep their open files, and sandbox
+  // disks hold their own copy of the image they were made from.
   await pruneOld(root, "runtime-", { keep: 3, protect: `runtime-${key}` });
   await pruneOld(root, "supervisor-", { keep: 3, protect: `supervisor-${supervisor.key}` });
+  await pruneOld(root, "image-", { keep: 3, protect: `image-${image.key}` });
   return info(true);
 }
 
@@ -388,7 +428,13 @@ if (import.meta.main) {
     const rt = await ensureRuntime({
       supervisorEntry: entryArg ? entryArg.slice("--supervisor-entry=".length) : undefined,
     });
-    console.error(`vm:rootfs: ${rt.built ? "built" : "up to date"}: ${rt.dir}`);
+    const mib = (p: string) => ((Deno.statSync(p).size) / 2 ** 20).toFixed(0);
+    console.error(
+      `vm:rootfs: ${rt.built ? "built" : "up to date"}: ${rt.dir} (image ${rt.imageKey} ` +
+        `${mib(rt.image)} MiB, runtime disk ${mib(rt.disk)} MiB, initramfs ${
+          mib(rt.initramfs)
+        } MiB)`,
+    );
   } catch (err) {
     console.error(`vm:rootfs: error: ${(err as Error).message}`);
     Deno.exit(1);

@@ -1,9 +1,10 @@
 /**
  * `deno task vm:setup`: makes the host ready to run VM sandboxes.
  *
- * - Installs the host packages (qemu, socat, busybox-static, OpenSSH,
- *   e2fsprogs …) with apt-get when they are missing and we are root;
- *   otherwise prints the exact command and fails.
+ * - Installs the host packages (qemu, qemu-utils, socat, busybox-static,
+ *   debootstrap, e2fsprogs …: `HOST_PACKAGES` in `core/host_setup.ts`) with
+ *   apt-get when they are missing and we are root; otherwise prints the
+ *   exact command and fails.
  * - Fetches Debian's cloud kernel package (`apt-get download`, unpacked with
  *   `dpkg -x`, never installed) into the cache, keyed by package and version.
  * - Creates the system user qemu runs as (`openshell-vm`) when we are root,

@@ -1,0 +1,511 @@
+/**
+ * The guest image: a Debian 12 ("bookworm") root filesystem, built from
+ * Debian's archive with `debootstrap --variant=minbase`, brought up to date
+ * (bookworm-updates and bookworm-security), configured for a sandbox
+ * (the `sandbox` user with bash and sudo, locales, UTC), cleaned (apt
+ * lists, caches, documentation) and written to a raw ext4 disk image
+ * (`mke2fs -d`).
+ *
+ * Every VM boots from this image read-only; each sandbox writes to its own
+ * qcow2 overlay on top (`driver_vm/disk.ts`).
+ *
+ * Cached under `<cache>/image-<key>/`, the key hashing the builder's
+ * format, the suite and mirror, the package lists and the rendered setup
+ * script (so changing any of them builds a new image; an unchanged one is
+ * reused without network access). Building needs root (debootstrap
+ * chroots and creates device nodes) and network access to the mirror.
+ *
+ * `spec.packages` and `spec.script` are trusted input: they run as root on
+ * the build host, in a chroot (which is no isolation).
+ *
+ * @module
+ */
+import { cacheKey, exists, isRoot, run, runOk, sha256 } from "./host.ts";
+
+/** Bump when the image layout changes in a way the inputs do not show. */
+export const IMAGE_FORMAT = "openshell-vm-image/1";
+/** The Debian release the default image is built from. */
+export const DEBIAN_SUITE = "bookworm";
+/** The Debian archive (debootstrap and the image's apt sources). */
+export const DEBIAN_MIRROR = "http://deb.debian.org/debian";
+/** Debian's security archive. */
+export const DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security";
+
+/**
+ * What the default image holds on top of Debian's minimal base (bash,
+ * coreutils, apt, dpkg, e2fsprogs, util-linux, …).
+ */
+export const DEFAULT_PACKAGES: readonly string[] = [
+  "ca-certificates",
+  "curl",
+  "git",
+  "iproute2",
+  "less",
+  "locales",
+  "netcat-openbsd",
+  "openssh-server",
+  "openssh-sftp-server",
+  "procps",
+  "python3",
+  "rsync",
+  "sudo",
+  "tzdata",
+  "wget",
+];
+
+/** What an image is built from. */
+export interface ImageSpec {
+  /** Packages debootstrap installs with the base (default {@link DEFAULT_PACKAGES}). */
+  packages?: readonly string[];
+  /** More packages, installed afterwards with apt-get (custom images). */
+  extraPackages?: readonly string[];
+  /** A shell script run once as root inside the image after the packages (custom images). */
+  script?: string;
+  /** Debian suite; default {@link DEBIAN_SUITE}. */
+  suite?: string;
+  /** Debian mirror; default {@link DEBIAN_MIRROR}. */
+  mirror?: string;
+  /** Security mirror; default {@link DEBIAN_SECURITY_MIRROR}. */
+  securityMirror?: string;
+}
+
+/** An image in the cache. */
+export interface ImageInfo {
+  /** `<cache>/image-<key>`. */
+  dir: string;
+  key: string;
+  /** The raw ext4 disk image. */
+  path: string;
+  /** Its size in bytes (what the guest's root starts with; it grows to the sandbox's disk). */
+  bytes: number;
+  /** Whether this call built it (false = cache hit). */
+  built: boolean;
+}
+
+/** The sandbox account inside every image. */
+export const IMAGE_USER = { name: "sandbox", uid: 1000, gid: 1000, home: "/sandbox" } as const;
+
+const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]{0,99}$/;
+const SUITE_NAME = /^[a-z][a-z0-9-]{0,31}$/;
+const MIRROR_URL = /^https?:\/\/[A-Za-z0-9.-]+(:\d+)?(\/[A-Za-z0-9._~\/-]*)?$/;
+
+/** A spec with its defaults filled in and every value checked; throws a one-line error. */
+export function normalizeSpec(spec: ImageSpec = {}): Required<ImageSpec> {
+  const pkgs = (list: readonly string[], what: string) => {
+    for (const p of list) {
+      if (!PACKAGE_NAME.test(p)) throw new Error(`${what}: not a Debian package name: "${p}"`);
+    }
+    return [...new Set(list)].sort();
+  };
+  const suite = spec.suite ?? DEBIAN_SUITE;
+  if (!SUITE_NAME.test(suite)) throw new Error(`not a Debian suite name: "${suite}"`);
+  const mirror = spec.mirror ?? DEBIAN_MIRROR;
+  const securityMirror = spec.securityMirror ?? DEBIAN_SECURITY_MIRROR;
+  for (const m of [mirror, securityMirror]) {
+    if (!MIRROR_URL.test(m)) throw new Error(`not a mirror URL: "${m}"`);
+  }
+  return {
+    packages: pkgs(spec.packages ?? DEFAULT_PACKAGES, "packages"),
+    extraPackages: pkgs(spec.extraPackages ?? [], "extra packages"),
+    script: spec.script ?? "",
+    suite,
+    mirror: mirror.replace(/\/+$/, ""),
+    securityMirror: securityMirror.replace(/\/+$/, ""),
+  };
+}
+
+/** The script that configures the image inside the chroot (pure; part of the cache key). */
+export function renderSetup(spec: ImageSpec = {}): string {
+  const s = normalizeSpec(spec);
+  const u = IMAGE_USER;
+  const extra = s.extraPackages.length
+    ? `say "installing ${s.extraPackages.join(" ")}"
+apt-get install -y -qq --no-install-recommends ${s.extraPackages.join(" ")} >/dev/null
+`
+    : "";
+  const script = s.script
+    ? `say "running the image's setup script"
+sh /tmp/openshell-user-script
+rm -f /tmp/openshell-user-script
+`
+    : "";
+  return `#!/bin/sh
+# openshell image setup (generated by deno task vm:rootfs; runs once, in the chroot)
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+say() { echo "image: $*"; }
+# Nothing may start services inside the chroot.
+printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+# Only what is needed from now on: no documentation, manuals or translations
+# (also for what the user installs later); licences stay.
+cat > /etc/dpkg/dpkg.cfg.d/openshell-slim <<'EOF'
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+path-exclude=/usr/share/linda/*
+EOF
+cat > /etc/apt/apt.conf.d/90openshell <<'EOF'
+APT::Install-Recommends "false";
+Acquire::Languages "none";
+EOF
+rm -f /etc/apt/sources.list
+cat > /etc/apt/sources.list.d/debian.sources <<'EOF'
+Types: deb
+URIs: ${s.mirror}
+Suites: ${s.suite} ${s.suite}-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${s.securityMirror}
+Suites: ${s.suite}-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+say "updating (${s.suite}-updates, ${s.suite}-security)"
+apt-get update -qq
+apt-get -y -qq -o Dpkg::Options::=--force-confold upgrade >/dev/null
+${extra}say "locales and time zone"
+echo "en_US.UTF-8 UTF-8" > /etc/locale.gen
+locale-gen >/dev/null
+echo "LANG=C.UTF-8" > /etc/default/locale
+ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime
+echo "Etc/UTC" > /etc/timezone
+say "the ${u.name} user (uid ${u.uid}, home ${u.home}, bash, sudo)"
+groupadd --gid ${u.gid} ${u.name}
+useradd --uid ${u.uid} --gid ${u.gid} --home-dir ${u.home} --create-home --shell /bin/bash \\
+  --comment "OpenShell sandbox" ${u.name}
+# An empty password: sshd's "none" login on the supervisor's root-only socket.
+passwd -d ${u.name} >/dev/null
+# The sandbox user may become root in its own VM.
+echo "${u.name} ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/openshell-sandbox
+chmod 0440 /etc/sudoers.d/openshell-sandbox
+visudo -cq
+${script}say "cleaning"
+# Host keys would be shared by every sandbox: each gets its own from the driver.
+rm -f /etc/ssh/ssh_host_*
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
+find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete
+find /usr/share/doc -mindepth 1 -type d -empty -delete
+rm -rf /usr/share/man/* /usr/share/info/* /usr/share/lintian /usr/share/linda
+find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+find /var/log -type f -delete
+rm -rf /tmp/* /var/tmp/* /root/.cache
+# The guest init writes these at every boot (host name, gateway alias).
+echo sandbox > /etc/hostname
+: > /etc/hosts
+chmod 0644 /etc/hostname /etc/hosts
+# Mount points the guest init uses; / is root's and not world-writable, /tmp is 1777.
+mkdir -p /opt/openshell /etc/openshell
+chmod 0700 /etc/openshell
+chmod 0755 /
+chmod 1777 /tmp /var/tmp
+rm -f /usr/sbin/policy-rc.d
+say "done"
+`;
+}
+
+/** The cache key of an image built from `spec`. */
+export async function imageKey(spec: ImageSpec = {}): Promise<string> {
+  const s = normalizeSpec(spec);
+  return await cacheKey([
+    IMAGE_FORMAT,
+    s.suite,
+    s.mirror,
+    s.securityMirror,
+    `packages:${s.packages.join(",")}`,
+    `extra:${s.extraPackages.join(",")}`,
+    `script:${await sha256(s.script)}`,
+    `setup:${await sha256(renderSetup(s))}`,
+  ]);
+}
+
+/**
+ * debootstrap's `I: …` lines reduced to its phases: the first line of each
+ * verb ("Retrieving InRelease", "Extracting adduser...") and every phase
+ * line ("Unpacking the base system..."), and a count every 40 packages
+ * downloaded — not one line per package.
+ * Warnings and errors always pass. Returns a function fed every output
+ * line; it calls `log` for those kept.
+ */
+export function debootstrapProgress(log: (line: string) => void): (line: string) => void {
+  const seen = new Set<string>();
+  let fetched = 0;
+  return (line: string) => {
+    const m = /^([IWE]): (\S+)\s*(.*)$/.exec(line.trim());
+    if (!m) return;
+    const text = `${m[2]} ${m[3]}`.trimEnd();
+    if (m[1] !== "I") {
+      log(`debootstrap: ${m[1]}: ${text}`);
+      return;
+    }
+    const phase = /(packages|system|dependencies)\.\.\.$|successfully/.test(text);
+    // Downloads are the slow part: a line every 40 packages.
+    if (m[2] === "Validating" && /^\S+ \S+$/.test(m[3]) && ++fetched % 40 === 0) {
+      log(`debootstrap: downloaded ${fetched} packages`);
+    }
+    if (!phase && seen.has(m[2])) return;
+    seen.add(m[2]);
+    log(`debootstrap: ${text}`);
+  };
+}
+
+/** Whether a line of the chroot setup is worth showing (its progress, real errors). */
+export function setupLine(line: string): string | undefined {
+  if (line.startsWith("image: ")) return line.slice(7);
+  if (/Can not write log|^rehash: warning/.test(line)) return undefined;
+  return /^(E|W):|error/i.test(line) ? `  ${line}` : undefined;
+}
+
+async function streamLines(
+  stream: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+  keep: string[],
+): Promise<void> {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    rest += chunk;
+    const lines = rest.split("\n");
+    rest = lines.pop() ?? "";
+    for (const l of lines) {
+      onLine(l);
+      keep.push(l);
+      if (keep.length > 40) keep.shift();
+    }
+  }
+  if (rest) {
+    onLine(rest);
+    keep.push(rest);
+  }
+}
+
+/** Runs a command, feeding each output line to `onLine`; throws with the last lines on failure. */
+async function runStreaming(
+  cmd: string,
+  args: readonly string[],
+  onLine: (line: string) => void,
+  env?: Record<string, string>,
+): Promise<void> {
+  const child = new Deno.Command(cmd, {
+    args: [...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env,
+  }).spawn();
+  const tail: string[] = [];
+  await Promise.all([
+    streamLines(child.stdout, onLine, tail),
+    streamLines(child.stderr, onLine, tail),
+  ]);
+  const st = await child.status;
+  if (!st.success) {
+    throw new Error(
+      `${cmd} failed with status ${st.code}:\n${tail.slice(-10).join("\n")}`,
+    );
+  }
+}
+
+/** Files and total bytes under `dir` (not following symlinks). */
+async function measure(dir: string): Promise<{ files: number; bytes: number }> {
+  let files = 0;
+  let bytes = 0;
+  const visit = async (d: string) => {
+    for await (const e of Deno.readDir(d)) {
+      files++;
+      const p = `${d}/${e.name}`;
+      if (e.isDirectory) await visit(p);
+      else if (e.isFile) bytes += (await Deno.lstat(p)).size;
+    }
+  };
+  await visit(dir);
+  return { files, bytes };
+}
+
+/**
+ * `mke2fs` arguments that turn `staging` into an ext4 image of `sizeKiB`
+ * with `inodes` inodes: 4 KiB blocks (the guest grows the file system to
+ * its disk at boot), a journal (the root is written), root-owned `/`.
+ */
+export function mkfsArgs(
+  staging: string,
+  out: string,
+  options: { sizeKiB: number; inodes: number },
+): string[] {
+  return [
+    "-q",
+    "-F",
+    "-t",
+    "ext4",
+    "-b",
+    "4096",
+    "-N",
+    String(options.inodes),
+    "-m",
+    "0",
+    "-L",
+    "openshell-root",
+    "-E",
+    "root_owner=0:0",
+    "-d",
+    staging,
+    out,
+    `${options.sizeKiB}k`,
+  ];
+}
+
+/** Size and inode count of the image for a tree of `files` entries and `bytes` bytes. */
+export function imageGeometry(files: number, bytes: number): { sizeKiB: number; inodes: number } {
+  // File data rounded up to blocks, directories, the journal (16 MiB for
+  // this size) and some room: the guest grows it to its disk at first boot.
+  const sizeKiB = Math.ceil((bytes * 1.25) / 1024 / 4) * 4 + 64 * 1024 + files * 4;
+  const inodes = Math.max(32768, Math.ceil(files * 2 / 8192) * 8192);
+  return { sizeKiB, inodes };
+}
+
+/** Options of {@link ensureImage}. */
+export interface EnsureImageOptions {
+  /** Cache root. */
+  root: string;
+  spec?: ImageSpec;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+/**
+ * Builds (or finds in the cache) the image of `spec`; see the module docs.
+ * The build happens in `<root>/.image-tmp-*` and is renamed into place, so
+ * an interrupted build leaves nothing half-made under the key.
+ */
+export async function ensureImage(options: EnsureImageOptions): Promise<ImageInfo> {
+  const spec = normalizeSpec(options.spec);
+  const key = await imageKey(spec);
+  const dir = `${options.root}/image-${key}`;
+  const path = `${dir}/rootfs.img`;
+  if (await exists(`${dir}/manifest.json`)) {
+    return { dir, key, path, bytes: (await Deno.stat(path)).size, built: false };
+  }
+  const log = options.log;
+  if (!isRoot()) {
+    throw new Error(
+      "building the Debian guest image needs root (debootstrap chroots and makes device files); " +
+        "run: sudo deno task vm:rootfs",
+    );
+  }
+  if (!(await exists("/usr/sbin/debootstrap"))) {
+    throw new Error(
+      "debootstrap is missing; run: deno task vm:setup (or apt-get install debootstrap)",
+    );
+  }
+  const t0 = Date.now();
+  log(
+    `building the Debian ${spec.suite} image ${key} (${spec.packages.length} packages; ` +
+      "a few minutes, once)",
+  );
+  await Deno.mkdir(options.root, { recursive: true });
+  const tmp = await Deno.makeTempDir({ dir: options.root, prefix: ".image-tmp-" });
+  const target = `${tmp}/root`;
+  let procMounted = false;
+  try {
+    await runStreaming(
+      "debootstrap",
+      [
+        "--variant=minbase",
+        `--include=${spec.packages.join(",")}`,
+        "--components=main",
+        spec.suite,
+        target,
+        spec.mirror,
+      ],
+      debootstrapProgress(log),
+      { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+    );
+    log(`debootstrap done after ${((Date.now() - t0) / 1000).toFixed(0)}s`);
+    // The chroot needs the host's DNS for apt; the image gets its own file back.
+    const resolv = await Deno.readTextFile("/etc/resolv.conf").catch(() => "");
+    await Deno.remove(`${target}/etc/resolv.conf`).catch(() => {});
+    await Deno.writeTextFile(`${target}/etc/resolv.conf`, resolv);
+    await Deno.writeTextFile(`${target}/tmp/openshell-setup`, renderSetup(spec));
+    if (spec.script) await Deno.writeTextFile(`${target}/tmp/openshell-user-script`, spec.script);
+    await runOk("mount", ["-t", "proc", "proc", `${target}/proc`]);
+    procMounted = true;
+    await runStreaming(
+      "chroot",
+      [target, "/bin/sh", "/tmp/openshell-setup"],
+      (line) => {
+        const shown = setupLine(line);
+        if (shown !== undefined) log(shown);
+      },
+      { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root", LC_ALL: "C" },
+    );
+    await runOk("umount", [`${target}/proc`]);
+    procMounted = false;
+    const installed = await runOk("chroot", [
+      target,
+      "dpkg-query",
+      "-W",
+      "-f=${Package} ${Version}\\n",
+    ]);
+    await Deno.remove(`${target}/tmp/openshell-setup`).catch(() => {});
+    // No name servers: a sandbox reaches only the gateway (docs/vm.md); the
+    // guest init writes this file at every boot.
+    await Deno.writeTextFile(`${target}/etc/resolv.conf`, "");
+    await Deno.chmod(target, 0o755);
+    const { files, bytes } = await measure(target);
+    const geometry = imageGeometry(files, bytes);
+    log(`writing the disk image (${files} files, ${(bytes / 2 ** 20).toFixed(0)} MiB)`);
+    await Deno.mkdir(`${tmp}/out`);
+    await runOk("mke2fs", mkfsArgs(target, `${tmp}/out/rootfs.img`, geometry));
+    await Deno.writeTextFile(`${tmp}/out/packages.txt`, installed);
+    const size = (await Deno.stat(`${tmp}/out/rootfs.img`)).size;
+    await Deno.writeTextFile(
+      `${tmp}/out/manifest.json`,
+      JSON.stringify(
+        {
+          format: IMAGE_FORMAT,
+          key,
+          suite: spec.suite,
+          mirror: spec.mirror,
+          packages: spec.packages,
+          extraPackages: spec.extraPackages,
+          script: spec.script ? await sha256(spec.script) : null,
+          files,
+          bytes: size,
+          builtAt: new Date().toISOString(),
+          buildSeconds: Math.round((Date.now() - t0) / 1000),
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    await Deno.chmod(`${tmp}/out`, 0o755);
+    await Deno.chmod(`${tmp}/out/rootfs.img`, 0o644);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(`${tmp}/out`, dir);
+    log(
+      `image ${key}: ${(size / 2 ** 20).toFixed(0)} MiB, ${installed.trim().split("\n").length} ` +
+        `packages, built in ${((Date.now() - t0) / 1000).toFixed(0)}s`,
+    );
+    return { dir, key, path, bytes: size, built: true };
+  } finally {
+    if (procMounted) await run("umount", ["-l", `${target}/proc`]).catch(() => {});
+    await removeTree(tmp);
+  }
+}
+
+/** Removes a build tree, refusing to cross into a mount left inside it. */
+async function removeTree(dir: string): Promise<void> {
+  const mounts = await Deno.readTextFile("/proc/self/mounts").catch(() => "");
+  if (mounts.split("\n").some((l) => l.split(" ")[1]?.startsWith(`${dir}/`))) {
+    throw new Error(`${dir} still has a file system mounted inside; unmount it and remove it`);
+  }
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+}
