@@ -679,6 +679,12 @@ Deno.test("driver: a restarted driver restores every sandbox as stopped and boot
   assert.equal(next.launcher.vms.length, 0, "nothing boots until it is started");
   await next.driver.start("r1", "");
   assert.deepEqual(await fwCfgContents(next.launcher.vms[0].spec), files);
+  const before = f.launcher.vms[0].spec;
+  const after = next.launcher.vms[0].spec;
+  assert.deepEqual(after.rootDisk, before.rootDisk, "the same disk over the same image");
+  assert.deepEqual([after.vcpus, after.memMib], [before.vcpus, before.memMib]);
+  assert.equal(f.qemuImg.length, 2, "no new overlay: one per sandbox, at create");
+  assert.deepEqual([...next.driver.imageKeys()], ["img1"], "images under kept disks");
   assert.equal(next.driver.get("r1", "").status!.conditions[0].reason, "Starting");
   assert.equal(await next.driver.delete("r2", ""), true, "a restored sandbox can be deleted");
   await assert.rejects(Deno.stat(`${root}/r2`), Deno.errors.NotFound);
@@ -705,4 +711,19 @@ Deno.test("driver: manifests are checked (format, id = dir name, types, size)", 
   for (const [m, re] of bad) assert.throws(() => parseManifest(JSON.stringify(m), "sb"), re);
   assert.throws(() => parseManifest("{", "sb"), /not JSON/);
   assert.throws(() => parseManifest(" ".repeat(65 * 1024), "sb"), /too large/);
+});
+
+Deno.test("driver: a restored sandbox whose disk is gone cannot start, and says what to do", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("nodisk"));
+  await f.driver.shutdown(10);
+  await Deno.remove(`${f.dir}/state/sandboxes/nodisk/disk.qcow2`);
+  const next = await f.restart();
+  await assert.rejects(next.driver.start("nodisk", ""), (e: StatusError) => {
+    assert.equal(e.code, Code.FAILED_PRECONDITION);
+    assert.match(e.message, /disk \(.*disk\.qcow2\) is gone; delete the sandbox and create it/);
+    return true;
+  });
+  assert.equal(next.launcher.vms.length, 0);
+  assert.equal(next.driver.get("nodisk", "").status!.conditions[0].reason, "Stopped");
 });

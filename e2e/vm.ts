@@ -20,6 +20,10 @@
  *    `create --cpus 1 --memory 1536Mi --disk-gib 12` is what the guest sees
  *    (nproc, free, df) and what `sandbox get` reports; more memory than the
  *    host has is refused at once;
+ *    5h. a file written to `/sandbox` survives `sandbox stop` (a clean
+ *    power-off) + `sandbox start`, and the pinned host key still works;
+ *    5i. a gateway SIGTERM + restart on its file database: the sandbox is
+ *    READY again on its own, with its files, and its ssh config works;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
@@ -184,9 +188,13 @@ async function main(): Promise<number> {
 
   // Secure defaults (TLS, client certificates, the supervisor plane) unless `plaintext`:
   // then the upstream e2e flags, --disable-tls --disable-gateway-auth.
-  const startGw = async (plaintext = false) => {
-    port = freePort();
-    planePort = freePort();
+  // The secure gateway keeps its sandboxes in a file database (a restart brings them back);
+  // the plaintext one uses an in-memory one (a restart forgets them: the driver's go too).
+  const startGw = async (plaintext = false, samePorts = false) => {
+    if (!samePorts || !port) {
+      port = freePort();
+      planePort = freePort();
+    }
     // The driver's grants name the gateway address it carries guest connections to:
     // the supervisor plane.
     await stageDriverDir({
@@ -201,6 +209,7 @@ async function main(): Promise<number> {
       vmDriverStateDir: V,
       port,
       tls: !plaintext,
+      ...(plaintext ? {} : { dbUrl: `sqlite:${base}/gateway.db` }),
       args: [
         "--supervisor-port",
         String(planePort),
@@ -634,6 +643,103 @@ Deno.exit(0);
         `64Ti of memory was not refused: ${show(big)}`,
       );
     });
+
+    const sshConfigHost = async (): Promise<string> => {
+      const text = await Deno.readTextFile(`${base}/ssh_config`);
+      const host = /^\s*Host\s+(\S+)/m.exec(text)?.[1];
+      check(host, `no Host line in ${base}/ssh_config`);
+      return host;
+    };
+    const phaseOf = async (): Promise<{ phase: string; text: string }> => {
+      const g = await cli(["sandbox", "get", name, "-o", "json"]);
+      check(g.code === 0, `sandbox get: ${show(g)}`);
+      return { phase: String(JSON.parse(g.stdout).phase), text: g.stdout };
+    };
+
+    await step(
+      "5h. a file in /sandbox survives sandbox stop + start; the host key too",
+      async () => {
+        const token = `kept-${crypto.randomUUID()}`;
+        const w = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `echo ${token} > /sandbox/kept.txt`,
+        ]);
+        check(w.code === 0, `write: ${show(w)}`);
+        const pid = Number((await Deno.readTextFile(`${V}/sandboxes/${id}/qemu.pid`)).trim());
+        const t0 = Date.now();
+        const stop = await cli(["sandbox", "stop", name], 180_000);
+        const stopMs = Date.now() - t0;
+        check(stop.code === 0 && stop.stdout.includes(`Stopped sandbox ${name}`), show(stop));
+        check(!(await alive(pid)), `qemu ${pid} still runs after the stop`);
+        const stopped = await phaseOf();
+        check(/STOPPED/.test(stopped.phase), `phase after stop: ${stopped.text}`);
+        check(
+          new RegExp(`sandbox stopped.*sandbox_id=${id}.*how=powerdown`).test(gw!.stderr()),
+          "the guest did not power off when asked (the driver had to kill qemu)",
+        );
+        const t1 = Date.now();
+        const start = await cli(["sandbox", "start", name], 300_000);
+        const startMs = Date.now() - t1;
+        check(start.code === 0 && start.stderr.includes("is ready"), `start: ${show(start)}`);
+        const r = await cli(["sandbox", "exec", name, "--", "cat", "/sandbox/kept.txt"]);
+        check(r.stdout.trim() === token, `the file after stop + start: ${show(r)}`);
+        const ssh = await runCmd(
+          ["ssh", "-F", `${base}/ssh_config`, await sshConfigHost(), "cat /sandbox/kept.txt"],
+          { env: cliEnv(), timeoutMs: 90_000 },
+        );
+        check(
+          ssh.code === 0 && ssh.stdout.trim() === token,
+          `ssh after stop + start: ${show(ssh)}`,
+        );
+        console.error(`    stop ${fmt(stopMs)} (clean power-off), start → READY ${fmt(startMs)}`);
+      },
+    );
+
+    await step(
+      "5i. gateway SIGTERM + restart (file database): READY again on its own, files and ssh kept",
+      async () => {
+        const token = `restart-${crypto.randomUUID()}`;
+        const w = await cli([
+          "sandbox",
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `echo ${token} > /sandbox/restart.txt`,
+        ]);
+        check(w.code === 0, `write: ${show(w)}`);
+        const g = gw!;
+        gw = undefined;
+        await g.stop();
+        await waitFor("driver and qemu gone after SIGTERM", async () => {
+          return (await driverAndQemus()).length === 0 ? true : undefined;
+        }, { timeoutMs: 15_000, intervalMs: 250 });
+        const t0 = Date.now();
+        gw = await startGw(false, true);
+        const back = await waitFor("the sandbox READY again", async () => {
+          const p = await phaseOf();
+          if (/ERROR/.test(p.phase)) throw new Error(`ERROR after the restart: ${p.text}`);
+          return /READY/.test(p.phase) ? p : undefined;
+        }, { timeoutMs: 300_000, intervalMs: 1000 });
+        const readyMs = Date.now() - t0;
+        check(/READY/.test(back.phase), back.text);
+        check(gw.stderr().includes("sandboxes resumed after a restart"), "no resume log line");
+        const r = await cli(["sandbox", "exec", name, "--", "cat", "/sandbox/restart.txt"]);
+        check(r.stdout.trim() === token, `the file after the restart: ${show(r)}`);
+        const ssh = await runCmd(
+          ["ssh", "-F", `${base}/ssh_config`, await sshConfigHost(), "cat /sandbox/restart.txt"],
+          { env: cliEnv(), timeoutMs: 90_000 },
+        );
+        check(ssh.code === 0 && ssh.stdout.trim() === token, `ssh after the restart: ${show(ssh)}`);
+        console.error(`    gateway start → sandbox READY again: ${fmt(readyMs)}`);
+      },
+    );
 
     await step(
       "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
