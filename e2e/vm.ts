@@ -400,7 +400,8 @@ async function main(): Promise<number> {
     await step("5. list --names and logs show console lines", async () => {
       const l = await cli(["sandbox", "list", "--names"]);
       check(l.code === 0 && l.stdout.split("\n").includes(name), `list: ${show(l)}`);
-      const logs = await cli(["sandbox", "logs", name, "-n", "500"]);
+      // All the gateway keeps (2,000 lines): sshd's debug lines of steps 2-4 follow the boot lines.
+      const logs = await cli(["sandbox", "logs", name, "-n", "2000"]);
       check(
         logs.code === 0 && logs.stdout.includes("openshell-init: guest ready after"),
         `logs lack the boot progress lines: ${show(logs)}`,
