@@ -216,12 +216,18 @@ export const COMMANDS: readonly CommandSpec[] = [
         help: "Size of the sandbox's disk in GiB (sparse; kept until the sandbox is deleted; " +
           "default: the driver's, 8)",
       },
+      image: {
+        type: "string",
+        value: "NAME",
+        help: "Guest image to boot (`openshell image list`; default: the built-in one)",
+      },
     },
     examples: [
       "openshell sandbox create -- echo hello",
       "openshell sandbox create --name dev",
       "openshell sandbox create --no-keep -- make test",
       "openshell sandbox create --name big --cpus 4 --memory 8Gi --disk-gib 50",
+      "openshell sandbox create --image py -- python3 -V",
     ],
   },
   {
@@ -368,6 +374,56 @@ export const COMMANDS: readonly CommandSpec[] = [
     examples: ["openshell sandbox credentials dev --out /etc/openshell/dev"],
   },
   {
+    id: "image list",
+    summary: "List guest images",
+    description: "List the guest images sandboxes can boot (`sandbox create --image NAME`): " +
+      "`default`, the built-in Debian image, and those built or imported. Images with the " +
+      "same content share one id and one file.",
+    options: { output: OUTPUT_OPTION },
+    examples: ["openshell image list", "openshell image list -o json"],
+  },
+  {
+    id: "image build",
+    summary: "Build a guest image from Debian packages and a setup script",
+    description: "Build an image: the default image's Debian 12 packages plus --packages, " +
+      "then --script run once as root inside it. It runs on the gateway's host (debootstrap " +
+      "and apt, a few minutes; progress on stderr); the same packages and script give the " +
+      "same image at once.",
+    positionals: [{ name: "NAME" }],
+    options: {
+      packages: {
+        type: "string",
+        multiple: true,
+        value: "A,B",
+        help: "Extra Debian packages (comma-separated, repeatable)",
+      },
+      script: { type: "string", value: "FILE", help: "Shell script run once as root at build" },
+    },
+    examples: [
+      "openshell image build py --packages python3-numpy,python3-pandas",
+      "openshell image build tools --packages build-essential --script setup.sh",
+    ],
+  },
+  {
+    id: "image import",
+    summary: "Import a root file system tarball as a guest image",
+    description: "Upload ROOTFS.tar (e.g. `docker export $(docker create IMAGE)`) and make " +
+      "it an image. It must contain OpenSSH's server (/usr/sbin/sshd); the sandbox's init, " +
+      "Deno and supervisor come from the VM runtime, so any distribution boots.",
+    positionals: [{ name: "NAME" }, { name: "ROOTFS.tar" }],
+    examples: [
+      "docker export $(docker create my-image) > rootfs.tar && openshell image import mine rootfs.tar",
+    ],
+  },
+  {
+    id: "image delete",
+    summary: "Delete guest images",
+    description: "Delete images by name; an image a sandbox's disk is made from stays until " +
+      "those sandboxes are deleted.",
+    positionals: [{ name: "NAME", variadic: true }],
+    examples: ["openshell image delete py"],
+  },
+  {
     id: "ssh-proxy",
     summary: "Tunnel stdin/stdout to a sandbox's SSH server (ssh ProxyCommand)",
     description: "Open the gateway's CONNECT tunnel to a sandbox's SSH server and pump " +
@@ -403,6 +459,7 @@ export const COMMANDS: readonly CommandSpec[] = [
 /** Command groups and their summaries. */
 export const GROUPS: Readonly<Record<string, string>> = {
   sandbox: "Create, use and delete sandboxes",
+  image: "Build, import, list and delete guest images",
   gateway: "Start a local gateway; register and choose gateways",
 };
 

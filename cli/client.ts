@@ -15,6 +15,8 @@ import {
   type GetSandboxLogsRequest,
   type GetSandboxLogsResponse,
   type HealthResponse,
+  type Image,
+  type ImageProgress,
   type IssueSupervisorCredentialsResponse,
   type ListSandboxesResponse,
   OpenShellClient,
@@ -366,6 +368,63 @@ export class GatewayClient {
   /** `ExecSandbox`. */
   execSandbox(req: Wire<ExecSandboxRequest>): ServerStream<ExecSandboxEvent> {
     return this.#stream("ExecSandbox", req);
+  }
+
+  /** `ListImages` (openshell-deno only). */
+  async listImages(): Promise<Image[]> {
+    return (await this.#unary<{ images: Image[] }>("ListImages", {})).images;
+  }
+
+  /** `DeleteImage`; false when there was no such image. */
+  async deleteImage(name: string): Promise<boolean> {
+    return (await this.#unary<{ deleted: boolean }>("DeleteImage", { name })).deleted;
+  }
+
+  /** `BuildImage`: progress lines, then the image. */
+  buildImage(
+    req: { name: string; packages: string[]; script: string },
+  ): ServerStream<ImageProgress> {
+    return this.#stream("BuildImage", req);
+  }
+
+  /**
+   * `ImportImage`: the header, then `data` (exactly `sizeBytes` bytes) in
+   * chunks, waiting whenever the gateway's side is full.
+   */
+  importImage(
+    header: { name: string; sizeBytes: number },
+    data: AsyncIterable<Uint8Array>,
+  ): Promise<Image> {
+    type Writable = grpc.ClientWritableStream<unknown>;
+    const fn = (this.#client as unknown as {
+      ImportImage(
+        meta: grpc.Metadata,
+        opts: grpc.CallOptions,
+        cb: grpc.requestCallback<{ image: Image }>,
+      ): Writable;
+    }).ImportImage.bind(this.#client);
+    let call!: Writable;
+    const result = new Promise<Image>((resolve, reject) => {
+      call = fn(new grpc.Metadata(), {}, (err, res) => {
+        if (err) reject(new GatewayError(err, this.endpoint, this.#facts));
+        else if (!res?.image) {
+          reject(new CliError("the gateway answered ImportImage without an image"));
+        } else resolve(res.image);
+      });
+    });
+    let settled = false;
+    const done = result.then(() => {}, () => {}).finally(() => settled = true);
+    return (async () => {
+      call.write({ header: { name: header.name, size_bytes: header.sizeBytes } });
+      for await (const chunk of data) {
+        if (settled) break;
+        if (!call.write({ data: chunk })) {
+          await Promise.race([new Promise<void>((r) => call.once("drain", () => r())), done]);
+        }
+      }
+      call.end();
+      return await result;
+    })();
   }
 
   /** Closes the channel. */

@@ -58,6 +58,9 @@ export function readsNamedFiles(args: readonly string[]): boolean {
     const v = parsed.invocation.values;
     // `sandbox credentials --out DIR` writes DIR wherever it is.
     if (parsed.invocation.spec.id === "sandbox credentials") return v.out !== undefined;
+    // `image import NAME FILE` and `image build --script FILE` read FILE wherever it is.
+    if (parsed.invocation.spec.id === "image import") return true;
+    if (parsed.invocation.spec.id === "image build") return v.script !== undefined;
     if (parsed.invocation.spec.id !== "gateway add") return false;
     return v.ca !== undefined || v.cert !== undefined || v.key !== undefined ||
       v["mtls-dir"] !== undefined;

@@ -93,6 +93,8 @@ export interface DriverGrantParams {
   setpriv: string;
   /** qemu-img (creates each sandbox's disk); default `/usr/bin/qemu-img`. */
   qemuImg?: string;
+  /** The image builder it runs for `image build|import` (see {@link imageBuilderGrants}). */
+  imageBuilder?: string;
 }
 
 /** What the supervisor's grants depend on. */
@@ -223,11 +225,50 @@ export function driverGrants(p: DriverGrantParams): Grants {
     ],
     read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),
     write: [p.stateDir],
-    run: unique([p.qemu, p.setpriv, p.qemuImg ?? "/usr/bin/qemu-img"]),
+    run: unique([p.qemu, p.setpriv, p.qemuImg ?? "/usr/bin/qemu-img", p.imageBuilder]),
     env: ["OPENSHELL_*"],
     sys: ["systemMemoryInfo"],
     ignoreEnv: true,
   };
+}
+
+/** The image builder's module (run by the VM driver through its own wrapper). */
+export const IMAGE_BUILDER_ENTRY = "driver_vm/image_builder.ts";
+
+/**
+ * The image builder the VM driver runs for `image build|import` (as root,
+ * like the driver): `debootstrap`, `chroot`, `mount`/`umount`, `mke2fs` and
+ * `tar`; its work dir (`<driver-state>/image-build`) and the images dir
+ * (`<driver-state>/images`); the host's resolver config (apt in the
+ * chroot) and mount table (it refuses to remove a tree with a mount left
+ * inside); its own uid. No network grant: debootstrap and apt fetch
+ * packages as child processes, outside Deno's grants — as does anything a
+ * build's `--script` runs in the chroot, as root. The driver's own grant
+ * widens only by this one program.
+ */
+export function imageBuilderGrants(p: { stateDir: string }): Grants {
+  const work = `${p.stateDir}/image-build`;
+  const images = `${p.stateDir}/images`;
+  return {
+    net: [],
+    read: [work, images, "/etc/resolv.conf", "/proc/self/mounts", "/usr/sbin/debootstrap"],
+    write: [work, images],
+    run: ["debootstrap", "chroot", "mount", "umount", "mke2fs", "tar"],
+    env: [],
+    sys: ["uid"],
+    ignoreEnv: true,
+  };
+}
+
+/** `deno run` arguments of the image builder with {@link imageBuilderGrants}. */
+export function imageBuilderRunArgs(root: string, stateDir: string): string[] {
+  return [
+    "run",
+    "--quiet",
+    `--config=${root}/deno.json`,
+    ...renderFlags(imageBuilderGrants({ stateDir })),
+    `${root}/${IMAGE_BUILDER_ENTRY}`,
+  ];
 }
 
 /** The supervisor: one gateway host:port, its socket dir and session cgroup, its files, sshd. */
@@ -372,6 +413,7 @@ export const PRODUCTION_PARAMS: {
     qemu: "/usr/bin/qemu-system-x86_64",
     setpriv: "/usr/bin/setpriv",
     qemuImg: "/usr/bin/qemu-img",
+    imageBuilder: "/usr/local/libexec/openshell/openshell-image-builder",
   },
   supervisor: {
     gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },

@@ -357,3 +357,27 @@ export type WatchSandboxesEvent =
   | { payload: "sandbox"; sandbox: { sandbox: DriverSandbox } }
   | { payload: "deleted"; deleted: { sandbox_id: string } }
   | { payload: "platform_event"; platform_event: { sandbox_id: string; event: PlatformEvent } };
+
+// ---- images (openshell-deno only; the same shapes in both packages) -----------
+
+/** `openshell.v1.Image` / `openshell.compute.v1.DriverImage`. */
+export interface Image {
+  name: string;
+  id: string;
+  size_bytes: number;
+  created_at_ms: number;
+  /** `default`, `build` or `import`. */
+  source: string;
+  packages: string[];
+  sandboxes: number;
+}
+
+/** `ImageProgress`: build output lines, then the image. */
+export type ImageProgress =
+  | { payload: "line"; line: string }
+  | { payload: "image"; image: Image };
+
+/** `ImportImageChunk`: the header first, then the tarball's bytes. */
+export type ImportImageChunk =
+  | { payload: "header"; header: { name: string; size_bytes: number } }
+  | { payload: "data"; data: Uint8Array };

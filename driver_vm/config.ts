@@ -47,6 +47,8 @@ export interface DriverConfig {
   qemu: string;
   /** qemu-img binary (creates each sandbox's disk). */
   qemuImg: string;
+  /** The image builder (`openshell image build|import`; image_builder.ts). */
+  imageBuilder: string;
   /** setpriv binary (user, no-new-privs and parent-death signal for each qemu). */
   setpriv: string;
   /** prlimit binary (resource limits for each qemu). */
@@ -121,6 +123,12 @@ const OPTIONS: readonly Opt[] = [
     flag: "qemu-img",
     env: "OPENSHELL_VM_QEMU_IMG",
     help: `qemu-img (default ${DEFAULT_QEMU_IMG})`,
+  },
+  {
+    flag: "image-builder",
+    env: "OPENSHELL_VM_IMAGE_BUILDER",
+    help:
+      `the image builder for image build/import (default ${PRODUCTION_PARAMS.driver.imageBuilder})`,
   },
   {
     flag: "setpriv",
@@ -302,6 +310,7 @@ export function parseDriverConfig(
   }
   const q = get("qemu");
   const qi = get("qemu-img");
+  const ib = get("image-builder");
   const sp = get("setpriv");
   const pl = get("prlimit");
   const vu = get("vm-user");
@@ -333,6 +342,7 @@ export function parseDriverConfig(
       logLevel,
       qemu: q ? absolute(q.what, q.value) : PRODUCTION_PARAMS.driver.qemu,
       qemuImg: qi ? absolute(qi.what, qi.value) : DEFAULT_QEMU_IMG,
+      imageBuilder: ib ? absolute(ib.what, ib.value) : PRODUCTION_PARAMS.driver.imageBuilder!,
       setpriv: sp ? absolute(sp.what, sp.value) : PRODUCTION_PARAMS.driver.setpriv,
       prlimit: pl ? absolute(pl.what, pl.value) : DEFAULT_PRLIMIT,
       vmUser,

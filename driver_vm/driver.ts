@@ -62,6 +62,7 @@ import {
   GuestForwarders,
 } from "./guest_forwarder.ts";
 import type { FwCfgFile, QemuSpec, RootDiskSpec } from "./qemu.ts";
+import type { Images } from "./images.ts";
 import { type QmpChannel, QmpChannels, type QmpFactory } from "./qmp.ts";
 import {
   describeResources,
@@ -128,6 +129,8 @@ export interface VmDriverOptions {
    * StatusError when there is none. Default: none (create fails).
    */
   image?: () => Promise<ImageRef>;
+  /** Named images (`template.image`); absent: only the default image boots. */
+  images?: Images;
   /** Sandbox disks; default {@link Disks} in `stateDir` with `qemuImg`. */
   disks?: DiskProvider;
   /** qemu-img for the default {@link Disks}; default {@link DEFAULT_QEMU_IMG}. */
@@ -306,12 +309,6 @@ export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined)
   }
   const t = spec.template;
   if (t) {
-    if (t.image) {
-      throw new StatusError(
-        Code.FAILED_PRECONDITION,
-        `the VM driver boots its own guest image; template.image "${t.image}" is not supported`,
-      );
-    }
     if (t.agent_socket_path) {
       throw new StatusError(
         Code.FAILED_PRECONDITION,
@@ -386,7 +383,15 @@ export class VmDriver {
     });
   }
 
-  async #image(): Promise<ImageRef> {
+  /** The image `template.image` names ("" or `default`: the built-in one). */
+  async #image(name = ""): Promise<ImageRef> {
+    if (this.#o.images) return await this.#o.images.resolve(name);
+    if (name && name !== "default") {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `this VM driver has no named images; template.image "${truncateForEcho(name)}" cannot boot`,
+      );
+    }
     if (!this.#o.image) {
       throw new StatusError(
         Code.FAILED_PRECONDITION,
@@ -398,9 +403,17 @@ export class VmDriver {
 
   /** Keys of the images this driver's sandboxes boot (their disks are overlays of them). */
   imageKeys(): Set<string> {
-    const keys = new Set<string>();
-    for (const r of this.#sandboxes.values()) if (r.image) keys.add(r.image.key);
-    return keys;
+    return new Set(this.imageUsers().keys());
+  }
+
+  /** The sandboxes (names) whose disks are overlays of each image key. */
+  imageUsers(): Map<string, string[]> {
+    const users = new Map<string, string[]>();
+    for (const r of this.#sorted()) {
+      if (!r.image) continue;
+      users.set(r.image.key, [...(users.get(r.image.key) ?? []), r.name]);
+    }
+    return users;
   }
 
   /** GetCapabilities. */
@@ -633,7 +646,7 @@ export class VmDriver {
     validateSandbox(sandbox);
     const resources = this.#resources(sandbox!);
     await this.#checkRuntime();
-    const image = await this.#image();
+    const image = await this.#image(sandbox!.spec?.template?.image ?? "");
     await checkDiskFits(image.path, resources.diskGiB).catch((err) => {
       if (err instanceof Deno.errors.NotFound) {
         throw new StatusError(
@@ -749,7 +762,7 @@ export class VmDriver {
         await Deno.writeTextFile(`${dir}/console.log`, "", { mode: 0o600 });
         this.#publish(r);
         published = true;
-        const image = await this.#image();
+        const image = await this.#image(sandbox!.spec?.template?.image ?? "");
         r.rootDisk = await this.#disks.prepare({ dir, image, sizeGiB: resources.diskGiB });
         r.image = { key: image.key, format: image.format };
         // What a restart of this sandbox's VM needs besides its disk.

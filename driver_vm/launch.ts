@@ -27,6 +27,7 @@ try {
       qemu: c.qemu,
       setpriv: c.setpriv,
       qemuImg: c.qemuImg,
+      imageBuilder: c.imageBuilder,
     };
   }
 } catch (err) {

@@ -37,6 +37,7 @@ import type { HostLimits } from "./resources.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
 import { qmpBindPath, qmpDir } from "./qmp.ts";
+import { builderRunner, Images } from "./images.ts";
 import { serveDriver } from "./server.ts";
 import {
   ownIds,
@@ -274,10 +275,22 @@ export async function main(args: readonly string[]): Promise<number> {
   log.info("host limits for sandbox resources", { cpus: host.cpus, mem_mib: host.memMib });
   const disks = new Disks({ stateDir: config.stateDir, qemuImg: config.qemuImg, vmUser });
   const image = () => defaultImage(config.runtimeDir);
+  // The image builder runs in a process of its own (image_builder.ts, its own grants).
+  let users = (): Map<string, string[]> => new Map();
+  const images = new Images({
+    stateDir: config.stateDir,
+    defaultImage: image,
+    runner: builderRunner(config.imageBuilder),
+    builderPath: config.imageBuilder,
+    inUse: () => users(),
+    vmUser,
+    log,
+  });
   const driver = new VmDriver({
     stateDir: config.stateDir,
     runtime,
     image,
+    images,
     disks,
     host,
     diskGiB: config.diskGiB,
@@ -296,6 +309,7 @@ export async function main(args: readonly string[]): Promise<number> {
     bootRuntime: vmUser ? boot : undefined,
     log,
   });
+  users = () => driver.imageUsers();
   const restored = await driver.restore();
   if (restored > 0) {
     log.info(`restored ${restored} sandbox(es) from the state dir; the gateway starts them`);
@@ -303,7 +317,8 @@ export async function main(args: readonly string[]): Promise<number> {
   // Images no sandbox boots any more (not the default, not under a kept disk) go.
   image().then(
     async (im) => {
-      const removed = await disks.prune(new Set([im.key, ...driver.imageKeys()]));
+      const keep = new Set([im.key, ...driver.imageKeys(), ...(await images.keys())]);
+      const removed = await disks.prune(keep);
       if (removed.length) log.info("removed unused guest images", { images: removed.join(",") });
       // Copy it for the first sandbox now rather than during its create.
       await disks.stage(im);
@@ -315,6 +330,7 @@ export async function main(args: readonly string[]): Promise<number> {
     socket,
     log,
     filterGoaway: Deno.env.get("OPENSHELL_UNSAFE_KEEP_GOAWAY") !== "1",
+    images,
   });
   // The state dir is reachable by qemu's group: only root may use the socket.
   await Deno.chmod(socket, 0o600);

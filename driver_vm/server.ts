@@ -15,8 +15,109 @@ import * as grpc from "@grpc/grpc-js";
 import { GrpcFront, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { ComputeDriverClient, type DriverSandbox, type Wire } from "../core/protocol.ts";
-import { Code, hasStatusCode } from "../core/status.ts";
+import { Code, hasStatusCode, StatusError } from "../core/status.ts";
 import type { VmDriver } from "./driver.ts";
+import type { Images } from "./images.ts";
+import { MAX_IMPORT_CHUNK_BYTES } from "../core/images.ts";
+import type { ImportImageChunk } from "../core/protocol.ts";
+
+function wireError(err: unknown): grpc.ServiceError {
+  const code = hasStatusCode(err) ? err.code : Code.INTERNAL;
+  return { code, details: errorMessage(err) } as grpc.ServiceError;
+}
+
+/** The image RPCs over `images` (UNIMPLEMENTED without). */
+function imageHandlers(images: Images | undefined, log: Logger): grpc.UntypedServiceImplementation {
+  const none = () => {
+    throw new StatusError(Code.UNIMPLEMENTED, "this driver has no images");
+  };
+  return {
+    ListImages: unary(log, "ListImages", async () => ({ images: await (images ?? none()).list() })),
+    DeleteImage: unary(log, "DeleteImage", async (req: { name?: string }) => ({
+      deleted: await (images ?? none()).delete(req.name ?? ""),
+    })),
+    BuildImage: (
+      call: grpc.ServerWritableStream<
+        { name?: string; packages?: string[]; script?: string },
+        unknown
+      >,
+    ) => {
+      let open = true;
+      let blocked = false;
+      let dropped = 0;
+      const stop = () => open = false;
+      call.on("cancelled", stop);
+      call.on("close", stop);
+      call.on("error", stop);
+      call.on("drain", () => {
+        blocked = false;
+        if (dropped && open) {
+          call.write({ line: `(${dropped} progress lines dropped: the reader was slow)` });
+          dropped = 0;
+        }
+      });
+      // A reader that stops reading costs nothing: lines past grpc-js's buffer are counted, not kept.
+      const line = (text: string) => {
+        if (!open) return;
+        if (blocked) {
+          dropped++;
+          return;
+        }
+        if (!call.write({ line: text })) blocked = true;
+      };
+      Promise.resolve()
+        .then(() => {
+          if (!images) none();
+          const r = call.request;
+          return images!.build(
+            { name: r.name ?? "", packages: r.packages ?? [], script: r.script ?? "" },
+            line,
+          );
+        })
+        .then((image) => {
+          if (!open) return;
+          call.write({ image });
+          call.end();
+        })
+        .catch((err) => {
+          log.debug("BuildImage failed", { error: errorMessage(err) });
+          if (open) call.emit("error", wireError(err));
+        });
+    },
+    ImportImage: (
+      call: grpc.ServerReadableStream<ImportImageChunk, unknown>,
+      cb: grpc.sendUnaryData<unknown>,
+    ) => {
+      const run = async () => {
+        if (!images) none();
+        const it = (call as unknown as AsyncIterable<ImportImageChunk>)[Symbol.asyncIterator]();
+        const first = await it.next();
+        if (first.done || first.value.payload !== "header") {
+          throw new StatusError(Code.INVALID_ARGUMENT, "an import starts with its header");
+        }
+        const h = first.value.header;
+        async function* data(): AsyncGenerator<Uint8Array> {
+          while (true) {
+            const next = await it.next();
+            if (next.done) return;
+            if (next.value.payload !== "data") {
+              throw new StatusError(Code.INVALID_ARGUMENT, "only data may follow the header");
+            }
+            if (next.value.data.length > MAX_IMPORT_CHUNK_BYTES) {
+              throw new StatusError(
+                Code.INVALID_ARGUMENT,
+                `an import chunk holds at most ${MAX_IMPORT_CHUNK_BYTES} bytes`,
+              );
+            }
+            yield next.value.data;
+          }
+        }
+        return { image: await images!.import({ name: h.name, sizeBytes: h.size_bytes }, data()) };
+      };
+      run().then((res) => cb(null, res), (err) => cb(wireError(err)));
+    },
+  };
+}
 
 type UnaryHandler = (
   call: grpc.ServerUnaryCall<unknown, unknown>,
@@ -48,10 +149,12 @@ function unary<Req>(
 export function computeDriverHandlers(
   driver: VmDriver,
   log: Logger,
+  images?: Images,
 ): grpc.UntypedServiceImplementation {
   type SandboxReq = { sandbox?: Wire<DriverSandbox> | null };
   type IdReq = { sandbox_id?: string; sandbox_name?: string };
   return {
+    ...imageHandlers(images, log),
     GetCapabilities: unary(log, "GetCapabilities", () => driver.capabilities()),
     ValidateSandboxCreate: unary(log, "ValidateSandboxCreate", async (req: SandboxReq) => {
       await driver.validate(req.sandbox);
@@ -119,6 +222,8 @@ export interface ServeDriverOptions {
   log: Logger;
   /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
   filterGoaway?: boolean;
+  /** The driver's images (the image RPCs are UNIMPLEMENTED without). */
+  images?: Images;
 }
 
 async function removeStale(path: string, log: Logger): Promise<void> {
@@ -143,7 +248,10 @@ export async function serveDriver(
     "grpc.max_receive_message_length": 16 * 1024 * 1024,
     "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
   });
-  server.addService(ComputeDriverClient.service, computeDriverHandlers(driver, log));
+  server.addService(
+    ComputeDriverClient.service,
+    computeDriverHandlers(driver, log, options.images),
+  );
   await new Promise<void>((resolve, reject) => {
     server.bindAsync(`unix:${inner}`, grpc.ServerCredentials.createInsecure(), (err) => {
       if (err) reject(new Error(`cannot listen on unix:${inner}: ${err.message}`));

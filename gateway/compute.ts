@@ -542,6 +542,21 @@ export class ComputeRuntime {
     return removed;
   }
 
+  /**
+   * The compute driver, for requests that only it can answer (images);
+   * FAILED_PRECONDITION with `--drivers none`.
+   */
+  async driverFor(what: string): Promise<ComputeDriver> {
+    const driver = await this.#requireDriver();
+    if (!driver) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `this gateway runs no compute driver (--drivers none): it has no ${what}`,
+      );
+    }
+    return driver;
+  }
+
   /** Runs `op` after every earlier stop/start of sandbox `id`. */
   #locked<T>(id: string, op: () => Promise<T>): Promise<T> {
     const run = (this.#lifecycles.get(id) ?? Promise.resolve()).then(op);

@@ -12,6 +12,8 @@ import {
   ComputeDriverClient,
   type DriverSandbox,
   type GetCapabilitiesResponse,
+  type Image,
+  type ImageProgress,
   type WatchSandboxesEvent,
   type Wire,
 } from "../core/protocol.ts";
@@ -39,6 +41,20 @@ export interface ComputeDriver {
   list(): Promise<DriverSandbox[]>;
   /** Starts watching; returns a function that cancels the watch. */
   watch(handlers: WatchHandlers): () => void;
+  /** The driver's images (openshell-deno only); absent or UNIMPLEMENTED: none. */
+  listImages?(): Promise<Image[]>;
+  /** Builds an image, `onLine` getting its progress; resolves with the image. */
+  buildImage?(
+    req: { name: string; packages: string[]; script: string },
+    onLine: (line: string) => void,
+  ): Promise<Image>;
+  /** Imports a root file system tarball of `sizeBytes` bytes. */
+  importImage?(
+    header: { name: string; sizeBytes: number },
+    data: AsyncIterable<Uint8Array>,
+  ): Promise<Image>;
+  /** True when the image was deleted. */
+  deleteImage?(name: string): Promise<boolean>;
   /** Stops the driver and releases the connection. */
   close(): Promise<void>;
 }
@@ -111,6 +127,77 @@ export class GrpcComputeDriver implements ComputeDriver {
     return (await this.#unary<{ sandboxes: DriverSandbox[] }>("ListSandboxes", {})).sandboxes;
   }
 
+  async listImages(): Promise<Image[]> {
+    return (await this.#unary<{ images: Image[] }>("ListImages", {})).images;
+  }
+
+  async deleteImage(name: string): Promise<boolean> {
+    return (await this.#unary<{ deleted: boolean }>("DeleteImage", { name })).deleted;
+  }
+
+  buildImage(
+    req: { name: string; packages: string[]; script: string },
+    onLine: (line: string) => void,
+  ): Promise<Image> {
+    const call = (this.#client as unknown as {
+      BuildImage(r: unknown, o: grpc.CallOptions): grpc.ClientReadableStream<ImageProgress>;
+    }).BuildImage(req, { deadline: Date.now() + IMAGE_DEADLINE_MS });
+    this.#calls.add(call as grpc.ClientReadableStream<unknown>);
+    return new Promise<Image>((resolve, reject) => {
+      let image: Image | undefined;
+      call.on("data", (e: ImageProgress) => {
+        if (e.payload === "line") onLine(e.line);
+        else if (e.payload === "image") image = e.image;
+      });
+      call.on("error", (err: grpc.ServiceError) => {
+        this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+        reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
+      });
+      call.on("end", () => {
+        this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+        if (image) resolve(image);
+        else reject(new StatusError(Code.INTERNAL, "the driver ended the build without an image"));
+      });
+    });
+  }
+
+  async importImage(
+    header: { name: string; sizeBytes: number },
+    data: AsyncIterable<Uint8Array>,
+  ): Promise<Image> {
+    let call!: grpc.ClientWritableStream<unknown>;
+    const result = new Promise<Image>((resolve, reject) => {
+      call = (this.#client as unknown as {
+        ImportImage(
+          o: grpc.CallOptions,
+          cb: grpc.requestCallback<{ image: Image }>,
+        ): grpc.ClientWritableStream<unknown>;
+      }).ImportImage({ deadline: Date.now() + IMAGE_DEADLINE_MS }, (err, res) => {
+        if (err) {
+          reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
+        } else resolve(res!.image);
+      });
+    });
+    let settled = false;
+    const done = result.then(() => {}, () => {}).finally(() => settled = true);
+    try {
+      call.write({ header: { name: header.name, size_bytes: header.sizeBytes } });
+      for await (const chunk of data) {
+        // The driver answered already (an error): stop sending.
+        if (settled) break;
+        // Backpressure: wait while the driver's side is full (or until it answers).
+        if (!call.write({ data: chunk })) {
+          await Promise.race([new Promise<void>((r) => call.once("drain", () => r())), done]);
+        }
+      }
+      call.end();
+    } catch (err) {
+      call.cancel();
+      throw err;
+    }
+    return await result;
+  }
+
   watch(handlers: WatchHandlers): () => void {
     const call = (this.#client as unknown as {
       WatchSandboxes(req: unknown): grpc.ClientReadableStream<WatchSandboxesEvent>;
@@ -138,6 +225,9 @@ export class GrpcComputeDriver implements ComputeDriver {
     return Promise.resolve();
   }
 }
+
+/** How long an image build or import may take through the driver. */
+export const IMAGE_DEADLINE_MS = 65 * 60 * 1000;
 
 /** Options of {@link startDriverProcess}. */
 export interface DriverProcessOptions {
@@ -270,6 +360,10 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
     start: (id, name) => grpcDriver.start(id, name),
     list: () => grpcDriver.list(),
     watch: (h) => grpcDriver.watch(h),
+    listImages: () => grpcDriver.listImages(),
+    buildImage: (r, onLine) => grpcDriver.buildImage(r, onLine),
+    importImage: (h, d) => grpcDriver.importImage(h, d),
+    deleteImage: (n) => grpcDriver.deleteImage(n),
     close: async () => {
       if (!gone) {
         try {

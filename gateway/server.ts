@@ -26,6 +26,7 @@ import {
   supervisorSocketPath,
 } from "./config.ts";
 import { type ComputeDriver, startDriverProcess } from "./driver.ts";
+import { ImageService } from "./images.ts";
 import { ExecService } from "./exec.ts";
 import { httpResponse, type RequestHead } from "./http1.ts";
 import { GatewayListener } from "./listener.ts";
@@ -362,6 +363,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const grpcServer = new grpc.Server(grpcOptions);
   grpcServer.addService(guardDecoding(OpenShellClient.service), {
     ...sandboxes.handlers(),
+    ...new ImageService({ compute, log }).handlers(),
     ConnectSupervisor: plane.connectSupervisor,
     RelayStream: plane.relayStream,
     ExecSandbox: exec.execSandbox,

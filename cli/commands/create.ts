@@ -11,6 +11,7 @@
  */
 import type { Sandbox, SandboxLogLine, SandboxTemplate, Wire } from "../../core/protocol.ts";
 import { limitsStruct, parseCpu, ResourceError } from "../../core/resources.ts";
+import { imageNameProblem } from "../../core/images.ts";
 import { envOption, integerOption, UsageError } from "../args.ts";
 import { Code } from "../../core/status.ts";
 import { type GatewayClient, GatewayError } from "../client.ts";
@@ -204,11 +205,17 @@ export function resourcesTemplate(flags: {
 export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   const timeoutS = provisionTimeout(ctx);
   const environment = envOption("env", ctx.list("env"));
-  const template = resourcesTemplate({
+  const sized = resourcesTemplate({
     cpus: ctx.str("cpus"),
     memory: ctx.str("memory"),
     diskGib: ctx.str("disk-gib"),
   });
+  const image = ctx.str("image");
+  if (image !== undefined) {
+    const problem = imageNameProblem(image, { allowDefault: true });
+    if (problem) throw new UsageError(`--image: ${problem}`, "sandbox create");
+  }
+  const template = image ? { ...sized, image } : sized;
   const keep = !ctx.flag("no-keep");
   const command = ctx.invocation.trailing;
   const client = await ctx.client();

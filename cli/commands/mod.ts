@@ -34,5 +34,9 @@ export const HANDLERS: Readonly<Record<string, () => Promise<CommandHandler>>> =
   "sandbox logs": async () => (await import("./sandbox.ts")).sandboxLogsCommand,
   "sandbox ssh-config": async () => (await import("./connect.ts")).sandboxSshConfigCommand,
   "sandbox credentials": async () => (await import("./credentials.ts")).sandboxCredentialsCommand,
+  "image list": async () => (await import("./image.ts")).imageListCommand,
+  "image build": async () => (await import("./image.ts")).imageBuildCommand,
+  "image import": async () => (await import("./image.ts")).imageImportCommand,
+  "image delete": async () => (await import("./image.ts")).imageDeleteCommand,
   "ssh-proxy": async () => (await import("./ssh_proxy.ts")).sshProxyCommand,
 };
