@@ -14,6 +14,7 @@ import { LOG_LINE_BURST } from "../core/rate_limit.ts";
 import { MAX_LINE_BYTES } from "../core/text.ts";
 import { Disks, type RunProgram } from "./disk.ts";
 import { FakeLauncher, FakeQmp, fakeRuntime, memoryLogger } from "./testing.ts";
+import { Images } from "./images.ts";
 import { toStruct } from "../core/resources.ts";
 
 /** A template as the gateway sends it for `--cpus`, `--memory`, `--disk-gib` (upstream's shape). */
@@ -54,6 +55,8 @@ async function fixture(
     consoleLogMaxBytes?: number;
     now?: () => number;
     vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime">;
+    /** Named images over the fixture's state dir. */
+    images?: (stateDir: string, users: () => Map<string, string[]>) => Images;
   } = {},
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
@@ -92,11 +95,15 @@ async function fixture(
       powerdownGraceMs: options.powerdownGraceMs ?? 50,
       consoleLogMaxBytes: options.consoleLogMaxBytes,
       now: options.now,
+      ...(images ? { images } : {}),
       ...options.vm,
     });
+  let users = () => new Map<string, string[]>();
+  const images = options.images?.(`${dir}/state`, () => users());
   const launcher = new FakeLauncher();
   const qmp = new FakeQmp(launcher);
   const driver = make(launcher, qmp);
+  users = () => driver.imageUsers();
   const others: VmDriver[] = [];
   const events: WatchSandboxesEvent[] = [];
   const unwatch = driver.watch((e) => events.push(e));
@@ -726,4 +733,57 @@ Deno.test("driver: a restored sandbox whose disk is gone cannot start, and says 
   });
   assert.equal(next.launcher.vms.length, 0);
   assert.equal(next.driver.get("nodisk", "").status!.conditions[0].reason, "Stopped");
+});
+
+Deno.test("driver: template.image boots a named image; an unknown one is NOT_FOUND naming image list", async () => {
+  await using f = await fixture({
+    images: (stateDir, users) =>
+      new Images({
+        stateDir,
+        defaultImage: () =>
+          Promise.resolve({ path: `${stateDir}/../rt/rootfs.img`, key: "img1", format: "raw" }),
+        inUse: users,
+        log: memoryLogger().log,
+      }),
+  });
+  // What a build leaves: the image's file and its name.
+  const st = `${f.dir}/state`;
+  await Deno.mkdir(`${st}/images`, { recursive: true });
+  await Deno.mkdir(`${st}/image-names`, { recursive: true });
+  await Deno.writeFile(`${st}/images/custom1.img`, new Uint8Array(2048));
+  await Deno.writeTextFile(
+    `${st}/image-names/tools.json`,
+    JSON.stringify({
+      name: "tools",
+      key: "custom1",
+      size_bytes: 2048,
+      created_at_ms: 1,
+      source: "build",
+      packages: ["cowsay"],
+    }),
+  );
+  const withImage = (id: string, image: string) => sandbox(id, { spec: { template: { image } } });
+  await f.driver.validate(withImage("t1", "tools"));
+  await f.driver.create(withImage("t1", "tools"));
+  const spec = f.launcher.vms[0].spec;
+  assert.equal(spec.rootDisk?.base, `${st}/images/custom1.img`, "an overlay of the named image");
+  const vm = JSON.parse(await Deno.readTextFile(`${st}/sandboxes/t1/vm.json`));
+  assert.deepEqual(vm.image, { key: "custom1", format: "raw" });
+  assert.deepEqual([...f.driver.imageUsers()], [["custom1", ["name-t1"]]]);
+  await f.driver.create(withImage("t2", "default"));
+  assert.equal(f.launcher.vms[1].spec.rootDisk?.base, `${st}/images/img1.img`);
+  for (
+    const op of [
+      f.driver.validate(withImage("t3", "nope")),
+      f.driver.create(withImage("t3", "nope")),
+    ]
+  ) {
+    await assert.rejects(op, (e: StatusError) => {
+      assert.equal(e.code, Code.NOT_FOUND);
+      assert.match(e.message, /image "nope" not found; see `openshell image list`/);
+      return true;
+    });
+  }
+  assert.equal(f.launcher.vms.length, 2, "nothing boots for an unknown image");
+  await assert.rejects(Deno.stat(`${st}/sandboxes/t3`), Deno.errors.NotFound);
 });

@@ -24,6 +24,9 @@
  *    power-off) + `sandbox start`, and the pinned host key still works;
  *    5i. a gateway SIGTERM + restart on its file database: the sandbox is
  *    READY again on its own, with its files, and its ssh config works;
+ *    5j. `image build` with one extra package, `sandbox create --image` boots
+ *    it; an unknown image is refused naming `image list`; an image in use
+ *    cannot be deleted;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
@@ -741,6 +744,56 @@ Deno.exit(0);
         console.error(`    gateway start → sandbox READY again: ${fmt(readyMs)}`);
       },
     );
+
+    await step("5j. image build --packages cowsay; sandbox create --image boots it", async () => {
+      const t0 = Date.now();
+      const b = await cli(["image", "build", "e2e-extra", "--packages", "cowsay"], 1_200_000);
+      const buildMs = Date.now() - t0;
+      check(b.code === 0 && b.stdout.includes("Built image e2e-extra"), `image build: ${show(b)}`);
+      const list = await cli(["image", "list", "-o", "json"]);
+      const images = JSON.parse(list.stdout) as {
+        name: string;
+        source: string;
+        packages: string[];
+      }[];
+      check(
+        images.some((i) => i.name === "default") &&
+          images.some((i) => i.name === "e2e-extra" && i.packages.includes("cowsay")),
+        `image list: ${show(list)}`,
+      );
+      const t1 = Date.now();
+      const c = await cli([
+        "sandbox",
+        "create",
+        "--name",
+        "imaged",
+        "--image",
+        "e2e-extra",
+        "--",
+        "sh",
+        "-c",
+        "dpkg -s cowsay >/dev/null && /usr/games/cowsay moo | grep -c moo",
+      ], 300_000);
+      check(c.code === 0 && c.stdout.trim() === "1", `create --image: ${show(c)}`);
+      const readyMs = Date.now() - t1;
+      const unknown = await cli(["sandbox", "create", "--image", "nope", "--", "true"]);
+      check(
+        unknown.code !== 0 &&
+          /image "nope" not found; see `openshell image list`/.test(unknown.stderr),
+        `an unknown image: ${show(unknown)}`,
+      );
+      const busy = await cli(["image", "delete", "e2e-extra"]);
+      check(
+        busy.code !== 0 && /in use by 1 sandbox/.test(busy.stderr),
+        `delete in use: ${show(busy)}`,
+      );
+      check((await cli(["sandbox", "delete", "imaged"])).code === 0, "sandbox delete imaged");
+      const del = await cli(["image", "delete", "e2e-extra"]);
+      check(del.code === 0 && del.stdout.includes("Deleted image e2e-extra"), show(del));
+      console.error(
+        `    image build ${fmt(buildMs)}, create --image → command done ${fmt(readyMs)}`,
+      );
+    });
 
     await step(
       "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
