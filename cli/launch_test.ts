@@ -32,3 +32,12 @@ Deno.test("the dev launcher grants exactly the gateway the arguments select", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the dev launcher lets image import and build --script read the file they name", async () => {
+  const { readsNamedFiles } = await import("./launch.ts");
+  assert.equal(readsNamedFiles(["image", "import", "mine", "/tmp/rootfs.tar"]), true);
+  assert.equal(readsNamedFiles(["image", "build", "py", "--script", "/tmp/s.sh"]), true);
+  assert.equal(readsNamedFiles(["image", "build", "py", "--packages", "cowsay"]), false);
+  assert.equal(readsNamedFiles(["image", "list"]), false);
+  assert.equal(readsNamedFiles(["sandbox", "list"]), false);
+});
