@@ -22,7 +22,9 @@
  * - OpenSSH alone: `ssh` to `sshd -i` with that sandbox's sshd config and host key as the
  *   ProxyCommand (no supervisor, no socket), running `true`.
  *
- * Prints median and min wall time per row and the proxy's added time
+ * Times run until the command exits (ssh: not until its ProxyCommand, which
+ * revokes its token after ssh hung up on it, has exited too). Prints median
+ * and min wall time per row and the proxy's added time
  * (median of ssh via ssh-proxy − median of direct ssh). Nothing asserts a
  * time. Stops everything and removes the temp dirs, also on Ctrl-C.
  *
@@ -47,7 +49,7 @@ async function run(
   cwd: string,
 ): Promise<{ ms: number; stdout: string }> {
   const t0 = performance.now();
-  const out = await new Deno.Command("/bin/sh", {
+  const child = new Deno.Command("/bin/sh", {
     args: ["-c", command],
     cwd,
     env,
@@ -55,8 +57,13 @@ async function run(
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  }).spawn();
+  const output = child.output();
+  // Until the command exits (what a shell waits for), not until every copy of its
+  // stderr closes: ssh's ProxyCommand may still be revoking its token after ssh is gone.
+  await child.status;
   const ms = performance.now() - t0;
+  const out = await output;
   const dec = new TextDecoder();
   if (!out.success) {
     throw new Error(`${command} failed (${out.code}): ${dec.decode(out.stderr).trim()}`);
