@@ -6,7 +6,7 @@
  * @module
  */
 import type { Invocation } from "./args.ts";
-import { GatewayClient } from "./client.ts";
+import type { GatewayClient } from "./client.ts";
 import {
   configRoot,
   ConfigStore,
@@ -124,7 +124,10 @@ export class Context {
   async client(): Promise<GatewayClient> {
     if (!this.#client) {
       const gw = await this.gateway();
-      this.#client = new GatewayClient({
+      // Loaded here, not at start: grpc-js and the descriptors cost ~150 ms, and
+      // `ssh-proxy` (every ssh connection) does without them.
+      const { GatewayClient } = await import("./client.ts");
+      this.#client ??= new GatewayClient({
         endpoint: gw.endpoint,
         ...(gw.tls ? { tls: gw.tls } : {}),
         ...(gw.name ? { name: gw.name } : {}),

@@ -437,15 +437,17 @@ async function sameFile(a: string, b: string): Promise<boolean> {
   }
 }
 
+/**
+ * Puts a copy of `from` at `to` (a copy, not a link: whoever owns `from`
+ * must not be able to change what the installed commands run). The copy
+ * keeps `from`'s modification time, which the guest image key counts.
+ */
 async function putBinary(from: string, to: string): Promise<void> {
-  if (await sameFile(from, to)) return;
   const tmp = `${to}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    try {
-      await Deno.link(from, tmp);
-    } catch {
-      await Deno.copyFile(from, tmp);
-    }
+    await Deno.copyFile(from, tmp);
+    const st = await Deno.stat(from);
+    if (st.mtime) await Deno.utime(tmp, st.atime ?? st.mtime, st.mtime);
     await Deno.chmod(tmp, 0o755);
     await Deno.rename(tmp, to);
   } catch (err) {
@@ -513,6 +515,67 @@ export async function applyPlan(plan: InstallPlan, options: ApplyOptions = {}): 
     if ("copyFrom" in f.content) await putBinary(f.content.copyFrom, f.path);
     else await putText(f.path, f.content.text, f.mode);
   }
+}
+
+/** Most paths {@link checkTrustedSources} inspects before it gives up (a huge tree). */
+export const MAX_TRUST_WALK = 50_000;
+
+/**
+ * Refuses to install code that another user could change: every directory
+ * and file of the checkout (but `.git`) and the Deno binary must be owned by
+ * the installing user or root and not writable by group or others (inside
+ * the checkout's `node_modules`, which Deno wrote, write bits are removed
+ * instead). The installed commands run these files, as root when root
+ * installed them.
+ */
+export async function checkTrustedSources(
+  paths: { repo: string; deno: string },
+  uid: number,
+): Promise<void> {
+  const bad = (path: string, info: Deno.FileInfo): string | undefined => {
+    if (info.uid !== null && info.uid !== uid && info.uid !== 0) {
+      return `${path} is owned by uid ${info.uid}`;
+    }
+    if (!info.isSymlink && ((info.mode ?? 0) & 0o022)) {
+      return `${path} is writable by other users (mode ${
+        ((info.mode ?? 0) & 0o7777).toString(8).padStart(4, "0")
+      })`;
+    }
+    return undefined;
+  };
+  const refuse = (why: string) =>
+    new InstallError(
+      `refusing to install: ${why}; the installed commands would run code others can change ` +
+        "(fix the owner or run chmod go-w, then install again)",
+    );
+  const denoWhy = bad(paths.deno, await Deno.stat(paths.deno));
+  if (denoWhy) throw refuse(denoWhy);
+  // Deno unpacks npm packages with their tarballs' modes (some 0666): inside the
+  // checkout's node_modules, which Deno wrote for us, write bits are taken away.
+  const vendored = `${paths.repo}/node_modules`;
+  const check = async (path: string): Promise<void> => {
+    const info = await Deno.lstat(path);
+    const why = bad(path, info);
+    if (!why) return;
+    const ours = info.uid === uid && !info.isSymlink;
+    if (ours && (path === vendored || path.startsWith(vendored + "/"))) {
+      await Deno.chmod(path, (info.mode ?? 0) & 0o7755);
+      return;
+    }
+    throw refuse(why);
+  };
+  let seen = 0;
+  const walk = async (dir: string): Promise<void> => {
+    await check(dir);
+    for await (const e of Deno.readDir(dir)) {
+      if (++seen > MAX_TRUST_WALK) return;
+      if (dir === paths.repo && e.name === ".git") continue;
+      const path = `${dir}/${e.name}`;
+      if (e.isDirectory) await walk(path);
+      else await check(path);
+    }
+  };
+  await walk(paths.repo);
 }
 
 /** Who holds the local gateway's pid file. */
@@ -719,6 +782,10 @@ async function main(): Promise<number> {
       return 0;
     }
     const plan = installPlan(request.options);
+    await checkTrustedSources(
+      { repo: request.options.repo, deno: request.options.deno },
+      Deno.uid() ?? -1,
+    );
     await applyPlan(plan, { force: request.force, log: say });
     console.log(installSummary(plan, Deno.env.get("PATH")));
     return 0;

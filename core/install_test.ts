@@ -12,6 +12,7 @@ import {
 import {
   applyPlan,
   checkOptions,
+  checkTrustedSources,
   installDefaults,
   InstallError,
   type InstallOptions,
@@ -397,5 +398,42 @@ Deno.test("no orphans: the installed driver exits when its parent dies; a forkin
       } catch { /* gone */ }
     }
     await inst.remove();
+  }
+});
+
+Deno.test("install refuses sources others can change; node_modules write bits are removed", async () => {
+  const repo = await Deno.makeTempDir({ prefix: "ostrust-" });
+  try {
+    const uid = Deno.uid()!;
+    await Deno.chmod(repo, 0o755);
+    await Deno.mkdir(`${repo}/core`, { mode: 0o755 });
+    await Deno.writeTextFile(`${repo}/core/a.ts`, "export {};\n", { mode: 0o644 });
+    await Deno.mkdir(`${repo}/node_modules/pkg`, { recursive: true, mode: 0o755 });
+    await Deno.writeTextFile(`${repo}/node_modules/pkg/index.js`, "", { mode: 0o644 });
+    await Deno.chmod(`${repo}/node_modules/pkg/index.js`, 0o666);
+    const deno = Deno.execPath();
+    await checkTrustedSources({ repo, deno }, uid);
+    assert.equal((await Deno.stat(`${repo}/node_modules/pkg/index.js`)).mode! & 0o777, 0o644);
+    await Deno.chmod(`${repo}/core/a.ts`, 0o664);
+    await assert.rejects(
+      () => checkTrustedSources({ repo, deno }, uid),
+      /^InstallError: refusing to install: .*core\/a\.ts is writable by other users \(mode 0664\)/,
+    );
+    await Deno.chmod(`${repo}/core/a.ts`, 0o644);
+    await Deno.chmod(`${repo}/core`, 0o777);
+    await assert.rejects(
+      () => checkTrustedSources({ repo, deno }, uid),
+      /core is writable by other/,
+    );
+    await Deno.chmod(`${repo}/core`, 0o755);
+    if (uid === 0) {
+      await Deno.chown(`${repo}/core/a.ts`, 65534, 65534);
+      await assert.rejects(
+        () => checkTrustedSources({ repo, deno }, uid),
+        /core\/a\.ts is owned by uid 65534/,
+      );
+    }
+  } finally {
+    await Deno.remove(repo, { recursive: true });
   }
 });

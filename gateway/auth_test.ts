@@ -231,8 +231,9 @@ Deno.test("supervisor credentials: A's cannot hello as B, B stays READY; host ke
     assert.equal(real.received.filter((m) => m.payload === "session_accepted").length, 1);
     const ssh = await api.sshSession(b.id);
     assert.equal(ssh.host_key_fingerprint, fp);
-    // Re-issuing invalidates the old token.
+    // Re-issuing invalidates the old token and ends the session that used it.
     await api.credentials("bravo");
+    assert.notEqual((await real.ended).code, Code.OK, "the old session is ended");
     const stale = connectFakeSupervisor({
       port: gw.supervisorPort,
       sandboxId: b.id,

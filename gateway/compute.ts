@@ -345,6 +345,11 @@ export class ComputeRuntime {
     this.#supervisorCa = options.supervisorCa;
   }
 
+  /** Ends the sandbox's supervisor session, if any (its credential changed). */
+  endSupervisorSession(id: string): void {
+    this.#registry.endSession(id);
+  }
+
   /** Whether a compute driver provisions sandboxes (false with `--drivers none`). */
   get hasDriver(): boolean {
     return this.#expectDriver;

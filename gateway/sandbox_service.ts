@@ -82,18 +82,28 @@ export function logLineMatches(
   return true;
 }
 
+function namesOnly(env: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.keys(env).map((k) => [k, ""]));
+}
+
 /**
- * A sandbox as the API shows it: `spec.environment` values are write-only,
- * so each name maps to an empty string.
+ * A sandbox as the API shows it: environment values (`spec.environment` and
+ * `spec.template.environment`) are write-only, so each name maps to an
+ * empty string.
  */
 export function publicSandbox(sandbox: Sandbox): Sandbox {
-  const env = sandbox.spec?.environment;
-  if (!env || Object.keys(env).length === 0) return sandbox;
+  const spec = sandbox.spec;
+  if (!spec) return sandbox;
+  const env = spec.environment ?? {};
+  const template = spec.template;
+  const tenv = (template?.environment ?? {}) as Record<string, string>;
+  if (Object.keys(env).length === 0 && Object.keys(tenv).length === 0) return sandbox;
   return {
     ...sandbox,
     spec: {
-      ...sandbox.spec!,
-      environment: Object.fromEntries(Object.keys(env).map((k) => [k, ""])),
+      ...spec,
+      environment: namesOnly(env),
+      ...(template ? { template: { ...template, environment: namesOnly(tenv) } } : {}),
     },
   };
 }
@@ -249,6 +259,8 @@ export class SandboxService {
             ...r,
             secrets: { ...r.secrets, supervisorTokenHash: hashToken(token) },
           }));
+          // A supervisor still using the old token loses its session now, not at its next hello.
+          this.#o.compute.endSupervisorSession(record.sandbox.id);
           log.info("supervisor credentials issued", { sandbox: record.sandbox.id });
           return {
             sandbox_id: record.sandbox.id,

@@ -91,7 +91,12 @@ Deno.test("publicSandbox: environment values are write-only, names stay", () => 
     id: "i",
     name: "n",
     namespace: "default",
-    spec: { log_level: "", environment: { OPENAI_API_KEY: "sk-secret", B: "2" }, gpu: false },
+    spec: {
+      log_level: "",
+      environment: { OPENAI_API_KEY: "sk-secret", B: "2" },
+      gpu: false,
+      template: { image: "", environment: { TEMPLATE_SECRET: "tpl-secret" } },
+    },
     status: null,
     phase: "SANDBOX_PHASE_READY",
     created_at_ms: 1,
@@ -100,5 +105,7 @@ Deno.test("publicSandbox: environment values are write-only, names stay", () => 
   const shown = publicSandbox(s);
   assert.deepEqual(shown.spec?.environment, { OPENAI_API_KEY: "", B: "" });
   assert.ok(!JSON.stringify(shown).includes("sk-secret"));
+  assert.ok(!JSON.stringify(shown).includes("tpl-secret"), "template environment values too");
+  assert.deepEqual(shown.spec?.template?.environment, { TEMPLATE_SECRET: "" });
   assert.equal(s.spec?.environment.OPENAI_API_KEY, "sk-secret");
 });

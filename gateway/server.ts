@@ -309,7 +309,7 @@ export function checkGrants(config: GatewayConfig): void {
 export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
   const log = options.log;
   checkGrants(config);
-  await checkPrivateDir(config.stateDir, { create: true, what: "state dir" });
+  await checkPrivateDir(config.stateDir, { create: true, exact0700: true, what: "state dir" });
   if (config.disableGatewayAuth) {
     log.warn(
       "GATEWAY AUTH IS DISABLED: anyone who can reach the user API can list, read, exec into and " +

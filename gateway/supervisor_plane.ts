@@ -25,6 +25,7 @@ import { truncateForEcho } from "../core/text.ts";
 import { failStream, metadataValue } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
 import { tokenMatches } from "./tokens.ts";
+import { LogThrottle } from "./client_auth.ts";
 
 /** Supervisors never heartbeat faster than this, so silence is judged on it at least. */
 export const MIN_SUPERVISOR_HEARTBEAT_SECS = 5;
@@ -257,6 +258,12 @@ export class SupervisorPlane {
     };
     this.#live.add(stopLive);
 
+    // What a guest sends can log at most a few lines a minute per session.
+    const guestLines = new LogThrottle({ perWindow: 20, windowMs: 60_000 });
+    const guestWarn = (message: string, fields: Record<string, string | number>) => {
+      const t = guestLines.take();
+      if (t.log) slog.warn(message, t.skipped ? { ...fields, skipped: t.skipped } : fields);
+    };
     call.on("data", (m: SupervisorMessage) => {
       lastInbound = Date.now();
       if (m.payload === "relay_open_result" && !m.relay_open_result.success) {
@@ -269,15 +276,15 @@ export class SupervisorPlane {
             `the sandbox's supervisor could not open the relay: ${error}`,
           ),
         );
-        slog.warn("supervisor could not open relay", {
+        guestWarn("supervisor could not open relay", {
           channel: m.relay_open_result.channel_id.slice(0, MAX_ECHOED_ERROR),
           error,
-          pending: failed,
+          pending: Number(failed),
         });
       } else if (m.payload === "relay_close") {
         slog.debug("supervisor closed relay", { channel: m.relay_close.channel_id });
       } else if (m.payload === "hello") {
-        slog.warn("unexpected second hello ignored");
+        guestWarn("unexpected second hello ignored", {});
       }
     });
     call.on("end", cleanup);
@@ -341,7 +348,10 @@ export class SupervisorPlane {
     const sandboxId = registry.pendingSandboxId(channelId);
     if (sandboxId) {
       const record = await store.getSandbox(sandboxId);
-      if (record) checkSupervisorToken(record, call.metadata);
+      if (!record) {
+        throw new StatusError(Code.NOT_FOUND, "the relay's sandbox no longer exists");
+      }
+      checkSupervisorToken(record, call.metadata);
     } else {
       // Unknown channel: still no claim without some supervisor's token.
       if (!metadataValue(call.metadata, SUPERVISOR_TOKEN_METADATA)) {

@@ -13,10 +13,17 @@ import { Backoff, sleep } from "../../core/backoff.ts";
 import type { CreateSshSessionResponse } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { UsageError } from "../args.ts";
-import { GatewayClient, GatewayError } from "../client.ts";
-import { checkClientTls, importBundleCommand, parseEndpoint, resolveGateway } from "../config.ts";
+import {
+  checkClientTls,
+  importBundleCommand,
+  parseEndpoint,
+  type ResolvedGateway,
+  resolveGateway,
+} from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
+import { GatewayError } from "../gateway_error.ts";
+import { SessionRpc } from "../session_rpc.ts";
 import { HostKeyVerifier } from "../ssh_hostkey.ts";
 import {
   DEFAULT_CONNECT_PATH,
@@ -35,7 +42,7 @@ const REVOKE_DEADLINE_MS = 5_000;
 
 /** CreateSshSession, retrying while the sandbox is not ready (up to 60 s). */
 async function createSessionWhenReady(
-  client: GatewayClient,
+  client: SessionRpc,
   sandboxId: string,
   onWait: () => void,
 ): Promise<CreateSshSessionResponse> {
@@ -93,19 +100,20 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
 interface OwnSession {
   target: TunnelTarget;
   fingerprint: string;
-  client: GatewayClient;
+  client: SessionRpc;
 }
 
-async function nameTarget(ctx: Context, name: string): Promise<OwnSession> {
-  const gatewayArg = ctx.str("gateway-name") ?? ctx.str("gateway");
-  if (gatewayArg?.includes("://")) {
-    throw new UsageError("name mode takes --gateway NAME or --gateway-endpoint URL", "ssh-proxy");
-  }
-  const gw = await resolveGateway(ctx.store, {
-    endpointFlag: ctx.str("gateway-endpoint"),
-    gatewayFlag: gatewayArg,
-    env: ctx.env,
-  });
+/**
+ * The sandbox's id by name through the full gateway client (loaded only
+ * here: without `--sandbox-id`, or when the given id is gone), checked
+ * against `expected`.
+ */
+async function sandboxIdByName(
+  gw: ResolvedGateway,
+  name: string,
+  expected: string | undefined,
+): Promise<string> {
+  const { GatewayClient } = await import("../client.ts");
   const client = new GatewayClient({
     endpoint: gw.endpoint,
     ...(gw.tls ? { tls: gw.tls } : {}),
@@ -121,16 +129,49 @@ async function nameTarget(ctx: Context, name: string): Promise<OwnSession> {
       }
       throw e;
     }
-    const expected = ctx.str("sandbox-id");
     if (expected && sandbox.id !== expected) {
       throw new CliError(
         `sandbox "${name}" was recreated (id ${sandbox.id}, expected ${expected}); ` +
           `run 'openshell sandbox ssh-config ${name}' again`,
       );
     }
-    const session = await createSessionWhenReady(client, sandbox.id, () => {
+    return sandbox.id;
+  } finally {
+    client.close();
+  }
+}
+
+async function nameTarget(ctx: Context, name: string): Promise<OwnSession> {
+  const gatewayArg = ctx.str("gateway-name") ?? ctx.str("gateway");
+  if (gatewayArg?.includes("://")) {
+    throw new UsageError("name mode takes --gateway NAME or --gateway-endpoint URL", "ssh-proxy");
+  }
+  const gw = await resolveGateway(ctx.store, {
+    endpointFlag: ctx.str("gateway-endpoint"),
+    gatewayFlag: gatewayArg,
+    env: ctx.env,
+  });
+  const client = new SessionRpc({
+    endpoint: gw.endpoint,
+    ...(gw.tls ? { tls: gw.tls } : {}),
+    ...(gw.name ? { name: gw.name } : {}),
+  });
+  try {
+    // `sandbox ssh-config` writes the id: then one call, CreateSshSession, does it (the
+    // gateway answers NOT_FOUND for an id that is gone, and the lookup by name says why).
+    const expected = ctx.str("sandbox-id");
+    const sandboxId = expected ?? await sandboxIdByName(gw, name, undefined);
+    const onWait = () => {
       ctx.err(`openshell: sandbox ${name} is not ready yet; waiting up to 60 s\n`);
-    });
+    };
+    let session: CreateSshSessionResponse;
+    try {
+      session = await createSessionWhenReady(client, sandboxId, onWait);
+    } catch (e) {
+      if (!(expected && e instanceof GatewayError && e.code === Code.NOT_FOUND)) throw e;
+      await sandboxIdByName(gw, name, expected); // throws: not found, or recreated
+      throw e;
+    }
     return {
       target: tunnelTargetOf(session, gw.endpoint, gw.tls, gw.name),
       fingerprint: session.host_key_fingerprint,
@@ -184,6 +225,18 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
       "ssh-proxy",
     );
   }
+  // ssh ends its ProxyCommand with SIGHUP when the session is over: revoke the
+  // token this proxy created before going (nobody waits for it any more).
+  let revoking: Promise<void> | undefined;
+  const onHangup = own
+    ? () => {
+      if (!own) return;
+      const session = own;
+      own = undefined;
+      revoking = revokeOwn(ctx, session).finally(() => Deno.exit(0));
+    }
+    : undefined;
+  if (onHangup) Deno.addSignalListener("SIGHUP", onHangup);
   const verifier = fingerprint ? new HostKeyVerifier(fingerprint) : undefined;
   let warned = false;
   try {
@@ -204,8 +257,10 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
       }
     }
   } finally {
+    if (onHangup) Deno.removeSignalListener("SIGHUP", onHangup);
     // Only now: revoking a token closes the tunnels opened with it.
     if (own) await revokeOwn(ctx, own);
+    else if (revoking) await revoking;
   }
   return 0;
 }
