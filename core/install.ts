@@ -428,15 +428,6 @@ async function isOurs(path: string): Promise<boolean | null> {
   return new TextDecoder().decode(head).includes(WRAPPER_MARK);
 }
 
-async function sameFile(a: string, b: string): Promise<boolean> {
-  try {
-    const [x, y] = await Promise.all([Deno.stat(a), Deno.stat(b)]);
-    return x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Puts a copy of `from` at `to` (a copy, not a link: whoever owns `from`
  * must not be able to change what the installed commands run). The copy
