@@ -145,6 +145,7 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
   assert.deepEqual(plan.grants["driver-vm"].run, [
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/setpriv",
+    "/usr/bin/qemu-img",
   ]);
 });
 

@@ -28,16 +28,29 @@ Deno.test("OpenShell service has the upstream method paths and streaming shapes"
     "/openshell.v1.OpenShell/ConnectSupervisor": "stream -> stream",
     "/openshell.v1.OpenShell/RelayStream": "stream -> stream",
     "/openshell.v1.OpenShell/WatchSandbox": "-> stream",
+    // upstream's stop/start
+    "/openshell.v1.OpenShell/StopSandbox": "->",
+    "/openshell.v1.OpenShell/StartSandbox": "->",
+    // openshell-deno only: images
+    "/openshell.v1.OpenShell/ListImages": "->",
+    "/openshell.v1.OpenShell/BuildImage": "-> stream",
+    "/openshell.v1.OpenShell/ImportImage": "stream ->",
+    "/openshell.v1.OpenShell/DeleteImage": "->",
   });
 });
 
 Deno.test("ComputeDriver service is complete", () => {
   assert.deepEqual(Object.keys(methods(ComputeDriverClient as never)).sort(), [
+    "/openshell.compute.v1.ComputeDriver/BuildImage",
     "/openshell.compute.v1.ComputeDriver/CreateSandbox",
+    "/openshell.compute.v1.ComputeDriver/DeleteImage",
     "/openshell.compute.v1.ComputeDriver/DeleteSandbox",
     "/openshell.compute.v1.ComputeDriver/GetCapabilities",
     "/openshell.compute.v1.ComputeDriver/GetSandbox",
+    "/openshell.compute.v1.ComputeDriver/ImportImage",
+    "/openshell.compute.v1.ComputeDriver/ListImages",
     "/openshell.compute.v1.ComputeDriver/ListSandboxes",
+    "/openshell.compute.v1.ComputeDriver/StartSandbox",
     "/openshell.compute.v1.ComputeDriver/StopSandbox",
     "/openshell.compute.v1.ComputeDriver/ValidateSandboxCreate",
     "/openshell.compute.v1.ComputeDriver/WatchSandboxes",
