@@ -49,6 +49,7 @@ import {
   type Grants,
   type HostPort,
   hostPortGrant,
+  imageBuilderRunArgs,
   PRODUCTION_PARAMS,
   type Role,
   ROLE_INFO,
@@ -214,6 +215,8 @@ export function installPlan(o: InstallOptions): InstallPlan {
   const vmState = `${o.stateDir}/vm`;
   const binOf = (role: Role) => `${bin}/${ROLE_INFO[role].binary}`;
   const imageBuilder = `${lib}/openshell-vm-image`;
+  /** The builder the driver runs for `openshell image build|import` (its own grants). */
+  const driverImageBuilder = `${lib}/openshell-image-builder`;
   const manifestPath = `${lib}/install.json`;
   const grants: Record<Role, Grants> = {
     "gateway": gatewayGrants({
@@ -229,6 +232,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
       runtimeDir: o.vmCacheDir,
       qemu: PRODUCTION_PARAMS.driver.qemu,
       setpriv: PRODUCTION_PARAMS.driver.setpriv,
+      imageBuilder: driverImageBuilder,
     }),
     "supervisor": supervisorGrants({
       gateway: o.supervisorGateway,
@@ -255,6 +259,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
     "driver-vm": [
       { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: vmState, default: true },
       { name: "OPENSHELL_VM_RUNTIME_DIR", value: runtimeDefault, default: true },
+      { name: "OPENSHELL_VM_IMAGE_BUILDER", value: driverImageBuilder, default: true },
     ],
     "supervisor": [],
     "cli": [{ name: "OPENSHELL_INSTALL", value: manifestPath }],
@@ -286,6 +291,20 @@ export function installPlan(o: InstallOptions): InstallPlan {
       },
     });
   }
+  files.push({
+    path: driverImageBuilder,
+    kind: "wrapper",
+    mode: 0o755,
+    content: {
+      text: renderWrapper({
+        name: "openshell-image-builder",
+        what: "Builds and imports images for the VM driver: deno run with exactly its grants.",
+        repo: o.repo,
+        vars: [],
+        argv: [deno, ...imageBuilderRunArgs(o.repo, vmState)],
+      }),
+    },
+  });
   files.push({
     path: imageBuilder,
     kind: "wrapper",

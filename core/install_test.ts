@@ -5,6 +5,7 @@ import {
   driverGrants,
   gatewayGrants,
   type Grants,
+  imageBuilderRunArgs,
   renderFlags,
   type Role,
   supervisorGrants,
@@ -62,6 +63,7 @@ Deno.test("install plan: four wrappers on the PATH, the image builder, deno and 
     ["/opt/os/bin/openshell-gateway", "755"],
     ["/opt/os/bin/openshell-driver-vm", "755"],
     ["/opt/os/bin/openshell-sandbox", "755"],
+    ["/opt/os/lib/openshell/openshell-image-builder", "755"],
     ["/opt/os/lib/openshell/openshell-vm-image", "755"],
     ["/opt/os/lib/openshell/install.json", "644"],
   ]);
@@ -102,6 +104,7 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       runtimeDir: "/root/.cache/openshell-deno/vm",
       qemu: "/usr/bin/qemu-system-x86_64",
       setpriv: "/usr/bin/setpriv",
+      imageBuilder: "/opt/os/lib/openshell/openshell-image-builder",
     }),
     "supervisor": supervisorGrants({
       gateway: { host: "127.0.0.1", port: 8081 },
@@ -140,13 +143,24 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       `/src/openshell/${entries[role]}`,
     ], role);
   }
-  // The gateway may run its driver and nothing else; the driver only qemu and setpriv.
+  // The gateway may run its driver and nothing else; the driver qemu, setpriv, qemu-img
+  // and its image builder, which runs with exactly its own grants.
   assert.deepEqual(plan.grants.gateway.run, ["/opt/os/bin/openshell-driver-vm"]);
   assert.deepEqual(plan.grants["driver-vm"].run, [
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/setpriv",
     "/usr/bin/qemu-img",
+    "/opt/os/lib/openshell/openshell-image-builder",
   ]);
+  const builder = execLine(wrapperOf(plan, "/opt/os/lib/openshell/openshell-image-builder"));
+  assert.deepEqual(builder, [
+    "/opt/os/lib/openshell/deno",
+    ...imageBuilderRunArgs("/src/openshell", "/var/lib/openshell/vm"),
+  ]);
+  assert.match(
+    wrapperOf(plan, "/opt/os/bin/openshell-driver-vm"),
+    /\|\| OPENSHELL_VM_IMAGE_BUILDER=\/opt\/os\/lib\/openshell\/openshell-image-builder\n/,
+  );
 });
 
 Deno.test("install plan: the gateway's defaults match its grants; the CLI names its install", () => {
