@@ -37,10 +37,11 @@ async function startTree(cgroups: SessionCgroups) {
     if (done) break;
     out += value;
   }
-  reader.releaseLock();
   const orphans = out.trim().split("\n").filter((l) => /^\d+$/.test(l)).map(Number);
   assert.equal(orphans.length, 2, out);
-  return { child, group, orphans };
+  // The pipe keeps child.stdout locked: cancelling the reader ends the pipe and the stream.
+  const closeOutput = () => reader.cancel().catch(() => {});
+  return { child, group, orphans, closeOutput };
 }
 
 async function cgroupPids(path: string): Promise<number[]> {
@@ -71,7 +72,7 @@ Deno.test({
       const opened = await SessionCgroups.open(dir);
       assert.ok(opened.ok, JSON.stringify(opened));
       const cgroups = opened.cgroups;
-      const { child, group, orphans } = await startTree(cgroups);
+      const { child, group, orphans, closeOutput } = await startTree(cgroups);
       // Every descendant landed in the group, though none is a child of the shell.
       const members = await cgroupPids(group.path);
       for (const pid of [child.pid, ...orphans]) assert.ok(members.includes(pid), `${pid}`);
@@ -81,7 +82,7 @@ Deno.test({
       await group.end();
       for (const pid of orphans) assert.equal(await alive(pid), false, `${pid} survived`);
       assert.equal((await child.status).signal, "SIGKILL");
-      await child.stdout.cancel();
+      await closeOutput();
       assert.equal(cgroups.active, 0);
       await assert.rejects(Deno.stat(group.path), Deno.errors.NotFound);
       await group.end(); // idempotent
@@ -105,7 +106,7 @@ Deno.test({
       for (const pid of [...a.orphans, ...b.orphans]) assert.equal(await alive(pid), false);
       for (const t of [a, b]) {
         await t.child.status;
-        await t.child.stdout.cancel();
+        await t.closeOutput();
       }
 
       // A supervisor SIGKILLed with a live session: its successor's open() ends it.
@@ -114,7 +115,7 @@ Deno.test({
       assert.ok(second.ok);
       for (const pid of c.orphans) assert.equal(await alive(pid), false);
       await c.child.status;
-      await c.child.stdout.cancel();
+      await c.closeOutput();
       assert.deepEqual(
         [...Deno.readDirSync(dir)].filter((e) => e.isDirectory),
         [],
