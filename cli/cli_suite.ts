@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { certificateInfo } from "../core/pki.ts";
 import { shellJoin } from "../core/shell.ts";
 import { findProcesses } from "../core/testing.ts";
-import { startSupervisor } from "../supervisor/testing.ts";
+import { startSupervisor } from "../testing/supervisor.ts";
 import { type CliFixture, type CliResult, type Scheme, startCliFixture } from "./testing.ts";
 
 const dec = new TextDecoder();

@@ -18,10 +18,10 @@ import { cliGrants, type HostPort } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
-import { type ApiClient, startGateway, type TestGateway } from "../gateway/testing.ts";
-import { writeHostDriverDir } from "../supervisor/host_driver.ts";
+import { type ApiClient, startGateway, type TestGateway } from "../testing/gateway.ts";
+import { writeHostDriverDir } from "../testing/host_driver.ts";
 import { readsNamedFiles } from "./launch.ts";
-import { cleanEnv, ensureSandboxUser, gatewayApi } from "../supervisor/testing.ts";
+import { cleanEnv, ensureSandboxUser, gatewayApi } from "../testing/supervisor.ts";
 import { gatewayTlsArgs, type TestGatewayPki, writeGatewayPki } from "../testing/tls.ts";
 
 /** What a CLI run produced. */

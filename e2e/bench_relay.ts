@@ -36,14 +36,14 @@ import {
   openTunnel,
   startGateway,
   type TestGateway,
-} from "../gateway/testing.ts";
+} from "../testing/gateway.ts";
 import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES } from "../gateway/tuning.ts";
 import {
   ensureSandboxUser,
   gatewayApi,
   startSupervisor,
   type SupervisorProcess,
-} from "../supervisor/testing.ts";
+} from "../testing/supervisor.ts";
 import {
   closeSocket,
   cpuMs,

@@ -8,7 +8,7 @@
  *
  * Starts the CLI test fixture over https (cli/testing.ts: a TLS gateway with
  * client certificates whose sandboxes run as host supervisors with OpenSSH,
- * supervisor/host_driver.ts), installs the commands into a temp dir
+ * testing/host_driver.ts), installs the commands into a temp dir
  * (`testing/install.ts`, Deno copied next to the wrappers), creates one
  * sandbox with the installed `openshell`, then times, round-robin so that
  * load changes hit every row alike:

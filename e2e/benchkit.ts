@@ -27,7 +27,7 @@ import {
   openTunnel,
   startGateway,
   type TestGateway,
-} from "../gateway/testing.ts";
+} from "../testing/gateway.ts";
 
 /** Size of the buffers the client and the peer write. */
 export const WRITE_BYTES = 64 * 1024;

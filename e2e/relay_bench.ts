@@ -14,7 +14,7 @@
  */
 import type net from "node:net";
 import { echoSession, startRawPeer, startRelayRig, SUPERVISOR_WINDOW_BYTES } from "./benchkit.ts";
-import { openTunnel } from "../gateway/testing.ts";
+import { openTunnel } from "../testing/gateway.ts";
 
 const raw = await startRawPeer();
 const rig = await startRelayRig({ clientWindow: SUPERVISOR_WINDOW_BYTES });

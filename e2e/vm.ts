@@ -45,7 +45,7 @@
  */
 import { cliGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { startGateway, type TestGateway } from "../gateway/testing.ts";
+import { startGateway, type TestGateway } from "../testing/gateway.ts";
 import { ensureRuntime, type RuntimeInfo } from "../driver_vm/image/rootfs.ts";
 import { setup } from "../driver_vm/image/setup.ts";
 import { GUEST_NET } from "../driver_vm/guest.ts";

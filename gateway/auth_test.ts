@@ -14,9 +14,9 @@ import { generateHostKey } from "../core/ssh_keys.ts";
 import { Code } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
 import { grpcTlsCredentials, tlsConnectOptions } from "../core/tls.ts";
-import { writeHostDriverDir } from "../supervisor/host_driver.ts";
-import { ensureSandboxUser, gatewayApi } from "../supervisor/testing.ts";
-import { connectFakeSupervisor, startGateway, type TestGateway } from "./testing.ts";
+import { writeHostDriverDir } from "../testing/host_driver.ts";
+import { ensureSandboxUser, gatewayApi } from "../testing/supervisor.ts";
+import { connectFakeSupervisor, startGateway, type TestGateway } from "../testing/gateway.ts";
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 

@@ -18,7 +18,7 @@ import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import type { Sandbox } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "./listener.ts";
-import { apiClient, byoSupervisor, type FakeSupervisor, startGateway } from "./testing.ts";
+import { apiClient, byoSupervisor, type FakeSupervisor, startGateway } from "../testing/gateway.ts";
 
 const FLOOD = 2_000;
 const BATCH = 100;

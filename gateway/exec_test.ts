@@ -8,9 +8,9 @@ import type * as grpc from "@grpc/grpc-js";
 import type { ExecSandboxEvent, Sandbox } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
-import { startSupervisor } from "../supervisor/testing.ts";
+import { startSupervisor } from "../testing/supervisor.ts";
 import { exitCodeOf } from "./exec.ts";
-import { type ApiClient, apiClient, byoSupervisor, startGateway } from "./testing.ts";
+import { type ApiClient, apiClient, byoSupervisor, startGateway } from "../testing/gateway.ts";
 
 interface ExecResult {
   stdout: string;

@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { apiClient, byoSupervisor, openTunnel, startGateway } from "./testing.ts";
+import { apiClient, byoSupervisor, openTunnel, startGateway } from "../testing/gateway.ts";
 
 const ROUNDS = Number(Deno.env.get("OPENSHELL_STRESS_ROUNDS") ?? 50);
 const MIB_PER_ROUND = Number(Deno.env.get("OPENSHELL_STRESS_MIB") ?? 32);

@@ -20,7 +20,7 @@ import {
   largestSpec,
   startGateway,
   type TestGateway,
-} from "./testing.ts";
+} from "../testing/gateway.ts";
 import { MAX_LIST_LIMIT, specBytes } from "./validation.ts";
 
 const TEST_DEADLINE_MS = 60_000;

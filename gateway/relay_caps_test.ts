@@ -29,7 +29,7 @@ import {
   openTunnel,
   startGateway,
   type TestGateway,
-} from "./testing.ts";
+} from "../testing/gateway.ts";
 
 /** A test body that has not finished by then fails instead of hanging the suite. */
 const TEST_DEADLINE_MS = 60_000;

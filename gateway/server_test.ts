@@ -21,7 +21,7 @@ import {
   openTunnel,
   startGateway,
   type TestGateway,
-} from "./testing.ts";
+} from "../testing/gateway.ts";
 
 interface Fixture {
   gw: TestGateway;

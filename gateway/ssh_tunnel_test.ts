@@ -14,7 +14,7 @@ import {
   SshTunnel,
 } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
-import { openTunnel, type TunnelResult } from "./testing.ts";
+import { openTunnel, type TunnelResult } from "../testing/gateway.ts";
 
 // ---- ConnectionSlots -------------------------------------------------------------
 

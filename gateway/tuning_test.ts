@@ -10,7 +10,7 @@ import {
   type FakeSupervisor,
   openTunnel,
   startGateway,
-} from "./testing.ts";
+} from "../testing/gateway.ts";
 import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES, readRelayTuning } from "./tuning.ts";
 
 function envOf(vars: Record<string, string>): (name: string) => string | undefined {

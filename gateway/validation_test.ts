@@ -9,7 +9,7 @@ import {
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { MAX_GRPC_MESSAGE, MAX_GRPC_RECEIVE } from "./server.ts";
-import { largestSpec } from "./testing.ts";
+import { largestSpec } from "../testing/gateway.ts";
 import {
   DEFAULT_LIST_LIMIT,
   MAX_ENV_ENTRIES,

@@ -8,7 +8,7 @@ import { supervisorGrants } from "../core/grants.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { Socket } from "node:net";
-import { byoSupervisor, openTunnel, startGateway, type TestGateway } from "../gateway/testing.ts";
+import { byoSupervisor, openTunnel, startGateway, type TestGateway } from "../testing/gateway.ts";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import {
   cleanEnv,
@@ -24,7 +24,7 @@ import {
   startSupervisor,
   type SupervisorProcess,
   TEST_SSHD,
-} from "./testing.ts";
+} from "../testing/supervisor.ts";
 import { alive, waitFor } from "../core/testing.ts";
 
 const READY = "SANDBOX_PHASE_READY";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { alive, waitFor } from "../core/testing.ts";
 import { killAndRemove, SessionCgroups } from "./session_cgroup.ts";
-import { writableCgroup2Root } from "./testing.ts";
+import { writableCgroup2Root } from "../testing/supervisor.ts";
 
 const root = await writableCgroup2Root();
 const noCgroup = root === undefined;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { generateHostKey } from "../core/ssh_keys.ts";
 import { renderSshdConfig, SANDBOX_USER, setEnvArgument } from "./sshd_config.ts";
 import { checkSshd, writeSshdFiles } from "./sshd.ts";
-import { ensureSandboxUser, TEST_SSHD } from "./testing.ts";
+import { ensureSandboxUser, TEST_SSHD } from "../testing/supervisor.ts";
 
 function settings(text: string): Map<string, string> {
   const map = new Map<string, string>();

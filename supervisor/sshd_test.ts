@@ -9,7 +9,7 @@ import {
   SshdSetupError,
   writeSshdFiles,
 } from "./sshd.ts";
-import { ensureSandboxUser, ssh, TEST_SSHD, unixRoute } from "./testing.ts";
+import { ensureSandboxUser, ssh, TEST_SSHD, unixRoute } from "../testing/supervisor.ts";
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "osup-t-" });

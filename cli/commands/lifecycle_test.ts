@@ -8,9 +8,9 @@ import assert from "node:assert/strict";
 import { cliGrants } from "../../core/grants.ts";
 import { roleCommand } from "../../core/launcher.ts";
 import { waitFor } from "../../core/testing.ts";
-import { startGateway, type TestGateway } from "../../gateway/testing.ts";
-import { writeHostDriverDir } from "../../supervisor/host_driver.ts";
-import { cleanEnv, ensureSandboxUser, gatewayApi } from "../../supervisor/testing.ts";
+import { startGateway, type TestGateway } from "../../testing/gateway.ts";
+import { writeHostDriverDir } from "../../testing/host_driver.ts";
+import { cleanEnv, ensureSandboxUser, gatewayApi } from "../../testing/supervisor.ts";
 
 interface Run {
   code: number;

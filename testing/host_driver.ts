@@ -42,7 +42,7 @@ import {
 import { splitProvisioning } from "../core/provisioning.ts";
 import { Code } from "../core/status.ts";
 import { VERSION } from "../core/version.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseEndpoint } from "../supervisor/config.ts";
 
 /** The sshd every host sandbox uses. */
 const SSHD = "/usr/sbin/sshd";
@@ -61,9 +61,9 @@ export async function writeHostDriverDir(dir: string): Promise<string> {
   const q = (s: string) => `'${s.replaceAll("'", `'"'"'`)}'`;
   const script = [
     "#!/bin/sh",
-    "# Test fixture: the host driver (supervisor/host_driver.ts) in place of the VM driver.",
+    "# Test fixture: the host driver (testing/host_driver.ts) in place of the VM driver.",
     `exec ${q(Deno.execPath())} run --quiet -A --config=${q(`${REPO_ROOT}/deno.json`)} ` +
-    `${q(`${REPO_ROOT}/supervisor/host_driver.ts`)} "$@"`,
+    `${q(`${REPO_ROOT}/testing/host_driver.ts`)} "$@"`,
     "",
   ].join("\n");
   await Deno.writeTextFile(path, script, { mode: 0o755 });

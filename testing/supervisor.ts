@@ -21,10 +21,10 @@ import {
   type SandboxStreamEvent,
 } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
-import { parseEndpoint } from "./config.ts";
-import { READY_MESSAGE } from "./main.ts";
-import { killAndRemove } from "./session_cgroup.ts";
-import { SANDBOX_USER } from "./sshd_config.ts";
+import { parseEndpoint } from "../supervisor/config.ts";
+import { READY_MESSAGE } from "../supervisor/main.ts";
+import { killAndRemove } from "../supervisor/session_cgroup.ts";
+import { SANDBOX_USER } from "../supervisor/sshd_config.ts";
 
 /** The OpenSSH daemon the tests use. */
 export const TEST_SSHD = "/usr/sbin/sshd";
@@ -204,7 +204,7 @@ export interface StartSupervisorOptions {
    * across restarts. Not with `hostKey`.
    */
   hostKeyFile?: string;
-  /** Supervisor token (see `byoSupervisor` in gateway/testing.ts); written to `<dir>/token` and passed by flag. */
+  /** Supervisor token (see `byoSupervisor` in testing/gateway.ts); written to `<dir>/token` and passed by flag. */
   token?: string;
   /** Sandbox environment; written to `<dir>/environment.json` and passed by flag. */
   environment?: Record<string, string>;

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
-import { startGateway, type TestGateway } from "../gateway/testing.ts";
+import { startGateway, type TestGateway } from "./gateway.ts";
 import { writeHostDriverDir } from "./host_driver.ts";
-import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./testing.ts";
+import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./supervisor.ts";
 import { waitFor } from "../core/testing.ts";
 
 const READY = "SANDBOX_PHASE_READY";

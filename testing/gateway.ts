@@ -25,8 +25,8 @@ import {
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { generateHostKey, type HostKey } from "../core/ssh_keys.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
-import { gatewayGrantParams, parseGatewayConfig } from "./config.ts";
-import { MAX_SPEC_BYTES, MAX_VALUE_BYTES, specBytes } from "./validation.ts";
+import { gatewayGrantParams, parseGatewayConfig } from "../gateway/config.ts";
+import { MAX_SPEC_BYTES, MAX_VALUE_BYTES, specBytes } from "../gateway/validation.ts";
 
 /** Options of {@link startGateway}. */
 export interface TestGatewayOptions {
