@@ -14,6 +14,7 @@ import protobuf from "protobufjs";
 export const PROTO_FILES: Readonly<Record<string, string>> = {
   OPENSHELL_DESCRIPTOR: "openshell.proto",
   COMPUTE_DRIVER_DESCRIPTOR: "compute_driver.proto",
+  EGRESS_DESCRIPTOR: "egress.proto",
 };
 
 /** Parses one `.proto` file (and its google/protobuf imports) into protobufjs JSON. */
