@@ -260,9 +260,7 @@ export async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<voi
 /** Resolves once sandbox `id` reaches `phase` (WatchSandbox; no polling). */
 export function waitPhase(api: ApiClient, id: string, phase: string): Promise<Sandbox> {
   return new Promise((resolve, reject) => {
-    const call = (api.raw as unknown as {
-      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
-    }).WatchSandbox({ id, follow_status: true });
+    const call = api.raw.WatchSandbox({ id, follow_status: true });
     let done = false;
     call.on("data", (e: SandboxStreamEvent) => {
       if (!done && e.payload === "sandbox" && e.sandbox.phase === phase) {
@@ -282,10 +280,9 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
   const gw = await startGateway({ env: options.env, args: ["--log-level", "info"] });
   const api = apiClient(gw.port);
   let sup: FakeSupervisor | undefined;
-  let supClient: grpc.Client | undefined;
+  let supClient: OpenShellClient | undefined;
   try {
-    const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "bench" }))
-      .sandbox;
+    const sandbox = (await api.call(api.raw.CreateSandbox, { name: "bench" })).sandbox!;
     const ready = waitPhase(api, sandbox.id, "SANDBOX_PHASE_READY");
     supClient = new OpenShellClient(
       `127.0.0.1:${gw.port}`,
@@ -302,7 +299,7 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
     await sup.accepted;
     await ready;
     const token = async () =>
-      (await api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id })).token;
+      (await api.call(api.raw.CreateSshSession, { sandbox_id: sandbox.id })).token;
     return {
       gw,
       api,

@@ -954,7 +954,7 @@ export class ComputeRuntime {
       event: (e) => {
         switch (e.payload) {
           case "sandbox":
-            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox));
+            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox!));
             break;
           case "deleted":
             this.#enqueue(async () => {
@@ -969,7 +969,7 @@ export class ComputeRuntime {
             });
             break;
           case "platform_event":
-            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event);
+            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event!);
             break;
         }
       },

@@ -129,10 +129,7 @@ function validateTemplate(t: SandboxTemplate): void {
   }
 }
 
-const createSandboxMethod = (OpenShellClient.service as unknown as Record<
-  string,
-  { requestSerialize(value: unknown): Uint8Array }
->).CreateSandbox;
+const createSandboxMethod = OpenShellClient.service.CreateSandbox;
 
 /** Bytes `spec` takes protobuf-encoded, as the spec field of a `CreateSandboxRequest`. */
 export function specBytes(spec: SandboxSpec): number {
@@ -149,6 +146,7 @@ export function validateCreateSandbox(
     log_level: "",
     environment: {},
     template: null,
+    policy: null,
     providers: [],
     gpu: false,
   };

@@ -320,6 +320,25 @@ export interface ClientConstructor<C extends grpc.Client> {
   /** The fully-qualified service name. */
   serviceName: string;
 }
+
+/**
+ * A unary method of a client below, in its full form (the last overload, so
+ * \`UnaryMethod<Req, Res>\` infers both from \`client.Method\`); call it with the
+ * client as \`this\`.
+ */
+export type UnaryMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: grpc.requestCallback<Res>,
+) => grpc.ClientUnaryCall;
+
+/** A server-streaming method of a client below, in its full form (see {@link UnaryMethod}). */
+export type ServerStreamMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options?: grpc.CallOptions,
+) => grpc.ClientReadableStream<Res>;
 `;
 
 /**
@@ -351,7 +370,9 @@ export function renderTypesModule(protoDir: string): string {
   };
   const sorted = types.map((t, i) => ({ t, i }))
     .sort((a, b) => byPackage(a.t) - byPackage(b.t) || a.i - b.i).map((x) => x.t);
-  const seen = new Map<string, string>([["Wire", "(prelude)"], ["ClientConstructor", "(prelude)"]]);
+  const seen = new Map<string, string>(
+    ["Wire", "ClientConstructor", "UnaryMethod", "ServerStreamMethod"].map((n) => [n, "(prelude)"]),
+  );
   const claim = (name: string, what: string) => {
     const other = seen.get(name);
     if (other) throw new Error(`${what} and ${other} both map to the TypeScript name ${name}`);

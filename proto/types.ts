@@ -33,6 +33,25 @@ export interface ClientConstructor<C extends grpc.Client> {
   serviceName: string;
 }
 
+/**
+ * A unary method of a client below, in its full form (the last overload, so
+ * `UnaryMethod<Req, Res>` infers both from `client.Method`); call it with the
+ * client as `this`.
+ */
+export type UnaryMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: grpc.requestCallback<Res>,
+) => grpc.ClientUnaryCall;
+
+/** A server-streaming method of a client below, in its full form (see {@link UnaryMethod}). */
+export type ServerStreamMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options?: grpc.CallOptions,
+) => grpc.ClientReadableStream<Res>;
+
 // ---- openshell.v1 ------------------------------------------------------------
 
 /** `openshell.v1.HealthRequest`. */

@@ -35,8 +35,8 @@ import { errorMessage, Logger, parseLogLevel } from "../core/log.ts";
 import {
   ComputeDriverClient,
   type DriverSandbox,
+  type DriverWatchSandboxesEvent,
   type SandboxCondition,
-  type WatchSandboxesEvent,
   type Wire,
 } from "../core/protocol.ts";
 import { splitProvisioning } from "../core/provisioning.ts";
@@ -91,7 +91,7 @@ interface Launch {
   logLevel: string;
 }
 
-type Stream = grpc.ServerWritableStream<unknown, Wire<WatchSandboxesEvent>>;
+type Stream = grpc.ServerWritableStream<unknown, Wire<DriverWatchSandboxesEvent>>;
 type UnaryCallback = grpc.sendUnaryData<unknown>;
 
 function fail(cb: UnaryCallback, code: number, details: string): void {
@@ -152,7 +152,7 @@ class HostDriver {
     };
   }
 
-  #publish(event: Wire<WatchSandboxesEvent>): void {
+  #publish(event: Wire<DriverWatchSandboxesEvent>): void {
     for (const w of this.#watchers) w.write(event);
   }
 
