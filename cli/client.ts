@@ -8,6 +8,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import {
+  type BuildImageRequest,
   type CreateSandboxRequest,
   type CreateSshSessionResponse,
   type ExecSandboxEvent,
@@ -275,7 +276,7 @@ export class GatewayClient {
 
   /** `BuildImage`: progress lines, then the image. */
   buildImage(
-    req: { name: string; packages: string[]; script: string },
+    req: Wire<BuildImageRequest>,
   ): ServerStream<ImageProgress> {
     return this.#stream(this.#client.BuildImage, req);
   }

@@ -9,6 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { sleep } from "../core/backoff.ts";
 import { type Logger, parseLogLine } from "../core/log.ts";
 import {
+  type BuildImageRequest,
   ComputeDriverClient,
   type DriverGetCapabilitiesResponse,
   type DriverImageProgress,
@@ -48,7 +49,7 @@ export interface ComputeDriver {
   listImages?(): Promise<Image[]>;
   /** Builds an image, `onLine` getting its progress; resolves with the image. */
   buildImage?(
-    req: { name: string; packages: string[]; script: string },
+    req: BuildImageRequest,
     onLine: (line: string) => void,
   ): Promise<Image>;
   /** Imports a root file system tarball of `sizeBytes` bytes. */
@@ -138,7 +139,7 @@ export class GrpcComputeDriver implements ComputeDriver {
   }
 
   buildImage(
-    req: { name: string; packages: string[]; script: string },
+    req: BuildImageRequest,
     onLine: (line: string) => void,
   ): Promise<Image> {
     const call = this.#client.BuildImage(req, { deadline: Date.now() + IMAGE_DEADLINE_MS });

@@ -34,7 +34,12 @@ import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import { errorMessage, Logger, parseLogLevel } from "../core/log.ts";
 import {
   ComputeDriverClient,
+  type DriverCreateSandboxRequest,
+  type DriverDeleteSandboxRequest,
+  type DriverGetSandboxRequest,
   type DriverSandbox,
+  type DriverStartSandboxRequest,
+  type DriverStopSandboxRequest,
   type DriverWatchSandboxesEvent,
   type SandboxCondition,
   type Wire,
@@ -418,7 +423,7 @@ class HostDriver {
         }),
       ValidateSandboxCreate: (_call: unknown, cb: UnaryCallback) => cb(null, {}),
       GetSandbox: (
-        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        call: grpc.ServerUnaryCall<DriverGetSandboxRequest, unknown>,
         cb: UnaryCallback,
       ) => {
         const s = this.#find(call.request.sandbox_id, call.request.sandbox_name);
@@ -431,7 +436,7 @@ class HostDriver {
             .sort((a, b) => (a.name ?? "") < (b.name ?? "") ? -1 : 1),
         }),
       CreateSandbox: (
-        call: grpc.ServerUnaryCall<{ sandbox: Wire<DriverSandbox> | null }, unknown>,
+        call: grpc.ServerUnaryCall<DriverCreateSandboxRequest, unknown>,
         cb: UnaryCallback,
       ) => {
         const sandbox = call.request.sandbox;
@@ -445,7 +450,7 @@ class HostDriver {
         );
       },
       StopSandbox: (
-        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        call: grpc.ServerUnaryCall<DriverStopSandboxRequest, unknown>,
         cb: UnaryCallback,
       ) => {
         this.stop(call.request.sandbox_id, call.request.sandbox_name).then(
@@ -454,7 +459,7 @@ class HostDriver {
         );
       },
       StartSandbox: (
-        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        call: grpc.ServerUnaryCall<DriverStartSandboxRequest, unknown>,
         cb: UnaryCallback,
       ) => {
         if (!this.start(call.request.sandbox_id, call.request.sandbox_name)) {
@@ -463,7 +468,7 @@ class HostDriver {
         cb(null, {});
       },
       DeleteSandbox: (
-        call: grpc.ServerUnaryCall<{ sandbox_id: string; sandbox_name: string }, unknown>,
+        call: grpc.ServerUnaryCall<DriverDeleteSandboxRequest, unknown>,
         cb: UnaryCallback,
       ) => {
         this.delete(call.request.sandbox_id, call.request.sandbox_name).then(
