@@ -13,7 +13,11 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { COMPUTE_DRIVER_DESCRIPTOR, OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
+import {
+  COMPUTE_DRIVER_DESCRIPTOR,
+  EGRESS_DESCRIPTOR,
+  OPENSHELL_DESCRIPTOR,
+} from "../proto/descriptors.ts";
 
 /** How messages are turned into objects (see the module documentation). */
 export const LOADER_OPTIONS: protoLoader.Options = {
@@ -28,6 +32,8 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 export const OPENSHELL_SERVICE_NAME = "openshell.v1.OpenShell";
 /** Fully-qualified name of the compute driver service. */
 export const COMPUTE_DRIVER_SERVICE_NAME = "openshell.compute.v1.ComputeDriver";
+/** Fully-qualified name of the egress proxy's control service. */
+export const EGRESS_SERVICE_NAME = "openshell.egress.v1.EgressProxy";
 
 function loadService(
   descriptor: Record<string, unknown>,
@@ -50,6 +56,12 @@ export const OpenShellClient: grpc.ServiceClientConstructor = loadService(
 export const ComputeDriverClient: grpc.ServiceClientConstructor = loadService(
   COMPUTE_DRIVER_DESCRIPTOR,
   COMPUTE_DRIVER_SERVICE_NAME,
+);
+
+/** Client constructor of `openshell.egress.v1.EgressProxy`; `.service` is its definition. */
+export const EgressProxyClient: grpc.ServiceClientConstructor = loadService(
+  EGRESS_DESCRIPTOR,
+  EGRESS_SERVICE_NAME,
 );
 
 /** Recursively optional: the shape accepted when *sending* a message. */
@@ -381,3 +393,25 @@ export type ImageProgress =
 export type ImportImageChunk =
   | { payload: "header"; header: { name: string; size_bytes: number } }
   | { payload: "data"; data: Uint8Array };
+
+// ---- openshell.egress.v1 ----------------------------------------------------
+
+/** `openshell.egress.v1.AppliedPolicy`: what the egress proxy enforces for one sandbox. */
+export interface AppliedPolicy {
+  sandbox_id: string;
+  version: number;
+  loaded_at_ms: number;
+}
+
+/** `openshell.egress.v1.EgressEvent`: one allowed, denied or audited connection. */
+export interface EgressEvent {
+  sandbox_id: string;
+  time_ms: number;
+  /** `allowed`, `denied` or `audit`. */
+  decision: string;
+  host: string;
+  port: number;
+  policy_name: string;
+  ocsf_json: string;
+  dropped: number;
+}
