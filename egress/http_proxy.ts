@@ -427,6 +427,16 @@ export function splice(a: net.Socket, b: net.Socket, idleMs: number): void {
   b.on("error", close);
   a.once("close", close);
   b.once("close", close);
-  a.pipe(b);
-  b.pipe(a);
+  // Plain data/drain forwarding: measurably cheaper than stream.pipe() under Deno.
+  const forward = (from: net.Socket, to: net.Socket) => {
+    from.on("data", (chunk: Uint8Array) => {
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once("drain", () => from.resume());
+      }
+    });
+    from.on("end", () => to.end());
+  };
+  forward(a, b);
+  forward(b, a);
 }
