@@ -361,7 +361,8 @@ export class GuestStream extends Duplex {
     if (first.length) this.push(first);
     socket.on("data", this.#forward);
     socket.on("end", () => !this.#detached && this.push(null));
-    socket.on("close", () => !this.#detached && this.destroy());
+    // Detached or not, the stream ends with its socket (the http server forgets it then).
+    socket.on("close", () => this.destroy());
   }
 
   /** The socket underneath. */
