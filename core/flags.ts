@@ -71,6 +71,8 @@ export interface FlagSpec {
   secret?: boolean;
   /** Refused on the command line (where `ps` shows it): read from the env twin only. */
   envOnly?: boolean;
+  /** A `bool` that answers and exits (`--version`): given, required options may be missing. */
+  action?: boolean;
   /** Left out of help (compatibility spellings). */
   hidden?: boolean;
   /** A further rule: returns what is wrong with a converted value ("must …"), or undefined. */
@@ -449,6 +451,8 @@ export function resolveFlags<T extends FlagTable>(
     given.set(token.name, [...(given.get(token.name) ?? []), token]);
   }
   const help = (given.get("help") ?? []).some((t) => !t.negated);
+  const acting = help ||
+    Object.keys(table).some((n) => table[n].action && given.get(n)?.some((t) => !t.negated));
   const values: Record<string, unknown> = {};
   const from: Record<string, FlagSource> = {};
   for (const [name, spec] of Object.entries(table)) {
@@ -484,7 +488,7 @@ export function resolveFlags<T extends FlagTable>(
       }
       continue;
     }
-    if (spec.required) {
+    if (spec.required && !acting) {
       throw new FlagError(`--${name}${spec.env ? ` (or ${spec.env})` : ""} is required`);
     }
     from[name] = "default";
@@ -497,6 +501,18 @@ export function resolveFlags<T extends FlagTable>(
       : undefined;
   }
   return { values: values as FlagValues<T>, from: from as Record<keyof T, FlagSource>, help };
+}
+
+/**
+ * How the user gave an option, for a message: its env twin when the value
+ * came from there, else `--name`.
+ */
+export function givenAs<T extends FlagTable>(
+  table: T,
+  from: Record<keyof T, FlagSource>,
+  name: keyof T & string,
+): string {
+  return from[name] === "env" && table[name].env ? table[name].env! : `--${name}`;
 }
 
 /** Result of {@link parseFlags}. */
