@@ -428,6 +428,25 @@ export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): st
   return `${c.vmDriverStateDir}/compute-driver.sock`;
 }
 
+/** The VM driver's arguments: the options the gateway passes on, under the driver's names. */
+export function driverArgs(c: GatewayConfig, grpcEndpoint: string): string[] {
+  return [
+    "--state-dir",
+    c.vmDriverStateDir,
+    "--openshell-endpoint",
+    grpcEndpoint,
+    "--log-level",
+    c.logLevel,
+    ...(c.vmRuntimeDir ? ["--runtime-dir", c.vmRuntimeDir] : []),
+    "--vm-accel",
+    c.vmAccel,
+    "--vm-vcpus",
+    String(c.vmVcpus),
+    "--vm-mem-mib",
+    String(c.vmMemMib),
+  ];
+}
+
 /** The grant parameters this configuration needs (for launchers and tests). */
 export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
   return {
