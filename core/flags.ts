@@ -472,7 +472,7 @@ export function resolveFlags<T extends FlagTable>(
         continue;
       }
       const converted = (many ? onArgv : onArgv.slice(-1)).map((t) =>
-        checked(spec, convert(spec, t.value!, t.raw), t.raw)
+        checked(spec, convert(spec, t.value!, `--${name}`), `--${name}`)
       );
       values[name] = many ? (spec.kind === "list" ? converted.flat() : converted) : converted[0];
       continue;
