@@ -673,7 +673,9 @@ function twoColumns(rows: readonly (readonly [string, string])[]): string[] {
   const text = Math.max(30, HELP_WIDTH - width - 4);
   const pad = " ".repeat(width + 4);
   return rows.flatMap(([left, right]) => {
-    const wrapped = wrap(right, text);
+    // "env NAME" and "default VALUE" stay on one line.
+    const glued = right.replace(/\b(env|default) (?=\S)/g, "$1\u0000");
+    const wrapped = wrap(glued, text).map((l) => l.replaceAll("\u0000", " "));
     if (left.length > width) return [`  ${left}`, ...wrapped.map((l) => pad + l)];
     return [
       `  ${left.padEnd(width)}  ${wrapped[0] ?? ""}`,
