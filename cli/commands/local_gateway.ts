@@ -27,7 +27,6 @@ import {
 import { listProcesses } from "../../core/procs.ts";
 import { checkPrivateDir, UnsafePathError } from "../../core/secure_fs.ts";
 import { stripControls } from "../../core/text.ts";
-import { UsageError } from "../args.ts";
 import { GatewayClient } from "../client.ts";
 import { resolveGateway } from "../config.ts";
 import type { Context } from "../context.ts";
