@@ -3,6 +3,7 @@ import {
   type EnvReader,
   FlagError,
   type FlagTable,
+  givenAs,
   NO_ENV,
   parseFlags,
   renderHelp,
@@ -177,9 +178,18 @@ Deno.test("required options, and secrets that stay off the command line and out 
   );
 });
 
-Deno.test("--help wins over bad values and missing required options", () => {
-  const table = { id: { kind: "string", required: true, help: "Id" } } satisfies FlagTable;
+Deno.test("--help wins over bad values and missing required options; so does an action", () => {
+  const table = {
+    id: { kind: "string", env: "T_ID", required: true, help: "Id" },
+    version: { kind: "bool", action: true, help: "Print the version" },
+  } satisfies FlagTable;
   assert.equal(parseFlags(table, ["--help"], NO_ENV).help, true);
+  assert.equal(parseFlags(table, ["--version"], NO_ENV).values.version, true);
+  assert.equal(error(["--no-version"], NO_ENV, table), "--id (or T_ID) is required");
+  const p = parseFlags(table, [], envOf({ T_ID: "x" }));
+  assert.deepEqual([givenAs(table, p.from, "id"), p.from.version], ["T_ID", "default"]);
+  const q = parseFlags(table, ["--id=y"], envOf({ T_ID: "x" }));
+  assert.deepEqual([givenAs(table, q.from, "id"), q.values.id], ["--id", "y"]);
   assert.equal(parseFlags(TABLE, ["--port", "x", "-h"], NO_ENV).help, true);
   assert.equal(parseFlags(TABLE, [], NO_ENV).help, false);
 });
