@@ -15,13 +15,12 @@ import {
   type FlagSpec,
   type FlagTable,
   type FlagValue,
-  type HelpSection,
   NO_ENV,
-  renderHelp,
   resolveFlags,
   tokenize,
   tokenProblem,
 } from "../core/flags.ts";
+import { type HelpSection, renderHelp } from "../core/flags_help.ts";
 import { LOG_LEVELS } from "../core/log.ts";
 import { DEFAULT_DISK_GIB, DISK_GIB } from "../core/shared_flags.ts";
 import { shellJoin } from "../core/shell.ts";

@@ -6,7 +6,6 @@ import {
   givenAs,
   NO_ENV,
   parseFlags,
-  renderHelp,
   tokenize,
   tokenProblem,
 } from "./flags.ts";
@@ -172,10 +171,6 @@ Deno.test("required options, and secrets that stay off the command line and out 
       "set T_TOKEN instead",
   );
   assert.equal(parseFlags(TABLE, [], envOf({ T_TOKEN: "s3cret" })).values.token, "s3cret");
-  assert.doesNotMatch(
-    renderHelp({ usage: "x", sections: [{ title: "Options", flags: TABLE }] }),
-    /s3cret/,
-  );
 });
 
 Deno.test("--help wins over bad values and missing required options; so does an action", () => {
@@ -203,31 +198,4 @@ Deno.test("tokens: values, short groups, unknown options and their problems", ()
     ["positional", 3, undefined],
     ["option", 4, "-e needs a value"],
   ]);
-});
-
-Deno.test("help: one layout with every visible option, its facts and env twin", () => {
-  const text = renderHelp({
-    about: "tool: does things.",
-    usage: "tool [OPTIONS]",
-    sections: [{ title: "Options", flags: TABLE, help: true }],
-    examples: ["tool --port 1"],
-  });
-  const expectations: RegExp[] = [
-    /^tool: does things\.\n\nUsage: tool \[OPTIONS\]\n\nOptions:\n/,
-    /^ {6}--port PORT +Port \[0 to 65535; default 8080; env T_PORT\]$/m,
-    /^ {6}--mode fast\|slow +Mode \[default fast\]$/m,
-    /^ {2}-v, --verbose +Chatty \[env T_VERBOSE\]$/m,
-    /^ {6}--tag A,B +Tags \[one of a, b, c; repeatable; env T_TAG\]$/m,
-    /^ {6}--mem SIZE +Mem \[256 to 4096 MiB; default 1024 MiB; env T_MEM\]$/m,
-    /^ {6}--wait DURATION +Wait \[1s to 86400s; default 300s\]$/m,
-    /^ {6}--token VALUE +Token \[env T_TOKEN only\]$/m,
-    /^ {2}-h, --help +Show this help$/m,
-    /\n\nExamples:\n {2}tool --port 1\n$/,
-  ];
-  for (const re of expectations) assert.match(text, re);
-  const hidden = { old: { kind: "string", hidden: true, help: "Old" } } satisfies FlagTable;
-  assert.doesNotMatch(
-    renderHelp({ usage: "x", sections: [{ title: "O", flags: hidden }] }),
-    /--old/,
-  );
 });

@@ -13,8 +13,8 @@ import {
   type FlagTable,
   noPositionals,
   parseFlags,
-  renderHelp,
 } from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
 import { PRODUCTION_PARAMS } from "../core/grants.ts";
 import type { LogLevel } from "../core/log.ts";
 import {

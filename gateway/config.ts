@@ -12,8 +12,8 @@ import {
   type FlagTable,
   noPositionals,
   parseFlags,
-  renderHelp,
 } from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
 import type { GatewayGrantParams } from "../core/grants.ts";
 import type { LogFormat, LogLevel } from "../core/log.ts";
 import {

@@ -21,8 +21,8 @@ import {
   givenAs,
   noPositionals,
   parseFlags,
-  renderHelp,
 } from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
 import { DEFAULT_SESSION_CGROUP, DEFAULT_SSH_SOCKET_PATH } from "../core/grants.ts";
 import type { LogFormat, LogLevel } from "../core/log.ts";
 import { LOG_FORMAT, LOG_LEVEL, MAX_SOCKET_PATH_BYTES } from "../core/shared_flags.ts";
