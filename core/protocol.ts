@@ -18,6 +18,7 @@ import {
   EGRESS_DESCRIPTOR,
   OPENSHELL_DESCRIPTOR,
 } from "../proto/descriptors.ts";
+import type { SandboxPolicy } from "./policy.ts";
 
 /** How messages are turned into objects (see the module documentation). */
 export const LOADER_OPTIONS: protoLoader.Options = {
@@ -311,37 +312,8 @@ export type RelayFrame =
 
 // ---- policy (openshell.sandbox.v1 and the policy RPCs) ------------------------
 
-/** `openshell.sandbox.v1.NetworkEndpoint` (the L7 fields, refused when set, as decoded). */
-export interface NetworkEndpoint {
-  host: string;
-  port: number;
-  protocol: string;
-  tls: string;
-  enforcement: string;
-  access: string;
-  rules: unknown[];
-  allowed_ips: string[];
-  ports: number[];
-  deny_rules: unknown[];
-  allow_encoded_slash: boolean;
-}
-
-/** `openshell.sandbox.v1.NetworkPolicyRule`. */
-export interface NetworkPolicyRule {
-  name: string;
-  endpoints: NetworkEndpoint[];
-  binaries: unknown[];
-}
-
-/** `openshell.sandbox.v1.SandboxPolicy`: only `network_policies` is enforced. */
-export interface SandboxPolicy {
-  version: number;
-  filesystem: unknown | null;
-  landlock: unknown | null;
-  process: unknown | null;
-  network_policies: Record<string, NetworkPolicyRule>;
-}
-
+/** The policy messages (`openshell.sandbox.v1`), shared with core/policy.ts. */
+export type { NetworkEndpoint, NetworkPolicyRule, SandboxPolicy } from "./policy.ts";
 /** `openshell.v1.PolicyStatus` names. */
 export type PolicyStatus =
   | "POLICY_STATUS_UNSPECIFIED"

@@ -109,10 +109,10 @@ export interface Store {
   /** The egress proxy refused `version`: a PENDING revision becomes FAILED with `error`. */
   markPolicyFailed(sandboxId: string, version: number, error: string): Promise<boolean>;
   /**
-   * For every sandbox, the revision the egress proxy should enforce: its
-   * newest PENDING or LOADED one.
+   * For every sandbox (or only `sandboxId`), the revision the egress proxy
+   * should enforce: its newest PENDING or LOADED one.
    */
-  policiesToApply(): Promise<PolicyRevisionRecord[]>;
+  policiesToApply(sandboxId?: string): Promise<PolicyRevisionRecord[]>;
   /** Stores an SSH session (its token only as a hash). */
   createSshSession(session: SshSession): Promise<void>;
   /** The SSH session for `token` (its `id`/`token` fields hold the hash). */
@@ -497,15 +497,23 @@ export class SqliteStore implements Store {
     });
   }
 
-  policiesToApply(): Promise<PolicyRevisionRecord[]> {
+  policiesToApply(sandboxId?: string): Promise<PolicyRevisionRecord[]> {
     return this.#read(() =>
       (this.#db.prepare(
         `SELECT r.* FROM policy_revisions r
-         WHERE r.status IN (?, ?) AND r.version = (
+         WHERE r.status IN (?, ?) AND (? IS NULL OR r.sandbox_id = ?) AND r.version = (
            SELECT MAX(version) FROM policy_revisions
            WHERE sandbox_id = r.sandbox_id AND status IN (?, ?))
          ORDER BY r.sandbox_id`,
-      ).all(PENDING, LOADED, PENDING, LOADED) as unknown as RevisionRow[]).map(toRevision)
+      ).all(
+        PENDING,
+        LOADED,
+        sandboxId ?? null,
+        sandboxId ?? null,
+        PENDING,
+        LOADED,
+      ) as unknown as RevisionRow[])
+        .map(toRevision)
     );
   }
 

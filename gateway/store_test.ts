@@ -263,7 +263,7 @@ Deno.test("policy revisions: numbered per sandbox, newer PENDING supersedes olde
       [1, "POLICY_STATUS_LOADED"],
     ]);
     assert.equal(list[2].loadedAtMs, 20);
-    assert.equal(list[0].policy.network_policies.r.endpoints[0].host, "three");
+    assert.equal(list[0].policy.network_policies?.r.endpoints?.[0].host, "three");
     assert.deepEqual(
       (await store.listPolicyRevisions("a", { limit: 1, offset: 1 })).map((r) => r.version),
       [2],
