@@ -84,6 +84,13 @@ Deno.test("egress process: restarted with backoff when it exits; policies applie
   }
 });
 
+/** A control whose proxy never answers. */
+class Unanswering extends Recorder {
+  override list(): Promise<AppliedPolicy[]> {
+    return Promise.reject(new Error("no socket"));
+  }
+}
+
 Deno.test("egress process: a first start that exits is an error, nothing left running", async () => {
   const store = SqliteStore.open();
   const log = new Logger({ level: "error", sink: () => {} });
@@ -95,12 +102,7 @@ Deno.test("egress process: a first start that exits is an error, nothing left ru
         controlSocket: "/nonexistent/control.sock",
         policies: new EgressPolicies({ store, log, appendLog: () => {} }),
         log,
-        connect: () =>
-          ({
-            ...new Recorder(),
-            list: () => Promise.reject(new Error("no socket")),
-            close: () => {},
-          }) as unknown as EgressControl,
+        connect: () => new Unanswering(),
       }),
       /egress proxy exited with status 4 before it was ready/,
     );
