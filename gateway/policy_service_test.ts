@@ -155,9 +155,10 @@ Deno.test("UpdateConfig: refused fields, bad policies and unknown sandboxes name
     );
     // Past the size cap: refused from its encoded size before validation.
     const big: SandboxPolicy = { network_policies: {} };
-    for (let i = 0; i < 250; i++) {
+    const host = `${"h".repeat(60)}.${"i".repeat(60)}.${"j".repeat(60)}.example`;
+    for (let i = 0; i < 200; i++) {
       big.network_policies![`rule-${i}`] = {
-        endpoints: [{ host: `${"h".repeat(200)}.example`, port: 443, allowed_ips: [] }],
+        endpoints: [{ host, port: 443 }, { host, port: 80 }],
       };
     }
     await assert.rejects(
