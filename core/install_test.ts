@@ -3,6 +3,7 @@ import { makeTestInstall, runInstalled } from "../testing/install.ts";
 import {
   cliGrants,
   driverGrants,
+  egressGrants,
   gatewayGrants,
   type Grants,
   imageBuilderRunArgs,
@@ -55,7 +56,7 @@ function wrapperOf(plan: ReturnType<typeof installPlan>, path: string): string {
   return f.content.text;
 }
 
-Deno.test("install plan: four wrappers on the PATH, the image builder, deno and the manifest", () => {
+Deno.test("install plan: five wrappers on the PATH, the image builder, deno and the manifest", () => {
   const plan = installPlan(OPTIONS);
   assert.deepEqual(plan.files.map((f) => [f.path, f.mode.toString(8)]), [
     ["/opt/os/lib/openshell/deno", "755"],
@@ -63,6 +64,7 @@ Deno.test("install plan: four wrappers on the PATH, the image builder, deno and 
     ["/opt/os/bin/openshell-gateway", "755"],
     ["/opt/os/bin/openshell-driver-vm", "755"],
     ["/opt/os/bin/openshell-sandbox", "755"],
+    ["/opt/os/bin/openshell-egress", "755"],
     ["/opt/os/lib/openshell/openshell-image-builder", "755"],
     ["/opt/os/lib/openshell/openshell-vm-image", "755"],
     ["/opt/os/lib/openshell/install.json", "644"],
@@ -97,6 +99,8 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       stateDir: "/var/lib/openshell/gateway",
       driverBinary: "/opt/os/bin/openshell-driver-vm",
       driverStateDir: "/var/lib/openshell/vm",
+      egressBinary: "/opt/os/bin/openshell-egress",
+      egressStateDir: "/var/lib/openshell/gateway/egress",
     }),
     "driver-vm": driverGrants({
       stateDir: "/var/lib/openshell/vm",
@@ -118,18 +122,21 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       run: ["/opt/os/bin/openshell-gateway", "/opt/os/lib/openshell/openshell-vm-image"]
         .concat(["/bin/kill", "/bin/ps"]),
     }),
+    "egress": egressGrants({ stateDir: "/var/lib/openshell/gateway/egress" }),
   };
   const entries: Record<Role, string> = {
     "gateway": "gateway/main.ts",
     "driver-vm": "driver_vm/main.ts",
     "supervisor": "supervisor/main.ts",
     "cli": "cli/main.ts",
+    "egress": "egress/main.ts",
   };
   const bins: Record<Role, string> = {
     "gateway": "openshell-gateway",
     "driver-vm": "openshell-driver-vm",
     "supervisor": "openshell-sandbox",
     "cli": "openshell",
+    "egress": "openshell-egress",
   };
   for (const role of Object.keys(expected) as Role[]) {
     assert.deepEqual(plan.grants[role], expected[role], role);
@@ -143,9 +150,12 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       `/src/openshell/${entries[role]}`,
     ], role);
   }
-  // The gateway may run its driver and nothing else; the driver qemu, setpriv, qemu-img
-  // and its image builder, which runs with exactly its own grants.
-  assert.deepEqual(plan.grants.gateway.run, ["/opt/os/bin/openshell-driver-vm"]);
+  // The gateway may run its driver and egress proxy and nothing else; the driver qemu,
+  // setpriv, qemu-img and its image builder, which runs with exactly its own grants.
+  assert.deepEqual(plan.grants.gateway.run, [
+    "/opt/os/bin/openshell-driver-vm",
+    "/opt/os/bin/openshell-egress",
+  ]);
   assert.deepEqual(plan.grants["driver-vm"].run, [
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/setpriv",
@@ -176,6 +186,8 @@ Deno.test("install plan: the gateway's defaults match its grants; the CLI names 
       ["OPENSHELL_DRIVER_DIR", "/opt/os/bin"],
       ["OPENSHELL_VM_DRIVER_STATE_DIR", "/var/lib/openshell/vm"],
       ["OPENSHELL_VM_RUNTIME_DIR", "/root/.cache/openshell-deno/vm/current"],
+      // The gateway starts the egress proxy on the dir the proxy's own grants name.
+      ["OPENSHELL_EGRESS_STATE_DIR", "/var/lib/openshell/gateway/egress"],
     ]
   ) {
     assert.ok(gw.includes(`[ -n "\${${name}:-}" ] || ${name}=${value}\n`), `${name} in\n${gw}`);
