@@ -74,6 +74,10 @@ export interface GatewayGrantParams {
   driverStateDir?: string;
   /** TLS files it reads. */
   tlsFiles?: readonly string[];
+  /** The egress proxy binary it runs; absent with `--no-egress`. */
+  egressBinary?: string;
+  /** The egress proxy's state dir (the gateway uses only its control socket there). */
+  egressStateDir?: string;
 }
 
 /** What the VM driver's grants depend on. */
@@ -179,9 +183,13 @@ function unique(items: (string | undefined)[]): string[] {
   return [...new Set(items.filter((x): x is string => typeof x === "string" && x !== ""))];
 }
 
-/** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
+/**
+ * The gateway: listen, its state dir (+ DB file), the driver binary and
+ * socket, the egress proxy binary and its control socket.
+ */
 export function gatewayGrants(p: GatewayGrantParams): Grants {
   const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
+  const egressSocket = p.egressStateDir ? `${p.egressStateDir}/control.sock` : undefined;
   return {
     net: unique([
       hostPortGrant(p.listen),
@@ -189,6 +197,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       `unix:${p.stateDir}/grpc.sock`,
       `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
+      egressSocket ? `unix:${egressSocket}` : undefined,
     ]),
     read: unique([
       p.stateDir,
@@ -196,6 +205,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
       ...(p.tlsFiles ?? []),
     ]),
     // SQLite's WAL companions: the gateway narrows their mode to 0600.
@@ -207,8 +217,9 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
     ]),
-    run: unique([p.driverBinary]),
+    run: unique([p.driverBinary, p.egressBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,
   };
@@ -431,6 +442,8 @@ export const PRODUCTION_PARAMS: {
     stateDir: "/var/lib/openshell/gateway",
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",
+    egressBinary: "/usr/local/libexec/openshell/openshell-egress",
+    egressStateDir: "/var/lib/openshell/gateway/egress",
   },
   driver: {
     stateDir: "/var/lib/openshell/vm",
@@ -450,7 +463,8 @@ export const PRODUCTION_PARAMS: {
     sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
-  egress: { stateDir: "/var/lib/openshell/egress" },
+  // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
+  egress: { stateDir: "/var/lib/openshell/gateway/egress" },
 };
 
 /** The grants of every role with {@link PRODUCTION_PARAMS}, as a Markdown table (README). */
