@@ -120,7 +120,7 @@ export const LOG_SOURCES = ["gateway", "console", "sandbox", "egress"] as const;
 /** The options that describe a network policy (`sandbox create`, `policy set`). */
 const POLICY_OPTIONS: FlagTable = {
   policy: {
-    kind: "path",
+    kind: "string",
     value: "FILE",
     help: "Network policy file (YAML: network_policies: {NAME: {endpoints: [{host, port}]}})",
   },

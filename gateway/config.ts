@@ -366,7 +366,7 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     logLevel: v["log-level"] as LogLevel,
     logFormat: v["log-format"] as LogFormat,
     logFile: v["log-file"],
-    egress: v["egress"] ?? v["drivers"] === "vm",
+    egress: parsed.from["egress"] === "default" ? v["drivers"] === "vm" : v["egress"],
     egressStateDir: v["egress-state-dir"] ?? `${v["state-dir"]}/egress`,
   };
   validate(config);

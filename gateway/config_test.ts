@@ -401,11 +401,11 @@ Deno.test("--egress: on with --drivers vm, off with none; --no-egress and OPENSH
   assert.equal(egressGuestSocket(c), "/e/guest.sock");
   assert.throws(
     () => parse([...PLAIN, "--egress-state-dir", "rel"]),
-    /--egress-state-dir: must be an absolute path/,
+    /--egress-state-dir must be an absolute path/,
   );
   assert.throws(
     () => parse([...PLAIN, "--egress-state-dir", `/${"e".repeat(100)}`]),
-    /--egress-state-dir: too long for a Unix socket path/,
+    /--egress-state-dir is too long for a Unix socket path/,
   );
   // Off: no egress socket length check, no grants.
   const off = parse([...PLAIN, "--no-egress", "--egress-state-dir", `/${"e".repeat(100)}`]);
