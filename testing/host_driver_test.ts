@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { startGateway, type TestGateway } from "./gateway.ts";
-import { writeHostDriverDir } from "./host_driver.ts";
+import { GUEST_FILES, renderGuestConfig } from "../driver_vm/guest.ts";
+import { parseGuestConfig, writeHostDriverDir } from "./host_driver.ts";
 import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./supervisor.ts";
 import { waitFor } from "../core/testing.ts";
 
@@ -23,6 +24,22 @@ async function stopGateway(gw: TestGateway): Promise<void> {
   if (!graced) await gw.kill();
 }
 
+Deno.test("parseGuestConfig reads back what renderGuestConfig wrote, quotes included", () => {
+  const text = renderGuestConfig({
+    sandboxId: "sb-1",
+    sandboxName: `it's "odd" $(x) \`y\` a b`,
+    logLevel: "debug",
+    tls: true,
+  });
+  const c = parseGuestConfig(text);
+  assert.equal(c.OPENSHELL_SANDBOX_ID, "sb-1");
+  assert.equal(c.OPENSHELL_SANDBOX, `it's "odd" $(x) \`y\` a b`);
+  assert.equal(c.OPENSHELL_LOG_LEVEL, "debug");
+  assert.equal(c.OPENSHELL_GUEST_DNS, "");
+  assert.throws(() => parseGuestConfig("A=$(reboot)\n"), /cannot read the value of A/);
+  assert.throws(() => parseGuestConfig("not an assignment\n"), /cannot read line/);
+});
+
 Deno.test("host driver: the gateway's VM-driver path with supervisors on this host", async (t) => {
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-hd-" });
@@ -34,14 +51,15 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
   try {
     await api.waitHealthy();
     await t.step("create → READY, serving the host key the gateway provisioned", async () => {
+      // No second ComputeDriver: the gateway talks to the real VM driver's service.
+      assert.match(gw.stderr(), /compute driver ready.*openshell-driver-vm/);
       const sb = await api.create("hd-one");
       await api.waitForPhase(sb.id, READY);
       const session = await api.sshSession(sb.id);
-      const key = await Deno.readTextFile(`${driverState}/sandboxes/${sb.id}/host_key`);
-      assert.equal(
-        ((await Deno.stat(`${driverState}/sandboxes/${sb.id}/host_key`)).mode ?? 0) & 0o777,
-        0o600,
-      );
+      // The real VM driver wrote the guest files: the key the gateway provisioned, 0600.
+      const keyFile = `${driverState}/sandboxes/${sb.id}/guest/${GUEST_FILES.sshHostKey.fwcfg}`;
+      const key = await Deno.readTextFile(keyFile);
+      assert.equal(((await Deno.stat(keyFile)).mode ?? 0) & 0o777, 0o600);
       const publicKey = publicKeyOfPrivate(key);
       assert.match(session.host_key_fingerprint, /^SHA256:/);
       assert.equal(fingerprintOfPublicKey(publicKey), session.host_key_fingerprint);
