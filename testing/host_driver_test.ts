@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
-import { startGateway, type TestGateway } from "./gateway.ts";
+import { spawnGateway, type TestGateway } from "./gateway.ts";
 import { GUEST_FILES, renderGuestConfig } from "../driver_vm/guest.ts";
 import { parseGuestConfig, writeHostDriverDir } from "./host_driver.ts";
 import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./supervisor.ts";
@@ -44,7 +44,7 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-hd-" });
   await writeHostDriverDir(dir);
-  const gw = await startGateway({ driverDir: dir });
+  const gw = await spawnGateway({ driverDir: dir });
   const driverState = `${gw.stateDir}/vm`;
   const api = gatewayApi(gw.port);
   let gatewayGone = false;
