@@ -134,7 +134,7 @@ export async function startCliFixture(options: CliFixtureOptions = {}): Promise<
       spawnGateway({ tls: true, args: tlsArgs }),
     ]);
     if (started.some((s) => s.status === "rejected")) {
-      for (const s of started) if (s.status === "fulfilled") await stop(s.value);
+      for (const s of started) if (s.status === "fulfilled") await s.value.shutdown(10_000);
       throw started.find((s) => s.status === "rejected")!.reason;
     }
     const [gateway, bare] = started.map((s) => (s as PromiseFulfilledResult<TestGateway>).value);
@@ -250,20 +250,9 @@ async function finishFixture(o: {
     spawn,
     close: async () => {
       api.close();
-      await Promise.all([stop(gateway), stop(bare)]);
+      await Promise.all([gateway.shutdown(10_000), bare.shutdown(10_000)]);
       await Deno.remove(configHome, { recursive: true }).catch(() => {});
       await Deno.remove(driverDir, { recursive: true }).catch(() => {});
     },
   };
-}
-
-/** SIGTERM, and SIGKILL when the gateway has not exited after 10 s. */
-async function stop(gw: TestGateway): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graceful = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), 10_000)),
-  ]);
-  clearTimeout(timer);
-  if (!graceful) await gw.kill();
 }

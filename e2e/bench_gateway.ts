@@ -57,7 +57,6 @@ import {
   startRawPeer,
   startRelayRig,
   stats,
-  stopGateway,
   SUPERVISOR_WINDOW_BYTES,
   table,
   timeDownload,
@@ -90,7 +89,7 @@ async function withResource<T extends { close(): Promise<void> }, R>(
 }
 
 function gatewayResource(gw: TestGateway): { gw: TestGateway; close(): Promise<void> } {
-  return { gw, close: () => stopGateway(gw) };
+  return { gw, close: () => gw.shutdown() };
 }
 
 function heading(title: string): void {

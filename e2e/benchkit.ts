@@ -246,17 +246,6 @@ export interface RelayRig {
   close(): Promise<void>;
 }
 
-/** Stops a gateway with SIGTERM, or SIGKILL after `graceMs`. */
-export async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
-}
-
 /** Resolves once sandbox `id` reaches `phase` (WatchSandbox; no polling). */
 export function waitPhase(api: ApiClient, id: string, phase: string): Promise<Sandbox> {
   return new Promise((resolve, reject) => {
@@ -320,14 +309,14 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
         sup?.close();
         supClient?.close();
         api.close();
-        await stopGateway(gw);
+        await gw.shutdown();
       },
     };
   } catch (err) {
     sup?.close();
     supClient?.close();
     api.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     throw err;
   }
 }

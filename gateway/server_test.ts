@@ -217,7 +217,10 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, su
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sandbox.id,
     });
-    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.end("via-second");
@@ -238,7 +241,10 @@ Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", asyn
         if (seen.endsWith("bye")) relay.end(seen.toUpperCase());
       });
     });
-    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.write("ping-1 ");
@@ -258,7 +264,10 @@ Deno.test("relay: a client that goes away ends the supervisor's side", async () 
       relay.on("close", () => relayEnded());
       relay.on("end", () => relayEnded());
     });
-    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write("x");
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
@@ -432,7 +441,10 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
     await raw("GET /healthz HTTP/1.1\r\n"); // never finishes its head
     const halfOpen = await raw("PRI * HTTP/2.0\r\n\r\n", true);
     // A tunnel whose client vanishes mid-transfer.
-    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write(Buffer.alloc(1 << 20, 7));
     t.socket.destroy();
     // A supervisor whose connection vanishes mid-stream.
@@ -496,7 +508,10 @@ Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted,
     const { sandbox, sup, token } = await readySandbox(f, "quiet", (relay) => {
       relay.on("data", (c: Uint8Array) => relay.write(c));
     });
-    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();

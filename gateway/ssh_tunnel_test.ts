@@ -14,7 +14,7 @@ import {
   SshTunnel,
 } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
-import { sendConnect, type ConnectReply } from "../testing/gateway.ts";
+import { type ConnectReply, sendConnect } from "../testing/gateway.ts";
 
 // ---- ConnectionSlots -------------------------------------------------------------
 

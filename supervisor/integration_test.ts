@@ -125,17 +125,6 @@ async function sessionLeavingProcess(
   };
 }
 
-/** SIGTERM; SIGKILL when the gateway has not exited after `graceMs`. */
-async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
-}
-
 Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, kill -9", async (t) => {
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-it-" });
@@ -276,7 +265,10 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
           Array.from(
             { length: 17 },
             (_, i) =>
-              sendConnect(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": tokens[i % 6] }),
+              sendConnect(gw.port, {
+                "x-sandbox-id": sandbox.id,
+                "x-sandbox-token": tokens[i % 6],
+              }),
           ),
         );
         assert.deepEqual(tunnels.map((t) => t.status), Array(17).fill(200), `wave ${wave}`);
@@ -289,7 +281,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
     await t.step("the gateway restarts → the supervisor reconnects → READY again", async () => {
       const { port, supervisorPort } = gw;
       api.close();
-      await stopGateway(gw);
+      await gw.shutdown();
       const before = first.events().find((e) =>
         e.activity_name === "Open" && e.unmapped.session_id !== undefined
       )!.unmapped.session_id;
@@ -459,7 +451,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
   } finally {
     api.close();
     await sup?.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
@@ -588,7 +580,7 @@ Deno.test("supervisor: https supervisor plane verified with the gateway's CA; an
   } finally {
     api.close();
     for (const s of sups) await s.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -75,6 +75,8 @@ export interface TestGateway {
   stop(): Promise<number>;
   /** SIGKILL; resolves when it is gone. */
   kill(): Promise<void>;
+  /** SIGTERM, then SIGKILL when it has not exited after `graceMs` (default 5 s). */
+  shutdown(graceMs?: number): Promise<void>;
   /** Resolves with the exit code whenever the process ends. */
   exited: Promise<number>;
 }
@@ -233,6 +235,17 @@ export async function spawnGateway(options: TestGatewayOptions = {}): Promise<Te
     },
     kill: async () => {
       signal("SIGKILL");
+      await exited;
+    },
+    shutdown: async (graceMs = 5_000) => {
+      signal("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const graced = await Promise.race([
+        exited.then(() => true),
+        new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
+      ]);
+      clearTimeout(timer);
+      if (!graced) signal("SIGKILL");
       await exited;
     },
     exited,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
-import { spawnGateway, type TestGateway } from "./gateway.ts";
+import { spawnGateway } from "./gateway.ts";
 import { GUEST_FILES, renderGuestConfig } from "../driver_vm/guest.ts";
 import { parseGuestConfig, writeHostDriverDir } from "./host_driver.ts";
 import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./supervisor.ts";
@@ -12,16 +12,6 @@ async function pids(pattern: string): Promise<number[]> {
   const out = await new Deno.Command("pgrep", { args: ["-f", "--", pattern], stdout: "piped" })
     .output();
   return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).map(Number);
-}
-
-async function stopGateway(gw: TestGateway): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), 5_000)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
 }
 
 Deno.test("parseGuestConfig reads back what renderGuestConfig wrote, quotes included", () => {
@@ -114,7 +104,7 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
     });
   } finally {
     api.close();
-    if (!gatewayGone) await stopGateway(gw);
+    if (!gatewayGone) await gw.shutdown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
