@@ -47,13 +47,13 @@ Deno.test("installed commands run from any directory, with no deno on the PATH",
     const r = await runInstalled(
       inst,
       "command -v deno || echo no-deno; openshell --version; openshell-driver-vm --version; " +
-        "openshell-sandbox --version; openshell-gateway --help | head -1",
+        "openshell-sandbox --version; openshell-gateway --help | head -1 | cut -d: -f1",
     );
     assert.equal(r.code, 0, r.stderr);
     assert.equal(
       r.stdout,
       "no-deno\nopenshell 0.1.0\nopenshell-driver-vm 0.1.0\nopenshell-sandbox 0.1.0\n" +
-        "usage: openshell-gateway [flags]\n",
+        "openshell-gateway\n",
     );
   } finally {
     await inst.remove();
