@@ -4,7 +4,7 @@ import { cliGrants } from "../../core/grants.ts";
 import { roleCommand } from "../../core/launcher.ts";
 import type { Sandbox } from "../../core/protocol.ts";
 import { waitFor } from "../../core/testing.ts";
-import { apiClient, startGateway } from "../../testing/gateway.ts";
+import { apiClient, spawnGateway } from "../../testing/gateway.ts";
 import { cleanEnv } from "../../testing/supervisor.ts";
 import { parseCommandLine } from "../args.ts";
 import { createStyle } from "../output.ts";
@@ -76,7 +76,7 @@ Deno.test("policy get: a revision reads naturally", () => {
 const dec = new TextDecoder();
 
 Deno.test("policy set --wait, get, list and create --policy against a gateway with its egress proxy", async () => {
-  const gw = await startGateway({ egress: true });
+  const gw = await spawnGateway({ egress: true });
   const api = apiClient(gw.port);
   const home = await Deno.makeTempDir({ prefix: "oscli-pol-" });
   const cli = async (args: string[]) => {
