@@ -15,6 +15,7 @@ import {
   type ExecSandboxRequest,
   type GetSandboxLogsRequest,
   type GetSandboxLogsResponse,
+  type GetSandboxPolicyStatusResponse,
   type HealthResponse,
   type Image,
   type ImageProgress,
@@ -22,10 +23,13 @@ import {
   type IssueSupervisorCredentialsResponse,
   OpenShellClient,
   type Sandbox,
+  type SandboxPolicy,
+  type SandboxPolicyRevision,
   type SandboxStreamEvent,
   type ServerStreamMethod,
   unaryCall,
   type UnaryMethod,
+  type UpdateConfigResponse,
   type WatchSandboxRequest,
   type Wire,
 } from "../core/protocol.ts";
@@ -262,6 +266,26 @@ export class GatewayClient {
   /** `ExecSandbox`. */
   execSandbox(req: Wire<ExecSandboxRequest>): ServerStream<ExecSandboxEvent> {
     return this.#stream(this.#client.ExecSandbox, req);
+  }
+
+  /** `UpdateConfig` with a sandbox's new policy: its version and hash. */
+  updatePolicy(name: string, policy: Wire<SandboxPolicy>): Promise<UpdateConfigResponse> {
+    return this.#unary(this.#client.UpdateConfig, { name, policy });
+  }
+
+  /** `GetSandboxPolicyStatus`: one revision (0 = the latest) and the enforced version. */
+  getSandboxPolicyStatus(name: string, version = 0): Promise<GetSandboxPolicyStatusResponse> {
+    return this.#unary(this.#client.GetSandboxPolicyStatus, { name, version });
+  }
+
+  /** `ListSandboxPolicies`: revisions newest first (at most {@link LIST_PAGE}). */
+  async listSandboxPolicies(
+    name: string,
+    limit: number,
+    offset = 0,
+  ): Promise<SandboxPolicyRevision[]> {
+    return (await this.#unary(this.#client.ListSandboxPolicies, { name, limit, offset }))
+      .revisions;
   }
 
   /** `ListImages` (openshell-deno only). */

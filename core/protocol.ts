@@ -14,7 +14,11 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { COMPUTE_DRIVER_DESCRIPTOR, OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
+import {
+  COMPUTE_DRIVER_DESCRIPTOR,
+  EGRESS_DESCRIPTOR,
+  OPENSHELL_DESCRIPTOR,
+} from "../proto/descriptors.ts";
 import { LOADER_OPTIONS } from "../proto/options.ts";
 import type * as proto from "../proto/types.ts";
 
@@ -25,6 +29,8 @@ export { LOADER_OPTIONS };
 export const OPENSHELL_SERVICE_NAME = "openshell.v1.OpenShell";
 /** Fully-qualified name of the compute driver service. */
 export const COMPUTE_DRIVER_SERVICE_NAME = "openshell.compute.v1.ComputeDriver";
+/** Fully-qualified name of the egress proxy's control service (openshell-deno only). */
+export const EGRESS_SERVICE_NAME = "openshell.egress.v1.EgressProxy";
 
 /**
  * The client class of service `name` in `descriptor`, typed as the generated
@@ -57,6 +63,14 @@ export const ComputeDriverClient: proto.ClientConstructor<proto.ComputeDriverCli
 );
 /** A client of `openshell.compute.v1.ComputeDriver` (an instance of {@link ComputeDriverClient}). */
 export type ComputeDriverClient = proto.ComputeDriverClient;
+
+/** Client class of `openshell.egress.v1.EgressProxy`; `.service` is its definition. */
+export const EgressProxyClient: proto.ClientConstructor<proto.EgressProxyClient> = loadService(
+  EGRESS_DESCRIPTOR,
+  EGRESS_SERVICE_NAME,
+);
+/** A client of `openshell.egress.v1.EgressProxy` (an instance of {@link EgressProxyClient}). */
+export type EgressProxyClient = proto.EgressProxyClient;
 
 /**
  * Calls a unary method of a typed client as a promise, e.g.

@@ -23,16 +23,16 @@ export const PROTO_FILES: Readonly<Record<string, string>> = {
 /**
  * The TypeScript name prefix of each package's messages and enums, in the
  * order they are written. Packages reuse message names (`GetSandboxRequest`
- * is in both `openshell.v1` and `openshell.compute.v1`), so every package but
- * the public API's and the policy's gets one; a name that already starts
- * with its prefix keeps it once (`DriverSandbox`, `EgressEvent`). Services
- * are never prefixed (their names are unique).
+ * is in both `openshell.v1` and `openshell.compute.v1`), so the driver's and
+ * google's get one; a name that already starts with its prefix keeps it once
+ * (`DriverSandbox`). A new clash fails generation, naming both. Services are
+ * never prefixed (their names are unique).
  */
 export const TYPE_PREFIXES: Readonly<Record<string, string>> = {
   "openshell.v1": "",
   "openshell.sandbox.v1": "",
   "openshell.compute.v1": "Driver",
-  "openshell.egress.v1": "Egress",
+  "openshell.egress.v1": "",
   "google.protobuf": "Proto",
 };
 
@@ -306,10 +306,14 @@ const PRELUDE =
  */
 import type * as grpc from "@grpc/grpc-js";
 
-/** Recursively optional: the shape accepted when *sending* a message. */
+/**
+ * Recursively optional: the shape accepted when *sending* a message (a field
+ * left out or null is unset; map values and list elements are never null).
+ */
 export type Wire<T> = T extends Uint8Array ? Uint8Array
   : T extends (infer U)[] ? Wire<U>[]
-  : T extends object ? { [K in keyof T]?: Wire<T[K]> | null }
+  : T extends object ? string extends keyof T ? { [key: string]: Wire<T[string & keyof T]> }
+  : { [K in keyof T]?: Wire<T[K]> | null }
   : T;
 
 /** A grpc-js client class whose instances are \`C\`; \`service\` is the server's definition. */

@@ -18,10 +18,14 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 
-/** Recursively optional: the shape accepted when *sending* a message. */
+/**
+ * Recursively optional: the shape accepted when *sending* a message (a field
+ * left out or null is unset; map values and list elements are never null).
+ */
 export type Wire<T> = T extends Uint8Array ? Uint8Array
   : T extends (infer U)[] ? Wire<U>[]
-  : T extends object ? { [K in keyof T]?: Wire<T[K]> | null }
+  : T extends object ? string extends keyof T ? { [key: string]: Wire<T[string & keyof T]> }
+  : { [K in keyof T]?: Wire<T[K]> | null }
   : T;
 
 /** A grpc-js client class whose instances are `C`; `service` is the server's definition. */
@@ -918,7 +922,7 @@ export interface DriverDeleteImageResponse {
 // ---- openshell.egress.v1 -----------------------------------------------------
 
 /** `openshell.egress.v1.ApplyPolicyRequest`. */
-export interface EgressApplyPolicyRequest {
+export interface ApplyPolicyRequest {
   sandbox_id: string;
   /** The gateway's per-sandbox policy version. */
   version: number;
@@ -926,37 +930,37 @@ export interface EgressApplyPolicyRequest {
 }
 
 /** `openshell.egress.v1.ApplyPolicyResponse`. */
-export interface EgressApplyPolicyResponse {
+export interface ApplyPolicyResponse {
   /** The version enforced now. */
   loaded_version: number;
   loaded_at_ms: number;
 }
 
 /** `openshell.egress.v1.RemoveSandboxRequest`. */
-export interface EgressRemoveSandboxRequest {
+export interface RemoveSandboxRequest {
   sandbox_id: string;
 }
 
 /** `openshell.egress.v1.RemoveSandboxResponse`. */
-export type EgressRemoveSandboxResponse = Record<string, never>;
+export type RemoveSandboxResponse = Record<string, never>;
 
 /** `openshell.egress.v1.ListPoliciesRequest`. */
-export type EgressListPoliciesRequest = Record<string, never>;
+export type ListPoliciesRequest = Record<string, never>;
 
 /** `openshell.egress.v1.ListPoliciesResponse`. */
-export interface EgressListPoliciesResponse {
-  policies: EgressAppliedPolicy[];
+export interface ListPoliciesResponse {
+  policies: AppliedPolicy[];
 }
 
 /** `openshell.egress.v1.AppliedPolicy`. */
-export interface EgressAppliedPolicy {
+export interface AppliedPolicy {
   sandbox_id: string;
   version: number;
   loaded_at_ms: number;
 }
 
 /** `openshell.egress.v1.WatchEventsRequest`. */
-export type EgressWatchEventsRequest = Record<string, never>;
+export type WatchEventsRequest = Record<string, never>;
 
 /** `openshell.egress.v1.EgressEvent`. */
 export interface EgressEvent {
@@ -1378,32 +1382,32 @@ export interface EgressProxyClient extends grpc.Client {
    * Replaces one sandbox's policy; new connections follow it at once.
    * INVALID_ARGUMENT when the policy cannot be enforced (the previous one stays).
    */
-  ApplyPolicy(argument: Wire<EgressApplyPolicyRequest>, callback: grpc.requestCallback<EgressApplyPolicyResponse>): grpc.ClientUnaryCall;
-  ApplyPolicy(argument: Wire<EgressApplyPolicyRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<EgressApplyPolicyResponse>): grpc.ClientUnaryCall;
-  ApplyPolicy(argument: Wire<EgressApplyPolicyRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<EgressApplyPolicyResponse>): grpc.ClientUnaryCall;
-  ApplyPolicy(argument: Wire<EgressApplyPolicyRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<EgressApplyPolicyResponse>): grpc.ClientUnaryCall;
+  ApplyPolicy(argument: Wire<ApplyPolicyRequest>, callback: grpc.requestCallback<ApplyPolicyResponse>): grpc.ClientUnaryCall;
+  ApplyPolicy(argument: Wire<ApplyPolicyRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<ApplyPolicyResponse>): grpc.ClientUnaryCall;
+  ApplyPolicy(argument: Wire<ApplyPolicyRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<ApplyPolicyResponse>): grpc.ClientUnaryCall;
+  ApplyPolicy(argument: Wire<ApplyPolicyRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<ApplyPolicyResponse>): grpc.ClientUnaryCall;
   /**
    * `RemoveSandbox`.
    * Forgets a sandbox: its policy, and closes its open connections.
    */
-  RemoveSandbox(argument: Wire<EgressRemoveSandboxRequest>, callback: grpc.requestCallback<EgressRemoveSandboxResponse>): grpc.ClientUnaryCall;
-  RemoveSandbox(argument: Wire<EgressRemoveSandboxRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<EgressRemoveSandboxResponse>): grpc.ClientUnaryCall;
-  RemoveSandbox(argument: Wire<EgressRemoveSandboxRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<EgressRemoveSandboxResponse>): grpc.ClientUnaryCall;
-  RemoveSandbox(argument: Wire<EgressRemoveSandboxRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<EgressRemoveSandboxResponse>): grpc.ClientUnaryCall;
+  RemoveSandbox(argument: Wire<RemoveSandboxRequest>, callback: grpc.requestCallback<RemoveSandboxResponse>): grpc.ClientUnaryCall;
+  RemoveSandbox(argument: Wire<RemoveSandboxRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<RemoveSandboxResponse>): grpc.ClientUnaryCall;
+  RemoveSandbox(argument: Wire<RemoveSandboxRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<RemoveSandboxResponse>): grpc.ClientUnaryCall;
+  RemoveSandbox(argument: Wire<RemoveSandboxRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<RemoveSandboxResponse>): grpc.ClientUnaryCall;
   /**
    * `ListPolicies`.
    * The policies the proxy enforces now (after a gateway restart, for reconciling).
    */
-  ListPolicies(argument: Wire<EgressListPoliciesRequest>, callback: grpc.requestCallback<EgressListPoliciesResponse>): grpc.ClientUnaryCall;
-  ListPolicies(argument: Wire<EgressListPoliciesRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<EgressListPoliciesResponse>): grpc.ClientUnaryCall;
-  ListPolicies(argument: Wire<EgressListPoliciesRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<EgressListPoliciesResponse>): grpc.ClientUnaryCall;
-  ListPolicies(argument: Wire<EgressListPoliciesRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<EgressListPoliciesResponse>): grpc.ClientUnaryCall;
+  ListPolicies(argument: Wire<ListPoliciesRequest>, callback: grpc.requestCallback<ListPoliciesResponse>): grpc.ClientUnaryCall;
+  ListPolicies(argument: Wire<ListPoliciesRequest>, metadata: grpc.Metadata, callback: grpc.requestCallback<ListPoliciesResponse>): grpc.ClientUnaryCall;
+  ListPolicies(argument: Wire<ListPoliciesRequest>, options: grpc.CallOptions, callback: grpc.requestCallback<ListPoliciesResponse>): grpc.ClientUnaryCall;
+  ListPolicies(argument: Wire<ListPoliciesRequest>, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<ListPoliciesResponse>): grpc.ClientUnaryCall;
   /**
    * `WatchEvents`.
    * Every allowed, denied and audited connection, as it happens.
    */
-  WatchEvents(argument: Wire<EgressWatchEventsRequest>, options?: grpc.CallOptions): grpc.ClientReadableStream<EgressEvent>;
-  WatchEvents(argument: Wire<EgressWatchEventsRequest>, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<EgressEvent>;
+  WatchEvents(argument: Wire<WatchEventsRequest>, options?: grpc.CallOptions): grpc.ClientReadableStream<EgressEvent>;
+  WatchEvents(argument: Wire<WatchEventsRequest>, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<EgressEvent>;
 }
 
 /** Server handlers of `openshell.egress.v1.EgressProxy`, for `grpc.Server.addService`. */
@@ -1413,20 +1417,20 @@ export interface EgressProxyHandlers extends grpc.UntypedServiceImplementation {
    * Replaces one sandbox's policy; new connections follow it at once.
    * INVALID_ARGUMENT when the policy cannot be enforced (the previous one stays).
    */
-  ApplyPolicy: grpc.handleUnaryCall<EgressApplyPolicyRequest, Wire<EgressApplyPolicyResponse>>;
+  ApplyPolicy: grpc.handleUnaryCall<ApplyPolicyRequest, Wire<ApplyPolicyResponse>>;
   /**
    * `RemoveSandbox`.
    * Forgets a sandbox: its policy, and closes its open connections.
    */
-  RemoveSandbox: grpc.handleUnaryCall<EgressRemoveSandboxRequest, Wire<EgressRemoveSandboxResponse>>;
+  RemoveSandbox: grpc.handleUnaryCall<RemoveSandboxRequest, Wire<RemoveSandboxResponse>>;
   /**
    * `ListPolicies`.
    * The policies the proxy enforces now (after a gateway restart, for reconciling).
    */
-  ListPolicies: grpc.handleUnaryCall<EgressListPoliciesRequest, Wire<EgressListPoliciesResponse>>;
+  ListPolicies: grpc.handleUnaryCall<ListPoliciesRequest, Wire<ListPoliciesResponse>>;
   /**
    * `WatchEvents`.
    * Every allowed, denied and audited connection, as it happens.
    */
-  WatchEvents: grpc.handleServerStreamingCall<EgressWatchEventsRequest, Wire<EgressEvent>>;
+  WatchEvents: grpc.handleServerStreamingCall<WatchEventsRequest, Wire<EgressEvent>>;
 }
