@@ -18,7 +18,14 @@
 import * as grpc from "@grpc/grpc-js";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import { OpenShellClient, type Sandbox, type SandboxStreamEvent } from "../core/protocol.ts";
+import {
+  type IssueSupervisorCredentialsResponse,
+  OpenShellClient,
+  type Sandbox,
+  type SandboxStreamEvent,
+} from "../core/protocol.ts";
+import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { generateHostKey } from "../core/ssh_keys.ts";
 import {
   type ApiClient,
   apiClient,
@@ -287,15 +294,21 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
     const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "bench" }))
       .sandbox;
     const ready = waitPhase(api, sandbox.id, "SANDBOX_PHASE_READY");
+    const credentials = await api.call<IssueSupervisorCredentialsResponse>(
+      "IssueSupervisorCredentials",
+      { name: sandbox.name },
+    );
     supClient = new OpenShellClient(
-      `127.0.0.1:${gw.port}`,
+      `127.0.0.1:${gw.supervisorPort}`,
       grpc.credentials.createInsecure(),
       options.clientWindow ? { "grpc-node.flow_control_window": options.clientWindow } : {},
     );
     sup = connectFakeSupervisor({
-      port: gw.port,
+      port: gw.supervisorPort,
       sandboxId: sandbox.id,
       client: supClient,
+      metadata: { [SUPERVISOR_TOKEN_METADATA]: credentials.token },
+      hostKeyFingerprint: generateHostKey().fingerprint,
       chunkBytes: options.chunkBytes,
       onRelay: (relay) => servePeer(relay),
     });
