@@ -15,7 +15,9 @@ import type { Buffer } from "node:buffer";
 import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
-import { Backoff, sleep } from "../core/backoff.ts";
+import { retryWhile } from "../core/backoff.ts";
+import { hostPort } from "../core/endpoint.ts";
+import { writeAll } from "../core/io.ts";
 import type { CreateSshSessionResponse } from "../core/protocol.ts";
 import {
   describeTlsDrop,
@@ -92,14 +94,10 @@ export function validateTarget(t: TunnelTarget): void {
   }
 }
 
-function hostHeader(host: string, port: number): string {
-  return `${host.includes(":") ? `[${host}]` : host}:${port}`;
-}
-
 /** The headers of the `CONNECT` request. */
 export function connectHeaders(t: TunnelTarget): Record<string, string> {
   return {
-    "Host": hostHeader(t.host, t.port),
+    "Host": hostPort(t.host, t.port),
     "X-Sandbox-Id": t.sandboxId,
     "X-Sandbox-Token": t.token,
   };
@@ -129,7 +127,7 @@ export function connectFailureMessage(status: number, detail = ""): string {
 
 /** The gateway's URL as messages name it. */
 export function gatewayUrl(t: Pick<TunnelTarget, "scheme" | "host" | "port">): string {
-  return `${t.scheme}://${hostHeader(t.host, t.port)}`;
+  return `${t.scheme}://${hostPort(t.host, t.port)}`;
 }
 
 function errorCode(e: unknown): string {
@@ -274,7 +272,7 @@ export function describeDialFailure(t: TunnelTarget, e: unknown): CliError {
   const url = gatewayUrl(t);
   if (e instanceof Deno.errors.NotCapable || /Requires net access/.test(String(e))) {
     return new CliError(
-      `not permitted to connect to ${hostHeader(t.host, t.port)} ` +
+      `not permitted to connect to ${hostPort(t.host, t.port)} ` +
         "(the CLI's network grant does not cover it)",
     );
   }
@@ -312,11 +310,6 @@ export async function dialGateway(t: TunnelTarget): Promise<net.Socket> {
   } catch (e) {
     throw describeDialFailure(t, e);
   }
-}
-
-async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
 }
 
 /** The gateway closed the connection without answering the tunnel request. */
@@ -405,43 +398,54 @@ export interface Tunnel {
   early: Uint8Array;
 }
 
-/** Sends `CONNECT` until it gets `200`, retrying `412` with backoff. */
-export async function openTunnel(
-  t: TunnelTarget,
-  options: OpenTunnelOptions = {},
-): Promise<Tunnel> {
+/** A refused tunnel: the gateway answered with `status`. */
+export class TunnelRefusedError extends CliError {
+  /** The HTTP status of the reply. */
+  readonly status: number;
+  /** Creates the error with its one-line message. */
+  constructor(status: number, detail: string) {
+    super(connectFailureMessage(status, detail));
+    this.name = "TunnelRefusedError";
+    this.status = status;
+  }
+}
+
+/** Sends `CONNECT` until it gets `200`, retrying `412` (not ready yet) with backoff. */
+export function openTunnel(t: TunnelTarget, options: OpenTunnelOptions = {}): Promise<Tunnel> {
   validateTarget(t);
   const dial = options.dial ?? dialGateway;
-  const maxWait = options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS;
   const initial = options.initialDelayMs ?? 1000;
-  const backoff = new Backoff({ initialMs: initial, maxMs: initial * 8 });
-  const started = Date.now();
-  while (true) {
-    const socket = await dial(t);
-    let reply: ConnectReply;
-    try {
-      reply = await requestConnect(socket, t);
-    } catch (e) {
-      socket.destroy();
-      if (t.scheme === "https" && e instanceof ClosedBeforeReplyError) {
-        // How a gateway that refuses this client's certificate usually shows up.
-        throw tlsDropError(t);
-      }
-      throw describeDialFailure(t, e);
+  return retryWhile(() => connectOnce(t, dial), {
+    initialMs: initial,
+    maxMs: initial * 8,
+    maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
+    retryable: (e) => e instanceof TunnelRefusedError && e.status === 412,
+    onRetry: (delay) => options.onRetry?.(delay),
+    signal: options.signal,
+  });
+}
+
+/** One `CONNECT`: the tunnel on `200`, else a {@link TunnelRefusedError} or a dial failure. */
+async function connectOnce(
+  t: TunnelTarget,
+  dial: (t: TunnelTarget) => Promise<net.Socket>,
+): Promise<Tunnel> {
+  const socket = await dial(t);
+  let reply: ConnectReply;
+  try {
+    reply = await requestConnect(socket, t);
+  } catch (e) {
+    socket.destroy();
+    if (t.scheme === "https" && e instanceof ClosedBeforeReplyError) {
+      // How a gateway that refuses this client's certificate usually shows up.
+      throw tlsDropError(t);
     }
-    if (reply.status === 200) return { conn: socketConn(reply.socket), early: reply.rest };
-    reply.socket.destroy();
-    const detail = new TextDecoder().decode(reply.rest).split(/\r?\n/)[0].trim().slice(0, 200);
-    if (reply.status === 412) {
-      const delay = backoff.next();
-      if (Date.now() - started + delay <= maxWait) {
-        options.onRetry?.(delay);
-        await sleep(delay, options.signal);
-        continue;
-      }
-    }
-    throw new CliError(connectFailureMessage(reply.status, detail || reply.reason));
+    throw describeDialFailure(t, e);
   }
+  if (reply.status === 200) return { conn: socketConn(reply.socket), early: reply.rest };
+  reply.socket.destroy();
+  const detail = new TextDecoder().decode(reply.rest).split(/\r?\n/)[0].trim().slice(0, 200);
+  throw new TunnelRefusedError(reply.status, detail || reply.reason);
 }
 
 /** A byte source such as stdin. */

@@ -13,7 +13,7 @@ import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
-import { hostForUrl } from "../core/endpoint.ts";
+import { hostForUrl, hostPort } from "../core/endpoint.ts";
 import { ensureGatewayPki, serverNames } from "../core/pki.ts";
 import { checkPrivateDir } from "../core/secure_fs.ts";
 import { Code } from "../core/status.ts";
@@ -295,9 +295,7 @@ export function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: b
  * a compiled binary's grants are fixed at build time.
  */
 export function checkGrants(config: GatewayConfig): void {
-  const host = config.bind.includes(":") && !config.bind.startsWith("[")
-    ? `[${config.bind}]`
-    : config.bind;
+  const host = hostForUrl(config.bind);
   const wanted: [Deno.PermissionDescriptor, string][] = [
     [
       { name: "net", host: config.port === 0 ? host : `${host}:${config.port}` },
@@ -495,9 +493,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     ttlSecs: config.sshSessionTtlSecs,
   };
   log.info(
-    `Server listening on ${
-      bound.host.includes(":") ? `[${bound.host}]` : bound.host
-    }:${bound.port}`,
+    `Server listening on ${hostPort(bound.host, bound.port)}`,
     {
       version: VERSION,
       drivers: config.drivers,

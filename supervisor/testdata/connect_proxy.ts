@@ -16,6 +16,7 @@
 import http from "node:http";
 import net from "node:net";
 import { once } from "node:events";
+import { writeAll } from "../../core/io.ts";
 
 /** Sends the CONNECT through node:http's client; the socket after a 200, with the bytes that came along. */
 function tunnel(args: string[]): Promise<{ socket: net.Socket; rest: Uint8Array }> {
@@ -50,11 +51,6 @@ function connectUnix(path: string): Promise<net.Socket> {
       resolve(socket);
     });
   });
-}
-
-async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
 }
 
 async function main(args: string[]): Promise<number> {
