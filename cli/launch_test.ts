@@ -19,6 +19,15 @@ Deno.test("the dev launcher grants exactly the gateway the arguments select", as
         root,
       ),
       [{ host: "gw.example", port: 443 }],
+      "upstream's form: --gateway URL",
+    );
+    assert.deepEqual(
+      await gatewaysOf(
+        ["ssh-proxy", "--gateway-url", "https://gw2.example:8443/connect/ssh", "-g", "local"],
+        root,
+      ),
+      [{ host: "gw2.example", port: 8443 }],
+      "what ssh sessions emit: --gateway-url URL --gateway NAME",
     );
     assert.deepEqual(await gatewaysOf(["--bogus"], root), [], "bad arguments: no network");
     await new ConfigStore(root).addGateway({ name: "local", endpoint: "http://localhost:9000" });

@@ -19,13 +19,13 @@
 import { hostPortGrant } from "../core/grants.ts";
 import { stripTaskSeparator } from "../core/launcher.ts";
 import { checkPrivateDir, UnsafePathError } from "../core/secure_fs.ts";
+import { FlagError } from "../core/flags.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { decideAccel, probeCachePath, probeKvm, readProbeCache, writeProbeCache } from "./accel.ts";
 import {
   type Accel,
   type DriverConfig,
-  DriverConfigError,
   driverUsage,
   parseDriverConfig,
   socketPath,
@@ -214,7 +214,7 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     config = parsed.config;
   } catch (err) {
-    if (err instanceof DriverConfigError) {
+    if (err instanceof FlagError) {
       console.error(`openshell-driver-vm: ${err.message}`);
       return 2;
     }
