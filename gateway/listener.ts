@@ -227,7 +227,8 @@ export class GatewayListener {
           : {}),
         ALPNProtocols: ["h2", "http/1.1"],
         allowHalfOpen: true,
-        handshakeTimeout: this.#limits.handshakeTimeoutMs,
+        // No TLS handshakeTimeout of the same length: the handshake timer (from the TCP
+        // accept) covers the TLS handshake, and two timers raced to close the connection.
       }, (socket: tls.TLSSocket) => this.#secured(socket))
       : net.createServer({ allowHalfOpen: true });
     server.on("connection", (socket: net.Socket) => this.#connection(socket));
@@ -434,10 +435,12 @@ export class GatewayListener {
     );
     server.on("clientError", (err: Error & { code?: string }, socket: net.Socket) => {
       const conn = this.#httpConns.get(socket);
-      if (!conn || conn.state !== "handshake" || !socket.writable) {
-        socket.destroy();
+      if (!conn || !err.code?.startsWith("HPE_")) {
+        socket.destroy(); // a reset or the like: nothing to answer
         return;
       }
+      // Bad bytes after the first request (its handler owns the socket) or after a 408: ignored.
+      if (conn.state !== "handshake" || !socket.writable) return;
       this.#settle(conn, "http");
       socket.end(
         err.code === "HPE_HEADER_OVERFLOW"
@@ -457,7 +460,8 @@ export class GatewayListener {
     rest: Uint8Array = new Uint8Array(),
   ): void {
     const conn = this.#httpConns.get(socket);
-    if (!conn || conn.state !== "handshake") return; // pipelined after the first: ignored
+    // Pipelined after the first request, or after a 408: ignored (the socket is closing).
+    if (!conn || conn.state !== "handshake" || !socket.writable) return;
     this.#settle(conn, "http");
     if (req.httpVersionMajor !== 1) {
       socket.end(httpResponse(505, { body: "HTTP version not supported" }));

@@ -400,6 +400,13 @@ Deno.test("HTTP/1.1 heads: headers reach the handler; one answer even to pipelin
     assert.equal(seen[0].target, "/a?q=1");
     assert.equal(seen[0].version, "HTTP/1.1");
     assert.equal(seen[0].headers.get("x-token"), "one, two");
+    // Garbage after a complete request changes nothing: one answer, the first.
+    const trailing = await exchange(
+      f.port,
+      "GET /d HTTP/1.1\r\nHost: g\r\n\r\n\x01\x02 junk\r\n\r\n",
+    );
+    assert.deepEqual(statuses(trailing), [200]);
+    assert.equal(seen.length, 2);
     // A client that half-closes right after its head is still answered.
     assert.deepEqual(statuses(await exchange(f.port, "GET /c HTTP/1.0\r\n\r\n", true)), [200]);
   } finally {
