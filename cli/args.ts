@@ -115,7 +115,28 @@ const ENV_OPTION: FlagSpec = {
 export const SSH_TOKEN_ENV = "OPENSHELL_SSH_TOKEN";
 
 /** Where sandbox log lines come from (`SandboxLogLine.source`). */
-export const LOG_SOURCES = ["gateway", "console", "sandbox"] as const;
+export const LOG_SOURCES = ["gateway", "console", "sandbox", "egress"] as const;
+
+/** The options that describe a network policy (`sandbox create`, `policy set`). */
+const POLICY_OPTIONS: FlagTable = {
+  policy: {
+    kind: "string",
+    value: "FILE",
+    help: "Network policy file (YAML: network_policies: {NAME: {endpoints: [{host, port}]}})",
+  },
+  allow: {
+    kind: "string",
+    repeatable: true,
+    value: "HOST[:PORT]",
+    help: "Allow connections to HOST (a *.glob too) on PORT, default 443",
+  },
+  preset: {
+    kind: "string",
+    repeatable: true,
+    value: "NAME",
+    help: "Allow a preset's hosts: pypi, npm, debian, github",
+  },
+};
 
 /** Every command of the CLI. */
 export const COMMANDS: readonly CommandSpec[] = [
@@ -251,9 +272,12 @@ export const COMMANDS: readonly CommandSpec[] = [
         value: "NAME",
         help: "Guest image to boot (`openshell image list`; default: the built-in one)",
       },
+      ...POLICY_OPTIONS,
     },
     examples: [
       "openshell sandbox create -- echo hello",
+      "openshell sandbox create --preset pypi -- pip download requests",
+      "openshell sandbox create --policy policy.yaml --allow api.example.com",
       "openshell sandbox create --name dev",
       "openshell sandbox create --no-keep -- make test",
       "openshell sandbox create --name big --cpus 4 --memory 8Gi --disk-gib 50",
@@ -380,6 +404,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       "openshell sandbox logs dev --follow",
       "openshell sandbox logs dev --since 10m --level warn",
       "openshell sandbox logs dev --source console -o json",
+      "openshell sandbox logs dev --source egress --since 10m",
     ],
   },
   {
@@ -405,6 +430,66 @@ export const COMMANDS: readonly CommandSpec[] = [
       out: { kind: "string", value: "DIR", help: "Directory to write the credentials into" },
     },
     examples: ["openshell sandbox credentials dev --out /etc/openshell/dev"],
+  },
+  {
+    id: "policy set",
+    summary: "Replace a sandbox's network policy, live",
+    description: "Replace the sandbox's whole network policy with what --policy, --preset and " +
+      "--allow describe together (at least one of them; a file with `network_policies: {}` " +
+      "denies everything). The gateway stores it as a new version and its egress proxy " +
+      "enforces it for new connections at once; --wait waits until it is loaded (or refused).",
+    positionals: [{ name: "NAME" }],
+    options: {
+      ...POLICY_OPTIONS,
+      wait: { kind: "bool", help: "Wait until the egress proxy has loaded it (or refused it)" },
+      timeout: {
+        kind: "duration",
+        min: 1,
+        default: 30,
+        help: "How long --wait waits at most",
+      },
+    },
+    examples: [
+      "openshell policy set dev --preset pypi --preset github --wait",
+      "openshell policy set dev --policy policy.yaml",
+      "openshell policy set dev --allow api.example.com --allow mirror.example:8080",
+    ],
+  },
+  {
+    id: "policy get",
+    summary: "Show a sandbox's policy version and its load status",
+    description: "Show one version of the sandbox's network policy (default: the latest): " +
+      "its status (pending, loaded, failed with the reason, superseded), hash and times, and " +
+      "which version the egress proxy enforces now. --full prints the policy itself as YAML, " +
+      "ready for `policy set --policy`.",
+    positionals: [{ name: "NAME" }],
+    options: {
+      version: { kind: "int", min: 1, value: "N", help: "This version (default: the latest)" },
+      full: { kind: "bool", help: "Print the policy as YAML too" },
+      output: TEXT_OUTPUT,
+    },
+    examples: [
+      "openshell policy get dev",
+      "openshell policy get dev --full > policy.yaml",
+      "openshell policy get dev --version 1 -o json",
+    ],
+  },
+  {
+    id: "policy list",
+    summary: "List a sandbox's policy versions, newest first",
+    positionals: [{ name: "NAME" }],
+    options: {
+      output: TABLE_OUTPUT,
+      limit: {
+        kind: "int",
+        min: 1,
+        max: 100,
+        default: 100,
+        value: "N",
+        help: "At most N versions",
+      },
+    },
+    examples: ["openshell policy list dev"],
   },
   {
     id: "image list",
@@ -530,6 +615,7 @@ export function sshProxyGateway(given: (name: string) => string | undefined): Ss
 /** Command groups and their summaries. */
 export const GROUPS: Readonly<Record<string, string>> = {
   sandbox: "Create, use and delete sandboxes",
+  policy: "Set and inspect sandboxes' network policies",
   image: "Build, import, list and delete guest images",
   gateway: "Start a local gateway; register and choose gateways",
 };

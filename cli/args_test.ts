@@ -229,7 +229,7 @@ Deno.test("logs filters: --since durations and times, --level, --source", () => 
   );
   usage(
     ["sandbox", "logs", "--source", "console,vm"],
-    /^--source must be one of gateway, console, sandbox, got "vm"$/,
+    /^--source must be one of gateway, console, sandbox, egress, got "vm"$/,
   );
   const logs = run([
     "sandbox",

@@ -62,6 +62,12 @@ export function readsNamedFiles(args: readonly string[]): boolean {
     // `image import NAME FILE` and `image build --script FILE` read FILE wherever it is.
     if (parsed.invocation.spec.id === "image import") return true;
     if (parsed.invocation.spec.id === "image build") return v.script !== undefined;
+    // `sandbox create --policy FILE` and `policy set --policy FILE` read FILE.
+    if (
+      parsed.invocation.spec.id === "sandbox create" || parsed.invocation.spec.id === "policy set"
+    ) {
+      return v.policy !== undefined;
+    }
     if (parsed.invocation.spec.id !== "gateway add") return false;
     return v.ca !== undefined || v.cert !== undefined || v.key !== undefined ||
       v["mtls-dir"] !== undefined;

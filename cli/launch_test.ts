@@ -47,6 +47,11 @@ Deno.test("the dev launcher lets image import and build --script read the file t
   assert.equal(readsNamedFiles(["image", "import", "mine", "/tmp/rootfs.tar"]), true);
   assert.equal(readsNamedFiles(["image", "build", "py", "--script", "/tmp/s.sh"]), true);
   assert.equal(readsNamedFiles(["image", "build", "py", "--packages", "cowsay"]), false);
+  // --policy FILE is read wherever it is; --allow and --preset read nothing.
+  assert.equal(readsNamedFiles(["policy", "set", "dev", "--policy", "/tmp/p.yaml"]), true);
+  assert.equal(readsNamedFiles(["sandbox", "create", "--policy", "/tmp/p.yaml"]), true);
+  assert.equal(readsNamedFiles(["policy", "set", "dev", "--allow", "x.example"]), false);
+  assert.equal(readsNamedFiles(["sandbox", "create", "--preset", "pypi"]), false);
   assert.equal(readsNamedFiles(["image", "list"]), false);
   assert.equal(readsNamedFiles(["sandbox", "list"]), false);
 });

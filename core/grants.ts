@@ -17,11 +17,11 @@
  * @module
  */
 
-/** The four roles. */
-export type Role = "gateway" | "driver-vm" | "supervisor" | "cli";
+/** The roles. */
+export type Role = "gateway" | "driver-vm" | "supervisor" | "cli" | "egress";
 
 /** Every role, in data-flow order. */
-export const ROLES: readonly Role[] = ["cli", "gateway", "driver-vm", "supervisor"];
+export const ROLES: readonly Role[] = ["cli", "gateway", "driver-vm", "supervisor", "egress"];
 
 /** Binary name and entry module (relative to the repository root) of each role. */
 export const ROLE_INFO: Readonly<Record<Role, { binary: string; entry: string }>> = {
@@ -29,6 +29,7 @@ export const ROLE_INFO: Readonly<Record<Role, { binary: string; entry: string }>
   "driver-vm": { binary: "openshell-driver-vm", entry: "driver_vm/main.ts" },
   "supervisor": { binary: "openshell-sandbox", entry: "supervisor/main.ts" },
   "cli": { binary: "openshell", entry: "cli/main.ts" },
+  "egress": { binary: "openshell-egress", entry: "egress/main.ts" },
 };
 
 /** A permission: a list of allowed values (empty = denied) or `true` (all). */
@@ -73,6 +74,10 @@ export interface GatewayGrantParams {
   driverStateDir?: string;
   /** TLS files it reads. */
   tlsFiles?: readonly string[];
+  /** The egress proxy binary it runs; absent with `--no-egress`. */
+  egressBinary?: string;
+  /** The egress proxy's state dir (the gateway uses only its control socket there). */
+  egressStateDir?: string;
 }
 
 /** What the VM driver's grants depend on. */
@@ -136,6 +141,12 @@ export interface CliGrantParams {
   run?: readonly string[];
 }
 
+/** What the egress proxy's grants depend on. */
+export interface EgressGrantParams {
+  /** Its state dir: `guest.sock`, `control.sock` and grpc-js's internal socket. */
+  stateDir: string;
+}
+
 /** Environment variables the supervisor reads; nothing else. */
 export const SUPERVISOR_ENV: readonly string[] = [
   "OPENSHELL_SANDBOX_ID",
@@ -172,9 +183,13 @@ function unique(items: (string | undefined)[]): string[] {
   return [...new Set(items.filter((x): x is string => typeof x === "string" && x !== ""))];
 }
 
-/** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
+/**
+ * The gateway: listen, its state dir (+ DB file), the driver binary and
+ * socket, the egress proxy binary and its control socket.
+ */
 export function gatewayGrants(p: GatewayGrantParams): Grants {
   const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
+  const egressSocket = p.egressStateDir ? `${p.egressStateDir}/control.sock` : undefined;
   return {
     net: unique([
       hostPortGrant(p.listen),
@@ -182,6 +197,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       `unix:${p.stateDir}/grpc.sock`,
       `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
+      egressSocket ? `unix:${egressSocket}` : undefined,
     ]),
     read: unique([
       p.stateDir,
@@ -189,6 +205,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
       ...(p.tlsFiles ?? []),
     ]),
     // SQLite's WAL companions: the gateway narrows their mode to 0600.
@@ -200,8 +217,9 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
     ]),
-    run: unique([p.driverBinary]),
+    run: unique([p.driverBinary, p.egressBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,
   };
@@ -303,6 +321,24 @@ export function cliGrants(p: CliGrantParams): Grants {
   };
 }
 
+/**
+ * The egress proxy: any host and port (it dials what each sandbox's policy
+ * allows, which only it decides, and listens on its two Unix sockets), its
+ * state dir, the host's interface addresses (to refuse them as
+ * destinations); no program, no other file.
+ */
+export function egressGrants(p: EgressGrantParams): Grants {
+  return {
+    net: true,
+    read: [p.stateDir],
+    write: [p.stateDir],
+    run: [],
+    env: ["OPENSHELL_*"],
+    sys: ["networkInterfaces"],
+    ignoreEnv: true,
+  };
+}
+
 function flag(name: string, grant: Grant): string[] {
   if (grant === true) return [`--allow-${name}`];
   return grant.length === 0 ? [] : [`--allow-${name}=${grant.join(",")}`];
@@ -398,6 +434,7 @@ export const PRODUCTION_PARAMS: {
   driver: DriverGrantParams;
   supervisor: SupervisorGrantParams;
   cli: CliGrantParams;
+  egress: EgressGrantParams;
 } = {
   gateway: {
     listen: { host: "0.0.0.0", port: 8080 },
@@ -405,6 +442,8 @@ export const PRODUCTION_PARAMS: {
     stateDir: "/var/lib/openshell/gateway",
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",
+    egressBinary: "/usr/local/libexec/openshell/openshell-egress",
+    egressStateDir: "/var/lib/openshell/gateway/egress",
   },
   driver: {
     stateDir: "/var/lib/openshell/vm",
@@ -424,6 +463,8 @@ export const PRODUCTION_PARAMS: {
     sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
+  // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
+  egress: { stateDir: "/var/lib/openshell/gateway/egress" },
 };
 
 /** The grants of every role with {@link PRODUCTION_PARAMS}, as a Markdown table (README). */
@@ -434,6 +475,7 @@ export function renderGrantsTable(): string {
     ["driver-vm", driverGrants(p.driver)],
     ["supervisor", supervisorGrants(p.supervisor)],
     ["cli", cliGrants(p.cli)],
+    ["egress", egressGrants(p.egress)],
   ];
   const cell = (g: Grant) =>
     g === true ? "any" : g.length === 0 ? "—" : g.map((x) => `\`${x}\``).join("<br>");

@@ -77,6 +77,10 @@ export interface GatewayConfig {
   logFormat: LogFormat;
   /** Log lines go to this file (rotated at a cap) instead of stderr. */
   logFile?: string;
+  /** Run the egress proxy (sandboxes' only way out; off: no network at all). */
+  egress: boolean;
+  /** The egress proxy's state dir (its control and guest sockets). */
+  egressStateDir: string;
 }
 
 /** Default state dir (the compiled binary's grants point here). */
@@ -127,7 +131,7 @@ export const GATEWAY_FLAGS = {
     env: "OPENSHELL_DRIVER_DIR",
     default: "/usr/local/libexec/openshell",
     value: "DIR",
-    help: "Directory holding openshell-driver-vm",
+    help: "Directory holding openshell-driver-vm and openshell-egress",
   },
   "vm-driver-state-dir": { ...VM_DRIVER_STATE_DIR, default: "/var/lib/openshell/vm" },
   "vm-runtime-dir": { ...VM_RUNTIME_DIR, help: `${VM_RUNTIME_DIR.help}, passed to the driver` },
@@ -272,6 +276,18 @@ export const GATEWAY_FLAGS = {
     help:
       "Write log lines to FILE instead of stderr; at 10 MiB it becomes FILE.1 and a new FILE starts",
   },
+  "egress": {
+    kind: "bool",
+    env: "OPENSHELL_EGRESS",
+    help: "Run the egress proxy, sandboxes' policy-governed way out (--no-egress: no " +
+      "network at all; default: on with --drivers vm, off with --drivers none)",
+  },
+  "egress-state-dir": {
+    kind: "path",
+    env: "OPENSHELL_EGRESS_STATE_DIR",
+    value: "DIR",
+    help: "State dir of the egress proxy: its sockets (default <state-dir>/egress)",
+  },
 } satisfies FlagTable;
 
 function addressProblem(address: string | number): string | undefined {
@@ -350,6 +366,8 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     logLevel: v["log-level"] as LogLevel,
     logFormat: v["log-format"] as LogFormat,
     logFile: v["log-file"],
+    egress: parsed.from["egress"] === "default" ? v["drivers"] === "vm" : v["egress"],
+    egressStateDir: v["egress-state-dir"] ?? `${v["state-dir"]}/egress`,
   };
   validate(config);
   return { help: false, config };
@@ -391,10 +409,18 @@ function validate(c: GatewayConfig): void {
       );
     }
   }
-  for (const path of [internalSocketPath(c), supervisorSocketPath(c)]) {
+  const sockets: [string, string][] = [
+    ["state-dir", internalSocketPath(c)],
+    ["state-dir", supervisorSocketPath(c)],
+  ];
+  if (c.egress) {
+    sockets.push(["egress-state-dir", egressControlSocket(c)]);
+    sockets.push(["egress-state-dir", egressGuestSocket(c)]);
+  }
+  for (const [flag, path] of sockets) {
     if (new TextEncoder().encode(path).length > MAX_UNIX_SOCKET_PATH) {
       throw new FlagError(
-        `--state-dir is too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
+        `--${flag} is too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
       );
     }
   }
@@ -444,7 +470,23 @@ export function driverArgs(c: GatewayConfig, grpcEndpoint: string): string[] {
     String(c.vmVcpus),
     "--vm-mem-mib",
     String(c.vmMemMib),
+    ...(c.egress ? ["--egress-socket", egressGuestSocket(c)] : []),
   ];
+}
+
+/** The egress proxy's executable: `openshell-egress` beside the driver. */
+export function egressBinary(c: Pick<GatewayConfig, "driverDir">): string {
+  return `${c.driverDir}/openshell-egress`;
+}
+
+/** The egress proxy's control socket (the gateway is its only client). */
+export function egressControlSocket(c: Pick<GatewayConfig, "egressStateDir">): string {
+  return `${c.egressStateDir}/control.sock`;
+}
+
+/** The egress proxy's socket for guests' connections (the VM driver carries them there). */
+export function egressGuestSocket(c: Pick<GatewayConfig, "egressStateDir">): string {
+  return `${c.egressStateDir}/guest.sock`;
 }
 
 /** The grant parameters this configuration needs (for launchers and tests). */
@@ -462,5 +504,7 @@ export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
     tlsFiles: c.disableTls
       ? []
       : [c.tlsCert, c.tlsKey, c.tlsClientCa].filter((f): f is string => !!f),
+    egressBinary: c.egress ? egressBinary(c) : undefined,
+    egressStateDir: c.egress ? c.egressStateDir : undefined,
   };
 }

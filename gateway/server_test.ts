@@ -29,8 +29,8 @@ import {
   byoSupervisor,
   connectFakeSupervisor,
   type FakeSupervisor,
-  openTunnel,
-  startGateway,
+  sendConnect,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 
@@ -44,9 +44,9 @@ const TEST_DEADLINE_MS = 60_000;
 
 async function withGateway(
   fn: (f: Fixture) => Promise<void>,
-  options: Parameters<typeof startGateway>[0] = {},
+  options: Parameters<typeof spawnGateway>[0] = {},
 ): Promise<void> {
-  const gw = await startGateway(options);
+  const gw = await spawnGateway(options);
   const api = apiClient(gw.port);
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -228,7 +228,10 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, su
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sandbox.id,
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.end("via-second");
@@ -249,7 +252,10 @@ Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", asyn
         if (seen.endsWith("bye")) relay.end(seen.toUpperCase());
       });
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.write("ping-1 ");
@@ -269,7 +275,10 @@ Deno.test("relay: a client that goes away ends the supervisor's side", async () 
       relay.on("close", () => relayEnded());
       relay.on("end", () => relayEnded());
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write("x");
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
@@ -290,7 +299,7 @@ Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
       ),
     );
     const runs = Array.from({ length: 12 }, async (_, i) => {
-      const t = await openTunnel(f.gw.port, {
+      const t = await sendConnect(f.gw.port, {
         "x-sandbox-id": sandbox.id,
         "x-sandbox-token": tokens[i % 4].token,
       });
@@ -312,7 +321,7 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 
     const { sandbox, sup, token } = await readySandbox(f, "statuses");
     const id = sandbox.id;
     const status = async (headers: Record<string, string>, opts = {}) =>
-      (await openTunnel(f.gw.port, headers, opts)).status;
+      (await sendConnect(f.gw.port, headers, opts)).status;
 
     assert.equal(
       await status({ "x-sandbox-id": id, "x-sandbox-token": token }, { method: "GET" }),
@@ -340,7 +349,7 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 
     // 429: a fourth tunnel on one token.
     const open = [];
     for (let i = 0; i < 3; i++) {
-      const t = await openTunnel(f.gw.port, { "x-sandbox-id": id, "x-sandbox-token": token });
+      const t = await sendConnect(f.gw.port, { "x-sandbox-id": id, "x-sandbox-token": token });
       assert.equal(t.status, 200);
       open.push(t.socket);
     }
@@ -365,7 +374,7 @@ Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
         sandbox_id: sandbox.id,
       });
       for (let j = 0; j < 3; j++) {
-        const t = await openTunnel(f.gw.port, {
+        const t = await sendConnect(f.gw.port, {
           "x-sandbox-id": sandbox.id,
           "x-sandbox-token": token,
         });
@@ -391,7 +400,7 @@ Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => 
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sb.id,
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
     assert.equal(t.status, 502);
     raw.close();
   });
@@ -443,7 +452,10 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
     await raw("GET /healthz HTTP/1.1\r\n"); // never finishes its head
     const halfOpen = await raw("PRI * HTTP/2.0\r\n\r\n", true);
     // A tunnel whose client vanishes mid-transfer.
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write(Buffer.alloc(1 << 20, 7));
     t.socket.destroy();
     // A supervisor whose connection vanishes mid-stream.
@@ -459,7 +471,7 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
 });
 
 Deno.test("SIGTERM: streams end with UNAVAILABLE and the gateway exits 0", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   try {
     const sup = (await byoSupervisor(gw, "bye")).connect();
     await sup.accepted;
@@ -478,13 +490,13 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
   const dir = await Deno.makeTempDir({ prefix: "osdb" });
   try {
     const dbUrl = `sqlite:${dir}/gw.db`;
-    const first = await startGateway({ dbUrl, stateDir: `${dir}/s1` });
+    const first = await spawnGateway({ dbUrl, stateDir: `${dir}/s1` });
     // Credentials issued by the first gateway (the token is kept hashed in the database).
     const byo = await byoSupervisor(first, "persisted");
     const sb = byo.sandbox;
     assert.equal(await first.stop(), 0);
 
-    const second = await startGateway({ dbUrl, stateDir: `${dir}/s2` });
+    const second = await spawnGateway({ dbUrl, stateDir: `${dir}/s2` });
     const api2 = apiClient(second.port);
     try {
       assert.equal(await phase(api2, "persisted"), "SANDBOX_PHASE_PROVISIONING");
@@ -507,7 +519,10 @@ Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted,
     const { sandbox, sup, token } = await readySandbox(f, "quiet", (relay) => {
       relay.on("data", (c: Uint8Array) => relay.write(c));
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
@@ -528,7 +543,7 @@ Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted,
 });
 
 Deno.test("relay: when the gateway dies the supervisor's side of the relay ends", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   try {
     let relayGone!: () => void;
@@ -538,7 +553,7 @@ Deno.test("relay: when the gateway dies the supervisor's side of the relay ends"
       relay.on("data", (c: Uint8Array) => relay.write(c));
       relay.on("close", () => relayGone());
     });
-    const t = await openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
     t.socket.write("x");
