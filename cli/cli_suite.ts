@@ -12,6 +12,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { runCommand } from "../core/command.ts";
 import { certificateInfo } from "../core/pki.ts";
 import { shellJoin } from "../core/shell.ts";
 import { findProcesses, waitFor } from "../core/testing.ts";
@@ -44,26 +45,13 @@ async function knownHosts(f: CliFixture): Promise<string[]> {
   return text.split("\n").filter((l) => l.trim() && !l.startsWith("#"));
 }
 
-async function runCmd(
+function runCmd(
   cmd: string,
   args: string[],
   stdin?: string,
   env?: Record<string, string>,
 ): Promise<CliResult> {
-  const child = new Deno.Command(cmd, {
-    args,
-    ...(env ? { env } : {}),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  return runCommand([cmd, ...args], { stdin, env });
 }
 
 /** Runs the suite over `scheme` as steps of `t`. */

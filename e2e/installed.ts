@@ -18,6 +18,7 @@
  *
  * @module
  */
+import { runCommand } from "../core/command.ts";
 import { REPO_ROOT } from "../core/launcher.ts";
 import { findProcesses, freePort, waitFor } from "../core/testing.ts";
 import { cacheRoot } from "../driver_vm/image/host.ts";
@@ -63,26 +64,8 @@ export async function installedSteps(runStep: StepRunner): Promise<boolean> {
     OPENSHELL_PROVISION_TIMEOUT: "240",
     NO_COLOR: "1",
   };
-  const sh = async (command: string, timeoutMs = 300_000, cwd = work): Promise<Result> => {
-    const child = new Deno.Command("/bin/sh", {
-      args: ["-c", command],
-      cwd,
-      env,
-      clearEnv: true,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, timeoutMs);
-    const out = await child.output();
-    clearTimeout(timer);
-    const dec = new TextDecoder();
-    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  };
+  const sh = (command: string, timeoutMs = 300_000, cwd = work): Promise<Result> =>
+    runCommand(["/bin/sh", "-c", command], { cwd, env, clearEnv: true, timeoutMs });
   /** Every process of this install: gateway, driver, qemu, socat. */
   const ours = async () => (await findProcesses(`${state}/`)).filter((p) => p.pid !== Deno.pid);
   const describe = (ps: { pid: number; cmdline: string }[]) =>

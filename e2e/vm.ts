@@ -49,6 +49,7 @@
  *
  * @module
  */
+import { runCommand } from "../core/command.ts";
 import { cliGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { spawnGateway, type TestGateway } from "../testing/gateway.ts";
@@ -81,32 +82,11 @@ function show(r: CliResult): string {
   return `exit ${r.code}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
 }
 
-async function runCmd(
+function runCmd(
   argv: readonly string[],
   options: { env: Record<string, string>; timeoutMs?: number; stdin?: string },
 ): Promise<CliResult> {
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    env: options.env,
-    clearEnv: true,
-    stdin: options.stdin !== undefined ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (options.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(options.stdin));
-    await w.close();
-  }
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, options.timeoutMs ?? 120_000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  return runCommand(argv, { ...options, clearEnv: true, timeoutMs: options.timeoutMs ?? 120_000 });
 }
 
 async function md5(text: string): Promise<string> {

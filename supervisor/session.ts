@@ -21,6 +21,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Backoff, sleep } from "../core/backoff.ts";
+import { hostPort } from "../core/endpoint.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import {
   type GatewayMessage,
@@ -104,8 +105,7 @@ type GrpcClient = grpc.Client & {
 
 /** Channels to the gateway over grpc-js. */
 export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
-  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
-  const target = `${host}:${options.port}`;
+  const target = hostPort(options.host, options.port);
   return () => {
     const secure = options.tls ? grpcTlsCredentials(options.host, options.tls) : undefined;
     const client = new OpenShellClient(
