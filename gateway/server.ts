@@ -23,7 +23,6 @@ import {
   driverSocketPath,
   egressBinary,
   egressControlSocket,
-  egressGuestSocket,
   type GatewayConfig,
   internalSocketPath,
   pkiDir,
