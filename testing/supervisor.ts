@@ -21,6 +21,7 @@ import {
   unaryCall,
 } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
+import { waitFor } from "../core/testing.ts";
 import { parseEndpoint } from "../supervisor/config.ts";
 import { READY_MESSAGE } from "../supervisor/main.ts";
 import { killAndRemove } from "../supervisor/session_cgroup.ts";
@@ -621,13 +622,10 @@ export function gatewayApi(port: number, tls?: ClientTlsFiles): GatewayApi {
   const client = new OpenShellClient(`127.0.0.1:${port}`, credentials, options);
   return {
     waitHealthy: async (timeoutMs = 30_000) => {
-      const deadline = Date.now() + timeoutMs;
-      while (true) {
+      await waitFor("the gateway to be healthy", async () => {
         const h = await unaryCall(client, client.Health, {}).catch(() => ({ status: "" }));
-        if (h.status === "SERVICE_STATUS_HEALTHY") return;
-        if (Date.now() > deadline) throw new Error(`gateway not healthy within ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+        return h.status === "SERVICE_STATUS_HEALTHY";
+      }, { timeoutMs, intervalMs: 100 });
     },
     create: async (name, environment = {}) =>
       (await unaryCall(client, client.CreateSandbox, { name, spec: { environment } })).sandbox!,
