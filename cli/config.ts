@@ -257,6 +257,56 @@ export interface AddGatewayOptions {
   now?: Date;
 }
 
+/**
+ * Checks the TLS material of a gateway being added: only for https, a
+ * certificate with its key, each PEM of the right kind, the chain and dates
+ * valid, the key matching the certificate. One-line {@link CliError}s
+ * naming the file (or flag).
+ */
+function checkAddedTls(
+  options: AddGatewayOptions,
+  endpoint: Pick<GatewayEndpoint, "scheme">,
+): void {
+  const tlsGiven = options.ca || options.cert || options.key;
+  if (tlsGiven && endpoint.scheme !== "https") {
+    throw new CliError("--ca, --cert and --key only apply to https:// gateways");
+  }
+  if (!options.cert !== !options.key) {
+    throw new CliError("--cert and --key go together");
+  }
+  const named = { ca: "--ca", cert: "--cert", key: "--key", ...options.files };
+  if (options.ca && !looksLikePem(options.ca, "certificate")) {
+    throw new CliError(`${named.ca} is not a PEM certificate`);
+  }
+  if (options.cert && !looksLikePem(options.cert, "certificate")) {
+    throw new CliError(`${named.cert} is not a PEM certificate`);
+  }
+  if (options.key && !looksLikePem(options.key, "key")) {
+    throw new CliError(`${named.key} is not a PEM private key`);
+  }
+  if (tlsGiven) {
+    const files = options.files ?? named;
+    checkClientTls({ ca: options.ca, cert: options.cert, files }, {
+      fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
+        "<state-dir>/pki (a gateway renews its client bundle at start)",
+      now: options.now,
+    });
+    if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);
+  }
+}
+
+/** Writes the given `ca.crt`, `tls.crt` (0644) and `tls.key` (0600) into a new `dir`; none: no dir. */
+async function writeMtlsFiles(
+  dir: string,
+  tls: Pick<AddGatewayOptions, "ca" | "cert" | "key">,
+): Promise<void> {
+  if (!tls.ca && !tls.cert && !tls.key) return;
+  await Deno.mkdir(dir, { mode: 0o700 });
+  if (tls.ca) await Deno.writeFile(`${dir}/ca.crt`, tls.ca, { mode: 0o644 });
+  if (tls.cert) await Deno.writeFile(`${dir}/tls.crt`, tls.cert, { mode: 0o644 });
+  if (tls.key) await Deno.writeFile(`${dir}/tls.key`, tls.key, { mode: 0o600 });
+}
+
 /** Reads and writes the config directory. */
 export class ConfigStore {
   /** The config directory (`…/openshell`). */
@@ -366,32 +416,7 @@ export class ConfigStore {
   async addGateway(options: AddGatewayOptions): Promise<GatewayMetadata> {
     const name = validateGatewayName(options.name);
     const endpoint = parseEndpoint(options.endpoint);
-    const tlsGiven = options.ca || options.cert || options.key;
-    if (tlsGiven && endpoint.scheme !== "https") {
-      throw new CliError("--ca, --cert and --key only apply to https:// gateways");
-    }
-    if (!options.cert !== !options.key) {
-      throw new CliError("--cert and --key go together");
-    }
-    const named = { ca: "--ca", cert: "--cert", key: "--key", ...options.files };
-    if (options.ca && !looksLikePem(options.ca, "certificate")) {
-      throw new CliError(`${named.ca} is not a PEM certificate`);
-    }
-    if (options.cert && !looksLikePem(options.cert, "certificate")) {
-      throw new CliError(`${named.cert} is not a PEM certificate`);
-    }
-    if (options.key && !looksLikePem(options.key, "key")) {
-      throw new CliError(`${named.key} is not a PEM private key`);
-    }
-    if (tlsGiven) {
-      const files = options.files ?? named;
-      checkClientTls({ ca: options.ca, cert: options.cert, files }, {
-        fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
-          "<state-dir>/pki (a gateway renews its client bundle at start)",
-        now: options.now,
-      });
-      if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);
-    }
+    checkAddedTls(options, endpoint);
     const target = this.gatewayDir(name);
     const exists = (await readOptional(`${target}/metadata.json`)) !== undefined;
     if (exists && !options.force) {
@@ -408,26 +433,33 @@ export class ConfigStore {
         ? { auth_mode: "mtls" }
         : {}),
     };
+    await this.#replaceGatewayDir(name, { metadata, tls: options });
+    if (!(await this.activeGateway())) await this.setActiveGateway(name);
+    return metadata;
+  }
+
+  /**
+   * Builds gateway `name`'s directory aside (its metadata, its `mtls/`
+   * files, the previous `last_sandbox`) and renames it into place, the old
+   * one aside first; on failure the staging directory goes and the
+   * previous state stays.
+   */
+  async #replaceGatewayDir(
+    name: string,
+    o: { metadata: GatewayMetadata; tls: Pick<AddGatewayOptions, "ca" | "cert" | "key"> },
+  ): Promise<void> {
+    const target = this.gatewayDir(name);
     await this.ensureRoot();
     await Deno.mkdir(this.gatewaysDir, { recursive: true, mode: 0o700 });
     const staging = `${this.gatewaysDir}/.staging-${name}-${randomSuffix()}`;
     try {
       await Deno.mkdir(staging, { mode: 0o700 });
-      if (tlsGiven) {
-        await Deno.mkdir(`${staging}/mtls`, { mode: 0o700 });
-        if (options.ca) await Deno.writeFile(`${staging}/mtls/ca.crt`, options.ca, { mode: 0o644 });
-        if (options.cert) {
-          await Deno.writeFile(`${staging}/mtls/tls.crt`, options.cert, { mode: 0o644 });
-        }
-        if (options.key) {
-          await Deno.writeFile(`${staging}/mtls/tls.key`, options.key, { mode: 0o600 });
-        }
-      }
+      await writeMtlsFiles(`${staging}/mtls`, o.tls);
       const last = await readOptional(`${target}/last_sandbox`);
       if (last) await Deno.writeFile(`${staging}/last_sandbox`, last);
       await Deno.writeTextFile(
         `${staging}/metadata.json`,
-        JSON.stringify(metadata, null, 2) + "\n",
+        JSON.stringify(o.metadata, null, 2) + "\n",
       );
       let old: string | undefined;
       try {
@@ -443,8 +475,6 @@ export class ConfigStore {
       await Deno.remove(staging, { recursive: true }).catch(() => {});
       throw e;
     }
-    if (!(await this.activeGateway())) await this.setActiveGateway(name);
-    return metadata;
   }
 
   /** Forgets a gateway (and stops it being the active one). */
