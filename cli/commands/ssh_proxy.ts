@@ -1,7 +1,7 @@
 /**
  * `openshell ssh-proxy`: the ProxyCommand ssh runs. Token mode uses a
  * session the caller created, its token read from the environment
- * ({@link TOKEN_ENV}; never from argv, where `ps` shows it to every user);
+ * ({@link SSH_TOKEN_ENV}; never from argv, where `ps` shows it to every user);
  * name mode creates a fresh session on every run (what `sandbox ssh-config`
  * writes) and revokes its token when the tunnel ends (not sooner: the
  * gateway closes a revoked token's tunnels). The host key
@@ -32,10 +32,7 @@ import {
   pumpTunnel,
   type TunnelTarget,
   tunnelTargetOf,
-} from "../ssh_proxy.ts";
-
-/** The environment variable that carries the SSH session token in token mode. */
-export const TOKEN_ENV: string = SSH_TOKEN_ENV;
+} from "../ssh_tunnel_client.ts";
 
 /** How long revoking a token may take before the proxy gives up on it. */
 const REVOKE_DEADLINE_MS = 5_000;
@@ -67,7 +64,7 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
   const sandboxId = ctx.str("sandbox-id");
   if (!url || !sandboxId) {
     throw new UsageError(
-      `token mode needs --gateway-url URL and --sandbox-id ID (the token in ${TOKEN_ENV})`,
+      `token mode needs --gateway-url URL and --sandbox-id ID (the token in ${SSH_TOKEN_ENV})`,
       "ssh-proxy",
     );
   }
@@ -198,7 +195,7 @@ async function revokeOwn(ctx: Context, own: OwnSession): Promise<void> {
 export async function sshProxyCommand(ctx: Context): Promise<number> {
   ctx.handleInterrupts();
   const name = ctx.str("name");
-  // `--token` is refused by its declaration: the token comes from TOKEN_ENV only.
+  // `--token` is refused by its declaration: the token comes from SSH_TOKEN_ENV only.
   const token = name === undefined ? ctx.str("token") : undefined;
   let target: TunnelTarget;
   let own: OwnSession | undefined;
@@ -211,7 +208,7 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
     target = await tokenTarget(ctx, token);
   } else {
     throw new UsageError(
-      `ssh-proxy needs --name SANDBOX, or --gateway-url URL and --sandbox-id ID with the token in ${TOKEN_ENV}`,
+      `ssh-proxy needs --name SANDBOX, or --gateway-url URL and --sandbox-id ID with the token in ${SSH_TOKEN_ENV}`,
       "ssh-proxy",
     );
   }

@@ -35,7 +35,7 @@ import { CliError } from "./errors.ts";
 import type { HostKeyVerifier } from "./ssh_hostkey.ts";
 
 /** Largest reply head accepted from the gateway (`maxHeaderSize` of the reply parser). */
-export const MAX_HEAD_BYTES = 8192;
+export const MAX_REPLY_HEAD_BYTES = 8192;
 /** How long `412 Precondition Failed` (not ready) is retried. */
 export const DEFAULT_MAX_WAIT_MS = 60_000;
 /** Default connect path. */
@@ -335,7 +335,7 @@ export interface ConnectReply {
 
 /**
  * Sends the `CONNECT` on `socket` (node:http's client) and reads the reply
- * head. A reply that is not HTTP, or is longer than {@link MAX_HEAD_BYTES},
+ * head. A reply that is not HTTP, or is longer than {@link MAX_REPLY_HEAD_BYTES},
  * rejects with a one-line {@link CliError}.
  */
 export function requestConnect(socket: net.Socket, t: TunnelTarget): Promise<ConnectReply> {
@@ -345,7 +345,7 @@ export function requestConnect(socket: net.Socket, t: TunnelTarget): Promise<Con
       path: t.path,
       headers: connectHeaders(t),
       createConnection: () => socket,
-      maxHeaderSize: MAX_HEAD_BYTES,
+      maxHeaderSize: MAX_REPLY_HEAD_BYTES,
     } as http.RequestOptions);
     req.once("connect", (res: http.IncomingMessage, sock: net.Socket, rest: Buffer) => {
       resolve({

@@ -15,7 +15,7 @@ import {
   type TunnelTarget,
   tunnelTargetOf,
   validateTarget,
-} from "./ssh_proxy.ts";
+} from "./ssh_tunnel_client.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
