@@ -19,12 +19,8 @@
  * @module
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import {
-  EndpointError,
-  type GatewayEndpoint,
-  isLoopbackOrUnspecified,
-  parseEndpoint as parseGatewayUrl,
-} from "../core/endpoint.ts";
+import * as endpoints from "../core/endpoint.ts";
+import { EndpointError, type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
 import { checkCertificate, PkiError } from "../core/pki.ts";
 import { CliError } from "./errors.ts";
 import { withoutKnownHost } from "./ssh.ts";
@@ -45,13 +41,16 @@ export function configRoot(env: EnvReader): string {
 
 export { type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
 
-/** Parses a gateway URL (`http://host:port` or `https://host:port`); a {@link CliError} otherwise. */
-export function parseEndpoint(
+/**
+ * Parses a gateway URL (`http://host:port` or `https://host:port`) as
+ * {@link endpoints.parseGatewayUrl} does; a {@link CliError} otherwise.
+ */
+export function parseGatewayUrl(
   text: string,
   options: { allowPath?: boolean } = {},
 ): GatewayEndpoint {
   try {
-    return parseGatewayUrl(text, options);
+    return endpoints.parseGatewayUrl(text, options);
   } catch (err) {
     if (err instanceof EndpointError) throw new CliError(`invalid gateway URL: ${err.message}`);
     throw err;
@@ -415,7 +414,7 @@ export class ConfigStore {
    */
   async addGateway(options: AddGatewayOptions): Promise<GatewayMetadata> {
     const name = validateGatewayName(options.name);
-    const endpoint = parseEndpoint(options.endpoint);
+    const endpoint = parseGatewayUrl(options.endpoint);
     checkAddedTls(options, endpoint);
     const target = this.gatewayDir(name);
     const exists = (await readOptional(`${target}/metadata.json`)) !== undefined;
@@ -534,7 +533,7 @@ function parseMetadata(name: string, raw: Uint8Array): GatewayMetadata {
   if (!m || typeof m !== "object" || typeof m.gateway_endpoint !== "string") {
     throw new CliError(`gateway "${name}": metadata.json has no gateway_endpoint`);
   }
-  const endpoint = parseEndpoint(m.gateway_endpoint);
+  const endpoint = parseGatewayUrl(m.gateway_endpoint);
   return {
     name: typeof m.name === "string" && m.name ? m.name : name,
     gateway_endpoint: m.gateway_endpoint,
@@ -598,7 +597,7 @@ export async function resolveGateway(
   const url = options.endpointFlag ?? (fromEnv || undefined);
   const named = options.gatewayFlag ?? (options.env("OPENSHELL_GATEWAY") || undefined);
   if (url) {
-    const endpoint = parseEndpoint(url);
+    const endpoint = parseGatewayUrl(url);
     let name: string | undefined;
     if (named && NAME.test(named)) {
       name = (await readOptional(`${store.gatewayDir(named)}/metadata.json`)) ? named : undefined;
@@ -606,7 +605,7 @@ export async function resolveGateway(
       // Best effort: an unreadable config dir only costs the TLS files of a match.
       const registered = await store.listGateways().catch(() => []);
       const match = registered.find((g) =>
-        g.metadata && parseEndpoint(g.metadata.gateway_endpoint).url === endpoint.url
+        g.metadata && parseGatewayUrl(g.metadata.gateway_endpoint).url === endpoint.url
       );
       name = match?.name;
     }
@@ -628,7 +627,7 @@ export async function resolveGateway(
     );
   }
   const metadata = await store.readGateway(name);
-  const endpoint = parseEndpoint(metadata.gateway_endpoint);
+  const endpoint = parseGatewayUrl(metadata.gateway_endpoint);
   const tls = endpoint.scheme === "https" ? await store.readTls(name) : undefined;
   if (tls) checkClientTls(tls, { fix: importFix(name, endpoint) });
   return {

@@ -13,7 +13,7 @@ import {
   configRoot,
   ConfigStore,
   type EnvReader,
-  parseEndpoint,
+  parseGatewayUrl,
   resolveGateway,
 } from "./config.ts";
 import { readEnv } from "./context.ts";
@@ -36,7 +36,7 @@ export async function gatewaysOf(
         : undefined;
     const proxy = parsed.invocation.spec.id === "ssh-proxy" ? sshProxyGateway(str) : undefined;
     if (proxy?.url) {
-      const ep = parseEndpoint(proxy.url, { allowPath: true });
+      const ep = parseGatewayUrl(proxy.url, { allowPath: true });
       return netGrantsFor(ep.host, ep.port);
     }
     const gw = await resolveGateway(new ConfigStore(root), {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import protobuf from "protobufjs";
 import { OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
 import { Code } from "../core/status.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseGatewayUrl } from "./config.ts";
 import { GatewayError } from "./gateway_error.ts";
 import {
   decodeCreateSshSessionResponse,
@@ -62,7 +62,7 @@ Deno.test("a gateway that is not there is one UNAVAILABLE line naming it", async
   const port = listener.addr.port;
   listener.close();
   const rpc = new SessionRpc({
-    endpoint: parseEndpoint(`http://127.0.0.1:${port}`),
+    endpoint: parseGatewayUrl(`http://127.0.0.1:${port}`),
   });
   try {
     await assert.rejects(rpc.createSshSession("x", 5_000), (e: unknown) => {

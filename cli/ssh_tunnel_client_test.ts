@@ -3,7 +3,7 @@ import { Buffer } from "node:buffer";
 import tls from "node:tls";
 import { createCa, issueCertificate } from "../core/pki.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseGatewayUrl } from "./config.ts";
 import { CliError } from "./errors.ts";
 import { HostKeyMismatchError, HostKeyVerifier } from "./ssh_hostkey.ts";
 import {
@@ -344,7 +344,7 @@ Deno.test("tunnel target: a loopback or unspecified gateway_host means the CLI's
     host_key_fingerprint: "",
     expires_at_ms: 0,
   };
-  const endpoint = parseEndpoint("http://10.1.2.3:9000");
+  const endpoint = parseGatewayUrl("http://10.1.2.3:9000");
   assert.deepEqual(tunnelTargetOf(session, endpoint), {
     scheme: "http",
     host: "10.1.2.3",

@@ -28,8 +28,8 @@ export class EndpointError extends Error {
   }
 }
 
-/** Options of {@link parseEndpoint}. */
-export interface ParseEndpointOptions {
+/** Options of {@link parseGatewayUrl}. */
+export interface GatewayUrlOptions {
   /** Accept a path after the authority (default: refuse it). */
   allowPath?: boolean;
 }
@@ -49,7 +49,7 @@ export function hostPort(host: string, port: number): string {
  * http(s) with a host, without credentials, query or fragment (and without
  * a path unless allowed).
  */
-export function parseEndpoint(text: string, options: ParseEndpointOptions = {}): GatewayEndpoint {
+export function parseGatewayUrl(text: string, options: GatewayUrlOptions = {}): GatewayEndpoint {
   let u: URL;
   try {
     u = new URL(text.trim());

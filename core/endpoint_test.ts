@@ -4,27 +4,27 @@ import {
   hostForUrl,
   hostPort,
   isLoopbackOrUnspecified,
-  parseEndpoint,
+  parseGatewayUrl,
 } from "./endpoint.ts";
 
-Deno.test("parseEndpoint normalises scheme, host and default ports", () => {
-  assert.deepEqual(parseEndpoint(" http://127.0.0.1:8080/ "), {
+Deno.test("parseGatewayUrl normalises scheme, host and default ports", () => {
+  assert.deepEqual(parseGatewayUrl(" http://127.0.0.1:8080/ "), {
     url: "http://127.0.0.1:8080",
     scheme: "http",
     host: "127.0.0.1",
     port: 8080,
     path: "",
   });
-  assert.equal(parseEndpoint("https://gw.example").url, "https://gw.example:443");
-  assert.equal(parseEndpoint("http://gw").port, 80);
+  assert.equal(parseGatewayUrl("https://gw.example").url, "https://gw.example:443");
+  assert.equal(parseGatewayUrl("http://gw").port, 80);
   assert.deepEqual(
-    [parseEndpoint("http://[::1]:9").host, parseEndpoint("http://[::1]:9").url],
+    [parseGatewayUrl("http://[::1]:9").host, parseGatewayUrl("http://[::1]:9").url],
     ["::1", "http://[::1]:9"],
   );
-  assert.equal(parseEndpoint("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
+  assert.equal(parseGatewayUrl("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
 });
 
-Deno.test("parseEndpoint refuses what is not an http(s) gateway URL, in one line", () => {
+Deno.test("parseGatewayUrl refuses what is not an http(s) gateway URL, in one line", () => {
   const refused: [string, RegExp][] = [
     ["not a url", /^is not a URL: "not a url"/],
     ["ftp://h", /^must be an http:\/\/ or https:\/\/ URL/],
@@ -35,7 +35,7 @@ Deno.test("parseEndpoint refuses what is not an http(s) gateway URL, in one line
     ["http://h:1/x", /^must not have a path/],
   ];
   for (const [text, message] of refused) {
-    assert.throws(() => parseEndpoint(text), (e: unknown) => {
+    assert.throws(() => parseGatewayUrl(text), (e: unknown) => {
       assert.ok(e instanceof EndpointError, text);
       assert.match(e.message, message, text);
       assert.ok(!e.message.includes("\n"));

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { EndpointError, parseEndpoint } from "./endpoint.ts";
+import { EndpointError, parseGatewayUrl } from "./endpoint.ts";
 import type { FlagSpec } from "./flags.ts";
 import { LOG_LEVELS } from "./log.ts";
 
@@ -155,7 +155,7 @@ export const VM_RUNTIME_DIR = {
 export function gatewayGrpcEndpoint(
   value: string,
 ): { scheme: "http" | "https"; host: string; port: number } {
-  const ep = parseEndpoint(value);
+  const ep = parseGatewayUrl(value);
   // An unspecified listen address is reached on loopback.
   const host = ep.host === "0.0.0.0" ? "127.0.0.1" : ep.host === "::" ? "::1" : ep.host;
   if (!/^[A-Za-z0-9.:-]+$/.test(host)) {

@@ -7,6 +7,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { type Grants, renderFlags, supervisorGrants } from "../core/grants.ts";
+import { parseGatewayUrl } from "../core/endpoint.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { LogLevel } from "../core/log.ts";
@@ -22,7 +23,6 @@ import {
 } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
 import { waitFor } from "../core/testing.ts";
-import { parseEndpoint } from "../supervisor/config.ts";
 import { READY_MESSAGE } from "../supervisor/main.ts";
 import { killAndRemove } from "../supervisor/session_cgroup.ts";
 import { SANDBOX_USER } from "../supervisor/sshd_config.ts";
@@ -315,7 +315,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
   const sessionCgroup = chosen === "none" ? undefined : chosen;
   args.push("--session-cgroup", chosen);
   args.push(...(options.args ?? []));
-  const { host, port } = parseEndpoint(options.endpoint);
+  const { host, port } = parseGatewayUrl(options.endpoint);
   const grants = supervisorGrants({
     gateway: { host, port },
     gatewayAddresses: options.gatewayAddresses,

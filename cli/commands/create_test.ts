@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Sandbox, SandboxLogLine, SandboxStreamEvent } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { type GatewayClient, GatewayError, type ServerStream } from "../client.ts";
-import { parseEndpoint } from "../config.ts";
+import { parseGatewayUrl } from "../config.ts";
 import { Context, type StdStreams } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { COMMANDS, parseCommandArgs, UsageError } from "../args.ts";
@@ -80,7 +80,7 @@ function fixture(
     invocation: parseCommandArgs(spec, options.args ?? []),
     env: () => undefined,
     streams,
-    gateway: { endpoint: parseEndpoint("http://127.0.0.1:1"), key: "k", source: "flag" },
+    gateway: { endpoint: parseGatewayUrl("http://127.0.0.1:1"), key: "k", source: "flag" },
     client: fake as unknown as GatewayClient,
   });
   return { ctx, stderr: () => stderr };
@@ -229,7 +229,7 @@ Deno.test("create with a name that is taken: one line that says what to do", asy
     create: () => {
       throw new GatewayError(
         { code: Code.ALREADY_EXISTS, details: 'sandbox "dev" already exists' },
-        parseEndpoint("http://127.0.0.1:1"),
+        parseGatewayUrl("http://127.0.0.1:1"),
       );
     },
   });

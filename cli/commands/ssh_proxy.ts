@@ -16,7 +16,7 @@ import { SSH_TOKEN_ENV, type SshProxyGateway, sshProxyGateway, UsageError } from
 import {
   checkClientTls,
   importBundleCommand,
-  parseEndpoint,
+  parseGatewayUrl,
   type ResolvedGateway,
   resolveGateway,
 } from "../config.ts";
@@ -68,7 +68,7 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
       "ssh-proxy",
     );
   }
-  const ep = parseEndpoint(url, { allowPath: true });
+  const ep = parseGatewayUrl(url, { allowPath: true });
   const tls = ep.scheme === "https" && name ? await ctx.store.readTls(name) : undefined;
   if (tls) {
     checkClientTls(tls, {
