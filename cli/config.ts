@@ -21,12 +21,10 @@
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import * as endpoints from "../core/endpoint.ts";
 import { EndpointError, type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
+import type { EnvReader } from "../core/flags.ts";
 import { checkCertificate, PkiError } from "../core/pki.ts";
 import { CliError } from "./errors.ts";
 import { withoutKnownHost } from "./ssh.ts";
-
-/** Reads one environment variable (`undefined` when unset or not readable). */
-export type EnvReader = (name: string) => string | undefined;
 
 /** The config directory: `$XDG_CONFIG_HOME/openshell`, else `$HOME/.config/openshell`. */
 export function configRoot(env: EnvReader): string {

@@ -5,10 +5,10 @@
  *
  * @module
  */
+import { denoEnv } from "../core/flags.ts";
 import { VERSION } from "../core/version.ts";
 import { commandHelp, type Invocation, parseCommandLine, UsageError } from "./args.ts";
 import type { Context, StdStreams } from "./context.ts";
-import { readEnv } from "./env.ts";
 import { CliError, EXIT_INTERRUPTED } from "./errors.ts";
 import { colorEnabled, createStyle } from "./output.ts";
 
@@ -163,7 +163,7 @@ function reportFailure(
 
 /** Runs the CLI with `argv` (without the program name); returns the exit status. */
 export async function main(argv: readonly string[], options: MainOptions = {}): Promise<number> {
-  const env = options.env ?? readEnv;
+  const env = options.env ?? denoEnv;
   const streams: StdStreams = options.streams ?? {
     stdin: Deno.stdin,
     stdout: Deno.stdout,
