@@ -24,6 +24,7 @@ import {
   pidFileOwner,
   readManifest,
 } from "../../core/install.ts";
+import { sleep } from "../../core/backoff.ts";
 import { listProcesses } from "../../core/procs.ts";
 import { checkPrivateDir, UnsafePathError } from "../../core/secure_fs.ts";
 import { stripControls } from "../../core/text.ts";
@@ -42,8 +43,6 @@ const START_TIMEOUT_MS = 120_000;
 const STOP_TIMEOUT_MS = 30_000;
 /** How often state is polled while waiting. */
 const POLL_MS = 200;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The install this CLI belongs to; a one-line error when there is none. */
 export async function installedManifest(ctx: Context): Promise<InstallManifest> {
