@@ -59,8 +59,11 @@ export interface DriverConfig {
   forwarder: string;
   /** Open connections per VM to the gateway at most. */
   maxGuestConnections: number;
-  /** Open general outbound networking for guests (default: gateway only). */
-  allowEgress: boolean;
+  /**
+   * The egress proxy's guest socket: guests reach the proxy (and DNS)
+   * through it. Absent: guests reach nothing but the gateway.
+   */
+  egressSocket?: string;
 }
 
 /** What {@link parseDriverConfig} returns. */
@@ -156,9 +159,10 @@ const OPTIONS: readonly Opt[] = [
     help: "open connections per VM to the gateway at most (default 8)",
   },
   {
-    flag: "allow-egress",
-    boolean: true,
-    help: "let guests reach any host (default: only the gateway)",
+    flag: "egress-socket",
+    env: "OPENSHELL_EGRESS_SOCKET",
+    help: "the egress proxy's guest socket; guests reach the network only through it " +
+      "(default: none, guests reach only the gateway)",
   },
   { flag: "help", boolean: true, help: "print this help" },
   { flag: "version", boolean: true, help: "print the version" },
@@ -329,6 +333,17 @@ export function parseDriverConfig(
     );
   }
   const mg = get("max-guest-connections");
+  const es = get("egress-socket");
+  const egressSocket = es && es.value.trim() !== ""
+    ? absolute(es.what, es.value.trim())
+    : undefined;
+  if (egressSocket && new TextEncoder().encode(egressSocket).length > MAX_SOCKET_PATH_BYTES) {
+    throw new DriverConfigError(
+      `${
+        es!.what
+      } is too long: it exceeds the ${MAX_SOCKET_PATH_BYTES}-byte Unix socket path limit`,
+    );
+  }
   return {
     kind: "run",
     config: {
@@ -348,7 +363,7 @@ export function parseDriverConfig(
       vmUser,
       forwarder,
       maxGuestConnections: mg ? positiveInt(mg.what, mg.value, 1024) : 8,
-      allowEgress: values["allow-egress"] === true,
+      ...(egressSocket ? { egressSocket } : {}),
     },
   };
 }

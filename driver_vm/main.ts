@@ -302,7 +302,7 @@ export async function main(args: readonly string[]): Promise<number> {
     gateway: { host: config.endpoint.host, port: config.endpoint.port },
     forwarder: config.forwarder,
     maxGuestConnections: config.maxGuestConnections,
-    allowEgress: config.allowEgress,
+    egressSocket: config.egressSocket,
     vmUser,
     // qemu's forwarder (socat) runs as the VM user and must reach the VM's socket.
     forwarderOwner: vmUser ? { uid: vmUser.uid, gid: vmUser.gid } : undefined,
@@ -339,7 +339,9 @@ export async function main(args: readonly string[]): Promise<number> {
     gateway: `${config.endpoint.host}:${config.endpoint.port}`,
     max_guest_connections: config.maxGuestConnections,
     runtime: config.runtimeDir,
-    egress: config.allowEgress ? "open" : "gateway-only",
+    egress: config.egressSocket
+      ? `unix:${config.egressSocket}`
+      : "off (guests reach only the gateway)",
   });
   // Start the accelerator decision now (the probe may take seconds), unless
   // the runtime is missing: then CreateSandbox explains that instead.
