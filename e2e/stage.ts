@@ -21,6 +21,8 @@ export interface StageOptions {
   runtimeDir: string;
   /** The gateway the driver carries its guests' connections to. */
   gateway: { host: string; port: number };
+  /** The egress proxy's guest socket the gateway passes (`--egress-socket`); absent: no egress. */
+  egressSocket?: string;
   qemu?: string;
   setpriv?: string;
   /** Deno binary; default the running one. */
@@ -40,6 +42,7 @@ export function driverWrapper(options: StageOptions): string {
     qemu: options.qemu ?? "/usr/bin/qemu-system-x86_64",
     setpriv: options.setpriv ?? "/usr/bin/setpriv",
     imageBuilder: builder,
+    egressSocket: options.egressSocket,
   });
   const argv = [
     options.deno ?? Deno.execPath(),
