@@ -73,6 +73,10 @@ export interface GatewayGrantParams {
   driverStateDir?: string;
   /** TLS files it reads. */
   tlsFiles?: readonly string[];
+  /** The egress proxy binary it runs; absent with `--no-egress`. */
+  egressBinary?: string;
+  /** The egress proxy's state dir (the gateway uses only its control socket there). */
+  egressStateDir?: string;
 }
 
 /** What the VM driver's grants depend on. */
@@ -177,9 +181,13 @@ function unique(items: (string | undefined)[]): string[] {
   return [...new Set(items.filter((x): x is string => typeof x === "string" && x !== ""))];
 }
 
-/** The gateway: listen, its state dir (+ DB file), the driver binary and socket. */
+/**
+ * The gateway: listen, its state dir (+ DB file), the driver binary and
+ * socket, the egress proxy binary and its control socket.
+ */
 export function gatewayGrants(p: GatewayGrantParams): Grants {
   const driverSocket = p.driverStateDir ? `${p.driverStateDir}/compute-driver.sock` : undefined;
+  const egressSocket = p.egressStateDir ? `${p.egressStateDir}/control.sock` : undefined;
   return {
     net: unique([
       hostPortGrant(p.listen),
@@ -187,6 +195,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       `unix:${p.stateDir}/grpc.sock`,
       `unix:${p.stateDir}/supervisor.sock`,
       driverSocket ? `unix:${driverSocket}` : undefined,
+      egressSocket ? `unix:${egressSocket}` : undefined,
     ]),
     read: unique([
       p.stateDir,
@@ -194,6 +203,7 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
       ...(p.tlsFiles ?? []),
     ]),
     // SQLite's WAL companions: the gateway narrows their mode to 0600.
@@ -205,8 +215,9 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
       p.logFile,
       p.logFile && `${p.logFile}.1`,
       driverSocket,
+      egressSocket,
     ]),
-    run: unique([p.driverBinary]),
+    run: unique([p.driverBinary, p.egressBinary]),
     env: ["OPENSHELL_*"],
     ignoreEnv: true,
   };
@@ -412,6 +423,8 @@ export const PRODUCTION_PARAMS: {
     stateDir: "/var/lib/openshell/gateway",
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",
+    egressBinary: "/usr/local/libexec/openshell/openshell-egress",
+    egressStateDir: "/var/lib/openshell/gateway/egress",
   },
   driver: {
     stateDir: "/var/lib/openshell/vm",

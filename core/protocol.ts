@@ -13,7 +13,12 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { COMPUTE_DRIVER_DESCRIPTOR, OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
+import {
+  COMPUTE_DRIVER_DESCRIPTOR,
+  EGRESS_DESCRIPTOR,
+  OPENSHELL_DESCRIPTOR,
+} from "../proto/descriptors.ts";
+import type { SandboxPolicy } from "./policy.ts";
 
 /** How messages are turned into objects (see the module documentation). */
 export const LOADER_OPTIONS: protoLoader.Options = {
@@ -28,6 +33,8 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 export const OPENSHELL_SERVICE_NAME = "openshell.v1.OpenShell";
 /** Fully-qualified name of the compute driver service. */
 export const COMPUTE_DRIVER_SERVICE_NAME = "openshell.compute.v1.ComputeDriver";
+/** Fully-qualified name of the egress proxy's control service (openshell-deno only). */
+export const EGRESS_SERVICE_NAME = "openshell.egress.v1.EgressProxy";
 
 function loadService(
   descriptor: Record<string, unknown>,
@@ -50,6 +57,12 @@ export const OpenShellClient: grpc.ServiceClientConstructor = loadService(
 export const ComputeDriverClient: grpc.ServiceClientConstructor = loadService(
   COMPUTE_DRIVER_DESCRIPTOR,
   COMPUTE_DRIVER_SERVICE_NAME,
+);
+
+/** Client constructor of `openshell.egress.v1.EgressProxy`; `.service` is its definition. */
+export const EgressProxyClient: grpc.ServiceClientConstructor = loadService(
+  EGRESS_DESCRIPTOR,
+  EGRESS_SERVICE_NAME,
 );
 
 /** Recursively optional: the shape accepted when *sending* a message. */
@@ -123,6 +136,8 @@ export interface SandboxSpec {
   log_level: string;
   environment: Record<string, string>;
   template: SandboxTemplate | null;
+  /** The egress policy (network); null = deny everything. */
+  policy?: SandboxPolicy | null;
   providers: string[];
   gpu: boolean;
 }
@@ -294,6 +309,102 @@ export type GatewayMessage =
 export type RelayFrame =
   | { payload: "init"; init: { channel_id: string } }
   | { payload: "data"; data: Uint8Array };
+
+// ---- policy (openshell.sandbox.v1 and the policy RPCs) ------------------------
+
+/** The policy messages (`openshell.sandbox.v1`), shared with core/policy.ts. */
+export type { NetworkEndpoint, NetworkPolicyRule, SandboxPolicy } from "./policy.ts";
+/** `openshell.v1.PolicyStatus` names. */
+export type PolicyStatus =
+  | "POLICY_STATUS_UNSPECIFIED"
+  | "POLICY_STATUS_PENDING"
+  | "POLICY_STATUS_LOADED"
+  | "POLICY_STATUS_FAILED"
+  | "POLICY_STATUS_SUPERSEDED";
+
+/** `openshell.v1.SandboxPolicyRevision`. */
+export interface SandboxPolicyRevision {
+  version: number;
+  policy_hash: string;
+  status: PolicyStatus;
+  load_error: string;
+  created_at_ms: number;
+  loaded_at_ms: number;
+  policy: SandboxPolicy | null;
+}
+
+/** `openshell.v1.UpdateConfigRequest`. */
+export interface UpdateConfigRequest {
+  name: string;
+  policy: SandboxPolicy | null;
+  setting_key: string;
+  delete_setting: boolean;
+  global: boolean;
+}
+
+/** `openshell.v1.UpdateConfigResponse`. */
+export interface UpdateConfigResponse {
+  version: number;
+  policy_hash: string;
+  settings_revision: number;
+  deleted: boolean;
+}
+
+/** `openshell.v1.GetSandboxPolicyStatusRequest`. */
+export interface GetSandboxPolicyStatusRequest {
+  name: string;
+  version: number;
+  global: boolean;
+}
+
+/** `openshell.v1.GetSandboxPolicyStatusResponse`. */
+export interface GetSandboxPolicyStatusResponse {
+  revision: SandboxPolicyRevision | null;
+  active_version: number;
+}
+
+/** `openshell.v1.ListSandboxPoliciesRequest`. */
+export interface ListSandboxPoliciesRequest {
+  name: string;
+  limit: number;
+  offset: number;
+  global: boolean;
+}
+
+/** `openshell.v1.ListSandboxPoliciesResponse`. */
+export interface ListSandboxPoliciesResponse {
+  revisions: SandboxPolicyRevision[];
+}
+
+// ---- openshell.egress.v1 (openshell-deno only) --------------------------------
+
+/** `openshell.egress.v1.ApplyPolicyResponse`. */
+export interface ApplyPolicyResponse {
+  loaded_version: number;
+  loaded_at_ms: number;
+}
+
+/** `openshell.egress.v1.AppliedPolicy`. */
+export interface AppliedPolicy {
+  sandbox_id: string;
+  version: number;
+  loaded_at_ms: number;
+}
+
+/** `openshell.egress.v1.EgressEvent`: one allowed, denied or audited connection. */
+export interface EgressEvent {
+  sandbox_id: string;
+  time_ms: number;
+  /** `allowed`, `denied` or `audit`. */
+  decision: string;
+  host: string;
+  port: number;
+  policy_name: string;
+  /** One OCSF Network Activity event as one JSON line. */
+  ocsf_json: string;
+  /** Events dropped for this sandbox by the proxy's rate limit since the last one. */
+  dropped: number;
+}
 
 // ---- openshell.compute.v1 ---------------------------------------------------
 

@@ -166,6 +166,11 @@ export interface ComputeRuntimeOptions {
 export interface CreateInput {
   name: string;
   spec: SandboxSpec;
+  /**
+   * Runs once the sandbox is stored, before the driver provisions it (its
+   * egress policy is stored and pushed before its guest can connect).
+   */
+  onStored?: (sandbox: Sandbox) => Promise<void>;
 }
 
 /** Generates a sandbox name like `sandbox-k3x9qa`. */
@@ -451,6 +456,15 @@ export class ComputeRuntime {
     });
   }
 
+  /**
+   * Appends a line from elsewhere (the egress proxy's events) to a
+   * sandbox's log ring; lines for a deleted sandbox are ignored.
+   */
+  appendLog(line: SandboxLogLine): void {
+    if (this.#gone.has(line.sandbox_id) || this.#stopped) return;
+    this.logTopics.publish(line.sandbox_id, { ...line, fields: boundFields(line.fields ?? {}) });
+  }
+
   /** Forgets a sandbox's topics and rate limit; its late console lines are ignored. */
   #forget(sandboxId: string): void {
     this.statusTopics.drop(sandboxId);
@@ -501,6 +515,15 @@ export class ComputeRuntime {
     await this.#store.createSandbox({ sandbox, secrets });
     this.log(sandbox.id, "info", `sandbox ${sandbox.name} created`);
     this.statusTopics.publish(sandbox.id);
+    if (input.onStored) {
+      try {
+        await input.onStored(sandbox);
+      } catch (err) {
+        await this.#store.deleteSandbox(sandbox.id);
+        this.#forget(sandbox.id);
+        throw err;
+      }
+    }
     if (driver) {
       try {
         await driver.create(toDriverSandbox(sandbox, provisioning));

@@ -58,6 +58,10 @@ export interface GatewayConfig {
   logFormat: LogFormat;
   /** Log lines go to this file (rotated at a cap) instead of stderr. */
   logFile?: string;
+  /** Run the egress proxy (sandboxes' only way out; off: no network at all). */
+  egress: boolean;
+  /** The egress proxy's state dir (its control and guest sockets). */
+  egressStateDir: string;
 }
 
 /** Default state dir (the compiled binary's grants point here). */
@@ -114,7 +118,7 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     env: "OPENSHELL_DRIVER_DIR",
     default: "/usr/local/libexec/openshell",
     placeholder: "DIR",
-    description: "Directory holding openshell-driver-vm",
+    description: "Directory holding openshell-driver-vm and openshell-egress",
   },
   {
     name: "vm-driver-state-dir",
@@ -320,6 +324,20 @@ export const GATEWAY_FLAGS: readonly FlagSpec[] = [
     description:
       "Write log lines to FILE instead of stderr; at 10 MiB it becomes FILE.1 and a new FILE starts",
   },
+  {
+    name: "egress",
+    type: "boolean",
+    env: "OPENSHELL_EGRESS",
+    description: "Run the egress proxy, sandboxes' policy-governed way out (--no-egress: no " +
+      "network at all; default: on with --drivers vm, off with --drivers none)",
+  },
+  {
+    name: "egress-state-dir",
+    type: "string",
+    env: "OPENSHELL_EGRESS_STATE_DIR",
+    placeholder: "DIR",
+    description: "State dir of the egress proxy: its sockets (default <state-dir>/egress)",
+  },
 ];
 
 /** Usage line of `--help`. */
@@ -408,6 +426,10 @@ export function parseGatewayConfig(args: readonly string[], env?: EnvReader): Ga
     logFile: optionalString(v["log-file"]) === undefined
       ? undefined
       : absolute("log-file", v["log-file"] as string),
+    egress: (v["egress"] as boolean | undefined) ?? v["drivers"] === "vm",
+    egressStateDir: optionalString(v["egress-state-dir"]) === undefined
+      ? `${stateDir}/egress`
+      : absolute("egress-state-dir", v["egress-state-dir"] as string),
   };
   validate(config);
   return { help: false, config };
@@ -476,6 +498,10 @@ function validate(c: GatewayConfig): void {
     ["state-dir", supervisorSocketPath(c)],
   ];
   if (c.drivers === "vm") sockets.push(["vm-driver-state-dir", driverSocketPath(c)]);
+  if (c.egress) {
+    sockets.push(["egress-state-dir", egressControlSocket(c)]);
+    sockets.push(["egress-state-dir", egressGuestSocket(c)]);
+  }
   for (const [flag, path] of sockets) {
     if (new TextEncoder().encode(path).length > MAX_UNIX_SOCKET_PATH) {
       throw new FlagError(
@@ -513,6 +539,21 @@ export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): st
   return `${c.vmDriverStateDir}/compute-driver.sock`;
 }
 
+/** The egress proxy's executable: `openshell-egress` beside the driver. */
+export function egressBinary(c: Pick<GatewayConfig, "driverDir">): string {
+  return `${c.driverDir}/openshell-egress`;
+}
+
+/** The egress proxy's control socket (the gateway is its only client). */
+export function egressControlSocket(c: Pick<GatewayConfig, "egressStateDir">): string {
+  return `${c.egressStateDir}/control.sock`;
+}
+
+/** The egress proxy's socket for guests' connections (the VM driver carries them there). */
+export function egressGuestSocket(c: Pick<GatewayConfig, "egressStateDir">): string {
+  return `${c.egressStateDir}/guest.sock`;
+}
+
 /** The grant parameters this configuration needs (for launchers and tests). */
 export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
   return {
@@ -528,5 +569,7 @@ export function gatewayGrantParams(c: GatewayConfig): GatewayGrantParams {
     tlsFiles: c.disableTls
       ? []
       : [c.tlsCert, c.tlsKey, c.tlsClientCa].filter((f): f is string => !!f),
+    egressBinary: c.egress ? egressBinary(c) : undefined,
+    egressStateDir: c.egress ? c.egressStateDir : undefined,
   };
 }

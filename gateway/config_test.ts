@@ -5,6 +5,8 @@ import { roleCommand } from "../core/launcher.ts";
 import {
   DEFAULT_STATE_DIR,
   driverSocketPath,
+  egressControlSocket,
+  egressGuestSocket,
   GATEWAY_FLAGS,
   type GatewayConfig,
   gatewayGrantParams,
@@ -71,6 +73,8 @@ Deno.test("defaults: TLS with the automatic PKI and client certificates, a separ
     logLevel: "info",
     logFormat: "text",
     logFile: undefined,
+    egress: true,
+    egressStateDir: `${DEFAULT_STATE_DIR}/egress`,
   });
   assert.equal(usesAutoPki(c), true);
   assert.equal(pkiDir(c), `${DEFAULT_STATE_DIR}/pki`);
@@ -329,6 +333,8 @@ Deno.test("gatewayGrantParams: db path only outside the state dir; driver only w
     driverBinary: "/usr/local/libexec/openshell/openshell-driver-vm",
     driverStateDir: "/var/lib/openshell/vm",
     tlsFiles: [],
+    egressBinary: "/usr/local/libexec/openshell/openshell-egress",
+    egressStateDir: "/s/egress",
   });
   const outside = gatewayGrantParams(
     parse([...PLAIN, "--state-dir", "/s", "--db-url", "sqlite:/s2/gw.db", "--driver-dir", "/d"]),
@@ -347,9 +353,45 @@ Deno.test("gatewayGrantParams: db path only outside the state dir; driver only w
   const none = gatewayGrantParams(parse([...PLAIN, "--drivers", "none"]));
   assert.equal(none.driverBinary, undefined);
   assert.equal(none.driverStateDir, undefined);
-  // the grants follow: no run permission at all without a driver
+  // the grants follow: no run permission at all without a driver (and egress proxy)
   assert.deepEqual(gatewayGrants(none).run, []);
-  assert.deepEqual(gatewayGrants(outside).run, ["/d/openshell-driver-vm"]);
+  assert.deepEqual(gatewayGrants(outside).run, ["/d/openshell-driver-vm", "/d/openshell-egress"]);
+});
+
+Deno.test("--egress: on with --drivers vm, off with none; --no-egress and OPENSHELL_EGRESS win", () => {
+  assert.equal(parse([...PLAIN]).egress, true);
+  assert.equal(parse([...PLAIN, "--drivers", "none"]).egress, false);
+  assert.equal(parse([...PLAIN, "--drivers", "none", "--egress"]).egress, true);
+  assert.equal(parse([...PLAIN, "--no-egress"]).egress, false);
+  assert.equal(parse([...PLAIN], { OPENSHELL_EGRESS: "off" }).egress, false);
+  assert.equal(parse([...PLAIN, "--drivers", "none"], { OPENSHELL_EGRESS: "on" }).egress, true);
+  assert.equal(parse([...PLAIN, "--egress"], { OPENSHELL_EGRESS: "off" }).egress, true);
+  assert.throws(() => parse([...PLAIN], { OPENSHELL_EGRESS: "maybe" }), /OPENSHELL_EGRESS/);
+  const c = parse([...PLAIN, "--state-dir", "/s", "--egress-state-dir", "/e/"]);
+  assert.equal(c.egressStateDir, "/e");
+  assert.equal(egressControlSocket(c), "/e/control.sock");
+  assert.equal(egressGuestSocket(c), "/e/guest.sock");
+  assert.throws(
+    () => parse([...PLAIN, "--egress-state-dir", "rel"]),
+    /--egress-state-dir: must be an absolute path/,
+  );
+  assert.throws(
+    () => parse([...PLAIN, "--egress-state-dir", `/${"e".repeat(100)}`]),
+    /--egress-state-dir: too long for a Unix socket path/,
+  );
+  // Off: no egress socket length check, no grants.
+  const off = parse([...PLAIN, "--no-egress", "--egress-state-dir", `/${"e".repeat(100)}`]);
+  const grants = gatewayGrants(gatewayGrantParams(off));
+  assert.deepEqual(grants.run, ["/usr/local/libexec/openshell/openshell-driver-vm"]);
+  assert.ok(!(grants.net as string[]).some((n) => n.includes("control.sock")));
+  // On: run of the binary and net/read/write of the control socket only (not guest.sock).
+  const on = gatewayGrants(gatewayGrantParams(c));
+  assert.ok((on.net as string[]).includes("unix:/e/control.sock"));
+  assert.ok((on.read as string[]).includes("/e/control.sock"));
+  assert.ok((on.write as string[]).includes("/e/control.sock"));
+  assert.ok(
+    ![...(on.net as string[]), ...(on.read as string[])].some((x) => x.includes("guest.sock")),
+  );
 });
 
 Deno.test("--log-file: absolute; granted only when outside the state dir, with its .1", () => {

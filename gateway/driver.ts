@@ -6,8 +6,7 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { sleep } from "../core/backoff.ts";
-import { type Logger, parseLogLine } from "../core/log.ts";
+import type { Logger } from "../core/log.ts";
 import {
   ComputeDriverClient,
   type DriverSandbox,
@@ -18,6 +17,7 @@ import {
   type Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
+import { passChildLine, removeSocket, spawnChild, waitUntilAnswering } from "./child_process.ts";
 
 /** Handlers of {@link ComputeDriver.watch}. */
 export interface WatchHandlers {
@@ -252,41 +252,13 @@ export interface DriverProcess {
   exited: Promise<number>;
 }
 
-async function pumpLines(
-  stream: ReadableStream<Uint8Array>,
-  onLine: (line: string) => void,
-): Promise<void> {
-  const decoder = new TextDecoder();
-  let rest = "";
-  try {
-    for await (const chunk of stream) {
-      rest += decoder.decode(chunk, { stream: true });
-      let i;
-      while ((i = rest.indexOf("\n")) >= 0) {
-        onLine(rest.slice(0, i));
-        rest = rest.slice(i + 1);
-      }
-    }
-  } catch {
-    // the child went away
-  }
-  if (rest) onLine(rest);
-}
-
 /**
- * Writes one line of the driver's output to the gateway log once: a line
- * the driver's logger wrote keeps its level, target and message under the
- * gateway's timestamp (no second timestamp and level in front of the
- * driver's own); any other text becomes an `info` line of the `driver`
- * component.
+ * Writes one line of the driver's output to the gateway log once (see
+ * {@link passChildLine}; other text is an `info` line of the `driver`
+ * component).
  */
 export function passDriverLine(log: Logger, line: string): void {
-  const parsed = parseLogLine(line);
-  if (!parsed) {
-    if (line.trim()) log.with({ component: "driver" }).info(line);
-    return;
-  }
-  log.withTarget(parsed.target || "driver").log(parsed.level, parsed.message, parsed.fields);
+  passChildLine(log, line, "driver");
 }
 
 /**
@@ -297,58 +269,26 @@ export function passDriverLine(log: Logger, line: string): void {
  * closed gracefully first.
  */
 export async function startDriverProcess(options: DriverProcessOptions): Promise<DriverProcess> {
-  const { log } = options;
-  try {
-    await Deno.remove(options.socketPath);
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(options.binary, {
-      args: options.args,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (err) {
-    throw new Error(`cannot start compute driver ${options.binary}: ${(err as Error).message}`);
-  }
-  const output = Promise.all([
-    pumpLines(child.stdout, (l) => passDriverLine(log, l)),
-    pumpLines(child.stderr, (l) => passDriverLine(log, l)),
-  ]);
-  const exited = child.status.then(async (s) => {
-    await output;
-    return s.code;
+  await removeSocket(options.socketPath);
+  const child = spawnChild({
+    binary: options.binary,
+    args: options.args,
+    what: "compute driver",
+    component: "driver",
+    log: options.log,
   });
-  let gone = false;
-  exited.then(() => gone = true);
-
   const grpcDriver = new GrpcComputeDriver(`unix:${options.socketPath}`);
-  const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
-  let capabilities: GetCapabilitiesResponse | undefined;
-  let lastError = "";
-  while (!capabilities) {
-    if (gone) {
-      await grpcDriver.close();
-      throw new Error(`compute driver exited with status ${await exited} before it was ready`);
-    }
-    if (Date.now() > deadline || options.signal?.aborted) {
-      await grpcDriver.close();
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await exited;
-      if (options.signal?.aborted) throw new Error("start cancelled");
-      throw new Error(`compute driver did not answer GetCapabilities in time: ${lastError}`);
-    }
-    try {
-      capabilities = await grpcDriver.capabilities();
-    } catch (err) {
-      lastError = (err as Error).message;
-      await sleep(100);
-    }
+  let capabilities: GetCapabilitiesResponse;
+  try {
+    capabilities = await waitUntilAnswering(child, () => grpcDriver.capabilities(), {
+      what: "compute driver",
+      probeName: "GetCapabilities",
+      timeoutMs: options.readyTimeoutMs,
+      signal: options.signal,
+    });
+  } catch (err) {
+    await grpcDriver.close();
+    throw err;
   }
 
   const driver: ComputeDriver = {
@@ -365,20 +305,9 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
     importImage: (h, d) => grpcDriver.importImage(h, d),
     deleteImage: (n) => grpcDriver.deleteImage(n),
     close: async () => {
-      if (!gone) {
-        try {
-          child.kill("SIGTERM");
-        } catch { /* gone */ }
-        const timer = setTimeout(() => {
-          try {
-            child.kill("SIGKILL");
-          } catch { /* gone */ }
-        }, 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
+      await child.stop();
       await grpcDriver.close();
     },
   };
-  return { driver, capabilities, exited };
+  return { driver, capabilities, exited: child.exited };
 }

@@ -22,6 +22,7 @@ import type {
   Sandbox,
   SandboxLogLine,
   SandboxResponse,
+  SandboxSpec,
   SandboxStreamEvent,
   WatchSandboxRequest,
   Wire,
@@ -62,6 +63,18 @@ export interface SandboxServiceOptions {
   now?: () => number;
   /** Called after a token was revoked (the SSH tunnel closes the tunnels using it). */
   onSshSessionRevoked?: (token: string) => void;
+  /** The egress policy side of create and delete (gateway/policy_service.ts). */
+  policy?: SandboxPolicyHooks;
+}
+
+/** What create and delete tell the policy side. */
+export interface SandboxPolicyHooks {
+  /** Refuses a spec whose policy cannot be enforced here (after validation). */
+  checkCreate(spec: SandboxSpec): void;
+  /** The sandbox is stored: its first policy revision. */
+  sandboxCreated(sandbox: Sandbox): Promise<void>;
+  /** The sandbox is gone. */
+  sandboxDeleted(sandboxId: string): Promise<void>;
 }
 
 const LEVEL_RANK: Record<string, number> = { ERROR: 0, WARN: 1, INFO: 2, DEBUG: 3, TRACE: 4 };
@@ -160,11 +173,17 @@ export class SandboxService {
         })),
       CreateSandbox: unary(log, async (req: CreateSandboxRequest): Promise<SandboxResponse> => {
         const { name, spec } = validateCreateSandbox(req);
+        const policy = this.#o.policy;
+        policy?.checkCreate(spec);
         let chosen = name;
         if (!chosen) {
           do chosen = generateSandboxName(); while (await this.#o.store.getSandboxByName(chosen));
         }
-        const sandbox = await this.#o.compute.createSandbox({ name: chosen, spec });
+        const sandbox = await this.#o.compute.createSandbox({
+          name: chosen,
+          spec,
+          ...(policy ? { onStored: (s: Sandbox) => policy.sandboxCreated(s) } : {}),
+        });
         log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
         return { sandbox: publicSandbox(sandbox) };
       }),
@@ -184,6 +203,7 @@ export class SandboxService {
         const record = await this.#o.store.getSandboxByName(req.name);
         if (!record) return { deleted: false };
         const deleted = await this.#o.compute.deleteSandbox(record);
+        await this.#o.policy?.sandboxDeleted(record.sandbox.id);
         log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
         return { deleted };
       }),

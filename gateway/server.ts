@@ -20,17 +20,23 @@ import { Code } from "../core/status.ts";
 import { ComputeRuntime } from "./compute.ts";
 import {
   driverSocketPath,
+  egressBinary,
+  egressControlSocket,
+  egressGuestSocket,
   type GatewayConfig,
   internalSocketPath,
   pkiDir,
   supervisorSocketPath,
 } from "./config.ts";
 import { type ComputeDriver, startDriverProcess } from "./driver.ts";
+import { EgressPolicies } from "./egress.ts";
+import { type EgressProcess, startEgressProcess } from "./egress_process.ts";
 import { ImageService } from "./images.ts";
 import { ExecService } from "./exec.ts";
 import { httpResponse, type RequestHead } from "./http1.ts";
 import { GatewayListener } from "./listener.ts";
 import { decodeGuard, guardDecoding } from "./rpc.ts";
+import { PolicyService } from "./policy_service.ts";
 import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
 import { SshTunnel } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
@@ -295,6 +301,10 @@ export function checkGrants(config: GatewayConfig): void {
     const driver = `${config.driverDir}/openshell-driver-vm`;
     wanted.push([{ name: "run", command: driver }, `run its compute driver ${driver}`]);
   }
+  if (config.egress) {
+    const egress = egressBinary(config);
+    wanted.push([{ name: "run", command: egress }, `run its egress proxy ${egress}`]);
+  }
   const denied = wanted.filter(([d]) => Deno.permissions.querySync(d).state !== "granted");
   if (denied.length > 0) {
     throw new Error(
@@ -336,6 +346,22 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
 
   const tunnel = new SshTunnel({ store, registry, log });
   tunnel.startExpirySweep();
+  // The egress proxy's policies: attached once its process answers (below).
+  const egressPolicies = config.egress
+    ? new EgressPolicies({
+      store,
+      log,
+      appendLog: (line) => compute.appendLog(line),
+      changed: (id) => compute.statusTopics.publish(id),
+    })
+    : undefined;
+  let egressProcess: EgressProcess | undefined;
+  const policies = new PolicyService({
+    store,
+    log,
+    egress: egressPolicies,
+    sandboxLog: (id, message) => compute.log(id, "info", message),
+  });
   const sandboxes = new SandboxService({
     store,
     compute,
@@ -344,6 +370,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     healthy: () => compute.driverReady,
     supervisorPlane: () => ({ endpoint: grpcEndpoint, caPem: tlsSetup?.caPem ?? "" }),
     onSshSessionRevoked: (token) => tunnel.closeToken(token),
+    policy: policies,
   });
   const plane = new SupervisorPlane({
     store,
@@ -363,6 +390,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   const grpcServer = new grpc.Server(grpcOptions);
   grpcServer.addService(guardDecoding(OpenShellClient.service), {
     ...sandboxes.handlers(),
+    ...policies.handlers(),
     ...new ImageService({ compute, log }).handlers(),
     ConnectSupervisor: plane.connectSupervisor,
     RelayStream: plane.relayStream,
@@ -509,6 +537,9 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       grpcServer.forceShutdown();
       supervisorServer.forceShutdown();
       if (driver) await driver.close();
+      // After the driver: no guest connection is left to carry.
+      if (egressProcess) await egressProcess.stop();
+      else await egressPolicies?.close();
       store.close();
       await removeStale(grpcSocket).catch(() => {});
       await removeStale(supervisorSocket).catch(() => {});
@@ -517,6 +548,30 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     })();
     return stopping;
   };
+
+  if (egressPolicies) {
+    try {
+      // Before the driver: guests' first connections find the proxy there.
+      egressProcess = await startEgressProcess({
+        binary: egressBinary(config),
+        args: [
+          "--state-dir",
+          config.egressStateDir,
+          "--log-level",
+          config.logLevel,
+          "--log-format",
+          config.logFormat,
+        ],
+        controlSocket: egressControlSocket(config),
+        policies: egressPolicies,
+        log,
+        signal: options.signal,
+      });
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+  }
 
   if (config.drivers === "vm") {
     const args = [
@@ -531,6 +586,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     if (config.vmAccel) args.push("--vm-accel", config.vmAccel);
     if (config.vmVcpus) args.push("--vm-vcpus", String(config.vmVcpus));
     if (config.vmMemMib) args.push("--vm-mem-mib", String(config.vmMemMib));
+    if (config.egress) args.push("--egress-socket", egressGuestSocket(config));
     try {
       // The driver creates its own state dir (the gateway may touch only the socket in it).
       const proc = await startDriverProcess({

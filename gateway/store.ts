@@ -1,5 +1,5 @@
 /**
- * Persistence of sandboxes and SSH session tokens.
+ * Persistence of sandboxes, their policy revisions and SSH session tokens.
  *
  * {@link Store} is the interface every caller uses (asynchronous, so a
  * Postgres implementation can satisfy it); {@link SqliteStore} implements it
@@ -9,7 +9,7 @@
  * @module
  */
 import { DatabaseSync } from "node:sqlite";
-import type { Sandbox, SshSession } from "../core/protocol.ts";
+import type { PolicyStatus, Sandbox, SandboxPolicy, SshSession } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { hashToken } from "./tokens.ts";
 
@@ -37,6 +37,35 @@ export interface ListOptions {
   offset: number;
 }
 
+/**
+ * Policy revisions kept per sandbox: older ones are dropped as new ones
+ * come (the one the egress proxy enforces is always kept).
+ */
+export const MAX_POLICY_REVISIONS = 100;
+
+/** One stored version of a sandbox's egress policy. */
+export interface PolicyRevisionRecord {
+  sandboxId: string;
+  /** Per sandbox, from 1. */
+  version: number;
+  /** Hex SHA-256 of the serialized policy. */
+  hash: string;
+  status: PolicyStatus;
+  /** Why the egress proxy refused it (FAILED). */
+  loadError: string;
+  createdAtMs: number;
+  /** When the egress proxy first enforced it; 0 = never. */
+  loadedAtMs: number;
+  policy: SandboxPolicy;
+}
+
+/** A new revision: {@link Store.addPolicyRevision} numbers it. */
+export interface NewPolicyRevision {
+  hash: string;
+  policy: SandboxPolicy;
+  createdAtMs: number;
+}
+
 /** What the gateway persists. All writes are atomic. */
 export interface Store {
   /** Inserts a sandbox; ALREADY_EXISTS when its id or name is taken. */
@@ -58,8 +87,32 @@ export interface Store {
     id: string,
     change: (current: SandboxRecord) => SandboxRecord | undefined,
   ): Promise<SandboxRecord | undefined>;
-  /** Deletes the sandbox and its SSH sessions; false when it did not exist. */
+  /** Deletes the sandbox, its SSH sessions and policy revisions; false when it did not exist. */
   deleteSandbox(id: string): Promise<boolean>;
+  /**
+   * Stores the next policy version of a sandbox as PENDING; older PENDING
+   * versions become SUPERSEDED, and versions beyond
+   * {@link MAX_POLICY_REVISIONS} are dropped. NOT_FOUND when the sandbox
+   * does not exist.
+   */
+  addPolicyRevision(sandboxId: string, revision: NewPolicyRevision): Promise<PolicyRevisionRecord>;
+  /** One revision; version 0 = the latest. */
+  getPolicyRevision(sandboxId: string, version: number): Promise<PolicyRevisionRecord | undefined>;
+  /** A sandbox's revisions, newest first. */
+  listPolicyRevisions(sandboxId: string, options: ListOptions): Promise<PolicyRevisionRecord[]>;
+  /**
+   * The egress proxy enforces `version`: a PENDING revision becomes LOADED
+   * (first load time kept), and the sandbox's `current_policy_version`
+   * moves up to it. False when there is no such revision.
+   */
+  markPolicyLoaded(sandboxId: string, version: number, loadedAtMs: number): Promise<boolean>;
+  /** The egress proxy refused `version`: a PENDING revision becomes FAILED with `error`. */
+  markPolicyFailed(sandboxId: string, version: number, error: string): Promise<boolean>;
+  /**
+   * For every sandbox (or only `sandboxId`), the revision the egress proxy
+   * should enforce: its newest PENDING or LOADED one.
+   */
+  policiesToApply(sandboxId?: string): Promise<PolicyRevisionRecord[]>;
   /** Stores an SSH session (its token only as a hash). */
   createSshSession(session: SshSession): Promise<void>;
   /** The SSH session for `token` (its `id`/`token` fields hold the hash). */
@@ -117,6 +170,18 @@ export const MIGRATIONS: readonly Migration[] = [
    );
    CREATE INDEX ssh_sessions_by_sandbox ON ssh_sessions(sandbox_id);`,
   hashStoredSecrets,
+  // Version 3: egress policy revisions (the policy as the API's JSON).
+  `CREATE TABLE policy_revisions (
+     sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+     version INTEGER NOT NULL,
+     policy_hash TEXT NOT NULL,
+     status TEXT NOT NULL,
+     load_error TEXT NOT NULL DEFAULT '',
+     created_at_ms INTEGER NOT NULL,
+     loaded_at_ms INTEGER NOT NULL DEFAULT 0,
+     policy TEXT NOT NULL,
+     PRIMARY KEY (sandbox_id, version)
+   );`,
 ];
 
 interface SandboxRow {
@@ -132,6 +197,33 @@ interface SessionRow {
   expires_at_ms: number;
   revoked: number;
 }
+
+interface RevisionRow {
+  sandbox_id: string;
+  version: number;
+  policy_hash: string;
+  status: string;
+  load_error: string;
+  created_at_ms: number;
+  loaded_at_ms: number;
+  policy: string;
+}
+
+function toRevision(row: RevisionRow): PolicyRevisionRecord {
+  return {
+    sandboxId: row.sandbox_id,
+    version: Number(row.version),
+    hash: row.policy_hash,
+    status: row.status as PolicyStatus,
+    loadError: row.load_error,
+    createdAtMs: Number(row.created_at_ms),
+    loadedAtMs: Number(row.loaded_at_ms),
+    policy: JSON.parse(row.policy),
+  };
+}
+
+const PENDING: PolicyStatus = "POLICY_STATUS_PENDING";
+const LOADED: PolicyStatus = "POLICY_STATUS_LOADED";
 
 function toRecord(row: SandboxRow): SandboxRecord {
   return { sandbox: JSON.parse(row.resource), secrets: JSON.parse(row.secrets) };
@@ -296,9 +388,133 @@ export class SqliteStore implements Store {
   deleteSandbox(id: string): Promise<boolean> {
     return this.#write(() => {
       this.#db.prepare("DELETE FROM ssh_sessions WHERE sandbox_id = ?").run(id);
+      this.#db.prepare("DELETE FROM policy_revisions WHERE sandbox_id = ?").run(id);
       const res = this.#db.prepare("DELETE FROM sandboxes WHERE id = ?").run(id);
       return Number(res.changes) > 0;
     });
+  }
+
+  addPolicyRevision(
+    sandboxId: string,
+    revision: NewPolicyRevision,
+  ): Promise<PolicyRevisionRecord> {
+    return this.#write(() => {
+      if (!this.#db.prepare("SELECT 1 FROM sandboxes WHERE id = ?").get(sandboxId)) {
+        throw new StatusError(Code.NOT_FOUND, `sandbox ${sandboxId} not found`);
+      }
+      const top = this.#db.prepare(
+        "SELECT MAX(version) AS v FROM policy_revisions WHERE sandbox_id = ?",
+      ).get(sandboxId) as { v: number | null };
+      const version = Number(top.v ?? 0) + 1;
+      this.#db.prepare(
+        "UPDATE policy_revisions SET status = 'POLICY_STATUS_SUPERSEDED' WHERE sandbox_id = ? AND status = ?",
+      ).run(sandboxId, PENDING);
+      this.#db.prepare(
+        `INSERT INTO policy_revisions
+           (sandbox_id, version, policy_hash, status, created_at_ms, policy)
+         VALUES (?, ?, ?, ?, ?, ?)`,
+      ).run(
+        sandboxId,
+        version,
+        revision.hash,
+        PENDING,
+        revision.createdAtMs,
+        JSON.stringify(revision.policy),
+      );
+      // Bounded history: the oldest go, but never the one enforced now.
+      this.#db.prepare(
+        `DELETE FROM policy_revisions WHERE sandbox_id = ? AND version <= ? AND version !=
+           (SELECT COALESCE(MAX(version), 0) FROM policy_revisions WHERE sandbox_id = ? AND status = ?)`,
+      ).run(sandboxId, version - MAX_POLICY_REVISIONS, sandboxId, LOADED);
+      return {
+        sandboxId,
+        version,
+        hash: revision.hash,
+        status: PENDING,
+        loadError: "",
+        createdAtMs: revision.createdAtMs,
+        loadedAtMs: 0,
+        policy: revision.policy,
+      };
+    });
+  }
+
+  getPolicyRevision(sandboxId: string, version: number): Promise<PolicyRevisionRecord | undefined> {
+    return this.#read(() => {
+      const row = version > 0
+        ? this.#db.prepare("SELECT * FROM policy_revisions WHERE sandbox_id = ? AND version = ?")
+          .get(sandboxId, version)
+        : this.#db.prepare(
+          "SELECT * FROM policy_revisions WHERE sandbox_id = ? ORDER BY version DESC LIMIT 1",
+        ).get(sandboxId);
+      return row ? toRevision(row as unknown as RevisionRow) : undefined;
+    });
+  }
+
+  listPolicyRevisions(sandboxId: string, options: ListOptions): Promise<PolicyRevisionRecord[]> {
+    return this.#read(() =>
+      (this.#db.prepare(
+        `SELECT * FROM policy_revisions WHERE sandbox_id = ?
+         ORDER BY version DESC LIMIT ? OFFSET ?`,
+      ).all(sandboxId, options.limit, options.offset) as unknown as RevisionRow[]).map(toRevision)
+    );
+  }
+
+  markPolicyLoaded(sandboxId: string, version: number, loadedAtMs: number): Promise<boolean> {
+    return this.#write(() => {
+      const row = this.#db.prepare(
+        "SELECT status FROM policy_revisions WHERE sandbox_id = ? AND version = ?",
+      ).get(sandboxId, version) as { status: string } | undefined;
+      if (!row) return false;
+      if (row.status === PENDING) {
+        this.#db.prepare(
+          `UPDATE policy_revisions SET status = ?, load_error = '', loaded_at_ms = ?
+           WHERE sandbox_id = ? AND version = ?`,
+        ).run(LOADED, loadedAtMs, sandboxId, version);
+      }
+      const sandbox = this.#db.prepare("SELECT resource FROM sandboxes WHERE id = ?").get(
+        sandboxId,
+      ) as { resource: string } | undefined;
+      if (sandbox) {
+        const resource = JSON.parse(sandbox.resource) as Sandbox;
+        if ((resource.current_policy_version ?? 0) < version) {
+          resource.current_policy_version = version;
+          this.#db.prepare("UPDATE sandboxes SET resource = ?, updated_at_ms = ? WHERE id = ?")
+            .run(JSON.stringify(resource), this.#now(), sandboxId);
+        }
+      }
+      return true;
+    });
+  }
+
+  markPolicyFailed(sandboxId: string, version: number, error: string): Promise<boolean> {
+    return this.#write(() => {
+      const res = this.#db.prepare(
+        `UPDATE policy_revisions SET status = 'POLICY_STATUS_FAILED', load_error = ?
+         WHERE sandbox_id = ? AND version = ? AND status = ?`,
+      ).run(error, sandboxId, version, PENDING);
+      return Number(res.changes) > 0;
+    });
+  }
+
+  policiesToApply(sandboxId?: string): Promise<PolicyRevisionRecord[]> {
+    return this.#read(() =>
+      (this.#db.prepare(
+        `SELECT r.* FROM policy_revisions r
+         WHERE r.status IN (?, ?) AND (? IS NULL OR r.sandbox_id = ?) AND r.version = (
+           SELECT MAX(version) FROM policy_revisions
+           WHERE sandbox_id = r.sandbox_id AND status IN (?, ?))
+         ORDER BY r.sandbox_id`,
+      ).all(
+        PENDING,
+        LOADED,
+        sandboxId ?? null,
+        sandboxId ?? null,
+        PENDING,
+        LOADED,
+      ) as unknown as RevisionRow[])
+        .map(toRevision)
+    );
   }
 
   createSshSession(session: SshSession): Promise<void> {

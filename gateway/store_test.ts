@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import type { Sandbox } from "../core/protocol.ts";
+import type { Sandbox, SandboxPolicy } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
-import { MIGRATIONS, type SandboxRecord, SqliteStore } from "./store.ts";
+import { MAX_POLICY_REVISIONS, MIGRATIONS, type SandboxRecord, SqliteStore } from "./store.ts";
 import { hashToken } from "./tokens.ts";
 
 function sandbox(id: string, name: string, created = 1): SandboxRecord {
@@ -200,4 +200,158 @@ Deno.test("schema 2 keeps no secret in plain text: tokens become hashes, host ke
   const row = db.prepare("SELECT token FROM ssh_sessions").get() as { token: string };
   assert.equal(row.token, hashToken("plain"));
   db.close();
+});
+
+function policy(host: string): SandboxPolicy {
+  return {
+    version: 0,
+    filesystem: null,
+    landlock: null,
+    process: null,
+    network_policies: {
+      r: {
+        name: "r",
+        endpoints: [{
+          host,
+          port: 443,
+          protocol: "",
+          tls: "",
+          enforcement: "",
+          access: "",
+          rules: [],
+          allowed_ips: [],
+          ports: [],
+          deny_rules: [],
+          allow_encoded_slash: false,
+        }],
+        binaries: [],
+      },
+    },
+  };
+}
+
+Deno.test("policy revisions: numbered per sandbox, newer PENDING supersedes older PENDING", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("a", "alpha"));
+    await store.createSandbox(sandbox("b", "bravo"));
+    const v1 = await store.addPolicyRevision("a", {
+      hash: "h1",
+      policy: policy("one.example"),
+      createdAtMs: 10,
+    });
+    assert.equal(v1.version, 1);
+    assert.equal(v1.status, "POLICY_STATUS_PENDING");
+    assert.equal(
+      (await store.addPolicyRevision("b", { hash: "x", policy: policy("b"), createdAtMs: 1 }))
+        .version,
+      1,
+    );
+    assert.equal(await store.markPolicyLoaded("a", 1, 20), true);
+    assert.equal((await store.getSandbox("a"))?.sandbox.current_policy_version, 1);
+    await store.addPolicyRevision("a", { hash: "h2", policy: policy("two"), createdAtMs: 30 });
+    const v3 = await store.addPolicyRevision("a", {
+      hash: "h3",
+      policy: policy("three"),
+      createdAtMs: 40,
+    });
+    assert.equal(v3.version, 3);
+    const list = await store.listPolicyRevisions("a", { limit: 10, offset: 0 });
+    assert.deepEqual(list.map((r) => [r.version, r.status]), [
+      [3, "POLICY_STATUS_PENDING"],
+      [2, "POLICY_STATUS_SUPERSEDED"],
+      [1, "POLICY_STATUS_LOADED"],
+    ]);
+    assert.equal(list[2].loadedAtMs, 20);
+    assert.equal(list[0].policy.network_policies?.r.endpoints?.[0].host, "three");
+    assert.deepEqual(
+      (await store.listPolicyRevisions("a", { limit: 1, offset: 1 })).map((r) => r.version),
+      [2],
+    );
+    assert.equal((await store.getPolicyRevision("a", 0))?.version, 3);
+    assert.equal((await store.getPolicyRevision("a", 2))?.hash, "h2");
+    assert.equal(await store.getPolicyRevision("a", 9), undefined);
+    // What the egress proxy should enforce: the newest PENDING or LOADED of each sandbox.
+    assert.deepEqual(
+      (await store.policiesToApply()).map((r) => [r.sandboxId, r.version]),
+      [["a", 3], ["b", 1]],
+    );
+    // A refused version fails; the LOADED one is what is applied again.
+    assert.equal(await store.markPolicyFailed("a", 3, "bad rule"), true);
+    assert.equal((await store.getPolicyRevision("a", 3))?.loadError, "bad rule");
+    assert.deepEqual(
+      (await store.policiesToApply()).map((r) => [r.sandboxId, r.version]),
+      [["a", 1], ["b", 1]],
+    );
+    // A FAILED revision stays FAILED; an older load never moves current_policy_version down.
+    await store.markPolicyLoaded("a", 3, 50);
+    assert.equal((await store.getPolicyRevision("a", 3))?.status, "POLICY_STATUS_FAILED");
+    await store.markPolicyLoaded("a", 1, 60);
+    assert.equal((await store.getSandbox("a"))?.sandbox.current_policy_version, 3);
+    assert.equal((await store.getPolicyRevision("a", 1))?.loadedAtMs, 20);
+    await assert.rejects(
+      store.addPolicyRevision("zzz", { hash: "h", policy: policy("x"), createdAtMs: 1 }),
+      (e: unknown) => e instanceof StatusError && e.code === Code.NOT_FOUND,
+    );
+    assert.equal(await store.markPolicyLoaded("zzz", 1, 1), false);
+    // Deleting the sandbox deletes its revisions.
+    await store.deleteSandbox("a");
+    assert.equal(await store.getPolicyRevision("a", 0), undefined);
+    assert.deepEqual((await store.policiesToApply()).map((r) => r.sandboxId), ["b"]);
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("policy revisions: history is capped, the enforced version is kept", async () => {
+  const store = SqliteStore.open();
+  try {
+    await store.createSandbox(sandbox("a", "alpha"));
+    await store.addPolicyRevision("a", { hash: "h1", policy: policy("one"), createdAtMs: 1 });
+    await store.markPolicyLoaded("a", 1, 2);
+    const total = MAX_POLICY_REVISIONS + 20;
+    for (let v = 2; v <= total; v++) {
+      await store.addPolicyRevision("a", { hash: `h${v}`, policy: policy("p"), createdAtMs: v });
+    }
+    const all = await store.listPolicyRevisions("a", { limit: 1000, offset: 0 });
+    assert.equal(all.length, MAX_POLICY_REVISIONS + 1);
+    assert.equal(all[0].version, total);
+    // v1 is enforced: kept although it is past the cap.
+    assert.deepEqual(all.at(-1)?.version, 1);
+    assert.equal(all.at(-2)?.version, total - MAX_POLICY_REVISIONS + 1);
+  } finally {
+    store.close();
+  }
+});
+
+Deno.test("schema 3: a schema-2 database gains policy revisions, its sandboxes kept", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/gw.db`;
+  try {
+    const db = new DatabaseSync(path);
+    db.exec(
+      "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+    );
+    db.exec(MIGRATIONS[0] as string);
+    (MIGRATIONS[1] as (d: typeof db) => void)(db);
+    db.exec("INSERT INTO schema_migrations VALUES (1, 0), (2, 0)");
+    db.prepare(
+      "INSERT INTO sandboxes (id, name, created_at_ms, updated_at_ms, resource, secrets) VALUES (?, ?, 1, 1, ?, '{}')",
+    ).run("a", "alpha", JSON.stringify(sandbox("a", "alpha").sandbox));
+    db.close();
+    const store = SqliteStore.open({ path });
+    try {
+      assert.equal(store.schemaVersion(), 3);
+      assert.equal((await store.getSandbox("a"))?.sandbox.name, "alpha");
+      assert.equal(
+        (await store.addPolicyRevision("a", { hash: "h", policy: policy("x"), createdAtMs: 1 }))
+          .version,
+        1,
+      );
+    } finally {
+      store.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

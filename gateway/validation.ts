@@ -10,7 +10,9 @@ import {
   OpenShellClient,
   type SandboxSpec,
   type SandboxTemplate,
+  type UpdateConfigRequest,
 } from "../core/protocol.ts";
+import { type SandboxPolicy, validatePolicy } from "../core/policy.ts";
 import { isReservedVariable } from "../core/provisioning.ts";
 import { buildRemoteCommand } from "../core/shell.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -43,6 +45,11 @@ export const MAX_EXEC_STDIN_BYTES = 4 * 1024 * 1024;
 export const MAX_LIST_LIMIT = 100;
 /** Page size when the request says 0. */
 export const DEFAULT_LIST_LIMIT = 100;
+/**
+ * Largest policy, protobuf-encoded: the same budget as a whole sandbox
+ * spec (a create-time policy counts against {@link MAX_SPEC_BYTES}).
+ */
+export const MAX_POLICY_BYTES = MAX_SPEC_BYTES;
 
 const NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -139,6 +146,58 @@ export function specBytes(spec: SandboxSpec): number {
   return createSandboxMethod.requestSerialize({ spec }).length;
 }
 
+const updateConfigMethod = (OpenShellClient.service as unknown as Record<
+  string,
+  { requestSerialize(value: unknown): Uint8Array }
+>).UpdateConfig;
+
+/** Bytes `policy` takes protobuf-encoded (as the policy field of an `UpdateConfigRequest`). */
+export function policyBytes(policy: SandboxPolicy): number {
+  return updateConfigMethod.requestSerialize({ policy }).length;
+}
+
+/**
+ * Checks a policy with `validatePolicy` (core/policy.ts): INVALID_ARGUMENT
+ * naming the first bad field under `field` (`spec.policy` or `policy`),
+ * with how many more problems there are.
+ */
+export function checkPolicy(policy: SandboxPolicy | null | undefined, field: string): void {
+  const errors = validatePolicy(policy);
+  if (errors.length === 0) return;
+  const first = errors[0].replace(/^policy\b/, field);
+  const more = errors.length > 1 ? ` (and ${errors.length - 1} more problems)` : "";
+  throw invalid(`${first}${more}`);
+}
+
+/** Validates an `UpdateConfigRequest`: only a sandbox's policy may be set. */
+export function validateUpdateConfig(
+  req: UpdateConfigRequest,
+): { name: string; policy: SandboxPolicy } {
+  if (req.global) {
+    throw invalid("global: only a sandbox's own policy can be set (name the sandbox, no global)");
+  }
+  if (req.setting_key) {
+    throw invalid(
+      `setting_key: settings are not supported by this gateway (${
+        JSON.stringify(truncateForEcho(req.setting_key))
+      }); send a policy only`,
+    );
+  }
+  if (req.delete_setting) {
+    throw invalid("delete_setting: settings are not supported by this gateway; send a policy only");
+  }
+  if (!req.name) throw invalid("name is required");
+  if (!req.policy) {
+    throw invalid("policy is required (a policy without network_policies denies everything)");
+  }
+  const encoded = policyBytes(req.policy);
+  if (encoded > MAX_POLICY_BYTES) {
+    throw invalid(`policy: ${encoded} bytes encoded, at most ${MAX_POLICY_BYTES}`);
+  }
+  checkPolicy(req.policy, "policy");
+  return { name: req.name, policy: req.policy };
+}
+
 /** Validates a `CreateSandboxRequest`; returns the name (empty = generate one) and the spec. */
 export function validateCreateSandbox(
   req: CreateSandboxRequest,
@@ -170,6 +229,7 @@ export function validateCreateSandbox(
     throw new StatusError(Code.FAILED_PRECONDITION, "spec.providers: providers are not supported");
   }
   if (spec.template) validateTemplate(spec.template);
+  checkPolicy(spec.policy, "spec.policy");
   return { name, spec };
 }
 

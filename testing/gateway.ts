@@ -53,6 +53,12 @@ export interface TestGatewayOptions {
   tls?: boolean;
   /** How long to wait for `Server listening`; default 30 s. */
   startTimeoutMs?: number;
+  /**
+   * Run the egress proxy: the directory holding `openshell-egress` (see
+   * {@link writeEgressWrapper}; with `driverDir` it must be that dir).
+   * Default: `--no-egress`.
+   */
+  egressDir?: string;
 }
 
 /** A gateway process under test. */
@@ -107,6 +113,9 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
         options.vmDriverStateDir ?? `${stateDir}/vm`,
       ]
       : ["--drivers", "none"]),
+    ...(options.egressDir
+      ? ["--egress", ...(options.driverDir ? [] : ["--driver-dir", options.egressDir])]
+      : ["--no-egress"]),
     ...(options.args ?? []),
   ];
   const parsed = parseGatewayConfig(args, (k) => options.env?.[k]);

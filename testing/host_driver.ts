@@ -516,6 +516,8 @@ async function main(args: string[]): Promise<number> {
           "vm-vcpus",
           "vm-mem-mib",
           "log-level",
+          // The egress proxy's guest socket: host sandboxes have the host's network.
+          "egress-socket",
         ].map((k) => [k, { type: "string" as const }]),
       ),
       strict: true,
