@@ -434,6 +434,8 @@ export const PRODUCTION_PARAMS: {
     setpriv: "/usr/bin/setpriv",
     qemuImg: "/usr/bin/qemu-img",
     imageBuilder: "/usr/local/libexec/openshell/openshell-image-builder",
+    // The gateway's egress proxy (its `<egress-state-dir>/guest.sock`).
+    egressSocket: "/var/lib/openshell/gateway/egress/guest.sock",
   },
   supervisor: {
     gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },
