@@ -1,5 +1,5 @@
 /**
- * `deno task compile`: builds the four role binaries with their grants from
+ * `deno task compile`: builds the role binaries with their grants from
  * `grants.ts` baked in.
  *
  * ```
@@ -8,6 +8,7 @@
  *                   [--gateway-state-dir DIR]
  *                   [--driver-state-dir DIR] [--runtime-dir DIR]
  *                   [--supervisor-gateway HOST:PORT] [--ssh-socket-path PATH]
+ *                   [--egress-state-dir DIR]
  * ```
  *
  * `deno compile` needs Deno's `denort` base binary. It is taken from
@@ -22,6 +23,7 @@ import {
   cliGrants,
   compileArgs,
   driverGrants,
+  egressGrants,
   gatewayGrants,
   type Grants,
   type HostPort,
@@ -46,6 +48,7 @@ export interface CompileOptions {
   runtimeDir?: string;
   supervisorGateway?: HostPort;
   sshSocketPath?: string;
+  egressStateDir?: string;
 }
 
 /** One `deno compile` invocation. */
@@ -105,6 +108,8 @@ export function compileGrants(role: Role, options: CompileOptions): Grants {
       });
     case "cli":
       return cliGrants(p.cli);
+    case "egress":
+      return egressGrants({ stateDir: options.egressStateDir ?? p.egress.stateDir });
   }
 }
 
@@ -140,6 +145,7 @@ export function parseCompileArgs(args: string[]): CompileOptions {
       "runtime-dir": { type: "string" },
       "supervisor-gateway": { type: "string" },
       "ssh-socket-path": { type: "string" },
+      "egress-state-dir": { type: "string" },
     },
   });
   const roles = (values.role ?? [...ROLES]) as Role[];
@@ -163,6 +169,7 @@ export function parseCompileArgs(args: string[]): CompileOptions {
       ? parseHostPort(values["supervisor-gateway"], "--supervisor-gateway")
       : undefined,
     sshSocketPath: values["ssh-socket-path"],
+    egressStateDir: values["egress-state-dir"],
   };
 }
 

@@ -2,14 +2,24 @@ import assert from "node:assert/strict";
 import { compilePlan, isDenortFailure, parseCompileArgs, parseHostPort } from "./compile.ts";
 import { REPO_ROOT } from "./launcher.ts";
 
-Deno.test("compile plan builds all four binaries with production grants", () => {
+Deno.test("compile plan builds every role's binary with production grants", () => {
   const plan = compilePlan(parseCompileArgs(["--out", "/o"]));
   assert.deepEqual(plan.map((s) => s.output), [
     "/o/openshell",
     "/o/openshell-gateway",
     "/o/openshell-driver-vm",
     "/o/openshell-sandbox",
+    "/o/openshell-egress",
   ]);
+  const egress = plan.find((s) => s.role === "egress")!;
+  assert.ok(egress.args.includes("--allow-net"));
+  assert.ok(egress.args.includes("--allow-read=/var/lib/openshell/egress"));
+  assert.ok(egress.args.includes("--allow-sys=networkInterfaces"));
+  assert.ok(!egress.args.some((a) => a.startsWith("--allow-run")));
+  assert.ok(
+    compilePlan(parseCompileArgs(["--out=/o", "--role=egress", "--egress-state-dir=/e"]))[0].args
+      .includes("--allow-write=/e"),
+  );
   const sup = plan.find((s) => s.role === "supervisor")!;
   assert.ok(
     sup.args.includes(

@@ -17,11 +17,11 @@
  * @module
  */
 
-/** The four roles. */
-export type Role = "gateway" | "driver-vm" | "supervisor" | "cli";
+/** The roles. */
+export type Role = "gateway" | "driver-vm" | "supervisor" | "cli" | "egress";
 
 /** Every role, in data-flow order. */
-export const ROLES: readonly Role[] = ["cli", "gateway", "driver-vm", "supervisor"];
+export const ROLES: readonly Role[] = ["cli", "gateway", "driver-vm", "supervisor", "egress"];
 
 /** Binary name and entry module (relative to the repository root) of each role. */
 export const ROLE_INFO: Readonly<Record<Role, { binary: string; entry: string }>> = {
@@ -29,6 +29,7 @@ export const ROLE_INFO: Readonly<Record<Role, { binary: string; entry: string }>
   "driver-vm": { binary: "openshell-driver-vm", entry: "driver_vm/main.ts" },
   "supervisor": { binary: "openshell-sandbox", entry: "supervisor/main.ts" },
   "cli": { binary: "openshell", entry: "cli/main.ts" },
+  "egress": { binary: "openshell-egress", entry: "egress/main.ts" },
 };
 
 /** A permission: a list of allowed values (empty = denied) or `true` (all). */
@@ -143,6 +144,12 @@ export interface CliGrantParams {
    * `gateway stop` signals through `kill` (Deno.kill needs every program).
    */
   run?: readonly string[];
+}
+
+/** What the egress proxy's grants depend on. */
+export interface EgressGrantParams {
+  /** Its state dir: `guest.sock`, `control.sock` and grpc-js's internal socket. */
+  stateDir: string;
 }
 
 /** Environment variables the supervisor reads; nothing else. */
@@ -321,6 +328,24 @@ export function cliGrants(p: CliGrantParams): Grants {
   };
 }
 
+/**
+ * The egress proxy: any host and port (it dials what each sandbox's policy
+ * allows, which only it decides, and listens on its two Unix sockets), its
+ * state dir, the host's interface addresses (to refuse them as
+ * destinations); no program, no other file.
+ */
+export function egressGrants(p: EgressGrantParams): Grants {
+  return {
+    net: true,
+    read: [p.stateDir],
+    write: [p.stateDir],
+    run: [],
+    env: ["OPENSHELL_*"],
+    sys: ["networkInterfaces"],
+    ignoreEnv: true,
+  };
+}
+
 function flag(name: string, grant: Grant): string[] {
   if (grant === true) return [`--allow-${name}`];
   return grant.length === 0 ? [] : [`--allow-${name}=${grant.join(",")}`];
@@ -416,6 +441,7 @@ export const PRODUCTION_PARAMS: {
   driver: DriverGrantParams;
   supervisor: SupervisorGrantParams;
   cli: CliGrantParams;
+  egress: EgressGrantParams;
 } = {
   gateway: {
     listen: { host: "0.0.0.0", port: 8080 },
@@ -446,6 +472,7 @@ export const PRODUCTION_PARAMS: {
     sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
+  egress: { stateDir: "/var/lib/openshell/egress" },
 };
 
 /** The grants of every role with {@link PRODUCTION_PARAMS}, as a Markdown table (README). */
@@ -456,6 +483,7 @@ export function renderGrantsTable(): string {
     ["driver-vm", driverGrants(p.driver)],
     ["supervisor", supervisorGrants(p.supervisor)],
     ["cli", cliGrants(p.cli)],
+    ["egress", egressGrants(p.egress)],
   ];
   const cell = (g: Grant) =>
     g === true ? "any" : g.length === 0 ? "—" : g.map((x) => `\`${x}\``).join("<br>");

@@ -3,6 +3,7 @@ import {
   cliGrants,
   compileArgs,
   driverGrants,
+  egressGrants,
   gatewayGrants,
   hostPortGrant,
   PRODUCTION_PARAMS,
@@ -234,4 +235,17 @@ Deno.test("the README's grants table is the one the table renders", async () => 
     cells(renderGrantsTable()),
     "README grants table is stale: paste renderGrantsTable()",
   );
+});
+
+Deno.test("egress: any host (it dials what policies allow), its state dir, interface addresses, no program", () => {
+  const g = egressGrants({ stateDir: "/s/egress" });
+  assert.deepEqual(renderFlags(g), [
+    "--allow-net",
+    "--allow-read=/s/egress",
+    "--allow-write=/s/egress",
+    "--allow-env=OPENSHELL_*",
+    "--allow-sys=networkInterfaces",
+    "--ignore-env",
+    "--no-prompt",
+  ]);
 });

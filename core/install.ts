@@ -1,6 +1,6 @@
 /**
  * `deno task install`: puts `openshell`, `openshell-gateway`,
- * `openshell-driver-vm` and `openshell-sandbox` on the PATH, each a thin
+ * `openshell-driver-vm`, `openshell-sandbox` and `openshell-egress` on the PATH, each a thin
  * `/bin/sh` wrapper that `exec`s `deno run` on this checkout with exactly
  * its role's grants from `grants.ts`, so they work from any directory.
  *
@@ -14,7 +14,8 @@
  * Layout (`--root`, default `$DENO_INSTALL_ROOT`, else `~/.deno`):
  *
  * ```
- * bin/openshell, bin/openshell-gateway, bin/openshell-driver-vm, bin/openshell-sandbox
+ * bin/openshell, bin/openshell-gateway, bin/openshell-driver-vm, bin/openshell-sandbox,
+ * bin/openshell-egress
  * lib/openshell/deno                 the Deno that runs them (a copy of the one running
  *                                    the task: under npx there is no `deno` on the PATH)
  * lib/openshell/openshell-vm-image   builds the guest image (what `gateway start` runs)
@@ -22,7 +23,8 @@
  * ```
  *
  * Grants depend on paths, so the install fixes them: the gateway's state in
- * `<state-dir>/gateway` and the driver's in `<state-dir>/vm` (`--state-dir`
+ * `<state-dir>/gateway`, the driver's in `<state-dir>/vm`, the egress
+ * proxy's in `<state-dir>/egress` (`--state-dir`
  * defaults to `/var/lib/openshell` for root, else
  * `~/.local/state/openshell`), the user API on 127.0.0.1:8080 and the
  * supervisor plane on 127.0.0.1:8081, the guest image in the VM cache. The
@@ -45,6 +47,7 @@ import {
   DEFAULT_SESSION_CGROUP,
   DEFAULT_SSH_SOCKET_PATH,
   driverGrants,
+  egressGrants,
   gatewayGrants,
   type Grants,
   type HostPort,
@@ -213,6 +216,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
   const deno = o.copyDeno ? `${lib}/deno` : o.deno;
   const gwState = `${o.stateDir}/gateway`;
   const vmState = `${o.stateDir}/vm`;
+  const egressState = `${o.stateDir}/egress`;
   const binOf = (role: Role) => `${bin}/${ROLE_INFO[role].binary}`;
   const imageBuilder = `${lib}/openshell-vm-image`;
   /** The builder the driver runs for `openshell image build|import` (its own grants). */
@@ -245,6 +249,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
       sessionCgroup: DEFAULT_SESSION_CGROUP,
     }),
     "cli": cliGrants({ run: [binOf("gateway"), imageBuilder, KILL, PS] }),
+    "egress": egressGrants({ stateDir: egressState }),
   };
   const runtimeDefault = `${o.vmCacheDir}/current`;
   const vars: Record<Role, WrapperVar[]> = {
@@ -265,12 +270,14 @@ export function installPlan(o: InstallOptions): InstallPlan {
     ],
     "supervisor": [],
     "cli": [{ name: "OPENSHELL_INSTALL", value: manifestPath }],
+    "egress": [{ name: "OPENSHELL_EGRESS_STATE_DIR", value: egressState, default: true }],
   };
   const what: Record<Role, string> = {
     "gateway": "The gateway: deno run with exactly its grants (core/grants.ts); defaults below.",
     "driver-vm": "The VM driver the gateway starts: deno run with exactly its grants.",
     "supervisor": "The supervisor, for bring-your-own hosts: deno run with exactly its grants.",
     "cli": "The CLI: deno run with exactly its grants; OPENSHELL_INSTALL names this install.",
+    "egress": "The egress proxy the gateway starts: deno run with exactly its grants.",
   };
   const files: InstallFile[] = [];
   if (o.copyDeno) {

@@ -3,6 +3,7 @@ import { makeTestInstall, runInstalled } from "../testing/install.ts";
 import {
   cliGrants,
   driverGrants,
+  egressGrants,
   gatewayGrants,
   type Grants,
   imageBuilderRunArgs,
@@ -55,7 +56,7 @@ function wrapperOf(plan: ReturnType<typeof installPlan>, path: string): string {
   return f.content.text;
 }
 
-Deno.test("install plan: four wrappers on the PATH, the image builder, deno and the manifest", () => {
+Deno.test("install plan: five wrappers on the PATH, the image builder, deno and the manifest", () => {
   const plan = installPlan(OPTIONS);
   assert.deepEqual(plan.files.map((f) => [f.path, f.mode.toString(8)]), [
     ["/opt/os/lib/openshell/deno", "755"],
@@ -63,6 +64,7 @@ Deno.test("install plan: four wrappers on the PATH, the image builder, deno and 
     ["/opt/os/bin/openshell-gateway", "755"],
     ["/opt/os/bin/openshell-driver-vm", "755"],
     ["/opt/os/bin/openshell-sandbox", "755"],
+    ["/opt/os/bin/openshell-egress", "755"],
     ["/opt/os/lib/openshell/openshell-image-builder", "755"],
     ["/opt/os/lib/openshell/openshell-vm-image", "755"],
     ["/opt/os/lib/openshell/install.json", "644"],
@@ -119,18 +121,21 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       run: ["/opt/os/bin/openshell-gateway", "/opt/os/lib/openshell/openshell-vm-image"]
         .concat(["/bin/kill", "/bin/ps"]),
     }),
+    "egress": egressGrants({ stateDir: "/var/lib/openshell/egress" }),
   };
   const entries: Record<Role, string> = {
     "gateway": "gateway/main.ts",
     "driver-vm": "driver_vm/main.ts",
     "supervisor": "supervisor/main.ts",
     "cli": "cli/main.ts",
+    "egress": "egress/main.ts",
   };
   const bins: Record<Role, string> = {
     "gateway": "openshell-gateway",
     "driver-vm": "openshell-driver-vm",
     "supervisor": "openshell-sandbox",
     "cli": "openshell",
+    "egress": "openshell-egress",
   };
   for (const role of Object.keys(expected) as Role[]) {
     assert.deepEqual(plan.grants[role], expected[role], role);

@@ -38,6 +38,8 @@ type StatusName = keyof typeof Status;
 export interface Endpoint {
   hostname: string;
   port: number;
+  /** The address dialled, when there was one. */
+  ip?: string;
 }
 
 /** One OCSF Network Activity event. */
@@ -55,6 +57,9 @@ export interface NetworkActivityEvent {
   status_id?: number;
   status?: StatusName;
   status_detail?: string;
+  /** Security control outcome: 1 Allowed, 2 Denied (egress decisions only). */
+  action_id?: number;
+  action?: "Allowed" | "Denied";
   time: number;
   message: string;
   dst_endpoint: Endpoint;
@@ -232,6 +237,74 @@ export function relayFailed(
     detail: info.error,
     unmapped: { channel_id: info.channelId },
   });
+}
+
+/** One egress proxy decision on a guest's connection. */
+export interface EgressDecisionInfo {
+  sandboxId: string;
+  /** `audit`: allowed by an audit rule where the enforced policy would deny. */
+  decision: "allowed" | "denied" | "audit";
+  host: string;
+  port: number;
+  /** The deciding rule ("" or absent when none matched). */
+  rule?: string;
+  /** Why it was denied or audited. */
+  reason?: string;
+  /** The address dialled. */
+  ip?: string;
+  /** How the guest asked: `connect` (CONNECT tunnel) or `http` (forward proxy). */
+  via?: "connect" | "http";
+}
+
+/** What every event of the egress proxy shares. */
+export interface EgressOcsfContext {
+  /** Version of the emitting binary. */
+  productVersion: string;
+  /** Clock in ms; default `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * The egress proxy decided on a connection: allowed (Open, Informational),
+ * audit (Open, Low: allowed where enforcement would deny) or denied
+ * (Refuse, Low, Failure); the destination is the host the guest named.
+ */
+export function egressDecision(
+  ctx: EgressOcsfContext,
+  info: EgressDecisionInfo,
+): NetworkActivityEvent {
+  const target = `${info.host.includes(":") ? `[${info.host}]` : info.host}:${info.port}`;
+  const rule = info.rule ? ` rule=${info.rule}` : "";
+  const why = info.reason ? `: ${info.reason}` : "";
+  const message = info.decision === "allowed"
+    ? `egress allowed ${target}${rule}`
+    : info.decision === "audit"
+    ? `egress audit ${target}${rule} (allowed by an audit rule${why})`
+    : `egress denied ${target}${rule}${why}`;
+  const unmapped: Record<string, string | number> = { decision: info.decision };
+  if (info.rule) unmapped.policy_name = info.rule;
+  if (info.via) unmapped.via = info.via;
+  const event = build(
+    {
+      sandboxId: info.sandboxId,
+      gateway: { hostname: info.host, port: info.port },
+      productVersion: ctx.productVersion,
+      now: ctx.now,
+    },
+    {
+      activity: info.decision === "denied" ? "Refuse" : "Open",
+      severity: info.decision === "allowed" ? "Informational" : "Low",
+      status: info.decision === "denied" ? "Failure" : "Success",
+      message,
+      detail: info.reason,
+      unmapped,
+    },
+  );
+  if (info.ip) event.dst_endpoint.ip = info.ip;
+  event.action_id = info.decision === "denied" ? 2 : 1;
+  event.action = info.decision === "denied" ? "Denied" : "Allowed";
+  event.metadata.product.name = "openshell-egress";
+  return event;
 }
 
 /** The readable part of an OCSF event line, as {@link readOcsfLine} finds it. */

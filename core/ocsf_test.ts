@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  egressDecision,
   endpointOf,
   type OcsfContext,
   readOcsfLine,
@@ -108,4 +109,61 @@ Deno.test("readOcsfLine: an event line gives its message and a level; other text
   ) {
     assert.equal(readOcsfLine(other), undefined, other);
   }
+});
+
+Deno.test("egress decisions: allowed Open/Success, audit Open/Low, denied Refuse/Failure", () => {
+  const ectx = { productVersion: "9.9.9", now: () => 1_700_000_000_000 };
+  const ok = egressDecision(ectx, {
+    sandboxId: "sb-1",
+    decision: "allowed",
+    host: "pypi.org",
+    port: 443,
+    rule: "pypi",
+    ip: "151.101.0.223",
+    via: "connect",
+  });
+  assert.equal(ok.class_uid, 4001);
+  assert.equal(ok.activity_name, "Open");
+  assert.equal(ok.status, "Success");
+  assert.equal(ok.action_id, 1);
+  assert.equal(ok.action, "Allowed");
+  assert.equal(ok.message, "egress allowed pypi.org:443 rule=pypi");
+  assert.deepEqual(ok.dst_endpoint, { hostname: "pypi.org", port: 443, ip: "151.101.0.223" });
+  assert.deepEqual(ok.unmapped, {
+    sandbox_id: "sb-1",
+    decision: "allowed",
+    policy_name: "pypi",
+    via: "connect",
+  });
+  assert.equal(ok.metadata.product.name, "openshell-egress");
+  assert.equal(ok.time, 1_700_000_000_000);
+  assert.equal(readOcsfLine(JSON.stringify(ok))?.level, "info");
+
+  const denied = egressDecision(ectx, {
+    sandboxId: "sb-1",
+    decision: "denied",
+    host: "2001:db8::1",
+    port: 22,
+    reason: "no rule allows this host and port",
+  });
+  assert.equal(denied.activity_name, "Refuse");
+  assert.equal(denied.activity_id, 5);
+  assert.equal(denied.status, "Failure");
+  assert.equal(denied.action_id, 2);
+  assert.equal(denied.status_detail, "no rule allows this host and port");
+  assert.equal(denied.message, "egress denied [2001:db8::1]:22: no rule allows this host and port");
+  assert.equal(readOcsfLine(JSON.stringify(denied))?.level, "warn");
+
+  const audit = egressDecision(ectx, {
+    sandboxId: "sb-1",
+    decision: "audit",
+    host: "x.example.com",
+    port: 80,
+    rule: "watch",
+  });
+  assert.equal(audit.activity_name, "Open");
+  assert.equal(audit.severity, "Low");
+  assert.equal(audit.action, "Allowed");
+  assert.equal(audit.unmapped.decision, "audit");
+  assert.match(audit.message, /^egress audit x\.example\.com:80 rule=watch/);
 });

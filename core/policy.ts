@@ -653,3 +653,36 @@ export function decideAddresses(o: DecideAddressesOptions): AddressDecision {
     reason: reason || "the host resolved to no address",
   };
 }
+
+/**
+ * The addresses a DNS answer for `host` may carry: those some endpoint
+ * naming the host (any port) would let a connection reach — vetted by
+ * {@link checkAddress}, audit endpoints also passing what only their
+ * allowed_ips/private check refuses.
+ */
+export function dnsAddresses(
+  policy: SandboxPolicy | null | undefined,
+  host: string,
+  addresses: readonly string[],
+  hostAddrs: readonly string[],
+): string[] {
+  const endpoints: NetworkEndpoint[] = [];
+  for (const rule of Object.values(policy?.network_policies ?? {})) {
+    for (const endpoint of rule?.endpoints ?? []) {
+      if (typeof endpoint?.host === "string" && hostMatches(endpoint.host, host)) {
+        endpoints.push(endpoint);
+      }
+    }
+  }
+  const out = new Set<string>();
+  for (const a of addresses) {
+    for (const e of endpoints) {
+      const v = checkAddress(a, e, hostAddrs);
+      if (v.ok || (!v.always && isAudit(e))) {
+        out.add(canonicalIp(a)!);
+        break;
+      }
+    }
+  }
+  return [...out];
+}

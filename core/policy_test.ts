@@ -5,6 +5,7 @@ import {
   checkAddress,
   decide,
   decideAddresses,
+  dnsAddresses,
   hostAllowed,
   hostMatches,
   MAX_ERRORS,
@@ -509,4 +510,24 @@ Deno.test("policyHash: the serialization is protobuf (known bytes)", async () =>
     policyHash({ network_policies: { r: { endpoints: [{ host: "a", port: 1 }] } } }),
     hex,
   );
+});
+
+Deno.test("dnsAddresses: only what some endpoint naming the host would let through", () => {
+  assert.deepEqual(
+    dnsAddresses(policy, "db.corp", ["10.1.0.5", "10.2.0.1", "127.0.0.1", "8.8.8.8"], []),
+    ["10.1.0.5"],
+  );
+  assert.deepEqual(
+    dnsAddresses(policy, "pypi.org", ["151.101.0.223", "::ffff:127.0.0.1", "fe80::1"], []),
+    [
+      "151.101.0.223",
+    ],
+  );
+  assert.deepEqual(dnsAddresses(policy, "pypi.org", ["151.101.0.223"], ["151.101.0.223"]), []);
+  // Audit endpoints pass private addresses, never loopback.
+  assert.deepEqual(dnsAddresses(policy, "a.example.com", ["10.0.0.9", "127.0.0.1"], []), [
+    "10.0.0.9",
+  ]);
+  assert.deepEqual(dnsAddresses(policy, "evil.net", ["1.1.1.1"], []), []);
+  assert.deepEqual(dnsAddresses(undefined, "pypi.org", ["1.1.1.1"], []), []);
 });

@@ -492,3 +492,25 @@ export type ImageProgress =
 export type ImportImageChunk =
   | { payload: "header"; header: { name: string; size_bytes: number } }
   | { payload: "data"; data: Uint8Array };
+
+// ---- openshell.egress.v1 ----------------------------------------------------
+
+/** `openshell.egress.v1.AppliedPolicy`: what the egress proxy enforces for one sandbox. */
+export interface AppliedPolicy {
+  sandbox_id: string;
+  version: number;
+  loaded_at_ms: number;
+}
+
+/** `openshell.egress.v1.EgressEvent`: one allowed, denied or audited connection. */
+export interface EgressEvent {
+  sandbox_id: string;
+  time_ms: number;
+  /** `allowed`, `denied` or `audit`. */
+  decision: string;
+  host: string;
+  port: number;
+  policy_name: string;
+  ocsf_json: string;
+  dropped: number;
+}

@@ -100,7 +100,7 @@ export type GrantAttempt =
     | { op: "listen-unix" | "connect-unix" | "read" | "write"; path: string }
     | { op: "spawn"; cmd: string; args?: string[] }
     | { op: "env"; var: string }
-    | { op: "sys" }
+    | { op: "sys"; call?: "hostname" | "networkInterfaces" }
   );
 
 /**

@@ -88,7 +88,8 @@ async function run(a: GrantAttempt): Promise<string> {
     case "env":
       return Deno.env.get(a.var) === undefined ? "unset" : "ok";
     case "sys":
-      Deno.hostname();
+      if (a.call === "networkInterfaces") Deno.networkInterfaces();
+      else Deno.hostname();
       return "ok";
   }
 }
