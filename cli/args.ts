@@ -77,6 +77,27 @@ const OUTPUT_OPTION: OptionSpec = {
   help: "table (default) or json",
 };
 
+/** The options that describe a network policy (`sandbox create`, `policy set`). */
+const POLICY_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  policy: {
+    type: "string",
+    value: "FILE",
+    help: "Network policy file (YAML: network_policies: {NAME: {endpoints: [{host, port}]}})",
+  },
+  allow: {
+    type: "string",
+    multiple: true,
+    value: "HOST[:PORT]",
+    help: "Allow connections to HOST (a *.glob too) on PORT, default 443 (repeatable)",
+  },
+  preset: {
+    type: "string",
+    multiple: true,
+    value: "NAME",
+    help: "Allow a preset's hosts: pypi, npm, debian, github (repeatable)",
+  },
+};
+
 /** Every command of the CLI. */
 export const COMMANDS: readonly CommandSpec[] = [
   {
@@ -221,9 +242,12 @@ export const COMMANDS: readonly CommandSpec[] = [
         value: "NAME",
         help: "Guest image to boot (`openshell image list`; default: the built-in one)",
       },
+      ...POLICY_OPTIONS,
     },
     examples: [
       "openshell sandbox create -- echo hello",
+      "openshell sandbox create --preset pypi -- pip download requests",
+      "openshell sandbox create --policy policy.yaml --allow api.example.com",
       "openshell sandbox create --name dev",
       "openshell sandbox create --no-keep -- make test",
       "openshell sandbox create --name big --cpus 4 --memory 8Gi --disk-gib 50",
@@ -338,7 +362,8 @@ export const COMMANDS: readonly CommandSpec[] = [
         type: "string",
         multiple: true,
         value: "SRC",
-        help: "Only lines from gateway, console or sandbox (repeatable, or comma-separated)",
+        help:
+          "Only lines from gateway, console, sandbox or egress (repeatable, or comma-separated)",
       },
       output: { ...OUTPUT_OPTION, help: "text (default) or json (one object per line)" },
     },
@@ -347,6 +372,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       "openshell sandbox logs dev --follow",
       "openshell sandbox logs dev --since 10m --level warn",
       "openshell sandbox logs dev --source console -o json",
+      "openshell sandbox logs dev --source egress --since 10m",
     ],
   },
   {
@@ -372,6 +398,58 @@ export const COMMANDS: readonly CommandSpec[] = [
       out: { type: "string", value: "DIR", help: "Directory to write the credentials into" },
     },
     examples: ["openshell sandbox credentials dev --out /etc/openshell/dev"],
+  },
+  {
+    id: "policy set",
+    summary: "Replace a sandbox's network policy, live",
+    description: "Replace the sandbox's whole network policy with what --policy, --preset and " +
+      "--allow describe together (at least one of them; a file with `network_policies: {}` " +
+      "denies everything). The gateway stores it as a new version and its egress proxy " +
+      "enforces it for new connections at once; --wait waits until it is loaded (or refused).",
+    positionals: [{ name: "NAME" }],
+    options: {
+      ...POLICY_OPTIONS,
+      wait: { type: "boolean", help: "Wait until the egress proxy has loaded it (or refused it)" },
+      timeout: {
+        type: "string",
+        value: "S",
+        help: "Seconds --wait waits at most (default 30)",
+      },
+    },
+    examples: [
+      "openshell policy set dev --preset pypi --preset github --wait",
+      "openshell policy set dev --policy policy.yaml",
+      "openshell policy set dev --allow api.example.com --allow mirror.example:8080",
+    ],
+  },
+  {
+    id: "policy get",
+    summary: "Show a sandbox's policy version and its load status",
+    description: "Show one version of the sandbox's network policy (default: the latest): " +
+      "its status (pending, loaded, failed with the reason, superseded), hash and times, and " +
+      "which version the egress proxy enforces now. --full prints the policy itself as YAML, " +
+      "ready for `policy set --policy`.",
+    positionals: [{ name: "NAME" }],
+    options: {
+      version: { type: "string", value: "N", help: "This version (default: the latest)" },
+      full: { type: "boolean", help: "Print the policy as YAML too" },
+      output: { ...OUTPUT_OPTION, help: "text (default) or json" },
+    },
+    examples: [
+      "openshell policy get dev",
+      "openshell policy get dev --full > policy.yaml",
+      "openshell policy get dev --version 1 -o json",
+    ],
+  },
+  {
+    id: "policy list",
+    summary: "List a sandbox's policy versions, newest first",
+    positionals: [{ name: "NAME" }],
+    options: {
+      output: OUTPUT_OPTION,
+      limit: { type: "string", value: "N", help: "At most N versions (default 100)" },
+    },
+    examples: ["openshell policy list dev"],
   },
   {
     id: "image list",
@@ -459,6 +537,7 @@ export const COMMANDS: readonly CommandSpec[] = [
 /** Command groups and their summaries. */
 export const GROUPS: Readonly<Record<string, string>> = {
   sandbox: "Create, use and delete sandboxes",
+  policy: "Set and inspect sandboxes' network policies",
   image: "Build, import, list and delete guest images",
   gateway: "Start a local gateway; register and choose gateways",
 };

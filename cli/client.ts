@@ -14,15 +14,20 @@ import {
   type ExecSandboxRequest,
   type GetSandboxLogsRequest,
   type GetSandboxLogsResponse,
+  type GetSandboxPolicyStatusResponse,
   type HealthResponse,
   type Image,
   type ImageProgress,
   type IssueSupervisorCredentialsResponse,
   type ListSandboxesResponse,
+  type ListSandboxPoliciesResponse,
   OpenShellClient,
   type Sandbox,
+  type SandboxPolicy,
+  type SandboxPolicyRevision,
   type SandboxResponse,
   type SandboxStreamEvent,
+  type UpdateConfigResponse,
   type WatchSandboxRequest,
   type Wire,
 } from "../core/protocol.ts";
@@ -267,6 +272,29 @@ export class GatewayClient {
   /** `ExecSandbox`. */
   execSandbox(req: Wire<ExecSandboxRequest>): ServerStream<ExecSandboxEvent> {
     return this.#stream("ExecSandbox", req);
+  }
+
+  /** `UpdateConfig` with a sandbox's new policy: its version and hash. */
+  updatePolicy(name: string, policy: SandboxPolicy): Promise<UpdateConfigResponse> {
+    return this.#unary("UpdateConfig", { name, policy });
+  }
+
+  /** `GetSandboxPolicyStatus`: one revision (0 = the latest) and the enforced version. */
+  getSandboxPolicyStatus(name: string, version = 0): Promise<GetSandboxPolicyStatusResponse> {
+    return this.#unary("GetSandboxPolicyStatus", { name, version });
+  }
+
+  /** `ListSandboxPolicies`: revisions newest first (at most {@link LIST_PAGE}). */
+  async listSandboxPolicies(
+    name: string,
+    limit: number,
+    offset = 0,
+  ): Promise<SandboxPolicyRevision[]> {
+    return (await this.#unary<ListSandboxPoliciesResponse>("ListSandboxPolicies", {
+      name,
+      limit,
+      offset,
+    })).revisions;
   }
 
   /** `ListImages` (openshell-deno only). */

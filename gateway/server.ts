@@ -559,8 +559,6 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
           config.egressStateDir,
           "--log-level",
           config.logLevel,
-          "--log-format",
-          config.logFormat,
         ],
         controlSocket: egressControlSocket(config),
         policies: egressPolicies,

@@ -1,7 +1,8 @@
 /**
  * `openshell sandbox create [--name N] [--no-keep] [--timeout S] [--cpus N]
- * [--memory SIZE] [--disk-gib N] [-- CMD…]`: create, follow the provisioning
- * progress until READY, then run CMD (or a shell) over OpenSSH.
+ * [--memory SIZE] [--disk-gib N] [--policy FILE] [--allow HOST[:PORT]]…
+ * [--preset NAME]… [-- CMD…]`: create, follow the provisioning progress
+ * until READY, then run CMD (or a shell) over OpenSSH.
  *
  * The sizes go in `spec.template.resources` as upstream's Kubernetes-style
  * limits: `{limits: {cpu, memory, "ephemeral-storage"}}` (see
@@ -216,6 +217,11 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
     if (problem) throw new UsageError(`--image: ${problem}`, "sandbox create");
   }
   const template = image ? { ...sized, image } : sized;
+  // The YAML parser loads only for a create that sets a policy.
+  const policy = ctx.str("policy") !== undefined || ctx.list("allow").length > 0 ||
+      ctx.list("preset").length > 0
+    ? await (await import("./policy.ts")).policyFromFlags(ctx)
+    : undefined;
   const keep = !ctx.flag("no-keep");
   const command = ctx.invocation.trailing;
   const client = await ctx.client();
@@ -225,7 +231,11 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   try {
     sandbox = await client.createSandbox({
       name,
-      spec: template ? { environment, template } : { environment },
+      spec: {
+        environment,
+        ...(template ? { template } : {}),
+        ...(policy ? { policy } : {}),
+      },
     });
   } catch (e) {
     if (e instanceof GatewayError && e.code === Code.ALREADY_EXISTS && name) {

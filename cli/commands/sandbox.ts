@@ -160,7 +160,7 @@ export function jsonLogLine(line: SandboxLogLine): string {
 }
 
 /** Where log lines come from (`SandboxLogLine.source`). */
-export const LOG_SOURCES = ["gateway", "console", "sandbox"] as const;
+export const LOG_SOURCES = ["gateway", "console", "sandbox", "egress"] as const;
 
 /**
  * `sandbox logs [NAME] [--follow] [--lines N] [--since WHEN] [--level L]

@@ -1,0 +1,345 @@
+/**
+ * Network policies as the CLI reads and writes them: the YAML file format
+ * (upstream's shape, `network_policies: {NAME: {endpoints: [{host, port,
+ * ports, allowed_ips, enforcement}]}}`), the `--allow HOST[:PORT]` quick
+ * form, and the presets (`--preset pypi`), which are YAML files in
+ * `cli/presets/` imported as text, so a compiled or installed CLI carries
+ * them.
+ *
+ * Parsing is strict: an unknown or unsupported key is one error line with
+ * the file, line and column and the key's YAML path
+ * (`policy.yaml:6:9: network_policies.pypi.endpoints[0].hots: unknown key
+ * …`); then `validatePolicy` (core/policy.ts) checks what the gateway will.
+ *
+ * @module
+ */
+import {
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+  type Scalar,
+  stringify,
+  type YAMLMap,
+} from "yaml";
+import {
+  hostPatternError,
+  type NetworkEndpoint,
+  type NetworkPolicyRule,
+  type SandboxPolicy,
+  validatePolicy,
+} from "../core/policy.ts";
+import debianPreset from "./presets/debian.yaml" with { type: "text" };
+import githubPreset from "./presets/github.yaml" with { type: "text" };
+import npmPreset from "./presets/npm.yaml" with { type: "text" };
+import pypiPreset from "./presets/pypi.yaml" with { type: "text" };
+
+/** Largest policy file read (the gateway takes at most 64 KiB encoded). */
+export const MAX_POLICY_FILE_BYTES = 1024 * 1024;
+
+/** The presets: name → YAML text (one rule named like the preset). */
+export const PRESETS: Readonly<Record<string, string>> = {
+  debian: debianPreset,
+  github: githubPreset,
+  npm: npmPreset,
+  pypi: pypiPreset,
+};
+
+/** Name of the rule that `--allow` endpoints go into. */
+export const ALLOW_RULE = "allow";
+
+/** A policy file or flag that cannot be used; its message is one line. */
+export class PolicyInputError extends Error {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "PolicyInputError";
+  }
+}
+
+const TOP_KEYS = ["version", "network_policies"];
+const RULE_KEYS = ["name", "endpoints"];
+const ENDPOINT_KEYS = ["host", "port", "ports", "allowed_ips", "enforcement", "tls"];
+const UNSUPPORTED: Readonly<Record<string, string>> = {
+  filesystem_policy: "filesystem policy is not supported (only network_policies is enforced)",
+  filesystem: "filesystem policy is not supported (only network_policies is enforced)",
+  landlock: "landlock policy is not supported (only network_policies is enforced)",
+  process: "process policy is not supported (only network_policies is enforced)",
+  binaries: "per-binary rules are not supported",
+  protocol: "L7 inspection is not supported",
+  access: "L7 inspection is not supported",
+  rules: "L7 inspection is not supported",
+  deny_rules: "L7 inspection is not supported",
+  allow_encoded_slash: "L7 inspection is not supported",
+};
+
+function keyPath(path: string, key: string): string {
+  const plain = /^[A-Za-z0-9_-]+$/.test(key);
+  if (!path) return plain ? key : JSON.stringify(key);
+  return plain ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
+}
+
+/** Reads one policy file's text; `source` names it in errors. */
+export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const at = (node: Node | null | undefined): string => {
+    const offset = node?.range?.[0];
+    if (offset === undefined) return "";
+    const { line, col } = lines.linePos(offset);
+    return `:${line}:${col}`;
+  };
+  const fail = (node: Node | null | undefined, path: string, message: string): never => {
+    throw new PolicyInputError(`${source}${at(node)}: ${path ? `${path}: ` : ""}${message}`);
+  };
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    const pos = e.linePos?.[0] ?? (e.pos ? lines.linePos(e.pos[0]) : undefined);
+    const first = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+    throw new PolicyInputError(
+      `${source}${pos ? `:${pos.line}:${pos.col}` : ""}: not valid YAML: ${first}`,
+    );
+  }
+  const top = doc.contents;
+  if (top === null || (isScalar(top) && (top.value === null || top.value === ""))) {
+    fail(null, "", "the file is empty (a policy that allows nothing is `network_policies: {}`)");
+  }
+  const mapOf = (node: unknown, path: string, what: string): YAMLMap => {
+    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
+    if (!isMap(node)) fail(node as Node, path, `must be ${what}`);
+    return node as YAMLMap;
+  };
+  const keysOf = (map: YAMLMap, path: string, allowed: readonly string[]) => {
+    const out: [string, Node | null, Node][] = [];
+    for (const pair of map.items) {
+      const k = pair.key as Node;
+      if (!isScalar(k) || typeof k.value !== "string" && typeof k.value !== "number") {
+        fail(k, path, "keys must be plain names");
+      }
+      const key = String((k as Scalar).value);
+      const here = keyPath(path, key);
+      if (allowed.length && !allowed.includes(key)) {
+        fail(
+          k,
+          here,
+          UNSUPPORTED[key]
+            ? `${UNSUPPORTED[key]}; remove it`
+            : `unknown key (expected ${allowed.join(", ")})`,
+        );
+      }
+      out.push([key, pair.value as Node | null, k]);
+    }
+    return out;
+  };
+  const scalar = (node: Node | null, path: string, type: "string" | "integer"): unknown => {
+    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
+    if (!isScalar(node)) fail(node, path, `must be ${type === "string" ? "a string" : "a number"}`);
+    const v = (node as Scalar).value;
+    if (type === "string" && typeof v !== "string") fail(node, path, "must be a string");
+    if (type === "integer" && !(typeof v === "number" && Number.isInteger(v))) {
+      fail(node, path, "must be a whole number");
+    }
+    return v;
+  };
+  const list = (node: Node | null, path: string, type: "string" | "integer"): unknown[] => {
+    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
+    if (!isSeq(node)) fail(node, path, `must be a list`);
+    return (node as unknown as { items: Node[] }).items.map((item, i) =>
+      scalar(item, `${path}[${i}]`, type)
+    );
+  };
+
+  const policy: SandboxPolicy = { network_policies: {} };
+  for (
+    const [key, value] of keysOf(mapOf(top, "", "a mapping with network_policies"), "", TOP_KEYS)
+  ) {
+    if (key === "version") {
+      policy.version = scalar(value, "version", "integer") as number;
+      continue;
+    }
+    if (value === null || isScalar(value) && value.value === null) continue;
+    for (const [name, ruleNode] of keysOf(mapOf(value, key, "a mapping of rule names"), key, [])) {
+      const rulePath = keyPath(key, name);
+      const rule: NetworkPolicyRule = { name: "", endpoints: [] };
+      const fields = ruleNode === null || isScalar(ruleNode) && ruleNode.value === null
+        ? []
+        : keysOf(
+          mapOf(ruleNode, rulePath, "a mapping with endpoints"),
+          rulePath,
+          RULE_KEYS,
+        );
+      for (const [field, node] of fields) {
+        const path = keyPath(rulePath, field);
+        if (field === "name") {
+          rule.name = scalar(node, path, "string") as string;
+          continue;
+        }
+        if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
+        if (!isSeq(node)) fail(node, path, "must be a list of endpoints");
+        (node as unknown as { items: Node[] }).items.forEach((item, i) => {
+          const epPath = `${path}[${i}]`;
+          const endpoint: NetworkEndpoint = {};
+          for (
+            const [k, v] of keysOf(
+              mapOf(item, epPath, "a mapping with host and port"),
+              epPath,
+              ENDPOINT_KEYS,
+            )
+          ) {
+            const p = keyPath(epPath, k);
+            if (k === "host") endpoint.host = scalar(v, p, "string") as string;
+            else if (k === "port") endpoint.port = scalar(v, p, "integer") as number;
+            else if (k === "ports") endpoint.ports = list(v, p, "integer") as number[];
+            else if (k === "allowed_ips") endpoint.allowed_ips = list(v, p, "string") as string[];
+            else if (k === "enforcement") endpoint.enforcement = scalar(v, p, "string") as string;
+            else if (k === "tls") endpoint.tls = scalar(v, p, "string") as string;
+          }
+          rule.endpoints!.push(endpoint);
+        });
+      }
+      policy.network_policies![name] = rule;
+    }
+  }
+  const errors = validatePolicy(policy);
+  if (errors.length > 0) {
+    const more = errors.length > 1 ? ` (and ${errors.length - 1} more problems)` : "";
+    throw new PolicyInputError(`${source}: ${errors[0]}${more}`);
+  }
+  return policy;
+}
+
+/**
+ * A policy as YAML in the file format: defaults left out, rules in name
+ * order, each endpoint's keys in a fixed order.
+ */
+export function renderPolicyYaml(policy: SandboxPolicy | null | undefined): string {
+  const rules: Record<string, unknown> = {};
+  const entries = Object.entries(policy?.network_policies ?? {}).sort(([a], [b]) =>
+    a < b ? -1 : a > b ? 1 : 0
+  );
+  for (const [key, rule] of entries) {
+    const out: Record<string, unknown> = {};
+    if (rule.name && rule.name !== key) out.name = rule.name;
+    out.endpoints = (rule.endpoints ?? []).map((e) => {
+      const ep: Record<string, unknown> = { host: e.host ?? "" };
+      if (e.port) ep.port = e.port;
+      if (e.ports?.length) ep.ports = [...e.ports];
+      if (e.allowed_ips?.length) ep.allowed_ips = [...e.allowed_ips];
+      if (e.enforcement) ep.enforcement = e.enforcement;
+      if (e.tls) ep.tls = e.tls;
+      return ep;
+    });
+    rules[key] = out;
+  }
+  return stringify({ network_policies: rules }, { flowCollectionPadding: false });
+}
+
+/**
+ * One `--allow` value: `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`
+ * (the port defaults to 443); HOST may be a glob (`*.example.com`).
+ */
+export function parseAllow(value: string): NetworkEndpoint {
+  const v = value.trim();
+  let host = v;
+  let port = "443";
+  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(v);
+  const hostPort = /^([^:]+):(\d+)$/.exec(v);
+  if (bracket) {
+    host = bracket[1];
+    port = bracket[2] ?? port;
+  } else if (hostPort) {
+    host = hostPort[1];
+    port = hostPort[2];
+  } else if (/:.*:/.test(v) === false && v.includes(":")) {
+    throw new PolicyInputError(
+      `--allow ${value}: the port must be a number (HOST, HOST:PORT or [IPV6]:PORT)`,
+    );
+  }
+  const n = Number(port);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    throw new PolicyInputError(`--allow ${value}: ${port} is not a port (1-65535)`);
+  }
+  const problem = hostPatternError(host);
+  if (problem) throw new PolicyInputError(`--allow ${value}: ${problem}`);
+  return { host, port: n };
+}
+
+/** The rule of a preset; a {@link PolicyInputError} naming the presets for an unknown one. */
+export function presetRule(name: string): NetworkPolicyRule {
+  const text = PRESETS[name];
+  if (text === undefined) {
+    throw new PolicyInputError(
+      `--preset ${name}: no such preset (there are ${Object.keys(PRESETS).join(", ")})`,
+    );
+  }
+  return parsePolicyYaml(text, `preset ${name}`).network_policies![name];
+}
+
+/** What a command line says about a policy. */
+export interface PolicyInputs {
+  /** A policy file's text and how to name it. */
+  file?: { text: string; source: string };
+  /** `--allow` values. */
+  allow?: readonly string[];
+  /** `--preset` names. */
+  presets?: readonly string[];
+}
+
+/**
+ * The policy that `--policy`, `--preset` and `--allow` describe together
+ * (their rules side by side: the file's, one per preset, and `allow` for
+ * the `--allow` endpoints); undefined when none is given. A rule name used
+ * twice is an error.
+ */
+export function composePolicy(inputs: PolicyInputs): SandboxPolicy | undefined {
+  const presets = [...new Set(inputs.presets ?? [])];
+  const allow = inputs.allow ?? [];
+  if (!inputs.file && presets.length === 0 && allow.length === 0) return undefined;
+  const policy: SandboxPolicy = inputs.file
+    ? parsePolicyYaml(inputs.file.text, inputs.file.source)
+    : { network_policies: {} };
+  const rules = policy.network_policies ??= {};
+  const add = (name: string, rule: NetworkPolicyRule, from: string) => {
+    if (rules[name]) {
+      throw new PolicyInputError(
+        `rule "${name}" is given twice (${from} and ${inputs.file?.source ?? "another flag"}); ` +
+          "rename the rule in the file",
+      );
+    }
+    rules[name] = rule;
+  };
+  for (const name of presets) add(name, presetRule(name), `--preset ${name}`);
+  if (allow.length > 0) {
+    add(ALLOW_RULE, { name: ALLOW_RULE, endpoints: allow.map(parseAllow) }, "--allow");
+  }
+  const errors = validatePolicy(policy);
+  if (errors.length > 0) throw new PolicyInputError(errors[0]);
+  return policy;
+}
+
+/** Reads a policy file (bounded) for {@link composePolicy}. */
+export async function readPolicyFile(path: string): Promise<{ text: string; source: string }> {
+  let bytes: Uint8Array;
+  try {
+    const info = await Deno.stat(path);
+    if (info.size > MAX_POLICY_FILE_BYTES) {
+      throw new PolicyInputError(
+        `--policy ${path}: ${info.size} bytes; a policy file is at most ${MAX_POLICY_FILE_BYTES}`,
+      );
+    }
+    bytes = await Deno.readFile(path);
+  } catch (err) {
+    if (err instanceof PolicyInputError) throw err;
+    throw new PolicyInputError(`--policy ${path}: cannot read it: ${(err as Error).message}`);
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new PolicyInputError(`--policy ${path}: not UTF-8 text`);
+  }
+  return { text, source: path };
+}
