@@ -1,20 +1,19 @@
 /**
  * The egress steps of `e2e:vm` (issue 14), on a real VM behind the real
- * egress proxy. Traffic goes only to this machine: a test host in a network
- * namespace the steps create (`ip netns add osh-e2e-<rand>`, a veth pair
- * with a private /30: `10.213.N.1` on the host side, `10.213.N.2` inside),
- * an HTTP server inside it on ports 8000 and 8001, and servers on the host's
- * loopback and its own address that must never be reached.
+ * egress proxy. Traffic goes only to this machine: two test hosts, each in
+ * a network namespace of its own joined to the host by a veth pair with a
+ * private /30 (`testing/netns.ts`: `10.213.X.Y`), and servers on the host's
+ * loopback and on its own (veth) address that must never be reached.
  *
  * - `egressSteps` (a gateway with egress on): a sandbox created with a
- *   policy allowing `10.213.N.2:8000` (allowed_ips `10.213.N.0/30`), plus
- *   rules for the host's loopback and own address that the SSRF rules must
- *   override; inside the VM: the proxy variables, `/etc/resolv.conf` and apt's
- *   proxy; curl (plain and CONNECT) and wget reach the allowed port; a port
- *   the policy does not allow is a 403 naming `host:port` and the fix; a
- *   denied name is NXDOMAIN (`getent hosts`, Python); nothing reaches the
- *   host's loopback or own address, through the proxy or directly
- *   (`10.0.2.2`); `policy set --wait` flips the denied port to allowed live.
+ *   policy allowing test host A's address and port (allowed_ips its /32),
+ *   plus rules for the host's loopback and own address that the SSRF rules
+ *   must override; inside the VM: the proxy variables, `/etc/resolv.conf`
+ *   and apt's proxy; curl (plain and CONNECT) and wget reach A; test host B
+ *   (no rule) is a 403 naming `host:port` and the fix; a denied name is
+ *   NXDOMAIN (`getent hosts`, Python); nothing reaches the host's loopback
+ *   or own address, through the proxy or directly (`10.0.2.2`);
+ *   `policy set --wait` flips B from denied to allowed, live.
  * - `noEgressChecks` (a gateway with `--no-egress`): no proxy variables, and
  *   name look-ups fail at once with "could not resolve" — never a crash.
  *
@@ -23,7 +22,7 @@
  *
  * @module
  */
-import { waitFor } from "../core/testing.ts";
+import { type NetnsServer, startNetnsServer } from "../testing/netns.ts";
 
 /** Runs one named step (the caller times and records it); false when it failed or was skipped. */
 export type StepRunner = (name: string, fn: () => Promise<void>) => Promise<boolean>;
@@ -52,115 +51,6 @@ function show(r: CliResult): string {
   return `exit ${r.code}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
 }
 
-async function run(cmd: string, args: readonly string[]): Promise<CliResult> {
-  const out = await new Deno.Command(cmd, {
-    args: [...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-async function runOk(cmd: string, args: readonly string[]): Promise<string> {
-  const r = await run(cmd, args);
-  check(r.code === 0, `${cmd} ${args.join(" ")}: ${show(r)}`);
-  return r.stdout;
-}
-
-/** The test host: a network namespace with a veth pair and an HTTP server inside. */
-export interface TestHost {
-  netns: string;
-  /** The host side of the veth. */
-  hostIp: string;
-  /** The test host's address (inside the namespace). */
-  ip: string;
-  /** Its /30. */
-  cidr: string;
-  /** The ports its server answers on (`egress-e2e-ok <port>`). */
-  ports: readonly number[];
-  close(): Promise<void>;
-}
-
-const SERVER_SCRIPT = `
-const [host, ...ports] = Deno.args;
-for (const p of ports) {
-  Deno.serve({ hostname: host, port: Number(p), onListen() {} }, () =>
-    new Response("egress-e2e-ok " + p + "\\n"));
-}
-`;
-
-/** Creates the namespace, the veth pair and the server; `close` removes all of it. */
-export async function startTestHost(base: string): Promise<TestHost> {
-  const rand = crypto.getRandomValues(new Uint8Array(3));
-  const tag = [...rand].map((b) => b.toString(16).padStart(2, "0")).join("");
-  const netns = `osh-e2e-${tag}`;
-  // Interface names: at most 15 bytes.
-  const hostIf = `oshe${tag}h`;
-  const nsIf = `oshe${tag}n`;
-  // A /30 not in use on this host (another run may hold one).
-  const used = await runOk("ip", ["-4", "-o", "addr", "show"]);
-  let octet = rand[0];
-  for (let i = 0; i < 256 && used.includes(`10.213.${octet}.`); i++) octet = (octet + 1) % 256;
-  check(!used.includes(`10.213.${octet}.`), "no free 10.213.N.0/30 on this host");
-  const hostIp = `10.213.${octet}.1`;
-  const ip = `10.213.${octet}.2`;
-  const ports = [8000, 8001];
-  let server: Deno.ChildProcess | undefined;
-  const close = async () => {
-    try {
-      server?.kill("SIGKILL");
-    } catch { /* gone */ }
-    await server?.status.catch(() => {});
-    // Deleting the namespace removes its end of the veth pair, and so both ends.
-    await run("ip", ["netns", "del", netns]);
-    await run("ip", ["link", "del", hostIf]);
-  };
-  try {
-    await runOk("ip", ["netns", "add", netns]);
-    await runOk("ip", ["link", "add", hostIf, "type", "veth", "peer", "name", nsIf]);
-    await runOk("ip", ["link", "set", nsIf, "netns", netns]);
-    await runOk("ip", ["addr", "add", `${hostIp}/30`, "dev", hostIf]);
-    await runOk("ip", ["link", "set", hostIf, "up"]);
-    const inNs = (args: string[]) => runOk("ip", ["netns", "exec", netns, ...args]);
-    await inNs(["ip", "link", "set", "lo", "up"]);
-    await inNs(["ip", "addr", "add", `${ip}/30`, "dev", nsIf]);
-    await inNs(["ip", "link", "set", nsIf, "up"]);
-    const script = `${base}/egress_test_host.ts`;
-    await Deno.writeTextFile(script, SERVER_SCRIPT);
-    server = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        netns,
-        Deno.execPath(),
-        "run",
-        "--no-config",
-        "--no-lock",
-        "--quiet",
-        `--allow-net=${ip}`,
-        script,
-        ip,
-        ...ports.map(String),
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "inherit",
-    }).spawn();
-    for (const port of ports) {
-      await waitFor(`the test host's server on ${ip}:${port}`, async () => {
-        const r = await fetch(`http://${ip}:${port}/`).then((r) => r.text()).catch(() => "");
-        return r.startsWith("egress-e2e-ok") ? true : undefined;
-      }, { timeoutMs: 30_000, intervalMs: 200 });
-    }
-  } catch (err) {
-    await close();
-    throw err;
-  }
-  return { netns, hostIp, ip, cidr: `10.213.${octet}.0/30`, ports, close };
-}
-
 /** Servers on the host that no guest may reach; each counts its requests. */
 function startForbidden(
   addresses: readonly string[],
@@ -187,36 +77,21 @@ function startForbidden(
   };
 }
 
-/** The host's first non-loopback IPv4 address (the SSRF rules deny the host's own addresses). */
-function hostOwnAddress(exclude: string): string | undefined {
-  return Deno.networkInterfaces().find((i) =>
-    i.family === "IPv4" && !i.address.startsWith("127.") && i.address !== exclude &&
-    !i.address.startsWith("10.213.")
-  )?.address;
-}
-
-/** A YAML policy (the CLI's format): the test host, and rules the SSRF rules must override. */
-export function egressPolicyYaml(o: {
-  testHost: string;
-  cidr: string;
-  ports: readonly number[];
-  forbidden: readonly { host: string; port: number }[];
-}): string {
-  const lines = [
-    "network_policies:",
-    "  testhost:",
-    "    endpoints:",
-    `      - host: ${o.testHost}`,
-    o.ports.length === 1 ? `        port: ${o.ports[0]}` : `        ports: [${o.ports.join(", ")}]`,
-    `        allowed_ips: ["${o.cidr}"]`,
-  ];
-  if (o.forbidden.length) {
-    lines.push("  host-itself:", "    endpoints:");
-    for (const f of o.forbidden) {
+/**
+ * A YAML policy (the CLI's format): one rule per group of `host:port`
+ * endpoints, each private address allowed through `allowed_ips` (its /32).
+ */
+export function egressPolicyYaml(
+  rules: Readonly<Record<string, readonly { host: string; port: number }[]>>,
+): string {
+  const lines = ["network_policies:"];
+  for (const [name, endpoints] of Object.entries(rules)) {
+    lines.push(`  ${name}:`, "    endpoints:");
+    for (const e of endpoints) {
       lines.push(
-        `      - host: ${f.host}`,
-        `        port: ${f.port}`,
-        `        allowed_ips: ["${f.host}/32"]`,
+        `      - host: ${e.host}`,
+        `        port: ${e.port}`,
+        `        allowed_ips: ["${e.host}/32"]`,
       );
     }
   }
@@ -234,43 +109,45 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
   const name = "egress";
   const exec = (script: string, timeoutMs = 120_000) =>
     cli(["sandbox", "exec", name, "--", "bash", "-lc", script], timeoutMs);
-  let host: TestHost | undefined;
+  /** A: allowed from the start; B: denied until `policy set`. */
+  let a: NetnsServer | undefined;
+  let b: NetnsServer | undefined;
   let forbidden: ReturnType<typeof startForbidden> | undefined;
-  let own: string | undefined;
   let created = false;
   let ok = true;
-  const policyFile = `${base}/egress-policy.yaml`;
+  const target = (s: NetnsServer) => `${s.address}:${s.port}`;
+  /** The policy: A (and B when `withB`), plus the host itself, which the SSRF rules deny. */
+  const policy = (withB: boolean) =>
+    egressPolicyYaml({
+      testhost: [
+        { host: a!.address, port: a!.port },
+        ...(withB ? [{ host: b!.address, port: b!.port }] : []),
+      ],
+      "host-itself": [
+        { host: "127.0.0.1", port: forbidden!.port },
+        { host: a!.hostAddress, port: forbidden!.port },
+      ],
+    });
   try {
     ok &&= await step(
-      "5k. egress: a test host in a network namespace (veth /30, HTTP on 8000 and 8001)",
+      "5k. egress: two test hosts in network namespaces (testing/netns.ts)",
       async () => {
-        host = await startTestHost(base);
-        own = hostOwnAddress(host.hostIp);
-        forbidden = startForbidden(["127.0.0.1", ...(own ? [own] : [])]);
+        a = await startNetnsServer();
+        b = await startNetnsServer();
+        forbidden = startForbidden(["127.0.0.1", a.hostAddress]);
         console.error(
-          `    ${host.netns}: ${host.hostIp} ↔ ${host.ip}; host servers on 127.0.0.1` +
-            `${own ? ` and ${own}` : ""}:${forbidden.port}`,
+          `    A ${target(a)} (${a.ns}), B ${target(b)} (${b.ns}); host servers on ` +
+            `127.0.0.1 and ${a.hostAddress} port ${forbidden.port}`,
         );
       },
     );
     ok &&= await step(
       "5l. egress: create --policy; the proxy variables, resolv.conf over TCP, apt's proxy",
       async () => {
-        const h = host!;
-        await Deno.writeTextFile(
-          policyFile,
-          egressPolicyYaml({
-            testHost: h.ip,
-            cidr: h.cidr,
-            ports: [h.ports[0]],
-            forbidden: [
-              { host: "127.0.0.1", port: forbidden!.port },
-              ...(own ? [{ host: own, port: forbidden!.port }] : []),
-            ],
-          }),
-        );
+        const file = `${base}/egress-policy.yaml`;
+        await Deno.writeTextFile(file, policy(false));
         const c = await cli(
-          ["sandbox", "create", "--name", name, "--policy", policyFile, "--", "true"],
+          ["sandbox", "create", "--name", name, "--policy", file, "--", "true"],
           300_000,
         );
         check(c.code === 0, `create --policy: ${show(c)}`);
@@ -303,13 +180,12 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
     ok &&= await step(
       "5m. egress: curl (GET and CONNECT) and wget reach the allowed test host",
       async () => {
-        const h = host!;
-        const url = `http://${h.ip}:${h.ports[0]}/`;
+        const url = `http://${target(a!)}/hello`;
         const r = await exec(
           `curl -sS -m 30 ${url}; curl -sS -m 30 --proxytunnel ${url}; ` +
             `wget -q -T 30 -O- ${url}; echo wget=$?`,
         );
-        const want = `egress-e2e-ok ${h.ports[0]}\n`;
+        const want = `hello from ${a!.address}\n`;
         check(
           r.code === 0 && r.stdout.startsWith(want.repeat(3)) && r.stdout.includes("wget=0"),
           `the allowed test host through the proxy: ${show(r)}`,
@@ -317,19 +193,18 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
       },
     );
     ok &&= await step(
-      "5n. egress: a port not allowed is 403 naming host:port and the fix; a denied name NXDOMAIN",
+      "5n. egress: a host:port not allowed is 403 naming it and the fix; a denied name NXDOMAIN",
       async () => {
-        const h = host!;
-        const denied = `${h.ip}:${h.ports[1]}`;
+        const denied = target(b!);
         const r = await exec(
-          `curl -sS -m 30 http://${denied}/; echo; curl -sS -v -m 30 --proxytunnel ` +
-            `http://${denied}/ 2>&1 | grep -E '^< HTTP/1.1 403|CONNECT tunnel failed'; ` +
+          `curl -sS -m 30 http://${denied}/hello; echo; curl -sS -v -m 30 --proxytunnel ` +
+            `http://${denied}/hello 2>&1 | grep -E '^< HTTP/1.1 403|CONNECT tunnel failed'; ` +
             `t0=$(date +%s%N); getent hosts denied.example; echo getent=$?; ` +
             `echo ms=$(( ($(date +%s%N) - t0) / 1000000 )); ` +
             `python3 -c 'import socket
 try: socket.getaddrinfo("denied.example", 443)
 except socket.gaierror as e: print("gai", e.errno)'; ` +
-            `getent hosts ${h.ip}; echo literal=$?; ` +
+            `getent hosts ${a!.address}; echo literal=$?; ` +
             status("curlname", "curl -sS -m 30 --noproxy '*' http://denied.example/"),
         );
         check(r.code === 0, `exec: ${show(r)}`);
@@ -341,9 +216,9 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
         check(/< HTTP\/1\.1 403|CONNECT tunnel failed, response 403/.test(r.stdout), show(r));
         check(r.stdout.includes("getent=2"), `getent hosts denied.example: ${show(r)}`);
         const ms = Number(/ms=(\d+)/.exec(r.stdout)?.[1] ?? NaN);
-        // NXDOMAIN (EAI_NONAME, -2), an answer from the proxy — not a timeout (-3).
+        // NXDOMAIN (EAI_NONAME, -2): an answer from the proxy, not a failure to ask (-3).
         check(r.stdout.includes("gai -2"), `Python's getaddrinfo: ${show(r)}`);
-        check(r.stdout.includes(`${h.ip}`) && r.stdout.includes("literal=0"), show(r));
+        check(r.stdout.includes("literal=0"), `an IP literal needs no DNS: ${show(r)}`);
         check(r.stdout.includes("curlname=6"), `curl: could not resolve: ${show(r)}`);
         console.error(`    getent hosts denied.example → NXDOMAIN in ${ms} ms`);
       },
@@ -353,41 +228,36 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
       async () => {
         const f = forbidden!;
         const p = f.port;
-        const viaProxy = (addr: string) =>
-          `curl -sS -v -m 20 --noproxy '' -x http://10.0.2.101:3128 http://${addr}:${p}/ 2>&1 ` +
-          `| grep -c '^< HTTP/1.1 403'`;
+        const viaProxy = (addr: string, tunnel = false) =>
+          `curl -sS -v -m 20 ${tunnel ? "--proxytunnel " : ""}--noproxy '' ` +
+          `-x http://10.0.2.101:3128 http://${addr}:${p}/ 2>&1 ` +
+          `| grep -cE '^< HTTP/1.1 403|CONNECT tunnel failed, response 403'`;
         const r = await exec(
-          `echo lo=$(${viaProxy("127.0.0.1")}); ` +
-            (own ? `echo own=$(${viaProxy(own)}); ` : "") +
-            `echo tunnel=$(curl -sS -v -m 20 --proxytunnel --noproxy '' -x http://10.0.2.101:3128 ` +
-            `http://127.0.0.1:${p}/ 2>&1 | grep -c 'CONNECT tunnel failed, response 403'); ` +
+          `echo lo=$(${viaProxy("127.0.0.1")}); echo own=$(${viaProxy(a!.hostAddress)}); ` +
+            `echo tunnel=$(${viaProxy("127.0.0.1", true)}); ` +
             status("router", `curl -sS -m 5 --noproxy '*' http://10.0.2.2:${p}/`),
         );
         check(r.code === 0, `exec: ${show(r)}`);
-        check(r.stdout.includes("lo=1"), `loopback via the proxy not 403: ${show(r)}`);
-        if (own) check(r.stdout.includes("own=1"), `own address via the proxy: ${show(r)}`);
-        check(r.stdout.includes("tunnel=1"), `CONNECT to loopback not 403: ${show(r)}`);
-        check(!/router=0\b/.test(r.stdout), `10.0.2.2:${p} answered: ${show(r)}`);
+        check(/^lo=[1-9]/m.test(r.stdout), `loopback via the proxy not 403: ${show(r)}`);
+        check(/^own=[1-9]/m.test(r.stdout), `the host's own address via the proxy: ${show(r)}`);
+        check(/^tunnel=[1-9]/m.test(r.stdout), `CONNECT to loopback not 403: ${show(r)}`);
+        check(!/^router=0$/m.test(r.stdout), `10.0.2.2:${p} answered: ${show(r)}`);
         check(f.hits() === 0, `the host's servers were reached ${f.hits()} time(s)`);
       },
     );
     ok &&= await step(
-      "5p. egress: policy set --wait flips the denied port to allowed, live",
+      "5p. egress: policy set --wait flips the denied host:port to allowed, live",
       async () => {
-        const h = host!;
-        const next = `${base}/egress-policy-2.yaml`;
-        await Deno.writeTextFile(
-          next,
-          egressPolicyYaml({ testHost: h.ip, cidr: h.cidr, ports: h.ports, forbidden: [] }),
-        );
+        const file = `${base}/egress-policy-2.yaml`;
+        await Deno.writeTextFile(file, policy(true));
         const t0 = Date.now();
-        const set = await cli(["policy", "set", name, "--policy", next, "--wait"], 60_000);
+        const set = await cli(["policy", "set", name, "--policy", file, "--wait"], 60_000);
         const setMs = Date.now() - t0;
         check(set.code === 0, `policy set --wait: ${show(set)}`);
-        const r = await exec(`curl -sS -m 30 http://${h.ip}:${h.ports[1]}/`);
+        const r = await exec(`curl -sS -m 30 http://${target(b!)}/hello`);
         check(
-          r.code === 0 && r.stdout === `egress-e2e-ok ${h.ports[1]}\n`,
-          `the newly allowed port: ${show(r)}`,
+          r.code === 0 && r.stdout === `hello from ${b!.address}\n`,
+          `the newly allowed host:port: ${show(r)}`,
         );
         const list = await cli(["policy", "list", name]);
         check(list.code === 0, `policy list: ${show(list)}`);
@@ -402,7 +272,8 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
   } finally {
     if (created) await cli(["sandbox", "delete", name]).catch(() => {});
     await forbidden?.close().catch(() => {});
-    await host?.close().catch(() => {});
+    await a?.close().catch(() => {});
+    await b?.close().catch(() => {});
   }
   return ok;
 }

@@ -206,12 +206,15 @@ async function main(): Promise<number> {
       planePort = freePort();
     }
     // The driver's grants name the gateway address it carries guest connections to:
-    // the supervisor plane.
+    // the supervisor plane; with egress (the secure gateway), the egress proxy's guest
+    // socket too (the gateway keeps the proxy's state in <state-dir>/egress).
+    const egress = !plaintext;
     await stageDriverDir({
       dir: D,
       stateDir: V,
       runtimeDir: runtime.dir,
       gateway: { host: "127.0.0.1", port: planePort },
+      ...(egress ? { egressStateDir: `${S}/egress` } : {}),
     });
     const g = await startGateway({
       stateDir: S,
@@ -220,6 +223,7 @@ async function main(): Promise<number> {
       port,
       tls: !plaintext,
       ...(plaintext ? {} : { dbUrl: `sqlite:${base}/gateway.db` }),
+      ...(egress ? { egressDir: D } : {}),
       args: [
         "--supervisor-port",
         String(planePort),
