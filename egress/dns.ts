@@ -163,8 +163,13 @@ export async function answerQuery(
  * socket pauses while a name resolves), at most {@link MAX_DNS_MESSAGE}
  * bytes each.
  */
-export function serveDns(ctx: DnsContext, socket: net.Socket, sandboxId: string): void {
-  let buffered = new Uint8Array(0);
+export function serveDns(
+  ctx: DnsContext,
+  socket: net.Socket,
+  sandboxId: string,
+  first: Uint8Array = new Uint8Array(0),
+): void {
+  let buffered = first;
   let busy = false;
   const pump = async () => {
     if (busy) return;
@@ -205,4 +210,5 @@ export function serveDns(ctx: DnsContext, socket: net.Socket, sandboxId: string)
   });
   socket.on("end", () => socket.end());
   socket.on("error", () => socket.destroy());
+  if (buffered.length) pump();
 }

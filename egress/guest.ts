@@ -97,11 +97,11 @@ export class GuestServer {
   /** Creates the server; {@link listen} binds it. */
   constructor(options: GuestServerOptions) {
     this.#o = {
-      maxPerSandbox: DEFAULT_MAX_PER_SANDBOX,
-      maxTotal: DEFAULT_MAX_TOTAL,
-      headerTimeoutMs: HEADER_TIMEOUT_MS,
-      idleMs: DEFAULT_IDLE_SECS * 1000,
       ...options,
+      maxPerSandbox: options.maxPerSandbox ?? DEFAULT_MAX_PER_SANDBOX,
+      maxTotal: options.maxTotal ?? DEFAULT_MAX_TOTAL,
+      headerTimeoutMs: options.headerTimeoutMs ?? HEADER_TIMEOUT_MS,
+      idleMs: options.idleMs ?? DEFAULT_IDLE_SECS * 1000,
     };
     this.#http = new HttpProxy({ ...options.ctx, idleMs: this.#o.idleMs });
   }
@@ -210,9 +210,7 @@ export class GuestServer {
       );
       if (!header) return fail();
       socket.pause();
-      const rest = buffered.subarray(nl + 1);
-      if (rest.length) socket.unshift(rest);
-      this.#start(socket, header);
+      this.#start(socket, header, buffered.slice(nl + 1));
     };
     const cleanup = () => {
       clearTimeout(timer);
@@ -224,7 +222,7 @@ export class GuestServer {
     socket.resume();
   }
 
-  #start(socket: net.Socket, header: GuestHeader): void {
+  #start(socket: net.Socket, header: GuestHeader, first: Uint8Array): void {
     const { sandboxId, kind } = header;
     if (!this.#o.ctx.policies.get(sandboxId)) {
       this.#stats.unknownSandbox++;
@@ -282,10 +280,10 @@ export class GuestServer {
       socket.destroy();
     });
     if (kind === "http") {
-      this.#http.accept(socket, { sandboxId });
+      this.#http.accept(socket, { sandboxId }, first);
     } else {
-      serveDns(this.#o.ctx, socket, sandboxId);
+      serveDns(this.#o.ctx, socket, sandboxId, first);
+      socket.resume();
     }
-    socket.resume();
   }
 }

@@ -5,10 +5,13 @@
  * server parses every guest connection (fed with `emit("connection")` after
  * the driver's header line); it never listens itself.
  *
- * Forward proxying serves one request per guest connection (every response
- * says `Connection: close`): Deno's node:http server ends a connection fed
- * through `emit("connection")` after its first response, so the proxy says
- * so rather than let a client reuse a dying connection.
+ * Forward proxying serves one request per guest connection: the request goes
+ * up with `Connection: close` and its hop-by-hop and `Proxy-*` headers
+ * removed, and the response comes back byte for byte until the upstream
+ * closes, then this connection closes too. (Deno's node:http server ends a
+ * connection fed through `emit("connection")` after its first response
+ * anyway, and its `http.request` ignores `createConnection`, so the proxy
+ * writes the request itself on the socket it dialled to the vetted address.)
  *
  * Denied: `403 Forbidden` whose text body names the host:port and how to
  * allow it. A name that does not resolve, or a destination that does not
@@ -18,6 +21,7 @@
  */
 import http from "node:http";
 import type net from "node:net";
+import { Duplex } from "node:stream";
 import { errorMessage } from "../core/log.ts";
 import { normalizeHost } from "../core/policy.ts";
 import { authorize, dial, type ProxyContext, validTarget } from "./authorize.ts";
@@ -92,16 +96,6 @@ export function endToEndHeaders(raw: readonly string[]): [string, string][] {
   return out;
 }
 
-function headerObject(pairs: [string, string][]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of pairs) {
-    const key = k.toLowerCase();
-    const prev = out[key];
-    out[key] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
-  }
-  return out;
-}
-
 function plain(
   socket: net.Socket,
   status: number,
@@ -138,7 +132,7 @@ export interface GuestSession {
 export class HttpProxy {
   readonly #ctx: ProxyContext;
   readonly #server: http.Server;
-  readonly #sessions = new WeakMap<net.Socket, GuestSession>();
+  readonly #sessions = new WeakMap<GuestStream, GuestSession>();
 
   /** Creates the (never listening) server. */
   constructor(ctx: ProxyContext) {
@@ -153,7 +147,7 @@ export class HttpProxy {
     this.#server.on("request", (req, res) => this.#forward(req, res));
     this.#server.on(
       "connect",
-      (req, socket, head) => this.#connect(req, socket as net.Socket, head),
+      (req, socket, head) => this.#connect(req, socket as unknown as GuestStream, head),
     );
     this.#server.on("upgrade", (_req, socket) => {
       plain(
@@ -168,19 +162,27 @@ export class HttpProxy {
     });
   }
 
-  /** Serves one guest connection (its header line already read). */
-  accept(socket: net.Socket, session: GuestSession): void {
-    this.#sessions.set(socket, session);
-    this.#server.emit("connection", socket);
+  /**
+   * Serves one guest connection (its header line already read; `first`:
+   * the bytes that came after it). The server reads it through a
+   * {@link GuestStream}: Deno's node:http misparses data `unshift`ed back
+   * into a socket once more follows (HPE_INVALID_METHOD past 64 KiB).
+   */
+  accept(socket: net.Socket, session: GuestSession, first: Uint8Array): void {
+    const stream = new GuestStream(socket, first);
+    this.#sessions.set(stream, session);
+    this.#server.emit("connection", stream);
   }
 
-  #session(socket: net.Socket): GuestSession | undefined {
-    return this.#sessions.get(socket);
+  #session(stream: unknown): GuestSession | undefined {
+    return this.#sessions.get(stream as GuestStream);
   }
 
-  async #connect(req: http.IncomingMessage, socket: net.Socket, head: Uint8Array): Promise<void> {
-    const session = this.#session(socket);
-    if (!session) return void socket.destroy();
+  async #connect(req: http.IncomingMessage, stream: GuestStream, head: Uint8Array): Promise<void> {
+    const session = this.#session(stream);
+    if (!(stream instanceof GuestStream) || !session) return void stream.destroy();
+    // The tunnel runs on the socket itself (no stream layer per byte).
+    const { socket, pending } = stream.detach();
     const target = parseConnectTarget(req.url ?? "");
     if (!target) {
       return plain(
@@ -223,11 +225,12 @@ export class HttpProxy {
     splice(socket, upstream, this.#ctx.idleMs ?? DEFAULT_IDLE_MS);
     socket.write("HTTP/1.1 200 Connection established\r\n\r\n");
     if (head.length) upstream.write(head);
+    for (const chunk of pending) upstream.write(chunk);
     socket.resume();
   }
 
   async #forward(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const session = this.#session(req.socket as net.Socket);
+    const session = this.#session(req.socket);
     if (!session) return void req.socket.destroy();
     const url = /^http:\/\//i.test(req.url ?? "") ? safeUrl(req.url!) : undefined;
     if (!url || url.username || url.password) {
@@ -268,44 +271,65 @@ export class HttpProxy {
     }
     if (req.socket.destroyed) return void upstream.destroy();
     upstream.setTimeout(this.#ctx.idleMs ?? DEFAULT_IDLE_MS, () => upstream.destroy());
+    const guest = req.socket as unknown as GuestStream;
     const headers = endToEndHeaders(req.rawHeaders);
-    if (!headers.some(([k]) => k.toLowerCase() === "host")) {
-      headers.push(["Host", url.host]);
-    }
-    const upReq = http.request({
-      method: req.method,
-      path: `${url.pathname}${url.search}`,
-      headers: headerObject(headers),
-      setHost: false,
-      agent: false,
-      createConnection: () => upstream,
-    });
-    const abort = () => {
-      upReq.destroy();
+    if (!headers.some(([k]) => k.toLowerCase() === "host")) headers.push(["Host", url.host]);
+    const chunked = /\bchunked\b/i.test(String(req.headers["transfer-encoding"] ?? ""));
+    // Node's parser refused CR/LF in names and values: the head is safe to write back.
+    let head = `${req.method} ${url.pathname}${url.search} HTTP/1.1\r\n`;
+    for (const [k, v] of headers) head += `${k}: ${v}\r\n`;
+    if (chunked) head += "Transfer-Encoding: chunked\r\n";
+    head += "Connection: close\r\n\r\n";
+    let answered = false;
+    const close = () => {
       upstream.destroy();
+      guest.destroy();
     };
-    req.socket.once("close", abort);
-    upReq.on("error", (err) => {
-      req.socket.removeListener("close", abort);
-      upstream.destroy();
+    upstream.on("error", (err) => {
+      if (answered) return close();
+      answered = true;
       reply(
         res,
         502,
         `openshell-egress: ${formatTarget(host, port)} failed: ${errorMessage(err)}\n`,
       );
+      upstream.destroy();
     });
-    upReq.on("response", (upRes) => {
-      const out = endToEndHeaders(upRes.rawHeaders);
-      out.push(["Connection", "close"]);
-      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, headerObject(out));
-      upRes.pipe(res);
-      upRes.on("error", () => res.destroy());
-      res.on("finish", () => {
-        req.socket.removeListener("close", abort);
-        upstream.destroy();
-      });
+    guest.once("close", () => upstream.destroy());
+    // The response goes back unchanged: the upstream closes after it (Connection: close),
+    // and so does this connection.
+    upstream.on("data", (chunk: Uint8Array) => {
+      answered = true;
+      if (!guest.write(chunk)) {
+        upstream.pause();
+        guest.once("drain", () => upstream.resume());
+      }
     });
-    req.pipe(upReq);
+    upstream.on("end", () => {
+      if (!answered) {
+        answered = true;
+        return reply(
+          res,
+          502,
+          `openshell-egress: ${formatTarget(host, port)} closed without answering\n`,
+        );
+      }
+      guest.end();
+    });
+    upstream.write(head);
+    req.on("data", (chunk: Uint8Array) => {
+      const framed = chunked ? [`${chunk.length.toString(16)}\r\n`, chunk, "\r\n"] : [chunk];
+      let ok = true;
+      for (const part of framed) ok = upstream.write(part) && ok;
+      if (!ok) {
+        req.pause();
+        upstream.once("drain", () => req.resume());
+      }
+    });
+    req.on("end", () => {
+      if (chunked) upstream.write("0\r\n\r\n");
+    });
+    req.resume();
   }
 }
 
@@ -314,6 +338,80 @@ function safeUrl(text: string): URL | undefined {
     return new URL(text);
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * A guest socket as a plain Duplex for the node:http server, starting with
+ * the bytes read past the header line. `detach()` hands the socket back
+ * (for a CONNECT tunnel) with whatever the stream still held.
+ */
+export class GuestStream extends Duplex {
+  readonly #socket: net.Socket;
+  readonly #forward: (chunk: Uint8Array) => void;
+  #detached = false;
+
+  /** Wraps `socket` (paused) with `first` as its first bytes. */
+  constructor(socket: net.Socket, first: Uint8Array) {
+    super({ allowHalfOpen: true });
+    this.#socket = socket;
+    this.#forward = (chunk) => {
+      if (!this.push(chunk)) socket.pause();
+    };
+    if (first.length) this.push(first);
+    socket.on("data", this.#forward);
+    socket.on("end", () => !this.#detached && this.push(null));
+    socket.on("close", () => !this.#detached && this.destroy());
+  }
+
+  /** The socket underneath. */
+  get socket(): net.Socket {
+    return this.#socket;
+  }
+
+  override _read(): void {
+    if (!this.#detached) this.#socket.resume();
+  }
+
+  override _write(chunk: Uint8Array, _enc: string, cb: (err?: Error | null) => void): void {
+    this.#socket.write(chunk, cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.#socket.end();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.#detached) this.#socket.destroy();
+    cb(err);
+  }
+
+  /** Like net.Socket's: the idle timeout of the socket underneath. */
+  setTimeout(ms: number, cb?: () => void): this {
+    this.#socket.setTimeout(ms, cb);
+    return this;
+  }
+
+  /** Like net.Socket's (no-op on a Unix socket). */
+  setNoDelay(): this {
+    return this;
+  }
+
+  /** Like net.Socket's (no-op here). */
+  setKeepAlive(): this {
+    return this;
+  }
+
+  /** Stops feeding the stream; the socket (paused) and the bytes still buffered. */
+  detach(): { socket: net.Socket; pending: Uint8Array[] } {
+    this.#detached = true;
+    this.#socket.pause();
+    this.#socket.removeListener("data", this.#forward);
+    this.#socket.setTimeout(0);
+    const pending: Uint8Array[] = [];
+    for (let chunk = this.read(); chunk !== null; chunk = this.read()) pending.push(chunk);
+    return { socket: this.#socket, pending };
   }
 }
 

@@ -208,3 +208,311 @@ Deno.test("watch: denied events arrive with OCSF lines", async () => {
     await eg.stop();
   }
 });
+
+Deno.test({
+  name:
+    "plain HTTP forward: absolute-form GET reaches the host; hop-by-hop and Proxy-* headers stay behind",
+  ignore: !!noNetns,
+  fn: () =>
+    withServer(async (srv) => {
+      const eg = await startTestEgress({ resolve: tableResolver({ "app.test": [srv.address] }) });
+      try {
+        await eg.apply("sb1", 1, {
+          network_policies: {
+            app: {
+              endpoints: [{ host: "app.test", port: srv.port, allowed_ips: ["10.213.0.0/16"] }],
+            },
+          },
+        });
+        const c = await openGuest(eg.guestSocket, "sb1", "http");
+        await writeAll(
+          c,
+          `GET http://app.test:${srv.port}/headers?x=1 HTTP/1.1\r\nHost: app.test:${srv.port}\r\n` +
+            "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n" +
+            "Connection: X-Private\r\nX-Private: drop-me\r\nX-Kept: yes\r\n\r\n",
+        );
+        const r = await readResponse(c);
+        assert.equal(r.status, 200, r.body);
+        const seen = JSON.parse(r.body);
+        assert.equal(seen["host"], `app.test:${srv.port}`);
+        assert.equal(seen["x-kept"], "yes");
+        assert.equal(seen["proxy-authorization"], undefined);
+        assert.equal(seen["proxy-connection"], undefined);
+        assert.equal(seen["x-private"], undefined);
+        c.close();
+        // A body goes up and the answer comes back.
+        const p = await openGuest(eg.guestSocket, "sb1", "http");
+        const body = "x".repeat(300_000);
+        await writeAll(
+          p,
+          `POST http://app.test:${srv.port}/echo HTTP/1.1\r\nHost: app.test\r\n` +
+            `Content-Length: ${body.length}\r\n\r\n${body}`,
+        );
+        const echoed = await readResponse(p);
+        assert.equal(echoed.status, 200, echoed.head + echoed.body.slice(0, 300));
+        assert.equal(echoed.body, body);
+        p.close();
+      } finally {
+        await eg.stop();
+      }
+    }),
+});
+
+Deno.test({
+  name: "private addresses: refused without allowed_ips, and the host's own address always",
+  ignore: !!noNetns,
+  fn: () =>
+    withServer(async (srv) => {
+      const eg = await startTestEgress({
+        resolve: tableResolver({ "app.test": [srv.address], "me.test": [srv.hostAddress] }),
+      });
+      try {
+        await eg.apply("sb1", 1, {
+          network_policies: {
+            app: { endpoints: [{ host: "app.test", port: srv.port }] },
+            me: {
+              endpoints: [{ host: "me.test", port: srv.port, allowed_ips: ["10.213.0.0/16"] }],
+            },
+            ip: {
+              endpoints: [{ host: srv.hostAddress, port: srv.port, allowed_ips: ["10.0.0.0/8"] }],
+            },
+          },
+        });
+        const a = await connectThrough(eg.guestSocket, "sb1", `app.test:${srv.port}`);
+        assert.equal(a.status, 403);
+        const body = dec.decode(a.rest) + dec.decode(await readToEnd(a.conn));
+        assert.match(body, /is a private address; list it in the rule's allowed_ips/);
+        a.conn.close();
+        for (const target of [`me.test:${srv.port}`, `${srv.hostAddress}:${srv.port}`]) {
+          const t = await connectThrough(eg.guestSocket, "sb1", target);
+          assert.equal(t.status, 403, target);
+          assert.match(
+            dec.decode(t.rest) + dec.decode(await readToEnd(t.conn)),
+            /an address of the host/,
+          );
+          t.conn.close();
+        }
+      } finally {
+        await eg.stop();
+      }
+    }),
+});
+
+Deno.test({
+  name: "audit: allowed where enforcement would deny, and the event says audit",
+  ignore: !!noNetns,
+  fn: () =>
+    withServer(async (srv) => {
+      const eg = await startTestEgress({ resolve: tableResolver({ "app.test": [srv.address] }) });
+      const w = await watchEvents(eg.client);
+      try {
+        // No allowed_ips: enforce would refuse the private address; audit lets it through.
+        await eg.apply("sb1", 1, {
+          network_policies: {
+            trial: { endpoints: [{ host: "app.test", port: srv.port, enforcement: "audit" }] },
+          },
+        });
+        const t = await connectThrough(eg.guestSocket, "sb1", `app.test:${srv.port}`);
+        assert.equal(t.status, 200);
+        await writeAll(t.conn, "GET /hello HTTP/1.0\r\n\r\n");
+        assert.match(dec.decode(await readToEnd(t.conn)), /hello from/);
+        t.conn.close();
+        const e = await w.next((e) => e.host === "app.test", "the audit event");
+        assert.equal(e.decision, "audit");
+        assert.equal(e.policy_name, "trial");
+        const ocsf = JSON.parse(e.ocsf_json);
+        assert.equal(ocsf.unmapped.decision, "audit");
+        assert.equal(ocsf.dst_endpoint.ip, srv.address);
+        assert.match(ocsf.message, /private address/);
+      } finally {
+        w.close();
+        await eg.stop();
+      }
+    }),
+});
+
+Deno.test({
+  name: "a live ApplyPolicy flips a denied host to allowed for new connections",
+  ignore: !!noNetns,
+  fn: () =>
+    withServer(async (srv) => {
+      const eg = await startTestEgress({ resolve: tableResolver({ "app.test": [srv.address] }) });
+      try {
+        await eg.apply("sb1", 1, {
+          network_policies: { other: { endpoints: [{ host: "x.test", port: 1 }] } },
+        });
+        const before = await connectThrough(eg.guestSocket, "sb1", `app.test:${srv.port}`);
+        assert.equal(before.status, 403);
+        before.conn.close();
+        const res = await eg.apply("sb1", 2, {
+          network_policies: {
+            app: {
+              endpoints: [{ host: "app.test", port: srv.port, allowed_ips: [`${srv.address}/32`] }],
+            },
+          },
+        }) as { loaded_version: number; loaded_at_ms: number };
+        assert.equal(res.loaded_version, 2);
+        assert.ok(res.loaded_at_ms > 0);
+        const after = await connectThrough(eg.guestSocket, "sb1", `app.test:${srv.port}`);
+        assert.equal(after.status, 200);
+        after.conn.close();
+        // And back: an older version is refused; the newest stays.
+        await assert.rejects(
+          eg.apply("sb1", 1, {}),
+          /FAILED_PRECONDITION.*older than the loaded version 2/,
+        );
+        const list = await eg.call<{ policies: { sandbox_id: string; version: number }[] }>(
+          "ListPolicies",
+          {},
+        );
+        assert.deepEqual(list.policies.map((p) => [p.sandbox_id, p.version]), [["sb1", 2]]);
+      } finally {
+        await eg.stop();
+      }
+    }),
+});
+
+Deno.test("ApplyPolicy refuses what cannot be enforced, naming the field; the old policy stays", async () => {
+  const eg = await startTestEgress();
+  try {
+    await eg.apply("sb1", 1, {
+      network_policies: { a: { endpoints: [{ host: "a.test", port: 1 }] } },
+    });
+    await assert.rejects(
+      eg.apply("sb1", 2, {
+        network_policies: { a: { endpoints: [{ host: "a.test", port: 443, protocol: "rest" }] } },
+      }),
+      /INVALID_ARGUMENT: policy\.network_policies\["a"\]\.endpoints\[0\]\.protocol: L7 inspection is not supported; remove it/,
+    );
+    await assert.rejects(eg.apply("bad id", 1, {}), /INVALID_ARGUMENT: sandbox_id/);
+    assert.equal(eg.policies.get("sb1")?.version, 1);
+  } finally {
+    await eg.stop();
+  }
+});
+
+Deno.test("the header: missing, garbage, overlong or late → closed; unknown sandbox → closed", async () => {
+  const eg = await startTestEgress({ headerTimeoutMs: 200 });
+  try {
+    await eg.apply("sb1", 1, {});
+    const cases: [string, string | undefined][] = [
+      ["garbage", "GET / HTTP/1.1\r\n\r\n"],
+      ["wrong tag", "OPENSHELL-EGRESS/2 sb1 http\n"],
+      ["wrong kind", "OPENSHELL-EGRESS/1 sb1 smtp\n"],
+      ["extra field", "OPENSHELL-EGRESS/1 sb1 http x\n"],
+      ["bad id", "OPENSHELL-EGRESS/1 ../x http\n"],
+      ["overlong", "OPENSHELL-EGRESS/1 " + "a".repeat(300)],
+      ["unknown sandbox", "OPENSHELL-EGRESS/1 sb-unknown http\n"],
+      ["no newline, then silence", "OPENSHELL-EGRESS/1 sb1 http"],
+      ["nothing at all", ""],
+    ];
+    for (const [what, header] of cases) {
+      const c = await openGuest(eg.guestSocket, "sb1", "http", header);
+      assert.equal(await closedByPeer(c), true, what);
+      c.close();
+    }
+    const s = eg.guest.stats;
+    assert.equal(s.unknownSandbox, 1);
+    assert.equal(s.badHeader, cases.length - 1);
+    assert.equal(s.open, 0);
+  } finally {
+    await eg.stop();
+  }
+});
+
+Deno.test("caps: the 65th connection of a sandbox is refused (503); other sandboxes still get in", async () => {
+  const eg = await startTestEgress();
+  const conns: Deno.UnixConn[] = [];
+  try {
+    await eg.apply("sb1", 1, {});
+    await eg.apply("sb2", 1, {});
+    for (let i = 0; i < 64; i++) conns.push(await openGuest(eg.guestSocket, "sb1", "http"));
+    await waitFor("64 open connections", () => eg.guest.openFor("sb1") === 64);
+    const extra = await openGuest(eg.guestSocket, "sb1", "http");
+    const r = await readResponse(extra);
+    assert.equal(r.status, 503);
+    assert.match(r.body, /64 connections open/);
+    extra.close();
+    const dns = await openGuest(eg.guestSocket, "sb1", "dns");
+    assert.equal(await closedByPeer(dns), true);
+    dns.close();
+    assert.equal(eg.guest.stats.refusedSandbox, 2);
+    const other = await openGuest(eg.guestSocket, "sb2", "http");
+    await waitFor("sb2's connection open", () => eg.guest.openFor("sb2") === 1);
+    conns.push(other);
+    // One closes: room again.
+    conns.shift()!.close();
+    await waitFor("63 open", () => eg.guest.openFor("sb1") === 63);
+    conns.push(await openGuest(eg.guestSocket, "sb1", "http"));
+    await waitFor("64 open again", () => eg.guest.openFor("sb1") === 64);
+  } finally {
+    for (const c of conns) c.close();
+    await eg.stop();
+  }
+});
+
+Deno.test("caps: past the total, new connections close before their header", async () => {
+  const eg = await startTestEgress({ maxTotal: 8, maxPerSandbox: 8 });
+  const conns: Deno.UnixConn[] = [];
+  try {
+    await eg.apply("sb1", 1, {});
+    for (let i = 0; i < 8; i++) {
+      conns.push(await openGuest(eg.guestSocket, "sb1", "http", i % 2 ? "" : undefined));
+    }
+    await waitFor("8 open", () => eg.guest.stats.open === 8);
+    const extra = await openGuest(eg.guestSocket, "sb1", "http", "");
+    assert.equal(await closedByPeer(extra), true);
+    extra.close();
+    assert.equal(eg.guest.stats.refusedTotal, 1);
+  } finally {
+    for (const c of conns) c.close();
+    await eg.stop();
+  }
+});
+
+Deno.test("idle: a connection quiet both ways for the idle timeout is closed", async () => {
+  const eg = await startTestEgress({ idleMs: 300 });
+  try {
+    await eg.apply("sb1", 1, {});
+    const c = await openGuest(eg.guestSocket, "sb1", "dns");
+    assert.equal(await closedByPeer(c), true);
+    c.close();
+    assert.equal(eg.guest.stats.idle, 1);
+  } finally {
+    await eg.stop();
+  }
+});
+
+Deno.test("events: past 100/s per sandbox they are dropped and counted in the next event", async () => {
+  let now = 1_000_000;
+  const eg = await startTestEgress({ now: () => now });
+  const w = await watchEvents(eg.client);
+  try {
+    await eg.apply("sb1", 1, {});
+    await eg.apply("sb2", 1, {});
+    for (let i = 0; i < 150; i++) {
+      const c = await openGuest(eg.guestSocket, "sb1", "http");
+      await writeAll(c, `GET http://h${i}.test/ HTTP/1.1\r\nHost: h${i}.test\r\n\r\n`);
+      assert.equal((await readResponse(c)).status, 403);
+      c.close();
+    }
+    // Another sandbox has its own budget.
+    const o = await openGuest(eg.guestSocket, "sb2", "http");
+    await writeAll(o, "GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n");
+    await readResponse(o);
+    o.close();
+    await w.next((e) => e.sandbox_id === "sb2", "sb2's event");
+    assert.equal(w.events.filter((e) => e.sandbox_id === "sb1").length, 100);
+    assert.equal(eg.events.stats.dropped, 50);
+    now += 1000;
+    const c = await openGuest(eg.guestSocket, "sb1", "http");
+    await writeAll(c, "GET http://last.test/ HTTP/1.1\r\nHost: last.test\r\n\r\n");
+    await readResponse(c);
+    c.close();
+    const last = await w.next((e) => e.host === "last.test", "the event after the flood");
+    assert.equal(last.dropped, 50);
+  } finally {
+    w.close();
+    await eg.stop();
+  }
+});

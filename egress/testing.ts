@@ -194,7 +194,28 @@ export async function readHead(
   throw new Error("no response head");
 }
 
-/** Reads one whole HTTP/1.1 response with a Content-Length body. */
+function dechunk(data: Uint8Array): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  while (at < data.length) {
+    const eol = indexOfSeq(data.subarray(at), enc.encode("\r\n"));
+    if (eol < 0) break;
+    const size = parseInt(dec.decode(data.subarray(at, at + eol)), 16);
+    at += eol + 2;
+    if (!size) break;
+    parts.push(data.subarray(at, at + size));
+    at += size + 2;
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Reads one whole HTTP/1.1 response (Content-Length, chunked, or until EOF). */
 export async function readResponse(
   conn: Deno.Conn,
 ): Promise<{ status: number; head: string; body: string }> {
@@ -204,9 +225,10 @@ export async function readResponse(
   let body = rest;
   if (want < 0) {
     const more = await readToEnd(conn);
-    const all = new Uint8Array(body.length + more.length);
+    let all: Uint8Array = new Uint8Array(body.length + more.length);
     all.set(body);
     all.set(more, body.length);
+    if (/\r\ntransfer-encoding: *chunked/i.test(head)) all = dechunk(all);
     return { status, head, body: dec.decode(all) };
   }
   const buf = new Uint8Array(64 * 1024);
