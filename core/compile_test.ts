@@ -13,7 +13,7 @@ Deno.test("compile plan builds every role's binary with production grants", () =
   ]);
   const egress = plan.find((s) => s.role === "egress")!;
   assert.ok(egress.args.includes("--allow-net"));
-  assert.ok(egress.args.includes("--allow-read=/var/lib/openshell/egress"));
+  assert.ok(egress.args.includes("--allow-read=/var/lib/openshell/gateway/egress"));
   assert.ok(egress.args.includes("--allow-sys=networkInterfaces"));
   assert.ok(!egress.args.some((a) => a.startsWith("--allow-run")));
   assert.ok(

@@ -472,7 +472,8 @@ export const PRODUCTION_PARAMS: {
     sessionCgroup: DEFAULT_SESSION_CGROUP,
   },
   cli: {},
-  egress: { stateDir: "/var/lib/openshell/egress" },
+  // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
+  egress: { stateDir: "/var/lib/openshell/gateway/egress" },
 };
 
 /** The grants of every role with {@link PRODUCTION_PARAMS}, as a Markdown table (README). */

@@ -24,7 +24,7 @@
  *
  * Grants depend on paths, so the install fixes them: the gateway's state in
  * `<state-dir>/gateway`, the driver's in `<state-dir>/vm`, the egress
- * proxy's in `<state-dir>/egress` (`--state-dir`
+ * proxy's in `<state-dir>/gateway/egress` (`--state-dir`
  * defaults to `/var/lib/openshell` for root, else
  * `~/.local/state/openshell`), the user API on 127.0.0.1:8080 and the
  * supervisor plane on 127.0.0.1:8081, the guest image in the VM cache. The
@@ -216,7 +216,8 @@ export function installPlan(o: InstallOptions): InstallPlan {
   const deno = o.copyDeno ? `${lib}/deno` : o.deno;
   const gwState = `${o.stateDir}/gateway`;
   const vmState = `${o.stateDir}/vm`;
-  const egressState = `${o.stateDir}/egress`;
+  // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
+  const egressState = `${gwState}/egress`;
   const binOf = (role: Role) => `${bin}/${ROLE_INFO[role].binary}`;
   const imageBuilder = `${lib}/openshell-vm-image`;
   /** The builder the driver runs for `openshell image build|import` (its own grants). */
@@ -229,6 +230,8 @@ export function installPlan(o: InstallOptions): InstallPlan {
       stateDir: gwState,
       driverBinary: binOf("driver-vm"),
       driverStateDir: vmState,
+      egressBinary: binOf("egress"),
+      egressStateDir: egressState,
     }),
     "driver-vm": driverGrants({
       stateDir: vmState,
@@ -262,6 +265,7 @@ export function installPlan(o: InstallOptions): InstallPlan {
       { name: "OPENSHELL_DRIVER_DIR", value: bin, default: true },
       { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: vmState, default: true },
       { name: "OPENSHELL_VM_RUNTIME_DIR", value: runtimeDefault, default: true },
+      { name: "OPENSHELL_EGRESS_STATE_DIR", value: egressState, default: true },
     ],
     "driver-vm": [
       { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: vmState, default: true },

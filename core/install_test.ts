@@ -99,6 +99,8 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       stateDir: "/var/lib/openshell/gateway",
       driverBinary: "/opt/os/bin/openshell-driver-vm",
       driverStateDir: "/var/lib/openshell/vm",
+      egressBinary: "/opt/os/bin/openshell-egress",
+      egressStateDir: "/var/lib/openshell/gateway/egress",
     }),
     "driver-vm": driverGrants({
       stateDir: "/var/lib/openshell/vm",
@@ -121,7 +123,7 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       run: ["/opt/os/bin/openshell-gateway", "/opt/os/lib/openshell/openshell-vm-image"]
         .concat(["/bin/kill", "/bin/ps"]),
     }),
-    "egress": egressGrants({ stateDir: "/var/lib/openshell/egress" }),
+    "egress": egressGrants({ stateDir: "/var/lib/openshell/gateway/egress" }),
   };
   const entries: Record<Role, string> = {
     "gateway": "gateway/main.ts",
@@ -149,9 +151,12 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       `/src/openshell/${entries[role]}`,
     ], role);
   }
-  // The gateway may run its driver and nothing else; the driver qemu, setpriv, qemu-img
-  // and its image builder, which runs with exactly its own grants.
-  assert.deepEqual(plan.grants.gateway.run, ["/opt/os/bin/openshell-driver-vm"]);
+  // The gateway may run its driver and egress proxy and nothing else; the driver qemu,
+  // setpriv, qemu-img and its image builder, which runs with exactly its own grants.
+  assert.deepEqual(plan.grants.gateway.run, [
+    "/opt/os/bin/openshell-driver-vm",
+    "/opt/os/bin/openshell-egress",
+  ]);
   assert.deepEqual(plan.grants["driver-vm"].run, [
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/setpriv",
@@ -182,6 +187,8 @@ Deno.test("install plan: the gateway's defaults match its grants; the CLI names 
       ["OPENSHELL_DRIVER_DIR", "/opt/os/bin"],
       ["OPENSHELL_VM_DRIVER_STATE_DIR", "/var/lib/openshell/vm"],
       ["OPENSHELL_VM_RUNTIME_DIR", "/root/.cache/openshell-deno/vm/current"],
+      // The gateway starts the egress proxy on the dir the proxy's own grants name.
+      ["OPENSHELL_EGRESS_STATE_DIR", "/var/lib/openshell/gateway/egress"],
     ]
   ) {
     assert.ok(gw.includes(`[ -n "\${${name}:-}" ] || ${name}=${value}\n`), `${name} in\n${gw}`);

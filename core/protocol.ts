@@ -376,36 +376,6 @@ export interface ListSandboxPoliciesResponse {
   revisions: SandboxPolicyRevision[];
 }
 
-// ---- openshell.egress.v1 (openshell-deno only) --------------------------------
-
-/** `openshell.egress.v1.ApplyPolicyResponse`. */
-export interface ApplyPolicyResponse {
-  loaded_version: number;
-  loaded_at_ms: number;
-}
-
-/** `openshell.egress.v1.AppliedPolicy`. */
-export interface AppliedPolicy {
-  sandbox_id: string;
-  version: number;
-  loaded_at_ms: number;
-}
-
-/** `openshell.egress.v1.EgressEvent`: one allowed, denied or audited connection. */
-export interface EgressEvent {
-  sandbox_id: string;
-  time_ms: number;
-  /** `allowed`, `denied` or `audit`. */
-  decision: string;
-  host: string;
-  port: number;
-  policy_name: string;
-  /** One OCSF Network Activity event as one JSON line. */
-  ocsf_json: string;
-  /** Events dropped for this sandbox by the proxy's rate limit since the last one. */
-  dropped: number;
-}
-
 // ---- openshell.compute.v1 ---------------------------------------------------
 
 /** `openshell.compute.v1.DriverResourceRequirements`. */
@@ -494,6 +464,12 @@ export type ImportImageChunk =
   | { payload: "data"; data: Uint8Array };
 
 // ---- openshell.egress.v1 ----------------------------------------------------
+
+/** `openshell.egress.v1.ApplyPolicyResponse`. */
+export interface ApplyPolicyResponse {
+  loaded_version: number;
+  loaded_at_ms: number;
+}
 
 /** `openshell.egress.v1.AppliedPolicy`: what the egress proxy enforces for one sandbox. */
 export interface AppliedPolicy {

@@ -10,7 +10,7 @@ import { Buffer } from "node:buffer";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { relayFrameDuplex } from "../core/bridge.ts";
-import { gatewayGrants } from "../core/grants.ts";
+import { egressGrants, gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import {
   type GatewayMessage,
@@ -54,11 +54,39 @@ export interface TestGatewayOptions {
   /** How long to wait for `Server listening`; default 30 s. */
   startTimeoutMs?: number;
   /**
-   * Run the egress proxy: the directory holding `openshell-egress` (see
-   * {@link writeEgressWrapper}; with `driverDir` it must be that dir).
-   * Default: `--no-egress`.
+   * Run the real egress proxy (`--egress`): its wrapper
+   * ({@link writeEgressWrapper}) is written into `driverDir`, or a temp dir
+   * given as `--driver-dir`. Default: `--no-egress`.
+   */
+  egress?: boolean;
+  /**
+   * Run the egress proxy from this directory's `openshell-egress` instead
+   * (with `driverDir` it must be that dir).
    */
   egressDir?: string;
+}
+
+/** Name of the egress proxy's executable in a driver dir. */
+export const EGRESS_BINARY = "openshell-egress";
+
+/**
+ * Writes `<dir>/openshell-egress`, a wrapper that runs the egress role
+ * through `deno run` with exactly its grants for `stateDir` (`exec`, so
+ * the gateway stays its parent). Returns its path.
+ */
+export async function writeEgressWrapper(dir: string, stateDir: string): Promise<string> {
+  const path = `${dir}/${EGRESS_BINARY}`;
+  const argv = roleCommand("egress", egressGrants({ stateDir }), []);
+  const q = (s: string) => `'${s.replaceAll("'", `'"'"'`)}'`;
+  await Deno.writeTextFile(
+    path,
+    `#!/bin/sh\n# Test fixture: the egress proxy with its exact grants.\nexec ${
+      argv.map(q).join(" ")
+    } "$@"\n`,
+    { mode: 0o755 },
+  );
+  await Deno.chmod(path, 0o755);
+  return path;
 }
 
 /** A gateway process under test. */
@@ -89,6 +117,12 @@ export interface TestGateway {
 export async function startGateway(options: TestGatewayOptions = {}): Promise<TestGateway> {
   const ownDir = options.stateDir === undefined;
   const stateDir = options.stateDir ?? await Deno.makeTempDir({ prefix: "osgw" });
+  let egressDir = options.egressDir;
+  let ownEgressDir: string | undefined;
+  if (options.egress && !egressDir) {
+    egressDir = options.driverDir ?? (ownEgressDir = await Deno.makeTempDir({ prefix: "osegb" }));
+    await writeEgressWrapper(egressDir, `${stateDir}/egress`);
+  }
   const args = [
     "--bind",
     "127.0.0.1",
@@ -113,8 +147,8 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
         options.vmDriverStateDir ?? `${stateDir}/vm`,
       ]
       : ["--drivers", "none"]),
-    ...(options.egressDir
-      ? ["--egress", ...(options.driverDir ? [] : ["--driver-dir", options.egressDir])]
+    ...(egressDir
+      ? ["--egress", ...(options.driverDir ? [] : ["--driver-dir", egressDir])]
       : ["--no-egress"]),
     ...(options.args ?? []),
   ];
@@ -147,6 +181,7 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
   const exited = child.status.then(async (s) => {
     await pump;
     if (ownDir) await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+    if (ownEgressDir) await Deno.remove(ownEgressDir, { recursive: true }).catch(() => {});
     return s.code;
   });
 
