@@ -2,19 +2,13 @@
  * Staging for the VM end-to-end run: a driver dir holding an executable
  * `openshell-driver-vm` wrapper that runs the driver through `deno run` with
  * exactly its grants (`exec` keeps the pid, so the gateway stays its parent),
- * `openshell-image-builder`, the image builder the driver runs for
- * `image build|import`, with its own grants, and with egress on
- * `openshell-egress`, the egress proxy the gateway runs, with its own.
+ * and `openshell-image-builder`, the image builder the driver runs for
+ * `image build|import`, with its own grants. (The egress proxy's wrapper is
+ * `testing/gateway.ts`'s, written by `startGateway({ egress: true })`.)
  *
  * @module
  */
-import {
-  driverGrants,
-  egressGrants,
-  imageBuilderRunArgs,
-  ROLE_INFO,
-  runArgs,
-} from "../core/grants.ts";
+import { driverGrants, imageBuilderRunArgs, ROLE_INFO, runArgs } from "../core/grants.ts";
 import { REPO_ROOT } from "../core/launcher.ts";
 import { shellJoin } from "../core/shell.ts";
 
@@ -28,12 +22,8 @@ export interface StageOptions {
   runtimeDir: string;
   /** The gateway the driver carries its guests' connections to. */
   gateway: { host: string; port: number };
-  /**
-   * The egress proxy's state dir the gateway gives it (`<gateway-state>/egress`):
-   * `openshell-egress` is staged with its grants, and the driver may use its
-   * `guest.sock`. Absent: no egress.
-   */
-  egressStateDir?: string;
+  /** The egress proxy's guest socket the gateway passes (`--egress-socket`); absent: no egress. */
+  egressSocket?: string;
   qemu?: string;
   setpriv?: string;
   /** Deno binary; default the running one. */
@@ -53,7 +43,7 @@ export function driverWrapper(options: StageOptions): string {
     qemu: options.qemu ?? "/usr/bin/qemu-system-x86_64",
     setpriv: options.setpriv ?? "/usr/bin/setpriv",
     imageBuilder: builder,
-    egressSocket: options.egressStateDir && `${options.egressStateDir}/guest.sock`,
+    egressSocket: options.egressSocket,
   });
   const argv = [
     options.deno ?? Deno.execPath(),
@@ -74,31 +64,12 @@ export function imageBuilderWrapper(options: StageOptions): string {
     `exec ${shellJoin(argv)} "$@"\n`;
 }
 
-/** The egress proxy's wrapper script text (needs `egressStateDir`). */
-export function egressWrapper(options: StageOptions): string {
-  if (!options.egressStateDir) throw new Error("egressWrapper: no egressStateDir");
-  const argv = [
-    options.deno ?? Deno.execPath(),
-    ...runArgs("egress", egressGrants({ stateDir: options.egressStateDir }), { root: REPO_ROOT }),
-  ];
-  return `#!/bin/sh\n# openshell-egress for the e2e: deno run with the egress proxy's exact grants\n` +
-    `exec ${shellJoin(argv)} "$@"\n`;
-}
-
-/**
- * Writes `<dir>/openshell-driver-vm`, `<dir>/openshell-image-builder` and,
- * with `egressStateDir`, `<dir>/openshell-egress`; returns the driver's path.
- */
+/** Writes `<dir>/openshell-driver-vm` and `<dir>/openshell-image-builder`; returns the driver's path. */
 export async function stageDriverDir(options: StageOptions): Promise<string> {
   await Deno.mkdir(options.dir, { recursive: true });
   const builder = `${options.dir}/${IMAGE_BUILDER_BINARY}`;
   await Deno.writeTextFile(builder, imageBuilderWrapper(options), { mode: 0o755 });
   await Deno.chmod(builder, 0o755);
-  if (options.egressStateDir) {
-    const egress = `${options.dir}/${ROLE_INFO.egress.binary}`;
-    await Deno.writeTextFile(egress, egressWrapper(options), { mode: 0o755 });
-    await Deno.chmod(egress, 0o755);
-  }
   const path = `${options.dir}/${ROLE_INFO["driver-vm"].binary}`;
   await Deno.writeTextFile(path, driverWrapper(options), { mode: 0o755 });
   await Deno.chmod(path, 0o755);

@@ -207,14 +207,15 @@ async function main(): Promise<number> {
     }
     // The driver's grants name the gateway address it carries guest connections to:
     // the supervisor plane; with egress (the secure gateway), the egress proxy's guest
-    // socket too (the gateway keeps the proxy's state in <state-dir>/egress).
+    // socket too (the gateway keeps the proxy's state in <state-dir>/egress, and
+    // startGateway writes the proxy's wrapper into the driver dir).
     const egress = !plaintext;
     await stageDriverDir({
       dir: D,
       stateDir: V,
       runtimeDir: runtime.dir,
       gateway: { host: "127.0.0.1", port: planePort },
-      ...(egress ? { egressStateDir: `${S}/egress` } : {}),
+      ...(egress ? { egressSocket: `${S}/egress/guest.sock` } : {}),
     });
     const g = await startGateway({
       stateDir: S,
@@ -223,7 +224,7 @@ async function main(): Promise<number> {
       port,
       tls: !plaintext,
       ...(plaintext ? {} : { dbUrl: `sqlite:${base}/gateway.db` }),
-      ...(egress ? { egressDir: D } : {}),
+      egress,
       args: [
         "--supervisor-port",
         String(planePort),
