@@ -1,27 +1,25 @@
 import assert from "node:assert/strict";
 import {
-  choicesOption,
   commandHelp,
   COMMANDS,
   envOption,
-  integerOption,
+  GLOBAL_OPTIONS,
   type Invocation,
-  levelOption,
-  outputOption,
   parseCommandLine,
   sinceOption,
+  sshProxyGateway,
   topHelp,
   UsageError,
 } from "./args.ts";
 
-function run(argv: string[]): Invocation {
-  const r = parseCommandLine(argv);
+function run(argv: string[], env: Record<string, string> = {}): Invocation {
+  const r = parseCommandLine(argv, (k) => env[k]);
   assert.equal(r.kind, "run");
   return (r as { invocation: Invocation }).invocation;
 }
 
-function usage(argv: string[], pattern: RegExp): void {
-  assert.throws(() => parseCommandLine(argv), (e) => {
+function usage(argv: string[], pattern: RegExp, env: Record<string, string> = {}): void {
+  assert.throws(() => parseCommandLine(argv, (k) => env[k]), (e) => {
     assert.ok(e instanceof UsageError, String(e));
     assert.match(e.message, pattern);
     assert.ok(!e.message.includes("\n"), "one line");
@@ -78,6 +76,12 @@ Deno.test("help for every command, group and the top level", () => {
     const text = commandHelp(inv.spec);
     assert.match(text, new RegExp(`Usage: openshell ${spec.id}`));
     assert.match(text, /--gateway-endpoint URL/);
+    const flat = text.replace(/\s+/g, " ");
+    for (const [name, option] of Object.entries({ ...GLOBAL_OPTIONS, ...spec.options })) {
+      if (option.hidden) continue;
+      assert.ok(text.includes(`--${name}`), `${spec.id}: --${name}`);
+      if (option.env) assert.ok(flat.includes(`env ${option.env}`), `${spec.id}: ${option.env}`);
+    }
   }
   const required = parseCommandLine(["sandbox", "exec", "-h"]);
   assert.equal(required.kind, "run", "--help wins over missing arguments");
@@ -97,15 +101,19 @@ Deno.test("bad command lines are one-line usage errors", () => {
   usage(["nope"], /unknown command 'nope'/);
   usage(["sandbox"], /'openshell sandbox' needs a command/);
   usage(["sandbox", "frob"], /unknown command 'sandbox frob'/);
-  usage(["sandbox", "list", "--bogus"], /unknown option "--bogus" for 'openshell sandbox list'/);
-  usage(["--bogus", "status"], /unknown option "--bogus" for 'openshell'/);
-  usage(["sandbox", "list", "--names=yes"], /option "--names" takes no value/);
-  usage(["sandbox", "create", "--name"], /option "--name" needs a value/);
-  usage(["-g"], /option "-g" needs a value/);
+  usage(["sandbox", "list", "--bogus"], /^unknown option --bogus for 'openshell sandbox list'$/);
+  usage(["--bogus", "status"], /^unknown option --bogus for 'openshell'$/);
+  usage(
+    ["sandbox", "list", "--name"],
+    /^unknown option --name \(did you mean --names\?\) for 'openshell sandbox list'$/,
+  );
+  usage(["sandbox", "list", "--names=yes"], /^--names takes no value$/);
+  usage(["sandbox", "create", "--name"], /^--name needs a value$/);
+  usage(["-g"], /^-g needs a value$/);
   usage(["gateway", "add", "x"], /missing URL/);
   usage(["gateway", "select", "a", "b"], /unexpected argument "b"/);
   usage(["sandbox", "exec", "dev", "ls"], /put the command after '--'/);
-  usage(["status", "-x"], /^unknown option "-x" for 'openshell status'$/);
+  usage(["status", "-x"], /^unknown option -x for 'openshell status'$/);
   usage(["sandbox", "exec", "dev"], /missing command after '--'/);
   usage(["sandbox", "exec", "dev", "--"], /missing command after '--'/);
   usage(["status", "extra"], /unexpected argument "extra"/);
@@ -115,7 +123,7 @@ Deno.test("a command without '--': the error shows the command line with '--' in
   const cases: [string[], string][] = [
     [
       ["sandbox", "exec", "dev", "uname", "-a"],
-      `unknown option "-a" for 'openshell sandbox exec': put the command after '--': ` +
+      `unknown option -a for 'openshell sandbox exec': put the command after '--': ` +
       "openshell sandbox exec dev -- uname -a",
     ],
     [
@@ -129,12 +137,12 @@ Deno.test("a command without '--': the error shows the command line with '--' in
     ],
     [
       ["sandbox", "exec", "dev", "grep", "-e"],
-      `option "-e" needs a value: put the command after '--': ` +
+      `-e needs a value: put the command after '--': ` +
       "openshell sandbox exec dev -- grep -e",
     ],
     [
       ["sandbox", "create", "echo", "--frob"],
-      `unknown option "--frob" for 'openshell sandbox create': put the command after '--': ` +
+      `unknown option --frob for 'openshell sandbox create': put the command after '--': ` +
       "openshell sandbox create -- echo --frob",
     ],
   ];
@@ -149,27 +157,51 @@ Deno.test("a command without '--': the error shows the command line with '--' in
   // Without a word beyond NAME there is nothing to move: the usual error and its help page.
   assert.throws(() => parseCommandLine(["sandbox", "exec", "dev", "-a"]), (e) => {
     assert.ok(e instanceof UsageError);
-    assert.equal(e.message, `unknown option "-a" for 'openshell sandbox exec'`);
+    assert.equal(e.message, `unknown option -a for 'openshell sandbox exec'`);
     assert.equal(e.seeHelp, true);
     return true;
   });
 });
 
-Deno.test("number, env and output option values", () => {
-  assert.equal(integerOption("timeout", undefined), undefined);
-  assert.equal(integerOption("timeout", "30"), 30);
-  assert.throws(
-    () => integerOption("timeout", "-1", { unit: "seconds" }),
-    /whole number of seconds/,
+Deno.test("option values are typed and checked at parse, env twins and defaults applied", () => {
+  const list = run(["sandbox", "list", "--limit", "5", "-o", "json"]);
+  assert.deepEqual([list.values.limit, list.values.offset, list.values.output], [5, 0, "json"]);
+  assert.equal(run(["sandbox", "get", "x"]).values.output, "text", "each command its default");
+  const exec = run(["sandbox", "exec", "dev", "--timeout", "2m", "--", "true"]);
+  assert.equal(exec.values.timeout, 120, "a duration, in seconds");
+  const create = run(["sandbox", "create", "--disk-gib", "20", "-e", "A=1,2"], {
+    OPENSHELL_PROVISION_TIMEOUT: "60",
+  });
+  assert.deepEqual(
+    [create.values["disk-gib"], create.values.timeout, create.from.timeout, create.values.env],
+    [20, 60, "env", ["A=1,2"]],
   );
-  assert.throws(() => integerOption("limit", "1.5"), /--limit needs a whole number/);
-  assert.throws(() => integerOption("limit", "0", { min: 1 }), /between 1 and/);
-  assert.deepEqual(envOption("env", ["A=1", "B_2=x=y", "C="]), { A: "1", B_2: "x=y", C: "" });
-  assert.throws(() => envOption("env", ["1A=x"]), /KEY=VALUE/);
-  assert.throws(() => envOption("env", ["NOEQ"]), /KEY=VALUE/);
-  assert.equal(outputOption(undefined, ["table", "json"]), "table");
-  assert.equal(outputOption("json", ["table", "json"]), "json");
-  assert.throws(() => outputOption("yaml", ["table", "json"]), /--output must be table or json/);
+  assert.equal(
+    run(["sandbox", "create", "--timeout", "9"], { OPENSHELL_PROVISION_TIMEOUT: "60" })
+      .values.timeout,
+    9,
+  );
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["sandbox", "list", "--limit", "0"], {}, /^--limit must be between 1 and 2147483647, got 0$/],
+    [["sandbox", "list", "-o", "yaml"], {}, /^--output must be one of table, json, got "yaml"$/],
+    [["sandbox", "create", "--timeout", "abc"], {}, /^--timeout must be seconds or a duration/],
+    [
+      ["sandbox", "create"],
+      { OPENSHELL_PROVISION_TIMEOUT: "soon" },
+      /^OPENSHELL_PROVISION_TIMEOUT \(--timeout\) must be seconds or a duration/,
+    ],
+    [["sandbox", "create", "--disk-gib", "0"], {}, /^--disk-gib must be between 1 and 2048 GiB/],
+    [["sandbox", "create", "--disk-gib", "1.5"], {}, /^--disk-gib must be a whole number of GiB/],
+    [
+      ["sandbox", "create", "-e", "1A=x"],
+      {},
+      /^--env needs KEY=VALUE with KEY a variable name, got "1A=x"$/,
+    ],
+    [["sandbox", "exec", "--env", "NOEQ", "--", "x"], {}, /^--env needs KEY=VALUE/],
+    [["gateway", "start", "--drivers", "k8s"], {}, /^--drivers must be one of vm, none/],
+  ];
+  for (const [argv, env, re] of cases) usage(argv, re, env);
+  assert.deepEqual(envOption(["A=1", "B_2=x=y", "C="]), { A: "1", B_2: "x=y", C: "" });
 });
 
 Deno.test("logs filters: --since durations and times, --level, --source", () => {
@@ -187,24 +219,17 @@ Deno.test("logs filters: --since durations and times, --level, --source", () => 
       (e) =>
         e instanceof UsageError &&
         e.message ===
-          `--since needs a duration (90s, 10m, 1h, 2d) or a time (2026-01-02T15:04:05Z), not "${bad}"`,
+          `--since must be a duration (90s, 10m, 1h, 2d) or a time (2026-01-02T15:04:05Z), got "${bad}"`,
       bad,
     );
   }
-  assert.equal(levelOption("level", "WARN"), "warn");
-  assert.throws(
-    () => levelOption("level", "loud"),
-    /^UsageError: --level must be one of error, warn, info, debug, trace, not "loud"$/,
+  usage(
+    ["sandbox", "logs", "dev", "--level", "loud"],
+    /^--level must be one of error, warn, info, debug, trace, got "loud"$/,
   );
-  const sources = ["gateway", "console", "sandbox"];
-  assert.deepEqual(choicesOption("source", ["console,gateway", "console"], sources), [
-    "console",
-    "gateway",
-  ]);
-  assert.deepEqual(choicesOption("source", [], sources), []);
-  assert.throws(
-    () => choicesOption("source", ["vm"], sources),
-    /--source must be gateway, console, sandbox, not "vm"/,
+  usage(
+    ["sandbox", "logs", "--source", "console,vm"],
+    /^--source must be one of gateway, console, sandbox, egress, got "vm"$/,
   );
   const logs = run([
     "sandbox",
@@ -213,13 +238,45 @@ Deno.test("logs filters: --since durations and times, --level, --source", () => 
     "--since",
     "10m",
     "--level",
-    "warn",
+    "WARN",
+    "--source",
+    "console,gateway",
     "--source",
     "console",
   ]);
   assert.deepEqual([logs.values.since, logs.values.level, logs.values.source], [
     "10m",
     "warn",
-    ["console"],
+    ["console", "gateway", "console"],
   ]);
+});
+
+Deno.test("ssh-proxy: --gateway-url is the URL; --gateway is a name, or upstream's URL form", () => {
+  const given = (argv: string[]) => {
+    const inv = run(["ssh-proxy", ...argv]);
+    return sshProxyGateway((n) => inv.from[n] === "argv" ? inv.values[n] as string : undefined);
+  };
+  const url = "https://gw:8080/connect/ssh";
+  const cases: [string[], { url?: string; name?: string }][] = [
+    [["--gateway-url", url, "--gateway", "prod"], { url, name: "prod" }], // what ssh sessions emit
+    [["--gateway", url, "--gateway-name", "prod"], { url, name: "prod" }], // upstream's form
+    [["--gateway", url], { url }],
+    [["--name", "dev", "--gateway", "prod"], { name: "prod" }], // what ssh-config emits
+    [["-g", "prod", "--gateway-name", "other"], { name: "other" }],
+    [["--gateway-url", url, "--gateway", "http://elsewhere:1"], { url }],
+    [[], {}],
+  ];
+  for (const [argv, expected] of cases) assert.deepEqual(given(argv), expected, argv.join(" "));
+  // An env twin never supplies the tunnel URL or its TLS files.
+  const inv = run(["ssh-proxy", "--gateway-url", url], { OPENSHELL_GATEWAY: "prod" });
+  assert.equal(inv.values.gateway, "prod");
+  assert.deepEqual(
+    sshProxyGateway((n) => inv.from[n] === "argv" ? inv.values[n] as string : undefined),
+    { url },
+  );
+  usage(
+    ["ssh-proxy", "--gateway-url", url, "--token", "s3cret"],
+    /^--token is not accepted on the command line, where every user can read it \(ps\): set OPENSHELL_SSH_TOKEN instead$/,
+  );
+  assert.equal(run(["ssh-proxy"], { OPENSHELL_SSH_TOKEN: "t0k" }).values.token, "t0k");
 });

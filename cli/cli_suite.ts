@@ -497,7 +497,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       assert.equal(argv.code, 2);
       assert.match(
         argv.stderr,
-        /^error: --token is not accepted: a token on a command line is visible to every user \(ps\); pass it in the OPENSHELL_SSH_TOKEN environment variable/,
+        /^error: --token is not accepted on the command line, where every user can read it \(ps\): set OPENSHELL_SSH_TOKEN instead/,
       );
     });
 

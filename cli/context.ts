@@ -93,6 +93,17 @@ export class Context {
     return typeof v === "string" ? v : undefined;
   }
 
+  /** A number option value (`int`, `duration` in seconds, `size`). */
+  num(name: string): number | undefined {
+    const v = this.invocation.values[name];
+    return typeof v === "number" ? v : undefined;
+  }
+
+  /** Whether an option was given on the command line (not by its env twin or default). */
+  given(name: string): boolean {
+    return this.invocation.from[name] === "argv";
+  }
+
   /** A boolean option value. */
   flag(name: string): boolean {
     return this.invocation.values[name] === true;
@@ -101,7 +112,7 @@ export class Context {
   /** A repeatable option's values. */
   list(name: string): string[] {
     const v = this.invocation.values[name];
-    return Array.isArray(v) ? v : typeof v === "string" ? [v] : [];
+    return Array.isArray(v) ? v.map(String) : typeof v === "string" ? [v] : [];
   }
 
   /** The config store (its root from `--config-dir` (ssh-proxy), else `XDG_CONFIG_HOME` / `HOME`). */
@@ -113,8 +124,9 @@ export class Context {
   /** The gateway this command talks to. */
   gateway(): Promise<ResolvedGateway> {
     this.#gateway ??= resolveGateway(this.store, {
-      endpointFlag: this.str("gateway-endpoint"),
-      gatewayFlag: this.str("gateway"),
+      // Given on the command line; resolveGateway applies their env twins in its own order.
+      endpointFlag: this.given("gateway-endpoint") ? this.str("gateway-endpoint") : undefined,
+      gatewayFlag: this.given("gateway") ? this.str("gateway") : undefined,
       env: this.env,
     });
     return this.#gateway;

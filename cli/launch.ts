@@ -8,7 +8,7 @@
  */
 import { cliGrants, type HostPort } from "../core/grants.ts";
 import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
-import { parseCommandLine } from "./args.ts";
+import { parseCommandLine, sshProxyGateway } from "./args.ts";
 import {
   configRoot,
   ConfigStore,
@@ -26,21 +26,22 @@ export async function gatewaysOf(
   env: EnvReader = readEnv,
 ): Promise<HostPort[]> {
   try {
-    const parsed = parseCommandLine(args);
+    const parsed = parseCommandLine(args, env);
     if (parsed.kind !== "run") return [];
-    const values = parsed.invocation.values;
+    const { values, from } = parsed.invocation;
+    // Given on the command line; resolveGateway applies the env twins in its own order.
     const str = (name: string) =>
-      typeof values[name] === "string" ? values[name] as string : undefined;
-    const gatewayArg = str("gateway");
-    if (parsed.invocation.spec.id === "ssh-proxy" && gatewayArg?.includes("://")) {
-      const ep = parseEndpoint(gatewayArg, { allowPath: true });
+      typeof values[name] === "string" && from[name] === "argv"
+        ? values[name] as string
+        : undefined;
+    const proxy = parsed.invocation.spec.id === "ssh-proxy" ? sshProxyGateway(str) : undefined;
+    if (proxy?.url) {
+      const ep = parseEndpoint(proxy.url, { allowPath: true });
       return netGrantsFor(ep.host, ep.port);
     }
     const gw = await resolveGateway(new ConfigStore(root), {
       endpointFlag: str("gateway-endpoint"),
-      gatewayFlag: parsed.invocation.spec.id === "ssh-proxy"
-        ? str("gateway-name") ?? gatewayArg
-        : gatewayArg,
+      gatewayFlag: proxy ? proxy.name : str("gateway"),
       env,
     });
     return netGrantsFor(gw.endpoint.host, gw.endpoint.port);
@@ -61,6 +62,12 @@ export function readsNamedFiles(args: readonly string[]): boolean {
     // `image import NAME FILE` and `image build --script FILE` read FILE wherever it is.
     if (parsed.invocation.spec.id === "image import") return true;
     if (parsed.invocation.spec.id === "image build") return v.script !== undefined;
+    // `sandbox create --policy FILE` and `policy set --policy FILE` read FILE.
+    if (
+      parsed.invocation.spec.id === "sandbox create" || parsed.invocation.spec.id === "policy set"
+    ) {
+      return v.policy !== undefined;
+    }
     if (parsed.invocation.spec.id !== "gateway add") return false;
     return v.ca !== undefined || v.cert !== undefined || v.key !== undefined ||
       v["mtls-dir"] !== undefined;

@@ -19,6 +19,15 @@ Deno.test("the dev launcher grants exactly the gateway the arguments select", as
         root,
       ),
       [{ host: "gw.example", port: 443 }],
+      "upstream's form: --gateway URL",
+    );
+    assert.deepEqual(
+      await gatewaysOf(
+        ["ssh-proxy", "--gateway-url", "https://gw2.example:8443/connect/ssh", "-g", "local"],
+        root,
+      ),
+      [{ host: "gw2.example", port: 8443 }],
+      "what ssh sessions emit: --gateway-url URL --gateway NAME",
     );
     assert.deepEqual(await gatewaysOf(["--bogus"], root), [], "bad arguments: no network");
     await new ConfigStore(root).addGateway({ name: "local", endpoint: "http://localhost:9000" });
@@ -38,6 +47,11 @@ Deno.test("the dev launcher lets image import and build --script read the file t
   assert.equal(readsNamedFiles(["image", "import", "mine", "/tmp/rootfs.tar"]), true);
   assert.equal(readsNamedFiles(["image", "build", "py", "--script", "/tmp/s.sh"]), true);
   assert.equal(readsNamedFiles(["image", "build", "py", "--packages", "cowsay"]), false);
+  // --policy FILE is read wherever it is; --allow and --preset read nothing.
+  assert.equal(readsNamedFiles(["policy", "set", "dev", "--policy", "/tmp/p.yaml"]), true);
+  assert.equal(readsNamedFiles(["sandbox", "create", "--policy", "/tmp/p.yaml"]), true);
+  assert.equal(readsNamedFiles(["policy", "set", "dev", "--allow", "x.example"]), false);
+  assert.equal(readsNamedFiles(["sandbox", "create", "--preset", "pypi"]), false);
   assert.equal(readsNamedFiles(["image", "list"]), false);
   assert.equal(readsNamedFiles(["sandbox", "list"]), false);
 });

@@ -92,7 +92,7 @@ export async function main(argv: readonly string[], options: MainOptions = {}): 
   let ctx: Context | undefined;
   let onSigint: (() => void) | undefined;
   try {
-    const parsed = parseCommandLine(argv);
+    const parsed = parseCommandLine(argv, env);
     if (parsed.kind === "version") {
       await writeOut(`openshell ${VERSION}\n`);
       return 0;

@@ -18,7 +18,7 @@ import { cliGrants, type HostPort } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
-import { type ApiClient, startGateway, type TestGateway } from "../testing/gateway.ts";
+import { type ApiClient, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 import { writeHostDriverDir } from "../testing/host_driver.ts";
 import { readsNamedFiles } from "./launch.ts";
 import { cleanEnv, ensureSandboxUser, gatewayApi } from "../testing/supervisor.ts";
@@ -130,17 +130,17 @@ export async function startCliFixture(options: CliFixtureOptions = {}): Promise<
     // which keeps the gateway's automatic PKI (the driver hands them its CA).
     const tlsArgs = gatewayTlsArgs(pki);
     const started = await Promise.allSettled([
-      startGateway({ driverDir, tls: true, args: tlsArgs }),
-      startGateway({ tls: true, args: tlsArgs }),
+      spawnGateway({ driverDir, tls: true, args: tlsArgs }),
+      spawnGateway({ tls: true, args: tlsArgs }),
     ]);
     if (started.some((s) => s.status === "rejected")) {
-      for (const s of started) if (s.status === "fulfilled") await stop(s.value);
+      for (const s of started) if (s.status === "fulfilled") await s.value.shutdown(10_000);
       throw started.find((s) => s.status === "rejected")!.reason;
     }
     const [gateway, bare] = started.map((s) => (s as PromiseFulfilledResult<TestGateway>).value);
     return await finishFixture({ scheme, gateway, bare, pki, driverDir });
   }
-  const [gateway, bare] = await Promise.all([startGateway({ driverDir }), startGateway()]);
+  const [gateway, bare] = await Promise.all([spawnGateway({ driverDir }), spawnGateway()]);
   return await finishFixture({ scheme, gateway, bare, driverDir });
 }
 
@@ -250,20 +250,9 @@ async function finishFixture(o: {
     spawn,
     close: async () => {
       api.close();
-      await Promise.all([stop(gateway), stop(bare)]);
+      await Promise.all([gateway.shutdown(10_000), bare.shutdown(10_000)]);
       await Deno.remove(configHome, { recursive: true }).catch(() => {});
       await Deno.remove(driverDir, { recursive: true }).catch(() => {});
     },
   };
-}
-
-/** SIGTERM, and SIGKILL when the gateway has not exited after 10 s. */
-async function stop(gw: TestGateway): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graceful = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), 10_000)),
-  ]);
-  clearTimeout(timer);
-  if (!graceful) await gw.kill();
 }

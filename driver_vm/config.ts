@@ -1,19 +1,36 @@
 /**
- * The VM driver's configuration: flags (each with an `OPENSHELL_*` twin; a
- * flag wins), checked completely before anything starts. Pure: arguments and
- * an environment lookup in, a config or a one-line error out.
+ * The VM driver's configuration: options (each with an `OPENSHELL_*` twin; an
+ * option wins), declared in one table (`core/flags.ts`; the VM options, log
+ * level and endpoint shared with the gateway through `core/shared_flags.ts`),
+ * checked completely before anything starts. Pure: arguments and an
+ * environment lookup in, a config or a one-line `FlagError` out.
  *
  * @module
  */
 import {
-  EndpointError,
-  type GatewayEndpoint,
-  parseEndpoint as parseGatewayUrl,
-} from "../core/endpoint.ts";
-import { parseArgs } from "node:util";
+  type EnvReader,
+  type FlagSpec,
+  type FlagTable,
+  noPositionals,
+  parseFlags,
+} from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
 import { PRODUCTION_PARAMS } from "../core/grants.ts";
-import { type LogLevel, parseLogLevel } from "../core/log.ts";
-import { DEFAULT_DISK_GIB, DEFAULT_QEMU_IMG, MAX_DISK_GIB } from "./disk.ts";
+import type { LogLevel } from "../core/log.ts";
+import {
+  DEFAULT_DISK_GIB,
+  DISK_GIB,
+  gatewayGrpcEndpoint,
+  GRPC_ENDPOINT,
+  LOG_LEVEL,
+  MAX_SOCKET_PATH_BYTES,
+  VM_ACCEL,
+  VM_DRIVER_STATE_DIR,
+  VM_MEM_MIB,
+  VM_RUNTIME_DIR,
+  VM_VCPUS,
+} from "../core/shared_flags.ts";
+import { DEFAULT_QEMU_IMG } from "./disk.ts";
 import { DEFAULT_VM_USER } from "./vm_user.ts";
 
 /** Accelerator choices. */
@@ -72,298 +89,142 @@ export type ParsedDriverCommand =
   | { kind: "help" }
   | { kind: "version" };
 
-/** A bad flag or value. */
-export class DriverConfigError extends Error {
-  /** Creates the error with its one-line message. */
-  constructor(message: string) {
-    super(message);
-    this.name = "DriverConfigError";
-  }
+function noCommas(path: string | number): string | undefined {
+  return String(path).includes(",")
+    ? "must not contain commas (qemu's option separator)"
+    : undefined;
 }
 
-interface Opt {
-  flag: string;
-  env?: string;
-  boolean?: boolean;
-  help: string;
+function program(env: string, fallback: string, help: string) {
+  return {
+    kind: "path",
+    env,
+    default: fallback,
+    help,
+    check: noCommas,
+  } as const satisfies FlagSpec;
 }
 
-const OPTIONS: readonly Opt[] = [
-  { flag: "state-dir", env: "OPENSHELL_VM_DRIVER_STATE_DIR", help: "state dir (required)" },
-  {
-    flag: "openshell-endpoint",
-    env: "OPENSHELL_GRPC_ENDPOINT",
-    help: "gateway gRPC endpoint, http://HOST:PORT (required)",
-  },
-  {
-    flag: "runtime-dir",
-    env: "OPENSHELL_VM_RUNTIME_DIR",
-    help: `VM runtime dir (default ${PRODUCTION_PARAMS.driver.runtimeDir})`,
-  },
-  { flag: "vm-accel", env: "OPENSHELL_VM_ACCEL", help: "auto (default), kvm, hvf or tcg" },
-  {
-    flag: "vm-vcpus",
-    env: "OPENSHELL_VM_VCPUS",
-    help: "vCPUs of a sandbox that asks for none (default 2)",
-  },
-  {
-    flag: "vm-mem-mib",
-    env: "OPENSHELL_VM_MEM_MIB",
-    help: "memory in MiB of a sandbox that asks for none (default 1024)",
-  },
-  {
-    flag: "vm-disk-gib",
+/** Every option of the driver (the VM ones, log level and endpoint shared with the gateway). */
+export const DRIVER_FLAGS = {
+  "state-dir": { ...VM_DRIVER_STATE_DIR, required: true },
+  "openshell-endpoint": { ...GRPC_ENDPOINT, required: true },
+  "runtime-dir": { ...VM_RUNTIME_DIR, default: PRODUCTION_PARAMS.driver.runtimeDir },
+  "vm-accel": VM_ACCEL,
+  "vm-vcpus": VM_VCPUS,
+  "vm-mem-mib": VM_MEM_MIB,
+  "vm-disk-gib": {
+    ...DISK_GIB,
     env: "OPENSHELL_VM_DISK_GIB",
-    help: `disk in GiB of a sandbox that asks for none (sparse; default ${DEFAULT_DISK_GIB})`,
+    default: DEFAULT_DISK_GIB,
+    help: "Disk of a sandbox that asks for none (a sparse file)",
   },
-  { flag: "log-level", env: "OPENSHELL_LOG_LEVEL", help: "error, warn, info (default), debug" },
-  {
-    flag: "qemu",
-    env: "OPENSHELL_VM_QEMU",
-    help: `qemu binary (default ${PRODUCTION_PARAMS.driver.qemu})`,
-  },
-  {
-    flag: "qemu-img",
-    env: "OPENSHELL_VM_QEMU_IMG",
-    help: `qemu-img (default ${DEFAULT_QEMU_IMG})`,
-  },
-  {
-    flag: "image-builder",
-    env: "OPENSHELL_VM_IMAGE_BUILDER",
-    help:
-      `the image builder for image build/import (default ${PRODUCTION_PARAMS.driver.imageBuilder})`,
-  },
-  {
-    flag: "setpriv",
-    env: "OPENSHELL_VM_SETPRIV",
-    help: `setpriv (default ${PRODUCTION_PARAMS.driver.setpriv})`,
-  },
-  {
-    flag: "prlimit",
-    env: "OPENSHELL_VM_PRLIMIT",
-    help: `prlimit (default ${DEFAULT_PRLIMIT})`,
-  },
-  {
-    flag: "vm-user",
+  "log-level": LOG_LEVEL,
+  qemu: program("OPENSHELL_VM_QEMU", PRODUCTION_PARAMS.driver.qemu, "qemu binary"),
+  "qemu-img": program(
+    "OPENSHELL_VM_QEMU_IMG",
+    DEFAULT_QEMU_IMG,
+    "qemu-img (creates each sandbox's disk)",
+  ),
+  "image-builder": program(
+    "OPENSHELL_VM_IMAGE_BUILDER",
+    PRODUCTION_PARAMS.driver.imageBuilder!,
+    "The image builder of `openshell image build|import`",
+  ),
+  setpriv: program("OPENSHELL_VM_SETPRIV", PRODUCTION_PARAMS.driver.setpriv, "setpriv binary"),
+  prlimit: program("OPENSHELL_VM_PRLIMIT", DEFAULT_PRLIMIT, "prlimit binary"),
+  "vm-user": {
+    kind: "string",
     env: "OPENSHELL_VM_USER",
-    help: `unprivileged account qemu runs as when the driver is root (default ${DEFAULT_VM_USER})`,
+    default: DEFAULT_VM_USER,
+    value: "USER",
+    help: "Unprivileged account qemu runs as when the driver is root",
+    check: (user: string | number) => {
+      const u = String(user).trim();
+      return /^[a-z_][a-z0-9_-]{0,31}$/.test(u) && u !== "root"
+        ? undefined
+        : "must name an unprivileged account (lower-case letters, digits, _ or -), " +
+          `got ${JSON.stringify(user)}`;
+    },
   },
-  {
-    flag: "forwarder",
+  forwarder: {
+    kind: "string",
     env: "OPENSHELL_VM_FORWARDER",
-    help: "program qemu runs per guest connection (default socat)",
+    default: "socat",
+    value: "PROGRAM",
+    help: "Program qemu runs per guest connection",
+    check: (p: string | number) =>
+      /^[A-Za-z0-9_./-]+$/.test(String(p).trim())
+        ? undefined
+        : `must be a plain program name or path, got ${JSON.stringify(p)}`,
   },
-  {
-    flag: "max-guest-connections",
+  "max-guest-connections": {
+    kind: "int",
     env: "OPENSHELL_VM_MAX_GUEST_CONNECTIONS",
-    help: "open connections per VM to the gateway at most (default 8)",
+    min: 1,
+    max: 1024,
+    default: 8,
+    help: "Open connections per VM to the gateway at most",
   },
-  {
-    flag: "egress-socket",
+  "egress-socket": {
+    kind: "path",
     env: "OPENSHELL_EGRESS_SOCKET",
-    help: "the egress proxy's guest socket; guests reach the network only through it " +
+    value: "PATH",
+    help: "The egress proxy's guest socket: guests reach the network only through it " +
       "(default: none, guests reach only the gateway)",
+    check: (p: string | number) =>
+      new TextEncoder().encode(String(p)).length > MAX_SOCKET_PATH_BYTES
+        ? `is too long: it exceeds the ${MAX_SOCKET_PATH_BYTES}-byte Unix socket path limit`
+        : undefined,
   },
-  { flag: "help", boolean: true, help: "print this help" },
-  { flag: "version", boolean: true, help: "print the version" },
-];
+  version: { kind: "bool", action: true, help: "Print the version" },
+} satisfies FlagTable;
 
 /** The `--help` text. */
 export function driverUsage(): string {
-  return [
-    "openshell-driver-vm: boots one qemu VM per sandbox for the OpenShell gateway.",
-    "Serves openshell.compute.v1.ComputeDriver on <state-dir>/compute-driver.sock.",
-    "",
-    "Usage: openshell-driver-vm --state-dir DIR --openshell-endpoint URL [options]",
-    "",
-    ...OPTIONS.map((o) => {
-      const name = o.boolean ? `--${o.flag}` : `--${o.flag} VALUE`;
-      return `  ${name.padEnd(28)}${o.help}${o.env ? ` [${o.env}]` : ""}`;
-    }),
-  ].join("\n");
+  return renderHelp({
+    about: "openshell-driver-vm: boots one qemu VM per sandbox for the OpenShell gateway. " +
+      "Serves openshell.compute.v1.ComputeDriver on <state-dir>/compute-driver.sock.",
+    usage: "openshell-driver-vm --state-dir DIR --openshell-endpoint URL [OPTIONS]",
+    sections: [{ title: "Options", flags: DRIVER_FLAGS, help: true }],
+  });
 }
-
-/** Longest Unix socket path we accept (Linux sun_path is 108 bytes with the NUL; macOS 104). */
-export const MAX_SOCKET_PATH_BYTES = 103;
 
 /** The driver's socket in `stateDir`. */
 export function socketPath(stateDir: string): string {
   return `${stateDir}/compute-driver.sock`;
 }
 
-function absolute(what: string, value: string): string {
-  if (!value.startsWith("/")) {
-    throw new DriverConfigError(`${what} must be an absolute path: "${value}"`);
-  }
-  if (/[\0\n\r,]/.test(value)) {
-    throw new DriverConfigError(
-      `${what} must not contain commas or control characters: "${value}"`,
-    );
-  }
-  return value.length > 1 ? value.replace(/\/+$/, "") : value;
-}
-
-function positiveInt(what: string, value: string, max: number): number {
-  if (!/^[0-9]+$/.test(value.trim())) {
-    throw new DriverConfigError(`${what} must be a whole number, got "${value}"`);
-  }
-  const n = Number(value.trim());
-  if (n < 1 || n > max) {
-    throw new DriverConfigError(`${what} must be between 1 and ${max}, got ${n}`);
-  }
-  return n;
-}
-
-/** Parses the gateway endpoint; the driver forwards guests to its host and port. */
-export function parseEndpoint(value: string, what: string): DriverConfig["endpoint"] {
-  let ep: GatewayEndpoint;
-  try {
-    ep = parseGatewayUrl(value);
-  } catch (err) {
-    if (err instanceof EndpointError) throw new DriverConfigError(`${what} ${err.message}`);
-    throw err;
-  }
-  // An unspecified listen address is reached on loopback.
-  const host = ep.host === "0.0.0.0" ? "127.0.0.1" : ep.host === "::" ? "::1" : ep.host;
-  if (!/^[A-Za-z0-9.:-]+$/.test(host)) {
-    throw new DriverConfigError(`${what} has an invalid host: "${host}"`);
-  }
-  return { scheme: ep.scheme, host, port: ep.port };
-}
-
 /** Parses the driver's arguments and environment (`env` returns undefined when unset). */
 export function parseDriverConfig(
   args: readonly string[],
-  env: (name: string) => string | undefined,
+  env: EnvReader,
 ): ParsedDriverCommand {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({
-      args: [...args],
-      options: Object.fromEntries(
-        OPTIONS.map((o) => [o.flag, { type: o.boolean ? "boolean" : "string" }] as const),
-      ),
-      strict: true,
-      allowPositionals: false,
-    }).values as Record<string, string | boolean | undefined>;
-  } catch (err) {
-    throw new DriverConfigError(`${(err as Error).message.split("\n")[0]} (see --help)`);
-  }
-  if (values.help) return { kind: "help" };
-  if (values.version) return { kind: "version" };
-  const get = (flag: string): { value: string; what: string } | undefined => {
-    const o = OPTIONS.find((x) => x.flag === flag)!;
-    const v = values[flag];
-    if (typeof v === "string") return { value: v, what: `--${flag}` };
-    const e = o.env ? env(o.env) : undefined;
-    return e !== undefined && e !== "" ? { value: e, what: o.env! } : undefined;
-  };
-  const required = (flag: string) => {
-    const v = get(flag);
-    if (!v || v.value.trim() === "") {
-      const o = OPTIONS.find((x) => x.flag === flag)!;
-      throw new DriverConfigError(`--${flag} (or ${o.env}) is required`);
-    }
-    return v;
-  };
-
-  const sd = required("state-dir");
-  const stateDir = absolute(sd.what, sd.value);
-  if (!/^\/[A-Za-z0-9_./-]*$/.test(stateDir)) {
-    // The VMs' forwarder sockets live there and their paths go on qemu's command line.
-    throw new DriverConfigError(
-      `${sd.what} may hold only letters, digits, ".", "_", "-" and "/", got "${sd.value}"`,
-    );
-  }
-  if (new TextEncoder().encode(socketPath(stateDir)).length > MAX_SOCKET_PATH_BYTES) {
-    throw new DriverConfigError(
-      `${sd.what} is too long: ${
-        socketPath(stateDir)
-      } exceeds the ${MAX_SOCKET_PATH_BYTES}-byte Unix socket path limit`,
-    );
-  }
-  const ep = required("openshell-endpoint");
-  const endpoint = parseEndpoint(ep.value, ep.what);
-  const rd = get("runtime-dir");
-  const runtimeDir = rd ? absolute(rd.what, rd.value) : PRODUCTION_PARAMS.driver.runtimeDir;
-
-  const ac = get("vm-accel");
-  const accel = (ac?.value.trim().toLowerCase() ?? "auto") as AccelChoice;
-  if (!["auto", "kvm", "hvf", "tcg"].includes(accel)) {
-    throw new DriverConfigError(`${ac!.what} must be auto, kvm, hvf or tcg, got "${ac!.value}"`);
-  }
-  const vc = get("vm-vcpus");
-  const vcpus = vc ? positiveInt(vc.what, vc.value, 64) : 2;
-  const mm = get("vm-mem-mib");
-  const memMib = mm ? positiveInt(mm.what, mm.value, 1024 * 1024) : 1024;
-  if (memMib < 256) {
-    throw new DriverConfigError(`${mm!.what} must be at least 256 (the guest needs it)`);
-  }
-
-  const dg = get("vm-disk-gib");
-  const diskGiB = dg ? positiveInt(dg.what, dg.value, MAX_DISK_GIB) : DEFAULT_DISK_GIB;
-
-  const ll = get("log-level");
-  let logLevel: LogLevel = "info";
-  if (ll) {
-    try {
-      logLevel = parseLogLevel(ll.value);
-    } catch (err) {
-      throw new DriverConfigError(`${ll.what}: ${(err as Error).message}`);
-    }
-  }
-  const q = get("qemu");
-  const qi = get("qemu-img");
-  const ib = get("image-builder");
-  const sp = get("setpriv");
-  const pl = get("prlimit");
-  const vu = get("vm-user");
-  const vmUser = vu?.value.trim() || DEFAULT_VM_USER;
-  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(vmUser) || vmUser === "root") {
-    throw new DriverConfigError(
-      `${vu!.what} must name an unprivileged account (lower-case letters, digits, _ or -), ` +
-        `got "${vu!.value}"`,
-    );
-  }
-  const fw = get("forwarder");
-  const forwarder = fw?.value.trim() || "socat";
-  if (!/^[A-Za-z0-9_./-]+$/.test(forwarder)) {
-    throw new DriverConfigError(
-      `${fw!.what} must be a plain program name or path, got "${fw!.value}"`,
-    );
-  }
-  const mg = get("max-guest-connections");
-  const es = get("egress-socket");
-  const egressSocket = es && es.value.trim() !== ""
-    ? absolute(es.what, es.value.trim())
-    : undefined;
-  if (egressSocket && new TextEncoder().encode(egressSocket).length > MAX_SOCKET_PATH_BYTES) {
-    throw new DriverConfigError(
-      `${
-        es!.what
-      } is too long: it exceeds the ${MAX_SOCKET_PATH_BYTES}-byte Unix socket path limit`,
-    );
-  }
+  const parsed = parseFlags(DRIVER_FLAGS, args, env);
+  if (parsed.help) return { kind: "help" };
+  if (parsed.values.version) return { kind: "version" };
+  noPositionals(parsed.positionals);
+  const v = parsed.values;
   return {
     kind: "run",
     config: {
-      stateDir,
-      endpoint,
-      runtimeDir,
-      accel,
-      vcpus,
-      memMib,
-      diskGiB,
-      logLevel,
-      qemu: q ? absolute(q.what, q.value) : PRODUCTION_PARAMS.driver.qemu,
-      qemuImg: qi ? absolute(qi.what, qi.value) : DEFAULT_QEMU_IMG,
-      imageBuilder: ib ? absolute(ib.what, ib.value) : PRODUCTION_PARAMS.driver.imageBuilder!,
-      setpriv: sp ? absolute(sp.what, sp.value) : PRODUCTION_PARAMS.driver.setpriv,
-      prlimit: pl ? absolute(pl.what, pl.value) : DEFAULT_PRLIMIT,
-      vmUser,
-      forwarder,
-      maxGuestConnections: mg ? positiveInt(mg.what, mg.value, 1024) : 8,
-      ...(egressSocket ? { egressSocket } : {}),
+      stateDir: v["state-dir"],
+      endpoint: gatewayGrpcEndpoint(v["openshell-endpoint"]),
+      runtimeDir: v["runtime-dir"],
+      accel: v["vm-accel"] as AccelChoice,
+      vcpus: v["vm-vcpus"],
+      memMib: v["vm-mem-mib"],
+      diskGiB: v["vm-disk-gib"],
+      logLevel: v["log-level"] as LogLevel,
+      qemu: v.qemu,
+      qemuImg: v["qemu-img"],
+      imageBuilder: v["image-builder"],
+      setpriv: v.setpriv,
+      prlimit: v.prlimit,
+      vmUser: v["vm-user"].trim(),
+      forwarder: v.forwarder.trim(),
+      maxGuestConnections: v["max-guest-connections"],
+      ...(v["egress-socket"] ? { egressSocket: v["egress-socket"] } : {}),
     },
   };
 }

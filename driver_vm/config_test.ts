@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { DriverConfigError, parseDriverConfig, socketPath } from "./config.ts";
+import { FlagError } from "../core/flags.ts";
+import { DRIVER_FLAGS, driverUsage, parseDriverConfig, socketPath } from "./config.ts";
 
 const base = ["--state-dir", "/var/lib/os/vm", "--openshell-endpoint", "http://127.0.0.1:8080"];
 const noEnv = () => undefined;
@@ -63,7 +64,7 @@ Deno.test("config: every flag, and flags win over their env twins", () => {
   for (const bad of ["root", "Bad", "a b", "x:y", "9x"]) {
     assert.throws(
       () => run([...base, "--vm-user", bad]),
-      /--vm-user must name an unprivileged account/,
+      /FlagError: --vm-user must name an unprivileged account/,
       bad,
     );
   }
@@ -105,29 +106,37 @@ Deno.test("config: an unspecified endpoint host is dialled on loopback", () => {
 
 Deno.test("config: bad input gets one clear line each", () => {
   const cases: [string[], RegExp][] = [
-    [[], /--state-dir .* is required/],
-    [["--state-dir", "/s"], /--openshell-endpoint .* is required/],
+    [[], /^--state-dir \(or OPENSHELL_VM_DRIVER_STATE_DIR\) is required$/],
+    [["--state-dir", "/s"], /^--openshell-endpoint \(or OPENSHELL_GRPC_ENDPOINT\) is required$/],
     [["--state-dir", "rel", "--openshell-endpoint", "http://h:1"], /absolute path/],
     [["--state-dir", "/s", "--openshell-endpoint", "ftp://h:1"], /http:\/\/ or https:\/\//],
     [["--state-dir", "/s", "--openshell-endpoint", "nope"], /not a URL/],
-    [[...base, "--vm-accel", "fast"], /auto, kvm, hvf or tcg/],
-    [[...base, "--vm-vcpus", "0"], /between 1 and 64/],
-    [[...base, "--vm-vcpus", "two"], /whole number/],
-    [[...base, "--vm-mem-mib", "128"], /at least 256/],
-    [[...base, "--log-level", "loud"], /invalid log level/],
-    [[...base, "--bogus"], /Unknown option/],
+    [
+      [...base, "--vm-accel", "fast"],
+      /^--vm-accel must be one of auto, kvm, hvf, tcg, got "fast"$/,
+    ],
+    [[...base, "--vm-vcpus", "0"], /^--vm-vcpus must be between 1 and 64, got 0$/],
+    [[...base, "--vm-vcpus", "two"], /^--vm-vcpus must be a whole number, got "two"$/],
+    [[...base, "--vm-mem-mib", "128"], /^--vm-mem-mib must be between 256 and 1048576 MiB/],
+    [
+      [...base, "--log-level", "loud"],
+      /^--log-level must be one of error, warn, info, debug, trace/,
+    ],
+    [[...base, "--bogus"], /^unknown option --bogus \(see --help\)$/],
+    [[...base, "extra"], /^unexpected argument "extra"/],
+    [[...base, "--qemu", "/opt/q,x"], /^--qemu must not contain commas/],
     [[...base, "--forwarder", "socat;rm"], /plain program name/],
     [[...base, "--max-guest-connections", "0"], /between 1 and 1024/],
     [["--state-dir", "/my vms", "--openshell-endpoint", "http://h:1"], /only letters, digits/],
     [["--state-dir", "/a:b", "--openshell-endpoint", "http://h:1"], /only letters, digits/],
     [
       ["--state-dir", `/${"x".repeat(100)}`, "--openshell-endpoint", "http://h:1"],
-      /socket path limit/,
+      /^--state-dir is too long: .* exceeds the 103-byte Unix socket path limit/,
     ],
   ];
   for (const [args, re] of cases) {
     assert.throws(() => parseDriverConfig(args, noEnv), (e: unknown) => {
-      assert.ok(e instanceof DriverConfigError, String(e));
+      assert.ok(e instanceof FlagError, String(e));
       assert.match(e.message, re);
       assert.ok(!e.message.includes("\n"), "one line");
       return true;
@@ -135,9 +144,16 @@ Deno.test("config: bad input gets one clear line each", () => {
   }
 });
 
-Deno.test("config: --help and --version", () => {
+Deno.test("config: --help and --version; help lists every option with its env twin", () => {
   assert.equal(parseDriverConfig(["--help"], noEnv).kind, "help");
   assert.equal(parseDriverConfig(["--version"], noEnv).kind, "version");
+  const help = driverUsage().replace(/\s+/g, " ");
+  for (const [name, spec] of Object.entries(DRIVER_FLAGS)) {
+    assert.ok(help.includes(`--${name}`), name);
+    if ("env" in spec) assert.ok(help.includes(`env ${spec.env}`), spec.env);
+  }
+  // It used to leave out trace: the level's choices are now listed from the one declaration.
+  assert.match(help, /--log-level LEVEL .*\[one of error, warn, info, debug, trace; default info;/);
 });
 
 Deno.test("config: the default disk size and qemu-img", () => {
@@ -145,7 +161,8 @@ Deno.test("config: the default disk size and qemu-img", () => {
   assert.equal(c.diskGiB, 20);
   assert.equal(c.qemuImg, "/opt/qemu-img");
   assert.equal(run(base, (n) => n === "OPENSHELL_VM_DISK_GIB" ? "12" : undefined).diskGiB, 12);
-  assert.throws(() => run([...base, "--vm-disk-gib", "0"]), /between 1 and 2048/);
-  assert.throws(() => run([...base, "--vm-disk-gib", "4096"]), /between 1 and 2048/);
+  assert.equal(run([...base, "--vm-disk-gib", "16Gi"]).diskGiB, 16);
+  assert.throws(() => run([...base, "--vm-disk-gib", "0"]), /between 1 and 2048 GiB/);
+  assert.throws(() => run([...base, "--vm-disk-gib", "4096"]), /between 1 and 2048 GiB/);
   assert.throws(() => run([...base, "--qemu-img", "qemu-img"]), /absolute path/);
 });

@@ -21,14 +21,13 @@
  *
  * @module
  */
+import { DEFAULT_DISK_GIB, MAX_DISK_GIB } from "../core/shared_flags.ts";
 import { Code, StatusError } from "../core/status.ts";
 import type { RootDiskSpec } from "./qemu.ts";
 import { giveFile, shareDir, type VmUser } from "./vm_user.ts";
 
-/** Disk size of a sandbox that asks for none. */
-export const DEFAULT_DISK_GIB = 8;
-/** Largest disk a sandbox may ask for (a sparse file's size, not host space taken). */
-export const MAX_DISK_GIB = 2048;
+// The default and largest disk (a sparse file's size, not host space taken) are options' rules too.
+export { DEFAULT_DISK_GIB, MAX_DISK_GIB };
 /** The overlay's name in the sandbox's directory. */
 export const OVERLAY_FILE = "disk.qcow2";
 /** Where qemu-img is unless `--qemu-img` says otherwise. */

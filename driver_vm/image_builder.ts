@@ -27,7 +27,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { type FlagTable, NO_ENV, noPositionals, parseFlags } from "../core/flags.ts";
 import { ensureImage, imageGeometry, imageKey, mkfsArgs } from "./image/debian.ts";
 
 /** Prefix of the builder's last output line. */
@@ -44,38 +44,44 @@ export type BuilderCommand =
   | { kind: "build"; work: string; out: string; packages: string[]; scriptFile?: string }
   | { kind: "import"; work: string; out: string; tar: string };
 
+const COMMON = {
+  work: { kind: "path", required: true, value: "DIR", help: "Work directory" },
+  out: { kind: "path", required: true, value: "FILE", help: "Image file to write" },
+} satisfies FlagTable;
+
+/** The options of each builder command (the builder reads no environment). */
+export const BUILDER_FLAGS = {
+  build: {
+    ...COMMON,
+    packages: { kind: "list", repeatable: true, help: "Extra Debian packages" },
+    "script-file": { kind: "path", value: "FILE", help: "Setup script run once as root" },
+  },
+  import: {
+    ...COMMON,
+    tar: { kind: "path", required: true, value: "FILE", help: "Root file system tarball" },
+  },
+} satisfies Record<BuilderCommand["kind"], FlagTable>;
+
 /** Parses the builder's arguments; throws one line saying what is wrong. */
 export function parseBuilderArgs(args: readonly string[]): BuilderCommand {
   const [kind, ...rest] = args;
-  const { values } = parseArgs({
-    args: rest,
-    options: {
-      work: { type: "string" },
-      out: { type: "string" },
-      packages: { type: "string" },
-      "script-file": { type: "string" },
-      tar: { type: "string" },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  const abs = (name: string, v: string | undefined): string => {
-    if (!v || !v.startsWith("/")) throw new Error(`--${name} must be an absolute path`);
-    return v;
-  };
-  const work = abs("work", values.work);
-  const out = abs("out", values.out);
   if (kind === "build") {
-    const packages = (values.packages ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+    const parsed = parseFlags(BUILDER_FLAGS.build, rest, NO_ENV);
+    noPositionals(parsed.positionals);
+    const v = parsed.values;
     return {
       kind,
-      work,
-      out,
-      packages,
-      ...(values["script-file"] ? { scriptFile: abs("script-file", values["script-file"]) } : {}),
+      work: v.work,
+      out: v.out,
+      packages: v.packages,
+      ...(v["script-file"] ? { scriptFile: v["script-file"] } : {}),
     };
   }
-  if (kind === "import") return { kind, work, out, tar: abs("tar", values.tar) };
+  if (kind === "import") {
+    const parsed = parseFlags(BUILDER_FLAGS.import, rest, NO_ENV);
+    noPositionals(parsed.positionals);
+    return { kind, work: parsed.values.work, out: parsed.values.out, tar: parsed.values.tar };
+  }
   throw new Error(`unknown command ${JSON.stringify(kind ?? "")} (build or import)`);
 }
 

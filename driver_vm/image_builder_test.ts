@@ -21,7 +21,11 @@ Deno.test("image builder: arguments are checked (absolute paths, known commands)
     () => parseBuilderArgs(["rm", "--work", "/w", "--out", "/o"]),
     /unknown command "rm"/,
   );
-  assert.throws(() => parseBuilderArgs(["build", "--evil", "x"]), /Unknown option/);
+  assert.throws(() => parseBuilderArgs(["build", "--evil", "x"]), /unknown option --evil/);
+  assert.throws(
+    () => parseBuilderArgs(["import", "--work", "/w", "--out", "/o", "--tar", "t.tar"]),
+    /--tar must be an absolute path, got "t\.tar"/,
+  );
 });
 
 Deno.test("image builder: an imported tree without sshd is refused, saying what to install", async () => {

@@ -8,7 +8,8 @@
  */
 import { driverGrants, PRODUCTION_PARAMS } from "../core/grants.ts";
 import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
-import { DriverConfigError, parseDriverConfig } from "./config.ts";
+import { parseDriverConfig } from "./config.ts";
+import { FlagError } from "../core/flags.ts";
 import { cacheRoot } from "./image/host.ts";
 
 const args = stripTaskSeparator(Deno.args);
@@ -32,7 +33,7 @@ try {
     };
   }
 } catch (err) {
-  if (!(err instanceof DriverConfigError)) throw err;
+  if (!(err instanceof FlagError)) throw err;
   console.error(`openshell-driver-vm: ${err.message}`);
   Deno.exit(2);
 }

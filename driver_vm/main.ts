@@ -19,20 +19,20 @@
 import { hostPortGrant } from "../core/grants.ts";
 import { stripTaskSeparator } from "../core/launcher.ts";
 import { checkPrivateDir, UnsafePathError } from "../core/secure_fs.ts";
+import { FlagError } from "../core/flags.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { decideAccel, probeCachePath, probeKvm, readProbeCache, writeProbeCache } from "./accel.ts";
 import {
   type Accel,
   type DriverConfig,
-  DriverConfigError,
   driverUsage,
   parseDriverConfig,
   socketPath,
 } from "./config.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { Disks, type ImageRef } from "./disk.ts";
-import { type RuntimeFiles, VmDriver } from "./driver.ts";
+import { type RuntimeFiles, VmDriver, type VmDriverOptions } from "./driver.ts";
 import type { HostLimits } from "./resources.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
 import { QemuLauncher } from "./launcher.ts";
@@ -218,8 +218,14 @@ async function removeStaleSockets(stateDir: string): Promise<void> {
   }
 }
 
-/** Runs the driver until it is told to stop; resolves with the exit code. */
-export async function main(args: readonly string[]): Promise<number> {
+/**
+ * Runs the driver until it is told to stop; resolves with the exit code.
+ * `backend` boots the sandboxes (default {@link qemuBackend}).
+ */
+export async function main(
+  args: readonly string[],
+  backend: BackendFactory = qemuBackend,
+): Promise<number> {
   let config: DriverConfig;
   try {
     const parsed = parseDriverConfig(stripTaskSeparator(args), (n) => Deno.env.get(n));
@@ -233,7 +239,7 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     config = parsed.config;
   } catch (err) {
-    if (err instanceof DriverConfigError) {
+    if (err instanceof FlagError) {
       console.error(`openshell-driver-vm: ${err.message}`);
       return 2;
     }
@@ -253,20 +259,123 @@ export async function main(args: readonly string[]): Promise<number> {
     return 1;
   }
   await removeStaleSockets(config.stateDir);
-  const runtime = runtimeFiles(config.runtimeDir);
+  let machine: DriverBackend;
+  try {
+    machine = await backend(config, log);
+  } catch (err) {
+    if (!(err instanceof VmUserError)) throw err;
+    console.error(`openshell-driver-vm: ${err.message}`);
+    return 1;
+  }
+  const { started, ...parts } = machine;
+  const driver = new VmDriver({
+    stateDir: config.stateDir,
+    diskGiB: config.diskGiB,
+    vcpus: config.vcpus,
+    memMib: config.memMib,
+    logLevel: config.logLevel,
+    gateway: { host: config.endpoint.host, port: config.endpoint.port },
+    forwarder: config.forwarder,
+    maxGuestConnections: config.maxGuestConnections,
+    egressSocket: config.egressSocket,
+    log,
+    ...parts,
+  });
+  const restored = await driver.restore();
+  if (restored > 0) {
+    log.info(`restored ${restored} sandbox(es) from the state dir; the gateway starts them`);
+  }
+  const socket = socketPath(config.stateDir);
+  const server = await serveDriver(driver, {
+    socket,
+    log,
+    filterGoaway: Deno.env.get("OPENSHELL_UNSAFE_KEEP_GOAWAY") !== "1",
+    images: parts.images,
+  });
+  // The state dir is reachable by qemu's group: only root may use the socket.
+  await Deno.chmod(socket, 0o600);
+  log.info("listening", {
+    socket: `unix:${socket}`,
+    gateway: `${config.endpoint.host}:${config.endpoint.port}`,
+    max_guest_connections: config.maxGuestConnections,
+    runtime: config.runtimeDir,
+    egress: config.egressSocket
+      ? `unix:${config.egressSocket}`
+      : "off (guests reach only the gateway)",
+  });
+  started?.(driver);
 
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const finish = async (code: number, graceMs: number, why: string) => {
+      if (stopping) return;
+      stopping = true;
+      clearInterval(watchParent);
+      for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+      log.info(`stopping: ${why}`);
+      if (graceMs > 0) await driver.shutdown(graceMs);
+      else driver.killAll();
+      await server.close();
+      await Deno.remove(socket).catch(() => {});
+      resolve(code);
+    };
+    const watchParent = setInterval(() => {
+      const now = Deno.ppid;
+      if (now !== parent || now === 1) {
+        finish(1, 0, `parent process ${parent} is gone`);
+      }
+    }, PARENT_POLL_MS);
+    const handlers: [Deno.Signal, () => void][] = [
+      ["SIGTERM", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGTERM")],
+      ["SIGINT", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGINT")],
+    ];
+    for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+  });
+}
+
+/**
+ * What a driver process boots its sandboxes with: the parts of
+ * {@link VmDriverOptions} that depend on the machine. {@link main} uses
+ * {@link qemuBackend}; a test passes its own (e.g. one whose launcher runs
+ * each sandbox's supervisor as a host process) and gets the real driver,
+ * service, socket, restore and shutdown around it.
+ */
+export type DriverBackend =
+  & Pick<VmDriverOptions, "runtime" | "launcher" | "accel">
+  & Partial<
+    Pick<
+      VmDriverOptions,
+      | "host"
+      | "image"
+      | "images"
+      | "disks"
+      | "vmUser"
+      | "forwarderOwner"
+      | "bootRuntime"
+      | "qmp"
+      | "forwarders"
+    >
+  >
+  & {
+    /** Called once the driver serves (background work: image pruning, accelerator probe). */
+    started?(driver: VmDriver): void;
+  };
+
+/** Builds the {@link DriverBackend} for a config (throws {@link VmUserError} to refuse). */
+export type BackendFactory = (config: DriverConfig, log: Logger) => Promise<DriverBackend>;
+
+/**
+ * The production backend: qemu (as `--vm-user` when the driver is root),
+ * the runtime dir's files and image, qemu-img disks, named images.
+ */
+export async function qemuBackend(config: DriverConfig, log: Logger): Promise<DriverBackend> {
+  const runtime = runtimeFiles(config.runtimeDir);
   // Who qemu runs as: a dedicated account when we are root, else ourselves.
   const linux = Deno.build.os === "linux";
   let vmUser: VmUser | undefined;
   const me = await ownIds(config.stateDir);
   if (linux && me.uid === 0) {
-    try {
-      vmUser = await resolveVmUser(config.vmUser);
-    } catch (err) {
-      if (!(err instanceof VmUserError)) throw err;
-      console.error(`openshell-driver-vm: ${err.message}`);
-      return 1;
-    }
+    vmUser = await resolveVmUser(config.vmUser);
     await shareDir(config.stateDir, vmUser);
     log.info("qemu runs unprivileged", { user: vmUser.name, uid: vmUser.uid, gid: vmUser.gid });
   } else {
@@ -306,93 +415,38 @@ export async function main(args: readonly string[]): Promise<number> {
     vmUser,
     log,
   });
-  const driver = new VmDriver({
-    stateDir: config.stateDir,
+  return {
     runtime,
     image,
     images,
     disks,
     host,
-    diskGiB: config.diskGiB,
     launcher: new QemuLauncher({ qemu: config.qemu, runAs }),
     accel,
-    vcpus: config.vcpus,
-    memMib: config.memMib,
-    logLevel: config.logLevel,
-    gateway: { host: config.endpoint.host, port: config.endpoint.port },
-    forwarder: config.forwarder,
-    maxGuestConnections: config.maxGuestConnections,
-    egressSocket: config.egressSocket,
     vmUser,
     // qemu's forwarder (socat) runs as the VM user and must reach the VM's socket.
     forwarderOwner: vmUser ? { uid: vmUser.uid, gid: vmUser.gid } : undefined,
     bootRuntime: vmUser ? boot : undefined,
-    log,
-  });
-  users = () => driver.imageUsers();
-  const restored = await driver.restore();
-  if (restored > 0) {
-    log.info(`restored ${restored} sandbox(es) from the state dir; the gateway starts them`);
-  }
-  // Images no sandbox boots any more (not the default, not under a kept disk) go.
-  image().then(
-    async (im) => {
-      const keep = new Set([im.key, ...driver.imageKeys(), ...(await images.keys())]);
-      const removed = await disks.prune(keep);
-      if (removed.length) log.info("removed unused guest images", { images: removed.join(",") });
-      // Copy it for the first sandbox now rather than during its create.
-      await disks.stage(im);
+    started(driver) {
+      users = () => driver.imageUsers();
+      // Images no sandbox boots any more (not the default, not under a kept disk) go.
+      image().then(
+        async (im) => {
+          const keep = new Set([im.key, ...driver.imageKeys(), ...(await images.keys())]);
+          const removed = await disks.prune(keep);
+          if (removed.length) {
+            log.info("removed unused guest images", { images: removed.join(",") });
+          }
+          // Copy it for the first sandbox now rather than during its create.
+          await disks.stage(im);
+        },
+        () => {},
+      ).catch((err) => log.warn("cannot stage the guest image", { error: errorMessage(err) }));
+      // Start the accelerator decision now (the probe may take seconds), unless
+      // the runtime is missing: then CreateSandbox explains that instead.
+      Deno.stat(runtime.kernel).then(() => accel().catch(() => {}), () => {});
     },
-    () => {},
-  ).catch((err) => log.warn("cannot stage the guest image", { error: errorMessage(err) }));
-  const socket = socketPath(config.stateDir);
-  const server = await serveDriver(driver, {
-    socket,
-    log,
-    filterGoaway: Deno.env.get("OPENSHELL_UNSAFE_KEEP_GOAWAY") !== "1",
-    images,
-  });
-  // The state dir is reachable by qemu's group: only root may use the socket.
-  await Deno.chmod(socket, 0o600);
-  log.info("listening", {
-    socket: `unix:${socket}`,
-    gateway: `${config.endpoint.host}:${config.endpoint.port}`,
-    max_guest_connections: config.maxGuestConnections,
-    runtime: config.runtimeDir,
-    egress: config.egressSocket
-      ? `unix:${config.egressSocket}`
-      : "off (guests reach only the gateway)",
-  });
-  // Start the accelerator decision now (the probe may take seconds), unless
-  // the runtime is missing: then CreateSandbox explains that instead.
-  Deno.stat(runtime.kernel).then(() => accel().catch(() => {}), () => {});
-
-  return await new Promise<number>((resolve) => {
-    let stopping = false;
-    const finish = async (code: number, graceMs: number, why: string) => {
-      if (stopping) return;
-      stopping = true;
-      clearInterval(watchParent);
-      for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
-      log.info(`stopping: ${why}`);
-      if (graceMs > 0) await driver.shutdown(graceMs);
-      else driver.killAll();
-      await server.close();
-      await Deno.remove(socket).catch(() => {});
-      resolve(code);
-    };
-    const watchParent = setInterval(() => {
-      const now = Deno.ppid;
-      if (now !== parent || now === 1) {
-        finish(1, 0, `parent process ${parent} is gone`);
-      }
-    }, PARENT_POLL_MS);
-    const handlers: [Deno.Signal, () => void][] = [
-      ["SIGTERM", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGTERM")],
-      ["SIGINT", () => finish(0, SHUTDOWN_POWERDOWN_MS, "SIGINT")],
-    ];
-    for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  });
+  };
 }
 
 if (import.meta.main) {

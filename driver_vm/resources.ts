@@ -24,7 +24,7 @@ import {
 import type { DriverSandboxTemplate, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { truncateForEcho } from "../core/text.ts";
-import { MAX_DISK_GIB } from "./disk.ts";
+import { MAX_DISK_GIB, MAX_VCPUS, MIN_MEM_MIB } from "../core/shared_flags.ts";
 
 /** What one VM gets. */
 export interface VmResources {
@@ -39,10 +39,8 @@ export interface HostLimits {
   memMib?: number;
 }
 
-/** Least memory a guest boots with. */
-export const MIN_MEM_MIB = 256;
-/** Most vCPUs a VM gets. */
-export const MAX_VCPUS = 64;
+// The least memory a guest boots with and the most vCPUs a VM gets are options' rules too.
+export { MAX_VCPUS, MIN_MEM_MIB };
 
 const MIB = 2 ** 20;
 const GIB = 2 ** 30;

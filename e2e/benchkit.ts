@@ -1,6 +1,6 @@
 /**
- * Shared parts of the relay benchmarks (`e2e/bench_relay.ts`,
- * `e2e/relay_bench.ts`): a byte "peer" that both a raw loopback TCP server
+ * Shared parts of the relay benchmarks (`e2e/bench_gateway.ts`,
+ * `e2e/tunnel_bench.ts`): a byte "peer" that both a raw loopback TCP server
  * and a fake supervisor's relays run, client-side transfers that work on
  * any connected socket (a raw TCP socket or a CONNECT tunnel), a gateway
  * with one READY sandbox behind a fake supervisor, and small statistics and
@@ -22,10 +22,10 @@ import { OpenShellClient, type Sandbox, type SandboxStreamEvent } from "../core/
 import {
   type ApiClient,
   apiClient,
-  connectFakeSupervisor,
+  byoSupervisor,
   type FakeSupervisor,
-  openTunnel,
-  startGateway,
+  sendConnect,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 
@@ -246,17 +246,6 @@ export interface RelayRig {
   close(): Promise<void>;
 }
 
-/** Stops a gateway with SIGTERM, or SIGKILL after `graceMs`. */
-export async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
-}
-
 /** Resolves once sandbox `id` reaches `phase` (WatchSandbox; no polling). */
 export function waitPhase(api: ApiClient, id: string, phase: string): Promise<Sandbox> {
   return new Promise((resolve, reject) => {
@@ -279,22 +268,21 @@ export function waitPhase(api: ApiClient, id: string, phase: string): Promise<Sa
 
 /** Starts a gateway, creates a sandbox and makes it READY with a fake supervisor. */
 export async function startRelayRig(options: RelayRigOptions = {}): Promise<RelayRig> {
-  const gw = await startGateway({ env: options.env, args: ["--log-level", "info"] });
+  const gw = await spawnGateway({ env: options.env, args: ["--log-level", "info"] });
   const api = apiClient(gw.port);
   let sup: FakeSupervisor | undefined;
   let supClient: grpc.Client | undefined;
   try {
-    const sandbox = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name: "bench" }))
-      .sandbox;
+    // A bring-your-own supervisor: its token and host key, on the supervisor plane.
+    const byo = await byoSupervisor(gw, "bench");
+    const sandbox = byo.sandbox;
     const ready = waitPhase(api, sandbox.id, "SANDBOX_PHASE_READY");
     supClient = new OpenShellClient(
-      `127.0.0.1:${gw.port}`,
+      `127.0.0.1:${gw.supervisorPort}`,
       grpc.credentials.createInsecure(),
       options.clientWindow ? { "grpc-node.flow_control_window": options.clientWindow } : {},
     );
-    sup = connectFakeSupervisor({
-      port: gw.port,
-      sandboxId: sandbox.id,
+    sup = byo.connect({
       client: supClient,
       chunkBytes: options.chunkBytes,
       onRelay: (relay) => servePeer(relay),
@@ -309,7 +297,7 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
       sandbox,
       token,
       tunnel: async () => {
-        const t = await openTunnel(gw.port, {
+        const t = await sendConnect(gw.port, {
           "x-sandbox-id": sandbox.id,
           "x-sandbox-token": await token(),
         });
@@ -321,14 +309,14 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
         sup?.close();
         supClient?.close();
         api.close();
-        await stopGateway(gw);
+        await gw.shutdown();
       },
     };
   } catch (err) {
     sup?.close();
     supClient?.close();
     api.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     throw err;
   }
 }

@@ -51,7 +51,7 @@
  */
 import { cliGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { startGateway, type TestGateway } from "../testing/gateway.ts";
+import { spawnGateway, type TestGateway } from "../testing/gateway.ts";
 import { ensureRuntime, type RuntimeInfo } from "../driver_vm/image/rootfs.ts";
 import { setup } from "../driver_vm/image/setup.ts";
 import { GUEST_NET } from "../driver_vm/guest.ts";
@@ -217,7 +217,7 @@ async function main(): Promise<number> {
       gateway: { host: "127.0.0.1", port: planePort },
       ...(egress ? { egressSocket: `${S}/egress/guest.sock` } : {}),
     });
-    const g = await startGateway({
+    const g = await spawnGateway({
       stateDir: S,
       driverDir: D,
       vmDriverStateDir: V,

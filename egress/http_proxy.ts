@@ -361,7 +361,8 @@ export class GuestStream extends Duplex {
     if (first.length) this.push(first);
     socket.on("data", this.#forward);
     socket.on("end", () => !this.#detached && this.push(null));
-    socket.on("close", () => !this.#detached && this.destroy());
+    // Detached or not, the stream ends with its socket (the http server forgets it then).
+    socket.on("close", () => this.destroy());
   }
 
   /** The socket underneath. */
@@ -427,6 +428,16 @@ export function splice(a: net.Socket, b: net.Socket, idleMs: number): void {
   b.on("error", close);
   a.once("close", close);
   b.once("close", close);
-  a.pipe(b);
-  b.pipe(a);
+  // Plain data/drain forwarding: measurably cheaper than stream.pipe() under Deno.
+  const forward = (from: net.Socket, to: net.Socket) => {
+    from.on("data", (chunk: Uint8Array) => {
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once("drain", () => from.resume());
+      }
+    });
+    from.on("end", () => to.end());
+  };
+  forward(a, b);
+  forward(b, a);
 }

@@ -66,11 +66,25 @@ Deno.test({
           new RegExp(`^HTTP/1\\.[01] 200[^]*hello from ${srv.address.replaceAll(".", "\\.")}`),
         );
         t.conn.close();
-        // The same server under a name whose rule lists no allowed_ips: refused.
-        eg.policies.get("sb1"); // (still loaded)
+        // A port no rule names: refused.
         const r = await connectThrough(eg.guestSocket, "sb1", `app.test:${srv.port + 1}`);
         assert.equal(r.status, 403);
         r.conn.close();
+        // Bytes sent right behind the CONNECT line (past 64 KiB) reach the host in order.
+        const body = "y".repeat(200_000);
+        const e = await openGuest(eg.guestSocket, "sb1", "http");
+        await writeAll(
+          e,
+          `CONNECT app.test:${srv.port} HTTP/1.1\r\n\r\n` +
+            `POST /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n` +
+            `Content-Length: ${body.length}\r\n\r\n${body}`,
+        );
+        const h = await readHead(e);
+        assert.equal(h.status, 200);
+        const rest = dec.decode(h.rest) + dec.decode(await readToEnd(e));
+        assert.match(rest, /^HTTP\/1\.1 200/);
+        assert.equal(rest.replaceAll(/[^y]/g, "").length, body.length, "every byte echoed");
+        e.close();
       } finally {
         await eg.stop();
       }

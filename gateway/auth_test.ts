@@ -16,7 +16,7 @@ import { waitFor } from "../core/testing.ts";
 import { grpcTlsCredentials, tlsConnectOptions } from "../core/tls.ts";
 import { writeHostDriverDir } from "../testing/host_driver.ts";
 import { ensureSandboxUser, gatewayApi } from "../testing/supervisor.ts";
-import { connectFakeSupervisor, startGateway, type TestGateway } from "../testing/gateway.ts";
+import { connectFakeSupervisor, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
@@ -95,7 +95,7 @@ async function read(path: string): Promise<string> {
 }
 
 Deno.test("secure defaults: only the operator's client certificate reaches the user API", async () => {
-  const gw: TestGateway = await startGateway({ tls: true });
+  const gw: TestGateway = await spawnGateway({ tls: true });
   try {
     const pki = gw.pki!;
     assert.equal((await Deno.stat(pki.dir)).mode! & 0o777, 0o700);
@@ -145,7 +145,7 @@ Deno.test("secure defaults: only the operator's client certificate reaches the u
 });
 
 Deno.test("the supervisor plane serves supervisors only: user RPCs and HTTP are refused there", async () => {
-  const gw = await startGateway({ tls: true });
+  const gw = await spawnGateway({ tls: true });
   try {
     const ca = await read(gw.pki!.ca);
     for (const method of ["ListSandboxes", "Health", "IssueSupervisorCredentials"]) {
@@ -164,7 +164,7 @@ Deno.test("the supervisor plane serves supervisors only: user RPCs and HTTP are 
 });
 
 Deno.test("supervisor credentials: A's cannot hello as B, B stays READY; host keys are pinned", async () => {
-  const gw = await startGateway({ tls: true });
+  const gw = await spawnGateway({ tls: true });
   const pki = gw.pki!;
   const api = gatewayApi(gw.port, { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey });
   const sessions: { close(): void }[] = [];
@@ -258,7 +258,7 @@ Deno.test("a provisioned supervisor dials the TLS supervisor plane with its toke
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osauth" });
   await writeHostDriverDir(dir);
-  const gw = await startGateway({ driverDir: dir, tls: true });
+  const gw = await spawnGateway({ driverDir: dir, tls: true });
   const pki = gw.pki!;
   const api = gatewayApi(gw.port, { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey });
   try {

@@ -1,14 +1,31 @@
 /**
- * The gateway's configuration: flags with `OPENSHELL_*` twins, checked at
- * start, and the grant parameters they imply.
+ * The gateway's configuration: options with `OPENSHELL_*` twins (one table,
+ * `core/flags.ts`), checked at start, and the grant parameters they imply.
+ * The options it passes on to the VM driver are the driver's own
+ * (`core/shared_flags.ts`): what the driver would refuse, the gateway refuses.
  *
  * @module
  */
-import { EndpointError, parseEndpoint } from "../core/endpoint.ts";
-import { type EnvReader, FlagError, type FlagSpec, parseFlags, renderHelp } from "../core/flags.ts";
+import {
+  type EnvReader,
+  FlagError,
+  type FlagTable,
+  noPositionals,
+  parseFlags,
+} from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
 import type { GatewayGrantParams } from "../core/grants.ts";
 import type { LogFormat, LogLevel } from "../core/log.ts";
-import { LOG_LEVELS } from "../core/log.ts";
+import {
+  GRPC_ENDPOINT,
+  LOG_FORMAT,
+  LOG_LEVEL,
+  VM_ACCEL,
+  VM_DRIVER_STATE_DIR,
+  VM_MEM_MIB,
+  VM_RUNTIME_DIR,
+  VM_VCPUS,
+} from "../core/shared_flags.ts";
 
 /** Where the gateway keeps sandboxes. */
 export type DbUrl =
@@ -25,10 +42,12 @@ export interface GatewayConfig {
   drivers: "vm" | "none";
   driverDir: string;
   vmDriverStateDir: string;
+  /** Passed on to the VM driver when set (else the driver's default applies). */
   vmRuntimeDir?: string;
-  vmAccel?: string;
-  vmVcpus?: number;
-  vmMemMib?: number;
+  /** Passed on to the VM driver. */
+  vmAccel: string;
+  vmVcpus: number;
+  vmMemMib: number;
   /** URL supervisors dial (the supervisor plane); undefined = derived once listening. */
   grpcEndpoint?: string;
   sshConnectPath: string;
@@ -67,285 +86,224 @@ export interface GatewayConfig {
 /** Default state dir (the compiled binary's grants point here). */
 export const DEFAULT_STATE_DIR = "/var/lib/openshell/gateway";
 
-/** Every gateway flag. */
-export const GATEWAY_FLAGS: readonly FlagSpec[] = [
-  {
-    name: "port",
-    type: "integer",
+/** Every gateway option; the VM options, log level and endpoint are the driver's own (shared). */
+export const GATEWAY_FLAGS = {
+  port: {
+    kind: "int",
     env: "OPENSHELL_SERVER_PORT",
     default: 8080,
     min: 0,
     max: 65535,
-    placeholder: "PORT",
-    description: "TCP port for gRPC and HTTP (0 = any free port)",
+    value: "PORT",
+    help: "TCP port for gRPC and HTTP (0 = any free port)",
   },
-  {
-    name: "bind",
-    type: "string",
+  bind: {
+    kind: "string",
     env: "OPENSHELL_BIND_ADDRESS",
     default: "0.0.0.0",
-    placeholder: "ADDR",
-    description: "Address to listen on",
+    value: "ADDR",
+    help: "Address to listen on",
+    check: addressProblem,
   },
-  {
-    name: "state-dir",
-    type: "string",
+  "state-dir": {
+    kind: "path",
     env: "OPENSHELL_STATE_DIR",
     default: DEFAULT_STATE_DIR,
-    placeholder: "DIR",
-    description: "Gateway state: internal sockets, default database",
+    value: "DIR",
+    help: "Gateway state: internal sockets, default database",
   },
-  {
-    name: "db-url",
-    type: "string",
+  "db-url": {
+    kind: "string",
     env: "OPENSHELL_DB_URL",
-    placeholder: "URL",
-    description:
-      "sqlite::memory:, sqlite:PATH or postgres://… (default sqlite:<state-dir>/gateway.db)",
+    value: "URL",
+    help: "sqlite::memory:, sqlite:PATH or postgres://… (default sqlite:<state-dir>/gateway.db)",
   },
-  {
-    name: "drivers",
-    type: "string",
+  drivers: {
+    kind: "choice",
     env: "OPENSHELL_DRIVERS",
     default: "vm",
     choices: ["vm", "none"],
-    description:
+    help:
       "Compute driver (none: sandboxes are records that a supervisor started elsewhere attaches to)",
   },
-  {
-    name: "driver-dir",
-    type: "string",
+  "driver-dir": {
+    kind: "path",
     env: "OPENSHELL_DRIVER_DIR",
     default: "/usr/local/libexec/openshell",
-    placeholder: "DIR",
-    description: "Directory holding openshell-driver-vm and openshell-egress",
+    value: "DIR",
+    help: "Directory holding openshell-driver-vm and openshell-egress",
   },
-  {
-    name: "vm-driver-state-dir",
-    type: "string",
-    env: "OPENSHELL_VM_DRIVER_STATE_DIR",
-    default: "/var/lib/openshell/vm",
-    placeholder: "DIR",
-    description: "State dir of the VM driver (its socket lives there; keep it short)",
+  "vm-driver-state-dir": { ...VM_DRIVER_STATE_DIR, default: "/var/lib/openshell/vm" },
+  "vm-runtime-dir": { ...VM_RUNTIME_DIR, help: `${VM_RUNTIME_DIR.help}, passed to the driver` },
+  "vm-accel": VM_ACCEL,
+  "vm-vcpus": VM_VCPUS,
+  "vm-mem-mib": VM_MEM_MIB,
+  "grpc-endpoint": {
+    ...GRPC_ENDPOINT,
+    help: "URL supervisors dial: the supervisor plane (default: derived from " +
+      "--supervisor-bind/--supervisor-port)",
   },
-  {
-    name: "vm-runtime-dir",
-    type: "string",
-    env: "OPENSHELL_VM_RUNTIME_DIR",
-    placeholder: "DIR",
-    description: "Kernel and guest image for the VM driver",
-  },
-  {
-    name: "vm-accel",
-    type: "string",
-    env: "OPENSHELL_VM_ACCEL",
-    choices: ["auto", "kvm", "hvf", "tcg"],
-    description: "VM accelerator passed to the driver",
-  },
-  {
-    name: "vm-vcpus",
-    type: "integer",
-    env: "OPENSHELL_VM_VCPUS",
-    min: 1,
-    max: 64,
-    description: "vCPUs per VM",
-  },
-  {
-    name: "vm-mem-mib",
-    type: "integer",
-    env: "OPENSHELL_VM_MEM_MIB",
-    min: 64,
-    max: 262144,
-    description: "Memory per VM in MiB",
-  },
-  {
-    name: "grpc-endpoint",
-    type: "string",
-    env: "OPENSHELL_GRPC_ENDPOINT",
-    placeholder: "URL",
-    description:
-      "URL supervisors dial: the supervisor plane (default: derived from --supervisor-bind/--supervisor-port)",
-  },
-  {
-    name: "ssh-connect-path",
-    type: "string",
+  "ssh-connect-path": {
+    kind: "string",
     env: "OPENSHELL_SSH_CONNECT_PATH",
     default: "/connect/ssh",
-    placeholder: "PATH",
-    description: "HTTP path of the SSH CONNECT tunnel",
+    value: "PATH",
+    help: "HTTP path of the SSH CONNECT tunnel",
+    check: (p: string | number) =>
+      /^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/.test(String(p))
+        ? undefined
+        : `must start with "/" and hold URL path characters only`,
   },
-  {
-    name: "ssh-gateway-host",
-    type: "string",
+  "ssh-gateway-host": {
+    kind: "string",
     env: "OPENSHELL_SSH_GATEWAY_HOST",
-    placeholder: "HOST",
-    description: "Host that CreateSshSession tells clients to dial (default: the bind address)",
+    value: "HOST",
+    help: "Host that CreateSshSession tells clients to dial (default: the bind address)",
   },
-  {
-    name: "ssh-gateway-port",
-    type: "integer",
+  "ssh-gateway-port": {
+    kind: "int",
     env: "OPENSHELL_SSH_GATEWAY_PORT",
     min: 1,
     max: 65535,
-    placeholder: "PORT",
-    description: "Port that CreateSshSession tells clients to dial (default: the listen port)",
+    value: "PORT",
+    help: "Port that CreateSshSession tells clients to dial (default: the listen port)",
   },
-  {
-    name: "ssh-session-ttl-secs",
-    type: "integer",
+  "ssh-session-ttl-secs": {
+    kind: "int",
     env: "OPENSHELL_SSH_SESSION_TTL_SECS",
     default: 86400,
     min: 0,
-    placeholder: "SECS",
-    description: "Lifetime of SSH session tokens (0 = no expiry)",
+    value: "SECS",
+    help: "Lifetime of SSH session tokens (0 = no expiry)",
   },
-  {
-    name: "supervisor-heartbeat-secs",
-    type: "integer",
+  "supervisor-heartbeat-secs": {
+    kind: "int",
     env: "OPENSHELL_SUPERVISOR_HEARTBEAT_SECS",
     default: 15,
     min: 1,
     max: 3600,
-    placeholder: "SECS",
-    description: "Heartbeat interval announced to supervisors",
+    value: "SECS",
+    help: "Heartbeat interval announced to supervisors",
   },
-  {
-    name: "max-connections",
-    type: "integer",
+  "max-connections": {
+    kind: "int",
     env: "OPENSHELL_MAX_CONNECTIONS",
     default: 1024,
     min: 1,
     max: 1_000_000,
-    placeholder: "N",
-    description: "Open connections at most (idle ones are closed to make room)",
+    help: "Open connections at most (idle ones are closed to make room)",
   },
-  {
-    name: "max-connections-per-peer",
-    type: "integer",
+  "max-connections-per-peer": {
+    kind: "int",
     env: "OPENSHELL_MAX_CONNECTIONS_PER_PEER",
     default: 64,
     min: 0,
     max: 1_000_000,
-    placeholder: "N",
-    description: "Open connections per remote address at most (0 = no cap; loopback exempt)",
+    help: "Open connections per remote address at most (0 = no cap; loopback exempt)",
   },
-  {
-    name: "connection-idle-secs",
-    type: "integer",
+  "connection-idle-secs": {
+    kind: "int",
     env: "OPENSHELL_CONNECTION_IDLE_SECS",
     default: 300,
     min: 1,
     max: 86400,
-    placeholder: "SECS",
-    description: "Close an HTTP/2 connection that has had no open stream this long",
+    value: "SECS",
+    help: "Close an HTTP/2 connection that has had no open stream this long",
   },
-  {
-    name: "disable-tls",
-    type: "boolean",
+  "disable-tls": {
+    kind: "bool",
     env: "OPENSHELL_DISABLE_TLS",
-    default: false,
-    description: "Serve plaintext (development only)",
+    help: "Serve plaintext (development only)",
   },
-  {
-    name: "disable-gateway-auth",
-    type: "boolean",
+  "disable-gateway-auth": {
+    kind: "bool",
     env: "OPENSHELL_DISABLE_GATEWAY_AUTH",
-    default: false,
-    description:
+    help:
       "Do not require client certificates on the user API (supervisor credentials stay checked)",
   },
-  {
-    name: "tls-cert",
-    type: "string",
+  "tls-cert": {
+    kind: "string",
     env: "OPENSHELL_TLS_CERT",
-    placeholder: "FILE",
-    description: "Server certificate (PEM; default: the automatic PKI in <state-dir>/pki)",
+    value: "FILE",
+    help: "Server certificate (PEM; default: the automatic PKI in <state-dir>/pki)",
   },
-  {
-    name: "tls-key",
-    type: "string",
+  "tls-key": {
+    kind: "string",
     env: "OPENSHELL_TLS_KEY",
-    placeholder: "FILE",
-    description: "Server private key (PEM)",
+    value: "FILE",
+    help: "Server private key (PEM)",
   },
-  {
-    name: "tls-client-ca",
-    type: "string",
+  "tls-client-ca": {
+    kind: "string",
     env: "OPENSHELL_TLS_CLIENT_CA",
-    placeholder: "FILE",
-    description: "CA that signs client certificates (default with the automatic PKI: its CA)",
+    value: "FILE",
+    help: "CA that signs client certificates (default with the automatic PKI: its CA)",
   },
-  {
-    name: "tls-san",
-    type: "string",
+  "tls-san": {
+    kind: "list",
+    repeatable: true,
     env: "OPENSHELL_TLS_SAN",
-    placeholder: "NAMES",
-    description: "Extra DNS names or IPs for the automatic server certificate (comma-separated)",
+    value: "NAMES",
+    help: "Extra DNS names or IPs for the automatic server certificate (comma-separated)",
+    check: (san: string | number) =>
+      /^[A-Za-z0-9.:*-]{1,253}$/.test(String(san))
+        ? undefined
+        : `is not a DNS name or IP address: ${JSON.stringify(san)}`,
   },
-  {
-    name: "supervisor-bind",
-    type: "string",
+  "supervisor-bind": {
+    kind: "string",
     env: "OPENSHELL_SUPERVISOR_BIND_ADDRESS",
     default: "127.0.0.1",
-    placeholder: "ADDR",
-    description: "Address of the supervisor plane (ConnectSupervisor and RelayStream only)",
+    value: "ADDR",
+    help: "Address of the supervisor plane (ConnectSupervisor and RelayStream only)",
+    check: addressProblem,
   },
-  {
-    name: "supervisor-port",
-    type: "integer",
+  "supervisor-port": {
+    kind: "int",
     env: "OPENSHELL_SUPERVISOR_PORT",
     default: 8081,
     min: 0,
     max: 65535,
-    placeholder: "PORT",
-    description: "Port of the supervisor plane (0 = any free port)",
+    value: "PORT",
+    help: "Port of the supervisor plane (0 = any free port)",
   },
-  {
-    name: "log-level",
-    type: "string",
-    env: "OPENSHELL_LOG_LEVEL",
-    default: "info",
-    choices: LOG_LEVELS,
-    description: "Log level",
-  },
-  {
-    name: "log-format",
-    type: "string",
-    env: "OPENSHELL_LOG_FORMAT",
-    default: "text",
-    choices: ["text", "json"],
-    description: "Log line format",
-  },
-  {
-    name: "log-file",
-    type: "string",
+  "log-level": LOG_LEVEL,
+  "log-format": LOG_FORMAT,
+  "log-file": {
+    kind: "path",
     env: "OPENSHELL_LOG_FILE",
-    placeholder: "FILE",
-    description:
+    value: "FILE",
+    help:
       "Write log lines to FILE instead of stderr; at 10 MiB it becomes FILE.1 and a new FILE starts",
   },
-  {
-    name: "egress",
-    type: "boolean",
+  "egress": {
+    kind: "bool",
     env: "OPENSHELL_EGRESS",
-    description: "Run the egress proxy, sandboxes' policy-governed way out (--no-egress: no " +
+    help: "Run the egress proxy, sandboxes' policy-governed way out (--no-egress: no " +
       "network at all; default: on with --drivers vm, off with --drivers none)",
   },
-  {
-    name: "egress-state-dir",
-    type: "string",
+  "egress-state-dir": {
+    kind: "path",
     env: "OPENSHELL_EGRESS_STATE_DIR",
-    placeholder: "DIR",
-    description: "State dir of the egress proxy: its sockets (default <state-dir>/egress)",
+    value: "DIR",
+    help: "State dir of the egress proxy: its sockets (default <state-dir>/egress)",
   },
-];
+} satisfies FlagTable;
 
-/** Usage line of `--help`. */
-export const GATEWAY_USAGE = "usage: openshell-gateway [flags]";
+function addressProblem(address: string | number): string | undefined {
+  return /^[A-Za-z0-9.:\-\[\]]+$/.test(String(address))
+    ? undefined
+    : `is not an address: ${JSON.stringify(address)}`;
+}
 
 /** The full `--help` text. */
 export function gatewayHelp(): string {
-  return renderHelp(GATEWAY_USAGE, GATEWAY_FLAGS);
+  return renderHelp({
+    about: "openshell-gateway: serves the OpenShell API (gRPC and HTTP on one port), owns " +
+      "sandboxes and their readiness, starts the VM driver, and relays to supervisors.",
+    usage: "openshell-gateway [OPTIONS]",
+    sections: [{ title: "Options", flags: GATEWAY_FLAGS, help: true }],
+  });
 }
 
 /** Parses a `--db-url`; throws a {@link FlagError} for anything unsupported. */
@@ -357,107 +315,70 @@ export function parseDbUrl(url: string): DbUrl {
     const path = url.slice("sqlite:".length).replace(/^\/\//, "");
     if (!path || path === ":memory:") return { kind: "sqlite-memory" };
     if (!path.startsWith("/")) {
-      throw new FlagError(`--db-url: sqlite path must be absolute, got "${path}"`);
+      throw new FlagError(`--db-url must name an absolute sqlite path, got "${path}"`);
     }
     return { kind: "sqlite-file", path };
   }
   if (/^postgres(ql)?:\/\//.test(url)) return { kind: "postgres", url };
   throw new FlagError(
-    `--db-url: unsupported database URL "${url}" (use sqlite::memory:, sqlite:/abs/path.db or postgres://…)`,
+    `--db-url is not a supported database URL: "${url}" (use sqlite::memory:, sqlite:/abs/path.db or postgres://…)`,
   );
-}
-
-function absolute(flag: string, path: string): string {
-  if (!path.startsWith("/")) {
-    throw new FlagError(`--${flag}: must be an absolute path, got "${path}"`);
-  }
-  return path.replace(/\/+$/, "") || "/";
-}
-
-function optionalString(v: unknown): string | undefined {
-  return typeof v === "string" && v !== "" ? v : undefined;
 }
 
 /** Result of {@link parseGatewayConfig}: a config, or a request for help. */
 export type GatewayArgs = { help: true } | { help: false; config: GatewayConfig };
 
-/** Parses and validates the gateway's flags; throws {@link FlagError} with a readable message. */
+/** Parses and validates the gateway's options; throws {@link FlagError} with a readable message. */
 export function parseGatewayConfig(args: readonly string[], env?: EnvReader): GatewayArgs {
   const parsed = parseFlags(GATEWAY_FLAGS, args, env);
   if (parsed.help) return { help: true };
-  if (parsed.positionals.length > 0) {
-    throw new FlagError(`unexpected argument "${parsed.positionals[0]}" (see --help)`);
-  }
+  noPositionals(parsed.positionals);
   const v = parsed.values;
-  const stateDir = absolute("state-dir", v["state-dir"] as string);
   const config: GatewayConfig = {
-    port: v["port"] as number,
-    bind: v["bind"] as string,
-    stateDir,
-    db: parseDbUrl(optionalString(v["db-url"]) ?? `sqlite:${stateDir}/gateway.db`),
-    drivers: v["drivers"] as "vm" | "none",
-    driverDir: absolute("driver-dir", v["driver-dir"] as string),
-    vmDriverStateDir: absolute("vm-driver-state-dir", v["vm-driver-state-dir"] as string),
-    vmRuntimeDir: optionalString(v["vm-runtime-dir"]),
-    vmAccel: optionalString(v["vm-accel"]),
-    vmVcpus: v["vm-vcpus"] as number | undefined,
-    vmMemMib: v["vm-mem-mib"] as number | undefined,
-    grpcEndpoint: optionalString(v["grpc-endpoint"]),
-    sshConnectPath: v["ssh-connect-path"] as string,
-    sshGatewayHost: optionalString(v["ssh-gateway-host"]),
-    sshGatewayPort: v["ssh-gateway-port"] as number | undefined,
-    sshSessionTtlSecs: v["ssh-session-ttl-secs"] as number,
-    supervisorHeartbeatSecs: v["supervisor-heartbeat-secs"] as number,
-    maxConnections: v["max-connections"] as number,
-    maxConnectionsPerPeer: v["max-connections-per-peer"] as number,
-    connectionIdleSecs: v["connection-idle-secs"] as number,
-    disableTls: v["disable-tls"] as boolean,
-    disableGatewayAuth: v["disable-gateway-auth"] as boolean,
-    tlsCert: optionalString(v["tls-cert"]),
-    tlsKey: optionalString(v["tls-key"]),
-    tlsClientCa: optionalString(v["tls-client-ca"]),
-    tlsSans: (optionalString(v["tls-san"]) ?? "").split(",").map((x) => x.trim()).filter((x) =>
-      x !== ""
-    ),
-    supervisorBind: v["supervisor-bind"] as string,
-    supervisorPort: v["supervisor-port"] as number,
+    port: v.port,
+    bind: v.bind,
+    stateDir: v["state-dir"],
+    db: parseDbUrl(v["db-url"] ?? `sqlite:${v["state-dir"]}/gateway.db`),
+    drivers: v.drivers as GatewayConfig["drivers"],
+    driverDir: v["driver-dir"],
+    vmDriverStateDir: v["vm-driver-state-dir"],
+    vmRuntimeDir: v["vm-runtime-dir"],
+    vmAccel: v["vm-accel"],
+    vmVcpus: v["vm-vcpus"],
+    vmMemMib: v["vm-mem-mib"],
+    grpcEndpoint: v["grpc-endpoint"],
+    sshConnectPath: v["ssh-connect-path"],
+    sshGatewayHost: v["ssh-gateway-host"],
+    sshGatewayPort: v["ssh-gateway-port"],
+    sshSessionTtlSecs: v["ssh-session-ttl-secs"],
+    supervisorHeartbeatSecs: v["supervisor-heartbeat-secs"],
+    maxConnections: v["max-connections"],
+    maxConnectionsPerPeer: v["max-connections-per-peer"],
+    connectionIdleSecs: v["connection-idle-secs"],
+    disableTls: v["disable-tls"],
+    disableGatewayAuth: v["disable-gateway-auth"],
+    tlsCert: v["tls-cert"],
+    tlsKey: v["tls-key"],
+    tlsClientCa: v["tls-client-ca"],
+    tlsSans: v["tls-san"],
+    supervisorBind: v["supervisor-bind"],
+    supervisorPort: v["supervisor-port"],
     logLevel: v["log-level"] as LogLevel,
     logFormat: v["log-format"] as LogFormat,
-    logFile: optionalString(v["log-file"]) === undefined
-      ? undefined
-      : absolute("log-file", v["log-file"] as string),
-    egress: (v["egress"] as boolean | undefined) ?? v["drivers"] === "vm",
-    egressStateDir: optionalString(v["egress-state-dir"]) === undefined
-      ? `${stateDir}/egress`
-      : absolute("egress-state-dir", v["egress-state-dir"] as string),
+    logFile: v["log-file"],
+    egress: parsed.from["egress"] === "default" ? v["drivers"] === "vm" : v["egress"],
+    egressStateDir: v["egress-state-dir"] ?? `${v["state-dir"]}/egress`,
   };
   validate(config);
   return { help: false, config };
 }
 
+/** Rules across options. */
 function validate(c: GatewayConfig): void {
-  if (!/^\/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$/.test(c.sshConnectPath)) {
-    throw new FlagError(
-      `--ssh-connect-path: must start with "/" and hold URL path characters only`,
-    );
-  }
-  if (c.grpcEndpoint) {
-    try {
-      parseEndpoint(c.grpcEndpoint);
-    } catch (err) {
-      if (err instanceof EndpointError) throw new FlagError(`--grpc-endpoint ${err.message}`);
-      throw err;
-    }
-  }
   if (c.db.kind === "postgres") {
     throw new FlagError(
-      "--db-url: postgres is not supported yet (use sqlite::memory: or sqlite:PATH)",
+      "--db-url postgres://… is not supported yet (use sqlite::memory: or sqlite:PATH)",
     );
-  }
-  for (const [flag, bind] of [["bind", c.bind], ["supervisor-bind", c.supervisorBind]]) {
-    if (!/^[A-Za-z0-9.:\-\[\]]+$/.test(bind)) {
-      throw new FlagError(`--${flag}: not an address: "${bind}"`);
-    }
   }
   // A wildcard address overlaps every other one on the same port (EADDRINUSE at start).
   const wildcard = (a: string) => ["0.0.0.0", "::", "[::]"].includes(a);
@@ -465,12 +386,7 @@ function validate(c: GatewayConfig): void {
     c.supervisorPort !== 0 && c.supervisorPort === c.port &&
     (c.supervisorBind === c.bind || wildcard(c.bind) || wildcard(c.supervisorBind))
   ) {
-    throw new FlagError("--supervisor-port: must differ from --port (the planes are separate)");
-  }
-  for (const san of c.tlsSans) {
-    if (!/^[A-Za-z0-9.:*-]{1,253}$/.test(san)) {
-      throw new FlagError(`--tls-san: not a DNS name or IP address: "${san}"`);
-    }
+    throw new FlagError("--supervisor-port must differ from --port (the planes are separate)");
   }
   if (c.disableTls) {
     if (!c.disableGatewayAuth) {
@@ -497,7 +413,6 @@ function validate(c: GatewayConfig): void {
     ["state-dir", internalSocketPath(c)],
     ["state-dir", supervisorSocketPath(c)],
   ];
-  if (c.drivers === "vm") sockets.push(["vm-driver-state-dir", driverSocketPath(c)]);
   if (c.egress) {
     sockets.push(["egress-state-dir", egressControlSocket(c)]);
     sockets.push(["egress-state-dir", egressGuestSocket(c)]);
@@ -505,7 +420,7 @@ function validate(c: GatewayConfig): void {
   for (const [flag, path] of sockets) {
     if (new TextEncoder().encode(path).length > MAX_UNIX_SOCKET_PATH) {
       throw new FlagError(
-        `--${flag}: too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
+        `--${flag} is too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
       );
     }
   }
@@ -537,6 +452,26 @@ export function usesAutoPki(c: Pick<GatewayConfig, "disableTls" | "tlsCert">): b
 /** Path of the VM driver's socket. */
 export function driverSocketPath(c: Pick<GatewayConfig, "vmDriverStateDir">): string {
   return `${c.vmDriverStateDir}/compute-driver.sock`;
+}
+
+/** The VM driver's arguments: the options the gateway passes on, under the driver's names. */
+export function driverArgs(c: GatewayConfig, grpcEndpoint: string): string[] {
+  return [
+    "--state-dir",
+    c.vmDriverStateDir,
+    "--openshell-endpoint",
+    grpcEndpoint,
+    "--log-level",
+    c.logLevel,
+    ...(c.vmRuntimeDir ? ["--runtime-dir", c.vmRuntimeDir] : []),
+    "--vm-accel",
+    c.vmAccel,
+    "--vm-vcpus",
+    String(c.vmVcpus),
+    "--vm-mem-mib",
+    String(c.vmMemMib),
+    ...(c.egress ? ["--egress-socket", egressGuestSocket(c)] : []),
+  ];
 }
 
 /** The egress proxy's executable: `openshell-egress` beside the driver. */

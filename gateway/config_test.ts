@@ -50,9 +50,9 @@ Deno.test("defaults: TLS with the automatic PKI and client certificates, a separ
     driverDir: "/usr/local/libexec/openshell",
     vmDriverStateDir: "/var/lib/openshell/vm",
     vmRuntimeDir: undefined,
-    vmAccel: undefined,
-    vmVcpus: undefined,
-    vmMemMib: undefined,
+    vmAccel: "auto",
+    vmVcpus: 2,
+    vmMemMib: 1024,
     grpcEndpoint: undefined,
     sshConnectPath: "/connect/ssh",
     sshGatewayHost: undefined,
@@ -121,7 +121,7 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
   assert.equal(c.disableGatewayAuth, true);
   assert.equal(c.logLevel, "debug");
   assert.equal(c.logFormat, "json");
-  assert.equal(c.vmVcpus, undefined);
+  assert.equal(c.vmVcpus, 2, "an empty twin is unset: the default");
   assert.deepEqual(c.tlsSans, ["gw.example.com"]);
   assert.equal(c.supervisorBind, "10.0.2.2");
   assert.equal(c.supervisorPort, 9001);
@@ -130,11 +130,11 @@ Deno.test("env twins set every value; a flag beats its env twin; empty env is un
   assert.equal(flagged.port, 1234);
   assert.equal(flagged.logFormat, "text");
   // bad env values name the variable
-  fails([], /^OPENSHELL_SERVER_PORT: expected a whole number, got "abc"/, {
+  fails([], /^OPENSHELL_SERVER_PORT \(--port\) must be a whole number, got "abc"/, {
     ...env,
     OPENSHELL_SERVER_PORT: "abc",
   });
-  fails([], /^OPENSHELL_DISABLE_TLS: expected true or false/, {
+  fails([], /^OPENSHELL_DISABLE_TLS \(--disable-tls\) must be true or false/, {
     ...env,
     OPENSHELL_DISABLE_TLS: "maybe",
   });
@@ -170,19 +170,19 @@ Deno.test("--db-url forms", () => {
 Deno.test("--db-url errors: relative paths, unknown schemes, postgres not yet", () => {
   fails(
     [...PLAIN, "--db-url", "sqlite:gw.db"],
-    /^--db-url: sqlite path must be absolute, got "gw\.db"/,
+    /^--db-url must name an absolute sqlite path, got "gw\.db"/,
   );
   // the URL form `sqlite://rel.db` is a relative path too, not a file at the root
   fails(
     [...PLAIN, "--db-url", "sqlite://gw.db"],
-    /^--db-url: sqlite path must be absolute, got "gw\.db"/,
+    /^--db-url must name an absolute sqlite path, got "gw\.db"/,
   );
   fails(
     [...PLAIN, "--db-url", "mysql://h/db"],
-    /^--db-url: unsupported database URL "mysql:\/\/h\/db"/,
+    /^--db-url is not a supported database URL: "mysql:\/\/h\/db"/,
   );
-  fails([...PLAIN, "--db-url", "/abs/gw.db"], /^--db-url: unsupported database URL/);
-  fails([...PLAIN, "--db-url", "postgres://h/db"], /^--db-url: postgres is not supported yet/);
+  fails([...PLAIN, "--db-url", "/abs/gw.db"], /^--db-url is not a supported database URL/);
+  fails([...PLAIN, "--db-url", "postgres://h/db"], /^--db-url postgres:\/\/… is not supported yet/);
 });
 
 Deno.test("TLS and gateway auth are on by default; turning them off is explicit", () => {
@@ -227,19 +227,19 @@ Deno.test("--tls-san: comma-separated DNS names or IPs, anything else refused", 
     "fd00::2",
   ]);
   assert.deepEqual(parse(["--tls-san", "*.example.com"]).tlsSans, ["*.example.com"]);
-  fails(["--tls-san", "gw example"], /^--tls-san: not a DNS name or IP address: "gw example"$/);
-  fails(["--tls-san", "ok.example,a/b"], /^--tls-san: not a DNS name or IP address: "a\/b"$/);
-  fails(["--tls-san", "x".repeat(254)], /^--tls-san: not a DNS name or IP address/);
+  fails(["--tls-san", "gw example"], /^--tls-san is not a DNS name or IP address: "gw example"$/);
+  fails(["--tls-san", "ok.example,a/b"], /^--tls-san is not a DNS name or IP address: "a\/b"$/);
+  fails(["--tls-san", "x".repeat(254)], /^--tls-san is not a DNS name or IP address/);
 });
 
 Deno.test("the supervisor plane never shares the user API's port", () => {
   fails(
     ["--port", "9000", "--supervisor-port", "9000"],
-    /^--supervisor-port: must differ from --port \(the planes are separate\)$/,
+    /^--supervisor-port must differ from --port \(the planes are separate\)$/,
   );
   fails(
     ["--bind", "127.0.0.1", "--port", "9000", "--supervisor-port", "9000"],
-    /^--supervisor-port: must differ from --port/,
+    /^--supervisor-port must differ from --port/,
   );
   // a wildcard bind overlaps the supervisor plane's address on the same port
   fails(
@@ -253,11 +253,11 @@ Deno.test("the supervisor plane never shares the user API's port", () => {
       "--supervisor-port",
       "9000",
     ],
-    /^--supervisor-port: must differ from --port/,
+    /^--supervisor-port must differ from --port/,
   );
   fails(
     ["--bind", "10.0.0.5", "--port", "9000", "--supervisor-bind", "0.0.0.0"],
-    /^--supervisor-port: must differ from --port/,
+    /^--supervisor-port must differ from --port/,
     { OPENSHELL_SUPERVISOR_PORT: "9000" },
   );
   // two distinct addresses may share a port; port 0 means two ephemeral ports
@@ -273,8 +273,8 @@ Deno.test("the supervisor plane never shares the user API's port", () => {
   ]);
   assert.equal(split.supervisorPort, 9000);
   assert.equal(parse(["--port", "0", "--supervisor-port", "0"]).supervisorPort, 0);
-  fails(["--supervisor-bind", "a b"], /^--supervisor-bind: not an address/);
-  fails(["--supervisor-port", "65536"], /^--supervisor-port: must be at most 65535/);
+  fails(["--supervisor-bind", "a b"], /^--supervisor-bind is not an address/);
+  fails(["--supervisor-port", "65536"], /^--supervisor-port must be between 0 and 65535/);
   const p = gatewayGrantParams(parse(["--supervisor-bind", "10.0.2.2", "--supervisor-port", "81"]));
   assert.deepEqual(p.supervisorListen, { host: "10.0.2.2", port: 81 });
 });
@@ -282,37 +282,45 @@ Deno.test("the supervisor plane never shares the user API's port", () => {
 Deno.test("socket paths longer than a Unix socket allows are refused at start", () => {
   const longState = "/" + "s".repeat(MAX_UNIX_SOCKET_PATH - "/grpc.sock".length);
   assert.equal(internalSocketPath({ stateDir: longState }).length, MAX_UNIX_SOCKET_PATH + 1);
-  fails([...PLAIN, "--state-dir", longState], /^--state-dir: too long for a Unix socket path/);
+  fails([...PLAIN, "--state-dir", longState], /^--state-dir is too long for a Unix socket path/);
   // the supervisor plane's socket is longer than grpc.sock: it bounds the state dir
   const longSup = "/" + "u".repeat(MAX_UNIX_SOCKET_PATH - "/supervisor.sock".length);
   assert.equal(supervisorSocketPath({ stateDir: longSup }).length, MAX_UNIX_SOCKET_PATH + 1);
   fails(
     [...PLAIN, "--drivers", "none", "--state-dir", longSup],
-    /^--state-dir: too long for a Unix socket path \(.*\/supervisor\.sock exceeds/,
+    /^--state-dir is too long for a Unix socket path \(.*\/supervisor\.sock exceeds/,
   );
   const okState = longSup.slice(0, -1);
   assert.equal(parse([...PLAIN, "--drivers", "none", "--state-dir", okState]).stateDir, okState);
 
   const longVm = "/" + "v".repeat(MAX_UNIX_SOCKET_PATH - "/compute-driver.sock".length);
   assert.equal(driverSocketPath({ vmDriverStateDir: longVm }).length, MAX_UNIX_SOCKET_PATH + 1);
-  fails([...PLAIN, "--vm-driver-state-dir", longVm], /^--vm-driver-state-dir: too long/);
-  // without the VM driver its socket is never made
-  parse([...PLAIN, "--drivers", "none", "--vm-driver-state-dir", longVm]);
+  // The driver's own rule (core/shared_flags.ts), stricter than Linux's limit: it holds on macOS.
+  fails([...PLAIN, "--vm-driver-state-dir", longVm], /^--vm-driver-state-dir is too long/);
+  fails(
+    [...PLAIN, "--drivers", "none"],
+    /^OPENSHELL_VM_DRIVER_STATE_DIR \(--vm-driver-state-dir\) is too long/,
+    { OPENSHELL_VM_DRIVER_STATE_DIR: longVm },
+  );
 });
 
 Deno.test("bad values and unknown flags fail with one line naming the flag", () => {
-  fails(["--bogus"], /^unknown flag --bogus \(see --help\)$/);
+  fails(["--bogus"], /^unknown option --bogus \(see --help\)$/);
+  fails(["--vm-mem"], /^unknown option --vm-mem \(did you mean --vm-mem-mib\?\) \(see --help\)$/);
   fails([...PLAIN, "extra"], /^unexpected argument "extra"/);
-  fails([...PLAIN, "--port", "70000"], /^--port: must be at most 65535, got 70000/);
-  fails([...PLAIN, "--port=-1"], /^--port: must be at least 0, got -1/);
+  fails([...PLAIN, "--port", "70000"], /^--port must be between 0 and 65535, got 70000/);
+  fails([...PLAIN, "--port=-1"], /^--port must be between 0 and 65535, got -1/);
   fails([...PLAIN, "--port", "-1"], /--port/);
   fails([...PLAIN, "--port"], /--port needs a value/);
-  fails([...PLAIN, "--drivers", "k8s"], /^--drivers: expected one of vm, none, got "k8s"/);
-  fails([...PLAIN, "--log-level", "loud"], /^--log-level: expected one of error, warn/);
-  fails([...PLAIN, "--state-dir", "rel/dir"], /^--state-dir: must be an absolute path/);
-  fails([...PLAIN, "--driver-dir", "bin"], /^--driver-dir: must be an absolute path/);
-  fails([...PLAIN, "--bind", "a b"], /^--bind: not an address/);
-  fails([...PLAIN, "--ssh-connect-path", "connect"], /^--ssh-connect-path: must start with "\/"/);
+  fails([...PLAIN, "--drivers", "k8s"], /^--drivers must be one of vm, none, got "k8s"/);
+  fails(
+    [...PLAIN, "--log-level", "loud"],
+    /^--log-level must be one of error, warn, info, debug, trace, got "loud"/,
+  );
+  fails([...PLAIN, "--state-dir", "rel/dir"], /^--state-dir must be an absolute path/);
+  fails([...PLAIN, "--driver-dir", "bin"], /^--driver-dir must be an absolute path/);
+  fails([...PLAIN, "--bind", "a b"], /^--bind is not an address/);
+  fails([...PLAIN, "--ssh-connect-path", "connect"], /^--ssh-connect-path must start with "\/"/);
   fails(
     [...PLAIN, "--grpc-endpoint", "grpc://h:1"],
     /^--grpc-endpoint must be an http:\/\/ or https:\/\/ URL/,
@@ -320,6 +328,26 @@ Deno.test("bad values and unknown flags fail with one line naming the flag", () 
   fails([...PLAIN, "--grpc-endpoint", "http://h:1/path"], /^--grpc-endpoint must not have a path/);
   assert.equal(parse([...PLAIN, "--grpc-endpoint", "https://h:1/"]).grpcEndpoint, "https://h:1/");
   assert.equal(parse([...PLAIN, "--bind", "::1"]).bind, "::1");
+});
+
+Deno.test("VM options are the driver's own: what it would refuse, the gateway refuses at start", () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["--vm-mem-mib", "64"], {}, /^--vm-mem-mib must be between 256 and 1048576 MiB, got 64 MiB$/],
+    [
+      [],
+      { OPENSHELL_VM_MEM_MIB: "128" },
+      /^OPENSHELL_VM_MEM_MIB \(--vm-mem-mib\) must be between 256/,
+    ],
+    [["--vm-vcpus", "0"], {}, /^--vm-vcpus must be between 1 and 64, got 0$/],
+    [["--vm-vcpus", "65"], {}, /^--vm-vcpus must be between 1 and 64, got 65$/],
+    [["--vm-accel", "fast"], {}, /^--vm-accel must be one of auto, kvm, hvf, tcg, got "fast"$/],
+    [["--vm-runtime-dir", "/a,b"], {}, /^--vm-runtime-dir must not contain commas/],
+    [["--vm-driver-state-dir", "/my vms"], {}, /^--vm-driver-state-dir may hold only letters/],
+    [["--grpc-endpoint", "http://h_x:1"], {}, /^--grpc-endpoint has an invalid host: "h_x"$/],
+  ];
+  for (const [args, env, message] of cases) fails([...PLAIN, ...args], message, env);
+  const c = parse([...PLAIN, "--vm-mem-mib", "2Gi", "--vm-accel", "TCG", "--vm-vcpus", "4"]);
+  assert.deepEqual([c.vmMemMib, c.vmAccel, c.vmVcpus], [2048, "tcg", 4]);
 });
 
 Deno.test("gatewayGrantParams: db path only outside the state dir; driver only with --drivers vm", () => {
@@ -373,11 +401,11 @@ Deno.test("--egress: on with --drivers vm, off with none; --no-egress and OPENSH
   assert.equal(egressGuestSocket(c), "/e/guest.sock");
   assert.throws(
     () => parse([...PLAIN, "--egress-state-dir", "rel"]),
-    /--egress-state-dir: must be an absolute path/,
+    /--egress-state-dir must be an absolute path/,
   );
   assert.throws(
     () => parse([...PLAIN, "--egress-state-dir", `/${"e".repeat(100)}`]),
-    /--egress-state-dir: too long for a Unix socket path/,
+    /--egress-state-dir is too long for a Unix socket path/,
   );
   // Off: no egress socket length check, no grants.
   const off = parse([...PLAIN, "--no-egress", "--egress-state-dir", `/${"e".repeat(100)}`]);
@@ -403,18 +431,23 @@ Deno.test("--log-file: absolute; granted only when outside the state dir, with i
   assert.equal(gatewayGrantParams(outside).logFile, "/var/log/g.log");
   const g = gatewayGrants(gatewayGrantParams(outside));
   assert.ok(Array.isArray(g.write) && g.write.includes("/var/log/g.log.1"));
-  fails([...PLAIN, "--log-file", "g.log"], /--log-file: must be an absolute path/);
+  fails([...PLAIN, "--log-file", "g.log"], /--log-file must be an absolute path/);
 });
 
 Deno.test("--help: asked for, and lists every flag with its env twin", () => {
   assert.deepEqual(parseGatewayConfig(["--help"], () => undefined), { help: true });
   assert.deepEqual(parseGatewayConfig(["-h", "--port", "1"], () => undefined), { help: true });
   const help = gatewayHelp();
-  assert.match(help, /^usage: openshell-gateway \[flags\]/);
-  for (const f of GATEWAY_FLAGS) {
-    assert.ok(help.includes(`--${f.name}`), f.name);
-    if (f.env) assert.ok(help.includes(f.env), f.env);
+  assert.match(help, /^Usage: openshell-gateway \[OPTIONS\]$/m);
+  const flat = help.replace(/\s+/g, " ");
+  for (const [name, f] of Object.entries(GATEWAY_FLAGS)) {
+    assert.ok(help.includes(`--${name} `), name);
+    assert.ok(flat.includes(`env ${f.env}`), f.env);
   }
+  assert.match(
+    flat,
+    /--log-level LEVEL .*\[one of error, warn, info, debug, trace; default info; env OPENSHELL_LOG_LEVEL\]/,
+  );
 });
 
 async function runMain(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -436,10 +469,13 @@ Deno.test("main.ts with its grants: bad flags exit 2 with one line, --help exits
     runMain(["--help"]),
   ]);
   assert.equal(bad.code, 2, bad.stderr);
-  assert.equal(bad.stderr, "openshell-gateway: unknown flag --bogus (see --help)\n");
+  assert.equal(bad.stderr, "openshell-gateway: unknown option --bogus (see --help)\n");
   assert.equal(bad.stdout, "");
   assert.equal(badValue.code, 2, badValue.stderr);
-  assert.match(badValue.stderr, /^openshell-gateway: --db-url: postgres is not supported yet.*\n$/);
+  assert.match(
+    badValue.stderr,
+    /^openshell-gateway: --db-url postgres:\/\/… is not supported yet.*\n$/,
+  );
   assert.equal(badValue.stderr.split("\n").length, 2, "exactly one line");
   assert.equal(insecure.code, 2, insecure.stderr);
   assert.match(insecure.stderr, /^openshell-gateway: --disable-tls needs --disable-gateway-auth/);

@@ -18,7 +18,7 @@ import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import type { Sandbox } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "./listener.ts";
-import { apiClient, byoSupervisor, type FakeSupervisor, startGateway } from "../testing/gateway.ts";
+import { apiClient, byoSupervisor, type FakeSupervisor, spawnGateway } from "../testing/gateway.ts";
 
 const FLOOD = 2_000;
 const BATCH = 100;
@@ -55,7 +55,7 @@ function idleH2(port: number): Promise<Idle> {
 }
 
 Deno.test(`${FLOOD} idle HTTP/2 connections are capped and a normal client is still served`, async () => {
-  const gw = await startGateway({ args: ["--log-level", "info"] });
+  const gw = await spawnGateway({ args: ["--log-level", "info"] });
   const api = apiClient(gw.port);
   const flood: Idle[] = [];
   try {
@@ -116,7 +116,7 @@ Deno.test(`${FLOOD} idle HTTP/2 connections are capped and a normal client is st
 });
 
 Deno.test("idle connections are closed; a supervisor session stays, a client's next call reconnects", async () => {
-  const gw = await startGateway({ args: ["--connection-idle-secs", "1"] });
+  const gw = await spawnGateway({ args: ["--connection-idle-secs", "1"] });
   const api = apiClient(gw.port);
   let sup: FakeSupervisor | undefined;
   try {
@@ -152,7 +152,7 @@ Deno.test("idle connections are closed; a supervisor session stays, a client's n
 });
 
 Deno.test("the gateway advertises max_concurrent_streams 256 to HTTP/2 clients", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const session = http2.connect(`http://127.0.0.1:${gw.port}`);
   session.on("error", () => {});
   try {

@@ -20,7 +20,7 @@ import type {
 } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { alive, findProcesses, waitFor } from "../core/testing.ts";
-import { apiClient, startGateway, type TestGateway } from "../testing/gateway.ts";
+import { apiClient, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 
 function allow(host: string, port = 443): SandboxPolicy {
   return { network_policies: { r: { name: "r", endpoints: [{ host, port }] } } };
@@ -52,7 +52,7 @@ function guestRequest(socket: string, sandboxId: string, request: string): Promi
 }
 
 async function withEgressGateway(fn: (gw: TestGateway) => Promise<void>): Promise<void> {
-  const gw = await startGateway({ egress: true });
+  const gw = await spawnGateway({ egress: true });
   try {
     await fn(gw);
   } catch (err) {
@@ -189,7 +189,7 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
 
 Deno.test("gateway + egress: SIGTERM and SIGKILL of the gateway leave no egress proxy", async () => {
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {
-    const gw = await startGateway({ egress: true });
+    const gw = await spawnGateway({ egress: true });
     try {
       const pids = await waitFor("the egress proxy", async () => {
         const p = await egressPids(gw.stateDir);

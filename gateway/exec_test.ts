@@ -10,7 +10,7 @@ import { Code } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
 import { startSupervisor } from "../testing/supervisor.ts";
 import { exitCodeOf } from "./exec.ts";
-import { type ApiClient, apiClient, byoSupervisor, startGateway } from "../testing/gateway.ts";
+import { type ApiClient, apiClient, byoSupervisor, spawnGateway } from "../testing/gateway.ts";
 
 interface ExecResult {
   stdout: string;
@@ -35,7 +35,7 @@ function exec(api: ApiClient, request: Record<string, unknown>): Promise<ExecRes
 }
 
 Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   const byo = await byoSupervisor(gw, "exec");
   const sandbox = byo.sandbox;
@@ -141,7 +141,7 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
 });
 
 Deno.test("ExecSandbox is FAILED_PRECONDITION when not READY or the host key is unknown", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   try {
     const byo = await byoSupervisor(gw, "cold");
@@ -173,7 +173,7 @@ Deno.test("ExecSandbox is FAILED_PRECONDITION when not READY or the host key is 
 });
 
 Deno.test("a burst of 64 execs on one sandbox: 32 relays in flight, 32 RESOURCE_EXHAUSTED", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   try {
     const byo = await byoSupervisor(gw, "burst");

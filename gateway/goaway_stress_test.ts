@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { apiClient, byoSupervisor, openTunnel, startGateway } from "../testing/gateway.ts";
+import { apiClient, byoSupervisor, sendConnect, spawnGateway } from "../testing/gateway.ts";
 
 const ROUNDS = Number(Deno.env.get("OPENSHELL_STRESS_ROUNDS") ?? 50);
 const MIB_PER_ROUND = Number(Deno.env.get("OPENSHELL_STRESS_MIB") ?? 32);
@@ -19,7 +19,7 @@ const UNSAFE = Deno.env.get("OPENSHELL_STRESS_UNSAFE") === "1";
 const HERE = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
 
 Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then close gracefully`, async () => {
-  const gw = await startGateway({ env: UNSAFE ? { OPENSHELL_UNSAFE_KEEP_GOAWAY: "1" } : {} });
+  const gw = await spawnGateway({ env: UNSAFE ? { OPENSHELL_UNSAFE_KEEP_GOAWAY: "1" } : {} });
   const api = apiClient(gw.port);
   let died = false;
   gw.exited.then(() => died = true);
@@ -49,7 +49,7 @@ Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then c
       const { token } = await api.call<{ token: string }>("CreateSshSession", {
         sandbox_id: sb.id,
       });
-      const t = await openTunnel(gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
+      const t = await sendConnect(gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
       assert.equal(t.status, 200, `round ${round}: ${t.head}`);
       let received = 0;
       t.socket.on("data", (c: Buffer) => received += c.length);

@@ -18,7 +18,7 @@ import {
   byoSupervisor,
   connectFakeSupervisor,
   largestSpec,
-  startGateway,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 import { MAX_LIST_LIMIT, specBytes } from "./validation.ts";
@@ -26,7 +26,7 @@ import { MAX_LIST_LIMIT, specBytes } from "./validation.ts";
 const TEST_DEADLINE_MS = 60_000;
 
 async function withGateway(fn: (gw: TestGateway, api: ApiClient) => Promise<void>): Promise<void> {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {

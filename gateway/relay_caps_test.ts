@@ -26,8 +26,8 @@ import {
   type ByoSupervisor,
   byoSupervisor,
   type FakeSupervisor,
-  openTunnel,
-  startGateway,
+  sendConnect,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 
@@ -43,9 +43,9 @@ interface Fixture {
 
 async function withGateway(
   fn: (f: Fixture) => Promise<void>,
-  options: Parameters<typeof startGateway>[0] = {},
+  options: Parameters<typeof spawnGateway>[0] = {},
 ): Promise<void> {
-  const gw = await startGateway(options);
+  const gw = await spawnGateway(options);
   const f: Fixture = { gw, api: apiClient(gw.port), cleanup: [] };
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -212,7 +212,7 @@ Deno.test("CONNECT: 9 silent sandboxes at their relay cap do not block a healthy
       Array.from(
         { length: 17 },
         (_, i) =>
-          openTunnel(f.gw.port, { "x-sandbox-id": healthy.id, "x-sandbox-token": tokens[i % 6] }),
+          sendConnect(f.gw.port, { "x-sandbox-id": healthy.id, "x-sandbox-token": tokens[i % 6] }),
       ),
     );
     assert.deepEqual(tunnels.map((t) => t.status), Array(17).fill(200));
@@ -312,8 +312,8 @@ Deno.test("RevokeSshSession closes the tunnels opened with that token, and only 
   await withGateway(async (f) => {
     const sb = await echoSandbox(f, "revoke");
     const [revoked, kept] = [await token(f, sb.id), await token(f, sb.id)];
-    const a = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": revoked });
-    const b = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": kept });
+    const a = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": revoked });
+    const b = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": kept });
     assert.deepEqual([a.status, b.status], [200, 200]);
     const closed = eof(a.socket);
     assert.deepEqual(await f.api.call("RevokeSshSession", { token: revoked }), { revoked: true });
@@ -332,7 +332,7 @@ Deno.test("RevokeSshSession closes the tunnels opened with that token, and only 
 Deno.test("an expiring token closes its tunnel (--ssh-session-ttl-secs 1)", async () => {
   await withGateway(async (f) => {
     const sb = await echoSandbox(f, "expire");
-    const t = await openTunnel(f.gw.port, {
+    const t = await sendConnect(f.gw.port, {
       "x-sandbox-id": sb.id,
       "x-sandbox-token": await token(f, sb.id),
     });

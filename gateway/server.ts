@@ -19,6 +19,7 @@ import { checkPrivateDir } from "../core/secure_fs.ts";
 import { Code } from "../core/status.ts";
 import { ComputeRuntime } from "./compute.ts";
 import {
+  driverArgs,
   driverSocketPath,
   egressBinary,
   egressControlSocket,
@@ -572,19 +573,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
   }
 
   if (config.drivers === "vm") {
-    const args = [
-      "--state-dir",
-      config.vmDriverStateDir,
-      "--openshell-endpoint",
-      grpcEndpoint,
-      "--log-level",
-      config.logLevel,
-    ];
-    if (config.vmRuntimeDir) args.push("--runtime-dir", config.vmRuntimeDir);
-    if (config.vmAccel) args.push("--vm-accel", config.vmAccel);
-    if (config.vmVcpus) args.push("--vm-vcpus", String(config.vmVcpus));
-    if (config.vmMemMib) args.push("--vm-mem-mib", String(config.vmMemMib));
-    if (config.egress) args.push("--egress-socket", egressGuestSocket(config));
+    const args = driverArgs(config, grpcEndpoint);
     try {
       // The driver creates its own state dir (the gateway may touch only the socket in it).
       const proc = await startDriverProcess({

@@ -18,8 +18,8 @@ import {
   byoSupervisor,
   connectFakeSupervisor,
   type FakeSupervisor,
-  openTunnel,
-  startGateway,
+  sendConnect,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 
@@ -33,9 +33,9 @@ const TEST_DEADLINE_MS = 60_000;
 
 async function withGateway(
   fn: (f: Fixture) => Promise<void>,
-  options: Parameters<typeof startGateway>[0] = {},
+  options: Parameters<typeof spawnGateway>[0] = {},
 ): Promise<void> {
-  const gw = await startGateway(options);
+  const gw = await spawnGateway(options);
   const api = apiClient(gw.port);
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -217,7 +217,10 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, su
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sandbox.id,
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.end("via-second");
@@ -238,7 +241,10 @@ Deno.test("relay: bytes round-trip; supervisor close gives the client EOF", asyn
         if (seen.endsWith("bye")) relay.end(seen.toUpperCase());
       });
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const got = readAll(t.socket);
     t.socket.write("ping-1 ");
@@ -258,7 +264,10 @@ Deno.test("relay: a client that goes away ends the supervisor's side", async () 
       relay.on("close", () => relayEnded());
       relay.on("end", () => relayEnded());
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write("x");
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
@@ -279,7 +288,7 @@ Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
       ),
     );
     const runs = Array.from({ length: 12 }, async (_, i) => {
-      const t = await openTunnel(f.gw.port, {
+      const t = await sendConnect(f.gw.port, {
         "x-sandbox-id": sandbox.id,
         "x-sandbox-token": tokens[i % 4].token,
       });
@@ -301,7 +310,7 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 
     const { sandbox, sup, token } = await readySandbox(f, "statuses");
     const id = sandbox.id;
     const status = async (headers: Record<string, string>, opts = {}) =>
-      (await openTunnel(f.gw.port, headers, opts)).status;
+      (await sendConnect(f.gw.port, headers, opts)).status;
 
     assert.equal(
       await status({ "x-sandbox-id": id, "x-sandbox-token": token }, { method: "GET" }),
@@ -329,7 +338,7 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 
     // 429: a fourth tunnel on one token.
     const open = [];
     for (let i = 0; i < 3; i++) {
-      const t = await openTunnel(f.gw.port, { "x-sandbox-id": id, "x-sandbox-token": token });
+      const t = await sendConnect(f.gw.port, { "x-sandbox-id": id, "x-sandbox-token": token });
       assert.equal(t.status, 200);
       open.push(t.socket);
     }
@@ -354,7 +363,7 @@ Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
         sandbox_id: sandbox.id,
       });
       for (let j = 0; j < 3; j++) {
-        const t = await openTunnel(f.gw.port, {
+        const t = await sendConnect(f.gw.port, {
           "x-sandbox-id": sandbox.id,
           "x-sandbox-token": token,
         });
@@ -380,7 +389,7 @@ Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => 
     const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sb.id,
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
     assert.equal(t.status, 502);
     raw.close();
   });
@@ -432,7 +441,10 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
     await raw("GET /healthz HTTP/1.1\r\n"); // never finishes its head
     const halfOpen = await raw("PRI * HTTP/2.0\r\n\r\n", true);
     // A tunnel whose client vanishes mid-transfer.
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     t.socket.write(Buffer.alloc(1 << 20, 7));
     t.socket.destroy();
     // A supervisor whose connection vanishes mid-stream.
@@ -448,7 +460,7 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
 });
 
 Deno.test("SIGTERM: streams end with UNAVAILABLE and the gateway exits 0", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   try {
     const sup = (await byoSupervisor(gw, "bye")).connect();
     await sup.accepted;
@@ -467,13 +479,13 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
   const dir = await Deno.makeTempDir({ prefix: "osdb" });
   try {
     const dbUrl = `sqlite:${dir}/gw.db`;
-    const first = await startGateway({ dbUrl, stateDir: `${dir}/s1` });
+    const first = await spawnGateway({ dbUrl, stateDir: `${dir}/s1` });
     // Credentials issued by the first gateway (the token is kept hashed in the database).
     const byo = await byoSupervisor(first, "persisted");
     const sb = byo.sandbox;
     assert.equal(await first.stop(), 0);
 
-    const second = await startGateway({ dbUrl, stateDir: `${dir}/s2` });
+    const second = await spawnGateway({ dbUrl, stateDir: `${dir}/s2` });
     const api2 = apiClient(second.port);
     try {
       assert.equal(await phase(api2, "persisted"), "SANDBOX_PHASE_PROVISIONING");
@@ -496,7 +508,10 @@ Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted,
     const { sandbox, sup, token } = await readySandbox(f, "quiet", (relay) => {
       relay.on("data", (c: Uint8Array) => relay.write(c));
     });
-    const t = await openTunnel(f.gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(f.gw.port, {
+      "x-sandbox-id": sandbox.id,
+      "x-sandbox-token": token,
+    });
     assert.equal(t.status, 200);
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
@@ -517,7 +532,7 @@ Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted,
 });
 
 Deno.test("relay: when the gateway dies the supervisor's side of the relay ends", async () => {
-  const gw = await startGateway();
+  const gw = await spawnGateway();
   const api = apiClient(gw.port);
   try {
     let relayGone!: () => void;
@@ -527,7 +542,7 @@ Deno.test("relay: when the gateway dies the supervisor's side of the relay ends"
       relay.on("data", (c: Uint8Array) => relay.write(c));
       relay.on("close", () => relayGone());
     });
-    const t = await openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
     const echoed = new Promise((r) => t.socket.once("data", r));
     t.socket.resume();
     t.socket.write("x");

@@ -14,7 +14,7 @@ import {
   SshTunnel,
 } from "./ssh_tunnel.ts";
 import { SqliteStore, type Store } from "./store.ts";
-import { openTunnel, type TunnelResult } from "../testing/gateway.ts";
+import { type ConnectReply, sendConnect } from "../testing/gateway.ts";
 
 // ---- ConnectionSlots -------------------------------------------------------------
 
@@ -396,8 +396,8 @@ async function tunnelFixture(
   return f;
 }
 
-function connect(f: TunnelFixture, token: string): Promise<TunnelResult> {
-  return openTunnel(f.port, { "x-sandbox-id": "sb", "x-sandbox-token": token });
+function connect(f: TunnelFixture, token: string): Promise<ConnectReply> {
+  return sendConnect(f.port, { "x-sandbox-id": "sb", "x-sandbox-token": token });
 }
 
 /** Resolves when `socket` has read its end (resumes it). */

@@ -1,7 +1,7 @@
 /**
  * Relay tuning knobs read from the environment once at start. They exist so
  * the flow-control "before and after" figures in `docs/benchmarks.md` can be
- * reproduced against a real gateway process (`e2e/bench_relay.ts windows`);
+ * reproduced against a real gateway process (`e2e/bench_gateway.ts windows`);
  * production leaves both unset.
  *
  * - `OPENSHELL_H2_DEFAULT_WINDOWS=1` keeps HTTP/2's default 64 KiB

@@ -8,8 +8,8 @@ import {
   apiClient,
   byoSupervisor,
   type FakeSupervisor,
-  openTunnel,
-  startGateway,
+  sendConnect,
+  spawnGateway,
 } from "../testing/gateway.ts";
 import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES, readRelayTuning } from "./tuning.ts";
 
@@ -52,11 +52,11 @@ Deno.test("relay tuning: bad values are one-line FlagErrors naming the variable"
 
 Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES", async () => {
   await assert.rejects(
-    startGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "tiny" } }),
+    spawnGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "tiny" } }),
     /status 2[\s\S]*OPENSHELL_RELAY_CHUNK_BYTES: expected a whole number of bytes/,
   );
 
-  const gw = await startGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "1024" } });
+  const gw = await spawnGateway({ env: { [ENV_RELAY_CHUNK_BYTES]: "1024" } });
   const api = apiClient(gw.port);
   const client = new OpenShellClient(
     `127.0.0.1:${gw.supervisorPort}`,
@@ -95,7 +95,7 @@ Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES
     const { token } = await api.call<{ token: string }>("CreateSshSession", {
       sandbox_id: sandbox.id,
     });
-    const t = await openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
+    const t = await sendConnect(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });
     socket = t.socket;
     assert.equal(t.status, 200, t.head);
     socket.write(new Uint8Array(total));

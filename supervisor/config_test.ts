@@ -54,7 +54,11 @@ Deno.test("config: defaults", () => {
     parse(BASE, { OPENSHELL_SESSION_CGROUP: "/run/x-sessions" }).sessionCgroup,
     "/run/x-sessions",
   );
-  fails([...BASE, "--session-cgroup", "run/x"], {}, /--session-cgroup must be an absolute path/);
+  fails(
+    [...BASE, "--session-cgroup", "run/x"],
+    {},
+    /^--session-cgroup must be an absolute path or none, got "run\/x"$/,
+  );
   fails([...BASE, "--session-cgroup", "/"], {}, /must name a directory below a cgroup2 mount/);
   const withEnv = parse([...BASE, "--env-file", "/etc/openshell/environment"]);
   assert.equal(withEnv.envFile, "/etc/openshell/environment");
@@ -162,7 +166,7 @@ Deno.test("config: help and version", () => {
 
 Deno.test("config: bad input stops it with a clear message", () => {
   const cases: [string[], Record<string, string>, RegExp][] = [
-    [[], {}, /--sandbox-id \(or OPENSHELL_SANDBOX_ID\) is required/],
+    [[], {}, /^--sandbox-id \(or OPENSHELL_SANDBOX_ID\) is required$/],
     [["--sandbox-id", "x"], {}, /--openshell-endpoint \(or OPENSHELL_ENDPOINT\) is required/],
     [["--sandbox-id", "a b", "--openshell-endpoint", "http://h:1"], {}, /--sandbox-id must be/],
     [["--sandbox-id", "x".repeat(129), "--openshell-endpoint", "http://h:1"], {}, /1-128/],
@@ -178,7 +182,7 @@ Deno.test("config: bad input stops it with a clear message", () => {
     [
       ["--sandbox-id", "x"],
       { OPENSHELL_ENDPOINT: "tcp://h" },
-      /OPENSHELL_ENDPOINT must be an http/,
+      /^OPENSHELL_ENDPOINT \(--openshell-endpoint\) must be an http/,
     ],
     [
       ["--sandbox-id", "x", "--openshell-endpoint", "https://h:1"],
@@ -200,15 +204,25 @@ Deno.test("config: bad input stops it with a clear message", () => {
     [[...BASE, "--ssh-socket-path", "/ssh.sock"], {}, /must not live directly in "\/"/],
     [[...BASE, "--ssh-socket-path", "/run/x/"], {}, /must name a file/],
     [[...BASE, "--ssh-socket-path", "/" + "d".repeat(101) + "/s"], {}, /longer than 103 bytes/],
-    [[...BASE, "--sshd", "sshd"], {}, /--sshd must be an absolute path/],
-    [[...BASE, "--ssh-host-key", "key"], {}, /--ssh-host-key must be an absolute path/],
-    [[...BASE, "--log-level", "loud"], {}, /--log-level: invalid log level "loud"/],
+    [[...BASE, "--sshd", "sshd"], {}, /^--sshd must be an absolute path, got "sshd"$/],
+    [[...BASE, "--ssh-host-key", "key"], {}, /^--ssh-host-key must be an absolute path/],
+    [BASE, { OPENSHELL_TLS_CA: "ca" }, /^OPENSHELL_TLS_CA \(--tls-ca\) must be an absolute path/],
+    [
+      [...BASE, "--log-level", "loud"],
+      {},
+      /^--log-level must be one of error, warn, info, debug, trace, got "loud"$/,
+    ],
     [
       [...BASE],
       { OPENSHELL_LOG_FORMAT: "xml" },
-      /OPENSHELL_LOG_FORMAT: expected one of text, json/,
+      /^OPENSHELL_LOG_FORMAT \(--log-format\) must be one of text, json, got "xml"$/,
     ],
-    [[...BASE, "--port", "1"], {}, /unknown flag --port \(see --help\)/],
+    [[...BASE, "--port", "1"], {}, /^unknown option --port \(see --help\)$/],
+    [
+      [...BASE, "--supervisor-token", "s3cret"],
+      {},
+      /^--supervisor-token is not accepted on the command line, .* set OPENSHELL_SUPERVISOR_TOKEN instead$/,
+    ],
     [[...BASE, "extra"], {}, /unexpected argument "extra" \(see --help\)/],
     [[...BASE, "--sandbox-id"], {}, /--sandbox-id needs a value/],
   ];

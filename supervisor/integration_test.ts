@@ -8,7 +8,7 @@ import { supervisorGrants } from "../core/grants.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { Socket } from "node:net";
-import { byoSupervisor, openTunnel, startGateway, type TestGateway } from "../testing/gateway.ts";
+import { byoSupervisor, sendConnect, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import {
   cleanEnv,
@@ -125,24 +125,13 @@ async function sessionLeavingProcess(
   };
 }
 
-/** SIGTERM; SIGKILL when the gateway has not exited after `graceMs`. */
-async function stopGateway(gw: TestGateway, graceMs = 5_000): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
-}
-
 Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, kill -9", async (t) => {
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-it-" });
   const gwDir = `${dir}/gw`;
   await Deno.mkdir(gwDir);
   const dbUrl = `sqlite:${gwDir}/gateway.db`;
-  let gw = await startGateway({ stateDir: gwDir, dbUrl });
+  let gw = await spawnGateway({ stateDir: gwDir, dbUrl });
   let api = gatewayApi(gw.port);
   const byo = await byoSupervisor(gw, "sup-it");
   const sandbox = byo.sandbox;
@@ -276,7 +265,10 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
           Array.from(
             { length: 17 },
             (_, i) =>
-              openTunnel(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": tokens[i % 6] }),
+              sendConnect(gw.port, {
+                "x-sandbox-id": sandbox.id,
+                "x-sandbox-token": tokens[i % 6],
+              }),
           ),
         );
         assert.deepEqual(tunnels.map((t) => t.status), Array(17).fill(200), `wave ${wave}`);
@@ -289,7 +281,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
     await t.step("the gateway restarts → the supervisor reconnects → READY again", async () => {
       const { port, supervisorPort } = gw;
       api.close();
-      await stopGateway(gw);
+      await gw.shutdown();
       const before = first.events().find((e) =>
         e.activity_name === "Open" && e.unmapped.session_id !== undefined
       )!.unmapped.session_id;
@@ -297,7 +289,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
         e.activity_name === "Fail"
       );
       assert.match(String(failed.status_detail), /session stream|gateway closed/);
-      gw = await startGateway({ stateDir: gwDir, dbUrl, port, supervisorPort });
+      gw = await spawnGateway({ stateDir: gwDir, dbUrl, port, supervisorPort });
       api = gatewayApi(gw.port);
       const again = await api.waitForPhase(sandbox.id, READY);
       assert.equal(again.id, sandbox.id);
@@ -459,7 +451,7 @@ Deno.test("supervisor ⇄ gateway: READY, ssh, PTY, sftp, 20 relays, restart, ki
   } finally {
     api.close();
     await sup?.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
@@ -539,7 +531,7 @@ Deno.test("supervisor: https supervisor plane verified with the gateway's CA; an
   const pki = await makeTestPki(dir);
   // The user API serves the operator's own certificate; the supervisor plane always
   // serves one from the gateway's PKI, whose CA comes with the supervisor credentials.
-  const gw = await startGateway({
+  const gw = await spawnGateway({
     tls: true,
     args: [
       "--tls-cert",
@@ -588,7 +580,7 @@ Deno.test("supervisor: https supervisor plane verified with the gateway's CA; an
   } finally {
     api.close();
     for (const s of sups) await s.close();
-    await stopGateway(gw);
+    await gw.shutdown();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -28,7 +28,7 @@ import { grpcTlsCredentials } from "../core/tls.ts";
 import { gatewayGrantParams, parseGatewayConfig } from "../gateway/config.ts";
 import { MAX_SPEC_BYTES, MAX_VALUE_BYTES, specBytes } from "../gateway/validation.ts";
 
-/** Options of {@link startGateway}. */
+/** Options of {@link spawnGateway}. */
 export interface TestGatewayOptions {
   /** Extra flags, appended after the defaults (later flags win). */
   args?: string[];
@@ -109,21 +109,19 @@ export interface TestGateway {
   stop(): Promise<number>;
   /** SIGKILL; resolves when it is gone. */
   kill(): Promise<void>;
+  /** SIGTERM, then SIGKILL when it has not exited after `graceMs` (default 5 s). */
+  shutdown(graceMs?: number): Promise<void>;
   /** Resolves with the exit code whenever the process ends. */
   exited: Promise<number>;
 }
 
-/** Starts a gateway and waits until it logged `Server listening on HOST:PORT`. */
-export async function startGateway(options: TestGatewayOptions = {}): Promise<TestGateway> {
-  const ownDir = options.stateDir === undefined;
-  const stateDir = options.stateDir ?? await Deno.makeTempDir({ prefix: "osgw" });
-  let egressDir = options.egressDir;
-  let ownEgressDir: string | undefined;
-  if (options.egress && !egressDir) {
-    egressDir = options.driverDir ?? (ownEgressDir = await Deno.makeTempDir({ prefix: "osegb" }));
-    await writeEgressWrapper(egressDir, `${stateDir}/egress`);
-  }
-  const args = [
+/** The gateway's flags for `options` with its state dir and egress binary dir (`options.args` last: they win). */
+export function gatewayArgs(
+  options: TestGatewayOptions,
+  stateDir: string,
+  egressDir?: string,
+): string[] {
+  return [
     "--bind",
     "127.0.0.1",
     "--port",
@@ -152,7 +150,33 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
       : ["--no-egress"]),
     ...(options.args ?? []),
   ];
-  const parsed = parseGatewayConfig(args, (k) => options.env?.[k]);
+}
+
+/** Where the automatic PKI of a TLS gateway with `stateDir` keeps its files. */
+export function gatewayPkiFiles(stateDir: string): NonNullable<TestGateway["pki"]> {
+  const dir = `${stateDir}/pki`;
+  return {
+    dir,
+    ca: `${dir}/ca.crt`,
+    clientCert: `${dir}/client.crt`,
+    clientKey: `${dir}/client.key`,
+  };
+}
+
+/** A spawned gateway process whose stderr is being collected. */
+interface GatewayProcess {
+  child: Deno.ChildProcess;
+  /** Everything it wrote to stderr so far. */
+  log(): string;
+  /** Resolves with [user API port, supervisor plane port] once it logged them. */
+  listening: Promise<[number, number]>;
+  /** Resolves with the exit code once it ended and its stderr is read. */
+  status: Promise<number>;
+}
+
+/** Starts the gateway with exactly the grants its flags imply and collects its stderr. */
+function spawnGatewayProcess(args: string[], env?: Record<string, string>): GatewayProcess {
+  const parsed = parseGatewayConfig(args, (k) => env?.[k]);
   if (parsed.help) throw new Error("--help given to the test gateway");
   const [exe, ...rest] = roleCommand(
     "gateway",
@@ -161,82 +185,115 @@ export async function startGateway(options: TestGatewayOptions = {}): Promise<Te
   );
   const child = new Deno.Command(exe, {
     args: rest,
-    env: options.env,
+    env,
     stdin: "null",
     stdout: "null",
     stderr: "piped",
   }).spawn();
-
   let log = "";
-  let resolveListening!: (ports: [number, number]) => void;
-  const listening = new Promise<[number, number]>((r) => resolveListening = r);
+  const listening = Promise.withResolvers<[number, number]>();
   const pump = (async () => {
     const decoder = new TextDecoder();
     for await (const chunk of child.stderr) {
       log += decoder.decode(chunk, { stream: true });
       const m = /Server listening on [^\s]*:(\d+).* supervisor_plane=[^\s]*:(\d+)/.exec(log);
-      if (m) resolveListening([Number(m[1]), Number(m[2])]);
+      if (m) listening.resolve([Number(m[1]), Number(m[2])]);
     }
   })();
-  const exited = child.status.then(async (s) => {
+  const status = child.status.then(async (s) => {
     await pump;
-    if (ownDir) await Deno.remove(stateDir, { recursive: true }).catch(() => {});
-    if (ownEgressDir) await Deno.remove(ownEgressDir, { recursive: true }).catch(() => {});
     return s.code;
   });
+  return { child, log: () => log, listening: listening.promise, status };
+}
 
-  const timeout = options.startTimeoutMs ?? 30_000;
+/**
+ * The gateway's two ports once it is listening; rejects (after SIGKILL and
+ * its exit) when it exits first or `timeoutMs` passes, with its stderr.
+ */
+async function waitListening(
+  proc: GatewayProcess,
+  exited: Promise<number>,
+  timeoutMs: number,
+): Promise<[number, number]> {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const [port, supervisorPort] = await Promise.race([
-    listening,
-    exited.then((code) => {
-      throw new Error(`gateway exited with status ${code} before listening:\n${log}`);
-    }),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`gateway did not start in ${timeout} ms:\n${log}`)),
-        timeout,
-      );
-    }),
-  ]).catch(async (err) => {
-    clearTimeout(timer);
+  try {
+    return await Promise.race([
+      proc.listening,
+      exited.then((code) => {
+        throw new Error(`gateway exited with status ${code} before listening:\n${proc.log()}`);
+      }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`gateway did not start in ${timeoutMs} ms:\n${proc.log()}`)),
+          timeoutMs,
+        );
+      }),
+    ]);
+  } catch (err) {
     try {
-      child.kill("SIGKILL");
+      proc.child.kill("SIGKILL");
     } catch { /* gone */ }
     await exited;
     throw err;
-  });
-  clearTimeout(timer);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
+/** Spawns a gateway and waits until it logged `Server listening on HOST:PORT`. */
+export async function spawnGateway(options: TestGatewayOptions = {}): Promise<TestGateway> {
+  const ownDir = options.stateDir === undefined;
+  const stateDir = options.stateDir ?? await Deno.makeTempDir({ prefix: "osgw" });
+  let egressDir = options.egressDir;
+  let ownEgressDir: string | undefined;
+  if (options.egress && !egressDir) {
+    egressDir = options.driverDir ?? (ownEgressDir = await Deno.makeTempDir({ prefix: "osegb" }));
+    await writeEgressWrapper(egressDir, `${stateDir}/egress`);
+  }
+  const proc = spawnGatewayProcess(gatewayArgs(options, stateDir, egressDir), options.env);
+  const exited = proc.status.then(async (code) => {
+    if (ownDir) await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+    if (ownEgressDir) await Deno.remove(ownEgressDir, { recursive: true }).catch(() => {});
+    return code;
+  });
+  const [port, supervisorPort] = await waitListening(
+    proc,
+    exited,
+    options.startTimeoutMs ?? 30_000,
+  );
   const signal = (sig: Deno.Signal) => {
     try {
-      child.kill(sig);
+      proc.child.kill(sig);
     } catch { /* already gone */ }
   };
   const scheme = options.tls ? "https" : "http";
-  const pkiDir = `${stateDir}/pki`;
   return {
     endpoint: `${scheme}://127.0.0.1:${port}`,
     port,
     supervisorPort,
     supervisorEndpoint: `${scheme}://127.0.0.1:${supervisorPort}`,
-    pki: options.tls
-      ? {
-        dir: pkiDir,
-        ca: `${pkiDir}/ca.crt`,
-        clientCert: `${pkiDir}/client.crt`,
-        clientKey: `${pkiDir}/client.key`,
-      }
-      : undefined,
+    pki: options.tls ? gatewayPkiFiles(stateDir) : undefined,
     stateDir,
-    pid: child.pid,
-    stderr: () => log,
+    pid: proc.child.pid,
+    stderr: proc.log,
     stop: () => {
       signal("SIGTERM");
       return exited;
     },
     kill: async () => {
       signal("SIGKILL");
+      await exited;
+    },
+    shutdown: async (graceMs = 5_000) => {
+      signal("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const graced = await Promise.race([
+        exited.then(() => true),
+        new Promise<boolean>((r) => timer = setTimeout(() => r(false), graceMs)),
+      ]);
+      clearTimeout(timer);
+      if (!graced) signal("SIGKILL");
       await exited;
     },
     exited,
@@ -421,8 +478,8 @@ export async function byoSupervisor(
   }
 }
 
-/** Result of {@link openTunnel}. */
-export interface TunnelResult {
+/** Result of {@link sendConnect}. */
+export interface ConnectReply {
   /** HTTP status of the CONNECT reply. */
   status: number;
   /** The reply head. */
@@ -432,11 +489,11 @@ export interface TunnelResult {
 }
 
 /** Sends `CONNECT path` with the given headers and reads the reply head. */
-export function openTunnel(
+export function sendConnect(
   port: number,
   headers: Record<string, string>,
   options: { method?: string; path?: string } = {},
-): Promise<TunnelResult> {
+): Promise<ConnectReply> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
     const lines = [

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { fingerprintOfPublicKey, publicKeyOfPrivate } from "../core/ssh_keys.ts";
-import { startGateway, type TestGateway } from "./gateway.ts";
-import { writeHostDriverDir } from "./host_driver.ts";
+import { spawnGateway } from "./gateway.ts";
+import { GUEST_FILES, renderGuestConfig } from "../driver_vm/guest.ts";
+import { parseGuestConfig, writeHostDriverDir } from "./host_driver.ts";
 import { connectRoute, ensureSandboxUser, gatewayApi, ssh } from "./supervisor.ts";
 import { waitFor } from "../core/testing.ts";
 
@@ -13,35 +14,42 @@ async function pids(pattern: string): Promise<number[]> {
   return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).map(Number);
 }
 
-async function stopGateway(gw: TestGateway): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graced = await Promise.race([
-    gw.stop().then(() => true),
-    new Promise<boolean>((r) => timer = setTimeout(() => r(false), 5_000)),
-  ]);
-  clearTimeout(timer);
-  if (!graced) await gw.kill();
-}
+Deno.test("parseGuestConfig reads back what renderGuestConfig wrote, quotes included", () => {
+  const text = renderGuestConfig({
+    sandboxId: "sb-1",
+    sandboxName: `it's "odd" $(x) \`y\` a b`,
+    logLevel: "debug",
+    tls: true,
+  });
+  const c = parseGuestConfig(text);
+  assert.equal(c.OPENSHELL_SANDBOX_ID, "sb-1");
+  assert.equal(c.OPENSHELL_SANDBOX, `it's "odd" $(x) \`y\` a b`);
+  assert.equal(c.OPENSHELL_LOG_LEVEL, "debug");
+  assert.equal(c.OPENSHELL_GUEST_DNS, "");
+  assert.throws(() => parseGuestConfig("A=$(reboot)\n"), /cannot read the value of A/);
+  assert.throws(() => parseGuestConfig("not an assignment\n"), /cannot read line/);
+});
 
 Deno.test("host driver: the gateway's VM-driver path with supervisors on this host", async (t) => {
   await ensureSandboxUser();
   const dir = await Deno.makeTempDir({ prefix: "osup-hd-" });
   await writeHostDriverDir(dir);
-  const gw = await startGateway({ driverDir: dir });
+  const gw = await spawnGateway({ driverDir: dir });
   const driverState = `${gw.stateDir}/vm`;
   const api = gatewayApi(gw.port);
   let gatewayGone = false;
   try {
     await api.waitHealthy();
     await t.step("create → READY, serving the host key the gateway provisioned", async () => {
+      // No second ComputeDriver: the gateway talks to the real VM driver's service.
+      assert.match(gw.stderr(), /compute driver ready.*openshell-driver-vm/);
       const sb = await api.create("hd-one");
       await api.waitForPhase(sb.id, READY);
       const session = await api.sshSession(sb.id);
-      const key = await Deno.readTextFile(`${driverState}/sandboxes/${sb.id}/host_key`);
-      assert.equal(
-        ((await Deno.stat(`${driverState}/sandboxes/${sb.id}/host_key`)).mode ?? 0) & 0o777,
-        0o600,
-      );
+      // The real VM driver wrote the guest files: the key the gateway provisioned, 0600.
+      const keyFile = `${driverState}/sandboxes/${sb.id}/guest/${GUEST_FILES.sshHostKey.fwcfg}`;
+      const key = await Deno.readTextFile(keyFile);
+      assert.equal(((await Deno.stat(keyFile)).mode ?? 0) & 0o777, 0o600);
       const publicKey = publicKeyOfPrivate(key);
       assert.match(session.host_key_fingerprint, /^SHA256:/);
       assert.equal(fingerprintOfPublicKey(publicKey), session.host_key_fingerprint);
@@ -96,7 +104,7 @@ Deno.test("host driver: the gateway's VM-driver path with supervisors on this ho
     });
   } finally {
     api.close();
-    if (!gatewayGone) await stopGateway(gw);
+    if (!gatewayGone) await gw.shutdown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });

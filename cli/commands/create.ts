@@ -13,7 +13,7 @@
 import type { Sandbox, SandboxLogLine, SandboxTemplate, Wire } from "../../core/protocol.ts";
 import { limitsStruct, parseCpu, ResourceError } from "../../core/resources.ts";
 import { imageNameProblem } from "../../core/images.ts";
-import { envOption, integerOption, UsageError } from "../args.ts";
+import { envOption, UsageError } from "../args.ts";
 import { Code } from "../../core/status.ts";
 import { type GatewayClient, GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
@@ -30,19 +30,7 @@ export const DEFAULT_PROVISION_TIMEOUT_S = 300;
 const FAILURE_TAIL_LINES = 20;
 
 function provisionTimeout(ctx: Context): number {
-  const flag = integerOption("timeout", ctx.str("timeout"), { min: 1, unit: "seconds" });
-  if (flag !== undefined) return flag;
-  const env = ctx.env("OPENSHELL_PROVISION_TIMEOUT");
-  if (env) {
-    const n = /^\d+$/.test(env.trim()) ? Number(env) : NaN;
-    if (!(n >= 1)) {
-      throw new CliError(
-        `OPENSHELL_PROVISION_TIMEOUT must be a whole number of seconds, not "${env}"`,
-      );
-    }
-    return n;
-  }
-  return DEFAULT_PROVISION_TIMEOUT_S;
+  return ctx.num("timeout") ?? DEFAULT_PROVISION_TIMEOUT_S;
 }
 
 /** Label, detail and change key of a phase: a new message under the same reason is no news. */
@@ -173,9 +161,6 @@ export async function waitUntilReady(
   );
 }
 
-/** Largest `--disk-gib` (a sparse file's size; the driver may allow less). */
-const MAX_DISK_GIB = 2048;
-
 /**
  * The `template` of `--cpus`, `--memory` and `--disk-gib` (undefined when
  * none is given); a {@link UsageError} for a malformed value.
@@ -183,9 +168,10 @@ const MAX_DISK_GIB = 2048;
 export function resourcesTemplate(flags: {
   cpus?: string;
   memory?: string;
-  diskGib?: string;
+  /** Already checked by the option's declaration. */
+  diskGib?: number;
 }): Wire<SandboxTemplate> | undefined {
-  const disk = integerOption("disk-gib", flags.diskGib, { min: 1, max: MAX_DISK_GIB, unit: "GiB" });
+  const disk = flags.diskGib;
   try {
     if (flags.cpus !== undefined) parseCpu(flags.cpus, "--cpus");
     const resources = limitsStruct({
@@ -205,11 +191,11 @@ export function resourcesTemplate(flags: {
 /** Runs `sandbox create`; returns CMD's (or the shell's) exit status. */
 export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   const timeoutS = provisionTimeout(ctx);
-  const environment = envOption("env", ctx.list("env"));
+  const environment = envOption(ctx.list("env"));
   const sized = resourcesTemplate({
     cpus: ctx.str("cpus"),
     memory: ctx.str("memory"),
-    diskGib: ctx.str("disk-gib"),
+    diskGib: ctx.num("disk-gib"),
   });
   const image = ctx.str("image");
   if (image !== undefined) {

@@ -5,7 +5,7 @@
  * @module
  */
 import { Code } from "../../core/status.ts";
-import { envOption, integerOption } from "../args.ts";
+import { envOption } from "../args.ts";
 import { GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError, EXIT_INTERRUPTED } from "../errors.ts";
@@ -60,8 +60,8 @@ export function timeoutMessage(
 
 /** Runs `sandbox exec`; returns the remote exit status. */
 export async function sandboxExecCommand(ctx: Context): Promise<number> {
-  const environment = envOption("env", ctx.list("env"));
-  const timeout = integerOption("timeout", ctx.str("timeout"), { unit: "seconds" }) ?? 0;
+  const environment = envOption(ctx.list("env"));
+  const timeout = ctx.num("timeout") ?? 0;
   const workdir = ctx.str("workdir") ?? "";
   const sandbox = await lookupSandbox(ctx, await sandboxNameArg(ctx));
   const stdin = ctx.streams.stdin.isTerminal()

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { outputOption, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
 import { BUNDLE_FILES, type GatewayMetadata, parseEndpoint, type TlsMaterial } from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -145,7 +145,7 @@ export async function gatewayRemoveCommand(ctx: Context): Promise<number> {
 
 /** `gateway list [--output table|json]`. */
 export async function gatewayListCommand(ctx: Context): Promise<number> {
-  const format = outputOption(ctx.str("output"), ["table", "json"] as const);
+  const format = ctx.str("output");
   const [entries, active] = await Promise.all([
     ctx.store.listGateways(),
     ctx.store.activeGateway(),

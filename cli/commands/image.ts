@@ -12,7 +12,7 @@ import {
 } from "../../core/images.ts";
 import type { Image } from "../../core/protocol.ts";
 import { stripControls } from "../../core/text.ts";
-import { outputOption, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { formatAge, renderTable, toJson } from "../output.ts";
@@ -34,7 +34,7 @@ function checkName(name: string, command: string): void {
 
 /** `image list [-o table|json]`. */
 export async function imageListCommand(ctx: Context): Promise<number> {
-  const format = outputOption(ctx.str("output"), ["table", "json"] as const);
+  const format = ctx.str("output");
   const images = await (await ctx.client()).listImages();
   if (format === "json") {
     await ctx.out(toJson(images));
@@ -65,8 +65,7 @@ function describe(image: Image): string {
 export async function imageBuildCommand(ctx: Context): Promise<number> {
   const name = ctx.invocation.positionals[0];
   checkName(name, "image build");
-  const packages = ctx.list("packages").flatMap((p) => p.split(",")).map((p) => p.trim())
-    .filter(Boolean);
+  const packages = ctx.list("packages");
   let script = "";
   const file = ctx.str("script");
   if (file !== undefined) {

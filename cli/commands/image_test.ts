@@ -21,7 +21,7 @@ Deno.test("image: the commands' arguments", () => {
     "s.sh",
   ]);
   assert.ok(build.kind === "run");
-  assert.deepEqual(build.invocation.values.packages, ["a,b", "c"]);
+  assert.deepEqual(build.invocation.values.packages, ["a", "b", "c"]);
   assert.throws(() => parseCommandLine(["image", "import", "mine"]), /missing ROOTFS\.tar/);
   assert.throws(() => parseCommandLine(["image", "build"]), /missing NAME/);
   const create = parseCommandLine(["sandbox", "create", "--image", "py", "--", "true"]);

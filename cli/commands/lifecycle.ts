@@ -5,7 +5,7 @@
  * @module
  */
 import { Code } from "../../core/status.ts";
-import { integerOption, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
 import { GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
@@ -45,8 +45,7 @@ export async function sandboxStopCommand(ctx: Context): Promise<number> {
  * and, unless `--no-wait`, the command follows it until READY.
  */
 export async function sandboxStartCommand(ctx: Context): Promise<number> {
-  const timeoutS = integerOption("timeout", ctx.str("timeout"), { min: 1, unit: "seconds" }) ??
-    DEFAULT_PROVISION_TIMEOUT_S;
+  const timeoutS = ctx.num("timeout") ?? DEFAULT_PROVISION_TIMEOUT_S;
   const wait = !ctx.flag("no-wait");
   const client = await ctx.client();
   ctx.handleInterrupts();

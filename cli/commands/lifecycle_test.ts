@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { cliGrants } from "../../core/grants.ts";
 import { roleCommand } from "../../core/launcher.ts";
 import { waitFor } from "../../core/testing.ts";
-import { startGateway, type TestGateway } from "../../testing/gateway.ts";
+import { spawnGateway, type TestGateway } from "../../testing/gateway.ts";
 import { writeHostDriverDir } from "../../testing/host_driver.ts";
 import { cleanEnv, ensureSandboxUser, gatewayApi } from "../../testing/supervisor.ts";
 
@@ -57,7 +57,7 @@ Deno.test("sandbox stop/start, and a gateway restart on a file database brings s
     dbUrl: `sqlite:${dir}/gateway.db`,
   };
   await Deno.mkdir(options.stateDir, { mode: 0o700 });
-  let gw = await startGateway(options);
+  let gw = await spawnGateway(options);
   let api = gatewayApi(gw.port);
   try {
     await api.waitHealthy();
@@ -111,7 +111,7 @@ Deno.test("sandbox stop/start, and a gateway restart on a file database brings s
         api.close();
         // SIGTERM: the gateway stops its driver, which powers the sandboxes off.
         await gw.stop();
-        gw = await startGateway(options);
+        gw = await spawnGateway(options);
         api = gatewayApi(gw.port);
         await api.waitHealthy();
         const back = await api.waitForPhase(keep.id, "SANDBOX_PHASE_READY", 60_000);
@@ -129,7 +129,7 @@ Deno.test("sandbox stop/start, and a gateway restart on a file database brings s
       async () => {
         api.close();
         await gw.stop();
-        gw = await startGateway({ ...options, dbUrl: "sqlite::memory:" });
+        gw = await spawnGateway({ ...options, dbUrl: "sqlite::memory:" });
         api = gatewayApi(gw.port);
         await api.waitHealthy();
         await waitFor("the driver's sandbox dirs removed", async () => {

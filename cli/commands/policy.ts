@@ -9,7 +9,7 @@
  */
 import type { SandboxPolicy, SandboxPolicyRevision } from "../../core/protocol.ts";
 import { stripControls } from "../../core/text.ts";
-import { integerOption, outputOption, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { formatAge, renderTable, type Style, toJson } from "../output.ts";
@@ -67,8 +67,7 @@ function ruleCount(policy: SandboxPolicy | null | undefined): number {
 /** `policy set NAME (--policy FILE | --preset NAME… | --allow HOST[:PORT]…) [--wait] [--timeout S]`. */
 export async function policySetCommand(ctx: Context): Promise<number> {
   const name = ctx.invocation.positionals[0];
-  const timeoutS = integerOption("timeout", ctx.str("timeout"), { min: 1, unit: "seconds" }) ??
-    DEFAULT_WAIT_S;
+  const timeoutS = ctx.num("timeout") ?? DEFAULT_WAIT_S;
   const policy = await policyFromFlags(ctx);
   if (!policy) {
     throw new UsageError(
@@ -151,8 +150,8 @@ export function revisionDetails(
 /** `policy get NAME [--version N] [--full] [-o text|json]`. */
 export async function policyGetCommand(ctx: Context): Promise<number> {
   const name = ctx.invocation.positionals[0];
-  const format = outputOption(ctx.str("output"), ["text", "json"] as const);
-  const version = integerOption("version", ctx.str("version"), { min: 1 }) ?? 0;
+  const format = ctx.str("output");
+  const version = ctx.num("version") ?? 0;
   const full = ctx.flag("full");
   const client = await ctx.client();
   const res = await client.getSandboxPolicyStatus(name, version);
@@ -173,8 +172,8 @@ export async function policyGetCommand(ctx: Context): Promise<number> {
 /** `policy list NAME [--limit N] [-o table|json]`. */
 export async function policyListCommand(ctx: Context): Promise<number> {
   const name = ctx.invocation.positionals[0];
-  const format = outputOption(ctx.str("output"), ["table", "json"] as const);
-  const limit = integerOption("limit", ctx.str("limit"), { min: 1, max: 100 }) ?? 100;
+  const format = ctx.str("output");
+  const limit = ctx.num("limit") ?? 100;
   const client = await ctx.client();
   const revisions = await client.listSandboxPolicies(name, limit);
   if (format === "json") {

@@ -6,14 +6,7 @@
 import type { Sandbox, SandboxLogLine } from "../../core/protocol.ts";
 import { readOcsfLine } from "../../core/ocsf.ts";
 import { stripControls } from "../../core/text.ts";
-import {
-  choicesOption,
-  integerOption,
-  levelOption,
-  outputOption,
-  sinceOption,
-  UsageError,
-} from "../args.ts";
+import { sinceOption, UsageError } from "../args.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { sandboxDetails, sandboxTable, type Style, toJson } from "../output.ts";
@@ -23,7 +16,7 @@ import { forgetHostKey, lookupSandbox, sandboxNameArg } from "./common.ts";
 
 /** `sandbox get [NAME] [--output text|json]`. */
 export async function sandboxGetCommand(ctx: Context): Promise<number> {
-  const format = outputOption(ctx.str("output"), ["text", "json"] as const);
+  const format = ctx.str("output");
   const sandbox = await lookupSandbox(ctx, await sandboxNameArg(ctx));
   await ctx.out(
     format === "json" ? toJson(sandbox) : sandboxDetails(sandbox, Date.now(), ctx.style),
@@ -33,12 +26,12 @@ export async function sandboxGetCommand(ctx: Context): Promise<number> {
 
 /** `sandbox list [--names|--ids] [--output table|json] [--limit N] [--offset N]`. */
 export async function sandboxListCommand(ctx: Context): Promise<number> {
-  const format = outputOption(ctx.str("output"), ["table", "json"] as const);
+  const format = ctx.str("output");
   if (ctx.flag("names") && ctx.flag("ids")) {
     throw new UsageError("--names and --ids exclude each other", "sandbox list");
   }
-  const limit = integerOption("limit", ctx.str("limit"), { min: 1 });
-  const offset = integerOption("offset", ctx.str("offset")) ?? 0;
+  const limit = ctx.num("limit");
+  const offset = ctx.num("offset") ?? 0;
   const client = await ctx.client();
   let sandboxes: Sandbox[];
   if (limit !== undefined) {
@@ -159,20 +152,17 @@ export function jsonLogLine(line: SandboxLogLine): string {
   ) + "\n";
 }
 
-/** Where log lines come from (`SandboxLogLine.source`). */
-export const LOG_SOURCES = ["gateway", "console", "sandbox", "egress"] as const;
-
 /**
  * `sandbox logs [NAME] [--follow] [--lines N] [--since WHEN] [--level L]
  * [--source SRC]… [--output text|json]`: the filters are the gateway's
  * (`GetSandboxLogs`, and `WatchSandbox` for `--follow`).
  */
 export async function sandboxLogsCommand(ctx: Context): Promise<number> {
-  const format = outputOption(ctx.str("output"), ["text", "json"] as const);
-  const lines = integerOption("lines", ctx.str("lines"), { min: 1, max: 100_000 }) ?? 200;
+  const format = ctx.str("output");
+  const lines = ctx.num("lines") ?? 200;
   const sinceMs = sinceOption("since", ctx.str("since"), Date.now()) ?? 0;
-  const minLevel = levelOption("level", ctx.str("level")) ?? "";
-  const sources = choicesOption("source", ctx.list("source"), LOG_SOURCES);
+  const minLevel = ctx.str("level") ?? "";
+  const sources = [...new Set(ctx.list("source"))];
   const sandbox = await lookupSandbox(ctx, await sandboxNameArg(ctx));
   const client = await ctx.client();
   const print = (line: SandboxLogLine) =>

@@ -12,7 +12,7 @@
 import { Backoff, sleep } from "../../core/backoff.ts";
 import type { CreateSshSessionResponse } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
-import { UsageError } from "../args.ts";
+import { SSH_TOKEN_ENV, type SshProxyGateway, sshProxyGateway, UsageError } from "../args.ts";
 import {
   checkClientTls,
   importBundleCommand,
@@ -35,7 +35,7 @@ import {
 } from "../ssh_proxy.ts";
 
 /** The environment variable that carries the SSH session token in token mode. */
-export const TOKEN_ENV = "OPENSHELL_SSH_TOKEN";
+export const TOKEN_ENV: string = SSH_TOKEN_ENV;
 
 /** How long revoking a token may take before the proxy gives up on it. */
 const REVOKE_DEADLINE_MS = 5_000;
@@ -62,17 +62,21 @@ async function createSessionWhenReady(
   }
 }
 
+/** The gateway options as given on the command line (see {@link sshProxyGateway}). */
+function gatewayOf(ctx: Context): SshProxyGateway {
+  return sshProxyGateway((name) => ctx.given(name) ? ctx.str(name) : undefined);
+}
+
 async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
-  const url = ctx.str("gateway");
+  const { url, name } = gatewayOf(ctx);
   const sandboxId = ctx.str("sandbox-id");
-  if (!url || !url.includes("://") || !sandboxId) {
+  if (!url || !sandboxId) {
     throw new UsageError(
-      `token mode needs --gateway URL and --sandbox-id ID (the token in ${TOKEN_ENV})`,
+      `token mode needs --gateway-url URL and --sandbox-id ID (the token in ${TOKEN_ENV})`,
       "ssh-proxy",
     );
   }
   const ep = parseEndpoint(url, { allowPath: true });
-  const name = ctx.str("gateway-name");
   const tls = ep.scheme === "https" && name ? await ctx.store.readTls(name) : undefined;
   if (tls) {
     checkClientTls(tls, {
@@ -142,13 +146,13 @@ async function sandboxIdByName(
 }
 
 async function nameTarget(ctx: Context, name: string): Promise<OwnSession> {
-  const gatewayArg = ctx.str("gateway-name") ?? ctx.str("gateway");
-  if (gatewayArg?.includes("://")) {
+  const given = gatewayOf(ctx);
+  if (given.url) {
     throw new UsageError("name mode takes --gateway NAME or --gateway-endpoint URL", "ssh-proxy");
   }
   const gw = await resolveGateway(ctx.store, {
-    endpointFlag: ctx.str("gateway-endpoint"),
-    gatewayFlag: gatewayArg,
+    endpointFlag: ctx.given("gateway-endpoint") ? ctx.str("gateway-endpoint") : undefined,
+    gatewayFlag: given.name,
     env: ctx.env,
   });
   const client = new SessionRpc({
@@ -201,15 +205,9 @@ async function revokeOwn(ctx: Context, own: OwnSession): Promise<void> {
 /** Runs `ssh-proxy`: pumps stdin/stdout through the tunnel until the sandbox side ends. */
 export async function sshProxyCommand(ctx: Context): Promise<number> {
   ctx.handleInterrupts();
-  if (ctx.str("token") !== undefined) {
-    throw new UsageError(
-      `--token is not accepted: a token on a command line is visible to every user (ps); ` +
-        `pass it in the ${TOKEN_ENV} environment variable`,
-      "ssh-proxy",
-    );
-  }
   const name = ctx.str("name");
-  const token = name === undefined ? ctx.env(TOKEN_ENV) : undefined;
+  // `--token` is refused by its declaration: the token comes from TOKEN_ENV only.
+  const token = name === undefined ? ctx.str("token") : undefined;
   let target: TunnelTarget;
   let own: OwnSession | undefined;
   let fingerprint = ctx.str("host-key-fingerprint") ?? "";
@@ -221,7 +219,7 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
     target = await tokenTarget(ctx, token);
   } else {
     throw new UsageError(
-      `ssh-proxy needs --name SANDBOX, or --gateway URL and --sandbox-id ID with the token in ${TOKEN_ENV}`,
+      `ssh-proxy needs --name SANDBOX, or --gateway-url URL and --sandbox-id ID with the token in ${TOKEN_ENV}`,
       "ssh-proxy",
     );
   }

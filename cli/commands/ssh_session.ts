@@ -55,12 +55,12 @@ export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<Ses
   }
   const args = [
     "ssh-proxy",
-    "--gateway",
+    "--gateway-url",
     `${target.scheme}://${urlHost(target.host)}:${target.port}${target.path}`,
     "--sandbox-id",
     target.sandboxId,
     ...(fp ? ["--host-key-fingerprint", fp] : []),
-    ...(gw.name ? ["--gateway-name", gw.name] : []),
+    ...(gw.name ? ["--gateway", gw.name] : []),
     "--config-dir",
     ctx.store.root,
   ];

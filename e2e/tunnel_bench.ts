@@ -1,5 +1,5 @@
 /**
- * `deno bench -A e2e/relay_bench.ts`: the relay through a real gateway
+ * `deno bench -A e2e/tunnel_bench.ts`: the relay through a real gateway
  * process (its exact grants; a fake supervisor in this process answers the
  * relays) next to a raw loopback TCP socket pair in this process.
  *
@@ -7,14 +7,14 @@
  * - opening a connection and echoing its first byte (CONNECT → 200 → relay).
  *
  * The gateway starts when this module loads and is killed when it unloads.
- * `e2e/bench_relay.ts` has the fuller comparison (payload sizes, windows,
+ * `e2e/bench_gateway.ts` has the fuller comparison (payload sizes, windows,
  * exec, READY, memory).
  *
  * @module
  */
 import type net from "node:net";
 import { echoSession, startRawPeer, startRelayRig, SUPERVISOR_WINDOW_BYTES } from "./benchkit.ts";
-import { openTunnel } from "../testing/gateway.ts";
+import { sendConnect } from "../testing/gateway.ts";
 
 const raw = await startRawPeer();
 const rig = await startRelayRig({ clientWindow: SUPERVISOR_WINDOW_BYTES });
@@ -80,7 +80,7 @@ Deno.bench({
   async fn(b) {
     const headers = { "x-sandbox-id": rig.sandbox.id, "x-sandbox-token": await rig.token() };
     await openEchoClose(b, async () => {
-      const t = await openTunnel(rig.gw.port, headers);
+      const t = await sendConnect(rig.gw.port, headers);
       if (t.status !== 200) throw new Error(`CONNECT answered ${t.head}`);
       t.socket.setNoDelay(true);
       return t.socket;

@@ -18,7 +18,7 @@
  * - `memory`: the gateway's RSS per idle supervisor session, per idle gRPC
  *   channel and per idle raw TCP connection (VmRSS before and after).
  *
- * Usage: `deno run -A e2e/bench_relay.ts [SECTION...]` (default: all).
+ * Usage: `deno run -A e2e/bench_gateway.ts [SECTION...]` (default: all).
  * Figures are MB/s = 10^6 bytes/s; times in ms. No figure is asserted.
  *
  * @module
@@ -32,9 +32,10 @@ import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from "../gateway/server.ts";
 import {
   type ApiClient,
   apiClient,
-  connectFakeSupervisor,
-  openTunnel,
-  startGateway,
+  type ByoSupervisor,
+  byoSupervisor,
+  sendConnect,
+  spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
 import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES } from "../gateway/tuning.ts";
@@ -56,7 +57,6 @@ import {
   startRawPeer,
   startRelayRig,
   stats,
-  stopGateway,
   SUPERVISOR_WINDOW_BYTES,
   table,
   timeDownload,
@@ -89,7 +89,7 @@ async function withResource<T extends { close(): Promise<void> }, R>(
 }
 
 function gatewayResource(gw: TestGateway): { gw: TestGateway; close(): Promise<void> } {
-  return { gw, close: () => stopGateway(gw) };
+  return { gw, close: () => gw.shutdown() };
 }
 
 function heading(title: string): void {
@@ -309,7 +309,7 @@ async function latency(): Promise<void> {
           const headers = { "x-sandbox-id": rig.sandbox.id, "x-sandbox-token": await rig.token() };
           const r = await openAndEcho(() => raw.connect());
           const g = await openAndEcho(async () => {
-            const t = await openTunnel(rig.gw.port, headers);
+            const t = await sendConnect(rig.gw.port, headers);
             if (t.status !== 200) throw new Error(`CONNECT answered ${t.head}`);
             t.socket.setNoDelay(true);
             return t.socket;
@@ -364,7 +364,7 @@ async function exec(): Promise<void> {
     console.log(`(skipped: ${err instanceof Error ? err.message : err})`);
     return;
   }
-  const gw = await startGateway({ args: ["--log-level", "info"] });
+  const gw = await spawnGateway({ args: ["--log-level", "info"] });
   await withResource(gatewayResource(gw), async () => {
     const api = gatewayApi(gw.port);
     const raw = apiClient(gw.port);
@@ -414,7 +414,7 @@ async function exec(): Promise<void> {
 
 async function ready(): Promise<void> {
   heading("Time to READY with a fake supervisor (ms, median (p90))");
-  const gw = await startGateway({ args: ["--log-level", "info"] });
+  const gw = await spawnGateway({ args: ["--log-level", "info"] });
   await withResource(gatewayResource(gw), async () => {
     const api = apiClient(gw.port);
     try {
@@ -442,12 +442,16 @@ async function ready(): Promise<void> {
           name: `ready-${i}`,
         });
         const t1 = performance.now();
+        // Its token and host key (a driver hands them over at create): not timed.
+        const byo = await byoSupervisor(gw, `ready-${i}`, { create: false });
+        const credentialsMs = performance.now() - t1;
         const readyP = waitPhase(api, sandbox.id, "SANDBOX_PHASE_READY");
+        const t1b = performance.now();
         const client = new OpenShellClient(
-          `127.0.0.1:${gw.port}`,
+          `127.0.0.1:${gw.supervisorPort}`,
           grpc.credentials.createInsecure(),
         );
-        const sup = connectFakeSupervisor({ port: gw.port, sandboxId: sandbox.id, client });
+        const sup = byo.connect({ client });
         await sup.accepted;
         const t2 = performance.now();
         await readyP;
@@ -457,8 +461,8 @@ async function ready(): Promise<void> {
         if (i < 2) continue;
         firstCall.push(f);
         create.push(t1 - t0);
-        hello.push(t2 - t1);
-        total.push(t3 - t0);
+        hello.push(t2 - t1b);
+        total.push(t3 - t0 - credentialsMs);
       }
       console.log(table(["measure", "ms"], [
         [`fresh gRPC channel + one unary Health call (baseline), n=${n}`, ms(firstCall)],
@@ -480,29 +484,28 @@ async function settledRss(pid: number): Promise<number> {
 async function memory(): Promise<void> {
   const n = 200;
   heading(`Gateway memory per idle connection/session (VmRSS, ${n} of each)`);
-  const gw = await startGateway({ args: ["--log-level", "info"] });
+  const gw = await spawnGateway({ args: ["--log-level", "info"] });
   await withResource(gatewayResource(gw), async () => {
     const api: ApiClient = apiClient(gw.port);
     const clients: grpc.Client[] = [];
     const sessions: { close(): void }[] = [];
     const sockets: net.Socket[] = [];
     try {
-      const ids: string[] = [];
-      for (let i = 0; i < n; i++) {
-        ids.push(
-          (await api.call<{ sandbox: { id: string } }>("CreateSandbox", { name: `mem-${i}` }))
-            .sandbox.id,
-        );
-      }
+      const byos: ByoSupervisor[] = [];
+      for (let i = 0; i < n; i++) byos.push(await byoSupervisor(gw, `mem-${i}`));
       const rss0 = await settledRss(gw.pid);
 
-      // n idle gRPC channels (each made one unary call, so HTTP/2 is set up).
+      // n idle gRPC channels to the supervisor plane (each made one unary call, so HTTP/2 is
+      // set up; the plane answers Health with PERMISSION_DENIED, which is an answer).
       for (let i = 0; i < n; i++) {
-        const c = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure());
+        const c = new OpenShellClient(
+          `127.0.0.1:${gw.supervisorPort}`,
+          grpc.credentials.createInsecure(),
+        );
         clients.push(c);
-        await new Promise<void>((resolve, reject) =>
+        await new Promise<void>((resolve) =>
           (c as unknown as Record<string, (r: unknown, cb: (e: unknown) => void) => void>)
-            .Health({}, (e) => e ? reject(e) : resolve())
+            .Health({}, () => resolve())
         );
       }
       const rss1 = await settledRss(gw.pid);
@@ -510,7 +513,7 @@ async function memory(): Promise<void> {
       // One idle supervisor session on each of those channels.
       const accepted: Promise<string>[] = [];
       for (let i = 0; i < n; i++) {
-        const s = connectFakeSupervisor({ port: gw.port, sandboxId: ids[i], client: clients[i] });
+        const s = byos[i].connect({ client: clients[i] });
         sessions.push(s);
         accepted.push(s.accepted);
       }
@@ -560,7 +563,7 @@ async function main(): Promise<number> {
   const wanted = Deno.args.length ? Deno.args : [...SECTIONS];
   for (const w of wanted) {
     if (!(SECTIONS as readonly string[]).includes(w)) {
-      console.error(`bench_relay: unknown section "${w}" (expected ${SECTIONS.join(", ")})`);
+      console.error(`bench_gateway: unknown section "${w}" (expected ${SECTIONS.join(", ")})`);
       return 2;
     }
   }
