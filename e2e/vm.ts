@@ -27,11 +27,11 @@
  *    5j. `image build` with one extra package, `sandbox create --image` boots
  *    it; an unknown image is refused naming `image list`; an image in use
  *    cannot be deleted;
- *    5k-5q. egress (`e2e/egress_steps.ts`): a test host in a network
- *    namespace; a sandbox with a policy reaches its allowed port through the
- *    proxy (curl, wget), gets a 403 naming the fix for another port and
+ *    5k-5q. egress (`e2e/egress_steps.ts`): two test hosts in network
+ *    namespaces; a sandbox with a policy reaches the allowed one through the
+ *    proxy (curl, wget), gets a 403 naming the fix for the other and
  *    NXDOMAIN for a denied name, never reaches the host's loopback or own
- *    address; `policy set --wait` allows the other port live;
+ *    address; `policy set --wait` allows the other one live;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
