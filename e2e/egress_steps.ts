@@ -39,8 +39,8 @@ export interface EgressContext {
   step: StepRunner;
   /** Runs the CLI against the e2e's gateway. */
   cli: (args: readonly string[], timeoutMs?: number) => Promise<CliResult>;
-  /** A scratch dir of the run (policy files, the test host's server script). */
-  base: string;
+  /** Where the policy files go: a dir the CLI may read (its grants are narrowed to its config dir). */
+  policyDir: string;
 }
 
 function check(cond: unknown, message: string): asserts cond {
@@ -105,7 +105,7 @@ function status(label: string, command: string): string {
 
 /** Runs every egress step against a gateway with egress on; cleans up after itself. */
 export async function egressSteps(ctx: EgressContext): Promise<boolean> {
-  const { step, cli, base } = ctx;
+  const { step, cli, policyDir } = ctx;
   const name = "egress";
   const exec = (script: string, timeoutMs = 120_000) =>
     cli(["sandbox", "exec", name, "--", "bash", "-lc", script], timeoutMs);
@@ -144,7 +144,7 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
     ok &&= await step(
       "5l. egress: create --policy; the proxy variables, resolv.conf over TCP, apt's proxy",
       async () => {
-        const file = `${base}/egress-policy.yaml`;
+        const file = `${policyDir}/egress-policy.yaml`;
         await Deno.writeTextFile(file, policy(false));
         const c = await cli(
           ["sandbox", "create", "--name", name, "--policy", file, "--", "true"],
@@ -248,7 +248,7 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
     ok &&= await step(
       "5p. egress: policy set --wait flips the denied host:port to allowed, live",
       async () => {
-        const file = `${base}/egress-policy-2.yaml`;
+        const file = `${policyDir}/egress-policy-2.yaml`;
         await Deno.writeTextFile(file, policy(true));
         const t0 = Date.now();
         const set = await cli(["policy", "set", name, "--policy", file, "--wait"], 60_000);

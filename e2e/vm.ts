@@ -808,7 +808,7 @@ Deno.exit(0);
     });
 
     // ---- egress (issue 14): its own steps, see e2e/egress_steps.ts ----
-    await egressSteps({ step, cli, base });
+    await egressSteps({ step, cli, policyDir: configHome });
 
     await step(
       "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
