@@ -31,6 +31,7 @@ import {
   type WatchSandboxRequest,
   type Wire,
 } from "../core/protocol.ts";
+import { hostPort } from "../core/endpoint.ts";
 import { Code } from "../core/status.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import type { GatewayEndpoint, TlsMaterial } from "./config.ts";
@@ -70,8 +71,7 @@ export interface ServerStream<T> extends AsyncIterable<T> {
 
 /** The grpc-js target (`host:port`) of an endpoint. */
 export function grpcTarget(endpoint: GatewayEndpoint): string {
-  const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
-  return `${host}:${endpoint.port}`;
+  return hostPort(endpoint.host, endpoint.port);
 }
 
 /**

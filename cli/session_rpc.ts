@@ -12,6 +12,7 @@
  */
 import http2 from "node:http2";
 import tls from "node:tls";
+import { hostPort } from "../core/endpoint.ts";
 import type { CreateSshSessionResponse } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { tlsConnectOptions } from "../core/tls_options.ts";
@@ -160,8 +161,7 @@ export class SessionRpc {
   #connect(): http2.ClientHttp2Session {
     if (this.#session && !this.#session.closed && !this.#session.destroyed) return this.#session;
     const { endpoint, tls: material } = this.#options;
-    const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
-    const authority = `${endpoint.scheme}://${host}:${endpoint.port}`;
+    const authority = `${endpoint.scheme}://${hostPort(endpoint.host, endpoint.port)}`;
     const session = endpoint.scheme === "https"
       ? http2.connect(authority, {
         createConnection: () =>

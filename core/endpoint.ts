@@ -39,6 +39,11 @@ export function hostForUrl(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
 
+/** `host:port` as in a URL authority, a grpc-js target or a Host header (IPv6 in brackets). */
+export function hostPort(host: string, port: number): string {
+  return `${hostForUrl(host)}:${port}`;
+}
+
 /**
  * Parses a gateway URL. Throws an {@link EndpointError} for anything but
  * http(s) with a host, without credentials, query or fragment (and without

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { EndpointError, hostForUrl, isLoopbackOrUnspecified, parseEndpoint } from "./endpoint.ts";
+import {
+  EndpointError,
+  hostForUrl,
+  hostPort,
+  isLoopbackOrUnspecified,
+  parseEndpoint,
+} from "./endpoint.ts";
 
 Deno.test("parseEndpoint normalises scheme, host and default ports", () => {
   assert.deepEqual(parseEndpoint(" http://127.0.0.1:8080/ "), {
@@ -48,4 +54,7 @@ Deno.test("loopback and unspecified hosts are recognised; IPv6 is bracketed in U
   assert.equal(hostForUrl("::1"), "[::1]");
   assert.equal(hostForUrl("[::1]"), "[::1]");
   assert.equal(hostForUrl("gw"), "gw");
+  assert.equal(hostPort("::1", 22), "[::1]:22");
+  assert.equal(hostPort("[fe80::1]", 8080), "[fe80::1]:8080");
+  assert.equal(hostPort("127.0.0.1", 0), "127.0.0.1:0");
 });

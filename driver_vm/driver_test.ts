@@ -495,7 +495,7 @@ Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => 
   await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/bad`), Deno.errors.NotFound);
 });
 
-Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async () => {
+Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async (t) => {
   const isRoot = Deno.uid() === 0;
   const vmUser = { name: "nobody", uid: 65534, gid: 65534 };
   let boots = 0;
@@ -519,16 +519,20 @@ Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses 
   const sdir = `${f.dir}/state/sandboxes/sb-own`;
   assert.equal(spec.pidFile, `${sdir}/qemu.pid`);
   assert.equal(await Deno.readTextFile(spec.pidFile), "", "qemu's pid file exists before qemu");
-  if (isRoot) {
-    for (const file of [spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
-      const st = await Deno.stat(file);
-      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
-    }
-    for (const d of [`${f.dir}/state/sandboxes`, sdir, `${sdir}/guest`]) {
-      const st = await Deno.stat(d);
-      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
-    }
-  }
+  await t.step({
+    name: "as root: qemu's files are the VM user's, its dirs root's and only searchable",
+    ignore: !isRoot,
+    fn: async () => {
+      for (const file of [spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
+        const st = await Deno.stat(file);
+        assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
+      }
+      for (const d of [`${f.dir}/state/sandboxes`, sdir, `${sdir}/guest`]) {
+        const st = await Deno.stat(d);
+        assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
+      }
+    },
+  });
 });
 
 // ---- egress ----------------------------------------------------------------

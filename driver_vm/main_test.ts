@@ -174,7 +174,7 @@ Deno.test("runtime dir: its files and the default image its manifest names", asy
   }
 });
 
-Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cleanly on SIGTERM", async () => {
+Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cleanly on SIGTERM", async (t) => {
   const s = await setup();
   await Deno.writeTextFile(`${s.state}/compute-driver.sock`, "stale");
   const child = spawn(s.argv);
@@ -183,8 +183,11 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
   try {
     const pid1 = await s.create("sb-1", c);
     assert.ok(await alive(pid1), "qemu runs");
-    const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
-    assert.equal(cmdline.split("\0")[0], "sleep", "setpriv exec'd qemu: the pid we hold is qemu's");
+    // setpriv exec's qemu: the pid we hold becomes qemu's (a forking setpriv would stay setpriv).
+    await waitFor(`setpriv to exec qemu (pid ${pid1})`, async () => {
+      const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
+      return cmdline.split("\0")[0] === "sleep";
+    }, { timeoutMs: 5_000, intervalMs: 10 });
     const console1 = `${s.state}/sandboxes/sb-1/console.log`;
     // qemu's stdout is the guest's console, its stderr goes in as "qemu: …" lines
     await waitFor(
@@ -198,41 +201,48 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       { ignoreErrors: true },
     );
 
-    if (isRoot) {
-      // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but not change.
-      assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
-      const sb = `${s.state}/sandboxes/sb-1`;
-      for (const f of [`${sb}/qemu.pid`, `${sb}/guest/config`]) {
-        assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
-      }
-      // The driver writes the console log itself: qemu cannot touch it.
-      assert.deepEqual(owner(`${sb}/console.log`), { uid: 0, gid: 0, mode: 0o600 });
-      for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
-        assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
-      }
-      assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
-      // The fake qemu printed its arguments into the console log.
-      assert.ok(
-        (await Deno.readTextFile(console1)).includes(`filename=${s.state}/runtime/openshell.img,`),
-        "boots the staged runtime copy",
-      );
-      assert.deepEqual(owner(`${s.state}/runtime/openshell.img`), {
-        uid: 0,
-        gid: vmUser.gid,
-        mode: 0o640,
-      });
-      // The sandbox's disk is qemu's; the image under it root's, read-only to qemu's group.
-      assert.deepEqual(owner(`${sb}/disk.qcow2`), {
-        uid: vmUser.uid,
-        gid: vmUser.gid,
-        mode: 0o600,
-      });
-      assert.deepEqual(owner(`${s.state}/images/fakeimage.img`), {
-        uid: 0,
-        gid: vmUser.gid,
-        mode: 0o640,
-      });
-    }
+    await t.step({
+      name: "as root: qemu runs as the VM user and owns only the files it uses",
+      ignore: !isRoot,
+      fn: async () => {
+        // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but
+        // not change.
+        assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
+        const sb = `${s.state}/sandboxes/sb-1`;
+        for (const f of [`${sb}/qemu.pid`, `${sb}/guest/config`]) {
+          assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
+        }
+        // The driver writes the console log itself: qemu cannot touch it.
+        assert.deepEqual(owner(`${sb}/console.log`), { uid: 0, gid: 0, mode: 0o600 });
+        for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
+          assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
+        }
+        assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
+        // The fake qemu printed its arguments into the console log.
+        assert.ok(
+          (await Deno.readTextFile(console1)).includes(
+            `filename=${s.state}/runtime/openshell.img,`,
+          ),
+          "boots the staged runtime copy",
+        );
+        assert.deepEqual(owner(`${s.state}/runtime/openshell.img`), {
+          uid: 0,
+          gid: vmUser.gid,
+          mode: 0o640,
+        });
+        // The sandbox's disk is qemu's; the image under it root's, read-only to qemu's group.
+        assert.deepEqual(owner(`${sb}/disk.qcow2`), {
+          uid: vmUser.uid,
+          gid: vmUser.gid,
+          mode: 0o600,
+        });
+        assert.deepEqual(owner(`${s.state}/images/fakeimage.img`), {
+          uid: 0,
+          gid: vmUser.gid,
+          mode: 0o640,
+        });
+      },
+    });
 
     const pid2 = await s.create("sb-2", c);
     Deno.kill(pid2, "SIGKILL");

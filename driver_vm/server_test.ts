@@ -116,15 +116,14 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     );
 
     launcher.vms[1].exit(3);
-    const deadline = Date.now() + 3000;
-    while (
-      !events.some((e) =>
-        e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
-      )
-    ) {
-      if (Date.now() > deadline) throw new Error("no ProcessExited event on the watch stream");
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitFor(
+      "a ProcessExited event on the watch stream",
+      () =>
+        events.some((e) =>
+          e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
+        ),
+      { timeoutMs: 3_000, intervalMs: 10 },
+    );
     const exited = events.findLast((e) => e.payload === "sandbox");
     assert.ok(exited?.payload === "sandbox");
     assert.match(
@@ -136,10 +135,14 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     assert.equal(del.deleted, true);
     const again = await call<{ deleted: boolean }>(client, "DeleteSandbox", { sandbox_id: "sb-1" });
     assert.equal(again.deleted, false);
-    while (events.at(-1)?.payload !== "deleted") {
-      if (Date.now() > deadline) throw new Error("no Deleted event on the watch stream");
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitFor(
+      "a Deleted event on the watch stream",
+      () => events.at(-1)?.payload === "deleted",
+      {
+        timeoutMs: 3_000,
+        intervalMs: 10,
+      },
+    );
   } finally {
     watch.cancel();
     client.close();

@@ -17,15 +17,13 @@
  * - `noEgressChecks` (a gateway with `--no-egress`): no proxy variables, and
  *   name look-ups fail at once with "could not resolve" — never a crash.
  *
- * Called by `e2e/vm.ts`; each step function is self-contained so the file
- * can move with the e2e's structure.
+ * Called by `e2e/vm.ts` with its step runner; a step whose prerequisite (the
+ * test hosts, the egress sandbox) is missing is reported ignored.
  *
  * @module
  */
 import { type NetnsServer, startNetnsServer } from "../testing/netns.ts";
-
-/** Runs one named step (the caller times and records it); false when it failed or was skipped. */
-export type StepRunner = (name: string, fn: () => Promise<void>) => Promise<boolean>;
+import type { StepRunner } from "./installed.ts";
 
 /** One CLI run. */
 export interface CliResult {
@@ -36,6 +34,7 @@ export interface CliResult {
 
 /** What the egress steps need from the e2e. */
 export interface EgressContext {
+  /** Runs one step (`needs`: what is missing, if anything; then it is ignored). */
   step: StepRunner;
   /** Runs the CLI against the e2e's gateway. */
   cli: (args: readonly string[], timeoutMs?: number) => Promise<CliResult>;
@@ -105,7 +104,13 @@ function status(label: string, command: string): string {
 
 /** Runs every egress step against a gateway with egress on; cleans up after itself. */
 export async function egressSteps(ctx: EgressContext): Promise<boolean> {
-  const { step, cli, policyDir } = ctx;
+  const { cli, policyDir } = ctx;
+  let ok = true;
+  const step: StepRunner = async (label, fn, needs) => {
+    const passed = await ctx.step(label, fn, needs);
+    ok &&= passed || (needs ?? []).some((n) => n !== undefined);
+    return passed;
+  };
   const name = "egress";
   const exec = (script: string, timeoutMs = 120_000) =>
     cli(["sandbox", "exec", name, "--", "bash", "-lc", script], timeoutMs);
@@ -114,7 +119,8 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
   let b: NetnsServer | undefined;
   let forbidden: ReturnType<typeof startForbidden> | undefined;
   let created = false;
-  let ok = true;
+  const needHosts = () => a && b && forbidden ? undefined : "the test hosts of 5k";
+  const needSandbox = () => created ? undefined : "the egress sandbox of 5l";
   const target = (s: NetnsServer) => `${s.address}:${s.port}`;
   /** The policy: A (and B when `withB`), plus the host itself, which the SSRF rules deny. */
   const policy = (withB: boolean) =>
@@ -129,7 +135,7 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
       ],
     });
   try {
-    ok &&= await step(
+    await step(
       "5k. egress: two test hosts in network namespaces (testing/netns.ts)",
       async () => {
         a = await startNetnsServer();
@@ -141,7 +147,7 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
         );
       },
     );
-    ok &&= await step(
+    await step(
       "5l. egress: create --policy; the proxy variables, resolv.conf over TCP, apt's proxy",
       async () => {
         const file = `${policyDir}/egress-policy.yaml`;
@@ -176,8 +182,9 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
         check(/^2$/m.test(r.stdout), `apt's Acquire::http(s)::Proxy: ${show(r)}`);
         check(r.stdout.includes(`sudo=${url}`), `sudo keeps the proxy variables: ${show(r)}`);
       },
+      [needHosts()],
     );
-    ok &&= await step(
+    await step(
       "5m. egress: curl (GET and CONNECT) and wget reach the allowed test host",
       async () => {
         const url = `http://${target(a!)}/hello`;
@@ -191,8 +198,9 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
           `the allowed test host through the proxy: ${show(r)}`,
         );
       },
+      [needHosts(), needSandbox()],
     );
-    ok &&= await step(
+    await step(
       "5n. egress: a host:port not allowed is 403 naming it and the fix; a denied name NXDOMAIN",
       async () => {
         const denied = target(b!);
@@ -222,8 +230,9 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
         check(r.stdout.includes("curlname=6"), `curl: could not resolve: ${show(r)}`);
         console.error(`    getent hosts denied.example → NXDOMAIN in ${ms} ms`);
       },
+      [needHosts(), needSandbox()],
     );
-    ok &&= await step(
+    await step(
       "5o. egress: the host's loopback and own address are reached neither via the proxy nor directly",
       async () => {
         const f = forbidden!;
@@ -244,8 +253,9 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
         check(!/^router=0$/m.test(r.stdout), `10.0.2.2:${p} answered: ${show(r)}`);
         check(f.hits() === 0, `the host's servers were reached ${f.hits()} time(s)`);
       },
+      [needHosts(), needSandbox()],
     );
-    ok &&= await step(
+    await step(
       "5p. egress: policy set --wait flips the denied host:port to allowed, live",
       async () => {
         const file = `${policyDir}/egress-policy-2.yaml`;
@@ -263,12 +273,13 @@ except socket.gaierror as e: print("gai", e.errno)'; ` +
         check(list.code === 0, `policy list: ${show(list)}`);
         console.error(`    policy set --wait → LOADED in ${setMs} ms; the sandbox kept running`);
       },
+      [needHosts(), needSandbox()],
     );
-    ok &&= await step("5q. egress: delete the sandbox", async () => {
+    await step("5q. egress: delete the sandbox", async () => {
       const d = await cli(["sandbox", "delete", name]);
       check(d.code === 0, `delete: ${show(d)}`);
       created = false;
-    });
+    }, [needSandbox()]);
   } finally {
     if (created) await cli(["sandbox", "delete", name]).catch(() => {});
     await forbidden?.close().catch(() => {});

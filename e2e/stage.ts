@@ -4,7 +4,7 @@
  * exactly its grants (`exec` keeps the pid, so the gateway stays its parent),
  * and `openshell-image-builder`, the image builder the driver runs for
  * `image build|import`, with its own grants. (The egress proxy's wrapper is
- * `testing/gateway.ts`'s, written by `startGateway({ egress: true })`.)
+ * `testing/gateway.ts`'s, written by `spawnGateway({ egress: true })`.)
  *
  * @module
  */

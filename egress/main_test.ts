@@ -145,10 +145,14 @@ Deno.test("the egress process: --help, and a missing --state-dir is one line and
     };
     const help = await run(["--help"]);
     assert.equal(help.code, 0);
-    assert.match(help.stdout, /--state-dir VALUE/);
+    assert.match(help.stdout, /^openshell-egress: /);
+    assert.match(help.stdout, /--state-dir DIR .*\n.*\[required; env OPENSHELL_EGRESS_STATE_DIR\]/);
     const missing = await run([]);
     assert.equal(missing.code, 2);
-    assert.equal(missing.stderr, "openshell-egress: --state-dir is required (see --help)\n");
+    assert.equal(
+      missing.stderr,
+      "openshell-egress: --state-dir (or OPENSHELL_EGRESS_STATE_DIR) is required\n",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

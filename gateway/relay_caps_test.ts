@@ -8,6 +8,7 @@
 import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import {
@@ -134,27 +135,33 @@ function openAndCancel(
   asked: Promise<void>,
 ): Promise<"cancelled" | { status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: "127.0.0.1" });
-    socket.on("error", reject);
-    let reply = Buffer.alloc(0);
     let done = false;
-    socket.on("data", (c: Buffer) => reply = Buffer.concat([reply, c]));
-    socket.on("end", () => {
-      if (done) return;
-      done = true;
-      const text = reply.toString("latin1");
-      socket.destroy();
-      resolve({ status: Number(text.split(" ")[1]), body: text.split("\r\n\r\n")[1] ?? "" });
+    const req = http.request({
+      method: "CONNECT",
+      path: "/connect/ssh",
+      headers: { Host: "gateway", ...headers },
+      createConnection: () => net.connect({ port, host: "127.0.0.1" }),
+    });
+    req.once("error", (err) => {
+      if (!done) reject(err);
+    });
+    req.once("connect", (res: http.IncomingMessage, socket: net.Socket, rest: Buffer) => {
+      let body = rest;
+      socket.on("data", (c: Buffer) => body = Buffer.concat([body, c]));
+      socket.on("end", () => {
+        if (done) return;
+        done = true;
+        socket.destroy();
+        resolve({ status: res.statusCode ?? 0, body: body.toString("latin1") });
+      });
     });
     asked.then(() => {
       if (done) return;
       done = true;
-      socket.destroy();
+      req.destroy();
       resolve("cancelled");
     });
-    const lines = ["CONNECT /connect/ssh HTTP/1.1", "Host: gateway"];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
-    socket.write(lines.join("\r\n") + "\r\n\r\n");
+    req.end();
   });
 }
 

@@ -13,7 +13,7 @@ import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
-import { hostForUrl } from "../core/endpoint.ts";
+import { hostForUrl, hostPort } from "../core/endpoint.ts";
 import { ensureGatewayPki, serverNames } from "../core/pki.ts";
 import { checkPrivateDir } from "../core/secure_fs.ts";
 import { Code } from "../core/status.ts";
@@ -23,7 +23,6 @@ import {
   driverSocketPath,
   egressBinary,
   egressControlSocket,
-  egressGuestSocket,
   type GatewayConfig,
   internalSocketPath,
   pkiDir,
@@ -239,17 +238,44 @@ async function removeStale(path: string): Promise<void> {
   }
 }
 
+/** What {@link tuneSessions} needs of a node:http2 server. */
+export interface Http2ServerLike {
+  on(event: "session", listener: (session: unknown) => void): unknown;
+}
+
 /**
- * HTTP/2 settings of every session of the internal server: the largest
- * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
- * unless `defaultWindows`, the raised flow-control windows.
+ * The node:http2 servers of a bound grpc-js server. grpc-js keeps them in
+ * the private field `http2Servers` (a Map keyed by server; 1.14.x) and has
+ * no public way to set a server's HTTP/2 windows, so the gateway reaches in.
+ * If a grpc-js upgrade removes or reshapes the field this throws at start
+ * instead of silently serving with default windows and no header-list cap.
  */
-function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
-  const servers = (server as unknown as {
-    http2Servers?: Map<{ on: (e: string, f: (s: unknown) => void) => void }, unknown>;
-  })
-    .http2Servers;
-  for (const h2 of servers?.keys() ?? []) {
+export function http2ServersOf(server: grpc.Server): Http2ServerLike[] {
+  const field = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  const servers = field instanceof Map ? [...field.keys()] : [];
+  if (
+    servers.length === 0 ||
+    !servers.every((s) => typeof (s as Partial<Http2ServerLike>)?.on === "function")
+  ) {
+    throw new Error(
+      "@grpc/grpc-js has no private Server.http2Servers map of bound node:http2 servers " +
+        "(the gateway hooks it to raise HTTP/2 windows and cap header lists): use the " +
+        "@grpc/grpc-js version in deno.json, or adapt http2ServersOf in gateway/server.ts",
+    );
+  }
+  return servers as Http2ServerLike[];
+}
+
+/**
+ * HTTP/2 settings of every session of a bound grpc-js server: the largest
+ * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
+ * unless `defaultWindows`, the raised flow-control windows
+ * ({@link H2_STREAM_WINDOW} per stream, {@link H2_CONNECTION_WINDOW} for
+ * the connection). Throws when grpc-js's servers cannot be reached (see
+ * {@link http2ServersOf}).
+ */
+export function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
+  for (const h2 of http2ServersOf(server)) {
     h2.on("session", (session) => {
       const s = session as {
         settings(opts: Record<string, number>): void;
@@ -275,9 +301,7 @@ function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean)
  * a compiled binary's grants are fixed at build time.
  */
 export function checkGrants(config: GatewayConfig): void {
-  const host = config.bind.includes(":") && !config.bind.startsWith("[")
-    ? `[${config.bind}]`
-    : config.bind;
+  const host = hostForUrl(config.bind);
   const wanted: [Deno.PermissionDescriptor, string][] = [
     [
       { name: "net", host: config.port === 0 ? host : `${host}:${config.port}` },
@@ -497,9 +521,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     ttlSecs: config.sshSessionTtlSecs,
   };
   log.info(
-    `Server listening on ${
-      bound.host.includes(":") ? `[${bound.host}]` : bound.host
-    }:${bound.port}`,
+    `Server listening on ${hostPort(bound.host, bound.port)}`,
     {
       version: VERSION,
       drivers: config.drivers,

@@ -4,13 +4,24 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import http2 from "node:http2";
+import net from "node:net";
 import type { Duplex } from "node:stream";
-import type * as grpc from "@grpc/grpc-js";
+import * as grpc from "@grpc/grpc-js";
 import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
 import { gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { Logger } from "../core/log.ts";
 import { Code } from "../core/status.ts";
+import { waitFor } from "../core/testing.ts";
+import {
+  H2_CONNECTION_WINDOW,
+  H2_STREAM_WINDOW,
+  http2ServersOf,
+  MAX_HEADER_LIST_BYTES,
+  tuneSessions,
+} from "./server.ts";
 import {
   type ApiClient,
   apiClient,
@@ -586,4 +597,86 @@ Deno.test("a gateway whose grants do not cover its flags stops with one clear li
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** A grpc-js server bound to a Unix socket in `dir`, tuned as the gateway tunes its own. */
+async function tunedServer(dir: string, defaultWindows: boolean): Promise<grpc.Server> {
+  const server = new grpc.Server();
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(
+      `unix:${dir}/g.sock`,
+      grpc.ServerCredentials.createInsecure(),
+      (err) => err ? reject(err) : resolve(),
+    )
+  );
+  tuneSessions(server, new Logger({ level: "error" }), defaultWindows);
+  return server;
+}
+
+/**
+ * The server's SETTINGS and connection window as a node:http2 client sees
+ * them, once `tuned` holds (they follow grpc-js's own first SETTINGS).
+ */
+async function sessionView(
+  dir: string,
+  tuned: (settings: http2.Settings, connectionWindow: number) => boolean,
+): Promise<{ settings: http2.Settings; connectionWindow: number }> {
+  const session = http2.connect("http://gateway", {
+    createConnection: () => net.connect({ path: `${dir}/g.sock` }),
+  });
+  session.on("error", () => {});
+  const view = () => ({
+    settings: session.remoteSettings,
+    connectionWindow: session.state.remoteWindowSize ?? -1,
+  });
+  try {
+    await new Promise((r) => session.once("remoteSettings", r));
+    await waitFor("the tuned settings", () => tuned(view().settings, view().connectionWindow), {
+      timeoutMs: 5_000,
+    });
+    return view();
+  } finally {
+    await new Promise<void>((r) => session.close(() => r()));
+  }
+}
+
+Deno.test("HTTP/2 tuning: a real session carries the raised windows and the header-list cap", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "h2tune" });
+  const server = await tunedServer(dir, false);
+  try {
+    const view = await sessionView(
+      dir,
+      (s, window) => s.maxHeaderListSize === MAX_HEADER_LIST_BYTES && window > 65_535,
+    );
+    assert.equal(view.settings.initialWindowSize, H2_STREAM_WINDOW);
+    assert.equal(view.connectionWindow, H2_CONNECTION_WINDOW);
+  } finally {
+    server.forceShutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+  // OPENSHELL_H2_DEFAULT_WINDOWS: the default windows, the cap still set.
+  const dir2 = await Deno.makeTempDir({ prefix: "h2tune" });
+  const plain = await tunedServer(dir2, true);
+  try {
+    const view = await sessionView(dir2, (s) => s.maxHeaderListSize === MAX_HEADER_LIST_BYTES);
+    assert.equal(view.settings.initialWindowSize, 65_535);
+    assert.equal(view.connectionWindow, 65_535);
+  } finally {
+    plain.forceShutdown();
+    await Deno.remove(dir2, { recursive: true });
+  }
+});
+
+Deno.test("HTTP/2 tuning: without grpc-js's http2Servers the gateway stops at start, saying why", () => {
+  const log = new Logger({ level: "error" });
+  const unbound = new grpc.Server();
+  assert.throws(() => tuneSessions(unbound, log, false), /no private Server\.http2Servers map/);
+  const renamed = { http2ServerMap: new Map() } as unknown as grpc.Server;
+  assert.throws(
+    () => tuneSessions(renamed, log, false),
+    /use the @grpc\/grpc-js version in deno\.json/,
+  );
+  const reshaped = { http2Servers: new Map([[{}, {}]]) } as unknown as grpc.Server;
+  assert.throws(() => http2ServersOf(reshaped), /http2Servers/);
+  unbound.forceShutdown();
 });

@@ -21,6 +21,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Backoff, sleep } from "../core/backoff.ts";
+import { hostPort } from "../core/endpoint.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import {
   type GatewayMessage,
@@ -104,8 +105,7 @@ type GrpcClient = grpc.Client & {
 
 /** Channels to the gateway over grpc-js. */
 export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
-  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
-  const target = `${host}:${options.port}`;
+  const target = hostPort(options.host, options.port);
   return () => {
     const secure = options.tls ? grpcTlsCredentials(options.host, options.tls) : undefined;
     const client = new OpenShellClient(
@@ -155,6 +155,8 @@ export interface SessionOptions {
   silentAfterIntervals?: number;
   /** How long to wait for `session_accepted`; default 20 s. */
   handshakeTimeoutMs?: number;
+  /** Monotonic clock in milliseconds (session age, gateway silence); default `performance.now`. */
+  now?: () => number;
   /** Reports each accepted session (tests). */
   onAccepted?: (info: { sessionId: string; instanceId: string; heartbeatMs: number }) => void;
 }
@@ -247,12 +249,13 @@ export class SupervisorSession {
     const log = o.logger.with({ instance_id: instanceId });
     const minBeat = o.minHeartbeatMs ?? 5_000;
     const silentAfter = o.silentAfterIntervals ?? 3;
+    const now = o.now ?? (() => performance.now());
     return new Promise<AttemptResult>((resolve) => {
       let call: ControlCall;
       let done = false;
       let sessionId: string | undefined;
       let acceptedAt = 0;
-      let lastInbound = performance.now();
+      let lastInbound = now();
       const timers: ReturnType<typeof setTimeout>[] = [];
 
       const finish = (error: string | undefined, replaceChannel = false) => {
@@ -269,7 +272,7 @@ export class SupervisorSession {
         }
         resolve({
           sessionId,
-          acceptedFor: sessionId ? performance.now() - acceptedAt : undefined,
+          acceptedFor: sessionId ? now() - acceptedAt : undefined,
           error,
           replaceChannel,
         });
@@ -286,7 +289,7 @@ export class SupervisorSession {
 
       const onAccepted = (accepted: { session_id: string; heartbeat_interval_secs: number }) => {
         sessionId = accepted.session_id;
-        acceptedAt = performance.now();
+        acceptedAt = now();
         this.#sessionId = sessionId;
         const heartbeatMs = Math.max(accepted.heartbeat_interval_secs * 1000, minBeat);
         o.events.sessionOpened({
@@ -294,9 +297,9 @@ export class SupervisorSession {
           heartbeatSecs: Math.round(heartbeatMs / 1000),
         });
         timers.push(setInterval(() => {
-          if (performance.now() - lastInbound > silentAfter * heartbeatMs) {
+          if (now() - lastInbound > silentAfter * heartbeatMs) {
             finish(
-              `gateway silent for ${Math.round((performance.now() - lastInbound) / 1000)} s ` +
+              `gateway silent for ${Math.round((now() - lastInbound) / 1000)} s ` +
                 `(${silentAfter} heartbeat intervals)`,
               true,
             );
@@ -312,7 +315,7 @@ export class SupervisorSession {
       };
 
       call.on("data", (message: GatewayMessage) => {
-        lastInbound = performance.now();
+        lastInbound = now();
         if (done) return;
         if (sessionId === undefined) {
           if (message.payload === "session_accepted") {

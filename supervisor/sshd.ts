@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { writeAll } from "../core/io.ts";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import { publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
@@ -226,11 +227,6 @@ export interface SshdServerOptions {
 }
 
 const READ_CHUNK = 64 * 1024;
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}
 
 /** Accepts connections on the Unix socket and serves each with a fresh `sshd -i`. */
 export class SshdServer {

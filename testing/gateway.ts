@@ -6,7 +6,7 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
+import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { relayFrameDuplex } from "../core/bridge.ts";
@@ -488,36 +488,37 @@ export interface ConnectReply {
   socket: net.Socket;
 }
 
-/** Sends `CONNECT path` with the given headers and reads the reply head. */
+/**
+ * Sends `CONNECT path` (or `method`) with the given headers through
+ * `node:http`'s client and reads the reply head.
+ */
 export function sendConnect(
   port: number,
   headers: Record<string, string>,
   options: { method?: string; path?: string } = {},
 ): Promise<ConnectReply> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
-    const lines = [
-      `${options.method ?? "CONNECT"} ${options.path ?? "/connect/ssh"} HTTP/1.1`,
-      "Host: gateway",
-    ];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
-    socket.write(lines.join("\r\n") + "\r\n\r\n");
-    let buf = Buffer.alloc(0);
-    const onData = (chunk: Buffer) => {
-      buf = Buffer.concat([buf, chunk]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      socket.removeListener("data", onData);
+    const req = http.request({
+      method: options.method ?? "CONNECT",
+      path: options.path ?? "/connect/ssh",
+      headers: { Host: "gateway", ...headers },
+      createConnection: () => net.connect({ port, host: "127.0.0.1", allowHalfOpen: true }),
+    });
+    const reply = (res: http.IncomingMessage, socket: net.Socket, rest?: Uint8Array) => {
       socket.pause();
-      const head = buf.subarray(0, end).toString("latin1");
-      const rest = buf.subarray(end + 4);
-      if (rest.length > 0) socket.unshift(rest);
-      const status = Number(head.split(" ")[1]);
+      if (rest && rest.length > 0) socket.unshift(rest);
+      const status = res.statusCode ?? 0;
+      const lines = [`HTTP/${res.httpVersion} ${status} ${res.statusMessage ?? ""}`];
+      for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
+        lines.push(`${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}`);
+      }
       if (status !== 200) socket.destroy();
-      resolve({ status, head, socket });
+      resolve({ status, head: lines.join("\r\n"), socket });
     };
-    socket.on("data", onData);
-    socket.once("error", reject);
+    req.once("connect", reply);
+    req.once("response", (res: http.IncomingMessage) => reply(res, res.socket as net.Socket));
+    req.once("error", reject);
+    req.end();
   });
 }
 

@@ -21,6 +21,7 @@ import {
   type SandboxStreamEvent,
 } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
+import { waitFor } from "../core/testing.ts";
 import { parseEndpoint } from "../supervisor/config.ts";
 import { READY_MESSAGE } from "../supervisor/main.ts";
 import { killAndRemove } from "../supervisor/session_cgroup.ts";
@@ -630,13 +631,10 @@ export function gatewayApi(port: number, tls?: ClientTlsFiles): GatewayApi {
     );
   return {
     waitHealthy: async (timeoutMs = 30_000) => {
-      const deadline = Date.now() + timeoutMs;
-      while (true) {
+      await waitFor("the gateway to be healthy", async () => {
         const h = await unary<{ status: string }>("Health", {}).catch(() => ({ status: "" }));
-        if (h.status === "SERVICE_STATUS_HEALTHY") return;
-        if (Date.now() > deadline) throw new Error(`gateway not healthy within ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+        return h.status === "SERVICE_STATUS_HEALTHY";
+      }, { timeoutMs, intervalMs: 100 });
     },
     create: async (name, environment = {}) =>
       (await unary<SandboxResponse>("CreateSandbox", { name, spec: { environment } })).sandbox!,

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { Backoff, sleep } from "../../core/backoff.ts";
+import { retryWhile } from "../../core/backoff.ts";
 import type { CreateSshSessionResponse } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { SSH_TOKEN_ENV, type SshProxyGateway, sshProxyGateway, UsageError } from "../args.ts";
@@ -46,20 +46,15 @@ async function createSessionWhenReady(
   sandboxId: string,
   onWait: () => void,
 ): Promise<CreateSshSessionResponse> {
-  const started = Date.now();
-  const backoff = new Backoff({ initialMs: 1000, maxMs: 8000 });
-  while (true) {
-    try {
-      return await client.createSshSession(sandboxId);
-    } catch (e) {
-      const delay = backoff.next();
-      const retry = e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION &&
-        Date.now() - started + delay <= DEFAULT_MAX_WAIT_MS;
-      if (!retry) throw e;
-      if (backoff.attempts === 1) onWait();
-      await sleep(delay);
-    }
-  }
+  return await retryWhile(() => client.createSshSession(sandboxId), {
+    initialMs: 1000,
+    maxMs: 8000,
+    maxWaitMs: DEFAULT_MAX_WAIT_MS,
+    retryable: (e) => e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION,
+    onRetry: (_delay, retry) => {
+      if (retry === 1) onWait();
+    },
+  });
 }
 
 /** The gateway options as given on the command line (see {@link sshProxyGateway}). */
@@ -81,10 +76,7 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
   if (tls) {
     checkClientTls(tls, {
       fix: `import the gateway's current client bundle: ${
-        importBundleCommand(
-          name,
-          `${ep.scheme}://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}`,
-        )
+        importBundleCommand(name, ep.url)
       }, DIR being the gateway's <state-dir>/pki`,
     });
   }

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { hostPort } from "../../core/endpoint.ts";
 import type { Sandbox } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { GatewayError } from "../client.ts";
@@ -19,11 +20,6 @@ import { notReadyMessage } from "./common.ts";
 import { TOKEN_ENV } from "./ssh_proxy.ts";
 
 const FINGERPRINT = /^SHA256:[A-Za-z0-9+/]+=*$/;
-
-/** A URL host (IPv6 in brackets). */
-function urlHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}
 
 /** ssh settings for one session (token mode) and the token they need. */
 export interface SessionAccess {
@@ -56,7 +52,7 @@ export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<Ses
   const args = [
     "ssh-proxy",
     "--gateway-url",
-    `${target.scheme}://${urlHost(target.host)}:${target.port}${target.path}`,
+    `${target.scheme}://${hostPort(target.host, target.port)}${target.path}`,
     "--sandbox-id",
     target.sandboxId,
     ...(fp ? ["--host-key-fingerprint", fp] : []),
