@@ -102,6 +102,49 @@ function status(label: string, command: string): string {
   return `${command} >/dev/null 2>&1; echo ${label}=$?`;
 }
 
+/**
+ * A shell line printing `gai <errno>` when Python's `socket.getaddrinfo`
+ * fails for `name` (-2: the name does not exist, -3: no answer), nothing
+ * when it resolves. One line: `sandbox exec` refuses arguments with a newline.
+ */
+function pythonLookup(name: string): string {
+  return `python3 -c 'import socket; socket.getaddrinfo("${name}", 443)' 2>&1 ` +
+    `| grep -o 'Errno -[0-9]*' | sed 's/Errno /gai /'`;
+}
+
+/** The shell line of step 5n: `denied` (`host:port`) through the proxy, DNS of a denied name. */
+export function deniedChecksScript(o: { denied: string; literal: string }): string {
+  return `curl -sS -m 30 http://${o.denied}/hello; echo; curl -sS -v -m 30 --proxytunnel ` +
+    `http://${o.denied}/hello 2>&1 | grep -E '^< HTTP/1.1 403|CONNECT tunnel failed'; ` +
+    `t0=$(date +%s%N); getent hosts denied.example; echo getent=$?; ` +
+    `echo ms=$(( ($(date +%s%N) - t0) / 1000000 )); ` +
+    `${pythonLookup("denied.example")}; ` +
+    // getaddrinfo takes an address as it is (`getent hosts ADDR` would ask DNS for its PTR).
+    `getent ahosts ${o.literal} >/dev/null; echo literal=$?; ` +
+    status("curlname", "curl -sS -m 30 --noproxy '*' http://denied.example/");
+}
+
+/** The shell line of the no-egress checks (see {@link noEgressChecks}). */
+export function noEgressScript(): string {
+  return 'echo "proxy=[$HTTP_PROXY$https_proxy]"; grep -v "^#" /etc/resolv.conf | tr "\\n" ";"; ' +
+    "echo; t0=$(date +%s%N); getent hosts example.com; echo getent=$?; " +
+    `${pythonLookup("example.com")}; ` +
+    "curl -sS -m 10 http://example.com/; echo curl=$?; " +
+    "wget -q -T 5 -t 1 -O- http://1.1.1.1/; echo wget=$?; " +
+    "echo ms=$(( ($(date +%s%N) - t0) / 1000000 ))";
+}
+
+/** `bash -lc SCRIPT` in `sandbox`; the script must be one line (the CLI refuses newlines). */
+function execLine(
+  cli: EgressContext["cli"],
+  sandbox: string,
+  script: string,
+  timeoutMs = 120_000,
+): Promise<CliResult> {
+  if (/[\r\n]/.test(script)) throw new Error(`a multi-line exec script: ${script}`);
+  return cli(["sandbox", "exec", sandbox, "--", "bash", "-lc", script], timeoutMs);
+}
+
 /** Runs every egress step against a gateway with egress on; cleans up after itself. */
 export async function egressSteps(ctx: EgressContext): Promise<boolean> {
   const { cli, policyDir } = ctx;
@@ -112,8 +155,7 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
     return passed;
   };
   const name = "egress";
-  const exec = (script: string, timeoutMs = 120_000) =>
-    cli(["sandbox", "exec", name, "--", "bash", "-lc", script], timeoutMs);
+  const exec = (script: string, timeoutMs = 120_000) => execLine(cli, name, script, timeoutMs);
   /** A: allowed from the start; B: denied until `policy set`. */
   let a: NetnsServer | undefined;
   let b: NetnsServer | undefined;
@@ -204,17 +246,7 @@ export async function egressSteps(ctx: EgressContext): Promise<boolean> {
       "5n. egress: a host:port not allowed is 403 naming it and the fix; a denied name NXDOMAIN",
       async () => {
         const denied = target(b!);
-        const r = await exec(
-          `curl -sS -m 30 http://${denied}/hello; echo; curl -sS -v -m 30 --proxytunnel ` +
-            `http://${denied}/hello 2>&1 | grep -E '^< HTTP/1.1 403|CONNECT tunnel failed'; ` +
-            `t0=$(date +%s%N); getent hosts denied.example; echo getent=$?; ` +
-            `echo ms=$(( ($(date +%s%N) - t0) / 1000000 )); ` +
-            `python3 -c 'import socket
-try: socket.getaddrinfo("denied.example", 443)
-except socket.gaierror as e: print("gai", e.errno)'; ` +
-            `getent hosts ${a!.address}; echo literal=$?; ` +
-            status("curlname", "curl -sS -m 30 --noproxy '*' http://denied.example/"),
-        );
+        const r = await exec(deniedChecksScript({ denied, literal: a!.address }));
         check(r.code === 0, `exec: ${show(r)}`);
         check(
           r.stdout.includes(`${denied} is not allowed by this sandbox's network policy`) &&
@@ -298,21 +330,7 @@ export async function noEgressChecks(
   cli: EgressContext["cli"],
   sandbox: string,
 ): Promise<void> {
-  const r = await cli([
-    "sandbox",
-    "exec",
-    sandbox,
-    "--",
-    "bash",
-    "-lc",
-    'echo "proxy=[$HTTP_PROXY$https_proxy]"; grep -v "^#" /etc/resolv.conf | tr "\\n" ";"; echo; ' +
-    "t0=$(date +%s%N); getent hosts example.com; echo getent=$?; " +
-    'python3 -c \'import socket\ntry: socket.getaddrinfo("example.com", 80)\n' +
-    'except socket.gaierror as e: print("gai", e.errno)\'; ' +
-    "curl -sS -m 10 http://example.com/; echo curl=$?; " +
-    "wget -q -T 5 -t 1 -O- http://1.1.1.1/; echo wget=$?; " +
-    "echo ms=$(( ($(date +%s%N) - t0) / 1000000 ))",
-  ], 120_000);
+  const r = await execLine(cli, sandbox, noEgressScript());
   check(r.code === 0, `exec: ${show(r)}`);
   check(r.stdout.includes("proxy=[]"), `proxy variables without egress: ${show(r)}`);
   check(r.stdout.includes("nameserver 127.0.0.1;"), `resolv.conf: ${show(r)}`);
