@@ -38,9 +38,9 @@ import { LogRateLimiter } from "../core/rate_limit.ts";
 import { truncateForEcho, utf8Length } from "../core/text.ts";
 import type {
   DriverSandbox,
+  DriverWatchSandboxesEvent,
   PlatformEvent,
   SandboxCondition,
-  WatchSandboxesEvent,
   Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -398,7 +398,7 @@ function condition(reason: string, message: string, now: number): SandboxConditi
 export class VmDriver {
   readonly #o: VmDriverOptions;
   readonly #sandboxes = new Map<string, Record_>();
-  readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
+  readonly #listeners = new Set<(e: DriverWatchSandboxesEvent) => void>();
   readonly #now: () => number;
   readonly #forwarders: ForwarderFactory;
   readonly #qmp: QmpFactory;
@@ -537,7 +537,7 @@ export class VmDriver {
     };
   }
 
-  #emit(e: WatchSandboxesEvent): void {
+  #emit(e: DriverWatchSandboxesEvent): void {
     for (const l of [...this.#listeners]) {
       try {
         l(e);
@@ -565,7 +565,7 @@ export class VmDriver {
    * Subscribes to events: the current snapshot of every sandbox is delivered
    * first (synchronously), then live events. Returns the unsubscribe function.
    */
-  watch(listener: (e: WatchSandboxesEvent) => void): () => void {
+  watch(listener: (e: DriverWatchSandboxesEvent) => void): () => void {
     for (const r of this.#sorted()) {
       listener({ payload: "sandbox", sandbox: { sandbox: this.#snapshot(r) } });
     }

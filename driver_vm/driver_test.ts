@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
-import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
+import type { DriverSandbox, DriverWatchSandboxesEvent, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import {
   MANIFEST_FILE,
@@ -42,7 +42,7 @@ interface Fixture {
   qmp: FakeQmp;
   /** qemu-img runs (arguments). */
   qemuImg: string[][];
-  events: WatchSandboxesEvent[];
+  events: DriverWatchSandboxesEvent[];
   /** A second driver over the same state dir (a driver restart); shut down with the fixture. */
   restart(
     o?: { egressSocket?: string },
@@ -109,7 +109,7 @@ async function fixture(
   const driver = make(launcher, qmp);
   users = () => driver.imageUsers();
   const others: VmDriver[] = [];
-  const events: WatchSandboxesEvent[] = [];
+  const events: DriverWatchSandboxesEvent[] = [];
   const unwatch = driver.watch((e) => events.push(e));
   return {
     dir,
@@ -139,10 +139,10 @@ function sandbox(id: string, extra: Wire<DriverSandbox> = {}): Wire<DriverSandbo
   return { id, name: `name-${id}`, namespace: "default", spec: { environment: {} }, ...extra };
 }
 
-function reasons(events: WatchSandboxesEvent[], id: string): string[] {
+function reasons(events: DriverWatchSandboxesEvent[], id: string): string[] {
   return events.flatMap((e) =>
-    e.payload === "sandbox" && e.sandbox.sandbox.id === id
-      ? e.sandbox.sandbox.status!.conditions.filter((c) => c.type === "Ready")
+    e.payload === "sandbox" && e.sandbox.sandbox!.id === id
+      ? e.sandbox.sandbox!.status!.conditions.filter((c) => c.type === "Ready")
         .map((c) => `${c.status}/${c.reason}`)
       : []
   );
@@ -348,11 +348,11 @@ Deno.test("driver: a VM that exits is ProcessExited with its status plus a Warni
       "or delete it",
   );
   const ev = f.events.find((e) =>
-    e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
+    e.payload === "platform_event" && e.platform_event.event!.reason === "ProcessExited"
   );
   assert.ok(ev && ev.payload === "platform_event");
-  assert.equal(ev.platform_event.event.source, "vm");
-  assert.equal(ev.platform_event.event.type, "Warning");
+  assert.equal(ev.platform_event.event!.source, "vm");
+  assert.equal(ev.platform_event.event!.type, "Warning");
   assert.equal(ev.platform_event.sandbox_id, "ex");
 });
 
@@ -384,10 +384,10 @@ Deno.test("driver: watch delivers current snapshots first, then live events; lis
   await using f = await fixture();
   await f.driver.create(sandbox("b", { name: "zeta" }));
   await f.driver.create(sandbox("a", { name: "alpha" }));
-  const seen: WatchSandboxesEvent[] = [];
+  const seen: DriverWatchSandboxesEvent[] = [];
   const stop = f.driver.watch((e) => seen.push(e));
   assert.deepEqual(
-    seen.map((e) => e.payload === "sandbox" ? e.sandbox.sandbox.name : e.payload),
+    seen.map((e) => e.payload === "sandbox" ? e.sandbox.sandbox!.name : e.payload),
     ["alpha", "zeta"],
   );
   await f.driver.delete("a", "");
@@ -402,11 +402,11 @@ Deno.test("driver: watch delivers current snapshots first, then live events; lis
   );
 });
 
-function consoleEvents(events: WatchSandboxesEvent[], id: string): string[] {
+function consoleEvents(events: DriverWatchSandboxesEvent[], id: string): string[] {
   return events.flatMap((e) =>
     e.payload === "platform_event" && e.platform_event.sandbox_id === id &&
-      e.platform_event.event.source === "console"
-      ? [e.platform_event.event.message]
+      e.platform_event.event!.source === "console"
+      ? [e.platform_event.event!.message]
       : []
   );
 }

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { driverGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { ComputeDriverClient } from "../core/protocol.ts";
+import { ComputeDriverClient, unaryCall, type UnaryMethod } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
 import { alive, waitFor } from "../core/testing.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -29,31 +29,21 @@ async function uidOf(pid: number): Promise<number> {
   return Number(/^Uid:\s+(\d+)/m.exec(status)![1]);
 }
 
-type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
-
-function call<T>(client: AnyClient, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    (client[method] as (
-      r: unknown,
-      o: grpc.CallOptions,
-      cb: (e: grpc.ServiceError | null, r: T) => void,
-    ) => void)
-      .call(
-        client,
-        req,
-        { deadline: Date.now() + 10_000 },
-        (err, res) => (err ? reject(err) : resolve(res)),
-      );
-  });
+function call<Req, Res>(
+  client: grpc.Client,
+  method: UnaryMethod<Req, Res>,
+  req: NoInfer<Req>,
+): Promise<Res> {
+  return unaryCall(client, method, req, { deadline: Date.now() + 10_000 });
 }
 
 interface Setup {
   dir: string;
   state: string;
   argv: string[];
-  client(): AnyClient;
+  client(): ComputeDriverClient;
   /** Creates a sandbox and returns its fake qemu's pid. */
-  create(id: string, client: AnyClient): Promise<number>;
+  create(id: string, client: ComputeDriverClient): Promise<number>;
 }
 
 /** Options of {@link setup}. */
@@ -113,14 +103,14 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
     new ComputeDriverClient(
       `unix:${state}/compute-driver.sock`,
       grpc.credentials.createInsecure(),
-    ) as AnyClient;
-  const create = async (id: string, c: AnyClient) => {
-    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
-    await call(c, "CreateSandbox", { sandbox: { id, name: id, spec: {} } });
-    const got = await call<{ sandbox: { status: { instance_id: string } } }>(c, "GetSandbox", {
+    );
+  const create = async (id: string, c: ComputeDriverClient) => {
+    await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), { ignoreErrors: true });
+    await call(c, c.CreateSandbox, { sandbox: { id, name: id, spec: {} } });
+    const got = await call(c, c.GetSandbox, {
       sandbox_id: id,
     });
-    return Number(got.sandbox.status.instance_id);
+    return Number(got.sandbox!.status!.instance_id);
   };
   return { dir, state, argv, client, create };
 }
@@ -247,14 +237,8 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
     const pid2 = await s.create("sb-2", c);
     Deno.kill(pid2, "SIGKILL");
     const exited = await waitFor("ProcessExited", async () => {
-      const g = await call<
-        { sandbox: { status: { conditions: { reason: string; message: string }[] } } }
-      >(
-        c,
-        "GetSandbox",
-        { sandbox_id: "sb-2" },
-      );
-      const cond = g.sandbox.status.conditions[0];
+      const g = await call(c, c.GetSandbox, { sandbox_id: "sb-2" });
+      const cond = g.sandbox!.status!.conditions[0];
       return cond.reason === "ProcessExited" ? cond : undefined;
     }, { ignoreErrors: true });
     assert.match(
@@ -312,12 +296,12 @@ Deno.test("driver process: stop powers off through QMP; a restart keeps every sa
       status: { instance_id: string; conditions: { reason: string; message: string }[] };
     };
   };
-  const get = (id: string) => call<Got>(c, "GetSandbox", { sandbox_id: id });
+  const get = (id: string) => call(c, c.GetSandbox, { sandbox_id: id });
   try {
     const pid1 = await s.create("sb-1", c);
     const pid2 = await s.create("sb-2", c);
-    await call(c, "StopSandbox", { sandbox_id: "sb-2" });
-    const stopped = (await get("sb-2")).sandbox.status;
+    await call(c, c.StopSandbox, { sandbox_id: "sb-2" });
+    const stopped = (await get("sb-2")).sandbox!.status!;
     assert.deepEqual(
       [stopped.conditions[0].reason, stopped.conditions[0].message, stopped.instance_id],
       ["Stopped", "VM powered off; its disk is kept", ""],
@@ -342,23 +326,21 @@ Deno.test("driver process: stop powers off through QMP; a restart keeps every sa
     child = spawn(s.argv);
     out = stderrOf(child);
     c = s.client();
-    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
-    const list = await call<
-      { sandboxes: { id: string; status: { conditions: { reason: string }[] } }[] }
-    >(c, "ListSandboxes", {});
+    await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), { ignoreErrors: true });
+    const list = await call(c, c.ListSandboxes, {});
     assert.deepEqual(
-      list.sandboxes.map((x) => [x.id, x.status.conditions[0].reason]),
+      list.sandboxes.map((x) => [x.id, x.status!.conditions[0].reason]),
       [["sb-1", "Stopped"], ["sb-2", "Stopped"]],
     );
-    await call(c, "StartSandbox", { sandbox_id: "sb-1" });
-    const pid3 = Number((await get("sb-1")).sandbox.status.instance_id);
+    await call(c, c.StartSandbox, { sandbox_id: "sb-1" });
+    const pid3 = Number((await get("sb-1")).sandbox!.status!.instance_id);
     assert.ok(pid3 > 0 && pid3 !== pid1 && await alive(pid3), "a new qemu runs");
     await waitFor("the second boot in the same console log", async () => {
       const text = await Deno.readTextFile(`${s.state}/sandboxes/sb-1/console.log`);
       return text.split("fake guest console").length === 3 ? true : undefined;
     }, { ignoreErrors: true });
     assert.equal(
-      (await call<{ deleted: boolean }>(c, "DeleteSandbox", { sandbox_id: "sb-2" }))
+      (await call(c, c.DeleteSandbox, { sandbox_id: "sb-2" }))
         .deleted,
       true,
     );
@@ -628,12 +610,12 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
     const c = new ComputeDriverClient(
       `unix:${state}/compute-driver.sock`,
       grpc.credentials.createInsecure(),
-    ) as AnyClient;
+    );
     try {
-      await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), {
+      await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), {
         ignoreErrors: true,
       });
-      await call(c, "CreateSandbox", { sandbox: { id: `a${++runs}`, name: "a", spec: {} } });
+      await call(c, c.CreateSandbox, { sandbox: { id: `a${++runs}`, name: "a", spec: {} } });
     } finally {
       c.close();
       child.kill("SIGTERM");
