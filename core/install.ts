@@ -266,6 +266,8 @@ function installGrants(o: InstallOptions, p: InstallPaths): Record<Role, Grants>
       qemu: PRODUCTION_PARAMS.driver.qemu,
       setpriv: PRODUCTION_PARAMS.driver.setpriv,
       imageBuilder: p.driverImageBuilder,
+      // The gateway's egress proxy (`<gateway-state>/egress/guest.sock`).
+      egressSocket: `${p.egressState}/guest.sock`,
     }),
     "supervisor": supervisorGrants({
       gateway: o.supervisorGateway,

@@ -54,6 +54,8 @@ interface SetupOptions {
   gatewayPort?: number;
   /** Extra driver flags. */
   args?: string[];
+  /** The egress proxy's guest socket in its grants (and `--egress-socket`, unless `args` say). */
+  egressSocket?: string;
 }
 
 async function setup(options: SetupOptions = {}): Promise<Setup> {
@@ -77,6 +79,7 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       runtimeDir: rt,
       qemu,
       setpriv: "/usr/bin/setpriv",
+      egressSocket: options.egressSocket,
     }),
     [
       "--state-dir",
@@ -91,7 +94,9 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       qemu,
       "--vm-user",
       VM_USER,
-      ...(options.args ?? []),
+      ...(options.egressSocket && !options.args
+        ? ["--egress-socket", options.egressSocket]
+        : options.args ?? []),
     ],
   );
   const client = () =>
@@ -421,6 +426,92 @@ Deno.test("driver process: guest connections reach the gateway through socat and
     await out;
     gateway.close();
     await serving.catch(() => {});
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+/** A fake qemu that opens one proxy and one DNS connection through its egress forwarders. */
+const EGRESS_QEMU = `
+for a in "$@"; do case "$a" in *guestfwd=*) net=$a ;; esac; done
+fwd() { echo "$net" | tr ',' '\\n' | sed -n "s/^guestfwd=tcp:10.0.2.101:$1-cmd://p"; }
+proxy=$(fwd 3128)
+dns=$(fwd 53)
+echo "fake qemu started: proxy=[$proxy] dns=[$dns]"
+(echo "CONNECT example.com:443 HTTP/1.1"; sleep 5) | $proxy > "$DIR/out/proxy" 2>/dev/null &
+(echo "dns-query"; sleep 5) | $dns > "$DIR/out/dns" 2>/dev/null &
+exec sleep 600
+`;
+
+Deno.test("driver process: with --egress-socket, the egress alias's connections reach the proxy after the driver's header", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmegr" });
+  const egressSocket = `${dir}/guest.sock`;
+  // The egress proxy stand-in: answers each connection with its first two lines.
+  const proxy = Deno.listen({ transport: "unix", path: egressSocket });
+  const serving = (async () => {
+    for await (const conn of proxy) {
+      (async () => {
+        let got = "";
+        const buf = new Uint8Array(1024);
+        while (got.split("\n").length <= 2) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          got += new TextDecoder().decode(buf.subarray(0, n));
+        }
+        const lines = got.split("\n").slice(0, 2).join("|");
+        await conn.write(new TextEncoder().encode(`proxy got: ${lines}\n`));
+        conn.close();
+      })().catch(() => {});
+    }
+  })();
+  const s = await setup({ qemu: EGRESS_QEMU, egressSocket });
+  const outDir = `${s.dir}/out`;
+  await Deno.mkdir(outDir, { mode: 0o700 });
+  if (isRoot) await Deno.chown(outDir, vmUser.uid, vmUser.gid);
+  const child = spawn(s.argv);
+  const out = stderrOf(child);
+  const c = s.client();
+  try {
+    await s.create("sb-e", c);
+    const replies = await waitFor("the proxy's replies", async () => {
+      const p = await Deno.readTextFile(`${outDir}/proxy`);
+      const d = await Deno.readTextFile(`${outDir}/dns`);
+      return p && d ? [p, d] : undefined;
+    }, { ignoreErrors: true, timeoutMs: 20_000 }).catch(async (err) => {
+      child.kill("SIGTERM");
+      throw new Error(`${err.message}\n${await out}`);
+    });
+    assert.deepEqual(replies, [
+      "proxy got: OPENSHELL-EGRESS/1 sb-e http|CONNECT example.com:443 HTTP/1.1\n",
+      "proxy got: OPENSHELL-EGRESS/1 sb-e dns|dns-query\n",
+    ]);
+    c.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0, await out);
+    assert.match(await out, /egress=unix:\S+\/guest\.sock/);
+  } finally {
+    c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await out;
+    proxy.close();
+    await serving.catch(() => {});
+    await Deno.remove(s.dir, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("driver process: an --egress-socket its grants do not cover stops it at start", async () => {
+  const s = await setup({ args: ["--egress-socket", "/run/elsewhere/guest.sock"] });
+  try {
+    const out = await spawn(s.argv).output();
+    const stderr = new TextDecoder().decode(out.stderr).trim();
+    assert.equal(out.code, 1, stderr);
+    assert.match(
+      stderr,
+      /not permitted to use the egress proxy's socket \/run\/elsewhere\/guest\.sock/,
+    );
+  } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
 });

@@ -31,7 +31,6 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     logLevel: "info",
     gateway: { host: "127.0.0.1", port: 1 },
     forwarder: "socat",
-    allowEgress: false,
     log,
     stopGraceMs: 50,
   });
