@@ -9,7 +9,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Duplex } from "node:stream";
 import { errorMessage, type Logger } from "../core/log.ts";
-import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
+import { type InjectH2, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { VERSION } from "../core/version.ts";
@@ -102,10 +102,12 @@ export interface StartOptions {
   signal?: AbortSignal;
   /**
    * Benchmark knobs (gateway/tuning.ts; main.ts reads them from
-   * `OPENSHELL_H2_DEFAULT_WINDOWS` / `OPENSHELL_RELAY_CHUNK_BYTES`):
+   * `OPENSHELL_H2_DEFAULT_WINDOWS` / `OPENSHELL_RELAY_CHUNK_BYTES` /
+   * `OPENSHELL_H2_UNIX_HOP`):
    * `defaultH2Windows` skips raising the HTTP/2 windows to
    * {@link H2_STREAM_WINDOW}/{@link H2_CONNECTION_WINDOW}; `relayChunkBytes`
-   * caps the relay frames the gateway sends. Production leaves both unset.
+   * caps the relay frames the gateway sends; `unixHop` forwards HTTP/2
+   * through the internal Unix sockets. Production leaves them unset.
    */
   tuning?: Partial<RelayTuning>;
 }
@@ -241,6 +243,7 @@ async function removeStale(path: string): Promise<void> {
 /** What {@link tuneSessions} needs of a node:http2 server. */
 export interface Http2ServerLike {
   on(event: "session", listener: (session: unknown) => void): unknown;
+  emit(event: "connection", stream: Duplex): boolean;
 }
 
 /**
@@ -264,6 +267,15 @@ export function http2ServersOf(server: grpc.Server): Http2ServerLike[] {
     );
   }
   return servers as Http2ServerLike[];
+}
+
+/**
+ * Hands a connection to a bound grpc-js server in this process, as if it
+ * had arrived on its socket (the listeners' {@link InjectH2}).
+ */
+export function grpcInjector(server: grpc.Server): InjectH2 {
+  const [h2] = http2ServersOf(server);
+  return (stream) => void h2.emit("connection", stream);
 }
 
 /**
@@ -458,6 +470,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     port: config.port,
     tls: tlsSetup?.user,
     grpcSocketPath: grpcSocket,
+    grpcInject: options.tuning?.unixHop ? undefined : grpcInjector(grpcServer),
     http,
     log,
     filterGoaway: !options.unsafeKeepGoaway,
@@ -472,6 +485,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     port: config.supervisorPort,
     tls: tlsSetup?.supervisor,
     grpcSocketPath: supervisorSocket,
+    grpcInject: options.tuning?.unixHop ? undefined : grpcInjector(supervisorServer),
     http: (_head, socket) => {
       socket.end(httpResponse(403, { body: "the supervisor plane serves gRPC supervisors only" }));
       return Promise.resolve();
