@@ -198,7 +198,14 @@ export async function main(args: readonly string[]): Promise<number> {
   }
 
   const events = new SupervisorEvents({ sandboxId: config.sandboxId, endpoint: config.endpoint });
-  const relays = new RelayManager({ socketPath: config.socketPath, events, logger });
+  // Relays reach sshd in process, not through its socket (the socket stays for everyone else).
+  const sshd = server;
+  const relays = new RelayManager({
+    socketPath: config.socketPath,
+    events,
+    logger,
+    connect: () => sshd.connect(),
+  });
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
     hostKeyFingerprint: fingerprint,

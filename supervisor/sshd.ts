@@ -8,11 +8,17 @@
  * At most {@link MAX_SSHD_PROCESSES} run at once; a connection beyond that
  * is closed at once without starting sshd.
  *
+ * The supervisor's own relays skip the socket: {@link SshdServer.connect}
+ * serves an in-process stream the same way (same cap, same cgroup), which
+ * saves every relayed byte a trip through the kernel and a second pass
+ * through socket code.
+ *
  * Deno detail: a connection's web streams close the whole socket when one
  * side ends, so the pumps use `read`/`write`/`closeWrite` on the connection.
  *
  * @module
  */
+import { Duplex } from "node:stream";
 import { writeAll } from "../core/io.ts";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import { publicKeyOfPrivate } from "../core/ssh_keys.ts";
@@ -228,12 +234,131 @@ export interface SshdServerOptions {
 
 const READ_CHUNK = 64 * 1024;
 
+/** Bytes an in-process connection buffers each way before its writer waits. */
+const PAIR_BUFFER_BYTES = 256 * 1024;
+
+/** One client of an `sshd -i`, as the pumps see it. */
+interface SshdClient {
+  /** The next chunk from the client; null at its end. */
+  read(): Promise<Uint8Array | null>;
+  /** Writes a chunk to the client; resolves when it may take more. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Ends the client's reading side. */
+  closeWrite(): Promise<void>;
+  /** Closes both sides. */
+  close(): void;
+}
+
+/** A Unix socket connection as an {@link SshdClient}. */
+function socketClient(conn: Deno.UnixConn): SshdClient {
+  return {
+    async read() {
+      const buf = new Uint8Array(READ_CHUNK);
+      const n = await conn.read(buf);
+      return n === null ? null : buf.subarray(0, n);
+    },
+    write: (chunk) => writeAll(conn, chunk),
+    closeWrite: () => conn.closeWrite(),
+    close: () => {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    },
+  };
+}
+
+/**
+ * An in-process connection: the Duplex goes to the caller (a relay), the
+ * {@link SshdClient} to the pumps. A chunk the caller writes is handed to
+ * sshd as it is (no copy); the caller's write completes once the pump took
+ * it, so the Duplex's own buffer is the only queue.
+ */
+function streamPair(): { stream: Duplex; client: SshdClient } {
+  const inbox: { chunk: Uint8Array; done: (err?: Error | null) => void }[] = [];
+  /** The caller ended its writing side. */
+  let ended = false;
+  /** sshd's side ended its writing side (after its last bytes). */
+  let endPushed = false;
+  /** sshd's side takes nothing more. */
+  let shut = false;
+  let wakeReader: (() => void) | undefined;
+  let wakeWriter: (() => void) | undefined;
+  const wake = () => {
+    const r = wakeReader;
+    wakeReader = undefined;
+    r?.();
+    const w = wakeWriter;
+    wakeWriter = undefined;
+    w?.();
+  };
+  const stream = new Duplex({
+    allowHalfOpen: true,
+    // Room for a few SSH packets each way, so a relay is not paused per chunk.
+    highWaterMark: PAIR_BUFFER_BYTES,
+    write(chunk: Uint8Array, _enc, done) {
+      if (shut) return done(); // like a socket whose peer is gone: sshd will not read it
+      inbox.push({ chunk, done });
+      wake();
+    },
+    final(done) {
+      ended = true;
+      wake();
+      done();
+    },
+    read() {
+      const w = wakeWriter;
+      wakeWriter = undefined;
+      w?.();
+    },
+    destroy(err, done) {
+      shut = true;
+      for (const item of inbox.splice(0)) item.done();
+      wake();
+      done(err);
+    },
+  });
+  const client: SshdClient = {
+    async read() {
+      while (inbox.length === 0) {
+        if (ended || shut) return null;
+        await new Promise<void>((r) => wakeReader = r);
+      }
+      const { chunk, done } = inbox.shift()!;
+      done();
+      return chunk;
+    },
+    async write(chunk) {
+      if (shut || stream.destroyed) throw new Error("the sshd connection is closed");
+      if (!stream.push(chunk)) await new Promise<void>((r) => wakeWriter = r);
+    },
+    closeWrite() {
+      if (!stream.destroyed && !endPushed) {
+        endPushed = true;
+        stream.push(null);
+      }
+      return Promise.resolve();
+    },
+    close() {
+      if (stream.destroyed) return;
+      shut = true;
+      for (const item of inbox.splice(0)) item.done();
+      wake();
+      // As with a socket: sshd's last bytes and its end still reach the reader first.
+      if (endPushed && !stream.readableEnded) stream.once("end", () => stream.destroy());
+      else stream.destroy();
+    },
+  };
+  return { stream, client };
+}
+
 /** Accepts connections on the Unix socket and serves each with a fresh `sshd -i`. */
 export class SshdServer {
   readonly #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   readonly #options: SshdServerOptions;
   readonly #children = new Set<Deno.ChildProcess>();
-  readonly #conns = new Set<Deno.UnixConn>();
+  readonly #conns = new Set<SshdClient>();
   readonly #served = new Set<Promise<void>>();
   readonly #acceptLoop: Promise<void>;
   #closed = false;
@@ -306,15 +431,37 @@ export class SshdServer {
         }
         continue;
       }
-      const served = this.#serve(conn).catch((err) => {
-        this.#options.logger.warn("sshd connection failed", { error: errorMessage(err) });
-      });
-      this.#served.add(served);
-      served.finally(() => this.#served.delete(served));
+      this.#start(socketClient(conn));
     }
   }
 
-  async #serve(conn: Deno.UnixConn): Promise<void> {
+  /**
+   * A connection to a fresh `sshd -i` without the socket (the supervisor's
+   * relays): the same cap and containment as a socket connection. Rejects
+   * when the server is closed or at its cap (nothing is started then).
+   */
+  connect(): Promise<Duplex> {
+    const max = this.#options.maxProcesses ?? MAX_SSHD_PROCESSES;
+    if (this.#closed) return Promise.reject(new Error("the sshd server is closed"));
+    if (this.#conns.size >= max) {
+      this.#refused++;
+      return Promise.reject(new Error(`at capacity: ${max} sshd processes running`));
+    }
+    this.#accepted++;
+    const { stream, client } = streamPair();
+    this.#start(client);
+    return Promise.resolve(stream);
+  }
+
+  #start(conn: SshdClient): void {
+    const served = this.#serve(conn).catch((err) => {
+      this.#options.logger.warn("sshd connection failed", { error: errorMessage(err) });
+    });
+    this.#served.add(served);
+    served.finally(() => this.#served.delete(served));
+  }
+
+  async #serve(conn: SshdClient): Promise<void> {
     const { sshd, configPath, logger } = this.#options;
     this.#conns.add(conn);
     let child: Deno.ChildProcess;
@@ -372,10 +519,9 @@ export class SshdServer {
     const up = (async () => {
       try {
         while (true) {
-          const buf = new Uint8Array(READ_CHUNK);
-          const n = await conn.read(buf);
-          if (n === null) break;
-          await writer.write(buf.subarray(0, n));
+          const chunk = await conn.read();
+          if (chunk === null) break;
+          await writer.write(chunk);
         }
         await writer.close();
       } catch {
@@ -384,7 +530,7 @@ export class SshdServer {
     })();
     const down = (async () => {
       try {
-        for await (const chunk of child.stdout) await writeAll(conn, chunk);
+        for await (const chunk of child.stdout) await conn.write(chunk);
         await conn.closeWrite();
       } catch {
         // the client went away; `up` sees it too and ends sshd's stdin
