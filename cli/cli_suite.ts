@@ -32,7 +32,7 @@ function ok(r: CliResult, what: string): CliResult {
 }
 
 async function sandboxNames(f: CliFixture): Promise<string[]> {
-  const res = await f.api.call<{ sandboxes: { name: string }[] }>("ListSandboxes", {
+  const res = await f.api.call(f.api.raw.ListSandboxes, {
     limit: 100, // the largest page the gateway serves
     offset: 0,
   });
@@ -269,10 +269,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
       const sandbox = JSON.parse(
         ok(await f.run(["sandbox", "get", name, "-o", "json"]), "get").stdout,
       );
-      const session = await f.api.call<{ token: string; host_key_fingerprint: string }>(
-        "CreateSshSession",
-        { sandbox_id: sandbox.id },
-      );
+      const session = await f.api.call(f.api.raw.CreateSshSession, { sandbox_id: sandbox.id });
       assert.match(session.host_key_fingerprint, /^SHA256:/, "the host driver provisions the key");
       const proxy = (fp: string) =>
         shellJoin(f.argv([
@@ -633,7 +630,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
           const sandbox = JSON.parse(
             ok(await f.run(["sandbox", "get", name, "-o", "json"]), "get").stdout,
           );
-          const session = await f.api.call<{ token: string }>("CreateSshSession", {
+          const session = await f.api.call(f.api.raw.CreateSshSession, {
             sandbox_id: sandbox.id,
           });
           /** The same request through gRPC (sandbox list) and through ssh-proxy's CONNECT. */
@@ -724,7 +721,7 @@ export async function cliSuite(t: Deno.TestContext, scheme: Scheme): Promise<voi
             `client certificate ${stored}/tls.crt expired on ${expiredOn}: import the gateway's ` +
               `current client bundle: ${fix("old").slice(0, -1)}`,
           );
-          await f.api.call("RevokeSshSession", { token: session.token });
+          await f.api.call(f.api.raw.RevokeSshSession, { token: session.token });
           // They all share the gateway's URL: forget them so later runs match "main" again.
           for (const gateway of ["nocert", "foreign", "mixed", "old"]) {
             ok(await f.run(["gateway", "remove", gateway]), `remove ${gateway}`);

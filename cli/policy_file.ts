@@ -25,17 +25,12 @@ import {
   stringify,
   type YAMLMap,
 } from "yaml";
-import {
-  hostPatternError,
-  type NetworkEndpoint,
-  type NetworkPolicyRule,
-  type SandboxPolicy,
-  validatePolicy,
-} from "../core/policy.ts";
+import { hostPatternError, validatePolicy } from "../core/policy.ts";
 import debianPreset from "./presets/debian.yaml" with { type: "text" };
 import githubPreset from "./presets/github.yaml" with { type: "text" };
 import npmPreset from "./presets/npm.yaml" with { type: "text" };
 import pypiPreset from "./presets/pypi.yaml" with { type: "text" };
+import type { NetworkEndpoint, NetworkPolicyRule, SandboxPolicy, Wire } from "../core/protocol.ts";
 
 /** Largest policy file read (the gateway takes at most 64 KiB encoded). */
 export const MAX_POLICY_FILE_BYTES = 1024 * 1024;
@@ -83,7 +78,7 @@ function keyPath(path: string, key: string): string {
 }
 
 /** Reads one policy file's text; `source` names it in errors. */
-export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
+export function parsePolicyYaml(text: string, source: string): Wire<SandboxPolicy> {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const at = (node: Node | null | undefined): string => {
@@ -152,7 +147,7 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
     );
   };
 
-  const policy: SandboxPolicy = { network_policies: {} };
+  const policy: Wire<SandboxPolicy> = { network_policies: {} };
   for (
     const [key, value] of keysOf(mapOf(top, "", "a mapping with network_policies"), "", TOP_KEYS)
   ) {
@@ -163,7 +158,7 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
     if (value === null || isScalar(value) && value.value === null) continue;
     for (const [name, ruleNode] of keysOf(mapOf(value, key, "a mapping of rule names"), key, [])) {
       const rulePath = keyPath(key, name);
-      const rule: NetworkPolicyRule = { name: "", endpoints: [] };
+      const rule: Wire<NetworkPolicyRule> = { name: "", endpoints: [] };
       const fields = ruleNode === null || isScalar(ruleNode) && ruleNode.value === null
         ? []
         : keysOf(
@@ -181,7 +176,7 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
         if (!isSeq(node)) fail(node, path, "must be a list of endpoints");
         (node as unknown as { items: Node[] }).items.forEach((item, i) => {
           const epPath = `${path}[${i}]`;
-          const endpoint: NetworkEndpoint = {};
+          const endpoint: Wire<NetworkEndpoint> = {};
           for (
             const [k, v] of keysOf(
               mapOf(item, epPath, "a mapping with host and port"),
@@ -215,7 +210,7 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
  * A policy as YAML in the file format: defaults left out, rules in name
  * order, each endpoint's keys in a fixed order.
  */
-export function renderPolicyYaml(policy: SandboxPolicy | null | undefined): string {
+export function renderPolicyYaml(policy: Wire<SandboxPolicy> | null | undefined): string {
   const rules: Record<string, unknown> = {};
   const entries = Object.entries(policy?.network_policies ?? {}).sort(([a], [b]) =>
     a < b ? -1 : a > b ? 1 : 0
@@ -241,7 +236,7 @@ export function renderPolicyYaml(policy: SandboxPolicy | null | undefined): stri
  * One `--allow` value: `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`
  * (the port defaults to 443); HOST may be a glob (`*.example.com`).
  */
-export function parseAllow(value: string): NetworkEndpoint {
+export function parseAllow(value: string): Wire<NetworkEndpoint> {
   const v = value.trim();
   let host = v;
   let port = "443";
@@ -268,7 +263,7 @@ export function parseAllow(value: string): NetworkEndpoint {
 }
 
 /** The rule of a preset; a {@link PolicyInputError} naming the presets for an unknown one. */
-export function presetRule(name: string): NetworkPolicyRule {
+export function presetRule(name: string): Wire<NetworkPolicyRule> {
   const text = PRESETS[name];
   if (text === undefined) {
     throw new PolicyInputError(
@@ -294,15 +289,15 @@ export interface PolicyInputs {
  * the `--allow` endpoints); undefined when none is given. A rule name used
  * twice is an error.
  */
-export function composePolicy(inputs: PolicyInputs): SandboxPolicy | undefined {
+export function composePolicy(inputs: PolicyInputs): Wire<SandboxPolicy> | undefined {
   const presets = [...new Set(inputs.presets ?? [])];
   const allow = inputs.allow ?? [];
   if (!inputs.file && presets.length === 0 && allow.length === 0) return undefined;
-  const policy: SandboxPolicy = inputs.file
+  const policy: Wire<SandboxPolicy> = inputs.file
     ? parsePolicyYaml(inputs.file.text, inputs.file.source)
     : { network_policies: {} };
   const rules = policy.network_policies ??= {};
-  const add = (name: string, rule: NetworkPolicyRule, from: string) => {
+  const add = (name: string, rule: Wire<NetworkPolicyRule>, from: string) => {
     if (rules[name]) {
       throw new PolicyInputError(
         `rule "${name}" is given twice (${from} and ${inputs.file?.source ?? "another flag"}); ` +

@@ -240,6 +240,8 @@ export function installPlan(o: InstallOptions): InstallPlan {
       qemu: PRODUCTION_PARAMS.driver.qemu,
       setpriv: PRODUCTION_PARAMS.driver.setpriv,
       imageBuilder: driverImageBuilder,
+      // The gateway's egress proxy (`<gateway-state>/egress/guest.sock`).
+      egressSocket: `${gwState}/egress/guest.sock`,
     }),
     "supervisor": supervisorGrants({
       gateway: o.supervisorGateway,

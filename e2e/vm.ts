@@ -27,11 +27,17 @@
  *    5j. `image build` with one extra package, `sandbox create --image` boots
  *    it; an unknown image is refused naming `image list`; an image in use
  *    cannot be deleted;
+ *    5k-5q. egress (`e2e/egress_steps.ts`): two test hosts in network
+ *    namespaces; a sandbox with a policy reaches the allowed one through the
+ *    proxy (curl, wget), gets a 403 naming the fix for the other and
+ *    NXDOMAIN for a denied name, never reaches the host's loopback or own
+ *    address; `policy set --wait` allows the other one live;
  * 6. qemu runs unprivileged (not root, seccomp on) when we are root; killing
  *    it → ERROR / ProcessExited;
  * 7. `sandbox delete` → gone from the list, qemu gone, state dir gone;
  * 8. SIGTERM, then SIGKILL, of the gateway leaves no driver or qemu;
- * 9. a plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete;
+ * 9. a plaintext gateway without egress (--disable-tls --disable-gateway-auth
+ *    --no-egress): create, exec; no proxy variables, look-ups fail at once; delete;
  * 10. the README's quick start with the installed commands (`e2e/installed.ts`):
  *    `deno task install`, `openshell gateway start`, `sandbox create -- echo hi`,
  *    `gateway stop` leaves nothing; 11. kill -9 of the installed gateway takes its
@@ -58,6 +64,7 @@ import { setup } from "../driver_vm/image/setup.ts";
 import { GUEST_NET } from "../driver_vm/guest.ts";
 import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
 import { alive, findProcesses, freePort, waitFor } from "../core/testing.ts";
+import { egressSteps, noEgressChecks } from "./egress_steps.ts";
 import { installedSteps } from "./installed.ts";
 import { stageDriverDir } from "./stage.ts";
 
@@ -188,12 +195,16 @@ async function e2e(t: Deno.TestContext): Promise<void> {
       planePort = freePort();
     }
     // The driver's grants name the gateway address it carries guest connections to:
-    // the supervisor plane.
+    // the supervisor plane; with egress (the secure gateway), the egress proxy's guest
+    // socket too (the gateway keeps the proxy's state in <state-dir>/egress, and
+    // spawnGateway writes the proxy's wrapper into the driver dir).
+    const egress = !plaintext;
     await stageDriverDir({
       dir: D,
       stateDir: V,
       runtimeDir: rt.dir,
       gateway: { host: "127.0.0.1", port: planePort },
+      ...(egress ? { egressSocket: `${S}/egress/guest.sock` } : {}),
     });
     const g = await spawnGateway({
       stateDir: S,
@@ -202,6 +213,7 @@ async function e2e(t: Deno.TestContext): Promise<void> {
       port,
       tls: !plaintext,
       ...(plaintext ? {} : { dbUrl: `sqlite:${base}/gateway.db` }),
+      egress,
       args: [
         "--supervisor-port",
         String(planePort),
@@ -787,6 +799,13 @@ Deno.exit(0);
     );
   }, [needGateway()]);
 
+  // ---- egress (issue 14): its own steps, see e2e/egress_steps.ts ----
+  await egressSteps({
+    step: (label, fn, needs = []) => step(label, fn, [needGateway(), ...needs]),
+    cli,
+    policyDir: configHome,
+  });
+
   await step(
     "6. qemu runs unprivileged; killing it → ERROR with reason ProcessExited",
     async (t) => {
@@ -899,7 +918,7 @@ Deno.exit(0);
   }
 
   await step(
-    "9. plaintext gateway (--disable-tls --disable-gateway-auth): create, exec, delete",
+    "9. plaintext gateway without egress: create, exec, look-ups fail at once, delete",
     async () => {
       gw = await startGw(true);
       const r = await cli(
@@ -909,6 +928,7 @@ Deno.exit(0);
       check(r.code === 0 && r.stdout.includes("plain-ok"), `create: ${show(r)}`);
       const e = await cli(["sandbox", "exec", "plain", "--", "sh", "-c", "echo $((6*7))"]);
       check(e.code === 0 && e.stdout.trim() === "42", `exec: ${show(e)}`);
+      await noEgressChecks(cli, "plain");
       const d = await cli(["sandbox", "delete", "plain"]);
       check(d.code === 0, `delete: ${show(d)}`);
       const g = gw;

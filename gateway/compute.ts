@@ -977,7 +977,7 @@ export class ComputeRuntime {
       event: (e) => {
         switch (e.payload) {
           case "sandbox":
-            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox));
+            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox!));
             break;
           case "deleted":
             this.#enqueue(async () => {
@@ -992,7 +992,7 @@ export class ComputeRuntime {
             });
             break;
           case "platform_event":
-            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event);
+            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event!);
             break;
         }
       },

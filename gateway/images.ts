@@ -21,7 +21,7 @@ import {
   MAX_IMPORT_CHUNK_BYTES,
 } from "../core/images.ts";
 import type { Logger } from "../core/log.ts";
-import type { Image, ImportImageChunk, Wire } from "../core/protocol.ts";
+import type { ImportImageChunk, OpenShellHandlers } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { capLine } from "../core/text.ts";
 import type { ComputeRuntime } from "./compute.ts";
@@ -57,26 +57,21 @@ export class ImageService {
   }
 
   /** grpc-js handlers keyed by method name. */
-  handlers(): grpc.UntypedServiceImplementation {
+  handlers(): Pick<OpenShellHandlers, "ListImages" | "DeleteImage" | "BuildImage" | "ImportImage"> {
     const { compute, log } = this.#o;
     return {
-      ListImages: unary(log, async (): Promise<{ images: Image[] }> => {
+      ListImages: unary(log, async () => {
         const driver = await compute.driverFor("images");
         return { images: await need(driver, "listImages")() };
       }),
-      DeleteImage: unary(log, async (req: { name: string }): Promise<{ deleted: boolean }> => {
+      DeleteImage: unary(log, async (req) => {
         invalid(imageNameProblem(req.name));
         const driver = await compute.driverFor("images");
         const deleted = await need(driver, "deleteImage")(req.name);
         if (deleted) log.info("image deleted", { name: req.name });
         return { deleted };
       }),
-      BuildImage: (
-        call: grpc.ServerWritableStream<
-          { name: string; packages: string[]; script: string },
-          Wire<{ line?: string; image?: Image }>
-        >,
-      ) => {
+      BuildImage: (call) => {
         let open = true;
         let blocked = false;
         let dropped = 0;
@@ -113,12 +108,9 @@ export class ImageService {
           call.end();
         })().catch((err) => failStream(call, err, log));
       },
-      ImportImage: (
-        call: grpc.ServerReadableStream<ImportImageChunk, unknown>,
-        cb: grpc.sendUnaryData<unknown>,
-      ) => {
+      ImportImage: (call, cb) => {
         (async () => {
-          const it = (call as unknown as AsyncIterable<ImportImageChunk>)[Symbol.asyncIterator]();
+          const it = (call as AsyncIterable<ImportImageChunk>)[Symbol.asyncIterator]();
           const first = await it.next();
           if (first.done || first.value.payload !== "header") {
             throw new StatusError(Code.INVALID_ARGUMENT, "an import starts with its header");

@@ -12,18 +12,27 @@ import { hashToken, newToken } from "./tokens.ts";
 import type { Logger } from "../core/log.ts";
 import type {
   CreateSandboxRequest,
+  CreateSshSessionRequest,
   CreateSshSessionResponse,
+  DeleteSandboxRequest,
+  DeleteSandboxResponse,
   GetSandboxLogsRequest,
   GetSandboxLogsResponse,
+  GetSandboxRequest,
   HealthResponse,
+  IssueSupervisorCredentialsRequest,
   IssueSupervisorCredentialsResponse,
   ListSandboxesRequest,
   ListSandboxesResponse,
+  RevokeSshSessionRequest,
+  RevokeSshSessionResponse,
   Sandbox,
   SandboxLogLine,
   SandboxResponse,
   SandboxSpec,
   SandboxStreamEvent,
+  StartSandboxRequest,
+  StopSandboxRequest,
   WatchSandboxRequest,
   Wire,
 } from "../core/protocol.ts";
@@ -187,7 +196,7 @@ export class SandboxService {
         log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
         return { sandbox: publicSandbox(sandbox) };
       }),
-      GetSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+      GetSandbox: unary(log, async (req: GetSandboxRequest): Promise<SandboxResponse> => {
         return { sandbox: publicSandbox((await this.#byName(req.name)).sandbox) };
       }),
       ListSandboxes: unary(
@@ -198,22 +207,25 @@ export class SandboxService {
           return { sandboxes: records.map((r) => publicSandbox(r.sandbox)) };
         },
       ),
-      DeleteSandbox: unary(log, async (req: { name: string }): Promise<{ deleted: boolean }> => {
-        if (!req.name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
-        const record = await this.#o.store.getSandboxByName(req.name);
-        if (!record) return { deleted: false };
-        const deleted = await this.#o.compute.deleteSandbox(record);
-        await this.#o.policy?.sandboxDeleted(record.sandbox.id);
-        log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
-        return { deleted };
-      }),
-      StopSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+      DeleteSandbox: unary(
+        log,
+        async (req: DeleteSandboxRequest): Promise<DeleteSandboxResponse> => {
+          if (!req.name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
+          const record = await this.#o.store.getSandboxByName(req.name);
+          if (!record) return { deleted: false };
+          const deleted = await this.#o.compute.deleteSandbox(record);
+          await this.#o.policy?.sandboxDeleted(record.sandbox.id);
+          log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
+          return { deleted };
+        },
+      ),
+      StopSandbox: unary(log, async (req: StopSandboxRequest): Promise<SandboxResponse> => {
         const record = await this.#byName(req.name);
         const sandbox = await this.#o.compute.stopSandbox(record);
         log.info("sandbox stopped", { sandbox: sandbox.id, name: sandbox.name });
         return { sandbox: publicSandbox(sandbox) };
       }),
-      StartSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
+      StartSandbox: unary(log, async (req: StartSandboxRequest): Promise<SandboxResponse> => {
         const record = await this.#byName(req.name);
         const sandbox = await this.#o.compute.startSandbox(record);
         log.info("sandbox starting", { sandbox: sandbox.id, name: sandbox.name });
@@ -221,7 +233,7 @@ export class SandboxService {
       }),
       CreateSshSession: unary(
         log,
-        async (req: { sandbox_id: string }): Promise<CreateSshSessionResponse> => {
+        async (req: CreateSshSessionRequest): Promise<CreateSshSessionResponse> => {
           const record = await this.#byId(req.sandbox_id);
           if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
             throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
@@ -254,7 +266,7 @@ export class SandboxService {
       ),
       RevokeSshSession: unary(
         log,
-        async (req: { token: string }): Promise<{ revoked: boolean }> => {
+        async (req: RevokeSshSessionRequest): Promise<RevokeSshSessionResponse> => {
           if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
           const revoked = await this.#o.store.revokeSshSession(req.token);
           if (revoked) this.#o.onSshSessionRevoked?.(req.token);
@@ -263,7 +275,9 @@ export class SandboxService {
       ),
       IssueSupervisorCredentials: unary(
         log,
-        async (req: { name: string }): Promise<IssueSupervisorCredentialsResponse> => {
+        async (
+          req: IssueSupervisorCredentialsRequest,
+        ): Promise<IssueSupervisorCredentialsResponse> => {
           const record = await this.#byName(req.name);
           if (this.#o.compute.hasDriver) {
             throw new StatusError(

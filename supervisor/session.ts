@@ -98,11 +98,6 @@ export const CHANNEL_OPTIONS: Readonly<grpc.ChannelOptions> = {
   "grpc.use_local_subchannel_pool": 1,
 };
 
-type GrpcClient = grpc.Client & {
-  ConnectSupervisor(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
-  RelayStream(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
-};
-
 /** Channels to the gateway over grpc-js. */
 export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
   const target = hostPort(options.host, options.port);
@@ -112,15 +107,15 @@ export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory 
       target,
       secure?.credentials ?? grpc.credentials.createInsecure(),
       { ...CHANNEL_OPTIONS, ...secure?.options },
-    ) as unknown as GrpcClient;
+    );
     const metadata = () => {
       const md = new grpc.Metadata();
       if (options.token) md.set(SUPERVISOR_TOKEN_METADATA, options.token);
       return md;
     };
     return {
-      connectSupervisor: () => client.ConnectSupervisor(metadata()) as unknown as ControlCall,
-      relayStream: () => client.RelayStream(metadata()) as unknown as RelayCall,
+      connectSupervisor: () => client.ConnectSupervisor(metadata()),
+      relayStream: () => client.RelayStream(metadata()),
       broken: () => {
         const state = client.getChannel().getConnectivityState(false);
         return state === grpc.connectivityState.TRANSIENT_FAILURE ||

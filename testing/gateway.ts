@@ -16,11 +16,10 @@ import {
   type GatewayMessage,
   type IssueSupervisorCredentialsResponse,
   OpenShellClient,
-  type RelayFrame,
   type Sandbox,
   type SandboxSpec,
-  type SupervisorMessage,
-  type Wire,
+  unaryCall,
+  type UnaryMethod,
 } from "../core/protocol.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { generateHostKey, type HostKey } from "../core/ssh_keys.ts";
@@ -328,7 +327,7 @@ export interface FakeSupervisorOptions {
   /** gRPC metadata to send (e.g. the supervisor token). */
   metadata?: Record<string, string>;
   /** Use this client instead of a new one (several sessions over one connection). */
-  client?: grpc.Client;
+  client?: OpenShellClient;
   /** Never answer `relay_open` (to test what happens when no relay comes). */
   ignoreRelays?: boolean;
   /** Called with every message from the gateway. */
@@ -352,13 +351,7 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
     );
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(options.metadata ?? {})) md.set(k, v);
-  const c = client as unknown as {
-    ConnectSupervisor(
-      md: grpc.Metadata,
-    ): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
-    RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame>;
-  };
-  const session = c.ConnectSupervisor(md);
+  const session = client.ConnectSupervisor(md);
   const received: GatewayMessage[] = [];
   let resolveAccepted!: (id: string) => void;
   let rejectAccepted!: (err: Error) => void;
@@ -374,7 +367,7 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
     options.onMessage?.(m);
     if (m.payload === "session_accepted") resolveAccepted(m.session_accepted.session_id);
     if (m.payload === "relay_open" && !options.ignoreRelays) {
-      const relay = c.RelayStream(md);
+      const relay = client.RelayStream(md);
       relay.write({ init: { channel_id: m.relay_open.channel_id } });
       const bytes = relayFrameDuplex(relay, {
         abort: () => relay.cancel(),
@@ -446,15 +439,12 @@ export async function byoSupervisor(
   const api = apiClient(gw.port, options.clientPki ?? gw.pki);
   try {
     const sandbox = options.create === false
-      ? (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox
-      : (await api.call<{ sandbox: Sandbox }>("CreateSandbox", {
+      ? (await api.call(api.raw.GetSandbox, { name })).sandbox!
+      : (await api.call(api.raw.CreateSandbox, {
         name,
         spec: { environment: options.environment ?? {} },
-      })).sandbox;
-    const credentials = await api.call<IssueSupervisorCredentialsResponse>(
-      "IssueSupervisorCredentials",
-      { name },
-    );
+      })).sandbox!;
+    const credentials = await api.call(api.raw.IssueSupervisorCredentials, { name });
     const hostKey = generateHostKey();
     const metadata = { [SUPERVISOR_TOKEN_METADATA]: credentials.token };
     return {
@@ -524,10 +514,13 @@ export function sendConnect(
 
 /** A promisified `OpenShell` client for tests. */
 export interface ApiClient {
-  /** Calls a unary method; rejects with the grpc-js ServiceError. */
-  call<T = Record<string, unknown>>(method: string, request: unknown): Promise<T>;
+  /**
+   * Calls a unary method of {@link raw}, e.g. `api.call(api.raw.GetSandbox, { name })`;
+   * rejects with the grpc-js ServiceError.
+   */
+  call<Req, Res>(method: UnaryMethod<Req, Res>, request: NoInfer<Req>): Promise<Res>;
   /** The underlying grpc-js client (for streaming calls). */
-  raw: grpc.Client;
+  raw: OpenShellClient;
   close(): void;
 }
 
@@ -550,15 +543,7 @@ export function apiClient(port: number, pki?: TestGateway["pki"]): ApiClient {
   );
   return {
     raw,
-    call<T>(method: string, request: unknown): Promise<T> {
-      const fn =
-        (raw as unknown as Record<string, (r: unknown, cb: (e: unknown, v: T) => void) => void>)[
-          method
-        ];
-      return new Promise((resolve, reject) =>
-        fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v))
-      );
-    },
+    call: (method, request) => unaryCall(raw, method, request),
     close: () => raw.close(),
   };
 }
@@ -573,6 +558,7 @@ export function largestSpec(): SandboxSpec {
     log_level: "",
     environment,
     template: null,
+    policy: null,
     providers: [],
     gpu: false,
   };

@@ -13,7 +13,8 @@
  * (`testing/prepare.ts` installs them); ignored, saying so, without them.
  */
 import assert from "node:assert/strict";
-import { policyHash, type SandboxPolicy } from "../core/policy.ts";
+import { policyHash } from "../core/policy.ts";
+import type { SandboxPolicy, Wire } from "../core/protocol.ts";
 import { spawnGateway } from "./gateway.ts";
 
 const SCRIPT = new URL("./upstream_client.py", import.meta.url).pathname;
@@ -75,10 +76,10 @@ interface Status {
 }
 
 // The policies the script sends, as this project writes them.
-const V1: SandboxPolicy = {
+const V1: Wire<SandboxPolicy> = {
   network_policies: { pypi: { name: "pypi", endpoints: [{ host: "pypi.org", port: 443 }] } },
 };
-const V2: SandboxPolicy = {
+const V2: Wire<SandboxPolicy> = {
   network_policies: {
     pypi: { name: "pypi", endpoints: [{ host: "pypi.org", port: 443 }] },
     files: { name: "files", endpoints: [{ host: "files.pythonhosted.org", ports: [443, 8443] }] },
