@@ -342,12 +342,15 @@ function streamPair(): { stream: Duplex; client: SshdClient } {
     },
     close() {
       if (stream.destroyed) return;
+      // As a socket whose peer closed: sshd's last bytes and its end still reach the reader,
+      // later writes go nowhere, and the stream closes once the caller ends its side too.
       shut = true;
       for (const item of inbox.splice(0)) item.done();
       wake();
-      // As with a socket: sshd's last bytes and its end still reach the reader first.
-      if (endPushed && !stream.readableEnded) stream.once("end", () => stream.destroy());
-      else stream.destroy();
+      if (!endPushed) {
+        endPushed = true;
+        stream.push(null);
+      }
     },
   };
   return { stream, client };
