@@ -248,3 +248,35 @@ Deno.test("sshd server in process: MiBs echo both ways, half-close ends sshd, th
     await assert.rejects(server.connect(), /closed/);
   });
 });
+
+Deno.test("sshd server in process: sshd exiting first half-closes; the relay ends its side", async () => {
+  await withTempDir(async (tmp) => {
+    // A stand-in for `sshd -i` that answers five bytes and exits.
+    const fake = `${tmp}/fake-sshd`;
+    await Deno.writeTextFile(fake, "#!/bin/sh\nexec head -c 5\n", { mode: 0o700 });
+    const dir = `${tmp}/run`;
+    await prepareSocketDir(dir);
+    const server = await SshdServer.listen({
+      socketPath: `${dir}/ssh.sock`,
+      sshd: fake,
+      configPath: `${dir}/unused`,
+      logger: new Logger({ sink: () => {} }),
+    });
+    try {
+      const s = await server.connect();
+      let text = "";
+      s.on("data", (c: Uint8Array) => text += new TextDecoder().decode(c));
+      const ended = new Promise<void>((r) => s.once("end", () => r()));
+      s.write(new TextEncoder().encode("hello world"));
+      await ended;
+      assert.equal(text, "hello");
+      await waitFor("sshd gone", () => server.active === 0);
+      assert.equal(s.destroyed, false, "half-closed, like a socket whose peer closed");
+      const closed = new Promise<void>((r) => s.once("close", () => r()));
+      s.end();
+      await closed;
+    } finally {
+      await server.close();
+    }
+  });
+});
