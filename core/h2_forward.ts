@@ -14,6 +14,7 @@
  * @module
  */
 import net from "node:net";
+import { Duplex } from "node:stream";
 import { GoawayFilter, H2FrameScanner, H2StreamTracker } from "./goaway_filter.ts";
 import { errorMessage, type Logger } from "./log.ts";
 
@@ -25,12 +26,24 @@ import { errorMessage, type Logger } from "./log.ts";
  */
 export const MAX_CONCURRENT_STREAMS = 256;
 
+/**
+ * Hands an in-process connection to an HTTP/2 server, e.g.
+ * `(stream) => http2Server.emit("connection", stream)` for the node:http2
+ * server of a bound grpc-js server.
+ */
+export type InjectH2 = (stream: Duplex) => void;
+
 /** Options of {@link forwardH2}. */
 export interface ForwardH2Options {
   /** The accepted client connection (may be paused; it is resumed). */
   client: net.Socket;
-  /** Unix socket of the internal grpc-js server. */
+  /** Unix socket of the internal grpc-js server (used when `inject` is absent). */
   innerPath: string;
+  /**
+   * Hands the filtered connection to the server in this process instead of
+   * dialling `innerPath` (see {@link injectH2}).
+   */
+  inject?: InjectH2;
   /** Bytes already read from the client (the preface, usually). */
   first?: Uint8Array;
   /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
@@ -75,6 +88,7 @@ export function forwardH2(options: ForwardH2Options): H2Link {
     ? new H2FrameScanner({ preface: true, onFrame: tracker.client })
     : new GoawayFilter(tracker.client);
   const down = new H2FrameScanner({ onFrame: tracker.server });
+  if (options.inject) return injectH2(options, options.inject, up, down, tracker);
   let droppedSeen = 0;
   let inner!: net.Socket;
   let connected = false;
@@ -153,6 +167,112 @@ export function forwardH2(options: ForwardH2Options): H2Link {
     if (connected) inner.end();
   });
   dial();
+  if (options.first && options.first.length > 0) toInner(options.first);
+  client.on("data", toInner);
+  client.resume();
+  return {
+    get openStreams() {
+      return tracker.open;
+    },
+    destroy: teardown,
+  };
+}
+
+/**
+ * The in-process form of {@link forwardH2}: the server reads the client's
+ * bytes through a Duplex, after the same filter, and writes straight to
+ * the client socket. Compared with the hop through the internal Unix
+ * socket this saves, per chunk and direction, a send and a receive
+ * (two kernel copies) and a pass through a second socket's stream
+ * machinery. Writes the server makes while the client socket is still
+ * flushing are gathered by the Duplex and leave as one corked write.
+ */
+function injectH2(
+  options: ForwardH2Options,
+  inject: InjectH2,
+  up: H2FrameScanner,
+  down: H2FrameScanner,
+  tracker: H2StreamTracker,
+): H2Link {
+  const { client } = options;
+  let droppedSeen = 0;
+  let done = false;
+  const teardown = () => {
+    if (done) return;
+    done = true;
+    client.destroy();
+    inner.destroy();
+  };
+  /** Calls `cb` once the client socket can take more (backpressure for the server). */
+  const whenWritable = (ok: boolean, cb: (err?: Error | null) => void) => {
+    if (ok) return cb();
+    const onDrain = () => {
+      client.removeListener("close", onClose);
+      cb();
+    };
+    const onClose = () => {
+      client.removeListener("drain", onDrain);
+      cb(new Error("the client connection closed"));
+    };
+    client.once("drain", onDrain);
+    client.once("close", onClose);
+  };
+  const inner = new Duplex({
+    allowHalfOpen: true,
+    read() {
+      if (!done) client.resume();
+    },
+    write(chunk: Uint8Array, _enc, cb) {
+      down.push(chunk);
+      whenWritable(client.write(chunk), cb);
+    },
+    writev(chunks: { chunk: Uint8Array }[], cb) {
+      client.cork();
+      let ok = true;
+      for (const { chunk } of chunks) {
+        down.push(chunk);
+        ok = client.write(chunk);
+      }
+      client.uncork();
+      whenWritable(ok, cb);
+    },
+    final(cb) {
+      // Finished once flushed: a stream that also ended its reading side is
+      // destroyed right after, which must not cut the client's last bytes.
+      client.end(() => cb());
+    },
+    destroy(err, cb) {
+      done = true;
+      client.destroy();
+      cb(err);
+    },
+  });
+  // What grpc-js reads from its session's socket (peer address in traces).
+  Object.defineProperties(inner, {
+    remoteAddress: { get: () => client.remoteAddress },
+    remotePort: { get: () => client.remotePort },
+    localAddress: { get: () => client.localAddress },
+    localPort: { get: () => client.localPort },
+  });
+  inner.on("error", () => {}); // the server reports its own errors; the client is torn down
+  const toInner = (chunk: Uint8Array) => {
+    const out = up.push(chunk);
+    if (up.dropped !== droppedSeen) {
+      options.onGoawayDropped?.(up.dropped - droppedSeen);
+      droppedSeen = up.dropped;
+    }
+    if (out.length === 0 || done) return;
+    if (!inner.push(out)) client.pause();
+  };
+  client.on("error", teardown);
+  client.on("close", () => {
+    done = true;
+    inner.destroy();
+  });
+  client.on("end", () => {
+    if (!done) inner.push(null);
+  });
+  inject(inner);
   if (options.first && options.first.length > 0) toInner(options.first);
   client.on("data", toInner);
   client.resume();

@@ -9,6 +9,9 @@
  * - `windows`: the same with HTTP/2 default windows vs the raised ones, for
  *   relay frames of 16/64/256 KiB (`OPENSHELL_H2_DEFAULT_WINDOWS`,
  *   `OPENSHELL_RELAY_CHUNK_BYTES`, see gateway/tuning.ts).
+ * - `hop`: the same, 64 MiB, with the listeners forwarding HTTP/2 to
+ *   grpc-js through the internal Unix socket (`OPENSHELL_H2_UNIX_HOP=1`, the
+ *   old way) vs in process.
  * - `latency`: CONNECT → 200 → first byte round trip vs a raw TCP connect
  *   and echo; and a 1-byte round trip on an open tunnel vs raw TCP.
  * - `exec`: `ExecSandbox` of `true` (real supervisor and OpenSSH's sshd;
@@ -38,7 +41,11 @@ import {
   spawnGateway,
   type TestGateway,
 } from "../testing/gateway.ts";
-import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES } from "../gateway/tuning.ts";
+import {
+  ENV_H2_DEFAULT_WINDOWS,
+  ENV_H2_UNIX_HOP,
+  ENV_RELAY_CHUNK_BYTES,
+} from "../gateway/tuning.ts";
 import {
   ensureSandboxUser,
   gatewayApi,
@@ -68,7 +75,15 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 
 /** The sections, in the order they run. */
-export const SECTIONS = ["throughput", "windows", "latency", "exec", "ready", "memory"] as const;
+export const SECTIONS = [
+  "throughput",
+  "windows",
+  "hop",
+  "latency",
+  "exec",
+  "ready",
+  "memory",
+] as const;
 type Section = typeof SECTIONS[number];
 
 /** Cleanups of everything started so far, run on exit or Ctrl-C. */
@@ -197,6 +212,86 @@ async function throughput(): Promise<void> {
   });
 }
 
+/** One gateway configuration of a side-by-side comparison. */
+interface RigCase {
+  /** First column of its row. */
+  label: string;
+  /** Gateway environment (tuning knobs). */
+  env: Record<string, string>;
+  /** The fake supervisor's flow-control window (undefined: grpc-js default). */
+  clientWindow?: number;
+  /** Largest relay frame both ends send. */
+  chunk: number;
+}
+
+/**
+ * Starts one gateway per case, then moves `bytes` up and down through each,
+ * round-robin for `rounds` rounds with a raw TCP pair in every round, and
+ * prints a row per case plus the raw baseline.
+ */
+async function compareRigs(
+  cases: RigCase[],
+  bytes: number,
+  rounds: number,
+  columns: { first: string; chunk: boolean },
+): Promise<void> {
+  await withResource(await startRawPeer(), async (raw) => {
+    const rigs: RelayRig[] = [];
+    const all = { close: async () => void await Promise.all(rigs.map((r) => r.close())) };
+    await withResource(all, async () => {
+      // Started one after the other: each start is CPU-bound on two cores anyway.
+      for (const c of cases) {
+        rigs.push(
+          await startRelayRig({
+            env: { ...c.env, [ENV_RELAY_CHUNK_BYTES]: String(c.chunk) },
+            clientWindow: c.clientWindow,
+            chunkBytes: c.chunk,
+          }),
+        );
+      }
+      const up = cases.map(() => [] as Sample[]);
+      const down = cases.map(() => [] as Sample[]);
+      const rawUp: Sample[] = [];
+      const rawDown: Sample[] = [];
+      for (const rig of rigs) await transfer(() => rig.tunnel(), "download", 2 * MiB);
+      for (let r = 0; r < rounds; r++) {
+        for (let i = 0; i < rigs.length; i++) {
+          const pid = rigs[i].gw.pid;
+          up[i].push(await transfer(() => rigs[i].tunnel(), "upload", bytes, pid));
+          down[i].push(await transfer(() => rigs[i].tunnel(), "download", bytes, pid));
+        }
+        rawUp.push(await transfer(() => raw.connect(), "upload", bytes));
+        rawDown.push(await transfer(() => raw.connect(), "download", bytes));
+      }
+      const chunkCell = (c: string | number) => columns.chunk ? [c] : [];
+      const rows: (string | number)[][] = cases.map((c, i) => [
+        c.label,
+        ...chunkCell(size(c.chunk)),
+        rate(up[i]),
+        rate(down[i]),
+        cpuPerMiB(up[i], "gatewayCpu"),
+        cpuPerMiB(down[i], "gatewayCpu"),
+      ]);
+      rows.push([
+        "raw TCP, same process (baseline; CPU of both ends)",
+        ...chunkCell("-"),
+        rate(rawUp),
+        rate(rawDown),
+        cpuPerMiB(rawUp, "selfCpu"),
+        cpuPerMiB(rawDown, "selfCpu"),
+      ]);
+      console.log(table([
+        columns.first,
+        ...chunkCell("relay frame") as string[],
+        "upload MB/s",
+        "download MB/s",
+        "gateway CPU ms/MiB up",
+        "down",
+      ], rows));
+    });
+  });
+}
+
 async function windows(): Promise<void> {
   const bytes = 16 * MiB;
   const rounds = 5;
@@ -217,63 +312,37 @@ async function windows(): Promise<void> {
     },
   ];
   const cases = configs.flatMap((config) =>
-    [16 * KiB, 64 * KiB, 256 * KiB].map((chunk) => ({ config, chunk }))
+    [16 * KiB, 64 * KiB, 256 * KiB].map((chunk) => ({
+      ...config,
+      label: config.label +
+        (chunk === RELAY_CHUNK_BYTES && config.clientWindow ? " (production)" : ""),
+      chunk,
+    }))
   );
-  await withResource(await startRawPeer(), async (raw) => {
-    const rigs: RelayRig[] = [];
-    const all = { close: async () => void await Promise.all(rigs.map((r) => r.close())) };
-    await withResource(all, async () => {
-      // Started one after the other: each start is CPU-bound on two cores anyway.
-      for (const c of cases) {
-        rigs.push(
-          await startRelayRig({
-            env: { ...c.config.env, [ENV_RELAY_CHUNK_BYTES]: String(c.chunk) },
-            clientWindow: c.config.clientWindow,
-            chunkBytes: c.chunk,
-          }),
-        );
-      }
-      const up = cases.map(() => [] as Sample[]);
-      const down = cases.map(() => [] as Sample[]);
-      const rawUp: Sample[] = [];
-      const rawDown: Sample[] = [];
-      for (const rig of rigs) await transfer(() => rig.tunnel(), "download", 2 * MiB);
-      for (let r = 0; r < rounds; r++) {
-        for (let i = 0; i < rigs.length; i++) {
-          const pid = rigs[i].gw.pid;
-          up[i].push(await transfer(() => rigs[i].tunnel(), "upload", bytes, pid));
-          down[i].push(await transfer(() => rigs[i].tunnel(), "download", bytes, pid));
-        }
-        rawUp.push(await transfer(() => raw.connect(), "upload", bytes));
-        rawDown.push(await transfer(() => raw.connect(), "download", bytes));
-      }
-      const rows: (string | number)[][] = cases.map((c, i) => [
-        c.config.label +
-        (c.chunk === RELAY_CHUNK_BYTES && c.config.clientWindow ? " (production)" : ""),
-        size(c.chunk),
-        rate(up[i]),
-        rate(down[i]),
-        cpuPerMiB(up[i], "gatewayCpu"),
-        cpuPerMiB(down[i], "gatewayCpu"),
-      ]);
-      rows.push([
-        "raw TCP, same process (baseline; CPU of both ends)",
-        "-",
-        rate(rawUp),
-        rate(rawDown),
-        cpuPerMiB(rawUp, "selfCpu"),
-        cpuPerMiB(rawDown, "selfCpu"),
-      ]);
-      console.log(table([
-        "HTTP/2 windows",
-        "relay frame",
-        "upload MB/s",
-        "download MB/s",
-        "gateway CPU ms/MiB up",
-        "down",
-      ], rows));
-    });
-  });
+  await compareRigs(cases, bytes, rounds, { first: "HTTP/2 windows", chunk: true });
+}
+
+async function hop(): Promise<void> {
+  const bytes = 64 * MiB;
+  const rounds = 5;
+  heading(
+    `HTTP/2 into grpc-js through the internal Unix socket or in process (MB/s, ${size(bytes)}, ` +
+      `median of ${rounds} rounds; one gateway each, measured round-robin)`,
+  );
+  const common = { clientWindow: SUPERVISOR_WINDOW_BYTES, chunk: RELAY_CHUNK_BYTES };
+  await compareRigs(
+    [
+      {
+        ...common,
+        label: `Unix socket hop (before; ${ENV_H2_UNIX_HOP}=1)`,
+        env: { [ENV_H2_UNIX_HOP]: "1" },
+      },
+      { ...common, label: "in process (production)", env: {} },
+    ],
+    bytes,
+    rounds,
+    { first: "listener → grpc-js", chunk: false },
+  );
 }
 
 async function openAndEcho(
@@ -543,6 +612,7 @@ async function memory(): Promise<void> {
 const RUNNERS: Record<Section, () => Promise<void>> = {
   throughput,
   windows,
+  hop,
   latency,
   exec,
   ready,

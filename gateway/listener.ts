@@ -2,8 +2,9 @@
  * A gateway port: accepts TCP (or TLS) connections, tells HTTP/2 from
  * HTTP/1.1 by the first bytes (or ALPN), and
  *
- * - forwards HTTP/2 (gRPC) to the internal grpc-js server on a Unix socket,
- *   removing client GOAWAY frames on the way (`core/h2_forward.ts`);
+ * - forwards HTTP/2 (gRPC) to the internal grpc-js server, in process or on
+ *   a Unix socket, removing client GOAWAY frames on the way
+ *   (`core/h2_forward.ts`);
  * - hands HTTP/1.1 connections to a `node:http` server (never listening
  *   itself: it is given each sniffed socket), whose parsed request heads go
  *   to the gateway's HTTP handler. A head over {@link MAX_HEAD_BYTES} is
@@ -36,7 +37,7 @@ import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
 import { H2_PREFACE, looksLikeH2 } from "../core/goaway_filter.ts";
-import { forwardH2, type H2Link } from "../core/h2_forward.ts";
+import { forwardH2, type H2Link, type InjectH2 } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { httpResponse, MAX_HEAD_BYTES, type RequestHead, requestHeadOf } from "./http1.ts";
 import { clientRefusal, LogThrottle } from "./client_auth.ts";
@@ -108,6 +109,12 @@ export interface GatewayListenerOptions {
   tls?: { cert: string; key: string; clientCa?: string };
   /** Unix socket of the internal grpc-js server. */
   grpcSocketPath: string;
+  /**
+   * Hands HTTP/2 connections (GOAWAY-filtered) to the grpc-js server in
+   * this process instead of through {@link grpcSocketPath}
+   * (`core/h2_forward.ts` `injectH2`: one hop less for every byte).
+   */
+  grpcInject?: InjectH2;
   http: HttpHandler;
   log: Logger;
   /** Strip client GOAWAY frames (default true; false only to reproduce denoland/deno#36788). */
@@ -512,6 +519,7 @@ export class GatewayListener {
         conn.link = forwardH2({
           client: socket,
           innerPath: this.#o.grpcSocketPath,
+          inject: this.#o.grpcInject,
           first: buffered,
           filterGoaway: this.#o.filterGoaway,
           onGoawayDropped: (n) => this.#goawaysDropped += n,

@@ -29,7 +29,12 @@ interface Fixture {
 
 async function fixture(
   limits: Partial<ConnectionLimits>,
-  extra: { tls?: { cert: string; key: string }; onHead?: (head: RequestHead) => void } = {},
+  extra: {
+    tls?: { cert: string; key: string };
+    onHead?: (head: RequestHead) => void;
+    /** Hand HTTP/2 connections to the server in process (`grpcInject`). */
+    inject?: boolean;
+  } = {},
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "lsn" });
   const inner = `${dir}/h2.sock`;
@@ -41,6 +46,9 @@ async function fixture(
       held.set(String(headers["x-id"]), stream);
       stream.respond({ ":status": 200 });
       stream.write("held\n");
+    } else if (headers[":path"] === "/echo") {
+      stream.respond({ ":status": 200 });
+      stream.pipe(stream);
     } else {
       stream.respond({ ":status": 200 });
       stream.end("ok\n");
@@ -53,6 +61,7 @@ async function fixture(
     bind: "127.0.0.1",
     port: 0,
     grpcSocketPath: inner,
+    grpcInject: extra.inject ? (stream) => void h2.emit("connection", stream) : undefined,
     tls: extra.tls,
     log,
     limits,
@@ -263,6 +272,38 @@ Deno.test("HTTP/2 through the listener: GOAWAY on close is removed; HTTP/1.1 sti
     c.socket.write("GET /x HTTP/1.1\r\nHost: g\r\n\r\n");
     await waitFor("reply", () => c.closed);
     assert.match(reply, /^HTTP\/1\.1 200 /);
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("HTTP/2 in process: requests and a 4 MiB echo are served; GOAWAY on close is removed", async () => {
+  const f = await fixture({}, { inject: true });
+  try {
+    const s = h2client(f.port);
+    assert.equal(await get(s, "/quick"), "ok\n");
+    assert.equal(await get(s, "/hold", "a"), "held\n");
+    const payload = new Uint8Array(4 * 1024 * 1024).map((_, i) => i % 251);
+    const echoed = await new Promise<Uint8Array>((resolve, reject) => {
+      const req = s.request({ ":path": "/echo", ":method": "POST" });
+      const parts: Uint8Array[] = [];
+      req.on("data", (c: Uint8Array) => parts.push(c));
+      req.on("end", () => {
+        const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+        let o = 0;
+        for (const p of parts) {
+          out.set(p, o);
+          o += p.length;
+        }
+        resolve(out);
+      });
+      req.on("error", reject);
+      req.end(payload);
+    });
+    assert.deepStrictEqual(echoed, payload);
+    f.held.get("a")!.end();
+    await new Promise<void>((r) => s.close(() => r())); // graceful: sends GOAWAY
+    await waitFor("GOAWAY removed", () => f.listener.goawaysDropped >= 1);
   } finally {
     await f.close();
   }

@@ -8,8 +8,9 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
+import type { Duplex } from "node:stream";
 import { hostForUrl, hostPort } from "../core/endpoint.ts";
-import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
+import { type InjectH2, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import { OpenShellClient } from "../core/protocol.ts";
 import { checkPrivateDir } from "../core/secure_fs.ts";
@@ -99,10 +100,12 @@ export interface StartOptions {
   signal?: AbortSignal;
   /**
    * Benchmark knobs (gateway/tuning.ts; main.ts reads them from
-   * `OPENSHELL_H2_DEFAULT_WINDOWS` / `OPENSHELL_RELAY_CHUNK_BYTES`):
+   * `OPENSHELL_H2_DEFAULT_WINDOWS` / `OPENSHELL_RELAY_CHUNK_BYTES` /
+   * `OPENSHELL_H2_UNIX_HOP`):
    * `defaultH2Windows` skips raising the HTTP/2 windows to
    * {@link H2_STREAM_WINDOW}/{@link H2_CONNECTION_WINDOW}; `relayChunkBytes`
-   * caps the relay frames the gateway sends. Production leaves both unset.
+   * caps the relay frames the gateway sends; `unixHop` forwards HTTP/2
+   * through the internal Unix sockets. Production leaves them unset.
    */
   tuning?: Partial<RelayTuning>;
 }
@@ -158,6 +161,7 @@ async function bindGrpc(
 /** What {@link tuneSessions} needs of a node:http2 server. */
 export interface Http2ServerLike {
   on(event: "session", listener: (session: unknown) => void): unknown;
+  emit(event: "connection", stream: Duplex): boolean;
 }
 
 /**
@@ -181,6 +185,15 @@ export function http2ServersOf(server: grpc.Server): Http2ServerLike[] {
     );
   }
   return servers as Http2ServerLike[];
+}
+
+/**
+ * Hands a connection to a bound grpc-js server in this process, as if it
+ * had arrived on its socket (the listeners' {@link InjectH2}).
+ */
+export function grpcInjector(server: grpc.Server): InjectH2 {
+  const [h2] = http2ServersOf(server);
+  return (stream) => void h2.emit("connection", stream);
 }
 
 /**
@@ -355,6 +368,8 @@ interface ListenersOptions {
   tls?: TlsSetup;
   log: Logger;
   unsafeKeepGoaway?: boolean;
+  /** Benchmark knob: forward HTTP/2 to grpc-js over its Unix socket instead of in process. */
+  unixHop?: boolean;
 }
 
 /** Both planes' listeners (not yet listening), in front of their gRPC servers. */
@@ -370,6 +385,7 @@ function createListeners(config: GatewayConfig, o: ListenersOptions): Listeners 
       port: config.port,
       tls: o.tls?.user,
       grpcSocketPath: o.grpc.userSocket,
+      grpcInject: o.unixHop ? undefined : grpcInjector(o.grpc.user),
       http: userHttp(config.sshConnectPath, o.services),
       log: o.log,
       filterGoaway: !o.unsafeKeepGoaway,
@@ -380,6 +396,7 @@ function createListeners(config: GatewayConfig, o: ListenersOptions): Listeners 
       port: config.supervisorPort,
       tls: o.tls?.supervisor,
       grpcSocketPath: o.grpc.supervisorSocket,
+      grpcInject: o.unixHop ? undefined : grpcInjector(o.grpc.supervisor),
       http: supervisorHttp,
       log: o.log.with({ plane: "supervisor" }),
       filterGoaway: !o.unsafeKeepGoaway,
@@ -627,6 +644,7 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
     tls: tlsSetup,
     log,
     unsafeKeepGoaway: options.unsafeKeepGoaway,
+    unixHop: options.tuning?.unixHop,
   });
   let bound: BoundPlanes;
   try {

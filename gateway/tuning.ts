@@ -1,8 +1,8 @@
 /**
  * Relay tuning knobs read from the environment once at start. They exist so
  * the flow-control "before and after" figures in `docs/benchmarks.md` can be
- * reproduced against a real gateway process (`e2e/bench_gateway.ts windows`);
- * production leaves both unset.
+ * reproduced against a real gateway process (`e2e/bench_gateway.ts windows`,
+ * `hop`); production leaves them unset.
  *
  * - `OPENSHELL_H2_DEFAULT_WINDOWS=1` keeps HTTP/2's default 64 KiB
  *   flow-control windows instead of raising them to
@@ -11,6 +11,9 @@
  *   `data` frame the gateway sends (default `RELAY_CHUNK_BYTES`,
  *   core/bridge.ts). It is applied once per relay, so it costs the hot path
  *   nothing.
+ * - `OPENSHELL_H2_UNIX_HOP=1` keeps the listeners' old hop through the
+ *   internal Unix sockets to grpc-js instead of handing each HTTP/2
+ *   connection to grpc-js in process (core/h2_forward.ts `injectH2`).
  *
  * @module
  */
@@ -21,6 +24,8 @@ import { type EnvReader, FlagError } from "../core/flags.ts";
 export const ENV_H2_DEFAULT_WINDOWS = "OPENSHELL_H2_DEFAULT_WINDOWS";
 /** Environment name: largest relay frame payload the gateway sends, in bytes. */
 export const ENV_RELAY_CHUNK_BYTES = "OPENSHELL_RELAY_CHUNK_BYTES";
+/** Environment name: forward HTTP/2 through the internal Unix sockets when `1`/`true`. */
+export const ENV_H2_UNIX_HOP = "OPENSHELL_H2_UNIX_HOP";
 /** Smallest accepted {@link ENV_RELAY_CHUNK_BYTES}. */
 export const MIN_RELAY_CHUNK_BYTES = 1024;
 /** Largest accepted {@link ENV_RELAY_CHUNK_BYTES} (well below the supervisor's 4 MiB message cap). */
@@ -32,19 +37,21 @@ export interface RelayTuning {
   defaultH2Windows: boolean;
   /** Largest relay `data` frame payload the gateway sends. */
   relayChunkBytes: number;
+  /** Forward HTTP/2 through the internal Unix sockets (benchmark baseline only). */
+  unixHop: boolean;
+}
+
+function readBool(env: EnvReader, name: string): boolean {
+  const raw = env(name)?.trim().toLowerCase() ?? "";
+  if (["1", "true", "yes", "on"].includes(raw)) return true;
+  if (["", "0", "false", "no", "off"].includes(raw)) return false;
+  throw new FlagError(`${name}: expected true or false, got "${env(name)}"`);
 }
 
 /** Reads {@link RelayTuning} from `env`; throws a {@link FlagError} on a bad value. */
 export function readRelayTuning(env: EnvReader): RelayTuning {
-  const rawWindows = env(ENV_H2_DEFAULT_WINDOWS)?.trim().toLowerCase() ?? "";
-  let defaultH2Windows: boolean;
-  if (["1", "true", "yes", "on"].includes(rawWindows)) defaultH2Windows = true;
-  else if (["", "0", "false", "no", "off"].includes(rawWindows)) defaultH2Windows = false;
-  else {
-    throw new FlagError(
-      `${ENV_H2_DEFAULT_WINDOWS}: expected true or false, got "${env(ENV_H2_DEFAULT_WINDOWS)}"`,
-    );
-  }
+  const defaultH2Windows = readBool(env, ENV_H2_DEFAULT_WINDOWS);
+  const unixHop = readBool(env, ENV_H2_UNIX_HOP);
   const rawChunk = env(ENV_RELAY_CHUNK_BYTES)?.trim() ?? "";
   let relayChunkBytes = RELAY_CHUNK_BYTES;
   if (rawChunk !== "") {
@@ -56,5 +63,5 @@ export function readRelayTuning(env: EnvReader): RelayTuning {
     }
     relayChunkBytes = n;
   }
-  return { defaultH2Windows, relayChunkBytes };
+  return { defaultH2Windows, relayChunkBytes, unixHop };
 }

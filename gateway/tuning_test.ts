@@ -11,23 +11,35 @@ import {
   sendConnect,
   spawnGateway,
 } from "../testing/gateway.ts";
-import { ENV_H2_DEFAULT_WINDOWS, ENV_RELAY_CHUNK_BYTES, readRelayTuning } from "./tuning.ts";
+import {
+  ENV_H2_DEFAULT_WINDOWS,
+  ENV_H2_UNIX_HOP,
+  ENV_RELAY_CHUNK_BYTES,
+  readRelayTuning,
+} from "./tuning.ts";
 
 function envOf(vars: Record<string, string>): (name: string) => string | undefined {
   return (name) => vars[name];
 }
 
-Deno.test("relay tuning: unset means raised windows and the default chunk", () => {
+Deno.test("relay tuning: unset means raised windows, the default chunk, no Unix hop", () => {
   assert.deepEqual(readRelayTuning(envOf({})), {
     defaultH2Windows: false,
     relayChunkBytes: RELAY_CHUNK_BYTES,
+    unixHop: false,
   });
 });
 
-Deno.test("relay tuning: both knobs are read", () => {
+Deno.test("relay tuning: every knob is read", () => {
   assert.deepEqual(
-    readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "1", [ENV_RELAY_CHUNK_BYTES]: "262144" })),
-    { defaultH2Windows: true, relayChunkBytes: 262144 },
+    readRelayTuning(
+      envOf({
+        [ENV_H2_DEFAULT_WINDOWS]: "1",
+        [ENV_RELAY_CHUNK_BYTES]: "262144",
+        [ENV_H2_UNIX_HOP]: "true",
+      }),
+    ),
+    { defaultH2Windows: true, relayChunkBytes: 262144, unixHop: true },
   );
   assert.equal(
     readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "false" })).defaultH2Windows,
@@ -47,6 +59,10 @@ Deno.test("relay tuning: bad values are one-line FlagErrors naming the variable"
   assert.throws(
     () => readRelayTuning(envOf({ [ENV_H2_DEFAULT_WINDOWS]: "maybe" })),
     new FlagError(`${ENV_H2_DEFAULT_WINDOWS}: expected true or false, got "maybe"`),
+  );
+  assert.throws(
+    () => readRelayTuning(envOf({ [ENV_H2_UNIX_HOP]: "2" })),
+    new FlagError(`${ENV_H2_UNIX_HOP}: expected true or false, got "2"`),
   );
 });
 

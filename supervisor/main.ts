@@ -218,7 +218,14 @@ async function prepare(config: SupervisorConfig, logger: Logger): Promise<Prepar
  */
 async function serve(config: SupervisorConfig, prepared: Prepared, logger: Logger): Promise<void> {
   const events = new SupervisorEvents({ sandboxId: config.sandboxId, endpoint: config.endpoint });
-  const relays = new RelayManager({ socketPath: config.socketPath, events, logger });
+  // Relays reach sshd in process, not through its socket (the socket stays for everyone else).
+  const sshd = prepared.server;
+  const relays = new RelayManager({
+    socketPath: config.socketPath,
+    events,
+    logger,
+    connect: () => sshd.connect(),
+  });
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
     hostKeyFingerprint: prepared.fingerprint,

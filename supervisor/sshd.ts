@@ -8,11 +8,17 @@
  * At most {@link MAX_SSHD_PROCESSES} run at once; a connection beyond that
  * is closed at once without starting sshd.
  *
+ * The supervisor's own relays skip the socket: {@link SshdServer.connect}
+ * serves an in-process stream the same way (same cap, same cgroup), which
+ * saves every relayed byte a trip through the kernel and a second pass
+ * through socket code.
+ *
  * Deno detail: a connection's web streams close the whole socket when one
  * side ends, so the pumps use `read`/`write`/`closeWrite` on the connection.
  *
  * @module
  */
+import { Duplex } from "node:stream";
 import { writeAll } from "../core/io.ts";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import { publicKeyOfPrivate } from "../core/ssh_keys.ts";
@@ -228,49 +234,126 @@ export interface SshdServerOptions {
 
 const READ_CHUNK = 64 * 1024;
 
-/** Writes sshd's stderr to the log, a line at a time, at `level`. */
-async function logSshdStderr(
-  child: Deno.ChildProcess,
-  log: Logger,
-  level: LogLevel,
-): Promise<void> {
-  try {
-    let rest = "";
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + text).split("\n");
-      rest = lines.pop() ?? "";
-      for (const line of lines) if (line.trim()) log.log(level, `sshd: ${line.trim()}`);
-    }
-    if (rest.trim()) log.log(level, `sshd: ${rest.trim()}`);
-  } catch {
-    // sshd's stderr broke off; nothing more to log
-  }
+/** Bytes an in-process connection buffers each way before its writer waits. */
+const PAIR_BUFFER_BYTES = 256 * 1024;
+
+/** One client of an `sshd -i`, as the pumps see it. */
+interface SshdClient {
+  /** The next chunk from the client; null at its end. */
+  read(): Promise<Uint8Array | null>;
+  /** Writes a chunk to the client; resolves when it may take more. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Ends the client's reading side. */
+  closeWrite(): Promise<void>;
+  /** Closes both sides. */
+  close(): void;
 }
 
-/** Copies the client's bytes to sshd's stdin, then closes it (aborts it on failure). */
-async function pumpToSshd(conn: Deno.UnixConn, child: Deno.ChildProcess): Promise<void> {
-  const writer = child.stdin.getWriter();
-  try {
-    while (true) {
+/** A Unix socket connection as an {@link SshdClient}. */
+function socketClient(conn: Deno.UnixConn): SshdClient {
+  return {
+    async read() {
       const buf = new Uint8Array(READ_CHUNK);
       const n = await conn.read(buf);
-      if (n === null) break;
-      await writer.write(buf.subarray(0, n));
-    }
-    await writer.close();
-  } catch {
-    await writer.abort().catch(() => {});
-  }
+      return n === null ? null : buf.subarray(0, n);
+    },
+    write: (chunk) => writeAll(conn, chunk),
+    closeWrite: () => conn.closeWrite(),
+    close: () => {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    },
+  };
 }
 
-/** Copies sshd's stdout to the client, then half-closes the connection. */
-async function pumpFromSshd(child: Deno.ChildProcess, conn: Deno.UnixConn): Promise<void> {
-  try {
-    for await (const chunk of child.stdout) await writeAll(conn, chunk);
-    await conn.closeWrite();
-  } catch {
-    // the client went away; `pumpToSshd` sees it too and ends sshd's stdin
-  }
+/**
+ * An in-process connection: the Duplex goes to the caller (a relay), the
+ * {@link SshdClient} to the pumps. A chunk the caller writes is handed to
+ * sshd as it is (no copy); the caller's write completes once the pump took
+ * it, so the Duplex's own buffer is the only queue.
+ */
+function streamPair(): { stream: Duplex; client: SshdClient } {
+  const inbox: { chunk: Uint8Array; done: (err?: Error | null) => void }[] = [];
+  /** The caller ended its writing side. */
+  let ended = false;
+  /** sshd's side ended its writing side (after its last bytes). */
+  let endPushed = false;
+  /** sshd's side takes nothing more. */
+  let shut = false;
+  let wakeReader: (() => void) | undefined;
+  let wakeWriter: (() => void) | undefined;
+  const wake = () => {
+    const r = wakeReader;
+    wakeReader = undefined;
+    r?.();
+    const w = wakeWriter;
+    wakeWriter = undefined;
+    w?.();
+  };
+  const stream = new Duplex({
+    allowHalfOpen: true,
+    // Room for a few SSH packets each way, so a relay is not paused per chunk.
+    highWaterMark: PAIR_BUFFER_BYTES,
+    write(chunk: Uint8Array, _enc, done) {
+      if (shut) return done(); // like a socket whose peer is gone: sshd will not read it
+      inbox.push({ chunk, done });
+      wake();
+    },
+    final(done) {
+      ended = true;
+      wake();
+      done();
+    },
+    read() {
+      const w = wakeWriter;
+      wakeWriter = undefined;
+      w?.();
+    },
+    destroy(err, done) {
+      shut = true;
+      for (const item of inbox.splice(0)) item.done();
+      wake();
+      done(err);
+    },
+  });
+  const client: SshdClient = {
+    async read() {
+      while (inbox.length === 0) {
+        if (ended || shut) return null;
+        await new Promise<void>((r) => wakeReader = r);
+      }
+      const { chunk, done } = inbox.shift()!;
+      done();
+      return chunk;
+    },
+    async write(chunk) {
+      if (shut || stream.destroyed) throw new Error("the sshd connection is closed");
+      if (!stream.push(chunk)) await new Promise<void>((r) => wakeWriter = r);
+    },
+    closeWrite() {
+      if (!stream.destroyed && !endPushed) {
+        endPushed = true;
+        stream.push(null);
+      }
+      return Promise.resolve();
+    },
+    close() {
+      if (stream.destroyed) return;
+      // As a socket whose peer closed: sshd's last bytes and its end still reach the reader,
+      // later writes go nowhere, and the stream closes once the caller ends its side too.
+      shut = true;
+      for (const item of inbox.splice(0)) item.done();
+      wake();
+      if (!endPushed) {
+        endPushed = true;
+        stream.push(null);
+      }
+    },
+  };
+  return { stream, client };
 }
 
 /** Accepts connections on the Unix socket and serves each with a fresh `sshd -i`. */
@@ -278,7 +361,7 @@ export class SshdServer {
   readonly #listener: Deno.Listener<Deno.UnixConn, Deno.UnixAddr>;
   readonly #options: SshdServerOptions;
   readonly #children = new Set<Deno.ChildProcess>();
-  readonly #conns = new Set<Deno.UnixConn>();
+  readonly #conns = new Set<SshdClient>();
   readonly #served = new Set<Promise<void>>();
   readonly #acceptLoop: Promise<void>;
   #closed = false;
@@ -351,38 +434,111 @@ export class SshdServer {
         }
         continue;
       }
-      const served = this.#serve(conn).catch((err) => {
-        this.#options.logger.warn("sshd connection failed", { error: errorMessage(err) });
-      });
-      this.#served.add(served);
-      served.finally(() => this.#served.delete(served));
+      this.#start(socketClient(conn));
     }
   }
 
   /**
-   * Serves one connection with its own `sshd -i`, contained in a session
-   * group when there are session cgroups; when sshd exits, everything the
-   * connection started ends and the connection closes.
+   * A connection to a fresh `sshd -i` without the socket (the supervisor's
+   * relays): the same cap and containment as a socket connection. Rejects
+   * when the server is closed or at its cap (nothing is started then).
    */
-  async #serve(conn: Deno.UnixConn): Promise<void> {
-    const logger = this.#options.logger;
+  connect(): Promise<Duplex> {
+    const max = this.#options.maxProcesses ?? MAX_SSHD_PROCESSES;
+    if (this.#closed) return Promise.reject(new Error("the sshd server is closed"));
+    if (this.#conns.size >= max) {
+      this.#refused++;
+      return Promise.reject(new Error(`at capacity: ${max} sshd processes running`));
+    }
+    this.#accepted++;
+    const { stream, client } = streamPair();
+    this.#start(client);
+    return Promise.resolve(stream);
+  }
+
+  #start(conn: SshdClient): void {
+    const served = this.#serve(conn).catch((err) => {
+      this.#options.logger.warn("sshd connection failed", { error: errorMessage(err) });
+    });
+    this.#served.add(served);
+    served.finally(() => this.#served.delete(served));
+  }
+
+  async #serve(conn: SshdClient): Promise<void> {
+    const { sshd, configPath, logger } = this.#options;
     this.#conns.add(conn);
-    const child = this.#spawnSshd(conn);
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(sshd, {
+        args: ["-i", "-e", "-f", configPath],
+        clearEnv: true,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (err) {
+      this.#conns.delete(conn);
+      conn.close();
+      throw new Error(`cannot start ${sshd}: ${errorMessage(err)}`);
+    }
     this.#children.add(child);
     const log = logger.with({ sshd: child.pid });
     log.debug("sshd started for a connection");
     // Contain sshd before the client's first byte reaches it: it starts
     // nothing for the client until then, so nothing starts outside.
-    const group = await this.#contain(child, log);
-    if (group === null) {
-      this.#children.delete(child);
-      this.#conns.delete(conn);
-      conn.close();
-      return;
+    let group: SessionGroup | undefined;
+    if (this.#options.sessions) {
+      try {
+        group = await this.#options.sessions.attach(child.pid);
+      } catch (err) {
+        log.error("cannot contain the connection's processes; refusing it", {
+          error: errorMessage(err),
+        });
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // already exited
+        }
+        await Promise.allSettled([child.stdout.cancel(), child.stderr.cancel(), child.status]);
+        await child.stdin.close().catch(() => {});
+        this.#children.delete(child);
+        this.#conns.delete(conn);
+        conn.close();
+        return;
+      }
     }
-    const stderrDone = logSshdStderr(child, log, logger.enabled("info") ? "info" : "warn");
-    const up = pumpToSshd(conn, child);
-    const down = pumpFromSshd(child, conn);
+    const lineLevel = logger.enabled("info") ? "info" : "warn";
+    const stderrDone = (async () => {
+      let rest = "";
+      for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+        const lines = (rest + text).split("\n");
+        rest = lines.pop() ?? "";
+        for (const line of lines) if (line.trim()) log.log(lineLevel, `sshd: ${line.trim()}`);
+      }
+      if (rest.trim()) log.log(lineLevel, `sshd: ${rest.trim()}`);
+    })().catch(() => {});
+
+    const writer = child.stdin.getWriter();
+    const up = (async () => {
+      try {
+        while (true) {
+          const chunk = await conn.read();
+          if (chunk === null) break;
+          await writer.write(chunk);
+        }
+        await writer.close();
+      } catch {
+        await writer.abort().catch(() => {});
+      }
+    })();
+    const down = (async () => {
+      try {
+        for await (const chunk of child.stdout) await conn.write(chunk);
+        await conn.closeWrite();
+      } catch {
+        // the client went away; `up` sees it too and ends sshd's stdin
+      }
+    })();
 
     // sshd exits once its client is gone (stdin EOF) or the session ends.
     const status = await child.status;
@@ -402,48 +558,6 @@ export class SshdServer {
     await stderrDone;
     this.#children.delete(child);
     log.debug("sshd exited", { code: status.code, signal: status.signal ?? undefined });
-  }
-
-  /** Starts `sshd -i` for `conn` (which is closed, and forgotten, when that fails). */
-  #spawnSshd(conn: Deno.UnixConn): Deno.ChildProcess {
-    const { sshd, configPath } = this.#options;
-    try {
-      return new Deno.Command(sshd, {
-        args: ["-i", "-e", "-f", configPath],
-        clearEnv: true,
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (err) {
-      this.#conns.delete(conn);
-      conn.close();
-      throw new Error(`cannot start ${sshd}: ${errorMessage(err)}`);
-    }
-  }
-
-  /**
-   * Puts `child` in a new session group: undefined without session cgroups,
-   * null when it cannot be contained (then it is killed and reaped, and the
-   * connection must be refused).
-   */
-  async #contain(child: Deno.ChildProcess, log: Logger): Promise<SessionGroup | undefined | null> {
-    if (!this.#options.sessions) return undefined;
-    try {
-      return await this.#options.sessions.attach(child.pid);
-    } catch (err) {
-      log.error("cannot contain the connection's processes; refusing it", {
-        error: errorMessage(err),
-      });
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already exited
-      }
-      await Promise.allSettled([child.stdout.cancel(), child.stderr.cancel(), child.status]);
-      await child.stdin.close().catch(() => {});
-      return null;
-    }
   }
 
   /**

@@ -197,3 +197,86 @@ Deno.test("sshd server: beyond its cap a connection is closed without starting s
     }
   });
 });
+
+Deno.test("sshd server in process: MiBs echo both ways, half-close ends sshd, the same cap", async () => {
+  await withTempDir(async (tmp) => {
+    // A stand-in for `sshd -i`: echoes its stdin until EOF.
+    const fake = `${tmp}/fake-sshd`;
+    await Deno.writeTextFile(fake, "#!/bin/sh\nexec cat\n", { mode: 0o700 });
+    const dir = `${tmp}/run`;
+    await prepareSocketDir(dir);
+    const server = await SshdServer.listen({
+      socketPath: `${dir}/ssh.sock`,
+      sshd: fake,
+      configPath: `${dir}/unused`,
+      logger: new Logger({ sink: () => {} }),
+      maxProcesses: 2,
+    });
+    try {
+      const a = await server.connect();
+      const b = await server.connect();
+      assert.equal(server.active, 2);
+      await assert.rejects(server.connect(), /at capacity: 2 sshd processes/);
+      assert.equal(server.refused, 1);
+      // 8 MiB through `cat` and back, written faster than it is read.
+      const payload = new Uint8Array(8 * 1024 * 1024).map((_, i) => i % 253);
+      const back: Uint8Array[] = [];
+      a.on("data", (c: Uint8Array) => back.push(c));
+      const ended = new Promise<void>((r) => a.once("end", () => r()));
+      for (let o = 0; o < payload.length; o += 100_000) {
+        if (!a.write(payload.subarray(o, o + 100_000))) {
+          await new Promise<void>((r) => a.once("drain", () => r()));
+        }
+      }
+      a.end(); // sshd's stdin ends: it exits, and its output ends the stream
+      await ended;
+      const got = new Uint8Array(back.reduce((n, c) => n + c.length, 0));
+      let o = 0;
+      for (const c of back) {
+        got.set(c, o);
+        o += c.length;
+      }
+      assert.deepStrictEqual(got, payload);
+      await waitFor("a slot to free up", () => server.active === 1);
+      const c = await server.connect();
+      c.destroy(); // a relay that goes away: its sshd is ended
+      b.destroy();
+      await waitFor("both gone", () => server.active === 0);
+    } finally {
+      await server.close();
+    }
+    await assert.rejects(server.connect(), /closed/);
+  });
+});
+
+Deno.test("sshd server in process: sshd exiting first half-closes; the relay ends its side", async () => {
+  await withTempDir(async (tmp) => {
+    // A stand-in for `sshd -i` that answers five bytes and exits.
+    const fake = `${tmp}/fake-sshd`;
+    await Deno.writeTextFile(fake, "#!/bin/sh\nexec head -c 5\n", { mode: 0o700 });
+    const dir = `${tmp}/run`;
+    await prepareSocketDir(dir);
+    const server = await SshdServer.listen({
+      socketPath: `${dir}/ssh.sock`,
+      sshd: fake,
+      configPath: `${dir}/unused`,
+      logger: new Logger({ sink: () => {} }),
+    });
+    try {
+      const s = await server.connect();
+      let text = "";
+      s.on("data", (c: Uint8Array) => text += new TextDecoder().decode(c));
+      const ended = new Promise<void>((r) => s.once("end", () => r()));
+      s.write(new TextEncoder().encode("hello world"));
+      await ended;
+      assert.equal(text, "hello");
+      await waitFor("sshd gone", () => server.active === 0);
+      assert.equal(s.destroyed, false, "half-closed, like a socket whose peer closed");
+      const closed = new Promise<void>((r) => s.once("close", () => r()));
+      s.end();
+      await closed;
+    } finally {
+      await server.close();
+    }
+  });
+});
