@@ -119,6 +119,8 @@ export async function loadOrCreateHostKey(path: string, sandboxId: string): Prom
 
 /** Runs the supervisor with `args`; resolves with the exit code. */
 export async function main(args: readonly string[]): Promise<number> {
+  // ms since the process started: Deno's own start-up plus loading this module graph.
+  const loadedMs = performance.now();
   let config: SupervisorConfig;
   try {
     const parsed = parseSupervisorConfig(args, denoEnv);
@@ -191,6 +193,9 @@ export async function main(args: readonly string[]): Promise<number> {
       path: config.socketPath,
       host_key: files.fingerprint,
       host_key_source: config.hostKeyPath ? "file" : "generated",
+      // Boot stages (e2e/bench_boot.ts): process start → main() → this line.
+      loaded_ms: Math.round(loadedMs),
+      startup_ms: Math.round(performance.now()),
     });
   } catch (err) {
     logger.error(`cannot start: ${errorMessage(err)}`);

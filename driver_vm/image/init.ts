@@ -240,9 +240,13 @@ log() { echo "openshell-init: $*"; }
 fail() { log "FATAL: $*"; $bb sleep 2; $bb poweroff -f; }
 $bb --install -s /bin
 log "userspace up after $(cut -d' ' -f1 /proc/uptime)s"
+# Boot stage stamps (guest uptime in s, read without a fork), logged in one line at the end.
+stamps=""
+stamp() { read -r t _ < /proc/uptime; stamps="$stamps $1=$t"; }
 for m in ${options.modules.join(" ")}; do
   insmod ${GUEST_LAYOUT.modules}/$m.ko || log "insmod $m failed"
 done
+stamp modules
 i=0
 while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 # The sandbox's own disk (its overlay over the image), read-write.
@@ -251,6 +255,7 @@ mount -t ext4 -o rw,relatime /dev/vda ${R} || fail "cannot mount the sandbox dis
 # The runtime disk: Deno, the supervisor, PID 1, their libraries; read-only.
 mkdir -p ${RT}
 mount -t ext4 -o ro /dev/vdb ${RT} || fail "cannot mount the runtime disk /dev/vdb"
+stamp disks
 # Grow the root file system to the disk (first boot, or a larger disk).
 if out=$(${resize} 2>&1); then
   case "$out" in
@@ -259,6 +264,7 @@ if out=$(${resize} 2>&1); then
 else
   log "cannot grow the root file system: $(echo "$out" | tail -n 1)"
 fi
+stamp resize
 # /dev moves into the new root now, /proc and /sys last; the rest is fresh at every boot.
 mkdir -p ${R}/dev
 mount --move /dev ${R}/dev || fail "cannot move /dev"
@@ -321,6 +327,7 @@ ip link set lo up
 ip link set eth0 up || fail "no eth0"
 ip addr add "$OPENSHELL_GUEST_IP/24" dev eth0
 ip route add default via "$OPENSHELL_GUEST_ROUTER"
+stamp network
 size="$(df -h ${R} | awk 'NR==2 {print $2}') disk, $(awk '/MemTotal/ {printf "%d MiB", $2 / 1024}' /proc/meminfo), $(grep -c ^processor /proc/cpuinfo) CPUs"
 for d in proc sys; do
   mkdir -p ${R}/$d
@@ -335,6 +342,7 @@ if mount -t cgroup2 cgroup2 ${R}/sys/fs/cgroup; then
 else
   log "cannot mount cgroup2: SSH sessions will not be contained"
 fi
+log "boot stages (uptime s):$stamps"
 log "guest ready after $(cut -d' ' -f1 ${R}/proc/uptime)s (sandbox $OPENSHELL_SANDBOX_ID: $size)"
 exec switch_root ${R} ${GUEST_LAYOUT.busybox} sh ${GUEST_LAYOUT.pid1}
 `;
