@@ -25,7 +25,7 @@
  * - PID 1 starts the supervisor (`starting supervisor after`);
  * - the supervisor's `main()` runs (`loaded_ms`: Deno's start-up and
  *   loading the bundle) and its sshd socket listens (`startup_ms`);
- * - the supervisor's session is established (its OCSF line);
+ * - the gateway accepts the supervisor's session (its own log line);
  * - READY.
  *
  * Prints a table: one column per run, the median of the measured runs (the
@@ -36,6 +36,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { parseLogLine } from "../core/log.ts";
 import { ensureRuntime } from "../driver_vm/image/rootfs.ts";
 import { freePort, waitFor } from "../core/testing.ts";
 import { apiClient, spawnGateway, type TestGateway } from "../testing/gateway.ts";
@@ -69,7 +70,7 @@ export const BOOT_POINTS = [
   "init: cgroups, switch_root, PID 1 → supervisor exec",
   "supervisor: Deno start-up + bundle load",
   "supervisor: start-up (files, sshd -t, socket)",
-  "supervisor: connect, TLS, hello → session established",
+  "supervisor: connect, TLS, hello → session accepted by the gateway",
   "gateway: session → READY seen by the client",
 ] as const;
 
@@ -77,7 +78,8 @@ const n = (t: number | string) => Number(t);
 
 /**
  * Splits one create → READY into {@link BOOT_POINTS} stages from the
- * sandbox's log lines (host times), `createMs` (just before
+ * sandbox's log lines and the gateway's "supervisor session accepted" line
+ * (host times; see {@link gatewayLines}), `createMs` (just before
  * `CreateSandbox`) and `readyMs` (READY seen). A point whose line is
  * missing (e.g. a runtime without the init's stamps) is skipped: its time
  * goes to the next stage, whose name then joins both ("a + b"). The stages
@@ -102,7 +104,7 @@ export function bootStages(
   const guestReady = find(/openshell-init: guest ready after ([\d.]+)s/);
   const supStart = find(/openshell-init: starting supervisor after ([\d.]+)s/);
   const listening = find(/sshd socket listening\b/);
-  const established = find(/supervisor session established/);
+  const accepted = find(/supervisor session accepted/, false);
   // The kernel's start in host time: the earliest (arrival - uptime) of the uptime-stamped lines.
   const uptimed = [userspace, guestReady, supStart].filter((x) => x !== undefined);
   const kernelStart = uptimed.length
@@ -134,7 +136,7 @@ export function bootStages(
     supAt,
     supAt !== undefined && loaded !== undefined ? supAt + loaded : undefined,
     supAt !== undefined && startup !== undefined ? supAt + startup : listening?.at,
-    established?.at,
+    accepted?.at,
     readyMs,
   ];
   const out: BootStage[] = [];
@@ -147,6 +149,19 @@ export function bootStages(
     prev = at;
     pending = [];
   });
+  return out;
+}
+
+/** The gateway's own log lines about sandbox `id` (from its stderr), as {@link BootLogLine}s. */
+export function gatewayLines(stderr: string, id: string): BootLogLine[] {
+  const out: BootLogLine[] = [];
+  for (const line of stderr.split("\n")) {
+    if (!line.includes(`sandbox=${id}`)) continue;
+    const parsed = parseLogLine(line);
+    if (parsed) {
+      out.push({ timestamp_ms: parsed.timeMs, source: "gateway", message: parsed.message });
+    }
+  }
   return out;
 }
 
@@ -266,7 +281,7 @@ async function main(): Promise<number> {
         const run: Run = {
           label: i === 0 ? "warm-up" : `run ${i}`,
           totalMs: t1 - t0,
-          stages: bootStages(logs, t0, t1),
+          stages: bootStages([...logs, ...gatewayLines(g.stderr(), sandbox.id)], t0, t1),
         };
         all.push(run);
         console.error(`bench_boot: ${run.label}: create → READY ${fixed(run.totalMs, 0)} ms`);

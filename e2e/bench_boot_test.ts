@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { BOOT_POINTS, type BootLogLine, bootStages, stageTable } from "./bench_boot.ts";
+import {
+  BOOT_POINTS,
+  type BootLogLine,
+  bootStages,
+  gatewayLines,
+  stageTable,
+} from "./bench_boot.ts";
 
 const T0 = 1_000_000;
 
@@ -29,7 +35,11 @@ function lines(withStamps: boolean): BootLogLine[] {
       k + 6500,
       "sshd socket listening path=/run/openshell/ssh.sock loaded_ms=2000 startup_ms=3000",
     ),
-    c(k + 7000, '{"class_uid":4001,"message":"supervisor session established session_id=s"}'),
+    {
+      timestamp_ms: k + 7000,
+      source: "gateway",
+      message: "supervisor session accepted sandbox=x session=s",
+    },
   ];
 }
 
@@ -82,4 +92,17 @@ Deno.test("bench_boot: the table has one column per run and the median of the me
     "20",
     "20",
   ]);
+});
+
+Deno.test("bench_boot: the gateway's lines about one sandbox, with their times", () => {
+  const stderr = [
+    "2030-01-02T03:04:05.678Z INFO  openshell-gateway: supervisor session accepted sandbox=a session=s1",
+    "2030-01-02T03:04:06.000Z INFO  openshell-gateway: supervisor session accepted sandbox=b session=s2",
+    "not a log line sandbox=a",
+  ].join("\n");
+  assert.deepEqual(gatewayLines(stderr, "a"), [{
+    timestamp_ms: Date.parse("2030-01-02T03:04:05.678Z"),
+    source: "gateway",
+    message: "supervisor session accepted sandbox=a session=s1",
+  }]);
 });
