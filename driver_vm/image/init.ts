@@ -67,6 +67,8 @@ export const GUEST_LAYOUT = {
   readyMarker: "openshell-init: starting supervisor",
   /** Deno's cache dir at run time (tmpfs). */
   denoDir: "/run/deno",
+  /** Deno's caches of the supervisor made at build time (on the runtime disk; `deno_cache.ts`). */
+  denoCache: "/opt/openshell/deno-cache",
   /** The cgroup holding every SSH connection's cgroup (on the guest's cgroup2 mount). */
   sessionCgroup: "/sys/fs/cgroup/openshell",
   /** Where the supervisor sees it (a bind mount: Deno refuses `/sys` paths). */
@@ -99,15 +101,19 @@ export function supervisorCommand(): string {
     `--env-file ${GUEST_FILES.environment.guestPath}`;
 }
 
+/**
+ * The `deno run` flags of the supervisor that are not grants (the build's
+ * warm-up of Deno's caches uses the same, `deno_cache.ts`).
+ */
+export const DENO_RUN_FLAGS: readonly string[] = ["--no-config", "--quiet", "--no-lock"];
+
 function supervisorFixedCommand(): string {
   // The production grants already name the alias address the guest's /etc/hosts pins.
   const flags = renderFlags(supervisorGrants(PRODUCTION_PARAMS.supervisor));
   return shellJoin([
     ...withOwnLibc(GUEST_LAYOUT.deno),
     "run",
-    "--no-config",
-    "--quiet",
-    "--no-lock",
+    ...DENO_RUN_FLAGS,
     ...flags,
     GUEST_LAYOUT.supervisor,
     "--ssh-socket-path",
@@ -134,6 +140,11 @@ token=""
 [ -s ${tokenFile} ] && token="--supervisor-token-file ${tokenFile}"
 tlsca=""
 [ -s ${GUEST_FILES.tlsCa.guestPath} ] && tlsca="--tls-ca ${GUEST_FILES.tlsCa.guestPath}"
+# Deno's caches of the supervisor, made at build time (once per boot: DENO_DIR is a tmpfs).
+if [ ! -e ${GUEST_LAYOUT.denoDir}/v8_code_cache_v2 ] && [ -d ${GUEST_LAYOUT.denoCache} ]; then
+  ${bb} mkdir -p ${GUEST_LAYOUT.denoDir}
+  ${bb} cp ${GUEST_LAYOUT.denoCache}/* ${GUEST_LAYOUT.denoDir}/
+fi
 echo "${GUEST_LAYOUT.readyMarker} after $(${bb} cut -d' ' -f1 /proc/uptime)s"
 ${supervisorCommand()} $token $tlsca
 rc=$?
@@ -238,7 +249,6 @@ if $bb grep -q openshell.probe /proc/cmdline; then
 fi
 log() { echo "openshell-init: $*"; }
 fail() { log "FATAL: $*"; $bb sleep 2; $bb poweroff -f; }
-$bb --install -s /bin
 log "userspace up after $(cut -d' ' -f1 /proc/uptime)s"
 # Boot stage stamps (guest uptime in s, read without a fork), logged in one line at the end.
 stamps=""
