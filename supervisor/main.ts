@@ -23,7 +23,13 @@ import { denoEnv, FlagError } from "../core/flags.ts";
 import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from "./config.ts";
 import { SupervisorEvents } from "./events.ts";
 import { RelayManager } from "./relay.ts";
-import { grpcChannelFactory, SupervisorSession, type TlsMaterial } from "./session.ts";
+import {
+  type ChannelFactory,
+  connectEarly,
+  grpcChannelFactory,
+  SupervisorSession,
+  type TlsMaterial,
+} from "./session.ts";
 import { SessionCgroups } from "./session_cgroup.ts";
 import {
   checkSshd,
@@ -147,9 +153,14 @@ export async function main(args: readonly string[]): Promise<number> {
   let fingerprint = "";
   let token: string | undefined;
   let tls: TlsMaterial | undefined;
+  let channels: ChannelFactory;
   try {
     token = await readToken(config);
     tls = await readTls(config);
+    // The connection to the gateway is made while sshd is set up (the hello waits for it).
+    channels = connectEarly(
+      grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
+    );
     const dir = socketDirOf(config.socketPath);
     await prepareSocketDir(dir);
     // Before touching any file: a live supervisor on this socket keeps its files.
@@ -207,7 +218,7 @@ export async function main(args: readonly string[]): Promise<number> {
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
     hostKeyFingerprint: fingerprint,
-    channels: grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
+    channels,
     relays,
     events,
     logger: logger.with({ endpoint: config.endpoint }),
