@@ -8,6 +8,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import {
+  type BuildImageRequest,
   type CreateSandboxRequest,
   type CreateSshSessionResponse,
   type ExecSandboxEvent,
@@ -18,19 +19,21 @@ import {
   type HealthResponse,
   type Image,
   type ImageProgress,
+  type ImportImageChunk,
   type IssueSupervisorCredentialsResponse,
-  type ListSandboxesResponse,
-  type ListSandboxPoliciesResponse,
   OpenShellClient,
   type Sandbox,
   type SandboxPolicy,
   type SandboxPolicyRevision,
-  type SandboxResponse,
   type SandboxStreamEvent,
+  type ServerStreamMethod,
+  unaryCall,
+  type UnaryMethod,
   type UpdateConfigResponse,
   type WatchSandboxRequest,
   type Wire,
 } from "../core/protocol.ts";
+import { hostPort } from "../core/endpoint.ts";
 import { Code } from "../core/status.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import type { GatewayEndpoint, TlsMaterial } from "./config.ts";
@@ -70,8 +73,7 @@ export interface ServerStream<T> extends AsyncIterable<T> {
 
 /** The grpc-js target (`host:port`) of an endpoint. */
 export function grpcTarget(endpoint: GatewayEndpoint): string {
-  const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
-  return `${host}:${endpoint.port}`;
+  return hostPort(endpoint.host, endpoint.port);
 }
 
 /**
@@ -93,20 +95,11 @@ export function channelCredentials(
   });
 }
 
-type Unary = (
-  req: unknown,
-  meta: grpc.Metadata,
-  options: grpc.CallOptions,
-  cb: (err: grpc.ServiceError | null, res: unknown) => void,
-) => grpc.ClientUnaryCall;
-
-type Streaming = (req: unknown, options: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
-
 /** The `OpenShell` API of one gateway. */
 export class GatewayClient {
   /** The gateway's URL. */
   readonly endpoint: GatewayEndpoint;
-  readonly #client: grpc.Client;
+  readonly #client: OpenShellClient;
   readonly #facts: ConnectionFacts;
 
   /** Creates a client; nothing connects until the first call. */
@@ -134,19 +127,20 @@ export class GatewayClient {
     );
   }
 
-  #unary<T>(method: string, req: unknown, deadlineMs = DEFAULT_DEADLINE_MS): Promise<T> {
-    const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
-    return new Promise((resolve, reject) => {
-      fn(req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => {
-        if (err) reject(new GatewayError(err, this.endpoint, this.#facts));
-        else resolve(res as T);
-      });
-    });
+  async #unary<Req, Res>(
+    method: UnaryMethod<Req, Res>,
+    req: NoInfer<Req>,
+    deadlineMs = DEFAULT_DEADLINE_MS,
+  ): Promise<Res> {
+    try {
+      return await unaryCall(this.#client, method, req, { deadline: Date.now() + deadlineMs });
+    } catch (err) {
+      throw new GatewayError(err, this.endpoint, this.#facts);
+    }
   }
 
-  #stream<T>(method: string, req: unknown): ServerStream<T> {
-    const fn = (this.#client as unknown as Record<string, Streaming>)[method].bind(this.#client);
-    const call = fn(req, {});
+  #stream<Req, T>(method: ServerStreamMethod<Req, T>, req: NoInfer<Req>): ServerStream<T> {
+    const call = method.call(this.#client, req, new grpc.Metadata(), {});
     let cancelled = false;
     // An error before iteration starts must not become an unhandled event.
     call.on("error", () => {});
@@ -178,19 +172,19 @@ export class GatewayClient {
 
   /** `Health`. */
   health(deadlineMs = 10_000): Promise<HealthResponse> {
-    return this.#unary("Health", {}, deadlineMs);
+    return this.#unary(this.#client.Health, {}, deadlineMs);
   }
 
   /** `CreateSandbox`; returns the created sandbox. */
   async createSandbox(req: Wire<CreateSandboxRequest>): Promise<Sandbox> {
-    const res = await this.#unary<SandboxResponse>("CreateSandbox", req);
+    const res = await this.#unary(this.#client.CreateSandbox, req);
     if (!res.sandbox) throw new CliError("the gateway returned no sandbox");
     return res.sandbox;
   }
 
   /** `GetSandbox` by name. */
   async getSandbox(name: string): Promise<Sandbox> {
-    const res = await this.#unary<SandboxResponse>("GetSandbox", { name });
+    const res = await this.#unary(this.#client.GetSandbox, { name });
     if (!res.sandbox) throw new CliError(`sandbox "${name}" not found`);
     return res.sandbox;
   }
@@ -203,7 +197,7 @@ export class GatewayClient {
     const all: Sandbox[] = [];
     while (all.length < limit) {
       const want = Math.min(LIST_PAGE, limit - all.length);
-      const res = await this.#unary<ListSandboxesResponse>("ListSandboxes", {
+      const res = await this.#unary(this.#client.ListSandboxes, {
         limit: want,
         offset: offset + all.length,
       });
@@ -225,63 +219,63 @@ export class GatewayClient {
 
   /** `DeleteSandbox` by name; false when there was no such sandbox. */
   async deleteSandbox(name: string): Promise<boolean> {
-    const res = await this.#unary<{ deleted: boolean }>("DeleteSandbox", { name });
+    const res = await this.#unary(this.#client.DeleteSandbox, { name });
     return res.deleted;
   }
 
   /** `StopSandbox`: resolves once its compute is stopped (a clean shutdown takes up to ~40 s). */
   async stopSandbox(name: string): Promise<Sandbox> {
-    const res = await this.#unary<SandboxResponse>("StopSandbox", { name }, 120_000);
+    const res = await this.#unary(this.#client.StopSandbox, { name }, 120_000);
     if (!res.sandbox) throw new CliError("the gateway answered StopSandbox without a sandbox");
     return res.sandbox;
   }
 
   /** `StartSandbox`: resolves once its compute is starting (READY comes later). */
   async startSandbox(name: string): Promise<Sandbox> {
-    const res = await this.#unary<SandboxResponse>("StartSandbox", { name }, 150_000);
+    const res = await this.#unary(this.#client.StartSandbox, { name }, 150_000);
     if (!res.sandbox) throw new CliError("the gateway answered StartSandbox without a sandbox");
     return res.sandbox;
   }
 
   /** `CreateSshSession`. */
   createSshSession(sandboxId: string): Promise<CreateSshSessionResponse> {
-    return this.#unary("CreateSshSession", { sandbox_id: sandboxId });
+    return this.#unary(this.#client.CreateSshSession, { sandbox_id: sandboxId });
   }
 
   /** `IssueSupervisorCredentials` (openshell-deno's own RPC). */
   issueSupervisorCredentials(name: string): Promise<IssueSupervisorCredentialsResponse> {
-    return this.#unary("IssueSupervisorCredentials", { name });
+    return this.#unary(this.#client.IssueSupervisorCredentials, { name });
   }
 
   /** `RevokeSshSession`. */
   async revokeSshSession(token: string, deadlineMs = DEFAULT_DEADLINE_MS): Promise<boolean> {
-    const res = await this.#unary<{ revoked: boolean }>("RevokeSshSession", { token }, deadlineMs);
+    const res = await this.#unary(this.#client.RevokeSshSession, { token }, deadlineMs);
     return res.revoked;
   }
 
   /** `GetSandboxLogs`. */
   getSandboxLogs(req: Wire<GetSandboxLogsRequest>): Promise<GetSandboxLogsResponse> {
-    return this.#unary("GetSandboxLogs", req);
+    return this.#unary(this.#client.GetSandboxLogs, req);
   }
 
   /** `WatchSandbox`. */
   watchSandbox(req: Wire<WatchSandboxRequest>): ServerStream<SandboxStreamEvent> {
-    return this.#stream("WatchSandbox", req);
+    return this.#stream(this.#client.WatchSandbox, req);
   }
 
   /** `ExecSandbox`. */
   execSandbox(req: Wire<ExecSandboxRequest>): ServerStream<ExecSandboxEvent> {
-    return this.#stream("ExecSandbox", req);
+    return this.#stream(this.#client.ExecSandbox, req);
   }
 
   /** `UpdateConfig` with a sandbox's new policy: its version and hash. */
-  updatePolicy(name: string, policy: SandboxPolicy): Promise<UpdateConfigResponse> {
-    return this.#unary("UpdateConfig", { name, policy });
+  updatePolicy(name: string, policy: Wire<SandboxPolicy>): Promise<UpdateConfigResponse> {
+    return this.#unary(this.#client.UpdateConfig, { name, policy });
   }
 
   /** `GetSandboxPolicyStatus`: one revision (0 = the latest) and the enforced version. */
   getSandboxPolicyStatus(name: string, version = 0): Promise<GetSandboxPolicyStatusResponse> {
-    return this.#unary("GetSandboxPolicyStatus", { name, version });
+    return this.#unary(this.#client.GetSandboxPolicyStatus, { name, version });
   }
 
   /** `ListSandboxPolicies`: revisions newest first (at most {@link LIST_PAGE}). */
@@ -290,28 +284,25 @@ export class GatewayClient {
     limit: number,
     offset = 0,
   ): Promise<SandboxPolicyRevision[]> {
-    return (await this.#unary<ListSandboxPoliciesResponse>("ListSandboxPolicies", {
-      name,
-      limit,
-      offset,
-    })).revisions;
+    return (await this.#unary(this.#client.ListSandboxPolicies, { name, limit, offset }))
+      .revisions;
   }
 
   /** `ListImages` (openshell-deno only). */
   async listImages(): Promise<Image[]> {
-    return (await this.#unary<{ images: Image[] }>("ListImages", {})).images;
+    return (await this.#unary(this.#client.ListImages, {})).images;
   }
 
   /** `DeleteImage`; false when there was no such image. */
   async deleteImage(name: string): Promise<boolean> {
-    return (await this.#unary<{ deleted: boolean }>("DeleteImage", { name })).deleted;
+    return (await this.#unary(this.#client.DeleteImage, { name })).deleted;
   }
 
   /** `BuildImage`: progress lines, then the image. */
   buildImage(
-    req: { name: string; packages: string[]; script: string },
+    req: Wire<BuildImageRequest>,
   ): ServerStream<ImageProgress> {
-    return this.#stream("BuildImage", req);
+    return this.#stream(this.#client.BuildImage, req);
   }
 
   /**
@@ -322,17 +313,9 @@ export class GatewayClient {
     header: { name: string; sizeBytes: number },
     data: AsyncIterable<Uint8Array>,
   ): Promise<Image> {
-    type Writable = grpc.ClientWritableStream<unknown>;
-    const fn = (this.#client as unknown as {
-      ImportImage(
-        meta: grpc.Metadata,
-        opts: grpc.CallOptions,
-        cb: grpc.requestCallback<{ image: Image }>,
-      ): Writable;
-    }).ImportImage.bind(this.#client);
-    let call!: Writable;
+    let call!: grpc.ClientWritableStream<Wire<ImportImageChunk>>;
     const result = new Promise<Image>((resolve, reject) => {
-      call = fn(new grpc.Metadata(), {}, (err, res) => {
+      call = this.#client.ImportImage(new grpc.Metadata(), {}, (err, res) => {
         if (err) reject(new GatewayError(err, this.endpoint, this.#facts));
         else if (!res?.image) {
           reject(new CliError("the gateway answered ImportImage without an image"));

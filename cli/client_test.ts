@@ -11,9 +11,9 @@ import {
   grpcTarget,
   LIST_PAGE,
 } from "./client.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseGatewayUrl } from "./config.ts";
 
-const EP = parseEndpoint("http://127.0.0.1:8080");
+const EP = parseGatewayUrl("http://127.0.0.1:8080");
 
 function err(code: number, details: string) {
   return Object.assign(new Error(`${code} ${details}`), { code, details });
@@ -30,7 +30,7 @@ Deno.test("transport failures name the gateway and the cause in one line", () =>
     ),
     "cannot reach the gateway at http://127.0.0.1:8080: connection refused",
   );
-  const named = parseEndpoint("http://nope.invalid:8080");
+  const named = parseGatewayUrl("http://nope.invalid:8080");
   for (
     const details of [
       "Name resolution failed: getaddrinfo ENOTFOUND nope.invalid",
@@ -81,17 +81,17 @@ Deno.test("errors from the gateway keep its message", () => {
 });
 
 Deno.test("targets and credentials (an IP host gets core/tls.ts's server name)", () => {
-  assert.equal(grpcTarget(parseEndpoint("http://[::1]:9")), "[::1]:9");
-  assert.equal(grpcTarget(parseEndpoint("https://gw")), "gw:443");
+  assert.equal(grpcTarget(parseGatewayUrl("http://[::1]:9")), "[::1]:9");
+  assert.equal(grpcTarget(parseGatewayUrl("https://gw")), "gw:443");
   assert.equal(channelCredentials(EP).credentials._isSecure(), false);
-  const named = channelCredentials(parseEndpoint("https://gw"));
+  const named = channelCredentials(parseGatewayUrl("https://gw"));
   assert.equal(named.credentials._isSecure(), true);
   assert.deepEqual(named.options, {});
-  const ip = channelCredentials(parseEndpoint("https://127.0.0.1:1"));
+  const ip = channelCredentials(parseGatewayUrl("https://127.0.0.1:1"));
   assert.equal(ip.options["grpc.ssl_target_name_override"], IP_TLS_SERVER_NAME);
 });
 
-const TLS_EP = parseEndpoint("https://127.0.0.1:8443");
+const TLS_EP = parseGatewayUrl("https://127.0.0.1:8443");
 const dropped = (details: string) =>
   err(
     Code.UNAVAILABLE,
@@ -201,7 +201,7 @@ Deno.test("listSandboxes asks for pages of at most LIST_PAGE and stops at a shor
       (e, p) => e ? reject(e) : resolve(p),
     )
   );
-  const client = new GatewayClient({ endpoint: parseEndpoint(`http://127.0.0.1:${port}`) });
+  const client = new GatewayClient({ endpoint: parseGatewayUrl(`http://127.0.0.1:${port}`) });
   try {
     const got = await client.listSandboxes(230, 10);
     assert.deepEqual(got.map((s) => s.name), names.slice(10, 240));

@@ -19,18 +19,12 @@
  * @module
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import {
-  EndpointError,
-  type GatewayEndpoint,
-  isLoopbackOrUnspecified,
-  parseEndpoint as parseGatewayUrl,
-} from "../core/endpoint.ts";
+import * as endpoints from "../core/endpoint.ts";
+import { EndpointError, type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
+import type { EnvReader } from "../core/flags.ts";
 import { checkCertificate, PkiError } from "../core/pki.ts";
 import { CliError } from "./errors.ts";
 import { withoutKnownHost } from "./ssh.ts";
-
-/** Reads one environment variable (`undefined` when unset or not readable). */
-export type EnvReader = (name: string) => string | undefined;
 
 /** The config directory: `$XDG_CONFIG_HOME/openshell`, else `$HOME/.config/openshell`. */
 export function configRoot(env: EnvReader): string {
@@ -45,13 +39,16 @@ export function configRoot(env: EnvReader): string {
 
 export { type GatewayEndpoint, isLoopbackOrUnspecified } from "../core/endpoint.ts";
 
-/** Parses a gateway URL (`http://host:port` or `https://host:port`); a {@link CliError} otherwise. */
-export function parseEndpoint(
+/**
+ * Parses a gateway URL (`http://host:port` or `https://host:port`) as
+ * {@link endpoints.parseGatewayUrl} does; a {@link CliError} otherwise.
+ */
+export function parseGatewayUrl(
   text: string,
   options: { allowPath?: boolean } = {},
 ): GatewayEndpoint {
   try {
-    return parseGatewayUrl(text, options);
+    return endpoints.parseGatewayUrl(text, options);
   } catch (err) {
     if (err instanceof EndpointError) throw new CliError(`invalid gateway URL: ${err.message}`);
     throw err;
@@ -257,6 +254,56 @@ export interface AddGatewayOptions {
   now?: Date;
 }
 
+/**
+ * Checks the TLS material of a gateway being added: only for https, a
+ * certificate with its key, each PEM of the right kind, the chain and dates
+ * valid, the key matching the certificate. One-line {@link CliError}s
+ * naming the file (or flag).
+ */
+function checkAddedTls(
+  options: AddGatewayOptions,
+  endpoint: Pick<GatewayEndpoint, "scheme">,
+): void {
+  const tlsGiven = options.ca || options.cert || options.key;
+  if (tlsGiven && endpoint.scheme !== "https") {
+    throw new CliError("--ca, --cert and --key only apply to https:// gateways");
+  }
+  if (!options.cert !== !options.key) {
+    throw new CliError("--cert and --key go together");
+  }
+  const named = { ca: "--ca", cert: "--cert", key: "--key", ...options.files };
+  if (options.ca && !looksLikePem(options.ca, "certificate")) {
+    throw new CliError(`${named.ca} is not a PEM certificate`);
+  }
+  if (options.cert && !looksLikePem(options.cert, "certificate")) {
+    throw new CliError(`${named.cert} is not a PEM certificate`);
+  }
+  if (options.key && !looksLikePem(options.key, "key")) {
+    throw new CliError(`${named.key} is not a PEM private key`);
+  }
+  if (tlsGiven) {
+    const files = options.files ?? named;
+    checkClientTls({ ca: options.ca, cert: options.cert, files }, {
+      fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
+        "<state-dir>/pki (a gateway renews its client bundle at start)",
+      now: options.now,
+    });
+    if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);
+  }
+}
+
+/** Writes the given `ca.crt`, `tls.crt` (0644) and `tls.key` (0600) into a new `dir`; none: no dir. */
+async function writeMtlsFiles(
+  dir: string,
+  tls: Pick<AddGatewayOptions, "ca" | "cert" | "key">,
+): Promise<void> {
+  if (!tls.ca && !tls.cert && !tls.key) return;
+  await Deno.mkdir(dir, { mode: 0o700 });
+  if (tls.ca) await Deno.writeFile(`${dir}/ca.crt`, tls.ca, { mode: 0o644 });
+  if (tls.cert) await Deno.writeFile(`${dir}/tls.crt`, tls.cert, { mode: 0o644 });
+  if (tls.key) await Deno.writeFile(`${dir}/tls.key`, tls.key, { mode: 0o600 });
+}
+
 /** Reads and writes the config directory. */
 export class ConfigStore {
   /** The config directory (`…/openshell`). */
@@ -365,33 +412,8 @@ export class ConfigStore {
    */
   async addGateway(options: AddGatewayOptions): Promise<GatewayMetadata> {
     const name = validateGatewayName(options.name);
-    const endpoint = parseEndpoint(options.endpoint);
-    const tlsGiven = options.ca || options.cert || options.key;
-    if (tlsGiven && endpoint.scheme !== "https") {
-      throw new CliError("--ca, --cert and --key only apply to https:// gateways");
-    }
-    if (!options.cert !== !options.key) {
-      throw new CliError("--cert and --key go together");
-    }
-    const named = { ca: "--ca", cert: "--cert", key: "--key", ...options.files };
-    if (options.ca && !looksLikePem(options.ca, "certificate")) {
-      throw new CliError(`${named.ca} is not a PEM certificate`);
-    }
-    if (options.cert && !looksLikePem(options.cert, "certificate")) {
-      throw new CliError(`${named.cert} is not a PEM certificate`);
-    }
-    if (options.key && !looksLikePem(options.key, "key")) {
-      throw new CliError(`${named.key} is not a PEM private key`);
-    }
-    if (tlsGiven) {
-      const files = options.files ?? named;
-      checkClientTls({ ca: options.ca, cert: options.cert, files }, {
-        fix: "use the ca.crt, client.crt and client.key of one gateway's current " +
-          "<state-dir>/pki (a gateway renews its client bundle at start)",
-        now: options.now,
-      });
-      if (options.cert && options.key) checkKeyMatches(options.cert, options.key, files);
-    }
+    const endpoint = parseGatewayUrl(options.endpoint);
+    checkAddedTls(options, endpoint);
     const target = this.gatewayDir(name);
     const exists = (await readOptional(`${target}/metadata.json`)) !== undefined;
     if (exists && !options.force) {
@@ -408,26 +430,33 @@ export class ConfigStore {
         ? { auth_mode: "mtls" }
         : {}),
     };
+    await this.#replaceGatewayDir(name, { metadata, tls: options });
+    if (!(await this.activeGateway())) await this.setActiveGateway(name);
+    return metadata;
+  }
+
+  /**
+   * Builds gateway `name`'s directory aside (its metadata, its `mtls/`
+   * files, the previous `last_sandbox`) and renames it into place, the old
+   * one aside first; on failure the staging directory goes and the
+   * previous state stays.
+   */
+  async #replaceGatewayDir(
+    name: string,
+    o: { metadata: GatewayMetadata; tls: Pick<AddGatewayOptions, "ca" | "cert" | "key"> },
+  ): Promise<void> {
+    const target = this.gatewayDir(name);
     await this.ensureRoot();
     await Deno.mkdir(this.gatewaysDir, { recursive: true, mode: 0o700 });
     const staging = `${this.gatewaysDir}/.staging-${name}-${randomSuffix()}`;
     try {
       await Deno.mkdir(staging, { mode: 0o700 });
-      if (tlsGiven) {
-        await Deno.mkdir(`${staging}/mtls`, { mode: 0o700 });
-        if (options.ca) await Deno.writeFile(`${staging}/mtls/ca.crt`, options.ca, { mode: 0o644 });
-        if (options.cert) {
-          await Deno.writeFile(`${staging}/mtls/tls.crt`, options.cert, { mode: 0o644 });
-        }
-        if (options.key) {
-          await Deno.writeFile(`${staging}/mtls/tls.key`, options.key, { mode: 0o600 });
-        }
-      }
+      await writeMtlsFiles(`${staging}/mtls`, o.tls);
       const last = await readOptional(`${target}/last_sandbox`);
       if (last) await Deno.writeFile(`${staging}/last_sandbox`, last);
       await Deno.writeTextFile(
         `${staging}/metadata.json`,
-        JSON.stringify(metadata, null, 2) + "\n",
+        JSON.stringify(o.metadata, null, 2) + "\n",
       );
       let old: string | undefined;
       try {
@@ -443,8 +472,6 @@ export class ConfigStore {
       await Deno.remove(staging, { recursive: true }).catch(() => {});
       throw e;
     }
-    if (!(await this.activeGateway())) await this.setActiveGateway(name);
-    return metadata;
   }
 
   /** Forgets a gateway (and stops it being the active one). */
@@ -504,7 +531,7 @@ function parseMetadata(name: string, raw: Uint8Array): GatewayMetadata {
   if (!m || typeof m !== "object" || typeof m.gateway_endpoint !== "string") {
     throw new CliError(`gateway "${name}": metadata.json has no gateway_endpoint`);
   }
-  const endpoint = parseEndpoint(m.gateway_endpoint);
+  const endpoint = parseGatewayUrl(m.gateway_endpoint);
   return {
     name: typeof m.name === "string" && m.name ? m.name : name,
     gateway_endpoint: m.gateway_endpoint,
@@ -568,7 +595,7 @@ export async function resolveGateway(
   const url = options.endpointFlag ?? (fromEnv || undefined);
   const named = options.gatewayFlag ?? (options.env("OPENSHELL_GATEWAY") || undefined);
   if (url) {
-    const endpoint = parseEndpoint(url);
+    const endpoint = parseGatewayUrl(url);
     let name: string | undefined;
     if (named && NAME.test(named)) {
       name = (await readOptional(`${store.gatewayDir(named)}/metadata.json`)) ? named : undefined;
@@ -576,7 +603,7 @@ export async function resolveGateway(
       // Best effort: an unreadable config dir only costs the TLS files of a match.
       const registered = await store.listGateways().catch(() => []);
       const match = registered.find((g) =>
-        g.metadata && parseEndpoint(g.metadata.gateway_endpoint).url === endpoint.url
+        g.metadata && parseGatewayUrl(g.metadata.gateway_endpoint).url === endpoint.url
       );
       name = match?.name;
     }
@@ -598,7 +625,7 @@ export async function resolveGateway(
     );
   }
   const metadata = await store.readGateway(name);
-  const endpoint = parseEndpoint(metadata.gateway_endpoint);
+  const endpoint = parseGatewayUrl(metadata.gateway_endpoint);
   const tls = endpoint.scheme === "https" ? await store.readTls(name) : undefined;
   if (tls) checkClientTls(tls, { fix: importFix(name, endpoint) });
   return {

@@ -6,7 +6,7 @@ import {
   ConfigStore,
   endpointKey,
   isLoopbackOrUnspecified,
-  parseEndpoint,
+  parseGatewayUrl,
   resolveGateway,
   validateGatewayName,
   writeFileAtomic,
@@ -66,28 +66,28 @@ Deno.test("config root follows XDG_CONFIG_HOME, then HOME", () => {
 });
 
 Deno.test("endpoints: http is plaintext, default ports, no paths, clear errors", () => {
-  assert.deepEqual(parseEndpoint("http://127.0.0.1:8080/"), {
+  assert.deepEqual(parseGatewayUrl("http://127.0.0.1:8080/"), {
     url: "http://127.0.0.1:8080",
     scheme: "http",
     host: "127.0.0.1",
     port: 8080,
     path: "",
   });
-  assert.equal(parseEndpoint("https://gw.example").port, 443);
-  assert.equal(parseEndpoint("http://[::1]:9").host, "::1");
-  assert.equal(parseEndpoint("http://[::1]:9").url, "http://[::1]:9");
-  assert.equal(parseEndpoint("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
-  assert.throws(() => parseEndpoint("ftp://h"), /must be an http:\/\/ or https:\/\/ URL/);
-  assert.throws(() => parseEndpoint("h:80"), /must be an http:\/\/ or https:\/\/ URL/);
-  assert.throws(() => parseEndpoint("not a url"), /invalid gateway URL/);
-  assert.throws(() => parseEndpoint("http://h:1/x"), /must not have a path/);
-  assert.throws(() => parseEndpoint("http://u:p@h:1"), /must not carry credentials/);
-  assert.throws(() => parseEndpoint("http://h:1/?q"), /must not have a query/);
+  assert.equal(parseGatewayUrl("https://gw.example").port, 443);
+  assert.equal(parseGatewayUrl("http://[::1]:9").host, "::1");
+  assert.equal(parseGatewayUrl("http://[::1]:9").url, "http://[::1]:9");
+  assert.equal(parseGatewayUrl("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
+  assert.throws(() => parseGatewayUrl("ftp://h"), /must be an http:\/\/ or https:\/\/ URL/);
+  assert.throws(() => parseGatewayUrl("h:80"), /must be an http:\/\/ or https:\/\/ URL/);
+  assert.throws(() => parseGatewayUrl("not a url"), /invalid gateway URL/);
+  assert.throws(() => parseGatewayUrl("http://h:1/x"), /must not have a path/);
+  assert.throws(() => parseGatewayUrl("http://u:p@h:1"), /must not carry credentials/);
+  assert.throws(() => parseGatewayUrl("http://h:1/?q"), /must not have a query/);
   assert.equal(isLoopbackOrUnspecified("127.0.0.5"), true);
   assert.equal(isLoopbackOrUnspecified("[::]"), true);
   assert.equal(isLoopbackOrUnspecified("0.0.0.0"), true);
   assert.equal(isLoopbackOrUnspecified("gw.example"), false);
-  assert.equal(endpointKey(parseEndpoint("http://127.0.0.1:8080")), "_127.0.0.1_8080");
+  assert.equal(endpointKey(parseGatewayUrl("http://127.0.0.1:8080")), "_127.0.0.1_8080");
 });
 
 Deno.test("gateway names are validated", () => {

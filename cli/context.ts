@@ -5,16 +5,10 @@
  *
  * @module
  */
+import { denoEnv, type EnvReader } from "../core/flags.ts";
 import type { Invocation } from "./args.ts";
 import type { GatewayClient } from "./client.ts";
-import {
-  configRoot,
-  ConfigStore,
-  type EnvReader,
-  type ResolvedGateway,
-  resolveGateway,
-} from "./config.ts";
-import { readEnv } from "./env.ts";
+import { configRoot, ConfigStore, type ResolvedGateway, resolveGateway } from "./config.ts";
 import { colorEnabled, createStyle, type Style } from "./output.ts";
 
 /** The process's standard streams (tests may substitute them). */
@@ -43,8 +37,6 @@ export interface ContextOptions {
 
 const encoder = new TextEncoder();
 
-export { readEnv } from "./env.ts";
-
 /** The state a command runs with. */
 export class Context {
   /** The parsed command line. */
@@ -68,7 +60,7 @@ export class Context {
   /** Creates the context of one command run. */
   constructor(options: ContextOptions) {
     this.invocation = options.invocation;
-    this.env = options.env ?? readEnv;
+    this.env = options.env ?? denoEnv;
     this.streams = options.streams ?? {
       stdin: Deno.stdin,
       stdout: Deno.stdout,

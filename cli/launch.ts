@@ -6,24 +6,18 @@
  *
  * @module
  */
+import { denoEnv, type EnvReader } from "../core/flags.ts";
 import { cliGrants, type HostPort } from "../core/grants.ts";
 import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
 import { parseCommandLine, sshProxyGateway } from "./args.ts";
-import {
-  configRoot,
-  ConfigStore,
-  type EnvReader,
-  parseEndpoint,
-  resolveGateway,
-} from "./config.ts";
-import { readEnv } from "./context.ts";
+import { configRoot, ConfigStore, parseGatewayUrl, resolveGateway } from "./config.ts";
 import { netGrantsFor } from "./self.ts";
 
 /** The gateways a command line will talk to ([] when none can be determined). */
 export async function gatewaysOf(
   args: readonly string[],
   root: string,
-  env: EnvReader = readEnv,
+  env: EnvReader = denoEnv,
 ): Promise<HostPort[]> {
   try {
     const parsed = parseCommandLine(args, env);
@@ -36,7 +30,7 @@ export async function gatewaysOf(
         : undefined;
     const proxy = parsed.invocation.spec.id === "ssh-proxy" ? sshProxyGateway(str) : undefined;
     if (proxy?.url) {
-      const ep = parseEndpoint(proxy.url, { allowPath: true });
+      const ep = parseGatewayUrl(proxy.url, { allowPath: true });
       return netGrantsFor(ep.host, ep.port);
     }
     const gw = await resolveGateway(new ConfigStore(root), {
@@ -78,7 +72,7 @@ export function readsNamedFiles(args: readonly string[]): boolean {
 
 if (import.meta.main) {
   const args = stripTaskSeparator(Deno.args);
-  const root = configRoot(readEnv);
+  const root = configRoot(denoEnv);
   // `gateway add --mtls-dir D` reads D and `sandbox credentials --out D` writes D
   // wherever it is, as the compiled CLI (no config dir restriction) does; every
   // other command sees only its config dir.

@@ -25,17 +25,12 @@ import {
   stringify,
   type YAMLMap,
 } from "yaml";
-import {
-  hostPatternError,
-  type NetworkEndpoint,
-  type NetworkPolicyRule,
-  type SandboxPolicy,
-  validatePolicy,
-} from "../core/policy.ts";
+import { hostPatternError, validatePolicy } from "../core/policy.ts";
 import debianPreset from "./presets/debian.yaml" with { type: "text" };
 import githubPreset from "./presets/github.yaml" with { type: "text" };
 import npmPreset from "./presets/npm.yaml" with { type: "text" };
 import pypiPreset from "./presets/pypi.yaml" with { type: "text" };
+import type { NetworkEndpoint, NetworkPolicyRule, SandboxPolicy, Wire } from "../core/protocol.ts";
 
 /** Largest policy file read (the gateway takes at most 64 KiB encoded). */
 export const MAX_POLICY_FILE_BYTES = 1024 * 1024;
@@ -82,19 +77,116 @@ function keyPath(path: string, key: string): string {
   return plain ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
 }
 
-/** Reads one policy file's text; `source` names it in errors. */
-export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
-  const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-  const at = (node: Node | null | undefined): string => {
+type ScalarType = "string" | "integer";
+
+/** A key of a mapping: its name, its value node and its own node (for positions). */
+type Entry = [key: string, value: Node | null, keyNode: Node];
+
+/**
+ * The nodes of one parsed policy file, read strictly: every problem is a
+ * {@link PolicyInputError} naming the file, line, column and YAML path.
+ */
+class PolicyNodes {
+  readonly #source: string;
+  readonly #lines: LineCounter;
+
+  /** Reads nodes of the file `source` whose positions `lines` counted. */
+  constructor(source: string, lines: LineCounter) {
+    this.#source = source;
+    this.#lines = lines;
+  }
+
+  /** `:LINE:COL` of a node ("" when it has no position). */
+  #at(node: Node | null | undefined): string {
     const offset = node?.range?.[0];
     if (offset === undefined) return "";
-    const { line, col } = lines.linePos(offset);
+    const { line, col } = this.#lines.linePos(offset);
     return `:${line}:${col}`;
-  };
-  const fail = (node: Node | null | undefined, path: string, message: string): never => {
-    throw new PolicyInputError(`${source}${at(node)}: ${path ? `${path}: ` : ""}${message}`);
-  };
+  }
+
+  /** Throws the one-line error for `node` at `path`. */
+  fail(node: Node | null | undefined, path: string, message: string): never {
+    throw new PolicyInputError(
+      `${this.#source}${this.#at(node)}: ${path ? `${path}: ` : ""}${message}`,
+    );
+  }
+
+  #noAlias(node: unknown, path: string): void {
+    if (isAlias(node)) this.fail(node, path, "YAML aliases are not supported");
+  }
+
+  /** `node` as a mapping (`what` says what it should be). */
+  mapOf(node: unknown, path: string, what: string): YAMLMap {
+    this.#noAlias(node, path);
+    if (!isMap(node)) this.fail(node as Node, path, `must be ${what}`);
+    return node as YAMLMap;
+  }
+
+  /**
+   * The entries of a mapping, keys plain names; with `allowed` non-empty any
+   * other key is an error (an unsupported one says so).
+   */
+  entries(map: YAMLMap, path: string, allowed: readonly string[]): Entry[] {
+    const out: Entry[] = [];
+    for (const pair of map.items) {
+      const k = pair.key as Node;
+      if (!isScalar(k) || typeof k.value !== "string" && typeof k.value !== "number") {
+        this.fail(k, path, "keys must be plain names");
+      }
+      const key = String((k as Scalar).value);
+      if (allowed.length && !allowed.includes(key)) {
+        this.fail(
+          k,
+          keyPath(path, key),
+          UNSUPPORTED[key]
+            ? `${UNSUPPORTED[key]}; remove it`
+            : `unknown key (expected ${allowed.join(", ")})`,
+        );
+      }
+      out.push([key, pair.value as Node | null, k]);
+    }
+    return out;
+  }
+
+  /** A string or whole-number scalar. */
+  scalar(node: Node | null, path: string, type: ScalarType): unknown {
+    this.#noAlias(node, path);
+    if (!isScalar(node)) {
+      this.fail(node, path, `must be ${type === "string" ? "a string" : "a number"}`);
+    }
+    const v = (node as Scalar).value;
+    if (type === "string" && typeof v !== "string") this.fail(node, path, "must be a string");
+    if (type === "integer" && !(typeof v === "number" && Number.isInteger(v))) {
+      this.fail(node, path, "must be a whole number");
+    }
+    return v;
+  }
+
+  /** The items of a sequence (`what` says what it should be). */
+  items(node: Node | null, path: string, what: string): Node[] {
+    this.#noAlias(node, path);
+    if (!isSeq(node)) this.fail(node, path, `must be ${what}`);
+    return (node as unknown as { items: Node[] }).items;
+  }
+
+  /** A list of scalars. */
+  list(node: Node | null, path: string, type: ScalarType): unknown[] {
+    return this.items(node, path, "a list").map((item, i) =>
+      this.scalar(item, `${path}[${i}]`, type)
+    );
+  }
+}
+
+/** Whether a value is absent (`key:` or `key: null`). */
+function isNull(node: Node | null): boolean {
+  return node === null || isScalar(node) && node.value === null;
+}
+
+/** Parses the YAML; its first syntax error, or an empty file, is one line. */
+function parseTop(text: string, source: string): { top: unknown; nodes: PolicyNodes } {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const nodes = new PolicyNodes(source, lines);
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const pos = e.linePos?.[0] ?? (e.pos ? lines.linePos(e.pos[0]) : undefined);
@@ -105,102 +197,64 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
   }
   const top = doc.contents;
   if (top === null || (isScalar(top) && (top.value === null || top.value === ""))) {
-    fail(null, "", "the file is empty (a policy that allows nothing is `network_policies: {}`)");
-  }
-  const mapOf = (node: unknown, path: string, what: string): YAMLMap => {
-    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
-    if (!isMap(node)) fail(node as Node, path, `must be ${what}`);
-    return node as YAMLMap;
-  };
-  const keysOf = (map: YAMLMap, path: string, allowed: readonly string[]) => {
-    const out: [string, Node | null, Node][] = [];
-    for (const pair of map.items) {
-      const k = pair.key as Node;
-      if (!isScalar(k) || typeof k.value !== "string" && typeof k.value !== "number") {
-        fail(k, path, "keys must be plain names");
-      }
-      const key = String((k as Scalar).value);
-      const here = keyPath(path, key);
-      if (allowed.length && !allowed.includes(key)) {
-        fail(
-          k,
-          here,
-          UNSUPPORTED[key]
-            ? `${UNSUPPORTED[key]}; remove it`
-            : `unknown key (expected ${allowed.join(", ")})`,
-        );
-      }
-      out.push([key, pair.value as Node | null, k]);
-    }
-    return out;
-  };
-  const scalar = (node: Node | null, path: string, type: "string" | "integer"): unknown => {
-    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
-    if (!isScalar(node)) fail(node, path, `must be ${type === "string" ? "a string" : "a number"}`);
-    const v = (node as Scalar).value;
-    if (type === "string" && typeof v !== "string") fail(node, path, "must be a string");
-    if (type === "integer" && !(typeof v === "number" && Number.isInteger(v))) {
-      fail(node, path, "must be a whole number");
-    }
-    return v;
-  };
-  const list = (node: Node | null, path: string, type: "string" | "integer"): unknown[] => {
-    if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
-    if (!isSeq(node)) fail(node, path, `must be a list`);
-    return (node as unknown as { items: Node[] }).items.map((item, i) =>
-      scalar(item, `${path}[${i}]`, type)
+    nodes.fail(
+      null,
+      "",
+      "the file is empty (a policy that allows nothing is `network_policies: {}`)",
     );
-  };
+  }
+  return { top, nodes };
+}
 
-  const policy: SandboxPolicy = { network_policies: {} };
-  for (
-    const [key, value] of keysOf(mapOf(top, "", "a mapping with network_policies"), "", TOP_KEYS)
-  ) {
-    if (key === "version") {
-      policy.version = scalar(value, "version", "integer") as number;
+/** One endpoint mapping (`host`, `port`, `ports`, `allowed_ips`, `enforcement`, `tls`). */
+function readEndpoint(nodes: PolicyNodes, item: Node, path: string): Wire<NetworkEndpoint> {
+  const endpoint: Wire<NetworkEndpoint> = {};
+  const map = nodes.mapOf(item, path, "a mapping with host and port");
+  for (const [k, v] of nodes.entries(map, path, ENDPOINT_KEYS)) {
+    const p = keyPath(path, k);
+    if (k === "host") endpoint.host = nodes.scalar(v, p, "string") as string;
+    else if (k === "port") endpoint.port = nodes.scalar(v, p, "integer") as number;
+    else if (k === "ports") endpoint.ports = nodes.list(v, p, "integer") as number[];
+    else if (k === "allowed_ips") endpoint.allowed_ips = nodes.list(v, p, "string") as string[];
+    else if (k === "enforcement") endpoint.enforcement = nodes.scalar(v, p, "string") as string;
+    else if (k === "tls") endpoint.tls = nodes.scalar(v, p, "string") as string;
+  }
+  return endpoint;
+}
+
+/** One rule (`name`, `endpoints`); an empty one has no endpoints. */
+function readRule(nodes: PolicyNodes, node: Node | null, path: string): Wire<NetworkPolicyRule> {
+  const rule: Wire<NetworkPolicyRule> = { name: "", endpoints: [] };
+  const fields = isNull(node)
+    ? []
+    : nodes.entries(nodes.mapOf(node, path, "a mapping with endpoints"), path, RULE_KEYS);
+  for (const [field, value] of fields) {
+    const p = keyPath(path, field);
+    if (field === "name") {
+      rule.name = nodes.scalar(value, p, "string") as string;
       continue;
     }
-    if (value === null || isScalar(value) && value.value === null) continue;
-    for (const [name, ruleNode] of keysOf(mapOf(value, key, "a mapping of rule names"), key, [])) {
-      const rulePath = keyPath(key, name);
-      const rule: NetworkPolicyRule = { name: "", endpoints: [] };
-      const fields = ruleNode === null || isScalar(ruleNode) && ruleNode.value === null
-        ? []
-        : keysOf(
-          mapOf(ruleNode, rulePath, "a mapping with endpoints"),
-          rulePath,
-          RULE_KEYS,
-        );
-      for (const [field, node] of fields) {
-        const path = keyPath(rulePath, field);
-        if (field === "name") {
-          rule.name = scalar(node, path, "string") as string;
-          continue;
-        }
-        if (isAlias(node)) fail(node, path, "YAML aliases are not supported");
-        if (!isSeq(node)) fail(node, path, "must be a list of endpoints");
-        (node as unknown as { items: Node[] }).items.forEach((item, i) => {
-          const epPath = `${path}[${i}]`;
-          const endpoint: NetworkEndpoint = {};
-          for (
-            const [k, v] of keysOf(
-              mapOf(item, epPath, "a mapping with host and port"),
-              epPath,
-              ENDPOINT_KEYS,
-            )
-          ) {
-            const p = keyPath(epPath, k);
-            if (k === "host") endpoint.host = scalar(v, p, "string") as string;
-            else if (k === "port") endpoint.port = scalar(v, p, "integer") as number;
-            else if (k === "ports") endpoint.ports = list(v, p, "integer") as number[];
-            else if (k === "allowed_ips") endpoint.allowed_ips = list(v, p, "string") as string[];
-            else if (k === "enforcement") endpoint.enforcement = scalar(v, p, "string") as string;
-            else if (k === "tls") endpoint.tls = scalar(v, p, "string") as string;
-          }
-          rule.endpoints!.push(endpoint);
-        });
-      }
-      policy.network_policies![name] = rule;
+    nodes.items(value, p, "a list of endpoints").forEach((item, i) => {
+      rule.endpoints!.push(readEndpoint(nodes, item, `${p}[${i}]`));
+    });
+  }
+  return rule;
+}
+
+/** Reads one policy file's text; `source` names it in errors. */
+export function parsePolicyYaml(text: string, source: string): Wire<SandboxPolicy> {
+  const { top, nodes } = parseTop(text, source);
+  const policy: Wire<SandboxPolicy> = { network_policies: {} };
+  const topMap = nodes.mapOf(top, "", "a mapping with network_policies");
+  for (const [key, value] of nodes.entries(topMap, "", TOP_KEYS)) {
+    if (key === "version") {
+      policy.version = nodes.scalar(value, "version", "integer") as number;
+      continue;
+    }
+    if (isNull(value)) continue;
+    const rules = nodes.mapOf(value, key, "a mapping of rule names");
+    for (const [name, ruleNode] of nodes.entries(rules, key, [])) {
+      policy.network_policies![name] = readRule(nodes, ruleNode, keyPath(key, name));
     }
   }
   const errors = validatePolicy(policy);
@@ -215,7 +269,7 @@ export function parsePolicyYaml(text: string, source: string): SandboxPolicy {
  * A policy as YAML in the file format: defaults left out, rules in name
  * order, each endpoint's keys in a fixed order.
  */
-export function renderPolicyYaml(policy: SandboxPolicy | null | undefined): string {
+export function renderPolicyYaml(policy: Wire<SandboxPolicy> | null | undefined): string {
   const rules: Record<string, unknown> = {};
   const entries = Object.entries(policy?.network_policies ?? {}).sort(([a], [b]) =>
     a < b ? -1 : a > b ? 1 : 0
@@ -241,7 +295,7 @@ export function renderPolicyYaml(policy: SandboxPolicy | null | undefined): stri
  * One `--allow` value: `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`
  * (the port defaults to 443); HOST may be a glob (`*.example.com`).
  */
-export function parseAllow(value: string): NetworkEndpoint {
+export function parseAllow(value: string): Wire<NetworkEndpoint> {
   const v = value.trim();
   let host = v;
   let port = "443";
@@ -268,7 +322,7 @@ export function parseAllow(value: string): NetworkEndpoint {
 }
 
 /** The rule of a preset; a {@link PolicyInputError} naming the presets for an unknown one. */
-export function presetRule(name: string): NetworkPolicyRule {
+export function presetRule(name: string): Wire<NetworkPolicyRule> {
   const text = PRESETS[name];
   if (text === undefined) {
     throw new PolicyInputError(
@@ -294,15 +348,15 @@ export interface PolicyInputs {
  * the `--allow` endpoints); undefined when none is given. A rule name used
  * twice is an error.
  */
-export function composePolicy(inputs: PolicyInputs): SandboxPolicy | undefined {
+export function composePolicy(inputs: PolicyInputs): Wire<SandboxPolicy> | undefined {
   const presets = [...new Set(inputs.presets ?? [])];
   const allow = inputs.allow ?? [];
   if (!inputs.file && presets.length === 0 && allow.length === 0) return undefined;
-  const policy: SandboxPolicy = inputs.file
+  const policy: Wire<SandboxPolicy> = inputs.file
     ? parsePolicyYaml(inputs.file.text, inputs.file.source)
     : { network_policies: {} };
   const rules = policy.network_policies ??= {};
-  const add = (name: string, rule: NetworkPolicyRule, from: string) => {
+  const add = (name: string, rule: Wire<NetworkPolicyRule>, from: string) => {
     if (rules[name]) {
       throw new PolicyInputError(
         `rule "${name}" is given twice (${from} and ${inputs.file?.source ?? "another flag"}); ` +

@@ -12,6 +12,7 @@
  */
 import http2 from "node:http2";
 import tls from "node:tls";
+import { hostPort } from "../core/endpoint.ts";
 import type { CreateSshSessionResponse } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { tlsConnectOptions } from "../core/tls_options.ts";
@@ -139,6 +140,82 @@ function unavailable(e: unknown): { code: number; details: string; message: stri
   return { code: Code.UNAVAILABLE, details, message: details };
 }
 
+/** A message in gRPC's length-prefixed framing (uncompressed). */
+export function grpcFrame(message: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(5 + message.length);
+  new DataView(frame.buffer).setUint32(1, message.length);
+  frame.set(message, 5);
+  return frame;
+}
+
+/** A gRPC status as {@link GatewayError} takes it. */
+export type StatusFacts = { code: number; details: string; message: string };
+
+/**
+ * Collects one unary call's reply: the HTTP and gRPC status from the
+ * headers and trailers, and the body (at most {@link MAX_REPLY_BYTES} plus
+ * its 5-byte prefix).
+ */
+export class ReplyReader {
+  #status: number | undefined;
+  #grpcStatus: string | undefined;
+  #grpcMessage = "";
+  readonly #chunks: Uint8Array[] = [];
+  #size = 0;
+
+  /** The response headers. */
+  response(h: http2.IncomingHttpHeaders): void {
+    this.#status = Number(h[":status"]);
+    this.headers(h);
+  }
+
+  /** Headers or trailers: takes `grpc-status` and `grpc-message`. */
+  headers(h: http2.IncomingHttpHeaders): void {
+    if (h["grpc-status"] !== undefined) this.#grpcStatus = String(h["grpc-status"]);
+    if (h["grpc-message"] !== undefined) {
+      try {
+        this.#grpcMessage = decodeURIComponent(String(h["grpc-message"]));
+      } catch {
+        this.#grpcMessage = String(h["grpc-message"]);
+      }
+    }
+  }
+
+  /** Keeps a chunk of the body; false (nothing kept) once the reply is oversized. */
+  data(b: Uint8Array): boolean {
+    this.#size += b.byteLength;
+    if (this.#size > MAX_REPLY_BYTES + 5) return false;
+    this.#chunks.push(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+    return true;
+  }
+
+  /** Once the stream closed: the reply message, or the status the call fails with. */
+  outcome(): { message: Uint8Array } | { failure: StatusFacts } {
+    if (this.#grpcStatus === undefined) {
+      const why = this.#status === undefined
+        ? "the connection closed before a reply"
+        : `HTTP status ${this.#status} without a gRPC status`;
+      return { failure: { code: Code.UNAVAILABLE, details: why, message: why } };
+    }
+    if (this.#grpcStatus !== "0") {
+      const text = this.#grpcMessage;
+      return { failure: { code: Number(this.#grpcStatus), details: text, message: text } };
+    }
+    const body = new Uint8Array(this.#size);
+    let off = 0;
+    for (const c of this.#chunks) {
+      body.set(c, off);
+      off += c.byteLength;
+    }
+    const len = body.length >= 5 ? new DataView(body.buffer, body.byteOffset).getUint32(1) : -1;
+    if (len < 0 || body[0] !== 0 || 5 + len !== body.length) {
+      const why = "the gateway sent a malformed reply";
+      return { failure: { code: Code.INTERNAL, details: why, message: why } };
+    }
+    return { message: body.subarray(5) };
+  }
+}
+
 /** `CreateSshSession` and `RevokeSshSession` on one HTTP/2 connection, opened on first use. */
 export class SessionRpc {
   /** The gateway's URL. */
@@ -160,8 +237,7 @@ export class SessionRpc {
   #connect(): http2.ClientHttp2Session {
     if (this.#session && !this.#session.closed && !this.#session.destroyed) return this.#session;
     const { endpoint, tls: material } = this.#options;
-    const host = endpoint.host.includes(":") ? `[${endpoint.host}]` : endpoint.host;
-    const authority = `${endpoint.scheme}://${host}:${endpoint.port}`;
+    const authority = `${endpoint.scheme}://${hostPort(endpoint.host, endpoint.port)}`;
     const session = endpoint.scheme === "https"
       ? http2.connect(authority, {
         createConnection: () =>
@@ -212,76 +288,29 @@ export class SessionRpc {
         settle(() => reject(fail(unavailable(e))));
         return;
       }
-      const chunks: Uint8Array[] = [];
-      let size = 0;
-      let status: number | undefined;
-      let grpcStatus: string | undefined;
-      let grpcMessage = "";
-      const takeStatus = (h: http2.IncomingHttpHeaders) => {
-        if (h["grpc-status"] !== undefined) grpcStatus = String(h["grpc-status"]);
-        if (h["grpc-message"] !== undefined) {
-          try {
-            grpcMessage = decodeURIComponent(String(h["grpc-message"]));
-          } catch {
-            grpcMessage = String(h["grpc-message"]);
-          }
-        }
-      };
-      stream.on("response", (h) => {
-        status = Number(h[":status"]);
-        takeStatus(h);
-      });
-      stream.on("trailers", takeStatus);
+      const reply = new ReplyReader();
+      stream.on("response", (h) => reply.response(h));
+      stream.on("trailers", (h) => reply.headers(h));
       stream.on("data", (b: Uint8Array) => {
-        size += b.byteLength;
-        if (size > MAX_REPLY_BYTES + 5) {
-          settle(() => {
-            stream!.close(http2.constants.NGHTTP2_CANCEL);
-            reject(fail({
-              code: Code.RESOURCE_EXHAUSTED,
-              details: "the gateway sent an oversized reply",
-              message: "",
-            }));
-          });
-          return;
-        }
-        chunks.push(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+        if (reply.data(b)) return;
+        settle(() => {
+          stream!.close(http2.constants.NGHTTP2_CANCEL);
+          reject(fail({
+            code: Code.RESOURCE_EXHAUSTED,
+            details: "the gateway sent an oversized reply",
+            message: "",
+          }));
+        });
       });
       stream.on("error", (e) => settle(() => reject(fail(unavailable(e)))));
       stream.on("close", () => {
         settle(() => {
-          if (grpcStatus === undefined) {
-            const why = status === undefined
-              ? "the connection closed before a reply"
-              : `HTTP status ${status} without a gRPC status`;
-            reject(fail({ code: Code.UNAVAILABLE, details: why, message: why }));
-            return;
-          }
-          if (grpcStatus !== "0") {
-            reject(fail({ code: Number(grpcStatus), details: grpcMessage, message: grpcMessage }));
-            return;
-          }
-          const body = new Uint8Array(size);
-          let off = 0;
-          for (const c of chunks) {
-            body.set(c, off);
-            off += c.byteLength;
-          }
-          const len = body.length >= 5
-            ? new DataView(body.buffer, body.byteOffset).getUint32(1)
-            : -1;
-          if (len < 0 || body[0] !== 0 || 5 + len !== body.length) {
-            const why = "the gateway sent a malformed reply";
-            reject(fail({ code: Code.INTERNAL, details: why, message: why }));
-            return;
-          }
-          resolve(body.subarray(5));
+          const outcome = reply.outcome();
+          if ("failure" in outcome) reject(fail(outcome.failure));
+          else resolve(outcome.message);
         });
       });
-      const frame = new Uint8Array(5 + message.length);
-      new DataView(frame.buffer).setUint32(1, message.length);
-      frame.set(message, 5);
-      stream.end(frame);
+      stream.end(grpcFrame(message));
     });
   }
 

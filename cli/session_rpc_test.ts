@@ -2,12 +2,15 @@ import assert from "node:assert/strict";
 import protobuf from "protobufjs";
 import { OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
 import { Code } from "../core/status.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseGatewayUrl } from "./config.ts";
 import { GatewayError } from "./gateway_error.ts";
 import {
   decodeCreateSshSessionResponse,
   decodeFields,
   encodeStrings,
+  grpcFrame,
+  MAX_REPLY_BYTES,
+  ReplyReader,
   SessionRpc,
 } from "./session_rpc.ts";
 
@@ -62,7 +65,7 @@ Deno.test("a gateway that is not there is one UNAVAILABLE line naming it", async
   const port = listener.addr.port;
   listener.close();
   const rpc = new SessionRpc({
-    endpoint: parseEndpoint(`http://127.0.0.1:${port}`),
+    endpoint: parseGatewayUrl(`http://127.0.0.1:${port}`),
   });
   try {
     await assert.rejects(rpc.createSshSession("x", 5_000), (e: unknown) => {
@@ -77,4 +80,47 @@ Deno.test("a gateway that is not there is one UNAVAILABLE line naming it", async
   } finally {
     rpc.close();
   }
+});
+
+Deno.test("a reply is its one framed message, or one status saying what went wrong", () => {
+  const ok = new ReplyReader();
+  ok.response({ ":status": "200" });
+  const frame = grpcFrame(new Uint8Array([1, 2, 3]));
+  assert.deepEqual([...frame], [0, 0, 0, 0, 3, 1, 2, 3]);
+  assert.ok(ok.data(frame.subarray(0, 2)) && ok.data(frame.subarray(2)));
+  ok.headers({ "grpc-status": "0" });
+  assert.deepEqual(ok.outcome(), { message: new Uint8Array([1, 2, 3]) });
+
+  const refused = new ReplyReader();
+  refused.response({ ":status": "200", "grpc-status": "5", "grpc-message": "sandbox%20gone" });
+  assert.deepEqual(refused.outcome(), {
+    failure: { code: Code.NOT_FOUND, details: "sandbox gone", message: "sandbox gone" },
+  });
+
+  const noGrpc = new ReplyReader();
+  noGrpc.response({ ":status": "502" });
+  assert.deepEqual(noGrpc.outcome(), {
+    failure: {
+      code: Code.UNAVAILABLE,
+      details: "HTTP status 502 without a gRPC status",
+      message: "HTTP status 502 without a gRPC status",
+    },
+  });
+  assert.match(
+    (new ReplyReader().outcome() as { failure: { details: string } }).failure.details,
+    /the connection closed before a reply/,
+  );
+
+  const malformed = new ReplyReader();
+  malformed.data(new Uint8Array([0, 0, 0, 0, 9, 1]));
+  malformed.headers({ "grpc-status": "0" });
+  assert.equal(
+    (malformed.outcome() as { failure: { code: number } }).failure.code,
+    Code.INTERNAL,
+    "a length prefix that does not match the body",
+  );
+
+  const big = new ReplyReader();
+  assert.ok(big.data(new Uint8Array(MAX_REPLY_BYTES + 5)), "the largest reply is kept");
+  assert.equal(big.data(new Uint8Array(1)), false, "one byte more is refused");
 });

@@ -16,7 +16,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { cliGrants, type HostPort } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { OpenShellClient } from "../core/protocol.ts";
+import { OpenShellClient, unaryCall } from "../core/protocol.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { type ApiClient, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 import { writeHostDriverDir } from "../testing/host_driver.ts";
@@ -105,15 +105,9 @@ function testApiClient(port: number, pki?: TestGatewayPki): ApiClient {
     })
     : { credentials: grpc.credentials.createInsecure(), options: {} };
   const raw = new OpenShellClient(`127.0.0.1:${port}`, credentials, options);
-  type Unary = (r: unknown, cb: (e: unknown, v: unknown) => void) => void;
   return {
     raw,
-    call<T>(method: string, request: unknown): Promise<T> {
-      const fn = (raw as unknown as Record<string, Unary>)[method];
-      return new Promise((resolve, reject) =>
-        fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v as T))
-      );
-    },
+    call: (method, request) => unaryCall(raw, method, request),
     close: () => raw.close(),
   };
 }

@@ -1,9 +1,11 @@
 /**
- * Exponential backoff with an optional jitter, and an abortable sleep.
+ * Exponential backoff with an optional jitter, an abortable sleep, and
+ * {@link retryWhile}, the one retry-while-not-ready loop.
  *
  * Used by the session registry (100 ms → 2 s while waiting for a supervisor),
  * the supervisor's reconnect loop (1 s → 30 s with jitter, reset after a
- * healthy session) and the CLI's `ssh-proxy` retries.
+ * healthy session) and the CLI's `ssh-proxy` retries (a 412 from the tunnel,
+ * FAILED_PRECONDITION from CreateSshSession, while the sandbox is not ready).
  *
  * @module
  */
@@ -94,4 +96,46 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, Math.max(0, ms));
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** Options of {@link retryWhile}: the backoff between attempts and when to stop. */
+export interface RetryOptions extends BackoffOptions {
+  /** Whether a failure is worth another attempt (others are thrown at once). */
+  retryable: (err: unknown) => boolean;
+  /**
+   * Longest total wait, from the first attempt: a retryable failure whose
+   * next delay would end past it is thrown as it is.
+   */
+  maxWaitMs: number;
+  /** Told before each wait, with the delay and the number of the retry (1 = first). */
+  onRetry?: (delayMs: number, retry: number) => void;
+  /** Stops waiting: the wait rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Clock in milliseconds; default `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * Calls `attempt` until it resolves, waiting with backoff after each
+ * failure that `retryable` accepts, for at most `maxWaitMs` in total (e.g.
+ * while a sandbox is not ready yet). Rejects with the last failure.
+ */
+export async function retryWhile<T>(
+  attempt: () => Promise<T>,
+  options: RetryOptions,
+): Promise<T> {
+  const backoff = new Backoff(options);
+  const now = options.now ?? Date.now;
+  const started = now();
+  while (true) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!options.retryable(err)) throw err;
+      const delay = backoff.next();
+      if (now() - started + delay > options.maxWaitMs) throw err;
+      options.onRetry?.(delay, backoff.attempts);
+      await sleep(delay, options.signal);
+    }
+  }
 }

@@ -4,6 +4,7 @@ import { Duplex, duplexPair, PassThrough, Writable } from "node:stream";
 import { bridge, type FrameCall, relayFrameDuplex } from "./bridge.ts";
 import type { RelayFrame } from "./protocol.ts";
 import { Code, StatusError } from "./status.ts";
+import { waitFor } from "./testing.ts";
 
 function collect(stream: Duplex): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -57,7 +58,12 @@ Deno.test("bridge applies backpressure: a stalled writer pauses its reader", asy
   const total = 64 * block.length;
   for (let i = 0; i < 64; i++) producer.write(block);
   producer.end();
-  await new Promise((r) => setTimeout(r, 20));
+  // The pump stops reading `a` once the sink is full: `a`'s buffer then fills
+  // to its mark and stays there (a pump without backpressure keeps it empty).
+  await waitFor("the pump to stop reading", () => a.readableLength >= a.readableHighWaterMark, {
+    timeoutMs: 2_000,
+    intervalMs: 1,
+  });
   // The sink holds one chunk in progress and at most its buffer; the rest
   // stays upstream because the pump paused its reader.
   assert.equal(received, block.length);
@@ -146,8 +152,7 @@ Deno.test("relayFrameDuplex pauses the call while its reader is full", async () 
   };
   const big = Buffer.alloc(32 * 1024, 1);
   for (let i = 0; i < 8; i++) peer.write({ payload: "data", data: big });
-  await new Promise((r) => setTimeout(r, 10));
-  assert.ok(paused > 0, "the call was paused");
+  await waitFor("the call to be paused", () => paused > 0, { timeoutMs: 2_000, intervalMs: 1 });
   const read = collect(bytes);
   peer.end();
   assert.equal((await read).length, 8 * big.length);

@@ -95,6 +95,10 @@ export function compileGrants(role: Role, options: CompileOptions): Grants {
         gateway: options.supervisorListen ? loopbackOf(options.supervisorListen) : p.driver.gateway,
         stateDir: driverStateDir,
         runtimeDir: options.runtimeDir ?? p.driver.runtimeDir,
+        // The gateway's egress proxy keeps its sockets in `<gateway-state>/egress`.
+        egressSocket: options.gatewayStateDir
+          ? `${options.gatewayStateDir}/egress/guest.sock`
+          : p.driver.egressSocket,
       });
     case "supervisor":
       return supervisorGrants({

@@ -43,6 +43,16 @@ Deno.test("the driver may dial the supervisor plane it is compiled with, on loop
   assert.equal(net("--gateway-listen=0.0.0.0:9000"), "127.0.0.1:8081");
 });
 
+Deno.test("the driver may use the egress proxy's guest socket of the gateway it is compiled with", () => {
+  const net = (...args: string[]) =>
+    compilePlan(parseCompileArgs(["--out=/o", "--role=driver-vm", ...args]))[0]
+      .args.find((a) => a.startsWith("--allow-net="))!.split(",");
+  assert.ok(net().includes("unix:/var/lib/openshell/gateway/egress/guest.sock"));
+  const moved = net("--gateway-state-dir=/srv/gw");
+  assert.ok(moved.includes("unix:/srv/gw/egress/guest.sock"));
+  assert.ok(!moved.some((g) => g.includes("/var/lib/openshell/gateway/")));
+});
+
 Deno.test("compile options override the deployment parameters", () => {
   const plan = compilePlan(parseCompileArgs([
     "--out=/o",

@@ -28,8 +28,8 @@ export class EndpointError extends Error {
   }
 }
 
-/** Options of {@link parseEndpoint}. */
-export interface ParseEndpointOptions {
+/** Options of {@link parseGatewayUrl}. */
+export interface GatewayUrlOptions {
   /** Accept a path after the authority (default: refuse it). */
   allowPath?: boolean;
 }
@@ -39,12 +39,17 @@ export function hostForUrl(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
 
+/** `host:port` as in a URL authority, a grpc-js target or a Host header (IPv6 in brackets). */
+export function hostPort(host: string, port: number): string {
+  return `${hostForUrl(host)}:${port}`;
+}
+
 /**
  * Parses a gateway URL. Throws an {@link EndpointError} for anything but
  * http(s) with a host, without credentials, query or fragment (and without
  * a path unless allowed).
  */
-export function parseEndpoint(text: string, options: ParseEndpointOptions = {}): GatewayEndpoint {
+export function parseGatewayUrl(text: string, options: GatewayUrlOptions = {}): GatewayEndpoint {
   let u: URL;
   try {
     u = new URL(text.trim());

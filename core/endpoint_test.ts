@@ -1,24 +1,30 @@
 import assert from "node:assert/strict";
-import { EndpointError, hostForUrl, isLoopbackOrUnspecified, parseEndpoint } from "./endpoint.ts";
+import {
+  EndpointError,
+  hostForUrl,
+  hostPort,
+  isLoopbackOrUnspecified,
+  parseGatewayUrl,
+} from "./endpoint.ts";
 
-Deno.test("parseEndpoint normalises scheme, host and default ports", () => {
-  assert.deepEqual(parseEndpoint(" http://127.0.0.1:8080/ "), {
+Deno.test("parseGatewayUrl normalises scheme, host and default ports", () => {
+  assert.deepEqual(parseGatewayUrl(" http://127.0.0.1:8080/ "), {
     url: "http://127.0.0.1:8080",
     scheme: "http",
     host: "127.0.0.1",
     port: 8080,
     path: "",
   });
-  assert.equal(parseEndpoint("https://gw.example").url, "https://gw.example:443");
-  assert.equal(parseEndpoint("http://gw").port, 80);
+  assert.equal(parseGatewayUrl("https://gw.example").url, "https://gw.example:443");
+  assert.equal(parseGatewayUrl("http://gw").port, 80);
   assert.deepEqual(
-    [parseEndpoint("http://[::1]:9").host, parseEndpoint("http://[::1]:9").url],
+    [parseGatewayUrl("http://[::1]:9").host, parseGatewayUrl("http://[::1]:9").url],
     ["::1", "http://[::1]:9"],
   );
-  assert.equal(parseEndpoint("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
+  assert.equal(parseGatewayUrl("http://h:1/connect/ssh", { allowPath: true }).path, "/connect/ssh");
 });
 
-Deno.test("parseEndpoint refuses what is not an http(s) gateway URL, in one line", () => {
+Deno.test("parseGatewayUrl refuses what is not an http(s) gateway URL, in one line", () => {
   const refused: [string, RegExp][] = [
     ["not a url", /^is not a URL: "not a url"/],
     ["ftp://h", /^must be an http:\/\/ or https:\/\/ URL/],
@@ -29,7 +35,7 @@ Deno.test("parseEndpoint refuses what is not an http(s) gateway URL, in one line
     ["http://h:1/x", /^must not have a path/],
   ];
   for (const [text, message] of refused) {
-    assert.throws(() => parseEndpoint(text), (e: unknown) => {
+    assert.throws(() => parseGatewayUrl(text), (e: unknown) => {
       assert.ok(e instanceof EndpointError, text);
       assert.match(e.message, message, text);
       assert.ok(!e.message.includes("\n"));
@@ -48,4 +54,7 @@ Deno.test("loopback and unspecified hosts are recognised; IPv6 is bracketed in U
   assert.equal(hostForUrl("::1"), "[::1]");
   assert.equal(hostForUrl("[::1]"), "[::1]");
   assert.equal(hostForUrl("gw"), "gw");
+  assert.equal(hostPort("::1", 22), "[::1]:22");
+  assert.equal(hostPort("[fe80::1]", 8080), "[fe80::1]:8080");
+  assert.equal(hostPort("127.0.0.1", 0), "127.0.0.1:0");
 });

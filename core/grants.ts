@@ -100,6 +100,11 @@ export interface DriverGrantParams {
   qemuImg?: string;
   /** The image builder it runs for `image build|import` (see {@link imageBuilderGrants}). */
   imageBuilder?: string;
+  /**
+   * The egress proxy's guest socket (`--egress-socket`): the driver carries
+   * its guests' proxy and DNS connections there. Absent: no egress.
+   */
+  egressSocket?: string;
 }
 
 /** What the supervisor's grants depend on. */
@@ -228,21 +233,23 @@ export function gatewayGrants(p: GatewayGrantParams): Grants {
 /**
  * The VM driver: its sockets (the public one, grpc-js's internal one, the
  * paths where each VM's forwarder and QMP sockets are bound before they are
- * renamed into `fwd/` and `qmp/`), the gateway, its state dir, the runtime
- * dir, `/etc/passwd` (to find qemu's account), qemu, setpriv and qemu-img,
- * and the host's memory size (a sandbox may not ask for more).
+ * renamed into `fwd/` and `qmp/`), the gateway, the egress proxy's guest
+ * socket (exactly that path, when given), its state dir, the runtime dir,
+ * `/etc/passwd` (to find qemu's account), qemu, setpriv and qemu-img, and
+ * the host's memory size (a sandbox may not ask for more).
  */
 export function driverGrants(p: DriverGrantParams): Grants {
   return {
-    net: [
+    net: unique([
       `unix:${p.stateDir}/compute-driver.sock`,
       `unix:${p.stateDir}/grpc.sock`,
       `unix:${p.stateDir}/guest-fwd.sock`,
       `unix:${p.stateDir}/qmp-bind.sock`,
+      p.egressSocket && `unix:${p.egressSocket}`,
       hostPortGrant(p.gateway),
-    ],
-    read: unique([p.stateDir, p.runtimeDir, "/etc/passwd"]),
-    write: [p.stateDir],
+    ]),
+    read: unique([p.stateDir, p.runtimeDir, "/etc/passwd", p.egressSocket]),
+    write: unique([p.stateDir, p.egressSocket]),
     run: unique([p.qemu, p.setpriv, p.qemuImg ?? "/usr/bin/qemu-img", p.imageBuilder]),
     env: ["OPENSHELL_*"],
     sys: ["systemMemoryInfo"],
@@ -453,6 +460,8 @@ export const PRODUCTION_PARAMS: {
     setpriv: "/usr/bin/setpriv",
     qemuImg: "/usr/bin/qemu-img",
     imageBuilder: "/usr/local/libexec/openshell/openshell-image-builder",
+    // The gateway's egress proxy (its `<egress-state-dir>/guest.sock`).
+    egressSocket: "/var/lib/openshell/gateway/egress/guest.sock",
   },
   supervisor: {
     gateway: { host: GUEST_GATEWAY_HOST, port: GUEST_GATEWAY_PORT },

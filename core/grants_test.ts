@@ -158,6 +158,25 @@ Deno.test("driver: its four unix sockets, the gateway's one address, /etc/passwd
     qemuImg: "/opt/qemu-img",
   });
   assert.deepEqual(own.run, ["/q", "/s", "/opt/qemu-img"]);
+  // With egress: exactly the egress proxy's guest socket, nothing around it.
+  const egress = driverGrants({
+    stateDir: "/v",
+    gateway: { host: "127.0.0.1", port: 8080 },
+    runtimeDir: "/rt",
+    qemu: "/q",
+    setpriv: "/s",
+    egressSocket: "/e/guest.sock",
+  });
+  assert.deepEqual(egress.net, [
+    "unix:/v/compute-driver.sock",
+    "unix:/v/grpc.sock",
+    "unix:/v/guest-fwd.sock",
+    "unix:/v/qmp-bind.sock",
+    "unix:/e/guest.sock",
+    "127.0.0.1:8080",
+  ]);
+  assert.deepEqual(egress.read, ["/v", "/rt", "/etc/passwd", "/e/guest.sock"]);
+  assert.deepEqual(egress.write, ["/v", "/e/guest.sock"]);
   // The other roles get no system information.
   for (const other of [cliGrants({}), supervisorGrants(PRODUCTION_PARAMS.supervisor)]) {
     assert.ok(!renderFlags(other).some((f) => f.startsWith("--allow-sys")));

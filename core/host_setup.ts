@@ -99,6 +99,18 @@ export const HOST_PACKAGES: readonly HostPackage[] = [
   { pkg: "procps", files: ["/usr/bin/pgrep", "/bin/kill"], why: "process checks", for: ["test"] },
   { pkg: "openssl", files: ["/usr/bin/openssl"], why: "TLS test fixtures", for: ["test"] },
   {
+    pkg: "python3-grpcio",
+    files: ["/usr/bin/python3", "/usr/lib/python3/dist-packages/grpc/__init__.py"],
+    why: "the upstream-client test: Debian's python3 with gRPC (testing/upstream_client.py)",
+    for: ["test"],
+  },
+  {
+    pkg: "python3-grpc-tools",
+    files: ["/usr/lib/python3/dist-packages/grpc_tools/protoc.py"],
+    why: "protoc and the gRPC plugin that make Python stubs of upstream's protos",
+    for: ["test"],
+  },
+  {
     pkg: "ca-certificates",
     files: ["/etc/ssl/certs/ca-certificates.crt"],
     why: "apt and downloads over https",

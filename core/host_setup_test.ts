@@ -57,8 +57,10 @@ Deno.test("host setup: every package and account is listed once, for someone", (
   const names = HOST_PACKAGES.map((p) => p.pkg);
   assert.equal(new Set(names).size, names.length);
   for (const p of HOST_PACKAGES) assert.ok(p.for.length > 0 && p.files.length > 0, p.pkg);
-  // What the tests spawn: the initramfs check's cpio, tmux, OpenSSH, socat, qemu, openssl.
-  for (const pkg of ["cpio", "tmux", "openssh-client", "openssh-server", "socat", "openssl"]) {
+  // What the tests spawn: the initramfs check's cpio, tmux, OpenSSH, socat, qemu, openssl,
+  // and Python gRPC (the upstream-client test).
+  const spawned = ["cpio", "tmux", "openssh-client", "openssh-server", "socat", "openssl"];
+  for (const pkg of [...spawned, "python3-grpcio", "python3-grpc-tools"]) {
     assert.ok(HOST_PACKAGES.find((p) => p.pkg === pkg)?.for.includes("test"), pkg);
   }
   assert.deepEqual(HOST_USERS.map((u) => u.name), ["sshd", "sandbox", "openshell-vm"]);

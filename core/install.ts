@@ -209,37 +209,65 @@ export function renderWrapper(
   return lines.join("\n");
 }
 
-/** Every file and grant of an install with `o`. */
-export function installPlan(o: InstallOptions): InstallPlan {
-  const bin = `${o.root}/bin`;
-  const lib = `${o.root}/lib/openshell`;
-  const deno = o.copyDeno ? `${lib}/deno` : o.deno;
-  const gwState = `${o.stateDir}/gateway`;
-  const vmState = `${o.stateDir}/vm`;
-  // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
-  const egressState = `${gwState}/egress`;
-  const binOf = (role: Role) => `${bin}/${ROLE_INFO[role].binary}`;
-  const imageBuilder = `${lib}/openshell-vm-image`;
+/** The paths an install fixes (see the module docs). */
+interface InstallPaths {
+  /** `<root>/bin`: the wrappers (also the gateway's `--driver-dir`). */
+  bin: string;
+  /** The Deno the wrappers exec. */
+  deno: string;
+  /** State dirs: the gateway's, the VM driver's, the egress proxy's (inside the gateway's). */
+  gwState: string;
+  vmState: string;
+  egressState: string;
+  /** Builds the guest image (what `gateway start` runs). */
+  imageBuilder: string;
   /** The builder the driver runs for `openshell image build|import` (its own grants). */
-  const driverImageBuilder = `${lib}/openshell-image-builder`;
-  const manifestPath = `${lib}/install.json`;
-  const grants: Record<Role, Grants> = {
+  driverImageBuilder: string;
+  manifestPath: string;
+}
+
+function installPaths(o: InstallOptions): InstallPaths {
+  const lib = `${o.root}/lib/openshell`;
+  const gwState = `${o.stateDir}/gateway`;
+  return {
+    bin: `${o.root}/bin`,
+    deno: o.copyDeno ? `${lib}/deno` : o.deno,
+    gwState,
+    vmState: `${o.stateDir}/vm`,
+    // Inside the gateway's state dir: the gateway's default `--egress-state-dir`.
+    egressState: `${gwState}/egress`,
+    imageBuilder: `${lib}/openshell-vm-image`,
+    driverImageBuilder: `${lib}/openshell-image-builder`,
+    manifestPath: `${lib}/install.json`,
+  };
+}
+
+/** The wrapper of `role` under `bin`. */
+function binOf(p: Pick<InstallPaths, "bin">, role: Role): string {
+  return `${p.bin}/${ROLE_INFO[role].binary}`;
+}
+
+/** Each role's grants for the install's paths and addresses. */
+function installGrants(o: InstallOptions, p: InstallPaths): Record<Role, Grants> {
+  return {
     "gateway": gatewayGrants({
       listen: o.gatewayListen,
       supervisorListen: o.supervisorListen,
-      stateDir: gwState,
-      driverBinary: binOf("driver-vm"),
-      driverStateDir: vmState,
-      egressBinary: binOf("egress"),
-      egressStateDir: egressState,
+      stateDir: p.gwState,
+      driverBinary: binOf(p, "driver-vm"),
+      driverStateDir: p.vmState,
+      egressBinary: binOf(p, "egress"),
+      egressStateDir: p.egressState,
     }),
     "driver-vm": driverGrants({
-      stateDir: vmState,
+      stateDir: p.vmState,
       gateway: loopbackOf(o.supervisorListen),
       runtimeDir: o.vmCacheDir,
       qemu: PRODUCTION_PARAMS.driver.qemu,
       setpriv: PRODUCTION_PARAMS.driver.setpriv,
-      imageBuilder: driverImageBuilder,
+      imageBuilder: p.driverImageBuilder,
+      // The gateway's egress proxy (`<gateway-state>/egress/guest.sock`).
+      egressSocket: `${p.egressState}/guest.sock`,
     }),
     "supervisor": supervisorGrants({
       gateway: o.supervisorGateway,
@@ -249,117 +277,132 @@ export function installPlan(o: InstallOptions): InstallPlan {
       writeFiles: [o.supervisorFilesDir],
       sessionCgroup: DEFAULT_SESSION_CGROUP,
     }),
-    "cli": cliGrants({ run: [binOf("gateway"), imageBuilder, KILL, PS] }),
-    "egress": egressGrants({ stateDir: egressState }),
+    "cli": cliGrants({ run: [binOf(p, "gateway"), p.imageBuilder, KILL, PS] }),
+    "egress": egressGrants({ stateDir: p.egressState }),
   };
+}
+
+/** The variables each role's wrapper sets: the install's paths and addresses as defaults. */
+function wrapperVars(o: InstallOptions, p: InstallPaths): Record<Role, WrapperVar[]> {
   const runtimeDefault = `${o.vmCacheDir}/current`;
-  const vars: Record<Role, WrapperVar[]> = {
+  return {
     "gateway": [
-      { name: "OPENSHELL_STATE_DIR", value: gwState, default: true },
+      { name: "OPENSHELL_STATE_DIR", value: p.gwState, default: true },
       { name: "OPENSHELL_BIND_ADDRESS", value: o.gatewayListen.host, default: true },
       { name: "OPENSHELL_SERVER_PORT", value: String(o.gatewayListen.port), default: true },
       { name: "OPENSHELL_SUPERVISOR_BIND_ADDRESS", value: o.supervisorListen.host, default: true },
       { name: "OPENSHELL_SUPERVISOR_PORT", value: String(o.supervisorListen.port), default: true },
-      { name: "OPENSHELL_DRIVER_DIR", value: bin, default: true },
-      { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: vmState, default: true },
+      { name: "OPENSHELL_DRIVER_DIR", value: p.bin, default: true },
+      { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: p.vmState, default: true },
       { name: "OPENSHELL_VM_RUNTIME_DIR", value: runtimeDefault, default: true },
-      { name: "OPENSHELL_EGRESS_STATE_DIR", value: egressState, default: true },
+      { name: "OPENSHELL_EGRESS_STATE_DIR", value: p.egressState, default: true },
     ],
     "driver-vm": [
-      { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: vmState, default: true },
+      { name: "OPENSHELL_VM_DRIVER_STATE_DIR", value: p.vmState, default: true },
       { name: "OPENSHELL_VM_RUNTIME_DIR", value: runtimeDefault, default: true },
-      { name: "OPENSHELL_VM_IMAGE_BUILDER", value: driverImageBuilder, default: true },
+      { name: "OPENSHELL_VM_IMAGE_BUILDER", value: p.driverImageBuilder, default: true },
     ],
     "supervisor": [],
-    "cli": [{ name: "OPENSHELL_INSTALL", value: manifestPath }],
-    "egress": [{ name: "OPENSHELL_EGRESS_STATE_DIR", value: egressState, default: true }],
+    "cli": [{ name: "OPENSHELL_INSTALL", value: p.manifestPath }],
+    "egress": [{ name: "OPENSHELL_EGRESS_STATE_DIR", value: p.egressState, default: true }],
   };
-  const what: Record<Role, string> = {
-    "gateway": "The gateway: deno run with exactly its grants (core/grants.ts); defaults below.",
-    "driver-vm": "The VM driver the gateway starts: deno run with exactly its grants.",
-    "supervisor": "The supervisor, for bring-your-own hosts: deno run with exactly its grants.",
-    "cli": "The CLI: deno run with exactly its grants; OPENSHELL_INSTALL names this install.",
-    "egress": "The egress proxy the gateway starts: deno run with exactly its grants.",
-  };
+}
+
+/** The comment line of each role's wrapper. */
+const WRAPPER_WHAT: Record<Role, string> = {
+  "gateway": "The gateway: deno run with exactly its grants (core/grants.ts); defaults below.",
+  "driver-vm": "The VM driver the gateway starts: deno run with exactly its grants.",
+  "supervisor": "The supervisor, for bring-your-own hosts: deno run with exactly its grants.",
+  "cli": "The CLI: deno run with exactly its grants; OPENSHELL_INSTALL names this install.",
+  "egress": "The egress proxy the gateway starts: deno run with exactly its grants.",
+};
+
+/** A 0755 wrapper file at `path`. */
+function wrapperFile(path: string, o: Parameters<typeof renderWrapper>[0]): InstallFile {
+  return { path, kind: "wrapper", mode: 0o755, content: { text: renderWrapper(o) } };
+}
+
+/** The executables: the Deno copy (with `copyDeno`), each role's wrapper, both image builders. */
+function executableFiles(
+  o: InstallOptions,
+  p: InstallPaths,
+  grants: Record<Role, Grants>,
+): InstallFile[] {
   const files: InstallFile[] = [];
   if (o.copyDeno) {
-    files.push({ path: deno, kind: "deno", mode: 0o755, content: { copyFrom: o.deno } });
+    files.push({ path: p.deno, kind: "deno", mode: 0o755, content: { copyFrom: o.deno } });
   }
+  const vars = wrapperVars(o, p);
   for (const role of ROLES) {
-    const argv = [deno, ...runArgs(role, grants[role], { root: o.repo })];
-    files.push({
-      path: binOf(role),
-      kind: "wrapper",
-      mode: 0o755,
-      content: {
-        text: renderWrapper({
-          name: ROLE_INFO[role].binary,
-          what: what[role],
-          repo: o.repo,
-          vars: vars[role],
-          argv,
-        }),
-      },
-    });
+    files.push(wrapperFile(binOf(p, role), {
+      name: ROLE_INFO[role].binary,
+      what: WRAPPER_WHAT[role],
+      repo: o.repo,
+      vars: vars[role],
+      argv: [p.deno, ...runArgs(role, grants[role], { root: o.repo })],
+    }));
   }
-  files.push({
-    path: driverImageBuilder,
-    kind: "wrapper",
-    mode: 0o755,
-    content: {
-      text: renderWrapper({
-        name: "openshell-image-builder",
-        what: "Builds and imports images for the VM driver: deno run with exactly its grants.",
-        repo: o.repo,
-        vars: [],
-        argv: [deno, ...imageBuilderRunArgs(o.repo, vmState)],
-      }),
-    },
-  });
-  files.push({
-    path: imageBuilder,
-    kind: "wrapper",
-    mode: 0o755,
-    content: {
-      text: renderWrapper({
-        name: "openshell-vm-image",
-        what: "Builds the guest image (vm:setup + vm:rootfs; apt-get and useradd as root): " +
-          "a build tool with every permission, like those tasks.",
-        repo: o.repo,
-        vars: [{ name: "OPENSHELL_VM_CACHE_DIR", value: o.vmCacheDir }],
-        argv: [
-          deno,
-          "run",
-          "--quiet",
-          `--config=${o.repo}/deno.json`,
-          "--allow-all",
-          `${o.repo}/driver_vm/image/build.ts`,
-        ],
-      }),
-    },
-  });
-  const manifest: InstallManifest = {
+  files.push(wrapperFile(p.driverImageBuilder, {
+    name: "openshell-image-builder",
+    what: "Builds and imports images for the VM driver: deno run with exactly its grants.",
+    repo: o.repo,
+    vars: [],
+    argv: [p.deno, ...imageBuilderRunArgs(o.repo, p.vmState)],
+  }));
+  files.push(wrapperFile(p.imageBuilder, {
+    name: "openshell-vm-image",
+    what: "Builds the guest image (vm:setup + vm:rootfs; apt-get and useradd as root): " +
+      "a build tool with every permission, like those tasks.",
+    repo: o.repo,
+    vars: [{ name: "OPENSHELL_VM_CACHE_DIR", value: o.vmCacheDir }],
+    argv: [
+      p.deno,
+      "run",
+      "--quiet",
+      `--config=${o.repo}/deno.json`,
+      "--allow-all",
+      `${o.repo}/driver_vm/image/build.ts`,
+    ],
+  }));
+  return files;
+}
+
+/** The manifest of an install that writes `files` (and the manifest itself). */
+function installManifest(
+  o: InstallOptions,
+  p: InstallPaths,
+  files: readonly InstallFile[],
+): InstallManifest {
+  return {
     format: MANIFEST_FORMAT,
     version: VERSION,
     repo: o.repo,
     root: o.root,
-    deno,
-    bin: Object.fromEntries(ROLES.map((r) => [r, binOf(r)])) as Record<Role, string>,
-    imageBuilder,
+    deno: p.deno,
+    bin: Object.fromEntries(ROLES.map((r) => [r, binOf(p, r)])) as Record<Role, string>,
+    imageBuilder: p.imageBuilder,
     gateway: {
-      stateDir: gwState,
+      stateDir: p.gwState,
       listen: o.gatewayListen,
       supervisorListen: o.supervisorListen,
       url: `https://${urlHost(loopbackOf(o.gatewayListen).host)}:${o.gatewayListen.port}`,
-      pidFile: `${gwState}/gateway.pid`,
-      logFile: `${gwState}/gateway.log`,
-      driverDir: bin,
+      pidFile: `${p.gwState}/gateway.pid`,
+      logFile: `${p.gwState}/gateway.log`,
+      driverDir: p.bin,
     },
-    vm: { stateDir: vmState, cacheDir: o.vmCacheDir },
-    files: [...files.map((f) => f.path), manifestPath],
+    vm: { stateDir: p.vmState, cacheDir: o.vmCacheDir },
+    files: [...files.map((f) => f.path), p.manifestPath],
   };
+}
+
+/** Every file and grant of an install with `o`. */
+export function installPlan(o: InstallOptions): InstallPlan {
+  const paths = installPaths(o);
+  const grants = installGrants(o, paths);
+  const files = executableFiles(o, paths, grants);
+  const manifest = installManifest(o, paths, files);
   files.push({
-    path: manifestPath,
+    path: paths.manifestPath,
     kind: "manifest",
     mode: 0o644,
     content: { text: JSON.stringify(manifest, null, 2) + "\n" },

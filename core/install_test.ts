@@ -104,6 +104,7 @@ Deno.test("install plan: each wrapper runs its role with exactly its grants from
       qemu: "/usr/bin/qemu-system-x86_64",
       setpriv: "/usr/bin/setpriv",
       imageBuilder: "/opt/os/lib/openshell/openshell-image-builder",
+      egressSocket: "/var/lib/openshell/gateway/egress/guest.sock",
     }),
     "supervisor": supervisorGrants({
       gateway: { host: "127.0.0.1", port: 8081 },

@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { hostPort } from "./endpoint.ts";
 
 /** OCSF schema version of the events. */
 export const OCSF_VERSION = "1.3.0";
@@ -273,7 +274,7 @@ export function egressDecision(
   ctx: EgressOcsfContext,
   info: EgressDecisionInfo,
 ): NetworkActivityEvent {
-  const target = `${info.host.includes(":") ? `[${info.host}]` : info.host}:${info.port}`;
+  const target = hostPort(info.host, info.port);
   const rule = info.rule ? ` rule=${info.rule}` : "";
   const why = info.reason ? `: ${info.reason}` : "";
   const message = info.decision === "allowed"

@@ -28,39 +28,18 @@ import { BlockList, isIP } from "node:net";
 import { createHash } from "node:crypto";
 import protobuf from "protobufjs";
 import { OPENSHELL_DESCRIPTOR } from "../proto/descriptors.ts";
+import type * as proto from "./protocol.ts";
+import type { Wire } from "./protocol.ts";
 
 // ---- types ------------------------------------------------------------------
 
-/** `openshell.sandbox.v1.NetworkEndpoint` (every field optional: decoded or hand-built). */
-export interface NetworkEndpoint {
-  host?: string;
-  port?: number;
-  protocol?: string;
-  tls?: string;
-  enforcement?: string;
-  access?: string;
-  rules?: unknown[];
-  allowed_ips?: string[];
-  ports?: number[];
-  deny_rules?: unknown[];
-  allow_encoded_slash?: boolean;
-}
+// The policy messages are generated (proto/types.ts); the functions here take
+// them as decoded or as built by hand, where any field may be left out.
 
-/** `openshell.sandbox.v1.NetworkPolicyRule`. */
-export interface NetworkPolicyRule {
-  name?: string;
-  endpoints?: NetworkEndpoint[];
-  binaries?: unknown[];
-}
-
-/** `openshell.sandbox.v1.SandboxPolicy`. */
-export interface SandboxPolicy {
-  version?: number;
-  filesystem?: Record<string, unknown> | null;
-  landlock?: Record<string, unknown> | null;
-  process?: Record<string, unknown> | null;
-  network_policies?: Record<string, NetworkPolicyRule>;
-}
+/** `openshell.sandbox.v1.SandboxPolicy`, any field left out. */
+type SandboxPolicy = Wire<proto.SandboxPolicy>;
+/** `openshell.sandbox.v1.NetworkEndpoint`, any field left out. */
+type NetworkEndpoint = Wire<proto.NetworkEndpoint>;
 
 // ---- caps -------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ import {
   MAX_RULES,
   policyHash,
   portMatches,
-  type SandboxPolicy,
   validatePolicy,
 } from "./policy.ts";
+import type { SandboxPolicy, Wire } from "../core/protocol.ts";
 
 Deno.test("hostMatches: exact names, case, trailing dots", () => {
   assert.equal(hostMatches("example.com", "example.com"), true);
@@ -61,7 +61,7 @@ Deno.test("portMatches: port or any of ports; 0 and out-of-range never", () => {
   assert.equal(portMatches({ ports: [70000] }, 70000), false);
 });
 
-const policy: SandboxPolicy = {
+const policy: Wire<SandboxPolicy> = {
   network_policies: {
     pypi: {
       endpoints: [{ host: "pypi.org", port: 443 }, { host: "**.pythonhosted.org", port: 443 }],
@@ -89,7 +89,7 @@ Deno.test("decide: allowed by an enforce endpoint, audit by an audit one, denied
 });
 
 Deno.test("decide: an enforce endpoint wins over an audit one for the same host", () => {
-  const p: SandboxPolicy = {
+  const p: Wire<SandboxPolicy> = {
     network_policies: {
       a: { endpoints: [{ host: "x.example.com", port: 443, enforcement: "audit" }] },
       b: { endpoints: [{ host: "x.example.com", port: 443 }] },
@@ -251,7 +251,7 @@ Deno.test("decideAddresses: vetted addresses, audit relaxes only the conditional
 });
 
 Deno.test("decideAddresses: a second matching endpoint may admit what the first refuses", () => {
-  const p: SandboxPolicy = {
+  const p: Wire<SandboxPolicy> = {
     network_policies: {
       a: { endpoints: [{ host: "svc.corp", port: 80, allowed_ips: ["10.1.0.0/16"] }] },
       b: { endpoints: [{ host: "svc.corp", port: 80, allowed_ips: ["10.2.0.0/16"] }] },
@@ -392,7 +392,7 @@ Deno.test("validatePolicy: hosts, ports and CIDRs", () => {
 });
 
 Deno.test("validatePolicy: caps on rules, endpoints, ports, allowed_ips, names and errors", () => {
-  const many: SandboxPolicy = { network_policies: {} };
+  const many: Wire<SandboxPolicy> = { network_policies: {} };
   for (let i = 0; i <= MAX_RULES; i++) many.network_policies![`r${i}`] = { endpoints: [] };
   assert.deepEqual(validatePolicy(many), [`policy.network_policies: at most 256 rules (got 257)`]);
   const eps = Array.from({ length: 257 }, () => ({ host: "a.com", port: 1 }));
@@ -461,13 +461,13 @@ Deno.test("validatePolicy: wrong types are errors, not crashes", () => {
 });
 
 Deno.test("policyHash: deterministic, key-order and default independent, content sensitive", () => {
-  const a: SandboxPolicy = {
+  const a: Wire<SandboxPolicy> = {
     network_policies: {
       b: { endpoints: [{ host: "b.com", port: 443 }] },
       a: { endpoints: [{ host: "a.com", ports: [80, 443] }] },
     },
   };
-  const b: SandboxPolicy = {
+  const b: Wire<SandboxPolicy> = {
     version: 0,
     filesystem: null,
     network_policies: {

@@ -1,11 +1,16 @@
 import assert from "node:assert/strict";
-import { ComputeDriverClient, OpenShellClient } from "./protocol.ts";
+import * as grpc from "@grpc/grpc-js";
+import {
+  ComputeDriverClient,
+  type ExecSandboxEvent,
+  OpenShellClient,
+  type OpenShellHandlers,
+  type Sandbox,
+  type SandboxResponse,
+  unaryCall,
+} from "./protocol.ts";
 
-function methods(
-  ctor: {
-    service: Record<string, { path: string; requestStream: boolean; responseStream: boolean }>;
-  },
-) {
+function methods(ctor: { service: grpc.ServiceDefinition }) {
   return Object.fromEntries(
     Object.values(ctor.service).map((
       m,
@@ -14,7 +19,7 @@ function methods(
 }
 
 Deno.test("OpenShell service has the upstream method paths and streaming shapes", () => {
-  assert.deepEqual(methods(OpenShellClient as never), {
+  assert.deepEqual(methods(OpenShellClient), {
     "/openshell.v1.OpenShell/Health": "->",
     "/openshell.v1.OpenShell/CreateSandbox": "->",
     "/openshell.v1.OpenShell/GetSandbox": "->",
@@ -43,7 +48,7 @@ Deno.test("OpenShell service has the upstream method paths and streaming shapes"
 });
 
 Deno.test("ComputeDriver service is complete", () => {
-  assert.deepEqual(Object.keys(methods(ComputeDriverClient as never)).sort(), [
+  assert.deepEqual(Object.keys(methods(ComputeDriverClient)).sort(), [
     "/openshell.compute.v1.ComputeDriver/BuildImage",
     "/openshell.compute.v1.ComputeDriver/CreateSandbox",
     "/openshell.compute.v1.ComputeDriver/DeleteImage",
@@ -61,15 +66,7 @@ Deno.test("ComputeDriver service is complete", () => {
 });
 
 Deno.test("messages round-trip with upstream field numbers (RelayFrame data = field 2)", () => {
-  const svc = (OpenShellClient as unknown as {
-    service: Record<
-      string,
-      {
-        requestSerialize: (m: unknown) => Uint8Array;
-        requestDeserialize: (b: Uint8Array) => unknown;
-      }
-    >;
-  }).service;
+  const svc = OpenShellClient.service;
   const bytes = svc.RelayStream.requestSerialize({ data: new Uint8Array([1, 2, 3]) });
   // field 2, wire type 2 (length-delimited) = 0x12, length 3
   assert.deepEqual([...bytes], [0x12, 3, 1, 2, 3]);
@@ -94,4 +91,67 @@ Deno.test("messages round-trip with upstream field numbers (RelayFrame data = fi
     hello: { ssh_host_key_fingerprint: string };
   };
   assert.equal(back.hello.ssh_host_key_fingerprint, "f");
+});
+
+Deno.test("decoded messages have the shapes proto/types.ts declares (defaults, null, oneofs)", () => {
+  const svc = OpenShellClient.service;
+  const bytes = svc.GetSandbox.responseSerialize({ sandbox: { id: "x" } });
+  const res: SandboxResponse = svc.GetSandbox.responseDeserialize(bytes);
+  const sb: Sandbox = res.sandbox!;
+  assert.equal(sb.id, "x");
+  assert.equal(sb.spec, null, "an unset message field is null");
+  assert.equal(sb.created_at_ms, 0, "int64 is a number");
+  assert.equal(sb.phase, "SANDBOX_PHASE_UNSPECIFIED", "an enum is its value name");
+  const spec = svc.CreateSandbox.requestDeserialize(
+    svc.CreateSandbox.requestSerialize({ spec: {} }),
+  ).spec;
+  assert.deepEqual([spec.environment, spec.providers, spec.policy], [{}, [], null]);
+
+  const none: ExecSandboxEvent = svc.ExecSandbox.responseDeserialize(
+    svc.ExecSandbox.responseSerialize({}),
+  );
+  assert.deepEqual(none, {}, "no oneof member set: neither `payload` nor a member");
+  const out: ExecSandboxEvent = svc.ExecSandbox.responseDeserialize(
+    svc.ExecSandbox.responseSerialize({ stdout: { data: new Uint8Array([7]) } }),
+  );
+  assert.equal(out.payload, "stdout");
+  assert.ok(out.payload === "stdout" && out.stdout.data instanceof Uint8Array);
+  assert.ok(!("stderr" in out) && !("exit" in out), "the other members are absent");
+});
+
+Deno.test("typed clients: unaryCall and server streams reach typed handlers", async () => {
+  const server = new grpc.Server();
+  const handlers: Pick<OpenShellHandlers, "GetSandbox" | "ExecSandbox"> = {
+    GetSandbox: (call, callback) => callback(null, { sandbox: { id: `id-${call.request.name}` } }),
+    ExecSandbox: (call) => {
+      call.write({ stdout: { data: new TextEncoder().encode(call.request.command.join(" ")) } });
+      call.write({ exit: { exit_code: 0 } });
+      call.end();
+    },
+  };
+  server.addService(OpenShellClient.service, handlers);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (e, p) => e ? reject(e) : resolve(p),
+    )
+  );
+  const client = new OpenShellClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  try {
+    const res = await unaryCall(client, client.GetSandbox, { name: "a" });
+    assert.equal(res.sandbox?.id, "id-a");
+    const events: ExecSandboxEvent[] = [];
+    for await (const e of client.ExecSandbox({ command: ["echo", "hi"] })) events.push(e);
+    assert.deepEqual(events.map((e) => e.payload), ["stdout", "exit"]);
+    assert.ok(events[0].payload === "stdout");
+    assert.equal(new TextDecoder().decode(events[0].stdout.data), "echo hi");
+    await assert.rejects(
+      unaryCall(client, client.Health, {}),
+      (e: grpc.ServiceError) => e.code === grpc.status.UNIMPLEMENTED,
+    );
+  } finally {
+    client.close();
+    await new Promise<void>((r) => server.tryShutdown(() => r()));
+  }
 });

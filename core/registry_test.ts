@@ -104,8 +104,8 @@ Deno.test("openRelay without a session times out with UNAVAILABLE", async () => 
 Deno.test("openRelay succeeds when the session appears mid-wait", async () => {
   const reg = new SessionRegistry<string>();
   const sink = new FakeSink();
+  // openRelay registers its wait before it returns: the session appears mid-wait.
   const opening = reg.openRelay("sb", { sessionWaitMs: 2_000 });
-  await new Promise((r) => setTimeout(r, 30));
   assert.equal(sink.sent.length, 0);
   reg.register("sb", "s1", sink);
   const relay = await opening;
@@ -356,7 +356,7 @@ Deno.test("an aborted signal cancels the session wait", async () => {
   const reg = new SessionRegistry<string>();
   const ctl = new AbortController();
   const opening = reg.openRelay("sb", { sessionWaitMs: 5_000, signal: ctl.signal });
-  setTimeout(() => ctl.abort(), 20);
+  ctl.abort(); // mid-wait: openRelay registered its wait before it returned
   await rejectsWith(opening, Code.CANCELLED);
 });
 

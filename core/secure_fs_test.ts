@@ -23,17 +23,27 @@ Deno.test("secure_fs: a private dir is created 0700; symlinks and group-writable
       () => checkPrivateDir(`${root}/missing`, { what: "state dir" }),
       /does not exist/,
     );
-    if (Deno.uid() === 0) {
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "secure_fs: a dir owned by another user is refused (root only: it gives one away)",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const root = await Deno.makeTempDir();
+    try {
       await Deno.mkdir(`${root}/theirs`);
       await Deno.chown(`${root}/theirs`, 65534, 65534);
       await assert.rejects(
         () => checkPrivateDir(`${root}/theirs`, { what: "state dir" }),
         /owned by uid 65534, not by this process/,
       );
+    } finally {
+      await Deno.remove(root, { recursive: true });
     }
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
+  },
 });
 
 Deno.test("secure_fs: secret files are written atomically with mode 0600", async () => {

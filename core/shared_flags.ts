@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { EndpointError, parseEndpoint } from "./endpoint.ts";
+import { EndpointError, parseGatewayUrl } from "./endpoint.ts";
 import type { FlagSpec } from "./flags.ts";
 import { LOG_LEVELS } from "./log.ts";
 
@@ -28,7 +28,7 @@ export const MAX_DISK_GIB = 2048;
  */
 export const MAX_SOCKET_PATH_BYTES = 103;
 
-/** `--log-level`: gateway, VM driver and supervisor. */
+/** `--log-level`: gateway, VM driver, supervisor and egress proxy. */
 export const LOG_LEVEL = {
   kind: "choice",
   choices: LOG_LEVELS,
@@ -111,6 +111,36 @@ export const VM_DRIVER_STATE_DIR = {
   check: (dir: string | number) => driverStateDirProblem(String(dir)),
 } satisfies FlagSpec;
 
+/** Longest state dir of the egress proxy: its sockets (`control.sock`) must fit the limit. */
+export const MAX_EGRESS_STATE_DIR_BYTES = MAX_SOCKET_PATH_BYTES - "/control.sock".length;
+
+/**
+ * What is wrong with the egress proxy's state dir (its sockets' paths go
+ * into comma-separated grant lists): the proxy's `--state-dir` check, and
+ * the gateway's when it runs the proxy.
+ */
+export function egressStateDirProblem(dir: string): string | undefined {
+  if (dir.includes(",")) return "must not contain commas (grant lists are comma-separated)";
+  const socket = `${dir}/control.sock`;
+  if (new TextEncoder().encode(socket).length > MAX_SOCKET_PATH_BYTES) {
+    return `is too long for a Unix socket path (${socket} exceeds ${MAX_SOCKET_PATH_BYTES} ` +
+      "bytes); use a shorter directory";
+  }
+  return undefined;
+}
+
+/**
+ * The egress proxy's state dir: its `--state-dir` (with the check of
+ * {@link egressStateDirProblem}), the gateway's `--egress-state-dir`
+ * (checked only when it runs the proxy).
+ */
+export const EGRESS_STATE_DIR = {
+  kind: "path",
+  value: "DIR",
+  env: "OPENSHELL_EGRESS_STATE_DIR",
+  help: "State dir of the egress proxy: its guest and control sockets",
+} satisfies FlagSpec;
+
 /** The VM runtime (kernel, guest images): the driver's `--runtime-dir`, the gateway's `--vm-runtime-dir`. */
 export const VM_RUNTIME_DIR = {
   kind: "path",
@@ -125,7 +155,7 @@ export const VM_RUNTIME_DIR = {
 export function gatewayGrpcEndpoint(
   value: string,
 ): { scheme: "http" | "https"; host: string; port: number } {
-  const ep = parseEndpoint(value);
+  const ep = parseGatewayUrl(value);
   // An unspecified listen address is reached on loopback.
   const host = ep.host === "0.0.0.0" ? "127.0.0.1" : ep.host === "::" ? "::1" : ep.host;
   if (!/^[A-Za-z0-9.:-]+$/.test(host)) {

@@ -23,6 +23,7 @@ import {
   gatewayGrpcEndpoint,
   GRPC_ENDPOINT,
   LOG_LEVEL,
+  MAX_SOCKET_PATH_BYTES,
   VM_ACCEL,
   VM_DRIVER_STATE_DIR,
   VM_MEM_MIB,
@@ -75,8 +76,11 @@ export interface DriverConfig {
   forwarder: string;
   /** Open connections per VM to the gateway at most. */
   maxGuestConnections: number;
-  /** Open general outbound networking for guests (default: gateway only). */
-  allowEgress: boolean;
+  /**
+   * The egress proxy's guest socket: guests reach the proxy (and DNS)
+   * through it. Absent: guests reach nothing but the gateway.
+   */
+  egressSocket?: string;
 }
 
 /** What {@link parseDriverConfig} returns. */
@@ -162,7 +166,17 @@ export const DRIVER_FLAGS = {
     default: 8,
     help: "Open connections per VM to the gateway at most",
   },
-  "allow-egress": { kind: "bool", help: "Let guests reach any host (default: only the gateway)" },
+  "egress-socket": {
+    kind: "path",
+    env: "OPENSHELL_EGRESS_SOCKET",
+    value: "PATH",
+    help: "The egress proxy's guest socket: guests reach the network only through it " +
+      "(default: none, guests reach only the gateway)",
+    check: (p: string | number) =>
+      new TextEncoder().encode(String(p)).length > MAX_SOCKET_PATH_BYTES
+        ? `is too long: it exceeds the ${MAX_SOCKET_PATH_BYTES}-byte Unix socket path limit`
+        : undefined,
+  },
   version: { kind: "bool", action: true, help: "Print the version" },
 } satisfies FlagTable;
 
@@ -210,7 +224,7 @@ export function parseDriverConfig(
       vmUser: v["vm-user"].trim(),
       forwarder: v.forwarder.trim(),
       maxGuestConnections: v["max-guest-connections"],
-      allowEgress: v["allow-egress"],
+      ...(v["egress-socket"] ? { egressSocket: v["egress-socket"] } : {}),
     },
   };
 }

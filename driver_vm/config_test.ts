@@ -27,7 +27,7 @@ Deno.test("config: defaults", () => {
   assert.equal(c.vmUser, "openshell-vm");
   assert.equal(c.forwarder, "socat");
   assert.equal(c.maxGuestConnections, 8);
-  assert.equal(c.allowEgress, false);
+  assert.equal(c.egressSocket, undefined, "no egress unless the gateway passes its socket");
   assert.equal(socketPath(c.stateDir), "/var/lib/os/vm/compute-driver.sock");
 });
 
@@ -51,7 +51,8 @@ Deno.test("config: every flag, and flags win over their env twins", () => {
     "/opt/prlimit",
     "--vm-user",
     "qemu-vms",
-    "--allow-egress",
+    "--egress-socket",
+    "/var/lib/os/egress/guest.sock",
   ], (n) => env[n]);
   assert.equal(c.maxGuestConnections, 3);
   assert.equal(c.prlimit, "/opt/prlimit");
@@ -73,7 +74,23 @@ Deno.test("config: every flag, and flags win over their env twins", () => {
   assert.equal(c.memMib, 512);
   assert.equal(c.logLevel, "debug");
   assert.equal(c.qemu, "/opt/q");
-  assert.equal(c.allowEgress, true);
+  assert.equal(c.egressSocket, "/var/lib/os/egress/guest.sock");
+});
+
+Deno.test("config: --egress-socket and its twin; --allow-egress is gone", () => {
+  const env = (n: string) => n === "OPENSHELL_EGRESS_SOCKET" ? "/e/guest.sock" : undefined;
+  assert.equal(run(base, env).egressSocket, "/e/guest.sock");
+  assert.equal(run([...base, "--egress-socket", "/f/g.sock"], env).egressSocket, "/f/g.sock");
+  assert.equal(
+    run(base, (n) => n === "OPENSHELL_EGRESS_SOCKET" ? "" : undefined).egressSocket,
+    undefined,
+  );
+  assert.throws(() => run([...base, "--egress-socket", "rel.sock"]), /must be an absolute path/);
+  assert.throws(
+    () => run([...base, "--egress-socket", `/${"x".repeat(110)}.sock`]),
+    /--egress-socket is too long/,
+  );
+  assert.throws(() => run([...base, "--allow-egress"]), /allow-egress/);
 });
 
 Deno.test("config: an unspecified endpoint host is dialled on loopback", () => {

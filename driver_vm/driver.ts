@@ -18,7 +18,8 @@
  * (`disk.qcow2`) and what its VM was given (`vm.json`: resources, image
  * key), the guest's files (`guest/`: config, environment, SSH host key,
  * supervisor token, CA — the only copy of those secrets; the gateway keeps
- * hashes) and its console log. A stop keeps all of it; only delete removes it. When the driver
+ * hashes; plus `network` and `environment.boot`, rewritten at every boot
+ * from whether egress is on then) and its console log. A stop keeps all of it; only delete removes it. When the driver
  * starts, {@link VmDriver.restore} reads every manifest back as a stopped
  * sandbox; the gateway, which owns the intent, starts the ones that should
  * run (`gateway_manages_lifecycle`). A dir without a manifest is an
@@ -37,9 +38,9 @@ import { LogRateLimiter } from "../core/rate_limit.ts";
 import { truncateForEcho, utf8Length } from "../core/text.ts";
 import type {
   DriverSandbox,
+  DriverWatchSandboxesEvent,
   PlatformEvent,
   SandboxCondition,
-  WatchSandboxesEvent,
   Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -54,10 +55,18 @@ import {
   type ImageRef,
   OVERLAY_FILE,
 } from "./disk.ts";
-import { GUEST_DNS, GUEST_FILES, renderGuestConfig, renderGuestEnvironment } from "./guest.ts";
+import {
+  bootEnvironment,
+  GUEST_FILES,
+  renderGuestConfig,
+  renderGuestEnvironment,
+  renderGuestNetwork,
+} from "./guest.ts";
 import {
   DEFAULT_MAX_GUEST_CONNECTIONS,
+  egressRoute,
   type ForwarderFactory,
+  gatewayRoute,
   type GuestForwarder,
   GuestForwarders,
 } from "./guest_forwarder.ts";
@@ -143,11 +152,19 @@ export interface VmDriverOptions {
   forwarder: string;
   /** Open connections per VM at most; default {@link DEFAULT_MAX_GUEST_CONNECTIONS}. */
   maxGuestConnections?: number;
-  /** Per-VM forwarder sockets; default the real {@link GuestForwarders}. */
+  /**
+   * The egress proxy's guest socket (`--egress-socket`): each VM then gets
+   * the egress alias's proxy and DNS ports, carried there, and its logins
+   * the proxy variables. Absent: no network beyond the gateway.
+   */
+  egressSocket?: string;
+  /**
+   * Per-VM forwarder sockets (a `gateway` route, and `proxy` and `dns` with
+   * egress on); default the real {@link GuestForwarders}.
+   */
   forwarders?: ForwarderFactory;
   /** The user qemu runs as, when not the driver's own: it must reach the forwarder sockets. */
   forwarderOwner?: { uid: number; gid: number };
-  allowEgress: boolean;
   /**
    * The unprivileged account qemu runs as (the driver is root): the files
    * qemu uses become its own, their directories reachable by its group
@@ -183,7 +200,7 @@ interface Record_ {
   /** Its root disk (overlay over the shared image). */
   rootDisk?: RootDiskSpec;
   handle?: VmHandle;
-  /** The VM's forwarder socket to the gateway. */
+  /** The VM's forwarder sockets (gateway; proxy and DNS with egress on). */
   forwarder?: GuestForwarder;
   /** The VM's QMP channel. */
   qmp?: QmpChannel;
@@ -200,6 +217,9 @@ interface Record_ {
 }
 
 const SANDBOX_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** The environment handed to the guest at its latest boot (beside `guest/environment`). */
+export const BOOT_ENVIRONMENT_FILE = "environment.boot";
 
 /** The manifest file in each sandbox dir. */
 export const MANIFEST_FILE = "sandbox.json";
@@ -289,6 +309,43 @@ export function parseManifest(text: string, dirName: string): SandboxManifest {
   };
 }
 
+/** The path of a VM's forwarder socket of `route`; throws when the factory made none. */
+function forwarderPath(f: GuestForwarder, route: string): string {
+  const socket = f.sockets[route];
+  if (!socket) throw new Error(`the VM's forwarders have no ${route} socket`);
+  return socket.path;
+}
+
+/**
+ * The sandbox's own environment (`guest/environment`, written at create);
+ * `{}` when absent. A damaged one is FAILED_PRECONDITION.
+ */
+async function readGuestEnvironment(path: string): Promise<Record<string, string>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return {};
+    throw err;
+  }
+  try {
+    const v: unknown = JSON.parse(text);
+    if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error("not a JSON object");
+    const env: Record<string, string> = {};
+    for (const [k, x] of Object.entries(v)) {
+      if (typeof x !== "string") throw new Error(`the value of ${k} is not a string`);
+      env[k] = x;
+    }
+    return env;
+  } catch (err) {
+    throw new StatusError(
+      Code.FAILED_PRECONDITION,
+      `the sandbox's ${path} is damaged (${(err as Error).message}); delete the sandbox and ` +
+        "create it again",
+    );
+  }
+}
+
 /** Checks a create request; throws a StatusError saying what cannot be honoured. */
 export function validateSandbox(sandbox: Wire<DriverSandbox> | null | undefined): void {
   if (!sandbox) throw new StatusError(Code.INVALID_ARGUMENT, "sandbox is required");
@@ -341,7 +398,7 @@ function condition(reason: string, message: string, now: number): SandboxConditi
 export class VmDriver {
   readonly #o: VmDriverOptions;
   readonly #sandboxes = new Map<string, Record_>();
-  readonly #listeners = new Set<(e: WatchSandboxesEvent) => void>();
+  readonly #listeners = new Set<(e: DriverWatchSandboxesEvent) => void>();
   readonly #now: () => number;
   readonly #forwarders: ForwarderFactory;
   readonly #qmp: QmpFactory;
@@ -352,10 +409,16 @@ export class VmDriver {
   constructor(options: VmDriverOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    const egress = options.egressSocket;
     this.#forwarders = options.forwarders ?? new GuestForwarders({
       stateDir: options.stateDir,
-      gateway: options.gateway,
-      maxConnections: options.maxGuestConnections ?? DEFAULT_MAX_GUEST_CONNECTIONS,
+      routes: [
+        gatewayRoute(
+          options.gateway,
+          options.maxGuestConnections ?? DEFAULT_MAX_GUEST_CONNECTIONS,
+        ),
+        ...(egress ? [egressRoute(egress, "http"), egressRoute(egress, "dns")] : []),
+      ],
       log: options.log,
       owner: options.forwarderOwner,
     });
@@ -474,7 +537,7 @@ export class VmDriver {
     };
   }
 
-  #emit(e: WatchSandboxesEvent): void {
+  #emit(e: DriverWatchSandboxesEvent): void {
     for (const l of [...this.#listeners]) {
       try {
         l(e);
@@ -502,7 +565,7 @@ export class VmDriver {
    * Subscribes to events: the current snapshot of every sandbox is delivered
    * first (synchronously), then live events. Returns the unsubscribe function.
    */
-  watch(listener: (e: WatchSandboxesEvent) => void): () => void {
+  watch(listener: (e: DriverWatchSandboxesEvent) => void): () => void {
     for (const r of this.#sorted()) {
       listener({ payload: "sandbox", sandbox: { sandbox: this.#snapshot(r) } });
     }
@@ -595,7 +658,6 @@ export class VmDriver {
         sandboxName: sandbox.name || sandbox.id!,
         logLevel: spec.log_level || this.#o.logLevel,
         tls: !!prov.tlsCa,
-        dns: this.#o.allowEgress ? GUEST_DNS : undefined,
       }),
     );
     await put(GUEST_FILES.environment, renderGuestEnvironment(prov.environment));
@@ -607,11 +669,30 @@ export class VmDriver {
     if (prov.tlsCa) await put(GUEST_FILES.tlsCa, prov.tlsCa);
   }
 
-  /** The guest files present in `dir/guest`, in fw_cfg order (the same at every boot). */
+  /**
+   * The guest files of a boot, in fw_cfg order (the same at every boot):
+   * those of `dir/guest` written at create, and this boot's `network` and
+   * environment (the sandbox's, plus the proxy's variables with egress on),
+   * written now.
+   */
   async #guestFiles(dir: string): Promise<FwCfgFile[]> {
+    const guest = `${dir}/guest`;
+    const egress = this.#o.egressSocket !== undefined;
+    const put = async (name: string, content: string): Promise<string> => {
+      const path = `${guest}/${name}`;
+      await Deno.writeTextFile(path, content, { mode: 0o600 });
+      await this.#give(path);
+      return path;
+    };
+    const own = await readGuestEnvironment(`${guest}/${GUEST_FILES.environment.fwcfg}`);
+    const environment = await put(
+      BOOT_ENVIRONMENT_FILE,
+      renderGuestEnvironment(bootEnvironment(own, egress)),
+    );
+    await put(GUEST_FILES.network.fwcfg, renderGuestNetwork({ egress }));
     const files: FwCfgFile[] = [];
     for (const f of Object.values(GUEST_FILES)) {
-      const path = `${dir}/guest/${f.fwcfg}`;
+      const path = f === GUEST_FILES.environment ? environment : `${guest}/${f.fwcfg}`;
       try {
         if ((await Deno.lstat(path)).isFile) files.push({ name: f.fwcfg, file: path });
       } catch (err) {
@@ -828,9 +909,16 @@ export class VmDriver {
         },
         pidFile: `${dir}/qemu.pid`,
         fwCfg,
-        gatewaySocket: r.forwarder.path,
+        gatewaySocket: forwarderPath(r.forwarder, "gateway"),
+        ...(this.#o.egressSocket
+          ? {
+            egress: {
+              proxySocket: forwarderPath(r.forwarder, "proxy"),
+              dnsSocket: forwarderPath(r.forwarder, "dns"),
+            },
+          }
+          : {}),
         forwarder: this.#o.forwarder,
-        allowEgress: this.#o.allowEgress,
         qmpSocket: r.qmp.path,
       };
       const handle = await this.#o.launcher.launch(spec);

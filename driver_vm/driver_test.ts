@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { PROVISION_SSH_HOST_KEY, PROVISION_SUPERVISOR_TOKEN } from "../core/provisioning.ts";
-import type { DriverSandbox, WatchSandboxesEvent, Wire } from "../core/protocol.ts";
+import type { DriverSandbox, DriverWatchSandboxesEvent, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import {
   MANIFEST_FILE,
@@ -42,9 +42,11 @@ interface Fixture {
   qmp: FakeQmp;
   /** qemu-img runs (arguments). */
   qemuImg: string[][];
-  events: WatchSandboxesEvent[];
+  events: DriverWatchSandboxesEvent[];
   /** A second driver over the same state dir (a driver restart); shut down with the fixture. */
-  restart(): Promise<{ driver: VmDriver; launcher: FakeLauncher; qmp: FakeQmp }>;
+  restart(
+    o?: { egressSocket?: string },
+  ): Promise<{ driver: VmDriver; launcher: FakeLauncher; qmp: FakeQmp }>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -57,6 +59,8 @@ async function fixture(
     vm?: Pick<VmDriverOptions, "vmUser" | "bootRuntime">;
     /** Named images over the fixture's state dir. */
     images?: (stateDir: string, users: () => Map<string, string[]>) => Images;
+    /** The egress proxy's guest socket (egress on); `restart` may say otherwise. */
+    egressSocket?: string;
   } = {},
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "vmdrv" });
@@ -69,7 +73,7 @@ async function fixture(
     await Deno.writeTextFile(args[args.length - 2], "overlay");
     return { code: 0, stderr: "" };
   };
-  const make = (launcher: FakeLauncher, qmp: FakeQmp) =>
+  const make = (launcher: FakeLauncher, qmp: FakeQmp, egressSocket = options.egressSocket) =>
     new VmDriver({
       stateDir: `${dir}/state`,
       runtime,
@@ -89,7 +93,7 @@ async function fixture(
       logLevel: "info",
       gateway: { host: "127.0.0.1", port: 4000 },
       forwarder: "socat",
-      allowEgress: false,
+      ...(egressSocket ? { egressSocket } : {}),
       log: memoryLogger().log,
       stopGraceMs: options.stopGraceMs ?? 50,
       powerdownGraceMs: options.powerdownGraceMs ?? 50,
@@ -105,7 +109,7 @@ async function fixture(
   const driver = make(launcher, qmp);
   users = () => driver.imageUsers();
   const others: VmDriver[] = [];
-  const events: WatchSandboxesEvent[] = [];
+  const events: DriverWatchSandboxesEvent[] = [];
   const unwatch = driver.watch((e) => events.push(e));
   return {
     dir,
@@ -114,10 +118,10 @@ async function fixture(
     qmp,
     qemuImg,
     events,
-    async restart() {
+    async restart(o = { egressSocket: options.egressSocket }) {
       const l = new FakeLauncher();
       const q = new FakeQmp(l);
-      const d = make(l, q);
+      const d = make(l, q, o.egressSocket);
       others.push(d);
       await d.restore();
       return { driver: d, launcher: l, qmp: q };
@@ -135,10 +139,10 @@ function sandbox(id: string, extra: Wire<DriverSandbox> = {}): Wire<DriverSandbo
   return { id, name: `name-${id}`, namespace: "default", spec: { environment: {} }, ...extra };
 }
 
-function reasons(events: WatchSandboxesEvent[], id: string): string[] {
+function reasons(events: DriverWatchSandboxesEvent[], id: string): string[] {
   return events.flatMap((e) =>
-    e.payload === "sandbox" && e.sandbox.sandbox.id === id
-      ? e.sandbox.sandbox.status!.conditions.filter((c) => c.type === "Ready")
+    e.payload === "sandbox" && e.sandbox.sandbox!.id === id
+      ? e.sandbox.sandbox!.status!.conditions.filter((c) => c.type === "Ready")
         .map((c) => `${c.status}/${c.reason}`)
       : []
   );
@@ -164,9 +168,15 @@ Deno.test("driver: create writes the guest files and starts one VM reporting Sta
   assert.deepEqual(spec.fwCfg.map((x) => x.name), [
     "config",
     "environment",
+    "network",
     "ssh_host_key",
     "supervisor_token",
   ]);
+  // No egress: no proxy forwards, the sandbox's environment alone, no name server.
+  assert.equal(spec.egress, undefined);
+  const files = await fwCfgContents(spec);
+  assert.equal(files.environment, '{"FOO":"bar"}\n');
+  assert.match(files.network, /^OPENSHELL_EGRESS_PROXY=''$/m);
   assert.equal(await Deno.readTextFile(`${sdir}/guest/ssh_host_key`), "KEY\n");
   assert.equal(await Deno.readTextFile(`${sdir}/guest/supervisor_token`), "TOK");
   assert.equal((await Deno.stat(`${sdir}/guest/supervisor_token`)).mode! & 0o777, 0o600);
@@ -338,11 +348,11 @@ Deno.test("driver: a VM that exits is ProcessExited with its status plus a Warni
       "or delete it",
   );
   const ev = f.events.find((e) =>
-    e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
+    e.payload === "platform_event" && e.platform_event.event!.reason === "ProcessExited"
   );
   assert.ok(ev && ev.payload === "platform_event");
-  assert.equal(ev.platform_event.event.source, "vm");
-  assert.equal(ev.platform_event.event.type, "Warning");
+  assert.equal(ev.platform_event.event!.source, "vm");
+  assert.equal(ev.platform_event.event!.type, "Warning");
   assert.equal(ev.platform_event.sandbox_id, "ex");
 });
 
@@ -374,10 +384,10 @@ Deno.test("driver: watch delivers current snapshots first, then live events; lis
   await using f = await fixture();
   await f.driver.create(sandbox("b", { name: "zeta" }));
   await f.driver.create(sandbox("a", { name: "alpha" }));
-  const seen: WatchSandboxesEvent[] = [];
+  const seen: DriverWatchSandboxesEvent[] = [];
   const stop = f.driver.watch((e) => seen.push(e));
   assert.deepEqual(
-    seen.map((e) => e.payload === "sandbox" ? e.sandbox.sandbox.name : e.payload),
+    seen.map((e) => e.payload === "sandbox" ? e.sandbox.sandbox!.name : e.payload),
     ["alpha", "zeta"],
   );
   await f.driver.delete("a", "");
@@ -392,11 +402,11 @@ Deno.test("driver: watch delivers current snapshots first, then live events; lis
   );
 });
 
-function consoleEvents(events: WatchSandboxesEvent[], id: string): string[] {
+function consoleEvents(events: DriverWatchSandboxesEvent[], id: string): string[] {
   return events.flatMap((e) =>
     e.payload === "platform_event" && e.platform_event.sandbox_id === id &&
-      e.platform_event.event.source === "console"
-      ? [e.platform_event.event.message]
+      e.platform_event.event!.source === "console"
+      ? [e.platform_event.event!.message]
       : []
   );
 }
@@ -485,7 +495,7 @@ Deno.test("driver: a failed launch cleans up and reports INTERNAL", async () => 
   await assert.rejects(Deno.stat(`${f.dir}/state/sandboxes/bad`), Deno.errors.NotFound);
 });
 
-Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async () => {
+Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses are its own", async (t) => {
   const isRoot = Deno.uid() === 0;
   const vmUser = { name: "nobody", uid: 65534, gid: 65534 };
   let boots = 0;
@@ -509,16 +519,82 @@ Deno.test("driver: qemu boots the runtime copy it can read; the files qemu uses 
   const sdir = `${f.dir}/state/sandboxes/sb-own`;
   assert.equal(spec.pidFile, `${sdir}/qemu.pid`);
   assert.equal(await Deno.readTextFile(spec.pidFile), "", "qemu's pid file exists before qemu");
-  if (isRoot) {
-    for (const file of [spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
-      const st = await Deno.stat(file);
-      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
-    }
-    for (const d of [`${f.dir}/state/sandboxes`, sdir, `${sdir}/guest`]) {
-      const st = await Deno.stat(d);
-      assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
-    }
-  }
+  await t.step({
+    name: "as root: qemu's files are the VM user's, its dirs root's and only searchable",
+    ignore: !isRoot,
+    fn: async () => {
+      for (const file of [spec.pidFile, ...spec.fwCfg.map((x) => x.file)]) {
+        const st = await Deno.stat(file);
+        assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [65534, 65534, 0o600], file);
+      }
+      for (const d of [`${f.dir}/state/sandboxes`, sdir, `${sdir}/guest`]) {
+        const st = await Deno.stat(d);
+        assert.deepEqual([st.uid, st.gid, st.mode! & 0o777], [0, 65534, 0o710], d);
+      }
+    },
+  });
+});
+
+// ---- egress ----------------------------------------------------------------
+
+Deno.test("driver: with an egress socket, each VM gets proxy and DNS forwards and the proxy variables", async () => {
+  const egressSocket = "/run/egress/guest.sock";
+  await using f = await fixture({ egressSocket });
+  await f.driver.create(sandbox("eg", { spec: { environment: { FOO: "bar" } } }));
+  const spec = f.launcher.vms[0].spec;
+  assert.ok(spec.egress, "the VM gets the egress forwards");
+  const fwd = `${f.dir}/state/fwd/`;
+  const paths = [spec.gatewaySocket, spec.egress.proxySocket, spec.egress.dnsSocket];
+  assert.equal(new Set(paths).size, 3, "one socket per route");
+  for (const p of paths) assert.ok(p.startsWith(fwd) && (await Deno.stat(p)).isSocket, p);
+  const files = await fwCfgContents(spec);
+  const env = JSON.parse(files.environment);
+  assert.equal(env.FOO, "bar");
+  assert.equal(env.HTTPS_PROXY, "http://10.0.2.101:3128");
+  assert.equal(env.http_proxy, "http://10.0.2.101:3128");
+  assert.equal(env.NO_PROXY, "localhost,127.0.0.1,::1");
+  assert.match(files.network, /^OPENSHELL_EGRESS_DNS=10\.0\.2\.101$/m);
+  // The sandbox's own environment is kept apart (a boot without egress drops the proxy's).
+  assert.equal(
+    await Deno.readTextFile(`${f.dir}/state/sandboxes/eg/guest/environment`),
+    '{"FOO":"bar"}\n',
+  );
+  // Stopped: its forwarder sockets go.
+  await f.driver.stop("eg", "");
+  for (const p of paths) await assert.rejects(Deno.stat(p), Deno.errors.NotFound);
+});
+
+Deno.test("driver: egress is decided at every boot, not at create", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("flip", { spec: { environment: { FOO: "bar" } } }));
+  await f.driver.shutdown(10);
+  const on = await f.restart({ egressSocket: "/run/egress/guest.sock" });
+  await on.driver.start("flip", "");
+  const spec = on.launcher.vms[0].spec;
+  assert.ok(spec.egress);
+  const files = await fwCfgContents(spec);
+  assert.equal(JSON.parse(files.environment).ALL_PROXY, "http://10.0.2.101:3128");
+  assert.match(files.network, /^OPENSHELL_EGRESS_PROXY=http:\/\/10\.0\.2\.101:3128$/m);
+  await on.driver.shutdown(10);
+  const off = await f.restart({});
+  await off.driver.start("flip", "");
+  const again = off.launcher.vms[0].spec;
+  assert.equal(again.egress, undefined);
+  const offFiles = await fwCfgContents(again);
+  assert.equal(offFiles.environment, '{"FOO":"bar"}\n', "the proxy variables are gone");
+  assert.match(offFiles.network, /^OPENSHELL_EGRESS_DNS=''$/m);
+});
+
+Deno.test("driver: a damaged guest environment file stops the boot with a clear reason", async () => {
+  await using f = await fixture();
+  await f.driver.create(sandbox("dmg"));
+  await f.driver.stop("dmg", "");
+  await Deno.writeTextFile(`${f.dir}/state/sandboxes/dmg/guest/environment`, '{"A":1}');
+  await assert.rejects(f.driver.start("dmg", ""), (e: StatusError) => {
+    assert.equal(e.code, Code.FAILED_PRECONDITION);
+    assert.match(e.message, /guest\/environment is damaged \(the value of A is not a string\)/);
+    return true;
+  });
 });
 
 // ---- stop, start, restore ---------------------------------------------------

@@ -1,18 +1,26 @@
 /**
  * The VM driver's grants hold: a probe run with exactly the flags its
  * launcher derives from its flags may serve its socket, use its state dir,
- * read the runtime and `/etc/passwd`, run qemu and setpriv — and nothing
- * else: no TCP at all, no other program (not even the forwarder, which qemu
- * runs), no other file.
+ * read the runtime and `/etc/passwd`, run qemu and setpriv, connect the
+ * egress proxy's guest socket — and nothing else: no TCP at all, no other
+ * program (not even the forwarder, which qemu runs), no other file or
+ * socket (not the egress proxy's control socket beside its guest socket).
  */
 import assert from "node:assert/strict";
 import { driverGrants } from "../core/grants.ts";
 import { probeGrants } from "../core/testing.ts";
 import { parseDriverConfig } from "./config.ts";
 
-Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv; nothing else", async () => {
+Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv, egress socket; nothing else", async () => {
   const dir = await Deno.makeTempDir({ prefix: "osdrgr" });
   const other = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  await Deno.mkdir(`${dir}/egress`);
+  const guestSock = `${dir}/egress/guest.sock`;
+  const controlSock = `${dir}/egress/control.sock`;
+  const egress = [
+    Deno.listen({ transport: "unix", path: guestSock }),
+    Deno.listen({ transport: "unix", path: controlSock }),
+  ];
   try {
     const state = `${dir}/vm`;
     const rt = `${dir}/rt`;
@@ -32,6 +40,8 @@ Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv;
       rt,
       "--qemu",
       qemu,
+      "--egress-socket",
+      guestSock,
     ], () => undefined);
     if (parsed.kind !== "run") throw new Error("expected a run config");
     const c = parsed.config;
@@ -42,6 +52,7 @@ Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv;
       runtimeDir: c.runtimeDir,
       qemu: c.qemu,
       setpriv: c.setpriv,
+      egressSocket: c.egressSocket,
     });
     const results = await probeGrants(grants, [
       // allowed
@@ -51,7 +62,9 @@ Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv;
       { name: "read /etc/passwd", op: "read", path: "/etc/passwd" },
       { name: "run qemu", op: "spawn", cmd: qemu },
       { name: "run setpriv", op: "spawn", cmd: "/usr/bin/setpriv", args: ["--version"] },
+      { name: "connect the egress guest socket", op: "connect-unix", path: guestSock },
       // forbidden
+      { name: "connect the egress control socket", op: "connect-unix", path: controlSock },
       { name: "listen tcp", op: "listen", host: "127.0.0.1", port: 0 },
       { name: "node listen tcp", op: "listen-node", host: "127.0.0.1", port: 0 },
       { name: "connect the gateway's supervisor plane", op: "connect", host: "127.0.0.1", port },
@@ -75,6 +88,8 @@ Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv;
       "read /etc/passwd": "ok",
       "run qemu": "ok",
       "run setpriv": "ok",
+      "connect the egress guest socket": "ok",
+      "connect the egress control socket": "NotCapable",
       "listen tcp": "NotCapable",
       "node listen tcp": "NotCapable",
       "connect the gateway's supervisor plane": "ok",
@@ -93,6 +108,7 @@ Deno.test("driver grants: its socket, state dir, runtime, passwd, qemu, setpriv;
     });
   } finally {
     other.close();
+    for (const l of egress) l.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

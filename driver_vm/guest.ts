@@ -6,6 +6,12 @@
  * inside the guest): never from probing. The guest init copies them into
  * `/etc/openshell/` (0700) before anything else runs.
  *
+ * Most are written once, at create; two are written at every boot, from
+ * what the driver runs with then: `network` (whether egress is on: the
+ * init writes `/etc/resolv.conf` and apt's proxy setting from it) and the
+ * `environment` handed over, which is the sandbox's own plus, with egress
+ * on, the proxy variables ({@link egressEnvironment}).
+ *
  * @module
  */
 import { GUEST_GATEWAY_ADDRESS, GUEST_GATEWAY_HOST, GUEST_GATEWAY_PORT } from "../core/grants.ts";
@@ -21,7 +27,47 @@ export const GUEST_NET = {
   router: "10.0.2.2",
   /** The address the gateway alias resolves to; qemu forwards its port to the gateway. */
   gatewayAlias: GUEST_GATEWAY_ADDRESS,
+  /** The egress alias: its proxy and DNS ports are forwarded to the egress proxy (egress on). */
+  egressAlias: "10.0.2.101",
 } as const;
+
+/** The guest's ways out with egress on: both on {@link GUEST_NET}'s `egressAlias`. */
+export const GUEST_EGRESS = {
+  /** HTTP proxy (CONNECT and absolute-form requests). */
+  proxyPort: 3128,
+  /** DNS over TCP (slirp's guestfwd carries TCP only; glibc asks over TCP with `use-vc`). */
+  dnsPort: 53,
+} as const;
+
+/** The proxy URL every login and exec gets with egress on. */
+export const GUEST_PROXY_URL = `http://${GUEST_NET.egressAlias}:${GUEST_EGRESS.proxyPort}`;
+
+/** Hosts the guest reaches without the proxy. */
+export const GUEST_NO_PROXY = "localhost,127.0.0.1,::1";
+
+/**
+ * The proxy variables of every login and exec with egress on (upper and
+ * lower case: curl reads only `http_proxy` for http, others only the upper
+ * case). They win over the sandbox's own: the proxy is the only way out.
+ */
+export function egressEnvironment(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const k of ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"]) {
+    env[k] = GUEST_PROXY_URL;
+    env[k.toLowerCase()] = GUEST_PROXY_URL;
+  }
+  env.NO_PROXY = GUEST_NO_PROXY;
+  env.no_proxy = GUEST_NO_PROXY;
+  return env;
+}
+
+/** The environment handed to a guest at boot: the sandbox's, plus the proxy's with egress on. */
+export function bootEnvironment(
+  sandbox: Readonly<Record<string, string>>,
+  egress: boolean,
+): Record<string, string> {
+  return egress ? { ...sandbox, ...egressEnvironment() } : { ...sandbox };
+}
 
 /**
  * The endpoint every guest dials, whatever the host gateway's own address:
@@ -39,6 +85,7 @@ export const FW_CFG_PREFIX = "opt/openshell";
 export const GUEST_FILES = {
   config: { fwcfg: "config", guestPath: "/etc/openshell/config" },
   environment: { fwcfg: "environment", guestPath: "/etc/openshell/environment" },
+  network: { fwcfg: "network", guestPath: "/etc/openshell/network" },
   sshHostKey: { fwcfg: "ssh_host_key", guestPath: "/etc/openshell/ssh_host_key" },
   supervisorToken: { fwcfg: "supervisor_token", guestPath: "/etc/openshell/supervisor_token" },
   tlsCa: { fwcfg: "tls_ca", guestPath: "/etc/openshell/tls_ca.crt" },
@@ -52,12 +99,7 @@ export interface GuestConfig {
   logLevel: string;
   /** Whether the supervisor plane serves TLS (a CA file is then handed over too). */
   tls: boolean;
-  /** Name server the guest may use (`--allow-egress`: qemu's); absent = none. */
-  dns?: string;
 }
-
-/** qemu user networking's built-in name server (reachable only with `--allow-egress`). */
-export const GUEST_DNS = "10.0.2.3";
 
 /** The guest's host name when the sandbox name gives none. */
 export const DEFAULT_GUEST_HOSTNAME = "openshell-sandbox";
@@ -96,8 +138,21 @@ export function renderGuestConfig(config: GuestConfig): string {
     OPENSHELL_GUEST_ROUTER: GUEST_NET.router,
     OPENSHELL_GATEWAY_IP: GUEST_NET.gatewayAlias,
     OPENSHELL_GATEWAY_HOST: GUEST_GATEWAY_HOST,
-    OPENSHELL_GUEST_DNS: config.dns ?? "",
   });
+}
+
+/**
+ * The guest's network settings of this boot (shell assignments the init
+ * sources): with egress on, the proxy URL and the name server (the egress
+ * alias); off, both empty (the init then points `/etc/resolv.conf` at
+ * nothing that answers, so look-ups fail at once).
+ */
+export function renderGuestNetwork(options: { egress: boolean }): string {
+  return "# openshell guest network (written by openshell-driver-vm at every boot)\n" +
+    assignments({
+      OPENSHELL_EGRESS_PROXY: options.egress ? GUEST_PROXY_URL : "",
+      OPENSHELL_EGRESS_DNS: options.egress ? GUEST_NET.egressAlias : "",
+    });
 }
 
 /**

@@ -29,6 +29,7 @@ try {
       setpriv: c.setpriv,
       qemuImg: c.qemuImg,
       imageBuilder: c.imageBuilder,
+      egressSocket: c.egressSocket,
     };
   }
 } catch (err) {

@@ -16,7 +16,6 @@ const spec: QemuSpec = {
   fwCfg: [],
   gatewaySocket: "/s/fwd/1.sock",
   forwarder: "socat",
-  allowEgress: false,
 };
 
 const user: VmUser = { name: "openshell-vm", uid: 997, gid: 995 };

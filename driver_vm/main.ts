@@ -186,6 +186,25 @@ export function checkGatewayGrant(gateway: { host: string; port: number }): void
 }
 
 /**
+ * Throws one line unless this process may use the egress proxy's guest
+ * socket (net, read and write of exactly that path; see `driverGrants`).
+ */
+export function checkEgressGrant(socket: string): void {
+  const granted = [
+    Deno.permissions.querySync({ name: "net", host: `unix:${socket}` }),
+    Deno.permissions.querySync({ name: "read", path: socket }),
+    Deno.permissions.querySync({ name: "write", path: socket }),
+  ].every((p) => p.state === "granted");
+  if (!granted) {
+    throw new Error(
+      `this driver is not permitted to use the egress proxy's socket ${socket} for its guests ` +
+        "(a compiled binary keeps the grants it was built with: rebuild it for this gateway's " +
+        "state dir, or use `deno task driver-vm`)",
+    );
+  }
+}
+
+/**
  * Removes what an earlier run left that belongs to no VM any more: the
  * forwarder and QMP sockets (every VM gets new ones when it starts). The
  * sandbox dirs stay: {@link VmDriver.restore} reads them back.
@@ -228,6 +247,7 @@ export async function main(
   }
   const log = new Logger({ level: config.logLevel, target: "openshell-driver-vm" });
   checkGatewayGrant(config.endpoint);
+  if (config.egressSocket) checkEgressGrant(config.egressSocket);
   const parent = Deno.ppid;
   try {
     // Keys, tokens and sockets live here: refuse a symlink, another user's dir, or one
@@ -257,7 +277,7 @@ export async function main(
     gateway: { host: config.endpoint.host, port: config.endpoint.port },
     forwarder: config.forwarder,
     maxGuestConnections: config.maxGuestConnections,
-    allowEgress: config.allowEgress,
+    egressSocket: config.egressSocket,
     log,
     ...parts,
   });
@@ -279,7 +299,9 @@ export async function main(
     gateway: `${config.endpoint.host}:${config.endpoint.port}`,
     max_guest_connections: config.maxGuestConnections,
     runtime: config.runtimeDir,
-    egress: config.allowEgress ? "open" : "gateway-only",
+    egress: config.egressSocket
+      ? `unix:${config.egressSocket}`
+      : "off (guests reach only the gateway)",
   });
   started?.(driver);
 

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { driverGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { ComputeDriverClient } from "../core/protocol.ts";
+import { ComputeDriverClient, unaryCall, type UnaryMethod } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
 import { alive, waitFor } from "../core/testing.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -29,31 +29,21 @@ async function uidOf(pid: number): Promise<number> {
   return Number(/^Uid:\s+(\d+)/m.exec(status)![1]);
 }
 
-type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
-
-function call<T>(client: AnyClient, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    (client[method] as (
-      r: unknown,
-      o: grpc.CallOptions,
-      cb: (e: grpc.ServiceError | null, r: T) => void,
-    ) => void)
-      .call(
-        client,
-        req,
-        { deadline: Date.now() + 10_000 },
-        (err, res) => (err ? reject(err) : resolve(res)),
-      );
-  });
+function call<Req, Res>(
+  client: grpc.Client,
+  method: UnaryMethod<Req, Res>,
+  req: NoInfer<Req>,
+): Promise<Res> {
+  return unaryCall(client, method, req, { deadline: Date.now() + 10_000 });
 }
 
 interface Setup {
   dir: string;
   state: string;
   argv: string[];
-  client(): AnyClient;
+  client(): ComputeDriverClient;
   /** Creates a sandbox and returns its fake qemu's pid. */
-  create(id: string, client: AnyClient): Promise<number>;
+  create(id: string, client: ComputeDriverClient): Promise<number>;
 }
 
 /** Options of {@link setup}. */
@@ -64,6 +54,8 @@ interface SetupOptions {
   gatewayPort?: number;
   /** Extra driver flags. */
   args?: string[];
+  /** The egress proxy's guest socket in its grants (and `--egress-socket`, unless `args` say). */
+  egressSocket?: string;
 }
 
 async function setup(options: SetupOptions = {}): Promise<Setup> {
@@ -87,6 +79,7 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       runtimeDir: rt,
       qemu,
       setpriv: "/usr/bin/setpriv",
+      egressSocket: options.egressSocket,
     }),
     [
       "--state-dir",
@@ -101,21 +94,23 @@ async function setup(options: SetupOptions = {}): Promise<Setup> {
       qemu,
       "--vm-user",
       VM_USER,
-      ...(options.args ?? []),
+      ...(options.egressSocket && !options.args
+        ? ["--egress-socket", options.egressSocket]
+        : options.args ?? []),
     ],
   );
   const client = () =>
     new ComputeDriverClient(
       `unix:${state}/compute-driver.sock`,
       grpc.credentials.createInsecure(),
-    ) as AnyClient;
-  const create = async (id: string, c: AnyClient) => {
-    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
-    await call(c, "CreateSandbox", { sandbox: { id, name: id, spec: {} } });
-    const got = await call<{ sandbox: { status: { instance_id: string } } }>(c, "GetSandbox", {
+    );
+  const create = async (id: string, c: ComputeDriverClient) => {
+    await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), { ignoreErrors: true });
+    await call(c, c.CreateSandbox, { sandbox: { id, name: id, spec: {} } });
+    const got = await call(c, c.GetSandbox, {
       sandbox_id: id,
     });
-    return Number(got.sandbox.status.instance_id);
+    return Number(got.sandbox!.status!.instance_id);
   };
   return { dir, state, argv, client, create };
 }
@@ -169,7 +164,7 @@ Deno.test("runtime dir: its files and the default image its manifest names", asy
   }
 });
 
-Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cleanly on SIGTERM", async () => {
+Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cleanly on SIGTERM", async (t) => {
   const s = await setup();
   await Deno.writeTextFile(`${s.state}/compute-driver.sock`, "stale");
   const child = spawn(s.argv);
@@ -178,8 +173,11 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
   try {
     const pid1 = await s.create("sb-1", c);
     assert.ok(await alive(pid1), "qemu runs");
-    const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
-    assert.equal(cmdline.split("\0")[0], "sleep", "setpriv exec'd qemu: the pid we hold is qemu's");
+    // setpriv exec's qemu: the pid we hold becomes qemu's (a forking setpriv would stay setpriv).
+    await waitFor(`setpriv to exec qemu (pid ${pid1})`, async () => {
+      const cmdline = await Deno.readTextFile(`/proc/${pid1}/cmdline`);
+      return cmdline.split("\0")[0] === "sleep";
+    }, { timeoutMs: 5_000, intervalMs: 10 });
     const console1 = `${s.state}/sandboxes/sb-1/console.log`;
     // qemu's stdout is the guest's console, its stderr goes in as "qemu: …" lines
     await waitFor(
@@ -193,53 +191,54 @@ Deno.test("driver process: serves its socket, runs qemu, reports exits, stops cl
       { ignoreErrors: true },
     );
 
-    if (isRoot) {
-      // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but not change.
-      assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
-      const sb = `${s.state}/sandboxes/sb-1`;
-      for (const f of [`${sb}/qemu.pid`, `${sb}/guest/config`]) {
-        assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
-      }
-      // The driver writes the console log itself: qemu cannot touch it.
-      assert.deepEqual(owner(`${sb}/console.log`), { uid: 0, gid: 0, mode: 0o600 });
-      for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
-        assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
-      }
-      assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
-      // The fake qemu printed its arguments into the console log.
-      assert.ok(
-        (await Deno.readTextFile(console1)).includes(`filename=${s.state}/runtime/openshell.img,`),
-        "boots the staged runtime copy",
-      );
-      assert.deepEqual(owner(`${s.state}/runtime/openshell.img`), {
-        uid: 0,
-        gid: vmUser.gid,
-        mode: 0o640,
-      });
-      // The sandbox's disk is qemu's; the image under it root's, read-only to qemu's group.
-      assert.deepEqual(owner(`${sb}/disk.qcow2`), {
-        uid: vmUser.uid,
-        gid: vmUser.gid,
-        mode: 0o600,
-      });
-      assert.deepEqual(owner(`${s.state}/images/fakeimage.img`), {
-        uid: 0,
-        gid: vmUser.gid,
-        mode: 0o640,
-      });
-    }
+    await t.step({
+      name: "as root: qemu runs as the VM user and owns only the files it uses",
+      ignore: !isRoot,
+      fn: async () => {
+        // qemu runs as the VM user, owning only the files it uses, in dirs it can reach but
+        // not change.
+        assert.equal(await uidOf(pid1), vmUser.uid, "qemu must not run as root");
+        const sb = `${s.state}/sandboxes/sb-1`;
+        for (const f of [`${sb}/qemu.pid`, `${sb}/guest/config`]) {
+          assert.deepEqual(owner(f), { uid: vmUser.uid, gid: vmUser.gid, mode: 0o600 }, f);
+        }
+        // The driver writes the console log itself: qemu cannot touch it.
+        assert.deepEqual(owner(`${sb}/console.log`), { uid: 0, gid: 0, mode: 0o600 });
+        for (const d of [s.state, `${s.state}/sandboxes`, sb, `${sb}/guest`]) {
+          assert.deepEqual(owner(d), { uid: 0, gid: vmUser.gid, mode: 0o710 }, d);
+        }
+        assert.deepEqual(owner(`${s.state}/compute-driver.sock`).mode, 0o600);
+        // The fake qemu printed its arguments into the console log.
+        assert.ok(
+          (await Deno.readTextFile(console1)).includes(
+            `filename=${s.state}/runtime/openshell.img,`,
+          ),
+          "boots the staged runtime copy",
+        );
+        assert.deepEqual(owner(`${s.state}/runtime/openshell.img`), {
+          uid: 0,
+          gid: vmUser.gid,
+          mode: 0o640,
+        });
+        // The sandbox's disk is qemu's; the image under it root's, read-only to qemu's group.
+        assert.deepEqual(owner(`${sb}/disk.qcow2`), {
+          uid: vmUser.uid,
+          gid: vmUser.gid,
+          mode: 0o600,
+        });
+        assert.deepEqual(owner(`${s.state}/images/fakeimage.img`), {
+          uid: 0,
+          gid: vmUser.gid,
+          mode: 0o640,
+        });
+      },
+    });
 
     const pid2 = await s.create("sb-2", c);
     Deno.kill(pid2, "SIGKILL");
     const exited = await waitFor("ProcessExited", async () => {
-      const g = await call<
-        { sandbox: { status: { conditions: { reason: string; message: string }[] } } }
-      >(
-        c,
-        "GetSandbox",
-        { sandbox_id: "sb-2" },
-      );
-      const cond = g.sandbox.status.conditions[0];
+      const g = await call(c, c.GetSandbox, { sandbox_id: "sb-2" });
+      const cond = g.sandbox!.status!.conditions[0];
       return cond.reason === "ProcessExited" ? cond : undefined;
     }, { ignoreErrors: true });
     assert.match(
@@ -297,12 +296,12 @@ Deno.test("driver process: stop powers off through QMP; a restart keeps every sa
       status: { instance_id: string; conditions: { reason: string; message: string }[] };
     };
   };
-  const get = (id: string) => call<Got>(c, "GetSandbox", { sandbox_id: id });
+  const get = (id: string) => call(c, c.GetSandbox, { sandbox_id: id });
   try {
     const pid1 = await s.create("sb-1", c);
     const pid2 = await s.create("sb-2", c);
-    await call(c, "StopSandbox", { sandbox_id: "sb-2" });
-    const stopped = (await get("sb-2")).sandbox.status;
+    await call(c, c.StopSandbox, { sandbox_id: "sb-2" });
+    const stopped = (await get("sb-2")).sandbox!.status!;
     assert.deepEqual(
       [stopped.conditions[0].reason, stopped.conditions[0].message, stopped.instance_id],
       ["Stopped", "VM powered off; its disk is kept", ""],
@@ -327,23 +326,21 @@ Deno.test("driver process: stop powers off through QMP; a restart keeps every sa
     child = spawn(s.argv);
     out = stderrOf(child);
     c = s.client();
-    await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), { ignoreErrors: true });
-    const list = await call<
-      { sandboxes: { id: string; status: { conditions: { reason: string }[] } }[] }
-    >(c, "ListSandboxes", {});
+    await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), { ignoreErrors: true });
+    const list = await call(c, c.ListSandboxes, {});
     assert.deepEqual(
-      list.sandboxes.map((x) => [x.id, x.status.conditions[0].reason]),
+      list.sandboxes.map((x) => [x.id, x.status!.conditions[0].reason]),
       [["sb-1", "Stopped"], ["sb-2", "Stopped"]],
     );
-    await call(c, "StartSandbox", { sandbox_id: "sb-1" });
-    const pid3 = Number((await get("sb-1")).sandbox.status.instance_id);
+    await call(c, c.StartSandbox, { sandbox_id: "sb-1" });
+    const pid3 = Number((await get("sb-1")).sandbox!.status!.instance_id);
     assert.ok(pid3 > 0 && pid3 !== pid1 && await alive(pid3), "a new qemu runs");
     await waitFor("the second boot in the same console log", async () => {
       const text = await Deno.readTextFile(`${s.state}/sandboxes/sb-1/console.log`);
       return text.split("fake guest console").length === 3 ? true : undefined;
     }, { ignoreErrors: true });
     assert.equal(
-      (await call<{ deleted: boolean }>(c, "DeleteSandbox", { sandbox_id: "sb-2" }))
+      (await call(c, c.DeleteSandbox, { sandbox_id: "sb-2" }))
         .deleted,
       true,
     );
@@ -429,6 +426,92 @@ Deno.test("driver process: guest connections reach the gateway through socat and
     await out;
     gateway.close();
     await serving.catch(() => {});
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+/** A fake qemu that opens one proxy and one DNS connection through its egress forwarders. */
+const EGRESS_QEMU = `
+for a in "$@"; do case "$a" in *guestfwd=*) net=$a ;; esac; done
+fwd() { echo "$net" | tr ',' '\\n' | sed -n "s/^guestfwd=tcp:10.0.2.101:$1-cmd://p"; }
+proxy=$(fwd 3128)
+dns=$(fwd 53)
+echo "fake qemu started: proxy=[$proxy] dns=[$dns]"
+(echo "CONNECT example.com:443 HTTP/1.1"; sleep 5) | $proxy > "$DIR/out/proxy" 2>/dev/null &
+(echo "dns-query"; sleep 5) | $dns > "$DIR/out/dns" 2>/dev/null &
+exec sleep 600
+`;
+
+Deno.test("driver process: with --egress-socket, the egress alias's connections reach the proxy after the driver's header", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmegr" });
+  const egressSocket = `${dir}/guest.sock`;
+  // The egress proxy stand-in: answers each connection with its first two lines.
+  const proxy = Deno.listen({ transport: "unix", path: egressSocket });
+  const serving = (async () => {
+    for await (const conn of proxy) {
+      (async () => {
+        let got = "";
+        const buf = new Uint8Array(1024);
+        while (got.split("\n").length <= 2) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          got += new TextDecoder().decode(buf.subarray(0, n));
+        }
+        const lines = got.split("\n").slice(0, 2).join("|");
+        await conn.write(new TextEncoder().encode(`proxy got: ${lines}\n`));
+        conn.close();
+      })().catch(() => {});
+    }
+  })();
+  const s = await setup({ qemu: EGRESS_QEMU, egressSocket });
+  const outDir = `${s.dir}/out`;
+  await Deno.mkdir(outDir, { mode: 0o700 });
+  if (isRoot) await Deno.chown(outDir, vmUser.uid, vmUser.gid);
+  const child = spawn(s.argv);
+  const out = stderrOf(child);
+  const c = s.client();
+  try {
+    await s.create("sb-e", c);
+    const replies = await waitFor("the proxy's replies", async () => {
+      const p = await Deno.readTextFile(`${outDir}/proxy`);
+      const d = await Deno.readTextFile(`${outDir}/dns`);
+      return p && d ? [p, d] : undefined;
+    }, { ignoreErrors: true, timeoutMs: 20_000 }).catch(async (err) => {
+      child.kill("SIGTERM");
+      throw new Error(`${err.message}\n${await out}`);
+    });
+    assert.deepEqual(replies, [
+      "proxy got: OPENSHELL-EGRESS/1 sb-e http|CONNECT example.com:443 HTTP/1.1\n",
+      "proxy got: OPENSHELL-EGRESS/1 sb-e dns|dns-query\n",
+    ]);
+    c.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0, await out);
+    assert.match(await out, /egress=unix:\S+\/guest\.sock/);
+  } finally {
+    c.close();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await out;
+    proxy.close();
+    await serving.catch(() => {});
+    await Deno.remove(s.dir, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("driver process: an --egress-socket its grants do not cover stops it at start", async () => {
+  const s = await setup({ args: ["--egress-socket", "/run/elsewhere/guest.sock"] });
+  try {
+    const out = await spawn(s.argv).output();
+    const stderr = new TextDecoder().decode(out.stderr).trim();
+    assert.equal(out.code, 1, stderr);
+    assert.match(
+      stderr,
+      /not permitted to use the egress proxy's socket \/run\/elsewhere\/guest\.sock/,
+    );
+  } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
 });
@@ -527,12 +610,12 @@ Deno.test("driver process: auto accelerator probes once, logs which and why, cac
     const c = new ComputeDriverClient(
       `unix:${state}/compute-driver.sock`,
       grpc.credentials.createInsecure(),
-    ) as AnyClient;
+    );
     try {
-      await waitFor("GetCapabilities", () => call(c, "GetCapabilities", {}), {
+      await waitFor("GetCapabilities", () => call(c, c.GetCapabilities, {}), {
         ignoreErrors: true,
       });
-      await call(c, "CreateSandbox", { sandbox: { id: `a${++runs}`, name: "a", spec: {} } });
+      await call(c, c.CreateSandbox, { sandbox: { id: `a${++runs}`, name: "a", spec: {} } });
     } finally {
       c.close();
       child.kill("SIGTERM");

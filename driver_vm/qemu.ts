@@ -11,11 +11,14 @@
  * and discarded blocks are given back to the host) over the shared image,
  * opened read-only with the backing chain named on the command line;
  * `/dev/vdb` is the runtime disk, read-only (see `image/init.ts`). Guest network: qemu user networking with
- * `restrict=on` (the guest reaches nothing) plus one `guestfwd` rule that
- * hands every guest connection to the gateway alias to a forwarder program
- * (`socat - UNIX-CONNECT:<socket>`), which qemu spawns per connection; the
- * socket is the VM's own, served by the driver with a connection cap
- * (`guest_forwarder.ts`, which also says why not a chardev).
+ * `restrict=on` (the guest reaches nothing, the host's loopback included)
+ * plus `guestfwd` rules: one hands every guest connection to the gateway
+ * alias to a forwarder program (`socat - UNIX-CONNECT:<socket>`), which
+ * qemu spawns per connection; with egress on, two more do the same for the
+ * egress alias's proxy and DNS ports. Each socket is the VM's own, served
+ * by the driver with a connection cap (`guest_forwarder.ts`, which also
+ * says why not a chardev). There is no way to open the guest network any
+ * wider: everything else leaves through the egress proxy's policy.
  * Hardening: qemu's seccomp filter (`-sandbox`, see {@link sandboxOption});
  * the user and limits it runs with are `vm_user.ts`'s.
  *
@@ -23,7 +26,7 @@
  */
 import { GUEST_GATEWAY_PORT } from "../core/grants.ts";
 import type { Accel } from "./config.ts";
-import { FW_CFG_PREFIX, GUEST_NET } from "./guest.ts";
+import { FW_CFG_PREFIX, GUEST_EGRESS, GUEST_NET } from "./guest.ts";
 
 /** A file handed to the guest through fw_cfg. */
 export interface FwCfgFile {
@@ -51,14 +54,22 @@ export interface QemuSpec {
   fwCfg: readonly FwCfgFile[];
   /** This VM's forwarder socket (the driver carries its connections to the gateway). */
   gatewaySocket: string;
+  /** With egress on: this VM's forwarder sockets of the egress alias's ports. */
+  egress?: EgressSockets;
   /** Forwarder program (`socat`). */
   forwarder: string;
-  /** Open general egress instead of the gateway alone. */
-  allowEgress: boolean;
   /** Extra kernel command line words (e.g. `openshell.probe`). */
   extraKernelArgs?: readonly string[];
   /** The driver's QMP socket qemu connects to (see `qmp.ts`); absent: no monitor. */
   qmpSocket?: string;
+}
+
+/** A VM's forwarder sockets to the egress proxy (see `guest_forwarder.ts`). */
+export interface EgressSockets {
+  /** Guest connections to the HTTP proxy port. */
+  proxySocket: string;
+  /** Guest connections to the DNS port (DNS over TCP). */
+  dnsSocket: string;
 }
 
 /** The sandbox's root disk: its overlay and the image under it. */
@@ -89,20 +100,32 @@ export function forwarderCommand(forwarder: string, socket: string): string {
   return `${forwarder} - UNIX-CONNECT:${socket}`;
 }
 
-/** The `-netdev` value of the guest network. */
+/**
+ * The `-netdev` value of the guest network: always `restrict=on`; a
+ * `guestfwd` to the gateway alias, and with egress on to the egress alias's
+ * proxy and DNS ports.
+ */
 export function netdevOption(
-  spec: Pick<QemuSpec, "forwarder" | "gatewaySocket" | "allowEgress">,
+  spec: Pick<QemuSpec, "forwarder" | "gatewaySocket" | "egress">,
 ): string {
+  const forward = (address: string, port: number, socket: string) =>
+    `guestfwd=tcp:${address}:${port}-cmd:${
+      escapeOptionValue(forwarderCommand(spec.forwarder, socket))
+    }`;
   return [
     "user",
     "id=net0",
-    `restrict=${spec.allowEgress ? "off" : "on"}`,
+    "restrict=on",
     "ipv6=off",
     `net=${GUEST_NET.network}`,
     `host=${GUEST_NET.router}`,
-    `guestfwd=tcp:${GUEST_NET.gatewayAlias}:${GUEST_GATEWAY_PORT}-cmd:${
-      escapeOptionValue(forwarderCommand(spec.forwarder, spec.gatewaySocket))
-    }`,
+    forward(GUEST_NET.gatewayAlias, GUEST_GATEWAY_PORT, spec.gatewaySocket),
+    ...(spec.egress
+      ? [
+        forward(GUEST_NET.egressAlias, GUEST_EGRESS.proxyPort, spec.egress.proxySocket),
+        forward(GUEST_NET.egressAlias, GUEST_EGRESS.dnsPort, spec.egress.dnsSocket),
+      ]
+      : []),
   ].join(",");
 }
 

@@ -26,7 +26,6 @@ const spec: QemuSpec = {
   fwCfg: [{ name: "config", file: "/s/sandboxes/sb-1/guest/config" }],
   gatewaySocket: "/s/fwd/0.sock",
   forwarder: "socat",
-  allowEgress: false,
 };
 
 function after(args: string[], flag: string): string[] {
@@ -44,7 +43,27 @@ Deno.test("qemu: restricted user network with one forward to the gateway", () =>
     "guestfwd=tcp:10.0.2.100:8080-cmd:socat - UNIX-CONNECT:/s/fwd/0.sock",
   ]);
   assert.ok(after(args, "-device").includes("virtio-net-pci,netdev=net0,romfile="));
-  assert.match(netdevOption({ ...spec, allowEgress: true }), /restrict=off/);
+});
+
+Deno.test("qemu: with egress, two more forwards to the egress alias (proxy, DNS); still restricted", () => {
+  const egress = { proxySocket: "/s/fwd/1.sock", dnsSocket: "/s/fwd/2.sock" };
+  const args = buildQemuArgs({ ...spec, egress });
+  assert.deepEqual(after(args, "-netdev"), [
+    "user,id=net0,restrict=on,ipv6=off,net=10.0.2.0/24,host=10.0.2.2," +
+    "guestfwd=tcp:10.0.2.100:8080-cmd:socat - UNIX-CONNECT:/s/fwd/0.sock," +
+    "guestfwd=tcp:10.0.2.101:3128-cmd:socat - UNIX-CONNECT:/s/fwd/1.sock," +
+    "guestfwd=tcp:10.0.2.101:53-cmd:socat - UNIX-CONNECT:/s/fwd/2.sock",
+  ]);
+  // There is no switch that opens the guest network: never restrict=off.
+  for (const netdev of [netdevOption(spec), netdevOption({ ...spec, egress })]) {
+    assert.match(netdev, /(^|,)restrict=on(,|$)/);
+    assert.doesNotMatch(netdev, /restrict=off/);
+    assert.doesNotMatch(netdev, /hostfwd|guestfwd=tcp:10\.0\.2\.2:/, "no route to the host");
+  }
+  assert.throws(
+    () => netdevOption({ ...spec, egress: { ...egress, dnsSocket: "/s/a b.sock" } }),
+    /invalid forwarder socket path/,
+  );
 });
 
 Deno.test("qemu: console on stdout, fw_cfg files, pidfile, no reboot, clock in UTC", () => {

@@ -14,12 +14,15 @@
 import * as grpc from "@grpc/grpc-js";
 import { GrpcFront, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
-import { ComputeDriverClient, type DriverSandbox, type Wire } from "../core/protocol.ts";
+import {
+  ComputeDriverClient,
+  type ComputeDriverHandlers,
+  type DriverImportImageChunk,
+} from "../core/protocol.ts";
 import { Code, hasStatusCode, StatusError } from "../core/status.ts";
 import type { VmDriver } from "./driver.ts";
 import type { Images } from "./images.ts";
 import { MAX_IMPORT_CHUNK_BYTES } from "../core/images.ts";
-import type { ImportImageChunk } from "../core/protocol.ts";
 
 function wireError(err: unknown): grpc.ServiceError {
   const code = hasStatusCode(err) ? err.code : Code.INTERNAL;
@@ -27,21 +30,19 @@ function wireError(err: unknown): grpc.ServiceError {
 }
 
 /** The image RPCs over `images` (UNIMPLEMENTED without). */
-function imageHandlers(images: Images | undefined, log: Logger): grpc.UntypedServiceImplementation {
+function imageHandlers(
+  images: Images | undefined,
+  log: Logger,
+): Pick<ComputeDriverHandlers, "ListImages" | "DeleteImage" | "BuildImage" | "ImportImage"> {
   const none = () => {
     throw new StatusError(Code.UNIMPLEMENTED, "this driver has no images");
   };
   return {
     ListImages: unary(log, "ListImages", async () => ({ images: await (images ?? none()).list() })),
-    DeleteImage: unary(log, "DeleteImage", async (req: { name?: string }) => ({
+    DeleteImage: unary(log, "DeleteImage", async (req) => ({
       deleted: await (images ?? none()).delete(req.name ?? ""),
     })),
-    BuildImage: (
-      call: grpc.ServerWritableStream<
-        { name?: string; packages?: string[]; script?: string },
-        unknown
-      >,
-    ) => {
+    BuildImage: (call) => {
       let open = true;
       let blocked = false;
       let dropped = 0;
@@ -84,13 +85,10 @@ function imageHandlers(images: Images | undefined, log: Logger): grpc.UntypedSer
           if (open) call.emit("error", wireError(err));
         });
     },
-    ImportImage: (
-      call: grpc.ServerReadableStream<ImportImageChunk, unknown>,
-      cb: grpc.sendUnaryData<unknown>,
-    ) => {
+    ImportImage: (call, cb) => {
       const run = async () => {
         if (!images) none();
-        const it = (call as unknown as AsyncIterable<ImportImageChunk>)[Symbol.asyncIterator]();
+        const it = (call as AsyncIterable<DriverImportImageChunk>)[Symbol.asyncIterator]();
         const first = await it.next();
         if (first.done || first.value.payload !== "header") {
           throw new StatusError(Code.INVALID_ARGUMENT, "an import starts with its header");
@@ -119,20 +117,15 @@ function imageHandlers(images: Images | undefined, log: Logger): grpc.UntypedSer
   };
 }
 
-type UnaryHandler = (
-  call: grpc.ServerUnaryCall<unknown, unknown>,
-  cb: grpc.sendUnaryData<unknown>,
-) => void;
-
-function unary<Req>(
+function unary<Req, Res>(
   log: Logger,
   method: string,
-  fn: (req: Req) => Promise<unknown> | unknown,
-): UnaryHandler {
+  fn: (req: Req) => Promise<Res> | Res,
+): grpc.handleUnaryCall<Req, Res> {
   return (call, cb) => {
     Promise.resolve()
-      .then(() => fn(call.request as Req))
-      .then((res) => cb(null, res as object))
+      .then(() => fn(call.request))
+      .then((res) => cb(null, res))
       .catch((err) => {
         const code = hasStatusCode(err) ? err.code : Code.INTERNAL;
         if (code === Code.INTERNAL || code === Code.UNKNOWN) {
@@ -150,36 +143,34 @@ export function computeDriverHandlers(
   driver: VmDriver,
   log: Logger,
   images?: Images,
-): grpc.UntypedServiceImplementation {
-  type SandboxReq = { sandbox?: Wire<DriverSandbox> | null };
-  type IdReq = { sandbox_id?: string; sandbox_name?: string };
+): ComputeDriverHandlers {
   return {
     ...imageHandlers(images, log),
     GetCapabilities: unary(log, "GetCapabilities", () => driver.capabilities()),
-    ValidateSandboxCreate: unary(log, "ValidateSandboxCreate", async (req: SandboxReq) => {
+    ValidateSandboxCreate: unary(log, "ValidateSandboxCreate", async (req) => {
       await driver.validate(req.sandbox);
       return {};
     }),
-    GetSandbox: unary(log, "GetSandbox", (req: IdReq) => ({
+    GetSandbox: unary(log, "GetSandbox", (req) => ({
       sandbox: driver.get(req.sandbox_id ?? "", req.sandbox_name ?? ""),
     })),
     ListSandboxes: unary(log, "ListSandboxes", () => ({ sandboxes: driver.list() })),
-    CreateSandbox: unary(log, "CreateSandbox", async (req: SandboxReq) => {
+    CreateSandbox: unary(log, "CreateSandbox", async (req) => {
       await driver.create(req.sandbox);
       return {};
     }),
-    StopSandbox: unary(log, "StopSandbox", async (req: IdReq) => {
+    StopSandbox: unary(log, "StopSandbox", async (req) => {
       await driver.stop(req.sandbox_id ?? "", req.sandbox_name ?? "");
       return {};
     }),
-    StartSandbox: unary(log, "StartSandbox", async (req: IdReq) => {
+    StartSandbox: unary(log, "StartSandbox", async (req) => {
       await driver.start(req.sandbox_id ?? "", req.sandbox_name ?? "");
       return {};
     }),
-    DeleteSandbox: unary(log, "DeleteSandbox", async (req: IdReq) => ({
+    DeleteSandbox: unary(log, "DeleteSandbox", async (req) => ({
       deleted: await driver.delete(req.sandbox_id ?? "", req.sandbox_name ?? ""),
     })),
-    WatchSandboxes: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+    WatchSandboxes: (call) => {
       let done = false;
       const stop = () => {
         if (done) return;

@@ -3,24 +3,16 @@ import * as grpc from "@grpc/grpc-js";
 import http2 from "node:http2";
 import net from "node:net";
 import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
-import { ComputeDriverClient, type WatchSandboxesEvent } from "../core/protocol.ts";
+import {
+  ComputeDriverClient,
+  type DriverWatchSandboxesEvent,
+  unaryCall,
+} from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { VmDriver } from "./driver.ts";
 import { serveDriver } from "./server.ts";
 import { waitFor } from "../core/testing.ts";
 import { FakeLauncher, fakeRuntime, memoryLogger } from "./testing.ts";
-
-type AnyClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
-
-function call<T>(client: AnyClient, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    (client[method] as (r: unknown, cb: (e: grpc.ServiceError | null, r: T) => void) => void).call(
-      client,
-      req,
-      (err, res) => (err ? reject(err) : resolve(res)),
-    );
-  });
-}
 
 Deno.test("server: the whole ComputeDriver service over a Unix socket", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmsrv" });
@@ -39,7 +31,6 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
     logLevel: "info",
     gateway: { host: "127.0.0.1", port: 1 },
     forwarder: "socat",
-    allowEgress: false,
     log,
     stopGraceMs: 50,
   });
@@ -55,92 +46,78 @@ Deno.test("server: the whole ComputeDriver service over a Unix socket", async ()
   const client = new ComputeDriverClient(
     `unix:${socket}`,
     grpc.credentials.createInsecure(),
-  ) as AnyClient;
-  const events: WatchSandboxesEvent[] = [];
-  const watch =
-    (client.WatchSandboxes as (r: unknown) => grpc.ClientReadableStream<WatchSandboxesEvent>).call(
-      client,
-      {},
-    );
-  watch.on("data", (e: WatchSandboxesEvent) => events.push(e));
+  );
+  const events: DriverWatchSandboxesEvent[] = [];
+  const watch = client.WatchSandboxes({});
+  watch.on("data", (e: DriverWatchSandboxesEvent) => events.push(e));
   watch.on("error", () => {});
   try {
-    const caps = await call<
-      { driver_name: string; supports_gpu: boolean; gateway_manages_lifecycle: boolean }
-    >(
-      client,
-      "GetCapabilities",
-      {},
-    );
+    const caps = await unaryCall(client, client.GetCapabilities, {});
     assert.equal(caps.driver_name, "openshell-driver-vm");
     assert.equal(caps.supports_gpu, false);
     assert.equal(caps.gateway_manages_lifecycle, true, "the gateway restarts its sandboxes");
 
     const sb = { id: "sb-1", name: "one", namespace: "ns", spec: { environment: { A: "1" } } };
-    await call(client, "ValidateSandboxCreate", { sandbox: sb });
-    await call(client, "CreateSandbox", { sandbox: sb });
-    await assert.rejects(call(client, "CreateSandbox", { sandbox: sb }), (e: grpc.ServiceError) => {
-      assert.equal(e.code, Code.ALREADY_EXISTS);
-      return true;
-    });
+    await unaryCall(client, client.ValidateSandboxCreate, { sandbox: sb });
+    await unaryCall(client, client.CreateSandbox, { sandbox: sb });
     await assert.rejects(
-      call(client, "CreateSandbox", { sandbox: { ...sb, id: "g", spec: { gpu: true } } }),
+      unaryCall(client, client.CreateSandbox, { sandbox: sb }),
+      (e: grpc.ServiceError) => {
+        assert.equal(e.code, Code.ALREADY_EXISTS);
+        return true;
+      },
+    );
+    await assert.rejects(
+      unaryCall(client, client.CreateSandbox, { sandbox: { ...sb, id: "g", spec: { gpu: true } } }),
       (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION && /GPU/.test(e.details),
     );
-    const got = await call<
-      { sandbox: { name: string; status: { conditions: { reason: string }[] } } }
-    >(
-      client,
-      "GetSandbox",
-      { sandbox_name: "one" },
-    );
-    assert.equal(got.sandbox.name, "one");
-    assert.equal(got.sandbox.status.conditions[0].reason, "Starting");
+    const got = await unaryCall(client, client.GetSandbox, { sandbox_name: "one" });
+    assert.equal(got.sandbox!.name, "one");
+    assert.equal(got.sandbox!.status!.conditions[0].reason, "Starting");
     await assert.rejects(
-      call(client, "GetSandbox", { sandbox_id: "nope" }),
+      unaryCall(client, client.GetSandbox, { sandbox_id: "nope" }),
       (e: grpc.ServiceError) => e.code === Code.NOT_FOUND,
     );
-    const list = await call<{ sandboxes: { id: string }[] }>(client, "ListSandboxes", {});
+    const list = await unaryCall(client, client.ListSandboxes, {});
     assert.deepEqual(list.sandboxes.map((s) => s.id), ["sb-1"]);
-    await call(client, "StopSandbox", { sandbox_id: "sb-1" });
-    const stopped = await call<{ sandbox: { status: { conditions: { reason: string }[] } } }>(
-      client,
-      "GetSandbox",
-      { sandbox_id: "sb-1" },
-    );
-    assert.equal(stopped.sandbox.status.conditions[0].reason, "Stopped");
-    await call(client, "StartSandbox", { sandbox_name: "one" });
+    await unaryCall(client, client.StopSandbox, { sandbox_id: "sb-1" });
+    const stopped = await unaryCall(client, client.GetSandbox, { sandbox_id: "sb-1" });
+    assert.equal(stopped.sandbox!.status!.conditions[0].reason, "Stopped");
+    await unaryCall(client, client.StartSandbox, { sandbox_name: "one" });
     assert.equal(launcher.vms.length, 2, "started again");
     await assert.rejects(
-      call(client, "StartSandbox", { sandbox_id: "nope" }),
+      unaryCall(client, client.StartSandbox, { sandbox_id: "nope" }),
       (e: grpc.ServiceError) => e.code === Code.NOT_FOUND,
     );
 
     launcher.vms[1].exit(3);
-    const deadline = Date.now() + 3000;
-    while (
-      !events.some((e) =>
-        e.payload === "platform_event" && e.platform_event.event.reason === "ProcessExited"
-      )
-    ) {
-      if (Date.now() > deadline) throw new Error("no ProcessExited event on the watch stream");
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitFor(
+      "a ProcessExited event on the watch stream",
+      () =>
+        events.some((e) =>
+          e.payload === "platform_event" && e.platform_event.event!.reason === "ProcessExited"
+        ),
+      { timeoutMs: 3_000, intervalMs: 10 },
+    );
     const exited = events.findLast((e) => e.payload === "sandbox");
     assert.ok(exited?.payload === "sandbox");
     assert.match(
-      exited.sandbox.sandbox.status!.conditions[0].message,
+      exited.sandbox.sandbox!.status!.conditions[0].message,
       /^VM process exited with status 3; /,
     );
 
-    const del = await call<{ deleted: boolean }>(client, "DeleteSandbox", { sandbox_id: "sb-1" });
+    const del = await unaryCall(client, client.DeleteSandbox, { sandbox_id: "sb-1" });
     assert.equal(del.deleted, true);
-    const again = await call<{ deleted: boolean }>(client, "DeleteSandbox", { sandbox_id: "sb-1" });
+    const again = await unaryCall(client, client.DeleteSandbox, { sandbox_id: "sb-1" });
     assert.equal(again.deleted, false);
-    while (events.at(-1)?.payload !== "deleted") {
-      if (Date.now() > deadline) throw new Error("no Deleted event on the watch stream");
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitFor(
+      "a Deleted event on the watch stream",
+      () => events.at(-1)?.payload === "deleted",
+      {
+        timeoutMs: 3_000,
+        intervalMs: 10,
+      },
+    );
   } finally {
     watch.cancel();
     client.close();

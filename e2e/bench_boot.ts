@@ -274,7 +274,7 @@ async function main(): Promise<number> {
         const sandbox = await api.create(name);
         await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_READY", 300_000);
         const t1 = Date.now();
-        const { logs } = await raw.call<{ logs: BootLogLine[] }>("GetSandboxLogs", {
+        const { logs } = await raw.call(raw.raw.GetSandboxLogs, {
           sandbox_id: sandbox.id,
           lines: 2000,
         });

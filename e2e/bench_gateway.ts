@@ -26,7 +26,7 @@
 import * as grpc from "@grpc/grpc-js";
 import net from "node:net";
 import type { ExecSandboxEvent } from "../core/protocol.ts";
-import { OpenShellClient } from "../core/protocol.ts";
+import { OpenShellClient, unaryCall } from "../core/protocol.ts";
 import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
 import { H2_CONNECTION_WINDOW, H2_STREAM_WINDOW } from "../gateway/server.ts";
 import {
@@ -342,10 +342,8 @@ async function latency(): Promise<void> {
   });
 }
 
-function execTrue(api: grpc.Client, sandboxId: string): Promise<number> {
-  const call = (api as unknown as {
-    ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
-  }).ExecSandbox({ sandbox_id: sandboxId, command: ["true"] });
+function execTrue(api: OpenShellClient, sandboxId: string): Promise<number> {
+  const call = api.ExecSandbox({ sandbox_id: sandboxId, command: ["true"] });
   return new Promise((resolve, reject) => {
     let exit: number | undefined;
     call.on("data", (e: ExecSandboxEvent) => {
@@ -430,17 +428,12 @@ async function ready(): Promise<void> {
           `127.0.0.1:${gw.port}`,
           grpc.credentials.createInsecure(),
         );
-        await new Promise<void>((resolve, reject) =>
-          (probe as unknown as Record<string, (r: unknown, cb: (e: unknown) => void) => void>)
-            .Health({}, (e) => e ? reject(e) : resolve())
-        );
+        await unaryCall(probe, probe.Health, {});
         const f = performance.now() - t0;
         probe.close();
 
         t0 = performance.now();
-        const { sandbox } = await api.call<{ sandbox: { id: string } }>("CreateSandbox", {
-          name: `ready-${i}`,
-        });
+        const sandbox = (await api.call(api.raw.CreateSandbox, { name: `ready-${i}` })).sandbox!;
         const t1 = performance.now();
         // Its token and host key (a driver hands them over at create): not timed.
         const byo = await byoSupervisor(gw, `ready-${i}`, { create: false });
@@ -487,7 +480,7 @@ async function memory(): Promise<void> {
   const gw = await spawnGateway({ args: ["--log-level", "info"] });
   await withResource(gatewayResource(gw), async () => {
     const api: ApiClient = apiClient(gw.port);
-    const clients: grpc.Client[] = [];
+    const clients: OpenShellClient[] = [];
     const sessions: { close(): void }[] = [];
     const sockets: net.Socket[] = [];
     try {
@@ -503,10 +496,7 @@ async function memory(): Promise<void> {
           grpc.credentials.createInsecure(),
         );
         clients.push(c);
-        await new Promise<void>((resolve) =>
-          (c as unknown as Record<string, (r: unknown, cb: (e: unknown) => void) => void>)
-            .Health({}, () => resolve())
-        );
+        await unaryCall(c, c.Health, {}).catch(() => {});
       }
       const rss1 = await settledRss(gw.pid);
 

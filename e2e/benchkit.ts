@@ -249,9 +249,7 @@ export interface RelayRig {
 /** Resolves once sandbox `id` reaches `phase` (WatchSandbox; no polling). */
 export function waitPhase(api: ApiClient, id: string, phase: string): Promise<Sandbox> {
   return new Promise((resolve, reject) => {
-    const call = (api.raw as unknown as {
-      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
-    }).WatchSandbox({ id, follow_status: true });
+    const call = api.raw.WatchSandbox({ id, follow_status: true });
     let done = false;
     call.on("data", (e: SandboxStreamEvent) => {
       if (!done && e.payload === "sandbox" && e.sandbox.phase === phase) {
@@ -271,7 +269,7 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
   const gw = await spawnGateway({ env: options.env, args: ["--log-level", "info"] });
   const api = apiClient(gw.port);
   let sup: FakeSupervisor | undefined;
-  let supClient: grpc.Client | undefined;
+  let supClient: OpenShellClient | undefined;
   try {
     // A bring-your-own supervisor: its token and host key, on the supervisor plane.
     const byo = await byoSupervisor(gw, "bench");
@@ -290,7 +288,7 @@ export async function startRelayRig(options: RelayRigOptions = {}): Promise<Rela
     await sup.accepted;
     await ready;
     const token = async () =>
-      (await api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id })).token;
+      (await api.call(api.raw.CreateSshSession, { sandbox_id: sandbox.id })).token;
     return {
       gw,
       api,

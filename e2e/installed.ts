@@ -13,16 +13,26 @@
  *    parent is the gateway); `gateway stop` then finds nothing to stop, and
  *    `deno task install --uninstall` removes the install.
  *
- * Run by `e2e/vm.ts` as its last steps, or alone: `deno run -A e2e/installed.ts`.
+ * Run by `e2e/vm.ts` as its last steps, or alone: `deno run -A e2e/installed.ts`
+ * (step 11 needs the install of step 10).
  *
  * @module
  */
+import { runCommand } from "../core/command.ts";
 import { REPO_ROOT } from "../core/launcher.ts";
 import { findProcesses, freePort, waitFor } from "../core/testing.ts";
 import { cacheRoot } from "../driver_vm/image/host.ts";
 
-/** Runs one named step (the caller times and records it). */
-export type StepRunner = (name: string, fn: () => Promise<void>) => Promise<boolean>;
+/**
+ * Runs one named step (the caller times and records it); resolves with
+ * whether it passed. A step with a `needs` entry that is not `undefined` (what
+ * is missing) is reported ignored and not run.
+ */
+export type StepRunner = (
+  name: string,
+  fn: () => Promise<void>,
+  needs?: (string | undefined)[],
+) => Promise<boolean>;
 
 interface Result {
   code: number;
@@ -38,8 +48,8 @@ function check(cond: unknown, message: string): asserts cond {
   if (!cond) throw new Error(message);
 }
 
-/** Runs both steps with `step`; returns whether both passed. */
-export async function installedSteps(step: StepRunner): Promise<boolean> {
+/** Runs both steps with `runStep`; returns whether both passed. */
+export async function installedSteps(runStep: StepRunner): Promise<boolean> {
   const base = await Deno.makeTempDir({ dir: "/tmp", prefix: "osinst" });
   // qemu's unprivileged account must pass through to the driver's state dir below it.
   await Deno.chmod(base, 0o711);
@@ -54,33 +64,21 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
     OPENSHELL_PROVISION_TIMEOUT: "240",
     NO_COLOR: "1",
   };
-  const sh = async (command: string, timeoutMs = 300_000, cwd = work): Promise<Result> => {
-    const child = new Deno.Command("/bin/sh", {
-      args: ["-c", command],
-      cwd,
-      env,
-      clearEnv: true,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, timeoutMs);
-    const out = await child.output();
-    clearTimeout(timer);
-    const dec = new TextDecoder();
-    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  };
+  const sh = (command: string, timeoutMs = 300_000, cwd = work): Promise<Result> =>
+    runCommand(["/bin/sh", "-c", command], { cwd, env, clearEnv: true, timeoutMs });
   /** Every process of this install: gateway, driver, qemu, socat. */
   const ours = async () => (await findProcesses(`${state}/`)).filter((p) => p.pid !== Deno.pid);
   const describe = (ps: { pid: number; cmdline: string }[]) =>
     ps.map((p) => `${p.pid} ${p.cmdline.slice(0, 100)}`).join("; ");
-  let ok = true;
+  /** Whether a step ran: the state dir is worth keeping only then. */
+  let ran = false;
+  const step: StepRunner = (name, fn, needs) =>
+    runStep(name, () => {
+      ran = true;
+      return fn();
+    }, needs);
 
-  ok = await step(
+  const installed = await step(
     "10. installed: deno task install, gateway start, sandbox create -- echo hi, gateway stop",
     async () => {
       const deno = Deno.execPath();
@@ -111,9 +109,9 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
       check(left.length === 0, `left after gateway stop: ${describe(left)}`);
       console.error(`    ${stop.stdout.trim()}`);
     },
-  ) && ok;
+  );
 
-  ok = await step(
+  const killed = await step(
     "11. installed: kill -9 of the gateway takes its driver and qemu along; uninstall",
     async () => {
       const start = await sh("openshell gateway start");
@@ -157,9 +155,11 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
       const gone = await sh("command -v openshell || echo gone");
       check(gone.stdout.trim() === "gone", `openshell still installed: ${show(gone)}`);
     },
-  ) && ok;
+    [installed ? undefined : "the install of step 10"],
+  );
 
-  if (ok) {
+  const ok = installed && killed;
+  if (ok || !ran) {
     await Deno.remove(base, { recursive: true }).catch(() => {});
   } else {
     const log = await Deno.readTextFile(`${state}/gateway/gateway.log`).catch(() => "(none)");
@@ -175,16 +175,18 @@ export async function installedSteps(step: StepRunner): Promise<boolean> {
 }
 
 if (import.meta.main) {
-  let failed = false;
-  const ok = await installedSteps(async (name, fn) => {
-    if (failed) return false;
+  const ok = await installedSteps(async (name, fn, needs = []) => {
+    const missing = needs.filter((n) => n !== undefined);
+    if (missing.length > 0) {
+      console.error(`  - ${name}: skipped, needs ${missing.join(", ")}`);
+      return false;
+    }
     const t0 = Date.now();
     try {
       await fn();
       console.error(`  ✓ ${name} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
       return true;
     } catch (err) {
-      failed = true;
       console.error(`  ✗ ${name}: ${(err as Error).message}`);
       return false;
     }

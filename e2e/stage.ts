@@ -3,7 +3,8 @@
  * `openshell-driver-vm` wrapper that runs the driver through `deno run` with
  * exactly its grants (`exec` keeps the pid, so the gateway stays its parent),
  * and `openshell-image-builder`, the image builder the driver runs for
- * `image build|import`, with its own grants.
+ * `image build|import`, with its own grants. (The egress proxy's wrapper is
+ * `testing/gateway.ts`'s, written by `spawnGateway({ egress: true })`.)
  *
  * @module
  */
@@ -21,6 +22,8 @@ export interface StageOptions {
   runtimeDir: string;
   /** The gateway the driver carries its guests' connections to. */
   gateway: { host: string; port: number };
+  /** The egress proxy's guest socket the gateway passes (`--egress-socket`); absent: no egress. */
+  egressSocket?: string;
   qemu?: string;
   setpriv?: string;
   /** Deno binary; default the running one. */
@@ -40,6 +43,7 @@ export function driverWrapper(options: StageOptions): string {
     qemu: options.qemu ?? "/usr/bin/qemu-system-x86_64",
     setpriv: options.setpriv ?? "/usr/bin/setpriv",
     imageBuilder: builder,
+    egressSocket: options.egressSocket,
   });
   const argv = [
     options.deno ?? Deno.execPath(),

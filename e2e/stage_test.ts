@@ -30,6 +30,10 @@ Deno.test("stage: the wrapper execs deno run with exactly the driver's grants", 
     });
     for (const f of renderFlags(grants)) assert.ok(text.includes(f), `missing ${f}`);
     assert.ok(!text.includes("--allow-all") && !text.includes(" -A "));
+    assert.ok(!text.includes("guest.sock"), "no egress socket unless given");
+    const egress = driverWrapper({ ...opts, egressSocket: `${dir}/gw/egress/guest.sock` });
+    assert.ok(egress.includes(`unix:${dir}/gw/egress/guest.sock`), "the egress socket granted");
+    assert.ok(!egress.includes("control.sock"), "not the egress proxy's control socket");
     const out = await new Deno.Command(path, {
       args: ["--version"],
       stdout: "piped",

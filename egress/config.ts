@@ -1,12 +1,16 @@
 /**
- * The egress proxy's configuration: flags, each with an `OPENSHELL_*` twin
- * (a flag wins), checked completely before anything starts. Pure:
- * arguments and an environment lookup in, a config or a one-line error out.
+ * The egress proxy's configuration: options, each with an `OPENSHELL_*`
+ * twin (an option wins), declared in one table (`core/flags.ts`; the state
+ * dir and log level shared through `core/shared_flags.ts`), checked
+ * completely before anything starts. Pure: arguments and an environment
+ * lookup in, a config or a one-line `FlagError` out.
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { type LogLevel, parseLogLevel } from "../core/log.ts";
+import { type EnvReader, type FlagTable, noPositionals, parseFlags } from "../core/flags.ts";
+import { renderHelp } from "../core/flags_help.ts";
+import type { LogLevel } from "../core/log.ts";
+import { EGRESS_STATE_DIR, egressStateDirProblem, LOG_LEVEL } from "../core/shared_flags.ts";
 
 /** Open guest connections per sandbox at most. */
 export const DEFAULT_MAX_PER_SANDBOX = 64;
@@ -21,10 +25,15 @@ export const DEFAULT_EVENTS_PER_SEC = 100;
 export interface EgressConfig {
   /** State dir: `guest.sock`, `control.sock`, grpc-js's internal socket. */
   stateDir: string;
+  /** Least severe log level written. */
   logLevel: LogLevel;
+  /** Open guest connections per sandbox at most (never more than {@link maxTotal}). */
   maxPerSandbox: number;
+  /** Open guest connections in all at most. */
   maxTotal: number;
+  /** Seconds a connection may pass no traffic either way. */
   idleSecs: number;
+  /** Connection events per sandbox per second before they are dropped (and counted). */
   eventsPerSec: number;
 }
 
@@ -34,143 +43,82 @@ export type ParsedEgressCommand =
   | { kind: "help" }
   | { kind: "version" };
 
-/** A bad flag or value. */
-export class EgressConfigError extends Error {
-  /** Creates the error with its one-line message. */
-  constructor(message: string) {
-    super(message);
-    this.name = "EgressConfigError";
-  }
-}
-
-interface Opt {
-  flag: string;
-  env?: string;
-  boolean?: boolean;
-  help: string;
-}
-
-const OPTIONS: readonly Opt[] = [
-  { flag: "state-dir", env: "OPENSHELL_EGRESS_STATE_DIR", help: "state dir (required)" },
-  { flag: "log-level", env: "OPENSHELL_LOG_LEVEL", help: "error, warn, info (default), debug" },
-  {
-    flag: "max-connections-per-sandbox",
-    env: "OPENSHELL_EGRESS_MAX_CONNECTIONS_PER_SANDBOX",
-    help: `open guest connections per sandbox (default ${DEFAULT_MAX_PER_SANDBOX})`,
+/** Every option of the egress proxy (state dir and log level shared with the gateway). */
+export const EGRESS_FLAGS = {
+  "state-dir": {
+    ...EGRESS_STATE_DIR,
+    required: true,
+    check: (dir: string | number) => egressStateDirProblem(String(dir)),
   },
-  {
-    flag: "max-connections",
+  "log-level": LOG_LEVEL,
+  "max-connections": {
+    kind: "int",
     env: "OPENSHELL_EGRESS_MAX_CONNECTIONS",
-    help: `open guest connections in all (default ${DEFAULT_MAX_TOTAL})`,
+    min: 1,
+    max: 65536,
+    default: DEFAULT_MAX_TOTAL,
+    help: "Open guest connections in all at most",
   },
-  {
-    flag: "idle-timeout-secs",
+  "max-connections-per-sandbox": {
+    kind: "int",
+    env: "OPENSHELL_EGRESS_MAX_CONNECTIONS_PER_SANDBOX",
+    min: 1,
+    max: 65536,
+    default: DEFAULT_MAX_PER_SANDBOX,
+    help: "Open guest connections per sandbox at most (never more than --max-connections)",
+  },
+  "idle-timeout-secs": {
+    kind: "duration",
     env: "OPENSHELL_EGRESS_IDLE_TIMEOUT_SECS",
-    help: `close a connection idle this long (default ${DEFAULT_IDLE_SECS})`,
+    min: 1,
+    max: 86400,
+    default: DEFAULT_IDLE_SECS,
+    help: "Close a connection that passed no traffic either way for this long",
   },
-  {
-    flag: "events-per-sec",
+  "events-per-sec": {
+    kind: "int",
     env: "OPENSHELL_EGRESS_EVENTS_PER_SEC",
-    help: `connection events per sandbox per second (default ${DEFAULT_EVENTS_PER_SEC})`,
+    min: 1,
+    max: 100000,
+    default: DEFAULT_EVENTS_PER_SEC,
+    help: "Connection events per sandbox per second; the rest are dropped and counted",
   },
-  { flag: "help", boolean: true, help: "print this help" },
-  { flag: "version", boolean: true, help: "print the version" },
-];
+  version: { kind: "bool", action: true, help: "Print the version" },
+} satisfies FlagTable;
 
 /** The `--help` text. */
 export function egressUsage(): string {
-  return [
-    "openshell-egress: the sandboxes' egress proxy (HTTP CONNECT/forward proxy and DNS over TCP),",
-    "enforcing each sandbox's network policy. The gateway starts it; the VM driver carries",
-    "guest connections to <state-dir>/guest.sock and the gateway controls it over",
-    "<state-dir>/control.sock (openshell.egress.v1.EgressProxy).",
-    "",
-    "Usage: openshell-egress --state-dir DIR [options]",
-    "",
-    ...OPTIONS.map((o) => {
-      const name = o.boolean ? `--${o.flag}` : `--${o.flag} VALUE`;
-      return `  ${name.padEnd(40)}${o.help}${o.env ? ` [${o.env}]` : ""}`;
-    }),
-  ].join("\n");
+  return renderHelp({
+    about: "openshell-egress: the sandboxes' egress proxy (HTTP CONNECT/forward proxy and DNS " +
+      "over TCP), enforcing each sandbox's network policy. The gateway starts it; the VM driver " +
+      "carries guest connections to <state-dir>/guest.sock and the gateway controls it over " +
+      "<state-dir>/control.sock (openshell.egress.v1.EgressProxy).",
+    usage: "openshell-egress --state-dir DIR [OPTIONS]",
+    sections: [{ title: "Options", flags: EGRESS_FLAGS, help: true }],
+  });
 }
 
-/** Longest state dir: its sockets must fit a Unix socket path (103 bytes). */
-export const MAX_STATE_DIR_BYTES = 103 - "/control.sock".length;
-
-function integer(what: string, value: string, min: number, max: number): number {
-  if (!/^\d{1,9}$/.test(value.trim())) {
-    throw new EgressConfigError(`${what} must be a whole number, not "${value}"`);
-  }
-  const n = Number(value.trim());
-  if (n < min || n > max) throw new EgressConfigError(`${what} must be ${min}..${max}, not ${n}`);
-  return n;
-}
-
-/** Parses flags and their environment twins. */
-export function parseEgressConfig(
-  args: readonly string[],
-  env: (name: string) => string | undefined,
-): ParsedEgressCommand {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({
-      args: [...args],
-      strict: true,
-      allowPositionals: false,
-      options: Object.fromEntries(
-        OPTIONS.map((o) => [o.flag, { type: o.boolean ? "boolean" : "string" }] as const),
-      ),
-    }).values as Record<string, string | boolean | undefined>;
-  } catch (err) {
-    throw new EgressConfigError(`${(err as Error).message} (see --help)`);
-  }
-  if (values.help) return { kind: "help" };
-  if (values.version) return { kind: "version" };
-  const get = (flag: string): { what: string; value: string } | undefined => {
-    const opt = OPTIONS.find((o) => o.flag === flag)!;
-    const v = values[flag];
-    if (typeof v === "string") return { what: `--${flag}`, value: v };
-    const e = opt.env ? env(opt.env) : undefined;
-    return e !== undefined && e !== "" ? { what: opt.env!, value: e } : undefined;
-  };
-  const state = get("state-dir");
-  if (!state) throw new EgressConfigError("--state-dir is required (see --help)");
-  if (!state.value.startsWith("/")) {
-    throw new EgressConfigError(`${state.what} must be an absolute path: "${state.value}"`);
-  }
-  if (/[\0\n\r,]/.test(state.value)) {
-    throw new EgressConfigError(`${state.what} must not contain commas or control characters`);
-  }
-  const stateDir = state.value.length > 1 ? state.value.replace(/\/+$/, "") : state.value;
-  if (new TextEncoder().encode(stateDir).length > MAX_STATE_DIR_BYTES) {
-    throw new EgressConfigError(
-      `${state.what} is too long for its Unix sockets (at most ${MAX_STATE_DIR_BYTES} bytes)`,
-    );
-  }
-  const num = (flag: string, def: number, min: number, max: number) => {
-    const v = get(flag);
-    return v ? integer(v.what, v.value, min, max) : def;
-  };
-  let logLevel: LogLevel = "info";
-  const level = get("log-level");
-  if (level) {
-    try {
-      logLevel = parseLogLevel(level.value);
-    } catch (err) {
-      throw new EgressConfigError(`${level.what}: ${(err as Error).message}`);
-    }
-  }
-  const maxTotal = num("max-connections", DEFAULT_MAX_TOTAL, 1, 65536);
-  const maxPerSandbox = num("max-connections-per-sandbox", DEFAULT_MAX_PER_SANDBOX, 1, 65536);
+/**
+ * Parses the egress proxy's arguments and environment (an option wins over
+ * its environment twin). Throws `FlagError` with a one-line message for
+ * anything missing or malformed.
+ */
+export function parseEgressConfig(args: readonly string[], env: EnvReader): ParsedEgressCommand {
+  const parsed = parseFlags(EGRESS_FLAGS, args, env);
+  if (parsed.help) return { kind: "help" };
+  if (parsed.values.version) return { kind: "version" };
+  noPositionals(parsed.positionals);
+  const v = parsed.values;
+  const maxTotal = v["max-connections"];
   return {
     kind: "run",
     config: {
-      stateDir,
-      logLevel,
+      stateDir: v["state-dir"],
+      logLevel: v["log-level"] as LogLevel,
       maxTotal,
-      maxPerSandbox: Math.min(maxPerSandbox, maxTotal),
-      idleSecs: num("idle-timeout-secs", DEFAULT_IDLE_SECS, 1, 86400),
-      eventsPerSec: num("events-per-sec", DEFAULT_EVENTS_PER_SEC, 1, 100000),
+      maxPerSandbox: Math.min(v["max-connections-per-sandbox"], maxTotal),
+      idleSecs: v["idle-timeout-secs"],
+      eventsPerSec: v["events-per-sec"],
     },
   };
 }

@@ -11,8 +11,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { GrpcFront, MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
-import type { SandboxPolicy } from "../core/policy.ts";
-import { EgressProxyClient } from "../core/protocol.ts";
+import { EgressProxyClient, type EgressProxyHandlers } from "../core/protocol.ts";
 import { Code, hasStatusCode, StatusError } from "../core/status.ts";
 import type { EventHub, Subscription } from "./events.ts";
 import type { PolicyTable } from "./policies.ts";
@@ -31,16 +30,15 @@ export interface ControlDeps {
   log: Logger;
 }
 
-type UnaryHandler = (
-  call: grpc.ServerUnaryCall<unknown, unknown>,
-  cb: grpc.sendUnaryData<unknown>,
-) => void;
-
-function unary<Req>(log: Logger, method: string, fn: (req: Req) => unknown): UnaryHandler {
+function unary<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (req: Req) => Res | Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
   return (call, cb) => {
     Promise.resolve()
-      .then(() => fn(call.request as Req))
-      .then((res) => cb(null, res as object))
+      .then(() => fn(call.request))
+      .then((res) => cb(null, res))
       .catch((err) => {
         const code = hasStatusCode(err) ? err.code : Code.INTERNAL;
         if (code === Code.INTERNAL || code === Code.UNKNOWN) {
@@ -54,24 +52,20 @@ function unary<Req>(log: Logger, method: string, fn: (req: Req) => unknown): Una
 }
 
 /** The service implementation. */
-export function egressHandlers(deps: ControlDeps): grpc.UntypedServiceImplementation {
+export function egressHandlers(deps: ControlDeps): EgressProxyHandlers {
   const { policies, events, log } = deps;
   return {
-    ApplyPolicy: unary(
-      log,
-      "ApplyPolicy",
-      (req: { sandbox_id?: string; version?: number; policy?: SandboxPolicy | null }) => {
-        const id = req.sandbox_id ?? "";
-        const applied = policies.apply(id, req.version ?? 0, req.policy);
-        log.info("policy applied", {
-          sandbox_id: id,
-          version: applied.version,
-          rules: Object.keys(applied.policy.network_policies ?? {}).length,
-        });
-        return { loaded_version: applied.version, loaded_at_ms: applied.loadedAtMs };
-      },
-    ),
-    RemoveSandbox: unary(log, "RemoveSandbox", (req: { sandbox_id?: string }) => {
+    ApplyPolicy: unary(log, "ApplyPolicy", (req) => {
+      const id = req.sandbox_id ?? "";
+      const applied = policies.apply(id, req.version ?? 0, req.policy);
+      log.info("policy applied", {
+        sandbox_id: id,
+        version: applied.version,
+        rules: Object.keys(applied.policy.network_policies ?? {}).length,
+      });
+      return { loaded_version: applied.version, loaded_at_ms: applied.loadedAtMs };
+    }),
+    RemoveSandbox: unary(log, "RemoveSandbox", (req) => {
       const id = req.sandbox_id ?? "";
       const known = policies.remove(id);
       events.forget(id);
@@ -80,7 +74,7 @@ export function egressHandlers(deps: ControlDeps): grpc.UntypedServiceImplementa
       return {};
     }),
     ListPolicies: unary(log, "ListPolicies", () => ({ policies: policies.list() })),
-    WatchEvents: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+    WatchEvents: (call) => {
       let done = false;
       const stop = () => {
         if (done) return;

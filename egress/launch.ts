@@ -5,16 +5,17 @@
  * @module
  */
 import { egressGrants, PRODUCTION_PARAMS } from "../core/grants.ts";
+import { denoEnv, FlagError } from "../core/flags.ts";
 import { launchRole, stripTaskSeparator } from "../core/launcher.ts";
-import { EgressConfigError, parseEgressConfig } from "./config.ts";
+import { parseEgressConfig } from "./config.ts";
 
 const args = stripTaskSeparator(Deno.args);
 let params = PRODUCTION_PARAMS.egress;
 try {
-  const parsed = parseEgressConfig(args, (n) => Deno.env.get(n));
+  const parsed = parseEgressConfig(args, denoEnv);
   if (parsed.kind === "run") params = { stateDir: parsed.config.stateDir };
 } catch (err) {
-  if (!(err instanceof EgressConfigError)) throw err;
+  if (!(err instanceof FlagError)) throw err;
   console.error(`openshell-egress: ${err.message}`);
   Deno.exit(2);
 }

@@ -9,11 +9,12 @@
  *
  * @module
  */
+import { denoEnv, FlagError } from "../core/flags.ts";
 import { stripTaskSeparator } from "../core/launcher.ts";
 import { errorMessage, Logger } from "../core/log.ts";
 import { UnsafePathError } from "../core/secure_fs.ts";
 import { VERSION } from "../core/version.ts";
-import { type EgressConfig, EgressConfigError, egressUsage, parseEgressConfig } from "./config.ts";
+import { type EgressConfig, egressUsage, parseEgressConfig } from "./config.ts";
 import { startEgress } from "./server.ts";
 
 /** How often the parent process is checked. */
@@ -38,7 +39,7 @@ export function checkInterfacesGrant(): void {
 export async function main(args: readonly string[]): Promise<number> {
   let config: EgressConfig;
   try {
-    const parsed = parseEgressConfig(stripTaskSeparator(args), (n) => Deno.env.get(n));
+    const parsed = parseEgressConfig(stripTaskSeparator(args), denoEnv);
     if (parsed.kind === "help") {
       console.log(egressUsage());
       return 0;
@@ -49,7 +50,7 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     config = parsed.config;
   } catch (err) {
-    if (err instanceof EgressConfigError) {
+    if (err instanceof FlagError) {
       console.error(`openshell-egress: ${err.message}`);
       return 2;
     }

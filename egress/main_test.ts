@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { egressGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
-import { EgressProxyClient } from "../core/protocol.ts";
+import { EgressProxyClient, unaryCall } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { netnsUnavailable, startNetnsServer } from "../testing/netns.ts";
 import { deniedBody } from "./http_proxy.ts";
@@ -31,15 +31,6 @@ function spawnEgress(stateDir: string, extra: string[] = []): Deno.ChildProcess 
   }).spawn();
 }
 
-function unary<T>(client: grpc.Client, method: string, req: unknown): Promise<T> {
-  return new Promise((resolve, reject) => {
-    (client as unknown as Record<string, CallableFunction>)[method](
-      req,
-      (err: Error | null, res: T) => err ? reject(err) : resolve(res),
-    );
-  });
-}
-
 Deno.test({
   name: "the egress process under its grants: policy over control.sock, CONNECT, 403, SIGTERM",
   ignore: !!netnsUnavailable(),
@@ -49,16 +40,20 @@ Deno.test({
     const srv = await startNetnsServer();
     const child = spawnEgress(state);
     const stderr = new Response(child.stderr).text();
-    let client: grpc.Client | undefined;
+    let client: EgressProxyClient | undefined;
     try {
       client = new EgressProxyClient(
         `unix:${state}/control.sock`,
         grpc.credentials.createInsecure(),
       );
-      await waitFor("the control socket answers", () => unary(client!, "ListPolicies", {}), {
-        ignoreErrors: true,
-      });
-      const res = await unary<{ loaded_version: number }>(client, "ApplyPolicy", {
+      await waitFor(
+        "the control socket answers",
+        () => unaryCall(client!, client!.ListPolicies, {}),
+        {
+          ignoreErrors: true,
+        },
+      );
+      const res = await unaryCall(client, client.ApplyPolicy, {
         sandbox_id: "sb-main",
         version: 3,
         policy: {
@@ -74,11 +69,7 @@ Deno.test({
         },
       });
       assert.equal(res.loaded_version, 3);
-      const list = await unary<{ policies: { sandbox_id: string; version: number }[] }>(
-        client,
-        "ListPolicies",
-        {},
-      );
+      const list = await unaryCall(client, client.ListPolicies, {});
       assert.deepEqual(list.policies.map((p) => [p.sandbox_id, p.version]), [["sb-main", 3]]);
 
       const c = await openGuest(`${state}/guest.sock`, "sb-main", "http");
@@ -104,7 +95,7 @@ Deno.test({
 
       // An invalid policy is refused naming the field; the old one stays.
       await assert.rejects(
-        unary(client, "ApplyPolicy", {
+        unaryCall(client, client.ApplyPolicy, {
           sandbox_id: "sb-main",
           version: 4,
           policy: { network_policies: { x: { endpoints: [{ host: "a.*.com", port: 1 }] } } },
@@ -145,10 +136,14 @@ Deno.test("the egress process: --help, and a missing --state-dir is one line and
     };
     const help = await run(["--help"]);
     assert.equal(help.code, 0);
-    assert.match(help.stdout, /--state-dir VALUE/);
+    assert.match(help.stdout, /^openshell-egress: /);
+    assert.match(help.stdout, /--state-dir DIR .*\n.*\[required; env OPENSHELL_EGRESS_STATE_DIR\]/);
     const missing = await run([]);
     assert.equal(missing.code, 2);
-    assert.equal(missing.stderr, "openshell-egress: --state-dir is required (see --help)\n");
+    assert.equal(
+      missing.stderr,
+      "openshell-egress: --state-dir (or OPENSHELL_EGRESS_STATE_DIR) is required\n",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

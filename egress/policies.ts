@@ -5,9 +5,9 @@
  *
  * @module
  */
-import { type SandboxPolicy, validatePolicy } from "../core/policy.ts";
+import { validatePolicy } from "../core/policy.ts";
 import { Code, StatusError } from "../core/status.ts";
-import type { AppliedPolicy } from "../core/protocol.ts";
+import type { AppliedPolicy, SandboxPolicy, Wire } from "../core/protocol.ts";
 
 /** Most sandboxes with a policy at once. */
 export const MAX_SANDBOXES = 4096;
@@ -18,7 +18,7 @@ export const SANDBOX_ID_RE: RegExp = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 /** One sandbox's enforced policy. */
 export interface Applied {
   version: number;
-  policy: SandboxPolicy;
+  policy: Wire<SandboxPolicy>;
   loadedAtMs: number;
 }
 
@@ -39,7 +39,11 @@ export class PolicyTable {
    * it cannot be enforced or the id is malformed; FAILED_PRECONDITION for a
    * version older than the loaded one; RESOURCE_EXHAUSTED past the cap.
    */
-  apply(sandboxId: string, version: number, policy: SandboxPolicy | null | undefined): Applied {
+  apply(
+    sandboxId: string,
+    version: number,
+    policy: Wire<SandboxPolicy> | null | undefined,
+  ): Applied {
     if (!SANDBOX_ID_RE.test(sandboxId)) {
       throw new StatusError(
         Code.INVALID_ARGUMENT,

@@ -188,7 +188,7 @@ Deno.test("RemoveSandbox closes the sandbox's open connections and forgets its p
       "both connections open",
       () => eg.guest.openFor("sb1") === 1 && eg.guest.openFor("sb2") === 1,
     );
-    await eg.call("RemoveSandbox", { sandbox_id: "sb1" });
+    await eg.call(eg.client.RemoveSandbox, { sandbox_id: "sb1" });
     assert.equal(await closedByPeer(a), true);
     assert.equal(eg.policies.get("sb1"), undefined);
     assert.equal(eg.guest.openFor("sb2"), 1);
@@ -375,10 +375,7 @@ Deno.test({
           eg.apply("sb1", 1, {}),
           /FAILED_PRECONDITION.*older than the loaded version 2/,
         );
-        const list = await eg.call<{ policies: { sandbox_id: string; version: number }[] }>(
-          "ListPolicies",
-          {},
-        );
+        const list = await eg.call(eg.client.ListPolicies, {});
         assert.deepEqual(list.policies.map((p) => [p.sandbox_id, p.version]), [["sb1", 2]]);
       } finally {
         await eg.stop();

@@ -7,8 +7,14 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Logger } from "../core/log.ts";
-import type { SandboxPolicy } from "../core/policy.ts";
-import { type EgressEvent, EgressProxyClient } from "../core/protocol.ts";
+import {
+  type EgressEvent,
+  EgressProxyClient,
+  type SandboxPolicy,
+  unaryCall,
+  type UnaryMethod,
+  type Wire,
+} from "../core/protocol.ts";
 import { type Egress, type EgressOptions, startEgress } from "./server.ts";
 import { ResolveError } from "./resolve.ts";
 
@@ -30,11 +36,11 @@ export function tableResolver(
 export interface TestEgress extends Egress {
   dir: string;
   lines: string[];
-  client: grpc.Client & Record<string, CallableFunction>;
+  client: EgressProxyClient;
   /** ApplyPolicy over the control socket. */
-  apply(sandboxId: string, version: number, policy: SandboxPolicy): Promise<unknown>;
-  /** A unary call over the control socket. */
-  call<T>(method: string, req: unknown): Promise<T>;
+  apply(sandboxId: string, version: number, policy: Wire<SandboxPolicy>): Promise<unknown>;
+  /** A unary call of {@link client}, e.g. `eg.call(eg.client.RemoveSandbox, {...})`. */
+  call<Req, Res>(method: UnaryMethod<Req, Res>, req: NoInfer<Req>): Promise<Res>;
   /** Stops everything and removes the dir. */
   stop(): Promise<void>;
 }
@@ -55,18 +61,15 @@ export async function startTestEgress(
   const client = new EgressProxyClient(
     `unix:${egress.controlSocket}`,
     grpc.credentials.createInsecure(),
-  ) as unknown as grpc.Client & Record<string, CallableFunction>;
-  const call = <T>(method: string, req: unknown) =>
-    new Promise<T>((resolve, reject) => {
-      client[method](req, (err: Error | null, res: T) => err ? reject(err) : resolve(res));
-    });
+  );
   return {
     ...egress,
     dir,
     lines,
     client,
-    call,
-    apply: (sandbox_id, version, policy) => call("ApplyPolicy", { sandbox_id, version, policy }),
+    call: (method, req) => unaryCall(client, method, req),
+    apply: (sandbox_id, version, policy) =>
+      unaryCall(client, client.ApplyPolicy, { sandbox_id, version, policy }),
     async stop() {
       client.close();
       await egress.close();
@@ -84,10 +87,8 @@ export interface EventWatch {
 }
 
 /** Opens WatchEvents; resolves once the proxy has the watch in place. */
-export async function watchEvents(
-  client: grpc.Client & Record<string, CallableFunction>,
-): Promise<EventWatch> {
-  const stream = client.WatchEvents({}) as grpc.ClientReadableStream<EgressEvent>;
+export async function watchEvents(client: EgressProxyClient): Promise<EventWatch> {
+  const stream = client.WatchEvents({});
   const events: EgressEvent[] = [];
   const waiters: { pred: (e: EgressEvent) => boolean; resolve: (e: EgressEvent) => void }[] = [];
   stream.on("data", (e: EgressEvent) => {

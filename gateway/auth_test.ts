@@ -18,8 +18,6 @@ import { writeHostDriverDir } from "../testing/host_driver.ts";
 import { ensureSandboxUser, gatewayApi } from "../testing/supervisor.ts";
 import { connectFakeSupervisor, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 
-type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
-
 /** One unary call with the given credentials; resolves with its status code (0 = OK). */
 function callCode(
   port: number,
@@ -32,17 +30,21 @@ function callCode(
     `127.0.0.1:${port}`,
     secure?.credentials ?? grpc.credentials.createInsecure(),
     secure?.options ?? {},
-  ) as unknown as grpc.Client & Record<string, Unary>;
+  );
+  // By name, through the service definition (tests loop over method names).
+  const def = OpenShellClient.service[method];
   return new Promise((resolve) => {
-    client[method].call(
-      client,
+    client.makeUnaryRequest(
+      def.path,
+      def.requestSerialize,
+      def.responseDeserialize,
       request,
       (err: grpc.ServiceError | null) => {
         client.close();
         resolve({ code: err?.code ?? 0, details: err?.details ?? "" });
       },
     );
-  }).then((r) => r as { code: number; details: string });
+  });
 }
 
 /**

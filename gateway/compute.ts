@@ -781,77 +781,21 @@ export class ComputeRuntime {
     const total = await this.#store.countSandboxes();
     const records = await this.#store.listSandboxes({ limit: total + 1, offset: 0 });
     const stored = new Set(records.map((r) => r.sandbox.id));
-    const byId = new Map(known.map((d) => [d.id, d]));
-    let orphans = 0;
+    const present = new Set(known.map((d) => d.id));
+    const orphans = await this.#removeUnknown(driver, known.filter((d) => !stored.has(d.id)));
     let started = 0;
     let failed = 0;
-    for (const d of known) {
-      if (stored.has(d.id)) continue;
-      try {
-        await driver.delete(d.id, d.name);
-        orphans++;
-        this.#log.info("removed a sandbox the gateway's store does not know", {
-          sandbox: d.id,
-          name: d.name,
-        });
-      } catch (err) {
-        this.#log.warn("cannot remove a sandbox the store does not know", {
-          sandbox: d.id,
-          error: errorMessage(err),
-        });
-      }
-    }
     for (const r of records) {
       if (this.#stopped) return;
-      const { id, name, phase } = r.sandbox;
-      const present = byId.has(id);
-      const lostMessage = "the compute driver has no state (disk) for this sandbox after the " +
-        `gateway restarted; delete it with \`openshell sandbox delete ${name}\` and create it again`;
       try {
-        if (phase === "SANDBOX_PHASE_DELETING") {
-          // A delete the gateway did not finish before it went down.
-          if (present) await driver.delete(id, name);
-          this.#registry.endSession(id);
-          await this.#store.deleteSandbox(id);
-          this.#forget(id);
-          this.#log.info("finished deleting a sandbox", { sandbox: id, name });
-        } else if (phase === "SANDBOX_PHASE_ERROR") {
-          // Left alone: `sandbox start` retries it, `sandbox delete` removes it.
-        } else if (!present) {
-          await this.#markError(id, "DriverLost", lostMessage);
-          failed++;
-        } else if (phase === "SANDBOX_PHASE_STOPPING") {
-          await this.#locked(id, async () => {
-            await driver.stop(id, name);
-            await this.#transition(
-              id,
-              {
-                phase: "SANDBOX_PHASE_STOPPED",
-                reason: REASON_STOPPED,
-                message: `stopped; its disk is kept (\`openshell sandbox start ${name}\` boots ` +
-                  "it again)",
-              },
-              (p) => p === "SANDBOX_PHASE_STOPPING",
-            );
-          });
-        } else if (shouldRun(phase)) {
-          await this.#locked(id, () =>
-            this.#startCompute(
-              driver,
-              r.sandbox,
-              "the gateway restarted; starting the VM again",
-              true,
-              (message) =>
-                `the VM could not be started again after the gateway restarted: ${message}; ` +
-                `try \`openshell sandbox start ${name}\`, or delete it`,
-            ));
-          started++;
-        }
+        const outcome = await this.#resumeOne(driver, r.sandbox, present.has(r.sandbox.id));
+        if (outcome === "started") started++;
+        if (outcome === "lost") failed++;
       } catch (err) {
         failed++;
         this.#log.warn("resume: a sandbox did not come back", {
-          sandbox: id,
-          name,
+          sandbox: r.sandbox.id,
+          name: r.sandbox.name,
           error: errorMessage(err),
         });
       }
@@ -863,6 +807,88 @@ export class ComputeRuntime {
         removed_unknown: orphans,
       });
     }
+  }
+
+  /** Deletes the driver's sandboxes that the store does not know; returns how many went. */
+  async #removeUnknown(driver: ComputeDriver, unknown: readonly DriverSandbox[]): Promise<number> {
+    let removed = 0;
+    for (const d of unknown) {
+      try {
+        await driver.delete(d.id, d.name);
+        removed++;
+        this.#log.info("removed a sandbox the gateway's store does not know", {
+          sandbox: d.id,
+          name: d.name,
+        });
+      } catch (err) {
+        this.#log.warn("cannot remove a sandbox the store does not know", {
+          sandbox: d.id,
+          error: errorMessage(err),
+        });
+      }
+    }
+    return removed;
+  }
+
+  /**
+   * Brings one stored sandbox in line after a restart: finishes a delete
+   * or a stop, starts the VM of one that should run, marks one the driver
+   * (`present`: whether it knows it) lost as ERROR; leaves an ERROR one
+   * alone (`sandbox start` retries it, `sandbox delete` removes it).
+   */
+  async #resumeOne(
+    driver: ComputeDriver,
+    sandbox: Sandbox,
+    present: boolean,
+  ): Promise<"started" | "lost" | "done"> {
+    const { id, name, phase } = sandbox;
+    if (phase === "SANDBOX_PHASE_DELETING") {
+      // A delete the gateway did not finish before it went down.
+      if (present) await driver.delete(id, name);
+      this.#registry.endSession(id);
+      await this.#store.deleteSandbox(id);
+      this.#forget(id);
+      this.#log.info("finished deleting a sandbox", { sandbox: id, name });
+      return "done";
+    }
+    if (phase === "SANDBOX_PHASE_ERROR") return "done";
+    if (!present) {
+      await this.#markError(
+        id,
+        "DriverLost",
+        "the compute driver has no state (disk) for this sandbox after the gateway restarted; " +
+          `delete it with \`openshell sandbox delete ${name}\` and create it again`,
+      );
+      return "lost";
+    }
+    if (phase === "SANDBOX_PHASE_STOPPING") {
+      await this.#locked(id, async () => {
+        await driver.stop(id, name);
+        await this.#transition(
+          id,
+          {
+            phase: "SANDBOX_PHASE_STOPPED",
+            reason: REASON_STOPPED,
+            message: `stopped; its disk is kept (\`openshell sandbox start ${name}\` boots ` +
+              "it again)",
+          },
+          (p) => p === "SANDBOX_PHASE_STOPPING",
+        );
+      });
+      return "done";
+    }
+    if (!shouldRun(phase)) return "done";
+    await this.#locked(id, () =>
+      this.#startCompute(
+        driver,
+        sandbox,
+        "the gateway restarted; starting the VM again",
+        true,
+        (message) =>
+          `the VM could not be started again after the gateway restarted: ${message}; ` +
+          `try \`openshell sandbox start ${name}\`, or delete it`,
+      ));
+    return "started";
   }
 
   /** Compares the store with the driver's list; sandboxes the driver lost become ERROR. */
@@ -977,7 +1003,7 @@ export class ComputeRuntime {
       event: (e) => {
         switch (e.payload) {
           case "sandbox":
-            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox));
+            this.#enqueue(() => this.#applySnapshot(e.sandbox.sandbox!));
             break;
           case "deleted":
             this.#enqueue(async () => {
@@ -992,7 +1018,7 @@ export class ComputeRuntime {
             });
             break;
           case "platform_event":
-            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event);
+            this.#onPlatformEvent(e.platform_event.sandbox_id, e.platform_event.event!);
             break;
         }
       },

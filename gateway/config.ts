@@ -17,6 +17,8 @@ import { renderHelp } from "../core/flags_help.ts";
 import type { GatewayGrantParams } from "../core/grants.ts";
 import type { LogFormat, LogLevel } from "../core/log.ts";
 import {
+  EGRESS_STATE_DIR,
+  egressStateDirProblem,
   GRPC_ENDPOINT,
   LOG_FORMAT,
   LOG_LEVEL,
@@ -283,9 +285,7 @@ export const GATEWAY_FLAGS = {
       "network at all; default: on with --drivers vm, off with --drivers none)",
   },
   "egress-state-dir": {
-    kind: "path",
-    env: "OPENSHELL_EGRESS_STATE_DIR",
-    value: "DIR",
+    ...EGRESS_STATE_DIR,
     help: "State dir of the egress proxy: its sockets (default <state-dir>/egress)",
   },
 } satisfies FlagTable;
@@ -423,6 +423,11 @@ function validate(c: GatewayConfig): void {
         `--${flag} is too long for a Unix socket path (${path} exceeds ${MAX_UNIX_SOCKET_PATH} bytes); use a shorter directory`,
       );
     }
+  }
+  if (c.egress) {
+    // The proxy's own rule, also for the default <state-dir>/egress: it would refuse it later.
+    const problem = egressStateDirProblem(c.egressStateDir);
+    if (problem) throw new FlagError(`--egress-state-dir ${problem}`);
   }
 }
 

@@ -407,6 +407,15 @@ Deno.test("--egress: on with --drivers vm, off with none; --no-egress and OPENSH
     () => parse([...PLAIN, "--egress-state-dir", `/${"e".repeat(100)}`]),
     /--egress-state-dir is too long for a Unix socket path/,
   );
+  // The proxy's own rule, also for the default <state-dir>/egress.
+  assert.throws(
+    () => parse([...PLAIN, "--egress-state-dir", "/e,f"]),
+    /^FlagError: --egress-state-dir must not contain commas/,
+  );
+  assert.throws(
+    () => parse([...PLAIN, "--state-dir", `/${"s".repeat(83)}`]),
+    /^FlagError: --egress-state-dir is too long for a Unix socket path \(\/s+\/egress\/control\.sock/,
+  );
   // Off: no egress socket length check, no grants.
   const off = parse([...PLAIN, "--no-egress", "--egress-state-dir", `/${"e".repeat(100)}`]);
   const grants = gatewayGrants(gatewayGrantParams(off));

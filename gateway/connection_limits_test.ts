@@ -15,7 +15,6 @@ import http2 from "node:http2";
 import net from "node:net";
 import { H2_PREFACE } from "../core/goaway_filter.ts";
 import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
-import type { Sandbox } from "../core/protocol.ts";
 import { waitFor } from "../core/testing.ts";
 import { DEFAULT_MAX_CONNECTIONS } from "./listener.ts";
 import { apiClient, byoSupervisor, type FakeSupervisor, spawnGateway } from "../testing/gateway.ts";
@@ -60,7 +59,7 @@ Deno.test(`${FLOOD} idle HTTP/2 connections are capped and a normal client is st
   const flood: Idle[] = [];
   try {
     assert.equal(
-      (await api.call<{ status: string }>("Health", {})).status,
+      (await api.call(api.raw.Health, {})).status,
       "SERVICE_STATUS_HEALTHY",
     );
     api.close();
@@ -88,7 +87,7 @@ Deno.test(`${FLOOD} idle HTTP/2 connections are capped and a normal client is st
     const t1 = performance.now();
     const normal = apiClient(gw.port);
     try {
-      const h = await normal.call<{ status: string }>("Health", {});
+      const h = await normal.call(normal.raw.Health, {});
       assert.equal(h.status, "SERVICE_STATUS_HEALTHY");
     } finally {
       normal.close();
@@ -127,7 +126,7 @@ Deno.test("idle connections are closed; a supervisor session stays, a client's n
     sup.ended.then(() => ended = true);
     const channel = api.raw.getChannel();
     for (let round = 1; round <= 3; round++) {
-      const h = await api.call<{ status: string }>("Health", {});
+      const h = await api.call(api.raw.Health, {});
       assert.equal(h.status, "SERVICE_STATUS_HEALTHY", `round ${round}`);
       assert.equal(channel.getConnectivityState(false), grpc.connectivityState.READY);
       // No stream for a second: the gateway closes the connection (no GOAWAY).
@@ -139,7 +138,7 @@ Deno.test("idle connections are closed; a supervisor session stays, a client's n
     }
     assert.equal(ended, false, "the supervisor session outlived three idle timeouts");
     sup.heartbeat();
-    const got = (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name: "idle" })).sandbox;
+    const got = (await api.call(api.raw.GetSandbox, { name: "idle" })).sandbox!;
     assert.equal(got.phase, "SANDBOX_PHASE_READY");
     assert.equal(gw.stderr().match(/supervisor session accepted/g)?.length, 1, "no reconnect");
     assert.equal(gw.stderr().includes("supervisor session ended"), false);

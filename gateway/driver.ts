@@ -8,12 +8,16 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../core/log.ts";
 import {
+  type BuildImageRequest,
   ComputeDriverClient,
+  type DriverGetCapabilitiesResponse,
+  type DriverImageProgress,
+  type DriverImportImageChunk,
   type DriverSandbox,
-  type GetCapabilitiesResponse,
+  type DriverWatchSandboxesEvent,
   type Image,
-  type ImageProgress,
-  type WatchSandboxesEvent,
+  unaryCall,
+  type UnaryMethod,
   type Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -22,14 +26,14 @@ import { passChildLine, removeSocket, spawnChild, waitUntilAnswering } from "./c
 /** Handlers of {@link ComputeDriver.watch}. */
 export interface WatchHandlers {
   /** One event from the driver. */
-  event(event: WatchSandboxesEvent): void;
+  event(event: DriverWatchSandboxesEvent): void;
   /** The stream ended (with the error, if any). */
   end(err?: Error): void;
 }
 
 /** What the compute runtime needs from a driver. */
 export interface ComputeDriver {
-  capabilities(): Promise<GetCapabilitiesResponse>;
+  capabilities(): Promise<DriverGetCapabilitiesResponse>;
   validateCreate(sandbox: Wire<DriverSandbox>): Promise<void>;
   create(sandbox: Wire<DriverSandbox>): Promise<void>;
   /** True when the driver deleted something. */
@@ -45,7 +49,7 @@ export interface ComputeDriver {
   listImages?(): Promise<Image[]>;
   /** Builds an image, `onLine` getting its progress; resolves with the image. */
   buildImage?(
-    req: { name: string; packages: string[]; script: string },
+    req: BuildImageRequest,
     onLine: (line: string) => void,
   ): Promise<Image>;
   /** Imports a root file system tarball of `sizeBytes` bytes. */
@@ -59,16 +63,9 @@ export interface ComputeDriver {
   close(): Promise<void>;
 }
 
-type Unary = (
-  req: unknown,
-  meta: grpc.Metadata,
-  opts: grpc.CallOptions,
-  cb: grpc.requestCallback<unknown>,
-) => void;
-
 /** A {@link ComputeDriver} over a grpc-js client of the ComputeDriver service. */
 export class GrpcComputeDriver implements ComputeDriver {
-  readonly #client: grpc.Client;
+  readonly #client: ComputeDriverClient;
   readonly #calls = new Set<grpc.ClientReadableStream<unknown>>();
 
   /** Wraps a client connected to `target` (e.g. `unix:/state/compute-driver.sock`). */
@@ -78,32 +75,34 @@ export class GrpcComputeDriver implements ComputeDriver {
     });
   }
 
-  #unary<T>(method: string, request: unknown, timeoutMs = 30_000): Promise<T> {
-    const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
-    return new Promise((resolve, reject) => {
-      fn(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
-        if (err) {
-          reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
-        } else resolve(res as T);
-      });
-    });
+  async #unary<Req, Res>(
+    method: UnaryMethod<Req, Res>,
+    request: NoInfer<Req>,
+    timeoutMs = 30_000,
+  ): Promise<Res> {
+    try {
+      return await unaryCall(this.#client, method, request, { deadline: Date.now() + timeoutMs });
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      throw new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message);
+    }
   }
 
-  capabilities(): Promise<GetCapabilitiesResponse> {
-    return this.#unary("GetCapabilities", {}, 5_000);
+  capabilities(): Promise<DriverGetCapabilitiesResponse> {
+    return this.#unary(this.#client.GetCapabilities, {}, 5_000);
   }
 
   async validateCreate(sandbox: Wire<DriverSandbox>): Promise<void> {
-    await this.#unary("ValidateSandboxCreate", { sandbox });
+    await this.#unary(this.#client.ValidateSandboxCreate, { sandbox });
   }
 
   async create(sandbox: Wire<DriverSandbox>): Promise<void> {
-    await this.#unary("CreateSandbox", { sandbox }, 120_000);
+    await this.#unary(this.#client.CreateSandbox, { sandbox }, 120_000);
   }
 
   async delete(sandboxId: string, sandboxName: string): Promise<boolean> {
-    const res = await this.#unary<{ deleted: boolean }>(
-      "DeleteSandbox",
+    const res = await this.#unary(
+      this.#client.DeleteSandbox,
       { sandbox_id: sandboxId, sandbox_name: sandboxName },
       60_000,
     );
@@ -112,49 +111,51 @@ export class GrpcComputeDriver implements ComputeDriver {
 
   async stop(sandboxId: string, sandboxName: string): Promise<void> {
     // A clean guest shutdown may take its grace period (30 s) plus the kill.
-    await this.#unary("StopSandbox", { sandbox_id: sandboxId, sandbox_name: sandboxName }, 90_000);
+    await this.#unary(
+      this.#client.StopSandbox,
+      { sandbox_id: sandboxId, sandbox_name: sandboxName },
+      90_000,
+    );
   }
 
   async start(sandboxId: string, sandboxName: string): Promise<void> {
     await this.#unary(
-      "StartSandbox",
+      this.#client.StartSandbox,
       { sandbox_id: sandboxId, sandbox_name: sandboxName },
       120_000,
     );
   }
 
   async list(): Promise<DriverSandbox[]> {
-    return (await this.#unary<{ sandboxes: DriverSandbox[] }>("ListSandboxes", {})).sandboxes;
+    return (await this.#unary(this.#client.ListSandboxes, {})).sandboxes;
   }
 
   async listImages(): Promise<Image[]> {
-    return (await this.#unary<{ images: Image[] }>("ListImages", {})).images;
+    return (await this.#unary(this.#client.ListImages, {})).images;
   }
 
   async deleteImage(name: string): Promise<boolean> {
-    return (await this.#unary<{ deleted: boolean }>("DeleteImage", { name })).deleted;
+    return (await this.#unary(this.#client.DeleteImage, { name })).deleted;
   }
 
   buildImage(
-    req: { name: string; packages: string[]; script: string },
+    req: BuildImageRequest,
     onLine: (line: string) => void,
   ): Promise<Image> {
-    const call = (this.#client as unknown as {
-      BuildImage(r: unknown, o: grpc.CallOptions): grpc.ClientReadableStream<ImageProgress>;
-    }).BuildImage(req, { deadline: Date.now() + IMAGE_DEADLINE_MS });
-    this.#calls.add(call as grpc.ClientReadableStream<unknown>);
+    const call = this.#client.BuildImage(req, { deadline: Date.now() + IMAGE_DEADLINE_MS });
+    this.#calls.add(call);
     return new Promise<Image>((resolve, reject) => {
       let image: Image | undefined;
-      call.on("data", (e: ImageProgress) => {
+      call.on("data", (e: DriverImageProgress) => {
         if (e.payload === "line") onLine(e.line);
         else if (e.payload === "image") image = e.image;
       });
       call.on("error", (err: grpc.ServiceError) => {
-        this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+        this.#calls.delete(call);
         reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
       });
       call.on("end", () => {
-        this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+        this.#calls.delete(call);
         if (image) resolve(image);
         else reject(new StatusError(Code.INTERNAL, "the driver ended the build without an image"));
       });
@@ -165,17 +166,12 @@ export class GrpcComputeDriver implements ComputeDriver {
     header: { name: string; sizeBytes: number },
     data: AsyncIterable<Uint8Array>,
   ): Promise<Image> {
-    let call!: grpc.ClientWritableStream<unknown>;
+    let call!: grpc.ClientWritableStream<Wire<DriverImportImageChunk>>;
     const result = new Promise<Image>((resolve, reject) => {
-      call = (this.#client as unknown as {
-        ImportImage(
-          o: grpc.CallOptions,
-          cb: grpc.requestCallback<{ image: Image }>,
-        ): grpc.ClientWritableStream<unknown>;
-      }).ImportImage({ deadline: Date.now() + IMAGE_DEADLINE_MS }, (err, res) => {
+      call = this.#client.ImportImage({ deadline: Date.now() + IMAGE_DEADLINE_MS }, (err, res) => {
         if (err) {
           reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
-        } else resolve(res!.image);
+        } else resolve(res!.image!);
       });
     });
     let settled = false;
@@ -199,18 +195,16 @@ export class GrpcComputeDriver implements ComputeDriver {
   }
 
   watch(handlers: WatchHandlers): () => void {
-    const call = (this.#client as unknown as {
-      WatchSandboxes(req: unknown): grpc.ClientReadableStream<WatchSandboxesEvent>;
-    }).WatchSandboxes({});
-    this.#calls.add(call as grpc.ClientReadableStream<unknown>);
+    const call = this.#client.WatchSandboxes({});
+    this.#calls.add(call);
     let ended = false;
     const finish = (err?: Error) => {
       if (ended) return;
       ended = true;
-      this.#calls.delete(call as grpc.ClientReadableStream<unknown>);
+      this.#calls.delete(call);
       handlers.end(err);
     };
-    call.on("data", (e: WatchSandboxesEvent) => handlers.event(e));
+    call.on("data", (e: DriverWatchSandboxesEvent) => handlers.event(e));
     call.on(
       "error",
       (err: grpc.ServiceError) => finish(err.code === grpc.status.CANCELLED ? undefined : err),
@@ -247,7 +241,7 @@ export interface DriverProcessOptions {
 /** A running driver process with its client. */
 export interface DriverProcess {
   driver: ComputeDriver;
-  capabilities: GetCapabilitiesResponse;
+  capabilities: DriverGetCapabilitiesResponse;
   /** Resolves with the exit code when the process ends. */
   exited: Promise<number>;
 }
@@ -278,7 +272,7 @@ export async function startDriverProcess(options: DriverProcessOptions): Promise
     log: options.log,
   });
   const grpcDriver = new GrpcComputeDriver(`unix:${options.socketPath}`);
-  let capabilities: GetCapabilitiesResponse;
+  let capabilities: DriverGetCapabilitiesResponse;
   try {
     capabilities = await waitUntilAnswering(child, () => grpcDriver.capabilities(), {
       what: "compute driver",

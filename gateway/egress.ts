@@ -27,6 +27,9 @@ import {
   EgressProxyClient,
   type SandboxLogLine,
   type SandboxPolicy,
+  unaryCall,
+  type UnaryMethod,
+  type Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { capLine } from "../core/text.ts";
@@ -51,7 +54,11 @@ export interface EgressWatchHandlers {
 /** What the gateway asks of the egress proxy. */
 export interface EgressControl {
   /** Makes `policy` the sandbox's enforced policy. */
-  apply(sandboxId: string, version: number, policy: SandboxPolicy): Promise<ApplyPolicyResponse>;
+  apply(
+    sandboxId: string,
+    version: number,
+    policy: Wire<SandboxPolicy>,
+  ): Promise<ApplyPolicyResponse>;
   /** Forgets a sandbox (its connections close). */
   remove(sandboxId: string): Promise<void>;
   /** What the proxy enforces now. */
@@ -62,16 +69,9 @@ export interface EgressControl {
   close(): void;
 }
 
-type Unary = (
-  req: unknown,
-  meta: grpc.Metadata,
-  opts: grpc.CallOptions,
-  cb: grpc.requestCallback<unknown>,
-) => void;
-
 /** {@link EgressControl} over `unix:<egress-state>/control.sock`. */
 export class GrpcEgressControl implements EgressControl {
-  readonly #client: grpc.Client;
+  readonly #client: EgressProxyClient;
   readonly #calls = new Set<grpc.ClientReadableStream<unknown>>();
 
   /** A client of `target` (e.g. `unix:/state/egress/control.sock`); nothing connects yet. */
@@ -81,45 +81,40 @@ export class GrpcEgressControl implements EgressControl {
     });
   }
 
-  #unary<T>(method: string, request: unknown): Promise<T> {
-    const fn = (this.#client as unknown as Record<string, Unary>)[method].bind(this.#client);
-    return new Promise((resolve, reject) => {
-      fn(
-        request,
-        new grpc.Metadata(),
-        { deadline: Date.now() + EGRESS_CALL_TIMEOUT_MS },
-        (err, res) => {
-          if (err) {
-            reject(new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message));
-          } else resolve(res as T);
-        },
-      );
-    });
+  async #unary<Req, Res>(method: UnaryMethod<Req, Res>, request: NoInfer<Req>): Promise<Res> {
+    const options = { deadline: Date.now() + EGRESS_CALL_TIMEOUT_MS };
+    try {
+      return await unaryCall(this.#client, method, request, options);
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      throw new StatusError((err.code ?? Code.UNKNOWN) as Code, err.details || err.message);
+    }
   }
 
-  apply(sandboxId: string, version: number, policy: SandboxPolicy): Promise<ApplyPolicyResponse> {
-    return this.#unary("ApplyPolicy", { sandbox_id: sandboxId, version, policy });
+  apply(
+    sandboxId: string,
+    version: number,
+    policy: Wire<SandboxPolicy>,
+  ): Promise<ApplyPolicyResponse> {
+    return this.#unary(this.#client.ApplyPolicy, { sandbox_id: sandboxId, version, policy });
   }
 
   async remove(sandboxId: string): Promise<void> {
-    await this.#unary("RemoveSandbox", { sandbox_id: sandboxId });
+    await this.#unary(this.#client.RemoveSandbox, { sandbox_id: sandboxId });
   }
 
   async list(): Promise<AppliedPolicy[]> {
-    return (await this.#unary<{ policies: AppliedPolicy[] }>("ListPolicies", {})).policies;
+    return (await this.#unary(this.#client.ListPolicies, {})).policies;
   }
 
   watch(handlers: EgressWatchHandlers): () => void {
-    const call = (this.#client as unknown as {
-      WatchEvents(req: unknown): grpc.ClientReadableStream<EgressEvent>;
-    }).WatchEvents({});
-    const tracked = call as grpc.ClientReadableStream<unknown>;
-    this.#calls.add(tracked);
+    const call = this.#client.WatchEvents({});
+    this.#calls.add(call);
     let ended = false;
     const finish = (err?: Error) => {
       if (ended) return;
       ended = true;
-      this.#calls.delete(tracked);
+      this.#calls.delete(call);
       handlers.end(err);
     };
     call.on("data", (e: EgressEvent) => handlers.event(e));

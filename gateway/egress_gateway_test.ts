@@ -10,19 +10,13 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
-import { policyHash, type SandboxPolicy } from "../core/policy.ts";
-import type {
-  GetSandboxLogsResponse,
-  GetSandboxPolicyStatusResponse,
-  ListSandboxPoliciesResponse,
-  Sandbox,
-  UpdateConfigResponse,
-} from "../core/protocol.ts";
+import { policyHash } from "../core/policy.ts";
+import type { SandboxPolicy, Wire } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { alive, findProcesses, waitFor } from "../core/testing.ts";
 import { apiClient, spawnGateway, type TestGateway } from "../testing/gateway.ts";
 
-function allow(host: string, port = 443): SandboxPolicy {
+function allow(host: string, port = 443): Wire<SandboxPolicy> {
   return { network_policies: { r: { name: "r", endpoints: [{ host, port }] } } };
 }
 
@@ -68,7 +62,7 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
     const api = apiClient(gw.port);
     try {
       const status = (name: string, version = 0) =>
-        api.call<GetSandboxPolicyStatusResponse>("GetSandboxPolicyStatus", { name, version });
+        api.call(api.raw.GetSandboxPolicyStatus, { name, version });
       const loaded = (name: string, version: number) =>
         waitFor(`policy ${version} of ${name} LOADED`, async () => {
           const s = await status(name, version);
@@ -76,22 +70,22 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
         }, { timeoutMs: 10_000 });
 
       // Create with a policy: revision 1, LOADED within a bounded wait.
-      const created = await api.call<{ sandbox: Sandbox }>("CreateSandbox", {
+      const created = await api.call(api.raw.CreateSandbox, {
         name: "pol",
         spec: { policy: allow("pypi.org") },
       });
-      const id = created.sandbox.id;
+      const id = created.sandbox!.id;
       const v1 = await loaded("pol", 1);
       assert.equal(v1.revision?.policy_hash, policyHash(allow("pypi.org")));
       assert.equal(v1.active_version, 1);
       assert.ok(v1.revision!.loaded_at_ms > 0);
-      const got = await api.call<{ sandbox: Sandbox }>("GetSandbox", { name: "pol" });
-      assert.equal(got.sandbox.current_policy_version, 1);
-      assert.equal(got.sandbox.spec?.policy?.network_policies?.r.endpoints?.[0].host, "pypi.org");
+      const got = await api.call(api.raw.GetSandbox, { name: "pol" });
+      assert.equal(got.sandbox!.current_policy_version, 1);
+      assert.equal(got.sandbox!.spec?.policy?.network_policies?.r.endpoints?.[0].host, "pypi.org");
 
       // An invalid policy: INVALID_ARGUMENT naming the field; nothing created.
       await assert.rejects(
-        api.call("CreateSandbox", {
+        api.call(api.raw.CreateSandbox, {
           name: "bad",
           spec: {
             policy: {
@@ -106,20 +100,24 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
           /^spec\.policy\.network_policies\["x"\]\.endpoints\[0\]\.protocol:/.test(e.details),
       );
       await assert.rejects(
-        api.call("UpdateConfig", { name: "pol", policy: allow("a.example"), setting_key: "k" }),
+        api.call(api.raw.UpdateConfig, {
+          name: "pol",
+          policy: allow("a.example"),
+          setting_key: "k",
+        }),
         (e: { code: number; details: string }) =>
           e.code === Code.INVALID_ARGUMENT && e.details.startsWith("setting_key:"),
       );
 
       // UpdateConfig: version 2 with the policy's hash; LOADED; v1 stays LOADED in history.
-      const upd = await api.call<UpdateConfigResponse>("UpdateConfig", {
+      const upd = await api.call(api.raw.UpdateConfig, {
         name: "pol",
         policy: allow("files.pythonhosted.org"),
       });
       assert.equal(upd.version, 2);
       assert.equal(upd.policy_hash, policyHash(allow("files.pythonhosted.org")));
       assert.equal((await loaded("pol", 2)).active_version, 2);
-      const list = await api.call<ListSandboxPoliciesResponse>("ListSandboxPolicies", {
+      const list = await api.call(api.raw.ListSandboxPolicies, {
         name: "pol",
         limit: 10,
       });
@@ -138,7 +136,7 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
       assert.match(answer, /^HTTP\/1\.1 403/);
       assert.match(answer, /openshell policy set .* --allow pypi\.org:443/);
       const egressLines = await waitFor("an egress log line", async () => {
-        const logs = await api.call<GetSandboxLogsResponse>("GetSandboxLogs", {
+        const logs = await api.call(api.raw.GetSandboxLogs, {
           sandbox_id: id,
           sources: ["egress"],
         });
@@ -174,7 +172,7 @@ Deno.test("gateway + egress: policies load, update, survive a proxy restart; eve
       assert.match(gw.stderr(), /egress proxy reconciled.*applied=1/);
 
       // Delete: the proxy forgets the sandbox.
-      await api.call("DeleteSandbox", { name: "pol" });
+      await api.call(api.raw.DeleteSandbox, { name: "pol" });
       const after = await guestRequest(
         guest,
         id,

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { Logger } from "../core/log.ts";
-import type { SandboxPolicy } from "../core/policy.ts";
-import type { AppliedPolicy, ApplyPolicyResponse } from "../core/protocol.ts";
+import type { AppliedPolicy, ApplyPolicyResponse, SandboxPolicy, Wire } from "../core/protocol.ts";
 import { alive, waitFor } from "../core/testing.ts";
 import { type EgressControl, EgressPolicies } from "./egress.ts";
 import { startEgressProcess } from "./egress_process.ts";
@@ -11,7 +10,7 @@ import { SqliteStore } from "./store.ts";
 class Recorder implements EgressControl {
   applied: number[] = [];
   closed = false;
-  apply(_id: string, version: number, _p: SandboxPolicy): Promise<ApplyPolicyResponse> {
+  apply(_id: string, version: number, _p: Wire<SandboxPolicy>): Promise<ApplyPolicyResponse> {
     this.applied.push(version);
     return Promise.resolve({ loaded_version: version, loaded_at_ms: 1 });
   }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { Logger } from "../core/log.ts";
-import { policyHash, type SandboxPolicy } from "../core/policy.ts";
+import { policyHash } from "../core/policy.ts";
 import {
   type AppliedPolicy,
   type ApplyPolicyResponse,
@@ -9,6 +9,8 @@ import {
   EgressProxyClient,
   type Sandbox,
   type SandboxLogLine,
+  type SandboxPolicy,
+  type Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
@@ -24,7 +26,7 @@ import { SqliteStore } from "./store.ts";
 
 const quiet = new Logger({ level: "error", sink: () => {} });
 
-function allow(host: string, port = 443): SandboxPolicy {
+function allow(host: string, port = 443): Wire<SandboxPolicy> {
   return { network_policies: { r: { name: "r", endpoints: [{ host, port }] } } };
 }
 
@@ -39,7 +41,7 @@ class FakeControl implements EgressControl {
   gate: Promise<void> = Promise.resolve();
   unavailable = false;
 
-  async apply(sandboxId: string, version: number, policy: SandboxPolicy) {
+  async apply(sandboxId: string, version: number, policy: Wire<SandboxPolicy>) {
     await this.gate;
     if (this.unavailable) throw new StatusError(Code.UNAVAILABLE, "connection refused");
     const hosts = Object.values(policy.network_policies ?? {}).flatMap((r) =>
@@ -112,7 +114,7 @@ async function setup(ids: string[] = ["a"]) {
     now: () => 42,
     reconcileMs: 3_600_000,
   });
-  const add = (id: string, policy: SandboxPolicy) =>
+  const add = (id: string, policy: Wire<SandboxPolicy>) =>
     store.addPolicyRevision(id, { hash: policyHash(policy), policy, createdAtMs: 1 });
   const close = async () => {
     await policies.close();
@@ -295,7 +297,7 @@ Deno.test("GrpcEgressControl: ApplyPolicy, ListPolicies, RemoveSandbox and Watch
   const server = new grpc.Server();
   server.addService(EgressProxyClient.service, {
     ApplyPolicy: (
-      call: grpc.ServerUnaryCall<{ policy: SandboxPolicy }, unknown>,
+      call: grpc.ServerUnaryCall<{ policy: Wire<SandboxPolicy> }, unknown>,
       cb: grpc.sendUnaryData<unknown>,
     ) => {
       seen.push(call.request);
@@ -330,7 +332,7 @@ Deno.test("GrpcEgressControl: ApplyPolicy, ListPolicies, RemoveSandbox and Watch
   try {
     const res = await control.apply("a", 4, allow("pypi.org", 443));
     assert.equal(res.loaded_at_ms, 77);
-    const sent = seen[0] as { sandbox_id: string; version: number; policy: SandboxPolicy };
+    const sent = seen[0] as { sandbox_id: string; version: number; policy: Wire<SandboxPolicy> };
     assert.equal(sent.sandbox_id, "a");
     assert.equal(sent.version, 4);
     assert.equal(sent.policy.network_policies?.r.endpoints?.[0].host, "pypi.org");

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import type * as grpc from "@grpc/grpc-js";
-import type { ExecSandboxEvent, Sandbox } from "../core/protocol.ts";
+import type { ExecSandboxEvent, ExecSandboxRequest, Wire } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
 import { startSupervisor } from "../testing/supervisor.ts";
@@ -18,10 +18,8 @@ interface ExecResult {
   exit?: number;
 }
 
-function exec(api: ApiClient, request: Record<string, unknown>): Promise<ExecResult> {
-  const call = (api.raw as unknown as {
-    ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
-  }).ExecSandbox(request);
+function exec(api: ApiClient, request: Wire<ExecSandboxRequest>): Promise<ExecResult> {
+  const call = api.raw.ExecSandbox(request);
   const out: ExecResult = { stdout: "", stderr: "" };
   return new Promise((resolve, reject) => {
     call.on("data", (e: ExecSandboxEvent) => {
@@ -50,7 +48,7 @@ Deno.test("ExecSandbox runs commands through the sandbox's sshd", async (t) => {
     await sup.waitForEvent((e) => e.activity_name === "Open" && /session/.test(e.message));
     const id = sandbox.id;
     // The supervisor reported its host key at hello: that is the key exec pins.
-    const ssh = await api.call<{ host_key_fingerprint: string }>("CreateSshSession", {
+    const ssh = await api.call(api.raw.CreateSshSession, {
       sandbox_id: id,
     });
     assert.equal(ssh.host_key_fingerprint, byo.hostKey.fingerprint);
@@ -153,8 +151,7 @@ Deno.test("ExecSandbox is FAILED_PRECONDITION when not READY or the host key is 
     // READY through a supervisor that reported no host key: nothing to pin, so no exec.
     const sup = byo.connect({ hostKeyFingerprint: "" });
     await sup.accepted;
-    const phase = async () =>
-      (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name: "cold" })).sandbox.phase;
+    const phase = async () => (await api.call(api.raw.GetSandbox, { name: "cold" })).sandbox!.phase;
     await waitFor("READY", async () => (await phase()) === "SANDBOX_PHASE_READY");
     await assert.rejects(
       exec(api, { sandbox_id: sb.id, command: ["true"] }),
@@ -162,7 +159,7 @@ Deno.test("ExecSandbox is FAILED_PRECONDITION when not READY or the host key is 
         e.code === Code.FAILED_PRECONDITION && /host key .* is not known yet/.test(e.details),
     );
     await assert.rejects(
-      api.call("CreateSshSession", { sandbox_id: sb.id }),
+      api.call(api.raw.CreateSshSession, { sandbox_id: sb.id }),
       (e: grpc.ServiceError) => e.code === Code.FAILED_PRECONDITION,
     );
     sup.close();
@@ -190,10 +187,10 @@ Deno.test("a burst of 64 execs on one sandbox: 32 relays in flight, 32 RESOURCE_
     let exhausted = 0;
     let allExhausted!: () => void;
     const rejected = new Promise<void>((r) => allExhausted = r);
-    const calls = Array.from({ length: 64 }, () =>
-      (api.raw as unknown as {
-        ExecSandbox(r: unknown): grpc.ClientReadableStream<ExecSandboxEvent>;
-      }).ExecSandbox({ sandbox_id: sb.id, command: ["true"] }));
+    const calls = Array.from(
+      { length: 64 },
+      () => api.raw.ExecSandbox({ sandbox_id: sb.id, command: ["true"] }),
+    );
     const codes = calls.map((call) =>
       new Promise<number>((resolve) => {
         call.on("data", () => {});

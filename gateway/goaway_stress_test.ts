@@ -46,7 +46,7 @@ Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then c
       const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
       const first = await reader.read();
       assert.equal(first.value?.trim(), "accepted", `round ${round}`);
-      const { token } = await api.call<{ token: string }>("CreateSshSession", {
+      const { token } = await api.call(api.raw.CreateSshSession, {
         sandbox_id: sb.id,
       });
       const t = await sendConnect(gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
@@ -70,7 +70,7 @@ Deno.test(`${ROUNDS} clients stream ${MIB_PER_ROUND} MiB through a relay, then c
       assert.equal((await child.status).code, 0, `client of round ${round}`);
       assert.equal(died, false, `gateway died in round ${round}:\n${gw.stderr().slice(-2000)}`);
     }
-    const health = await api.call<{ status: string }>("Health", {});
+    const health = await api.call(api.raw.Health, {});
     assert.equal(health.status, "SERVICE_STATUS_HEALTHY");
     assert.equal(died, false);
   } finally {

@@ -3,7 +3,16 @@ import * as grpc from "@grpc/grpc-js";
 import type { Duplex } from "node:stream";
 import { MAX_IMPORT_CHUNK_BYTES } from "../core/images.ts";
 import { Logger } from "../core/log.ts";
-import { type Image, type ImageProgress, OpenShellClient } from "../core/protocol.ts";
+import {
+  type BuildImageRequest,
+  type Image,
+  type ImageProgress,
+  type ImageResponse,
+  type ImportImageChunk,
+  OpenShellClient,
+  unaryCall,
+  type Wire,
+} from "../core/protocol.ts";
 import { SessionRegistry } from "../core/registry.ts";
 import { Code } from "../core/status.ts";
 import { ComputeRuntime } from "./compute.ts";
@@ -58,8 +67,6 @@ function imageDriver(calls: string[], uploads: Uint8Array[][]): ComputeDriver {
   };
 }
 
-type AnyClient = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
-
 async function serve(driver: ComputeDriver | undefined) {
   const dir = await Deno.makeTempDir({ prefix: "gwimg" });
   const store = SqliteStore.open();
@@ -86,32 +93,20 @@ async function serve(driver: ComputeDriver | undefined) {
   const client = new OpenShellClient(
     `unix:${dir}/s.sock`,
     grpc.credentials.createInsecure(),
-  ) as AnyClient;
-  const unary = <T>(method: string, req: unknown) =>
-    new Promise<T>((res, rej) =>
-      (client[method] as (r: unknown, cb: (e: unknown, v: T) => void) => void).call(
-        client,
-        req,
-        (e, v) => e ? rej(e) : res(v),
-      )
-    );
-  const build = async (req: unknown) => {
-    const call = (client.BuildImage as (r: unknown) => grpc.ClientReadableStream<ImageProgress>)
-      .call(client, req);
+  );
+  const build = async (req: Wire<BuildImageRequest>) => {
     const events: ImageProgress[] = [];
-    for await (const e of call) events.push(e as ImageProgress);
+    for await (const e of client.BuildImage(req)) events.push(e as ImageProgress);
     return events;
   };
-  const upload = (chunks: unknown[]) =>
-    new Promise<{ image: Image }>((res, rej) => {
-      const call = (client.ImportImage as (
-        cb: (e: unknown, v: { image: Image }) => void,
-      ) => grpc.ClientWritableStream<unknown>).call(client, (e, v) => e ? rej(e) : res(v));
+  const upload = (chunks: Wire<ImportImageChunk>[]) =>
+    new Promise<ImageResponse>((res, rej) => {
+      const call = client.ImportImage((e, v) => e ? rej(e) : res(v!));
       for (const c of chunks) call.write(c);
       call.end();
     });
   return {
-    unary,
+    client,
     build,
     upload,
     async [Symbol.asyncDispose]() {
@@ -135,14 +130,14 @@ function status(c: Code, re?: RegExp) {
 Deno.test("image API: list, build (progress, then the image) and delete pass through to the driver", async () => {
   const calls: string[] = [];
   await using s = await serve(imageDriver(calls, []));
-  assert.deepEqual((await s.unary<{ images: Image[] }>("ListImages", {})).images, [IMAGE]);
+  assert.deepEqual((await unaryCall(s.client, s.client.ListImages, {})).images, [IMAGE]);
   const events = await s.build({ name: "tools", packages: ["cowsay"], script: "" });
   assert.equal(events.length, 3);
   assert.deepEqual(events[0], { payload: "line", line: "debootstrap: Retrieving InRelease" });
   assert.ok(events[1].payload === "line" && events[1].line.length <= 2048 + 40, "lines capped");
   assert.ok(events[2].payload === "image" && events[2].image.name === "tools");
   assert.deepEqual(
-    (await s.unary<{ deleted: boolean }>("DeleteImage", { name: "py" })).deleted,
+    (await unaryCall(s.client, s.client.DeleteImage, { name: "py" })).deleted,
     true,
   );
   assert.deepEqual(calls, ["list", "build tools cowsay", "delete py"]);
@@ -161,7 +156,7 @@ Deno.test("image API: bad names, packages and scripts never reach the driver", a
     status(Code.INVALID_ARGUMENT, /at most 65536/),
   );
   await assert.rejects(
-    s.unary("DeleteImage", { name: "default" }),
+    unaryCall(s.client, s.client.DeleteImage, { name: "default" }),
     status(Code.INVALID_ARGUMENT, /built-in/),
   );
   assert.deepEqual(calls, []);
@@ -177,7 +172,7 @@ Deno.test("image API: an import is its header then at most the bytes it announce
     { data: data.subarray(0, 1000) },
     { data: data.subarray(1000) },
   ]);
-  assert.equal(res.image.source, "import");
+  assert.equal(res.image!.source, "import");
   assert.equal(uploads[0].reduce((n, c) => n + c.length, 0), 3000);
   await assert.rejects(
     s.upload([{ header: { name: "more", size_bytes: 10 } }, { data: data }]),
@@ -204,12 +199,15 @@ Deno.test("image API: no driver is FAILED_PRECONDITION; a driver without images 
   {
     await using s = await serve(undefined);
     await assert.rejects(
-      s.unary("ListImages", {}),
+      unaryCall(s.client, s.client.ListImages, {}),
       status(Code.FAILED_PRECONDITION, /--drivers none/),
     );
   }
   const plain = imageDriver([], []);
   delete plain.listImages;
   await using s = await serve(plain);
-  await assert.rejects(s.unary("ListImages", {}), status(Code.UNIMPLEMENTED, /no images/));
+  await assert.rejects(
+    unaryCall(s.client, s.client.ListImages, {}),
+    status(Code.UNIMPLEMENTED, /no images/),
+  );
 });

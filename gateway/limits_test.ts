@@ -8,7 +8,7 @@ import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
-import { OpenShellClient, type Sandbox } from "../core/protocol.ts";
+import { OpenShellClient, unaryCall } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
 import { MAX_GRPC_MESSAGE, MAX_GRPC_RECEIVE, MAX_HEADER_LIST_BYTES } from "./server.ts";
@@ -76,24 +76,24 @@ Deno.test("hostile requests get short statuses and the gateway keeps serving", a
     };
 
     // a 1 MiB id comes back as a short NOT_FOUND, not a metadata error
-    short(await statusOf(api.call("GetSandbox", { name: huge })), Code.NOT_FOUND, "GetSandbox");
     short(
-      await statusOf(api.call("GetSandboxLogs", { sandbox_id: huge })),
+      await statusOf(api.call(api.raw.GetSandbox, { name: huge })),
+      Code.NOT_FOUND,
+      "GetSandbox",
+    );
+    short(
+      await statusOf(api.call(api.raw.GetSandboxLogs, { sandbox_id: huge })),
       Code.NOT_FOUND,
       "GetSandboxLogs",
     );
     short(
-      await statusOf(api.call("CreateSshSession", { sandbox_id: huge })),
+      await statusOf(api.call(api.raw.CreateSshSession, { sandbox_id: huge })),
       Code.NOT_FOUND,
       "CreateSshSession",
     );
-    const raw = api.raw as unknown as Record<
-      string,
-      (req: unknown) => grpc.ClientReadableStream<unknown>
-    >;
-    short(await streamStatus(raw.WatchSandbox({ id: huge })), Code.NOT_FOUND, "WatchSandbox");
+    short(await streamStatus(api.raw.WatchSandbox({ id: huge })), Code.NOT_FOUND, "WatchSandbox");
     short(
-      await streamStatus(raw.ExecSandbox({ sandbox_id: huge, command: ["true"] })),
+      await streamStatus(api.raw.ExecSandbox({ sandbox_id: huge, command: ["true"] })),
       Code.NOT_FOUND,
       "ExecSandbox",
     );
@@ -135,7 +135,7 @@ Deno.test("hostile requests get short statuses and the gateway keeps serving", a
 
     // a message past the receive limit is refused from its length prefix
     const big = await statusOf(
-      api.call("CreateSandbox", {
+      api.call(api.raw.CreateSandbox, {
         name: "big",
         spec: { environment: { A: "a".repeat(MAX_GRPC_RECEIVE + 1) } },
       }),
@@ -146,26 +146,22 @@ Deno.test("hostile requests get short statuses and the gateway keeps serving", a
     const md = new grpc.Metadata();
     md.set("x-padding", "p".repeat(2 * MAX_HEADER_LIST_BYTES));
     const padded = await new Promise<grpc.ServiceError | null>((resolve) =>
-      (api.raw as unknown as {
-        Health(r: unknown, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void): void;
-      }).Health({}, md, resolve)
+      api.raw.Health({}, md, resolve)
     );
     assert.equal(padded?.code, Code.RESOURCE_EXHAUSTED, String(padded?.details));
     // 1 MiB of metadata is beyond what HTTP/2 header decoding tolerates: that
     // client's connection ends (with a status on the call), nobody else's
     const other = apiClient(gw.port);
-    await other.call("Health", {});
+    await other.call(other.raw.Health, {});
     const mega = new grpc.Metadata();
     mega.set("x-padding", "p".repeat(MIB));
     const hit = await new Promise<grpc.ServiceError | null>((resolve) =>
-      (api.raw as unknown as {
-        Health(r: unknown, md: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void): void;
-      }).Health({}, mega, resolve)
+      api.raw.Health({}, mega, resolve)
     );
     assert.ok(hit && hit.code !== Code.OK, "the oversized call fails with a status");
-    await other.call("Health", {});
+    await other.call(other.raw.Health, {});
     other.close();
-    await api.call("Health", {}); // the same client reconnects
+    await api.call(api.raw.Health, {}); // the same client reconnects
 
     // a stream the gateway ends itself logs the status, not "[object Object]"
     const byo = await byoSupervisor(gw, "twice");
@@ -189,20 +185,13 @@ Deno.test("a full page of the largest sandboxes lists in one message", async () 
   await withGateway(async (gw, api) => {
     const spec = largestSpec();
     for (let i = 0; i < MAX_LIST_LIMIT; i++) {
-      await api.call("CreateSandbox", { name: `big-${i}`, spec });
+      await api.call(api.raw.CreateSandbox, { name: `big-${i}`, spec });
     }
     // a client that accepts what the gateway may send, as the CLI does
     const cli = new OpenShellClient(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure(), {
       "grpc.max_receive_message_length": MAX_GRPC_MESSAGE,
-    }) as unknown as grpc.Client & {
-      ListSandboxes(r: unknown, cb: (e: grpc.ServiceError | null, v: unknown) => void): void;
-    };
-    const page = await new Promise<{ sandboxes: Sandbox[] }>((resolve, reject) =>
-      cli.ListSandboxes(
-        { limit: MAX_LIST_LIMIT, offset: 0 },
-        (e, v) => e ? reject(e) : resolve(v as { sandboxes: Sandbox[] }),
-      )
-    );
+    });
+    const page = await unaryCall(cli, cli.ListSandboxes, { limit: MAX_LIST_LIMIT, offset: 0 });
     cli.close();
     assert.equal(page.sandboxes.length, MAX_LIST_LIMIT);
     // Whole but for the environment's values, which the API never returns.
@@ -212,7 +201,7 @@ Deno.test("a full page of the largest sandboxes lists in one message", async () 
     };
     assert.equal(specBytes(page.sandboxes[0].spec!), specBytes(shown), "specs come back whole");
     const over = await statusOf(
-      api.call("ListSandboxes", { limit: MAX_LIST_LIMIT + 1, offset: 0 }),
+      api.call(api.raw.ListSandboxes, { limit: MAX_LIST_LIMIT + 1, offset: 0 }),
     );
     assert.equal(over.code, Code.INVALID_ARGUMENT);
     assert.match(over.details, /^limit: at most 100/);

@@ -4,7 +4,10 @@
  *
  * - forwards HTTP/2 (gRPC) to the internal grpc-js server on a Unix socket,
  *   removing client GOAWAY frames on the way (`core/h2_forward.ts`);
- * - hands HTTP/1.1 request heads to the gateway's HTTP handler.
+ * - hands HTTP/1.1 connections to a `node:http` server (never listening
+ *   itself: it is given each sniffed socket), whose parsed request heads go
+ *   to the gateway's HTTP handler. A head over {@link MAX_HEAD_BYTES} is
+ *   answered 431, a malformed one 400, each with one response.
  *
  * No client behaviour can crash the process here: resets, half-open or
  * vanished peers, garbage and graceful closes all end in closed sockets.
@@ -29,19 +32,13 @@
  *
  * @module
  */
+import http from "node:http";
 import net from "node:net";
 import tls from "node:tls";
 import { H2_PREFACE, looksLikeH2 } from "../core/goaway_filter.ts";
 import { forwardH2, type H2Link } from "../core/h2_forward.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
-import {
-  findHeadEnd,
-  httpResponse,
-  MAX_HEAD_BYTES,
-  parseRequestHead,
-  type RequestHead,
-} from "./http1.ts";
-import { HttpError } from "./http1.ts";
+import { httpResponse, MAX_HEAD_BYTES, type RequestHead, requestHeadOf } from "./http1.ts";
 import { clientRefusal, LogThrottle } from "./client_auth.ts";
 
 /** How long a new connection may take to send its first request head or HTTP/2 preface. */
@@ -89,7 +86,11 @@ export function peerOf(socket: net.Socket): string {
   return a.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a;
 }
 
-/** Handles one HTTP/1.1 request; owns the socket afterwards. */
+/**
+ * Handles one HTTP/1.1 request; owns the socket afterwards (after a CONNECT
+ * `node:http` has let go of it; after any other request the handler answers
+ * with one raw response and closes, and later pipelined requests are ignored).
+ */
 export type HttpHandler = (
   head: RequestHead,
   socket: net.Socket,
@@ -161,6 +162,10 @@ export class GatewayListener {
   readonly #byPeer = new Map<string, Set<Conn>>();
   /** TLS connections between TCP accept and the TLS handshake, by remote address and port. */
   readonly #tlsPending = new Map<string, Conn>();
+  /** Parses HTTP/1.1 request heads; see {@link #http1}. */
+  readonly #http: http.Server;
+  /** The connection of each socket handed to {@link #http} (under TLS: the TLS socket). */
+  readonly #httpConns = new WeakMap<net.Socket, Conn>();
   #server?: net.Server;
   #sweep?: ReturnType<typeof setInterval>;
   #goawaysDropped = 0;
@@ -178,6 +183,7 @@ export class GatewayListener {
     this.#o = options;
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#now = options.now ?? Date.now;
+    this.#http = this.#http1();
   }
 
   /** The limits in force. */
@@ -221,7 +227,8 @@ export class GatewayListener {
           : {}),
         ALPNProtocols: ["h2", "http/1.1"],
         allowHalfOpen: true,
-        handshakeTimeout: this.#limits.handshakeTimeoutMs,
+        // No TLS handshakeTimeout of the same length: the handshake timer (from the TCP
+        // accept) covers the TLS handshake, and two timers raced to close the connection.
       }, (socket: tls.TLSSocket) => this.#secured(socket))
       : net.createServer({ allowHalfOpen: true });
     server.on("connection", (socket: net.Socket) => this.#connection(socket));
@@ -402,6 +409,78 @@ export class GatewayListener {
     }
   }
 
+  /**
+   * The `node:http` server that parses HTTP/1.1 request heads. It caps the
+   * head at {@link MAX_HEAD_BYTES} itself (`maxHeaderSize`: 431). Its
+   * `headersTimeout`/`requestTimeout` do not apply here: node:http enforces
+   * them from a sweep it starts when it listens, and this server never
+   * listens (checked with Deno 2.9.6 and Node 20: a socket given through
+   * `emit("connection")` that never finishes its head is never timed out).
+   * The listener's handshake timer answers 408 instead, counted from accept
+   * so that TLS and sniffing are inside the same budget.
+   */
+  #http1(): http.Server {
+    const server = http.createServer({
+      maxHeaderSize: MAX_HEAD_BYTES,
+      // Clients of /connect/ssh need not send Host (ours do; curl does).
+      requireHostHeader: false,
+    } as http.ServerOptions);
+    // A client's half-close does not end the socket before the handler answered.
+    (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+    server.on("request", (req: http.IncomingMessage) => this.#request(req, req.socket));
+    server.on(
+      "connect",
+      (req: http.IncomingMessage, socket: net.Socket, rest: Uint8Array) =>
+        this.#request(req, socket, rest),
+    );
+    server.on("clientError", (err: Error & { code?: string }, socket: net.Socket) => {
+      const conn = this.#httpConns.get(socket);
+      if (!conn || !err.code?.startsWith("HPE_")) {
+        socket.destroy(); // a reset or the like: nothing to answer
+        return;
+      }
+      // Bad bytes after the first request (its handler owns the socket) or after a 408: ignored.
+      if (conn.state !== "handshake" || !socket.writable) return;
+      this.#settle(conn, "http");
+      socket.end(
+        err.code === "HPE_HEADER_OVERFLOW"
+          ? httpResponse(431, { body: "request head too large" })
+          : httpResponse(400, {
+            body: `malformed request head: ${(err as { reason?: string }).reason ?? err.message}`,
+          }),
+      );
+    });
+    return server;
+  }
+
+  /** A request head from {@link #http}: the first one on a connection goes to the handler. */
+  #request(
+    req: http.IncomingMessage,
+    socket: net.Socket,
+    rest: Uint8Array = new Uint8Array(),
+  ): void {
+    const conn = this.#httpConns.get(socket);
+    // Pipelined after the first request, or after a 408: ignored (the socket is closing).
+    if (!conn || conn.state !== "handshake" || !socket.writable) return;
+    this.#settle(conn, "http");
+    if (req.httpVersionMajor !== 1) {
+      socket.end(httpResponse(505, { body: "HTTP version not supported" }));
+      return;
+    }
+    this.#o.http(requestHeadOf(req), socket, rest).catch((err) => {
+      this.#o.log.error("http handler failed", { error: errorMessage(err) });
+      socket.destroy();
+    });
+  }
+
+  /** The handshake of `conn` is over: it is now `state`. */
+  #settle(conn: Conn, state: ConnState): void {
+    clearTimeout(conn.timer);
+    conn.timer = undefined;
+    conn.state = state;
+    conn.idleSince = this.#now();
+  }
+
   /** Reads the first bytes of a (decrypted) connection and dispatches it. */
   #accept(socket: net.Socket, conn: Conn): void {
     socket.setNoDelay(true);
@@ -420,13 +499,6 @@ export class GatewayListener {
       cleanup();
       socket.end();
     };
-    const done = (state: ConnState) => {
-      cleanup();
-      clearTimeout(conn.timer);
-      conn.timer = undefined;
-      conn.state = state;
-      conn.idleSince = this.#now();
-    };
     const onData = (chunk: Uint8Array) => {
       const next = new Uint8Array(buffered.length + chunk.length);
       next.set(buffered);
@@ -434,7 +506,8 @@ export class GatewayListener {
       buffered = next;
       if (looksLikeH2(buffered)) {
         if (buffered.length < H2_PREFACE.length) return;
-        done("h2");
+        cleanup();
+        this.#settle(conn, "h2");
         socket.pause();
         conn.link = forwardH2({
           client: socket,
@@ -449,33 +522,17 @@ export class GatewayListener {
         });
         return;
       }
+      cleanup();
       if (h2Only) {
-        cleanup();
         socket.destroy();
         return;
       }
-      const end = findHeadEnd(buffered);
-      if (end < 0) {
-        if (buffered.length > MAX_HEAD_BYTES) {
-          done("http");
-          socket.end(httpResponse(431, { body: "request head too large" }));
-        }
-        return;
-      }
-      done("http");
+      // HTTP/1.1: node:http reads the head from the first byte on.
       socket.pause();
-      let head: RequestHead;
-      try {
-        head = parseRequestHead(buffered.subarray(0, end));
-      } catch (err) {
-        const status = err instanceof HttpError ? err.status : 400;
-        socket.end(httpResponse(status, { body: errorMessage(err) }));
-        return;
-      }
-      this.#o.http(head, socket, buffered.subarray(end)).catch((err) => {
-        this.#o.log.error("http handler failed", { error: errorMessage(err) });
-        socket.destroy();
-      });
+      socket.unshift(buffered);
+      this.#httpConns.set(socket, conn);
+      this.#http.emit("connection", socket);
+      socket.resume();
     };
     socket.on("data", onData);
     socket.on("end", onEnd);

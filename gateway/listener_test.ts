@@ -10,7 +10,7 @@ import tls from "node:tls";
 import { H2_PREFACE } from "../core/goaway_filter.ts";
 import { Logger } from "../core/log.ts";
 import { waitFor } from "../core/testing.ts";
-import { httpResponse } from "./http1.ts";
+import { httpResponse, MAX_HEAD_BYTES, type RequestHead } from "./http1.ts";
 import { type ConnectionLimits, GatewayListener, isLoopback, peerOf } from "./listener.ts";
 
 const log = new Logger({ level: "error", target: "listener-test" });
@@ -22,12 +22,14 @@ interface Fixture {
   held: Map<string, http2.ServerHttp2Stream>;
   /** HTTP/1.1 sockets the handler holds open. */
   tunnels: net.Socket[];
+  /** The bytes each tunnel's client sent after its head. */
+  early: Uint8Array[];
   close(): Promise<void>;
 }
 
 async function fixture(
   limits: Partial<ConnectionLimits>,
-  extra: { tls?: { cert: string; key: string } } = {},
+  extra: { tls?: { cert: string; key: string }; onHead?: (head: RequestHead) => void } = {},
 ): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "lsn" });
   const inner = `${dir}/h2.sock`;
@@ -46,6 +48,7 @@ async function fixture(
   });
   await new Promise<void>((r) => h2.listen(inner, () => r()));
   const tunnels: net.Socket[] = [];
+  const early: Uint8Array[] = [];
   const listener = new GatewayListener({
     bind: "127.0.0.1",
     port: 0,
@@ -53,9 +56,11 @@ async function fixture(
     tls: extra.tls,
     log,
     limits,
-    http: (head, socket) => {
+    http: (head, socket, rest) => {
+      extra.onHead?.(head);
       if (head.method === "CONNECT") {
         tunnels.push(socket);
+        early.push(rest);
         socket.write("HTTP/1.1 200 OK\r\n\r\n");
         socket.on("error", () => {});
       } else {
@@ -70,6 +75,7 @@ async function fixture(
     listener,
     held,
     tunnels,
+    early,
     async close() {
       const stopped = listener.stopAccepting();
       listener.destroyAll();
@@ -318,5 +324,112 @@ Deno.test("TLS: caps count TCP connections before the handshake; a silent one ti
     for (const c of conns) c.socket.destroy();
     await f.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Sends `bytes` (then half-closes with `end`) and returns everything the listener answered. */
+async function exchange(port: number, bytes: string | Uint8Array, end = false): Promise<string> {
+  const c = await raw(port);
+  let reply = "";
+  c.socket.on("data", (d: Uint8Array) => reply += new TextDecoder().decode(d));
+  c.socket.write(bytes);
+  if (end) c.socket.end();
+  await waitFor("the listener closed the connection", () => c.closed);
+  return reply;
+}
+
+/** The status codes in a reply, in order (more than one means more than one response). */
+function statuses(reply: string): number[] {
+  return [...reply.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+}
+
+Deno.test("HTTP/1.1 heads: the node:http parser caps the head at MAX_HEAD_BYTES with one 431", async () => {
+  const f = await fixture({});
+  try {
+    const head = (pad: number) => `GET /x HTTP/1.1\r\nHost: g\r\nX-Pad: ${"a".repeat(pad)}\r\n\r\n`;
+    assert.deepEqual(statuses(await exchange(f.port, head(MAX_HEAD_BYTES - 200))), [200]);
+    const big = await exchange(f.port, head(MAX_HEAD_BYTES + 1));
+    assert.deepEqual(statuses(big), [431]);
+    assert.match(big, /request head too large/);
+    // No line end at all: the cap still applies to the request line.
+    const endless = await exchange(f.port, `GET /${"a".repeat(MAX_HEAD_BYTES + 1)}`);
+    assert.deepEqual(statuses(endless), [431]);
+    assert.equal(f.listener.stats.open, 0);
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("HTTP/1.1 heads: malformed heads get one 400 saying why, other versions 505", async () => {
+  const f = await fixture({});
+  try {
+    for (
+      const bad of [
+        "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Name: v\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n", // obsolete line folding
+        "GET / HTTP/1.1\r\nX: \x01\r\n\r\n",
+        "GET / HTTP/1.1\nHost: g\n\n", // bare LFs
+        "G(T / HTTP/1.1\r\n\r\n",
+        "GET / FOO\r\n\r\n",
+      ]
+    ) {
+      const reply = await exchange(f.port, bad);
+      assert.deepEqual(statuses(reply), [400], JSON.stringify(bad));
+      assert.match(reply, /malformed request head: \S/, JSON.stringify(bad));
+    }
+    const v2 = await exchange(f.port, "GET / HTTP/2.0\r\n\r\n");
+    assert.deepEqual(statuses(v2), [505]);
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("HTTP/1.1 heads: headers reach the handler; one answer even to pipelined requests", async () => {
+  const seen: RequestHead[] = [];
+  const f = await fixture({}, { onHead: (h) => seen.push(h) });
+  try {
+    const reply = await exchange(
+      f.port,
+      "GET /a?q=1 HTTP/1.1\r\nHost: g\r\nX-Token: one\r\nx-token: two\r\n\r\n" +
+        "GET /b HTTP/1.1\r\nHost: g\r\n\r\n",
+    );
+    assert.deepEqual(statuses(reply), [200]);
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].method, "GET");
+    assert.equal(seen[0].target, "/a?q=1");
+    assert.equal(seen[0].version, "HTTP/1.1");
+    assert.equal(seen[0].headers.get("x-token"), "one, two");
+    // Garbage after a complete request changes nothing: one answer, the first.
+    const trailing = await exchange(
+      f.port,
+      "GET /d HTTP/1.1\r\nHost: g\r\n\r\n\x01\x02 junk\r\n\r\n",
+    );
+    assert.deepEqual(statuses(trailing), [200]);
+    assert.equal(seen.length, 2);
+    // A client that half-closes right after its head is still answered.
+    assert.deepEqual(statuses(await exchange(f.port, "GET /c HTTP/1.0\r\n\r\n", true)), [200]);
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("HTTP/1.1 heads: a CONNECT gets the bytes sent after its head; a partial head gets 408", async () => {
+  const f = await fixture({ handshakeTimeoutMs: 300 });
+  try {
+    const c = await raw(f.port);
+    let reply = "";
+    c.socket.on("data", (d: Uint8Array) => reply += new TextDecoder().decode(d));
+    c.socket.write("CONNECT /x HTTP/1.1\r\nHost: g\r\n\r\nSSH-2.0-early");
+    await waitFor("the tunnel is held", () => f.tunnels.length === 1);
+    assert.equal(new TextDecoder().decode(f.early[0]), "SSH-2.0-early");
+    await waitFor("200", () => reply.startsWith("HTTP/1.1 200 "));
+    c.socket.destroy();
+
+    const partial = await exchange(f.port, "GET /x HTTP/1.1\r\nHost: g\r\n");
+    assert.deepEqual(statuses(partial), [408]);
+    assert.ok(f.listener.stats.handshakeTimeouts >= 1);
+  } finally {
+    await f.close();
   }
 });

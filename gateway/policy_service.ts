@@ -12,19 +12,21 @@
  *
  * @module
  */
-import type * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../core/log.ts";
-import { policyHash, type SandboxPolicy } from "../core/policy.ts";
+import { policyHash } from "../core/policy.ts";
 import type {
   GetSandboxPolicyStatusRequest,
   GetSandboxPolicyStatusResponse,
   ListSandboxPoliciesRequest,
   ListSandboxPoliciesResponse,
+  OpenShellHandlers,
   Sandbox,
+  SandboxPolicy,
   SandboxPolicyRevision,
   SandboxSpec,
   UpdateConfigRequest,
   UpdateConfigResponse,
+  Wire,
 } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { truncateForEcho } from "../core/text.ts";
@@ -45,7 +47,7 @@ export interface PolicyServiceOptions {
 }
 
 /** Whether a policy allows nothing anyway (none, or no rules and nothing else set). */
-export function isEmptyPolicy(policy: SandboxPolicy | null | undefined): boolean {
+export function isEmptyPolicy(policy: Wire<SandboxPolicy> | null | undefined): boolean {
   return !policy || policyHash(policy) === policyHash(null);
 }
 
@@ -120,7 +122,10 @@ export class PolicyService {
   }
 
   /** grpc-js handlers keyed by method name. */
-  handlers(): grpc.UntypedServiceImplementation {
+  handlers(): Pick<
+    OpenShellHandlers,
+    "UpdateConfig" | "GetSandboxPolicyStatus" | "ListSandboxPolicies"
+  > {
     const log = this.#o.log;
     return {
       UpdateConfig: unary(log, async (req: UpdateConfigRequest): Promise<UpdateConfigResponse> => {
@@ -199,6 +204,6 @@ export class PolicyService {
 }
 
 /** The policy that allows nothing. */
-export function emptyPolicy(): SandboxPolicy {
+export function emptyPolicy(): Wire<SandboxPolicy> {
   return { version: 0, filesystem: null, landlock: null, process: null, network_policies: {} };
 }

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { Logger } from "../core/log.ts";
-import { policyHash, type SandboxPolicy } from "../core/policy.ts";
+import { policyHash } from "../core/policy.ts";
+import type * as grpc from "@grpc/grpc-js";
 import type {
-  GetSandboxPolicyStatusResponse,
-  ListSandboxPoliciesResponse,
   Sandbox,
+  SandboxPolicy,
   SandboxSpec,
-  UpdateConfigResponse,
+  UpdateConfigRequest,
+  Wire,
 } from "../core/protocol.ts";
 import { Code } from "../core/status.ts";
 import { EgressPolicies } from "./egress.ts";
@@ -16,14 +17,9 @@ import { MAX_POLICY_BYTES } from "./validation.ts";
 
 const quiet = new Logger({ level: "error", sink: () => {} });
 
-function allow(host: string): SandboxPolicy {
+function allow(host: string): Wire<SandboxPolicy> {
   return { network_policies: { r: { name: "r", endpoints: [{ host, port: 443 }] } } };
 }
-
-type Handler = (
-  call: { request: unknown },
-  cb: (err: { code: number; details: string } | null, res?: unknown) => void,
-) => void;
 
 async function setup(egress: boolean) {
   const store = SqliteStore.open();
@@ -42,16 +38,20 @@ async function setup(egress: boolean) {
     ? new EgressPolicies({ store, log: quiet, appendLog: () => {} })
     : undefined;
   const service = new PolicyService({ store, log: quiet, egress: policies, now: () => 99 });
-  const handlers = service.handlers() as unknown as Record<string, Handler>;
-  const call = <T>(method: string, request: Record<string, unknown>): Promise<T> =>
+  const handlers = service.handlers();
+  // A handler called directly, with a request as a client writes it (a stand-in for the call).
+  const call = <Req, Res>(
+    handler: grpc.handleUnaryCall<Req, Res>,
+    request: Wire<Req>,
+  ): Promise<Res> =>
     new Promise((resolve, reject) =>
-      handlers[method]({ request }, (err, res) => {
+      handler({ request } as unknown as grpc.ServerUnaryCall<Req, Res>, (err, res) => {
         if (err) reject(Object.assign(new Error(err.details), { code: err.code }));
-        else resolve(res as T);
+        else resolve(res!);
       })
     );
-  const update = (req: Record<string, unknown>) =>
-    call<UpdateConfigResponse>("UpdateConfig", {
+  const update = (req: Wire<UpdateConfigRequest>) =>
+    call(handlers.UpdateConfig, {
       name: "dev",
       policy: null,
       setting_key: "",
@@ -63,6 +63,7 @@ async function setup(egress: boolean) {
     store,
     service,
     sandbox,
+    handlers,
     call,
     update,
     close: async () => {
@@ -90,7 +91,7 @@ Deno.test("UpdateConfig: versions count up from the create-time revision; hash i
     const res = await t.update({ policy: allow("two") });
     assert.equal(res.version, 2);
     assert.equal(res.policy_hash, policyHash(allow("two")));
-    const got = await t.call<GetSandboxPolicyStatusResponse>("GetSandboxPolicyStatus", {
+    const got = await t.call(t.handlers.GetSandboxPolicyStatus, {
       name: "dev",
       version: 0,
       global: false,
@@ -98,22 +99,22 @@ Deno.test("UpdateConfig: versions count up from the create-time revision; hash i
     assert.equal(got.revision?.version, 2);
     assert.equal(got.revision?.created_at_ms, 99);
     assert.equal(got.revision?.policy?.network_policies?.r.endpoints?.[0].host, "two");
-    const v1got = await t.call<GetSandboxPolicyStatusResponse>("GetSandboxPolicyStatus", {
+    const v1got = await t.call(t.handlers.GetSandboxPolicyStatus, {
       name: "dev",
       version: 1,
       global: false,
     });
     assert.equal(v1got.revision?.status, "POLICY_STATUS_SUPERSEDED");
-    const list = await t.call<ListSandboxPoliciesResponse>("ListSandboxPolicies", {
+    const list = await t.call(t.handlers.ListSandboxPolicies, {
       name: "dev",
       limit: 0,
       offset: 0,
       global: false,
     });
-    assert.deepEqual(list.revisions.map((r) => r.version), [2, 1]);
-    assert.equal(list.revisions[0].policy, null, "lists leave the policy out");
+    assert.deepEqual(list.revisions!.map((r) => r.version), [2, 1]);
+    assert.equal(list.revisions![0].policy, null, "lists leave the policy out");
     await assert.rejects(
-      t.call("GetSandboxPolicyStatus", { name: "dev", version: 7, global: false }),
+      t.call(t.handlers.GetSandboxPolicyStatus, { name: "dev", version: 7, global: false }),
       status(Code.NOT_FOUND, /no policy version 7 \(the latest is 2\)/),
     );
   } finally {
@@ -154,7 +155,7 @@ Deno.test("UpdateConfig: refused fields, bad policies and unknown sandboxes name
       status(3, /endpoint needs port or ports/),
     );
     // Past the size cap: refused from its encoded size before validation.
-    const big: SandboxPolicy = { network_policies: {} };
+    const big: Wire<SandboxPolicy> = { network_policies: {} };
     const host = `${"h".repeat(60)}.${"i".repeat(60)}.${"j".repeat(60)}.example`;
     for (let i = 0; i < 200; i++) {
       big.network_policies![`rule-${i}`] = {
@@ -166,15 +167,15 @@ Deno.test("UpdateConfig: refused fields, bad policies and unknown sandboxes name
       status(3, new RegExp(`at most ${MAX_POLICY_BYTES}`)),
     );
     await assert.rejects(
-      t.call("ListSandboxPolicies", { name: "dev", limit: 101, offset: 0, global: false }),
+      t.call(t.handlers.ListSandboxPolicies, { name: "dev", limit: 101, offset: 0, global: false }),
       status(3, /limit: at most 100/),
     );
     await assert.rejects(
-      t.call("ListSandboxPolicies", { name: "ghost", limit: 1, offset: 0, global: false }),
+      t.call(t.handlers.ListSandboxPolicies, { name: "ghost", limit: 1, offset: 0, global: false }),
       status(Code.NOT_FOUND, /"ghost" not found/),
     );
     await assert.rejects(
-      t.call("GetSandboxPolicyStatus", { name: "dev", version: 0, global: true }),
+      t.call(t.handlers.GetSandboxPolicyStatus, { name: "dev", version: 0, global: true }),
       status(3, /^global:/),
     );
     assert.equal(await t.store.getPolicyRevision(t.sandbox.id, 0), undefined, "nothing stored");
@@ -203,7 +204,7 @@ Deno.test("without the egress proxy: no revisions; a policy is refused, never dr
       status(Code.FAILED_PRECONDITION, /--no-egress/),
     );
     await assert.rejects(
-      t.call("GetSandboxPolicyStatus", { name: "dev", version: 0, global: false }),
+      t.call(t.handlers.GetSandboxPolicyStatus, { name: "dev", version: 0, global: false }),
       status(Code.NOT_FOUND, /no policy revisions .*--no-egress/),
     );
   } finally {

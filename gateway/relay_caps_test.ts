@@ -8,15 +8,10 @@
 import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import {
-  type GatewayMessage,
-  OpenShellClient,
-  type Sandbox,
-  type SupervisorMessage,
-  type Wire,
-} from "../core/protocol.ts";
+import { type GatewayMessage, OpenShellClient } from "../core/protocol.ts";
 import { MAX_PENDING_RELAYS_PER_SANDBOX, RELAY_CAPACITY_ERROR } from "../core/registry.ts";
 import { waitFor } from "../core/testing.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
@@ -70,15 +65,15 @@ async function withGateway(
 }
 
 async function token(f: Fixture, sandboxId: string): Promise<string> {
-  return (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandboxId }))
+  return (await f.api.call(f.api.raw.CreateSshSession, { sandbox_id: sandboxId }))
     .token;
 }
 
 /** Resolves once the sandbox is READY (the session registers asynchronously). */
 async function ready(f: Fixture, name: string): Promise<void> {
   await waitFor(`sandbox ${name} to be READY`, async () => {
-    const s = await f.api.call<{ sandbox: Sandbox }>("GetSandbox", { name });
-    return s.sandbox.phase === "SANDBOX_PHASE_READY";
+    const s = await f.api.call(f.api.raw.GetSandbox, { name });
+    return s.sandbox!.phase === "SANDBOX_PHASE_READY";
   }, { intervalMs: 25 });
 }
 
@@ -134,27 +129,33 @@ function openAndCancel(
   asked: Promise<void>,
 ): Promise<"cancelled" | { status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: "127.0.0.1" });
-    socket.on("error", reject);
-    let reply = Buffer.alloc(0);
     let done = false;
-    socket.on("data", (c: Buffer) => reply = Buffer.concat([reply, c]));
-    socket.on("end", () => {
-      if (done) return;
-      done = true;
-      const text = reply.toString("latin1");
-      socket.destroy();
-      resolve({ status: Number(text.split(" ")[1]), body: text.split("\r\n\r\n")[1] ?? "" });
+    const req = http.request({
+      method: "CONNECT",
+      path: "/connect/ssh",
+      headers: { Host: "gateway", ...headers },
+      createConnection: () => net.connect({ port, host: "127.0.0.1" }),
+    });
+    req.once("error", (err) => {
+      if (!done) reject(err);
+    });
+    req.once("connect", (res: http.IncomingMessage, socket: net.Socket, rest: Buffer) => {
+      let body = rest;
+      socket.on("data", (c: Buffer) => body = Buffer.concat([body, c]));
+      socket.on("end", () => {
+        if (done) return;
+        done = true;
+        socket.destroy();
+        resolve({ status: res.statusCode ?? 0, body: body.toString("latin1") });
+      });
     });
     asked.then(() => {
       if (done) return;
       done = true;
-      socket.destroy();
+      req.destroy();
       resolve("cancelled");
     });
-    const lines = ["CONNECT /connect/ssh HTTP/1.1", "Host: gateway"];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
-    socket.write(lines.join("\r\n") + "\r\n\r\n");
+    req.end();
   });
 }
 
@@ -240,12 +241,7 @@ function refusingSupervisor(f: Fixture, byo: ByoSupervisor, error: () => string)
   );
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(byo.metadata)) md.set(k, v);
-  const call = (client as unknown as {
-    ConnectSupervisor(md: grpc.Metadata): grpc.ClientDuplexStream<
-      Wire<SupervisorMessage>,
-      GatewayMessage
-    >;
-  }).ConnectSupervisor(md);
+  const call = client.ConnectSupervisor(md);
   call.on("error", () => {});
   f.cleanup.push(() => {
     call.cancel();
@@ -316,7 +312,9 @@ Deno.test("RevokeSshSession closes the tunnels opened with that token, and only 
     const b = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": kept });
     assert.deepEqual([a.status, b.status], [200, 200]);
     const closed = eof(a.socket);
-    assert.deepEqual(await f.api.call("RevokeSshSession", { token: revoked }), { revoked: true });
+    assert.deepEqual(await f.api.call(f.api.raw.RevokeSshSession, { token: revoked }), {
+      revoked: true,
+    });
     await closed;
     const back = await new Promise<string>((resolve) => {
       b.socket.once("data", (d: Buffer) => resolve(d.toString()));

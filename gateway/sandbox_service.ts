@@ -12,18 +12,28 @@ import { hashToken, newToken } from "./tokens.ts";
 import type { Logger } from "../core/log.ts";
 import type {
   CreateSandboxRequest,
+  CreateSshSessionRequest,
   CreateSshSessionResponse,
+  DeleteSandboxRequest,
+  DeleteSandboxResponse,
   GetSandboxLogsRequest,
   GetSandboxLogsResponse,
+  GetSandboxRequest,
   HealthResponse,
+  IssueSupervisorCredentialsRequest,
   IssueSupervisorCredentialsResponse,
   ListSandboxesRequest,
   ListSandboxesResponse,
+  OpenShellHandlers,
+  RevokeSshSessionRequest,
+  RevokeSshSessionResponse,
   Sandbox,
   SandboxLogLine,
   SandboxResponse,
   SandboxSpec,
   SandboxStreamEvent,
+  StartSandboxRequest,
+  StopSandboxRequest,
   WatchSandboxRequest,
   Wire,
 } from "../core/protocol.ts";
@@ -133,6 +143,21 @@ function randomLetters(n: number): string {
   return Array.from(randomBytes(n), (b) => String.fromCharCode(97 + (b % 26))).join("");
 }
 
+/** The methods {@link SandboxService} serves. */
+export type SandboxMethod =
+  | "Health"
+  | "CreateSandbox"
+  | "GetSandbox"
+  | "ListSandboxes"
+  | "DeleteSandbox"
+  | "StopSandbox"
+  | "StartSandbox"
+  | "CreateSshSession"
+  | "RevokeSshSession"
+  | "IssueSupervisorCredentials"
+  | "GetSandboxLogs"
+  | "WatchSandbox";
+
 /** Handlers of the public API. */
 export class SandboxService {
   readonly #o: SandboxServiceOptions;
@@ -161,154 +186,158 @@ export class SandboxService {
   }
 
   /** grpc-js handlers keyed by method name. */
-  handlers(): grpc.UntypedServiceImplementation {
+  handlers(): Pick<OpenShellHandlers, SandboxMethod> {
     const log = this.#o.log;
     return {
-      Health: unary(log, (): Promise<HealthResponse> =>
-        Promise.resolve({
-          status: (this.#o.healthy?.() ?? true)
-            ? "SERVICE_STATUS_HEALTHY"
-            : "SERVICE_STATUS_DEGRADED",
-          version: VERSION,
-        })),
-      CreateSandbox: unary(log, async (req: CreateSandboxRequest): Promise<SandboxResponse> => {
-        const { name, spec } = validateCreateSandbox(req);
-        const policy = this.#o.policy;
-        policy?.checkCreate(spec);
-        let chosen = name;
-        if (!chosen) {
-          do chosen = generateSandboxName(); while (await this.#o.store.getSandboxByName(chosen));
-        }
-        const sandbox = await this.#o.compute.createSandbox({
-          name: chosen,
-          spec,
-          ...(policy ? { onStored: (s: Sandbox) => policy.sandboxCreated(s) } : {}),
-        });
-        log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
-        return { sandbox: publicSandbox(sandbox) };
-      }),
-      GetSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
-        return { sandbox: publicSandbox((await this.#byName(req.name)).sandbox) };
-      }),
-      ListSandboxes: unary(
-        log,
-        async (req: ListSandboxesRequest): Promise<ListSandboxesResponse> => {
-          const page = validatePage(req.limit, req.offset);
-          const records = await this.#o.store.listSandboxes(page);
-          return { sandboxes: records.map((r) => publicSandbox(r.sandbox)) };
-        },
-      ),
-      DeleteSandbox: unary(log, async (req: { name: string }): Promise<{ deleted: boolean }> => {
-        if (!req.name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
-        const record = await this.#o.store.getSandboxByName(req.name);
-        if (!record) return { deleted: false };
-        const deleted = await this.#o.compute.deleteSandbox(record);
-        await this.#o.policy?.sandboxDeleted(record.sandbox.id);
-        log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
-        return { deleted };
-      }),
-      StopSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
-        const record = await this.#byName(req.name);
-        const sandbox = await this.#o.compute.stopSandbox(record);
-        log.info("sandbox stopped", { sandbox: sandbox.id, name: sandbox.name });
-        return { sandbox: publicSandbox(sandbox) };
-      }),
-      StartSandbox: unary(log, async (req: { name: string }): Promise<SandboxResponse> => {
-        const record = await this.#byName(req.name);
-        const sandbox = await this.#o.compute.startSandbox(record);
-        log.info("sandbox starting", { sandbox: sandbox.id, name: sandbox.name });
-        return { sandbox: publicSandbox(sandbox) };
-      }),
-      CreateSshSession: unary(
-        log,
-        async (req: { sandbox_id: string }): Promise<CreateSshSessionResponse> => {
-          const record = await this.#byId(req.sandbox_id);
-          if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
-            throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
-          }
-          const fingerprint = requirePinnedHostKey(record);
-          const ep = this.#o.sshEndpoint();
-          const now = this.#now();
-          const token = newToken();
-          const expires = ep.ttlSecs > 0 ? now + ep.ttlSecs * 1000 : 0;
-          await this.#o.store.createSshSession({
-            id: token,
-            token,
-            sandbox_id: record.sandbox.id,
-            name: randomLetters(6),
-            created_at_ms: now,
-            revoked: false,
-            expires_at_ms: expires,
-          });
-          return {
-            sandbox_id: record.sandbox.id,
-            token,
-            gateway_host: ep.host,
-            gateway_port: ep.port,
-            gateway_scheme: ep.scheme,
-            connect_path: ep.connectPath,
-            host_key_fingerprint: fingerprint,
-            expires_at_ms: expires,
-          };
-        },
-      ),
-      RevokeSshSession: unary(
-        log,
-        async (req: { token: string }): Promise<{ revoked: boolean }> => {
-          if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
-          const revoked = await this.#o.store.revokeSshSession(req.token);
-          if (revoked) this.#o.onSshSessionRevoked?.(req.token);
-          return { revoked };
-        },
-      ),
-      IssueSupervisorCredentials: unary(
-        log,
-        async (req: { name: string }): Promise<IssueSupervisorCredentialsResponse> => {
-          const record = await this.#byName(req.name);
-          if (this.#o.compute.hasDriver) {
-            throw new StatusError(
-              Code.FAILED_PRECONDITION,
-              `sandbox "${req.name}" is provisioned by the gateway's compute driver, which hands ` +
-                "its supervisor a credential; only gateways started with --drivers none issue them",
-            );
-          }
-          const plane = this.#o.supervisorPlane?.();
-          if (!plane) throw new StatusError(Code.UNAVAILABLE, "the supervisor plane is not up");
-          const token = newToken();
-          await this.#o.store.updateSandbox(record.sandbox.id, (r) => ({
-            ...r,
-            secrets: { ...r.secrets, supervisorTokenHash: hashToken(token) },
-          }));
-          // A supervisor still using the old token loses its session now, not at its next hello.
-          this.#o.compute.endSupervisorSession(record.sandbox.id);
-          log.info("supervisor credentials issued", { sandbox: record.sandbox.id });
-          return {
-            sandbox_id: record.sandbox.id,
-            token,
-            endpoint: plane.endpoint,
-            ca_cert_pem: plane.caPem,
-          };
-        },
-      ),
-      GetSandboxLogs: unary(
-        log,
-        async (req: GetSandboxLogsRequest): Promise<GetSandboxLogsResponse> => {
-          const record = await this.#byId(req.sandbox_id);
-          const id = record.sandbox.id;
-          const filter = { sinceMs: req.since_ms, sources: req.sources, minLevel: req.min_level };
-          const all = this.#o.compute.logTopics.buffered(id).filter((l) =>
-            logLineMatches(l, filter)
-          );
-          const lines = req.lines > 0 ? req.lines : DEFAULT_LOG_LINES;
-          return { logs: all.slice(-lines), buffer_total: this.#o.compute.logTopics.total(id) };
-        },
-      ),
-      WatchSandbox: (
-        call: grpc.ServerWritableStream<WatchSandboxRequest, Wire<SandboxStreamEvent>>,
-      ) => {
+      Health: unary(log, () => this.#health()),
+      CreateSandbox: unary(log, (req) => this.#create(req)),
+      GetSandbox: unary(log, (req) => this.#get(req)),
+      ListSandboxes: unary(log, (req) => this.#list(req)),
+      DeleteSandbox: unary(log, (req) => this.#delete(req)),
+      StopSandbox: unary(log, (req) => this.#stop(req)),
+      StartSandbox: unary(log, (req) => this.#start(req)),
+      CreateSshSession: unary(log, (req) => this.#createSshSession(req)),
+      RevokeSshSession: unary(log, (req) => this.#revokeSshSession(req)),
+      IssueSupervisorCredentials: unary(log, (req) => this.#issueSupervisorCredentials(req)),
+      GetSandboxLogs: unary(log, (req) => this.#logs(req)),
+      WatchSandbox: (call) => {
         this.#watch(call).catch((err) => failStream(call, err, log));
       },
     };
+  }
+
+  #health(): Promise<HealthResponse> {
+    return Promise.resolve({
+      status: (this.#o.healthy?.() ?? true) ? "SERVICE_STATUS_HEALTHY" : "SERVICE_STATUS_DEGRADED",
+      version: VERSION,
+    });
+  }
+
+  async #create(req: CreateSandboxRequest): Promise<SandboxResponse> {
+    const { name, spec } = validateCreateSandbox(req);
+    const policy = this.#o.policy;
+    policy?.checkCreate(spec);
+    let chosen = name;
+    if (!chosen) {
+      do chosen = generateSandboxName(); while (await this.#o.store.getSandboxByName(chosen));
+    }
+    const sandbox = await this.#o.compute.createSandbox({
+      name: chosen,
+      spec,
+      ...(policy ? { onStored: (s: Sandbox) => policy.sandboxCreated(s) } : {}),
+    });
+    this.#o.log.info("sandbox created", { sandbox: sandbox.id, name: sandbox.name });
+    return { sandbox: publicSandbox(sandbox) };
+  }
+
+  async #get(req: GetSandboxRequest): Promise<SandboxResponse> {
+    return { sandbox: publicSandbox((await this.#byName(req.name)).sandbox) };
+  }
+
+  async #list(req: ListSandboxesRequest): Promise<ListSandboxesResponse> {
+    const page = validatePage(req.limit, req.offset);
+    const records = await this.#o.store.listSandboxes(page);
+    return { sandboxes: records.map((r) => publicSandbox(r.sandbox)) };
+  }
+
+  async #delete(req: DeleteSandboxRequest): Promise<DeleteSandboxResponse> {
+    if (!req.name) throw new StatusError(Code.INVALID_ARGUMENT, "name is required");
+    const record = await this.#o.store.getSandboxByName(req.name);
+    if (!record) return { deleted: false };
+    const deleted = await this.#o.compute.deleteSandbox(record);
+    await this.#o.policy?.sandboxDeleted(record.sandbox.id);
+    this.#o.log.info("sandbox deleted", { sandbox: record.sandbox.id, name: record.sandbox.name });
+    return { deleted };
+  }
+
+  async #stop(req: StopSandboxRequest): Promise<SandboxResponse> {
+    const record = await this.#byName(req.name);
+    const sandbox = await this.#o.compute.stopSandbox(record);
+    this.#o.log.info("sandbox stopped", { sandbox: sandbox.id, name: sandbox.name });
+    return { sandbox: publicSandbox(sandbox) };
+  }
+
+  async #start(req: StartSandboxRequest): Promise<SandboxResponse> {
+    const record = await this.#byName(req.name);
+    const sandbox = await this.#o.compute.startSandbox(record);
+    this.#o.log.info("sandbox starting", { sandbox: sandbox.id, name: sandbox.name });
+    return { sandbox: publicSandbox(sandbox) };
+  }
+
+  async #createSshSession(req: CreateSshSessionRequest): Promise<CreateSshSessionResponse> {
+    const record = await this.#byId(req.sandbox_id);
+    if (record.sandbox.phase !== "SANDBOX_PHASE_READY") {
+      throw new StatusError(Code.FAILED_PRECONDITION, "sandbox is not ready");
+    }
+    const fingerprint = requirePinnedHostKey(record);
+    const ep = this.#o.sshEndpoint();
+    const now = this.#now();
+    const token = newToken();
+    const expires = ep.ttlSecs > 0 ? now + ep.ttlSecs * 1000 : 0;
+    await this.#o.store.createSshSession({
+      id: token,
+      token,
+      sandbox_id: record.sandbox.id,
+      name: randomLetters(6),
+      created_at_ms: now,
+      revoked: false,
+      expires_at_ms: expires,
+    });
+    return {
+      sandbox_id: record.sandbox.id,
+      token,
+      gateway_host: ep.host,
+      gateway_port: ep.port,
+      gateway_scheme: ep.scheme,
+      connect_path: ep.connectPath,
+      host_key_fingerprint: fingerprint,
+      expires_at_ms: expires,
+    };
+  }
+
+  async #revokeSshSession(req: RevokeSshSessionRequest): Promise<RevokeSshSessionResponse> {
+    if (!req.token) throw new StatusError(Code.INVALID_ARGUMENT, "token is required");
+    const revoked = await this.#o.store.revokeSshSession(req.token);
+    if (revoked) this.#o.onSshSessionRevoked?.(req.token);
+    return { revoked };
+  }
+
+  async #issueSupervisorCredentials(
+    req: IssueSupervisorCredentialsRequest,
+  ): Promise<IssueSupervisorCredentialsResponse> {
+    const record = await this.#byName(req.name);
+    if (this.#o.compute.hasDriver) {
+      throw new StatusError(
+        Code.FAILED_PRECONDITION,
+        `sandbox "${req.name}" is provisioned by the gateway's compute driver, which hands ` +
+          "its supervisor a credential; only gateways started with --drivers none issue them",
+      );
+    }
+    const plane = this.#o.supervisorPlane?.();
+    if (!plane) throw new StatusError(Code.UNAVAILABLE, "the supervisor plane is not up");
+    const token = newToken();
+    await this.#o.store.updateSandbox(record.sandbox.id, (r) => ({
+      ...r,
+      secrets: { ...r.secrets, supervisorTokenHash: hashToken(token) },
+    }));
+    // A supervisor still using the old token loses its session now, not at its next hello.
+    this.#o.compute.endSupervisorSession(record.sandbox.id);
+    this.#o.log.info("supervisor credentials issued", { sandbox: record.sandbox.id });
+    return {
+      sandbox_id: record.sandbox.id,
+      token,
+      endpoint: plane.endpoint,
+      ca_cert_pem: plane.caPem,
+    };
+  }
+
+  async #logs(req: GetSandboxLogsRequest): Promise<GetSandboxLogsResponse> {
+    const record = await this.#byId(req.sandbox_id);
+    const id = record.sandbox.id;
+    const filter = { sinceMs: req.since_ms, sources: req.sources, minLevel: req.min_level };
+    const all = this.#o.compute.logTopics.buffered(id).filter((l) => logLineMatches(l, filter));
+    const lines = req.lines > 0 ? req.lines : DEFAULT_LOG_LINES;
+    return { logs: all.slice(-lines), buffer_total: this.#o.compute.logTopics.total(id) };
   }
 
   async #watch(

@@ -1,47 +1,43 @@
 /**
- * Assembles a running gateway from its configuration: store, session
- * registry, compute runtime (and driver), the gRPC services on an internal
- * Unix socket, and the public listener that serves gRPC and HTTP/1.1 on one
- * port.
+ * Assembles a running gateway from its configuration: the services
+ * (gateway/services.ts) and their gRPC servers on internal Unix sockets,
+ * the public listeners of both planes (gRPC and HTTP/1.1 on one port each),
+ * TLS from gateway/tls_setup.ts, the helper processes (egress proxy,
+ * compute driver) and the orderly shutdown of all of it.
  *
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import type { Duplex } from "node:stream";
-import { errorMessage, type Logger } from "../core/log.ts";
+import { hostForUrl, hostPort } from "../core/endpoint.ts";
 import { MAX_CONCURRENT_STREAMS } from "../core/h2_forward.ts";
+import { errorMessage, type Logger } from "../core/log.ts";
 import { OpenShellClient } from "../core/protocol.ts";
-import { SessionRegistry } from "../core/registry.ts";
-import { VERSION } from "../core/version.ts";
-import { hostForUrl } from "../core/endpoint.ts";
-import { ensureGatewayPki, serverNames } from "../core/pki.ts";
 import { checkPrivateDir } from "../core/secure_fs.ts";
 import { Code } from "../core/status.ts";
-import { ComputeRuntime } from "./compute.ts";
+import { VERSION } from "../core/version.ts";
+import { removeSocket } from "./child_process.ts";
+import type { ComputeRuntime } from "./compute.ts";
 import {
   driverArgs,
   driverSocketPath,
   egressBinary,
   egressControlSocket,
-  egressGuestSocket,
   type GatewayConfig,
   internalSocketPath,
   pkiDir,
   supervisorSocketPath,
 } from "./config.ts";
 import { type ComputeDriver, startDriverProcess } from "./driver.ts";
-import { EgressPolicies } from "./egress.ts";
+import type { EgressPolicies } from "./egress.ts";
 import { type EgressProcess, startEgressProcess } from "./egress_process.ts";
-import { ImageService } from "./images.ts";
-import { ExecService } from "./exec.ts";
-import { httpResponse, type RequestHead } from "./http1.ts";
-import { GatewayListener } from "./listener.ts";
+import { httpResponse } from "./http1.ts";
+import { GatewayListener, type HttpHandler } from "./listener.ts";
 import { decodeGuard, guardDecoding } from "./rpc.ts";
-import { PolicyService } from "./policy_service.ts";
-import { SandboxService, type SshEndpoint } from "./sandbox_service.ts";
-import { SshTunnel } from "./ssh_tunnel.ts";
-import { SqliteStore, type Store } from "./store.ts";
-import { SupervisorPlane } from "./supervisor_plane.ts";
+import type { SshEndpoint } from "./sandbox_service.ts";
+import { createServices, type GatewayServices, type ServiceEndpoints } from "./services.ts";
+import type { Store } from "./store.ts";
+import type { SupervisorPlane } from "./supervisor_plane.ts";
+import { setupTls, type TlsSetup } from "./tls_setup.ts";
 import type { RelayTuning } from "./tuning.ts";
 
 /**
@@ -111,62 +107,11 @@ export interface StartOptions {
   tuning?: Partial<RelayTuning>;
 }
 
+/** URL supervisors dial for a plane bound on `bind:port` (loopback for an unspecified bind). */
 function planeEndpoint(config: GatewayConfig, bind: string, port: number): string {
   const scheme = config.disableTls ? "http" : "https";
   const unspecified = ["0.0.0.0", "::", "[::]", ""].includes(bind);
   return `${scheme}://${unspecified ? "127.0.0.1" : hostForUrl(bind)}:${port}`;
-}
-
-/** TLS material of both planes. */
-interface TlsSetup {
-  /** The user API's certificate and key. */
-  user: { cert: string; key: string; clientCa?: string };
-  /** The supervisor plane's certificate and key (always from the gateway's own CA). */
-  supervisor: { cert: string; key: string };
-  /** PEM CA that signs the supervisor plane's certificate. */
-  caPem: string;
-}
-
-/**
- * Loads or creates TLS material. The supervisor plane always uses the
- * gateway's own PKI (`<state-dir>/pki`), whose CA the drivers hand to
- * guests; the user API uses `--tls-cert/--tls-key` when given.
- */
-async function setupTls(config: GatewayConfig, log: Logger): Promise<TlsSetup> {
-  const dir = pkiDir(config);
-  const pki = await ensureGatewayPki(dir, {
-    serverNames: serverNames(config.bind, [
-      ...config.tlsSans,
-      ...(config.supervisorBind !== config.bind ? serverNames(config.supervisorBind) : []),
-    ]),
-  });
-  if (pki.written.includes(pki.paths.caCert)) {
-    log.info(
-      `created the gateway's PKI in ${dir}; import the operator bundle with ` +
-        `\`openshell gateway add NAME URL --mtls-dir ${dir}\``,
-    );
-  } else if (pki.written.length > 0) {
-    log.info("re-issued certificates that expire soon or miss a name", {
-      files: pki.written.join(","),
-    });
-  }
-  const own = !!config.tlsCert;
-  const clientCa = config.disableGatewayAuth
-    ? undefined
-    : own
-    ? await readPem(config.tlsClientCa!, "--tls-client-ca")
-    : pki.ca.cert;
-  return {
-    user: own
-      ? {
-        cert: await readPem(config.tlsCert!, "--tls-cert"),
-        key: await readPem(config.tlsKey!, "--tls-key"),
-        clientCa,
-      }
-      : { cert: pki.server.cert, key: pki.server.key, clientCa },
-    supervisor: { cert: pki.server.cert, key: pki.server.key },
-    caPem: pki.ca.cert,
-  };
 }
 
 /** Methods the supervisor plane serves; every other one answers PERMISSION_DENIED there. */
@@ -194,11 +139,12 @@ function supervisorPlaneHandlers(
   return handlers;
 }
 
+/** Binds `server` on a fresh Unix socket at `socketPath`, then makes the socket 0600. */
 async function bindGrpc(
   server: grpc.Server,
   socketPath: string,
 ): Promise<void> {
-  await removeStale(socketPath);
+  await removeSocket(socketPath);
   await new Promise<void>((resolve, reject) =>
     server.bindAsync(
       `unix:${socketPath}`,
@@ -209,47 +155,44 @@ async function bindGrpc(
   await Deno.chmod(socketPath, 0o600);
 }
 
-function openStore(config: GatewayConfig): Store {
-  switch (config.db.kind) {
-    case "sqlite-memory":
-      return SqliteStore.open();
-    case "sqlite-file":
-      return SqliteStore.open({ path: config.db.path });
-    case "postgres":
-      throw new Error("postgres is not supported yet");
-  }
-}
-
-async function readPem(path: string, flag: string): Promise<string> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (err) {
-    throw new Error(`${flag}: cannot read ${path}: ${errorMessage(err)}`);
-  }
-  if (!text.includes("-----BEGIN ")) throw new Error(`${flag}: ${path} is not a PEM file`);
-  return text;
-}
-
-async function removeStale(path: string): Promise<void> {
-  try {
-    await Deno.remove(path);
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
+/** What {@link tuneSessions} needs of a node:http2 server. */
+export interface Http2ServerLike {
+  on(event: "session", listener: (session: unknown) => void): unknown;
 }
 
 /**
- * HTTP/2 settings of every session of the internal server: the largest
- * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
- * unless `defaultWindows`, the raised flow-control windows.
+ * The node:http2 servers of a bound grpc-js server. grpc-js keeps them in
+ * the private field `http2Servers` (a Map keyed by server; 1.14.x) and has
+ * no public way to set a server's HTTP/2 windows, so the gateway reaches in.
+ * If a grpc-js upgrade removes or reshapes the field this throws at start
+ * instead of silently serving with default windows and no header-list cap.
  */
-function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
-  const servers = (server as unknown as {
-    http2Servers?: Map<{ on: (e: string, f: (s: unknown) => void) => void }, unknown>;
-  })
-    .http2Servers;
-  for (const h2 of servers?.keys() ?? []) {
+export function http2ServersOf(server: grpc.Server): Http2ServerLike[] {
+  const field = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  const servers = field instanceof Map ? [...field.keys()] : [];
+  if (
+    servers.length === 0 ||
+    !servers.every((s) => typeof (s as Partial<Http2ServerLike>)?.on === "function")
+  ) {
+    throw new Error(
+      "@grpc/grpc-js has no private Server.http2Servers map of bound node:http2 servers " +
+        "(the gateway hooks it to raise HTTP/2 windows and cap header lists): use the " +
+        "@grpc/grpc-js version in deno.json, or adapt http2ServersOf in gateway/server.ts",
+    );
+  }
+  return servers as Http2ServerLike[];
+}
+
+/**
+ * HTTP/2 settings of every session of a bound grpc-js server: the largest
+ * header list a client may send ({@link MAX_HEADER_LIST_BYTES}, always) and,
+ * unless `defaultWindows`, the raised flow-control windows
+ * ({@link H2_STREAM_WINDOW} per stream, {@link H2_CONNECTION_WINDOW} for
+ * the connection). Throws when grpc-js's servers cannot be reached (see
+ * {@link http2ServersOf}).
+ */
+export function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean): void {
+  for (const h2 of http2ServersOf(server)) {
     h2.on("session", (session) => {
       const s = session as {
         settings(opts: Record<string, number>): void;
@@ -275,9 +218,7 @@ function tuneSessions(server: grpc.Server, log: Logger, defaultWindows: boolean)
  * a compiled binary's grants are fixed at build time.
  */
 export function checkGrants(config: GatewayConfig): void {
-  const host = config.bind.includes(":") && !config.bind.startsWith("[")
-    ? `[${config.bind}]`
-    : config.bind;
+  const host = hostForUrl(config.bind);
   const wanted: [Deno.PermissionDescriptor, string][] = [
     [
       { name: "net", host: config.port === 0 ? host : `${host}:${config.port}` },
@@ -316,102 +257,61 @@ export function checkGrants(config: GatewayConfig): void {
   }
 }
 
-/** Starts a gateway; resolves once its port is bound and it logged `Server listening`. */
-export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
-  const log = options.log;
-  checkGrants(config);
-  await checkPrivateDir(config.stateDir, { create: true, exact0700: true, what: "state dir" });
-  if (config.disableGatewayAuth) {
-    log.warn(
-      "GATEWAY AUTH IS DISABLED: anyone who can reach the user API can list, read, exec into and " +
-        "delete every sandbox (--disable-gateway-auth is for development only)",
-    );
-  }
-  const tlsSetup = config.disableTls ? undefined : await setupTls(config, log);
-  const store = openStore(config);
-  const registry = new SessionRegistry<Duplex>();
-  registry.startReaper();
+/** Options of every gRPC server of the gateway (both planes). */
+const GRPC_SERVER_OPTIONS: grpc.ServerOptions = {
+  "grpc.max_receive_message_length": MAX_GRPC_RECEIVE,
+  "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
+  "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+  interceptors: [decodeGuard],
+};
 
-  const endpointRef: { current?: SshEndpoint } = {};
-  let driver: ComputeDriver | undefined;
-  // The driver learns the gateway's endpoint, so it starts once the port is
-  // bound; until then create/delete wait for it (see ComputeRuntime.attachDriver).
-  const compute = new ComputeRuntime({
-    store,
-    registry,
-    log,
-    driverExpected: config.drivers === "vm",
-    supervisorCa: tlsSetup?.caPem,
-  });
-  compute.start();
+/** The gRPC servers of both planes, each on its internal Unix socket. */
+interface GrpcServers {
+  /** The user API. */
+  user: grpc.Server;
+  userSocket: string;
+  /** The supervisor plane. */
+  supervisor: grpc.Server;
+  supervisorSocket: string;
+}
 
-  const tunnel = new SshTunnel({ store, registry, log });
-  tunnel.startExpirySweep();
-  // The egress proxy's policies: attached once its process answers (below).
-  const egressPolicies = config.egress
-    ? new EgressPolicies({
-      store,
-      log,
-      appendLog: (line) => compute.appendLog(line),
-      changed: (id) => compute.statusTopics.publish(id),
-    })
-    : undefined;
-  let egressProcess: EgressProcess | undefined;
-  const policies = new PolicyService({
-    store,
-    log,
-    egress: egressPolicies,
-    sandboxLog: (id, message) => compute.log(id, "info", message),
-  });
-  const sandboxes = new SandboxService({
-    store,
-    compute,
-    log,
-    sshEndpoint: () => endpointRef.current!,
-    healthy: () => compute.driverReady,
-    supervisorPlane: () => ({ endpoint: grpcEndpoint, caPem: tlsSetup?.caPem ?? "" }),
-    onSshSessionRevoked: (token) => tunnel.closeToken(token),
-    policy: policies,
-  });
-  const plane = new SupervisorPlane({
-    store,
-    registry,
-    log,
-    heartbeatSecs: config.supervisorHeartbeatSecs,
-    relayChunkBytes: options.tuning?.relayChunkBytes,
-  });
-  const exec = new ExecService({ store, registry, log });
-
-  const grpcOptions = {
-    "grpc.max_receive_message_length": MAX_GRPC_RECEIVE,
-    "grpc.max_send_message_length": MAX_GRPC_MESSAGE,
-    "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
-    interceptors: [decodeGuard],
-  };
-  const grpcServer = new grpc.Server(grpcOptions);
-  grpcServer.addService(guardDecoding(OpenShellClient.service), {
-    ...sandboxes.handlers(),
-    ...policies.handlers(),
-    ...new ImageService({ compute, log }).handlers(),
-    ConnectSupervisor: plane.connectSupervisor,
-    RelayStream: plane.relayStream,
-    ExecSandbox: exec.execSandbox,
-  });
-  const supervisorServer = new grpc.Server(grpcOptions);
-  supervisorServer.addService(
+/** Starts both planes' gRPC servers on their Unix sockets, their HTTP/2 sessions tuned. */
+async function startGrpcServers(
+  config: GatewayConfig,
+  services: GatewayServices,
+  options: StartOptions,
+): Promise<GrpcServers> {
+  const user = new grpc.Server(GRPC_SERVER_OPTIONS);
+  user.addService(guardDecoding(OpenShellClient.service), services.handlers);
+  const supervisor = new grpc.Server(GRPC_SERVER_OPTIONS);
+  supervisor.addService(
     guardDecoding(OpenShellClient.service),
-    supervisorPlaneHandlers(plane),
+    supervisorPlaneHandlers(services.plane),
   );
-  const grpcSocket = internalSocketPath(config);
+  const userSocket = internalSocketPath(config);
   const supervisorSocket = supervisorSocketPath(config);
-  await bindGrpc(grpcServer, grpcSocket);
-  await bindGrpc(supervisorServer, supervisorSocket);
-  tuneSessions(grpcServer, log, options.tuning?.defaultH2Windows ?? false);
-  tuneSessions(supervisorServer, log, options.tuning?.defaultH2Windows ?? false);
+  await bindGrpc(user, userSocket);
+  await bindGrpc(supervisor, supervisorSocket);
+  const defaultWindows = options.tuning?.defaultH2Windows ?? false;
+  tuneSessions(user, options.log, defaultWindows);
+  tuneSessions(supervisor, options.log, defaultWindows);
+  return { user, userSocket, supervisor, supervisorSocket };
+}
 
-  const http = async (head: RequestHead, socket: import("node:net").Socket, rest: Uint8Array) => {
+/**
+ * The user API's HTTP/1.1 routes: the SSH tunnel's `CONNECT` on
+ * `--ssh-connect-path`, `/healthz` (200 while up) and `/readyz` (200 once
+ * the compute driver is ready, 503 before); anything else 404 (405 for a
+ * probe that is not GET or HEAD).
+ */
+function userHttp(
+  connectPath: string,
+  services: Pick<GatewayServices, "tunnel" | "compute">,
+): HttpHandler {
+  const { tunnel, compute } = services;
+  return async (head, socket, rest) => {
     const path = head.target.split("?")[0];
-    if (path === config.sshConnectPath) return await tunnel.handle(head, socket, rest);
+    if (path === connectPath) return await tunnel.handle(head, socket, rest);
     if (head.method === "CONNECT") {
       socket.end(httpResponse(404, { body: "unknown CONNECT target" }));
     } else if (path === "/healthz" && (head.method === "GET" || head.method === "HEAD")) {
@@ -428,46 +328,78 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       socket.end(httpResponse(404, { body: "not found" }));
     }
   };
+}
 
-  const listener = new GatewayListener({
-    bind: config.bind,
-    port: config.port,
-    tls: tlsSetup?.user,
-    grpcSocketPath: grpcSocket,
-    http,
-    log,
-    filterGoaway: !options.unsafeKeepGoaway,
-    limits: {
-      maxConnections: config.maxConnections,
-      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
-      idleTimeoutMs: config.connectionIdleSecs * 1000,
-    },
-  });
-  const supervisorListener = new GatewayListener({
-    bind: config.supervisorBind,
-    port: config.supervisorPort,
-    tls: tlsSetup?.supervisor,
-    grpcSocketPath: supervisorSocket,
-    http: (_head, socket) => {
-      socket.end(httpResponse(403, { body: "the supervisor plane serves gRPC supervisors only" }));
-      return Promise.resolve();
-    },
-    log: log.with({ plane: "supervisor" }),
-    filterGoaway: !options.unsafeKeepGoaway,
-    limits: {
-      maxConnections: config.maxConnections,
-      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
-      idleTimeoutMs: config.connectionIdleSecs * 1000,
-    },
-  });
-  let bound: { host: string; port: number };
-  let supervisorBound: { host: string; port: number };
+/** The supervisor plane's HTTP/1.1: refused. */
+const supervisorHttp: HttpHandler = (_head, socket) => {
+  socket.end(httpResponse(403, { body: "the supervisor plane serves gRPC supervisors only" }));
+  return Promise.resolve();
+};
+
+/** The public listeners of both planes. */
+interface Listeners {
+  user: GatewayListener;
+  supervisor: GatewayListener;
+}
+
+/** Where both planes' listeners are bound. */
+interface BoundPlanes {
+  user: { host: string; port: number };
+  supervisor: { host: string; port: number };
+}
+
+/** Options of {@link createListeners}. */
+interface ListenersOptions {
+  services: GatewayServices;
+  grpc: GrpcServers;
+  tls?: TlsSetup;
+  log: Logger;
+  unsafeKeepGoaway?: boolean;
+}
+
+/** Both planes' listeners (not yet listening), in front of their gRPC servers. */
+function createListeners(config: GatewayConfig, o: ListenersOptions): Listeners {
+  const limits = {
+    maxConnections: config.maxConnections,
+    maxConnectionsPerPeer: config.maxConnectionsPerPeer,
+    idleTimeoutMs: config.connectionIdleSecs * 1000,
+  };
+  return {
+    user: new GatewayListener({
+      bind: config.bind,
+      port: config.port,
+      tls: o.tls?.user,
+      grpcSocketPath: o.grpc.userSocket,
+      http: userHttp(config.sshConnectPath, o.services),
+      log: o.log,
+      filterGoaway: !o.unsafeKeepGoaway,
+      limits,
+    }),
+    supervisor: new GatewayListener({
+      bind: config.supervisorBind,
+      port: config.supervisorPort,
+      tls: o.tls?.supervisor,
+      grpcSocketPath: o.grpc.supervisorSocket,
+      http: supervisorHttp,
+      log: o.log.with({ plane: "supervisor" }),
+      filterGoaway: !o.unsafeKeepGoaway,
+      limits: { ...limits },
+    }),
+  };
+}
+
+/**
+ * Binds the user API's listener, then the supervisor plane's (the first
+ * stops accepting when the second fails). Throws one line naming the plane
+ * and address that could not be bound.
+ */
+async function listenPlanes(config: GatewayConfig, listeners: Listeners): Promise<BoundPlanes> {
   try {
-    bound = await listener.listen();
+    const user = await listeners.user.listen();
     try {
-      supervisorBound = await supervisorListener.listen();
+      return { user, supervisor: await listeners.supervisor.listen() };
     } catch (err) {
-      await listener.stopAccepting().catch(() => {});
+      await listeners.user.stopAccepting().catch(() => {});
       throw new Error(
         `supervisor plane on ${config.supervisorBind}:${config.supervisorPort}: ${
           errorMessage(err)
@@ -475,11 +407,6 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
       );
     }
   } catch (err) {
-    grpcServer.forceShutdown();
-    supervisorServer.forceShutdown();
-    tunnel.closeAll();
-    registry.close();
-    store.close();
     const message = errorMessage(err);
     throw new Error(
       message.startsWith("supervisor plane")
@@ -487,127 +414,253 @@ export async function startGateway(config: GatewayConfig, options: StartOptions)
         : `cannot listen on ${config.bind}:${config.port}: ${message}`,
     );
   }
-  const grpcEndpoint = config.grpcEndpoint ??
-    planeEndpoint(config, supervisorBound.host, supervisorBound.port);
-  endpointRef.current = {
-    host: config.sshGatewayHost ?? bound.host,
-    port: config.sshGatewayPort ?? bound.port,
+}
+
+/** Releases what a start that could not listen had built (nothing is served yet). */
+function abandonStart(services: GatewayServices, grpcServers: GrpcServers): void {
+  grpcServers.user.forceShutdown();
+  grpcServers.supervisor.forceShutdown();
+  services.tunnel.closeAll();
+  services.registry.close();
+  services.store.close();
+}
+
+/** Where CreateSshSession sends clients: the bound user API unless `--ssh-gateway-*` say otherwise. */
+function sshEndpointOf(config: GatewayConfig, bound: BoundPlanes): SshEndpoint {
+  return {
+    host: config.sshGatewayHost ?? bound.user.host,
+    port: config.sshGatewayPort ?? bound.user.port,
     scheme: config.disableTls ? "http" : "https",
     connectPath: config.sshConnectPath,
     ttlSecs: config.sshSessionTtlSecs,
   };
-  log.info(
-    `Server listening on ${
-      bound.host.includes(":") ? `[${bound.host}]` : bound.host
-    }:${bound.port}`,
-    {
-      version: VERSION,
-      drivers: config.drivers,
-      tls: !config.disableTls,
-      mtls: !!tlsSetup?.user.clientCa,
-      supervisor_plane: `${hostForUrl(supervisorBound.host)}:${supervisorBound.port}`,
-    },
-  );
+}
 
-  const prune = setInterval(() => {
+/** Purges expired and revoked SSH session tokens every {@link SSH_SESSION_PRUNE_MS}. */
+function startSessionPrune(store: Store, log: Logger): ReturnType<typeof setInterval> {
+  return setInterval(() => {
     store.pruneSshSessions(Date.now()).catch((err) =>
       log.warn("ssh session prune failed", { error: errorMessage(err) })
     );
   }, SSH_SESSION_PRUNE_MS);
+}
 
-  let stopping: Promise<void> | undefined;
-  let resolveStopped!: () => void;
-  const stopped = new Promise<void>((r) => resolveStopped = r);
+/** What a running gateway is made of, for {@link GatewayShutdown}. */
+interface RunningParts {
+  services: GatewayServices;
+  grpc: GrpcServers;
+  listeners: Listeners;
+  prune: ReturnType<typeof setInterval>;
+  log: Logger;
+}
 
-  const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      log.info("shutting down");
-      clearInterval(prune);
-      const closed = Promise.all([
-        listener.stopAccepting().catch(() => {}),
-        supervisorListener.stopAccepting().catch(() => {}),
-      ]);
-      plane.closeAll();
-      tunnel.closeAll();
-      await compute.stop();
-      registry.close();
-      await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
-      listener.destroyAll();
-      supervisorListener.destroyAll();
-      await closed;
-      grpcServer.forceShutdown();
-      supervisorServer.forceShutdown();
-      if (driver) await driver.close();
-      // After the driver: no guest connection is left to carry.
-      if (egressProcess) await egressProcess.stop();
-      else await egressPolicies?.close();
-      store.close();
-      await removeStale(grpcSocket).catch(() => {});
-      await removeStale(supervisorSocket).catch(() => {});
-      log.info("stopped");
-      resolveStopped();
-    })();
-    return stopping;
+/** Stops a running gateway, once, in order (see {@link GatewayShutdown.stop}). */
+class GatewayShutdown {
+  /** The compute driver, once its process answers. */
+  driver?: ComputeDriver;
+  /** The egress proxy's process, once it answers. */
+  egressProcess?: EgressProcess;
+  readonly #parts: RunningParts;
+  readonly #done = Promise.withResolvers<void>();
+  #stopping: Promise<void> | undefined;
+
+  /** Prepares the shutdown of `parts` (nothing stops yet). */
+  constructor(parts: RunningParts) {
+    this.#parts = parts;
+  }
+
+  /** Resolves when {@link stop} has finished. */
+  get stopped(): Promise<void> {
+    return this.#done.promise;
+  }
+
+  /** Whether {@link stop} has been called. */
+  get stopping(): boolean {
+    return this.#stopping !== undefined;
+  }
+
+  /**
+   * Stops accepting, ends the supervisor sessions, tunnels and the compute
+   * runtime, gives streams {@link SHUTDOWN_FLUSH_MS} to flush their final
+   * status, closes every connection and both gRPC servers, stops the driver,
+   * then the egress proxy (no guest connection is left to carry), closes
+   * the store and removes the sockets. Calling it again returns the same
+   * promise.
+   */
+  stop = (): Promise<void> => {
+    this.#stopping ??= this.#run();
+    return this.#stopping;
   };
 
-  if (egressPolicies) {
-    try {
-      // Before the driver: guests' first connections find the proxy there.
-      egressProcess = await startEgressProcess({
-        binary: egressBinary(config),
-        args: [
-          "--state-dir",
-          config.egressStateDir,
-          "--log-level",
-          config.logLevel,
-        ],
-        controlSocket: egressControlSocket(config),
-        policies: egressPolicies,
-        log,
-        signal: options.signal,
-      });
-    } catch (err) {
-      await stop();
-      throw err;
-    }
+  async #run(): Promise<void> {
+    const { services, grpc: servers, listeners, prune, log } = this.#parts;
+    log.info("shutting down");
+    clearInterval(prune);
+    const closed = Promise.all([
+      listeners.user.stopAccepting().catch(() => {}),
+      listeners.supervisor.stopAccepting().catch(() => {}),
+    ]);
+    services.plane.closeAll();
+    services.tunnel.closeAll();
+    await services.compute.stop();
+    services.registry.close();
+    await new Promise((r) => setTimeout(r, SHUTDOWN_FLUSH_MS));
+    listeners.user.destroyAll();
+    listeners.supervisor.destroyAll();
+    await closed;
+    servers.user.forceShutdown();
+    servers.supervisor.forceShutdown();
+    if (this.driver) await this.driver.close();
+    // After the driver: no guest connection is left to carry.
+    if (this.egressProcess) await this.egressProcess.stop();
+    else await services.egressPolicies?.close();
+    services.store.close();
+    await removeSocket(servers.userSocket).catch(() => {});
+    await removeSocket(servers.supervisorSocket).catch(() => {});
+    log.info("stopped");
+    this.#done.resolve();
   }
+}
 
-  if (config.drivers === "vm") {
-    const args = driverArgs(config, grpcEndpoint);
-    try {
-      // The driver creates its own state dir (the gateway may touch only the socket in it).
-      const proc = await startDriverProcess({
-        binary: `${config.driverDir}/openshell-driver-vm`,
-        args,
-        socketPath: driverSocketPath(config),
-        log,
-        signal: options.signal,
-      });
-      driver = proc.driver;
-      log.info("compute driver ready", {
-        driver: proc.capabilities.driver_name,
-        version: proc.capabilities.driver_version,
-      });
-      proc.exited.then((code) => {
-        if (!stopping) {
-          log.error(`compute driver exited with status ${code}; shutting down`);
-          stop();
-        }
-      });
-      compute.attachDriver(driver);
-    } catch (err) {
-      await stop();
-      throw err;
+/** Starts the egress proxy's process, which serves `policies`. */
+async function startEgress(
+  config: GatewayConfig,
+  policies: EgressPolicies,
+  options: StartOptions,
+): Promise<EgressProcess> {
+  return await startEgressProcess({
+    binary: egressBinary(config),
+    args: ["--state-dir", config.egressStateDir, "--log-level", config.logLevel],
+    controlSocket: egressControlSocket(config),
+    policies,
+    log: options.log,
+    signal: options.signal,
+  });
+}
+
+/**
+ * Starts the compute driver's process (it learns the supervisor plane's
+ * `grpcEndpoint`) and attaches it to the compute runtime; if it exits
+ * before the gateway stops, the gateway stops.
+ */
+async function startDriver(
+  config: GatewayConfig,
+  o: { grpcEndpoint: string; compute: ComputeRuntime; shutdown: GatewayShutdown } & StartOptions,
+): Promise<void> {
+  const { log, shutdown } = o;
+  // The driver creates its own state dir (the gateway may touch only the socket in it).
+  const proc = await startDriverProcess({
+    binary: `${config.driverDir}/openshell-driver-vm`,
+    args: driverArgs(config, o.grpcEndpoint),
+    socketPath: driverSocketPath(config),
+    log,
+    signal: o.signal,
+  });
+  shutdown.driver = proc.driver;
+  log.info("compute driver ready", {
+    driver: proc.capabilities.driver_name,
+    version: proc.capabilities.driver_version,
+  });
+  proc.exited.then((code) => {
+    if (!shutdown.stopping) {
+      log.error(`compute driver exited with status ${code}; shutting down`);
+      shutdown.stop();
     }
-  }
+  });
+  o.compute.attachDriver(proc.driver);
+}
 
+/**
+ * Starts the helper processes once the gateway listens: the egress proxy
+ * first (guests' first connections find it there), then the compute
+ * driver. A failure stops the gateway and is rethrown.
+ */
+async function startHelpers(
+  config: GatewayConfig,
+  o: { grpcEndpoint: string; services: GatewayServices; shutdown: GatewayShutdown } & StartOptions,
+): Promise<void> {
+  const { services, shutdown } = o;
+  try {
+    if (services.egressPolicies) {
+      shutdown.egressProcess = await startEgress(config, services.egressPolicies, o);
+    }
+    if (config.drivers === "vm") await startDriver(config, { ...o, compute: services.compute });
+  } catch (err) {
+    await shutdown.stop();
+    throw err;
+  }
+}
+
+/** Checks grants and the state dir, and warns loudly when gateway auth is off. */
+async function preflight(config: GatewayConfig, log: Logger): Promise<void> {
+  checkGrants(config);
+  await checkPrivateDir(config.stateDir, { create: true, exact0700: true, what: "state dir" });
+  if (config.disableGatewayAuth) {
+    log.warn(
+      "GATEWAY AUTH IS DISABLED: anyone who can reach the user API can list, read, exec into and " +
+        "delete every sandbox (--disable-gateway-auth is for development only)",
+    );
+  }
+}
+
+/**
+ * Starts a gateway: checks, TLS material, the services and their gRPC
+ * servers, both planes' listeners, then the helper processes (egress
+ * proxy, compute driver). Resolves once its ports are bound and it logged
+ * `Server listening`, and its helpers answer.
+ */
+export async function startGateway(config: GatewayConfig, options: StartOptions): Promise<Gateway> {
+  const log = options.log;
+  await preflight(config, log);
+  const tlsSetup = config.disableTls ? undefined : await setupTls(config, log);
+  const endpoints: ServiceEndpoints = {};
+  const services = createServices(config, {
+    log,
+    supervisorCa: tlsSetup?.caPem,
+    relayChunkBytes: options.tuning?.relayChunkBytes,
+    endpoints,
+  });
+  const grpcServers = await startGrpcServers(config, services, options);
+  const listeners = createListeners(config, {
+    services,
+    grpc: grpcServers,
+    tls: tlsSetup,
+    log,
+    unsafeKeepGoaway: options.unsafeKeepGoaway,
+  });
+  let bound: BoundPlanes;
+  try {
+    bound = await listenPlanes(config, listeners);
+  } catch (err) {
+    abandonStart(services, grpcServers);
+    throw err;
+  }
+  const grpcEndpoint = config.grpcEndpoint ??
+    planeEndpoint(config, bound.supervisor.host, bound.supervisor.port);
+  endpoints.supervisor = grpcEndpoint;
+  endpoints.ssh = sshEndpointOf(config, bound);
+  log.info(`Server listening on ${hostPort(bound.user.host, bound.user.port)}`, {
+    version: VERSION,
+    drivers: config.drivers,
+    tls: !config.disableTls,
+    mtls: !!tlsSetup?.user.clientCa,
+    supervisor_plane: `${hostForUrl(bound.supervisor.host)}:${bound.supervisor.port}`,
+  });
+  const shutdown = new GatewayShutdown({
+    services,
+    grpc: grpcServers,
+    listeners,
+    prune: startSessionPrune(services.store, log),
+    log,
+  });
+  await startHelpers(config, { ...options, grpcEndpoint, services, shutdown });
   return {
-    host: bound.host,
-    port: bound.port,
+    host: bound.user.host,
+    port: bound.user.port,
     grpcEndpoint,
-    supervisorPort: supervisorBound.port,
+    supervisorPort: bound.supervisor.port,
     pkiDir: tlsSetup ? pkiDir(config) : undefined,
-    stopped,
-    stop,
+    stopped: shutdown.stopped,
+    stop: shutdown.stop,
   };
 }

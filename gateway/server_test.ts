@@ -4,13 +4,24 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import http2 from "node:http2";
+import net from "node:net";
 import type { Duplex } from "node:stream";
-import type * as grpc from "@grpc/grpc-js";
+import * as grpc from "@grpc/grpc-js";
 import type { Sandbox, SandboxStreamEvent } from "../core/protocol.ts";
 import { gatewayGrants } from "../core/grants.ts";
 import { roleCommand } from "../core/launcher.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
+import { Logger } from "../core/log.ts";
 import { Code } from "../core/status.ts";
+import { waitFor } from "../core/testing.ts";
+import {
+  H2_CONNECTION_WINDOW,
+  H2_STREAM_WINDOW,
+  http2ServersOf,
+  MAX_HEADER_LIST_BYTES,
+  tuneSessions,
+} from "./server.ts";
 import {
   type ApiClient,
   apiClient,
@@ -59,19 +70,17 @@ async function withGateway(
 }
 
 async function create(api: ApiClient, name: string): Promise<Sandbox> {
-  return (await api.call<{ sandbox: Sandbox }>("CreateSandbox", { name })).sandbox;
+  return (await api.call(api.raw.CreateSandbox, { name })).sandbox!;
 }
 
 async function phase(api: ApiClient, name: string): Promise<string> {
-  return (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox.phase;
+  return (await api.call(api.raw.GetSandbox, { name })).sandbox!.phase;
 }
 
 /** Resolves once `name` reaches `want`, using WatchSandbox (no polling). */
 function waitPhase(api: ApiClient, id: string, want: string): Promise<Sandbox> {
   return new Promise((resolve, reject) => {
-    const call = (api.raw as unknown as {
-      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
-    }).WatchSandbox({ id, follow_status: true });
+    const call = api.raw.WatchSandbox({ id, follow_status: true });
     call.on("data", (e: SandboxStreamEvent) => {
       if (e.payload === "sandbox" && e.sandbox.phase === want) {
         call.cancel();
@@ -100,7 +109,7 @@ async function readySandbox(
   const sup = byo.connect({ onRelay });
   await sup.accepted;
   await ready;
-  const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+  const { token } = await f.api.call(f.api.raw.CreateSshSession, {
     sandbox_id: sandbox.id,
   });
   return { sandbox, sup, token, byo };
@@ -126,34 +135,34 @@ async function rejectsCode(p: Promise<unknown>, code: number, text?: RegExp): Pr
 
 Deno.test("sandbox API: health, create, get, list, delete and field errors", async () => {
   await withGateway(async ({ api }) => {
-    const health = await api.call<{ status: string; version: string }>("Health", {});
+    const health = await api.call(api.raw.Health, {});
     assert.equal(health.status, "SERVICE_STATUS_HEALTHY");
     assert.match(health.version, /^\d+\.\d+\.\d+/);
 
     const a = await create(api, "alpha");
     assert.equal(a.phase, "SANDBOX_PHASE_PROVISIONING");
     assert.match(a.id, /^[0-9a-f-]{36}$/);
-    const generated = (await api.call<{ sandbox: Sandbox }>("CreateSandbox", {})).sandbox;
+    const generated = (await api.call(api.raw.CreateSandbox, {})).sandbox!;
     assert.match(generated.name, /^sandbox-[a-z0-9]{6}$/);
 
     await rejectsCode(create(api, "alpha"), Code.ALREADY_EXISTS, /alpha/);
     await rejectsCode(create(api, "Not_Valid"), Code.INVALID_ARGUMENT, /^name:/);
     await rejectsCode(
-      api.call("CreateSandbox", { name: "envbad", spec: { environment: { "1X": "v" } } }),
+      api.call(api.raw.CreateSandbox, { name: "envbad", spec: { environment: { "1X": "v" } } }),
       Code.INVALID_ARGUMENT,
       /spec\.environment/,
     );
-    await rejectsCode(api.call("GetSandbox", { name: "nope" }), Code.NOT_FOUND);
-    await rejectsCode(api.call("GetSandbox", { name: "" }), Code.INVALID_ARGUMENT, /name/);
+    await rejectsCode(api.call(api.raw.GetSandbox, { name: "nope" }), Code.NOT_FOUND);
+    await rejectsCode(api.call(api.raw.GetSandbox, { name: "" }), Code.INVALID_ARGUMENT, /name/);
 
-    const list = await api.call<{ sandboxes: Sandbox[] }>("ListSandboxes", { limit: 1, offset: 0 });
+    const list = await api.call(api.raw.ListSandboxes, { limit: 1, offset: 0 });
     assert.deepEqual(list.sandboxes.map((s) => s.name), ["alpha"]);
-    const all = await api.call<{ sandboxes: Sandbox[] }>("ListSandboxes", {});
+    const all = await api.call(api.raw.ListSandboxes, {});
     assert.equal(all.sandboxes.length, 2);
 
-    assert.deepEqual(await api.call("DeleteSandbox", { name: "alpha" }), { deleted: true });
-    assert.deepEqual(await api.call("DeleteSandbox", { name: "alpha" }), { deleted: false });
-    await rejectsCode(api.call("GetSandbox", { name: "alpha" }), Code.NOT_FOUND);
+    assert.deepEqual(await api.call(api.raw.DeleteSandbox, { name: "alpha" }), { deleted: true });
+    assert.deepEqual(await api.call(api.raw.DeleteSandbox, { name: "alpha" }), { deleted: false });
+    await rejectsCode(api.call(api.raw.GetSandbox, { name: "alpha" }), Code.NOT_FOUND);
   });
 });
 
@@ -214,7 +223,7 @@ Deno.test("ConnectSupervisor: unknown sandbox, missing hello, tokens checked, su
     assert.match(old.details, /superseded/);
     assert.equal(await phase(f.api, "twice"), "SANDBOX_PHASE_READY");
     // Relays now go to the newest session.
-    const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+    const { token } = await f.api.call(f.api.raw.CreateSshSession, {
       sandbox_id: sandbox.id,
     });
     const t = await sendConnect(f.gw.port, {
@@ -284,7 +293,7 @@ Deno.test("relay: concurrent tunnels carry their own bytes", async () => {
     const tokens = await Promise.all(
       Array.from(
         { length: 4 },
-        () => f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandbox.id }),
+        () => f.api.call(f.api.raw.CreateSshSession, { sandbox_id: sandbox.id }),
       ),
     );
     const runs = Array.from({ length: 12 }, async (_, i) => {
@@ -328,11 +337,12 @@ Deno.test("CONNECT /connect/ssh: 405, 400, 401 (no sandbox-id oracle), 412, 429 
     await otherSup.accepted;
     await waitPhase(f.api, other.id, "SANDBOX_PHASE_READY");
     const otherToken =
-      (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: other.id })).token;
+      (await f.api.call(f.api.raw.CreateSshSession, { sandbox_id: other.id })).token;
     assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": otherToken }), 401);
-    const revoked =
-      (await f.api.call<{ token: string }>("CreateSshSession", { sandbox_id: id })).token;
-    assert.deepEqual(await f.api.call("RevokeSshSession", { token: revoked }), { revoked: true });
+    const revoked = (await f.api.call(f.api.raw.CreateSshSession, { sandbox_id: id })).token;
+    assert.deepEqual(await f.api.call(f.api.raw.RevokeSshSession, { token: revoked }), {
+      revoked: true,
+    });
     assert.equal(await status({ "x-sandbox-id": id, "x-sandbox-token": revoked }), 401);
 
     // 429: a fourth tunnel on one token.
@@ -359,7 +369,7 @@ Deno.test("CONNECT: 20 tunnels per sandbox at most", async () => {
     const { sandbox, sup } = await readySandbox(f, "cap");
     const open = [];
     for (let i = 0; i < 7; i++) {
-      const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+      const { token } = await f.api.call(f.api.raw.CreateSshSession, {
         sandbox_id: sandbox.id,
       });
       for (let j = 0; j < 3; j++) {
@@ -386,7 +396,7 @@ Deno.test("CONNECT: 502 when the supervisor never opens the relay", async () => 
     const raw = byo.connect({ ignoreRelays: true });
     await raw.accepted;
     await ready;
-    const { token } = await f.api.call<{ token: string }>("CreateSshSession", {
+    const { token } = await f.api.call(f.api.raw.CreateSshSession, {
       sandbox_id: sb.id,
     });
     const t = await sendConnect(f.gw.port, { "x-sandbox-id": sb.id, "x-sandbox-token": token });
@@ -400,9 +410,12 @@ Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at 
     const byo = await byoSupervisor(f.gw, "watched");
     const sb = byo.sandbox;
     const events: SandboxStreamEvent[] = [];
-    const call = (f.api.raw as unknown as {
-      WatchSandbox(r: unknown): grpc.ClientReadableStream<SandboxStreamEvent>;
-    }).WatchSandbox({ id: sb.id, follow_status: true, follow_logs: true, stop_on_terminal: true });
+    const call = f.api.raw.WatchSandbox({
+      id: sb.id,
+      follow_status: true,
+      follow_logs: true,
+      stop_on_terminal: true,
+    });
     const ended = new Promise<void>((resolve, reject) => {
       call.on("data", (e: SandboxStreamEvent) => events.push(e));
       call.on("end", () => resolve());
@@ -419,7 +432,7 @@ Deno.test("WatchSandbox: snapshot first, then changes; stop_on_terminal ends at 
     assert.ok(
       events.some((e) => e.payload === "log" && /supervisor session connected/.test(e.log.message)),
     );
-    const logs = await f.api.call<{ logs: { message: string }[] }>("GetSandboxLogs", {
+    const logs = await f.api.call(f.api.raw.GetSandboxLogs, {
       sandbox_id: sb.id,
     });
     assert.ok(logs.logs.some((l) => /sandbox watched created/.test(l.message)));
@@ -453,7 +466,7 @@ Deno.test("the gateway survives garbage, resets, half-open and vanishing clients
     flaky.close();
     halfOpen.close();
     // Still serving.
-    const health = await f.api.call<{ status: string }>("Health", {});
+    const health = await f.api.call(f.api.raw.Health, {});
     assert.equal(health.status, "SERVICE_STATUS_HEALTHY");
     sup.close();
   });
@@ -586,4 +599,86 @@ Deno.test("a gateway whose grants do not cover its flags stops with one clear li
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** A grpc-js server bound to a Unix socket in `dir`, tuned as the gateway tunes its own. */
+async function tunedServer(dir: string, defaultWindows: boolean): Promise<grpc.Server> {
+  const server = new grpc.Server();
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(
+      `unix:${dir}/g.sock`,
+      grpc.ServerCredentials.createInsecure(),
+      (err) => err ? reject(err) : resolve(),
+    )
+  );
+  tuneSessions(server, new Logger({ level: "error" }), defaultWindows);
+  return server;
+}
+
+/**
+ * The server's SETTINGS and connection window as a node:http2 client sees
+ * them, once `tuned` holds (they follow grpc-js's own first SETTINGS).
+ */
+async function sessionView(
+  dir: string,
+  tuned: (settings: http2.Settings, connectionWindow: number) => boolean,
+): Promise<{ settings: http2.Settings; connectionWindow: number }> {
+  const session = http2.connect("http://gateway", {
+    createConnection: () => net.connect({ path: `${dir}/g.sock` }),
+  });
+  session.on("error", () => {});
+  const view = () => ({
+    settings: session.remoteSettings,
+    connectionWindow: session.state.remoteWindowSize ?? -1,
+  });
+  try {
+    await new Promise((r) => session.once("remoteSettings", r));
+    await waitFor("the tuned settings", () => tuned(view().settings, view().connectionWindow), {
+      timeoutMs: 5_000,
+    });
+    return view();
+  } finally {
+    await new Promise<void>((r) => session.close(() => r()));
+  }
+}
+
+Deno.test("HTTP/2 tuning: a real session carries the raised windows and the header-list cap", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "h2tune" });
+  const server = await tunedServer(dir, false);
+  try {
+    const view = await sessionView(
+      dir,
+      (s, window) => s.maxHeaderListSize === MAX_HEADER_LIST_BYTES && window > 65_535,
+    );
+    assert.equal(view.settings.initialWindowSize, H2_STREAM_WINDOW);
+    assert.equal(view.connectionWindow, H2_CONNECTION_WINDOW);
+  } finally {
+    server.forceShutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+  // OPENSHELL_H2_DEFAULT_WINDOWS: the default windows, the cap still set.
+  const dir2 = await Deno.makeTempDir({ prefix: "h2tune" });
+  const plain = await tunedServer(dir2, true);
+  try {
+    const view = await sessionView(dir2, (s) => s.maxHeaderListSize === MAX_HEADER_LIST_BYTES);
+    assert.equal(view.settings.initialWindowSize, 65_535);
+    assert.equal(view.connectionWindow, 65_535);
+  } finally {
+    plain.forceShutdown();
+    await Deno.remove(dir2, { recursive: true });
+  }
+});
+
+Deno.test("HTTP/2 tuning: without grpc-js's http2Servers the gateway stops at start, saying why", () => {
+  const log = new Logger({ level: "error" });
+  const unbound = new grpc.Server();
+  assert.throws(() => tuneSessions(unbound, log, false), /no private Server\.http2Servers map/);
+  const renamed = { http2ServerMap: new Map() } as unknown as grpc.Server;
+  assert.throws(
+    () => tuneSessions(renamed, log, false),
+    /use the @grpc\/grpc-js version in deno\.json/,
+  );
+  const reshaped = { http2Servers: new Map([[{}, {}]]) } as unknown as grpc.Server;
+  assert.throws(() => http2ServersOf(reshaped), /http2Servers/);
+  unbound.forceShutdown();
 });

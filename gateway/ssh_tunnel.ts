@@ -225,23 +225,9 @@ export class SshTunnel {
    * client sent after the head (forwarded once the tunnel is up).
    */
   async handle(head: RequestHead, socket: Socket, rest: Uint8Array): Promise<void> {
+    const auth = await this.#admit(head, socket);
+    if (!auth) return;
     const log = this.#o.log;
-    let auth: TunnelAuth;
-    try {
-      auth = await this.authorize(head);
-    } catch (err) {
-      const status = err instanceof HttpError ? err.status : 500;
-      socket.end(httpResponse(status, { body: errorMessage(err) }));
-      return;
-    }
-    if (!this.slots.acquire(auth.token, auth.sandboxId)) {
-      socket.end(httpResponse(429, { body: "too many connections for this token or sandbox" }));
-      return;
-    }
-    if (socket.destroyed) { // the client left while it was being authorized
-      this.slots.release(auth.token, auth.sandboxId);
-      return;
-    }
     let released = false;
     const release = () => {
       if (released) return;
@@ -276,41 +262,11 @@ export class SshTunnel {
       gone.abort();
     };
     socket.once("close", onClose);
-    // Until the tunnel is up, keep what the client sends (bounded) so that
-    // its end is seen at once and cancels the relay request.
-    const early: Uint8Array[] = rest.length > 0 ? [rest] : [];
-    let earlyBytes = rest.length;
-    const onEarlyData = (chunk: Uint8Array) => {
-      early.push(chunk);
-      earlyBytes += chunk.length;
-      if (earlyBytes >= MAX_EARLY_BYTES) socket.pause();
-    };
-    const onEarlyEnd = () => gone.abort();
-    socket.on("data", onEarlyData);
-    socket.once("end", onEarlyEnd);
-    if (earlyBytes < MAX_EARLY_BYTES) socket.resume();
+    const early = new EarlyBytes(socket, rest, () => gone.abort());
     try {
-      try {
-        const pending = await this.#o.registry.openRelay(auth.sandboxId, {
-          sessionWaitMs: this.#o.sessionWaitMs ?? SSH_SESSION_WAIT_MS,
-          signal: gone.signal,
-        });
-        relay = await pending.stream;
-      } catch (err) {
-        if (!socket.destroyed && !gone.signal.aborted) {
-          const busy = err instanceof StatusError && err.code === Code.RESOURCE_EXHAUSTED;
-          socket.end(
-            busy
-              ? httpResponse(429, { body: `no relay capacity: ${errorMessage(err)}` })
-              : httpResponse(502, { body: `no relay to the sandbox: ${errorMessage(err)}` }),
-          );
-        } else {
-          socket.destroy();
-        }
-        return;
-      }
-      socket.removeListener("data", onEarlyData);
-      socket.removeListener("end", onEarlyEnd);
+      relay = await this.#openRelay(auth.sandboxId, socket, gone.signal);
+      if (!relay) return;
+      early.stop();
       socket.pause();
       if (socket.destroyed || gone.signal.aborted || relay.destroyed) {
         relay.destroy();
@@ -318,14 +274,13 @@ export class SshTunnel {
         return;
       }
       socket.write(connectEstablished());
-      for (const chunk of early) relay.write(chunk);
-      early.length = 0;
+      early.flushTo(relay);
       tunnel.bridged = true;
       socket.once("end", onClientEnd);
       const result = await bridge(socket, relay);
       log.debug("ssh tunnel closed", {
         sandbox: auth.sandboxId,
-        up: result.aToB + earlyBytes,
+        up: result.aToB + early.bytes,
         down: result.bToA,
         error: result.error ? errorMessage(result.error) : undefined,
       });
@@ -333,10 +288,110 @@ export class SshTunnel {
       clearTimeout(drain);
       socket.removeListener("close", onClose);
       socket.removeListener("end", onClientEnd);
-      socket.removeListener("data", onEarlyData);
-      socket.removeListener("end", onEarlyEnd);
+      early.stop();
       this.#tunnels.delete(tunnel);
       release();
     }
+  }
+
+  /**
+   * Authorizes a request and takes its slots. A refused one is answered
+   * (4xx/5xx); one whose client left meanwhile gives its slots back.
+   * Undefined unless the tunnel may go ahead.
+   */
+  async #admit(head: RequestHead, socket: Socket): Promise<TunnelAuth | undefined> {
+    let auth: TunnelAuth;
+    try {
+      auth = await this.authorize(head);
+    } catch (err) {
+      const status = err instanceof HttpError ? err.status : 500;
+      socket.end(httpResponse(status, { body: errorMessage(err) }));
+      return undefined;
+    }
+    if (!this.slots.acquire(auth.token, auth.sandboxId)) {
+      socket.end(httpResponse(429, { body: "too many connections for this token or sandbox" }));
+      return undefined;
+    }
+    if (socket.destroyed) { // the client left while it was being authorized
+      this.slots.release(auth.token, auth.sandboxId);
+      return undefined;
+    }
+    return auth;
+  }
+
+  /**
+   * A relay to the sandbox, or undefined when none came: the client is
+   * told why (429 when there is no relay capacity, 502 otherwise) unless it
+   * has gone, in which case its socket is destroyed.
+   */
+  async #openRelay(
+    sandboxId: string,
+    socket: Socket,
+    gone: AbortSignal,
+  ): Promise<Duplex | undefined> {
+    try {
+      const pending = await this.#o.registry.openRelay(sandboxId, {
+        sessionWaitMs: this.#o.sessionWaitMs ?? SSH_SESSION_WAIT_MS,
+        signal: gone,
+      });
+      return await pending.stream;
+    } catch (err) {
+      if (!socket.destroyed && !gone.aborted) {
+        const busy = err instanceof StatusError && err.code === Code.RESOURCE_EXHAUSTED;
+        socket.end(
+          busy
+            ? httpResponse(429, { body: `no relay capacity: ${errorMessage(err)}` })
+            : httpResponse(502, { body: `no relay to the sandbox: ${errorMessage(err)}` }),
+        );
+      } else {
+        socket.destroy();
+      }
+      return undefined;
+    }
+  }
+}
+
+/**
+ * What a client sends before its tunnel is up, kept for the sandbox so that
+ * the client's end is seen at once (and cancels the relay request); the
+ * socket is paused once {@link MAX_EARLY_BYTES} are kept.
+ */
+class EarlyBytes {
+  readonly #socket: Socket;
+  readonly #chunks: Uint8Array[];
+  #bytes: number;
+  readonly #onEnd: () => void;
+  readonly #onData = (chunk: Uint8Array): void => {
+    this.#chunks.push(chunk);
+    this.#bytes += chunk.length;
+    if (this.#bytes >= MAX_EARLY_BYTES) this.#socket.pause();
+  };
+
+  /** Starts keeping what `socket` sends after `rest`; `onEnd` runs when the client ends first. */
+  constructor(socket: Socket, rest: Uint8Array, onEnd: () => void) {
+    this.#socket = socket;
+    this.#chunks = rest.length > 0 ? [rest] : [];
+    this.#bytes = rest.length;
+    this.#onEnd = onEnd;
+    socket.on("data", this.#onData);
+    socket.once("end", onEnd);
+    if (this.#bytes < MAX_EARLY_BYTES) socket.resume();
+  }
+
+  /** Bytes kept in all (including those already flushed). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Stops keeping (idempotent). */
+  stop(): void {
+    this.#socket.removeListener("data", this.#onData);
+    this.#socket.removeListener("end", this.#onEnd);
+  }
+
+  /** Writes what was kept to `relay` and forgets it. */
+  flushTo(relay: Duplex): void {
+    for (const chunk of this.#chunks) relay.write(chunk);
+    this.#chunks.length = 0;
   }
 }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import http from "node:http";
 import net from "node:net";
 import { Duplex } from "node:stream";
 import { Logger } from "../core/log.ts";
@@ -6,7 +7,7 @@ import type { GatewayMessage, Sandbox, SandboxPhase, SshSession } from "../core/
 import { type RegistryOptions, SessionRegistry } from "../core/registry.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { waitFor } from "../core/testing.ts";
-import { findHeadEnd, HttpError, parseRequestHead, type RequestHead } from "./http1.ts";
+import { HttpError, type RequestHead, requestHeadOf } from "./http1.ts";
 import {
   ConnectionSlots,
   MAX_CONNECTIONS_PER_SANDBOX,
@@ -337,25 +338,17 @@ async function tunnelFixture(
   });
   const sockets = new Set<net.Socket>();
   const handled = new Set<Promise<void>>();
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+  // node:http parses the CONNECT head and hands over the socket, as the gateway's listener does.
+  const server = http.createServer({ requireHostHeader: false } as http.ServerOptions);
+  server.on("connection", (socket: net.Socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.on("error", () => {});
-    let buf = new Uint8Array();
-    const onData = (chunk: Uint8Array) => {
-      const next = new Uint8Array(buf.length + chunk.length);
-      next.set(buf);
-      next.set(chunk, buf.length);
-      buf = next;
-      const end = findHeadEnd(buf);
-      if (end < 0) return;
-      socket.removeListener("data", onData);
-      socket.pause();
-      const p = tunnel.handle(parseRequestHead(buf.subarray(0, end)), socket, buf.subarray(end));
-      handled.add(p);
-      p.finally(() => handled.delete(p));
-    };
-    socket.on("data", onData);
+  });
+  server.on("connect", (req: http.IncomingMessage, socket: net.Socket, rest: Uint8Array) => {
+    const p = tunnel.handle(requestHeadOf(req), socket, rest);
+    handled.add(p);
+    p.finally(() => handled.delete(p));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const port = (server.address() as net.AddressInfo).port;

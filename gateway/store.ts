@@ -9,7 +9,7 @@
  * @module
  */
 import { DatabaseSync } from "node:sqlite";
-import type { PolicyStatus, Sandbox, SandboxPolicy, SshSession } from "../core/protocol.ts";
+import type { PolicyStatus, Sandbox, SandboxPolicy, SshSession, Wire } from "../core/protocol.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { hashToken } from "./tokens.ts";
 
@@ -56,13 +56,13 @@ export interface PolicyRevisionRecord {
   createdAtMs: number;
   /** When the egress proxy first enforced it; 0 = never. */
   loadedAtMs: number;
-  policy: SandboxPolicy;
+  policy: Wire<SandboxPolicy>;
 }
 
 /** A new revision: {@link Store.addPolicyRevision} numbers it. */
 export interface NewPolicyRevision {
   hash: string;
-  policy: SandboxPolicy;
+  policy: Wire<SandboxPolicy>;
   createdAtMs: number;
 }
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import * as grpc from "@grpc/grpc-js";
-import { OpenShellClient, type RelayFrame } from "../core/protocol.ts";
+import { OpenShellClient, type RelayFrame, type Wire } from "../core/protocol.ts";
 import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
 import { FlagError } from "../core/flags.ts";
 import {
@@ -62,7 +62,7 @@ Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES
     `127.0.0.1:${gw.supervisorPort}`,
     grpc.credentials.createInsecure(),
   );
-  let relay: grpc.ClientDuplexStream<unknown, RelayFrame> | undefined;
+  let relay: grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame> | undefined;
   let sup: FakeSupervisor | undefined;
   let socket: Socket | undefined;
   try {
@@ -79,9 +79,7 @@ Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES
       ignoreRelays: true,
       onMessage: (m) => {
         if (m.payload !== "relay_open") return;
-        relay = (client as unknown as {
-          RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<unknown, RelayFrame>;
-        }).RelayStream(md);
+        relay = client.RelayStream(md);
         relay.on("error", () => {});
         relay.write({ init: { channel_id: m.relay_open.channel_id } });
         relay.on("data", (f: RelayFrame) => {
@@ -92,7 +90,7 @@ Deno.test("relay tuning: the gateway process honours OPENSHELL_RELAY_CHUNK_BYTES
       },
     });
     await sup.accepted;
-    const { token } = await api.call<{ token: string }>("CreateSshSession", {
+    const { token } = await api.call(api.raw.CreateSshSession, {
       sandbox_id: sandbox.id,
     });
     const t = await sendConnect(gw.port, { "x-sandbox-id": sandbox.id, "x-sandbox-token": token });

@@ -8,11 +8,13 @@ import {
   type CreateSandboxRequest,
   type ExecSandboxRequest,
   OpenShellClient,
+  type SandboxPolicy,
   type SandboxSpec,
   type SandboxTemplate,
   type UpdateConfigRequest,
+  type Wire,
 } from "../core/protocol.ts";
-import { type SandboxPolicy, validatePolicy } from "../core/policy.ts";
+import { validatePolicy } from "../core/policy.ts";
 import { isReservedVariable } from "../core/provisioning.ts";
 import { buildRemoteCommand } from "../core/shell.ts";
 import { Code, StatusError } from "../core/status.ts";
@@ -136,10 +138,7 @@ function validateTemplate(t: SandboxTemplate): void {
   }
 }
 
-const createSandboxMethod = (OpenShellClient.service as unknown as Record<
-  string,
-  { requestSerialize(value: unknown): Uint8Array }
->).CreateSandbox;
+const createSandboxMethod = OpenShellClient.service.CreateSandbox;
 
 /** Bytes `spec` takes protobuf-encoded, as the spec field of a `CreateSandboxRequest`. */
 export function specBytes(spec: SandboxSpec): number {
@@ -152,7 +151,7 @@ const updateConfigMethod = (OpenShellClient.service as unknown as Record<
 >).UpdateConfig;
 
 /** Bytes `policy` takes protobuf-encoded (as the policy field of an `UpdateConfigRequest`). */
-export function policyBytes(policy: SandboxPolicy): number {
+export function policyBytes(policy: Wire<SandboxPolicy>): number {
   return updateConfigMethod.requestSerialize({ policy }).length;
 }
 
@@ -161,7 +160,7 @@ export function policyBytes(policy: SandboxPolicy): number {
  * naming the first bad field under `field` (`spec.policy` or `policy`),
  * with how many more problems there are.
  */
-export function checkPolicy(policy: SandboxPolicy | null | undefined, field: string): void {
+export function checkPolicy(policy: Wire<SandboxPolicy> | null | undefined, field: string): void {
   const errors = validatePolicy(policy);
   if (errors.length === 0) return;
   const first = errors[0].replace(/^policy\b/, field);
@@ -172,7 +171,7 @@ export function checkPolicy(policy: SandboxPolicy | null | undefined, field: str
 /** Validates an `UpdateConfigRequest`: only a sandbox's policy may be set. */
 export function validateUpdateConfig(
   req: UpdateConfigRequest,
-): { name: string; policy: SandboxPolicy } {
+): { name: string; policy: Wire<SandboxPolicy> } {
   if (req.global) {
     throw invalid("global: only a sandbox's own policy can be set (name the sandbox, no global)");
   }
@@ -208,6 +207,7 @@ export function validateCreateSandbox(
     log_level: "",
     environment: {},
     template: null,
+    policy: null,
     providers: [],
     gpu: false,
   };

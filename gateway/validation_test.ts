@@ -42,7 +42,15 @@ function rejects(fn: () => unknown, message: RegExp, code: number = Code.INVALID
 }
 
 function spec(over: Partial<SandboxSpec> = {}): SandboxSpec {
-  return { log_level: "", environment: {}, template: null, providers: [], gpu: false, ...over };
+  return {
+    log_level: "",
+    environment: {},
+    template: null,
+    policy: null,
+    providers: [],
+    gpu: false,
+    ...over,
+  };
 }
 
 function template(over: Partial<SandboxTemplate> = {}): SandboxTemplate {
@@ -270,10 +278,7 @@ Deno.test("validateExec: the whole command line is at most 256 KiB", () => {
     stdin: new Uint8Array(MAX_EXEC_STDIN_BYTES),
   });
   validateExec(req);
-  const method = (OpenShellClient.service as unknown as Record<
-    string,
-    { requestSerialize(v: unknown): Uint8Array }
-  >).ExecSandbox;
+  const method = OpenShellClient.service.ExecSandbox;
   const size = method.requestSerialize(req).length;
   assert.ok(size <= MAX_EXEC_STDIN_BYTES + MAX_EXEC_COMMAND_BYTES + 64 * 1024, `${size}`);
   assert.ok(size < MAX_GRPC_RECEIVE, `${size} bytes must fit ${MAX_GRPC_RECEIVE}`);
@@ -391,10 +396,7 @@ Deno.test("a full page of the largest sandboxes fits in one message with room to
     created_at_ms: Date.now(),
     current_policy_version: 0,
   });
-  const method = (OpenShellClient.service as unknown as Record<
-    string,
-    { responseSerialize(v: unknown): Uint8Array }
-  >).ListSandboxes;
+  const method = OpenShellClient.service.ListSandboxes;
   const page = method.responseSerialize({
     sandboxes: Array.from({ length: MAX_LIST_LIMIT }, (_, i) => record(i)),
   }).length;

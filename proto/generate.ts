@@ -1,20 +1,39 @@
 /**
- * Generates `proto/descriptors.ts` from the `.proto` files beside it.
+ * Generates `proto/descriptors.ts` and `proto/types.ts` from the `.proto`
+ * files beside it.
  *
  * The roles never read `.proto` files at run time (a compiled binary has no
- * grant for it); they load the JSON descriptors this module writes. Run it
- * with `deno task proto` after editing a `.proto` file; `generate_test.ts`
- * fails while the generated module is out of date.
+ * grant for it); they load the JSON descriptors this module writes, and type
+ * their messages and calls with the TypeScript it writes. Run it with
+ * `deno task proto` after editing a `.proto` file; `generate_test.ts` fails
+ * while either generated module is out of date.
  *
  * @module
  */
 import protobuf from "protobufjs";
+import { LOADER_OPTIONS } from "./options.ts";
 
 /** The `.proto` files compiled into the descriptor module, by export name. */
 export const PROTO_FILES: Readonly<Record<string, string>> = {
   OPENSHELL_DESCRIPTOR: "openshell.proto",
   COMPUTE_DRIVER_DESCRIPTOR: "compute_driver.proto",
   EGRESS_DESCRIPTOR: "egress.proto",
+};
+
+/**
+ * The TypeScript name prefix of each package's messages and enums, in the
+ * order they are written. Packages reuse message names (`GetSandboxRequest`
+ * is in both `openshell.v1` and `openshell.compute.v1`), so the driver's and
+ * google's get one; a name that already starts with its prefix keeps it once
+ * (`DriverSandbox`). A new clash fails generation, naming both. Services are
+ * never prefixed (their names are unique).
+ */
+export const TYPE_PREFIXES: Readonly<Record<string, string>> = {
+  "openshell.v1": "",
+  "openshell.sandbox.v1": "",
+  "openshell.compute.v1": "Driver",
+  "openshell.egress.v1": "",
+  "google.protobuf": "Proto",
 };
 
 /** Parses one `.proto` file (and its google/protobuf imports) into protobufjs JSON. */
@@ -41,9 +60,356 @@ export function renderDescriptorModule(protoDir: string): string {
   return lines.join("\n");
 }
 
+// ---- proto/types.ts ---------------------------------------------------------
+
+/** Every `.proto` file in `protoDir` (sorted) and its imports, parsed with comments. */
+function loadAll(protoDir: string): protobuf.Root {
+  const files = [...Deno.readDirSync(protoDir)]
+    .filter((e) => e.isFile && e.name.endsWith(".proto"))
+    .map((e) => `${protoDir}/${e.name}`)
+    .sort();
+  const root = new protobuf.Root();
+  root.loadSync(files, { keepCase: true, alternateCommentMode: true });
+  root.resolveAll();
+  return root;
+}
+
+/** The loader options the types follow; anything the generator cannot express fails here. */
+function typeOptions(): { longs: string; enums: boolean; defaults: boolean; oneofs: boolean } {
+  const o = LOADER_OPTIONS;
+  if (o.keepCase !== true) throw new Error("LOADER_OPTIONS.keepCase must be true");
+  if (o.bytes !== undefined) throw new Error("LOADER_OPTIONS.bytes is not supported (Uint8Array)");
+  if (o.json) throw new Error("LOADER_OPTIONS.json is not supported");
+  const longs = o.longs === Number
+    ? "number"
+    : o.longs === String
+    ? "string"
+    : o.longs === undefined
+    ? "Long"
+    : "";
+  if (longs === "" || longs === "Long") {
+    throw new Error("LOADER_OPTIONS.longs must be Number or String");
+  }
+  if (o.enums !== undefined && o.enums !== String) {
+    throw new Error("LOADER_OPTIONS.enums must be String or absent");
+  }
+  return { longs, enums: o.enums === String, defaults: !!o.defaults, oneofs: !!o.oneofs };
+}
+
+type Options = ReturnType<typeof typeOptions>;
+
+function packageOf(t: protobuf.ReflectionObject): string {
+  let ns = t.parent;
+  while (ns instanceof protobuf.Type) ns = ns.parent;
+  return ns ? ns.fullName.replace(/^\./, "") : "";
+}
+
+/** The TypeScript name of a message or enum (see {@link TYPE_PREFIXES}). */
+function tsName(t: protobuf.ReflectionObject): string {
+  const pkg = packageOf(t);
+  const prefix = TYPE_PREFIXES[pkg];
+  if (prefix === undefined) {
+    throw new Error(`package ${pkg} has no entry in TYPE_PREFIXES (proto/generate.ts)`);
+  }
+  const chain = [t.name];
+  for (let p = t.parent; p instanceof protobuf.Type; p = p.parent) chain.unshift(p.name);
+  const local = chain.join("_");
+  return prefix && new RegExp(`^${prefix}[A-Z0-9_]`).test(local) ? local : prefix + local;
+}
+
+function scalarType(type: string, o: Options): string {
+  switch (type) {
+    case "double":
+    case "float":
+    case "int32":
+    case "uint32":
+    case "sint32":
+    case "fixed32":
+    case "sfixed32":
+      return "number";
+    case "int64":
+    case "uint64":
+    case "sint64":
+    case "fixed64":
+    case "sfixed64":
+      return o.longs;
+    case "bool":
+      return "boolean";
+    case "string":
+      return "string";
+    case "bytes":
+      return "Uint8Array";
+  }
+  throw new Error(`unsupported field type ${type}`);
+}
+
+/** The type of one value of a field (an element of a repeated field or map). */
+function valueType(f: protobuf.Field, o: Options): string {
+  const r = f.resolvedType;
+  if (r instanceof protobuf.Enum) return o.enums ? tsName(r) : "number";
+  if (r instanceof protobuf.Type) return tsName(r);
+  return scalarType(f.type, o);
+}
+
+function doc(indent: string, text: string | null | undefined, first?: string): string[] {
+  const body = text?.trim() ? text.trim().split("\n").map((l) => l.trimEnd()) : [];
+  const lines = [...(first ? [first] : []), ...body].map((l) => l.replaceAll("*/", "*\\/"));
+  if (lines.length === 0) return [];
+  if (lines.length === 1) return [`${indent}/** ${lines[0]} */`];
+  return [
+    `${indent}/**`,
+    ...lines.map((l) => l ? `${indent} * ${l}` : `${indent} *`),
+    `${indent} */`,
+  ];
+}
+
+/** `name: type` of a field outside any oneof. */
+function fieldLine(f: protobuf.Field, o: Options): string {
+  const v = valueType(f, o);
+  if (f instanceof protobuf.MapField) {
+    return `${f.name}${o.defaults ? "" : "?"}: Record<string, ${v}>;`;
+  }
+  if (f.repeated) return `${f.name}${o.defaults ? "" : "?"}: ${v}[];`;
+  if (!o.defaults) return `${f.name}?: ${v};`;
+  return f.resolvedType instanceof protobuf.Type ? `${f.name}: ${v} | null;` : `${f.name}: ${v};`;
+}
+
+/** One union per oneof: a variant per member (the others absent), and none set. */
+function oneofUnion(oneof: protobuf.OneOf, o: Options): string[] {
+  const members = oneof.fieldsArray;
+  const absent = (except?: protobuf.Field) =>
+    members.filter((m) => m !== except).map((m) => ` ${m.name}?: undefined;`).join("");
+  const variants = members.map((m) => {
+    const tag = o.oneofs ? ` ${oneof.name}: ${JSON.stringify(m.name)};` : "";
+    const v = valueType(m, o) + (m.repeated ? "[]" : "");
+    return `  | {${tag} ${m.name}: ${v};${absent(m)} }`;
+  });
+  const none = `  | {${o.oneofs ? ` ${oneof.name}?: undefined;` : ""}${absent()} }`;
+  return [...variants, none];
+}
+
+function renderMessage(t: protobuf.Type, o: Options): string[] {
+  const name = tsName(t);
+  const head = doc("", t.comment, `\`${t.fullName.slice(1)}\`.`);
+  const plain = t.fieldsArray.filter((f) => !f.partOf);
+  const body = plain.flatMap((f) => [...doc("  ", f.comment), `  ${fieldLine(f, o)}`]);
+  if (t.oneofsArray.length === 0) {
+    if (plain.length === 0) return [...head, `export type ${name} = Record<string, never>;`];
+    return [...head, `export interface ${name} {`, ...body, "}"];
+  }
+  const parts: string[][] = [];
+  if (plain.length) parts.push(["{", ...body, "}"]);
+  for (const oneof of t.oneofsArray) parts.push(["(", ...oneofUnion(oneof, o), ")"]);
+  if (parts.length === 1) {
+    const union = oneofUnion(t.oneofsArray[0], o);
+    union[union.length - 1] += ";";
+    return [...head, `export type ${name} =`, ...union];
+  }
+  const lines = [...head, `export type ${name} =`];
+  for (const part of parts) {
+    lines.push(`  & ${part[0]}`, ...part.slice(1, -1).map((l) => `  ${l}`), `  ${part.at(-1)}`);
+  }
+  lines[lines.length - 1] += ";";
+  return lines;
+}
+
+function renderEnum(e: protobuf.Enum, o: Options): string[] {
+  const name = tsName(e);
+  const head = doc("", e.comment, `\`${e.fullName.slice(1)}\`${o.enums ? " by value name" : ""}.`);
+  if (!o.enums) return [...head, `export type ${name} = number;`];
+  const names = Object.keys(e.values);
+  return [
+    ...head,
+    `export type ${name} =`,
+    ...names.map((v, i) => `  | ${JSON.stringify(v)}${i === names.length - 1 ? ";" : ""}`),
+  ];
+}
+
+function renderService(s: protobuf.Service): string[] {
+  const full = s.fullName.slice(1);
+  const client = [
+    ...doc(
+      "",
+      s.comment,
+      `Client of \`${full}\`: a grpc-js client; requests may leave any field out.`,
+    ),
+    `export interface ${s.name}Client extends grpc.Client {`,
+  ];
+  const handlers = [
+    `/** Server handlers of \`${full}\`, for \`grpc.Server.addService\`. */`,
+    `export interface ${s.name}Handlers extends grpc.UntypedServiceImplementation {`,
+  ];
+  for (const m of s.methodsArray) {
+    const req = tsName(m.resolvedRequestType!);
+    const res = tsName(m.resolvedResponseType!);
+    const mdoc = doc("  ", m.comment, `\`${m.name}\`.`);
+    const cb = `callback: grpc.requestCallback<${res}>`;
+    const md = "metadata: grpc.Metadata";
+    const opts = "options: grpc.CallOptions";
+    const arg = `argument: Wire<${req}>`;
+    let sigs: string[];
+    let handler: string;
+    if (!m.requestStream && !m.responseStream) {
+      const r = "grpc.ClientUnaryCall";
+      sigs = [
+        `(${arg}, ${cb}): ${r};`,
+        `(${arg}, ${md}, ${cb}): ${r};`,
+        `(${arg}, ${opts}, ${cb}): ${r};`,
+        `(${arg}, ${md}, ${opts}, ${cb}): ${r};`,
+      ];
+      handler = `grpc.handleUnaryCall<${req}, Wire<${res}>>`;
+    } else if (!m.requestStream) {
+      const r = `grpc.ClientReadableStream<${res}>`;
+      sigs = [
+        `(${arg}, options?: grpc.CallOptions): ${r};`,
+        `(${arg}, ${md}, options?: grpc.CallOptions): ${r};`,
+      ];
+      handler = `grpc.handleServerStreamingCall<${req}, Wire<${res}>>`;
+    } else if (!m.responseStream) {
+      const r = `grpc.ClientWritableStream<Wire<${req}>>`;
+      sigs = [
+        `(${cb}): ${r};`,
+        `(${md}, ${cb}): ${r};`,
+        `(${opts}, ${cb}): ${r};`,
+        `(${md}, ${opts}, ${cb}): ${r};`,
+      ];
+      handler = `grpc.handleClientStreamingCall<${req}, Wire<${res}>>`;
+    } else {
+      const r = `grpc.ClientDuplexStream<Wire<${req}>, ${res}>`;
+      sigs = [`(options?: grpc.CallOptions): ${r};`, `(${md}, options?: grpc.CallOptions): ${r};`];
+      handler = `grpc.handleBidiStreamingCall<${req}, Wire<${res}>>`;
+    }
+    client.push(...mdoc, ...sigs.map((sig) => `  ${m.name}${sig}`));
+    handlers.push(...mdoc, `  ${m.name}: ${handler};`);
+  }
+  return [...client, "}", "", ...handlers, "}"];
+}
+
+const PRELUDE =
+  `// Generated by \`deno task proto\` from the .proto files in this folder. Do not edit.
+// deno-fmt-ignore-file
+/**
+ * TypeScript types of every message, enum and service in \`proto/*.proto\`,
+ * as \`@grpc/proto-loader\` decodes them with \`LOADER_OPTIONS\`
+ * (proto/options.ts): field names as in the \`.proto\` files, enums as their
+ * value names (a number no name has stays a number, which the types leave
+ * out), 64-bit integers as
+ * %LONGS%, bytes as \`Uint8Array\` (a Buffer), scalars, lists and maps always
+ * present, a message field \`null\` when unset, and each oneof as a union on
+ * its virtual field (e.g. \`payload\`) naming the set member, or none.
+ *
+ * Decoded messages have these types; messages being sent are \`Wire<T>\`
+ * (any field may be left out). Clients take \`Wire\` requests and return
+ * decoded responses; server handlers the reverse.
+ *
+ * @module
+ */
+import type * as grpc from "@grpc/grpc-js";
+
+/**
+ * Recursively optional: the shape accepted when *sending* a message (a field
+ * left out or null is unset; map values and list elements are never null).
+ */
+export type Wire<T> = T extends Uint8Array ? Uint8Array
+  : T extends (infer U)[] ? Wire<U>[]
+  : T extends object ? string extends keyof T ? { [key: string]: Wire<T[string & keyof T]> }
+  : { [K in keyof T]?: Wire<T[K]> | null }
+  : T;
+
+/** A grpc-js client class whose instances are \`C\`; \`service\` is the server's definition. */
+export interface ClientConstructor<C extends grpc.Client> {
+  new (address: string, credentials: grpc.ChannelCredentials, options?: Partial<grpc.ChannelOptions>): C;
+  /** The service definition, for \`grpc.Server.addService\`. */
+  service: grpc.ServiceDefinition;
+  /** The fully-qualified service name. */
+  serviceName: string;
+}
+
+/**
+ * A unary method of a client below, in its full form (the last overload, so
+ * \`UnaryMethod<Req, Res>\` infers both from \`client.Method\`); call it with the
+ * client as \`this\`.
+ */
+export type UnaryMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: grpc.requestCallback<Res>,
+) => grpc.ClientUnaryCall;
+
+/** A server-streaming method of a client below, in its full form (see {@link UnaryMethod}). */
+export type ServerStreamMethod<Req, Res> = (
+  argument: Req,
+  metadata: grpc.Metadata,
+  options?: grpc.CallOptions,
+) => grpc.ClientReadableStream<Res>;
+`;
+
+/**
+ * Renders `proto/types.ts`: an interface (or union, for oneofs) per message,
+ * a string union per enum, and per service a typed client interface and a
+ * typed server handler interface, for every `.proto` file in `protoDir`.
+ */
+export function renderTypesModule(protoDir: string): string {
+  const o = typeOptions();
+  const root = loadAll(protoDir);
+  const types: (protobuf.Type | protobuf.Enum)[] = [];
+  const services: protobuf.Service[] = [];
+  const walk = (ns: protobuf.NamespaceBase): void => {
+    for (const n of ns.nestedArray) {
+      if (n instanceof protobuf.Service) services.push(n);
+      else if (n instanceof protobuf.Enum) types.push(n);
+      else if (n instanceof protobuf.Type) {
+        types.push(n);
+        walk(n);
+      } else if (n instanceof protobuf.Namespace) walk(n);
+    }
+  };
+  walk(root);
+  const order = Object.keys(TYPE_PREFIXES);
+  const byPackage = (t: protobuf.ReflectionObject) => {
+    const i = order.indexOf(packageOf(t));
+    if (i < 0) throw new Error(`package ${packageOf(t)} has no entry in TYPE_PREFIXES`);
+    return i;
+  };
+  const sorted = types.map((t, i) => ({ t, i }))
+    .sort((a, b) => byPackage(a.t) - byPackage(b.t) || a.i - b.i).map((x) => x.t);
+  const seen = new Map<string, string>(
+    ["Wire", "ClientConstructor", "UnaryMethod", "ServerStreamMethod"].map((n) => [n, "(prelude)"]),
+  );
+  const claim = (name: string, what: string) => {
+    const other = seen.get(name);
+    if (other) throw new Error(`${what} and ${other} both map to the TypeScript name ${name}`);
+    seen.set(name, what);
+  };
+  const out = [PRELUDE.replace("%LONGS%", o.longs === "number" ? "numbers" : "strings")];
+  let pkg = "";
+  for (const t of sorted) {
+    claim(tsName(t), t.fullName.slice(1));
+    if (packageOf(t) !== pkg) {
+      pkg = packageOf(t);
+      out.push(`// ---- ${pkg} ${"-".repeat(Math.max(3, 72 - pkg.length))}`, "");
+    }
+    out.push(...(t instanceof protobuf.Enum ? renderEnum(t, o) : renderMessage(t, o)), "");
+  }
+  out.push(`// ---- services ${"-".repeat(65)}`, "");
+  for (const s of services.sort((a, b) => byPackage(a) - byPackage(b))) {
+    claim(`${s.name}Client`, s.fullName.slice(1));
+    claim(`${s.name}Handlers`, s.fullName.slice(1));
+    out.push(...renderService(s), "");
+  }
+  return out.join("\n");
+}
+
 if (import.meta.main) {
   const dir = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
-  const out = `${dir}/descriptors.ts`;
-  await Deno.writeTextFile(out, renderDescriptorModule(dir));
-  console.log(`wrote ${out}`);
+  for (
+    const [file, render] of [["descriptors.ts", renderDescriptorModule], [
+      "types.ts",
+      renderTypesModule,
+    ]] as const
+  ) {
+    await Deno.writeTextFile(`${dir}/${file}`, render(dir));
+    console.log(`wrote ${dir}/${file}`);
+  }
 }

@@ -8,11 +8,7 @@
  *
  * @module
  */
-import {
-  EndpointError,
-  type GatewayEndpoint,
-  parseEndpoint as parseGatewayUrl,
-} from "../core/endpoint.ts";
+import { EndpointError, parseGatewayUrl } from "../core/endpoint.ts";
 import {
   type EnvReader,
   envTwins,
@@ -221,17 +217,6 @@ export function usage(): string {
   });
 }
 
-/** Validates a gateway endpoint URL and normalises it (exported for tests). */
-export function parseEndpoint(value: string): {
-  endpoint: string;
-  scheme: "http" | "https";
-  host: string;
-  port: number;
-} {
-  const ep: GatewayEndpoint = parseGatewayUrl(value);
-  return { endpoint: ep.url, scheme: ep.scheme, host: ep.host, port: ep.port };
-}
-
 /**
  * Parses the supervisor's arguments and environment (an option wins over its
  * environment twin). Throws `FlagError` with a one-line message for
@@ -244,7 +229,7 @@ export function parseSupervisorConfig(args: readonly string[], env: EnvReader): 
   noPositionals(parsed.positionals);
   const v = parsed.values;
   const named = (name: keyof typeof FLAGS): string => givenAs(FLAGS, parsed.from, name);
-  const { endpoint, scheme, host, port } = parseEndpoint(v["openshell-endpoint"]);
+  const { url: endpoint, scheme, host, port } = parseGatewayUrl(v["openshell-endpoint"]);
 
   let tls: TlsFiles | undefined;
   const [ca, cert, key] = [v["tls-ca"], v["tls-cert"], v["tls-key"]];

@@ -6,7 +6,6 @@ import {
   DEFAULT_SSHD,
   filesRead,
   filesWritten,
-  parseEndpoint,
   parseSupervisorConfig,
   type SupervisorConfig,
   usage,
@@ -140,15 +139,25 @@ Deno.test("config: the token comes from the environment or a file, not both", ()
 });
 
 Deno.test("config: endpoints", () => {
-  assert.deepEqual(parseEndpoint("http://gw:80"), {
+  const endpointOf = (url: string) => {
+    const { endpoint, scheme, host, port } = parse([
+      "--sandbox-id",
+      "sb-1",
+      "--openshell-endpoint",
+      url,
+      ...(url.startsWith("https:") ? ["--tls-ca", "/ca.pem"] : []),
+    ]);
+    return { endpoint, scheme, host, port };
+  };
+  assert.deepEqual(endpointOf("http://gw:80"), {
     endpoint: "http://gw:80",
     scheme: "http",
     host: "gw",
     port: 80,
   });
-  assert.equal(parseEndpoint("https://gw").port, 443);
-  assert.equal(parseEndpoint("http://gw").port, 80);
-  assert.deepEqual(parseEndpoint("http://[::1]:9000/"), {
+  assert.equal(endpointOf("https://gw").port, 443);
+  assert.equal(endpointOf("http://gw").port, 80);
+  assert.deepEqual(endpointOf("http://[::1]:9000/"), {
     endpoint: "http://[::1]:9000",
     scheme: "http",
     host: "::1",

@@ -123,11 +123,11 @@ export async function loadOrCreateHostKey(path: string, sandboxId: string): Prom
   return key;
 }
 
-/** Runs the supervisor with `args`; resolves with the exit code. */
-export async function main(args: readonly string[]): Promise<number> {
-  // ms since the process started: Deno's own start-up plus loading this module graph.
-  const loadedMs = performance.now();
-  let config: SupervisorConfig;
+/**
+ * The configuration `args` give, or the exit status when there is nothing
+ * to run: 0 after `--help` or `--version`, 2 after a bad flag (one line).
+ */
+function readConfig(args: readonly string[]): SupervisorConfig | number {
   try {
     const parsed = parseSupervisorConfig(args, denoEnv);
     if (parsed.kind === "help") {
@@ -138,87 +138,100 @@ export async function main(args: readonly string[]): Promise<number> {
       console.log(`openshell-sandbox ${VERSION}`);
       return 0;
     }
-    config = parsed.config;
+    return parsed.config;
   } catch (err) {
     if (!(err instanceof FlagError)) throw err;
     console.error(`openshell-sandbox: ${err.message}`);
     return 2;
   }
-  const logger = new Logger(
-    { level: config.logLevel, format: config.logFormat, target: "openshell-sandbox" },
-    { sandbox_id: config.sandboxId },
-  );
+}
 
-  let server: SshdServer;
-  let fingerprint = "";
-  let token: string | undefined;
-  let tls: TlsMaterial | undefined;
-  let channels: ChannelFactory;
-  try {
-    token = await readToken(config);
-    tls = await readTls(config);
-    // The connection to the gateway is made while sshd is set up (the hello waits for it).
-    channels = connectEarly(
-      grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
+/**
+ * The cgroup that contains each SSH session's processes, or undefined
+ * (with a warning: processes a session leaves running outlive it) when
+ * `--session-cgroup` is `none` or cannot be used.
+ */
+async function openSessionCgroups(
+  config: SupervisorConfig,
+  logger: Logger,
+): Promise<SessionCgroups | undefined> {
+  if (config.sessionCgroup === undefined) {
+    logger.warn(
+      "SSH sessions are NOT contained (--session-cgroup none): processes a session leaves " +
+        "running outlive it",
     );
-    const dir = socketDirOf(config.socketPath);
-    await prepareSocketDir(dir);
-    // Before touching any file: a live supervisor on this socket keeps its files.
-    await clearStaleSocket(config.socketPath);
-    const hostKey = config.hostKeyPath
-      ? await loadOrCreateHostKey(config.hostKeyPath, config.sandboxId)
-      : generateHostKey().privateKey;
-    const files = await writeSshdFiles(dir, {
-      hostKey,
-      logLevel: config.logLevel,
-      environment: await readEnvironment(config),
-    });
-    await checkSshd(config.sshd, files.configPath);
-    let sessions: SessionCgroups | undefined;
-    if (config.sessionCgroup !== undefined) {
-      const opened = await SessionCgroups.open(config.sessionCgroup);
-      if (opened.ok) {
-        sessions = opened.cgroups;
-        logger.info("SSH sessions contained", { cgroup: config.sessionCgroup });
-      } else {
-        logger.warn(
-          `SSH sessions are NOT contained (${opened.reason}): processes a session leaves ` +
-            "running outlive it; give --session-cgroup a directory on a cgroup2 mount",
-        );
-      }
-    } else {
-      logger.warn(
-        "SSH sessions are NOT contained (--session-cgroup none): processes a session leaves " +
-          "running outlive it",
-      );
-    }
-    server = await SshdServer.listen({
-      socketPath: config.socketPath,
-      sshd: config.sshd,
-      configPath: files.configPath,
-      logger,
-      sessions,
-    });
-    fingerprint = files.fingerprint;
-    logger.info(READY_MESSAGE, {
-      path: config.socketPath,
-      host_key: files.fingerprint,
-      host_key_source: config.hostKeyPath ? "file" : "generated",
-      // Boot stages (e2e/bench_boot.ts): process start → main() → this line.
-      loaded_ms: Math.round(loadedMs),
-      startup_ms: Math.round(performance.now()),
-    });
-  } catch (err) {
-    logger.error(`cannot start: ${errorMessage(err)}`);
-    return 1;
+    return undefined;
   }
+  const opened = await SessionCgroups.open(config.sessionCgroup);
+  if (!opened.ok) {
+    logger.warn(
+      `SSH sessions are NOT contained (${opened.reason}): processes a session leaves ` +
+        "running outlive it; give --session-cgroup a directory on a cgroup2 mount",
+    );
+    return undefined;
+  }
+  logger.info("SSH sessions contained", { cgroup: config.sessionCgroup });
+  return opened.cgroups;
+}
 
+/** What start-up prepared for the session. */
+interface Prepared {
+  /** Serves the sshd socket. */
+  server: SshdServer;
+  /** SHA-256 fingerprint of the host key (announced to the gateway). */
+  fingerprint: string;
+  /** Channels to the gateway (with the token and client TLS); the first already connecting. */
+  channels: ChannelFactory;
+}
+
+/**
+ * Start-up in order: token and TLS files, the socket directory (owned,
+ * 0700; a live supervisor's socket refuses the start), the host key and
+ * sshd config written into it, `sshd -t`, the session cgroup, the socket.
+ * The connection to the gateway is made meanwhile (`connectEarly`); the
+ * session's hello waits for all of it.
+ */
+async function prepare(config: SupervisorConfig, logger: Logger): Promise<Prepared> {
+  const token = await readToken(config);
+  const tls: TlsMaterial | undefined = await readTls(config);
+  const channels = connectEarly(
+    grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
+  );
+  const dir = socketDirOf(config.socketPath);
+  await prepareSocketDir(dir);
+  // Before touching any file: a live supervisor on this socket keeps its files.
+  await clearStaleSocket(config.socketPath);
+  const hostKey = config.hostKeyPath
+    ? await loadOrCreateHostKey(config.hostKeyPath, config.sandboxId)
+    : generateHostKey().privateKey;
+  const files = await writeSshdFiles(dir, {
+    hostKey,
+    logLevel: config.logLevel,
+    environment: await readEnvironment(config),
+  });
+  await checkSshd(config.sshd, files.configPath);
+  const sessions = await openSessionCgroups(config, logger);
+  const server = await SshdServer.listen({
+    socketPath: config.socketPath,
+    sshd: config.sshd,
+    configPath: files.configPath,
+    logger,
+    sessions,
+  });
+  return { server, fingerprint: files.fingerprint, channels };
+}
+
+/**
+ * Runs the session with the gateway until SIGTERM or SIGINT, then closes
+ * the relays and the sshd server (every SSH connection's processes).
+ */
+async function serve(config: SupervisorConfig, prepared: Prepared, logger: Logger): Promise<void> {
   const events = new SupervisorEvents({ sandboxId: config.sandboxId, endpoint: config.endpoint });
   const relays = new RelayManager({ socketPath: config.socketPath, events, logger });
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
-    hostKeyFingerprint: fingerprint,
-    channels,
+    hostKeyFingerprint: prepared.fingerprint,
+    channels: prepared.channels,
     relays,
     events,
     logger: logger.with({ endpoint: config.endpoint }),
@@ -238,8 +251,36 @@ export async function main(args: readonly string[]): Promise<number> {
   logger.info("connecting to the gateway", { endpoint: config.endpoint });
   await session.run(stop.signal);
   await relays.closeAll();
-  await server.close();
+  await prepared.server.close();
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+}
+
+/** Runs the supervisor with `args`; resolves with the exit code. */
+export async function main(args: readonly string[]): Promise<number> {
+  // ms since the process started: Deno's own start-up plus loading this module graph.
+  const loadedMs = performance.now();
+  const config = readConfig(args);
+  if (typeof config === "number") return config;
+  const logger = new Logger(
+    { level: config.logLevel, format: config.logFormat, target: "openshell-sandbox" },
+    { sandbox_id: config.sandboxId },
+  );
+  let prepared: Prepared;
+  try {
+    prepared = await prepare(config, logger);
+    logger.info(READY_MESSAGE, {
+      path: config.socketPath,
+      host_key: prepared.fingerprint,
+      host_key_source: config.hostKeyPath ? "file" : "generated",
+      // Boot stages (e2e/bench_boot.ts): process start → main() → this line.
+      loaded_ms: Math.round(loadedMs),
+      startup_ms: Math.round(performance.now()),
+    });
+  } catch (err) {
+    logger.error(`cannot start: ${errorMessage(err)}`);
+    return 1;
+  }
+  await serve(config, prepared, logger);
   logger.info("stopped");
   return 0;
 }

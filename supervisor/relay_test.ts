@@ -184,7 +184,7 @@ Deno.test("relay: closeAll cancels live relays and refuses new ones; duplicates 
     });
     assert.equal(second, 0, "a duplicate relay_open opens nothing");
     call.sendData("x"); // in flight, never half-closed
-    while (server.served.length === 0) await new Promise((r) => setTimeout(r, 5));
+    await waitFor("the relay's connection to the socket", () => server.served.length > 0);
     await relays.closeAll();
     await done;
     assert.ok(call.cancelled);

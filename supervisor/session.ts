@@ -21,6 +21,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Backoff, sleep } from "../core/backoff.ts";
+import { hostPort } from "../core/endpoint.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
 import {
   type GatewayMessage,
@@ -117,30 +118,24 @@ export const CHANNEL_OPTIONS: Readonly<grpc.ChannelOptions> = {
   "grpc.use_local_subchannel_pool": 1,
 };
 
-type GrpcClient = grpc.Client & {
-  ConnectSupervisor(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
-  RelayStream(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, unknown>;
-};
-
 /** Channels to the gateway over grpc-js. */
 export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory {
-  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
-  const target = `${host}:${options.port}`;
+  const target = hostPort(options.host, options.port);
   return () => {
     const secure = options.tls ? grpcTlsCredentials(options.host, options.tls) : undefined;
     const client = new OpenShellClient(
       target,
       secure?.credentials ?? grpc.credentials.createInsecure(),
       { ...CHANNEL_OPTIONS, ...secure?.options },
-    ) as unknown as GrpcClient;
+    );
     const metadata = () => {
       const md = new grpc.Metadata();
       if (options.token) md.set(SUPERVISOR_TOKEN_METADATA, options.token);
       return md;
     };
     return {
-      connectSupervisor: () => client.ConnectSupervisor(metadata()) as unknown as ControlCall,
-      relayStream: () => client.RelayStream(metadata()) as unknown as RelayCall,
+      connectSupervisor: () => client.ConnectSupervisor(metadata()),
+      relayStream: () => client.RelayStream(metadata()),
       broken: () => {
         const state = client.getChannel().getConnectivityState(false);
         return state === grpc.connectivityState.TRANSIENT_FAILURE ||
@@ -177,6 +172,8 @@ export interface SessionOptions {
   silentAfterIntervals?: number;
   /** How long to wait for `session_accepted`; default 20 s. */
   handshakeTimeoutMs?: number;
+  /** Monotonic clock in milliseconds (session age, gateway silence); default `performance.now`. */
+  now?: () => number;
   /** Reports each accepted session (tests). */
   onAccepted?: (info: { sessionId: string; instanceId: string; heartbeatMs: number }) => void;
 }
@@ -264,136 +261,184 @@ export class SupervisorSession {
   }
 
   #attempt(channel: SupervisorChannel, signal: AbortSignal): Promise<AttemptResult> {
+    return new SessionAttempt(this.#o, {
+      channel,
+      signal,
+      track: (sessionId) => this.#sessionId = sessionId,
+    }).run();
+  }
+}
+
+/** What one {@link SessionAttempt} works with besides the session's options. */
+interface AttemptContext {
+  channel: SupervisorChannel;
+  /** Aborting ends the attempt (gracefully). */
+  signal: AbortSignal;
+  /** Told the live session's id when accepted, undefined when the attempt ends. */
+  track: (sessionId: string | undefined) => void;
+}
+
+/**
+ * One attempt of a {@link SupervisorSession}: a fresh instance id and hello,
+ * the handshake (only `session_accepted` may come first, within
+ * {@link SessionOptions.handshakeTimeoutMs}), then heartbeats, the gateway's
+ * silence watch and its relay requests until the stream ends, fails, falls
+ * silent or the signal aborts.
+ */
+class SessionAttempt {
+  readonly #o: SessionOptions;
+  readonly #x: AttemptContext;
+  readonly #instanceId = crypto.randomUUID();
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #timers: ReturnType<typeof setTimeout>[] = [];
+  readonly #result = Promise.withResolvers<AttemptResult>();
+  #call: ControlCall | undefined;
+  #done = false;
+  #sessionId: string | undefined;
+  #acceptedAt = 0;
+  #lastInbound: number;
+  readonly #onAbort = () => this.#finish(undefined);
+
+  /** Prepares an attempt (nothing is sent until {@link run}). */
+  constructor(options: SessionOptions, context: AttemptContext) {
+    this.#o = options;
+    this.#x = context;
+    this.#log = options.logger.with({ instance_id: this.#instanceId });
+    this.#now = options.now ?? (() => performance.now());
+    this.#lastInbound = this.#now();
+  }
+
+  /** Runs the attempt; resolves (never rejects) once it is over. */
+  run(): Promise<AttemptResult> {
     const o = this.#o;
-    const instanceId = crypto.randomUUID();
-    const log = o.logger.with({ instance_id: instanceId });
-    const minBeat = o.minHeartbeatMs ?? 5_000;
+    this.#x.signal.addEventListener("abort", this.#onAbort, { once: true });
+    let call: ControlCall;
+    try {
+      call = this.#call = this.#x.channel.connectSupervisor();
+    } catch (err) {
+      this.#finish(`cannot open the session stream: ${errorMessage(err)}`, true);
+      return this.#result.promise;
+    }
+    call.on("data", (message: GatewayMessage) => this.#onMessage(call, message));
+    call.on("error", (err: Error) => this.#finish(`session stream failed: ${errorMessage(err)}`));
+    call.on("end", () => this.#finish("gateway closed the session stream"));
+    this.#timers.push(setTimeout(() => {
+      if (this.#sessionId === undefined) {
+        this.#finish(`no session_accepted within ${o.handshakeTimeoutMs ?? 20_000} ms`, true);
+      }
+    }, o.handshakeTimeoutMs ?? 20_000));
+    try {
+      call.write({
+        payload: "hello",
+        hello: {
+          sandbox_id: o.sandboxId,
+          instance_id: this.#instanceId,
+          ssh_host_key_fingerprint: o.hostKeyFingerprint ?? "",
+        },
+      });
+    } catch (err) {
+      this.#finish(`cannot send hello: ${errorMessage(err)}`, true);
+    }
+    return this.#result.promise;
+  }
+
+  /** Ends the attempt once: timers, the abort listener, the stream (ended when graceful). */
+  #finish(error: string | undefined, replaceChannel = false): void {
+    if (this.#done) return;
+    this.#done = true;
+    for (const t of this.#timers) clearTimeout(t);
+    this.#x.signal.removeEventListener("abort", this.#onAbort);
+    this.#x.track(undefined);
+    try {
+      if (error === undefined) this.#call?.end();
+      this.#call?.cancel();
+    } catch {
+      // the call is already over
+    }
+    const sessionId = this.#sessionId;
+    this.#result.resolve({
+      sessionId,
+      acceptedFor: sessionId ? this.#now() - this.#acceptedAt : undefined,
+      error,
+      replaceChannel,
+    });
+  }
+
+  #onMessage(call: ControlCall, message: GatewayMessage): void {
+    this.#lastInbound = this.#now();
+    if (this.#done) return;
+    if (this.#sessionId === undefined) {
+      if (message.payload === "session_accepted") {
+        this.#onAccepted(call, message.session_accepted);
+      } else if (message.payload === "session_rejected") {
+        this.#finish(`session rejected: ${message.session_rejected.reason || "no reason given"}`);
+      } else {
+        this.#finish(`expected session_accepted, got ${message.payload ?? "an empty message"}`);
+      }
+      return;
+    }
+    switch (message.payload) {
+      case "relay_open":
+        this.#openRelay(call, message.relay_open.channel_id);
+        break;
+      case "heartbeat":
+        break;
+      case "relay_close":
+        this.#log.debug("gateway closed a relay", { channel_id: message.relay_close.channel_id });
+        break;
+      default:
+        this.#log.warn("unexpected gateway message; ignored", { payload: message.payload });
+    }
+  }
+
+  /** The session is accepted: announce it and start heartbeats and the silence watch. */
+  #onAccepted(
+    call: ControlCall,
+    accepted: { session_id: string; heartbeat_interval_secs: number },
+  ): void {
+    const o = this.#o;
+    const sessionId = this.#sessionId = accepted.session_id;
+    this.#acceptedAt = this.#now();
+    this.#x.track(sessionId);
+    const heartbeatMs = Math.max(
+      accepted.heartbeat_interval_secs * 1000,
+      o.minHeartbeatMs ?? 5_000,
+    );
+    o.events.sessionOpened({ sessionId, heartbeatSecs: Math.round(heartbeatMs / 1000) });
     const silentAfter = o.silentAfterIntervals ?? 3;
-    return new Promise<AttemptResult>((resolve) => {
-      let call: ControlCall;
-      let done = false;
-      let sessionId: string | undefined;
-      let acceptedAt = 0;
-      let lastInbound = performance.now();
-      const timers: ReturnType<typeof setTimeout>[] = [];
-
-      const finish = (error: string | undefined, replaceChannel = false) => {
-        if (done) return;
-        done = true;
-        for (const t of timers) clearTimeout(t);
-        signal.removeEventListener("abort", onAbort);
-        this.#sessionId = undefined;
-        try {
-          if (error === undefined) call?.end();
-          call?.cancel();
-        } catch {
-          // the call is already over
-        }
-        resolve({
-          sessionId,
-          acceptedFor: sessionId ? performance.now() - acceptedAt : undefined,
-          error,
-          replaceChannel,
-        });
-      };
-      const onAbort = () => finish(undefined);
-      signal.addEventListener("abort", onAbort, { once: true });
-
-      try {
-        call = channel.connectSupervisor();
-      } catch (err) {
-        finish(`cannot open the session stream: ${errorMessage(err)}`, true);
+    this.#timers.push(setInterval(() => {
+      if (this.#now() - this.#lastInbound > silentAfter * heartbeatMs) {
+        this.#finish(
+          `gateway silent for ${Math.round((this.#now() - this.#lastInbound) / 1000)} s ` +
+            `(${silentAfter} heartbeat intervals)`,
+          true,
+        );
         return;
       }
+      try {
+        call.write({ payload: "heartbeat", heartbeat: {} });
+      } catch (err) {
+        this.#finish(`heartbeat failed: ${errorMessage(err)}`);
+      }
+    }, heartbeatMs));
+    o.onAccepted?.({ sessionId, instanceId: this.#instanceId, heartbeatMs });
+  }
 
-      const onAccepted = (accepted: { session_id: string; heartbeat_interval_secs: number }) => {
-        sessionId = accepted.session_id;
-        acceptedAt = performance.now();
-        this.#sessionId = sessionId;
-        const heartbeatMs = Math.max(accepted.heartbeat_interval_secs * 1000, minBeat);
-        o.events.sessionOpened({
-          sessionId,
-          heartbeatSecs: Math.round(heartbeatMs / 1000),
-        });
-        timers.push(setInterval(() => {
-          if (performance.now() - lastInbound > silentAfter * heartbeatMs) {
-            finish(
-              `gateway silent for ${Math.round((performance.now() - lastInbound) / 1000)} s ` +
-                `(${silentAfter} heartbeat intervals)`,
-              true,
-            );
-            return;
-          }
-          try {
-            call.write({ payload: "heartbeat", heartbeat: {} });
-          } catch (err) {
-            finish(`heartbeat failed: ${errorMessage(err)}`);
-          }
-        }, heartbeatMs));
-        o.onAccepted?.({ sessionId, instanceId, heartbeatMs });
-      };
-
-      call.on("data", (message: GatewayMessage) => {
-        lastInbound = performance.now();
-        if (done) return;
-        if (sessionId === undefined) {
-          if (message.payload === "session_accepted") {
-            onAccepted(message.session_accepted);
-          } else if (message.payload === "session_rejected") {
-            finish(`session rejected: ${message.session_rejected.reason || "no reason given"}`);
-          } else {
-            finish(`expected session_accepted, got ${message.payload ?? "an empty message"}`);
-          }
-          return;
-        }
-        switch (message.payload) {
-          case "relay_open": {
-            const channelId = message.relay_open.channel_id;
-            if (!channelId) {
-              log.warn("relay_open without a channel id; ignored");
-              break;
-            }
-            o.relays.open(channelId, () => channel.relayStream(), (reason) => {
-              try {
-                call.write({
-                  payload: "relay_open_result",
-                  relay_open_result: { channel_id: channelId, success: false, error: reason },
-                });
-              } catch {
-                // the session is ending; the gateway gives the relay up with it
-              }
-            });
-            break;
-          }
-          case "heartbeat":
-            break;
-          case "relay_close":
-            log.debug("gateway closed a relay", { channel_id: message.relay_close.channel_id });
-            break;
-          default:
-            log.warn("unexpected gateway message; ignored", { payload: message.payload });
-        }
-      });
-      call.on("error", (err: Error) => finish(`session stream failed: ${errorMessage(err)}`));
-      call.on("end", () => finish("gateway closed the session stream"));
-
-      timers.push(setTimeout(() => {
-        if (sessionId === undefined) {
-          finish(`no session_accepted within ${o.handshakeTimeoutMs ?? 20_000} ms`, true);
-        }
-      }, o.handshakeTimeoutMs ?? 20_000));
-
+  /** A `relay_open`: the relay runs on this channel; its failure is reported on the session. */
+  #openRelay(call: ControlCall, channelId: string): void {
+    if (!channelId) {
+      this.#log.warn("relay_open without a channel id; ignored");
+      return;
+    }
+    this.#o.relays.open(channelId, () => this.#x.channel.relayStream(), (reason) => {
       try {
         call.write({
-          payload: "hello",
-          hello: {
-            sandbox_id: o.sandboxId,
-            instance_id: instanceId,
-            ssh_host_key_fingerprint: o.hostKeyFingerprint ?? "",
-          },
+          payload: "relay_open_result",
+          relay_open_result: { channel_id: channelId, success: false, error: reason },
         });
-      } catch (err) {
-        finish(`cannot send hello: ${errorMessage(err)}`, true);
+      } catch {
+        // the session is ending; the gateway gives the relay up with it
       }
     });
   }

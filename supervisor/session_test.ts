@@ -3,9 +3,9 @@ import { EventEmitter } from "node:events";
 import http2 from "node:http2";
 import type net from "node:net";
 import { Logger } from "../core/log.ts";
+import { waitFor } from "../core/testing.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { GatewayMessage, SupervisorMessage } from "../core/protocol.ts";
-import { waitFor } from "../core/testing.ts";
 import { SupervisorEvents } from "./events.ts";
 import type { RelayCall } from "./relay.ts";
 import {
@@ -209,11 +209,16 @@ Deno.test("session: no session_accepted in time fails the attempt", async () => 
 });
 
 Deno.test("session: backoff doubles to its cap and restarts after a healthy session", async () => {
-  const t = setup({ backoff: { initialMs: 5, maxMs: 20, jitter: 0 }, healthyAfterMs: 40 });
+  let now = 1_000;
+  const t = setup({
+    backoff: { initialMs: 5, maxMs: 20, jitter: 0 },
+    healthyAfterMs: 40,
+    now: () => now,
+  });
   for (let i = 0; i < 4; i++) (await t.channels.call(i)).emit("end");
   const healthy = await t.channels.call(4);
   healthy.accept("long", 60);
-  await new Promise((r) => setTimeout(r, 60));
+  now += 40; // the session has lasted healthyAfterMs
   healthy.emit("end");
   (await t.channels.call(5)).emit("end");
   await t.channels.call(6);
@@ -226,10 +231,16 @@ Deno.test("session: backoff doubles to its cap and restarts after a healthy sess
 });
 
 Deno.test("session: a short session does not reset the backoff", async () => {
-  const t = setup({ backoff: { initialMs: 5, maxMs: 40, jitter: 0 }, healthyAfterMs: 10_000 });
+  let now = 1_000;
+  const t = setup({
+    backoff: { initialMs: 5, maxMs: 40, jitter: 0 },
+    healthyAfterMs: 10_000,
+    now: () => now,
+  });
   (await t.channels.call(0)).emit("end");
   const short = await t.channels.call(1);
   short.accept("short", 60);
+  now += 9_999; // one millisecond short of healthy
   short.emit("end");
   await t.channels.call(2);
   assert.deepEqual(failures(t.events).map((e) => e.unmapped.retry_in_ms), [5, 10]);
@@ -295,7 +306,7 @@ Deno.test("session: stopping ends the live session with a close event", async ()
 Deno.test("session: stopping while backing off resolves at once", async () => {
   const t = setup({ backoff: { initialMs: 60_000, maxMs: 60_000, jitter: 0 } });
   (await t.channels.call(0)).emit("end");
-  while (failures(t.events).length === 0) await new Promise((r) => setTimeout(r, 1));
+  await waitFor("the first failure", () => failures(t.events).length > 0, { intervalMs: 1 });
   t.stop.abort();
   await t.done;
   assert.equal(t.channels.calls.length, 1);

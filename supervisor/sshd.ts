@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { writeAll } from "../core/io.ts";
 import { errorMessage, type Logger, type LogLevel } from "../core/log.ts";
 import { publicKeyOfPrivate } from "../core/ssh_keys.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
@@ -227,9 +228,49 @@ export interface SshdServerOptions {
 
 const READ_CHUNK = 64 * 1024;
 
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
+/** Writes sshd's stderr to the log, a line at a time, at `level`. */
+async function logSshdStderr(
+  child: Deno.ChildProcess,
+  log: Logger,
+  level: LogLevel,
+): Promise<void> {
+  try {
+    let rest = "";
+    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + text).split("\n");
+      rest = lines.pop() ?? "";
+      for (const line of lines) if (line.trim()) log.log(level, `sshd: ${line.trim()}`);
+    }
+    if (rest.trim()) log.log(level, `sshd: ${rest.trim()}`);
+  } catch {
+    // sshd's stderr broke off; nothing more to log
+  }
+}
+
+/** Copies the client's bytes to sshd's stdin, then closes it (aborts it on failure). */
+async function pumpToSshd(conn: Deno.UnixConn, child: Deno.ChildProcess): Promise<void> {
+  const writer = child.stdin.getWriter();
+  try {
+    while (true) {
+      const buf = new Uint8Array(READ_CHUNK);
+      const n = await conn.read(buf);
+      if (n === null) break;
+      await writer.write(buf.subarray(0, n));
+    }
+    await writer.close();
+  } catch {
+    await writer.abort().catch(() => {});
+  }
+}
+
+/** Copies sshd's stdout to the client, then half-closes the connection. */
+async function pumpFromSshd(child: Deno.ChildProcess, conn: Deno.UnixConn): Promise<void> {
+  try {
+    for await (const chunk of child.stdout) await writeAll(conn, chunk);
+    await conn.closeWrite();
+  } catch {
+    // the client went away; `pumpToSshd` sees it too and ends sshd's stdin
+  }
 }
 
 /** Accepts connections on the Unix socket and serves each with a fresh `sshd -i`. */
@@ -318,82 +359,30 @@ export class SshdServer {
     }
   }
 
+  /**
+   * Serves one connection with its own `sshd -i`, contained in a session
+   * group when there are session cgroups; when sshd exits, everything the
+   * connection started ends and the connection closes.
+   */
   async #serve(conn: Deno.UnixConn): Promise<void> {
-    const { sshd, configPath, logger } = this.#options;
+    const logger = this.#options.logger;
     this.#conns.add(conn);
-    let child: Deno.ChildProcess;
-    try {
-      child = new Deno.Command(sshd, {
-        args: ["-i", "-e", "-f", configPath],
-        clearEnv: true,
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (err) {
-      this.#conns.delete(conn);
-      conn.close();
-      throw new Error(`cannot start ${sshd}: ${errorMessage(err)}`);
-    }
+    const child = this.#spawnSshd(conn);
     this.#children.add(child);
     const log = logger.with({ sshd: child.pid });
     log.debug("sshd started for a connection");
     // Contain sshd before the client's first byte reaches it: it starts
     // nothing for the client until then, so nothing starts outside.
-    let group: SessionGroup | undefined;
-    if (this.#options.sessions) {
-      try {
-        group = await this.#options.sessions.attach(child.pid);
-      } catch (err) {
-        log.error("cannot contain the connection's processes; refusing it", {
-          error: errorMessage(err),
-        });
-        try {
-          child.kill("SIGKILL");
-        } catch {
-          // already exited
-        }
-        await Promise.allSettled([child.stdout.cancel(), child.stderr.cancel(), child.status]);
-        await child.stdin.close().catch(() => {});
-        this.#children.delete(child);
-        this.#conns.delete(conn);
-        conn.close();
-        return;
-      }
+    const group = await this.#contain(child, log);
+    if (group === null) {
+      this.#children.delete(child);
+      this.#conns.delete(conn);
+      conn.close();
+      return;
     }
-    const lineLevel = logger.enabled("info") ? "info" : "warn";
-    const stderrDone = (async () => {
-      let rest = "";
-      for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-        const lines = (rest + text).split("\n");
-        rest = lines.pop() ?? "";
-        for (const line of lines) if (line.trim()) log.log(lineLevel, `sshd: ${line.trim()}`);
-      }
-      if (rest.trim()) log.log(lineLevel, `sshd: ${rest.trim()}`);
-    })().catch(() => {});
-
-    const writer = child.stdin.getWriter();
-    const up = (async () => {
-      try {
-        while (true) {
-          const buf = new Uint8Array(READ_CHUNK);
-          const n = await conn.read(buf);
-          if (n === null) break;
-          await writer.write(buf.subarray(0, n));
-        }
-        await writer.close();
-      } catch {
-        await writer.abort().catch(() => {});
-      }
-    })();
-    const down = (async () => {
-      try {
-        for await (const chunk of child.stdout) await writeAll(conn, chunk);
-        await conn.closeWrite();
-      } catch {
-        // the client went away; `up` sees it too and ends sshd's stdin
-      }
-    })();
+    const stderrDone = logSshdStderr(child, log, logger.enabled("info") ? "info" : "warn");
+    const up = pumpToSshd(conn, child);
+    const down = pumpFromSshd(child, conn);
 
     // sshd exits once its client is gone (stdin EOF) or the session ends.
     const status = await child.status;
@@ -413,6 +402,48 @@ export class SshdServer {
     await stderrDone;
     this.#children.delete(child);
     log.debug("sshd exited", { code: status.code, signal: status.signal ?? undefined });
+  }
+
+  /** Starts `sshd -i` for `conn` (which is closed, and forgotten, when that fails). */
+  #spawnSshd(conn: Deno.UnixConn): Deno.ChildProcess {
+    const { sshd, configPath } = this.#options;
+    try {
+      return new Deno.Command(sshd, {
+        args: ["-i", "-e", "-f", configPath],
+        clearEnv: true,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (err) {
+      this.#conns.delete(conn);
+      conn.close();
+      throw new Error(`cannot start ${sshd}: ${errorMessage(err)}`);
+    }
+  }
+
+  /**
+   * Puts `child` in a new session group: undefined without session cgroups,
+   * null when it cannot be contained (then it is killed and reaped, and the
+   * connection must be refused).
+   */
+  async #contain(child: Deno.ChildProcess, log: Logger): Promise<SessionGroup | undefined | null> {
+    if (!this.#options.sessions) return undefined;
+    try {
+      return await this.#options.sessions.attach(child.pid);
+    } catch (err) {
+      log.error("cannot contain the connection's processes; refusing it", {
+        error: errorMessage(err),
+      });
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already exited
+      }
+      await Promise.allSettled([child.stdout.cancel(), child.stderr.cancel(), child.status]);
+      await child.stdin.close().catch(() => {});
+      return null;
+    }
   }
 
   /**

@@ -6,7 +6,7 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { Buffer } from "node:buffer";
+import http from "node:http";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { relayFrameDuplex } from "../core/bridge.ts";
@@ -16,11 +16,10 @@ import {
   type GatewayMessage,
   type IssueSupervisorCredentialsResponse,
   OpenShellClient,
-  type RelayFrame,
   type Sandbox,
   type SandboxSpec,
-  type SupervisorMessage,
-  type Wire,
+  unaryCall,
+  type UnaryMethod,
 } from "../core/protocol.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { generateHostKey, type HostKey } from "../core/ssh_keys.ts";
@@ -328,7 +327,7 @@ export interface FakeSupervisorOptions {
   /** gRPC metadata to send (e.g. the supervisor token). */
   metadata?: Record<string, string>;
   /** Use this client instead of a new one (several sessions over one connection). */
-  client?: grpc.Client;
+  client?: OpenShellClient;
   /** Never answer `relay_open` (to test what happens when no relay comes). */
   ignoreRelays?: boolean;
   /** Called with every message from the gateway. */
@@ -352,13 +351,7 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
     );
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(options.metadata ?? {})) md.set(k, v);
-  const c = client as unknown as {
-    ConnectSupervisor(
-      md: grpc.Metadata,
-    ): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
-    RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame>;
-  };
-  const session = c.ConnectSupervisor(md);
+  const session = client.ConnectSupervisor(md);
   const received: GatewayMessage[] = [];
   let resolveAccepted!: (id: string) => void;
   let rejectAccepted!: (err: Error) => void;
@@ -374,7 +367,7 @@ export function connectFakeSupervisor(options: FakeSupervisorOptions): FakeSuper
     options.onMessage?.(m);
     if (m.payload === "session_accepted") resolveAccepted(m.session_accepted.session_id);
     if (m.payload === "relay_open" && !options.ignoreRelays) {
-      const relay = c.RelayStream(md);
+      const relay = client.RelayStream(md);
       relay.write({ init: { channel_id: m.relay_open.channel_id } });
       const bytes = relayFrameDuplex(relay, {
         abort: () => relay.cancel(),
@@ -446,15 +439,12 @@ export async function byoSupervisor(
   const api = apiClient(gw.port, options.clientPki ?? gw.pki);
   try {
     const sandbox = options.create === false
-      ? (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name })).sandbox
-      : (await api.call<{ sandbox: Sandbox }>("CreateSandbox", {
+      ? (await api.call(api.raw.GetSandbox, { name })).sandbox!
+      : (await api.call(api.raw.CreateSandbox, {
         name,
         spec: { environment: options.environment ?? {} },
-      })).sandbox;
-    const credentials = await api.call<IssueSupervisorCredentialsResponse>(
-      "IssueSupervisorCredentials",
-      { name },
-    );
+      })).sandbox!;
+    const credentials = await api.call(api.raw.IssueSupervisorCredentials, { name });
     const hostKey = generateHostKey();
     const metadata = { [SUPERVISOR_TOKEN_METADATA]: credentials.token };
     return {
@@ -488,45 +478,49 @@ export interface ConnectReply {
   socket: net.Socket;
 }
 
-/** Sends `CONNECT path` with the given headers and reads the reply head. */
+/**
+ * Sends `CONNECT path` (or `method`) with the given headers through
+ * `node:http`'s client and reads the reply head.
+ */
 export function sendConnect(
   port: number,
   headers: Record<string, string>,
   options: { method?: string; path?: string } = {},
 ): Promise<ConnectReply> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
-    const lines = [
-      `${options.method ?? "CONNECT"} ${options.path ?? "/connect/ssh"} HTTP/1.1`,
-      "Host: gateway",
-    ];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
-    socket.write(lines.join("\r\n") + "\r\n\r\n");
-    let buf = Buffer.alloc(0);
-    const onData = (chunk: Buffer) => {
-      buf = Buffer.concat([buf, chunk]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      socket.removeListener("data", onData);
+    const req = http.request({
+      method: options.method ?? "CONNECT",
+      path: options.path ?? "/connect/ssh",
+      headers: { Host: "gateway", ...headers },
+      createConnection: () => net.connect({ port, host: "127.0.0.1", allowHalfOpen: true }),
+    });
+    const reply = (res: http.IncomingMessage, socket: net.Socket, rest?: Uint8Array) => {
       socket.pause();
-      const head = buf.subarray(0, end).toString("latin1");
-      const rest = buf.subarray(end + 4);
-      if (rest.length > 0) socket.unshift(rest);
-      const status = Number(head.split(" ")[1]);
+      if (rest && rest.length > 0) socket.unshift(rest);
+      const status = res.statusCode ?? 0;
+      const lines = [`HTTP/${res.httpVersion} ${status} ${res.statusMessage ?? ""}`];
+      for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
+        lines.push(`${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}`);
+      }
       if (status !== 200) socket.destroy();
-      resolve({ status, head, socket });
+      resolve({ status, head: lines.join("\r\n"), socket });
     };
-    socket.on("data", onData);
-    socket.once("error", reject);
+    req.once("connect", reply);
+    req.once("response", (res: http.IncomingMessage) => reply(res, res.socket as net.Socket));
+    req.once("error", reject);
+    req.end();
   });
 }
 
 /** A promisified `OpenShell` client for tests. */
 export interface ApiClient {
-  /** Calls a unary method; rejects with the grpc-js ServiceError. */
-  call<T = Record<string, unknown>>(method: string, request: unknown): Promise<T>;
+  /**
+   * Calls a unary method of {@link raw}, e.g. `api.call(api.raw.GetSandbox, { name })`;
+   * rejects with the grpc-js ServiceError.
+   */
+  call<Req, Res>(method: UnaryMethod<Req, Res>, request: NoInfer<Req>): Promise<Res>;
   /** The underlying grpc-js client (for streaming calls). */
-  raw: grpc.Client;
+  raw: OpenShellClient;
   close(): void;
 }
 
@@ -549,15 +543,7 @@ export function apiClient(port: number, pki?: TestGateway["pki"]): ApiClient {
   );
   return {
     raw,
-    call<T>(method: string, request: unknown): Promise<T> {
-      const fn =
-        (raw as unknown as Record<string, (r: unknown, cb: (e: unknown, v: T) => void) => void>)[
-          method
-        ];
-      return new Promise((resolve, reject) =>
-        fn.call(raw, request, (e, v) => e ? reject(e) : resolve(v))
-      );
-    },
+    call: (method, request) => unaryCall(raw, method, request),
     close: () => raw.close(),
   };
 }
@@ -572,6 +558,7 @@ export function largestSpec(): SandboxSpec {
     log_level: "",
     environment,
     template: null,
+    policy: null,
     providers: [],
     gpu: false,
   };

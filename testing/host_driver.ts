@@ -26,6 +26,7 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
+import { hostPort } from "../core/endpoint.ts";
 import { supervisorGrants } from "../core/grants.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import { errorMessage, type Logger } from "../core/log.ts";
@@ -143,7 +144,7 @@ export class HostSupervisors implements Launcher, QmpFactory {
       throw new Error(`guest config names sandbox ${guest.OPENSHELL_SANDBOX_ID}, not ${spec.id}`);
     }
     const { scheme, host, port } = this.#o.gateway;
-    const endpoint = `${scheme}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+    const endpoint = `${scheme}://${hostPort(host, port)}`;
     const args = ["--sandbox-id", spec.id, "--openshell-endpoint", endpoint, "--sshd", SSHD];
     // Host sandboxes share this host: no session cgroup (startSupervisor's tests cover it).
     args.push("--session-cgroup", "none");

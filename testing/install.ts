@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { runCommand } from "../core/command.ts";
 import { applyPlan, installDefaults, type InstallPlan, installPlan } from "../core/install.ts";
 import { freePort } from "../core/testing.ts";
 
@@ -76,27 +77,15 @@ export interface RunResult {
 }
 
 /** Runs a command line through `sh -c` in the install's environment, from its `cwd`. */
-export async function runInstalled(
+export function runInstalled(
   inst: TestInstall,
   command: string,
   options: { timeoutMs?: number } = {},
 ): Promise<RunResult> {
-  const child = new Deno.Command("/bin/sh", {
-    args: ["-c", command],
+  return runCommand(["/bin/sh", "-c", command], {
     cwd: inst.cwd,
     env: inst.env,
     clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone */ }
-  }, options.timeoutMs ?? 60_000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+    timeoutMs: options.timeoutMs ?? 60_000,
+  });
 }

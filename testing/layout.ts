@@ -27,7 +27,13 @@ export interface ImportRef {
 }
 
 /** The role folders: none imports another. */
-export const ROLES: readonly string[] = ["gateway", "supervisor", "driver_vm", "cli", "egress"];
+export const ROLE_FOLDERS: readonly string[] = [
+  "gateway",
+  "supervisor",
+  "driver_vm",
+  "cli",
+  "egress",
+];
 
 /** The folders shared logic lives in: they import no role and no test room. */
 export const SHARED: readonly string[] = ["core", "proto"];
@@ -271,11 +277,11 @@ function edgeViolation(from: string, to: string): string | undefined {
   const a = roomOf(from);
   const b = roomOf(to);
   if (a === b) return undefined;
-  if (ROLES.includes(a) && ROLES.includes(b)) {
+  if (ROLE_FOLDERS.includes(a) && ROLE_FOLDERS.includes(b)) {
     return `${from} imports ${to}: a role (${a}/) never imports another role (${b}/); ` +
       "move the shared code to core/";
   }
-  if (SHARED.includes(a) && (ROLES.includes(b) || TEST_ROOMS.includes(b))) {
+  if (SHARED.includes(a) && (ROLE_FOLDERS.includes(b) || TEST_ROOMS.includes(b))) {
     return `${from} imports ${to}: ${a}/ imports no role and no test room (${b}/)`;
   }
   if (a === "testing" && b === "e2e") {

@@ -7,6 +7,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { type Grants, renderFlags, supervisorGrants } from "../core/grants.ts";
+import { parseGatewayUrl } from "../core/endpoint.ts";
 import { grpcTlsCredentials } from "../core/tls.ts";
 import { REPO_ROOT, roleCommand } from "../core/launcher.ts";
 import type { LogLevel } from "../core/log.ts";
@@ -17,11 +18,11 @@ import {
   OpenShellClient,
   type Sandbox,
   type SandboxPhase,
-  type SandboxResponse,
   type SandboxStreamEvent,
+  unaryCall,
 } from "../core/protocol.ts";
 import { shellJoin } from "../core/shell.ts";
-import { parseEndpoint } from "../supervisor/config.ts";
+import { waitFor } from "../core/testing.ts";
 import { READY_MESSAGE } from "../supervisor/main.ts";
 import { killAndRemove } from "../supervisor/session_cgroup.ts";
 import { SANDBOX_USER } from "../supervisor/sshd_config.ts";
@@ -314,7 +315,7 @@ export async function startSupervisor(options: StartSupervisorOptions): Promise<
   const sessionCgroup = chosen === "none" ? undefined : chosen;
   args.push("--session-cgroup", chosen);
   args.push(...(options.args ?? []));
-  const { host, port } = parseEndpoint(options.endpoint);
+  const { host, port } = parseGatewayUrl(options.endpoint);
   const grants = supervisorGrants({
     gateway: { host, port },
     gatewayAddresses: options.gatewayAddresses,
@@ -599,8 +600,6 @@ export interface GatewayApi {
   close(): void;
 }
 
-type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
-
 /** Client TLS files (PEM paths) for {@link gatewayApi}. */
 export interface ClientTlsFiles {
   ca: string;
@@ -620,30 +619,21 @@ export function gatewayApi(port: number, tls?: ClientTlsFiles): GatewayApi {
     : undefined;
   const credentials = secure?.credentials ?? grpc.credentials.createInsecure();
   const options = secure?.options ?? {};
-  const client = new OpenShellClient(`127.0.0.1:${port}`, credentials, options) as
-    & grpc.Client
-    & Record<string, Unary>
-    & { WatchSandbox(req: unknown): grpc.ClientReadableStream<SandboxStreamEvent> };
-  const unary = <T>(method: string, req: unknown) =>
-    new Promise<T>((resolve, reject) =>
-      client[method].call(client, req, (err, res) => err ? reject(err) : resolve(res as T))
-    );
+  const client = new OpenShellClient(`127.0.0.1:${port}`, credentials, options);
   return {
     waitHealthy: async (timeoutMs = 30_000) => {
-      const deadline = Date.now() + timeoutMs;
-      while (true) {
-        const h = await unary<{ status: string }>("Health", {}).catch(() => ({ status: "" }));
-        if (h.status === "SERVICE_STATUS_HEALTHY") return;
-        if (Date.now() > deadline) throw new Error(`gateway not healthy within ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await waitFor("the gateway to be healthy", async () => {
+        const h = await unaryCall(client, client.Health, {}).catch(() => ({ status: "" }));
+        return h.status === "SERVICE_STATUS_HEALTHY";
+      }, { timeoutMs, intervalMs: 100 });
     },
     create: async (name, environment = {}) =>
-      (await unary<SandboxResponse>("CreateSandbox", { name, spec: { environment } })).sandbox!,
-    get: async (name) => (await unary<SandboxResponse>("GetSandbox", { name })).sandbox!,
-    delete: async (name) => (await unary<{ deleted: boolean }>("DeleteSandbox", { name })).deleted,
-    sshSession: (sandboxId) => unary("CreateSshSession", { sandbox_id: sandboxId }),
-    credentials: (name) => unary("IssueSupervisorCredentials", { name }),
+      (await unaryCall(client, client.CreateSandbox, { name, spec: { environment } })).sandbox!,
+    get: async (name) => (await unaryCall(client, client.GetSandbox, { name })).sandbox!,
+    delete: async (name) => (await unaryCall(client, client.DeleteSandbox, { name })).deleted,
+    sshSession: (sandboxId) =>
+      unaryCall(client, client.CreateSshSession, { sandbox_id: sandboxId }),
+    credentials: (name) => unaryCall(client, client.IssueSupervisorCredentials, { name }),
     waitForPhase: (sandboxId, phase, timeoutMs = 30_000) =>
       new Promise((resolve, reject) => {
         const call = client.WatchSandbox({ id: sandboxId, follow_status: true });

@@ -10,12 +10,18 @@
  *
  * @module
  */
-import type { Sandbox, SandboxLogLine, SandboxTemplate, Wire } from "../../core/protocol.ts";
+import type {
+  Sandbox,
+  SandboxLogLine,
+  SandboxStreamEvent,
+  SandboxTemplate,
+  Wire,
+} from "../../core/protocol.ts";
 import { limitsStruct, parseCpu, ResourceError } from "../../core/resources.ts";
 import { imageNameProblem } from "../../core/images.ts";
 import { envOption, UsageError } from "../args.ts";
 import { Code } from "../../core/status.ts";
-import { type GatewayClient, GatewayError } from "../client.ts";
+import { type GatewayClient, GatewayError, type ServerStream } from "../client.ts";
 import type { Context } from "../context.ts";
 import { CliError, EXIT_INTERRUPTED } from "../errors.ts";
 import { phaseLabel, phaseReason, readyCondition } from "../output.ts";
@@ -59,6 +65,8 @@ async function printFailureLogs(
 
 /** Options of {@link waitUntilReady}. */
 export interface WaitOptions {
+  /** Seconds to wait for READY. */
+  timeoutS: number;
   /** The sandbox stays when this fails (the error says so and how to inspect it); default true. */
   keep?: boolean;
 }
@@ -68,12 +76,133 @@ function keptNote(name: string, keep: boolean): string {
   return keep ? `; it is kept: ${inspectHint(name)}` : "";
 }
 
+/** Why this side cancelled a watch, if it did. */
+type CancelReason = "timeout" | "interrupt" | undefined;
+
+/**
+ * Cancels `stream` after `timeoutS` or on Ctrl-C (at once when `interrupt`
+ * already fired); `reason()` says which came first, `dispose()` removes the
+ * timer and the listener.
+ */
+function cancelOnTimeoutOrInterrupt(
+  stream: ServerStream<unknown>,
+  o: { timeoutS: number; interrupt: AbortSignal },
+): { reason(): CancelReason; dispose(): void } {
+  let reason: CancelReason;
+  const timer = setTimeout(() => {
+    reason ??= "timeout";
+    stream.cancel();
+  }, o.timeoutS * 1000);
+  const onInterrupt = () => {
+    reason ??= "interrupt";
+    stream.cancel();
+  };
+  o.interrupt.addEventListener("abort", onInterrupt, { once: true });
+  if (o.interrupt.aborted) onInterrupt();
+  return {
+    reason: () => reason,
+    dispose: () => {
+      clearTimeout(timer);
+      o.interrupt.removeEventListener("abort", onInterrupt);
+    },
+  };
+}
+
+/** What a watch has delivered: the sandbox as last seen and its recent log lines. */
+interface WatchState {
+  current: Sandbox;
+  logs: SandboxLogLine[];
+}
+
+/**
+ * Follows a sandbox's watch, showing its progress: resolves with the
+ * sandbox once READY, throws a {@link CliError} once it is ERROR (after its
+ * last log lines) or being deleted, and resolves undefined when the stream
+ * ends first.
+ */
+async function followWatch(
+  ctx: Context,
+  stream: ServerStream<SandboxStreamEvent>,
+  o: { client: GatewayClient; state: WatchState; progress: Progress; keep: boolean },
+): Promise<Sandbox | undefined> {
+  const { state, progress } = o;
+  for await (const event of stream) {
+    if (event.payload === "log") {
+      state.logs.push(event.log);
+      if (state.logs.length > 200) state.logs.splice(0, state.logs.length - 200);
+    } else if (event.payload === "event") {
+      const e = event.event;
+      progress.note(`${e.type || "Event"}: ${[e.reason, e.message].filter(Boolean).join(": ")}`);
+    } else if (event.payload === "warning") {
+      progress.note(`warning: ${event.warning.message}`);
+    } else if (event.payload === "sandbox") {
+      const current = state.current = event.sandbox;
+      if (current.phase !== "SANDBOX_PHASE_READY") progress.phase(...phaseText(current));
+      if (current.phase === "SANDBOX_PHASE_READY") {
+        progress.finish(`Sandbox ${ctx.errStyle.cyan(current.name)} is ready`);
+        stream.cancel();
+        return current;
+      }
+      if (current.phase === "SANDBOX_PHASE_ERROR") {
+        progress.stop();
+        await printFailureLogs(ctx, o.client, current, state.logs);
+        const reason = phaseReason(current) || "no reason given";
+        throw new CliError(
+          `sandbox "${current.name}" failed (${reason})${keptNote(current.name, o.keep)}`,
+        );
+      }
+      if (current.phase === "SANDBOX_PHASE_DELETING") {
+        throw new CliError(`sandbox "${current.name}" is being deleted`);
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The outcome of a watch that ended before READY or ERROR: cancelled by
+ * Ctrl-C or the timeout (a {@link CliError}, after the last log lines for a
+ * timeout), or ended by the gateway (READY after all, deleted, or a stream
+ * that broke).
+ */
+async function watchEnded(
+  ctx: Context,
+  o: {
+    client: GatewayClient;
+    state: WatchState;
+    cancelled: CancelReason;
+    timeoutS: number;
+    keep: boolean;
+  },
+): Promise<Sandbox> {
+  const { client, state: { current, logs } } = o;
+  if (o.cancelled === "interrupt") throw new CliError("cancelled", EXIT_INTERRUPTED);
+  if (o.cancelled === "timeout") {
+    await printFailureLogs(ctx, client, current, logs);
+    throw new CliError(
+      `sandbox "${current.name}" is not ready after ${o.timeoutS} s (${phaseLabel(current.phase)})${
+        keptNote(current.name, o.keep)
+      }`,
+    );
+  }
+  // The gateway ended the watch: the sandbox is gone, or the stream broke.
+  const now = await client.getSandbox(current.name).catch(() => undefined);
+  if (now?.phase === "SANDBOX_PHASE_READY") return now;
+  if (!now || now.id !== current.id) {
+    throw new CliError(`sandbox "${current.name}" was deleted while provisioning`);
+  }
+  throw new CliError(
+    `the gateway stopped reporting progress of sandbox "${current.name}"${
+      keptNote(current.name, o.keep)
+    }`,
+  );
+}
+
 /** Follows `sandbox` until READY; throws a {@link CliError} on ERROR, timeout or Ctrl-C. */
 export async function waitUntilReady(
   ctx: Context,
   sandbox: Sandbox,
-  timeoutS: number,
-  options: WaitOptions = {},
+  options: WaitOptions,
 ): Promise<Sandbox> {
   const keep = options.keep ?? true;
   const client = await ctx.client();
@@ -89,76 +218,26 @@ export async function waitUntilReady(
     follow_events: true,
     log_tail_lines: FAILURE_TAIL_LINES,
   });
-  let stopped: "timeout" | "interrupt" | undefined;
-  const timer = setTimeout(() => {
-    stopped ??= "timeout";
-    stream.cancel();
-  }, timeoutS * 1000);
-  const onInterrupt = () => {
-    stopped ??= "interrupt";
-    stream.cancel();
-  };
-  ctx.interrupt.addEventListener("abort", onInterrupt, { once: true });
-  if (ctx.interrupt.aborted) onInterrupt();
-  const logs: SandboxLogLine[] = [];
-  let current = sandbox;
-  progress.phase(...phaseText(current));
+  const cancel = cancelOnTimeoutOrInterrupt(stream, {
+    timeoutS: options.timeoutS,
+    interrupt: ctx.interrupt,
+  });
+  const state: WatchState = { current: sandbox, logs: [] };
+  progress.phase(...phaseText(sandbox));
   try {
-    for await (const event of stream) {
-      if (event.payload === "log") {
-        logs.push(event.log);
-        if (logs.length > 200) logs.splice(0, logs.length - 200);
-      } else if (event.payload === "event") {
-        const e = event.event;
-        progress.note(`${e.type || "Event"}: ${[e.reason, e.message].filter(Boolean).join(": ")}`);
-      } else if (event.payload === "warning") {
-        progress.note(`warning: ${event.warning.message}`);
-      } else if (event.payload === "sandbox") {
-        current = event.sandbox;
-        if (current.phase !== "SANDBOX_PHASE_READY") progress.phase(...phaseText(current));
-        if (current.phase === "SANDBOX_PHASE_READY") {
-          progress.finish(`Sandbox ${ctx.errStyle.cyan(current.name)} is ready`);
-          stream.cancel();
-          return current;
-        }
-        if (current.phase === "SANDBOX_PHASE_ERROR") {
-          progress.stop();
-          await printFailureLogs(ctx, client, current, logs);
-          const reason = phaseReason(current) || "no reason given";
-          throw new CliError(
-            `sandbox "${current.name}" failed (${reason})${keptNote(current.name, keep)}`,
-          );
-        }
-        if (current.phase === "SANDBOX_PHASE_DELETING") {
-          throw new CliError(`sandbox "${current.name}" is being deleted`);
-        }
-      }
-    }
+    const ready = await followWatch(ctx, stream, { client, state, progress, keep });
+    if (ready) return ready;
   } finally {
-    clearTimeout(timer);
-    ctx.interrupt.removeEventListener("abort", onInterrupt);
+    cancel.dispose();
     progress.stop();
   }
-  if (stopped === "interrupt") throw new CliError("cancelled", EXIT_INTERRUPTED);
-  if (stopped === "timeout") {
-    await printFailureLogs(ctx, client, current, logs);
-    throw new CliError(
-      `sandbox "${current.name}" is not ready after ${timeoutS} s (${phaseLabel(current.phase)})${
-        keptNote(current.name, keep)
-      }`,
-    );
-  }
-  // The gateway ended the watch: the sandbox is gone, or the stream broke.
-  const now = await client.getSandbox(current.name).catch(() => undefined);
-  if (now?.phase === "SANDBOX_PHASE_READY") return now;
-  if (!now || now.id !== current.id) {
-    throw new CliError(`sandbox "${current.name}" was deleted while provisioning`);
-  }
-  throw new CliError(
-    `the gateway stopped reporting progress of sandbox "${current.name}"${
-      keptNote(current.name, keep)
-    }`,
-  );
+  return await watchEnded(ctx, {
+    client,
+    state,
+    cancelled: cancel.reason(),
+    timeoutS: options.timeoutS,
+    keep,
+  });
 }
 
 /**
@@ -232,7 +311,7 @@ export async function sandboxCreateCommand(ctx: Context): Promise<number> {
   ctx.err(`Created sandbox: ${ctx.errStyle.cyan(sandbox.name)}\n`);
   if (keep) await rememberSandbox(ctx, sandbox.name);
   try {
-    const ready = await waitUntilReady(ctx, sandbox, timeoutS, { keep });
+    const ready = await waitUntilReady(ctx, sandbox, { timeoutS, keep });
     if (ctx.interrupt.aborted) throw new CliError("cancelled", EXIT_INTERRUPTED);
     const access = await sessionAccess(ctx, ready);
     const terminal = ctx.streams.stdin.isTerminal() && ctx.streams.stdout.isTerminal();

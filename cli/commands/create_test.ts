@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Sandbox, SandboxLogLine, SandboxStreamEvent } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { type GatewayClient, GatewayError, type ServerStream } from "../client.ts";
-import { parseEndpoint } from "../config.ts";
+import { parseGatewayUrl } from "../config.ts";
 import { Context, type StdStreams } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { COMMANDS, parseCommandArgs, UsageError } from "../args.ts";
@@ -80,7 +80,7 @@ function fixture(
     invocation: parseCommandArgs(spec, options.args ?? []),
     env: () => undefined,
     streams,
-    gateway: { endpoint: parseEndpoint("http://127.0.0.1:1"), key: "k", source: "flag" },
+    gateway: { endpoint: parseGatewayUrl("http://127.0.0.1:1"), key: "k", source: "flag" },
     client: fake as unknown as GatewayClient,
   });
   return { ctx, stderr: () => stderr };
@@ -105,7 +105,9 @@ Deno.test("create follows phases until READY", async () => {
     },
     { payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_READY") },
   ]);
-  const ready = await waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30);
+  const ready = await waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), {
+    timeoutS: 30,
+  });
   assert.equal(ready.phase, "SANDBOX_PHASE_READY");
   const lines = f.stderr().trim().split("\n");
   assert.match(lines[0], /^\[ +\d+\.\ds\] Provisioning$/);
@@ -126,7 +128,7 @@ Deno.test("create fails on ERROR with the reason and the log tail", async () => 
     { logs: [log("kernel panic"), log("the end")] },
   );
   await assert.rejects(
-    waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
+    waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), { timeoutS: 30 }),
     (e) => {
       assert.ok(e instanceof CliError);
       assert.equal(
@@ -144,7 +146,7 @@ Deno.test("create fails on ERROR with the reason and the log tail", async () => 
 Deno.test("create gives up after the timeout and on Ctrl-C", async () => {
   const slow = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
   await assert.rejects(
-    waitUntilReady(slow.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 0.05),
+    waitUntilReady(slow.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), { timeoutS: 0.05 }),
     (e) => {
       assert.ok(e instanceof CliError);
       assert.equal(
@@ -158,13 +160,18 @@ Deno.test("create gives up after the timeout and on Ctrl-C", async () => {
   // With --no-keep it is deleted (create says so on its own line): nothing to point at.
   const gone = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
   await assert.rejects(
-    waitUntilReady(gone.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 0.05, { keep: false }),
+    waitUntilReady(gone.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), {
+      timeoutS: 0.05,
+      keep: false,
+    }),
     (e) =>
       e instanceof CliError &&
       e.message === `sandbox "dev" is not ready after 0.05 s (Provisioning)`,
   );
   const stopped = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_PROVISIONING") }]);
-  const waiting = waitUntilReady(stopped.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30);
+  const waiting = waitUntilReady(stopped.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), {
+    timeoutS: 30,
+  });
   stopped.ctx.raiseInterrupt();
   await assert.rejects(waiting, (e) => e instanceof CliError && e.exitCode === 130);
 });
@@ -174,12 +181,12 @@ Deno.test("create reports a sandbox deleted while it provisions", async () => {
     end: true,
   });
   await assert.rejects(
-    waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
+    waitUntilReady(f.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), { timeoutS: 30 }),
     /: sandbox "dev" was deleted while provisioning$/,
   );
   const d = fixture([{ payload: "sandbox", sandbox: sandbox("SANDBOX_PHASE_DELETING") }]);
   await assert.rejects(
-    waitUntilReady(d.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), 30),
+    waitUntilReady(d.ctx, sandbox("SANDBOX_PHASE_PROVISIONING"), { timeoutS: 30 }),
     /: sandbox "dev" is being deleted$/,
   );
 });
@@ -222,7 +229,7 @@ Deno.test("create with a name that is taken: one line that says what to do", asy
     create: () => {
       throw new GatewayError(
         { code: Code.ALREADY_EXISTS, details: 'sandbox "dev" already exists' },
-        parseEndpoint("http://127.0.0.1:1"),
+        parseGatewayUrl("http://127.0.0.1:1"),
       );
     },
   });

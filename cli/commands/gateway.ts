@@ -4,7 +4,12 @@
  * @module
  */
 import { UsageError } from "../args.ts";
-import { BUNDLE_FILES, type GatewayMetadata, parseEndpoint, type TlsMaterial } from "../config.ts";
+import {
+  BUNDLE_FILES,
+  type GatewayMetadata,
+  parseGatewayUrl,
+  type TlsMaterial,
+} from "../config.ts";
 import type { Context } from "../context.ts";
 import { CliError } from "../errors.ts";
 import { renderTable, toJson } from "../output.ts";
@@ -87,7 +92,7 @@ export async function gatewayAddCommand(ctx: Context): Promise<number> {
     if (ctx.str("ca") ?? ctx.str("cert") ?? ctx.str("key")) {
       throw new UsageError("give --mtls-dir or --ca/--cert/--key, not both", "gateway add");
     }
-    if (parseEndpoint(url).scheme !== "https") {
+    if (parseGatewayUrl(url).scheme !== "https") {
       throw new UsageError(
         "--mtls-dir only applies to https:// gateways (a plaintext gateway has no certificates)",
         "gateway add",

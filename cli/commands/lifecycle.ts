@@ -57,7 +57,7 @@ export async function sandboxStartCommand(ctx: Context): Promise<number> {
       continue;
     }
     ctx.err(`Starting sandbox ${ctx.errStyle.cyan(name)}\n`);
-    if (wait) await waitUntilReady(ctx, sandbox, timeoutS);
+    if (wait) await waitUntilReady(ctx, sandbox, { timeoutS });
   }
   return 0;
 }

@@ -24,6 +24,7 @@ import {
   pidFileOwner,
   readManifest,
 } from "../../core/install.ts";
+import { sleep } from "../../core/backoff.ts";
 import { listProcesses } from "../../core/procs.ts";
 import { checkPrivateDir, UnsafePathError } from "../../core/secure_fs.ts";
 import { stripControls } from "../../core/text.ts";
@@ -42,8 +43,6 @@ const START_TIMEOUT_MS = 120_000;
 const STOP_TIMEOUT_MS = 30_000;
 /** How often state is polled while waiting. */
 const POLL_MS = 200;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The install this CLI belongs to; a one-line error when there is none. */
 export async function installedManifest(ctx: Context): Promise<InstallManifest> {
@@ -287,113 +286,195 @@ async function lastError(m: InstallManifest, offset: number): Promise<string> {
   return err ? stripControls(err.replace(/^\S+ (ERROR|WARN) +(gateway: )?/, "")).slice(0, 300) : "";
 }
 
+/** Creates the state base (reachable for qemu) and the gateway's private state dir. */
+async function prepareStateDirs(m: InstallManifest): Promise<void> {
+  try {
+    await ensureVmReach(m, null);
+    await checkPrivateDir(m.gateway.stateDir, { create: true, what: "state dir" });
+  } catch (err) {
+    if (err instanceof UnsafePathError) throw new CliError(err.message);
+    throw err;
+  }
+}
+
+/** Refuses to start when something else listens on the install's addresses. */
+async function checkAddressesFree(m: InstallManifest): Promise<void> {
+  for (const hp of [m.gateway.listen, m.gateway.supervisorListen]) {
+    if (await listening(hp.host, hp.port)) {
+      throw new CliError(
+        `something else already listens on ${hp.host}:${hp.port}, which this install's ` +
+          "gateway uses; stop it, or install again with other --gateway-listen/" +
+          "--supervisor-listen addresses",
+      );
+    }
+  }
+}
+
+/** The gateway process `start` spawned (detached: it outlives the CLI). */
+interface StartedGateway {
+  pid: number;
+  /** Resolves when it exits. */
+  status: Promise<Deno.CommandStatus>;
+  /** Its exit code, once it has exited. */
+  readonly exitCode: number | undefined;
+}
+
+/** Spawns the installed gateway in the background with `args`. */
+function launchGateway(m: InstallManifest, args: string[]): StartedGateway {
+  const child = new Deno.Command(m.bin.gateway, {
+    args,
+    detached: true,
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let exitCode: number | undefined;
+  child.status.then((s) => exitCode = s.code);
+  child.unref();
+  return {
+    pid: child.pid,
+    status: child.status,
+    get exitCode() {
+      return exitCode;
+    },
+  };
+}
+
+/**
+ * Asks the local gateway for its health: the first time its client bundle
+ * is imported as {@link LOCAL_GATEWAY} (which fails until the gateway has
+ * written its PKI). {@link lastProblem} says why it is not healthy yet.
+ */
+class LocalHealth {
+  readonly #ctx: Context;
+  readonly #m: InstallManifest;
+  #client: GatewayClient | undefined;
+  /** Why the last check was not healthy. */
+  lastProblem = "";
+
+  /** A probe of the gateway `m` installs. */
+  constructor(ctx: Context, m: InstallManifest) {
+    this.#ctx = ctx;
+    this.#m = m;
+  }
+
+  /** Whether the gateway answers healthy now. */
+  async healthy(): Promise<boolean> {
+    if (!this.#client) {
+      try {
+        await importMtlsBundle(this.#ctx, {
+          name: LOCAL_GATEWAY,
+          url: this.#m.gateway.url,
+          dir: `${this.#m.gateway.stateDir}/pki`,
+          force: true,
+        });
+      } catch (err) {
+        this.lastProblem = (err as Error).message;
+        return false; // the gateway has not written its PKI yet
+      }
+      const gw = await resolveGateway(this.#ctx.store, {
+        gatewayFlag: LOCAL_GATEWAY,
+        env: () => undefined,
+      });
+      this.#client = new GatewayClient({ endpoint: gw.endpoint, tls: gw.tls, name: LOCAL_GATEWAY });
+    }
+    try {
+      const h = await this.#client.health();
+      if (h.status === "SERVICE_STATUS_HEALTHY") return true;
+      this.lastProblem = `it answers ${h.status.replace(/^SERVICE_STATUS_/, "").toLowerCase()}`;
+    } catch (err) {
+      this.lastProblem = (err as Error).message;
+    }
+    return false;
+  }
+
+  /** Closes its client. */
+  close(): void {
+    this.#client?.close();
+  }
+}
+
+/**
+ * Waits until the started gateway answers healthy. One that exits first
+ * (its pid file removed) or is not ready in {@link START_TIMEOUT_MS} is a
+ * {@link CliError} naming the reason and the log.
+ */
+async function awaitHealthy(
+  ctx: Context,
+  m: InstallManifest,
+  o: { gateway: StartedGateway; logOffset: number },
+): Promise<void> {
+  const g = m.gateway;
+  const child = o.gateway;
+  const health = new LocalHealth(ctx, m);
+  try {
+    const ready = await waitUntil(
+      async () => child.exitCode !== undefined || await health.healthy(),
+      START_TIMEOUT_MS,
+      ctx.interrupt,
+    );
+    // It answered: make sure it was this gateway, still running, and not a stranger.
+    if (ready && child.exitCode === undefined && !(await alive(child.pid))) await child.status;
+    if (child.exitCode !== undefined) {
+      await Deno.remove(g.pidFile).catch(() => {});
+      const why = await lastError(m, o.logOffset);
+      throw new CliError(
+        `the gateway exited with status ${child.exitCode} while starting${why ? `: ${why}` : ""} ` +
+          `(full log: ${g.logFile})`,
+      );
+    }
+    if (!ready) {
+      throw new CliError(
+        `the gateway (pid ${child.pid}) did not become ready in ${START_TIMEOUT_MS / 1000} s` +
+          `${health.lastProblem ? ` (${health.lastProblem})` : ""}; see ${g.logFile}, stop it ` +
+          "with: openshell gateway stop",
+      );
+    }
+  } finally {
+    health.close();
+  }
+}
+
+/** What `start` prints once the gateway is running. */
+function startedText(
+  ctx: Context,
+  m: InstallManifest,
+  o: { pid: number; drivers: "vm" | "none" },
+): string {
+  const g = m.gateway;
+  const s = ctx.style;
+  return `Gateway ${s.cyan(LOCAL_GATEWAY)} is running (pid ${o.pid}): ${g.url}` +
+    `${o.drivers === "vm" ? ", VM driver ready" : ", no compute driver"}\n` +
+    `  state: ${g.stateDir} (its PKI in pki/)\n` +
+    (o.drivers === "vm" ? `  VMs:   ${m.vm.stateDir}\n` : "") +
+    `  logs:  ${g.logFile} (openshell gateway logs --follow)\n` +
+    `It is the active gateway: openshell sandbox create -- echo hi\n` +
+    `Stop it and every VM with: openshell gateway stop\n`;
+}
+
 /** `gateway start [--drivers vm|none] [-- GATEWAY FLAGS…]`. */
 export async function gatewayStartCommand(ctx: Context): Promise<number> {
   const m = await installedManifest(ctx);
   const drivers = ctx.str("drivers") === "none" ? "none" : "vm";
   const g = m.gateway;
-  try {
-    await ensureVmReach(m, null);
-    await checkPrivateDir(g.stateDir, { create: true, what: "state dir" });
-  } catch (err) {
-    if (err instanceof UnsafePathError) throw new CliError(err.message);
-    throw err;
-  }
+  await prepareStateDirs(m);
   await claimPidFile(m);
   let started = false;
   try {
     await ensureVmReach(m, (await Deno.stat(g.pidFile)).uid);
-    for (const hp of [g.listen, g.supervisorListen]) {
-      if (await listening(hp.host, hp.port)) {
-        throw new CliError(
-          `something else already listens on ${hp.host}:${hp.port}, which this install's ` +
-            "gateway uses; stop it, or install again with other --gateway-listen/" +
-            "--supervisor-listen addresses",
-        );
-      }
-    }
+    await checkAddressesFree(m);
     const runtimeDir = drivers === "vm" ? await buildImage(ctx, m) : undefined;
     const logOffset = await fileSize(g.logFile);
-    const child = new Deno.Command(m.bin.gateway, {
-      args: gatewayArgs(m, { drivers, runtimeDir, extra: ctx.invocation.trailing }),
-      detached: true,
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    let exitCode: number | undefined;
-    child.status.then((s) => exitCode = s.code);
-    child.unref();
-    await Deno.writeTextFile(g.pidFile, `${child.pid}\n`, { mode: 0o600 });
-    started = true;
-    ctx.err(`Starting the gateway (pid ${child.pid}, log ${g.logFile})…\n`);
-    let client: GatewayClient | undefined;
-    let lastProblem = "";
-    try {
-      const ready = await waitUntil(
-        async () => {
-          if (exitCode !== undefined) return true;
-          if (!client) {
-            try {
-              await importMtlsBundle(ctx, {
-                name: LOCAL_GATEWAY,
-                url: g.url,
-                dir: `${g.stateDir}/pki`,
-                force: true,
-              });
-            } catch (err) {
-              lastProblem = (err as Error).message;
-              return false; // the gateway has not written its PKI yet
-            }
-            const gw = await resolveGateway(ctx.store, {
-              gatewayFlag: LOCAL_GATEWAY,
-              env: () => undefined,
-            });
-            client = new GatewayClient({ endpoint: gw.endpoint, tls: gw.tls, name: LOCAL_GATEWAY });
-          }
-          try {
-            const h = await client.health();
-            if (h.status === "SERVICE_STATUS_HEALTHY") return true;
-            lastProblem = `it answers ${h.status.replace(/^SERVICE_STATUS_/, "").toLowerCase()}`;
-          } catch (err) {
-            lastProblem = (err as Error).message;
-          }
-          return false;
-        },
-        START_TIMEOUT_MS,
-        ctx.interrupt,
-      );
-      // It answered: make sure it was this gateway, still running, and not a stranger.
-      if (ready && exitCode === undefined && !(await alive(child.pid))) await child.status;
-      if (exitCode !== undefined) {
-        await Deno.remove(g.pidFile).catch(() => {});
-        const why = await lastError(m, logOffset);
-        throw new CliError(
-          `the gateway exited with status ${exitCode} while starting${why ? `: ${why}` : ""} ` +
-            `(full log: ${g.logFile})`,
-        );
-      }
-      if (!ready) {
-        throw new CliError(
-          `the gateway (pid ${child.pid}) did not become ready in ${START_TIMEOUT_MS / 1000} s` +
-            `${lastProblem ? ` (${lastProblem})` : ""}; see ${g.logFile}, stop it with: ` +
-            "openshell gateway stop",
-        );
-      }
-    } finally {
-      client?.close();
-    }
-    await ctx.store.setActiveGateway(LOCAL_GATEWAY);
-    const s = ctx.style;
-    await ctx.out(
-      `Gateway ${s.cyan(LOCAL_GATEWAY)} is running (pid ${child.pid}): ${g.url}` +
-        `${drivers === "vm" ? ", VM driver ready" : ", no compute driver"}\n` +
-        `  state: ${g.stateDir} (its PKI in pki/)\n` +
-        (drivers === "vm" ? `  VMs:   ${m.vm.stateDir}\n` : "") +
-        `  logs:  ${g.logFile} (openshell gateway logs --follow)\n` +
-        `It is the active gateway: openshell sandbox create -- echo hi\n` +
-        `Stop it and every VM with: openshell gateway stop\n`,
+    const gateway = launchGateway(
+      m,
+      gatewayArgs(m, { drivers, runtimeDir, extra: ctx.invocation.trailing }),
     );
+    await Deno.writeTextFile(g.pidFile, `${gateway.pid}\n`, { mode: 0o600 });
+    started = true;
+    ctx.err(`Starting the gateway (pid ${gateway.pid}, log ${g.logFile})…\n`);
+    await awaitHealthy(ctx, m, { gateway, logOffset });
+    await ctx.store.setActiveGateway(LOCAL_GATEWAY);
+    await ctx.out(startedText(ctx, m, { pid: gateway.pid, drivers }));
     return 0;
   } catch (err) {
     if (!started) await Deno.remove(g.pidFile).catch(() => {});

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { SandboxPolicy, SandboxPolicyRevision } from "../../core/protocol.ts";
+import type { SandboxPolicy, SandboxPolicyRevision, Wire } from "../../core/protocol.ts";
 import { stripControls } from "../../core/text.ts";
 import { UsageError } from "../args.ts";
 import type { Context } from "../context.ts";
@@ -30,7 +30,7 @@ const WAIT_POLL_MS = 200;
  * together; undefined when none of them is given. A bad flag value is a
  * usage error, a bad file a one-line error naming it.
  */
-export async function policyFromFlags(ctx: Context): Promise<SandboxPolicy | undefined> {
+export async function policyFromFlags(ctx: Context): Promise<Wire<SandboxPolicy> | undefined> {
   const command = ctx.invocation.spec.id;
   try {
     const path = ctx.str("policy");
@@ -60,7 +60,7 @@ function styledStatus(status: string, style: Style): string {
   return style.dim(label);
 }
 
-function ruleCount(policy: SandboxPolicy | null | undefined): number {
+function ruleCount(policy: Wire<SandboxPolicy> | null | undefined): number {
   return Object.keys(policy?.network_policies ?? {}).length;
 }
 

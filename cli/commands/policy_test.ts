@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { cliGrants } from "../../core/grants.ts";
 import { roleCommand } from "../../core/launcher.ts";
-import type { Sandbox } from "../../core/protocol.ts";
 import { waitFor } from "../../core/testing.ts";
 import { apiClient, spawnGateway } from "../../testing/gateway.ts";
 import { cleanEnv } from "../../testing/supervisor.ts";
@@ -58,7 +57,16 @@ Deno.test("policy get: a revision reads naturally", () => {
       load_error: "bad\x1b[31m rule",
       created_at_ms: 1_000,
       loaded_at_ms: 0,
-      policy: { network_policies: { a: {}, b: {} } },
+      policy: {
+        version: 0,
+        filesystem: null,
+        landlock: null,
+        process: null,
+        network_policies: {
+          a: { name: "", endpoints: [], binaries: [] },
+          b: { name: "", endpoints: [], binaries: [] },
+        },
+      },
     },
     1,
     61_000,
@@ -122,7 +130,7 @@ Deno.test("policy set --wait, get, list and create --policy against a gateway wi
       "true",
     ]);
     assert.equal(created.code, 1, created.stderr);
-    const sandbox = (await api.call<{ sandbox: Sandbox }>("GetSandbox", { name: "dev" })).sandbox;
+    const sandbox = (await api.call(api.raw.GetSandbox, { name: "dev" })).sandbox!;
     assert.deepEqual(Object.keys(sandbox.spec?.policy?.network_policies ?? {}).sort(), [
       "allow",
       "api",
@@ -131,10 +139,10 @@ Deno.test("policy set --wait, get, list and create --policy against a gateway wi
     await waitFor(
       "version 1 loaded",
       async () =>
-        (await api.call<{ revision: { status: string } }>("GetSandboxPolicyStatus", {
+        (await api.call(api.raw.GetSandboxPolicyStatus, {
           name: "dev",
           version: 1,
-        })).revision.status === "POLICY_STATUS_LOADED",
+        })).revision?.status === "POLICY_STATUS_LOADED",
     );
 
     // A bad file: one line naming file:line:col and the YAML path; nothing created.
@@ -145,7 +153,7 @@ Deno.test("policy set --wait, get, list and create --policy against a gateway wi
       /^error: .*bad\.yaml:4:9: network_policies\.api\.endpoints\[0\]\.hots: unknown key/m,
     );
     assert.equal(bad.stderr.trim().split("\n").length, 1, bad.stderr);
-    await assert.rejects(api.call("GetSandbox", { name: "bad" }));
+    await assert.rejects(api.call(api.raw.GetSandbox, { name: "bad" }));
 
     // policy set --wait: a new version, loaded by the proxy.
     const set = await cli(["policy", "set", "dev", "--allow", "example.com", "--wait"]);

@@ -1,7 +1,7 @@
 /**
  * `openshell ssh-proxy`: the ProxyCommand ssh runs. Token mode uses a
  * session the caller created, its token read from the environment
- * ({@link TOKEN_ENV}; never from argv, where `ps` shows it to every user);
+ * ({@link SSH_TOKEN_ENV}; never from argv, where `ps` shows it to every user);
  * name mode creates a fresh session on every run (what `sandbox ssh-config`
  * writes) and revokes its token when the tunnel ends (not sooner: the
  * gateway closes a revoked token's tunnels). The host key
@@ -9,14 +9,14 @@
  *
  * @module
  */
-import { Backoff, sleep } from "../../core/backoff.ts";
+import { retryWhile } from "../../core/backoff.ts";
 import type { CreateSshSessionResponse } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { SSH_TOKEN_ENV, type SshProxyGateway, sshProxyGateway, UsageError } from "../args.ts";
 import {
   checkClientTls,
   importBundleCommand,
-  parseEndpoint,
+  parseGatewayUrl,
   type ResolvedGateway,
   resolveGateway,
 } from "../config.ts";
@@ -32,10 +32,7 @@ import {
   pumpTunnel,
   type TunnelTarget,
   tunnelTargetOf,
-} from "../ssh_proxy.ts";
-
-/** The environment variable that carries the SSH session token in token mode. */
-export const TOKEN_ENV: string = SSH_TOKEN_ENV;
+} from "../ssh_tunnel_client.ts";
 
 /** How long revoking a token may take before the proxy gives up on it. */
 const REVOKE_DEADLINE_MS = 5_000;
@@ -46,20 +43,15 @@ async function createSessionWhenReady(
   sandboxId: string,
   onWait: () => void,
 ): Promise<CreateSshSessionResponse> {
-  const started = Date.now();
-  const backoff = new Backoff({ initialMs: 1000, maxMs: 8000 });
-  while (true) {
-    try {
-      return await client.createSshSession(sandboxId);
-    } catch (e) {
-      const delay = backoff.next();
-      const retry = e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION &&
-        Date.now() - started + delay <= DEFAULT_MAX_WAIT_MS;
-      if (!retry) throw e;
-      if (backoff.attempts === 1) onWait();
-      await sleep(delay);
-    }
-  }
+  return await retryWhile(() => client.createSshSession(sandboxId), {
+    initialMs: 1000,
+    maxMs: 8000,
+    maxWaitMs: DEFAULT_MAX_WAIT_MS,
+    retryable: (e) => e instanceof GatewayError && e.code === Code.FAILED_PRECONDITION,
+    onRetry: (_delay, retry) => {
+      if (retry === 1) onWait();
+    },
+  });
 }
 
 /** The gateway options as given on the command line (see {@link sshProxyGateway}). */
@@ -72,19 +64,16 @@ async function tokenTarget(ctx: Context, token: string): Promise<TunnelTarget> {
   const sandboxId = ctx.str("sandbox-id");
   if (!url || !sandboxId) {
     throw new UsageError(
-      `token mode needs --gateway-url URL and --sandbox-id ID (the token in ${TOKEN_ENV})`,
+      `token mode needs --gateway-url URL and --sandbox-id ID (the token in ${SSH_TOKEN_ENV})`,
       "ssh-proxy",
     );
   }
-  const ep = parseEndpoint(url, { allowPath: true });
+  const ep = parseGatewayUrl(url, { allowPath: true });
   const tls = ep.scheme === "https" && name ? await ctx.store.readTls(name) : undefined;
   if (tls) {
     checkClientTls(tls, {
       fix: `import the gateway's current client bundle: ${
-        importBundleCommand(
-          name,
-          `${ep.scheme}://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}`,
-        )
+        importBundleCommand(name, ep.url)
       }, DIR being the gateway's <state-dir>/pki`,
     });
   }
@@ -206,7 +195,7 @@ async function revokeOwn(ctx: Context, own: OwnSession): Promise<void> {
 export async function sshProxyCommand(ctx: Context): Promise<number> {
   ctx.handleInterrupts();
   const name = ctx.str("name");
-  // `--token` is refused by its declaration: the token comes from TOKEN_ENV only.
+  // `--token` is refused by its declaration: the token comes from SSH_TOKEN_ENV only.
   const token = name === undefined ? ctx.str("token") : undefined;
   let target: TunnelTarget;
   let own: OwnSession | undefined;
@@ -219,7 +208,7 @@ export async function sshProxyCommand(ctx: Context): Promise<number> {
     target = await tokenTarget(ctx, token);
   } else {
     throw new UsageError(
-      `ssh-proxy needs --name SANDBOX, or --gateway-url URL and --sandbox-id ID with the token in ${TOKEN_ENV}`,
+      `ssh-proxy needs --name SANDBOX, or --gateway-url URL and --sandbox-id ID with the token in ${SSH_TOKEN_ENV}`,
       "ssh-proxy",
     );
   }

@@ -2,28 +2,24 @@
  * Running OpenSSH against a sandbox: a fresh `CreateSshSession`, the
  * `ssh-proxy` ProxyCommand (which pins the host key fingerprint), and the
  * `ssh` child process itself. The token never appears in an argv: ssh and
- * its ProxyCommand get it in their environment ({@link TOKEN_ENV}), and it
+ * its ProxyCommand get it in their environment ({@link SSH_TOKEN_ENV}), and it
  * is revoked as soon as ssh exits.
  *
  * @module
  */
+import { hostPort } from "../../core/endpoint.ts";
 import type { Sandbox } from "../../core/protocol.ts";
 import { Code } from "../../core/status.ts";
 import { GatewayError } from "../client.ts";
 import type { Context } from "../context.ts";
+import { SSH_TOKEN_ENV } from "../args.ts";
 import { CliError } from "../errors.ts";
 import { netGrantsFor, selfCommand } from "../self.ts";
 import { type SshAccess, sshArgs } from "../ssh.ts";
-import { tunnelTargetOf, validateTarget } from "../ssh_proxy.ts";
+import { tunnelTargetOf, validateTarget } from "../ssh_tunnel_client.ts";
 import { notReadyMessage } from "./common.ts";
-import { TOKEN_ENV } from "./ssh_proxy.ts";
 
 const FINGERPRINT = /^SHA256:[A-Za-z0-9+/]+=*$/;
-
-/** A URL host (IPv6 in brackets). */
-function urlHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}
 
 /** ssh settings for one session (token mode) and the token they need. */
 export interface SessionAccess {
@@ -56,7 +52,7 @@ export async function sessionAccess(ctx: Context, sandbox: Sandbox): Promise<Ses
   const args = [
     "ssh-proxy",
     "--gateway-url",
-    `${target.scheme}://${urlHost(target.host)}:${target.port}${target.path}`,
+    `${target.scheme}://${hostPort(target.host, target.port)}${target.path}`,
     "--sandbox-id",
     target.sandboxId,
     ...(fp ? ["--host-key-fingerprint", fp] : []),
@@ -151,7 +147,7 @@ export async function runSsh(
   try {
     child = new Deno.Command("ssh", {
       args: sshArgs(session.access, options),
-      env: { [TOKEN_ENV]: session.token },
+      env: { [SSH_TOKEN_ENV]: session.token },
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",

@@ -11,8 +11,9 @@
  *   libraries they need) read-only at `/opt/openshell`, grows the root file
  *   system to the disk, moves `/dev`, `/proc` and `/sys` over, mounts the
  *   runtime file systems (`/run`, `/tmp` 1777, the driver's files on a
- *   private tmpfs at `/etc/openshell`), sets the host name, `/etc/hosts`
- *   and the network, and switches root;
+ *   private tmpfs at `/etc/openshell`), sets the host name, `/etc/hosts`,
+ *   the network and what uses it ({@link renderNetworkSetup}: the name
+ *   server, apt's proxy), and switches root;
  * - **PID 1** ({@link renderPid1}, from the runtime disk, so it works in any
  *   image): keeps the supervisor running ({@link renderRunner}), reaps
  *   orphans, and on ctrl-alt-delete (the driver's clean stop) or
@@ -216,6 +217,69 @@ while :; do $bb sleep 60; done
 `;
 }
 
+/** Files the guest init writes at every boot from the driver's `network` file. */
+export const NETWORK_FILES = {
+  /** apt's proxy setting (egress on; removed when off). */
+  aptProxy: "/etc/apt/apt.conf.d/95openshell-proxy",
+  /** sudo keeps the proxy variables (egress on; removed when off). */
+  sudoProxy: "/etc/sudoers.d/openshell-proxy",
+} as const;
+
+/** The proxy variables sudo keeps (its `env_reset` would drop them). */
+const PROXY_VARIABLES =
+  "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY http_proxy https_proxy all_proxy no_proxy";
+
+/**
+ * The part of the init that applies this boot's network settings (the
+ * driver's `network` file, see `guest.ts`) to the root at `root`: with
+ * egress on, `/etc/resolv.conf` names the egress alias over TCP (`use-vc`:
+ * qemu forwards TCP only), apt gets the proxy and sudo keeps the proxy
+ * variables (the logins get them from the driver's environment); off, the
+ * name server is one nothing answers at (look-ups fail at once: "could not
+ * resolve") and the proxy files are removed. Rewritten at every boot.
+ */
+export function renderNetworkSetup(root: string): string {
+  const net = `${root}${GUEST_FILES.network.guestPath}`;
+  const apt = `${root}${NETWORK_FILES.aptProxy}`;
+  const sudo = `${root}${NETWORK_FILES.sudoProxy}`;
+  return `# This boot's network settings (the driver's; none: egress off).
+OPENSHELL_EGRESS_PROXY=""
+OPENSHELL_EGRESS_DNS=""
+[ -s ${net} ] && . ${net}
+rm -f ${root}/etc/resolv.conf ${apt} ${sudo}
+if [ -n "$OPENSHELL_EGRESS_DNS" ]; then
+  cat > ${root}/etc/resolv.conf <<EOF
+# openshell (rewritten at every boot): names resolve through the egress proxy,
+# only those the sandbox's network policy allows; over TCP (use-vc).
+nameserver $OPENSHELL_EGRESS_DNS
+options use-vc
+EOF
+else
+  cat > ${root}/etc/resolv.conf <<EOF
+# openshell (rewritten at every boot): egress is off; this sandbox reaches only
+# the OpenShell gateway. Nothing answers here: look-ups fail at once.
+nameserver 127.0.0.1
+options use-vc attempts:1
+EOF
+fi
+chmod 0644 ${root}/etc/resolv.conf
+if [ -n "$OPENSHELL_EGRESS_PROXY" ]; then
+  if [ -d ${root}/etc/apt/apt.conf.d ]; then
+    cat > ${apt} <<EOF
+// openshell (rewritten at every boot): apt goes through the egress proxy.
+Acquire::http::Proxy "$OPENSHELL_EGRESS_PROXY";
+Acquire::https::Proxy "$OPENSHELL_EGRESS_PROXY";
+EOF
+    chmod 0644 ${apt}
+  fi
+  if [ -d ${root}/etc/sudoers.d ]; then
+    echo 'Defaults env_keep += "${PROXY_VARIABLES}"' > ${sudo}
+    chmod 0440 ${sudo}
+  fi
+fi
+`;
+}
+
 /** Options of {@link renderInit}. */
 export interface InitOptions {
   /** Kernel modules to load, in dependency order (names of `/modules/<name>.ko`). */
@@ -316,13 +380,7 @@ cat >> $hosts <<EOF
 $OPENSHELL_GATEWAY_IP $OPENSHELL_GATEWAY_HOST
 # openshell-end
 EOF
-rm -f ${R}/etc/resolv.conf
-if [ -n "$OPENSHELL_GUEST_DNS" ]; then
-  echo "nameserver $OPENSHELL_GUEST_DNS" > ${R}/etc/resolv.conf
-else
-  echo "# no name servers: this sandbox reaches only the OpenShell gateway" > ${R}/etc/resolv.conf
-fi
-if ! grep -q '^${u.name}:' ${R}/etc/passwd; then
+${renderNetworkSetup(R)}if ! grep -q '^${u.name}:' ${R}/etc/passwd; then
   log "the image has no ${u.name} user: adding it"
   echo "${u.name}::${u.uid}:${u.gid}:OpenShell sandbox:${u.home}:/bin/sh" >> ${R}/etc/passwd
   grep -q '^${u.name}:' ${R}/etc/group || echo "${u.name}:x:${u.gid}:" >> ${R}/etc/group
@@ -332,7 +390,8 @@ if [ ! -d ${R}${u.home} ]; then
   mkdir -p ${R}${u.home}
   chown ${u.uid}:${u.gid} ${R}${u.home}
 fi
-# Network: loopback, and eth0 on qemu's user network (the gateway alias only).
+# Network: loopback, and eth0 on qemu's user network (the gateway alias; with
+# egress on also the egress alias: qemu forwards nothing else).
 ip link set lo up
 ip link set eth0 up || fail "no eth0"
 ip addr add "$OPENSHELL_GUEST_IP/24" dev eth0

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { PRODUCTION_PARAMS, renderFlags, supervisorGrants } from "../../core/grants.ts";
-import { GUEST_LAYOUT, renderInit, renderPid1, renderRunner, supervisorCommand } from "./init.ts";
+import {
+  GUEST_LAYOUT,
+  NETWORK_FILES,
+  renderInit,
+  renderNetworkSetup,
+  renderPid1,
+  renderRunner,
+  supervisorCommand,
+} from "./init.ts";
+import { renderGuestNetwork } from "../guest.ts";
 
 async function shSyntaxOk(script: string): Promise<string> {
   const out = await new Deno.Command("sh", { args: ["-n", "-c", script], stderr: "piped" })
@@ -65,7 +74,7 @@ Deno.test("init: session cgroups mounted in the new root, bind-mounted to the su
 
 Deno.test("init: the secrets arrive as root-only files on a tmpfs (never on the sandbox's disk)", () => {
   const text = renderInit({ modules: [] });
-  for (const name of ["config", "environment", "ssh_host_key", "supervisor_token"]) {
+  for (const name of ["config", "environment", "network", "ssh_host_key", "supervisor_token"]) {
     assert.ok(text.includes(`fwcopy ${name} /newroot/etc/openshell/${name}`), name);
   }
   assert.match(
@@ -94,6 +103,61 @@ Deno.test("init: /etc/hosts keeps the user's lines and replaces only its own blo
     assert.equal(hosts.split("# openshell-begin").length, 2, hosts);
     assert.match(hosts, /^127\.0\.1\.1 box$/m);
     assert.match(hosts, /^10\.0\.2\.100 gateway\.openshell\.internal$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("init: the network settings of each boot: egress on, then off, then from an older driver", async () => {
+  const text = renderInit({ modules: [] });
+  assert.ok(text.includes(renderNetworkSetup("/newroot")), "the init applies them");
+  assert.ok(text.indexOf("fwcopy network") < text.indexOf("# This boot's network settings"));
+  const dir = await Deno.makeTempDir({ prefix: "osnet" });
+  const read = (p: string) => Deno.readTextFile(`${dir}${p}`);
+  const gone = async (p: string) => {
+    await assert.rejects(Deno.lstat(`${dir}${p}`), Deno.errors.NotFound, p);
+  };
+  try {
+    for (const d of ["etc/openshell", "etc/apt/apt.conf.d", "etc/sudoers.d", "run"]) {
+      await Deno.mkdir(`${dir}/${d}`, { recursive: true });
+    }
+    // An image whose resolv.conf is a link (systemd-resolved): replaced, not followed.
+    await Deno.symlink("../run/stub-resolv.conf", `${dir}/etc/resolv.conf`);
+    const setup = renderNetworkSetup(".");
+    assert.equal(await shSyntaxOk(setup), "");
+
+    await Deno.writeTextFile(`${dir}/etc/openshell/network`, renderGuestNetwork({ egress: true }));
+    await busybox(setup, dir);
+    assert.ok((await Deno.lstat(`${dir}/etc/resolv.conf`)).isFile);
+    await gone("/run/stub-resolv.conf");
+    const resolv = (await read("/etc/resolv.conf")).split("\n").filter((l) => !l.startsWith("#"));
+    assert.deepEqual(resolv, ["nameserver 10.0.2.101", "options use-vc", ""]);
+    assert.match(
+      await read(NETWORK_FILES.aptProxy),
+      /^Acquire::http::Proxy "http:\/\/10\.0\.2\.101:3128";\nAcquire::https::Proxy "http:\/\/10\.0\.2\.101:3128";$/m,
+    );
+    assert.equal(
+      await read(NETWORK_FILES.sudoProxy),
+      'Defaults env_keep += "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY http_proxy https_proxy ' +
+        'all_proxy no_proxy"\n',
+    );
+    assert.equal((await Deno.stat(`${dir}${NETWORK_FILES.sudoProxy}`)).mode! & 0o777, 0o440);
+
+    // Egress off at the next boot: a name server nothing answers at, the proxy files gone.
+    await Deno.writeTextFile(`${dir}/etc/openshell/network`, renderGuestNetwork({ egress: false }));
+    await busybox(setup, dir);
+    const off = (await read("/etc/resolv.conf")).split("\n").filter((l) => !l.startsWith("#"));
+    assert.deepEqual(off, ["nameserver 127.0.0.1", "options use-vc attempts:1", ""]);
+    await gone(NETWORK_FILES.aptProxy);
+    await gone(NETWORK_FILES.sudoProxy);
+
+    // No network file (a driver from before egress): off.
+    await Deno.writeTextFile(`${dir}/etc/openshell/network`, renderGuestNetwork({ egress: true }));
+    await busybox(setup, dir);
+    await Deno.remove(`${dir}/etc/openshell/network`);
+    await busybox(setup, dir);
+    assert.match(await read("/etc/resolv.conf"), /^nameserver 127\.0\.0\.1$/m);
+    await gone(NETWORK_FILES.aptProxy);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -6,31 +6,25 @@
  * Usage: goaway_client.ts SOCKET MIB  (prints "done" before closing).
  */
 import * as grpc from "@grpc/grpc-js";
-import { ComputeDriverClient } from "../../core/protocol.ts";
+import { ComputeDriverClient, unaryCall } from "../../core/protocol.ts";
 
 const [socket, mib = "32"] = Deno.args;
 const client = new ComputeDriverClient(`unix:${socket}`, grpc.credentials.createInsecure(), {
   "grpc-node.flow_control_window": 4 * 1024 * 1024,
-}) as unknown as grpc.Client & {
-  GetCapabilities(r: unknown, cb: (e: unknown) => void): void;
-  ValidateSandboxCreate(r: unknown, cb: (e: unknown) => void): void;
-  WatchSandboxes(r: unknown): grpc.ClientReadableStream<unknown>;
-};
-const unary = (method: "GetCapabilities" | "ValidateSandboxCreate", req: unknown) =>
-  new Promise<void>((res, rej) => client[method](req, (e) => e ? rej(e) : res()));
+});
 
 const watch = client.WatchSandboxes({});
 watch.on("data", () => {});
 watch.on("error", () => {});
-await unary("GetCapabilities", {});
+await unaryCall(client, client.GetCapabilities, {});
 // 4 MiB per call: a large environment value the driver validates and drops.
 const value = "x".repeat(4 * 1024 * 1024);
 for (let sent = 0; sent < Number(mib); sent += 4) {
-  await unary("ValidateSandboxCreate", {
+  await unaryCall(client, client.ValidateSandboxCreate, {
     sandbox: { id: "stress", spec: { environment: { BIG: value } } },
   });
 }
-await unary("GetCapabilities", {});
+await unaryCall(client, client.GetCapabilities, {});
 console.log("done");
 watch.cancel();
 client.close();

@@ -11,26 +11,14 @@
 import * as grpc from "@grpc/grpc-js";
 import { SUPERVISOR_TOKEN_METADATA } from "../../core/provisioning.ts";
 import { relayFrameDuplex } from "../../core/bridge.ts";
-import {
-  type GatewayMessage,
-  OpenShellClient,
-  type RelayFrame,
-  type SupervisorMessage,
-  type Wire,
-} from "../../core/protocol.ts";
+import { type GatewayMessage, OpenShellClient } from "../../core/protocol.ts";
 
 const [port, sandboxId, fingerprint, chunk = "16384"] = Deno.args;
 const md = new grpc.Metadata();
 md.set(SUPERVISOR_TOKEN_METADATA, Deno.env.get("OPENSHELL_SUPERVISOR_TOKEN") ?? "");
 const client = new OpenShellClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
   "grpc-node.flow_control_window": 4 * 1024 * 1024,
-}) as unknown as grpc.Client & {
-  Health(r: unknown, cb: (e: grpc.ServiceError | null) => void): void;
-  ConnectSupervisor(
-    md: grpc.Metadata,
-  ): grpc.ClientDuplexStream<Wire<SupervisorMessage>, GatewayMessage>;
-  RelayStream(md: grpc.Metadata): grpc.ClientDuplexStream<Wire<RelayFrame>, RelayFrame>;
-};
+});
 /** A unary exchange on this connection; the supervisor plane answers it PERMISSION_DENIED. */
 const health = () =>
   new Promise<void>((res, rej) =>

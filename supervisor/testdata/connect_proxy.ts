@@ -13,53 +13,54 @@
  * @module
  */
 
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+import http from "node:http";
+import net from "node:net";
+import { once } from "node:events";
+import { writeAll } from "../../core/io.ts";
 
-async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
+/** Sends the CONNECT through node:http's client; the socket after a 200, with the bytes that came along. */
+function tunnel(args: string[]): Promise<{ socket: net.Socket; rest: Uint8Array }> {
+  const [host, port, path, sandboxId, token] = args;
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      method: "CONNECT",
+      path,
+      headers: { Host: `${host}:${port}`, "x-sandbox-id": sandboxId, "x-sandbox-token": token },
+      createConnection: () => net.connect({ host, port: Number(port), allowHalfOpen: true }),
+    });
+    req.once("connect", (res: http.IncomingMessage, socket: net.Socket, rest: Uint8Array) => {
+      if (res.statusCode === 200) return resolve({ socket, rest });
+      socket.destroy();
+      reject(
+        new Error(
+          `gateway refused the tunnel: HTTP/${res.httpVersion} ${res.statusCode} ${res.statusMessage}`,
+        ),
+      );
+    });
+    req.once("error", reject);
+    req.end();
+  });
 }
 
-async function tunnel(args: string[]): Promise<{ conn: Deno.Conn; rest: Uint8Array }> {
-  const [host, port, path, sandboxId, token] = args;
-  const conn = await Deno.connect({ hostname: host, port: Number(port) });
-  await writeAll(
-    conn,
-    encoder.encode(
-      `CONNECT ${path} HTTP/1.1\r\nHost: ${host}:${port}\r\n` +
-        `x-sandbox-id: ${sandboxId}\r\nx-sandbox-token: ${token}\r\n\r\n`,
-    ),
-  );
-  let head = new Uint8Array(0);
-  const buf = new Uint8Array(4096);
-  while (true) {
-    const n = await conn.read(buf);
-    if (n === null) throw new Error("gateway closed the connection before answering");
-    const next = new Uint8Array(head.length + n);
-    next.set(head);
-    next.set(buf.subarray(0, n), head.length);
-    head = next;
-    const end = decoder.decode(head).indexOf("\r\n\r\n");
-    if (end < 0) continue;
-    const headerBytes = encoder.encode(decoder.decode(head).slice(0, end + 4)).length;
-    const statusLine = decoder.decode(head).split("\r\n")[0];
-    if (!/^HTTP\/1\.[01] 200\b/.test(statusLine)) {
-      conn.close();
-      throw new Error(`gateway refused the tunnel: ${statusLine}`);
-    }
-    return { conn, rest: head.subarray(headerBytes) };
-  }
+function connectUnix(path: string): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ path, allowHalfOpen: true });
+    socket.once("error", reject);
+    socket.once("connect", () => {
+      socket.removeListener("error", reject);
+      resolve(socket);
+    });
+  });
 }
 
 async function main(args: string[]): Promise<number> {
-  let conn: Deno.Conn;
+  let socket: net.Socket;
   let rest: Uint8Array = new Uint8Array(0);
   try {
     if (args[0] === "connect" && args.length === 6) {
-      ({ conn, rest } = await tunnel(args.slice(1)));
+      ({ socket, rest } = await tunnel(args.slice(1)));
     } else if (args[0] === "unix" && args.length === 2) {
-      conn = await Deno.connect({ transport: "unix", path: args[1] });
+      socket = await connectUnix(args[1]);
     } else {
       console.error("usage: connect_proxy.ts connect HOST PORT PATH SANDBOX_ID TOKEN | unix PATH");
       return 2;
@@ -68,22 +69,20 @@ async function main(args: string[]): Promise<number> {
     console.error(`proxy: ${err instanceof Error ? err.message : err}`);
     return 1;
   }
+  socket.on("error", () => {}); // the reader below ends (or throws) too
   if (rest.length) await writeAll(Deno.stdout, rest);
   (async () => {
     try {
-      for await (const chunk of Deno.stdin.readable) await writeAll(conn, chunk);
-      await conn.closeWrite();
+      for await (const chunk of Deno.stdin.readable) {
+        if (!socket.write(chunk)) await once(socket, "drain");
+      }
+      socket.end();
     } catch {
       // the tunnel is gone; the reader below ends too
     }
   })();
-  const buf = new Uint8Array(64 * 1024);
   try {
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      await writeAll(Deno.stdout, buf.subarray(0, n));
-    }
+    for await (const chunk of socket) await writeAll(Deno.stdout, chunk);
   } catch {
     return 1;
   }

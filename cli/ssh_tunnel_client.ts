@@ -2,18 +2,22 @@
  * The client half of the gateway's SSH tunnel (what `openshell ssh-proxy`
  * does as an ssh `ProxyCommand`): open TCP (for https, TLS through
  * `node:tls` with core/tls.ts's options: the configured CA, the client
- * certificate), send
- * `CONNECT <path>` with the sandbox id and session token, read the reply
- * head without consuming a byte past it, retry `412` (sandbox not ready yet)
- * with backoff for up to 60 s, then pump bytes both ways, half-close aware,
- * optionally checking the sandbox's host key on the way (see
- * `ssh_hostkey.ts`).
+ * certificate), send `CONNECT <path>` with the sandbox id and session token
+ * through `node:http` (`http.request({method: "CONNECT"})` on that socket;
+ * bytes that came with the reply head are kept), retry `412` (sandbox not
+ * ready yet) with backoff for up to 60 s, then pump bytes both ways,
+ * half-close aware, optionally checking the sandbox's host key on the way
+ * (see `ssh_hostkey.ts`).
  *
  * @module
  */
 import type { Buffer } from "node:buffer";
+import http from "node:http";
+import net from "node:net";
 import tls from "node:tls";
-import { Backoff, sleep } from "../core/backoff.ts";
+import { retryWhile } from "../core/backoff.ts";
+import { hostPort } from "../core/endpoint.ts";
+import { writeAll } from "../core/io.ts";
 import type { CreateSshSessionResponse } from "../core/protocol.ts";
 import {
   describeTlsDrop,
@@ -30,8 +34,8 @@ import {
 import { CliError } from "./errors.ts";
 import type { HostKeyVerifier } from "./ssh_hostkey.ts";
 
-/** Largest reply head accepted from the gateway. */
-export const MAX_HEAD_BYTES = 8192;
+/** Largest reply head accepted from the gateway (`maxHeaderSize` of the reply parser). */
+export const MAX_REPLY_HEAD_BYTES = 8192;
 /** How long `412 Precondition Failed` (not ready) is retried. */
 export const DEFAULT_MAX_WAIT_MS = 60_000;
 /** Default connect path. */
@@ -61,7 +65,7 @@ export interface TunnelTarget {
   gatewayName?: string;
 }
 
-/** The byte stream of a tunnel: a `Deno.Conn`, or a TLS socket behind the same calls. */
+/** The byte stream of a tunnel: its TCP or TLS socket behind `Deno.Conn`-like calls. */
 export interface TunnelConn {
   /** Like `Deno.Conn.read`. */
   read(p: Uint8Array): Promise<number | null>;
@@ -90,63 +94,13 @@ export function validateTarget(t: TunnelTarget): void {
   }
 }
 
-function hostHeader(host: string, port: number): string {
-  return `${host.includes(":") ? `[${host}]` : host}:${port}`;
-}
-
-/** The `CONNECT` request head. */
-export function connectRequest(t: TunnelTarget): string {
-  return `CONNECT ${t.path} HTTP/1.1\r\n` +
-    `Host: ${hostHeader(t.host, t.port)}\r\n` +
-    `X-Sandbox-Id: ${t.sandboxId}\r\n` +
-    `X-Sandbox-Token: ${t.token}\r\n` +
-    `\r\n`;
-}
-
-/** A parsed HTTP reply head. */
-export interface ResponseHead {
-  /** Status code. */
-  status: number;
-  /** Reason phrase. */
-  reason: string;
-  /** Header fields, names lower-cased. */
-  headers: Record<string, string>;
-  /** Offset of the first byte after the blank line. */
-  end: number;
-}
-
-/**
- * Parses an HTTP/1.x reply head from the start of `buf`; `null` while the
- * blank line has not arrived. Throws on anything that is not HTTP or longer
- * than {@link MAX_HEAD_BYTES}.
- */
-export function parseResponseHead(buf: Uint8Array): ResponseHead | null {
-  let end = -1;
-  for (let i = 0; i + 3 < buf.length && i < MAX_HEAD_BYTES; i++) {
-    if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) {
-      end = i + 4;
-      break;
-    }
-  }
-  if (buf.length >= 2 && (buf[0] === 0x15 || buf[0] === 0x16) && buf[1] === 0x03) {
-    throw new CliError("the gateway answered in TLS: use an https:// URL for it");
-  }
-  if (end < 0) {
-    if (buf.length >= MAX_HEAD_BYTES) throw new CliError("the gateway sent an oversized reply");
-    if (buf.length >= 5 && new TextDecoder().decode(buf.subarray(0, 5)) !== "HTTP/") {
-      throw new CliError("the gateway did not answer with HTTP (wrong port or scheme?)");
-    }
-    return null;
-  }
-  const lines = new TextDecoder().decode(buf.subarray(0, end - 4)).split("\r\n");
-  const m = lines[0].match(/^HTTP\/1\.[01] (\d{3})(?: (.*))?$/);
-  if (!m) throw new CliError("the gateway did not answer with HTTP (wrong port or scheme?)");
-  const headers: Record<string, string> = {};
-  for (const line of lines.slice(1)) {
-    const i = line.indexOf(":");
-    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
-  }
-  return { status: Number(m[1]), reason: m[2] ?? "", headers, end };
+/** The headers of the `CONNECT` request. */
+export function connectHeaders(t: TunnelTarget): Record<string, string> {
+  return {
+    "Host": hostPort(t.host, t.port),
+    "X-Sandbox-Id": t.sandboxId,
+    "X-Sandbox-Token": t.token,
+  };
 }
 
 /** The one-line error for a refused tunnel. */
@@ -173,7 +127,7 @@ export function connectFailureMessage(status: number, detail = ""): string {
 
 /** The gateway's URL as messages name it. */
 export function gatewayUrl(t: Pick<TunnelTarget, "scheme" | "host" | "port">): string {
-  return `${t.scheme}://${hostHeader(t.host, t.port)}`;
+  return `${t.scheme}://${hostPort(t.host, t.port)}`;
 }
 
 function errorCode(e: unknown): string {
@@ -203,8 +157,8 @@ function tlsDropError(t: TunnelTarget): CliError {
   );
 }
 
-/** A TLS socket behind the {@link TunnelConn} calls (reads queue up to a bound, then pause it). */
-export function socketConn(socket: tls.TLSSocket): TunnelConn {
+/** A socket behind the {@link TunnelConn} calls (reads queue up to a bound, then pause it). */
+export function socketConn(socket: net.Socket): TunnelConn {
   const chunks: Uint8Array[] = [];
   let queued = 0;
   let ended = false;
@@ -318,7 +272,7 @@ export function describeDialFailure(t: TunnelTarget, e: unknown): CliError {
   const url = gatewayUrl(t);
   if (e instanceof Deno.errors.NotCapable || /Requires net access/.test(String(e))) {
     return new CliError(
-      `not permitted to connect to ${hostHeader(t.host, t.port)} ` +
+      `not permitted to connect to ${hostPort(t.host, t.port)} ` +
         "(the CLI's network grant does not cover it)",
     );
   }
@@ -341,20 +295,21 @@ export function describeDialFailure(t: TunnelTarget, e: unknown): CliError {
 }
 
 /** Opens the TCP (or TLS) connection to the gateway. */
-export async function dialGateway(t: TunnelTarget): Promise<TunnelConn> {
+export async function dialGateway(t: TunnelTarget): Promise<net.Socket> {
   try {
-    if (t.scheme === "https") return socketConn(await connectTls(t));
-    const conn = await Deno.connect({ hostname: t.host, port: t.port });
-    conn.setNoDelay(true);
-    return conn;
+    if (t.scheme === "https") return await connectTls(t);
+    return await new Promise<net.Socket>((resolve, reject) => {
+      const socket = net.connect({ host: t.host, port: t.port, allowHalfOpen: true });
+      socket.once("error", reject);
+      socket.once("connect", () => {
+        socket.removeListener("error", reject);
+        socket.setNoDelay(true);
+        resolve(socket);
+      });
+    });
   } catch (e) {
     throw describeDialFailure(t, e);
   }
-}
-
-async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
 }
 
 /** The gateway closed the connection without answering the tunnel request. */
@@ -366,22 +321,59 @@ export class ClosedBeforeReplyError extends CliError {
   }
 }
 
-/** Reads the reply head; returns it with the bytes that followed it in the same reads. */
-export async function readResponseHead(
-  conn: { read(p: Uint8Array): Promise<number | null> },
-): Promise<{ head: ResponseHead; rest: Uint8Array }> {
-  let buf = new Uint8Array(0);
-  const chunk = new Uint8Array(4096);
-  while (true) {
-    const n = await conn.read(chunk);
-    if (n === null) throw new ClosedBeforeReplyError();
-    const next = new Uint8Array(buf.length + n);
-    next.set(buf);
-    next.set(chunk.subarray(0, n), buf.length);
-    buf = next;
-    const head = parseResponseHead(buf);
-    if (head) return { head, rest: buf.slice(head.end) };
+/** The gateway's reply to a `CONNECT`. */
+export interface ConnectReply {
+  /** Status code. */
+  status: number;
+  /** Reason phrase. */
+  reason: string;
+  /** The connection, positioned after the reply head (owned by the caller). */
+  socket: net.Socket;
+  /** Bytes that arrived with the reply head. */
+  rest: Uint8Array;
+}
+
+/**
+ * Sends the `CONNECT` on `socket` (node:http's client) and reads the reply
+ * head. A reply that is not HTTP, or is longer than {@link MAX_REPLY_HEAD_BYTES},
+ * rejects with a one-line {@link CliError}.
+ */
+export function requestConnect(socket: net.Socket, t: TunnelTarget): Promise<ConnectReply> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      method: "CONNECT",
+      path: t.path,
+      headers: connectHeaders(t),
+      createConnection: () => socket,
+      maxHeaderSize: MAX_REPLY_HEAD_BYTES,
+    } as http.RequestOptions);
+    req.once("connect", (res: http.IncomingMessage, sock: net.Socket, rest: Buffer) => {
+      resolve({
+        status: res.statusCode ?? 0,
+        reason: res.statusMessage ?? "",
+        socket: sock,
+        rest: new Uint8Array(rest),
+      });
+    });
+    req.once("error", (e: Error) => reject(replyError(e)));
+    req.end();
+  });
+}
+
+/** What a failed `CONNECT` exchange means for the user. */
+function replyError(e: Error & { code?: string; rawPacket?: Uint8Array }): Error {
+  const first = e.rawPacket;
+  if (first && first.length >= 2 && (first[0] === 0x15 || first[0] === 0x16) && first[1] === 3) {
+    return new CliError("the gateway answered in TLS: use an https:// URL for it");
   }
+  if (e.code === "HPE_HEADER_OVERFLOW") return new CliError("the gateway sent an oversized reply");
+  if (e.code?.startsWith("HPE_")) {
+    return new CliError("the gateway did not answer with HTTP (wrong port or scheme?)");
+  }
+  if (e.code === "ECONNRESET" && /socket hang up/.test(e.message)) {
+    return new ClosedBeforeReplyError();
+  }
+  return e;
 }
 
 /** Options of {@link openTunnel}. */
@@ -393,7 +385,7 @@ export interface OpenTunnelOptions {
   /** Told about each 412 retry. */
   onRetry?: (delayMs: number) => void;
   /** Replaces {@link dialGateway} (tests). */
-  dial?: (t: TunnelTarget) => Promise<TunnelConn>;
+  dial?: (t: TunnelTarget) => Promise<net.Socket>;
   /** First retry delay; default 1 s (then 2, 4, 8, 8 … s). */
   initialDelayMs?: number;
 }
@@ -406,61 +398,54 @@ export interface Tunnel {
   early: Uint8Array;
 }
 
-/** Sends `CONNECT` until it gets `200`, retrying `412` with backoff. */
-export async function openTunnel(
-  t: TunnelTarget,
-  options: OpenTunnelOptions = {},
-): Promise<Tunnel> {
+/** A refused tunnel: the gateway answered with `status`. */
+export class TunnelRefusedError extends CliError {
+  /** The HTTP status of the reply. */
+  readonly status: number;
+  /** Creates the error with its one-line message. */
+  constructor(status: number, detail: string) {
+    super(connectFailureMessage(status, detail));
+    this.name = "TunnelRefusedError";
+    this.status = status;
+  }
+}
+
+/** Sends `CONNECT` until it gets `200`, retrying `412` (not ready yet) with backoff. */
+export function openTunnel(t: TunnelTarget, options: OpenTunnelOptions = {}): Promise<Tunnel> {
   validateTarget(t);
   const dial = options.dial ?? dialGateway;
-  const maxWait = options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS;
   const initial = options.initialDelayMs ?? 1000;
-  const backoff = new Backoff({ initialMs: initial, maxMs: initial * 8 });
-  const started = Date.now();
-  const request = new TextEncoder().encode(connectRequest(t));
-  while (true) {
-    const conn = await dial(t);
-    let keep = false;
-    try {
-      let reply: { head: ResponseHead; rest: Uint8Array };
-      try {
-        await writeAll(conn, request);
-        reply = await readResponseHead(conn);
-      } catch (e) {
-        if (t.scheme === "https" && e instanceof ClosedBeforeReplyError) {
-          // How a gateway that refuses this client's certificate usually shows up.
-          throw tlsDropError(t);
-        }
-        if (e instanceof CliError) throw e;
-        throw describeDialFailure(t, e);
-      }
-      const { head, rest } = reply;
-      if (head.status === 200) {
-        keep = true;
-        return { conn, early: rest };
-      }
-      const detail = new TextDecoder().decode(rest).split(/\r?\n/)[0].trim().slice(0, 200);
-      if (head.status === 412) {
-        const delay = backoff.next();
-        if (Date.now() - started + delay <= maxWait) {
-          options.onRetry?.(delay);
-          conn.close();
-          keep = true; // closed already
-          await sleep(delay, options.signal);
-          continue;
-        }
-      }
-      throw new CliError(connectFailureMessage(head.status, detail || head.reason));
-    } finally {
-      if (!keep) {
-        try {
-          conn.close();
-        } catch {
-          // already closed
-        }
-      }
+  return retryWhile(() => connectOnce(t, dial), {
+    initialMs: initial,
+    maxMs: initial * 8,
+    maxWaitMs: options.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
+    retryable: (e) => e instanceof TunnelRefusedError && e.status === 412,
+    onRetry: (delay) => options.onRetry?.(delay),
+    signal: options.signal,
+  });
+}
+
+/** One `CONNECT`: the tunnel on `200`, else a {@link TunnelRefusedError} or a dial failure. */
+async function connectOnce(
+  t: TunnelTarget,
+  dial: (t: TunnelTarget) => Promise<net.Socket>,
+): Promise<Tunnel> {
+  const socket = await dial(t);
+  let reply: ConnectReply;
+  try {
+    reply = await requestConnect(socket, t);
+  } catch (e) {
+    socket.destroy();
+    if (t.scheme === "https" && e instanceof ClosedBeforeReplyError) {
+      // How a gateway that refuses this client's certificate usually shows up.
+      throw tlsDropError(t);
     }
+    throw describeDialFailure(t, e);
   }
+  if (reply.status === 200) return { conn: socketConn(reply.socket), early: reply.rest };
+  reply.socket.destroy();
+  const detail = new TextDecoder().decode(reply.rest).split(/\r?\n/)[0].trim().slice(0, 200);
+  throw new TunnelRefusedError(reply.status, detail || reply.reason);
 }
 
 /** A byte source such as stdin. */

@@ -3,20 +3,19 @@ import { Buffer } from "node:buffer";
 import tls from "node:tls";
 import { createCa, issueCertificate } from "../core/pki.ts";
 import { fingerprintOfPublicKey } from "../core/ssh_keys.ts";
-import { parseEndpoint } from "./config.ts";
+import { parseGatewayUrl } from "./config.ts";
 import { CliError } from "./errors.ts";
 import { HostKeyMismatchError, HostKeyVerifier } from "./ssh_hostkey.ts";
 import {
   type ByteReader,
   connectFailureMessage,
-  connectRequest,
+  connectHeaders,
   openTunnel,
-  parseResponseHead,
   pumpTunnel,
   type TunnelTarget,
   tunnelTargetOf,
   validateTarget,
-} from "./ssh_proxy.ts";
+} from "./ssh_tunnel_client.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -125,44 +124,57 @@ async function readAll(conn: Deno.Conn): Promise<string> {
   return out;
 }
 
-Deno.test("CONNECT request carries Host, X-Sandbox-Id and X-Sandbox-Token", () => {
-  assert.equal(
-    connectRequest(target(8080)),
-    "CONNECT /connect/ssh HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Sandbox-Id: sb-1\r\n" +
-      "X-Sandbox-Token: tok-123\r\n\r\n",
-  );
-  assert.match(connectRequest(target(1, { host: "::1" })), /Host: \[::1\]:1\r\n/);
+Deno.test("CONNECT request carries Host, X-Sandbox-Id and X-Sandbox-Token", async () => {
+  assert.deepEqual(connectHeaders(target(8080)), {
+    "Host": "127.0.0.1:8080",
+    "X-Sandbox-Id": "sb-1",
+    "X-Sandbox-Token": "tok-123",
+  });
+  assert.equal(connectHeaders(target(1, { host: "::1" })).Host, "[::1]:1");
   assert.throws(() => validateTarget(target(1, { token: "a b" })), /invalid SSH session token/);
   assert.throws(() => validateTarget(target(1, { sandboxId: "x\r\ny" })), /invalid sandbox id/);
   assert.throws(() => validateTarget(target(1, { path: "nope" })), /invalid connect path/);
+  const gw = fakeGateway(async (conn) => {
+    await conn.write(enc.encode("HTTP/1.1 200 OK\r\n\r\n"));
+  });
+  try {
+    (await openTunnel(target(gw.port))).conn.close();
+    assert.match(
+      gw.heads[0],
+      /^CONNECT \/connect\/ssh HTTP\/1\.1\r\nHost: 127\.0\.0\.1:\d+\r\nX-Sandbox-Id: sb-1\r\nX-Sandbox-Token: tok-123\r\n/,
+    );
+  } finally {
+    await gw.close();
+  }
 });
 
-Deno.test("reply heads: incomplete, complete with bytes after, not HTTP, oversized", () => {
-  assert.equal(parseResponseHead(enc.encode("HTTP/1.1 200 OK\r\n")), null);
-  const buf = enc.encode("HTTP/1.1 200 Connection Established\r\nX-A: b\r\n\r\nSSH-2.0-x");
-  const head = parseResponseHead(buf)!;
-  assert.deepEqual([head.status, head.reason, head.headers["x-a"]], [
-    200,
-    "Connection Established",
-    "b",
-  ]);
-  assert.equal(dec.decode(buf.subarray(head.end)), "SSH-2.0-x");
-  assert.throws(
-    () => parseResponseHead(enc.encode("SSH-2.0-OpenSSH\r\n")),
-    /did not answer with HTTP/,
-  );
-  assert.throws(
-    () => parseResponseHead(enc.encode("HTTP/2 200\r\n\r\n")),
-    /did not answer with HTTP/,
-  );
-  assert.throws(
-    () => parseResponseHead(enc.encode("HTTP/1.1 200 " + "x".repeat(9000))),
-    /oversized reply/,
-  );
-  assert.throws(
-    () => parseResponseHead(new Uint8Array([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32])),
-    /^CliError: the gateway answered in TLS: use an https:\/\/ URL for it$/,
-  );
+Deno.test("reply heads: bytes after the head kept; not HTTP, HTTP/2, oversized, TLS are one line", async () => {
+  const replies: Record<string, Uint8Array> = {
+    "tok-early": enc.encode("HTTP/1.1 200 Connection Established\r\nX-A: b\r\n\r\nSSH-2.0-x"),
+    "tok-ssh": enc.encode("SSH-2.0-OpenSSH\r\n"),
+    "tok-h2": enc.encode("HTTP/2 200\r\n\r\n"),
+    "tok-big": enc.encode("HTTP/1.1 200 " + "x".repeat(9000)),
+    "tok-tls": new Uint8Array([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]),
+  };
+  const gw = fakeGateway(async (conn, head) => {
+    await conn.write(replies[head.match(/X-Sandbox-Token: (\S+)/)![1]]);
+  });
+  try {
+    const early = await openTunnel(target(gw.port, { token: "tok-early" }));
+    assert.equal(dec.decode(early.early), "SSH-2.0-x");
+    early.conn.close();
+    const expect: [string, RegExp][] = [
+      ["tok-ssh", /^CliError: the gateway did not answer with HTTP \(wrong port or scheme\?\)$/],
+      ["tok-h2", /^CliError: the gateway did not answer with HTTP/],
+      ["tok-big", /^CliError: the gateway sent an oversized reply$/],
+      ["tok-tls", /^CliError: the gateway answered in TLS: use an https:\/\/ URL for it$/],
+    ];
+    for (const [token, pattern] of expect) {
+      await assert.rejects(openTunnel(target(gw.port, { token })), pattern, token);
+    }
+  } finally {
+    await gw.close();
+  }
 });
 
 Deno.test("tunnel: early bytes kept, both directions pumped, half-close passed on", async () => {
@@ -332,7 +344,7 @@ Deno.test("tunnel target: a loopback or unspecified gateway_host means the CLI's
     host_key_fingerprint: "",
     expires_at_ms: 0,
   };
-  const endpoint = parseEndpoint("http://10.1.2.3:9000");
+  const endpoint = parseGatewayUrl("http://10.1.2.3:9000");
   assert.deepEqual(tunnelTargetOf(session, endpoint), {
     scheme: "http",
     host: "10.1.2.3",
