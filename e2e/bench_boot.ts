@@ -20,8 +20,9 @@
  * - the kernel starts: the earliest (host time − guest uptime) of the
  *   init's uptime-stamped lines;
  * - the initramfs `/init` runs (`userspace up after`);
- * - the init's stamps (`boot stages (uptime s): modules= disks= resize=
- *   network=`);
+ * - the init's stamps (`boot stages (uptime s): modules= disks= network=`;
+ *   a runtime before PID 1 grew the disk in the background also logged
+ *   `resize=`, which lands in the next stage);
  * - PID 1 starts the supervisor (`starting supervisor after`);
  * - the supervisor's `main()` runs (`loaded_ms`: Deno's start-up and
  *   loading the bundle) and its sshd socket listens (`startup_ms`);
@@ -65,7 +66,6 @@ export const BOOT_POINTS = [
   "kernel: start → /init",
   "init: kernel modules",
   "init: disks (wait for vda/vdb, mount)",
-  "init: resize2fs",
   "init: fw_cfg files, identity, network",
   "init: cgroups, switch_root, PID 1 → supervisor exec",
   "supervisor: Deno start-up + bundle load",
@@ -131,7 +131,6 @@ export function bootStages(
     up(userspace ? Number(userspace.m[1]) : undefined),
     up(stamp("modules")),
     up(stamp("disks")),
-    up(stamp("resize")),
     up(stamp("network")),
     supAt,
     supAt !== undefined && loaded !== undefined ? supAt + loaded : undefined,

@@ -25,7 +25,7 @@ function lines(withStamps: boolean): BootLogLine[] {
       ? [
         c(
           k + 3300,
-          "openshell-init: boot stages (uptime s): modules=2.50 disks=2.70 resize=3.00 network=3.20",
+          "openshell-init: boot stages (uptime s): modules=2.50 disks=2.70 network=3.20",
         ),
       ]
       : []),
@@ -53,8 +53,7 @@ Deno.test("bench_boot: stages split create → READY at each point and sum to th
     2000, // kernel
     500, // modules
     200, // disks
-    300, // resize
-    200, // network
+    500, // network
     300, // → supervisor exec
     2000, // Deno + bundle
     1000, // supervisor start-up
@@ -69,7 +68,7 @@ Deno.test("bench_boot: a missing point merges its time into the next stage", () 
   const merged = stages.find((s) => s.name.startsWith(`${BOOT_POINTS[3]} + `));
   assert.equal(
     merged?.name,
-    [BOOT_POINTS[3], BOOT_POINTS[4], BOOT_POINTS[5], BOOT_POINTS[6], BOOT_POINTS[7]].join(" + "),
+    [BOOT_POINTS[3], BOOT_POINTS[4], BOOT_POINTS[5], BOOT_POINTS[6]].join(" + "),
   );
   assert.equal(Math.round(merged!.ms), 1500);
   assert.equal(Math.round(stages.reduce((n, s) => n + s.ms, 0)), 8200);
