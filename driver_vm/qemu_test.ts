@@ -87,6 +87,12 @@ Deno.test("qemu: console on stdout, fw_cfg files, pidfile, no reboot, clock in U
   assert.ok(args.includes("-no-reboot") && args.includes("-nodefaults"));
 });
 
+Deno.test("qemu: machine q35 without SMM, for the VMs and the probe", () => {
+  assert.deepEqual(after(buildQemuArgs(spec), "-machine"), ["q35,smm=off"]);
+  const probe = buildProbeArgs({ accel: "tcg", kernel: "/k", initramfs: "/i" });
+  assert.deepEqual(after(probe, "-machine"), ["q35,smm=off"]);
+});
+
 Deno.test("qemu: tsc=reliable only under TCG; the boot-speed words always", () => {
   for (const accel of ["kvm", "hvf"] as const) {
     const line = after(buildQemuArgs({ ...spec, accel }), "-append")[0];
