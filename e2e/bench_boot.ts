@@ -271,7 +271,16 @@ async function main(): Promise<number> {
         const name = `boot-${i}`;
         const t0 = Date.now();
         const sandbox = await api.create(name);
-        await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_READY", 300_000);
+        try {
+          await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_READY", 300_000);
+        } catch (err) {
+          const consoleLog = await Deno.readTextFile(`${V}/sandboxes/${sandbox.id}/console.log`)
+            .catch((e) => `(no console log: ${e})`);
+          console.error(
+            `bench_boot: ${name}'s console:\n${consoleLog.split("\n").slice(-60).join("\n")}`,
+          );
+          throw err;
+        }
         const t1 = Date.now();
         const { logs } = await raw.call(raw.raw.GetSandboxLogs, {
           sandbox_id: sandbox.id,
