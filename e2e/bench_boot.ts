@@ -21,8 +21,7 @@
  *   init's uptime-stamped lines;
  * - the initramfs `/init` runs (`userspace up after`);
  * - the init's stamps (`boot stages (uptime s): modules= disks= network=`;
- *   a runtime before PID 1 grew the disk in the background also logged
- *   `resize=`, which lands in the next stage);
+ *   `resize=` too from runtimes that grew the disk before switching root);
  * - PID 1 starts the supervisor (`starting supervisor after`);
  * - the supervisor's `main()` runs (`loaded_ms`: Deno's start-up and
  *   loading the bundle) and its sshd socket listens (`startup_ms`);
@@ -66,6 +65,7 @@ export const BOOT_POINTS = [
   "kernel: start → /init",
   "init: kernel modules",
   "init: disks (wait for vda/vdb, mount)",
+  "init: resize2fs",
   "init: fw_cfg files, identity, network",
   "init: cgroups, switch_root, PID 1 → supervisor exec",
   "supervisor: Deno start-up + bundle load",
@@ -131,6 +131,7 @@ export function bootStages(
     up(userspace ? Number(userspace.m[1]) : undefined),
     up(stamp("modules")),
     up(stamp("disks")),
+    up(stamp("resize")),
     up(stamp("network")),
     supAt,
     supAt !== undefined && loaded !== undefined ? supAt + loaded : undefined,
@@ -142,6 +143,8 @@ export function bootStages(
   let prev = createMs;
   let pending: string[] = [];
   points.forEach((at, i) => {
+    // Runtimes that grow the disk in PID 1 have no resize stamp and no such stage.
+    if (at === undefined && BOOT_POINTS[i] === "init: resize2fs") return;
     pending.push(BOOT_POINTS[i]);
     if (at === undefined) return;
     out.push({ name: pending.join(" + "), ms: at - prev });

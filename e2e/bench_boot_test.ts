@@ -46,14 +46,14 @@ function lines(withStamps: boolean): BootLogLine[] {
 Deno.test("bench_boot: stages split create → READY at each point and sum to the total", () => {
   const ready = T0 + 1000 + 7200;
   const stages = bootStages(lines(true), T0, ready);
-  assert.deepEqual(stages.map((s) => s.name), [...BOOT_POINTS]);
+  assert.deepEqual(stages.map((s) => s.name), BOOT_POINTS.filter((p) => p !== "init: resize2fs"));
   assert.deepEqual(stages.map((s) => Math.round(s.ms)), [
     100, // create → qemu started
     900, // qemu → kernel start
     2000, // kernel
     500, // modules
     200, // disks
-    500, // network
+    500, // network (no resize stamp: no resize stage)
     300, // → supervisor exec
     2000, // Deno + bundle
     1000, // supervisor start-up
@@ -63,12 +63,25 @@ Deno.test("bench_boot: stages split create → READY at each point and sum to th
   assert.equal(Math.round(stages.reduce((n, s) => n + s.ms, 0)), ready - T0);
 });
 
+Deno.test("bench_boot: a runtime's resize stamp is a stage of its own", () => {
+  const withResize = lines(true).map((l) =>
+    typeof l.message === "string" && l.message.includes("boot stages")
+      ? { ...l, message: l.message.replace("disks=2.70", "disks=2.70 resize=3.00") }
+      : l
+  );
+  const stages = bootStages(withResize, T0, T0 + 8200);
+  assert.deepEqual(
+    stages.slice(4, 7).map((s) => [s.name, Math.round(s.ms)]),
+    [[BOOT_POINTS[4], 200], [BOOT_POINTS[5], 300], [BOOT_POINTS[6], 200]],
+  );
+});
+
 Deno.test("bench_boot: a missing point merges its time into the next stage", () => {
   const stages = bootStages(lines(false), T0, T0 + 8200);
   const merged = stages.find((s) => s.name.startsWith(`${BOOT_POINTS[3]} + `));
   assert.equal(
     merged?.name,
-    [BOOT_POINTS[3], BOOT_POINTS[4], BOOT_POINTS[5], BOOT_POINTS[6]].join(" + "),
+    [BOOT_POINTS[3], BOOT_POINTS[4], BOOT_POINTS[6], BOOT_POINTS[7]].join(" + "),
   );
   assert.equal(Math.round(merged!.ms), 1500);
   assert.equal(Math.round(stages.reduce((n, s) => n + s.ms, 0)), 8200);

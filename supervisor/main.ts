@@ -23,13 +23,7 @@ import { denoEnv, FlagError } from "../core/flags.ts";
 import { parseSupervisorConfig, socketDirOf, type SupervisorConfig, usage } from "./config.ts";
 import { SupervisorEvents } from "./events.ts";
 import { RelayManager } from "./relay.ts";
-import {
-  type ChannelFactory,
-  connectEarly,
-  grpcChannelFactory,
-  SupervisorSession,
-  type TlsMaterial,
-} from "./session.ts";
+import { grpcChannelFactory, SupervisorSession, type TlsMaterial } from "./session.ts";
 import { SessionCgroups } from "./session_cgroup.ts";
 import {
   checkSshd,
@@ -180,23 +174,20 @@ interface Prepared {
   server: SshdServer;
   /** SHA-256 fingerprint of the host key (announced to the gateway). */
   fingerprint: string;
-  /** Channels to the gateway (with the token and client TLS); the first already connecting. */
-  channels: ChannelFactory;
+  /** The supervisor token, when one is configured. */
+  token?: string;
+  /** Client TLS to the gateway, when its endpoint is https. */
+  tls?: TlsMaterial;
 }
 
 /**
  * Start-up in order: token and TLS files, the socket directory (owned,
  * 0700; a live supervisor's socket refuses the start), the host key and
  * sshd config written into it, `sshd -t`, the session cgroup, the socket.
- * The connection to the gateway is made meanwhile (`connectEarly`); the
- * session's hello waits for all of it.
  */
 async function prepare(config: SupervisorConfig, logger: Logger): Promise<Prepared> {
   const token = await readToken(config);
-  const tls: TlsMaterial | undefined = await readTls(config);
-  const channels = connectEarly(
-    grpcChannelFactory({ host: config.host, port: config.port, tls, token }),
-  );
+  const tls = await readTls(config);
   const dir = socketDirOf(config.socketPath);
   await prepareSocketDir(dir);
   // Before touching any file: a live supervisor on this socket keeps its files.
@@ -218,7 +209,7 @@ async function prepare(config: SupervisorConfig, logger: Logger): Promise<Prepar
     logger,
     sessions,
   });
-  return { server, fingerprint: files.fingerprint, channels };
+  return { server, fingerprint: files.fingerprint, token, tls };
 }
 
 /**
@@ -231,7 +222,12 @@ async function serve(config: SupervisorConfig, prepared: Prepared, logger: Logge
   const session = new SupervisorSession({
     sandboxId: config.sandboxId,
     hostKeyFingerprint: prepared.fingerprint,
-    channels: prepared.channels,
+    channels: grpcChannelFactory({
+      host: config.host,
+      port: config.port,
+      tls: prepared.tls,
+      token: prepared.token,
+    }),
     relays,
     events,
     logger: logger.with({ endpoint: config.endpoint }),

@@ -52,32 +52,12 @@ export interface SupervisorChannel {
   relayStream(): RelayCall;
   /** Whether the connection failed (the channel should be replaced). */
   broken(): boolean;
-  /** Starts connecting (TCP, TLS, HTTP/2) before any call needs it; optional. */
-  connect?(): void;
   /** Closes the channel. */
   close(): void;
 }
 
 /** Makes a fresh channel. */
 export type ChannelFactory = () => SupervisorChannel;
-
-/**
- * A factory whose first channel is made, and starts connecting, now; later
- * calls make fresh ones. The supervisor connects this way while it still
- * checks sshd's config and opens its socket (`main.ts`): under emulation the
- * connection (TCP through the VM's forwarder, TLS, HTTP/2) takes seconds,
- * and `sshd -t` runs in a process of its own meanwhile. The session's first
- * `hello` still goes out only once sshd listens.
- */
-export function connectEarly(factory: ChannelFactory): ChannelFactory {
-  let first: SupervisorChannel | undefined = factory();
-  first.connect?.();
-  return () => {
-    const channel = first ?? factory();
-    first = undefined;
-    return channel;
-  };
-}
 
 /** Client TLS material (PEM bytes): the CA, and a client certificate for mTLS. */
 export interface TlsMaterial {
@@ -141,8 +121,6 @@ export function grpcChannelFactory(options: GrpcChannelOptions): ChannelFactory 
         return state === grpc.connectivityState.TRANSIENT_FAILURE ||
           state === grpc.connectivityState.SHUTDOWN;
       },
-      // grpc-js leaves IDLE and connects when asked for its state with tryToConnect.
-      connect: () => void client.getChannel().getConnectivityState(true),
       close: () => client.close(),
     };
   };

@@ -1,20 +1,12 @@
 import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
-import http2 from "node:http2";
-import type net from "node:net";
 import { Logger } from "../core/log.ts";
 import { waitFor } from "../core/testing.ts";
 import type { NetworkActivityEvent } from "../core/ocsf.ts";
 import type { GatewayMessage, SupervisorMessage } from "../core/protocol.ts";
 import { SupervisorEvents } from "./events.ts";
 import type { RelayCall } from "./relay.ts";
-import {
-  connectEarly,
-  type ControlCall,
-  grpcChannelFactory,
-  type SupervisorChannel,
-  SupervisorSession,
-} from "./session.ts";
+import { type ControlCall, type SupervisorChannel, SupervisorSession } from "./session.ts";
 
 /** The gateway end of one fake `ConnectSupervisor` call. */
 class FakeCall extends EventEmitter implements ControlCall {
@@ -310,47 +302,4 @@ Deno.test("session: stopping while backing off resolves at once", async () => {
   t.stop.abort();
   await t.done;
   assert.equal(t.channels.calls.length, 1);
-});
-
-Deno.test("session: connectEarly makes the first channel and starts connecting at once, then hands it out", () => {
-  const made: { id: number; connects: number }[] = [];
-  const factory = (): SupervisorChannel => {
-    const me = { id: made.length, connects: 0 };
-    made.push(me);
-    return {
-      connectSupervisor: () => {
-        throw new Error("unused");
-      },
-      relayStream: () => {
-        throw new Error("unused");
-      },
-      broken: () => false,
-      connect: () => void me.connects++,
-      close: () => {},
-    };
-  };
-  const channels = connectEarly(factory);
-  assert.deepEqual(made, [{ id: 0, connects: 1 }], "made and connecting before anyone asks");
-  channels();
-  assert.equal(made.length, 1, "the first call gets the early channel");
-  channels();
-  assert.deepEqual(made.map((m) => m.connects), [1, 0], "a later channel is a fresh one");
-});
-
-Deno.test("session: a grpc channel's connect() opens the connection before any call", async () => {
-  const sessions: http2.ServerHttp2Session[] = [];
-  const server = http2.createServer();
-  server.on("session", (session) => sessions.push(session));
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  const channel = grpcChannelFactory({ host: "127.0.0.1", port })();
-  try {
-    assert.equal(sessions.length, 0, "an idle channel connects to nothing");
-    channel.connect?.();
-    await waitFor("the early connection", () => sessions.length === 1, { timeoutMs: 5_000 });
-  } finally {
-    channel.close();
-    for (const s of sessions) s.destroy();
-    await new Promise((resolve) => server.close(resolve));
-  }
 });
