@@ -2,7 +2,7 @@
  * The qemu command line of one sandbox VM (pure). See the module docs of
  * `driver.ts` for the lifecycle; this file only decides the arguments.
  *
- * Machine: `pc` with the serial console on qemu's stdout (the driver reads
+ * Machine: {@link MACHINE} with the serial console on qemu's stdout (the driver reads
  * it, see `console.ts`), no firmware option ROMs,
  * no default devices, the clock from the host in UTC (`-rtc base=utc`; the
  * kernel sets the system time from it at boot).
@@ -163,9 +163,60 @@ export function sandboxOption(args: readonly string[]): string {
   ].join(",");
 }
 
-/** The kernel command line. */
-export function kernelCommandLine(extra: readonly string[] = []): string {
-  return ["console=ttyS0", "quiet", "panic=-1", ...extra].join(" ");
+/**
+ * Kernel command line words that only shorten the boot (measured with
+ * `e2e/bench_boot.ts`, initcall times from `initcall_debug`; docs/vm.md):
+ * none of them touches the guest's isolation or anything the sandbox uses.
+ *
+ * - `cryptomgr.notests`: no self-tests of the kernel's crypto algorithms at
+ *   boot (`crypto_algapi_init` and friends: ~0.4 s under TCG). They check
+ *   the implementations, not any key or policy; a FIPS-mode kernel ignores
+ *   the flag.
+ * - `initcall_blacklist=init_kprobe_trace`: no kprobe-based trace events
+ *   (0.4 s under TCG walking every kernel symbol); nothing in the guest
+ *   traces the kernel.
+ * - `no_timer_check`: no check for broken timer interrupt routing, a quirk
+ *   of old hardware that qemu's machine does not have.
+ */
+export const BOOT_SPEED_ARGS: readonly string[] = [
+  "cryptomgr.notests",
+  "initcall_blacklist=init_kprobe_trace",
+  "no_timer_check",
+];
+
+/**
+ * Under TCG only: `tsc=reliable`. TCG's TSC follows the host's monotonic
+ * clock on every vCPU, but the kernel's synchronisation check races under
+ * emulation, marks it unstable and falls back to the HPET: every clock read
+ * (Deno makes many) becomes a trapped MMIO read instead of a vDSO call, and
+ * the clocksource watchdog adds ~0.8 s to the boot. Under KVM the kernel
+ * uses kvm-clock and keeps its own checks.
+ */
+export const TCG_KERNEL_ARGS: readonly string[] = ["tsc=reliable"];
+
+/**
+ * The machine type: `q35` without SMM. Measured against `pc` (i440FX) under
+ * TCG (docs/vm.md, boot stages): probing the virtio-pci devices took 0.9–1 s
+ * on `pc`, where each device's interrupt goes through an ACPI PCI link
+ * device whose AML methods the emulated CPU runs slowly, and 0.3–0.5 s on
+ * `q35`, whose interrupts are routed to fixed GSIs; `smm=off` spares the
+ * firmware's System Management Mode set-up, which nothing here uses
+ * (SeaBIOS boots the kernel; SMM guards UEFI variables). Everything the
+ * sandbox relies on is the same: the serial console, the PS/2 keyboard for
+ * ctrl-alt-delete, ACPI power-off, fw_cfg, MSI-X for virtio.
+ */
+export const MACHINE = "q35,smm=off";
+
+/** The kernel command line (`accel` adds {@link TCG_KERNEL_ARGS} under TCG). */
+export function kernelCommandLine(extra: readonly string[] = [], accel?: Accel): string {
+  return [
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    ...BOOT_SPEED_ARGS,
+    ...(accel === "tcg" ? TCG_KERNEL_ARGS : []),
+    ...extra,
+  ].join(" ");
 }
 
 /** The `-blockdev`/`-device` arguments of the root disk (vda) and the runtime disk (vdb). */
@@ -204,7 +255,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "none",
     "-no-reboot",
     "-machine",
-    "pc",
+    MACHINE,
     ...accelArgs(spec.accel),
     "-m",
     String(spec.memMib),
@@ -217,7 +268,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     "-initrd",
     spec.initramfs,
     "-append",
-    kernelCommandLine(spec.extraKernelArgs),
+    kernelCommandLine(spec.extraKernelArgs, spec.accel),
     "-chardev",
     "stdio,id=console,signal=off",
     "-serial",
@@ -256,7 +307,7 @@ export function buildProbeArgs(
     "none",
     "-no-reboot",
     "-machine",
-    "pc",
+    MACHINE,
     ...accelArgs(spec.accel),
     "-m",
     "256",
@@ -267,7 +318,7 @@ export function buildProbeArgs(
     "-initrd",
     spec.initramfs,
     "-append",
-    kernelCommandLine(["openshell.probe"]),
+    kernelCommandLine(["openshell.probe"], spec.accel),
     "-serial",
     "stdio",
   ];

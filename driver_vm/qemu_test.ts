@@ -80,8 +80,28 @@ Deno.test("qemu: console on stdout, fw_cfg files, pidfile, no reboot, clock in U
   assert.deepEqual(after(args, "-m"), ["1024"]);
   assert.deepEqual(after(args, "-smp"), ["2"]);
   assert.deepEqual(after(args, "-rtc"), ["base=utc"]);
-  assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1"]);
+  assert.deepEqual(after(args, "-append"), [
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests initcall_blacklist=init_kprobe_trace " +
+    "no_timer_check tsc=reliable",
+  ]);
   assert.ok(args.includes("-no-reboot") && args.includes("-nodefaults"));
+});
+
+Deno.test("qemu: machine q35 without SMM, for the VMs and the probe", () => {
+  assert.deepEqual(after(buildQemuArgs(spec), "-machine"), ["q35,smm=off"]);
+  const probe = buildProbeArgs({ accel: "tcg", kernel: "/k", initramfs: "/i" });
+  assert.deepEqual(after(probe, "-machine"), ["q35,smm=off"]);
+});
+
+Deno.test("qemu: tsc=reliable only under TCG; the boot-speed words always", () => {
+  for (const accel of ["kvm", "hvf"] as const) {
+    const line = after(buildQemuArgs({ ...spec, accel }), "-append")[0];
+    assert.ok(!line.includes("tsc=reliable"), line);
+    assert.ok(line.includes("cryptomgr.notests"), line);
+  }
+  // Nothing that weakens the guest: no mitigations=off, no security module turned off.
+  const tcg = after(buildQemuArgs(spec), "-append")[0];
+  assert.doesNotMatch(tcg, /mitigations|nokaslr|apparmor=0|security=|selinux=0|lockdown/);
 });
 
 Deno.test("qemu: vda is the overlay over the read-only image (chain on the command line), vdb the runtime disk", () => {
@@ -146,7 +166,10 @@ Deno.test("qemu: commas in paths are escaped; bad names refused", () => {
 
 Deno.test("qemu: the probe boots with the marker flag and serial on stdio", () => {
   const args = buildProbeArgs({ accel: "kvm", kernel: "/k", initramfs: "/i" });
-  assert.deepEqual(after(args, "-append"), ["console=ttyS0 quiet panic=-1 openshell.probe"]);
+  assert.deepEqual(after(args, "-append"), [
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests initcall_blacklist=init_kprobe_trace " +
+    "no_timer_check openshell.probe",
+  ]);
   assert.deepEqual(after(args, "-serial"), ["stdio"]);
   assert.deepEqual(after(args, "-accel"), ["kvm"]);
 });

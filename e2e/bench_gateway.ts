@@ -15,7 +15,9 @@
  * - `latency`: CONNECT → 200 → first byte round trip vs a raw TCP connect
  *   and echo; and a 1-byte round trip on an open tunnel vs raw TCP.
  * - `exec`: `ExecSandbox` of `true` (real supervisor and OpenSSH's sshd;
- *   needs root or a prepared `sandbox` user) vs spawning `sh -c true` here.
+ *   needs root or a prepared `sandbox` user) vs the same exec by an
+ *   in-process `ssh2` client straight on the supervisor's sshd socket (what
+ *   the gateway does, minus gRPC and the relay), and spawning `sh -c true`.
  * - `ready`: CreateSandbox → supervisor hello → READY with a fake
  *   supervisor vs a fresh gRPC channel's first unary call.
  * - `memory`: the gateway's RSS per idle supervisor session, per idle gRPC
@@ -28,6 +30,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import net from "node:net";
+import ssh2 from "ssh2";
+import { fingerprintOfBlob } from "../core/ssh_keys.ts";
 import type { ExecSandboxEvent } from "../core/protocol.ts";
 import { OpenShellClient, unaryCall } from "../core/protocol.ts";
 import { RELAY_CHUNK_BYTES } from "../core/bridge.ts";
@@ -423,6 +427,52 @@ function execTrue(api: OpenShellClient, sandboxId: string): Promise<number> {
   });
 }
 
+/** The parts of ssh2's `Client` the direct baseline uses. */
+interface SshClient {
+  on(event: "ready" | "close", listener: () => void): SshClient;
+  on(event: "error", listener: (err: Error) => void): SshClient;
+  connect(config: Record<string, unknown>): void;
+  exec(
+    command: string,
+    callback: (err: Error | undefined, channel: net.Socket) => void,
+  ): void;
+  end(): void;
+}
+
+const { Client: SshClientClass } = ssh2 as unknown as { Client: new () => SshClient };
+
+/**
+ * `true` over one SSH connection made in this process straight to the
+ * supervisor's sshd socket, with the options the gateway's exec uses
+ * (`gateway/exec.ts`: user `sandbox`, "none" auth, the host key checked by
+ * its fingerprint): the baseline of `ExecSandbox`.
+ */
+function sshExecTrue(socketPath: string, hostKeyFingerprint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const client = new SshClientClass();
+    let exit: number | undefined;
+    client.on("ready", () => {
+      client.exec("true", (err, channel) => {
+        if (err) return reject(err);
+        channel.on("exit", (code: number) => exit = code);
+        channel.on("close", () => client.end());
+        channel.resume();
+        channel.end();
+      });
+    });
+    client.on("error", reject);
+    client.on("close", () => exit === 0 ? resolve() : reject(new Error(`ssh exit ${exit}`)));
+    client.connect({
+      sock: net.connect(socketPath),
+      username: "sandbox",
+      authHandler: ["none"],
+      readyTimeout: 20_000,
+      keepaliveInterval: 0,
+      hostVerifier: (key: Uint8Array) => fingerprintOfBlob(key) === hostKeyFingerprint,
+    });
+  });
+}
+
 async function exec(): Promise<void> {
   heading("ExecSandbox latency of `true` (ms)");
   try {
@@ -436,20 +486,29 @@ async function exec(): Promise<void> {
     const api = gatewayApi(gw.port);
     const raw = apiClient(gw.port);
     try {
-      const sandbox = await api.create("bench-exec");
+      // A supervisor of our own on the supervisor plane, with its token and host key.
+      const byo = await byoSupervisor(gw, "bench-exec");
+      const sandbox = byo.sandbox;
       const sup: SupervisorProcess = await startSupervisor({
-        endpoint: gw.endpoint,
+        endpoint: gw.supervisorEndpoint,
         sandboxId: sandbox.id,
+        token: byo.token,
+        hostKey: byo.hostKey.privateKey,
       });
       await withResource(sup, async () => {
         await api.waitForPhase(sandbox.id, "SANDBOX_PHASE_READY");
+        const fingerprint = byo.hostKey.fingerprint;
         const n = 15;
         const execT: number[] = [];
+        const directT: number[] = [];
         const spawnT: number[] = [];
         for (let i = 0; i < n + 2; i++) {
           let t0 = performance.now();
           await execTrue(raw.raw, sandbox.id);
           const e = performance.now() - t0;
+          t0 = performance.now();
+          await sshExecTrue(sup.socketPath, fingerprint);
+          const d = performance.now() - t0;
           t0 = performance.now();
           const out = await new Deno.Command("sh", {
             args: ["-c", "true"],
@@ -461,6 +520,7 @@ async function exec(): Promise<void> {
           if (!out.success) throw new Error("sh -c true failed");
           if (i < 2) continue;
           execT.push(e);
+          directT.push(d);
           spawnT.push(s);
         }
         const row = (label: string, v: number[]) => {
@@ -468,9 +528,12 @@ async function exec(): Promise<void> {
           return [label, fixed(s.median), fixed(s.p90), fixed(s.min), fixed(s.max)];
         };
         console.log(table(["measure", "median", "p90", "min", "max"], [
-          row(`local spawn of sh -c true (baseline), n=${n}`, spawnT),
+          row(`local spawn of sh -c true, n=${n}`, spawnT),
+          row(`ssh2 exec of true straight on the sshd socket (baseline), n=${n}`, directT),
           row(`ExecSandbox ["true"] via gateway → relay → sshd, n=${n}`, execT),
         ]));
+        const ratio = stats(execT).median / stats(directT).median;
+        console.log(`\n(ExecSandbox / direct ssh2 exec, medians: ${fixed(ratio, 2)})`);
       });
     } finally {
       api.close();

@@ -260,6 +260,8 @@ async function serve(config: SupervisorConfig, prepared: Prepared, logger: Logge
 
 /** Runs the supervisor with `args`; resolves with the exit code. */
 export async function main(args: readonly string[]): Promise<number> {
+  // ms since the process started: Deno's own start-up plus loading this module graph.
+  const loadedMs = performance.now();
   const config = readConfig(args);
   if (typeof config === "number") return config;
   const logger = new Logger(
@@ -273,6 +275,9 @@ export async function main(args: readonly string[]): Promise<number> {
       path: config.socketPath,
       host_key: prepared.fingerprint,
       host_key_source: config.hostKeyPath ? "file" : "generated",
+      // Boot stages (e2e/bench_boot.ts): process start → main() → this line.
+      loaded_ms: Math.round(loadedMs),
+      startup_ms: Math.round(performance.now()),
     });
   } catch (err) {
     logger.error(`cannot start: ${errorMessage(err)}`);

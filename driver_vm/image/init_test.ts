@@ -35,11 +35,8 @@ Deno.test("init: valid shell; loads the modules in order; sandbox disk rw, runti
   assert.match(text, /for m in virtio_ring virtio virtio_net; do/);
   assert.match(text, /mount -t ext4 -o rw,relatime \/dev\/vda \/newroot /);
   assert.match(text, /mount -t ext4 -o ro \/dev\/vdb \/newroot\/opt\/openshell /);
-  // The root grows to the disk with the runtime's own resize2fs and glibc.
-  assert.match(
-    text,
-    /\/newroot\/opt\/openshell\/lib\/ld-linux-x86-64\.so\.2 --library-path \/newroot\/opt\/openshell\/lib --argv0 \/opt\/openshell\/sbin\/resize2fs \/newroot\/opt\/openshell\/sbin\/resize2fs \/dev\/vda/,
-  );
+  // The root grows later, beside the supervisor's start (PID 1), not on the boot's path.
+  assert.ok(!text.includes("resize2fs"));
   assert.match(text, /\$OPENSHELL_GATEWAY_IP \$OPENSHELL_GATEWAY_HOST/);
   assert.match(text, /hostname "\$OPENSHELL_HOSTNAME"/);
   assert.match(text, new RegExp(`echo "${GUEST_LAYOUT.probeMarker}"`));
@@ -57,7 +54,8 @@ Deno.test("init: / not writable by others, /tmp and /dev/shm 1777, /run fresh; s
   assert.match(text, /mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \/newroot\/tmp\n/);
   assert.match(text, /mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \/newroot\/dev\/shm\n/);
   assert.match(text, /mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs \/newroot\/run\n/);
-  assert.match(text, /mkdir -p \/newroot\/run\/sshd/);
+  assert.match(text, /mkdir -m 0755 \/newroot\/run\/sshd\n/);
+  assert.match(text, /mkdir -m 1777 \/newroot\/run\/lock\n/);
 });
 
 Deno.test("init: session cgroups mounted in the new root, bind-mounted to the supervisor's flag default", () => {
@@ -82,7 +80,44 @@ Deno.test("init: the secrets arrive as root-only files on a tmpfs (never on the 
     /mount -t tmpfs -o mode=0700,nosuid,nodev,noexec,size=4m tmpfs \/newroot\/etc\/openshell/,
   );
   assert.ok(text.indexOf("tmpfs /newroot/etc/openshell") < text.indexOf("fwcopy config"));
-  assert.match(text, /chmod 0600 "\$2"/);
+});
+
+Deno.test("init: the copied secrets are 0600 (umask), and later files get the usual 0644", async () => {
+  const text = renderInit({ modules: [] });
+  const block = text.slice(text.indexOf("fwcopy() {"), text.indexOf("umask 022\n") + 10)
+    .replaceAll("/sys/firmware/qemu_fw_cfg/by_name/opt/openshell", "./fw")
+    .replaceAll("/newroot", ".");
+  const dir = await Deno.makeTempDir({ prefix: "osfw" });
+  try {
+    for (const name of ["config", "ssh_host_key"]) {
+      await Deno.mkdir(`${dir}/fw/${name}`, { recursive: true });
+      await Deno.writeTextFile(`${dir}/fw/${name}/raw`, `${name} bytes\n`);
+    }
+    await Deno.mkdir(`${dir}/etc/openshell`, { recursive: true });
+    await busybox(`${block}\necho later > ./after`, dir);
+    for (const name of ["config", "ssh_host_key"]) {
+      const path = `${dir}/etc/openshell/${name}`;
+      assert.equal(await Deno.readTextFile(path), `${name} bytes\n`);
+      assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600, name);
+    }
+    assert.equal((await Deno.stat(`${dir}/after`)).mode! & 0o777, 0o644);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("init: PID 1 grows the root file system in the background with the runtime's own resize2fs", () => {
+  const text = renderPid1();
+  const grow = text.indexOf(
+    "/opt/openshell/lib/ld-linux-x86-64.so.2 --library-path /opt/openshell/lib " +
+      "--argv0 /opt/openshell/sbin/resize2fs /opt/openshell/sbin/resize2fs /dev/vda",
+  );
+  assert.ok(grow > 0, text);
+  // In a background subshell that ignores PID 1's stop traps, started before the supervisor.
+  const sub = text.lastIndexOf("(\n  trap - INT TERM USR1 USR2 PWR\n", grow);
+  assert.ok(sub > 0 && sub < grow);
+  assert.match(text.slice(grow), /^[^\n]*\n[\s\S]*?\n\) &\n/);
+  assert.ok(grow < text.indexOf("sh /opt/openshell/run-supervisor"));
 });
 
 Deno.test("init: /etc/hosts keeps the user's lines and replaces only its own block", async () => {

@@ -2,16 +2,19 @@
  * `deno task vm:rootfs`: builds the VM runtime directory the driver boots
  * every sandbox from:
  *
- * - `vmlinuz`: Debian's cloud kernel (from `vm:setup`'s cache);
- * - `initramfs.cpio`: busybox (static), the kernel modules the guest needs
- *   and the first stage of our init (small: unpacks in a fraction of a
- *   second under TCG);
+ * - `vmlinuz`: Debian's cloud kernel (from `vm:setup`'s cache): its
+ *   uncompressed ELF with a PVH entry when the bzImage holds one
+ *   (`kernel.ts`: no decompression at every boot), else the bzImage;
+ * - `initramfs.cpio`: busybox (static) with a link per applet, the kernel
+ *   modules the guest needs and the first stage of our init (small: unpacks
+ *   in a fraction of a second under TCG);
  * - `openshell.img`: the read-only runtime disk every VM mounts at
  *   `/opt/openshell`: the Deno binary and the bundled supervisor, PID 1 and
  *   the supervisor runner, busybox, `resize2fs`, and the glibc (with its
  *   loader) Deno and `resize2fs` run with — so they work in any image (a
  *   95 MB Deno inside the initramfs would be copied into guest RAM at every
- *   boot; from a disk only the pages used are read);
+ *   boot; from a disk only the pages used are read) — and Deno's caches of
+ *   the supervisor (`deno_cache.ts`);
  * - `rootfs.img`: the default guest image, Debian 12 (`image/debian.ts`),
  *   a hard link to its own cache entry; every sandbox boots it through a
  *   qcow2 overlay of its own (`driver_vm/disk.ts`);
@@ -30,12 +33,14 @@ import { REPO_ROOT } from "../../core/launcher.ts";
 import { type CpioEntry, writeCpio } from "./cpio.ts";
 import { binaryStamp, cacheKey, cacheRoot, exists, fileStamp, run, runOk, sha256 } from "./host.ts";
 import { DEFAULT_PACKAGES, ensureImage, type ImageInfo } from "./debian.ts";
-import { GUEST_LAYOUT, renderInit, renderPid1, renderRunner } from "./init.ts";
+import { warmDenoCache } from "./deno_cache.ts";
+import { DENO_RUN_FLAGS, GUEST_LAYOUT, renderInit, renderPid1, renderRunner } from "./init.ts";
+import { pvhKernel } from "./kernel.ts";
 import { loadOrder, moduleDepends, moduleName } from "./kmod.ts";
 import { ensureKernel, type KernelInfo } from "./setup.ts";
 
 /** Bump when the layout of the runtime changes in a way the inputs do not show. */
-const FORMAT = "openshell-vm-runtime/4";
+const FORMAT = "openshell-vm-runtime/5";
 
 /** Kernel modules the guest loads (dependencies are added). */
 export const GUEST_MODULES: readonly string[] = [
@@ -132,6 +137,12 @@ async function supervisorSources(entry: string): Promise<string[]> {
   return files;
 }
 
+/** The applet names `busybox --list` prints (our init's `/bin`), without `busybox` itself. */
+export function busyboxApplets(list: string): string[] {
+  const names = list.split("\n").map((l) => l.trim()).filter((l) => /^[A-Za-z0-9_.[-]+$/.test(l));
+  return [...new Set(names)].filter((n) => n !== "busybox").sort();
+}
+
 /** Makes the bundle runnable without node's module globals (ssh2's emscripten code reads them). */
 const BUNDLE_SHIM = "globalThis.__dirname ??= import.meta.dirname;\n" +
   "globalThis.__filename ??= import.meta.filename;\n";
@@ -165,6 +176,11 @@ async function ensureSupervisorBundle(
       "*.node",
       "--external",
       "cpu-features",
+      // protobufjs uses `long` only when it loads (it tries, and does without); `long`
+      // compiles a WebAssembly module as it loads (0.7 s under TCG), and with
+      // `longs: Number` (core/protocol.ts) its numbers are the same either way.
+      "--external",
+      "long",
       "-o",
       `${tmp}/raw.js`,
       entry,
@@ -183,6 +199,8 @@ async function ensureSupervisorBundle(
 
 interface Inputs {
   kernel: KernelInfo;
+  /** busybox's applets: each gets a link in the initramfs's /bin. */
+  applets: string[];
   modules: { name: string; path: string }[];
   libraries: string[];
   deno: string;
@@ -220,7 +238,12 @@ async function buildInitramfs(inputs: Inputs, out: string): Promise<void> {
     { kind: "char", path: "dev/console", major: 5, minor: 1 },
     { kind: "char", path: "dev/null", major: 1, minor: 3, mode: 0o666 },
     { kind: "file", path: "bin/busybox", data: await Deno.readFile(BUSYBOX), mode: 0o755 },
-    { kind: "symlink", path: "bin/sh", target: "busybox" },
+    // One link per applet, made here rather than by `busybox --install` at every boot.
+    ...inputs.applets.map((a) => ({
+      kind: "symlink" as const,
+      path: `bin/${a}`,
+      target: "busybox",
+    })),
     { kind: "file", path: "init", data: enc.encode(inputs.init), mode: 0o755 },
   ];
   for (const m of inputs.modules) {
@@ -299,6 +322,7 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
   const modules = await moduleFiles(kernel);
   const inputs: Inputs = {
     kernel,
+    applets: busyboxApplets(await runOk(BUSYBOX, ["--list"])),
     modules,
     libraries: await librariesOf([...RUNTIME_BINARIES.map((b) => b.host), deno]),
     deno,
@@ -339,10 +363,23 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
   log(`building runtime ${key}`);
   const tmp = await Deno.makeTempDir({ dir: root, prefix: ".runtime-tmp-" });
   try {
-    await Deno.copyFile(kernel.vmlinuz, `${tmp}/vmlinuz`);
+    const pvh = pvhKernel(await Deno.readFile(kernel.vmlinuz));
+    if (pvh) await Deno.writeFile(`${tmp}/vmlinuz`, pvh);
+    else await Deno.copyFile(kernel.vmlinuz, `${tmp}/vmlinuz`);
+    log(
+      pvh ? "kernel: the uncompressed ELF (PVH entry)" : "kernel: the bzImage (no PVH ELF in it)",
+    );
     await buildInitramfs(inputs, `${tmp}/initramfs.cpio`);
     await Deno.mkdir(`${tmp}/staging`);
     await stageDisk(inputs, `${tmp}/staging`);
+    const cache = await warmDenoCache({
+      deno,
+      module: supervisor.path,
+      guestSpecifier: new URL(`file://${GUEST_LAYOUT.supervisor}`).href,
+      out: `${tmp}/staging/${GUEST_LAYOUT.denoCache.slice(GUEST_LAYOUT.runtimeMount.length + 1)}`,
+      runFlags: DENO_RUN_FLAGS,
+    });
+    log(`Deno's code cache of the supervisor: ${cache.entries} modules, ${cache.bytes} bytes`);
     await makeDisk(`${tmp}/staging`, `${tmp}/openshell.img`);
     await Deno.remove(`${tmp}/staging`, { recursive: true });
     await Deno.link(image.path, `${tmp}/rootfs.img`).catch(() =>
@@ -355,7 +392,7 @@ export async function ensureRuntime(options: RuntimeOptions = {}): Promise<Runti
         {
           format: FORMAT,
           key,
-          kernel: { pkg: kernel.pkg, version: kernel.version },
+          kernel: { pkg: kernel.pkg, version: kernel.version, boot: pvh ? "pvh" : "bzimage" },
           modules: modules.map((m) => m.name),
           deno: denoVersion,
           supervisor: supervisor.key,

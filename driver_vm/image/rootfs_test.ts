@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { GUEST_MODULES, parseLdd, pruneOld } from "./rootfs.ts";
+import { busyboxApplets, GUEST_MODULES, parseLdd, pruneOld } from "./rootfs.ts";
 
 Deno.test("rootfs: ldd output gives the library paths, loader included", () => {
   const text =
@@ -36,4 +36,9 @@ Deno.test("rootfs: old runtimes are pruned, the protected one and the newest kep
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("rootfs: busybox --list gives the initramfs's /bin links (sh and mount among them)", () => {
+  const list = "[\n[[\nmount\nsh\nbusybox\nsh\n../evil\n\ninsmod\n";
+  assert.deepEqual(busyboxApplets(list), ["[", "[[", "insmod", "mount", "sh"]);
 });
