@@ -45,7 +45,17 @@ import {
 } from "../core/protocol.ts";
 import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { type ApiClient, apiClient, sendConnect, spawnGateway } from "../testing/gateway.ts";
-import { cpuMs, echoSession, fixed, rssKiB, servePeer, table, waitPhase } from "./benchkit.ts";
+import {
+  cpuMs,
+  echoSession,
+  fixed,
+  type RawPeer,
+  rssKiB,
+  servePeer,
+  startRawPeer,
+  table,
+  waitPhase,
+} from "./benchkit.ts";
 
 /** Relay-open attempts give up after this long (counted as failures). */
 const OPEN_TIMEOUT_MS = 30_000;
@@ -440,25 +450,46 @@ async function mintToken(api: ApiClient, sandboxId: string): Promise<string> {
   return (await api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandboxId })).token;
 }
 
-/** `n` relay opens, one at a time, each to a random one of `ids`. */
+/** Relay-open latencies, and the same-moment raw TCP baseline. */
+interface Opens {
+  /** ms to `200`, and to the first echoed byte, of the relays that opened. */
+  open: number[];
+  echo: number[];
+  /** Raw loopback TCP connect + 1-byte echo, one right after each relay open. */
+  raw: number[];
+  failures: string[];
+}
+
+/**
+ * `n` relay opens, one at a time, each to a random one of `ids`; after
+ * each, a raw TCP connect + echo to `raw` (when given) measures what the
+ * machine itself adds at that moment (other work on the cores shows in
+ * both).
+ */
 async function sequentialOpens(
   api: ApiClient,
   port: number,
   ids: readonly string[],
   n: number,
-): Promise<{ open: number[]; echo: number[]; failures: string[] }> {
-  const open: number[] = [];
-  const echo: number[] = [];
-  const failures: string[] = [];
+  raw?: RawPeer,
+): Promise<Opens> {
+  const out: Opens = { open: [], echo: [], raw: [], failures: [] };
   for (let i = 0; i < n; i++) {
     const id = ids[Math.floor(Math.random() * ids.length)];
     const r = await openRelay(port, id, await mintToken(api, id));
     if (r.status === 200) {
-      open.push(r.openMs);
-      echo.push(r.echoMs);
-    } else failures.push(`${r.status} ${r.error ?? ""}`.trim());
+      out.open.push(r.openMs);
+      out.echo.push(r.echoMs);
+    } else out.failures.push(`${r.status} ${r.error ?? ""}`.trim());
+    if (raw) {
+      const t0 = performance.now();
+      const echo = echoSession(await raw.connect());
+      await echo.roundTrip(1);
+      out.raw.push(performance.now() - t0);
+      await echo.close();
+    }
   }
-  return { open, echo, failures };
+  return out;
 }
 
 // ---- the parent ----------------------------------------------------------------------------
@@ -699,6 +730,8 @@ interface SessionsRun {
   fd0: number;
   rows: (string | number)[][];
   batches: number;
+  /** A loopback echo server in this process: the raw TCP baseline. */
+  raw: RawPeer;
 }
 
 /** Sum of the simulators' CPU ms. */
@@ -760,8 +793,8 @@ async function grow(run: SessionsRun, target: number, baseline: boolean): Promis
   const rss = await settledRss(gw.pid);
   const cpu = baseline ? undefined : await cpuOverInterval(run);
   // The first relays of a fresh gateway are slow (code not compiled yet): not measured.
-  if (baseline) await sequentialOpens(api, gw.port, ids, 30);
-  const lat = await sequentialOpens(api, gw.port, ids, o.samples);
+  if (baseline) await sequentialOpens(api, gw.port, ids, 30, run.raw);
+  const lat = await sequentialOpens(api, gw.port, ids, o.samples, run.raw);
   const st = await Promise.all(sims.map((s) => s.stats()));
   const ended = st.reduce((n, s) => n + Object.values(s.ended).reduce((x, y) => x + y, 0), 0);
   for (const f of lat.failures.slice(0, 3)) console.log(`  relay failure: ${f}`);
@@ -778,6 +811,7 @@ async function grow(run: SessionsRun, target: number, baseline: boolean): Promis
     cpu ? cpu.sims : "-",
     p50p99(lat.open),
     p50p99(lat.echo),
+    p50p99(lat.raw),
     `${lat.failures.length}/${lat.open.length + lat.failures.length}`,
     ended,
   ]);
@@ -797,6 +831,18 @@ async function sessionRoom(run: SessionsRun, limit: number): Promise<[number, nu
 }
 
 async function sessions(o: Options, flags: string[]): Promise<void> {
+  const raw = await startRawPeer();
+  const closeRaw = () => raw.close();
+  cleanups.add(closeRaw);
+  try {
+    await sessionsWith(o, flags, raw);
+  } finally {
+    cleanups.delete(closeRaw);
+    await closeRaw();
+  }
+}
+
+async function sessionsWith(o: Options, flags: string[], raw: RawPeer): Promise<void> {
   console.log(
     `\n## Idle supervisor sessions: ${o.procs} simulator processes, one HTTP/2 connection per ` +
       `supervisor, heartbeats every ${o.heartbeatSecs} s\n`,
@@ -815,6 +861,7 @@ async function sessions(o: Options, flags: string[]): Promise<void> {
           fd0: await fdCount(gw.pid),
           rows: [],
           batches: 0,
+          raw,
         };
         const cpu0 = await cpuOverInterval(run);
         run.rows.push([
@@ -828,6 +875,7 @@ async function sessions(o: Options, flags: string[]): Promise<void> {
           0,
           cpuCell(run, cpu0.gateway),
           cpu0.sims,
+          "-",
           "-",
           "-",
           "-",
@@ -881,6 +929,7 @@ const HEADERS = [
   "simulators CPU ms",
   "CONNECT → 200 ms p50 / p99",
   "→ first echo ms p50 / p99",
+  "raw TCP connect + echo ms p50 / p99 (same moments)",
   "relay failures",
   "sessions ended by the gateway",
 ];
