@@ -13,7 +13,12 @@
  *   fds, the supervisors' TCP connections, and the relay-open latency
  *   (`CONNECT /connect/ssh` → `200`, and → the first echoed byte through
  *   the relay) against random sessions, p50/p99. Baselines: the idle
- *   gateway with 0 sessions (RSS, CPU) and 10 sessions (latency).
+ *   gateway with 0 sessions (RSS, CPU), 10 sessions (latency), and a raw
+ *   loopback TCP connect + echo right after each relay open (what the
+ *   loaded machine adds at that moment). A level the gateway's open-files
+ *   limit cannot hold (at the fds per session measured so far) is replaced
+ *   by the largest one it can, and the bench says so: past the limit the
+ *   gateway's listener stops accepting (see docs/benchmarks.md).
  * - `storm`: N concurrent relays (default 50, one token each) on one
  *   sandbox whose supervisor runs in its own process: how many opened, were
  *   refused (429 at the per-sandbox tunnel cap) or failed, open p50/p99, and
