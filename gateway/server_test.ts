@@ -515,6 +515,32 @@ Deno.test("a file database keeps sandboxes across a restart; supervisors bring t
   }
 });
 
+Deno.test("the gateway heartbeats every session on its period; sessions that answer stay", async () => {
+  await withGateway(async (f) => {
+    // Two sessions that answer each gateway heartbeat with one of their own.
+    const counts = [0, 0];
+    const enough = Promise.withResolvers<void>();
+    const sups: FakeSupervisor[] = [];
+    for (const i of [0, 1]) {
+      const byo = await byoSupervisor(f.gw, `beat-${i}`);
+      const sup: FakeSupervisor = byo.connect({
+        onMessage: (m) => {
+          if (m.payload !== "heartbeat") return;
+          counts[i]++;
+          sup.heartbeat();
+          if (counts.every((n) => n >= 3)) enough.resolve();
+        },
+      });
+      sups.push(sup);
+      await sup.accepted;
+    }
+    await enough.promise; // a period of 1 s: about 3 s
+    assert.equal(await phase(f.api, "beat-0"), "SANDBOX_PHASE_READY");
+    assert.equal(await phase(f.api, "beat-1"), "SANDBOX_PHASE_READY");
+    for (const sup of sups) sup.close();
+  }, { args: ["--supervisor-heartbeat-secs", "1"] });
+});
+
 Deno.test("a supervisor that stops heartbeating is dropped, its sandbox demoted, its tunnels ended", async () => {
   await withGateway(async (f) => {
     // The fake supervisor never heartbeats (frozen) and never closes its relays itself.

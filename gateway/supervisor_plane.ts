@@ -9,7 +9,8 @@
  * until the supervisor resumes) and the relays it was asked for are given
  * up. A `relay_open_result` refusal fails the waiting request at once. When
  * the sandbox was provisioned with a supervisor token the supervisor must
- * present it.
+ * present it. The heartbeats and silence checks of all sessions run on one
+ * timer ({@link HeartbeatWheel}), not one per session.
  *
  * @module
  */
@@ -22,6 +23,7 @@ import { SUPERVISOR_TOKEN_METADATA } from "../core/provisioning.ts";
 import { RELAY_CAPACITY_ERROR, type SessionRegistry } from "../core/registry.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { truncateForEcho } from "../core/text.ts";
+import { HeartbeatWheel } from "./heartbeats.ts";
 import { failStream, metadataValue } from "./rpc.ts";
 import type { SandboxRecord, Store } from "./store.ts";
 import { tokenMatches } from "./tokens.ts";
@@ -127,9 +129,17 @@ export class SupervisorPlane {
   /** Claimed relays by the session whose supervisor opened them. */
   readonly #relays = new Map<string, Set<Duplex>>();
 
+  /** Every session's heartbeat and silence check, on one timer. */
+  readonly #heartbeats: HeartbeatWheel;
+  readonly #silenceMs: number;
+
   /** Creates the plane. */
   constructor(options: SupervisorPlaneOptions) {
     this.#o = options;
+    this.#silenceMs = options.silenceLimitMs ?? silenceLimitMs(options.heartbeatSecs);
+    this.#heartbeats = new HeartbeatWheel({
+      periodMs: Math.min(options.heartbeatSecs * 1000, this.#silenceMs / 2),
+    });
   }
 
   /** Number of live control streams. */
@@ -222,8 +232,8 @@ export class SupervisorPlane {
       superseded,
     });
 
-    const silenceMs = this.#o.silenceLimitMs ?? silenceLimitMs(heartbeatSecs);
-    const heartbeat = setInterval(() => {
+    const silenceMs = this.#silenceMs;
+    const stopHeartbeat = this.#heartbeats.add(() => {
       if (!send({ heartbeat: {} })) return;
       if (Date.now() - lastInbound > silenceMs) {
         end(new StatusError(Code.UNAVAILABLE, "supervisor heartbeats missed"));
@@ -239,13 +249,13 @@ export class SupervisorPlane {
           relays_given_up: pending,
         });
       }
-    }, Math.min(heartbeatSecs * 1000, silenceMs / 2));
+    });
 
     let cleaned = false;
     const cleanup = () => {
       if (cleaned) return;
       cleaned = true;
-      clearInterval(heartbeat);
+      stopHeartbeat();
       this.#live.delete(stopLive);
       if (registry.removeIfCurrent(sandboxId, sessionId)) {
         slog.info("supervisor session ended");
