@@ -42,10 +42,8 @@ import { parseArgs } from "node:util";
 import { relayFrameDuplex } from "../core/bridge.ts";
 import {
   type GatewayMessage,
-  type IssueSupervisorCredentialsResponse,
   OpenShellClient,
   type RelayFrame,
-  type Sandbox,
   type SupervisorMessage,
   type Wire,
 } from "../core/protocol.ts";
@@ -296,15 +294,9 @@ async function simulator(port: number, supervisorPort: number): Promise<void> {
     const out = await pool(count, CREATE_CONCURRENCY, async (i) => {
       const name = `${prefix}-${i}`;
       try {
-        const { sandbox } = await api.call<{ sandbox: Sandbox }>("CreateSandbox", {
-          name,
-          spec: {},
-        });
-        const creds = await api.call<IssueSupervisorCredentialsResponse>(
-          "IssueSupervisorCredentials",
-          { name },
-        );
-        return { id: sandbox.id, token: creds.token };
+        const { sandbox } = await api.call(api.raw.CreateSandbox, { name, spec: {} });
+        const creds = await api.call(api.raw.IssueSupervisorCredentials, { name });
+        return { id: sandbox!.id, token: creds.token };
       } catch (err) {
         errors.push(`create ${name}: ${err instanceof Error ? err.message : err}`);
         return undefined;
@@ -453,7 +445,7 @@ async function openRelay(
 }
 
 async function mintToken(api: ApiClient, sandboxId: string): Promise<string> {
-  return (await api.call<{ token: string }>("CreateSshSession", { sandbox_id: sandboxId })).token;
+  return (await api.call(api.raw.CreateSshSession, { sandbox_id: sandboxId })).token;
 }
 
 /** Relay-open latencies, and the same-moment raw TCP baseline. */
