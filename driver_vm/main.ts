@@ -35,7 +35,7 @@ import { Disks, type ImageRef } from "./disk.ts";
 import { type RuntimeFiles, VmDriver, type VmDriverOptions } from "./driver.ts";
 import type { HostLimits } from "./resources.ts";
 import { forwarderBindPath, forwarderDir } from "./guest_forwarder.ts";
-import { QemuLauncher } from "./launcher.ts";
+import { QemuLauncher } from "./qemu_launcher.ts";
 import { qmpBindPath, qmpDir } from "./qmp.ts";
 import { builderRunner, Images } from "./images.ts";
 import { serveDriver } from "./server.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { launchCommand, QemuLauncher } from "./launcher.ts";
+import { launchCommand, QemuLauncher } from "./qemu_launcher.ts";
 import type { QemuSpec } from "./qemu.ts";
 import { parsePasswd, VM_NOFILE, VM_NPROC, type VmUser } from "./vm_user.ts";
 
