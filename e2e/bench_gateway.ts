@@ -47,6 +47,7 @@ import {
 } from "../testing/gateway.ts";
 import {
   ENV_H2_DEFAULT_WINDOWS,
+  ENV_H2_INJECT,
   ENV_H2_UNIX_HOP,
   ENV_RELAY_CHUNK_BYTES,
 } from "../gateway/tuning.ts";
@@ -341,7 +342,7 @@ async function hop(): Promise<void> {
         label: `Unix socket hop (before; ${ENV_H2_UNIX_HOP}=1)`,
         env: { [ENV_H2_UNIX_HOP]: "1" },
       },
-      { ...common, label: "in process (production)", env: {} },
+      { ...common, label: `in process (${ENV_H2_INJECT}=1)`, env: { [ENV_H2_INJECT]: "1" } },
     ],
     bytes,
     rounds,
