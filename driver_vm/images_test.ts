@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { MAX_IMPORT_BYTES } from "../core/images.ts";
+import { waitFor } from "../core/testing.ts";
 import { Code, StatusError } from "../core/status.ts";
 import { imageKey } from "./image/debian.ts";
 import { RESULT_PREFIX } from "./image_builder.ts";
@@ -126,6 +127,8 @@ Deno.test("images: bad names and inputs, a taken name, a second build at once, a
   let release!: () => void;
   h.hold = new Promise((r) => release = r);
   const first = build("slow", ["cowsay"]);
+  // The second starts once the first holds the builder (both check their names first).
+  await waitFor("the first build to run", () => h.runs.length === 2);
   await assert.rejects(build("other", ["sl"]), code(Code.RESOURCE_EXHAUSTED, /is running/));
   release();
   await first;
