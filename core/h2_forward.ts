@@ -218,7 +218,9 @@ function injectH2(
     client.once("close", onClose);
   };
   const inner = new Duplex({
-    allowHalfOpen: true,
+    // As the hop's internal socket: the client's end-of-stream ends the
+    // server's side too (once flushed), so a closed connection gives its fd back.
+    allowHalfOpen: false,
     read() {
       if (!done) client.resume();
     },

@@ -36,6 +36,8 @@ function concat(parts: Uint8Array[]): Uint8Array {
 interface Rig {
   /** The client's end of the TCP connection. */
   client: net.Socket;
+  /** The accepted end (the gateway's socket). */
+  accepted: net.Socket;
   /** What the in-process server was handed. */
   inner: Duplex;
   /** Everything the server read so far. */
@@ -72,6 +74,7 @@ async function rig(preface: Uint8Array): Promise<Rig> {
   client.write(preface);
   return {
     client,
+    accepted: socket,
     inner,
     read,
     link,
@@ -109,19 +112,23 @@ Deno.test("inject: the server reads everything but GOAWAY, in order; streams are
   }
 });
 
-Deno.test("inject: half-closes pass both ways, the server's last bytes included", async () => {
+Deno.test("inject: the client's end-of-stream ends the server's side after its last bytes, and frees the socket", async () => {
   const r = await rig(H2_PREFACE);
   try {
-    const innerEnded = new Promise<void>((res) => r.inner.once("end", () => res()));
-    r.client.end();
-    await innerEnded;
     const got: Uint8Array[] = [];
     r.client.on("data", (c: Uint8Array) => got.push(c));
-    const clientEnded = new Promise<void>((res) => r.client.once("end", () => res()));
+    let clientEnded = false;
+    r.client.once("end", () => clientEnded = true);
+    const innerEnded = new Promise<void>((res) => r.inner.once("end", () => res()));
+    // Bytes the server wrote before the client's FIN arrived still reach it.
     const last = new Uint8Array(256 * 1024).fill(5);
-    r.inner.end(last);
-    await clientEnded;
+    r.inner.write(last);
+    r.client.end();
+    await innerEnded;
+    await waitFor("the server's side to end the client", () => clientEnded, { timeoutMs: 5_000 });
     assert.equal(concat(got).length, last.length);
+    // Both directions ended: the gateway's socket (its fd) is released without a destroy().
+    await waitFor("the gateway's socket to close", () => r.accepted.destroyed, { timeoutMs: 5_000 });
   } finally {
     await r.close();
   }

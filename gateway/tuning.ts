@@ -11,12 +11,11 @@
  *   `data` frame the gateway sends (default `RELAY_CHUNK_BYTES`,
  *   core/bridge.ts). It is applied once per relay, so it costs the hot path
  *   nothing.
- * - `OPENSHELL_H2_INJECT=1` hands each HTTP/2 connection to grpc-js in
- *   process (core/h2_forward.ts `injectH2`) instead of the listeners' hop
- *   through the internal Unix sockets. Off by default: with it on, the
- *   gateway did not give back the fds of 2,000 closed idle connections
- *   (`gateway/connection_limits_test.ts`), so it stays a benchmark knob
- *   until that is found. `OPENSHELL_H2_UNIX_HOP=1` forces the hop.
+ * - `OPENSHELL_H2_UNIX_HOP=1` makes the listeners forward every HTTP/2
+ *   connection to grpc-js through the internal Unix sockets, as before
+ *   issue 15, instead of handing it over in process (core/h2_forward.ts
+ *   `injectH2`, the default: one fd per connection instead of three, and
+ *   no second socket per relayed byte).
  *
  * @module
  */
@@ -27,10 +26,8 @@ import { type EnvReader, FlagError } from "../core/flags.ts";
 export const ENV_H2_DEFAULT_WINDOWS = "OPENSHELL_H2_DEFAULT_WINDOWS";
 /** Environment name: largest relay frame payload the gateway sends, in bytes. */
 export const ENV_RELAY_CHUNK_BYTES = "OPENSHELL_RELAY_CHUNK_BYTES";
-/** Environment name: forward HTTP/2 through the internal Unix sockets when `1`/`true`. */
+/** Environment name: forward HTTP/2 through the internal Unix sockets when `1`/`true` (not default). */
 export const ENV_H2_UNIX_HOP = "OPENSHELL_H2_UNIX_HOP";
-/** Environment name: hand HTTP/2 connections to grpc-js in process when `1`/`true` (not default). */
-export const ENV_H2_INJECT = "OPENSHELL_H2_INJECT";
 /** Smallest accepted {@link ENV_RELAY_CHUNK_BYTES}. */
 export const MIN_RELAY_CHUNK_BYTES = 1024;
 /** Largest accepted {@link ENV_RELAY_CHUNK_BYTES} (well below the supervisor's 4 MiB message cap). */
@@ -42,7 +39,7 @@ export interface RelayTuning {
   defaultH2Windows: boolean;
   /** Largest relay `data` frame payload the gateway sends. */
   relayChunkBytes: number;
-  /** Forward HTTP/2 through the internal Unix sockets (the default; see {@link ENV_H2_INJECT}). */
+  /** Forward HTTP/2 through the internal Unix sockets (benchmark baseline; default in process). */
   unixHop: boolean;
 }
 
@@ -56,7 +53,7 @@ function readBool(env: EnvReader, name: string): boolean {
 /** Reads {@link RelayTuning} from `env`; throws a {@link FlagError} on a bad value. */
 export function readRelayTuning(env: EnvReader): RelayTuning {
   const defaultH2Windows = readBool(env, ENV_H2_DEFAULT_WINDOWS);
-  const unixHop = readBool(env, ENV_H2_UNIX_HOP) || !readBool(env, ENV_H2_INJECT);
+  const unixHop = readBool(env, ENV_H2_UNIX_HOP);
   const rawChunk = env(ENV_RELAY_CHUNK_BYTES)?.trim() ?? "";
   let relayChunkBytes = RELAY_CHUNK_BYTES;
   if (rawChunk !== "") {

@@ -13,7 +13,6 @@ import {
 } from "../testing/gateway.ts";
 import {
   ENV_H2_DEFAULT_WINDOWS,
-  ENV_H2_INJECT,
   ENV_H2_UNIX_HOP,
   ENV_RELAY_CHUNK_BYTES,
   readRelayTuning,
@@ -23,17 +22,14 @@ function envOf(vars: Record<string, string>): (name: string) => string | undefin
   return (name) => vars[name];
 }
 
-Deno.test("relay tuning: unset means raised windows, the default chunk, the Unix hop", () => {
+Deno.test("relay tuning: unset means raised windows, the default chunk, in-process hand-over", () => {
   assert.deepEqual(readRelayTuning(envOf({})), {
     defaultH2Windows: false,
     relayChunkBytes: RELAY_CHUNK_BYTES,
-    unixHop: true,
+    unixHop: false,
   });
-  assert.equal(readRelayTuning(envOf({ [ENV_H2_INJECT]: "1" })).unixHop, false);
-  assert.equal(
-    readRelayTuning(envOf({ [ENV_H2_INJECT]: "1", [ENV_H2_UNIX_HOP]: "1" })).unixHop,
-    true,
-  );
+  assert.equal(readRelayTuning(envOf({ [ENV_H2_UNIX_HOP]: "1" })).unixHop, true);
+  assert.equal(readRelayTuning(envOf({ [ENV_H2_UNIX_HOP]: "0" })).unixHop, false);
 });
 
 Deno.test("relay tuning: every knob is read", () => {
