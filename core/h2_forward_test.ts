@@ -128,7 +128,9 @@ Deno.test("inject: the client's end-of-stream ends the server's side after its l
     await waitFor("the server's side to end the client", () => clientEnded, { timeoutMs: 5_000 });
     assert.equal(concat(got).length, last.length);
     // Both directions ended: the gateway's socket (its fd) is released without a destroy().
-    await waitFor("the gateway's socket to close", () => r.accepted.destroyed, { timeoutMs: 5_000 });
+    await waitFor("the gateway's socket to close", () => r.accepted.destroyed, {
+      timeoutMs: 5_000,
+    });
   } finally {
     await r.close();
   }

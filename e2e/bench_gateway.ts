@@ -12,6 +12,9 @@
  * - `hop`: the same, 64 MiB, with the listeners forwarding HTTP/2 to
  *   grpc-js through the internal Unix socket (`OPENSHELL_H2_UNIX_HOP=1`, the
  *   old way) vs in process.
+ * - `h2`: the ceiling under the relay: `node:http2` alone (one stream, a
+ *   server and a client in this process, the gateway's windows, 64 KiB
+ *   writes, no gRPC, no relay) vs a raw TCP socket pair, round-robin.
  * - `latency`: CONNECT → 200 → first byte round trip vs a raw TCP connect
  *   and echo; and a 1-byte round trip on an open tunnel vs raw TCP.
  * - `exec`: `ExecSandbox` of `true` (real supervisor and OpenSSH's sshd;
@@ -29,6 +32,7 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
+import http2 from "node:http2";
 import net from "node:net";
 import ssh2 from "ssh2";
 import { fingerprintOfBlob } from "../core/ssh_keys.ts";
@@ -83,6 +87,7 @@ export const SECTIONS = [
   "throughput",
   "windows",
   "hop",
+  "h2",
   "latency",
   "exec",
   "ready",
@@ -347,6 +352,127 @@ async function hop(): Promise<void> {
     rounds,
     { first: "listener → grpc-js", chunk: false },
   );
+}
+
+/** An HTTP/2 server and client in this process (cleartext), with the gateway's windows. */
+async function h2Pair(): Promise<{
+  client: http2.ClientHttp2Session;
+  close(): Promise<void>;
+}> {
+  const settings = { initialWindowSize: H2_STREAM_WINDOW };
+  const server = http2.createServer({ settings });
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers) => {
+    const down = Number(headers["x-download"] ?? 0);
+    stream.respond({ ":status": 200 });
+    if (down > 0) {
+      writeN(stream, down);
+      stream.resume();
+      return;
+    }
+    let n = 0;
+    stream.on("data", (d: Uint8Array) => n += d.length);
+    stream.on("end", () => stream.end(String(n)));
+  });
+  server.on("session", (session) => session.setLocalWindowSize(H2_CONNECTION_WINDOW));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const client = http2.connect(`http://127.0.0.1:${port}`, { settings });
+  client.on("error", () => {});
+  await new Promise<void>((r) => client.once("connect", () => r()));
+  client.setLocalWindowSize(H2_CONNECTION_WINDOW);
+  return {
+    client,
+    close: async () => {
+      client.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Writes `bytes` in {@link RELAY_CHUNK_BYTES} chunks, honouring backpressure, then ends. */
+function writeN(stream: http2.Http2Stream, bytes: number): void {
+  const chunk = new Uint8Array(RELAY_CHUNK_BYTES).fill(7);
+  let sent = 0;
+  const pump = () => {
+    while (sent < bytes) {
+      sent += chunk.length;
+      if (!stream.write(chunk)) return void stream.once("drain", pump);
+    }
+    stream.end();
+  };
+  pump();
+}
+
+/** One stream moving `bytes` up (request body) or down (response body). */
+async function h2Transfer(
+  client: http2.ClientHttp2Session,
+  direction: Direction,
+  bytes: number,
+): Promise<Sample> {
+  const s0 = await cpuMs(Deno.pid);
+  const t0 = performance.now();
+  const req = client.request({
+    ":method": "POST",
+    ":path": "/",
+    ...(direction === "download" ? { "x-download": String(bytes) } : {}),
+  });
+  let got = 0;
+  req.on("data", (d: Uint8Array) => got += d.length);
+  const ended = new Promise<void>((resolve, reject) => {
+    req.once("end", () => resolve());
+    req.once("error", reject);
+  });
+  if (direction === "upload") writeN(req, bytes);
+  else req.end();
+  await ended;
+  const ms = performance.now() - t0;
+  const s1 = await cpuMs(Deno.pid);
+  if (direction === "download" && got !== bytes) {
+    throw new Error(`h2: got ${got} of ${bytes} bytes`);
+  }
+  return { mbps: mbps(bytes, ms), bytes, gatewayCpu: 0, selfCpu: s1 - s0 };
+}
+
+async function h2(): Promise<void> {
+  const bytes = 64 * MiB;
+  const rounds = 5;
+  heading(
+    `The ceiling: node:http2 alone, one stream, both ends in this process (MB/s, ${size(bytes)}, ` +
+      `median of ${rounds} rounds, 64 KiB writes, the gateway's windows)`,
+  );
+  await withResource(await startRawPeer(), async (raw) => {
+    await withResource(await h2Pair(), async ({ client }) => {
+      const rows: (string | number)[][] = [];
+      const h: Record<Direction, Sample[]> = { upload: [], download: [] };
+      const r: Record<Direction, Sample[]> = { upload: [], download: [] };
+      await h2Transfer(client, "upload", 4 * MiB);
+      for (let i = 0; i < rounds; i++) {
+        for (const d of ["upload", "download"] as const) {
+          r[d].push(await transfer(() => raw.connect(), d, bytes));
+          h[d].push(await h2Transfer(client, d, bytes));
+        }
+      }
+      for (const d of ["upload", "download"] as const) {
+        const ratio = stats(h[d].map((x) => x.mbps)).median / stats(r[d].map((x) => x.mbps)).median;
+        rows.push([
+          d,
+          rate(r[d]),
+          rate(h[d]),
+          `${fixed(ratio * 100, 0)} %`,
+          cpuPerMiB(r[d], "selfCpu"),
+          cpuPerMiB(h[d], "selfCpu"),
+        ]);
+      }
+      console.log(table([
+        "direction",
+        "raw TCP MB/s (baseline)",
+        "node:http2 MB/s",
+        "http2/raw",
+        "raw: CPU ms/MiB, both ends",
+        "http2: CPU ms/MiB, both ends",
+      ], rows));
+    });
+  });
 }
 
 async function openAndEcho(
@@ -676,6 +802,7 @@ const RUNNERS: Record<Section, () => Promise<void>> = {
   throughput,
   windows,
   hop,
+  h2,
   latency,
   exec,
   ready,
