@@ -417,7 +417,12 @@ async function h2Transfer(
     ...(direction === "download" ? { "x-download": String(bytes) } : {}),
   });
   let got = 0;
-  req.on("data", (d: Uint8Array) => got += d.length);
+  let answer = "";
+  const text = new TextDecoder();
+  req.on("data", (d: Uint8Array) => {
+    got += d.length;
+    if (direction === "upload") answer += text.decode(d, { stream: true });
+  });
   const ended = new Promise<void>((resolve, reject) => {
     req.once("end", () => resolve());
     req.once("error", reject);
@@ -427,9 +432,8 @@ async function h2Transfer(
   await ended;
   const ms = performance.now() - t0;
   const s1 = await cpuMs(Deno.pid);
-  if (direction === "download" && got !== bytes) {
-    throw new Error(`h2: got ${got} of ${bytes} bytes`);
-  }
+  const moved = direction === "download" ? got : Number(answer);
+  if (moved !== bytes) throw new Error(`h2: ${direction} moved ${moved} of ${bytes} bytes`);
   return { mbps: mbps(bytes, ms), bytes, gatewayCpu: 0, selfCpu: s1 - s0 };
 }
 
