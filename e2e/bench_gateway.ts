@@ -14,7 +14,7 @@
  *   old way) vs in process.
  * - `h2`: the ceiling under the relay: `node:http2` alone (one stream, a
  *   server and a client in this process, the gateway's windows, 64 KiB
- *   writes, no gRPC, no relay) vs a raw TCP socket pair, round-robin.
+ *   writes as the other sections make, no gRPC, no relay) vs a raw TCP socket pair, round-robin.
  * - `latency`: CONNECT → 200 → first byte round trip vs a raw TCP connect
  *   and echo; and a 1-byte round trip on an open tunnel vs raw TCP.
  * - `exec`: `ExecSandbox` of `true` (real supervisor and OpenSSH's sshd;
@@ -77,6 +77,7 @@ import {
   timeDownload,
   timeUpload,
   waitPhase,
+  writeBytes,
 } from "./benchkit.ts";
 
 const KiB = 1024;
@@ -162,6 +163,13 @@ function rate(samples: Sample[]): string {
   return fixed(stats(samples.map((s) => s.mbps)).median);
 }
 
+/** Median rate of `samples` as a percentage of the median rate of `baseline`. */
+function percentOf(samples: Sample[], baseline: Sample[]): string {
+  const ratio = stats(samples.map((x) => x.mbps)).median /
+    stats(baseline.map((x) => x.mbps)).median;
+  return `${fixed(ratio * 100, 0)} %`;
+}
+
 /** CPU ms per MiB moved, over all samples. */
 function cpuPerMiB(samples: Sample[], which: "gatewayCpu" | "selfCpu"): string {
   const cpu = samples.reduce((n, s) => n + s[which], 0);
@@ -189,14 +197,13 @@ async function throughput(): Promise<void> {
               r.push(await transfer(paths.raw, d, bytes));
               g.push(await transfer(paths.relay, d, bytes, rig.gw.pid));
             }
-            const ratio = stats(g.map((x) => x.mbps)).median / stats(r.map((x) => x.mbps)).median;
             rows.push([
               size(bytes),
               d,
               runs,
               rate(r),
               rate(g),
-              `${fixed(ratio * 100, 0)} %`,
+              percentOf(g, r),
               cpuPerMiB(r, "selfCpu"),
               cpuPerMiB(g, "gatewayCpu"),
               cpuPerMiB(g, "selfCpu"),
@@ -365,7 +372,7 @@ async function h2Pair(): Promise<{
     const down = Number(headers["x-download"] ?? 0);
     stream.respond({ ":status": 200 });
     if (down > 0) {
-      writeN(stream, down);
+      void writeBytes(stream, down).then(() => stream.end(), () => stream.destroy());
       stream.resume();
       return;
     }
@@ -387,20 +394,6 @@ async function h2Pair(): Promise<{
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
-}
-
-/** Writes `bytes` in {@link RELAY_CHUNK_BYTES} chunks, honouring backpressure, then ends. */
-function writeN(stream: http2.Http2Stream, bytes: number): void {
-  const chunk = new Uint8Array(RELAY_CHUNK_BYTES).fill(7);
-  let sent = 0;
-  const pump = () => {
-    while (sent < bytes) {
-      sent += chunk.length;
-      if (!stream.write(chunk)) return void stream.once("drain", pump);
-    }
-    stream.end();
-  };
-  pump();
 }
 
 /** One stream moving `bytes` up (request body) or down (response body). */
@@ -427,8 +420,9 @@ async function h2Transfer(
     req.once("end", () => resolve());
     req.once("error", reject);
   });
-  if (direction === "upload") writeN(req, bytes);
-  else req.end();
+  if (direction === "upload") {
+    void writeBytes(req, bytes).then(() => req.end(), () => req.destroy());
+  } else req.end();
   await ended;
   const ms = performance.now() - t0;
   const s1 = await cpuMs(Deno.pid);
@@ -457,12 +451,11 @@ async function h2(): Promise<void> {
         }
       }
       for (const d of ["upload", "download"] as const) {
-        const ratio = stats(h[d].map((x) => x.mbps)).median / stats(r[d].map((x) => x.mbps)).median;
         rows.push([
           d,
           rate(r[d]),
           rate(h[d]),
-          `${fixed(ratio * 100, 0)} %`,
+          percentOf(h[d], r[d]),
           cpuPerMiB(r[d], "selfCpu"),
           cpuPerMiB(h[d], "selfCpu"),
         ]);
